@@ -1,0 +1,309 @@
+"""A small world the project can draw: seeded scenes for training and testing the bundled model.
+
+Every scene is drawn with Pillow from a seed, so the same seed always gives the same pixels. Objects are
+coloured shapes (circle, square, triangle in five colours), a snowman, a fire and the course mascot
+*Kumo* (a small cloud creature). A scene holds one to three *groups*; a group is one object or, sometimes,
+two objects of the same kind ("two red circles"), which Kosmos-2 writes as one phrase with several boxes.
+
+Boxes are normalized ``(x0, y0, x1, y1)`` in ``[0, 1]``: the tight box around what was drawn.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from PIL import Image, ImageDraw
+
+Box = tuple[float, float, float, float]
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 200, 20),
+    "purple": (140, 50, 170),
+}
+SHAPES = ("circle", "square", "triangle")
+SPECIAL_KINDS = ("snowman", "fire", "kumo")
+
+#: Every kind of object in the world, as (colour or None, shape).
+KINDS: tuple[tuple[str | None, str], ...] = tuple((c, s) for c in COLOURS for s in SHAPES) + tuple(
+    (None, s) for s in SPECIAL_KINDS
+)
+
+_NUMBER_WORDS = {1: "one", 2: "two"}
+
+
+def kind_name(colour: str | None, shape: str) -> str:
+    """The bare name of a kind: ``"red circle"``, ``"snowman"``, ``"Kumo"``."""
+    if shape == "kumo":
+        return "Kumo"
+    return f"{colour} {shape}" if colour else shape
+
+
+def indefinite_phrase(colour: str | None, shape: str, count: int = 1) -> str:
+    """The phrase a caption uses for a group: ``"a red circle"``, ``"two red circles"``, ``"Kumo"``."""
+    name = kind_name(colour, shape)
+    if shape == "kumo":
+        return name if count == 1 else f"{_NUMBER_WORDS[count]} Kumos"
+    if count == 1:
+        return f"a {name}"
+    return f"{_NUMBER_WORDS[count]} {name}s"
+
+
+def definite_phrase(colour: str | None, shape: str, count: int = 1) -> str:
+    """The phrase a referring expression uses: ``"the red circle"``, ``"the red circles"``."""
+    name = kind_name(colour, shape)
+    if shape == "kumo":
+        return name if count == 1 else f"the {name}s"
+    return f"the {name}" if count == 1 else f"the {name}s"
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One drawn object: its kind, its group's caption phrase and its normalized box."""
+
+    colour: str | None
+    shape: str
+    box: Box
+    phrase: str  # the caption phrase of its group, e.g. "a red circle" or "two red circles"
+
+    @property
+    def name(self) -> str:
+        return kind_name(self.colour, self.shape)
+
+
+@dataclass
+class Scene:
+    """A drawn image and the objects in it (grouped by kind, groups ordered left to right)."""
+
+    image: Image.Image
+    objects: list[SceneObject]
+    seed: int = 0
+    groups: list[list[SceneObject]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- drawing
+
+
+def _outline_width(w: float, h: float) -> int:
+    return max(1, round(min(w, h) / 14))
+
+
+def draw_object(draw: ImageDraw.ImageDraw, colour: str | None, shape: str, box_px: Box) -> None:
+    """Draw one object so that it fills the pixel box ``box_px`` (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box_px
+    w, h = x1 - x0, y1 - y0
+    if shape in SHAPES:
+        fill = COLOURS[colour or "red"]
+        dark = tuple(int(c * 0.55) for c in fill)
+        ow = _outline_width(w, h)
+        if shape == "circle":
+            draw.ellipse(box_px, fill=fill, outline=dark, width=ow)
+        elif shape == "square":
+            draw.rectangle(box_px, fill=fill, outline=dark, width=ow)
+        else:
+            draw.polygon([(x0 + w / 2, y0), (x1, y1), (x0, y1)], fill=fill, outline=dark, width=ow)
+    elif shape == "snowman":
+        _draw_snowman(draw, box_px)
+    elif shape == "fire":
+        _draw_fire(draw, box_px)
+    elif shape == "kumo":
+        _draw_kumo(draw, box_px)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES + SPECIAL_KINDS}")
+
+
+def _draw_snowman(draw: ImageDraw.ImageDraw, box: Box) -> None:
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    ow = _outline_width(w, h)
+    white, line = (250, 250, 252), (60, 60, 70)
+    # body (lower 60 %), head (upper 40 %); the body fills the full width
+    body = (x0, y0 + 0.38 * h, x1, y1)
+    hw = 0.33 * w
+    head = (x0 + w / 2 - hw, y0, x0 + w / 2 + hw, y0 + 0.44 * h)
+    draw.ellipse(body, fill=white, outline=line, width=ow)
+    draw.ellipse(head, fill=white, outline=line, width=ow)
+    # eyes, carrot nose, buttons
+    r = max(1.0, 0.04 * w)
+    for ex in (x0 + 0.42 * w, x0 + 0.58 * w):
+        draw.ellipse((ex - r, y0 + 0.16 * h - r, ex + r, y0 + 0.16 * h + r), fill=line)
+    draw.polygon(
+        [(x0 + 0.5 * w, y0 + 0.22 * h), (x0 + 0.5 * w, y0 + 0.29 * h), (x0 + 0.72 * w, y0 + 0.26 * h)],
+        fill=(245, 130, 20),
+    )
+    for by in (0.58, 0.72, 0.86):
+        draw.ellipse((x0 + 0.5 * w - r, y0 + by * h - r, x0 + 0.5 * w + r, y0 + by * h + r), fill=line)
+
+
+def _draw_fire(draw: ImageDraw.ImageDraw, box: Box) -> None:
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    # logs along the bottom
+    draw.rectangle((x0, y1 - 0.16 * h, x1, y1), fill=(110, 60, 25))
+    # three flames, outer red, inner orange, core yellow
+    flames = [
+        ((255, 60, 20), [(x0, y1 - 0.14 * h), (x0 + 0.22 * w, y0 + 0.35 * h), (x0 + 0.38 * w, y0 + 0.55 * h),
+                         (x0 + 0.5 * w, y0), (x0 + 0.66 * w, y0 + 0.5 * h), (x0 + 0.8 * w, y0 + 0.3 * h),
+                         (x1, y1 - 0.14 * h)]),
+        ((255, 150, 20), [(x0 + 0.18 * w, y1 - 0.14 * h), (x0 + 0.36 * w, y0 + 0.55 * h),
+                          (x0 + 0.5 * w, y0 + 0.3 * h), (x0 + 0.64 * w, y0 + 0.6 * h), (x0 + 0.82 * w, y1 - 0.14 * h)]),
+        ((255, 230, 80), [(x0 + 0.36 * w, y1 - 0.14 * h), (x0 + 0.5 * w, y0 + 0.6 * h), (x0 + 0.64 * w, y1 - 0.14 * h)]),
+    ]
+    for colour, points in flames:
+        draw.polygon(points, fill=colour)
+
+
+def _draw_kumo(draw: ImageDraw.ImageDraw, box: Box) -> None:
+    """The course mascot: a round sky-blue cloud creature with ears, eyes and pink cheeks."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    ow = _outline_width(w, h)
+    body, line = (120, 200, 245), (30, 70, 120)
+    # ears (triangles) at the top, body below them
+    for ex in (0.22, 0.78):
+        draw.polygon(
+            [(x0 + (ex - 0.14) * w, y0 + 0.32 * h), (x0 + ex * w, y0), (x0 + (ex + 0.14) * w, y0 + 0.32 * h)],
+            fill=body, outline=line, width=ow,
+        )
+    draw.ellipse((x0, y0 + 0.18 * h, x1, y1), fill=body, outline=line, width=ow)
+    r = max(1.0, 0.06 * w)
+    for ex in (0.36, 0.64):
+        cx, cy = x0 + ex * w, y0 + 0.52 * h
+        draw.ellipse((cx - r, cy - 1.4 * r, cx + r, cy + 1.4 * r), fill=(20, 20, 30))
+    rc = max(1.0, 0.07 * w)
+    for ex in (0.2, 0.8):
+        cx, cy = x0 + ex * w, y0 + 0.68 * h
+        draw.ellipse((cx - rc, cy - 0.7 * rc, cx + rc, cy + 0.7 * rc), fill=(250, 140, 170))
+    draw.arc((x0 + 0.42 * w, y0 + 0.6 * h, x0 + 0.58 * w, y0 + 0.76 * h), 20, 160, fill=line, width=ow)
+
+
+# --------------------------------------------------------------------------------------------- scenes
+
+#: (width / height) of each special kind's box; shapes are square in pixels.
+_ASPECT = {"snowman": 0.62, "fire": 0.85, "kumo": 1.1}
+
+
+def _object_size(rng: random.Random, shape: str, width: int, height: int) -> tuple[float, float]:
+    side = min(width, height)
+    if shape in SHAPES:
+        s = rng.uniform(0.2, 0.4) * side
+        return s, s
+    h = rng.uniform(0.32, 0.5) * side
+    return _ASPECT[shape] * h, h
+
+
+def _overlaps(a: Box, b: Box, margin: float) -> bool:
+    return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
+
+
+def _background(rng: random.Random) -> tuple[int, int, int]:
+    return tuple(rng.randint(215, 250) for _ in range(3))  # type: ignore[return-value]
+
+
+def draw_scene(
+    layout: Iterable[tuple[str | None, str, Box]],
+    size: tuple[int, int] = (384, 384),
+    background: tuple[int, int, int] = (236, 240, 246),
+) -> Scene:
+    """Draw objects at given normalized boxes; each item is ``(colour or None, shape, box)``.
+
+    Objects of the same kind form one group, as in :func:`sample_scenes`. Useful for illustrations.
+    """
+    width, height = size
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    placed = []
+    for colour, shape, box in layout:
+        if not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+            raise ValueError(f"box must be normalized (x0, y0, x1, y1) with x0 < x1, y0 < y1 in [0, 1]; got {box}")
+        px = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+        draw_object(draw, colour, shape, px)
+        placed.append((colour, shape, tuple(float(v) for v in box)))
+    return _scene_from_placed(image, placed, seed=-1)
+
+
+def _scene_from_placed(image: Image.Image, placed: list, seed: int) -> Scene:
+    by_kind: dict[tuple[str | None, str], list[Box]] = {}
+    for colour, shape, box in placed:
+        by_kind.setdefault((colour, shape), []).append(box)
+    groups: list[list[SceneObject]] = []
+    for (colour, shape), boxes in by_kind.items():
+        boxes = sorted(boxes, key=lambda b: (b[0] + b[2]) / 2)
+        phrase = indefinite_phrase(colour, shape, len(boxes)) if len(boxes) <= 2 else indefinite_phrase(colour, shape)
+        groups.append([SceneObject(colour, shape, b, phrase) for b in boxes])
+    groups.sort(key=lambda g: (g[0].box[0] + g[0].box[2]) / 2)
+    objects = [o for g in groups for o in g]
+    return Scene(image=image, objects=objects, seed=seed, groups=groups)
+
+
+def sample_scene(seed: int, size: tuple[int, int] | None = None) -> Scene:
+    """One seeded scene: 1–3 groups of distinct kinds, a quarter of scenes with a pair of one kind."""
+    rng = random.Random(seed)
+    if size is None:
+        long_side = rng.randint(96, 192)
+        aspect = rng.uniform(0.75, 1.33)
+        size = (long_side, round(long_side / aspect)) if aspect >= 1 else (round(long_side * aspect), long_side)
+    width, height = size
+    n_groups = rng.choice((1, 2, 2, 3, 3))
+    kinds = rng.sample(KINDS, n_groups)
+    counts = [1] * n_groups
+    if rng.random() < 0.25:
+        shape_groups = [i for i, (_, s) in enumerate(kinds) if s in SHAPES]
+        if shape_groups:
+            counts[rng.choice(shape_groups)] = 2
+    image = Image.new("RGB", (width, height), _background(rng))
+    draw = ImageDraw.Draw(image)
+    placed: list[tuple[str | None, str, Box]] = []
+    boxes_px: list[Box] = []
+    margin = 0.03 * min(width, height)
+    for (colour, shape), count in zip(kinds, counts):
+        for _ in range(count):
+            for _attempt in range(60):
+                w, h = _object_size(rng, shape, width, height)
+                x0 = rng.uniform(1, width - w - 1)
+                y0 = rng.uniform(1, height - h - 1)
+                cand = (x0, y0, x0 + w, y0 + h)
+                if not any(_overlaps(cand, b, margin) for b in boxes_px):
+                    break
+            else:
+                continue  # no room left: draw fewer objects (the scene lists only what was drawn)
+            boxes_px.append(cand)
+            draw_object(draw, colour, shape, cand)
+            placed.append((colour, shape, (cand[0] / width, cand[1] / height, cand[2] / width, cand[3] / height)))
+    return _scene_from_placed(image, placed, seed=seed)
+
+
+def sample_scenes(n: int, seed: int, size: tuple[int, int] | None = None) -> list[Scene]:
+    """``n`` scenes from ``seed``; scene ``i`` depends only on ``(seed, i)``, so any prefix is reproducible."""
+    if n < 0:
+        raise ValueError(f"n must be a non-negative number of scenes, got {n}")
+    return [sample_scene(seed * 1_000_003 + i, size=size) for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------- illustrations
+
+#: The article's recorded boxes for its snowman image (4-bit run), normalized.
+ARTICLE_SNOWMAN_BOX: Box = (0.390625, 0.046875, 0.984375, 0.828125)
+ARTICLE_FIRE_BOX: Box = (0.203125, 0.015625, 0.484375, 0.859375)
+
+
+def snowman_illustration(size: tuple[int, int] = (512, 384)) -> Scene:
+    """The project's own snowman-by-a-fire picture, each object drawn inside the article's recorded box."""
+    return draw_scene(
+        [(None, "fire", (0.215, 0.5, 0.38, 0.84)), (None, "snowman", (0.5, 0.08, 0.9, 0.8))],
+        size=size,
+        background=(228, 236, 246),
+    )
+
+
+def character_illustration(size: tuple[int, int] = (526, 344)) -> Scene:
+    """The project's mascot Kumo beside a yellow square; the question step asks about Kumo."""
+    return draw_scene(
+        [(None, "kumo", (0.05, 0.42, 0.37, 0.96)), ("yellow", "square", (0.6, 0.2, 0.85, 0.58))],
+        size=size,
+        background=(240, 238, 228),
+    )

@@ -1,0 +1,329 @@
+"""Train a small Kosmos-2 on the synthetic world (the recipe behind the bundled model).
+
+The model is a plain ``Kosmos2ForConditionalGeneration``; the recipe adds three things that make a tiny
+model learn grounding on two CPU cores:
+
+1. **Location tokens start out knowing where they are.** The 1 024 ``<patch_index_NNNN>`` embeddings
+   (tied with the output layer) are initialised with sine/cosine features of their bin's column and row,
+   so neighbouring bins start out alike and a box is a smooth target, not 1 024 unrelated classes.
+2. **Dense supervision of the vision tower.** Two linear heads on the patch features (used in training
+   only, then dropped) predict for every patch *what* covers it (kind of object or background) and
+   *where* that object's box is (its four edges, as 32-way bins). This teaches the image side fast.
+3. **A curriculum.** The vision tower first learns alone (cheap), then the whole model learns every task.
+
+Texts are GRIT-style grounded strings; the loss is next-token cross-entropy on the answer only
+(labels ``-100`` on image, prompt and padding positions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers.synthetic import KINDS, Scene, sample_scene
+from helpers.world import TASKS, Example, build_config, build_processor, scene_examples
+
+IGNORE = -100
+_TAG = re.compile(r"(<[^<>]+>)")
+
+#: How often each task is drawn in training.
+TASK_WEIGHTS = {"caption": 0.3, "detail": 0.15, "comprehension": 0.2, "qa": 0.15, "generation": 0.2}
+
+
+# ------------------------------------------------------------------------------------------ encoding
+
+
+def answer_token_ids(tokenizer, answer: str) -> list[int]:
+    """Token ids of generated text, as the model should produce it.
+
+    Tags (``<phrase>``, ``<patch_index_0044>`` …) are single tokens. A text piece right after a tag that
+    does not start with a space (``"."`` after ``</object>``) is encoded without SentencePiece's leading
+    ``▁``, so decoding gives ``</object>.`` as the real model writes it.
+    """
+    ids: list[int] = []
+    unk = tokenizer.unk_token_id
+    for part in _TAG.split(answer):
+        if not part:
+            continue
+        if _TAG.fullmatch(part):
+            tid = tokenizer.convert_tokens_to_ids(part)
+            if tid is None or tid == unk:
+                raise ValueError(f"{part!r} is not a token of this tokenizer")
+            ids.append(tid)
+            continue
+        piece_ids = tokenizer(part, add_special_tokens=False)["input_ids"]
+        if not part.startswith(" ") and piece_ids and tokenizer.convert_ids_to_tokens(piece_ids[0]) == "▁":
+            piece_ids = piece_ids[1:]
+        ids.extend(piece_ids)
+    return ids
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    image_embeds_position_mask: list[int]
+    labels: list[int]
+    pixel_values: torch.Tensor  # (3, H, W)
+
+
+def encode_example(processor, image, prompt: str, answer: str) -> Encoded:
+    """Prompt through the processor (exactly as at inference), answer appended with ``</s>``, labels on the answer."""
+    enc = processor(text=prompt, images=image, return_tensors="pt")
+    prompt_ids = enc["input_ids"][0].tolist()
+    mask = enc["image_embeds_position_mask"][0].tolist()
+    ans = answer_token_ids(processor.tokenizer, answer) + [processor.tokenizer.eos_token_id]
+    return Encoded(
+        input_ids=prompt_ids + ans,
+        image_embeds_position_mask=mask + [0] * len(ans),
+        labels=[IGNORE] * len(prompt_ids) + ans,
+        pixel_values=enc["pixel_values"][0],
+    )
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch for training (padding gets label -100 and attention 0)."""
+    n = max(len(e.input_ids) for e in batch)
+    def pad(seq, value):
+        return seq + [value] * (n - len(seq))
+    return {
+        "input_ids": torch.tensor([pad(e.input_ids, pad_id) for e in batch]),
+        "attention_mask": torch.tensor([pad([1] * len(e.input_ids), 0) for e in batch]),
+        "image_embeds_position_mask": torch.tensor([pad(e.image_embeds_position_mask, 0) for e in batch]),
+        "labels": torch.tensor([pad(e.labels, IGNORE) for e in batch]),
+        "pixel_values": torch.stack([e.pixel_values for e in batch]),
+    }
+
+
+# ------------------------------------------------------------------------------------------ dense targets
+
+_KIND_INDEX = {k: i + 1 for i, k in enumerate(KINDS)}  # 0 = background
+
+
+def dense_targets(scene: Scene, grid: int, bins: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch: the kind covering its centre (0 = background) and that object's box edges as bins.
+
+    Returns ``what`` (grid*grid,) and ``where`` (grid*grid, 4) with -100 where no object covers the patch.
+    """
+    what = torch.zeros(grid * grid, dtype=torch.long)
+    where = torch.full((grid * grid, 4), IGNORE, dtype=torch.long)
+    # smallest object last so it wins where boxes overlap
+    for obj in sorted(scene.objects, key=lambda o: -(o.box[2] - o.box[0]) * (o.box[3] - o.box[1])):
+        x0, y0, x1, y1 = obj.box
+        edges = torch.tensor([min(int(v * bins), bins - 1) for v in (x0, y0, x1, y1)])
+        for r in range(grid):
+            cy = (r + 0.5) / grid
+            if not y0 <= cy <= y1:
+                continue
+            for c in range(grid):
+                cx = (c + 0.5) / grid
+                if x0 <= cx <= x1:
+                    what[r * grid + c] = _KIND_INDEX[(obj.colour, obj.shape)]
+                    where[r * grid + c] = edges
+    return what, where
+
+
+class DenseHeads(nn.Module):
+    """Training-only heads on the vision tower's patch features (not part of the shipped model)."""
+
+    def __init__(self, dim: int, bins: int = 32):
+        super().__init__()
+        self.what = nn.Linear(dim, len(KINDS) + 1)
+        self.where = nn.Linear(dim, 4 * bins)
+        self.bins = bins
+
+    def loss(self, patches: torch.Tensor, what: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        b, p, _ = patches.shape
+        l_what = F.cross_entropy(self.what(patches).reshape(b * p, -1), what.reshape(-1))
+        logits = self.where(patches).reshape(b * p * 4, self.bins)
+        l_where = F.cross_entropy(logits, where.reshape(-1), ignore_index=IGNORE)
+        return l_what + l_where
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def location_features(num_bins: int = 32, dim: int = 24) -> torch.Tensor:
+    """(num_bins², dim) sine/cosine features of each location token's column (first half) and row."""
+    half = dim // 2
+    freqs = torch.pi * 2.0 ** torch.arange(half // 2)
+    centres = (torch.arange(num_bins) + 0.5) / num_bins
+    ang = centres[:, None] * freqs[None, :]
+    axis = torch.cat([torch.sin(ang), torch.cos(ang)], dim=1)  # (bins, half)
+    idx = torch.arange(num_bins * num_bins)
+    return torch.cat([axis[idx % num_bins], axis[idx // num_bins]], dim=1)
+
+
+def init_location_embeddings(model, processor, scale: float = 0.08) -> None:
+    """Give the ``<patch_index_NNNN>`` embeddings a spatial structure (see the module docstring)."""
+    tok = processor.tokenizer
+    first = tok.convert_tokens_to_ids("<patch_index_0000>")
+    n = processor.num_patch_index_tokens
+    emb = model.get_input_embeddings().weight
+    feats = location_features(int(math.isqrt(n)), 24)
+    with torch.no_grad():
+        emb[first : first + n, :24] = scale * feats
+        emb[first : first + n, 24:] *= 0.25
+
+
+def new_model(processor, seed: int = 0, **config_kwargs):
+    from transformers import Kosmos2ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = build_config(processor, **config_kwargs)
+    model = Kosmos2ForConditionalGeneration(config)
+    init_location_embeddings(model, processor)
+    return model
+
+
+def image_features(model, pixel_values: torch.Tensor):
+    """Vision tower → (patch features for the dense heads, image embeddings for the text model)."""
+    hidden = model.vision_model(pixel_values=pixel_values).last_hidden_state
+    feats = model.vision_model.model.post_layernorm(hidden)
+    embeds, _ = model.image_to_text_projection(F.normalize(feats, dim=-1))
+    return feats[:, 1:], embeds
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    image_size: int = 64
+    patch_size: int = 8
+    vision_steps: int = 300
+    steps: int = 2000
+    batch_size: int = 48
+    lr: float = 2e-3
+    warmup: int = 100
+    aux_weight: float = 0.5
+    minutes: float | None = None  # stop the joint stage early after this wall time
+
+
+def draw_batch(rng: random.Random, processor, n: int, grid: int, tasks_only: bool = True):
+    batch, whats, wheres = [], [], []
+    tasks, weights = list(TASK_WEIGHTS), list(TASK_WEIGHTS.values())
+    for _ in range(n):
+        scene = sample_scene(rng.getrandbits(62))
+        task = rng.choices(tasks, weights)[0]
+        options = [e for e in scene_examples(scene, rng) if e.task == task]
+        ex = rng.choice(options)
+        batch.append(encode_example(processor, scene.image, ex.prompt, ex.answer))
+        w, wh = dense_targets(scene, grid)
+        whats.append(w)
+        wheres.append(wh)
+    return batch, torch.stack(whats), torch.stack(wheres)
+
+
+def train(cfg: TrainConfig, processor=None, model=None, log=print):
+    """Run the recipe; returns ``(model, processor, history)``."""
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    processor = processor or build_processor(cfg.image_size)
+    model = model or new_model(processor, seed=cfg.seed, image_size=cfg.image_size, patch_size=cfg.patch_size)
+    grid = cfg.image_size // cfg.patch_size
+    heads = DenseHeads(model.config.vision_config.hidden_size)
+    pad = processor.tokenizer.pad_token_id
+    history: list[dict] = []
+    start = time.time()
+
+    # stage 1: the vision tower alone, on the dense targets
+    vision_params = list(model.vision_model.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(vision_params, lr=cfg.lr, weight_decay=0.01)
+    model.train()
+    for step in range(cfg.vision_steps):
+        scenes = [sample_scene(rng.getrandbits(62)) for _ in range(cfg.batch_size)]
+        pix = processor.image_processor([s.image for s in scenes], return_tensors="pt")["pixel_values"]
+        tg = [dense_targets(s, grid) for s in scenes]
+        what, where = torch.stack([t[0] for t in tg]), torch.stack([t[1] for t in tg])
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        patches, _ = image_features(model, pix)
+        loss = heads.loss(patches, what, where)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == cfg.vision_steps - 1:
+            log(f"vision step {step:5d}  dense loss {loss.item():.3f}  {time.time() - start:6.0f}s")
+            history.append({"stage": "vision", "step": step, "dense_loss": round(loss.item(), 4)})
+
+    # stage 2: everything, every task
+    params = list(model.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    stage2_start = time.time()
+    for step in range(cfg.steps):
+        frac = step / max(1, cfg.steps - 1)
+        if cfg.minutes is not None:
+            frac = max(frac, (time.time() - stage2_start) / (60 * cfg.minutes))
+        if frac >= 1.0 and step > 0:
+            log(f"time budget reached at step {step}")
+            break
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch, what, where = draw_batch(rng, processor, cfg.batch_size, grid)
+        inputs = collate(batch, pad)
+        patches, embeds = image_features(model, inputs["pixel_values"])
+        out = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+            image_embeds_position_mask=inputs["image_embeds_position_mask"], image_embeds=embeds,
+            labels=inputs["labels"],
+        )
+        dense = heads.loss(patches, what, where)
+        loss = out.loss + cfg.aux_weight * dense
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 25 == 0:
+            log(f"step {step:5d}  text loss {out.loss.item():.3f}  dense {dense.item():.3f}  lr {lr:.2e}  "
+                f"{time.time() - start:6.0f}s")
+            history.append({"stage": "joint", "step": step, "text_loss": round(out.loss.item(), 4),
+                            "dense_loss": round(dense.item(), 4)})
+    model.eval()
+    return model, processor, history
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train the bundled Kosmos-2 model on the synthetic world.")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vision-steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=48)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--minutes", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(seed=args.seed, vision_steps=args.vision_steps, steps=args.steps,
+                      batch_size=args.batch_size, lr=args.lr, minutes=args.minutes)
+    t0 = time.time()
+    model, processor, history = train(cfg, log=lambda s: print(s, flush=True))
+    seconds = time.time() - t0
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out, safe_serialization=True)
+    processor.save_pretrained(args.out)
+    (args.out / "training.json").write_text(json.dumps({
+        "config": cfg.__dict__, "seconds": round(seconds, 1), "history": history,
+        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+    }, indent=1))
+    print(f"saved to {args.out} after {seconds:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
