@@ -1,0 +1,124 @@
+"""Setting the course up on Google Colab.
+
+Every notebook starts with one set-up cell, :data:`COLAB_CELL`. Outside Colab it only checks that
+``helpers`` is importable (install the course with ``pip install -e .`` from a clone). On Colab, where
+nothing is installed yet, it clones this repository, installs it with ``pip install -e`` and makes it
+importable in the kernel that is already running.
+
+That cell cannot use this module: on a fresh Colab runtime ``helpers`` is exactly what is missing. So the
+cell carries the same few steps inline, and this module holds them as a tested function,
+:func:`colab_setup`, for use once ``helpers`` is importable (for example to re-install after a change of
+branch), together with the cell's text so the tests can run it.
+
+Why the running kernel needs help: ``pip install -e`` registers the clone through a ``.pth`` file in
+``site-packages``. Python reads ``.pth`` files only when an interpreter starts, so the notebook kernel that
+ran the install does not see it. ``site.addsitedir(clone)`` adds the clone (whose top level holds the
+``helpers`` package) for this kernel only; after a runtime restart the editable install alone is enough.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import site
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+#: The course repository.
+REPO_URL = "https://github.com/kosmos2-course/kosmos2-grounding-course"
+
+#: Where the course is cloned on Colab.
+DEFAULT_TARGET = "/content/kosmos2-grounding-course"
+
+#: The exact source of the set-up cell that every notebook carries as its first code cell.
+COLAB_CELL = f'''\
+# Set-up: on Google Colab this installs the course (about a minute); elsewhere it only checks the install.
+import sys
+try:
+    import helpers
+except ImportError:
+    if "google.colab" not in sys.modules:
+        raise ImportError("helpers is not installed: run `pip install -e .` in a clone of the course") from None
+    import os, site, subprocess
+    repo = "{DEFAULT_TARGET}"
+    if not os.path.isdir(repo):
+        subprocess.run(["git", "clone", "--depth", "1", "{REPO_URL}", repo], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", repo], check=True)
+    site.addsitedir(repo)  # the running kernel does not read the new install's .pth file
+    import helpers
+'''
+
+Runner = Callable[..., Any]
+
+
+def in_colab() -> bool:
+    """Return True when running on Google Colab.
+
+    Colab is recognised by its ``google.colab`` module having been imported (Colab kernels import it at
+    start-up) or by the ``COLAB_RELEASE_TAG`` environment variable that Colab runtimes set.
+    """
+    return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
+
+
+def clone_command(repo_url: str, target: str | os.PathLike[str]) -> list[str]:
+    """Return the ``git clone`` command that fetches the course (shallow: history is not needed)."""
+    return ["git", "clone", "--depth", "1", repo_url, str(target)]
+
+
+def install_command(target: str | os.PathLike[str]) -> list[str]:
+    """Return the command that installs the clone in editable mode with the running interpreter's pip."""
+    return [sys.executable, "-m", "pip", "install", "-q", "-e", str(target)]
+
+
+def colab_setup(
+    repo_url: str = REPO_URL,
+    target: str | os.PathLike[str] = DEFAULT_TARGET,
+    run: Runner = subprocess.run,
+) -> str:
+    """Install the course on Colab and make ``helpers`` importable in the running kernel.
+
+    Steps, on Colab only: clone ``repo_url`` into ``target`` unless ``target`` already holds a clone
+    (a folder with ``pyproject.toml``), ``pip install -e target``, then ``site.addsitedir(target)`` so the
+    kernel that is already running can import the package (see the module docstring for why).
+
+    Args:
+        repo_url: the git URL to clone.
+        target: the folder to clone into.
+        run: the function that runs a command, called like ``subprocess.run(cmd, check=True)``; tests pass
+            a fake that records the commands.
+
+    Returns:
+        A one-line status message saying what was done (or that nothing was done outside Colab).
+
+    Raises:
+        TypeError: ``repo_url`` is not a string or ``run`` is not callable.
+        ValueError: ``repo_url`` is empty.
+        FileExistsError: ``target`` exists but is not a clone of the course (it would not be overwritten).
+        subprocess.CalledProcessError: a command failed (raised by ``run``).
+    """
+    if not isinstance(repo_url, str):
+        raise TypeError(f"repo_url must be a string, got {type(repo_url).__name__}")
+    if not repo_url.strip():
+        raise ValueError("repo_url must be a non-empty git URL, got an empty string")
+    if not callable(run):
+        raise TypeError(f"run must be callable like subprocess.run, got {type(run).__name__}")
+    if not in_colab():
+        return "Not running on Google Colab: nothing to do (install from a clone with `pip install -e .`)."
+
+    path = Path(target)
+    if (path / "pyproject.toml").is_file():
+        cloned = f"using the existing clone in {path}"
+    elif path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(
+            f"expected {path} to be missing, empty or a clone of the course (with pyproject.toml), "
+            "but it holds something else; pass another target"
+        )
+    else:
+        run(clone_command(repo_url, path), check=True)
+        cloned = f"cloned {repo_url} into {path}"
+    run(install_command(path), check=True)
+    site.addsitedir(str(path))
+    importlib.invalidate_caches()
+    return f"Colab set-up done: {cloned}, installed it with pip install -e and added it to this kernel."

@@ -1,0 +1,208 @@
+"""The Colab set-up: helpers.colab.colab_setup with a fake command runner, and the notebooks' set-up cell."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+from helpers import colab
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Recorder:
+    """A stand-in for subprocess.run that records each command and can act like ``git clone``."""
+
+    def __init__(self, clone_creates: dict[str, str] | None = None, fail_on: str | None = None) -> None:
+        self.calls: list[tuple[list[str], dict[str, object]]] = []
+        self.clone_creates = clone_creates or {}
+        self.fail_on = fail_on
+
+    def __call__(self, cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        self.calls.append((list(cmd), kwargs))
+        if self.fail_on is not None and self.fail_on in cmd:
+            raise subprocess.CalledProcessError(1, cmd)
+        if cmd[:2] == ["git", "clone"]:
+            target = Path(cmd[-1])
+            for relative, content in self.clone_creates.items():
+                (target / relative).parent.mkdir(parents=True, exist_ok=True)
+                (target / relative).write_text(content, encoding="utf-8")
+        return subprocess.CompletedProcess(cmd, 0)
+
+
+@pytest.fixture
+def not_colab(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+
+
+@pytest.fixture
+def on_colab(not_colab: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-test")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # colab_setup extends sys.path; undo it afterwards
+
+
+def test_in_colab_detects_the_module_or_the_environment(not_colab: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert colab.in_colab() is False
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20260101-060000_RC00")
+    assert colab.in_colab() is True
+    monkeypatch.delenv("COLAB_RELEASE_TAG")
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert colab.in_colab() is True
+
+
+def test_outside_colab_setup_runs_nothing(not_colab: None, tmp_path: Path) -> None:
+    run = Recorder()
+    status = colab.colab_setup(target=tmp_path / "clone", run=run)
+    assert run.calls == []
+    assert "Not running on Google Colab" in status
+    assert not (tmp_path / "clone").exists()
+
+
+def test_on_colab_setup_clones_installs_and_makes_importable(on_colab: None, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "clone"
+    run = Recorder(clone_creates={"pyproject.toml": "", "colab_probe_pkg/__init__.py": "WHERE = 'clone'\n"})
+    status = colab.colab_setup(repo_url="https://example.org/course.git", target=target, run=run)
+    assert [cmd for cmd, _ in run.calls] == [
+        ["git", "clone", "--depth", "1", "https://example.org/course.git", str(target)],
+        [sys.executable, "-m", "pip", "install", "-q", "-e", str(target)],
+    ]
+    assert all(kwargs == {"check": True} for _, kwargs in run.calls)
+    assert str(target) in sys.path
+    monkeypatch.delitem(sys.modules, "colab_probe_pkg", raising=False)
+    probe = importlib.import_module("colab_probe_pkg")
+    assert probe.WHERE == "clone"
+    sys.modules.pop("colab_probe_pkg", None)
+    assert status.startswith("Colab set-up done: cloned https://example.org/course.git")
+
+
+def test_on_colab_an_existing_clone_is_only_installed(on_colab: None, tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[project]\n", encoding="utf-8")
+    run = Recorder()
+    status = colab.colab_setup(target=tmp_path, run=run)
+    assert [cmd for cmd, _ in run.calls] == [colab.install_command(tmp_path)]
+    assert "existing clone" in status
+
+
+def test_on_colab_a_foreign_folder_is_not_overwritten(on_colab: None, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    run = Recorder()
+    with pytest.raises(FileExistsError, match="holds something else"):
+        colab.colab_setup(target=tmp_path, run=run)
+    assert run.calls == []
+
+
+def test_on_colab_a_failing_command_stops_the_setup(on_colab: None, tmp_path: Path) -> None:
+    run = Recorder(fail_on="clone")
+    before = list(sys.path)
+    with pytest.raises(subprocess.CalledProcessError):
+        colab.colab_setup(target=tmp_path / "clone", run=run)
+    assert len(run.calls) == 1
+    assert sys.path == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"repo_url": 42}, TypeError, "repo_url must be a string, got int"),
+        ({"repo_url": " "}, ValueError, "non-empty git URL"),
+        ({"run": "subprocess.run"}, TypeError, "run must be callable"),
+    ],
+)
+def test_bad_arguments_are_rejected(kwargs: dict, error: type[Exception], message: str, not_colab: None) -> None:
+    with pytest.raises(error, match=message):
+        colab.colab_setup(**kwargs)
+
+
+# --- the set-up cell, run in a separate interpreter ----------------------------------------------------
+
+DRIVER = textwrap.dedent(
+    """
+    import json, os, subprocess, sys, types
+    cell = open(sys.argv[1], encoding="utf-8").read()
+    if sys.argv[2] == "colab":
+        sys.modules["google.colab"] = types.ModuleType("google.colab")
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append([list(cmd), kwargs])
+        if cmd[:2] == ["git", "clone"]:
+            os.makedirs(os.path.join(cmd[-1], "helpers"))
+            with open(os.path.join(cmd[-1], "helpers", "__init__.py"), "w") as f:
+                f.write("FROM_CLONE = True\\n")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    subprocess.run = fake_run
+    namespace = {}
+    result = {"calls": calls}
+    try:
+        exec(compile(cell, "<set-up cell>", "exec"), namespace)
+        result["from_clone"] = getattr(namespace["helpers"], "FROM_CLONE", False)
+    except ImportError as error:
+        result["error"] = str(error)
+    print(json.dumps(result))
+    """
+)
+
+
+def _run_cell(tmp_path: Path, mode: str, target: Path, with_helpers: bool) -> dict:
+    assert colab.COLAB_CELL.count(colab.DEFAULT_TARGET) == 1
+    cell = tmp_path / "cell.py"
+    cell.write_text(colab.COLAB_CELL.replace(colab.DEFAULT_TARGET, str(target)), encoding="utf-8")
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "COLAB_RELEASE_TAG"}}
+    if with_helpers:
+        command = [sys.executable, str(driver), str(cell), mode]
+        env["PYTHONPATH"] = str(ROOT)
+    else:  # -I -S: no site-packages and no working directory, so `helpers` cannot be found
+        command = [sys.executable, "-I", "-S", str(driver), str(cell), mode]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_cell_outside_colab_with_helpers_installed_does_nothing(tmp_path: Path) -> None:
+    result = _run_cell(tmp_path, "plain", tmp_path / "clone", with_helpers=True)
+    assert result == {"calls": [], "from_clone": False}
+    assert not (tmp_path / "clone").exists()
+
+
+def test_cell_outside_colab_without_helpers_says_how_to_install(tmp_path: Path) -> None:
+    result = _run_cell(tmp_path, "plain", tmp_path / "clone", with_helpers=False)
+    assert result["calls"] == []
+    assert "pip install -e ." in result["error"]
+
+
+def test_cell_on_colab_clones_installs_and_imports(tmp_path: Path) -> None:
+    target = tmp_path / "clone"
+    result = _run_cell(tmp_path, "colab", target, with_helpers=False)
+    assert result["calls"] == [
+        [colab.clone_command(colab.REPO_URL, target), {"check": True}],
+        [colab.install_command(target), {"check": True}],
+    ]
+    assert result["from_clone"] is True
+
+
+def test_cell_on_colab_reuses_an_existing_clone(tmp_path: Path) -> None:
+    target = tmp_path / "clone"
+    (target / "helpers").mkdir(parents=True)
+    (target / "helpers" / "__init__.py").write_text("FROM_CLONE = True\n", encoding="utf-8")
+    result = _run_cell(tmp_path, "colab", target, with_helpers=False)
+    assert result["calls"] == [[colab.install_command(target), {"check": True}]]
+    assert result["from_clone"] is True
+
+
+def test_cell_names_the_repository_once_and_compiles() -> None:
+    assert colab.COLAB_CELL.count(colab.REPO_URL) == 1
+    compile(colab.COLAB_CELL, "<set-up cell>", "exec")
+    assert colab.REPO_URL == "https://github.com/kosmos2-course/kosmos2-grounding-course"

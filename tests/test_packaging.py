@@ -1,0 +1,351 @@
+"""Packaging and set-up: pyproject.toml, environment.yml, the Makefile, .ci/run, paths and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import tomllib
+import types
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from nbval.plugin import get_sanitize_patterns
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+import helpers
+import helpers.__main__ as cli
+from helpers import paths
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _conda_env(text: str) -> dict[str, object]:
+    """Parse the small subset of YAML that environment.yml uses.
+
+    Returns ``{"name": str, "channels": [str], "dependencies": [str], "pip": [str]}``. Anything outside that
+    subset (other keys, deeper nesting) raises ValueError, so a change of shape cannot go unnoticed.
+    """
+    result: dict[str, object] = {"channels": [], "dependencies": [], "pip": []}
+    section: str | None = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        content = line.strip()
+        if indent == 0:
+            key, sep, value = content.partition(":")
+            if not sep or key not in {"name", "channels", "dependencies"}:
+                raise ValueError(f"environment.yml line {number}: unexpected top-level entry {content!r}")
+            if key == "name":
+                result["name"] = value.strip()
+                section = None
+            else:
+                if value.strip():
+                    raise ValueError(f"environment.yml line {number}: expected a list under {key!r}")
+                section = key
+        elif content.startswith("- ") and section is not None:
+            item = content[2:].strip()
+            if section == "dependencies" and item == "pip:":
+                section = "pip"
+            elif section == "pip" and indent <= 2:
+                raise ValueError(f"environment.yml line {number}: conda entry {item!r} after the pip list")
+            else:
+                assert isinstance(result[section], list)
+                result[section].append(item)  # type: ignore[union-attr]
+        else:
+            raise ValueError(f"environment.yml line {number}: cannot parse {raw!r}")
+    return result
+
+
+def _specs(requirements: list[str]) -> dict[str, str]:
+    """Map canonical package name to its version specifier string (sorted, comparable)."""
+    out: dict[str, str] = {}
+    for text in requirements:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name not in out, f"{req.name} is listed twice"
+        out[name] = ",".join(sorted(str(s) for s in req.specifier))
+    return out
+
+
+# --- pyproject.toml -------------------------------------------------------------------------------------
+
+
+def test_distribution_is_not_called_helpers_but_imports_as_helpers() -> None:
+    project = _pyproject()["project"]
+    assert canonicalize_name(project["name"]) != "helpers"
+    assert project["name"] == "kosmos2-grounding-course"
+    assert _pyproject()["tool"]["setuptools"]["packages"] == ["helpers"]
+    assert project["version"] == helpers.__version__
+
+
+def test_console_script_points_at_the_cli_main() -> None:
+    target = _pyproject()["project"]["scripts"]["kosmos2-course"]
+    module_name, _, attribute = target.partition(":")
+    assert (module_name, attribute) == ("helpers.__main__", "main")
+    assert getattr(cli, attribute) is cli.main
+
+
+def test_torch_is_a_range_so_colab_keeps_its_own() -> None:
+    specs = _specs(_pyproject()["project"]["dependencies"])
+    assert specs["torch"].startswith(">=")
+    assert "==" not in "".join(specs.values()), "runtime dependencies must be ranges, not pins"
+    assert specs["transformers"] == "<6,>=5.0"
+    assert "sentencepiece" not in specs
+
+
+def test_installed_versions_satisfy_the_declared_ranges() -> None:
+    project = _pyproject()["project"]
+    for text in project["dependencies"] + project["optional-dependencies"]["test"]:
+        req = Requirement(text)
+        installed = metadata.version(req.name)
+        assert req.specifier.contains(installed, prereleases=True), f"{req.name} {installed} not in {req}"
+
+
+# --- environment.yml ------------------------------------------------------------------------------------
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject() -> None:
+    env = _conda_env((ROOT / "environment.yml").read_text(encoding="utf-8"))
+    project = _pyproject()["project"]
+    assert env["dependencies"] == ["python=3.11", "pip"]
+    pip_lines = list(env["pip"])  # type: ignore[arg-type]
+    assert pip_lines[-1] == "-e ."
+    expected = _specs(project["dependencies"] + project["optional-dependencies"]["test"])
+    assert _specs(pip_lines[:-1]) == expected
+    minimum_python = project["requires-python"]
+    assert Requirement(f"python{minimum_python}").specifier.contains("3.11")
+
+
+def test_conda_parser_rejects_what_it_does_not_understand() -> None:
+    with pytest.raises(ValueError, match="unexpected top-level entry"):
+        _conda_env("name: x\nvariables:\n  A: 1\n")
+    with pytest.raises(ValueError, match="after the pip list"):
+        _conda_env("dependencies:\n  - pip\n  - pip:\n      - numpy\n  - scipy\n")
+
+
+# --- import cost ----------------------------------------------------------------------------------------
+
+
+def test_importing_helpers_and_the_cli_loads_no_torch_or_transformers() -> None:
+    code = (
+        "import json, sys\n"
+        "import helpers, helpers.paths, helpers.colab, helpers.__main__ as cli\n"
+        "try:\n"
+        "    cli.main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'numpy', 'PIL') if m in sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "usage: python -m helpers" in done.stdout
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+# --- paths ----------------------------------------------------------------------------------------------
+
+
+def test_repo_paths_point_into_the_clone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(paths.DATA_ENV_VAR, raising=False)
+    assert paths.repo_root() == ROOT
+    assert (paths.repo_root() / "helpers" / "paths.py").is_file()
+    assert paths.data_dir() == ROOT / "data"
+    assert paths.notebooks_dir() == ROOT / "notebooks"
+    assert paths.bundled_model_dir() == ROOT / "data" / "kosmos2-tiny-world"
+
+
+def test_data_dir_can_be_moved_with_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(paths.DATA_ENV_VAR, str(tmp_path / "elsewhere"))
+    assert paths.data_dir() == tmp_path / "elsewhere"
+    assert paths.bundled_model_dir() == tmp_path / "elsewhere" / "kosmos2-tiny-world"
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(paths.DATA_ENV_VAR, "relative/data")
+    assert paths.data_dir() == tmp_path / "relative" / "data"
+
+    monkeypatch.setenv(paths.DATA_ENV_VAR, "  ")
+    assert paths.data_dir() == ROOT / "data"
+
+
+def test_data_dir_that_is_a_file_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a_file = tmp_path / "data.txt"
+    a_file.write_text("not a folder", encoding="utf-8")
+    monkeypatch.setenv(paths.DATA_ENV_VAR, str(a_file))
+    with pytest.raises(NotADirectoryError, match=r"\$KOSMOS2_COURSE_DATA.*not a folder"):
+        paths.data_dir()
+
+
+# --- Makefile and CI ------------------------------------------------------------------------------------
+
+
+# Variables that would change what the Makefile does if they came from the caller's environment.
+_MAKE_INPUTS = {"PY", "TORCH_SPEC", "VENV", "VPY", "VPIP", "MAKEFLAGS", "MAKELEVEL", "MFLAGS",
+                "HF_HUB_OFFLINE", "KOSMOS2_PROGRESS"}
+
+
+def _make(*args: str) -> subprocess.CompletedProcess:
+    """Run GNU make on the repository's Makefile with a neutral environment."""
+    env = {k: v for k, v in os.environ.items() if k not in _MAKE_INPUTS}
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), *args],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+
+
+def _fake_venv(tmp_path: Path, exit_code: int) -> tuple[Path, Path, Path]:
+    """A venv folder whose install stamp is fresh and a fake interpreter that logs its arguments."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    stamp = venv / ".installed"
+    stamp.touch()
+    later = (ROOT / "pyproject.toml").stat().st_mtime + 10
+    os.utime(stamp, (later, later))
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "fakepython"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@ | progress=$KOSMOS2_PROGRESS offline=$HF_HUB_OFFLINE" >> "{log}"\n'
+        f"exit {exit_code}\n",
+        encoding="utf-8",
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    return venv, fake, log
+
+
+def test_make_run_and_test_call_the_venv_python(tmp_path: Path) -> None:
+    venv, fake, log = _fake_venv(tmp_path, exit_code=0)
+    assert _make("run", f"VENV={venv}", f"VPY={fake}").returncode == 0
+    assert _make("test", f"VENV={venv}", f"VPY={fake}").returncode == 0
+    assert log.read_text(encoding="utf-8").splitlines() == [
+        "-m helpers run --out outputs | progress=0 offline=",
+        "-m pytest | progress=0 offline=1",
+    ]
+
+
+def test_make_test_fails_when_the_tests_fail(tmp_path: Path) -> None:
+    venv, fake, log = _fake_venv(tmp_path, exit_code=1)
+    done = _make("test", f"VENV={venv}", f"VPY={fake}")
+    assert done.returncode != 0
+    assert log.read_text(encoding="utf-8").startswith("-m pytest")
+
+
+def test_install_stamp_creates_the_venv_and_installs_torch_first(tmp_path: Path) -> None:
+    venv = tmp_path / "fresh"
+    done = _make("-n", f"VENV={venv}", "test")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines == [
+        f"test -x {venv}/bin/python || python3 -m venv {venv}",
+        f'{venv}/bin/pip install "torch==2.13.0"',
+        f'{venv}/bin/pip install -e ".[test]"',
+        f"touch {venv}/.installed",
+        f"HF_HUB_OFFLINE=1 {venv}/bin/python -m pytest",
+    ]
+    assert not venv.exists(), "a dry run must not create anything"
+
+
+def test_install_stamp_is_redone_when_pyproject_changes(tmp_path: Path) -> None:
+    venv, fake, _ = _fake_venv(tmp_path, exit_code=0)
+    older = (ROOT / "pyproject.toml").stat().st_mtime - 10
+    os.utime(venv / ".installed", (older, older))
+    done = _make("-n", f"VENV={venv}", "test")
+    assert f'{venv}/bin/pip install -e ".[test]"' in done.stdout.splitlines()
+
+
+def test_ci_runs_make_test_and_nothing_else(tmp_path: Path) -> None:
+    script = ROOT / ".ci" / "run"
+    assert os.access(script, os.X_OK)
+    assert script.read_text(encoding="utf-8").startswith("#!/usr/bin/env bash\nset -euo pipefail\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "make.log"
+    fake_make = bin_dir / "make"
+    fake_make.write_text(f'#!/bin/sh\necho "$PWD: $*" >> "{log}"\nexit 7\n', encoding="utf-8")
+    fake_make.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, timeout=60)
+    assert done.returncode == 7, "the exit code of make test must be the exit code of .ci/run"
+    assert log.read_text(encoding="utf-8").splitlines() == [f"{ROOT}: test"]
+
+
+# --- command line ---------------------------------------------------------------------------------------
+
+
+def _fake_module(monkeypatch: pytest.MonkeyPatch, name: str, result: object) -> list[object]:
+    calls: list[object] = []
+    module = types.ModuleType(f"helpers.{name}")
+
+    def main(arg: object) -> object:
+        calls.append(arg)
+        return result
+
+    module.main = main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, f"helpers.{name}", module)
+    monkeypatch.setattr(helpers, name, module, raising=False)
+    return calls
+
+
+def test_cli_run_passes_the_output_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_module(monkeypatch, "mainjob", 0)
+    assert cli.main(["run", "--out", "somewhere"]) == 0
+    assert cli.main(["run"]) == 0
+    assert calls == [Path("somewhere"), Path("outputs")]
+
+
+def test_cli_returns_the_command_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_module(monkeypatch, "mainjob", 3)
+    assert cli.main(["run"]) == 3
+    _fake_module(monkeypatch, "mainjob", None)
+    assert cli.main(["run"]) == 0
+    _fake_module(monkeypatch, "mainjob", "ok")
+    with pytest.raises(TypeError, match="int exit code or None, got str"):
+        cli.main(["run"])
+
+
+def test_cli_ground_hands_every_further_argument_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_module(monkeypatch, "cli_ground", 0)
+    assert cli.main(["ground", "--help", "image.png", "--prompt", "<grounding> An image of"]) == 0
+    assert calls == [["--help", "image.png", "--prompt", "<grounding> An image of"]]
+
+
+def test_cli_without_a_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "usage: python -m helpers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["fly"])
+    assert stopped.value.code == 2
+    assert "invalid choice: 'fly'" in capsys.readouterr().err
+
+
+# --- nbval sanitizers -----------------------------------------------------------------------------------
+
+
+def test_nbval_sanitizers_parse_and_do_what_they_say() -> None:
+    text = (ROOT / "tests" / "nbval_sanitize.cfg").read_text(encoding="utf-8")
+    patterns = get_sanitize_patterns(text)
+    assert len(patterns) == len(re.findall(r"^\[\w+\]$", text, flags=re.MULTILINE)) > 0
+
+    def sanitize(s: str) -> str:
+        for regex, replace in patterns:
+            s = re.sub(regex, replace, s)
+        return s
+
+    assert sanitize("<Image at 0x7f3a2b1c9d00>") == "<Image at 0xADDRESS>"
+    assert sanitize("generated in 3.25 s") == sanitize("generated in 12 s") == "generated in ELAPSED"
+    assert sanitize("3 squares and 2 snowmen") == "3 squares and 2 snowmen"
+    assert sanitize("100%|##########| 8/8 [00:01<00:00, 6.1it/s]") == "PROGRESS-BAR"
+    assert sanitize("saved /home/ana/kosmos2/outputs/boxes.png") == "saved <REPO>/outputs/boxes.png"
+    assert sanitize("/content/kosmos2-grounding-course/data/x") == "<REPO>/data/x"
