@@ -1,0 +1,401 @@
+"""Loading images for the tutorials: from a file, a URL, raw bytes or a PIL image, always as RGB.
+
+:func:`load_image` is the one entry point the notebooks use. Whatever the source, it returns an RGB
+``PIL.Image.Image`` that
+
+* is turned the way a person sees it: the EXIF orientation tag is applied (the same transposition as
+  ``PIL.ImageOps.exif_transpose``), so boxes drawn on it land where the model saw things;
+* has no transparency (transparent pixels are composited on white) and no palette, CMYK or high-bit-depth
+  grey (16-bit and 32-bit grey are scaled down to 8 bits, not clipped to white);
+* has its longest side at most ``max_side`` pixels (bigger images are shrunk while loading; JPEGs are
+  decoded at a reduced scale with ``Image.draft`` so the full-size image is never held in memory).
+
+Size limits (all documented constants of this module):
+
+* :data:`MAX_PIXELS` -- an image whose header announces more than 40000 x 40000 pixels is refused before
+  any pixel is decoded.
+* :data:`MAX_DECODED_PIXELS` -- at most 200 million pixels are decoded at once (about 600 MB for RGB). A
+  JPEG is decoded at 1/2, 1/4 or 1/8 scale when that is enough for ``max_side``, so JPEGs up to
+  :data:`MAX_PIXELS` load; other formats (PNG, TIFF, WebP, ...) are decoded at full size and so must
+  stay within this limit (e.g. 12000 x 9000 = 108 million pixels is fine).
+
+Within these limits Pillow's ``DecompressionBombWarning`` / ``DecompressionBombError`` are never raised:
+the loader does its own, clearer checks instead. Every failure to load raises :class:`ImageLoadError`,
+a ``ValueError`` whose message says what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import os
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Iterator, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "ImageLoadError",
+    "ImageSource",
+    "MAX_DECODED_PIXELS",
+    "MAX_PIXELS",
+    "load_image",
+    "to_rgb",
+]
+
+#: Images announcing more pixels than this (40000 x 40000) are refused before decoding.
+MAX_PIXELS: int = 40_000 * 40_000
+#: At most this many pixels are decoded at once (after a JPEG's reduced-scale decoding).
+MAX_DECODED_PIXELS: int = 200_000_000
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
+
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_CHUNK = 64 * 1024
+_USER_AGENT = "kosmos2-grounding-tutorial/1.0 (+python urllib)"
+# Content types that may hold an image even though they do not say "image/".
+_GENERIC_TYPES = {"application/octet-stream", "binary/octet-stream", "application/binary"}
+# The transposition each EXIF orientation value asks for (values from the EXIF specification).
+_ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION_TAG = 0x0112
+# Pillow's pixel limit is a module global; changes to it are serialized by this lock.
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+class ImageLoadError(ValueError):
+    """An image could not be loaded; the message says what was expected and what was found."""
+
+
+# --------------------------------------------------------------------------------------------- public API
+
+
+def load_image(
+    source: ImageSource,
+    *,
+    timeout: float = 10.0,
+    max_bytes: int = 20_000_000,
+    max_side: int = 4096,
+) -> Image.Image:
+    """Load an image as RGB, EXIF-oriented, with its longest side at most ``max_side`` pixels.
+
+    Args:
+        source: a file path (``str`` or ``os.PathLike``), an ``http://`` or ``https://`` URL, the raw
+            bytes of an image file, or a ``PIL.Image.Image`` (which is not modified).
+        timeout: seconds allowed for a download, in total (connecting and reading).
+        max_bytes: the largest file or download accepted, in bytes. A download stops reading as soon as
+            it passes this cap.
+        max_side: the longest side of the returned image, in pixels; bigger images are shrunk (keeping
+            their aspect ratio), smaller ones are left as they are.
+
+    Returns:
+        A new RGB image.
+
+    Raises:
+        TypeError: ``source`` is of an unsupported type.
+        ValueError: ``timeout``, ``max_bytes`` or ``max_side`` is not a positive number.
+        ImageLoadError: the source could not be read or is not a usable image (missing file, directory,
+            dead URL, HTTP error status, non-image content, timeout, too many bytes, too many pixels,
+            corrupt data).
+    """
+    _check_positive("timeout", timeout, number=True)
+    _check_positive("max_bytes", max_bytes)
+    _check_positive("max_side", max_side)
+
+    if isinstance(source, Image.Image):
+        return _finish(source, max_side=max_side, what="the given PIL image")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if len(data) > max_bytes:
+            raise ImageLoadError(
+                f"the image bytes are {len(data):,} bytes, over the limit of max_bytes={max_bytes:,}"
+            )
+        return _decode(data, max_side=max_side, what="the given bytes")
+    if isinstance(source, str):
+        match = _URL_SCHEME.match(source)
+        if match:
+            scheme = match.group(1).lower()
+            if scheme not in ("http", "https"):
+                raise ImageLoadError(
+                    f"unsupported URL scheme {scheme!r} in {source!r}: expected http:// or https://, "
+                    "or a local file path"
+                )
+            data = _download(source, timeout=timeout, max_bytes=max_bytes)
+            return _decode(data, max_side=max_side, what=f"the download from {source}")
+        return _decode(_read_file(Path(source), max_bytes), max_side=max_side, what=f"file {source}")
+    if isinstance(source, os.PathLike):
+        path = Path(os.fspath(source))
+        return _decode(_read_file(path, max_bytes), max_side=max_side, what=f"file {path}")
+    raise TypeError(
+        "source must be a file path (str or os.PathLike), an http(s) URL, image bytes or a PIL image, "
+        f"got {type(source).__name__}: {source!r:.80}"
+    )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A new RGB copy of ``image``, whatever its mode; ``image`` itself is not modified.
+
+    * Transparency (RGBA, LA, PA, pre-multiplied modes, and palette or grey images with a transparent
+      colour) is composited on white.
+    * 16-bit grey (``I;16`` and its byte orders) is scaled by 255/65535. 32-bit integer grey (``I``)
+      is taken to hold 16-bit values the same way (values outside [0, 65535] are clipped first).
+      Floating-point grey (``F``) in [0, 1] is scaled by 255; otherwise it is clipped to [0, 255].
+    * Everything else (1-bit, L, P, CMYK, YCbCr, LAB, HSV) goes through Pillow's own conversion.
+
+    Raises:
+        TypeError: ``image`` is not a PIL image.
+    """
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"to_rgb expects a PIL.Image.Image, got {type(image).__name__}")
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return Image.fromarray(_grey_to_uint8(image), mode="L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        source = image.convert("LA") if mode == "La" else image  # Pillow has no direct La -> RGBA
+        rgba = source.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+# --------------------------------------------------------------------------------------------- internals
+
+
+def _check_positive(name: str, value: object, *, number: bool = False) -> None:
+    allowed = (int, float) if number else (int,)
+    if isinstance(value, bool) or not isinstance(value, allowed) or not value > 0:
+        kind = "a positive number" if number else "a positive int"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def _grey_to_uint8(image: Image.Image) -> np.ndarray:
+    """8-bit values of a high-bit-depth grey image (see :func:`to_rgb` for the scaling rules)."""
+    values = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        finite = values[np.isfinite(values)]
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+        if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
+            values = values * 255.0
+    else:  # I;16 family, I: 16-bit range
+        values = np.clip(values, 0, 65535) * (255.0 / 65535.0)
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    if not path.exists():
+        raise ImageLoadError(f"no image file at {str(path)!r}: expected an existing file, found nothing there")
+    if path.is_dir():
+        raise ImageLoadError(f"{str(path)!r} is a directory, expected an image file")
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ImageLoadError(
+                f"file {str(path)!r} is {size:,} bytes, over the limit of max_bytes={max_bytes:,}"
+            )
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except ImageLoadError:
+        raise
+    except OSError as exc:
+        raise ImageLoadError(f"could not read image file {str(path)!r}: {exc}") from exc
+    if len(data) > max_bytes:  # the file grew while we looked at it
+        raise ImageLoadError(f"file {str(path)!r} is over the limit of max_bytes={max_bytes:,}")
+    return data
+
+
+def _timed_out(url: str, timeout: float) -> ImageLoadError:
+    return ImageLoadError(f"downloading {url} timed out after {timeout:g} s (expected an image within timeout)")
+
+
+def _is_timeout(exc: BaseException | str | None) -> bool:
+    return isinstance(exc, (TimeoutError, socket.timeout)) or (
+        isinstance(exc, str) and "timed out" in exc.lower()
+    )
+
+
+def _download(url: str, *, timeout: float, max_bytes: int) -> bytes:
+    """The body of ``url``; stops at ``max_bytes`` and after ``timeout`` seconds in total."""
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept": "image/*"})
+    started = time.monotonic()
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (scheme checked by caller)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise ImageLoadError(
+            f"downloading {url} failed: the server answered HTTP {exc.code} {exc.reason}; "
+            "expected HTTP 200 with an image"
+        ) from None
+    except urllib.error.URLError as exc:
+        if _is_timeout(exc.reason):
+            raise _timed_out(url, timeout) from None
+        raise ImageLoadError(f"could not connect to {url}: {exc.reason}") from None
+    except (TimeoutError, socket.timeout):
+        raise _timed_out(url, timeout) from None
+    except (http.client.HTTPException, OSError, ValueError) as exc:
+        raise ImageLoadError(f"downloading {url} failed: {type(exc).__name__}: {exc}") from None
+
+    with response:
+        content_type = response.headers.get_content_type() if response.headers.get("Content-Type") else None
+        if content_type is not None and not (
+            content_type.startswith("image/") or content_type in _GENERIC_TYPES
+        ):
+            raise ImageLoadError(
+                f"{url} returned content of type {content_type!r}, expected an image (image/*); "
+                "is this the address of a web page rather than of the image itself?"
+            )
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+            raise ImageLoadError(
+                f"{url} announces {int(declared):,} bytes, over the limit of max_bytes={max_bytes:,}"
+            )
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            if time.monotonic() - started > timeout:
+                raise _timed_out(url, timeout)
+            try:
+                chunk = response.read1(_CHUNK)
+            except (TimeoutError, socket.timeout):
+                raise _timed_out(url, timeout) from None
+            except (http.client.HTTPException, OSError) as exc:
+                raise ImageLoadError(f"downloading {url} failed while reading: {type(exc).__name__}: {exc}") from None
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_bytes:
+                raise ImageLoadError(
+                    f"{url} sent more than max_bytes={max_bytes:,} bytes; stopped reading at the cap"
+                )
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def _own_pixel_checks() -> Iterator[None]:
+    """Let this module's limits replace Pillow's decompression-bomb limit for the duration.
+
+    Pillow's limit stays in force above :data:`MAX_PIXELS` (as an error), so even code paths that this
+    module does not check cannot decode more than that.
+    """
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # Pillow raises above twice this value
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _target_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    width, height = size
+    longest = max(width, height)
+    if longest <= max_side:
+        return size
+    scale = max_side / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _decode(data: bytes, *, max_side: int, what: str) -> Image.Image:
+    if not data:
+        raise ImageLoadError(f"{what} is empty (0 bytes), expected an image file")
+    with _own_pixel_checks():
+        try:
+            # Opening reads only the header; the size is checked right below, before any decoding.
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                image = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
+        except UnidentifiedImageError:
+            head = data[:16]
+            raise ImageLoadError(
+                f"{what} is not an image Pillow can read (expected e.g. JPEG, PNG, GIF, WebP, TIFF; "
+                f"{len(data):,} bytes starting {head!r})"
+            ) from None
+        except Image.DecompressionBombError as exc:
+            raise ImageLoadError(f"{what} is too large to load: {exc}") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageLoadError(f"{what} could not be read as an image: {exc}") from None
+        with image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageLoadError(
+                    f"{what} is {width} x {height} = {width * height:,} pixels, over the limit of "
+                    f"{MAX_PIXELS:,} pixels (40000 x 40000); refusing to decode it"
+                )
+            orientation = _orientation(image)
+            target = _target_size(image.size, max_side)
+            if target != image.size:
+                image.draft(image.mode, target)  # JPEG: decode at 1/2, 1/4 or 1/8 scale; others: no-op
+            decoded = image.size[0] * image.size[1]
+            if decoded > MAX_DECODED_PIXELS:
+                raise ImageLoadError(
+                    f"{what} is {width} x {height} pixels ({image.format or 'unknown'} format); decoding it "
+                    f"needs {decoded:,} pixels at once, over the limit of {MAX_DECODED_PIXELS:,}. "
+                    "Expected a smaller image (only JPEGs can be decoded at reduced scale)"
+                )
+            try:
+                image.load()
+            except Image.DecompressionBombError as exc:
+                raise ImageLoadError(f"{what} is too large to load: {exc}") from None
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise ImageLoadError(f"{what} is truncated or corrupt ({image.format} data): {exc}") from None
+            return _shrink_convert_orient(image, orientation=orientation, max_side=max_side)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # a malformed EXIF block should not stop the image from loading
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _finish(image: Image.Image, *, max_side: int, what: str) -> Image.Image:
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageLoadError(f"{what} is {width} x {height} pixels, over the limit of {MAX_PIXELS:,} pixels")
+    with _own_pixel_checks():
+        try:
+            image.load()
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageLoadError(f"{what} could not be read: {exc}") from None
+        return _shrink_convert_orient(image, orientation=_orientation(image), max_side=max_side)
+
+
+def _shrink_convert_orient(image: Image.Image, *, orientation: int, max_side: int) -> Image.Image:
+    """Shrink first (cheapest), then make RGB, then apply the EXIF orientation; returns a new image."""
+    work = image
+    # Palette, bilevel and colour-space modes are resized badly or not at all: convert them first.
+    if work.mode in ("P", "PA", "1") or work.mode not in (
+        "RGB", "RGBA", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "RGBa", "La"
+    ):
+        work = to_rgb(work)
+    if max(work.size) > max_side:
+        if work is image:
+            work = image.copy()
+        work.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    rgb = to_rgb(work)  # always a new image, never the caller's
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    return rgb.transpose(method) if method is not None else rgb
