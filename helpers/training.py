@@ -235,12 +235,16 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
     model = model or new_model(processor, seed=cfg.seed, image_size=cfg.image_size, patch_size=cfg.patch_size)
     grid = cfg.image_size // cfg.patch_size
     heads = DenseHeads(model.config.vision_config.hidden_size)
+    token_heads = DenseHeads(model.config.text_config.embed_dim)
+    if model.config.latent_query_num != grid * grid:
+        raise ValueError(f"the recipe pairs image token i with patch i: latent_query_num must be {grid * grid}")
     pad = processor.tokenizer.pad_token_id
     history: list[dict] = []
     start = time.time()
 
-    # stage 1: the vision tower alone, on the dense targets
-    vision_params = list(model.vision_model.parameters()) + list(heads.parameters())
+    # stage 1: the vision tower and the projection alone, on the dense targets (image token i ↔ patch i)
+    vision_params = (list(model.vision_model.parameters()) + list(model.image_to_text_projection.parameters())
+                     + list(heads.parameters()) + list(token_heads.parameters()))
     opt = torch.optim.AdamW(vision_params, lr=cfg.lr, weight_decay=0.01)
     model.train()
     for step in range(cfg.vision_steps):
@@ -250,8 +254,8 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
         what, where = torch.stack([t[0] for t in tg]), torch.stack([t[1] for t in tg])
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        patches, _ = image_features(model, pix)
-        loss = heads.loss(patches, what, where)
+        patches, embeds = image_features(model, pix)
+        loss = heads.loss(patches, what, where) + token_heads.loss(embeds, what, where)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -260,7 +264,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
             history.append({"stage": "vision", "step": step, "dense_loss": round(loss.item(), 4)})
 
     # stage 2: everything, every task
-    params = list(model.parameters()) + list(heads.parameters())
+    params = list(model.parameters()) + list(heads.parameters()) + list(token_heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     stage2_start = time.time()
     for step in range(cfg.steps):
@@ -281,7 +285,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
             image_embeds_position_mask=inputs["image_embeds_position_mask"], image_embeds=embeds,
             labels=inputs["labels"],
         )
-        dense = heads.loss(patches, what, where)
+        dense = heads.loss(patches, what, where) + token_heads.loss(embeds, what, where)
         loss = out.loss + cfg.aux_weight * dense
         opt.zero_grad()
         loss.backward()

@@ -1,0 +1,338 @@
+"""Load a Kosmos-2 model and ground images with it.
+
+``load()`` picks, in this order: the model you name → ``$KOSMOS2_MODEL`` → ``microsoft/kosmos-2-patch14-224``
+when it is cached or the hub answers a short probe (never probed when ``HF_HUB_OFFLINE=1``) → the small
+model bundled in ``data/``, trained by this project on its synthetic world. One banner line says what was
+loaded, where, in which dtype, and why.
+
+Everything uses the transformers 5 idioms: ``AutoModelForImageTextToText`` (``AutoModelForVision2Seq`` is
+gone), ``quantization_config=BitsAndBytesConfig(...)`` (``load_in_4bit=`` is gone) and ``dtype=``
+(``torch_dtype=`` is deprecated). Weights load from safetensors only; remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from helpers.paths import bundled_model_dir
+from helpers.tokens import Grounding, parse_generation
+
+REAL_MODEL = "microsoft/kosmos-2-patch14-224"
+_HUB_PROBE_URL = "https://huggingface.co/api/models/" + REAL_MODEL
+_QUANTIZATIONS = (None, "4bit", "8bit")
+
+
+class ModelLoadError(ValueError):
+    """A model could not be loaded; the message says what was tried and how to get a working one."""
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    """What :func:`load` loaded and why (also kept as ``model.load_info``)."""
+
+    source: str
+    bundled: bool
+    device: str
+    dtype: str
+    quantization: str | None
+    reason: str
+    parameters: int
+
+    def banner(self) -> str:
+        size = f"{self.parameters / 1e6:.1f} M" if self.parameters < 1e9 else f"{self.parameters / 1e9:.2f} B"
+        quant = f", {self.quantization}" if self.quantization else ""
+        name = "bundled model kosmos2-tiny-world" if self.bundled else self.source
+        line = f"Loaded {name} ({size} parameters) on {self.device}, {self.dtype}{quant} — {self.reason}."
+        if self.bundled:
+            line += (" It only knows its synthetic world (coloured shapes, a snowman, a fire, Kumo);"
+                     f" load {REAL_MODEL} for real photos.")
+        return line
+
+
+def try_gpu() -> str:
+    """``"cuda"`` when a CUDA GPU is visible, else ``"mps"`` on Apple silicon, else ``"cpu"``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def default_dtype(device: str):
+    """bf16 on GPUs that support it, fp16 on other GPUs (a Colab T4), float32 on the CPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def real_model_cached(repo_id: str = REAL_MODEL) -> bool:
+    """True when the model's config and weights are in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        return False
+    config = try_to_load_from_cache(repo_id, "config.json")
+    weights = try_to_load_from_cache(repo_id, "model.safetensors")
+    return isinstance(config, str) and isinstance(weights, str)
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """A short probe of the model hub (never called when ``HF_HUB_OFFLINE=1``)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(_HUB_PROBE_URL, method="HEAD"), timeout=timeout):
+            return True
+    except Exception:
+        return False
+
+
+def resolve_source(model: str | os.PathLike | None = None) -> tuple[str, str]:
+    """Which model :func:`load` would load, and why: ``(source, reason)``."""
+    if model is not None:
+        return str(model), "you asked for it"
+    env = os.environ.get("KOSMOS2_MODEL", "").strip()
+    if env:
+        return env, "KOSMOS2_MODEL is set"
+    if real_model_cached():
+        return REAL_MODEL, "it is in the local Hugging Face cache"
+    if _offline():
+        return str(bundled_model_dir()), f"HF_HUB_OFFLINE=1 and {REAL_MODEL} is not cached"
+    if hub_reachable():
+        return REAL_MODEL, "the model hub answered"
+    return str(bundled_model_dir()), f"the model hub did not answer and {REAL_MODEL} is not cached"
+
+
+def _how_to_get_help() -> str:
+    return (f" To use the real model, run on a machine with internet access (for example Colab) so "
+            f"'{REAL_MODEL}' downloads, or point load() at a local copy of it. Without it, load() with no "
+            f"argument falls back to the bundled offline model in {bundled_model_dir()}.")
+
+
+def _check_local_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {str(path)!r} does not exist." + _how_to_get_help())
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{str(path)!r} has no config.json, so it is not a saved model." + _how_to_get_help())
+    if not any(path.glob("*.safetensors")):
+        raise ModelLoadError(
+            f"{str(path)!r} has no .safetensors weights (only safetensors are loaded, never pickled .bin files)."
+            + _how_to_get_help()
+        )
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence transformers' progress bars and advisory warnings while loading."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    progress = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stderr(io.StringIO()):
+                yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if progress:
+            hf_logging.enable_progress_bar()
+
+
+def load(
+    model: str | os.PathLike | None = None,
+    *,
+    quantization: str | None = None,
+    dtype: Any = None,
+    device: str | None = None,
+    verbose: bool = True,
+):
+    """Load ``(model, processor)``; see the module docstring for how the model is chosen.
+
+    ``quantization`` is ``None``, ``"4bit"`` or ``"8bit"`` (bitsandbytes, CUDA only). ``dtype`` defaults to
+    :func:`default_dtype` of the device; ``device`` to :func:`try_gpu`.
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if quantization not in _QUANTIZATIONS:
+        raise ValueError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
+    source, reason = resolve_source(model)
+    bundled = Path(source).resolve() == bundled_model_dir().resolve() if Path(source).exists() else False
+    local = Path(source).expanduser()
+    if local.exists() or source.startswith((".", "/", "~")) or os.sep in source and not _looks_like_hub_id(source):
+        _check_local_dir(local)
+        source = str(local)
+    elif not _looks_like_hub_id(source):
+        raise ModelLoadError(f"{source!r} is neither a local directory nor a hub id like '{REAL_MODEL}'."
+                             + _how_to_get_help())
+    device = device or try_gpu()
+    if isinstance(dtype, str):
+        if not hasattr(torch, dtype):
+            raise ValueError(f"dtype must be a torch dtype or its name (e.g. 'bfloat16'), got {dtype!r}")
+        dtype = getattr(torch, dtype)
+    dtype = dtype or default_dtype(device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
+    if quantization:
+        if not device.startswith("cuda"):
+            raise ValueError(f"{quantization} quantization needs a CUDA GPU (bitsandbytes); this device is {device!r}")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit",
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": 0}
+    try:
+        with _quiet():
+            processor = AutoProcessor.from_pretrained(source)
+            net = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as err:  # corrupt files, missing files on the hub, no network …
+        raise ModelLoadError(f"could not load {source!r}: {type(err).__name__}: {err}." + _how_to_get_help()) from err
+    if not quantization:
+        net = net.to(device)
+    net.eval()
+    info = LoadInfo(
+        source=source, bundled=bundled, device=str(device), dtype=str(dtype).replace("torch.", ""),
+        quantization=quantization, reason=reason, parameters=sum(p.numel() for p in net.parameters()),
+    )
+    net.load_info = info
+    if verbose:
+        print(info.banner())
+    return net, processor
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+# --------------------------------------------------------------------------------------------- grounding
+
+
+def default_batch_size(model) -> int:
+    """Images per ``generate`` call: larger on a GPU, where batching is nearly free."""
+    device = str(next(model.parameters()).device)
+    return 32 if device.startswith("cuda") else 8
+
+
+def _as_list(x, n: int | None = None, what: str = "value") -> list:
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    if n is None:
+        return [x]
+    return [x] * n
+
+
+def ground(
+    model,
+    processor,
+    images,
+    prompts: str | Sequence[str] = "<grounding> An image of",
+    bboxes: Sequence | None = None,
+    max_new_tokens: int = 128,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+) -> list[Grounding]:
+    """Generate for each image (greedy) and parse the output into :class:`~helpers.tokens.Grounding` objects.
+
+    ``images`` is one image or a list; ``prompts`` one prompt for all or one per image; ``bboxes`` (one
+    entry per image, as the processor takes them: a list with one box or list of boxes per ``<phrase>``)
+    adds user boxes after the prompt's phrases. Batches are left-padded, so results do not depend on
+    ``batch_size``. Each result's ``.raw`` is the decoded text, ``<image>…</image>`` part included.
+    """
+    import torch
+
+    images = _as_list(images)
+    if not images:
+        return []
+    prompts_l = _as_list(prompts, len(images))
+    if len(prompts_l) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(prompts_l)} prompts; give one prompt or one per image")
+    if any(not isinstance(p, str) for p in prompts_l):
+        raise TypeError("prompts must be strings, e.g. '<grounding> An image of'")
+    if bboxes is not None:
+        bboxes = list(bboxes)
+        if len(bboxes) != len(images):
+            raise ValueError(f"bboxes needs one entry per image ({len(images)}), got {len(bboxes)}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    batch_size = batch_size or default_batch_size(model)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = next(model.parameters()).device
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    tokenizer = processor.tokenizer
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    results: list[Grounding] = []
+    starts = range(0, len(images), batch_size)
+    if progress is None:
+        from helpers.progress import interactive
+
+        progress = interactive()
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="grounding", unit="batch")
+    try:
+        for start in starts:
+            sl = slice(start, start + batch_size)
+            kwargs = {}
+            if bboxes is not None:
+                kwargs["bboxes"] = [_boxes_for_processor(b) for b in bboxes[sl]]
+            inputs = processor(text=prompts_l[sl], images=images[sl], padding=True, return_tensors="pt", **kwargs)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+            with torch.inference_mode():
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                     pad_token_id=tokenizer.pad_token_id)
+            texts = processor.batch_decode(out, skip_special_tokens=True)
+            results.extend(parse_generation(t) for t in texts)
+    finally:
+        tokenizer.padding_side = old_side
+    return results
+
+
+def _boxes_for_processor(entry):
+    """The processor wants tuples of 4 floats (or a list of them) per phrase; accept lists too."""
+    if entry is None:
+        return None
+    out = []
+    for per_phrase in entry:
+        if per_phrase is None:
+            out.append(None)
+        elif len(per_phrase) and isinstance(per_phrase[0], (list, tuple)):
+            out.append([_box_tuple(b) for b in per_phrase])
+        else:
+            out.append(_box_tuple(per_phrase))
+    return out
+
+
+def _box_tuple(box) -> tuple[float, float, float, float]:
+    from helpers.boxes import check_normalized
+
+    x0, y0, x1, y1 = check_normalized(box)
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"a user box needs x1 > x0 and y1 > y0, got {(x0, y0, x1, y1)}")
+    return (x0, y0, x1, y1)
