@@ -1,0 +1,212 @@
+"""Ground a folder of images in batches and keep the results: JSON Lines plus annotated PNGs.
+
+:func:`ground_folder` is what ``python -m helpers ground`` runs. For every image it writes one line to
+``OUT/results.jsonl`` and the image with its boxes drawn to ``OUT/<name>.png``. A line looks like::
+
+    {"file": "scenes/a.png", "annotated": "a.png", "width": 160, "height": 120,
+     "prompt": "<grounding> An image of", "caption": "An image of a red circle.",
+     "entities": [{"phrase": "a red circle", "span": [12, 24],
+                   "boxes": [[0.1, 0.2, 0.4, 0.6]], "boxes_px": [[16.0, 24.0, 64.0, 72.0]]}],
+     "problems": [], "generated": "<grounding> An image of<phrase> a red circle</phrase><object>…</object>."}
+
+``boxes`` are normalized ``(x0, y0, x1, y1)``; ``boxes_px`` the same boxes in pixels of the original image;
+``generated`` is the decoded text after the image prefix (the prompt and the model's answer, tags kept).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from helpers.images import ImageLoadError
+
+#: File endings that count as images when a folder is given.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+RESULTS_NAME = "results.jsonl"
+
+
+def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand the given paths into image files: files stay as they are, folders give their images.
+
+    A folder contributes its files whose names end in one of :data:`IMAGE_SUFFIXES` (not recursively),
+    sorted by name. The order of the arguments is kept.
+
+    Raises:
+        ImageLoadError: a path does not exist, or a folder holds no image files. All missing paths are
+            named in one message.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    missing: list[str] = []
+    empty: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                empty.append(str(path))
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        else:
+            missing.append(str(path))
+    if missing:
+        raise ImageLoadError(f"{len(missing)} image path(s) do not exist: " + ", ".join(missing))
+    if empty:
+        raise ImageLoadError(
+            f"folder(s) without image files ({', '.join(IMAGE_SUFFIXES)}): " + ", ".join(empty)
+        )
+    return out
+
+
+def _annotated_names(paths: Sequence[Path]) -> list[str]:
+    """A distinct PNG name per image: its stem, with ``_2``, ``_3`` … when stems repeat."""
+    used: set[str] = set()
+    names = []
+    for p in paths:
+        stem = p.stem or "image"
+        name, k = f"{stem}.png", 1
+        while name.lower() in used or name == RESULTS_NAME:
+            k += 1
+            name = f"{stem}_{k}.png"
+        used.add(name.lower())
+        names.append(name)
+    return names
+
+
+def grounding_record(file: str, prompt: str, grounding, image_size: tuple[int, int],
+                     annotated: str | None = None) -> dict:
+    """The JSON record of one grounded image (the layout is in the module docstring)."""
+    from helpers.boxes import to_pixels
+    from helpers.tokens import strip_image_prefix
+
+    width, height = image_size
+    entities = []
+    for e in grounding.entities:
+        d = e.to_dict()
+        d["boxes_px"] = [[round(v, 1) for v in to_pixels(b, (width, height))] for b in e.boxes]
+        entities.append(d)
+    return {
+        "file": file, "annotated": annotated, "width": width, "height": height, "prompt": prompt,
+        "caption": grounding.caption, "entities": entities, "problems": list(grounding.problems),
+        "generated": strip_image_prefix(grounding.raw),
+    }
+
+
+def ground_folder(
+    model,
+    processor,
+    paths: Iterable[str | os.PathLike],
+    prompt: str,
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int | None = None,
+    max_new_tokens: int = 128,
+    box: Sequence[float] | None = None,
+    progress: bool | None = None,
+) -> list[dict]:
+    """Ground every image with ``prompt``; write ``out_dir/results.jsonl`` and annotated PNGs; return the records.
+
+    Args:
+        paths: image files and/or folders of images (see :func:`image_files`).
+        prompt: the prompt for every image, e.g. ``"<grounding> An image of"``.
+        out_dir: created if needed; ``results.jsonl`` in it is replaced.
+        batch_size: images per ``generate`` call (default: :func:`helpers.model.default_batch_size`).
+            Batches are left-padded, so the results do not depend on it.
+        max_new_tokens: the most tokens generated per image.
+        box: one normalized user box ``(x0, y0, x1, y1)`` for every image; it goes after the prompt's
+            first ``</phrase>`` (e.g. with ``helpers.world.GENERATION_PROMPT``).
+        progress: a progress bar over the images; default :func:`helpers.progress.interactive`.
+
+    Each record's ``"file"`` is the path as given (joined with the folder for folder arguments) and
+    ``"annotated"`` the PNG's name inside ``out_dir``. Results are written batch by batch, so a long run
+    that stops keeps what it finished.
+
+    Raises:
+        ImageLoadError: a path is missing or not an image (checked before any model call for missing
+            paths).
+        ValueError: an empty ``prompt``, a bad ``box``, or a box with a prompt that has no ``<phrase>``.
+    """
+    from helpers.images import load_image
+    from helpers.model import default_batch_size, ground
+    from helpers.plotting import draw_entities, draw_user_box
+    from helpers.progress import interactive
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt must be a non-empty str, e.g. '<grounding> An image of', got {prompt!r}")
+    files = image_files(paths)
+    if not files:
+        raise ImageLoadError("no images given")
+    bboxes_one = None
+    if box is not None:
+        from helpers.boxes import check_normalized
+
+        box = check_normalized(box)
+        if not (box[2] > box[0] and box[3] > box[1]):
+            raise ValueError(f"a user box needs x1 > x0 and y1 > y0, got {box}")
+        n_phrases = prompt.count("<phrase>")
+        if n_phrases == 0:
+            raise ValueError(
+                "a box needs a <phrase>…</phrase> in the prompt to attach to, e.g. "
+                f"'<grounding><phrase> It</phrase> is'; got {prompt!r}"
+            )
+        bboxes_one = [box] + [None] * (n_phrases - 1)
+    batch_size = batch_size or default_batch_size(model)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = _annotated_names(files)
+    show = interactive() if progress is None else progress
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(files), desc="grounding", unit="image")
+    records: list[dict] = []
+    try:
+        with open(out / RESULTS_NAME, "w", encoding="utf-8") as f:
+            for start in range(0, len(files), batch_size):
+                chunk = files[start:start + batch_size]
+                images = [load_image(p) for p in chunk]
+                bboxes = [bboxes_one for _ in chunk] if bboxes_one is not None else None
+                results = ground(model, processor, images, prompt, bboxes=bboxes, max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size, progress=False)
+                for path, image, name, g in zip(chunk, images, names[start:start + batch_size], results):
+                    picture = draw_user_box(image, box, label=None) if box is not None else image
+                    draw_entities(picture, g).save(out / name)
+                    rec = grounding_record(str(path), prompt, g, image.size, annotated=name)
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    records.append(rec)
+                f.flush()
+                if bar is not None:
+                    bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    return records
+
+
+def read_results(out_dir: str | os.PathLike) -> list[dict]:
+    """The records in ``out_dir/results.jsonl`` (or in the ``.jsonl`` file given directly).
+
+    Raises:
+        FileNotFoundError: there is no such results file.
+        ValueError: a line is not JSON (the message gives its number).
+    """
+    path = Path(out_dir)
+    if path.is_dir():
+        path = path / RESULTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no results file at {str(path)!r}: run ground_folder() or `python -m helpers ground` first")
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{str(path)!r} line {n} is not JSON: {err}") from None
+    return records

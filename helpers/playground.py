@@ -1,0 +1,312 @@
+"""An interactive playground: pick or upload an image, edit the prompt, add a box, see the grounding.
+
+:class:`Playground` builds the widgets (ipywidgets) and keeps the logic in :meth:`Playground.run`, which
+does one grounding and returns a :class:`PlaygroundResult` (the annotated image and the highlighted
+caption as HTML), so it works, and is tested, without a browser.
+
+The bundled model has only ever seen its synthetic world: flat coloured shapes, a snowman, a fire and Kumo
+on a plain light background. :func:`in_world_score` estimates how much an image looks like that world so
+the playground can warn when the answer is likely to be meaningless. The heuristic:
+
+1. shrink the image to at most 128 pixels a side (nearest neighbour, which keeps the colours);
+2. take the world's palette: every colour the world's drawing code paints (found by drawing each kind of
+   object once with :mod:`helpers.synthetic`), plus the image's own most common colour when it is light
+   (every channel ≥ 200), which is how the world's backgrounds look;
+3. the score is the share of pixels within :data:`COLOUR_TOLERANCE` (Euclidean distance in RGB, 0–255)
+   of a palette colour.
+
+Drawn scenes score close to 1; photographs, gradients and noise spread over many colours and score low.
+It is a heuristic: a flat cartoon in similar colours passes, a scene photographed with a camera may not.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+#: Largest RGB distance (0–255 per channel) at which a pixel still counts as a world colour.
+COLOUR_TOLERANCE = 24.0
+#: Score from which :func:`looks_in_world` says yes.
+IN_WORLD_THRESHOLD = 0.8
+_MAX_SIDE = 128
+_BACKGROUND_MIN = 200
+
+
+@functools.lru_cache(maxsize=1)
+def world_palette() -> np.ndarray:
+    """Every colour the synthetic world paints on objects, as an ``(n, 3)`` array of RGB values.
+
+    Found by drawing each kind of object once (large, on a marker background) and keeping every colour
+    that covers at least 0.2 % of the drawing, so it follows :mod:`helpers.synthetic` when that changes.
+    """
+    from helpers.synthetic import KINDS, draw_scene
+
+    marker = (1, 2, 3)
+    colours: set[tuple[int, int, int]] = set()
+    for colour, shape in KINDS:
+        scene = draw_scene([(colour, shape, (0.05, 0.05, 0.95, 0.95))], size=(120, 120), background=marker)
+        pixels = np.asarray(scene.image, dtype=np.int32).reshape(-1, 3)
+        values, counts = np.unique(pixels, axis=0, return_counts=True)
+        for value, count in zip(values, counts):
+            if tuple(value) != marker and count >= 0.002 * len(pixels):
+                colours.add(tuple(int(v) for v in value))
+    return np.array(sorted(colours), dtype=np.float32)
+
+
+def _small_rgb(image: Image.Image) -> np.ndarray:
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
+    if image.width < 1 or image.height < 1:
+        raise ValueError(f"image has no pixels: {image.size}")
+    rgb = image.convert("RGB")
+    scale = _MAX_SIDE / max(rgb.size)
+    if scale < 1:
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        rgb = rgb.resize(size, Image.Resampling.NEAREST)
+    return np.asarray(rgb, dtype=np.float32).reshape(-1, 3)
+
+
+def in_world_score(image: Image.Image) -> float:
+    """Share of pixels (0–1) whose colour belongs to the bundled model's world (heuristic in the module docstring).
+
+    Raises:
+        TypeError: ``image`` is not a PIL image.
+    """
+    pixels = _small_rgb(image)
+    palette = world_palette()
+    values, counts = np.unique(pixels, axis=0, return_counts=True)
+    mode = values[np.argmax(counts)]
+    if mode.min() >= _BACKGROUND_MIN:
+        palette = np.vstack([palette, mode[None, :]])
+    # distances from each distinct colour to its nearest palette colour (few distinct colours in drawings)
+    d2 = ((values[:, None, :] - palette[None, :, :]) ** 2).sum(axis=-1).min(axis=1)
+    close = d2 <= COLOUR_TOLERANCE**2
+    return float(counts[close].sum() / counts.sum())
+
+
+def looks_in_world(image: Image.Image, threshold: float = IN_WORLD_THRESHOLD) -> bool:
+    """True when :func:`in_world_score` reaches ``threshold``."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    return in_world_score(image) >= threshold
+
+
+# --------------------------------------------------------------------------------------------- playground
+
+
+@dataclass
+class PlaygroundResult:
+    """One run of the playground: the annotated image, the HTML shown under it, and what was grounded."""
+
+    image: Image.Image
+    html: str
+    grounding: Any
+    prompt: str
+    box: tuple[float, float, float, float] | None
+    in_world: float
+    warnings: list[str] = field(default_factory=list)
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+
+def default_images() -> dict[str, Image.Image]:
+    """The project's own pictures to choose from: the two illustrations and three held-out scenes."""
+    from helpers.evaluation import HELD_OUT_SEED
+    from helpers.synthetic import character_illustration, sample_scenes, snowman_illustration
+
+    images = {"snowman by a fire": snowman_illustration().image, "Kumo and a square": character_illustration().image}
+    for i, scene in enumerate(sample_scenes(3, seed=HELD_OUT_SEED)):
+        images[f"held-out scene {i + 1}"] = scene.image
+    return images
+
+
+def _prompt_examples() -> dict[str, str]:
+    from helpers.world import CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
+
+    return {
+        "brief caption": CAPTION_PROMPT,
+        "detailed caption": DETAIL_PROMPT,
+        "find a phrase": comprehension_prompt("the red circle"),
+        "what is in the box? (tick 'use a box')": qa_prompt("object"),
+        "describe the box (tick 'use a box')": GENERATION_PROMPT,
+    }
+
+
+class Playground:
+    """Widgets to try prompts on images, and :meth:`run` that does the work behind the button.
+
+    Args:
+        model, processor: from :func:`helpers.model.load`.
+        images: name → PIL image to choose from (default :func:`default_images`). Uploaded images are added.
+        prompt: the prompt first shown.
+        max_new_tokens: the most tokens generated per run.
+        display_width: width in pixels of the result picture in the widget.
+
+    ``widget`` is the whole interface (display it in a notebook); the button calls :meth:`on_click`, which
+    calls :meth:`run` and shows its result, or the error message when the input is wrong.
+    """
+
+    def __init__(self, model, processor, images: Mapping[str, Image.Image] | None = None, *,
+                 prompt: str | None = None, max_new_tokens: int = 64, display_width: int = 384) -> None:
+        import ipywidgets as w
+
+        from helpers.world import CAPTION_PROMPT
+
+        self.model = model
+        self.processor = processor
+        self.images: dict[str, Image.Image] = dict(images) if images is not None else default_images()
+        if not self.images:
+            raise ValueError("images is empty: give at least one name → PIL image")
+        for name, im in self.images.items():
+            if not isinstance(im, Image.Image):
+                raise TypeError(f"images[{name!r}] must be a PIL image, got {type(im).__name__}")
+        self.max_new_tokens = max_new_tokens
+        self.last: PlaygroundResult | None = None
+        self._examples = _prompt_examples()
+
+        self.image_choice = w.Dropdown(options=list(self.images), description="image")
+        self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload")
+        self.example_choice = w.Dropdown(options=["(keep my prompt)"] + list(self._examples), description="example")
+        self.prompt = w.Text(value=prompt or CAPTION_PROMPT, description="prompt",
+                             layout=w.Layout(width="95%"))
+        self.use_box = w.Checkbox(value=False, description="use a box")
+        self.box_fields = [w.FloatText(value=v, description=n, step=0.05, layout=w.Layout(width="150px"))
+                           for n, v in zip(("x0", "y0", "x1", "y1"), (0.25, 0.25, 0.75, 0.75))]
+        self.button = w.Button(description="Ground", button_style="primary")
+        self.picture = w.Image(format="png", layout=w.Layout(width=f"{display_width}px"))
+        self.caption = w.HTML(value="<i>Press Ground.</i>")
+        self.widget = w.VBox([
+            w.HBox([self.image_choice, self.upload]),
+            w.HBox([self.example_choice]),
+            self.prompt,
+            w.HBox([self.use_box, *self.box_fields]),
+            self.button,
+            self.picture,
+            self.caption,
+        ])
+        self.button.on_click(self.on_click)
+        self.upload.observe(self._on_upload, names="value")
+        self.example_choice.observe(self._on_example, names="value")
+
+    # ----------------------------------------------------------------------------------------- logic
+
+    def current_box(self) -> tuple[float, float, float, float] | None:
+        """The box typed into the fields when "use a box" is ticked, else ``None`` (checked when used)."""
+        if not self.use_box.value:
+            return None
+        return tuple(float(f.value) for f in self.box_fields)  # type: ignore[return-value]
+
+    def add_image(self, name: str, image: Image.Image | bytes) -> str:
+        """Add an image (PIL or file bytes) to the choices, select it, and return its (unique) name."""
+        from helpers.images import load_image
+
+        picture = load_image(image)
+        base, k = name or "uploaded image", 1
+        while name in self.images or not name:
+            k += 1
+            name = f"{base} ({k})"
+        self.images[name] = picture
+        self.image_choice.options = list(self.images)
+        self.image_choice.value = name
+        return name
+
+    def run(self, image: str | Image.Image | None = None, prompt: str | None = None,
+            box: Sequence[float] | None | bool = False) -> PlaygroundResult:
+        """Ground one image; the arguments default to what the widgets hold.
+
+        Args:
+            image: a name from ``images`` or a PIL image (default: the chosen one).
+            prompt: the prompt (default: the prompt field).
+            box: a normalized user box ``(x0, y0, x1, y1)`` for the prompt's first ``<phrase>``, ``None`` for
+                no box, or ``False`` (default) to take the box fields.
+
+        Returns:
+            A :class:`PlaygroundResult`; the widgets show it too.
+
+        Raises:
+            KeyError: ``image`` is a name that is not among the choices.
+            ValueError: an empty prompt, a bad box, or a box with a prompt that has no ``<phrase>``.
+        """
+        from helpers.boxes import check_normalized
+        from helpers.model import ground
+        from helpers.plotting import draw_entities, draw_user_box, highlight_caption
+
+        if image is None:
+            image = self.image_choice.value
+        if isinstance(image, str):
+            if image not in self.images:
+                raise KeyError(f"no image called {image!r}; the choices are {list(self.images)}")
+            picture = self.images[image]
+        elif isinstance(image, Image.Image):
+            picture = image.convert("RGB")
+        else:
+            raise TypeError(f"image must be a name, a PIL image or None, got {type(image).__name__}")
+        prompt = self.prompt.value if prompt is None else prompt
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"the prompt must be a non-empty str, e.g. '<grounding> An image of', got {prompt!r}")
+        if box is False:
+            box = self.current_box()
+        bboxes = None
+        if box is not None:
+            box = check_normalized(box)
+            if not (box[2] > box[0] and box[3] > box[1]):
+                raise ValueError(f"a box needs x0 < x1 and y0 < y1, got {box}")
+            n_phrases = prompt.count("<phrase>")
+            if n_phrases == 0:
+                raise ValueError("a box needs a <phrase>…</phrase> in the prompt to attach to, e.g. "
+                                 f"'<grounding><phrase> It</phrase> is'; got {prompt!r}")
+            bboxes = [[box] + [None] * (n_phrases - 1)]
+        (grounding,) = ground(self.model, self.processor, [picture], prompt, bboxes=bboxes,
+                              max_new_tokens=self.max_new_tokens, batch_size=1, progress=False)
+        shown = draw_user_box(picture, box, label="your box") if box is not None else picture
+        annotated = draw_entities(shown, grounding)
+        score = in_world_score(picture)
+        warnings = []
+        if getattr(getattr(self.model, "load_info", None), "bundled", False) and score < IN_WORLD_THRESHOLD:
+            warnings.append(
+                f"This image does not look like the bundled model's world (in-world score {score:.2f} < "
+                f"{IN_WORLD_THRESHOLD}): it only knows flat coloured shapes, a snowman, a fire and Kumo, so "
+                "expect nonsense. Load microsoft/kosmos-2-patch14-224 for photos."
+            )
+        warnings += [f"problem in the output: {p}" for p in grounding.problems]
+        parts = [highlight_caption(grounding).html]
+        parts += [f'<div style="color:#B00020">⚠ {html.escape(m)}</div>' for m in warnings]
+        result = PlaygroundResult(annotated, "<div>" + "".join(parts) + "</div>", grounding, prompt, box, score,
+                                  warnings)
+        self.last = result
+        self._show(result)
+        return result
+
+    # ----------------------------------------------------------------------------------------- widget glue
+
+    def _show(self, result: PlaygroundResult) -> None:
+        import io
+
+        buf = io.BytesIO()
+        result.image.save(buf, format="PNG")
+        self.picture.value = buf.getvalue()
+        self.caption.value = result.html
+
+    def on_click(self, _button: Any = None) -> None:
+        """What the Ground button does: :meth:`run`, or show the error message instead of raising."""
+        try:
+            self.run()
+        except (ValueError, TypeError, KeyError) as err:
+            self.caption.value = f'<div style="color:#B00020">⚠ {html.escape(str(err))}</div>'
+
+    def _on_example(self, change: dict) -> None:
+        if change["new"] in self._examples:
+            self.prompt.value = self._examples[change["new"]]
+
+    def _on_upload(self, change: dict) -> None:
+        for item in change["new"] or ():
+            try:
+                self.add_image(str(item.get("name", "uploaded image")), bytes(item["content"]))
+            except ValueError as err:
+                self.caption.value = f'<div style="color:#B00020">⚠ {html.escape(str(err))}</div>'

@@ -1,0 +1,139 @@
+"""Tests for helpers.batch: grounding a folder of images into JSON Lines and annotated PNGs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import helpers.model
+from helpers.batch import (
+    RESULTS_NAME,
+    _annotated_names,
+    ground_folder,
+    grounding_record,
+    image_files,
+    read_results,
+)
+from helpers.images import ImageLoadError
+from helpers.synthetic import sample_scenes
+from helpers.tokens import location_tokens, parse_generation
+from helpers.world import CAPTION_PROMPT, GENERATION_PROMPT
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A random-weight Kosmos-2 of the world's architecture, saved and loaded like a real one."""
+    from helpers.training import new_model
+    from helpers.world import build_processor
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    processor = build_processor(64)
+    new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=32).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return helpers.model.load(str(folder), verbose=False)
+
+
+@pytest.fixture()
+def folder(tmp_path) -> Path:
+    """Three scenes of different sizes as PNGs, and a file that is not an image."""
+    images = tmp_path / "scenes"
+    images.mkdir()
+    for i, scene in enumerate(sample_scenes(3, seed=11)):
+        scene.image.save(images / f"scene_{i}.png")
+    (images / "notes.txt").write_text("not an image")
+    return images
+
+
+def test_image_files_expands_folders_and_names_every_missing_path(folder, tmp_path) -> None:
+    files = image_files([folder, folder / "scene_1.png"])
+    assert [f.name for f in files] == ["scene_0.png", "scene_1.png", "scene_2.png", "scene_1.png"]
+    assert image_files(folder / "scene_2.png") == [folder / "scene_2.png"]
+    with pytest.raises(ImageLoadError, match=r"2 image path\(s\) do not exist: .*a\.png, .*b\.png"):
+        image_files([tmp_path / "a.png", folder, tmp_path / "b.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageLoadError, match="without image files"):
+        image_files([tmp_path / "empty"])
+
+
+def test_annotated_names_are_distinct() -> None:
+    paths = [Path("a/x.png"), Path("b/x.jpg"), Path("c/X.png"), Path("results.png"), Path("y.jpeg")]
+    assert _annotated_names(paths) == ["x.png", "x_2.png", "X_3.png", "results.png", "y.png"]
+
+
+def test_grounding_record_has_normalized_and_pixel_boxes() -> None:
+    text = ("<image>.</image><grounding> An image of<phrase> two red circles</phrase><object>"
+            "<patch_index_0000><patch_index_0033></delimiter_of_multi_objects/><patch_index_0528>"
+            "<patch_index_1023></object>.")
+    g = parse_generation(text)
+    rec = grounding_record("scenes/a.png", CAPTION_PROMPT, g, (320, 160), annotated="a.png")
+    assert rec["caption"] == "An image of two red circles."
+    (ent,) = rec["entities"]
+    assert ent["phrase"] == "two red circles" and ent["span"] == [12, 27]
+    assert ent["boxes"] == [list(b) for b in g.entities[0].boxes]
+    assert ent["boxes_px"] == [[5.0, 2.5, 15.0, 7.5], [165.0, 82.5, 315.0, 157.5]]
+    assert rec["generated"].startswith("<grounding> An image of<phrase>")
+    assert (rec["file"], rec["annotated"], rec["width"], rec["height"], rec["problems"]) == \
+        ("scenes/a.png", "a.png", 320, 160, [])
+    json.dumps(rec)  # plain JSON types only
+
+
+def test_ground_folder_writes_jsonl_and_pngs(tiny_model, folder, tmp_path) -> None:
+    model, processor = tiny_model
+    out = tmp_path / "out"
+    records = ground_folder(model, processor, [folder], CAPTION_PROMPT, out, batch_size=2, max_new_tokens=6,
+                            progress=False)
+    assert len(records) == 3
+    assert read_results(out) == records == read_results(out / RESULTS_NAME)
+    images = [Image.open(folder / f"scene_{i}.png") for i in range(3)]
+    direct = helpers.model.ground(model, processor, [im.convert("RGB") for im in images], CAPTION_PROMPT,
+                                  max_new_tokens=6, batch_size=3, progress=False)
+    for i, (rec, im, g) in enumerate(zip(records, images, direct)):
+        assert rec["file"] == str(folder / f"scene_{i}.png")
+        assert rec["prompt"] == CAPTION_PROMPT and rec["caption"] == g.caption
+        assert rec["problems"] == g.problems
+        assert (rec["width"], rec["height"]) == im.size
+        annotated = Image.open(out / rec["annotated"])
+        assert annotated.size == im.size and annotated.format == "PNG"
+    assert sorted(p.name for p in out.iterdir()) == [RESULTS_NAME, "scene_0.png", "scene_1.png", "scene_2.png"]
+
+
+def test_ground_folder_with_a_user_box(tiny_model, folder, tmp_path) -> None:
+    model, processor = tiny_model
+    box = (0.2, 0.3, 0.6, 0.9)
+    records = ground_folder(model, processor, [folder / "scene_0.png"], GENERATION_PROMPT, tmp_path / "o",
+                            max_new_tokens=4, box=box, progress=False)
+    generated = records[0]["generated"]
+    assert generated.startswith(f"<grounding><phrase> It</phrase><object>{location_tokens(box)}</object> is")
+    plain = Image.open(folder / "scene_0.png").convert("RGB")
+    assert Image.open(tmp_path / "o" / "scene_0.png").convert("RGB").tobytes() != plain.tobytes()
+
+
+def test_ground_folder_input_errors(tiny_model, folder, tmp_path) -> None:
+    model, processor = tiny_model
+    with pytest.raises(ValueError, match="needs a <phrase>"):
+        ground_folder(model, processor, [folder], CAPTION_PROMPT, tmp_path, box=(0.1, 0.1, 0.5, 0.5))
+    with pytest.raises(ValueError, match="x1 > x0"):
+        ground_folder(model, processor, [folder], GENERATION_PROMPT, tmp_path, box=(0.5, 0.1, 0.5, 0.5))
+    with pytest.raises(ValueError, match="normalized box values must lie in"):
+        ground_folder(model, processor, [folder], GENERATION_PROMPT, tmp_path, box=(10, 10, 50, 50))
+    with pytest.raises(ValueError, match="prompt must be a non-empty str"):
+        ground_folder(model, processor, [folder], "  ", tmp_path)
+    with pytest.raises(ValueError, match="batch_size"):
+        ground_folder(model, processor, [folder], CAPTION_PROMPT, tmp_path, batch_size=-1)
+    with pytest.raises(ImageLoadError, match="do not exist"):
+        ground_folder(model, processor, [tmp_path / "none.png"], CAPTION_PROMPT, tmp_path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ImageLoadError, match="broken.png"):
+        ground_folder(model, processor, [broken], CAPTION_PROMPT, tmp_path / "b")
+
+
+def test_read_results_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="no results file"):
+        read_results(tmp_path)
+    (tmp_path / RESULTS_NAME).write_text('{"a": 1}\n\nnot json\n')
+    with pytest.raises(ValueError, match="line 3 is not JSON"):
+        read_results(tmp_path)

@@ -1,0 +1,195 @@
+"""Tests for helpers.playground: the in-world heuristic and the playground's logic, without a browser."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import helpers.model
+from helpers.playground import (
+    IN_WORLD_THRESHOLD,
+    Playground,
+    PlaygroundResult,
+    in_world_score,
+    looks_in_world,
+    world_palette,
+)
+from helpers.plotting import draw_entities, draw_user_box
+from helpers.synthetic import COLOURS, character_illustration, sample_scenes, snowman_illustration
+from helpers.tokens import location_tokens
+from helpers.world import CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A random-weight Kosmos-2 of the world's architecture, saved and loaded like a real one."""
+    from helpers.training import new_model
+    from helpers.world import build_processor
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    processor = build_processor(64)
+    new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=32).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return helpers.model.load(str(folder), verbose=False)
+
+
+def noise(seed: int, size=(160, 120)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def photo_like(seed: int) -> Image.Image:
+    """A smooth sky-to-ground gradient with sensor-like noise: what photos look like to this heuristic."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:120, 0:160].astype(np.float32)
+    top = rng.uniform(60, 200, 3)
+    bottom = rng.uniform(20, 160, 3)
+    t = (y / 119)[..., None]
+    img = (1 - t) * top + t * bottom + 0.2 * x[..., None] + rng.normal(0, 8, (120, 160, 3))
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------------------------- in world
+
+
+def test_palette_holds_the_world_colours() -> None:
+    palette = {tuple(int(v) for v in c) for c in world_palette()}
+    assert set(COLOURS.values()) <= palette
+    assert (120, 200, 245) in palette  # Kumo's body
+    assert (1, 2, 3) not in palette  # the marker background used to find them
+
+
+def test_scenes_are_in_world() -> None:
+    scenes = [s.image for s in sample_scenes(25, seed=99)]
+    scenes += [snowman_illustration().image, character_illustration().image]
+    scores = [in_world_score(im) for im in scenes]
+    assert min(scores) >= IN_WORLD_THRESHOLD
+    assert all(looks_in_world(im) for im in scenes)
+
+
+def test_jpeg_copies_of_scenes_stay_in_world() -> None:
+    for scene in sample_scenes(5, seed=4):
+        buf = io.BytesIO()
+        scene.image.save(buf, format="JPEG", quality=80)
+        assert looks_in_world(Image.open(buf))
+
+
+@pytest.mark.parametrize("make", [noise, photo_like])
+def test_noise_and_photo_like_images_are_out_of_world(make) -> None:
+    for seed in range(6):
+        image = make(seed)
+        assert in_world_score(image) < 0.5
+        assert not looks_in_world(image)
+
+
+def test_a_scene_covered_in_noise_drops_out() -> None:
+    scene = sample_scenes(1, seed=2)[0].image
+    arr = np.asarray(scene).astype(np.float32)
+    noisy = Image.fromarray((arr + np.random.default_rng(0).normal(0, 60, arr.shape)).clip(0, 255).astype(np.uint8))
+    assert in_world_score(noisy) < IN_WORLD_THRESHOLD <= in_world_score(scene)
+
+
+def test_large_and_greyscale_images_and_errors() -> None:
+    big = snowman_illustration(size=(2000, 1500)).image
+    assert looks_in_world(big)
+    assert in_world_score(big.convert("L")) <= 1.0
+    with pytest.raises(TypeError, match="PIL image"):
+        in_world_score(np.zeros((4, 4, 3)))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="threshold"):
+        looks_in_world(big, threshold=2)
+
+
+# --------------------------------------------------------------------------------------------- playground
+
+
+@pytest.fixture()
+def playground(tiny_model) -> Playground:
+    scenes = sample_scenes(2, seed=5)
+    return Playground(*tiny_model, images={"one": scenes[0].image, "two": scenes[1].image}, max_new_tokens=4)
+
+
+def test_widgets_start_from_the_arguments(playground) -> None:
+    assert playground.image_choice.options == ("one", "two")
+    assert playground.prompt.value == CAPTION_PROMPT
+    assert playground.current_box() is None
+    playground.use_box.value = True
+    assert playground.current_box() == (0.25, 0.25, 0.75, 0.75)
+    playground.example_choice.value = "detailed caption"
+    assert playground.prompt.value == DETAIL_PROMPT
+
+
+def test_run_grounds_and_shows_the_result(playground) -> None:
+    playground.image_choice.value = "two"
+    result = playground.run()
+    assert isinstance(result, PlaygroundResult) and playground.last is result
+    assert result.image.size == playground.images["two"].size
+    assert result.prompt == CAPTION_PROMPT and result.box is None
+    assert result.grounding.caption.startswith("An image of")
+    assert "An image of" in result.html and 'class="grounded-caption"' in result.html
+    assert result.in_world == in_world_score(playground.images["two"])
+    assert playground.picture.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert playground.caption.value == result.html
+    assert result._repr_html_() == result.html
+
+
+def test_run_with_a_box(playground) -> None:
+    box = (0.1, 0.2, 0.5, 0.6)
+    result = playground.run(prompt=GENERATION_PROMPT, box=box)
+    assert result.box == box
+    assert f"<phrase> It</phrase><object>{location_tokens(box)}</object> is" in result.grounding.raw
+    plain = playground.run(prompt=GENERATION_PROMPT, box=None)
+    assert "<object>" not in plain.grounding.raw.split("</image>")[1].split(" is")[0]
+    original = playground.images["one"]
+    with_box = draw_entities(draw_user_box(original, box, label="your box"), result.grounding)
+    assert result.image.tobytes() == with_box.tobytes()  # the user's dashed box is drawn under the answer
+    assert result.image.tobytes() != draw_entities(original, result.grounding).tobytes()
+    playground.use_box.value = True
+    playground.box_fields[0].value = 0.3
+    assert playground.run(prompt=GENERATION_PROMPT).box == (0.3, 0.25, 0.75, 0.75)
+
+
+def test_bad_input_raises_in_run_and_shows_in_the_widget(playground) -> None:
+    with pytest.raises(ValueError, match="needs a <phrase>"):
+        playground.run(prompt=CAPTION_PROMPT, box=(0.1, 0.1, 0.4, 0.4))
+    with pytest.raises(ValueError, match="x0 < x1"):
+        playground.run(prompt=GENERATION_PROMPT, box=(0.4, 0.1, 0.4, 0.4))
+    with pytest.raises(ValueError, match="non-empty"):
+        playground.run(prompt="")
+    with pytest.raises(KeyError, match="no image called 'three'"):
+        playground.run(image="three")
+    playground.prompt.value = "<grounding> An image of"
+    playground.use_box.value = True
+    playground.on_click()
+    assert "needs a &lt;phrase&gt;" in playground.caption.value and "⚠" in playground.caption.value
+    with pytest.raises(ValueError, match="images is empty"):
+        Playground(playground.model, playground.processor, images={})
+    with pytest.raises(TypeError, match=r"images\['x'\] must be a PIL image"):
+        Playground(playground.model, playground.processor, images={"x": "a.png"})
+
+
+def test_upload_adds_and_selects_the_image(playground) -> None:
+    buf = io.BytesIO()
+    noise(1).save(buf, format="PNG")
+    playground._on_upload({"new": ({"name": "one", "content": memoryview(buf.getvalue())},)})
+    assert playground.image_choice.value == "one (2)"
+    assert playground.images["one (2)"].size == (160, 120)
+    playground._on_upload({"new": ({"name": "junk.png", "content": memoryview(b"junk")},)})
+    assert "⚠" in playground.caption.value and playground.image_choice.value == "one (2)"
+
+
+def test_out_of_world_warning_only_for_the_bundled_model(playground) -> None:
+    odd = photo_like(0)
+    assert not any("does not look like" in w for w in playground.run(image=odd).warnings)
+    info = playground.model.load_info
+    try:
+        playground.model.load_info = dataclasses.replace(info, bundled=True)
+        result = playground.run(image=odd)
+        assert any("does not look like the bundled model's world" in w for w in result.warnings)
+        assert "does not look like" in result.html
+        assert not any("does not look like" in w for w in playground.run(image="one").warnings)
+    finally:
+        playground.model.load_info = info

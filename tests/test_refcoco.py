@@ -1,0 +1,250 @@
+"""Tests for helpers.refcoco: reading RefCOCO-style annotations and scoring comprehension on them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import helpers.model
+from helpers.images import ImageLoadError
+from helpers.refcoco import (
+    COCO_TRAIN2014_PATTERN,
+    ComprehensionResult,
+    RefCocoFormatError,
+    RefItem,
+    evaluate_comprehension,
+    load_refcoco,
+    predicted_box,
+    scenes_to_refcoco,
+)
+from helpers.synthetic import draw_scene, sample_scenes
+from helpers.tokens import parse_generation
+
+
+def record(**over) -> dict:
+    rec = {"file_name": "a.png", "bbox": [20, 10, 40, 30], "sentences": [{"sent": "the red circle"}],
+           "width": 200, "height": 100}
+    rec.update(over)
+    return rec
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A random-weight Kosmos-2 of the world's architecture, saved and loaded like a real one."""
+    from helpers.training import new_model
+    from helpers.world import build_processor
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    processor = build_processor(64)
+    new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=32).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return helpers.model.load(str(folder), verbose=False)
+
+
+@pytest.fixture()
+def drawn(tmp_path) -> tuple[Path, list[dict]]:
+    """Two images the test draws, and hand-written annotations for them (COCO boxes in pixels)."""
+    a = draw_scene([("red", "circle", (0.1, 0.2, 0.4, 0.8)), (None, "snowman", (0.6, 0.1, 0.9, 0.9))], size=(200, 100))
+    b = draw_scene([("blue", "square", (0.25, 0.25, 0.75, 0.75))], size=(80, 120))
+    a.image.save(tmp_path / "a.png")
+    b.image.save(tmp_path / "b.png")
+    records = [
+        {"ref_id": 1, "file_name": "a.png", "bbox": [20, 20, 60, 60], "width": 200, "height": 100,
+         "sentences": [{"sent": "the red circle"}, {"sent": "red  circle "}], "split": "val"},
+        {"ref_id": 2, "file_name": "a.png", "bbox": [120, 10, 60, 80], "width": 200, "height": 100,
+         "sentences": [{"sent": "the snowman"}], "split": "test"},
+        {"ref_id": 3, "file_name": "b.png", "bbox": [20, 30, 40, 60], "width": 80, "height": 120,
+         "expression": "the blue square", "split": "val"},
+    ]
+    return tmp_path, records
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def test_coco_box_becomes_normalized_xyxy_and_each_sentence_an_item(drawn) -> None:
+    _, records = drawn
+    items = load_refcoco(records)
+    assert [it.expression for it in items] == ["the red circle", "red circle", "the snowman", "the blue square"]
+    assert items[0].box == pytest.approx((0.1, 0.2, 0.4, 0.8))
+    assert items[0].box_px == pytest.approx((20, 20, 80, 80))
+    assert items[2].box == pytest.approx((0.6, 0.1, 0.9, 0.9))
+    assert items[3].box == pytest.approx((0.25, 0.25, 0.75, 0.75))
+    assert (items[3].width, items[3].height, items[3].ref_id, items[3].split) == (80, 120, 3, "val")
+
+
+def test_file_object_and_split(drawn, tmp_path) -> None:
+    _, records = drawn
+    path = tmp_path / "refs.json"
+    path.write_text(json.dumps({"refs": records}))
+    assert len(load_refcoco(path)) == 4
+    assert [it.expression for it in load_refcoco(str(path), split="test")] == ["the snowman"]
+    with pytest.raises(RefCocoFormatError, match=r"no record has split 'testB'.*'test', 'val'"):
+        load_refcoco(records, split="testB")
+
+
+def test_sentence_forms_and_image_id_pattern() -> None:
+    items = load_refcoco([
+        {"image_id": 42, "bbox": [0, 0, 10, 10], "width": 10, "height": 10,
+         "sentences": ["plain string", {"raw": "raw form"}]},
+    ])
+    assert [it.expression for it in items] == ["plain string", "raw form"]
+    assert items[0].file_name == COCO_TRAIN2014_PATTERN.format(image_id=42) == "COCO_train2014_000000000042.jpg"
+    without_name = {k: v for k, v in record().items() if k != "file_name"} | {"image_id": "x7"}
+    custom = load_refcoco([without_name], file_pattern="img_{image_id}.png")
+    assert custom[0].file_name == "img_x7.png"
+    with pytest.raises(RefCocoFormatError, match="image_id='x7'.*file_pattern"):
+        load_refcoco([without_name])  # the default pattern needs an int
+
+
+def test_size_read_from_the_image_when_missing(drawn) -> None:
+    root, records = drawn
+    rec = {k: v for k, v in records[2].items() if k not in ("width", "height")}
+    (item,) = load_refcoco([rec], image_root=root)
+    assert (item.width, item.height) == (80, 120)
+    with pytest.raises(RefCocoFormatError, match="no 'width'/'height'.*image_root"):
+        load_refcoco([rec])
+    with pytest.raises(RefCocoFormatError, match="does not exist"):
+        load_refcoco([rec | {"file_name": "nope.png"}], image_root=root)
+
+
+def test_edge_overshoot_within_a_pixel_is_clipped() -> None:
+    (item,) = load_refcoco([record(bbox=[150.5, 60, 50, 40.4])])
+    assert item.box == pytest.approx((150.5 / 200, 0.6, 1.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    "rec, message",
+    [
+        (record(bbox=[20, 10, 40]), r"record 0: 'bbox' must be \[x, y, w, h\]"),
+        (record(bbox="20 10 40 30"), r"'bbox' must be \[x, y, w, h\]"),
+        (record(bbox=[20, 10, 0, 30]), "has no area"),
+        (record(bbox=[50, 20, 30, 10]), None),  # a valid box, for contrast
+        (record(bbox=[20, 10, "40", 30]), "must be a number"),
+        (record(bbox=[20, 10, float("nan"), 30]), "must be finite"),
+        (record(bbox=[180, 10, 40, 30]), "reaches beyond the image of 200 x 100"),
+        (record(width=0), "'width' must be a positive int"),
+        ({k: v for k, v in record().items() if k != "height"}, "give both 'width' and 'height'"),
+        ({k: v for k, v in record().items() if k != "bbox"}, "needs 'bbox'"),
+        ({k: v for k, v in record().items() if k != "sentences"}, "needs 'sentences'.*or 'expression'"),
+        ({k: v for k, v in record().items() if k != "file_name"}, "needs 'file_name' or 'image_id'"),
+        (record(sentences=[{"text": "x"}]), "sentence 0 must have a 'sent'"),
+        (record(sentences=["  "]), "non-empty string"),
+        (record(sentences=[]), "non-empty string"),
+        (record(sentences="the red circle"), "'sentences' must be a list"),
+        (record(file_name=""), "'file_name' must be a non-empty str"),
+    ],
+)
+def test_bad_records_give_clear_errors(rec, message) -> None:
+    if message is None:
+        assert len(load_refcoco([rec])) == 1
+        return
+    with pytest.raises(RefCocoFormatError, match=message):
+        load_refcoco([rec])
+
+
+def test_bad_sources(tmp_path) -> None:
+    with pytest.raises(RefCocoFormatError, match="does not exist"):
+        load_refcoco(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(RefCocoFormatError, match="not valid JSON"):
+        load_refcoco(bad)
+    with pytest.raises(RefCocoFormatError, match="under 'refs' or 'annotations'"):
+        load_refcoco({"images": []})
+    with pytest.raises(RefCocoFormatError, match="got int"):
+        load_refcoco(3)
+    with pytest.raises(RefCocoFormatError, match="record 1: expected a dict"):
+        load_refcoco([record(), "oops"])
+    with pytest.raises(RefCocoFormatError, match="hold no records"):
+        load_refcoco([])
+    assert issubclass(RefCocoFormatError, ValueError)
+
+
+def test_scenes_to_refcoco_round_trip(tmp_path) -> None:
+    scenes = sample_scenes(6, seed=3)
+    records = scenes_to_refcoco(scenes, tmp_path / "images")
+    (tmp_path / "refs.json").write_text(json.dumps(records))
+    items = load_refcoco(tmp_path / "refs.json", image_root=tmp_path / "images")
+    truth = [(o, len(g)) for s in scenes for g in s.groups for o in g]
+    assert len(items) == len(truth)
+    for item, (obj, n) in zip(items, truth):
+        assert item.box == pytest.approx(obj.box, abs=0.01)
+        assert obj.name.lower() in item.expression.lower()
+        assert (" left " in item.expression or " right " in item.expression) == (n > 1)
+        assert (tmp_path / "images" / item.file_name).is_file()
+
+
+# --------------------------------------------------------------------------------------------- evaluating
+
+
+def test_scoring_with_known_answers(drawn, monkeypatch) -> None:
+    root, records = drawn
+    items = load_refcoco(records)
+    # answers: a near-exact box, a box with IoU ≈ 0.41, no box at all, a wrong first box (the second is right)
+    answers = {
+        "the red circle": "<grounding><phrase> the red circle</phrase><object><patch_index_0195><patch_index_0812></object>",
+        "red circle": "<grounding><phrase> red circle</phrase><object><patch_index_0195><patch_index_0807></object>",
+        "the snowman": "<grounding><phrase> the snowman</phrase> is not here",
+        "the blue square": "<grounding><phrase> the blue square</phrase><object><patch_index_0000><patch_index_0033>"
+                           "</object><phrase> it</phrase><object><patch_index_0264><patch_index_0791></object>",
+    }
+    seen = {}
+
+    def fake_ground(model, processor, images, prompts, **kwargs):
+        seen["images"], seen["prompts"] = images, prompts
+        return [parse_generation(answers[p.split("<phrase> ")[1].split("</phrase>")[0]]) for p in prompts]
+
+    monkeypatch.setattr(helpers.model, "ground", fake_ground)
+    result = evaluate_comprehension(None, None, items, root)
+    assert seen["prompts"][0] == "<grounding><phrase> the red circle</phrase>"
+    assert seen["images"][0] is seen["images"][1]  # each image is loaded once
+    assert [r["hit"] for r in result.rows] == [True, False, False, False]
+    assert result.rows[2]["predicted"] is None and result.rows[2]["iou"] == 0.0
+    assert result.rows[0]["iou"] == pytest.approx((9 / 32) * (19 / 32) / 0.18)
+    assert result.rows[1]["iou"] == pytest.approx((4 / 32) * (19 / 32) / 0.18)
+    assert result.rows[3]["predicted"] == pytest.approx((1 / 64, 1 / 64, 3 / 64, 3 / 64))  # the first entity's box
+    assert (result.score.hits, result.score.total, result.accuracy) == (1, 4, 0.25)
+    assert result.accuracy_at(0.4) == 0.5
+    assert result.accuracy_at(0.0) == 1.0
+    assert "accuracy at IoU ≥ 0.5: 25.0 % (1/4)" == str(result)
+
+
+def test_predicted_box_and_argument_checks(drawn) -> None:
+    root, records = drawn
+    g = parse_generation("<phrase> x</phrase><object><patch_index_0000><patch_index_1023></object>")
+    assert predicted_box(g) == (1 / 64, 1 / 64, 1 - 1 / 64, 1 - 1 / 64)
+    assert predicted_box(parse_generation("nothing")) is None
+    with pytest.raises(ValueError, match="items is empty"):
+        evaluate_comprehension(None, None, [], root)
+    with pytest.raises(ValueError, match=r"items\[0\] must be a RefItem"):
+        evaluate_comprehension(None, None, records, root)
+    with pytest.raises(ValueError, match="threshold"):
+        evaluate_comprehension(None, None, load_refcoco(records), root, threshold=1.5)
+    with pytest.raises(ValueError, match="threshold"):
+        ComprehensionResult(score=None).accuracy_at(-0.1)  # type: ignore[arg-type]
+
+
+def test_missing_image_is_named(tiny_model, drawn) -> None:
+    root, records = drawn
+    items = load_refcoco([records[0] | {"file_name": "gone.png"}])
+    with pytest.raises(ImageLoadError, match="gone.png"):
+        evaluate_comprehension(*tiny_model, items, root)
+
+
+def test_evaluate_with_a_real_model_on_drawn_images(tiny_model, drawn) -> None:
+    root, records = drawn
+    items = load_refcoco(records)
+    result = evaluate_comprehension(*tiny_model, items, root, batch_size=3, max_new_tokens=6)
+    assert result.score.total == len(items) == len(result.rows)
+    for item, row in zip(items, result.rows):
+        assert row["expression"] == item.expression and row["truth"] == item.box
+        assert row["caption"].startswith(item.expression)  # the prompt's phrase opens the caption
+        assert 0.0 <= row["iou"] <= 1.0
+        assert row["hit"] == (row["predicted"] is not None and row["iou"] >= 0.5)
+    assert result.score.hits == sum(r["hit"] for r in result.rows)
+    assert isinstance(items[0], RefItem)
+    Image.open(root / "a.png").verify()
