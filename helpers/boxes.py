@@ -1,8 +1,14 @@
-"""Boxes: normalized ``(x0, y0, x1, y1)`` in [0, 1], or pixels (names end in ``_px``)."""
+"""Boxes: normalized ``(x0, y0, x1, y1)`` in [0, 1], or pixels (names end in ``_px``).
+
+``(x0, y0)`` is the top-left corner, ``(x1, y1)`` the bottom-right one; y grows downwards, as in images.
+Every function here checks its boxes and raises ``ValueError`` with the reason (wrong length, not a
+number, NaN or infinity, inverted, outside [0, 1] or outside the image).
+"""
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 Box = tuple[float, float, float, float]
@@ -19,7 +25,10 @@ def _four_numbers(box: Sequence[float], what: str) -> Box:
     for v in box:
         if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__float__"):
             raise ValueError(f"{what} must hold numbers, got {v!r} in {box!r}")
-        f = float(v)
+        try:
+            f = float(v)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ValueError(f"{what} must hold numbers, got {v!r} in {box!r} ({err})") from None
         if math.isnan(f) or math.isinf(f):
             raise ValueError(f"{what} must hold finite numbers, got {v!r} in {box!r}")
         out.append(f)
@@ -30,7 +39,12 @@ def _four_numbers(box: Sequence[float], what: str) -> Box:
 
 
 def check_normalized(box: Sequence[float]) -> Box:
-    """Validate a normalized box and return it as a tuple of floats."""
+    """Validate a normalized box and return it as a tuple of floats.
+
+    Raises:
+        ValueError: not 4 values, a value that is not a finite number, an inverted box (``x1 < x0`` or
+            ``y1 < y0``), or a value outside [0, 1] (with a hint when it looks like a pixel box).
+    """
     b = _four_numbers(box, "normalized box")
     if not all(0.0 <= v <= 1.0 for v in b):
         hint = ""
@@ -38,3 +52,94 @@ def check_normalized(box: Sequence[float]) -> Box:
             hint = " It looks like a pixel box: convert it with to_normalized(box_px, image_size)."
         raise ValueError(f"normalized box values must lie in [0, 1], got {b}.{hint}")
     return b
+
+
+def _image_size(image_size: Sequence[int]) -> tuple[int, int]:
+    """Validate ``(width, height)``: two positive ints."""
+    try:
+        n = len(image_size)
+    except TypeError:
+        raise ValueError(f"image_size must be (width, height), two positive ints, got {image_size!r}") from None
+    if n != 2:
+        raise ValueError(f"image_size must be (width, height), two positive ints, got {n} values: {image_size!r}")
+    out = []
+    for v in image_size:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or int(v) <= 0:
+            raise ValueError(f"image_size must be (width, height), two positive ints, got {tuple(image_size)!r}")
+        out.append(int(v))
+    return out[0], out[1]
+
+
+#: How far (in pixels) a pixel box may reach past the image edge and still count as inside it.
+PIXEL_TOLERANCE = 1e-6
+
+
+def check_pixel_box(box_px: Sequence[float], image_size: Sequence[int]) -> Box:
+    """Validate a pixel box ``(x0, y0, x1, y1)`` that must lie within an image of ``(width, height)``.
+
+    Returns it as a tuple of floats. Values may reach past the edges by :data:`PIXEL_TOLERANCE` pixels
+    (float rounding); anything further is an error.
+    """
+    width, height = _image_size(image_size)
+    b = _four_numbers(box_px, "pixel box")
+    x0, y0, x1, y1 = b
+    tol = PIXEL_TOLERANCE
+    if min(x0, y0) < -tol or max(x0, x1) > width + tol or max(y0, y1) > height + tol:
+        raise ValueError(
+            f"pixel box {b} reaches beyond the image of {width} x {height} pixels: expected "
+            f"0 <= x <= {width} and 0 <= y <= {height}"
+        )
+    return b
+
+
+def to_pixels(box: Sequence[float], image_size: Sequence[int]) -> Box:
+    """A normalized box in pixels of an image of ``image_size = (width, height)``."""
+    x0, y0, x1, y1 = check_normalized(box)
+    width, height = _image_size(image_size)
+    return (x0 * width, y0 * height, x1 * width, y1 * height)
+
+
+def to_normalized(box_px: Sequence[float], image_size: Sequence[int]) -> Box:
+    """A pixel box (within the image, see :func:`check_pixel_box`) as a normalized box."""
+    x0, y0, x1, y1 = check_pixel_box(box_px, image_size)
+    width, height = _image_size(image_size)
+
+    def clamp(v: float) -> float:
+        return min(max(v, 0.0), 1.0)
+
+    return (clamp(x0 / width), clamp(y0 / height), clamp(x1 / width), clamp(y1 / height))
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two boxes in the same units (both normalized or both in pixels).
+
+    0.0 when the boxes do not overlap, or when the union has no area (two boxes without area).
+    """
+    ax0, ay0, ax1, ay1 = _four_numbers(a, "box a")
+    bx0, by0, bx1, by1 = _four_numbers(b, "box b")
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    if union <= 0.0:
+        return 0.0
+    return inter / union
+
+
+def round_box(box: Sequence[float], ndigits: int = 2) -> Box:
+    """Each value of a normalized box rounded to ``ndigits`` decimals, as the article does before scaling
+    to pixels (``[round(i, 2) for i in box]``)."""
+    if isinstance(ndigits, bool) or not isinstance(ndigits, int) or ndigits < 0:
+        raise ValueError(f"ndigits must be an int >= 0, got {ndigits!r}")
+    x0, y0, x1, y1 = check_normalized(box)
+    return (round(x0, ndigits), round(y0, ndigits), round(x1, ndigits), round(y1, ndigits))
+
+
+def pixel_error(box: Sequence[float], rounded: Sequence[float], image_size: Sequence[int]) -> float:
+    """The largest difference, in pixels, between two normalized boxes drawn on an image of ``image_size``.
+
+    Used to show what rounding a box (:func:`round_box`) costs once it is scaled to the image.
+    """
+    a = check_normalized(box)
+    r = check_normalized(rounded)
+    width, height = _image_size(image_size)
+    scale = (width, height, width, height)
+    return max(abs(u - v) * s for u, v, s in zip(a, r, scale))

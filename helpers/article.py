@@ -1,0 +1,53 @@
+"""What the Kosmos-2 blog article this course follows printed: prompts, raw generations, captions, boxes.
+
+The facts live in ``data/article_outputs.json``: recorded outputs of ``microsoft/kosmos-2-patch14-224`` as
+printed in the article (4-bit, Colab GPU, 2023). Notebooks compare their own runs with them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ARTICLE_OUTPUTS_FILE = "article_outputs.json"
+_REQUIRED_KEYS = ("source", "snowman", "grounded_qa")
+
+
+def article_outputs_path() -> Path:
+    """Where ``article_outputs.json`` is read from.
+
+    ``helpers.paths.data_dir()`` first; when the data folder has been moved elsewhere (with
+    ``$KOSMOS2_COURSE_DATA``) and holds no copy, the file that ships in the repository's ``data/``.
+    """
+    from helpers.paths import data_dir
+
+    path = data_dir() / ARTICLE_OUTPUTS_FILE
+    if path.is_file():
+        return path
+    shipped = Path(__file__).resolve().parent.parent / "data" / ARTICLE_OUTPUTS_FILE
+    return shipped if shipped.is_file() else path
+
+
+def article_outputs() -> dict[str, Any]:
+    """The article's recorded outputs as a fresh dict (changing it changes nothing on disk).
+
+    Keys: ``"source"`` (which article, how it ran the model), ``"snowman"`` (prompt, raw generation,
+    printed caption and entity tuples, and the different full-precision result) and ``"grounded_qa"``
+    (the user box, the article's prompt and the English prompt with the box inserted, the printed entity;
+    the English answer is not recorded). Entity tuples are stored as JSON lists:
+    ``[phrase, [start, end], [[x0, y0, x1, y1], …]]``.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: the file is not a JSON object with the keys above.
+    """
+    path = article_outputs_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"the article's recorded outputs are missing: expected the file {path}")
+    with path.open(encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or any(k not in data for k in _REQUIRED_KEYS):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path} should be a JSON object with the keys {list(_REQUIRED_KEYS)}, found {found}")
+    return data

@@ -1,0 +1,141 @@
+"""helpers.boxes: conversions between normalized and pixel boxes, IoU, rounding, and the error messages."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from helpers.boxes import (
+    check_normalized,
+    check_pixel_box,
+    iou,
+    pixel_error,
+    round_box,
+    to_normalized,
+    to_pixels,
+)
+
+SNOWMAN_BOX = (0.390625, 0.046875, 0.984375, 0.828125)
+
+
+def test_to_pixels_scales_x_by_width_and_y_by_height() -> None:
+    assert to_pixels((0.1, 0.2, 0.5, 1.0), (640, 480)) == pytest.approx((64.0, 96.0, 320.0, 480.0))
+    assert to_pixels((0, 0, 1, 1), (7, 3)) == (0.0, 0.0, 7.0, 3.0)
+    assert to_pixels(np.array([0.25, 0.5, 0.75, 1.0]), (np.int64(8), 4)) == (2.0, 2.0, 6.0, 4.0)
+
+
+def test_to_normalized_inverts_to_pixels() -> None:
+    for size in [(640, 480), (1, 1), (333, 1000)]:
+        back = to_normalized(to_pixels(SNOWMAN_BOX, size), size)
+        assert back == pytest.approx(SNOWMAN_BOX, abs=1e-12)
+    assert to_normalized((64, 96, 320, 480), (640, 480)) == pytest.approx((0.1, 0.2, 0.5, 1.0))
+
+
+def test_to_normalized_allows_float_rounding_at_the_edges() -> None:
+    assert to_normalized((-1e-9, 0.0, 640 + 1e-9, 480.0), (640, 480)) == (0.0, 0.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("box_px", [(0, 0, 641, 480), (-1, 0, 10, 10), (0, 0, 10, 480.01)])
+def test_pixel_boxes_beyond_the_image_are_refused(box_px) -> None:
+    with pytest.raises(ValueError, match=r"reaches beyond the image of 640 x 480 pixels"):
+        to_normalized(box_px, (640, 480))
+    with pytest.raises(ValueError, match=r"reaches beyond the image"):
+        check_pixel_box(box_px, (640, 480))
+
+
+def test_check_pixel_box_returns_floats() -> None:
+    assert check_pixel_box([1, 2, 3, 4], (10, 10)) == (1.0, 2.0, 3.0, 4.0)
+    assert all(type(v) is float for v in check_pixel_box([1, 2, 3, 4], (10, 10)))
+
+
+@pytest.mark.parametrize("size", [(0, 10), (10, -1), (10.0, 10), (True, 10), (10,), "ab", 5, (10, 10, 3)])
+def test_image_size_must_be_two_positive_ints(size) -> None:
+    with pytest.raises(ValueError, match=r"image_size must be \(width, height\)"):
+        to_pixels(SNOWMAN_BOX, size)
+    with pytest.raises(ValueError, match=r"image_size must be \(width, height\)"):
+        check_pixel_box((0, 0, 1, 1), size)
+
+
+def test_iou_values() -> None:
+    a = (0.0, 0.0, 0.5, 0.5)
+    assert iou(a, a) == 1.0
+    assert iou(a, (0.25, 0.0, 0.75, 0.5)) == pytest.approx(1 / 3)
+    assert iou((0, 0, 1, 1), (0, 0, 0.5, 1)) == 0.5
+    assert iou(a, (0.5, 0.5, 1.0, 1.0)) == 0.0  # touching corners
+    assert iou(a, (0.6, 0.6, 0.9, 0.9)) == 0.0  # disjoint
+    assert iou((0.2, 0.2, 0.2, 0.2), (0.2, 0.2, 0.2, 0.2)) == 0.0  # no area at all
+    assert iou((0.1, 0.1, 0.1, 0.9), (0.0, 0.0, 1.0, 1.0)) == 0.0  # a line inside a box
+    assert iou((10, 10, 30, 30), (20, 20, 40, 40)) == pytest.approx(100 / 700)  # pixels
+    assert iou(a, (0.0, 0.0, 0.25, 0.25)) == iou((0.0, 0.0, 0.25, 0.25), a) == pytest.approx(0.25)
+
+
+def test_iou_checks_its_boxes() -> None:
+    with pytest.raises(ValueError, match="box a is inverted"):
+        iou((0.5, 0, 0.2, 1), (0, 0, 1, 1))
+    with pytest.raises(ValueError, match="box b must have 4 numbers"):
+        iou((0, 0, 1, 1), (0, 0, 1))
+
+
+def test_round_box_is_what_the_article_does() -> None:
+    assert round_box(SNOWMAN_BOX) == tuple(round(v, 2) for v in SNOWMAN_BOX) == (0.39, 0.05, 0.98, 0.83)
+    assert round_box(SNOWMAN_BOX, 0) == (0.0, 0.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="ndigits must be an int >= 0"):
+        round_box(SNOWMAN_BOX, -1)
+    with pytest.raises(ValueError, match="ndigits must be an int >= 0"):
+        round_box(SNOWMAN_BOX, 1.5)  # type: ignore[arg-type]
+
+
+def test_pixel_error_is_the_largest_difference_in_pixels() -> None:
+    rounded = round_box(SNOWMAN_BOX)
+    diffs = [abs(0.390625 - 0.39) * 640, abs(0.046875 - 0.05) * 480, abs(0.984375 - 0.98) * 640,
+             abs(0.828125 - 0.83) * 480]
+    assert pixel_error(SNOWMAN_BOX, rounded, (640, 480)) == pytest.approx(max(diffs))
+    assert pixel_error(SNOWMAN_BOX, rounded, (640, 480)) == pytest.approx(2.8)
+    assert pixel_error(SNOWMAN_BOX, SNOWMAN_BOX, (640, 480)) == 0.0
+    with pytest.raises(ValueError, match="looks like a pixel box"):
+        pixel_error(SNOWMAN_BOX, (250, 22, 630, 397), (640, 480))
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [
+        ((0.5, 0.1, 0.4, 0.9), r"normalized box is inverted: expected x0 <= x1 and y0 <= y1"),
+        ((0.1, 0.9, 0.4, 0.1), r"inverted"),
+        ((0.1, 0.1, 0.5), r"must have 4 numbers \(x0, y0, x1, y1\), got 3"),
+        ((0.1, 0.1, 0.5, 0.5, 0.5), r"got 5"),
+        (0.5, r"must be a sequence of 4 numbers"),
+        ((0.1, float("nan"), 0.5, 0.9), r"finite numbers"),
+        ((0.1, 0.1, float("inf"), 0.9), r"finite numbers"),
+        (("a", "b", "c", "d"), r"must hold numbers, got 'a'"),
+        ((0.1, None, 0.5, 0.9), r"must hold numbers, got None"),
+        ((0.1, True, 0.5, 0.9), r"must hold numbers, got True"),
+        ((0.1, 1j, 0.5, 0.9), r"must hold numbers"),
+        ((-0.1, 0.1, 0.5, 0.9), r"values must lie in \[0, 1\]"),
+        ((12, 30, 250, 400), r"It looks like a pixel box: convert it with to_normalized\(box_px, image_size\)"),
+    ],
+)
+def test_check_normalized_errors(box, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_normalized(box)
+    with pytest.raises(ValueError, match=message):
+        to_pixels(box, (640, 480))
+
+
+def test_check_normalized_accepts_other_number_types() -> None:
+    assert check_normalized((0, Fraction(1, 4), np.float32(0.5), 1)) == (0.0, 0.25, 0.5, 1.0)
+    assert check_normalized((0.3, 0.3, 0.3, 0.3)) == (0.3, 0.3, 0.3, 0.3)  # no area, but valid
+
+
+def test_no_pixel_hint_for_negative_values() -> None:
+    with pytest.raises(ValueError) as info:
+        check_normalized((-5, 0, 300, 200))
+    assert "pixel box" not in str(info.value)
+
+
+def test_pixel_box_errors_name_the_pixel_box() -> None:
+    with pytest.raises(ValueError, match="pixel box is inverted"):
+        to_normalized((30, 0, 10, 10), (640, 480))
+    with pytest.raises(ValueError, match="pixel box must hold finite numbers"):
+        to_normalized((0, 0, float("nan"), 10), (640, 480))
