@@ -210,3 +210,36 @@ def read_results(out_dir: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{str(path)!r} line {n} is not JSON: {err}") from None
     return records
+
+
+def contact_sheet(images: Sequence, columns: int = 3, cell: tuple[int, int] = (200, 150),
+                  background: tuple[int, int, int] = (255, 255, 255)):
+    """One picture with ``images`` (PIL images or image files) side by side, each shrunk to fit ``cell``.
+
+    Images keep their aspect ratio and are centred in their cell; rows fill from left to right.
+
+    Raises:
+        ValueError: no images, ``columns`` < 1, or a cell size that is not two positive ints.
+    """
+    from PIL import Image
+
+    from helpers.images import load_image
+
+    images = list(images)
+    if not images:
+        raise ValueError("contact_sheet needs at least one image")
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be a positive int, got {columns!r}")
+    if len(cell) != 2 or not all(isinstance(v, int) and v > 0 for v in cell):
+        raise ValueError(f"cell must be (width, height) in pixels, two positive ints, got {cell!r}")
+    cw, ch = cell
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * cw, rows * ch), background)
+    for k, item in enumerate(images):
+        picture = load_image(item).copy()
+        picture.thumbnail((cw - 4, ch - 4))
+        x = (k % columns) * cw + (cw - picture.width) // 2
+        y = (k // columns) * ch + (ch - picture.height) // 2
+        sheet.paste(picture, (x, y))
+    return sheet

@@ -12,12 +12,14 @@ import helpers.model
 from helpers.batch import (
     RESULTS_NAME,
     _annotated_names,
+    contact_sheet,
     ground_folder,
     grounding_record,
     image_files,
     read_results,
 )
 from helpers.images import ImageLoadError
+from helpers.solutions_more import count_phrases
 from helpers.synthetic import sample_scenes
 from helpers.tokens import location_tokens, parse_generation
 from helpers.world import CAPTION_PROMPT, GENERATION_PROMPT
@@ -137,3 +139,30 @@ def test_read_results_errors(tmp_path) -> None:
     (tmp_path / RESULTS_NAME).write_text('{"a": 1}\n\nnot json\n')
     with pytest.raises(ValueError, match="line 3 is not JSON"):
         read_results(tmp_path)
+
+
+def test_contact_sheet_places_every_image(folder) -> None:
+    files = image_files([folder])
+    sheet = contact_sheet(files + [Image.new("RGB", (50, 100), (255, 0, 0))], columns=2, cell=(100, 80))
+    assert sheet.size == (200, 160)
+    # the red image (4th) sits centred in the second row's right cell, shrunk to fit 96 x 76
+    assert sheet.getpixel((150, 120)) == (255, 0, 0)
+    assert sheet.getpixel((105, 120)) == (255, 255, 255)
+    with pytest.raises(ValueError, match="at least one image"):
+        contact_sheet([])
+    with pytest.raises(ValueError, match="columns"):
+        contact_sheet(files, columns=0)
+    with pytest.raises(ValueError, match="cell"):
+        contact_sheet(files, cell=(100,))
+
+
+def test_count_phrases_solution(tmp_path) -> None:
+    records = [
+        {"entities": [{"phrase": "a red circle"}, {"phrase": "two blue squares"}]},
+        {"entities": [{"phrase": "The red circle"}]},
+        {"entities": []},
+    ]
+    (tmp_path / RESULTS_NAME).write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert count_phrases(tmp_path) == count_phrases(records) == {"red circle": 2, "two blue squares": 1}
+    with pytest.raises(ValueError, match="'entities'"):
+        count_phrases([{"caption": "x"}])

@@ -19,6 +19,7 @@ from helpers.playground import (
     world_palette,
 )
 from helpers.plotting import draw_entities, draw_user_box
+from helpers.solutions_more import add_noise, first_out_of_world
 from helpers.synthetic import COLOURS, character_illustration, sample_scenes, snowman_illustration
 from helpers.tokens import location_tokens
 from helpers.world import CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT
@@ -193,3 +194,16 @@ def test_out_of_world_warning_only_for_the_bundled_model(playground) -> None:
         assert not any("does not look like" in w for w in playground.run(image="one").warnings)
     finally:
         playground.model.load_info = info
+
+
+def test_noise_solutions() -> None:
+    scene = sample_scenes(1, seed=2)[0].image
+    assert add_noise(scene, 0).tobytes() == scene.convert("RGB").tobytes()
+    assert add_noise(scene, 20, seed=1).tobytes() == add_noise(scene, 20, seed=1).tobytes()
+    assert add_noise(scene, 20, seed=1).tobytes() != add_noise(scene, 20, seed=2).tobytes()
+    level = first_out_of_world(scene, [80, 0, 10, 20, 40])
+    assert level in (10, 20, 40, 80)
+    assert looks_in_world(add_noise(scene, 0)) and not looks_in_world(add_noise(scene, level))
+    assert first_out_of_world(scene, [0, 1]) is None
+    with pytest.raises(ValueError, match="sigma"):
+        add_noise(scene, -1)

@@ -20,6 +20,7 @@ from helpers.refcoco import (
     predicted_box,
     scenes_to_refcoco,
 )
+from helpers.solutions_more import find_boxes, miss_reasons
 from helpers.synthetic import draw_scene, sample_scenes
 from helpers.tokens import parse_generation
 
@@ -248,3 +249,34 @@ def test_evaluate_with_a_real_model_on_drawn_images(tiny_model, drawn) -> None:
     assert result.score.hits == sum(r["hit"] for r in result.rows)
     assert isinstance(items[0], RefItem)
     Image.open(root / "a.png").verify()
+
+
+def test_miss_reasons_solution() -> None:
+    rows = [{"predicted": None, "iou": 0.0}, {"predicted": (0, 0, 1, 1), "iou": 0.7},
+            {"predicted": (0, 0, 1, 1), "iou": 0.3}, {"predicted": (0, 0, 1, 1), "iou": 0.05},
+            {"predicted": (0, 0, 1, 1), "iou": 0.5}]
+    assert miss_reasons(rows) == {"no box": 1, "hit": 2, "loose box": 1, "wrong place": 1}
+    assert miss_reasons(rows, threshold=0.75, near=0.0) == {"no box": 1, "loose box": 4}
+    with pytest.raises(ValueError, match="near <= threshold"):
+        miss_reasons(rows, threshold=0.3, near=0.4)
+
+
+def test_find_boxes_solution(tiny_model, drawn, monkeypatch) -> None:
+    image = Image.open(drawn[0] / "a.png").convert("RGB")
+    answer = "<grounding><phrase> the circles</phrase><object><patch_index_0000><patch_index_0033>" \
+             "</delimiter_of_multi_objects/><patch_index_0528><patch_index_1023></object>"
+    calls = []
+
+    def fake_ground(model, processor, images, prompts, **kwargs):
+        calls.append(prompts)
+        return [parse_generation(answer)]
+
+    monkeypatch.setattr(helpers.model, "ground", fake_ground)
+    assert find_boxes(*tiny_model, image, " the circles ") == [(1 / 64, 1 / 64, 3 / 64, 3 / 64),
+                                                              (16.5 / 32, 16.5 / 32, 31.5 / 32, 31.5 / 32)]
+    assert calls == ["<grounding><phrase> the circles</phrase>"]
+    with pytest.raises(ValueError, match="non-empty"):
+        find_boxes(*tiny_model, image, " ")
+    monkeypatch.undo()
+    boxes = find_boxes(*tiny_model, image, "the red circle")  # the real call path, with a random model
+    assert isinstance(boxes, list) and all(len(b) == 4 for b in boxes)
