@@ -76,6 +76,7 @@ class Encoded:
     image_embeds_position_mask: list[int]
     labels: list[int]
     pixel_values: torch.Tensor  # (3, H, W)
+    look: list[list[int] | None] | None = None  # per position: image patches to attend to (training aid)
 
 
 def encode_example(processor, image, prompt: str, answer: str) -> Encoded:
@@ -92,12 +93,18 @@ def encode_example(processor, image, prompt: str, answer: str) -> Encoded:
     )
 
 
-def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(batch: Sequence[Encoded], pad_id: int, grid: int = 8) -> dict[str, torch.Tensor]:
     """Right-pad a batch for training (padding gets label -100 and attention 0)."""
     n = max(len(e.input_ids) for e in batch)
     def pad(seq, value):
         return seq + [value] * (n - len(seq))
+    look = torch.zeros(len(batch), n, grid * grid, dtype=torch.bool)
+    for b, e in enumerate(batch):
+        for pos, cells in enumerate(e.look or []):
+            if cells:
+                look[b, pos, cells] = True
     return {
+        "look": look,
         "input_ids": torch.tensor([pad(e.input_ids, pad_id) for e in batch]),
         "attention_mask": torch.tensor([pad([1] * len(e.input_ids), 0) for e in batch]),
         "image_embeds_position_mask": torch.tensor([pad(e.image_embeds_position_mask, 0) for e in batch]),
@@ -132,6 +139,47 @@ def dense_targets(scene: Scene, grid: int, bins: int = 32) -> tuple[torch.Tensor
                     what[r * grid + c] = _KIND_INDEX[(obj.colour, obj.shape)]
                     where[r * grid + c] = edges
     return what, where
+
+
+def patch_set(box: Sequence[float], grid: int) -> list[int]:
+    """Patches (row * grid + col) whose centre lies in ``box``; the patch of the box centre if none does."""
+    x0, y0, x1, y1 = box
+    inside = [r * grid + c for r in range(grid) for c in range(grid)
+              if x0 <= (c + 0.5) / grid <= x1 and y0 <= (r + 0.5) / grid <= y1]
+    if inside:
+        return inside
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return [min(int(cy * grid), grid - 1) * grid + min(int(cx * grid), grid - 1)]
+
+
+def attention_targets(tokens: Sequence[str], example: Example, scene: Scene, grid: int) -> list[list[int] | None]:
+    """For each answer token, the image patches the model should look at to predict it (``None``: no target).
+
+    Words and tags of a grounded phrase point at every object of its group; the two location tokens of
+    box *k* point at object *k*; answers about a user box point at the object in the box.
+    """
+    out: list[list[int] | None] = [None] * len(tokens)
+    if example.task in ("qa", "generation"):
+        cells = patch_set(example.target[0].box, grid)
+        for i in range(max(0, len(tokens) - 2)):  # not the final "." and "</s>"
+            out[i] = cells
+        return out
+    groups = [list(example.target)] if example.task == "comprehension" else scene.groups
+    g, inside, locs = (0, True, 0) if example.task == "comprehension" else (-1, False, 0)
+    for i, tok in enumerate(tokens):
+        if tok == "<phrase>" and example.task != "comprehension":
+            g, inside, locs = g + 1, True, 0
+        if not inside or g >= len(groups):
+            continue
+        group = groups[g]
+        if tok.startswith("<patch_index_"):
+            out[i] = patch_set(group[min(locs // 2, len(group) - 1)].box, grid)
+            locs += 1
+        else:
+            out[i] = sorted({c for o in group for c in patch_set(o.box, grid)})
+        if tok == "</object>":
+            inside = False
+    return out
 
 
 class DenseHeads(nn.Module):
@@ -209,7 +257,10 @@ class TrainConfig:
     lr: float = 2e-3
     warmup: int = 100
     aux_weight: float = 0.5
+    look_weight: float = 0.5
     minutes: float | None = None  # stop the joint stage early after this wall time
+    checkpoint: Path | None = None  # save model + processor here every `checkpoint_minutes`
+    checkpoint_minutes: float = 10.0
 
 
 def draw_batch(rng: random.Random, processor, n: int, grid: int, tasks_only: bool = True):
@@ -220,11 +271,46 @@ def draw_batch(rng: random.Random, processor, n: int, grid: int, tasks_only: boo
         task = rng.choices(tasks, weights)[0]
         options = [e for e in scene_examples(scene, rng) if e.task == task]
         ex = rng.choice(options)
-        batch.append(encode_example(processor, scene.image, ex.prompt, ex.answer))
+        enc = encode_example(processor, scene.image, ex.prompt, ex.answer)
+        n_prompt = sum(1 for v in enc.labels if v == IGNORE)
+        answer_tokens = processor.tokenizer.convert_ids_to_tokens(enc.input_ids[n_prompt:])
+        # the logits at position p predict token p + 1: targets sit one position before their token
+        enc.look = [None] * (n_prompt - 1) + attention_targets(answer_tokens, ex, scene, grid) + [None]
+        batch.append(enc)
         w, wh = dense_targets(scene, grid)
         whats.append(w)
         wheres.append(wh)
     return batch, torch.stack(whats), torch.stack(wheres)
+
+
+class AttentionTap:
+    """Keeps the attention weights of the text model's self-attention layers during a forward pass."""
+
+    def __init__(self, model):
+        self.weights: list[torch.Tensor] = []
+        self.handles = [layer.self_attn.register_forward_hook(self._hook) for layer in model.text_model.model.layers]
+
+    def _hook(self, module, args, output):
+        if isinstance(output, tuple) and len(output) > 1 and output[1] is not None:
+            self.weights.append(output[1])
+
+    def loss(self, look: torch.Tensor, first_image_pos: int = 2) -> torch.Tensor:
+        """-log(attention mass of head 0 on the target patches), averaged over supervised positions and layers."""
+        n = look.shape[-1]
+        valid = look.any(-1)
+        if not self.weights or not valid.any():
+            return torch.zeros(())
+        losses = []
+        for w in self.weights:
+            on_image = w[:, 0, :, first_image_pos : first_image_pos + n]  # (B, T, n)
+            mass = (on_image * look).sum(-1)
+            losses.append(-torch.log(mass[valid] + 1e-4).mean())
+        self.weights.clear()
+        return torch.stack(losses).mean()
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 def train(cfg: TrainConfig, processor=None, model=None, log=print):
@@ -263,12 +349,14 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
             log(f"vision step {step:5d}  dense loss {loss.item():.3f}  {time.time() - start:6.0f}s")
             history.append({"stage": "vision", "step": step, "dense_loss": round(loss.item(), 4)})
 
-    # stage 2: everything, every task
+    # stage 2: everything, every task; head 0 of each text layer is shown where to look
+    model.set_attn_implementation("eager")
+    tap = AttentionTap(model)
     params = list(model.parameters()) + list(heads.parameters()) + list(token_heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    stage2_start = time.time()
+    stage2_start = last_save = time.time()
     for step in range(cfg.steps):
-        frac = step / max(1, cfg.steps - 1)
+        frac = step / max(1, cfg.steps)
         if cfg.minutes is not None:
             frac = max(frac, (time.time() - stage2_start) / (60 * cfg.minutes))
         if frac >= 1.0 and step > 0:
@@ -278,7 +366,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
         for g in opt.param_groups:
             g["lr"] = lr
         batch, what, where = draw_batch(rng, processor, cfg.batch_size, grid)
-        inputs = collate(batch, pad)
+        inputs = collate(batch, pad, grid)
         patches, embeds = image_features(model, inputs["pixel_values"])
         out = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
@@ -286,16 +374,24 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
             labels=inputs["labels"],
         )
         dense = heads.loss(patches, what, where) + token_heads.loss(embeds, what, where)
-        loss = out.loss + cfg.aux_weight * dense
+        look = tap.loss(inputs["look"])
+        loss = out.loss + cfg.aux_weight * dense + cfg.look_weight * look
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if cfg.checkpoint and time.time() - last_save > 60 * cfg.checkpoint_minutes:
+            last_save = time.time()
+            model.save_pretrained(cfg.checkpoint)
+            processor.save_pretrained(cfg.checkpoint)
+            log(f"checkpoint at step {step} in {cfg.checkpoint}")
         if step % 25 == 0:
-            log(f"step {step:5d}  text loss {out.loss.item():.3f}  dense {dense.item():.3f}  lr {lr:.2e}  "
+            log(f"step {step:5d}  text loss {out.loss.item():.3f}  dense {dense.item():.3f}  look {look.item():.3f}  lr {lr:.2e}  "
                 f"{time.time() - start:6.0f}s")
             history.append({"stage": "joint", "step": step, "text_loss": round(out.loss.item(), 4),
-                            "dense_loss": round(dense.item(), 4)})
+                            "dense_loss": round(dense.item(), 4), "look_loss": round(look.item(), 4)})
+    tap.remove()
+    model.set_attn_implementation("sdpa")
     model.eval()
     return model, processor, history
 
@@ -310,11 +406,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--minutes", type=float, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="save here every --checkpoint-minutes")
+    parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(seed=args.seed, vision_steps=args.vision_steps, steps=args.steps,
-                      batch_size=args.batch_size, lr=args.lr, minutes=args.minutes)
+                      batch_size=args.batch_size, lr=args.lr, minutes=args.minutes,
+                      checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes)
     t0 = time.time()
     model, processor, history = train(cfg, log=lambda s: print(s, flush=True))
     seconds = time.time() - t0
