@@ -408,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--checkpoint", type=Path, default=None, help="save here every --checkpoint-minutes")
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                        help="skip the held-out evaluation and model card")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -426,6 +428,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "torch": torch.__version__,
     }, indent=1))
     print(f"saved to {args.out} after {seconds:.0f}s")
+    if args.evaluate:
+        from helpers.modelcard import write_card
+
+        write_card(args.out)
+        print(f"model card written to {args.out / 'README.md'}")
 
 
 if __name__ == "__main__":
