@@ -176,14 +176,14 @@ def load(
     if quantization not in _QUANTIZATIONS:
         raise ValueError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
     source, reason = resolve_source(model)
-    bundled = Path(source).resolve() == bundled_model_dir().resolve() if Path(source).exists() else False
+    bundled = Path(source).exists() and Path(source).resolve() == bundled_model_dir().resolve()
     local = Path(source).expanduser()
-    if local.exists() or source.startswith((".", "/", "~")) or os.sep in source and not _looks_like_hub_id(source):
+    if local.exists() or not _looks_like_hub_id(source):  # a local directory (or a typo of one)
         _check_local_dir(local)
         source = str(local)
-    elif not _looks_like_hub_id(source):
-        raise ModelLoadError(f"{source!r} is neither a local directory nor a hub id like '{REAL_MODEL}'."
-                             + _how_to_get_help())
+    elif _offline() and not real_model_cached(source):
+        raise ModelLoadError(f"{source!r} looks like a hub id, but HF_HUB_OFFLINE=1 and it is not in the local "
+                             "cache." + _how_to_get_help())
     device = device or try_gpu()
     if isinstance(dtype, str):
         if not hasattr(torch, dtype):
