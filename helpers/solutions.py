@@ -1,0 +1,233 @@
+"""Worked solutions to the "write a small function" exercises of notebooks 01–06.
+
+Each notebook's last exercise asks the learner to write a small function. The solution cell (collapsed
+in the notebook) prints the function's source from here and runs it, so the solutions are tested like
+the rest of the course and never rot. Read the notebook's exercise first; these are one way to do it.
+
+==========  =====================================  ================================================
+Notebook    Exercise                               Function
+==========  =====================================  ================================================
+01          which grid bin holds a pixel           :func:`patch_index_of_pixel`
+02          translate the 2023 loading call        :func:`modern_from_pretrained_kwargs`
+03          sort generated tokens into kinds       :func:`count_token_kinds`
+04          what the 32 x 32 grid costs a box      :func:`grid_round_trip`
+05          entity boxes in whole pixels           :func:`entity_boxes_px`
+06          ask about a pixel box                  :func:`ask_about_box`
+==========  =====================================  ================================================
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Sequence
+
+from helpers.boxes import check_normalized, iou, to_normalized, to_pixels
+from helpers.tokens import NUM_BINS, Grounding, box_to_patch_index, patch_index_to_box
+
+Box = tuple[float, float, float, float]
+BoxPx = tuple[int, int, int, int]
+
+__all__ = [
+    "ask_about_box",
+    "count_token_kinds",
+    "entity_boxes_px",
+    "grid_round_trip",
+    "modern_from_pretrained_kwargs",
+    "patch_index_of_pixel",
+]
+
+
+def _image_size(image_size: Sequence[int]) -> tuple[int, int]:
+    if (
+        isinstance(image_size, (str, bytes))
+        or not isinstance(image_size, Sequence)
+        or len(image_size) != 2
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in image_size)
+    ):
+        raise ValueError(f"image_size must be (width, height), two positive ints, got {image_size!r}")
+    return int(image_size[0]), int(image_size[1])
+
+
+# ------------------------------------------------------------------------------------------------ 01
+
+
+def patch_index_of_pixel(x_px: float, y_px: float, image_size: Sequence[int], num_bins: int = NUM_BINS) -> int:
+    """The number ``NNNN`` of the ``<patch_index_NNNN>`` bin that holds pixel ``(x_px, y_px)``.
+
+    The image is cut into ``num_bins`` x ``num_bins`` equal bins; bin ``(row, column)`` has the number
+    ``row * num_bins + column``. A pixel on the right or bottom edge (``x_px == width``) belongs to the
+    last bin.
+
+    Raises:
+        ValueError: the pixel lies outside the image, ``image_size`` is not two positive ints, or
+            ``num_bins`` is not a positive int.
+    """
+    width, height = _image_size(image_size)
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
+    for name, value, limit in (("x_px", x_px, width), ("y_px", y_px, height)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not 0 <= value <= limit:
+            raise ValueError(f"{name}={value} lies outside the image of {width} x {height} pixels (0 to {limit})")
+    column = min(int(x_px / width * num_bins), num_bins - 1)
+    row = min(int(y_px / height * num_bins), num_bins - 1)
+    return row * num_bins + column
+
+
+# ------------------------------------------------------------------------------------------------ 02
+
+
+def modern_from_pretrained_kwargs(
+    *,
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+    torch_dtype: Any = None,
+    device_map: Any = None,
+) -> dict[str, Any]:
+    """Translate the 2023 keyword arguments of ``from_pretrained`` into their transformers 5 form.
+
+    * ``torch_dtype=`` becomes ``dtype=``;
+    * ``load_in_4bit=True`` / ``load_in_8bit=True`` become
+      ``quantization_config=BitsAndBytesConfig(...)`` (4-bit computes in ``torch_dtype``, or float16 when
+      none is given, as on a Colab T4);
+    * ``device_map`` is passed on unchanged.
+
+    Arguments left at their default are left out of the result.
+
+    Raises:
+        ValueError: both ``load_in_4bit`` and ``load_in_8bit`` are set.
+        TypeError: ``load_in_4bit`` or ``load_in_8bit`` is not a bool.
+    """
+    for name, value in (("load_in_4bit", load_in_4bit), ("load_in_8bit", load_in_8bit)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if load_in_4bit and load_in_8bit:
+        raise ValueError("choose one of load_in_4bit and load_in_8bit, not both")
+    kwargs: dict[str, Any] = {}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    if load_in_4bit or load_in_8bit:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        if load_in_4bit:
+            compute = torch_dtype if torch_dtype is not None else torch.float16
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    return kwargs
+
+
+# ------------------------------------------------------------------------------------------------ 03
+
+
+def count_token_kinds(tokens: Sequence[str]) -> dict[str, int]:
+    """How many of ``tokens`` are words, grounding tags and location tokens.
+
+    ``"location"``: ``<patch_index_NNNN>``; ``"tag"``: any other token written ``<…>`` (``<phrase>``,
+    ``</object>``, ``</s>``, …); ``"text"``: everything else (word pieces and punctuation). All three
+    keys are always present.
+
+    Raises:
+        TypeError: ``tokens`` is a single string, or holds something that is not a string.
+    """
+    if isinstance(tokens, str):
+        raise TypeError("tokens must be a list of token strings, got one str; use tokenizer.convert_ids_to_tokens")
+    counts = {"text": 0, "tag": 0, "location": 0}
+    for i, token in enumerate(tokens):
+        if not isinstance(token, str):
+            raise TypeError(f"token {i} must be a str, got {type(token).__name__}: {token!r}")
+        if token.startswith("<patch_index_") and token.endswith(">"):
+            counts["location"] += 1
+        elif len(token) > 2 and token.startswith("<") and token.endswith(">"):
+            counts["tag"] += 1
+        else:
+            counts["text"] += 1
+    return counts
+
+
+# ------------------------------------------------------------------------------------------------ 04
+
+
+def grid_round_trip(box: Sequence[float], num_bins: int = NUM_BINS) -> tuple[Box, float]:
+    """Write a normalized box as two location tokens, read it back, and say how much of it survived.
+
+    Returns ``(decoded_box, iou)``: the box the two ``<patch_index_NNNN>`` tokens stand for, and its
+    intersection over union with the original box (1.0 means nothing was lost).
+
+    Raises:
+        ValueError: ``box`` is not a normalized box with some width and height.
+    """
+    original = check_normalized(box)
+    decoded = patch_index_to_box(*box_to_patch_index(original, num_bins), num_bins)
+    return decoded, iou(original, decoded)
+
+
+# ------------------------------------------------------------------------------------------------ 05
+
+
+def entity_boxes_px(grounding: Any, image_size: Sequence[int]) -> list[tuple[str, list[BoxPx]]]:
+    """Each entity's phrase with its boxes in whole pixels of an image of ``image_size``.
+
+    ``grounding`` is a :class:`~helpers.tokens.Grounding`, a list of :class:`~helpers.tokens.Entity`, or
+    the processor's entity tuples ``[(phrase, (start, end), [box, …]), …]``. Pixel values are rounded
+    to the nearest whole pixel.
+
+    Raises:
+        TypeError: ``grounding`` is none of the forms above.
+        ValueError: a box is not a valid normalized box, or ``image_size`` is not two positive ints.
+    """
+    size = _image_size(image_size)
+    items = grounding.entities if isinstance(grounding, Grounding) else grounding
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise TypeError(f"expected a Grounding or a list of entities, got {type(grounding).__name__}")
+    rows: list[tuple[str, list[BoxPx]]] = []
+    for i, item in enumerate(items):
+        if hasattr(item, "phrase") and hasattr(item, "boxes"):
+            phrase, boxes = item.phrase, item.boxes
+        elif isinstance(item, (tuple, list)) and len(item) == 3:
+            phrase, _, boxes = item
+        else:
+            raise TypeError(f"entity {i} must be an Entity or a tuple (phrase, (start, end), [boxes]), got {item!r:.80}")
+        pixel_boxes = [tuple(round(v) for v in to_pixels(b, size)) for b in boxes]
+        rows.append((phrase, pixel_boxes))  # type: ignore[arg-type]
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ 06
+
+
+def ask_about_box(
+    model: Any,
+    processor: Any,
+    image: Any,
+    box_px: Sequence[float],
+    noun: str = "object",
+    max_new_tokens: int = 32,
+) -> tuple[str, Grounding]:
+    """Ask "What is this <noun>?" about the region ``box_px`` (pixels) of ``image``.
+
+    The pixel box is turned into a normalized box (:func:`helpers.boxes.to_normalized`), the English
+    grounded-question prompt (:func:`helpers.world.qa_prompt`) gets it as the user box, and the model
+    answers greedily (:func:`helpers.model.ground`). Returns ``(answer, grounding)``: the text after
+    ``Answer:`` and the whole :class:`~helpers.tokens.Grounding`.
+
+    Raises:
+        ValueError: ``box_px`` does not lie within the image or has no area, or ``noun`` is empty.
+        TypeError: ``noun`` is not a str.
+    """
+    from helpers.model import ground
+    from helpers.world import qa_prompt
+
+    if not isinstance(noun, str):
+        raise TypeError(f"noun must be a str such as 'object' or 'character', got {type(noun).__name__}")
+    if not noun.strip():
+        raise ValueError("noun must be a word such as 'object' or 'character', got an empty string")
+    box = to_normalized(box_px, image.size)
+    result = ground(model, processor, image, qa_prompt(noun.strip()), bboxes=[[box]], max_new_tokens=max_new_tokens)[0]
+    _, found, answer = result.caption.partition("Answer:")
+    return (answer.strip() if found else ""), result

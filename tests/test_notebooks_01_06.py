@@ -1,0 +1,349 @@
+"""Notebooks 01–06: their structure and stored outputs, and the exercise solutions in helpers.solutions.
+
+nbval (``pytest notebooks/``) re-executes the notebooks and compares outputs; these tests check what
+nbval does not: the skeleton every notebook of the series follows (title, "Where this fits" with its
+Colab badge, the set-up cell, summary, exercises with collapsed solutions, a Japanese summary) and that
+the stored outputs are clean (no errors, no stderr, no absolute paths, small PNG pictures, execution
+counts in order).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from PIL import Image
+
+from helpers.colab import COLAB_CELL
+from helpers.paths import bundled_model_dir, notebooks_dir
+
+NOTEBOOKS = [
+    "01_setup.ipynb",
+    "02_load_model.ipynb",
+    "03_grounded_captioning.ipynb",
+    "04_post_processing.ipynb",
+    "05_plotting_boxes.ipynb",
+    "06_grounded_qa.ipynb",
+]
+COLAB_URL = "https://colab.research.google.com/github/kosmos2-course/kosmos2-grounding-course/blob/main/notebooks/"
+SOLUTION_HEAD = "# Solution — try it yourself first"
+ABSOLUTE_PATH = re.compile(r"(/work/|/home/|/Users/|/root/|/tmp/|site-packages|[A-Z]:\\\\)")
+PROGRESS_BAR = re.compile(r"\d+%\|")
+JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
+
+
+def _load(name: str) -> nbformat.NotebookNode:
+    path = notebooks_dir() / name
+    assert path.is_file(), f"{path} is missing"
+    return nbformat.read(path, as_version=4)
+
+
+def _code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _markdown(nb: nbformat.NotebookNode) -> list[str]:
+    return [c.source for c in nb.cells if c.cell_type == "markdown"]
+
+
+def _bullets(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("- ")]
+
+
+@pytest.fixture(scope="module", params=NOTEBOOKS)
+def notebook(request: pytest.FixtureRequest) -> tuple[str, nbformat.NotebookNode]:
+    return request.param, _load(request.param)
+
+
+# --------------------------------------------------------------------------------------------- skeleton
+
+
+def test_title_names_the_number_and_states_an_objective(notebook) -> None:
+    name, nb = notebook
+    first = nb.cells[0]
+    assert first.cell_type == "markdown"
+    lines = [line for line in first.source.splitlines() if line.strip()]
+    assert lines[0].startswith(f"# {name[:2]} · "), lines[0]
+    assert len(lines) >= 2 and lines[1].startswith("By the end you can"), "the title needs a one-line objective"
+
+
+def test_where_this_fits_has_its_own_colab_badge(notebook) -> None:
+    name, nb = notebook
+    second = nb.cells[1]
+    assert second.cell_type == "markdown" and second.source.startswith("## Where this fits")
+    assert f"({COLAB_URL}{name})" in second.source
+    assert "colab-badge.svg" in second.source
+
+
+def test_first_code_cell_is_the_colab_cell_then_a_setup_cell(notebook) -> None:
+    _, nb = notebook
+    code = _code_cells(nb)
+    assert code[0].source == COLAB_CELL
+    assert nb.cells.index(code[0]) == 2, "the set-up cell comes right after 'Where this fits'"
+    setup = code[1].source
+    assert "from helpers" in setup or "import helpers" in setup
+
+
+def test_summary_has_three_to_five_bullets(notebook) -> None:
+    _, nb = notebook
+    summaries = [text for text in _markdown(nb) if "## Summary" in text]
+    assert len(summaries) == 1
+    summary = summaries[0].split("## Summary", 1)[1]
+    assert 3 <= len(_bullets(summary)) <= 5
+
+
+def test_exercises_have_collapsed_solutions_that_ran(notebook) -> None:
+    _, nb = notebook
+    start = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "## Exercises" in c.source)
+    solutions = [c for c in nb.cells[start:] if c.cell_type == "code"]
+    assert 2 <= len(solutions) <= 3
+    stars = [text for text in _markdown(nb)[0:] if re.search(r"\*\*\d\. ★", text)]
+    assert [len(re.search(r"★+", t).group()) for t in stars] == sorted(len(re.search(r"★+", t).group()) for t in stars)
+    for cell in solutions:
+        assert cell.source.splitlines()[0] == SOLUTION_HEAD
+        assert cell.metadata.get("jupyter", {}).get("source_hidden") is True
+        assert cell.outputs, f"solution cell shows nothing: {cell.source[:80]!r}"
+
+
+def test_ends_with_a_japanese_summary(notebook) -> None:
+    _, nb = notebook
+    last = nb.cells[-1]
+    assert last.cell_type == "markdown" and last.source.startswith("## まとめ")
+    bullets = _bullets(last.source)
+    assert 3 <= len(bullets) <= 5
+    assert all(JAPANESE.search(b) for b in bullets)
+
+
+def test_has_at_least_one_picture(notebook) -> None:
+    _, nb = notebook
+    pngs = [o for c in _code_cells(nb) for o in c.outputs if "image/png" in o.get("data", {})]
+    assert pngs
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def test_execution_counts_run_from_one_in_order(notebook) -> None:
+    _, nb = notebook
+    counts = [c.execution_count for c in _code_cells(nb)]
+    assert counts == list(range(1, len(counts) + 1))
+
+
+def test_stored_outputs_have_no_errors_stderr_paths_or_progress_bars(notebook) -> None:
+    _, nb = notebook
+    for cell in _code_cells(nb):
+        for out in cell.outputs:
+            assert out.output_type != "error", f"error output in {cell.source[:80]!r}"
+            if out.output_type == "stream":
+                assert out.name == "stdout", f"stderr in {cell.source[:80]!r}: {out.text[:200]!r}"
+                text = out.text
+            else:
+                text = "".join(v for k, v in out.get("data", {}).items() if k.startswith("text/"))
+            assert not ABSOLUTE_PATH.search(text), f"absolute path in the output of {cell.source[:80]!r}"
+            assert not PROGRESS_BAR.search(text), f"progress bar in the output of {cell.source[:80]!r}"
+
+
+def test_pictures_are_small_pngs(notebook) -> None:
+    _, nb = notebook
+    for cell in _code_cells(nb):
+        for out in cell.outputs:
+            data = out.get("data", {})
+            assert "image/jpeg" not in data and "image/svg+xml" not in data
+            if "image/png" in data:
+                image = Image.open(io.BytesIO(base64.b64decode(data["image/png"])))
+                assert image.format == "PNG" and image.width <= 600, image.size
+    size = (notebooks_dir() / notebook[0]).stat().st_size
+    assert size < 400_000, f"{notebook[0]} is {size} bytes"
+
+
+def test_prompts_in_code_stay_english(notebook) -> None:
+    _, nb = notebook
+    for cell in _code_cells(nb):
+        for line in cell.source.splitlines():
+            if "<grounding>" in line:
+                assert not JAPANESE.search(line), line
+
+
+def test_record_results_are_never_displayed(notebook) -> None:
+    _, nb = notebook
+    for cell in _code_cells(nb):
+        lines = [line for line in cell.source.splitlines() if line.strip()]
+        assert not (lines and lines[-1].startswith("record(") and not lines[-1].rstrip().endswith(";"))
+
+
+def test_real_model_cells_check_for_the_bundled_model(notebook) -> None:
+    _, nb = notebook
+    for cell in _code_cells(nb):
+        if '["image_url"]' in cell.source:
+            assert "model.load_info.bundled" in cell.source, cell.source[:120]
+
+
+# --------------------------------------------------------------------------------------------- solutions
+
+
+def test_patch_index_of_pixel_matches_the_grid() -> None:
+    from helpers.solutions import patch_index_of_pixel
+
+    size = (512, 384)
+    for row in range(32):
+        for column in range(32):
+            centre = ((column + 0.5) * 512 / 32, (row + 0.5) * 384 / 32)
+            assert patch_index_of_pixel(*centre, size) == row * 32 + column
+    assert patch_index_of_pixel(0, 0, size) == 0
+    assert patch_index_of_pixel(512, 384, size) == 1023
+    assert patch_index_of_pixel(300, 120, size) == 10 * 32 + 18
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((513, 10, (512, 384)), "outside the image"),
+        ((-1, 10, (512, 384)), "outside the image"),
+        ((10, float("nan"), (512, 384)), "finite number"),
+        ((10, 10, (512,)), "image_size"),
+        ((10, 10, (0, 384)), "image_size"),
+    ],
+)
+def test_patch_index_of_pixel_rejects_bad_input(args, message: str) -> None:
+    from helpers.solutions import patch_index_of_pixel
+
+    with pytest.raises(ValueError, match=message):
+        patch_index_of_pixel(*args)
+
+
+def test_modern_kwargs_translate_the_article_call() -> None:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    from helpers.solutions import modern_from_pretrained_kwargs
+
+    translated = modern_from_pretrained_kwargs(load_in_4bit=True, device_map={"": 0})
+    assert set(translated) == {"quantization_config", "device_map"}
+    config = translated["quantization_config"]
+    assert isinstance(config, BitsAndBytesConfig) and config.load_in_4bit and not config.load_in_8bit
+    assert config.bnb_4bit_compute_dtype == torch.float16
+    assert translated["device_map"] == {"": 0}
+    assert modern_from_pretrained_kwargs(torch_dtype=torch.bfloat16) == {"dtype": torch.bfloat16}
+    eight = modern_from_pretrained_kwargs(load_in_8bit=True)["quantization_config"]
+    assert eight.load_in_8bit and not eight.load_in_4bit
+    assert modern_from_pretrained_kwargs() == {}
+
+
+def test_modern_kwargs_load_the_bundled_model_in_the_asked_dtype() -> None:
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from helpers.solutions import modern_from_pretrained_kwargs
+
+    model = AutoModelForImageTextToText.from_pretrained(
+        bundled_model_dir(), **modern_from_pretrained_kwargs(torch_dtype=torch.bfloat16)
+    )
+    assert model.dtype == torch.bfloat16
+
+
+def test_modern_kwargs_reject_contradictions() -> None:
+    from helpers.solutions import modern_from_pretrained_kwargs
+
+    with pytest.raises(ValueError, match="not both"):
+        modern_from_pretrained_kwargs(load_in_4bit=True, load_in_8bit=True)
+    with pytest.raises(TypeError, match="True or False"):
+        modern_from_pretrained_kwargs(load_in_4bit="yes")  # type: ignore[arg-type]
+
+
+def test_count_token_kinds_on_a_tokenized_grounding() -> None:
+    from transformers import AutoProcessor
+
+    from helpers.solutions import count_token_kinds
+
+    tokenizer = AutoProcessor.from_pretrained(bundled_model_dir()).tokenizer
+    tokens = tokenizer.tokenize("<phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object>")
+    assert count_token_kinds(tokens) == {"text": 2, "tag": 4, "location": 2}
+    assert count_token_kinds(["<s>", "\u2581a", ",", "</delimiter_of_multi_objects/>", "<patch_index_1023>"]) == {
+        "text": 2, "tag": 2, "location": 1}
+    assert count_token_kinds([]) == {"text": 0, "tag": 0, "location": 0}
+    with pytest.raises(TypeError, match="list of token strings"):
+        count_token_kinds("<phrase>")
+    with pytest.raises(TypeError, match="token 1"):
+        count_token_kinds(["<s>", 5])  # type: ignore[list-item]
+
+
+def test_grid_round_trip_loses_more_of_small_boxes() -> None:
+    from helpers.solutions import grid_round_trip
+    from helpers.tokens import patch_index_to_box
+
+    exact = patch_index_to_box(44, 863)
+    assert grid_round_trip(exact) == (exact, 1.0)
+    big_box, big = grid_round_trip((0.1, 0.1, 0.9, 0.9))
+    small_box, small = grid_round_trip((0.1, 0.1, 0.13, 0.13))
+    assert big_box == (0.109375, 0.109375, 0.890625, 0.890625)
+    assert 0 < small < big < 1
+    with pytest.raises(ValueError):
+        grid_round_trip((0.5, 0.5, 0.5, 0.9))
+
+
+def test_entity_boxes_px_accepts_groundings_and_processor_tuples() -> None:
+    from helpers.article import article_outputs
+    from helpers.solutions import entity_boxes_px
+    from helpers.tokens import parse_generation
+
+    snowman = article_outputs()["snowman"]
+    grounding = parse_generation(snowman["raw_generation"])
+    tuples = [(p, tuple(s), [tuple(b) for b in bs]) for p, s, bs in snowman["entities"]]
+    rows = entity_boxes_px(grounding, (512, 384))
+    assert rows == entity_boxes_px(tuples, (512, 384)) == entity_boxes_px(grounding.entities, (512, 384))
+    assert rows[0] == ("a snowman", [(200, 18, 504, 318)])
+    assert rows[1] == ("a fire", [(104, 6, 248, 330)])
+    with pytest.raises(TypeError):
+        entity_boxes_px("a snowman", (512, 384))
+    with pytest.raises(ValueError, match="image_size"):
+        entity_boxes_px(grounding, (512, 0))
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from helpers.model import load
+
+    return load(bundled_model_dir(), verbose=False)
+
+
+def test_ask_about_box_sends_the_pixel_box_as_location_tokens(bundled) -> None:
+    from helpers.boxes import to_normalized
+    from helpers.solutions import ask_about_box
+    from helpers.synthetic import character_illustration
+    from helpers.tokens import box_to_patch_index, patch_index_to_box
+
+    model, processor = bundled
+    scene = character_illustration()
+    box_px = (26, 144, 195, 330)
+    answer, grounding = ask_about_box(model, processor, scene.image, box_px, "character", max_new_tokens=12)
+    assert grounding.caption.startswith("Question: What is this character")
+    assert "Answer:" in grounding.caption
+    assert answer == grounding.caption.split("Answer:", 1)[1].strip()
+    snapped = patch_index_to_box(*box_to_patch_index(to_normalized(box_px, scene.image.size)))
+    first = grounding.entities[0]
+    assert first.phrase == "this character" and first.boxes[0] == snapped
+
+
+def test_ask_about_box_rejects_bad_boxes_and_nouns(bundled) -> None:
+    from helpers.solutions import ask_about_box
+    from helpers.synthetic import character_illustration
+
+    model, processor = bundled
+    image = character_illustration().image
+    with pytest.raises(ValueError, match="beyond the image"):
+        ask_about_box(model, processor, image, (0, 0, 600, 100))
+    with pytest.raises(ValueError, match="x1 > x0"):
+        ask_about_box(model, processor, image, (50, 50, 50, 100))
+    with pytest.raises(ValueError, match="noun"):
+        ask_about_box(model, processor, image, (10, 10, 100, 100), noun=" ")
+    with pytest.raises(TypeError, match="noun"):
+        ask_about_box(model, processor, image, (10, 10, 100, 100), noun=None)  # type: ignore[arg-type]
+
+
+def test_notebook_list_is_complete() -> None:
+    found = sorted(p.name for p in Path(notebooks_dir()).glob("0[1-6]_*.ipynb"))
+    assert found == NOTEBOOKS
