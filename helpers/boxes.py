@@ -15,6 +15,9 @@ Box = tuple[float, float, float, float]
 
 
 def _four_numbers(box: Sequence[float], what: str) -> Box:
+    if isinstance(box, (set, frozenset, dict)):
+        raise ValueError(f"{what} must be an ordered sequence of 4 numbers (x0, y0, x1, y1), got a "
+                         f"{type(box).__name__}: {box!r}")
     try:
         n = len(box)
     except TypeError:

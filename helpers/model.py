@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import numbers
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +128,9 @@ def _how_to_get_help() -> str:
 
 
 def _check_local_dir(path: Path) -> None:
+    if path.is_file():
+        raise ModelLoadError(f"{str(path)!r} is a file; expected a model directory (holding config.json and "
+                             "*.safetensors weights)." + _how_to_get_help())
     if not path.is_dir():
         raise ModelLoadError(f"model directory {str(path)!r} does not exist." + _how_to_get_help())
     if not (path / "config.json").is_file():
@@ -135,6 +140,64 @@ def _check_local_dir(path: Path) -> None:
             f"{str(path)!r} has no .safetensors weights (only safetensors are loaded, never pickled .bin files)."
             + _how_to_get_help()
         )
+
+
+def _check_device(device: object) -> str:
+    """``device`` as a string, after checking that torch can use it (``cpu``, ``cuda``, ``cuda:N`` or ``mps``)."""
+    import torch
+
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a str such as 'cpu', 'cuda' or 'mps', got {type(device).__name__}: {device!r}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} needs a CUDA GPU, but torch sees none "
+                             "(torch.cuda.is_available() is False); leave device unset to use what is there")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} does not exist: torch sees "
+                             f"{torch.cuda.device_count()} CUDA GPU(s)")
+    elif parsed.type == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise ValueError(f"device {str(device)!r} needs Apple's MPS backend, which is not available here; "
+                             "leave device unset to use what is there")
+    elif parsed.type != "cpu":
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    return str(device)
+
+
+def _check_dtype(dtype: object):
+    """``dtype`` as a floating-point ``torch.dtype`` (``None`` stays ``None``); accepts names like ``'bfloat16'``."""
+    import torch
+
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype.strip(), None) if dtype.strip() else None
+        if not isinstance(value, torch.dtype):
+            raise ValueError(f"dtype must be a torch dtype or its name (e.g. 'bfloat16'), got {dtype!r}")
+        dtype = value
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype must be a torch dtype or its name (e.g. 'bfloat16'), "
+                         f"got {type(dtype).__name__}: {dtype!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype (float32, float16 or bfloat16), got {dtype}; "
+                         "for 8-bit or 4-bit weights use quantization='8bit' or '4bit'")
+    return dtype
+
+
+def _load_failure(source: str, err: Exception) -> ModelLoadError:
+    """A :class:`ModelLoadError` for an exception raised by ``from_pretrained``."""
+    text = str(err)
+    if "trust_remote_code" in text or "custom code" in text:
+        return ModelLoadError(
+            f"could not load {source!r}: it needs custom Python code from the model folder or the hub (an "
+            "'auto_map' in its config), and load() never runs such code. Expected a Kosmos-2 checkpoint "
+            "(model_type 'kosmos-2') that transformers loads with its own code." + _how_to_get_help()
+        )
+    return ModelLoadError(f"could not load {source!r}: {type(err).__name__}: {text}." + _how_to_get_help())
 
 
 @contextlib.contextmanager
@@ -167,14 +230,30 @@ def load(
 ):
     """Load ``(model, processor)``; see the module docstring for how the model is chosen.
 
-    ``quantization`` is ``None``, ``"4bit"`` or ``"8bit"`` (bitsandbytes, CUDA only). ``dtype`` defaults to
-    :func:`default_dtype` of the device; ``device`` to :func:`try_gpu`.
-    """
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    ``quantization`` is ``None``, ``"4bit"`` or ``"8bit"`` (bitsandbytes, CUDA only). ``dtype`` (a floating
+    ``torch.dtype`` or its name) defaults to :func:`default_dtype` of the device; ``device`` (``"cpu"``,
+    ``"cuda"``, ``"cuda:N"`` or ``"mps"``) to :func:`try_gpu`.
 
+    Raises:
+        TypeError: ``model`` is not a str, a path or None; ``device`` is not a str.
+        ValueError: a bad ``quantization``, ``dtype`` or ``device`` (or one this machine does not have).
+        ModelLoadError: the model could not be found or loaded (missing folder, no config.json, no
+            safetensors weights, corrupt files, a hub id that is not cached while offline, custom code).
+            The message says how to get the real model and that the bundled one is the offline fallback.
+    """
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a directory path or a hub id like '{REAL_MODEL}' (or None to let load() "
+                        f"choose), got {type(model).__name__}: {model!r:.80}")
+    if isinstance(model, str) and not model.strip():
+        raise ModelLoadError("model is an empty string: expected a model directory or a hub id like "
+                             f"'{REAL_MODEL}'; pass None to let load() choose." + _how_to_get_help())
     if quantization not in _QUANTIZATIONS:
         raise ValueError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
+    dtype = _check_dtype(dtype)
+    if device is not None:
+        device = _check_device(device)
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
     source, reason = resolve_source(model)
     bundled = Path(source).exists() and Path(source).resolve() == bundled_model_dir().resolve()
     local = Path(source).expanduser()
@@ -183,14 +262,10 @@ def load(
         source = str(local)
     elif _offline() and not real_model_cached(source):
         raise ModelLoadError(f"{source!r} looks like a hub id, but HF_HUB_OFFLINE=1 and it is not in the local "
-                             "cache." + _how_to_get_help())
+                             "cache (nor is there a local directory of that name)." + _how_to_get_help())
     device = device or try_gpu()
-    if isinstance(dtype, str):
-        if not hasattr(torch, dtype):
-            raise ValueError(f"dtype must be a torch dtype or its name (e.g. 'bfloat16'), got {dtype!r}")
-        dtype = getattr(torch, dtype)
     dtype = dtype or default_dtype(device)
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": False}
     if quantization:
         if not device.startswith("cuda"):
             raise ValueError(f"{quantization} quantization needs a CUDA GPU (bitsandbytes); this device is {device!r}")
@@ -203,12 +278,12 @@ def load(
         kwargs["device_map"] = {"": 0}
     try:
         with _quiet():
-            processor = AutoProcessor.from_pretrained(source)
+            processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
             net = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     except ModelLoadError:
         raise
-    except Exception as err:  # corrupt files, missing files on the hub, no network …
-        raise ModelLoadError(f"could not load {source!r}: {type(err).__name__}: {err}." + _how_to_get_help()) from err
+    except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
+        raise _load_failure(source, err) from err
     if not quantization:
         net = net.to(device)
     net.eval()
@@ -244,6 +319,50 @@ def _as_list(x, n: int | None = None, what: str = "value") -> list:
     return [x] * n
 
 
+_IMAGE_HELP = ("a PIL image, or a file path, URL or image bytes that helpers.images.load_image reads "
+               "(for a numpy array use PIL.Image.fromarray(array))")
+
+
+def _describe(value: object) -> str:
+    """``type: repr`` for error messages; arrays by their shape (their repr spans many lines)."""
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"{type(value).__name__} of shape {tuple(shape)}"
+    return f"{type(value).__name__}: {value!r:.80}"
+
+
+def _prepare_images(images) -> list:
+    """``images`` as a list of RGB PIL images: paths, URLs and bytes are loaded, other modes converted."""
+    from PIL import Image
+
+    from helpers.images import load_image, to_rgb
+
+    if isinstance(images, (Image.Image, str, os.PathLike, bytes, bytearray)):
+        items = [images]
+    elif isinstance(images, (list, tuple)):
+        items = list(images)
+    else:
+        raise TypeError(f"images must be one image or a list of images, each {_IMAGE_HELP}; "
+                        f"got {_describe(images)}")
+    out = []
+    for i, image in enumerate(items):
+        if isinstance(image, Image.Image):
+            out.append(image if image.mode == "RGB" else to_rgb(image))
+        elif isinstance(image, (str, os.PathLike, bytes, bytearray)):
+            out.append(load_image(image))
+        else:
+            raise TypeError(f"images[{i}] must be {_IMAGE_HELP}; got {_describe(image)}")
+    return out
+
+
+def _check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__}: {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return int(value)
+
+
 def ground(
     model,
     processor,
@@ -256,30 +375,43 @@ def ground(
 ) -> list[Grounding]:
     """Generate for each image (greedy) and parse the output into :class:`~helpers.tokens.Grounding` objects.
 
-    ``images`` is one image or a list; ``prompts`` one prompt for all or one per image; ``bboxes`` (one
-    entry per image, as the processor takes them: a list with one box or list of boxes per ``<phrase>``)
-    adds user boxes after the prompt's phrases. Batches are left-padded, so results do not depend on
-    ``batch_size``. Each result's ``.raw`` is the decoded text, ``<image>…</image>`` part included.
+    ``images`` is one image or a list (an empty list gives an empty list); each image is a PIL image (any
+    mode: it is converted to RGB as :func:`helpers.images.to_rgb` does, transparency on white) or a file
+    path, URL or image bytes, loaded with :func:`helpers.images.load_image`. ``prompts`` is one prompt for
+    all or one per image; ``bboxes`` (one entry per image, as the processor takes them: ``None`` or a list
+    with one entry per ``<phrase>…</phrase>`` of the prompt, each a normalized box, a list of boxes or
+    ``None``) adds user boxes after the prompt's phrases. Batches are left-padded, so results do not
+    depend on ``batch_size``. Each result's ``.raw`` is the decoded text, ``<image>…</image>`` part included.
+
+    Raises:
+        TypeError: an image, a prompt, a ``bboxes`` entry, ``max_new_tokens`` or ``batch_size`` of the wrong type.
+        ValueError: counts that do not match (prompts or ``bboxes`` entries vs images, boxes vs phrases), a box
+            that is not a normalized box with area (a pixel box, inverted, NaN …), or a count below 1.
+        helpers.images.ImageLoadError: an image path or URL could not be loaded.
     """
     import torch
 
-    images = _as_list(images)
+    max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
+    if batch_size is not None:
+        batch_size = _check_count("batch_size", batch_size)
+    images = _prepare_images(images)
     if not images:
         return []
     prompts_l = _as_list(prompts, len(images))
     if len(prompts_l) != len(images):
         raise ValueError(f"got {len(images)} images but {len(prompts_l)} prompts; give one prompt or one per image")
-    if any(not isinstance(p, str) for p in prompts_l):
-        raise TypeError("prompts must be strings, e.g. '<grounding> An image of'")
+    for i, p in enumerate(prompts_l):
+        if not isinstance(p, str):
+            raise TypeError(f"prompts must be strings, e.g. '<grounding> An image of'; prompt {i} is "
+                            f"{type(p).__name__}: {p!r:.80}")
     if bboxes is not None:
+        if isinstance(bboxes, (str, bytes)) or not isinstance(bboxes, (list, tuple)):
+            raise TypeError(f"bboxes must be a list with one entry per image, got {_describe(bboxes)}")
         bboxes = list(bboxes)
         if len(bboxes) != len(images):
             raise ValueError(f"bboxes needs one entry per image ({len(images)}), got {len(bboxes)}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        bboxes = [_boxes_for_processor(b, prompts_l[i], i) for i, b in enumerate(bboxes)]
     batch_size = batch_size or default_batch_size(model)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = next(model.parameters()).device
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     tokenizer = processor.tokenizer
@@ -300,7 +432,7 @@ def ground(
             sl = slice(start, start + batch_size)
             kwargs = {}
             if bboxes is not None:
-                kwargs["bboxes"] = [_boxes_for_processor(b) for b in bboxes[sl]]
+                kwargs["bboxes"] = bboxes[sl]
             inputs = processor(text=prompts_l[sl], images=images[sl], padding=True, return_tensors="pt", **kwargs)
             inputs = {k: v.to(device) for k, v in inputs.items()}
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
@@ -314,18 +446,49 @@ def ground(
     return results
 
 
-def _boxes_for_processor(entry):
-    """The processor wants tuples of 4 floats (or a list of them) per phrase; accept lists too."""
+#: What the processor counts as one phrase of a prompt (it inserts one user box entry after each).
+_PHRASE_PAIR = re.compile(r"<phrase>.+?</phrase>")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _boxes_for_processor(entry, prompt: str, index: int):
+    """Check image ``index``'s ``bboxes`` entry against its prompt; the processor's form (tuples of 4 floats)."""
     if entry is None:
         return None
+    if isinstance(entry, (str, bytes)) or not hasattr(entry, "__len__") or not hasattr(entry, "__iter__"):
+        raise TypeError(f"bboxes[{index}] must be None or a list with one entry per <phrase> of the prompt, "
+                        f"got {type(entry).__name__}: {entry!r:.80}")
+    entry = list(entry)
+    if len(entry) == 4 and all(_is_number(v) for v in entry):
+        raise ValueError(f"bboxes[{index}] is a single box {tuple(entry)}, but each image's entry must be a list "
+                         "with one box per <phrase>: for one box write bboxes=[[box]] (one image, one phrase)")
+    phrases = len(_PHRASE_PAIR.findall(prompt))
+    if entry and len(entry) != phrases:
+        raise ValueError(f"bboxes[{index}] has {len(entry)} entries but prompt {index} ({prompt!r:.100}) has "
+                         f"{phrases} <phrase>…</phrase> pair(s); give one entry per phrase (a box, a list of "
+                         "boxes, or None)")
     out = []
-    for per_phrase in entry:
+    for j, per_phrase in enumerate(entry):
+        where = f"bboxes[{index}][{j}]"
         if per_phrase is None:
             out.append(None)
-        elif len(per_phrase) and isinstance(per_phrase[0], (list, tuple)):
-            out.append([_box_tuple(b) for b in per_phrase])
-        else:
-            out.append(_box_tuple(per_phrase))
+            continue
+        if isinstance(per_phrase, (str, bytes)) or not hasattr(per_phrase, "__len__"):
+            raise TypeError(f"{where} must be a normalized box (x0, y0, x1, y1), a list of them or None, "
+                            f"got {type(per_phrase).__name__}: {per_phrase!r:.80}")
+        several = len(per_phrase) > 0 and all(hasattr(b, "__len__") and not isinstance(b, (str, bytes))
+                                              for b in per_phrase)
+        try:
+            if several:
+                out.append([_box_tuple(b) for b in per_phrase])
+            else:
+                out.append(_box_tuple(per_phrase))
+        except ValueError as err:
+            err.add_note(f"(in {where}: the user box for phrase {j} of prompt {index})")
+            raise
     return out
 
 

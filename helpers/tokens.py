@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -86,9 +87,19 @@ def location_tokens(box: Sequence[float], num_bins: int = NUM_BINS) -> str:
 
 
 def object_tokens(boxes: Sequence[Sequence[float]], num_bins: int = NUM_BINS) -> str:
-    """``<object>…</object>`` for one or several boxes (joined by the multi-object delimiter)."""
+    """``<object>…</object>`` for one or several boxes (joined by the multi-object delimiter).
+
+    Raises:
+        TypeError: ``boxes`` is not a list (or tuple) of boxes.
+        ValueError: no boxes, a single box not wrapped in a list, or a box that is not a valid normalized box.
+    """
+    if isinstance(boxes, (str, bytes)) or not hasattr(boxes, "__len__") or not hasattr(boxes, "__getitem__"):
+        raise TypeError(f"object_tokens needs a list of normalized boxes, got {type(boxes).__name__}: {boxes!r:.80}")
     if len(boxes) == 0:
         raise ValueError("object_tokens needs at least one box")
+    if len(boxes) == 4 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in boxes):
+        raise ValueError(f"object_tokens needs a list of boxes, got a single box {tuple(boxes)}: "
+                         "write object_tokens([box])")
     inner = "</delimiter_of_multi_objects/>".join(location_tokens(b, num_bins) for b in boxes)
     return f"<object>{inner}</object>"
 

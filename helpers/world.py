@@ -149,10 +149,23 @@ def build_tokenizer():
     return XLMRobertaTokenizer(vocab=vocab)
 
 
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}: {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
 def build_image_processor(image_size: int):
-    """Resize to a square (no centre crop), like the real checkpoint's preprocessing, with CLIP's statistics."""
+    """Resize to a square (no centre crop), like the real checkpoint's preprocessing, with CLIP's statistics.
+
+    Raises:
+        TypeError, ValueError: ``image_size`` is not a positive int.
+    """
     from transformers.models.clip import CLIPImageProcessorPil
 
+    _check_positive_int("image_size", image_size)
     return CLIPImageProcessorPil(
         size={"height": image_size, "width": image_size},
         do_center_crop=False,
@@ -170,10 +183,27 @@ def build_processor(image_size: int = 64):
 
 def build_config(processor, *, image_size: int = 64, patch_size: int = 8, vision_dim: int = 128,
                  vision_layers: int = 4, text_dim: int = 192, text_layers: int = 4, heads: int = 4):
-    """A small Kosmos-2 configuration sized for the world's processor."""
+    """A small Kosmos-2 configuration sized for the world's processor.
+
+    Raises:
+        TypeError: ``processor`` has no tokenizer, or a size is not an int.
+        ValueError: a size is not positive, ``image_size`` is not a multiple of ``patch_size``, or a width
+            (``vision_dim``, ``text_dim``) is not a multiple of ``heads``.
+    """
     from transformers import Kosmos2Config
 
-    tok = processor.tokenizer
+    tok = getattr(processor, "tokenizer", None)
+    if tok is None:
+        raise TypeError(f"processor must be a Kosmos2Processor (from build_processor), got {type(processor).__name__}")
+    sizes = dict(image_size=image_size, patch_size=patch_size, vision_dim=vision_dim, vision_layers=vision_layers,
+                 text_dim=text_dim, text_layers=text_layers, heads=heads)
+    for name, value in sizes.items():
+        _check_positive_int(name, value)
+    if image_size % patch_size:
+        raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
+    for name in ("vision_dim", "text_dim"):
+        if sizes[name] % heads:
+            raise ValueError(f"{name} ({sizes[name]}) must be a multiple of heads ({heads})")
     text = dict(
         vocab_size=len(tok), embed_dim=text_dim, layers=text_layers, ffn_dim=4 * text_dim, attention_heads=heads,
         max_position_embeddings=512, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,

@@ -1,0 +1,279 @@
+"""helpers.model.ground: results that do not depend on batching, and a battery of bad inputs.
+
+Every bad input must raise a ValueError or TypeError (or a documented subclass) that says what was
+expected and what was received, before any generation starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from helpers.boxes import check_normalized, to_normalized
+from helpers.images import ImageLoadError, load_image, to_rgb
+from helpers.model import ground, load
+from helpers.synthetic import sample_scenes
+from helpers.tokens import object_tokens, parse_generation
+from helpers.world import CAPTION_PROMPT, DETAIL_PROMPT, comprehension_prompt, qa_prompt
+
+QA = qa_prompt("object")  # one <phrase>, its user box goes after it
+BOX = (0.1, 0.2, 0.5, 0.6)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir: Path):
+    return load(tiny_model_dir, device="cpu", verbose=False)
+
+
+class SpyProcessor:
+    """Passes everything to the real processor and keeps the arguments of each call that gets images."""
+
+    def __init__(self, processor: Any) -> None:
+        self._processor = processor
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if kwargs.get("images") is not None:
+            self.calls.append(kwargs)
+        return self._processor(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._processor, name)
+
+
+@pytest.fixture()
+def spy(loaded) -> tuple[Any, SpyProcessor]:
+    model, processor = loaded
+    return model, SpyProcessor(processor)
+
+
+def scene_images(n: int, seed: int = 3) -> list[Image.Image]:
+    return [s.image for s in sample_scenes(n, seed=seed)]
+
+
+def after_image(results) -> list[str]:
+    return [g.raw.rpartition("</image>")[2] for g in results]
+
+
+# --------------------------------------------------------------------------------------------- batching
+
+
+def test_one_prompt_for_all_gives_the_same_results_in_any_batch_size(loaded) -> None:
+    model, processor = loaded
+    images = scene_images(4)
+    runs = [after_image(ground(model, processor, images, CAPTION_PROMPT, max_new_tokens=8, batch_size=b,
+                               progress=False)) for b in (1, 3, 4)]
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_prompts_of_different_lengths_in_one_batch_give_what_each_gives_alone(loaded) -> None:
+    """A caption prompt, a QA prompt with a user box and others, batched (left padding) and one by one."""
+    model, processor = loaded
+    images = scene_images(5)
+    prompts = [CAPTION_PROMPT, QA, comprehension_prompt("the red circle"), DETAIL_PROMPT, qa_prompt("character")]
+    bboxes = [None, [BOX], None, None, [(0.5, 0.5, 0.9, 0.95)]]
+    runs = {b: after_image(ground(model, processor, images, prompts, bboxes=bboxes, max_new_tokens=10,
+                                  batch_size=b, progress=False)) for b in (1, 3, 5)}
+    for i, prompt in enumerate(prompts):
+        alone = runs[1][i]
+        assert alone.startswith(prompt.split("<phrase>")[0])
+        assert runs[3][i] == alone, f"prompt {i} ({prompt!r}) in a batch of 3"
+        assert runs[5][i] == alone, f"prompt {i} ({prompt!r}) in a batch of 5"
+
+
+def test_the_user_box_reaches_the_prompt_as_location_tokens(loaded) -> None:
+    model, processor = loaded
+    (g,) = ground(model, processor, scene_images(1), QA, bboxes=[[BOX]], max_new_tokens=2, progress=False)
+    assert "</phrase>" + object_tokens([BOX]) in g.raw
+
+
+def test_padding_side_is_restored(loaded) -> None:
+    model, processor = loaded
+    processor.tokenizer.padding_side = "right"
+    try:
+        ground(model, processor, scene_images(2), [CAPTION_PROMPT, QA], bboxes=[None, [BOX]], max_new_tokens=2,
+               progress=False)
+        assert processor.tokenizer.padding_side == "right"
+        with pytest.raises(ValueError):
+            ground(model, processor, scene_images(1), QA, bboxes=[[(0.5, 0.5, 0.1, 0.1)]], progress=False)
+        assert processor.tokenizer.padding_side == "right"
+    finally:
+        processor.tokenizer.padding_side = "left"
+
+
+# --------------------------------------------------------------------------------------------- images
+
+
+def test_no_images_gives_no_results(spy) -> None:
+    model, processor = spy
+    assert ground(model, processor, [], progress=False) == []
+    assert processor.calls == []
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "I;16", "CMYK"])
+def test_other_modes_reach_the_processor_as_rgb_like_load_image_makes_them(spy, mode: str) -> None:
+    model, processor = spy
+    rgba = Image.new("RGBA", (60, 36), (0, 0, 0, 0))  # transparent: load_image puts it on white
+    ImageDraw.Draw(rgba).rectangle([30, 0, 59, 17], fill=(200, 40, 40, 255))
+    image = {"RGBA": rgba, "LA": rgba.convert("LA")}.get(mode) or rgba.convert("RGB").convert(mode)
+    (g,) = ground(model, processor, image, max_new_tokens=2, progress=False)
+    assert g.raw.startswith("<image>")
+    (seen,) = processor.calls[0]["images"]
+    assert seen.mode == "RGB" and seen.size == image.size
+    assert np.array_equal(np.asarray(seen), np.asarray(to_rgb(image)))
+    if mode == "RGBA":
+        assert seen.getpixel((0, 35)) == (255, 255, 255)  # not black, as a plain convert("RGB") would give
+    assert image.mode == mode  # the caller's image is left alone
+
+
+def test_a_path_is_loaded_with_load_image(spy, tmp_path: Path) -> None:
+    model, processor = spy
+    picture = scene_images(1)[0]
+    path = tmp_path / "scene.png"
+    picture.save(path)
+    (from_path,) = ground(model, processor, str(path), max_new_tokens=3, progress=False)
+    (from_pathlib,) = ground(model, processor, [path], max_new_tokens=3, progress=False)
+    (from_image,) = ground(model, processor, [load_image(path)], max_new_tokens=3, progress=False)
+    assert from_path == from_pathlib == from_image
+    sent = [call["images"][0] for call in processor.calls]
+    assert all(np.array_equal(np.asarray(s), np.asarray(picture)) for s in sent)
+
+
+def test_a_missing_path_names_the_file(spy, tmp_path: Path) -> None:
+    model, processor = spy
+    missing = tmp_path / "nowhere.jpg"
+    with pytest.raises(ImageLoadError, match=r"no image file at .*nowhere\.jpg"):
+        ground(model, processor, [scene_images(1)[0], str(missing)], progress=False)
+    assert processor.calls == []
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (None, r"images must be one image or a list of images, each a PIL image, or a file path.*got NoneType"),
+        ((im for im in []), r"got generator"),
+        ([3], r"images\[0\] must be a PIL image, or a file path, URL or image bytes .*got int: 3"),
+        ([np.zeros((8, 8, 3), np.uint8)],
+         r"images\[0\] .*PIL\.Image\.fromarray\(array\)\); got ndarray of shape \(8, 8, 3\)$"),
+        ([Image.new("RGB", (8, 8)), None], r"images\[1\] .*got NoneType"),
+    ],
+)
+def test_things_that_are_not_images(spy, images, message: str) -> None:
+    model, processor = spy
+    with pytest.raises(TypeError, match=message):
+        ground(model, processor, images, progress=False)
+    assert processor.calls == []
+
+
+# --------------------------------------------------------------------------------------------- prompts, counts
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"prompts": ["a", "b", "c"]}, ValueError, r"got 2 images but 3 prompts; give one prompt or one per image"),
+        ({"prompts": []}, ValueError, r"got 2 images but 0 prompts"),
+        ({"prompts": [CAPTION_PROMPT, 7]}, TypeError, r"prompts must be strings.*prompt 1 is int: 7"),
+        ({"prompts": None}, TypeError, r"prompt 0 is NoneType"),
+        ({"max_new_tokens": 0}, ValueError, r"max_new_tokens must be at least 1, got 0"),
+        ({"max_new_tokens": 2.5}, TypeError, r"max_new_tokens must be an int >= 1, got float: 2\.5"),
+        ({"max_new_tokens": "8"}, TypeError, r"max_new_tokens must be an int >= 1, got str: '8'"),
+        ({"batch_size": 0}, ValueError, r"batch_size must be at least 1, got 0"),
+        ({"batch_size": -2}, ValueError, r"batch_size must be at least 1, got -2"),
+        ({"batch_size": True}, TypeError, r"batch_size must be an int >= 1, got bool"),
+    ],
+)
+def test_bad_prompts_and_counts(spy, kwargs, error, message: str) -> None:
+    model, processor = spy
+    with pytest.raises(error, match=message):
+        ground(model, processor, scene_images(2), progress=False, **kwargs)
+    assert processor.calls == []
+
+
+# --------------------------------------------------------------------------------------------- user boxes
+
+
+@pytest.mark.parametrize(
+    ("prompts", "bboxes", "error", "message"),
+    [
+        (QA, [[BOX]], ValueError, r"bboxes needs one entry per image \(2\), got 1"),
+        (QA, "0.1 0.2 0.5 0.6", TypeError, r"bboxes must be a list with one entry per image, got str"),
+        (QA, [[BOX], 5], TypeError, r"bboxes\[1\] must be None or a list with one entry per <phrase>"),
+        # a box per image where a list with one box per phrase belongs
+        (QA, [BOX, BOX], ValueError, r"bboxes\[0\] is a single box \(0\.1, 0\.2, 0\.5, 0\.6\).*bboxes=\[\[box\]\]"),
+        # more boxes than phrases, and boxes for a prompt without phrases
+        (QA, [[BOX], [BOX, BOX]], ValueError,
+         r"bboxes\[1\] has 2 entries but prompt 1 \('<grounding> Question: What is<phrase> this object</phrase>"
+         r"\? Answer:'\) has 1 <phrase>…</phrase> pair\(s\); give one entry per phrase"),
+        (CAPTION_PROMPT, [None, [BOX]], ValueError, r"bboxes\[1\] has 1 entries but prompt 1 .* has 0 <phrase>"),
+        (QA, [[BOX], [(12, 30, 250, 400)]], ValueError,
+         r"^normalized box values must lie in \[0, 1\], got \(12\.0, 30\.0, 250\.0, 400\.0\)\. It looks like a "
+         r"pixel box: convert it with to_normalized\(box_px, image_size\)\.\n\(in bboxes\[1\]\[0\]"),
+        (QA, [[BOX], [(0.5, 0.6, 0.1, 0.2)]], ValueError, r"normalized box is inverted"),
+        (QA, [[BOX], [(0.1, float("nan"), 0.5, 0.6)]], ValueError, r"finite numbers"),
+        (QA, [[BOX], [(0.3, 0.2, 0.3, 0.6)]], ValueError, r"a user box needs x1 > x0 and y1 > y0"),
+        (QA, [[BOX], [(0.1, 0.2, 0.5)]], ValueError, r"normalized box must have 4 numbers"),
+        (QA, [[BOX], [[BOX, (0.2, 0.2, 0.1, 0.9)]]], ValueError, r"normalized box is inverted"),
+        (QA, [[BOX], ["0.1,0.2,0.5,0.6"]], TypeError, r"bboxes\[1\]\[0\] must be a normalized box"),
+    ],
+)
+def test_bad_user_boxes_are_refused_before_generating(spy, prompts, bboxes, error, message: str) -> None:
+    model, processor = spy
+    with pytest.raises(error, match=message) as excinfo:
+        ground(model, processor, scene_images(2), prompts, bboxes=bboxes, batch_size=1, progress=False)
+    assert processor.calls == []
+    if str(excinfo.value).startswith(("normalized box", "a user box")):  # the box's own check says what is wrong,
+        assert excinfo.value.__notes__ == ["(in bboxes[1][0]: the user box for phrase 0 of prompt 1)"]  # and where
+
+
+def test_the_pixel_box_hint_leads_to_a_box_that_works(spy) -> None:
+    model, processor = spy
+    image = scene_images(1)[0]
+    box_px = (10, 8, 60, 50)
+    with pytest.raises(ValueError, match="to_normalized"):
+        ground(model, processor, image, QA, bboxes=[[box_px]], progress=False)
+    box = to_normalized(box_px, image.size)
+    (g,) = ground(model, processor, image, QA, bboxes=[[box]], max_new_tokens=2, progress=False)
+    assert "</phrase>" + object_tokens([box]) in g.raw
+
+
+def test_accepted_box_forms_agree(spy) -> None:
+    """A tuple, a list, a numpy array, one box in a list, and None or [] (no user box) for a phrase."""
+    model, processor = spy
+    image = scene_images(1)[0]
+    forms = [[BOX], [list(BOX)], [np.array(BOX)], [[BOX]]]
+    raws = [ground(model, processor, image, QA, bboxes=[f], max_new_tokens=2, progress=False)[0].raw for f in forms]
+    assert len(set(raws)) == 1
+    for call in processor.calls:
+        assert call["bboxes"] == [[tuple(check_normalized(BOX))]] or call["bboxes"] == [[[check_normalized(BOX)]]]
+    none = ground(model, processor, image, QA, bboxes=[[None]], max_new_tokens=2, progress=False)[0]
+    empty = ground(model, processor, image, QA, bboxes=[[]], max_new_tokens=2, progress=False)[0]
+    plain = ground(model, processor, image, QA, max_new_tokens=2, progress=False)[0]
+    assert none == empty == plain
+    assert "<object>" not in plain.raw.partition(QA.split("<phrase>")[0])[2].partition("Answer:")[0]
+
+
+# --------------------------------------------------------------------------------------------- box helpers
+
+
+def test_object_tokens_wants_a_list_of_boxes() -> None:
+    single = r"got a single box \(0\.1, 0\.2, 0\.5, 0\.6\): write object_tokens\(\[box\]\)"
+    with pytest.raises(ValueError, match=single):
+        object_tokens(BOX)
+    with pytest.raises(TypeError, match="object_tokens needs a list of normalized boxes, got NoneType"):
+        object_tokens(None)
+    with pytest.raises(TypeError, match="got generator"):
+        object_tokens(b for b in [BOX])
+    assert object_tokens(np.array([BOX])) == object_tokens([BOX])
+    parsed = parse_generation("<phrase> it</phrase>" + object_tokens([BOX]))
+    assert parsed.entities[0].phrase == "it" and not parsed.problems
+
+
+@pytest.mark.parametrize("box", [{0.1, 0.2, 0.5, 0.6}, {"x0": 0.1, "y0": 0.2, "x1": 0.5, "y1": 0.6}])
+def test_unordered_containers_are_not_boxes(box) -> None:
+    with pytest.raises(ValueError, match=r"must be an ordered sequence of 4 numbers \(x0, y0, x1, y1\), got a"):
+        check_normalized(box)
