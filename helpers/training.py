@@ -261,6 +261,7 @@ class TrainConfig:
     minutes: float | None = None  # stop the joint stage early after this wall time
     checkpoint: Path | None = None  # save model + processor here every `checkpoint_minutes`
     checkpoint_minutes: float = 10.0
+    resumed_from: dict | None = None  # the training.json of the run this one continues
 
 
 def draw_batch(rng: random.Random, processor, n: int, grid: int, tasks_only: bool = True):
@@ -406,6 +407,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--minutes", type=float, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="continue from a saved model directory (its processor too) instead of a new model")
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--aux-weight", type=float, default=0.5)
+    parser.add_argument("--look-weight", type=float, default=0.5)
     parser.add_argument("--checkpoint", type=Path, default=None, help="save here every --checkpoint-minutes")
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
@@ -414,16 +420,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(seed=args.seed, vision_steps=args.vision_steps, steps=args.steps,
-                      batch_size=args.batch_size, lr=args.lr, minutes=args.minutes,
+                      batch_size=args.batch_size, lr=args.lr, minutes=args.minutes, warmup=args.warmup,
+                      aux_weight=args.aux_weight, look_weight=args.look_weight,
                       checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes)
     t0 = time.time()
-    model, processor, history = train(cfg, log=lambda s: print(s, flush=True))
+    model = processor = None
+    if args.resume:
+        from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
+
+        processor = AutoProcessor.from_pretrained(args.resume)
+        model = Kosmos2ForConditionalGeneration.from_pretrained(args.resume, use_safetensors=True)
+        previous = args.resume / "training.json"
+        if previous.exists():
+            cfg.resumed_from = json.loads(previous.read_text())
+    model, processor, history = train(cfg, processor=processor, model=model, log=lambda s: print(s, flush=True))
     seconds = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     processor.save_pretrained(args.out)
     (args.out / "training.json").write_text(json.dumps({
-        "config": cfg.__dict__, "seconds": round(seconds, 1), "history": history,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},  # JSON has no Path
+        "seconds": round(seconds, 1), "history": history,
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
     }, indent=1))
