@@ -380,8 +380,9 @@ def ground(
     path, URL or image bytes, loaded with :func:`helpers.images.load_image`. ``prompts`` is one prompt for
     all or one per image; ``bboxes`` (one entry per image, as the processor takes them: ``None`` or a list
     with one entry per ``<phrase>…</phrase>`` of the prompt, each a normalized box, a list of boxes or
-    ``None``) adds user boxes after the prompt's phrases. Batches are left-padded, so results do not
-    depend on ``batch_size``. Each result's ``.raw`` is the decoded text, ``<image>…</image>`` part included.
+    ``None``) adds user boxes after the prompt's phrases. A batch only holds prompts of the same token
+    length (no padding), so results do not depend on ``batch_size`` or on the other prompts. Each
+    result's ``.raw`` is the decoded text, ``<image>…</image>`` part included.
 
     Raises:
         TypeError: an image, a prompt, a ``bboxes`` entry, ``max_new_tokens`` or ``batch_size`` of the wrong type.
@@ -417,8 +418,8 @@ def ground(
     tokenizer = processor.tokenizer
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    results: list[Grounding] = []
-    starts = range(0, len(images), batch_size)
+    results: list[Grounding | None] = [None] * len(images)
+    batches = _equal_length_batches(processor, prompts_l, bboxes, batch_size)
     if progress is None:
         from helpers.progress import interactive
 
@@ -426,24 +427,43 @@ def ground(
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="grounding", unit="batch")
+        batches = tqdm(batches, desc="grounding", unit="batch")
     try:
-        for start in starts:
-            sl = slice(start, start + batch_size)
+        for batch in batches:
             kwargs = {}
             if bboxes is not None:
-                kwargs["bboxes"] = bboxes[sl]
-            inputs = processor(text=prompts_l[sl], images=images[sl], padding=True, return_tensors="pt", **kwargs)
+                kwargs["bboxes"] = [bboxes[i] for i in batch]
+            inputs = processor(text=[prompts_l[i] for i in batch], images=[images[i] for i in batch], padding=True,
+                               return_tensors="pt", **kwargs)
             inputs = {k: v.to(device) for k, v in inputs.items()}
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
             with torch.inference_mode():
                 out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                      pad_token_id=tokenizer.pad_token_id)
             texts = processor.batch_decode(out, skip_special_tokens=True)
-            results.extend(parse_generation(t) for t in texts)
+            for i, text in zip(batch, texts):
+                results[i] = parse_generation(text)
     finally:
         tokenizer.padding_side = old_side
-    return results
+    return results  # type: ignore[return-value]  (every slot is filled)
+
+
+def _equal_length_batches(processor, prompts: list[str], bboxes: list | None, batch_size: int) -> list[list[int]]:
+    """Indices of the items, in batches of at most ``batch_size`` whose prompts have the same token length.
+
+    Kosmos-2's text model in transformers numbers the positions of generated tokens from the length of the
+    *padded* prompt, so a left-padded prompt would see shifted positions and generate something else than
+    alone. Batches without padding avoid this; items keep their order within each length.
+    """
+    lengths = []
+    for i, prompt in enumerate(prompts):
+        boxes = [bboxes[i]] if bboxes is not None else None
+        lengths.append(len(processor(text=[prompt], bboxes=boxes)["input_ids"][0]))
+    batches: list[list[int]] = []
+    for length in dict.fromkeys(lengths):  # lengths in order of first appearance
+        same = [i for i, n in enumerate(lengths) if n == length]
+        batches.extend(same[k:k + batch_size] for k in range(0, len(same), batch_size))
+    return batches
 
 
 #: What the processor counts as one phrase of a prompt (it inserts one user box entry after each).
