@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 PROG = "python -m helpers ground"
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for rec in records:
             phrases = ", ".join(e["phrase"] for e in rec["entities"]) or "no grounded phrase"
             print(f"{rec['file']}: {rec['caption']!r} [{phrases}]")
-        print(f"wrote {len(records)} result(s) to {args.out.rstrip('/')}/{RESULTS_NAME} and annotated PNGs beside it")
+        print(f"wrote {len(records)} result(s) to {Path(args.out) / RESULTS_NAME} and annotated PNGs beside it")
     return 0
 
 

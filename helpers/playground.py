@@ -116,12 +116,12 @@ class PlaygroundResult:
 
 
 def default_images() -> dict[str, Image.Image]:
-    """The project's own pictures to choose from: the two illustrations and three held-out scenes."""
+    """The project's own pictures to choose from: the two illustrations and three held-out scenes (320 x 240)."""
     from helpers.evaluation import HELD_OUT_SEED
     from helpers.synthetic import character_illustration, sample_scenes, snowman_illustration
 
     images = {"snowman by a fire": snowman_illustration().image, "Kumo and a square": character_illustration().image}
-    for i, scene in enumerate(sample_scenes(3, seed=HELD_OUT_SEED)):
+    for i, scene in enumerate(sample_scenes(3, seed=HELD_OUT_SEED, size=(320, 240))):
         images[f"held-out scene {i + 1}"] = scene.image
     return images
 

@@ -318,12 +318,15 @@ class ComprehensionResult:
         return self.score.rate
 
     def accuracy_at(self, threshold: float) -> float:
-        """The accuracy if a hit needed IoU ≥ ``threshold`` instead (no model run needed)."""
+        """The accuracy if a hit needed IoU ≥ ``threshold`` instead (no model run needed).
+
+        An answer without a box is a miss at every threshold, 0 included.
+        """
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
         if not self.rows:
             return float("nan")
-        return sum(r["iou"] >= threshold for r in self.rows) / len(self.rows)
+        return sum(r["predicted"] is not None and r["iou"] >= threshold for r in self.rows) / len(self.rows)
 
     def __str__(self) -> str:
         return f"accuracy at IoU ≥ {self.threshold:g}: {self.score}"

@@ -210,7 +210,7 @@ def test_scoring_with_known_answers(drawn, monkeypatch) -> None:
     assert result.rows[3]["predicted"] == pytest.approx((1 / 64, 1 / 64, 3 / 64, 3 / 64))  # the first entity's box
     assert (result.score.hits, result.score.total, result.accuracy) == (1, 4, 0.25)
     assert result.accuracy_at(0.4) == 0.5
-    assert result.accuracy_at(0.0) == 1.0
+    assert result.accuracy_at(0.0) == 0.75  # the answer without a box stays a miss
     assert "accuracy at IoU ≥ 0.5: 25.0 % (1/4)" == str(result)
 
 
