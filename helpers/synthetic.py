@@ -92,12 +92,33 @@ def _outline_width(w: float, h: float) -> int:
     return max(1, round(min(w, h) / 14))
 
 
+def check_kind(colour: str | None, shape: str) -> None:
+    """Raise ``ValueError`` unless ``(colour, shape)`` is a kind of the world (see :data:`KINDS`).
+
+    Coloured shapes need one of :data:`COLOURS`; the snowman, the fire and Kumo have their own colours
+    and take ``None``.
+    """
+    if shape in SHAPES:
+        if colour not in COLOURS:
+            raise ValueError(f"a {shape} needs a colour, one of {tuple(COLOURS)}; got {colour!r}")
+    elif shape in SPECIAL_KINDS:
+        if colour is not None:
+            raise ValueError(f"a {shape} has its own colours: give no colour (None), got {colour!r}")
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES + SPECIAL_KINDS}")
+
+
 def draw_object(draw: ImageDraw.ImageDraw, colour: str | None, shape: str, box_px: Box) -> None:
-    """Draw one object so that it fills the pixel box ``box_px`` (x0, y0, x1, y1)."""
+    """Draw one object so that it fills the pixel box ``box_px`` (x0, y0, x1, y1).
+
+    Raises:
+        ValueError: ``(colour, shape)`` is not a kind of the world (:func:`check_kind`).
+    """
+    check_kind(colour, shape)
     x0, y0, x1, y1 = box_px
     w, h = x1 - x0, y1 - y0
     if shape in SHAPES:
-        fill = COLOURS[colour or "red"]
+        fill = COLOURS[colour]
         dark = tuple(int(c * 0.55) for c in fill)
         ow = _outline_width(w, h)
         if shape == "circle":
@@ -212,14 +233,29 @@ def draw_scene(
     """Draw objects at given normalized boxes; each item is ``(colour or None, shape, box)``.
 
     Objects of the same kind form one group, as in :func:`sample_scenes`. Useful for illustrations.
+
+    Raises:
+        ValueError: a box that is not four numbers with ``0 <= x0 < x1 <= 1`` and ``0 <= y0 < y1 <= 1``, a
+            kind that is not in the world (:func:`check_kind`), or a size that is not two positive ints.
     """
+    from helpers.boxes import check_normalized
+
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ValueError(f"size must be (width, height) in pixels, two positive ints; got {size!r}")
     width, height = size
     image = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(image)
     placed = []
     for colour, shape, box in layout:
-        if not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
-            raise ValueError(f"box must be normalized (x0, y0, x1, y1) with x0 < x1, y0 < y1 in [0, 1]; got {box}")
+        check_kind(colour, shape)
+        what = "box must be normalized (x0, y0, x1, y1) with x0 < x1, y0 < y1 in [0, 1]"
+        try:
+            box = check_normalized(box)
+        except ValueError as err:
+            raise ValueError(f"{what}; {err}") from None
+        if not (box[0] < box[2] and box[1] < box[3]):
+            raise ValueError(f"{what}; got {box}")
         px = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
         draw_object(draw, colour, shape, px)
         placed.append((colour, shape, tuple(float(v) for v in box)))
@@ -292,9 +328,12 @@ ARTICLE_FIRE_BOX: Box = (0.203125, 0.015625, 0.484375, 0.859375)
 
 
 def snowman_illustration(size: tuple[int, int] = (512, 384)) -> Scene:
-    """The project's own snowman-by-a-fire picture, each object drawn inside the article's recorded box."""
+    """The project's own snowman-by-a-fire picture, each object drawn inside the article's recorded box.
+
+    The objects keep the sizes of the world's training scenes, so the bundled model meets them in its world.
+    """
     return draw_scene(
-        [(None, "fire", (0.215, 0.5, 0.38, 0.84)), (None, "snowman", (0.5, 0.08, 0.9, 0.8))],
+        [(None, "fire", (0.215, 0.42, 0.47, 0.82)), (None, "snowman", (0.6, 0.3, 0.82, 0.78))],
         size=size,
         background=(228, 236, 246),
     )
