@@ -13,6 +13,18 @@ Submodules:
     model       loading a Kosmos-2 model (the real one or the bundled one) and grounding images
     evaluation  scoring predicted boxes against the truth
     progress    when to show progress bars
+    images      loading images from paths, URLs and bytes (EXIF orientation, size limits)
+    plotting    boxes drawn on images, highlighted captions, the location grid
+    article     the article's recorded outputs (``data/article_outputs.json``)
+    batch       grounding a folder of images to JSON Lines and annotated PNGs
+    cli_ground  the ``python -m helpers ground`` command
+    refcoco     RefCOCO-style annotation files and comprehension accuracy
+    playground  the interactive playground of notebook 10
+    distributed batch grounding spread over processes with accelerate
+    modelcard   evaluating the bundled model and writing its model card
+    notebooks   executing the notebooks headless
+    outputs     what notebooks record for the main job
+    solutions, solutions_more   exercise solutions the notebooks reveal
     mainjob     the main job behind ``make run`` / ``python -m helpers run``
 
 The command line is ``python -m helpers`` (also installed as ``kosmos2-course``).

@@ -2,7 +2,7 @@
 
 Commands:
     run      the main job behind ``make run``: writes its results to ``--out`` (default ``outputs``)
-    ground   ground one image with a prompt (all further arguments go to ``helpers.cli_ground``)
+    ground   ground images (or folders of images) with a prompt (all further arguments go to ``helpers.cli_ground``)
 
 Each command imports its module only when it is chosen, so ``--help`` is fast and loads no torch.
 """
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="outputs", help="folder for the results (default: outputs)")
     commands.add_parser(
         "ground",
-        help="ground an image with a prompt; `%s ground --help` lists its options" % PROG,
+        help="ground images or folders of images with a prompt; `%s ground --help` lists its options" % PROG,
         add_help=False,
     )
     return parser

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 from helpers.paths import notebooks_dir
 
 #: Environment every headless run uses: offline model choice and no progress bars.
-HEADLESS_ENV = {"KOSMOS2_PROGRESS": "0", "MPLBACKEND": "Agg", "TOKENIZERS_PARALLELISM": "false"}
+HEADLESS_ENV = {"KOSMOS2_PROGRESS": "0", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def course_notebooks(folder: Path | None = None) -> list[Path]:
