@@ -1,0 +1,640 @@
+"""Benchmark Kosmos-2 grounding paths side by side: captions per second, milliseconds per token, memory.
+
+The model is the full-size Kosmos-2 architecture (``Kosmos2Config()``: 1.66 B parameters) with random
+weights: the same compute as ``microsoft/kosmos-2-patch14-224``, without a download. Inputs are built
+directly, as the processor would lay them out for ``"<grounding> An image of"``: ``<s>``, ``<image>``, the
+64 image placeholders, ``</image>`` and four prompt tokens, with random pixels. Every caption is forced
+to exactly ``--new-tokens`` new tokens (``min_new_tokens = max_new_tokens``, no end-of-sequence token),
+so all paths do the same work.
+
+Paths (``--paths``, comma-separated):
+
+* ``article`` — the article's set-up: 4-bit bitsandbytes weights with ``BitsAndBytesConfig(load_in_4bit=True)``
+  and its defaults, batch 1. Needs CUDA and bitsandbytes; otherwise recorded as skipped, with the reason.
+* ``fp32``, ``bf16``, ``fp16`` — that precision, SDPA attention, every ``--batch-sizes`` entry.
+* ``sdpa``, ``eager`` — the device's default precision (bf16 on GPUs with native bfloat16, compute
+  capability 8.0 and up; fp16 on older ones such as a T4; fp32 on the CPU) with PyTorch's fused
+  scaled-dot-product attention or the plain matmul-softmax one.
+* ``static`` — transformers' static KV cache (``cache_implementation="static"``), which ``generate``
+  compiles by itself on CUDA; batch 1 (``--static-batch-sizes``).
+* ``compile`` — ``torch.compile`` of each text-decoder block (dynamic shapes, the default dynamic cache);
+  batch 1 (``--static-batch-sizes``).
+* ``graphs`` — :class:`FixedShapeDecoder`: greedy decoding written here, around the model's own layers.
+  The prompt goes through the model as usual; its keys and values are then copied into a KV cache that
+  holds every position up front, so each decode step has the same shapes and, on CUDA, is captured once as
+  CUDA graphs (``torch.compile(mode="reduce-overhead")``) and replayed. Batch 1 (``--static-batch-sizes``).
+
+A path that fails (out of memory, not supported by this version of transformers) is recorded with its
+error message and the run goes on. Timings exclude warm-up runs; each figure is the median of
+``--repeats`` runs. Results go to ``OUT/results.json`` and ``OUT/results.md``.
+
+Examples::
+
+    python bench/benchmark.py --out bench/results                  # on a GPU: the full table
+    python bench/benchmark.py --tiny --out /tmp/bench             # a tiny model, seconds on a CPU
+    python bench/benchmark.py --paths bf16 --batch-sizes 1,64 --new-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+#: How many prompt tokens follow ``</image>`` (``<grounding>``, ``▁An``, ``▁image``, ``▁of``).
+PROMPT_TOKENS = 4
+#: Kosmos-2's location tokens ``<patch_index_0000>`` … ``<patch_index_1023>`` close its vocabulary.
+LOCATION_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """One way of running generation: weights, precision, attention, cache and compilation."""
+
+    name: str
+    description: str
+    quantization: str | None = None  # "4bit" (bitsandbytes) or None
+    dtype: str | None = None  # "float32", "bfloat16", "float16"; None = the device's default precision
+    attention: str = "sdpa"
+    cache: str = "dynamic"  # "dynamic" or "static"
+    compile: bool = False
+    small_batches_only: bool = False  # run at --static-batch-sizes instead of --batch-sizes
+    fixed_shape_decoder: bool = False  # FixedShapeDecoder instead of generate()
+
+
+PATHS: dict[str, PathSpec] = {
+    "article": PathSpec("article", "the article: 4-bit bitsandbytes, BitsAndBytesConfig defaults, batch 1",
+                        quantization="4bit", dtype="float32", small_batches_only=True),
+    "fp32": PathSpec("fp32", "float32 weights, SDPA attention", dtype="float32"),
+    "bf16": PathSpec("bf16", "bfloat16 weights, SDPA attention", dtype="bfloat16"),
+    "fp16": PathSpec("fp16", "float16 weights, SDPA attention", dtype="float16"),
+    "sdpa": PathSpec("sdpa", "default precision, SDPA attention"),
+    "eager": PathSpec("eager", "default precision, eager (matmul + softmax) attention", attention="eager"),
+    "static": PathSpec("static", "default precision, transformers' static KV cache (generate compiles it on CUDA)",
+                       cache="static", small_batches_only=True),
+    "compile": PathSpec("compile", "default precision, torch.compile of each text block (dynamic shapes)",
+                        compile=True, small_batches_only=True),
+    "graphs": PathSpec("graphs", "default precision, a pre-allocated KV cache and one fixed-shape decode step, "
+                       "captured as CUDA graphs (torch.compile mode='reduce-overhead') on a GPU",
+                       cache="static", compile=True, small_batches_only=True, fixed_shape_decoder=True),
+}
+DEFAULT_PATHS = ("article", "fp32", "bf16", "fp16", "eager", "static", "compile", "graphs")
+#: ``--tiny`` leaves out ``compile``: compiling takes minutes on a CPU, which is not what --tiny is for
+#: (``graphs`` compiles only on CUDA, so it stays).
+DEFAULT_TINY_PATHS = ("article", "fp32", "bf16", "eager", "static", "graphs")
+
+
+# --------------------------------------------------------------------------------------------- set-up
+
+
+def full_config():
+    """The full-size Kosmos-2 configuration (``Kosmos2Config()`` defaults, as in microsoft/kosmos-2-patch14-224)."""
+    from transformers import Kosmos2Config
+
+    return Kosmos2Config()
+
+
+def tiny_config():
+    """A tiny Kosmos-2 with the real vocabulary, image size and 64 image tokens: runs on a CPU in seconds."""
+    from transformers import Kosmos2Config
+
+    return Kosmos2Config(
+        text_config=dict(embed_dim=64, layers=2, ffn_dim=256, attention_heads=4),
+        vision_config=dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
+        latent_query_num=64,
+    )
+
+
+def count_parameters(config) -> int:
+    """Parameters of ``Kosmos2ForConditionalGeneration(config)``, counted on the meta device (no memory used)."""
+    from transformers import Kosmos2ForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Kosmos2ForConditionalGeneration(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def parse_batch_sizes(text: str, option: str = "--batch-sizes") -> list[int]:
+    """``"1,8,64"`` → ``[1, 8, 64]``; a clear ``ValueError`` for anything else."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise ValueError(f"{option} needs comma-separated positive integers like 1,8,64, got {text!r}")
+    sizes = []
+    for p in parts:
+        if not p.isdigit() or int(p) < 1:
+            raise ValueError(f"{option} needs comma-separated positive integers like 1,8,64; {p!r} is not one")
+        sizes.append(int(p))
+    return list(dict.fromkeys(sizes))
+
+
+def parse_paths(text: str) -> list[str]:
+    """``"article,bf16"`` → ``["article", "bf16"]``; unknown names raise a ``ValueError`` listing the known ones."""
+    names = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not names:
+        raise ValueError(f"--paths needs comma-separated names from {', '.join(PATHS)}, got {text!r}")
+    unknown = [n for n in names if n not in PATHS]
+    if unknown:
+        raise ValueError(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
+    return list(dict.fromkeys(names))
+
+
+def native_bf16(device: str) -> bool:
+    """True when the GPU computes in bfloat16 natively (compute capability 8.0 and up, or ROCm).
+
+    ``torch.cuda.is_bf16_supported()`` alone also says True on older GPUs such as a T4, where bfloat16 is
+    only emulated (slowly), because it merely checks that a bfloat16 tensor can be created.
+    """
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return False
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+
+
+def device_default_dtype(device: str) -> torch.dtype:
+    """bf16 on GPUs that compute in it natively, fp16 on other GPUs (a T4), fp32 on the CPU."""
+    if device.startswith("cuda"):
+        return torch.bfloat16 if native_bf16(device) else torch.float16
+    return torch.float32
+
+
+def resolve_dtype(spec: PathSpec, device: str) -> torch.dtype:
+    """The dtype a path runs in on ``device``."""
+    return getattr(torch, spec.dtype) if spec.dtype else device_default_dtype(device)
+
+
+def skip_reason(spec: PathSpec, device: str) -> str | None:
+    """Why a path cannot run here (``None`` when it can)."""
+    if spec.quantization:
+        if not device.startswith("cuda"):
+            return f"4-bit bitsandbytes needs a CUDA GPU; this run is on {device}"
+        if importlib.util.find_spec("bitsandbytes") is None:
+            return "bitsandbytes is not installed (pip install bitsandbytes, or pip install -e '.[gpu]')"
+    if spec.dtype == "bfloat16" and device.startswith("cuda") and not native_bf16(device):
+        return "this GPU has no native bfloat16 arithmetic (it would only be emulated); use fp16"
+    return None
+
+
+def build_model(config, spec: PathSpec, device: str, seed: int = 0):
+    """A random-weight ``Kosmos2ForConditionalGeneration`` for ``spec`` on ``device``, in eval mode.
+
+    Unquantized paths build the model directly on the device. The 4-bit path saves the random float32
+    weights to a temporary folder and loads them back with ``from_pretrained`` and
+    ``BitsAndBytesConfig(load_in_4bit=True)``, as the article loads the real checkpoint.
+    """
+    from transformers import Kosmos2ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    if spec.quantization == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        with tempfile.TemporaryDirectory(prefix="kosmos2-bench-") as folder:
+            Kosmos2ForConditionalGeneration(config).save_pretrained(folder)
+            model = Kosmos2ForConditionalGeneration.from_pretrained(
+                folder, quantization_config=BitsAndBytesConfig(load_in_4bit=True), device_map={"": 0})
+    else:
+        with torch.device(device):
+            model = Kosmos2ForConditionalGeneration(config)
+        model = model.to(resolve_dtype(spec, device))
+    model.eval()
+    model.set_attn_implementation(spec.attention)
+    model.generation_config.eos_token_id = None  # every caption runs to the forced length
+    if spec.compile and not spec.fixed_shape_decoder:
+        for block in model.text_model.model.layers:
+            block.compile(dynamic=True)
+    return model
+
+
+class FixedShapeDecoder:
+    """Greedy decoding for Kosmos-2 whose decode step always has the same shapes (for CUDA graphs).
+
+    ``generate()`` grows the KV cache by one position per step, so every step has new shapes, and
+    transformers' static cache does not work with Kosmos-2 (its attention mask is built for the positions
+    seen so far, not for the whole cache). Here the prompt runs through the model once as usual; its keys
+    and values are copied into a ``StaticCache`` sized for prompt + new tokens, and each step feeds one
+    token per caption through the text model's layers with an additive mask over the whole cache. Position
+    numbers count the real (not padded) tokens of each row. Greedy tokens equal ``generate()``'s for
+    unpadded prompts (checked by the tests with the tiny model).
+
+    With ``compile_step=True`` the step is compiled with ``torch.compile(mode="reduce-overhead")``, which on
+    CUDA records it as CUDA graphs after warm-up and replays them: no Python or kernel-launch cost per layer.
+    """
+
+    def __init__(self, model, compile_step: bool = False):
+        self.model = model
+        self._caches: dict[tuple[int, int], Any] = {}
+        self.step = torch.compile(self._step, mode="reduce-overhead") if compile_step else self._step
+
+    def _step(self, token_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
+        """Logits of the next token for one new token per row (``token_ids``: (batch, 1))."""
+        text = self.model.text_model.model
+        hidden = text.embed_tokens(token_ids) * text.embed_scale
+        hidden = hidden + text.embed_positions.weights.index_select(0, positions.view(-1)).view(*hidden.shape)
+        for block in text.layers:
+            hidden = block(hidden, mask, cache=cache, use_cache=True)
+        return self.model.text_model.lm_head(text.layer_norm(hidden))[:, -1]
+
+    def generate(self, inputs: dict[str, torch.Tensor], new_tokens: int) -> torch.Tensor:
+        """Prompt ids followed by ``new_tokens`` greedy tokens, shape (batch, prompt + new_tokens)."""
+        from transformers import StaticCache
+
+        model = self.model
+        ids, attention = inputs["input_ids"], inputs["attention_mask"]
+        batch, prompt = ids.shape
+        total = prompt + new_tokens
+        out = model(**inputs, use_cache=True)
+        token = out.logits[:, -1].argmax(-1)
+        tokens = [token]
+        key = (batch, total)
+        cache = self._caches.get(key)
+        if cache is None:  # one cache per shape, reused: CUDA graphs replay on the same memory
+            cache = self._caches[key] = StaticCache(config=model.config.text_config, max_cache_len=total)
+        else:
+            cache.reset()
+        for index, layer in enumerate(out.cache.layers):
+            cache.update(layer.keys, layer.values, index)
+        dtype = out.logits.dtype
+        valid = torch.zeros(batch, total, dtype=torch.bool, device=ids.device)
+        valid[:, :prompt] = attention.bool()
+        padding = model.text_model.model.embed_positions.padding_idx
+        for t in range(new_tokens - 1):
+            valid[:, prompt + t] = True
+            positions = valid.sum(-1, keepdim=True) + padding  # Kosmos-2 numbers real tokens from padding + 1
+            mask = torch.zeros(batch, 1, 1, total, dtype=dtype, device=ids.device)
+            mask = mask.masked_fill(~valid[:, None, None, :], torch.finfo(dtype).min)
+            token = self.step(token[:, None], positions, mask, cache).argmax(-1)
+            tokens.append(token)
+        return torch.cat([ids, torch.stack(tokens, dim=1)], dim=1)
+
+
+def make_inputs(config, batch_size: int, device: str, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Inputs laid out as the processor lays out ``"<grounding> An image of"``, with random pixels.
+
+    ``input_ids`` = ``<s>``, ``<image>``, the image placeholders (ids ``unk + 1`` … as the processor uses),
+    ``</image>``, then :data:`PROMPT_TOKENS` prompt ids. The ids of the tags and prompt words are stand-ins
+    taken just below the location tokens; their values do not change the compute.
+    """
+    text = config.text_config
+    n_image = config.latent_query_num
+    top = text.vocab_size - LOCATION_TOKENS  # first location token
+    boi, eoi = top - 12, top - 11
+    prompt = [top - 1] + [top - 100 - k for k in range(PROMPT_TOKENS - 1)]
+    first_image_id = 4  # the processor's default: the tokenizer's unk id (3) + 1
+    row = [text.bos_token_id, boi, *range(first_image_id, first_image_id + n_image), eoi, *prompt]
+    ids = torch.tensor([row] * batch_size, device=device)
+    image_mask = torch.zeros_like(ids)
+    image_mask[:, 2:2 + n_image] = 1
+    size = config.vision_config.image_size
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(batch_size, 3, size, size, generator=generator).to(device=device, dtype=dtype)
+    return {"pixel_values": pixels, "input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "image_embeds_position_mask": image_mask}
+
+
+def generation_config(config, new_tokens: int, cache: str):
+    """Greedy decoding of exactly ``new_tokens`` tokens (no end-of-sequence stop)."""
+    from transformers import GenerationConfig
+
+    text = config.text_config
+    kwargs: dict[str, Any] = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                  num_beams=1, use_cache=True, pad_token_id=text.pad_token_id,
+                                  bos_token_id=text.bos_token_id, eos_token_id=None)
+    if cache == "static":
+        kwargs["cache_implementation"] = "static"
+    return GenerationConfig(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------- measuring
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory(device: str) -> tuple[float | None, str]:
+    """``(GiB, what)``: the GPU's peak allocated memory since the last reset, or the process's peak RSS."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30, "torch.cuda.max_memory_allocated"
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return None, "unavailable on this platform"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+    return rss_bytes / 2**30, "process peak RSS (ru_maxrss, whole run so far)"
+
+
+def measure(model, inputs: dict[str, torch.Tensor], gen_config, *, new_tokens: int, warmup: int, repeats: int,
+            device: str, decoder: FixedShapeDecoder | None = None) -> dict[str, Any]:
+    """Time generation (median of ``repeats`` after ``warmup`` runs) and one prefill forward pass.
+
+    Generation is ``model.generate`` with ``gen_config``, or ``decoder.generate`` when a decoder is given.
+    """
+    prompt_len = inputs["input_ids"].shape[1]
+    batch = inputs["input_ids"].shape[0]
+
+    def generate() -> float:
+        _sync(device)
+        start = time.perf_counter()
+        if decoder is not None:
+            out = decoder.generate(inputs, new_tokens)
+        else:
+            out = model.generate(**inputs, generation_config=gen_config)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        if tuple(out.shape) != (batch, prompt_len + new_tokens):
+            raise RuntimeError(f"expected output shape {(batch, prompt_len + new_tokens)}, got {tuple(out.shape)}")
+        return seconds
+
+    def prefill() -> float:
+        _sync(device)
+        start = time.perf_counter()
+        model(**inputs, use_cache=False)
+        _sync(device)
+        return time.perf_counter() - start
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            generate()
+            prefill()
+        _reset_peak(device)
+        runs = [generate() for _ in range(repeats)]
+        prefills = [prefill() for _ in range(repeats)]
+    seconds = statistics.median(runs)
+    prefill_s = statistics.median(prefills)
+    memory, memory_kind = peak_memory(device)
+    decode = (seconds - prefill_s) / (new_tokens - 1) * 1000 if new_tokens > 1 else None
+    return {
+        "seconds": seconds,
+        "runs": runs,
+        "captions_per_s": batch / seconds,
+        "ms_per_token": seconds / new_tokens * 1000,
+        "prefill_ms": prefill_s * 1000,
+        "decode_ms_per_token": decode if decode is None or decode > 0 else None,
+        "peak_memory_gib": memory,
+        "memory_kind": memory_kind,
+    }
+
+
+def _error_text(err: BaseException, limit: int = 300) -> str:
+    first = (str(err).strip().splitlines() or [""])[0]
+    text = f"{type(err).__name__}: {first}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def run_paths(config, paths: Sequence[str], *, batch_sizes: Sequence[int], small_batch_sizes: Sequence[int],
+              new_tokens: int, warmup: int, repeats: int, device: str, log=print) -> list[dict[str, Any]]:
+    """Measure every path at its batch sizes; one result row per (path, batch size), failures included."""
+    rows: list[dict[str, Any]] = []
+    for name in paths:
+        spec = PATHS[name]
+        sizes = small_batch_sizes if spec.small_batches_only else batch_sizes
+        dtype = resolve_dtype(spec, device)
+        base = {"path": name, "description": spec.description, "quantization": spec.quantization,
+                "dtype": "4-bit + " + str(dtype).replace("torch.", "") if spec.quantization else str(dtype).replace("torch.", ""),
+                "attention": spec.attention, "cache": spec.cache,
+                # the fixed-shape decoder compiles its step on CUDA only
+                "compile": spec.compile and (device.startswith("cuda") or not spec.fixed_shape_decoder)}
+        reason = skip_reason(spec, device)
+        if reason:
+            log(f"{name}: skipped — {reason}")
+            rows.extend({**base, "batch_size": b, "status": "skipped", "reason": reason} for b in sizes)
+            continue
+        try:
+            start = time.perf_counter()
+            model = build_model(config, spec, device)
+            weights = model.get_memory_footprint() / 2**30
+            log(f"{name}: model ready in {time.perf_counter() - start:.1f} s ({weights:.2f} GiB of weights)")
+        except Exception as err:  # recorded, the other paths still run
+            reason = _error_text(err)
+            log(f"{name}: could not build the model — {reason}")
+            rows.extend({**base, "batch_size": b, "status": "error", "reason": reason} for b in sizes)
+            _free(device)
+            continue
+        for b in sizes:
+            row = {**base, "batch_size": b, "weights_gib": weights}
+            try:
+                inputs = make_inputs(config, b, device, dtype if not spec.quantization else torch.float32)
+                gen = generation_config(config, new_tokens, spec.cache)
+                decoder = None
+                if spec.fixed_shape_decoder:
+                    decoder = FixedShapeDecoder(model, compile_step=spec.compile and device.startswith("cuda"))
+                result = measure(model, inputs, gen, new_tokens=new_tokens, decoder=decoder,
+                                 warmup=max(warmup, 2) if spec.compile else warmup, repeats=repeats, device=device)
+                row.update(status="ok", reason=None, **result)
+                log(f"{name} batch {b}: {result['captions_per_s']:.2f} captions/s, "
+                    f"{result['ms_per_token']:.2f} ms per token step")
+            except Exception as err:  # out of memory, unsupported cache …: recorded, the run goes on
+                row.update(status="error", reason=_error_text(err))
+                log(f"{name} batch {b}: error — {row['reason']}")
+            rows.append(row)
+            _free(device)
+        del model
+        _free(device)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- reporting
+
+
+def device_name(device: str) -> str:
+    """The GPU's name, or the CPU's model and thread count."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu} ({os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads)"
+
+
+def model_support() -> dict[str, Any]:
+    """What this transformers version declares for Kosmos-2 (class attributes; absent ones say so)."""
+    from transformers import Kosmos2ForConditionalGeneration as K
+
+    out: dict[str, Any] = {}
+    for attr in ("_supports_sdpa", "_supports_flash_attn", "_supports_flex_attn", "_can_compile_fullgraph",
+                 "_supports_static_cache", "_supports_attention_backend"):
+        out[attr] = getattr(K, attr) if hasattr(K, attr) else "not defined in this transformers version"
+    return out
+
+
+def build_report(rows: list[dict[str, Any]], *, config, tiny: bool, new_tokens: int, warmup: int, repeats: int,
+                 device: str, command: str) -> dict[str, Any]:
+    """Everything ``results.json`` holds."""
+    import transformers
+
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "command": command,
+        "model": {
+            "config": "tiny (--tiny)" if tiny else "full size, Kosmos2Config() defaults",
+            "parameters": count_parameters(config),
+            "weights": "random (same architecture and compute, no download)",
+        },
+        "new_tokens": new_tokens,
+        "prompt_tokens": 3 + config.latent_query_num + PROMPT_TOKENS,
+        "warmup_runs": warmup,
+        "timed_runs": repeats,
+        "support": model_support(),
+        "results": rows,
+    }
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """``results.md``: the conditions, then one table row per (path, batch size)."""
+    model = report["model"]
+    size = model["parameters"]
+    size_text = f"{size / 1e9:.2f} B" if size >= 1e9 else f"{size / 1e6:.1f} M"
+    memory_kinds = sorted({r["memory_kind"] for r in report["results"] if r.get("memory_kind")})
+    lines = [
+        "# Kosmos-2 grounding benchmark",
+        "",
+        f"- date: {report['date']}",
+        f"- device: {report['device_name']} ({report['device']})",
+        f"- torch {report['torch']}, transformers {report['transformers']}, Python {report['python']}",
+        f"- command: `{report['command']}`",
+        f"- model: {model['config']}, {size_text} parameters, {model['weights']}",
+        f"- {report['new_tokens']} forced new tokens per caption after a {report['prompt_tokens']}-token prompt; "
+        f"{report['warmup_runs']} warm-up run(s) left out, median of {report['timed_runs']} timed run(s)",
+        "- ms/token = wall time of one `generate` call ÷ new tokens (one step makes a token for every image "
+        "of the batch); prefill = one forward pass over image and prompt; decode ms/token = (generate − prefill) "
+        "÷ (new tokens − 1), an estimate",
+        f"- peak memory: {', '.join(memory_kinds) or 'not measured'}",
+        "",
+        "| path | weights | attention | cache | compile | batch | captions/s | ms/token | prefill ms | "
+        "decode ms/token | peak GiB | status |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in report["results"]:
+        ok = r["status"] == "ok"
+        lines.append("| " + " | ".join([
+            r["path"], r["dtype"], r["attention"], r["cache"], "yes" if r["compile"] else "no", str(r["batch_size"]),
+            _fmt(r.get("captions_per_s")) if ok else "–", _fmt(r.get("ms_per_token")) if ok else "–",
+            _fmt(r.get("prefill_ms"), 1) if ok else "–", _fmt(r.get("decode_ms_per_token")) if ok else "–",
+            _fmt(r.get("peak_memory_gib")) if ok else "–", r["status"],
+        ]) + " |")
+    notes = [r for r in report["results"] if r["status"] != "ok"]
+    seen: set[tuple[str, str]] = set()
+    if notes:
+        lines += ["", "Not measured:", ""]
+        for r in notes:
+            key = (r["path"], r["reason"])
+            if key not in seen:
+                seen.add(key)
+                lines.append(f"- `{r['path']}` ({r['status']}): {r['reason']}")
+    lines += ["", "What this transformers version declares for Kosmos-2:", ""]
+    lines += [f"- `{k}`: {v}" for k, v in report["support"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` into ``out``; return both paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "results.json", out / "results.md"
+    json_path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    md_path.write_text(to_markdown(report), encoding="utf-8")
+    return json_path, md_path
+
+
+# --------------------------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python bench/benchmark.py``."""
+    parser = argparse.ArgumentParser(
+        prog="python bench/benchmark.py",
+        description="Benchmark Kosmos-2 grounding paths (full-size architecture, random weights).",
+    )
+    parser.add_argument("--tiny", action="store_true", help="a tiny model that runs on a CPU in seconds (for tests)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for results.json and results.md")
+    parser.add_argument("--new-tokens", type=int, default=64, metavar="N", help="forced new tokens per caption (64)")
+    parser.add_argument("--batch-sizes", default="1,8,64", help="batch sizes for the precision paths (1,8,64)")
+    parser.add_argument("--static-batch-sizes", default="1", help="batch sizes for article, static, compile (1)")
+    parser.add_argument("--paths", default=None,
+                        help=f"comma-separated, from {', '.join(PATHS)} (default {','.join(DEFAULT_PATHS)}; "
+                             f"with --tiny {','.join(DEFAULT_TINY_PATHS)})")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (1; compile uses at least 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported (3)")
+    parser.add_argument("--device", default=None, help="cuda, cpu … (default: a CUDA GPU when there is one)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; returns the exit code (2 for bad options)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        paths = parse_paths(args.paths) if args.paths else list(DEFAULT_TINY_PATHS if args.tiny else DEFAULT_PATHS)
+        batch_sizes = parse_batch_sizes(args.batch_sizes)
+        small_sizes = parse_batch_sizes(args.static_batch_sizes, "--static-batch-sizes")
+        for option, value, least in (("--new-tokens", args.new_tokens, 1), ("--warmup", args.warmup, 0),
+                                     ("--repeats", args.repeats, 1)):
+            if value < least:
+                raise ValueError(f"{option} must be at least {least}, got {value}")
+    except ValueError as err:
+        parser.error(str(err))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {device} asked for, but torch sees no CUDA GPU")
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    config = tiny_config() if args.tiny else full_config()
+    command = " ".join(shlex.quote(a) for a in ["python", "bench/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    print(f"Kosmos-2 benchmark on {device_name(device)}: paths {', '.join(paths)}", flush=True)
+    rows = run_paths(config, paths, batch_sizes=batch_sizes, small_batch_sizes=small_sizes,
+                     new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats, device=device,
+                     log=lambda s: print(s, flush=True))
+    report = build_report(rows, config=config, tiny=args.tiny, new_tokens=args.new_tokens, warmup=args.warmup,
+                          repeats=args.repeats, device=device, command=command)
+    json_path, md_path = write_report(report, args.out)
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Ground many images on several GPUs (or CPU processes) at once, with 🤗 accelerate.
+
+Every process holds its own copy of the model. The list of images is cut into one contiguous share per
+process (:meth:`accelerate.PartialState.split_between_processes`), each process grounds its share with
+:func:`helpers.model.ground`, and :func:`accelerate.utils.gather_object` brings the results back, in the
+original order. On one process (a plain ``python`` run) nothing is split and the result is what
+:func:`~helpers.model.ground` gives.
+
+From the command line, one process per GPU::
+
+    accelerate launch --num_processes 4 -m helpers.distributed photos/ --out results.jsonl
+
+and on a machine without a GPU, for trying it out, two CPU processes (``accelerate launch --cpu`` alone
+starts one process unless MPI is set up, so ask for the multi-process launcher)::
+
+    accelerate launch --multi_gpu --num_processes 2 -m helpers.distributed photos/ --out results.jsonl
+
+Without a GPU the processes talk through the gloo backend; ``torchrun --nproc_per_node 2 -m
+helpers.distributed …`` does the same.
+The main process writes ``results.jsonl``, one line per image in the order given, in the layout of
+:func:`helpers.batch.grounding_record` (without annotated pictures: ``"annotated"`` is ``null``).
+
+A failure on one process (an unreadable image, say) is gathered like a result, so every process raises
+the same :class:`DistributedGroundingError` instead of the others waiting for it forever.
+
+Results equal one :func:`~helpers.model.ground` call over all images when every image uses the same
+prompt (no padding inside a batch). With prompts of different lengths, ``ground``'s output can depend on
+which images share a batch, and the split changes that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+
+PROG = "accelerate launch -m helpers.distributed"
+DEFAULT_PROMPT = "<grounding> An image of"  # helpers.world.CAPTION_PROMPT, repeated so --help loads nothing
+
+
+class DistributedGroundingError(RuntimeError):
+    """Some process failed on its share; the message names the process, the item and the original error."""
+
+
+def _state(accelerator: Any = None) -> Any:
+    """The ``Accelerator`` or ``PartialState`` to split work with (a new ``PartialState`` when ``None``)."""
+    if accelerator is None:
+        from accelerate import PartialState
+
+        return PartialState(cpu=not _has_gpu())
+    needed = ("split_between_processes", "process_index", "num_processes")
+    missing = [name for name in needed if not hasattr(accelerator, name)]
+    if missing:
+        raise TypeError(
+            "accelerator must be an accelerate.Accelerator or accelerate.PartialState (it needs "
+            f"{', '.join(needed)}), got {type(accelerator).__name__} without {', '.join(missing)}"
+        )
+    return accelerator
+
+
+def _has_gpu() -> bool:
+    """True when torch sees a CUDA (or XPU) device; otherwise processes work on the CPU with the gloo backend.
+
+    accelerate only sets up CPU processes (``MULTI_CPU``) when asked for the CPU explicitly, so without a
+    GPU ``PartialState(cpu=True)`` is what lets ``accelerate launch --multi_gpu`` runs split the work.
+    """
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
+
+
+def map_between_processes(fn: Callable[[list[int]], Sequence[T]], n: int, accelerator: Any = None) -> list[T]:
+    """Run ``fn`` on this process's share of ``range(n)`` and return every process's results, in order.
+
+    ``fn`` gets a list of indices (contiguous, possibly empty when ``n`` is smaller than the number of
+    processes) and must return one result per index. Every process returns the full list of ``n``
+    results; the results must be picklable (they travel with ``torch.distributed``).
+
+    Raises:
+        TypeError: ``n`` is not an int, or ``accelerator`` is not an accelerate state.
+        ValueError: ``n`` is negative.
+        DistributedGroundingError: ``fn`` raised or returned the wrong number of results on any process
+            (raised on every process, with the first failure's message).
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int (the number of items), got {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"n must be at least 0, got {n}")
+    state = _state(accelerator)
+    with state.split_between_processes(list(range(n))) as share:
+        share = list(share)
+        try:
+            results = list(fn(share))
+            if len(results) != len(share):
+                raise ValueError(f"fn returned {len(results)} results for {len(share)} items")
+            local: list[tuple[int, Any, str | None]] = [(i, r, None) for i, r in zip(share, results)]
+        except Exception as err:  # reported on every process below, so no process waits forever
+            items = f"items {share[0]}–{share[-1]}" if share else "no items"
+            local = [(share[0] if share else -1, None,
+                      f"process {state.process_index} failed on its share ({items} of {n}): "
+                      f"{type(err).__name__}: {err}")]
+    gathered = _gather(local, state)
+    errors = [message for _, _, message in gathered if message is not None]
+    if errors:
+        raise DistributedGroundingError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+    ordered = sorted(gathered, key=lambda item: item[0])
+    if [i for i, _, _ in ordered] != list(range(n)):
+        raise DistributedGroundingError(f"expected results for items 0…{n - 1}, got {[i for i, _, _ in ordered]}")
+    return [result for _, result, _ in ordered]
+
+
+def _gather(local: list, state: Any) -> list:
+    """Every process's list, concatenated in process order (the list itself on a single process)."""
+    if state.num_processes == 1:
+        return list(local)
+    from accelerate.utils import gather_object
+
+    return list(gather_object(local))
+
+
+def ground_distributed(
+    model,
+    processor,
+    images: Sequence[Any],
+    prompts: str | Sequence[str] = DEFAULT_PROMPT,
+    bboxes: Sequence | None = None,
+    max_new_tokens: int = 128,
+    batch_size: int | None = None,
+    accelerator: Any = None,
+) -> list:
+    """Ground ``images`` spread over the processes of an ``accelerate launch`` run; results in input order.
+
+    Args:
+        model: the model, already on this process's device (``accelerator.device``), as
+            :func:`helpers.model.load` puts it with ``device=str(accelerator.device)``.
+        processor: its processor.
+        images: a list of PIL images, or of anything :func:`helpers.images.load_image` reads (paths,
+            URLs, bytes); those are loaded by the process that grounds them, so each process reads only
+            its share. PIL images are used as they are.
+        prompts, bboxes, max_new_tokens, batch_size: as for :func:`helpers.model.ground` (one prompt for
+            all images or one per image; one ``bboxes`` entry per image); ``batch_size`` is per process.
+        accelerator: an ``accelerate.Accelerator`` or ``PartialState``; by default a ``PartialState``
+            (on the CPU processes when torch sees no GPU).
+
+    Returns:
+        One :class:`~helpers.tokens.Grounding` per image, in the order of ``images``, on every process.
+
+    Raises:
+        TypeError, ValueError: bad arguments (checked on every process before any work).
+        DistributedGroundingError: an image could not be loaded or grounded on some process.
+    """
+    from PIL import Image
+
+    from helpers.images import load_image
+    from helpers.model import ground
+
+    if isinstance(images, (str, bytes, Image.Image)) or not isinstance(images, Sequence):
+        raise TypeError(f"images must be a list of images or paths, got {type(images).__name__}")
+    n = len(images)
+    if isinstance(prompts, str):
+        prompt_list = [prompts] * n
+    elif isinstance(prompts, Sequence) and all(isinstance(p, str) for p in prompts):
+        prompt_list = list(prompts)
+    else:
+        raise TypeError("prompts must be a string or a list of strings, e.g. '<grounding> An image of'")
+    if len(prompt_list) != n:
+        raise ValueError(f"got {n} images but {len(prompt_list)} prompts; give one prompt or one per image")
+    if bboxes is not None and len(bboxes) != n:
+        raise ValueError(f"bboxes needs one entry per image ({n}), got {len(bboxes)}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+
+    def share(indices: list[int]) -> list:
+        if not indices:
+            return []
+        mine = [images[i] if isinstance(images[i], Image.Image) else load_image(images[i]) for i in indices]
+        return ground(model, processor, mine, [prompt_list[i] for i in indices],
+                      bboxes=None if bboxes is None else [bboxes[i] for i in indices],
+                      max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+
+    return map_between_processes(share, n, accelerator)
+
+
+# --------------------------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m helpers.distributed``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Ground images on every process of an `accelerate launch` run; the main process writes "
+                    "one JSON line per image, in the order given.",
+        epilog="Example: accelerate launch --num_processes 2 -m helpers.distributed photos/ --out results.jsonl",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    parser.add_argument("--out", required=True, metavar="FILE", help="the JSON Lines file to write (replaced)")
+    parser.add_argument("--model", default=None, metavar="M", help="a model folder or hub id (default: as load())")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"the prompt for every image (default: {DEFAULT_PROMPT!r})")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per generate call, per process")
+    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="most tokens per answer (default 128)")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return parser
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Exit codes: 0 when every image was grounded; 2 for bad input (a missing or unreadable image, a bad
+    option); 1 when the model could not be loaded. Every process returns the same code.
+    """
+    try:
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:  # --help (0) or a usage error (2, message already printed)
+        return int(stop.code or 0)
+    if args.batch_size is not None and args.batch_size < 1:
+        return _fail(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_new_tokens < 1:
+        return _fail(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if not args.prompt.strip():
+        return _fail("--prompt must not be empty")
+
+    from helpers.batch import grounding_record, image_files
+    from helpers.images import ImageLoadError, load_image
+
+    try:  # the same check on every process, before any of them loads a model
+        files = image_files(args.images)
+    except ImageLoadError as err:
+        return _fail(str(err))
+
+    from helpers.model import ModelLoadError, ground, load
+
+    state = _state()
+    try:
+        model, processor = load(args.model, device=str(state.device), verbose=state.is_main_process and not args.quiet)
+    except (ModelLoadError, ValueError) as err:
+        return _fail(str(err), code=1)
+
+    def share(indices: list[int]) -> list[dict]:
+        if not indices:
+            return []
+        pictures = [load_image(files[i]) for i in indices]
+        results = ground(model, processor, pictures, args.prompt, max_new_tokens=args.max_new_tokens,
+                         batch_size=args.batch_size, progress=False)
+        return [grounding_record(str(files[i]), args.prompt, g, pic.size)
+                for i, pic, g in zip(indices, pictures, results)]
+
+    try:
+        records = map_between_processes(share, len(files), state)
+    except DistributedGroundingError as err:
+        return _fail(str(err))
+    if state.is_main_process:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        if not args.quiet:
+            print(f"grounded {len(records)} image(s) on {state.num_processes} process(es); wrote {out}")
+    state.wait_for_everyone()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""bench/benchmark.py: the --tiny mode runs on the CPU and writes complete, positive results (no timing limits)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers.paths import repo_root
+
+SCRIPT = repo_root() / "bench" / "benchmark.py"
+NEW_TOKENS = 3
+PATHS = ["article", "fp32", "bf16", "eager", "static", "graphs"]
+SMALL_ONLY = ("article", "static", "graphs")  # run at --static-batch-sizes (1)
+BATCHES = [1, 2]
+
+
+def _module():
+    """bench/benchmark.py imported from its file (bench/ is a folder of scripts, not a package)."""
+    if "kosmos2_benchmark" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("kosmos2_benchmark", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["kosmos2_benchmark"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[dict, str, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("bench")
+    args = ["--tiny", "--out", str(out), "--new-tokens", str(NEW_TOKENS), "--batch-sizes", ",".join(map(str, BATCHES)),
+            "--paths", ",".join(PATHS), "--warmup", "1", "--repeats", "2", "--device", "cpu"]
+    run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600,
+                         cwd=repo_root(), env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    markdown = (out / "results.md").read_text(encoding="utf-8")
+    return report, markdown, run
+
+
+def test_report_records_the_conditions(tiny_run):
+    import torch
+    import transformers
+
+    report, _, _ = tiny_run
+    assert report["torch"] == torch.__version__
+    assert report["transformers"] == transformers.__version__
+    assert report["device"] == "cpu" and report["device_name"].startswith("CPU")
+    assert "--tiny" in report["command"] and report["command"].startswith("python bench/benchmark.py")
+    assert report["new_tokens"] == NEW_TOKENS
+    assert report["prompt_tokens"] == 3 + 64 + 4
+    assert report["model"]["config"].startswith("tiny")
+    assert 0 < report["model"]["parameters"] < 50_000_000
+    assert set(report["support"]) >= {"_supports_sdpa", "_can_compile_fullgraph", "_supports_static_cache"}
+    assert report["date"][:2] == "20"
+
+
+def test_every_path_and_batch_size_has_a_row(tiny_run):
+    report, _, _ = tiny_run
+    rows = report["results"]
+    expected = [(p, b) for p in PATHS for b in ([1] if p in SMALL_ONLY else BATCHES)]
+    assert [(r["path"], r["batch_size"]) for r in rows] == expected
+
+
+def test_measured_rows_have_positive_numbers(tiny_run):
+    report, _, _ = tiny_run
+    measured = [r for r in report["results"] if r["status"] == "ok"]
+    assert {r["path"] for r in measured} >= {"fp32", "bf16", "eager", "graphs"}
+    for r in measured:
+        assert r["captions_per_s"] > 0 and r["ms_per_token"] > 0 and r["prefill_ms"] > 0
+        assert r["peak_memory_gib"] > 0 and r["weights_gib"] > 0
+        assert len(r["runs"]) == 2 and all(s > 0 for s in r["runs"])
+        # the figures are consistent with each other
+        assert r["captions_per_s"] == pytest.approx(r["batch_size"] / r["seconds"])
+        assert r["ms_per_token"] == pytest.approx(r["seconds"] / NEW_TOKENS * 1000)
+    assert {r["dtype"] for r in measured if r["path"] == "bf16"} == {"bfloat16"}
+    assert {r["attention"] for r in measured if r["path"] == "eager"} == {"eager"}
+
+
+def test_paths_that_cannot_run_are_recorded_with_a_reason(tiny_run):
+    report, markdown, run = tiny_run
+    rows = {r["path"]: r for r in report["results"] if r["batch_size"] == 1}
+    article = rows["article"]
+    if article["status"] == "skipped":  # no CUDA here (the test hides nothing: it runs on --device cpu)
+        assert "CUDA" in article["reason"] or "bitsandbytes" in article["reason"]
+        assert "skipped" in run.stdout
+    static = rows["static"]
+    assert static["status"] in ("ok", "error")
+    if static["status"] == "error":
+        assert static["reason"] and ":" in static["reason"]
+        assert f"`static` (error): {static['reason']}" in markdown
+
+
+def test_markdown_table_matches_the_json(tiny_run):
+    report, markdown, _ = tiny_run
+    assert report["command"] in markdown
+    assert report["transformers"] in markdown and report["device_name"] in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| path")]
+    assert len(table) == len(report["results"])
+    for line, row in zip(table, report["results"]):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == row["path"] and cells[5] == str(row["batch_size"]) and cells[-1] == row["status"]
+        if row["status"] == "ok":
+            assert float(cells[6]) == pytest.approx(row["captions_per_s"], abs=0.006)
+
+
+def test_bad_options_are_refused_with_a_message(capsys):
+    bench = _module()
+    with pytest.raises(ValueError, match="unknown path.*nope.*choose from"):
+        bench.parse_paths("bf16,nope")
+    with pytest.raises(ValueError, match="'0' is not one"):
+        bench.parse_batch_sizes("1,0")
+    assert bench.parse_batch_sizes(" 8, 1,8") == [8, 1]
+    for argv, message in ((["--paths", "turbo"], "unknown path"), (["--batch-sizes", "x"], "not one"),
+                          (["--new-tokens", "0"], "--new-tokens must be at least 1")):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(["--tiny", *argv])
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_full_size_configuration_has_the_real_models_parameter_count():
+    bench = _module()
+    assert round(bench.count_parameters(bench.full_config()) / 1e9, 2) == 1.66
+
+
+def test_fixed_shape_decoder_writes_what_generate_writes():
+    """The ``graphs`` path's own decoding loop, on the course's trained model: the same captions, token for token."""
+    from helpers.model import load
+    from helpers.paths import bundled_model_dir
+    from helpers.synthetic import sample_scenes
+    from helpers.world import CAPTION_PROMPT
+
+    bench = _module()
+    model, processor = load(bundled_model_dir(), device="cpu", verbose=False)
+    model.generation_config.eos_token_id = None  # both run the full length
+    images = [scene.image for scene in sample_scenes(3, seed=5)]
+    inputs = dict(processor(text=[CAPTION_PROMPT] * 3, images=images, return_tensors="pt"))
+    decoder = bench.FixedShapeDecoder(model)
+    with torch.inference_mode():
+        expected = model.generate(**inputs, generation_config=bench.generation_config(model.config, 24, "dynamic"))
+        first = decoder.generate(inputs, 24)
+        again = decoder.generate(inputs, 24)  # the cache is reused for the same shapes
+    assert torch.equal(first, expected) and torch.equal(again, expected)
+    captions = processor.batch_decode(first, skip_special_tokens=True)
+    assert len(set(captions)) == 3 and all("<phrase>" in c for c in captions)

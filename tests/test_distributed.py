@@ -1,0 +1,167 @@
+"""helpers.distributed: grounding spread over processes gives what one process gives, in order.
+
+The two-process runs use ``accelerate launch`` on the CPU (gloo backend) with a tiny random-weight model
+saved to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers.distributed import DistributedGroundingError, ground_distributed, main, map_between_processes
+from helpers.images import load_image
+from helpers.model import ground, load
+from helpers.synthetic import sample_scene
+from helpers.tokens import strip_image_prefix
+
+NEW_TOKENS = 12
+N_IMAGES = 5  # odd: the two processes get shares of 3 and 2
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A 1-layer random Kosmos-2 for the world's processor, saved like a real checkpoint.
+
+    A freshly initialised tiny model answers the same thing whatever the image (its small weights barely
+    see the pixels), which would hide a mix-up of the order. Weights redrawn at a larger scale make every
+    image get its own answer (checked below).
+    """
+    from helpers.training import new_model
+    from helpers.world import build_processor
+
+    processor = build_processor(64)
+    model = new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=32)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 4 / param.shape[-1] ** 0.5)
+    folder = tmp_path_factory.mktemp("tiny-random-kosmos2")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_paths(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("scenes")
+    paths = []
+    for seed in range(N_IMAGES):
+        path = folder / f"scene_{seed}.png"
+        sample_scene(seed).image.save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir, image_paths) -> list[str]:
+    """One process, one ground() call over all images: the answers the distributed run must reproduce."""
+    model, processor = load(model_dir, device="cpu", verbose=False)
+    results = ground(model, processor, [load_image(p) for p in image_paths], max_new_tokens=NEW_TOKENS,
+                     batch_size=2, progress=False)
+    return [strip_image_prefix(g.raw) for g in results]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with two CPU processes (CUDA hidden, so this runs the same on GPU machines)."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", KOSMOS2_PROGRESS="0",
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), "-m", "helpers.distributed", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_reference_answers_differ_between_images(reference):
+    assert len(set(reference)) == N_IMAGES, reference
+
+
+def test_two_processes_give_the_single_process_results_in_order(model_dir, image_paths, reference, tmp_path):
+    out = tmp_path / "results.jsonl"
+    run = _launch([*map(str, image_paths), "--out", str(out), "--model", str(model_dir),
+                   "--max-new-tokens", str(NEW_TOKENS), "--batch-size", "2"])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "on 2 process(es)" in run.stdout
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["file"] for r in records] == [str(p) for p in image_paths]
+    assert [r["generated"] for r in records] == reference
+    assert [(r["width"], r["height"]) for r in records] == [load_image(p).size for p in image_paths]
+
+
+def test_a_failure_on_one_process_stops_every_process_with_its_message(model_dir, image_paths, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a PNG file")
+    out = tmp_path / "results.jsonl"
+    run = _launch([*map(str, image_paths[:3]), str(broken), "--out", str(out), "--model", str(model_dir),
+                   "--max-new-tokens", "2"])
+    assert run.returncode != 0
+    # the second process (items 2 and 3) fails on the broken file; the first one reports it too
+    assert run.stderr.count("process 1 failed on its share") >= 2, run.stderr[-3000:]
+    assert "broken.png" in run.stderr
+    assert not out.exists()
+
+
+def test_one_process_gives_what_ground_gives(model_dir, image_paths, reference):
+    model, processor = load(model_dir, device="cpu", verbose=False)
+    images = [load_image(p) for p in image_paths]
+    results = ground_distributed(model, processor, images, max_new_tokens=NEW_TOKENS, batch_size=2)
+    assert [strip_image_prefix(g.raw) for g in results] == reference
+    # paths are loaded by the process that grounds them, with the same result
+    from_paths = ground_distributed(model, processor, [str(p) for p in image_paths], max_new_tokens=NEW_TOKENS,
+                                    batch_size=3)
+    assert [g.raw for g in from_paths] == [g.raw for g in results]
+
+
+def test_map_between_processes_keeps_order_and_reports_failures():
+    assert map_between_processes(lambda idx: [i * 10 for i in idx], 4) == [0, 10, 20, 30]
+    assert map_between_processes(lambda idx: [], 0) == []
+    with pytest.raises(DistributedGroundingError, match="fn returned 1 results for 3 items"):
+        map_between_processes(lambda idx: [0], 3)
+    with pytest.raises(DistributedGroundingError, match="process 0 failed.*ZeroDivisionError"):
+        map_between_processes(lambda idx: [1 / 0 for _ in idx], 2)
+    with pytest.raises(ValueError, match="at least 0"):
+        map_between_processes(lambda idx: idx, -1)
+    with pytest.raises(TypeError, match="n must be an int"):
+        map_between_processes(lambda idx: idx, 2.0)
+    with pytest.raises(TypeError, match="accelerate.Accelerator or accelerate.PartialState"):
+        map_between_processes(lambda idx: idx, 2, accelerator=object())
+
+
+def test_ground_distributed_checks_its_arguments(model_dir, image_paths):
+    model, processor = load(model_dir, device="cpu", verbose=False)
+    images = [load_image(p) for p in image_paths[:2]]
+    with pytest.raises(ValueError, match="got 2 images but 3 prompts"):
+        ground_distributed(model, processor, images, ["a", "b", "c"])
+    with pytest.raises(TypeError, match="images must be a list"):
+        ground_distributed(model, processor, images[0])
+    with pytest.raises(TypeError, match="prompts must be a string or a list of strings"):
+        ground_distributed(model, processor, images, [1, 2])
+    with pytest.raises(ValueError, match="bboxes needs one entry per image"):
+        ground_distributed(model, processor, images, bboxes=[None])
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive int"):
+        ground_distributed(model, processor, images, max_new_tokens=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        ground_distributed(model, processor, images, batch_size=0)
+
+
+def test_command_line_rejects_bad_input_before_loading_a_model(tmp_path, capsys):
+    assert main([str(tmp_path / "missing.png"), "--out", str(tmp_path / "r.jsonl")]) == 2
+    assert "missing.png" in capsys.readouterr().err
+    assert main([str(tmp_path), "--out", str(tmp_path / "r.jsonl"), "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
+    assert main([str(tmp_path), "--out", str(tmp_path / "r.jsonl"), "--prompt", " "]) == 2
+    assert "--prompt must not be empty" in capsys.readouterr().err
