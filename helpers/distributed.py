@@ -23,9 +23,8 @@ The main process writes ``results.jsonl``, one line per image in the order given
 A failure on one process (an unreadable image, say) is gathered like a result, so every process raises
 the same :class:`DistributedGroundingError` instead of the others waiting for it forever.
 
-Results equal one :func:`~helpers.model.ground` call over all images when every image uses the same
-prompt (no padding inside a batch). With prompts of different lengths, ``ground``'s output can depend on
-which images share a batch, and the split changes that.
+Results equal one :func:`~helpers.model.ground` call over all images: ``ground`` batches only prompts of
+the same token length, so no answer depends on which images share a batch or a process.
 """
 
 from __future__ import annotations
