@@ -61,6 +61,8 @@ class Score:
         return self.hits / self.total if self.total else float("nan")
 
     def __str__(self) -> str:
+        if not self.total:
+            return "n/a (0/0)"  # nothing to count (e.g. no predicted phrase for precision)
         return f"{100 * self.rate:.1f} % ({self.hits}/{self.total})"
 
 
@@ -115,7 +117,8 @@ class Report:
 
     def as_dict(self) -> dict:
         def s(x: Score) -> dict:
-            return {"rate": round(x.rate, 4), "hits": x.hits, "total": x.total}
+            # no rate when there was nothing to count: JSON has no NaN
+            return {"rate": round(x.rate, 4) if x.total else None, "hits": x.hits, "total": x.total}
 
         return {
             "scenes": self.scenes, "objects": self.objects,

@@ -1,0 +1,207 @@
+"""helpers.evaluation: phrase normalisation, the caption / comprehension scores on hand-made groundings,
+the report's table and JSON form, and evaluate() end to end on a tiny untrained model (structure only)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from helpers.evaluation import (
+    HELD_OUT_SEED,
+    IOU_THRESHOLD,
+    CaptionScores,
+    Report,
+    Score,
+    answer_after,
+    box_hits,
+    evaluate,
+    names_object,
+    normalize_phrase,
+    phrases_match,
+    score_boxes,
+    score_caption,
+)
+from helpers.synthetic import SceneObject, sample_scenes
+from helpers.tokens import Entity, Grounding, parse_generation
+
+RED_A = SceneObject("red", "circle", (0.1, 0.1, 0.3, 0.3), "two red circles")
+RED_B = SceneObject("red", "circle", (0.6, 0.1, 0.8, 0.3), "two red circles")
+KUMO = SceneObject(None, "kumo", (0.3, 0.5, 0.7, 0.9), "Kumo")
+TRUTH = [RED_A, RED_B, KUMO]
+
+
+def grounding(*entities: tuple[str, list]) -> Grounding:
+    """A Grounding whose caption is the phrases joined by ' and '."""
+    caption, out = "", []
+    for phrase, boxes in entities:
+        if caption:
+            caption += " and "
+        out.append(Entity(phrase, (len(caption), len(caption) + len(phrase)), boxes))
+        caption += phrase
+    return Grounding(caption, out)
+
+
+# --------------------------------------------------------------------------------------------- phrases
+
+
+@pytest.mark.parametrize("raw, want", [
+    ("The Red circle ", "red circle"), ("a snowman", "snowman"), ("An  apple", "apple"), ("Kumo", "kumo"),
+    ("two red circles", "two red circles"), ("theatre", "theatre"), ("another circle", "another circle"),
+    ("  the   blue square", "blue square"), ("a", "a"),
+])
+def test_normalize_phrase(raw, want) -> None:
+    assert normalize_phrase(raw) == want
+
+
+def test_phrases_match_ignores_case_spaces_and_one_article() -> None:
+    assert phrases_match("a red circle", "The red circle")
+    assert phrases_match("Kumo", "kumo ")
+    assert not phrases_match("a red circle", "a red square")
+    assert not phrases_match("a red circle", "two red circles")
+
+
+def test_box_hits_at_iou_one_half() -> None:
+    assert IOU_THRESHOLD == 0.5
+    assert box_hits((0.0, 0.0, 0.5, 1.0), (0.0, 0.0, 1.0, 1.0))  # IoU exactly 0.5
+    assert not box_hits((0.0, 0.0, 0.49, 1.0), (0.0, 0.0, 1.0, 1.0))
+    assert box_hits((0.0, 0.0, 0.49, 1.0), (0.0, 0.0, 1.0, 1.0), threshold=0.4)
+
+
+# --------------------------------------------------------------------------------------------- scores
+
+
+def test_score_str_and_rate() -> None:
+    s = Score()
+    for hit in (True, False, True):
+        s.add(hit)
+    assert (s.hits, s.total) == (2, 3) and s.rate == pytest.approx(2 / 3)
+    assert str(s) == "66.7 % (2/3)"
+
+
+def test_an_empty_score_says_so_instead_of_printing_nan() -> None:
+    assert math.isnan(Score().rate)
+    assert str(Score()) == "n/a (0/0)"
+
+
+def test_score_caption_perfect_multi_box_answer() -> None:
+    g = grounding(("two red circles", [RED_A.box, RED_B.box]), ("Kumo", [KUMO.box]))
+    s = score_caption(TRUTH, g)
+    assert (s.phrase_recall.hits, s.phrase_recall.total) == (3, 3)
+    assert (s.box_hit.hits, s.box_hit.total) == (3, 3)
+    assert (s.phrase_precision.hits, s.phrase_precision.total) == (2, 2)
+
+
+def test_score_caption_counts_misses_and_extra_phrases() -> None:
+    # one box for the pair (hits only the left circle), Kumo's box off target, one made-up phrase
+    g = grounding(("two red circles", [RED_A.box]), ("Kumo", [(0.0, 0.6, 0.2, 0.8)]),
+                  ("a fire", [(0.5, 0.5, 0.6, 0.6)]))
+    s = score_caption(TRUTH, g)
+    assert (s.phrase_recall.hits, s.phrase_recall.total) == (3, 3)
+    assert (s.box_hit.hits, s.box_hit.total) == (1, 3)
+    assert (s.phrase_precision.hits, s.phrase_precision.total) == (2, 3)
+
+
+def test_score_caption_needs_the_right_phrase_for_a_box_to_count() -> None:
+    # the box is perfect, but "a red circle" does not name "two red circles"
+    g = grounding(("a red circle", [RED_A.box]), ("a cloud", [KUMO.box]))
+    s = score_caption(TRUTH, g)
+    assert s.phrase_recall.hits == 0 and s.box_hit.hits == 0 and s.phrase_precision.hits == 0
+
+
+def test_score_caption_accumulates_over_images() -> None:
+    scores = CaptionScores()
+    score_caption([KUMO], grounding(("Kumo", [KUMO.box])), scores)
+    score_caption([RED_A, RED_B], Grounding("nothing", []), scores)
+    assert (scores.box_hit.hits, scores.box_hit.total) == (1, 3)
+    assert (scores.phrase_precision.hits, scores.phrase_precision.total) == (1, 1)
+
+
+def test_score_boxes_any_answer_box_may_hit_each_object() -> None:
+    assert (lambda s: (s.hits, s.total))(score_boxes([RED_A, RED_B], grounding(("x", [RED_B.box, RED_A.box])))) \
+        == (2, 2)
+    s = score_boxes([RED_A, RED_B], grounding(("x", [RED_A.box])))
+    assert (s.hits, s.total) == (1, 2)
+    s = score_boxes([KUMO], Grounding("", []), s)
+    assert (s.hits, s.total) == (1, 3)
+
+
+def test_score_boxes_on_a_parsed_comprehension_answer() -> None:
+    text = ("<grounding><phrase> the red circles</phrase><object><patch_index_0099><patch_index_0297>"
+            "</delimiter_of_multi_objects/><patch_index_0115><patch_index_0313></object>")
+    s = score_boxes([RED_A, RED_B], parse_generation(text))
+    assert (s.hits, s.total) == (2, 2)
+
+
+@pytest.mark.parametrize("answer, name, want", [
+    (" It is a red circle.", "a red circle", True),
+    ("It is A RED  circle", "a red circle", True),
+    (" It is a blue circle.", "a red circle", False),
+    (" Kumo.", "Kumo", True),
+    (" a snowman.", "a fire", False),
+])
+def test_names_object(answer, name, want) -> None:
+    assert names_object(answer, name) is want
+
+
+def test_answer_after_takes_the_text_after_the_last_marker() -> None:
+    assert answer_after("Question: What is this object? Answer: It is Kumo.", "Answer:") == " It is Kumo."
+    assert answer_after("It is a red circle.", " is") == " a red circle."
+    assert answer_after("no marker", "Answer:") == "no marker"
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _report() -> Report:
+    caption = CaptionScores(Score(5, 6), Score(4, 6), Score(5, 5))
+    return Report(scenes=3, objects=6, caption=caption, comprehension=Score(6, 6), qa=Score(3, 6),
+                  generation=Score(0, 0), seconds={"caption": 1.234, "qa": 0.5})
+
+
+def test_report_table() -> None:
+    lines = _report().table().splitlines()
+    assert lines[0] == "3 held-out scenes, 6 objects"
+    assert lines[2] == "| metric | result | bar |"
+    assert "| captioning: phrase recall | 83.3 % (5/6) | ≥ 95 % |" in lines
+    assert "| captioning: box hit (IoU ≥ 0.5) | 66.7 % (4/6) | ≥ 90 % |" in lines
+    assert "| comprehension: box hit | 100.0 % (6/6) | ≥ 90 % |" in lines
+    assert "| question with a box: names the object | 50.0 % (3/6) | ≥ 90 % |" in lines
+    assert "| generation from a box: names the object | n/a (0/0) | ≥ 90 % |" in lines
+    assert len(lines) == 4 + 6
+
+
+def test_report_as_dict_is_strict_json() -> None:
+    d = _report().as_dict()
+    assert d["caption_phrase_recall"] == {"rate": 0.8333, "hits": 5, "total": 6}
+    assert d["qa_names_object"] == {"rate": 0.5, "hits": 3, "total": 6}
+    assert d["seconds"] == {"caption": 1.23, "qa": 0.5}
+    # a score with nothing to count has no rate (JSON has no NaN)
+    assert d["generation_names_object"] == {"rate": None, "hits": 0, "total": 0}
+    assert json.loads(json.dumps(d, allow_nan=False)) == d
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+
+def test_evaluate_end_to_end_on_a_tiny_untrained_model() -> None:
+    from helpers.training import new_model
+    from helpers.world import build_processor
+
+    processor = build_processor(64)
+    model = new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=48, heads=2).eval()
+    scenes = sample_scenes(2, seed=HELD_OUT_SEED)
+    n_objects = sum(len(s.objects) for s in scenes)
+    n_groups = sum(len(s.groups) for s in scenes)
+    report = evaluate(model, processor, scenes, max_new_tokens=6, batch_size=2)
+    assert (report.scenes, report.objects) == (2, n_objects)
+    for score in (report.caption.phrase_recall, report.caption.box_hit, report.qa, report.generation,
+                  report.comprehension):
+        assert score.total == n_objects and 0 <= score.hits <= score.total
+    assert n_groups <= n_objects
+    assert report.caption.box_hit.hits <= report.caption.phrase_recall.hits
+    assert set(report.seconds) == {"caption", "comprehension", "qa", "generation"}
+    assert all(v >= 0 for v in report.seconds.values())
+    assert report.table().startswith(f"2 held-out scenes, {n_objects} objects")
+    json.dumps(report.as_dict(), allow_nan=False)

@@ -1,0 +1,291 @@
+"""helpers.synthetic: seeded scenes are reproducible, their boxes are the tight boxes of what was drawn,
+objects never overlap, groups read left to right with the right phrases, and the illustrations sit inside
+the article's recorded boxes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from helpers.article import article_outputs
+from helpers.synthetic import (
+    ARTICLE_FIRE_BOX,
+    ARTICLE_SNOWMAN_BOX,
+    COLOURS,
+    KINDS,
+    SHAPES,
+    SPECIAL_KINDS,
+    Scene,
+    character_illustration,
+    definite_phrase,
+    draw_scene,
+    indefinite_phrase,
+    kind_name,
+    sample_scene,
+    sample_scenes,
+    snowman_illustration,
+)
+
+PLAIN = (236, 240, 246)
+SCENES = sample_scenes(120, seed=11)
+
+
+def _pixels(scene: Scene) -> np.ndarray:
+    return np.asarray(scene.image.convert("RGB")).astype(int)
+
+
+def _drawn_mask(scene: Scene, background: tuple[int, int, int] | None = None) -> np.ndarray:
+    """True where a pixel differs from the background (the top-left pixel unless given)."""
+    a = _pixels(scene)
+    bg = np.array(background) if background is not None else a[0, 0]
+    return (a != bg).any(-1)
+
+
+def _box_px(box, size) -> tuple[float, float, float, float]:
+    w, h = size
+    return (box[0] * w, box[1] * h, box[2] * w, box[3] * h)
+
+
+def _bbox_of(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the True pixels, x1/y1 exclusive (pixel edges, like a box)."""
+    ys, xs = np.nonzero(mask)
+    assert len(xs), "nothing drawn"
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _inside(inner, outer, tol: float = 0.0) -> bool:
+    return (inner[0] >= outer[0] - tol and inner[1] >= outer[1] - tol
+            and inner[2] <= outer[2] + tol and inner[3] <= outer[3] + tol)
+
+
+# --------------------------------------------------------------------------------------------- seeds
+
+
+def _fingerprint(scene: Scene) -> tuple:
+    return (scene.image.size, scene.image.tobytes(), [(o.colour, o.shape, o.box, o.phrase) for o in scene.objects])
+
+
+def test_sample_scenes_is_deterministic_per_seed() -> None:
+    a, b = sample_scenes(8, seed=3), sample_scenes(8, seed=3)
+    assert [_fingerprint(s) for s in a] == [_fingerprint(s) for s in b]
+    assert [s.seed for s in a] == [s.seed for s in b]
+
+
+def test_different_seeds_give_different_scenes() -> None:
+    a, b = sample_scenes(8, seed=3), sample_scenes(8, seed=4)
+    assert all(_fingerprint(x) != _fingerprint(y) for x, y in zip(a, b))
+    assert len({s.image.tobytes() for s in a}) == len(a), "scenes within one call repeat"
+
+
+def test_sample_scenes_is_prefix_stable() -> None:
+    short, long = sample_scenes(3, seed=9), sample_scenes(10, seed=9)
+    assert [_fingerprint(s) for s in short] == [_fingerprint(s) for s in long[:3]]
+    assert _fingerprint(sample_scene(long[7].seed)) == _fingerprint(long[7])
+
+
+def test_sample_scenes_size_argument_fixes_the_image_size() -> None:
+    scenes = sample_scenes(4, seed=2, size=(150, 90))
+    assert all(s.image.size == (150, 90) for s in scenes)
+
+
+def test_sample_scenes_rejects_negative_n() -> None:
+    with pytest.raises(ValueError, match="non-negative.*-1"):
+        sample_scenes(-1, seed=0)
+    assert sample_scenes(0, seed=0) == []
+
+
+# --------------------------------------------------------------------------------------------- boxes
+
+
+@pytest.mark.parametrize("colour, shape", KINDS)
+@pytest.mark.parametrize("size", [(100, 80), (384, 384), (97, 131)])
+def test_every_kind_fills_its_box_tightly_on_a_plain_background(colour, shape, size) -> None:
+    box = (0.21, 0.13, 0.74, 0.88)
+    scene = draw_scene([(colour, shape, box)], size=size, background=PLAIN)
+    drawn = _bbox_of(_drawn_mask(scene, PLAIN))
+    want = _box_px(box, size)
+    # each edge of the box is touched by the drawing, within one pixel of rasterisation
+    assert all(abs(d - w) <= 1.0 for d, w in zip(drawn, want)), (drawn, want)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_shapes_touch_every_edge_in_their_own_colour(shape) -> None:
+    """The pixels at each edge of a shape's box are its fill or its darker outline, nothing else."""
+    size = (160, 120)
+    for colour in COLOURS:
+        fill = np.array(COLOURS[colour])
+        dark = (fill * 0.55).astype(int)
+        box = (0.2, 0.25, 0.7, 0.9)
+        scene = draw_scene([(colour, shape, box)], size=size, background=PLAIN)
+        a = _pixels(scene)
+        own = (a == fill).all(-1) | (a == dark).all(-1)
+        assert not (_drawn_mask(scene, PLAIN) & ~own).any(), "pixels of another colour were drawn"
+        assert _bbox_of(own) == _bbox_of(_drawn_mask(scene, PLAIN))
+        x0, y0, x1, y1 = _box_px(box, size)
+        edges = {
+            "left": own[:, math.floor(x0)], "right": own[:, math.ceil(x1) - 1],
+            "top": own[math.floor(y0), :], "bottom": own[math.ceil(y1) - 1, :],
+        }
+        for name, line in edges.items():
+            assert line.any(), f"{colour} {shape}: no pixel of its colour on the {name} edge"
+
+
+def test_sampled_boxes_are_normalized_and_tight() -> None:
+    for scene in SCENES:
+        mask = _drawn_mask(scene)
+        w, h = scene.image.size
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.box
+            assert 0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0, obj.box
+            px = _box_px(obj.box, (w, h))
+            window = np.zeros_like(mask)
+            window[math.floor(px[1]):math.ceil(px[3]), math.floor(px[0]):math.ceil(px[2])] = True
+            drawn = _bbox_of(mask & window)
+            assert all(abs(d - p) <= 1.0 for d, p in zip(drawn, px)), (scene.seed, obj, drawn, px)
+
+
+def test_nothing_is_drawn_outside_the_listed_boxes() -> None:
+    for scene in SCENES:
+        mask = _drawn_mask(scene)
+        covered = np.zeros_like(mask)
+        for obj in scene.objects:
+            x0, y0, x1, y1 = _box_px(obj.box, scene.image.size)
+            covered[max(0, math.floor(y0) - 1):math.ceil(y1) + 1, max(0, math.floor(x0) - 1):math.ceil(x1) + 1] = True
+        assert not (mask & ~covered).any(), f"scene {scene.seed} has pixels drawn outside every box"
+
+
+def test_objects_do_not_overlap() -> None:
+    for scene in SCENES:
+        boxes = [o.box for o in scene.objects]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                separate = a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+                assert separate, (scene.seed, a, b)
+
+
+# --------------------------------------------------------------------------------------------- groups
+
+
+def _centre_x(box) -> float:
+    return (box[0] + box[2]) / 2
+
+
+def test_groups_are_ordered_left_to_right_and_list_every_object() -> None:
+    for scene in SCENES:
+        assert 1 <= len(scene.groups) <= 3
+        firsts = [_centre_x(g[0].box) for g in scene.groups]
+        assert firsts == sorted(firsts), scene.seed
+        for group in scene.groups:
+            xs = [_centre_x(o.box) for o in group]
+            assert xs == sorted(xs)
+            assert len({(o.colour, o.shape) for o in group}) == 1, "a group mixes kinds"
+        assert scene.objects == [o for g in scene.groups for o in g]
+        kinds = [(g[0].colour, g[0].shape) for g in scene.groups]
+        assert len(set(kinds)) == len(kinds), "two groups of one kind"
+
+
+def test_pairs_are_written_as_two_plural_and_singles_with_an_article() -> None:
+    pairs = 0
+    for scene in SCENES:
+        for group in scene.groups:
+            first = group[0]
+            assert all(o.phrase == group[0].phrase for o in group)
+            if len(group) == 2:
+                pairs += 1
+                assert first.shape in SHAPES, "only coloured shapes come in pairs"
+                assert first.phrase == f"two {first.colour} {first.shape}s"
+            elif first.shape == "kumo":
+                assert first.phrase == "Kumo"
+            else:
+                assert len(group) == 1 and first.phrase == f"a {kind_name(first.colour, first.shape)}"
+    assert pairs >= 5, "the sample should contain some pairs"
+
+
+def test_phrase_helpers() -> None:
+    assert indefinite_phrase("red", "circle") == "a red circle"
+    assert indefinite_phrase("red", "circle", 2) == "two red circles"
+    assert indefinite_phrase(None, "snowman") == "a snowman"
+    assert indefinite_phrase(None, "kumo") == "Kumo" and indefinite_phrase(None, "kumo", 2) == "two Kumos"
+    assert definite_phrase("blue", "square", 2) == "the blue squares"
+    assert definite_phrase(None, "fire") == "the fire" and definite_phrase(None, "kumo") == "Kumo"
+
+
+def test_draw_scene_groups_like_sample_scenes() -> None:
+    scene = draw_scene([("red", "circle", (0.6, 0.1, 0.8, 0.3)), (None, "fire", (0.3, 0.5, 0.5, 0.9)),
+                        ("red", "circle", (0.05, 0.1, 0.25, 0.3))])
+    assert [[o.name for o in g] for g in scene.groups] == [["red circle", "red circle"], ["fire"]]
+    assert scene.groups[0][0].box[0] == 0.05 and scene.groups[0][0].phrase == "two red circles"
+
+
+# --------------------------------------------------------------------------------------------- illustrations
+
+
+def test_snowman_illustration_lies_inside_the_article_boxes() -> None:
+    scene = snowman_illustration()
+    by_shape = {o.shape: o for o in scene.objects}
+    assert set(by_shape) == {"snowman", "fire"}
+    assert _inside(by_shape["snowman"].box, ARTICLE_SNOWMAN_BOX)
+    assert _inside(by_shape["fire"].box, ARTICLE_FIRE_BOX)
+    recorded = {p: boxes[0] for p, _, boxes in article_outputs()["snowman"]["entities"]}
+    assert recorded["a snowman"] == pytest.approx(ARTICLE_SNOWMAN_BOX)
+    assert recorded["a fire"] == pytest.approx(ARTICLE_FIRE_BOX)
+    # every drawn pixel lies inside one of the two recorded boxes
+    size = scene.image.size
+    drawn = _bbox_of(_drawn_mask(scene))
+    union = [min(a, b) for a, b in zip(_box_px(ARTICLE_FIRE_BOX, size)[:2], _box_px(ARTICLE_SNOWMAN_BOX, size)[:2])]
+    union += [max(a, b) for a, b in zip(_box_px(ARTICLE_FIRE_BOX, size)[2:], _box_px(ARTICLE_SNOWMAN_BOX, size)[2:])]
+    assert _inside(drawn, union, tol=1.0)
+
+
+def test_character_illustration_lies_inside_the_article_user_box() -> None:
+    scene = character_illustration()
+    kumo = next(o for o in scene.objects if o.shape == "kumo")
+    user_box = article_outputs()["grounded_qa"]["user_box_normalized"]
+    assert _inside(kumo.box, user_box)
+    mask = _drawn_mask(scene)
+    x0, y0, x1, y1 = _box_px(kumo.box, scene.image.size)
+    only_kumo = mask.copy()
+    only_kumo[:, math.ceil(x1) + 1:] = False
+    assert _inside(_bbox_of(only_kumo), _box_px(user_box, scene.image.size), tol=1.0)
+    assert {o.name for o in scene.objects} == {"Kumo", "yellow square"}
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("box", [(0.5, 0.1, 0.4, 0.3), (0.1, 0.3, 0.4, 0.3), (0.1, 0.1, 1.2, 0.3),
+                                 (-0.1, 0.1, 0.4, 0.3), (0.1, 0.1, 0.4, float("nan"))])
+def test_draw_scene_rejects_boxes_that_are_not_normalized(box) -> None:
+    with pytest.raises(ValueError, match="normalized"):
+        draw_scene([("red", "circle", box)])
+
+
+@pytest.mark.parametrize("box", [(0.1, 0.1, 0.4), "abcd", None])
+def test_draw_scene_rejects_boxes_that_are_not_four_numbers(box) -> None:
+    with pytest.raises((ValueError, TypeError), match="numbers"):
+        draw_scene([("red", "circle", box)])
+
+
+def test_draw_scene_rejects_unknown_shapes_and_colours() -> None:
+    with pytest.raises(ValueError, match="unknown shape 'hexagon'"):
+        draw_scene([("red", "hexagon", (0.1, 0.1, 0.4, 0.3))])
+    with pytest.raises(ValueError, match="colour.*'pink'"):
+        draw_scene([("pink", "circle", (0.1, 0.1, 0.4, 0.3))])
+
+
+def test_draw_scene_rejects_a_colour_mismatch_instead_of_mislabelling() -> None:
+    # a shape needs one of the world's colours (None used to be drawn red yet labelled "a circle")
+    with pytest.raises(ValueError, match="circle needs a colour"):
+        draw_scene([(None, "circle", (0.1, 0.1, 0.4, 0.3))])
+    # the special kinds have their own colours (a "red snowman" would be drawn white)
+    with pytest.raises(ValueError, match="snowman.*no colour"):
+        draw_scene([("red", "snowman", (0.1, 0.1, 0.4, 0.3))])
+    assert {s for _, s in KINDS if s in SPECIAL_KINDS} == set(SPECIAL_KINDS)
+
+
+@pytest.mark.parametrize("size", [(0, 10), (10, 0), (-5, 10)])
+def test_draw_scene_rejects_empty_image_sizes(size) -> None:
+    with pytest.raises(ValueError, match="size"):
+        draw_scene([], size=size)

@@ -1,0 +1,344 @@
+"""helpers.training: text → tensors exactly as the processor tokenizes, labels only on the answer, the
+dense and attention targets point at the right patches, location tokens start out spatially ordered, and
+a few steps of the recipe run."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers.synthetic import KINDS, draw_scene, sample_scenes
+from helpers.tokens import patch_index_to_box
+from helpers.training import (
+    IGNORE,
+    DenseHeads,
+    Encoded,
+    TrainConfig,
+    answer_token_ids,
+    attention_targets,
+    collate,
+    dense_targets,
+    draw_batch,
+    encode_example,
+    init_location_embeddings,
+    location_features,
+    new_model,
+    patch_set,
+    train,
+)
+from helpers.world import CAPTION_PROMPT, Example, build_processor, caption_answer, scene_examples
+
+SCENES = sample_scenes(12, seed=31)
+GRID = 8
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_processor(64)
+
+
+def tiny_model(processor, seed: int = 0):
+    return new_model(processor, seed=seed, vision_layers=1, text_layers=1, vision_dim=32, text_dim=48, heads=2)
+
+
+def _answer_tokens(processor, enc: Encoded) -> list[str]:
+    n_prompt = enc.labels.count(IGNORE)
+    return processor.tokenizer.convert_ids_to_tokens(enc.input_ids[n_prompt:])
+
+
+# --------------------------------------------------------------------------------------------- encoding
+
+
+def test_encode_example_tokenizes_like_the_processor(processor) -> None:
+    for scene in SCENES[:6]:
+        for ex in scene_examples(scene):
+            enc = encode_example(processor, scene.image, ex.prompt, ex.answer)
+            prompt = processor(text=ex.prompt, images=scene.image, return_tensors="pt")
+            whole = processor(text=ex.prompt + ex.answer, images=scene.image, return_tensors="pt")
+            n_prompt = prompt["input_ids"].shape[1]
+            assert enc.input_ids[:n_prompt] == prompt["input_ids"][0].tolist()
+            # the processor's own tokenization of prompt + answer starts the same way
+            assert whole["input_ids"][0, :n_prompt].tolist() == enc.input_ids[:n_prompt]
+            # the answer as the model should write it ("</object>," with no space piece), then "</s>"
+            assert enc.input_ids[n_prompt:] == answer_token_ids(processor.tokenizer, ex.answer) + [
+                processor.tokenizer.eos_token_id]
+            assert torch.equal(enc.pixel_values, prompt["pixel_values"][0])
+            assert enc.image_embeds_position_mask == prompt["image_embeds_position_mask"][0].tolist() + [0] * (
+                len(enc.input_ids) - n_prompt)
+
+
+def test_labels_are_ignored_exactly_on_image_and_prompt(processor) -> None:
+    scene = SCENES[0]
+    for ex in scene_examples(scene):
+        enc = encode_example(processor, scene.image, ex.prompt, ex.answer)
+        n_prompt = len(processor(text=ex.prompt, images=scene.image)["input_ids"])
+        assert len(enc.labels) == len(enc.input_ids) == len(enc.image_embeds_position_mask)
+        assert enc.labels[:n_prompt] == [IGNORE] * n_prompt
+        assert enc.labels[n_prompt:] == enc.input_ids[n_prompt:]
+        assert IGNORE not in enc.labels[n_prompt:]
+        assert enc.labels[-1] == processor.tokenizer.eos_token_id
+        # the 64 image positions sit between <image> and </image>, all inside the ignored part
+        tokens = processor.tokenizer.convert_ids_to_tokens(enc.input_ids)
+        image_positions = [i for i, m in enumerate(enc.image_embeds_position_mask) if m]
+        assert image_positions == list(range(tokens.index("<image>") + 1, tokens.index("</image>")))
+        assert len(image_positions) == 64 and max(image_positions) < n_prompt
+
+
+def test_collate_right_pads_with_ignored_labels(processor) -> None:
+    scene = SCENES[1]
+    examples = scene_examples(scene)
+    short = next(e for e in examples if e.task == "comprehension")
+    long = next(e for e in examples if e.task == "detail")
+    a = encode_example(processor, scene.image, short.prompt, short.answer)
+    b = encode_example(processor, scene.image, long.prompt, long.answer)
+    a.look = [None] * (len(a.input_ids) - 2) + [[0, 9], None]
+    pad = processor.tokenizer.pad_token_id
+    batch = collate([a, b], pad, GRID)
+    n = max(len(a.input_ids), len(b.input_ids))
+    assert len(a.input_ids) != len(b.input_ids)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, n)
+    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+    for row, enc in enumerate((a, b)):
+        k = len(enc.input_ids)
+        assert batch["input_ids"][row, :k].tolist() == enc.input_ids
+        assert batch["input_ids"][row, k:].tolist() == [pad] * (n - k)
+        assert batch["labels"][row, k:].tolist() == [IGNORE] * (n - k)
+        assert batch["attention_mask"][row].tolist() == [1] * k + [0] * (n - k)
+        assert batch["image_embeds_position_mask"][row].tolist() == enc.image_embeds_position_mask + [0] * (n - k)
+    look = batch["look"]
+    assert look.dtype == torch.bool and look.shape == (2, n, GRID * GRID)
+    assert look[0, len(a.input_ids) - 2].nonzero().flatten().tolist() == [0, 9]
+    assert look.sum().item() == 2, "only the given cells are set"
+
+
+# --------------------------------------------------------------------------------------------- targets
+
+
+def _cells(x0: int, y0: int, x1: int, y1: int) -> list[int]:
+    """Patches of columns x0..x1 and rows y0..y1 (inclusive) on the 8 × 8 grid."""
+    return [r * GRID + c for r in range(y0, y1 + 1) for c in range(x0, x1 + 1)]
+
+
+def test_patch_set_takes_the_patches_whose_centre_is_inside() -> None:
+    assert patch_set((0.0, 0.0, 0.5, 0.5), GRID) == _cells(0, 0, 3, 3)
+    assert patch_set((0.3, 0.55, 0.72, 1.0), GRID) == _cells(2, 4, 5, 7)
+    # a box between centres falls back to the patch of its own centre
+    assert patch_set((0.13, 0.13, 0.18, 0.18), GRID) == [1 * GRID + 1]
+
+
+def test_dense_targets_mark_kind_and_box_edges_per_patch() -> None:
+    scene = draw_scene([("blue", "square", (0.0, 0.0, 0.5, 0.5)), (None, "fire", (0.55, 0.6, 0.95, 0.98))])
+    what, where = dense_targets(scene, GRID)
+    assert what.shape == (GRID * GRID,) and where.shape == (GRID * GRID, 4)
+    square = _cells(0, 0, 3, 3)
+    fire = patch_set((0.55, 0.6, 0.95, 0.98), GRID)
+    assert what[square].tolist() == [KINDS.index(("blue", "square")) + 1] * len(square)
+    assert what[fire].tolist() == [KINDS.index((None, "fire")) + 1] * len(fire)
+    background = sorted(set(range(GRID * GRID)) - set(square) - set(fire))
+    assert what[background].tolist() == [0] * len(background)
+    assert where[square].tolist() == [[0, 0, 16, 16]] * len(square)
+    assert where[fire].tolist() == [[17, 19, 30, 31]] * len(fire)
+    assert (where[background] == IGNORE).all()
+
+
+def test_dense_targets_let_the_smaller_object_win_an_overlap() -> None:
+    scene = draw_scene([("red", "square", (0.0, 0.0, 1.0, 1.0)), ("green", "circle", (0.25, 0.25, 0.5, 0.5))])
+    what, _ = dense_targets(scene, GRID)
+    small = patch_set((0.25, 0.25, 0.5, 0.5), GRID)
+    assert what[small].tolist() == [KINDS.index(("green", "circle")) + 1] * len(small)
+    assert (what == KINDS.index(("red", "square")) + 1).sum().item() == GRID * GRID - len(small)
+
+
+def test_attention_targets_of_a_caption_follow_groups_and_boxes(processor) -> None:
+    scene = draw_scene([("red", "circle", (0.05, 0.1, 0.3, 0.4)), ("red", "circle", (0.6, 0.1, 0.9, 0.4)),
+                        (None, "snowman", (0.35, 0.5, 0.6, 0.95))])
+    ex = Example("caption", CAPTION_PROMPT, caption_answer(scene), tuple(scene.objects))
+    enc = encode_example(processor, scene.image, ex.prompt, ex.answer)
+    tokens = _answer_tokens(processor, enc)
+    targets = attention_targets(tokens, ex, scene, GRID)
+    assert len(targets) == len(tokens)
+    circles, snowman = scene.groups[0], scene.groups[1]
+    both_circles = sorted(set(patch_set(circles[0].box, GRID)) | set(patch_set(circles[1].box, GRID)))
+    locations = [(i, t) for i, t in enumerate(tokens) if t.startswith("<patch_index_")]
+    assert len(locations) == 6
+    # location tokens: box k of a phrase looks at object k, both tokens of a box alike
+    want = [circles[0], circles[0], circles[1], circles[1], snowman[0], snowman[0]]
+    for (i, token), obj in zip(locations, want):
+        assert targets[i] == patch_set(obj.box, GRID), token
+    # the words of a phrase look at the whole group; words outside phrases have no target
+    for i, token in enumerate(tokens):
+        if token in ("▁two", "▁red", "▁circles"):
+            assert targets[i] == both_circles
+        if token in ("▁a", "▁snowman"):
+            assert targets[i] == patch_set(snowman[0].box, GRID)
+        if token in ("▁and", ".", "</s>"):
+            assert targets[i] is None
+
+
+def test_attention_targets_of_comprehension_and_questions(processor) -> None:
+    for scene in SCENES[:6]:
+        for ex in scene_examples(scene):
+            if ex.task not in ("comprehension", "qa", "generation"):
+                continue
+            enc = encode_example(processor, scene.image, ex.prompt, ex.answer)
+            tokens = _answer_tokens(processor, enc)
+            targets = attention_targets(tokens, ex, scene, GRID)
+            if ex.task == "comprehension":
+                locs = [i for i, t in enumerate(tokens) if t.startswith("<patch_index_")]
+                assert [targets[i] for i in locs] == [patch_set(o.box, GRID) for o in ex.target for _ in (0, 1)]
+                assert tokens[-1] == "</s>" and targets[-1] is None
+            else:
+                cells = patch_set(ex.target[0].box, GRID)
+                assert targets[:-2] == [cells] * (len(tokens) - 2)
+                assert tokens[-2:] == [".", "</s>"] and targets[-2:] == [None, None]
+
+
+def test_draw_batch_shifts_targets_to_the_position_that_predicts_the_token(processor, monkeypatch) -> None:
+    import helpers.training as training
+
+    calls = []
+
+    def recording(tokens, example, scene, grid):
+        result = attention_targets(tokens, example, scene, grid)
+        calls.append((list(tokens), result))
+        return result
+
+    monkeypatch.setattr(training, "attention_targets", recording)
+    batch, what, where = draw_batch(random.Random(4), processor, 8, GRID)
+    assert what.shape == (8, GRID * GRID) and where.shape == (8, GRID * GRID, 4)
+    assert len(calls) == len(batch)
+    for enc, (tokens, targets) in zip(batch, calls):
+        n_prompt = enc.labels.count(IGNORE)
+        assert tokens == processor.tokenizer.convert_ids_to_tokens(enc.input_ids[n_prompt:])
+        assert len(enc.look) == len(enc.input_ids)
+        # the logits at position p predict token p + 1, so token i of the answer is looked for at n_prompt - 1 + i
+        assert enc.look[n_prompt - 1:-1] == targets
+        assert all(c is None for c in enc.look[:n_prompt - 1]) and enc.look[-1] is None
+    assert any(t is not None for _, targets in calls for t in targets)
+
+
+# --------------------------------------------------------------------------------------------- location tokens
+
+
+def _similarity(features: torch.Tensor) -> torch.Tensor:
+    f = F.normalize(features, dim=-1)
+    return f @ f.T
+
+
+def _chebyshev(n: int = 32) -> torch.Tensor:
+    idx = torch.arange(n * n)
+    col, row = idx % n, idx // n
+    return torch.maximum((col[:, None] - col[None]).abs(), (row[:, None] - row[None]).abs())
+
+
+def test_location_features_shape_and_layout() -> None:
+    feats = location_features(32, 24)
+    assert feats.shape == (1024, 24)
+    # first half: the column, second half: the row
+    assert torch.equal(feats[5, :12], feats[3 * 32 + 5, :12])
+    assert torch.equal(feats[3 * 32, 12:], feats[3 * 32 + 31, 12:])
+    assert len({tuple(r) for r in feats.tolist()}) == 1024, "two bins got the same features"
+
+
+def test_location_features_make_neighbours_more_alike_than_distant_bins() -> None:
+    sim, dist = _similarity(location_features(32, 24)), _chebyshev()
+    means = [sim[dist == d].mean().item() for d in range(1, 8)]
+    assert means == sorted(means, reverse=True), f"similarity does not fall with distance: {means}"
+    # every direct neighbour is more alike than any bin three or more bins away
+    assert sim[dist == 1].min() > sim[dist >= 3].max()
+
+
+def test_new_model_starts_with_the_location_features(processor) -> None:
+    model = tiny_model(processor)
+    first = processor.tokenizer.convert_tokens_to_ids("<patch_index_0000>")
+    emb = model.get_input_embeddings().weight.detach()
+    assert torch.allclose(emb[first:first + 1024, :24], 0.08 * location_features(32, 24))
+    # the output layer shares these weights, so predicting a bin starts out spatially ordered too
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    # a fresh model from the same seed is identical; another seed is not
+    again, other = tiny_model(processor), tiny_model(processor, seed=1)
+    assert torch.equal(again.get_input_embeddings().weight, model.get_input_embeddings().weight)
+    assert not torch.equal(other.get_input_embeddings().weight, model.get_input_embeddings().weight)
+
+
+def test_init_location_embeddings_leaves_other_tokens_alone(processor) -> None:
+    model = tiny_model(processor)
+    before = model.get_input_embeddings().weight.detach().clone()
+    init_location_embeddings(model, processor, scale=0.5)
+    after = model.get_input_embeddings().weight.detach()
+    first = processor.tokenizer.convert_tokens_to_ids("<patch_index_0000>")
+    assert torch.equal(after[:first], before[:first])
+    assert torch.equal(after[first + 1024:], before[first + 1024:])
+    assert torch.allclose(after[first:first + 1024, :24], 0.5 * location_features(32, 24))
+    assert torch.allclose(after[first:first + 1024, 24:], 0.25 * before[first:first + 1024, 24:])
+
+
+def test_location_token_box_matches_the_processor_layout() -> None:
+    # row-major bins: index 528 is row 16, column 16, the bin just right of the image centre
+    assert patch_index_to_box(528, 528) == (0.5, 0.5, 0.53125, 0.53125)
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def test_dense_heads_loss_is_finite_and_ignores_background_edges() -> None:
+    heads = DenseHeads(16)
+    patches = torch.randn(2, GRID * GRID, 16)
+    what = torch.zeros(2, GRID * GRID, dtype=torch.long)
+    where = torch.full((2, GRID * GRID, 4), IGNORE, dtype=torch.long)
+    where[0, 0] = torch.tensor([0, 0, 3, 3])
+    loss = heads.loss(patches, what, where)
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert heads.where.weight.grad is not None and heads.where.weight.grad.abs().sum() > 0
+
+
+def test_a_three_step_run_trains_and_returns_a_usable_model(processor) -> None:
+    model = tiny_model(processor)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    lines: list[str] = []
+    cfg = TrainConfig(vision_steps=1, steps=2, batch_size=2, warmup=1)
+    trained, proc, history = train(cfg, processor=processor, model=model, log=lines.append)
+    assert trained is model and proc is processor
+    assert [h["stage"] for h in history] == ["vision", "joint"]
+    for entry in history:
+        losses = [v for k, v in entry.items() if k.endswith("_loss")]
+        assert losses and all(math.isfinite(v) and v > 0 for v in losses)
+    assert any("text loss" in line for line in lines)
+    after = trained.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("vision_model") for k in changed)
+    assert any(k.startswith("text_model") for k in changed)
+    assert not trained.training and trained.config._attn_implementation == "sdpa"
+    # it generates (nonsense, after three steps)
+    inputs = processor(text=CAPTION_PROMPT, images=SCENES[0].image, return_tensors="pt")
+    out = trained.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] <= inputs["input_ids"].shape[1] + 3
+
+
+def test_train_refuses_a_grid_that_does_not_match_the_image_tokens(processor) -> None:
+    with pytest.raises(ValueError, match="latent_query_num must be 16"):
+        train(TrainConfig(patch_size=16, vision_steps=1, steps=1, batch_size=1), processor=processor,
+              log=lambda _: None)
+
+
+def test_the_command_line_writes_model_checkpoint_and_training_record(tmp_path) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    from helpers.training import main
+
+    out, ckpt = tmp_path / "model", tmp_path / "ckpt"
+    main(["--out", str(out), "--vision-steps", "1", "--steps", "2", "--batch-size", "1", "--no-evaluate",
+          "--checkpoint", str(ckpt), "--checkpoint-minutes", "0"])
+    record = json.loads((out / "training.json").read_text())
+    assert record["config"]["checkpoint"] == str(ckpt) and record["config"]["steps"] == 2
+    assert [h["stage"] for h in record["history"]] == ["vision", "joint"]
+    assert record["seconds"] > 0 and "threads" in record["hardware"]
+    for folder in (out, ckpt):
+        assert (folder / "model.safetensors").is_file() and (folder / "processor_config.json").is_file()
+    assert isinstance(AutoModelForImageTextToText.from_pretrained(out).config.latent_query_num, int)
