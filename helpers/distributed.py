@@ -35,10 +35,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-T = TypeVar("T")
+from helpers.cli_ground import DEFAULT_PROMPT  # the caption prompt; importing it loads no model code
 
+T = TypeVar("T")
 PROG = "accelerate launch -m helpers.distributed"
-DEFAULT_PROMPT = "<grounding> An image of"  # helpers.world.CAPTION_PROMPT, repeated so --help loads nothing
 
 
 class DistributedGroundingError(RuntimeError):
