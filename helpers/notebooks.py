@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +52,9 @@ def execute(path: Path, out: Path | None = None, *, timeout: int = 600, env: dic
     with _env(extra):
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
-        client.execute()
+        # the kernel process's own log (e.g. its note about local TCP) is not course output; cell output,
+        # stderr included, still reaches the notebook through the kernel's messages
+        client.execute(stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     for cell in nb.cells:  # keep stored notebooks free of per-run metadata
         cell.metadata.pop("execution", None)
