@@ -20,3 +20,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(folder)  # transformers 5 always writes model.safetensors
     processor.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: Path):
+    """``(model, processor)`` loaded from :func:`tiny_model_dir` through ``helpers.model.load``."""
+    import helpers.model
+
+    return helpers.model.load(str(tiny_model_dir), verbose=False)

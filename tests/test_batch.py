@@ -25,19 +25,6 @@ from helpers.tokens import location_tokens, parse_generation
 from helpers.world import CAPTION_PROMPT, GENERATION_PROMPT
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A random-weight Kosmos-2 of the world's architecture, saved and loaded like a real one."""
-    from helpers.training import new_model
-    from helpers.world import build_processor
-
-    folder = tmp_path_factory.mktemp("tiny_model")
-    processor = build_processor(64)
-    new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=32).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return helpers.model.load(str(folder), verbose=False)
-
-
 @pytest.fixture()
 def folder(tmp_path) -> Path:
     """Three scenes of different sizes as PNGs, and a file that is not an image."""
