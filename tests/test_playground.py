@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import helpers.model
 from helpers.playground import (
     IN_WORLD_THRESHOLD,
     Playground,
