@@ -43,9 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str, code: int = 2) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+def fail(message: str, code: int = 2, prog: str = PROG) -> int:
+    """Print ``prog: error: message`` on stderr and return the exit ``code`` (argparse's style)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
     return code
+
+
+def _fail(message: str, code: int = 2) -> int:
+    return fail(message, code)
+
+
+def option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the grounding options shared by the commands (batch size, tokens, prompt), or None."""
+    if args.batch_size is not None and args.batch_size < 1:
+        return f"--batch-size must be at least 1, got {args.batch_size}"
+    if args.max_new_tokens < 1:
+        return f"--max-new-tokens must be at least 1, got {args.max_new_tokens}"
+    if not args.prompt.strip():
+        return "--prompt must not be empty"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,12 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as stop:  # --help (0) or a usage error (2, message already printed)
         return int(stop.code or 0)
-    if args.batch_size is not None and args.batch_size < 1:
-        return _fail(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.max_new_tokens < 1:
-        return _fail(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if not args.prompt.strip():
-        return _fail("--prompt must not be empty")
+    problem = option_problem(args)
+    if problem:
+        return _fail(problem)
 
     from helpers.batch import RESULTS_NAME, ground_folder, image_files
     from helpers.images import ImageLoadError

@@ -209,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, code: int = 2) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return code
+    from helpers.cli_ground import fail
+
+    return fail(message, code, prog=PROG)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,12 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as stop:  # --help (0) or a usage error (2, message already printed)
         return int(stop.code or 0)
-    if args.batch_size is not None and args.batch_size < 1:
-        return _fail(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.max_new_tokens < 1:
-        return _fail(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if not args.prompt.strip():
-        return _fail("--prompt must not be empty")
+    from helpers.cli_ground import option_problem
+
+    problem = option_problem(args)
+    if problem:
+        return _fail(problem)
 
     from helpers.batch import grounding_record, image_files
     from helpers.images import ImageLoadError, load_image
