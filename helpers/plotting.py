@@ -332,6 +332,18 @@ def _text_colour(background: str) -> str:
 # --------------------------------------------------------------------------------------------- drawing
 
 
+def _start_drawing(image: Image.Image, line_width: int | None, font_size: int | None):
+    """A fresh RGB copy of ``image`` to draw on: ``(canvas, draw, line width, font size in px)``.
+
+    Sizes left as None scale with the image (:func:`_default_sizes`).
+    """
+    _check_size_arg("line_width", line_width)
+    _check_size_arg("font_size", font_size)
+    canvas = to_rgb(image)
+    default_line, default_font = _default_sizes(canvas.size)
+    return canvas, ImageDraw.Draw(canvas), line_width or default_line, font_size or default_font
+
+
 def draw_entities(
     image: Image.Image,
     grounding_or_entities: Any,
@@ -360,21 +372,16 @@ def draw_entities(
     """
     _check_image(image)
     _, entities = _parse(grounding_or_entities)
-    _check_size_arg("line_width", line_width)
-    _check_size_arg("font_size", font_size)
-    canvas = to_rgb(image)
+    canvas, draw, width, font_px = _start_drawing(image, line_width, font_size)
     size = canvas.size
-    default_line, default_font = _default_sizes(size)
-    width = line_width or default_line
-    draw = ImageDraw.Draw(canvas)
     for i, entity in enumerate(entities):
         colour = entity_colour(i)
         for box in entity.boxes:
             x0, y0, x1, y1 = _to_px(box, size)
             draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour, width=width)
     if show_labels:
-        font = _font(font_size or default_font)
-        pad = _label_padding(font_size or default_font)
+        font = _font(font_px)
+        pad = _label_padding(font_px)
         for label in _label_boxes(size, entities, font_size):
             colour = entity_colour(label.entity_index)
             lx0, ly0, lx1, ly1 = label.rect_px
@@ -504,14 +511,9 @@ def draw_user_box(
     box = check_normalized(box)
     if label is not None and not isinstance(label, str):
         raise TypeError(f"label must be a str or None, got {type(label).__name__}")
-    _check_size_arg("line_width", line_width)
-    _check_size_arg("font_size", font_size)
-    canvas = to_rgb(image)
+    canvas, draw, width, font_px = _start_drawing(image, line_width, font_size)
     size = canvas.size
-    default_line, default_font = _default_sizes(size)
-    width = line_width or default_line
     x0, y0, x1, y1 = _to_px(box, size)
-    draw = ImageDraw.Draw(canvas)
     draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline="#FFFFFF", width=width)
     dash = 3 * width
     # Black dashes over the white outline, along each side (inset so they stay on the outline).
@@ -524,8 +526,8 @@ def draw_user_box(
         draw.rectangle([x0, start, min(x0 + width, x1) - 1, end], fill="#000000")
         draw.rectangle([max(x1 - width, x0), start, x1 - 1, end], fill="#000000")
     if label:
-        font = _font(font_size or default_font)
-        pad = _label_padding(font_size or default_font)
+        font = _font(font_px)
+        pad = _label_padding(font_px)
         (only,) = _label_boxes(size, [_Entity(label, None, (box,))], font_size)
         lx0, ly0, lx1, ly1 = only.rect_px
         draw.rectangle([lx0, ly0, lx1 - 1, ly1 - 1], fill="#000000")
