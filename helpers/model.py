@@ -312,13 +312,6 @@ def default_batch_size(model) -> int:
     return 32 if device.startswith("cuda") else 8
 
 
-def _as_list(x, n: int | None = None, what: str = "value") -> list:
-    if isinstance(x, (list, tuple)):
-        return list(x)
-    if n is None:
-        return [x]
-    return [x] * n
-
 
 _IMAGE_HELP = ("a PIL image, or a file path, URL or image bytes that helpers.images.load_image reads "
                "(for a numpy array use PIL.Image.fromarray(array))")
@@ -399,7 +392,7 @@ def ground(
     images = _prepare_images(images)
     if not images:
         return []
-    prompts_l = _as_list(prompts, len(images))
+    prompts_l = list(prompts) if isinstance(prompts, (list, tuple)) else [prompts] * len(images)
     if len(prompts_l) != len(images):
         raise ValueError(f"got {len(images)} images but {len(prompts_l)} prompts; give one prompt or one per image")
     for i, p in enumerate(prompts_l):

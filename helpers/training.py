@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.synthetic import KINDS, Scene, sample_scene
-from helpers.world import TASKS, Example, build_config, build_processor, scene_examples
+from helpers.world import Example, build_config, build_processor, scene_examples
 
 IGNORE = -100
 _TAG = re.compile(r"(<[^<>]+>)")
@@ -264,7 +264,7 @@ class TrainConfig:
     resumed_from: dict | None = None  # the training.json of the run this one continues
 
 
-def draw_batch(rng: random.Random, processor, n: int, grid: int, tasks_only: bool = True):
+def draw_batch(rng: random.Random, processor, n: int, grid: int):
     batch, whats, wheres = [], [], []
     tasks, weights = list(TASK_WEIGHTS), list(TASK_WEIGHTS.values())
     for _ in range(n):
