@@ -1,33 +1,86 @@
-"""helpers: everything the Kosmos-2 grounding course notebooks import.
+"""helpers: the code behind the Kosmos-2 grounding course, in three parts.
 
-Importing this package is cheap: it loads no torch or transformers. Import the submodule you need.
-
-Submodules:
-    paths       where the repository, ``data/``, ``notebooks/`` and the bundled offline model live
-    colab       the Google Colab set-up (the one set-up cell every notebook carries)
-    boxes       normalized and pixel boxes
-    tokens      Kosmos-2 location tokens (``<patch_index_NNNN>``) and grounded text
-    synthetic   the small, seeded synthetic world the bundled model was trained on
-    world       grounded training texts, tokenizer, processor and model config for that world
-    training    the training recipe behind the bundled model
-    model       loading a Kosmos-2 model (the real one or the bundled one) and grounding images
-    evaluation  scoring predicted boxes against the truth
-    progress    when to show progress bars
+``helpers.grounding`` — the library a learner calls, for the real Kosmos-2 and the bundled model alike:
+    boxes       normalized and pixel boxes: the box type and its checks
+    tokens      Kosmos-2 location tokens (``<patch_index_NNNN>``) and parsing grounded text
+    prompts     Kosmos-2's prompts (captions, comprehension, questions about a box, box → words)
     images      loading images from paths, URLs and bytes (EXIF orientation, size limits)
     plotting    boxes drawn on images, highlighted captions, the location grid
-    article     the article's recorded outputs (``data/article_outputs.json``)
-    batch       grounding a folder of images to JSON Lines and annotated PNGs
-    cli_ground  the ``python -m helpers ground`` command
+    model       loading a Kosmos-2 model (the real one or the bundled one) and grounding images
+    evaluation  scoring predicted boxes and captions against the truth
     refcoco     RefCOCO-style annotation files and comprehension accuracy
-    playground  the interactive playground of notebook 10
-    distributed batch grounding spread over processes with accelerate
-    modelcard   evaluating the bundled model and writing its model card
-    notebooks   executing the notebooks headless
-    outputs     what notebooks record for the main job
-    solutions, solutions_more   exercise solutions the notebooks reveal
-    mainjob     the main job behind ``make run`` / ``python -m helpers run``
+    progress    when to show progress bars
 
-The command line is ``python -m helpers`` (also installed as ``kosmos2-course``).
+``helpers.world`` — the synthetic world and the small model trained on it (shipped in ``data/``):
+    scenes      the seeded scenes of coloured shapes, the snowman, the fire and Kumo
+    language    the world's grounded training texts, tokenizer, processor and model config
+    training    the training recipe behind the bundled model
+    modelcard   evaluating the bundled model and writing its model card
+
+``helpers.course`` — running the course:
+    paths       where the repository, ``data/``, ``notebooks/`` and the bundled model live
+    colab       the Google Colab set-up cell every notebook starts with
+    article     the article's recorded outputs (``data/article_outputs.json``)
+    notebooks   executing the notebooks headless
+    outputs     what the main job keeps of each notebook's groundings
+    mainjob     the main job behind ``make run`` / ``python -m helpers run``
+    batch       grounding a folder of images to JSON Lines and annotated PNGs
+    cli         the ``python -m helpers ground`` command
+    distributed batch grounding spread over processes with accelerate
+    playground  the interactive playground of notebook 10
+    solutions, solutions_more   exercise solutions the notebooks reveal
+
+The names a lesson uses are importable from ``helpers`` itself (``from helpers import load, ground``); they
+are looked up on first use, so ``import helpers`` stays cheap and loads no torch. The command line is
+``python -m helpers`` (also installed as ``kosmos2-course``); ``python -m helpers --help`` lists its commands.
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+#: Public name -> the module that defines it. ``from helpers import X`` imports that module on first use.
+_PUBLIC: dict[str, str] = {}
+for _module, _names in {
+    "grounding.boxes": "Box iou to_pixels to_normalized round_box pixel_error check_normalized check_pixel_box",
+    "grounding.tokens": ("Entity Grounding NUM_BINS parse_generation strip_image_prefix location_tokens "
+                         "object_tokens box_to_patch_index patch_index_to_box"),
+    "grounding.prompts": "CAPTION_PROMPT DETAIL_PROMPT GENERATION_PROMPT comprehension_prompt qa_prompt",
+    "grounding.images": "ImageLoadError load_image to_rgb",
+    "grounding.plotting": "PALETTE draw_entities draw_user_box highlight_caption draw_grid entity_colour",
+    "grounding.model": ("REAL_MODEL ModelLoadError load ground resolve_source real_model_cached try_gpu "
+                        "default_dtype"),
+    "grounding.evaluation": ("IOU_THRESHOLD HELD_OUT_SEED Score CaptionScores score_boxes score_caption "
+                             "phrases_match box_hits names_object answer_after evaluate"),
+    "grounding.refcoco": "RefCocoFormatError load_refcoco scenes_to_refcoco evaluate_comprehension",
+    "grounding.progress": "interactive",
+    "world.scenes": ("KINDS Scene SceneObject sample_scene sample_scenes draw_scene snowman_illustration "
+                     "character_illustration definite_phrase kind_name"),
+    "world.language": "build_processor build_config scene_examples answer_name",
+    "world.training": "TrainConfig new_model train",
+    "course.paths": "repo_root data_dir notebooks_dir bundled_model_dir",
+    "course.article": "article_outputs",
+    "course.batch": "ground_folder read_results contact_sheet",
+    "course.distributed": "ground_distributed",
+    "course.playground": "Playground looks_in_world in_world_score IN_WORLD_THRESHOLD",
+}.items():
+    for _name in _names.split():
+        _PUBLIC[_name] = f"{__name__}.{_module}"
+del _module, _names, _name
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'helpers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

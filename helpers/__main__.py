@@ -1,38 +1,49 @@
-"""Command line of the course: ``python -m helpers <command>`` (installed as ``kosmos2-course`` too).
+"""The course's one command: ``python -m helpers <command> [options]`` (installed as ``kosmos2-course`` too).
 
-Commands:
-    run      the main job behind ``make run``: writes its results to ``--out`` (default ``outputs``)
-    ground   ground images (or folders of images) with a prompt (all further arguments go to ``helpers.cli_ground``)
-
-Each command imports its module only when it is chosen, so ``--help`` is fast and loads no torch.
+Every command lives in its own module, which has a ``main(argv)`` that parses the command's options and
+returns an exit code (or ``None`` for success). To add a command, add one line to :data:`COMMANDS`. The
+module is imported only when its command is chosen, so ``python -m helpers --help`` loads no torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import helpers
 
 PROG = "python -m helpers"
 
+#: command -> (the module whose ``main(argv)`` runs it, one line of help). The order is the order of ``--help``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("helpers.course.mainjob", "run every notebook headless and collect what they ground (what `make run` does)"),
+    "ground": ("helpers.course.cli", "ground images or folders of images with a prompt"),
+    "evaluate": ("helpers.grounding.evaluation", "score a model on held-out scenes of the synthetic world"),
+    "train": ("helpers.world.training", "train a Kosmos-2 model on the synthetic world (how the bundled model was made)"),
+    "modelcard": ("helpers.world.modelcard", "evaluate a world model and write its model card"),
+    "distributed": ("helpers.course.distributed", "ground images on every process of an `accelerate launch` run"),
+    "notebooks": ("helpers.course.notebooks", "re-execute notebooks in place, headless and offline"),
+}
+
+
+def prog(command: str) -> str:
+    """The name a command's own parser shows in its usage line, e.g. ``python -m helpers ground``."""
+    return f"{PROG} {command}"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser for the top-level command line."""
+    """The top-level parser: it only lists the commands; each command parses its own options."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Kosmos-2 grounding course: run the main job or ground an image."
+        prog=PROG,
+        description="The Kosmos-2 grounding course's command line.",
+        epilog=f"`{PROG} COMMAND --help` shows a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {helpers.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = commands.add_parser("run", help="run the main job (what `make run` does)")
-    run.add_argument("--out", default="outputs", help="folder for the results (default: outputs)")
-    commands.add_parser(
-        "ground",
-        help="ground images or folders of images with a prompt; `%s ground --help` lists its options" % PROG,
-        add_help=False,
-    )
+    for name, (_, help_text) in COMMANDS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -48,18 +59,15 @@ def _exit_code(value: object) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "ground":
-        # Everything after "ground" belongs to that command's own parser, --help included.
-        from helpers import cli_ground
-
-        return _exit_code(cli_ground.main(args[1:]))
-
+    if args and args[0] in COMMANDS:
+        # Everything after the command's name belongs to that command's own parser, --help included.
+        module = importlib.import_module(COMMANDS[args[0]][0])
+        try:
+            return _exit_code(module.main(args[1:]))
+        except SystemExit as stop:  # a command's parser exits on --help (0) and on bad options (2)
+            return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     parser = build_parser()
-    namespace = parser.parse_args(args)
-    if namespace.command == "run":
-        from helpers import mainjob
-
-        return _exit_code(mainjob.main(Path(namespace.out)))
+    parser.parse_args(args)  # --help, --version and unknown commands exit here
     parser.print_help(sys.stderr)
     return 2
 

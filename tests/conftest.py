@@ -10,9 +10,9 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a tiny Kosmos-2 of the world's architecture (random weights, safetensors) and its
-    processor, both written with ``save_pretrained``: what ``helpers.model.load(path)`` expects."""
-    from helpers.training import new_model
-    from helpers.world import build_processor
+    processor, both written with ``save_pretrained``: what ``helpers.grounding.model.load(path)`` expects."""
+    from helpers.world.training import new_model
+    from helpers.world.language import build_processor
 
     folder = tmp_path_factory.mktemp("tiny_kosmos2")
     processor = build_processor(64)
@@ -24,7 +24,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):
-    """``(model, processor)`` loaded from :func:`tiny_model_dir` through ``helpers.model.load``."""
-    import helpers.model
+    """``(model, processor)`` loaded from :func:`tiny_model_dir` through ``helpers.grounding.model.load``."""
+    import helpers.grounding.model
 
-    return helpers.model.load(str(tiny_model_dir), verbose=False)
+    return helpers.grounding.model.load(str(tiny_model_dir), verbose=False)

@@ -1,4 +1,4 @@
-"""data/article_outputs.json: what the Kosmos-2 article printed, reproduced by helpers.tokens."""
+"""data/article_outputs.json: what the Kosmos-2 article printed, reproduced by helpers.grounding.tokens."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from transformers.models.kosmos2.processing_kosmos2 import clean_text_and_extract_entities_with_bboxes
 
-from helpers.article import article_outputs, article_outputs_path
-from helpers.tokens import box_to_patch_index, location_tokens, parse_generation, strip_image_prefix
+from helpers.course.article import article_outputs, article_outputs_path
+from helpers.grounding.tokens import box_to_patch_index, location_tokens, parse_generation, strip_image_prefix
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "article_outputs.json"
 
@@ -74,7 +74,7 @@ def test_the_grounded_question_prompt_gives_the_printed_entity(outputs: dict) ->
 
 
 def test_the_processor_inserts_the_same_user_box_tokens(outputs: dict) -> None:
-    from helpers.world import build_processor
+    from helpers.world.language import build_processor
 
     qa = outputs["grounded_qa"]
     processor = build_processor(64)

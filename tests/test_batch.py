@@ -1,4 +1,4 @@
-"""Tests for helpers.batch: grounding a folder of images into JSON Lines and annotated PNGs."""
+"""Tests for helpers.course.batch: grounding a folder of images into JSON Lines and annotated PNGs."""
 
 from __future__ import annotations
 
@@ -8,21 +8,21 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import helpers.model
-from helpers.batch import (
+import helpers.grounding.model
+from helpers.course.batch import (
     RESULTS_NAME,
     _annotated_names,
     contact_sheet,
     ground_folder,
-    grounding_record,
     image_files,
     read_results,
 )
-from helpers.images import ImageLoadError
-from helpers.solutions_more import count_phrases
-from helpers.synthetic import sample_scenes
-from helpers.tokens import location_tokens, parse_generation
-from helpers.world import CAPTION_PROMPT, GENERATION_PROMPT
+from helpers.course.outputs import grounding_record
+from helpers.grounding.images import ImageLoadError
+from helpers.course.solutions_more import count_phrases
+from helpers.world.scenes import sample_scenes
+from helpers.grounding.tokens import location_tokens, parse_generation
+from helpers.grounding.prompts import CAPTION_PROMPT, GENERATION_PROMPT
 
 
 @pytest.fixture()
@@ -77,7 +77,7 @@ def test_ground_folder_writes_jsonl_and_pngs(tiny_model, folder, tmp_path) -> No
     assert len(records) == 3
     assert read_results(out) == records == read_results(out / RESULTS_NAME)
     images = [Image.open(folder / f"scene_{i}.png") for i in range(3)]
-    direct = helpers.model.ground(model, processor, [im.convert("RGB") for im in images], CAPTION_PROMPT,
+    direct = helpers.grounding.model.ground(model, processor, [im.convert("RGB") for im in images], CAPTION_PROMPT,
                                   max_new_tokens=6, batch_size=3, progress=False)
     for i, (rec, im, g) in enumerate(zip(records, images, direct)):
         assert rec["file"] == str(folder / f"scene_{i}.png")

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from helpers.paths import repo_root
+from helpers.course.paths import repo_root
 
 SCRIPT = repo_root() / "bench" / "benchmark.py"
 NEW_TOKENS = 3
@@ -131,10 +131,10 @@ def test_full_size_configuration_has_the_real_models_parameter_count():
 
 def test_fixed_shape_decoder_writes_what_generate_writes():
     """The ``graphs`` path's own decoding loop, on the course's trained model: the same captions, token for token."""
-    from helpers.model import load
-    from helpers.paths import bundled_model_dir
-    from helpers.synthetic import sample_scenes
-    from helpers.world import CAPTION_PROMPT
+    from helpers.grounding.model import load
+    from helpers.course.paths import bundled_model_dir
+    from helpers.world.scenes import sample_scenes
+    from helpers.grounding.prompts import CAPTION_PROMPT
 
     bench = _module()
     model, processor = load(bundled_model_dir(), device="cpu", verbose=False)

@@ -1,4 +1,4 @@
-"""helpers.boxes: conversions between normalized and pixel boxes, IoU, rounding, and the error messages."""
+"""helpers.grounding.boxes: conversions between normalized and pixel boxes, IoU, rounding, and the error messages."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from helpers.boxes import (
+from helpers.grounding.boxes import (
     check_normalized,
     check_pixel_box,
     iou,

@@ -10,12 +10,12 @@ import json
 
 import pytest
 
-from helpers.boxes import iou
-from helpers.evaluation import HELD_OUT_SEED, evaluate, phrases_match
-from helpers.model import ground, load
-from helpers.paths import bundled_model_dir
-from helpers.synthetic import character_illustration, sample_scenes, snowman_illustration
-from helpers.world import CAPTION_PROMPT, qa_prompt
+from helpers.grounding.boxes import iou
+from helpers.grounding.evaluation import HELD_OUT_SEED, evaluate, phrases_match
+from helpers.grounding.model import ground, load
+from helpers.course.paths import bundled_model_dir
+from helpers.world.scenes import character_illustration, sample_scenes, snowman_illustration
+from helpers.grounding.prompts import CAPTION_PROMPT, qa_prompt
 
 
 @pytest.fixture(scope="module")

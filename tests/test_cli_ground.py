@@ -1,4 +1,4 @@
-"""Tests for ``python -m helpers ground`` (helpers.cli_ground), run in a clean subprocess like a user would."""
+"""Tests for ``python -m helpers ground`` (helpers.course.cli), run in a clean subprocess like a user would."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import cli_ground
-from helpers.paths import repo_root
-from helpers.synthetic import sample_scenes
+from helpers.course import cli as cli_ground
+from helpers.course.paths import repo_root
+from helpers.world.scenes import sample_scenes
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -25,8 +25,8 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random-weight Kosmos-2 of the world's architecture, saved as a model folder."""
-    from helpers.training import new_model
-    from helpers.world import build_processor
+    from helpers.world.training import new_model
+    from helpers.world.language import build_processor
 
     folder = tmp_path_factory.mktemp("tiny_model")
     processor = build_processor(64)

@@ -1,4 +1,4 @@
-"""The Colab set-up: helpers.colab.colab_setup with a fake command runner, and the notebooks' set-up cell."""
+"""The Colab set-up: helpers.course.colab.colab_setup with a fake command runner, and the notebooks' set-up cell."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import colab
+from helpers.course import colab
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""helpers.distributed: grounding spread over processes gives what one process gives, in order.
+"""helpers.course.distributed: grounding spread over processes gives what one process gives, in order.
 
 The two-process runs use ``accelerate launch`` on the CPU (gloo backend) with a tiny random-weight model
 saved to a temporary folder.
@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.distributed import DistributedGroundingError, ground_distributed, main, map_between_processes
-from helpers.images import load_image
-from helpers.model import ground, load
-from helpers.synthetic import sample_scene
-from helpers.tokens import strip_image_prefix
+from helpers.course.distributed import DistributedGroundingError, ground_distributed, main, map_between_processes
+from helpers.grounding.images import load_image
+from helpers.grounding.model import ground, load
+from helpers.world.scenes import sample_scene
+from helpers.grounding.tokens import strip_image_prefix
 
 NEW_TOKENS = 12
 N_IMAGES = 5  # odd: the two processes get shares of 3 and 2
@@ -34,8 +34,8 @@ def model_dir(tmp_path_factory) -> Path:
     see the pixels), which would hide a mix-up of the order. Weights redrawn at a larger scale make every
     image get its own answer (checked below).
     """
-    from helpers.training import new_model
-    from helpers.world import build_processor
+    from helpers.world.training import new_model
+    from helpers.world.language import build_processor
 
     processor = build_processor(64)
     model = new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=32)
@@ -82,7 +82,7 @@ def _launch(args: list[str], timeout: float = 240) -> subprocess.CompletedProces
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "helpers.distributed", *args]
+               "--main_process_port", str(_free_port()), "-m", "helpers", "distributed", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 

@@ -1,4 +1,4 @@
-"""helpers.evaluation: phrase normalisation, the caption / comprehension scores on hand-made groundings,
+"""helpers.grounding.evaluation: phrase normalisation, the caption / comprehension scores on hand-made groundings,
 the report's table and JSON form, and evaluate() end to end on a tiny untrained model (structure only)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from helpers.evaluation import (
+from helpers.grounding.evaluation import (
     HELD_OUT_SEED,
     IOU_THRESHOLD,
     CaptionScores,
@@ -23,8 +23,8 @@ from helpers.evaluation import (
     score_boxes,
     score_caption,
 )
-from helpers.synthetic import SceneObject, sample_scenes
-from helpers.tokens import Entity, Grounding, parse_generation
+from helpers.world.scenes import SceneObject, sample_scenes
+from helpers.grounding.tokens import Entity, Grounding, parse_generation
 
 RED_A = SceneObject("red", "circle", (0.1, 0.1, 0.3, 0.3), "two red circles")
 RED_B = SceneObject("red", "circle", (0.6, 0.1, 0.8, 0.3), "two red circles")
@@ -186,8 +186,8 @@ def test_report_as_dict_is_strict_json() -> None:
 
 
 def test_evaluate_end_to_end_on_a_tiny_untrained_model() -> None:
-    from helpers.training import new_model
-    from helpers.world import build_processor
+    from helpers.world.training import new_model
+    from helpers.world.language import build_processor
 
     processor = build_processor(64)
     model = new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=48, heads=2).eval()

@@ -1,4 +1,4 @@
-"""helpers.model.ground: results that do not depend on batching, and a battery of bad inputs.
+"""helpers.grounding.model.ground: results that do not depend on batching, and a battery of bad inputs.
 
 Every bad input must raise a ValueError or TypeError (or a documented subclass) that says what was
 expected and what was received, before any generation starts.
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from helpers.boxes import check_normalized, to_normalized
-from helpers.images import ImageLoadError, load_image, to_rgb
-from helpers.model import ground, load
-from helpers.synthetic import sample_scenes
-from helpers.tokens import object_tokens, parse_generation
-from helpers.world import CAPTION_PROMPT, DETAIL_PROMPT, comprehension_prompt, qa_prompt
+from helpers.grounding.boxes import check_normalized, to_normalized
+from helpers.grounding.images import ImageLoadError, load_image, to_rgb
+from helpers.grounding.model import ground, load
+from helpers.world.scenes import sample_scenes
+from helpers.grounding.tokens import object_tokens, parse_generation
+from helpers.grounding.prompts import CAPTION_PROMPT, DETAIL_PROMPT, comprehension_prompt, qa_prompt
 
 QA = qa_prompt("object")  # one <phrase>, its user box goes after it
 BOX = (0.1, 0.2, 0.5, 0.6)

@@ -1,4 +1,4 @@
-"""Tests for helpers.images: sources, modes, orientation, size limits and download errors.
+"""Tests for helpers.grounding.images: sources, modes, orientation, size limits and download errors.
 
 URL tests talk only to an HTTP server on 127.0.0.1 that this module starts and stops itself.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from helpers.images import MAX_DECODED_PIXELS, MAX_PIXELS, ImageLoadError, load_image, to_rgb
+from helpers.grounding.images import MAX_DECODED_PIXELS, MAX_PIXELS, ImageLoadError, load_image, to_rgb
 
 
 def _png_bytes(image: Image.Image, **params: object) -> bytes:

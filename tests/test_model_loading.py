@@ -1,4 +1,4 @@
-"""helpers.model.load: the real loading path, how the model is chosen, and safe loading.
+"""helpers.grounding.model.load: the real loading path, how the model is chosen, and safe loading.
 
 Every model here is the tiny random-weight Kosmos-2 of ``tiny_model_dir`` (see conftest.py), or a damaged
 copy of it. Nothing touches the network: hub lookups run with ``HF_HUB_OFFLINE=1`` and sockets that refuse
@@ -19,10 +19,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import helpers.model as hm
-from helpers.model import REAL_MODEL, LoadInfo, ModelLoadError, ground, load, resolve_source
-from helpers.paths import BUNDLED_MODEL_NAME, bundled_model_dir, repo_root
-from helpers.tokens import Grounding, parse_generation
+import helpers.grounding.model as hm
+from helpers.grounding.model import REAL_MODEL, LoadInfo, ModelLoadError, ground, load, resolve_source
+from helpers.course.paths import BUNDLED_MODEL_NAME, bundled_model_dir, repo_root
+from helpers.grounding.tokens import Grounding, parse_generation
 
 HELP_FRAGMENTS = (REAL_MODEL, "bundled offline model", "internet access")
 
@@ -166,11 +166,11 @@ def test_online_probe_decides_only_when_nothing_else_does(monkeypatch) -> None:
 
 
 def test_no_module_of_helpers_trusts_remote_code() -> None:
-    sources = sorted((repo_root() / "helpers").glob("*.py"))
+    sources = sorted((repo_root() / "helpers").rglob("*.py"))
     assert len(sources) > 10
     offenders = [p.name for p in sources if re.search(r"trust_remote_code\s*=\s*True", p.read_text("utf-8"))]
     assert offenders == []
-    model_source = (repo_root() / "helpers" / "model.py").read_text("utf-8")
+    model_source = (repo_root() / "helpers" / "grounding" / "model.py").read_text("utf-8")
     calls = re.findall(r"\.from_pretrained\([^)]*\)", model_source)
     assert calls and all("trust_remote_code=False" in c or "**kwargs" in c for c in calls)
     assert '"trust_remote_code": False' in model_source  # what **kwargs holds

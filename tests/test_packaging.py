@@ -20,52 +20,13 @@ from packaging.utils import canonicalize_name
 
 import helpers
 import helpers.__main__ as cli
-from helpers import paths
+from helpers.course import paths
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-
-
-def _conda_env(text: str) -> dict[str, object]:
-    """Parse the small subset of YAML that environment.yml uses.
-
-    Returns ``{"name": str, "channels": [str], "dependencies": [str], "pip": [str]}``. Anything outside that
-    subset (other keys, deeper nesting) raises ValueError, so a change of shape cannot go unnoticed.
-    """
-    result: dict[str, object] = {"channels": [], "dependencies": [], "pip": []}
-    section: str | None = None
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
-        if not line.strip():
-            continue
-        indent = len(line) - len(line.lstrip(" "))
-        content = line.strip()
-        if indent == 0:
-            key, sep, value = content.partition(":")
-            if not sep or key not in {"name", "channels", "dependencies"}:
-                raise ValueError(f"environment.yml line {number}: unexpected top-level entry {content!r}")
-            if key == "name":
-                result["name"] = value.strip()
-                section = None
-            else:
-                if value.strip():
-                    raise ValueError(f"environment.yml line {number}: expected a list under {key!r}")
-                section = key
-        elif content.startswith("- ") and section is not None:
-            item = content[2:].strip()
-            if section == "dependencies" and item == "pip:":
-                section = "pip"
-            elif section == "pip" and indent <= 2:
-                raise ValueError(f"environment.yml line {number}: conda entry {item!r} after the pip list")
-            else:
-                assert isinstance(result[section], list)
-                result[section].append(item)  # type: ignore[union-attr]
-        else:
-            raise ValueError(f"environment.yml line {number}: cannot parse {raw!r}")
-    return result
 
 
 def _specs(requirements: list[str]) -> dict[str, str]:
@@ -86,8 +47,16 @@ def test_distribution_is_not_called_helpers_but_imports_as_helpers() -> None:
     project = _pyproject()["project"]
     assert canonicalize_name(project["name"]) != "helpers"
     assert project["name"] == "kosmos2-grounding-course"
-    assert _pyproject()["tool"]["setuptools"]["packages"] == ["helpers"]
     assert project["version"] == helpers.__version__
+
+
+def test_every_sub_package_of_helpers_is_packaged() -> None:
+    from setuptools import find_packages
+
+    include = _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "helpers").rglob("__init__.py")}
+    assert {"helpers", "helpers.grounding", "helpers.world", "helpers.course"} <= on_disk
+    assert set(find_packages(str(ROOT), include=include)) == on_disk
 
 
 def test_console_script_points_at_the_cli_main() -> None:
@@ -116,23 +85,51 @@ def test_installed_versions_satisfy_the_declared_ranges() -> None:
 # --- environment.yml ------------------------------------------------------------------------------------
 
 
-def test_environment_yml_lists_the_same_dependencies_as_pyproject() -> None:
-    env = _conda_env((ROOT / "environment.yml").read_text(encoding="utf-8"))
+def test_environment_yml_is_generated_from_pyproject() -> None:
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from environment import environment_yml
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    text = environment_yml()
     project = _pyproject()["project"]
-    assert env["dependencies"] == ["python=3.11", "pip"]
-    pip_lines = list(env["pip"])  # type: ignore[arg-type]
-    assert pip_lines[-1] == "-e ."
-    expected = _specs(project["dependencies"] + project["optional-dependencies"]["test"])
-    assert _specs(pip_lines[:-1]) == expected
-    minimum_python = project["requires-python"]
-    assert Requirement(f"python{minimum_python}").specifier.contains("3.11")
+    for spec in project["dependencies"] + project["optional-dependencies"]["test"]:
+        assert f'      - "{spec}"\n' in text
+    assert (ROOT / "environment.yml").read_text(encoding="utf-8") == text, "run `make environment.yml`"
 
 
-def test_conda_parser_rejects_what_it_does_not_understand() -> None:
-    with pytest.raises(ValueError, match="unexpected top-level entry"):
-        _conda_env("name: x\nvariables:\n  A: 1\n")
-    with pytest.raises(ValueError, match="after the pip list"):
-        _conda_env("dependencies:\n  - pip\n  - pip:\n      - numpy\n  - scipy\n")
+# --- constraints.txt ------------------------------------------------------------------------------------
+
+
+def _constraints() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            (spec,) = req.specifier  # exactly one pin per line
+            assert spec.operator == "==", line
+            pins[canonicalize_name(req.name)] = spec.version
+    return pins
+
+
+def test_constraints_pin_every_dependency_inside_its_range() -> None:
+    pins = _constraints()
+    project = _pyproject()["project"]
+    for text in project["dependencies"] + project["optional-dependencies"]["test"]:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in constraints.txt (make lock)"
+        assert req.specifier.contains(pins[name], prereleases=True), f"pin {req.name}=={pins[name]} not in {req}"
+    assert "kosmos2-grounding-course" not in pins
+
+
+def test_the_tests_run_with_the_pinned_versions() -> None:
+    pins = _constraints()
+    project = _pyproject()["project"]
+    for text in project["dependencies"] + project["optional-dependencies"]["test"]:
+        name = canonicalize_name(Requirement(text).name)
+        installed = metadata.version(name).split("+")[0]  # torch's local label (+cpu) is not part of the pin
+        assert installed == pins[name], f"{name} {installed} installed, constraints.txt pins {pins[name]}"
 
 
 # --- import cost ----------------------------------------------------------------------------------------
@@ -141,7 +138,7 @@ def test_conda_parser_rejects_what_it_does_not_understand() -> None:
 def test_importing_helpers_and_the_cli_loads_no_torch_or_transformers() -> None:
     code = (
         "import json, sys\n"
-        "import helpers, helpers.paths, helpers.colab, helpers.__main__ as cli\n"
+        "import helpers, helpers.course.paths, helpers.course.colab, helpers.__main__ as cli\n"
         "try:\n"
         "    cli.main(['--help'])\n"
         "except SystemExit:\n"
@@ -161,7 +158,7 @@ def test_importing_helpers_and_the_cli_loads_no_torch_or_transformers() -> None:
 def test_repo_paths_point_into_the_clone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(paths.DATA_ENV_VAR, raising=False)
     assert paths.repo_root() == ROOT
-    assert (paths.repo_root() / "helpers" / "paths.py").is_file()
+    assert (paths.repo_root() / "helpers" / "course" / "paths.py").is_file()
     assert paths.data_dir() == ROOT / "data"
     assert paths.notebooks_dir() == ROOT / "notebooks"
     assert paths.bundled_model_dir() == ROOT / "data" / "kosmos2-tiny-world"
@@ -192,7 +189,7 @@ def test_data_dir_that_is_a_file_is_an_error(tmp_path: Path, monkeypatch: pytest
 
 
 # Variables that would change what the Makefile does if they came from the caller's environment.
-_MAKE_INPUTS = {"PY", "TORCH_SPEC", "VENV", "VPY", "VPIP", "MAKEFLAGS", "MAKELEVEL", "MFLAGS",
+_MAKE_INPUTS = {"PY", "TORCH_SPEC", "CONSTRAINTS", "VENV", "VPY", "VPIP", "MAKEFLAGS", "MAKELEVEL", "MFLAGS",
                 "HF_HUB_OFFLINE", "KOSMOS2_PROGRESS"}
 
 
@@ -211,7 +208,7 @@ def _fake_venv(tmp_path: Path, exit_code: int) -> tuple[Path, Path, Path]:
     venv.mkdir()
     stamp = venv / ".installed"
     stamp.touch()
-    later = (ROOT / "pyproject.toml").stat().st_mtime + 10
+    later = max((ROOT / name).stat().st_mtime for name in ("pyproject.toml", "constraints.txt")) + 10
     os.utime(stamp, (later, later))
     log = tmp_path / "calls.log"
     fake = tmp_path / "fakepython"
@@ -230,9 +227,17 @@ def test_make_run_and_test_call_the_venv_python(tmp_path: Path) -> None:
     assert _make("run", f"VENV={venv}", f"VPY={fake}").returncode == 0
     assert _make("test", f"VENV={venv}", f"VPY={fake}").returncode == 0
     assert log.read_text(encoding="utf-8").splitlines() == [
-        "-m helpers run --out outputs | progress=0 offline=",
-        "-m pytest | progress=0 offline=1",
+        "-m helpers run --out outputs | progress= offline=",
+        "-m pytest | progress= offline=",  # the test settings live in conftest.py, not in the Makefile
     ]
+
+
+def test_the_test_settings_hold_for_plain_pytest() -> None:
+    # conftest.py at the repository root sets them before anything else runs, whoever starts pytest
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["KOSMOS2_PROGRESS"] == "0"
+    from helpers.grounding.progress import interactive
+
+    assert interactive() is False
 
 
 def test_make_test_fails_when_the_tests_fail(tmp_path: Path) -> None:
@@ -249,10 +254,10 @@ def test_install_stamp_creates_the_venv_and_installs_torch_first(tmp_path: Path)
     lines = done.stdout.splitlines()
     assert lines == [
         f"test -x {venv}/bin/python || python3 -m venv {venv}",
-        f'{venv}/bin/pip install "torch==2.13.0"',
-        f'{venv}/bin/pip install -e ".[test]"',
+        f'{venv}/bin/pip install -c constraints.txt "torch==2.13.0"',
+        f'{venv}/bin/pip install -c constraints.txt -e ".[test]"',
         f"touch {venv}/.installed",
-        f"HF_HUB_OFFLINE=1 {venv}/bin/python -m pytest",
+        f"{venv}/bin/python -m pytest",
     ]
     assert not venv.exists(), "a dry run must not create anything"
 
@@ -262,7 +267,7 @@ def test_install_stamp_is_redone_when_pyproject_changes(tmp_path: Path) -> None:
     older = (ROOT / "pyproject.toml").stat().st_mtime - 10
     os.utime(venv / ".installed", (older, older))
     done = _make("-n", f"VENV={venv}", "test")
-    assert f'{venv}/bin/pip install -e ".[test]"' in done.stdout.splitlines()
+    assert f'{venv}/bin/pip install -c constraints.txt -e ".[test]"' in done.stdout.splitlines()
 
 
 def test_ci_runs_make_test_and_nothing_else(tmp_path: Path) -> None:
@@ -284,43 +289,52 @@ def test_ci_runs_make_test_and_nothing_else(tmp_path: Path) -> None:
 # --- command line ---------------------------------------------------------------------------------------
 
 
-def _fake_module(monkeypatch: pytest.MonkeyPatch, name: str, result: object) -> list[object]:
+def _fake_module(monkeypatch: pytest.MonkeyPatch, command: str, result: object) -> list[object]:
+    """Replace the module behind ``command`` with one whose ``main`` records its argument and returns ``result``."""
     calls: list[object] = []
-    module = types.ModuleType(f"helpers.{name}")
+    module = types.ModuleType(cli.COMMANDS[command][0])
 
     def main(arg: object) -> object:
         calls.append(arg)
         return result
 
     module.main = main  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, f"helpers.{name}", module)
-    monkeypatch.setattr(helpers, name, module, raising=False)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
     return calls
 
 
-def test_cli_run_passes_the_output_folder(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _fake_module(monkeypatch, "mainjob", 0)
-    assert cli.main(["run", "--out", "somewhere"]) == 0
-    assert cli.main(["run"]) == 0
-    assert calls == [Path("somewhere"), Path("outputs")]
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_cli_hands_every_further_argument_to_the_command(monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    calls = _fake_module(monkeypatch, command, 0)
+    assert cli.main([command, "--help", "image.png", "--out", "somewhere"]) == 0
+    assert calls == [["--help", "image.png", "--out", "somewhere"]]
 
 
 def test_cli_returns_the_command_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_module(monkeypatch, "mainjob", 3)
+    _fake_module(monkeypatch, "run", 3)
     assert cli.main(["run"]) == 3
-    _fake_module(monkeypatch, "mainjob", None)
+    _fake_module(monkeypatch, "run", None)
     assert cli.main(["run"]) == 0
-    _fake_module(monkeypatch, "mainjob", "ok")
+    _fake_module(monkeypatch, "run", "ok")
     with pytest.raises(TypeError, match="int exit code or None, got str"):
         cli.main(["run"])
 
 
-def test_cli_ground_hands_every_further_argument_over(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _fake_module(monkeypatch, "cli_ground", 0)
-    assert cli.main(["ground", "--help", "image.png", "--prompt", "<grounding> An image of"]) == 0
-    assert calls == [["--help", "image.png", "--prompt", "<grounding> An image of"]]
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_command_has_its_own_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    assert cli.main([command, "--help"]) == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: ")
+    assert f"-m helpers {command}" in usage.splitlines()[0]
 
 
+def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--help"])
+    assert stopped.value.code == 0
+    listed = capsys.readouterr().out
+    for command, (_, help_text) in cli.COMMANDS.items():
+        assert re.search(rf"^\s+{command}\s+{re.escape(help_text.split()[0])}", listed, re.M), command
 def test_cli_without_a_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
     assert "usage: python -m helpers" in capsys.readouterr().err

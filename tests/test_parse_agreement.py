@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers.models.kosmos2.processing_kosmos2 import clean_text_and_extract_entities_with_bboxes
 
-from helpers.tokens import DELIMITER, parse_generation, strip_image_prefix
+from helpers.grounding.tokens import DELIMITER, parse_generation, strip_image_prefix
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZéüßアニメ雪"
 _PUNCT = ".,;:!?'\"()-–“”’>/"
@@ -93,7 +93,7 @@ def test_same_caption_and_entities_as_the_processor_function(text: str) -> None:
 
 @pytest.fixture(scope="module")
 def processor():
-    from helpers.world import build_processor
+    from helpers.world.language import build_processor
 
     return build_processor(64)
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.models.kosmos2.processing_kosmos2 import clean_text_and_extract_entities_with_bboxes
 
-from helpers.tokens import DELIMITER, parse_generation, strip_image_prefix
+from helpers.grounding.tokens import DELIMITER, parse_generation, strip_image_prefix
 
 _TAGS = ["<phrase>", "</phrase>", "<object>", "</object>", DELIMITER, "<grounding>", "<image>", "</image>",
          "<s>", "</s>", "<pad>", "</line>"]

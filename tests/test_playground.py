@@ -1,4 +1,4 @@
-"""Tests for helpers.playground: the in-world heuristic and the playground's logic, without a browser."""
+"""Tests for helpers.course.playground: the in-world heuristic and the playground's logic, without a browser."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.playground import (
+from helpers.course.playground import (
     IN_WORLD_THRESHOLD,
     Playground,
     PlaygroundResult,
@@ -17,11 +17,11 @@ from helpers.playground import (
     looks_in_world,
     world_palette,
 )
-from helpers.plotting import draw_entities, draw_user_box
-from helpers.solutions_more import add_noise, first_out_of_world
-from helpers.synthetic import COLOURS, character_illustration, sample_scenes, snowman_illustration
-from helpers.tokens import location_tokens
-from helpers.world import CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT
+from helpers.grounding.plotting import draw_entities, draw_user_box
+from helpers.course.solutions_more import add_noise, first_out_of_world
+from helpers.world.scenes import COLOURS, character_illustration, sample_scenes, snowman_illustration
+from helpers.grounding.tokens import location_tokens
+from helpers.grounding.prompts import CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT
 
 
 def noise(seed: int, size=(160, 120)) -> Image.Image:

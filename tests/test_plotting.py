@@ -1,4 +1,4 @@
-"""Tests for helpers.plotting: colours, boxes, labels, figures, highlighted captions, grid and user box."""
+"""Tests for helpers.grounding.plotting: colours, boxes, labels, figures, highlighted captions, grid and user box."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from helpers.boxes import to_pixels  # noqa: E402
-from helpers.plotting import (  # noqa: E402
+from helpers.grounding.boxes import to_pixels  # noqa: E402
+from helpers.grounding.plotting import (  # noqa: E402
     PALETTE,
     HighlightedCaption,
     draw_entities,
@@ -27,8 +27,8 @@ from helpers.plotting import (  # noqa: E402
     label_boxes,
     plot_entities,
 )
-from helpers.synthetic import sample_scenes, snowman_illustration  # noqa: E402
-from helpers.tokens import Entity, Grounding, parse_generation  # noqa: E402
+from helpers.world.scenes import sample_scenes, snowman_illustration  # noqa: E402
+from helpers.grounding.tokens import Entity, Grounding, parse_generation  # noqa: E402
 
 WHITE = (255, 255, 255)
 

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from helpers.boxes import to_pixels
-from helpers.images import load_image
-from helpers.world import CAPTION_PROMPT, build_config, build_image_processor, build_processor, qa_prompt
+from helpers.grounding.boxes import to_pixels
+from helpers.grounding.images import load_image
+from helpers.grounding.prompts import CAPTION_PROMPT, qa_prompt
+from helpers.world.language import build_config, build_image_processor, build_processor
 
 RED = (220, 20, 20)
 GREY = (128, 128, 128)
@@ -194,7 +195,7 @@ def test_build_config_refuses_sizes_that_make_no_model(processor, kwargs, error,
 
 
 def test_build_config_needs_the_processor(processor) -> None:
-    from helpers.training import new_model
+    from helpers.world.training import new_model
 
     with pytest.raises(TypeError, match=r"processor must be a Kosmos2Processor \(from build_processor\), got NoneType"):
         new_model(None)

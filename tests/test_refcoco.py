@@ -1,4 +1,4 @@
-"""Tests for helpers.refcoco: reading RefCOCO-style annotations and scoring comprehension on them."""
+"""Tests for helpers.grounding.refcoco: reading RefCOCO-style annotations and scoring comprehension on them."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import helpers.model
-from helpers.images import ImageLoadError
-from helpers.refcoco import (
+import helpers.grounding.model
+from helpers.grounding.images import ImageLoadError
+from helpers.grounding.refcoco import (
     COCO_TRAIN2014_PATTERN,
     ComprehensionResult,
     RefCocoFormatError,
@@ -20,9 +20,9 @@ from helpers.refcoco import (
     predicted_box,
     scenes_to_refcoco,
 )
-from helpers.solutions_more import find_boxes, miss_reasons
-from helpers.synthetic import draw_scene, sample_scenes
-from helpers.tokens import parse_generation
+from helpers.course.solutions_more import find_boxes, miss_reasons
+from helpers.world.scenes import draw_scene, sample_scenes
+from helpers.grounding.tokens import parse_generation
 
 
 def record(**over) -> dict:
@@ -186,7 +186,7 @@ def test_scoring_with_known_answers(drawn, monkeypatch) -> None:
         seen["images"], seen["prompts"] = images, prompts
         return [parse_generation(answers[p.split("<phrase> ")[1].split("</phrase>")[0]]) for p in prompts]
 
-    monkeypatch.setattr(helpers.model, "ground", fake_ground)
+    monkeypatch.setattr(helpers.grounding.model, "ground", fake_ground)
     result = evaluate_comprehension(None, None, items, root)
     assert seen["prompts"][0] == "<grounding><phrase> the red circle</phrase>"
     assert seen["images"][0] is seen["images"][1]  # each image is loaded once
@@ -258,7 +258,7 @@ def test_find_boxes_solution(tiny_model, drawn, monkeypatch) -> None:
         calls.append(prompts)
         return [parse_generation(answer)]
 
-    monkeypatch.setattr(helpers.model, "ground", fake_ground)
+    monkeypatch.setattr(helpers.grounding.model, "ground", fake_ground)
     assert find_boxes(*tiny_model, image, " the circles ") == [(1 / 64, 1 / 64, 3 / 64, 3 / 64),
                                                               (16.5 / 32, 16.5 / 32, 31.5 / 32, 31.5 / 32)]
     assert calls == ["<grounding><phrase> the circles</phrase>"]

@@ -1,4 +1,4 @@
-"""helpers.synthetic: seeded scenes are reproducible, their boxes are the tight boxes of what was drawn,
+"""helpers.world.scenes: seeded scenes are reproducible, their boxes are the tight boxes of what was drawn,
 objects never overlap, groups read left to right with the right phrases, and the illustrations sit inside
 the article's recorded boxes."""
 
@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from helpers.article import article_outputs
-from helpers.synthetic import (
+from helpers.course.article import article_outputs
+from helpers.world.scenes import (
     ARTICLE_FIRE_BOX,
     ARTICLE_SNOWMAN_BOX,
     COLOURS,

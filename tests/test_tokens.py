@@ -1,4 +1,4 @@
-"""helpers.tokens: location tokens against the transformers processor, the Entity/Grounding records, and
+"""helpers.grounding.tokens: location tokens against the transformers processor, the Entity/Grounding records, and
 parse_generation on every kind of malformed text (what is reported, what is kept)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from transformers.models.kosmos2.processing_kosmos2 import (
     patch_index_to_coordinate,
 )
 
-from helpers.tokens import (
+from helpers.grounding.tokens import (
     DELIMITER,
     NUM_BINS,
     Entity,

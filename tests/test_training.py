@@ -1,4 +1,4 @@
-"""helpers.training: text → tensors exactly as the processor tokenizes, labels only on the answer, the
+"""helpers.world.training: text → tensors exactly as the processor tokenizes, labels only on the answer, the
 dense and attention targets point at the right patches, location tokens start out spatially ordered, and
 a few steps of the recipe run."""
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.synthetic import KINDS, draw_scene, sample_scenes
-from helpers.tokens import patch_index_to_box
-from helpers.training import (
+from helpers.world.scenes import KINDS, draw_scene, sample_scenes
+from helpers.grounding.tokens import patch_index_to_box
+from helpers.world.training import (
     IGNORE,
     DenseHeads,
     Encoded,
@@ -31,7 +31,8 @@ from helpers.training import (
     patch_set,
     train,
 )
-from helpers.world import CAPTION_PROMPT, Example, build_processor, caption_answer, scene_examples
+from helpers.grounding.prompts import CAPTION_PROMPT
+from helpers.world.language import Example, build_processor, caption_answer, scene_examples
 
 SCENES = sample_scenes(12, seed=31)
 GRID = 8
@@ -199,7 +200,7 @@ def test_attention_targets_of_comprehension_and_questions(processor) -> None:
 
 
 def test_draw_batch_shifts_targets_to_the_position_that_predicts_the_token(processor, monkeypatch) -> None:
-    import helpers.training as training
+    import helpers.world.training as training
 
     calls = []
 
@@ -337,7 +338,7 @@ def test_train_refuses_a_grid_that_does_not_match_the_image_tokens(processor) ->
 def test_the_command_line_writes_model_checkpoint_and_training_record(tmp_path) -> None:
     from transformers import AutoModelForImageTextToText
 
-    from helpers.training import main
+    from helpers.world.training import main
 
     out, ckpt = tmp_path / "model", tmp_path / "ckpt"
     main(["--out", str(out), "--vision-steps", "1", "--steps", "2", "--batch-size", "1", "--no-evaluate",

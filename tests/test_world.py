@@ -1,4 +1,4 @@
-"""helpers.world: every training text parses back to its scene, the tokenizer keeps the world's words
+"""helpers.world.language: every training text parses back to its scene, the tokenizer keeps the world's words
 whole, and the processor survives a save/load round trip."""
 
 from __future__ import annotations
@@ -8,23 +8,12 @@ import random
 import pytest
 from transformers import AutoProcessor, Kosmos2Processor
 
-from helpers.boxes import iou
-from helpers.synthetic import SPECIAL_KINDS, draw_scene, sample_scenes
-from helpers.tokens import box_to_patch_index, location_tokens, object_tokens, parse_generation
-from helpers.training import answer_token_ids
-from helpers.world import (
-    CAPTION_PROMPT,
-    DETAIL_PROMPT,
-    GENERATION_PROMPT,
-    TASKS,
-    build_processor,
-    caption_answer,
-    comprehension_prompt,
-    detail_answer,
-    qa_prompt,
-    scene_examples,
-    world_words,
-)
+from helpers.grounding.boxes import iou
+from helpers.world.scenes import SPECIAL_KINDS, draw_scene, sample_scenes
+from helpers.grounding.tokens import box_to_patch_index, location_tokens, object_tokens, parse_generation
+from helpers.world.training import answer_token_ids
+from helpers.grounding.prompts import CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
+from helpers.world.language import TASKS, build_processor, caption_answer, detail_answer, scene_examples, world_words
 
 SCENES = sample_scenes(40, seed=21)
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from helpers.boxes import check_normalized, iou
-from helpers.evaluation import IOU_THRESHOLD, Score
+from helpers.grounding.boxes import check_normalized, iou
+from helpers.grounding.evaluation import IOU_THRESHOLD, Score
 
 Box = tuple[float, float, float, float]
 
@@ -271,7 +271,7 @@ def scenes_to_refcoco(scenes: Iterable, image_dir: str | os.PathLike, *, prefix:
     ``"the right red circle"`` for a pair, so every expression names exactly one box. Returns the records
     (write them with ``json.dump`` to get a file :func:`load_refcoco` reads).
     """
-    from helpers.synthetic import definite_phrase
+    from helpers.world.scenes import definite_phrase
 
     folder = Path(image_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -334,7 +334,7 @@ class ComprehensionResult:
 
 def comprehension_prompt_for(expression: str) -> str:
     """The prompt the paper uses for comprehension: ``<grounding><phrase> {expression}</phrase>``."""
-    from helpers.world import comprehension_prompt
+    from helpers.grounding.prompts import comprehension_prompt
 
     if not isinstance(expression, str) or not expression.strip():
         raise ValueError(f"an expression must be a non-empty str, got {expression!r}")
@@ -370,10 +370,10 @@ def evaluate_comprehension(
     Raises:
         ValueError: ``items`` is empty or holds something other than :class:`RefItem`, or ``threshold``
             is outside [0, 1].
-        helpers.images.ImageLoadError: an image is missing or unreadable (the message names the file).
+        helpers.grounding.images.ImageLoadError: an image is missing or unreadable (the message names the file).
     """
-    from helpers.images import load_image
-    from helpers.model import ground
+    from helpers.grounding.images import load_image
+    from helpers.grounding.model import ground
 
     items = list(items)
     if not items:

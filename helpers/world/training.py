@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.synthetic import KINDS, Scene, sample_scene
-from helpers.world import Example, build_config, build_processor, scene_examples
+from helpers.world.scenes import KINDS, Scene, sample_scene
+from helpers.world.language import Example, build_config, build_processor, scene_examples
 
 IGNORE = -100
 _TAG = re.compile(r"(<[^<>]+>)")
@@ -398,7 +398,8 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the bundled Kosmos-2 model on the synthetic world.")
+    parser = argparse.ArgumentParser(prog="python -m helpers train",
+                                     description="Train the bundled Kosmos-2 model on the synthetic world.")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vision-steps", type=int, default=300)
@@ -446,11 +447,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     }, indent=1))
     print(f"saved to {args.out} after {seconds:.0f}s")
     if args.evaluate:
-        from helpers.modelcard import write_card
+        from helpers.world.modelcard import write_card
 
         write_card(args.out)
         print(f"model card written to {args.out / 'README.md'}")
 
-
-if __name__ == "__main__":
-    main()

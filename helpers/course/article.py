@@ -17,15 +17,15 @@ _REQUIRED_KEYS = ("source", "snowman", "grounded_qa")
 def article_outputs_path() -> Path:
     """Where ``article_outputs.json`` is read from.
 
-    ``helpers.paths.data_dir()`` first; when the data folder has been moved elsewhere (with
+    ``helpers.course.paths.data_dir()`` first; when the data folder has been moved elsewhere (with
     ``$KOSMOS2_COURSE_DATA``) and holds no copy, the file that ships in the repository's ``data/``.
     """
-    from helpers.paths import data_dir
+    from helpers.course.paths import data_dir
 
     path = data_dir() / ARTICLE_OUTPUTS_FILE
     if path.is_file():
         return path
-    shipped = Path(__file__).resolve().parent.parent / "data" / ARTICLE_OUTPUTS_FILE
+    shipped = Path(__file__).resolve().parents[2] / "data" / ARTICLE_OUTPUTS_FILE
     return shipped if shipped.is_file() else path
 
 

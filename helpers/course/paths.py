@@ -19,7 +19,7 @@ BUNDLED_MODEL_NAME = "kosmos2-tiny-world"
 
 def repo_root() -> Path:
     """Return the absolute path of the repository root (the folder holding ``helpers/``)."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def data_dir() -> Path:

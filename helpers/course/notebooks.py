@@ -1,6 +1,6 @@
 """Execute the course's notebooks headless (the main job, and re-storing outputs after a change).
 
-``python -m helpers.notebooks notebooks/04_post_processing.ipynb`` re-executes a notebook in place with
+``python -m helpers notebooks notebooks/04_post_processing.ipynb`` re-executes a notebook in place with
 the same settings the tests use (bundled model, no progress bars), so its stored outputs match a fresh run.
 """
 
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from helpers.paths import notebooks_dir
+from helpers.course.paths import notebooks_dir
 
 #: Environment every headless run uses: offline model choice and no progress bars.
 HEADLESS_ENV = {"KOSMOS2_PROGRESS": "0", "TOKENIZERS_PARALLELISM": "false"}
@@ -40,14 +40,22 @@ def _env(extra: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def execute(path: Path, out: Path | None = None, *, timeout: int = 600, env: dict[str, str] | None = None) -> float:
-    """Execute ``path`` top to bottom in its folder; write it to ``out`` (default: in place). Returns seconds."""
+def execute(path: Path, out: Path | None = None, *, timeout: int = 600, env: dict[str, str] | None = None,
+            setup: str | None = None) -> float:
+    """Execute ``path`` top to bottom in its folder; write it to ``out`` (default: in place). Returns seconds.
+
+    ``setup`` is code run in the notebook's kernel before its first cell, in a cell that the written copy
+    leaves out (the main job uses it to keep the notebook's groundings). Pictures that a cell shows both as
+    PNG and as JPEG are stored once, as PNG.
+    """
     import nbformat
     from nbclient import NotebookClient
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    extra = dict(HEADLESS_ENV, KOSMOS2_NOTEBOOK=path.stem, **(env or {}))
+    if setup:
+        nb.cells.insert(0, nbformat.v4.new_code_cell(setup))
+    extra = dict(HEADLESS_ENV, **(env or {}))
     start = time.perf_counter()
     with _env(extra):
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
@@ -56,14 +64,21 @@ def execute(path: Path, out: Path | None = None, *, timeout: int = 600, env: dic
         # stderr included, still reaches the notebook through the kernel's messages
         client.execute(stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    for cell in nb.cells:  # keep stored notebooks free of per-run metadata
+    if setup:
+        del nb.cells[0]
+    for cell in nb.cells:  # keep stored notebooks free of per-run metadata, and pictures stored once
         cell.metadata.pop("execution", None)
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "image/png" in data:
+                data.pop("image/jpeg", None)
     nbformat.write(nb, out or path)
     return seconds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Re-execute notebooks in place, offline on the bundled model.")
+    parser = argparse.ArgumentParser(prog="python -m helpers notebooks",
+                                     description="Re-execute notebooks in place, offline on the bundled model.")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every course notebook")
     args = parser.parse_args(argv)
     paths = args.notebooks or course_notebooks()
@@ -72,6 +87,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{p.name}: executed in {seconds:.1f} s")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,12 +1,8 @@
 """The language of the synthetic world: grounded training texts, its tokenizer, processor and model config.
 
-Every text follows the Kosmos-2 grounding format (GRIT style) and the prompts the real model answers:
-
-* brief caption ``<grounding> An image of`` → ``<phrase> a red circle</phrase><object>…</object> and …``
-* detailed caption ``<grounding> Describe this image in detail:``
-* comprehension ``<grounding><phrase> the red circle</phrase>`` → ``<object>…</object>``
-* question with a user box ``<grounding> Question: What is<phrase> this object</phrase><object>…</object>? Answer:``
-* referring-expression generation ``<grounding><phrase> It</phrase><object>…</object> is`` → `` a red circle.``
+Every text follows the Kosmos-2 grounding format (GRIT style) and answers one of Kosmos-2's own prompts
+(:mod:`helpers.grounding.prompts`): brief and detailed captions, comprehension, questions about a user box
+and referring-expression generation.
 """
 
 from __future__ import annotations
@@ -15,11 +11,10 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from helpers.synthetic import COLOURS, SHAPES, SPECIAL_KINDS, Scene, SceneObject, definite_phrase, indefinite_phrase
-from helpers.tokens import object_tokens
+from helpers.grounding.prompts import CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
+from helpers.grounding.tokens import object_tokens
+from helpers.world.scenes import COLOURS, SHAPES, SPECIAL_KINDS, Scene, SceneObject, definite_phrase, indefinite_phrase
 
-CAPTION_PROMPT = "<grounding> An image of"
-DETAIL_PROMPT = "<grounding> Describe this image in detail:"
 TASKS = ("caption", "detail", "comprehension", "qa", "generation")
 
 _COUNT_WORDS = {1: "one object", 2: "two objects", 3: "three objects", 4: "four objects"}
@@ -33,18 +28,6 @@ class Example:
     prompt: str
     answer: str
     target: tuple[SceneObject, ...] = ()  # the object(s) the example is about, for evaluation
-
-
-def comprehension_prompt(phrase: str) -> str:
-    return f"<grounding><phrase> {phrase}</phrase>"
-
-
-def qa_prompt(noun: str = "object") -> str:
-    """The grounded-question prompt (the user box is inserted after ``</phrase>`` by the processor)."""
-    return f"<grounding> Question: What is<phrase> this {noun}</phrase>? Answer:"
-
-
-GENERATION_PROMPT = "<grounding><phrase> It</phrase> is"
 
 
 def _with_box(prompt: str, box: Sequence[float]) -> str:

@@ -22,8 +22,8 @@ import math
 import numbers
 from typing import Any, Sequence
 
-from helpers.boxes import check_normalized, iou, to_normalized, to_pixels
-from helpers.tokens import NUM_BINS, Grounding, box_to_patch_index, patch_index_to_box
+from helpers.grounding.boxes import check_normalized, iou, to_normalized, to_pixels
+from helpers.grounding.tokens import NUM_BINS, Grounding, box_to_patch_index, patch_index_to_box
 
 Box = tuple[float, float, float, float]
 BoxPx = tuple[int, int, int, int]
@@ -173,7 +173,7 @@ def grid_round_trip(box: Sequence[float], num_bins: int = NUM_BINS) -> tuple[Box
 def entity_boxes_px(grounding: Any, image_size: Sequence[int]) -> list[tuple[str, list[BoxPx]]]:
     """Each entity's phrase with its boxes in whole pixels of an image of ``image_size``.
 
-    ``grounding`` is a :class:`~helpers.tokens.Grounding`, a list of :class:`~helpers.tokens.Entity`, or
+    ``grounding`` is a :class:`~helpers.grounding.tokens.Grounding`, a list of :class:`~helpers.grounding.tokens.Entity`, or
     the processor's entity tuples ``[(phrase, (start, end), [box, …]), …]``. Pixel values are rounded
     to the nearest whole pixel.
 
@@ -211,17 +211,17 @@ def ask_about_box(
 ) -> tuple[str, Grounding]:
     """Ask "What is this <noun>?" about the region ``box_px`` (pixels) of ``image``.
 
-    The pixel box is turned into a normalized box (:func:`helpers.boxes.to_normalized`), the English
-    grounded-question prompt (:func:`helpers.world.qa_prompt`) gets it as the user box, and the model
-    answers greedily (:func:`helpers.model.ground`). Returns ``(answer, grounding)``: the text after
-    ``Answer:`` and the whole :class:`~helpers.tokens.Grounding`.
+    The pixel box is turned into a normalized box (:func:`helpers.grounding.boxes.to_normalized`), the English
+    grounded-question prompt (:func:`helpers.world.language.qa_prompt`) gets it as the user box, and the model
+    answers greedily (:func:`helpers.grounding.model.ground`). Returns ``(answer, grounding)``: the text after
+    ``Answer:`` and the whole :class:`~helpers.grounding.tokens.Grounding`.
 
     Raises:
         ValueError: ``box_px`` does not lie within the image or has no area, or ``noun`` is empty.
         TypeError: ``noun`` is not a str.
     """
-    from helpers.model import ground
-    from helpers.world import qa_prompt
+    from helpers.grounding.model import ground
+    from helpers.grounding.prompts import qa_prompt
 
     if not isinstance(noun, str):
         raise TypeError(f"noun must be a str such as 'object' or 'character', got {type(noun).__name__}")

@@ -1,16 +1,8 @@
 """Ground a folder of images in batches and keep the results: JSON Lines plus annotated PNGs.
 
 :func:`ground_folder` is what ``python -m helpers ground`` runs. For every image it writes one line to
-``OUT/results.jsonl`` and the image with its boxes drawn to ``OUT/<name>.png``. A line looks like::
-
-    {"file": "scenes/a.png", "annotated": "a.png", "width": 160, "height": 120,
-     "prompt": "<grounding> An image of", "caption": "An image of a red circle.",
-     "entities": [{"phrase": "a red circle", "span": [12, 24],
-                   "boxes": [[0.1, 0.2, 0.4, 0.6]], "boxes_px": [[16.0, 24.0, 64.0, 72.0]]}],
-     "problems": [], "generated": "<grounding> An image of<phrase> a red circle</phrase><object>…</object>."}
-
-``boxes`` are normalized ``(x0, y0, x1, y1)``; ``boxes_px`` the same boxes in pixels of the original image;
-``generated`` is the decoded text after the image prefix (the prompt and the model's answer, tags kept).
+``OUT/results.jsonl`` (the layout of :func:`helpers.course.outputs.grounding_record`) and the image with
+its boxes drawn to ``OUT/<name>.png``.
 """
 
 from __future__ import annotations
@@ -20,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from helpers.images import ImageLoadError
+from helpers.course.outputs import grounding_record
+from helpers.grounding.images import ImageLoadError
 
 #: File endings that count as images when a folder is given.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -77,25 +70,6 @@ def _annotated_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def grounding_record(file: str, prompt: str, grounding, image_size: tuple[int, int],
-                     annotated: str | None = None) -> dict:
-    """The JSON record of one grounded image (the layout is in the module docstring)."""
-    from helpers.boxes import to_pixels
-    from helpers.tokens import strip_image_prefix
-
-    width, height = image_size
-    entities = []
-    for e in grounding.entities:
-        d = e.to_dict()
-        d["boxes_px"] = [[round(v, 1) for v in to_pixels(b, (width, height))] for b in e.boxes]
-        entities.append(d)
-    return {
-        "file": file, "annotated": annotated, "width": width, "height": height, "prompt": prompt,
-        "caption": grounding.caption, "entities": entities, "problems": list(grounding.problems),
-        "generated": strip_image_prefix(grounding.raw),
-    }
-
-
 def ground_folder(
     model,
     processor,
@@ -114,12 +88,12 @@ def ground_folder(
         paths: image files and/or folders of images (see :func:`image_files`).
         prompt: the prompt for every image, e.g. ``"<grounding> An image of"``.
         out_dir: created if needed; ``results.jsonl`` in it is replaced.
-        batch_size: images per ``generate`` call (default: :func:`helpers.model.default_batch_size`).
+        batch_size: images per ``generate`` call (default: :func:`helpers.grounding.model.default_batch_size`).
             Batches are left-padded, so the results do not depend on it.
         max_new_tokens: the most tokens generated per image.
         box: one normalized user box ``(x0, y0, x1, y1)`` for every image; it goes after the prompt's
-            first ``</phrase>`` (e.g. with ``helpers.world.GENERATION_PROMPT``).
-        progress: a progress bar over the images; default :func:`helpers.progress.interactive`.
+            first ``</phrase>`` (e.g. with ``helpers.world.language.GENERATION_PROMPT``).
+        progress: a progress bar over the images; default :func:`helpers.grounding.progress.interactive`.
 
     Each record's ``"file"`` is the path as given (joined with the folder for folder arguments) and
     ``"annotated"`` the PNG's name inside ``out_dir``. Results are written batch by batch, so a long run
@@ -130,10 +104,10 @@ def ground_folder(
             paths).
         ValueError: an empty ``prompt``, a bad ``box``, or a box with a prompt that has no ``<phrase>``.
     """
-    from helpers.images import load_image
-    from helpers.model import default_batch_size, ground
-    from helpers.plotting import draw_entities, draw_user_box
-    from helpers.progress import interactive
+    from helpers.grounding.images import load_image
+    from helpers.grounding.model import default_batch_size, ground
+    from helpers.grounding.plotting import draw_entities, draw_user_box
+    from helpers.grounding.progress import interactive
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"prompt must be a non-empty str, e.g. '<grounding> An image of', got {prompt!r}")
@@ -142,7 +116,7 @@ def ground_folder(
         raise ImageLoadError("no images given")
     bboxes_one = None
     if box is not None:
-        from helpers.boxes import check_normalized
+        from helpers.grounding.boxes import check_normalized
 
         box = check_normalized(box)
         if not (box[2] > box[0] and box[3] > box[1]):
@@ -223,7 +197,7 @@ def contact_sheet(images: Sequence, columns: int = 3, cell: tuple[int, int] = (2
     """
     from PIL import Image
 
-    from helpers.images import load_image
+    from helpers.grounding.images import load_image
 
     images = list(images)
     if not images:

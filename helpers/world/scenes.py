@@ -238,7 +238,7 @@ def draw_scene(
         ValueError: a box that is not four numbers with ``0 <= x0 < x1 <= 1`` and ``0 <= y0 < y1 <= 1``, a
             kind that is not in the world (:func:`check_kind`), or a size that is not two positive ints.
     """
-    from helpers.boxes import check_normalized
+    from helpers.grounding.boxes import check_normalized
 
     if (not isinstance(size, (tuple, list)) or len(size) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):

@@ -20,14 +20,20 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from helpers.paths import bundled_model_dir
-from helpers.tokens import Grounding, parse_generation
+from helpers.course.paths import bundled_model_dir
+from helpers.grounding.prompts import CAPTION_PROMPT
+from helpers.grounding.tokens import Grounding, parse_generation
 
 REAL_MODEL = "microsoft/kosmos-2-patch14-224"
 _HUB_PROBE_URL = "https://huggingface.co/api/models/" + REAL_MODEL
 _QUANTIZATIONS = (None, "4bit", "8bit")
+
+#: Functions called as ``hook(images, prompts, results)`` after every :func:`ground` call, with the RGB
+#: images, one prompt per image and the results. Empty unless something adds to it: the course's main job
+#: adds one to keep what each notebook grounded (:func:`helpers.course.outputs.start_recording`).
+GROUND_HOOKS: list[Callable[[list, list[str], list[Grounding]], None]] = []
 
 
 class ModelLoadError(ValueError):
@@ -313,7 +319,7 @@ def default_batch_size(model) -> int:
 
 
 
-_IMAGE_HELP = ("a PIL image, or a file path, URL or image bytes that helpers.images.load_image reads "
+_IMAGE_HELP = ("a PIL image, or a file path, URL or image bytes that helpers.grounding.images.load_image reads "
                "(for a numpy array use PIL.Image.fromarray(array))")
 
 
@@ -329,7 +335,7 @@ def _prepare_images(images) -> list:
     """``images`` as a list of RGB PIL images: paths, URLs and bytes are loaded, other modes converted."""
     from PIL import Image
 
-    from helpers.images import load_image, to_rgb
+    from helpers.grounding.images import load_image, to_rgb
 
     if isinstance(images, (Image.Image, str, os.PathLike, bytes, bytearray)):
         items = [images]
@@ -361,17 +367,17 @@ def ground(
     model,
     processor,
     images,
-    prompts: str | Sequence[str] = "<grounding> An image of",
+    prompts: str | Sequence[str] = CAPTION_PROMPT,
     bboxes: Sequence | None = None,
     max_new_tokens: int = 128,
     batch_size: int | None = None,
     progress: bool | None = None,
 ) -> list[Grounding]:
-    """Generate for each image (greedy) and parse the output into :class:`~helpers.tokens.Grounding` objects.
+    """Generate for each image (greedy) and parse the output into :class:`~helpers.grounding.tokens.Grounding` objects.
 
     ``images`` is one image or a list (an empty list gives an empty list); each image is a PIL image (any
-    mode: it is converted to RGB as :func:`helpers.images.to_rgb` does, transparency on white) or a file
-    path, URL or image bytes, loaded with :func:`helpers.images.load_image`. ``prompts`` is one prompt for
+    mode: it is converted to RGB as :func:`helpers.grounding.images.to_rgb` does, transparency on white) or a file
+    path, URL or image bytes, loaded with :func:`helpers.grounding.images.load_image`. ``prompts`` is one prompt for
     all or one per image; ``bboxes`` (one entry per image, as the processor takes them: ``None`` or a list
     with one entry per ``<phrase>…</phrase>`` of the prompt, each a normalized box, a list of boxes or
     ``None``) adds user boxes after the prompt's phrases. A batch only holds prompts of the same token
@@ -382,7 +388,7 @@ def ground(
         TypeError: an image, a prompt, a ``bboxes`` entry, ``max_new_tokens`` or ``batch_size`` of the wrong type.
         ValueError: counts that do not match (prompts or ``bboxes`` entries vs images, boxes vs phrases), a box
             that is not a normalized box with area (a pixel box, inverted, NaN …), or a count below 1.
-        helpers.images.ImageLoadError: an image path or URL could not be loaded.
+        helpers.grounding.images.ImageLoadError: an image path or URL could not be loaded.
     """
     import torch
 
@@ -415,7 +421,7 @@ def ground(
     results: list[Grounding | None] = [None] * len(images)
     batches = _equal_length_batches(processor, prompts_l, bboxes, batch_size)
     if progress is None:
-        from helpers.progress import interactive
+        from helpers.grounding.progress import interactive
 
         progress = interactive()
     if progress:
@@ -439,6 +445,8 @@ def ground(
                 results[i] = parse_generation(text)
     finally:
         tokenizer.padding_side = old_side
+    for hook in GROUND_HOOKS:
+        hook(images, prompts_l, results)
     return results  # type: ignore[return-value]  (every slot is filled)
 
 
@@ -507,7 +515,7 @@ def _boxes_for_processor(entry, prompt: str, index: int):
 
 
 def _box_tuple(box) -> tuple[float, float, float, float]:
-    from helpers.boxes import check_normalized
+    from helpers.grounding.boxes import check_normalized
 
     x0, y0, x1, y1 = check_normalized(box)
     if not (x1 > x0 and y1 > y0):

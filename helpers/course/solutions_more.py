@@ -37,8 +37,8 @@ def find_boxes(model, processor, image, phrase: str) -> list[Box]:
     Raises:
         ValueError: ``phrase`` is empty.
     """
-    from helpers.model import ground
-    from helpers.world import comprehension_prompt
+    from helpers.grounding.model import ground
+    from helpers.grounding.prompts import comprehension_prompt
 
     if not isinstance(phrase, str) or not phrase.strip():
         raise ValueError(f"phrase must be a non-empty str such as 'the red circle', got {phrase!r}")
@@ -52,11 +52,11 @@ def find_boxes(model, processor, image, phrase: str) -> list[Box]:
 def count_phrases(results: str | os.PathLike | Iterable[dict]) -> Counter:
     """How often each grounded phrase occurs across batch results, compared without a leading article.
 
-    ``results`` is a folder or ``results.jsonl`` file written by :func:`helpers.batch.ground_folder`, or
+    ``results`` is a folder or ``results.jsonl`` file written by :func:`helpers.course.batch.ground_folder`, or
     its records. A phrase with two boxes ("two red circles") counts once.
     """
-    from helpers.batch import read_results
-    from helpers.evaluation import normalize_phrase
+    from helpers.course.batch import read_results
+    from helpers.grounding.evaluation import normalize_phrase
 
     records = read_results(results) if isinstance(results, (str, os.PathLike)) else list(results)
     counts: Counter = Counter()
@@ -73,7 +73,7 @@ def count_phrases(results: str | os.PathLike | Iterable[dict]) -> Counter:
 def miss_reasons(rows: Iterable[dict], threshold: float = 0.5, near: float = 0.1) -> Counter:
     """Sort comprehension results into ``"hit"``, ``"loose box"``, ``"wrong place"`` and ``"no box"``.
 
-    ``rows`` are :attr:`helpers.refcoco.ComprehensionResult.rows` (each with ``"predicted"`` and ``"iou"``).
+    ``rows`` are :attr:`helpers.grounding.refcoco.ComprehensionResult.rows` (each with ``"predicted"`` and ``"iou"``).
     A box with IoU ≥ ``threshold`` is a hit; ``near`` ≤ IoU < ``threshold`` is a loose box (the right
     thing, badly framed); IoU < ``near`` is the wrong place.
     """
@@ -108,11 +108,11 @@ def add_noise(image, sigma: float, seed: int = 0):
 
 
 def first_out_of_world(image, sigmas: Sequence[float], seed: int = 0) -> float | None:
-    """The smallest noise level in ``sigmas`` at which :func:`helpers.playground.looks_in_world` says no.
+    """The smallest noise level in ``sigmas`` at which :func:`helpers.course.playground.looks_in_world` says no.
 
     Returns ``None`` when the image still looks in-world at every level tried.
     """
-    from helpers.playground import looks_in_world
+    from helpers.course.playground import looks_in_world
 
     for sigma in sorted(sigmas):
         if not looks_in_world(add_noise(image, sigma, seed)):

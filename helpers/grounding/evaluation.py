@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from helpers.boxes import iou
-from helpers.tokens import Grounding
+from helpers.grounding.boxes import iou
+from helpers.grounding.tokens import Grounding
 
 IOU_THRESHOLD = 0.5
 #: Scenes for evaluation come from this seed; training draws its scenes from 62-bit random seeds
-#: of ``random.Random(training seed)`` through :func:`helpers.synthetic.sample_scene`, never this range.
+#: of ``random.Random(training seed)`` through :func:`helpers.world.scenes.sample_scene`, never this range.
 HELD_OUT_SEED = 20_231_114
 
 _ARTICLES = ("a ", "an ", "the ")
@@ -147,11 +147,11 @@ class Report:
 
 def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new_tokens: int = 96,
              seed: int = 0) -> Report:
-    """Run every task on ``scenes`` and score it (prompts as in :mod:`helpers.world`, exact user boxes)."""
-    from helpers.model import ground
-    from helpers.world import CAPTION_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
-    from helpers.synthetic import SPECIAL_KINDS, definite_phrase
-    from helpers.world import answer_name
+    """Run every task on ``scenes`` and score it (prompts as in :mod:`helpers.world.language`, exact user boxes)."""
+    from helpers.grounding.model import ground
+    from helpers.grounding.prompts import CAPTION_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
+    from helpers.world.scenes import SPECIAL_KINDS, definite_phrase
+    from helpers.world.language import answer_name
 
     rng = random.Random(seed)
     seconds: dict[str, float] = {}
@@ -207,14 +207,15 @@ def answer_after(caption: str, marker: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m helpers.evaluation [--scenes N] [--model DIR]``: evaluate a model on held-out scenes."""
+    """``python -m helpers evaluate [--scenes N] [--model DIR]``: evaluate a model on held-out scenes."""
     import argparse
     import json
 
-    from helpers.model import load
-    from helpers.synthetic import sample_scenes
+    from helpers.grounding.model import load
+    from helpers.world.scenes import sample_scenes
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m helpers evaluate",
+                                     description="Evaluate a model on held-out scenes of the synthetic world.")
     parser.add_argument("--scenes", type=int, default=220)
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--model", default=None)
@@ -229,6 +230,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         with open(args.json, "w") as f:
             json.dump(report.as_dict(), f, indent=1)
 
-
-if __name__ == "__main__":
-    main()

@@ -6,11 +6,11 @@ so the same output always gives the same picture, and the caption highlighted by
 
 Functions here accept grounded output in any of these forms:
 
-* a ``helpers.tokens.Grounding`` (anything with ``.caption`` and ``.entities``);
+* a ``helpers.grounding.tokens.Grounding`` (anything with ``.caption`` and ``.entities``);
 * the ``(caption, entities)`` pair that the transformers Kosmos-2 processor's
   ``post_process_generation`` returns;
 * a list of entities, each either an object with ``.phrase``, ``.span`` and ``.boxes`` (such as
-  ``helpers.tokens.Entity``) or a processor-style tuple ``(phrase, (start, end), [box, ...])``.
+  ``helpers.grounding.tokens.Entity``) or a processor-style tuple ``(phrase, (start, end), [box, ...])``.
 
 Boxes are normalized ``(x0, y0, x1, y1)`` in [0, 1]; pixel rectangles have names ending in ``_px`` and
 are ``(x0, y0, x1, y1)`` integers with ``x1``/``y1`` exclusive.
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from helpers.boxes import check_normalized, to_pixels
-from helpers.images import to_rgb
+from helpers.grounding.boxes import check_normalized, to_pixels
+from helpers.grounding.images import to_rgb
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.axes import Axes
@@ -143,7 +143,7 @@ def _parse(grounding: Any) -> tuple[str | None, list[_Entity]]:
 def _check_image(image: Any, what: str = "image") -> Image.Image:
     if not isinstance(image, Image.Image):
         raise TypeError(
-            f"{what} must be a PIL.Image.Image (load files and URLs with helpers.images.load_image), "
+            f"{what} must be a PIL.Image.Image (load files and URLs with helpers.grounding.images.load_image), "
             f"got {type(image).__name__}"
         )
     if image.width < 1 or image.height < 1:

@@ -2,28 +2,28 @@
 
 Every process holds its own copy of the model. The list of images is cut into one contiguous share per
 process (:meth:`accelerate.PartialState.split_between_processes`), each process grounds its share with
-:func:`helpers.model.ground`, and :func:`accelerate.utils.gather_object` brings the results back, in the
+:func:`helpers.grounding.model.ground`, and :func:`accelerate.utils.gather_object` brings the results back, in the
 original order. On one process (a plain ``python`` run) nothing is split and the result is what
-:func:`~helpers.model.ground` gives.
+:func:`~helpers.grounding.model.ground` gives.
 
 From the command line, one process per GPU::
 
-    accelerate launch --num_processes 4 -m helpers.distributed photos/ --out results.jsonl
+    accelerate launch --num_processes 4 -m helpers distributed photos/ --out results.jsonl
 
 and on a machine without a GPU, for trying it out, two CPU processes (``accelerate launch --cpu`` alone
 starts one process unless MPI is set up, so ask for the multi-process launcher)::
 
-    accelerate launch --multi_gpu --num_processes 2 -m helpers.distributed photos/ --out results.jsonl
+    accelerate launch --multi_gpu --num_processes 2 -m helpers distributed photos/ --out results.jsonl
 
 Without a GPU the processes talk through the gloo backend; ``torchrun --nproc_per_node 2 -m
-helpers.distributed …`` does the same.
+helpers distributed …`` does the same.
 The main process writes ``results.jsonl``, one line per image in the order given, in the layout of
-:func:`helpers.batch.grounding_record` (without annotated pictures: ``"annotated"`` is ``null``).
+:func:`helpers.course.outputs.grounding_record` (without annotated pictures: ``"annotated"`` is ``null``).
 
 A failure on one process (an unreadable image, say) is gathered like a result, so every process raises
 the same :class:`DistributedGroundingError` instead of the others waiting for it forever.
 
-Results equal one :func:`~helpers.model.ground` call over all images: ``ground`` batches only prompts of
+Results equal one :func:`~helpers.grounding.model.ground` call over all images: ``ground`` batches only prompts of
 the same token length, so no answer depends on which images share a batch or a process.
 """
 
@@ -35,10 +35,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from helpers.cli_ground import DEFAULT_PROMPT  # the caption prompt; importing it loads no model code
+from helpers.grounding.prompts import CAPTION_PROMPT
 
 T = TypeVar("T")
-PROG = "accelerate launch -m helpers.distributed"
+PROG = "accelerate launch -m helpers distributed"
 
 
 class DistributedGroundingError(RuntimeError):
@@ -126,7 +126,7 @@ def ground_distributed(
     model,
     processor,
     images: Sequence[Any],
-    prompts: str | Sequence[str] = DEFAULT_PROMPT,
+    prompts: str | Sequence[str] = CAPTION_PROMPT,
     bboxes: Sequence | None = None,
     max_new_tokens: int = 128,
     batch_size: int | None = None,
@@ -136,18 +136,18 @@ def ground_distributed(
 
     Args:
         model: the model, already on this process's device (``accelerator.device``), as
-            :func:`helpers.model.load` puts it with ``device=str(accelerator.device)``.
+            :func:`helpers.grounding.model.load` puts it with ``device=str(accelerator.device)``.
         processor: its processor.
-        images: a list of PIL images, or of anything :func:`helpers.images.load_image` reads (paths,
+        images: a list of PIL images, or of anything :func:`helpers.grounding.images.load_image` reads (paths,
             URLs, bytes); those are loaded by the process that grounds them, so each process reads only
             its share. PIL images are used as they are.
-        prompts, bboxes, max_new_tokens, batch_size: as for :func:`helpers.model.ground` (one prompt for
+        prompts, bboxes, max_new_tokens, batch_size: as for :func:`helpers.grounding.model.ground` (one prompt for
             all images or one per image; one ``bboxes`` entry per image); ``batch_size`` is per process.
         accelerator: an ``accelerate.Accelerator`` or ``PartialState``; by default a ``PartialState``
             (on the CPU processes when torch sees no GPU).
 
     Returns:
-        One :class:`~helpers.tokens.Grounding` per image, in the order of ``images``, on every process.
+        One :class:`~helpers.grounding.tokens.Grounding` per image, in the order of ``images``, on every process.
 
     Raises:
         TypeError, ValueError: bad arguments (checked on every process before any work).
@@ -155,8 +155,8 @@ def ground_distributed(
     """
     from PIL import Image
 
-    from helpers.images import load_image
-    from helpers.model import ground
+    from helpers.grounding.images import load_image
+    from helpers.grounding.model import ground
 
     if isinstance(images, (str, bytes, Image.Image)) or not isinstance(images, Sequence):
         raise TypeError(f"images must be a list of images or paths, got {type(images).__name__}")
@@ -191,17 +191,17 @@ def ground_distributed(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m helpers.distributed``."""
+    """The argument parser of ``python -m helpers distributed``."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Ground images on every process of an `accelerate launch` run; the main process writes "
                     "one JSON line per image, in the order given.",
-        epilog="Example: accelerate launch --num_processes 2 -m helpers.distributed photos/ --out results.jsonl",
+        epilog="Example: accelerate launch --num_processes 2 -m helpers distributed photos/ --out results.jsonl",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     parser.add_argument("--out", required=True, metavar="FILE", help="the JSON Lines file to write (replaced)")
     parser.add_argument("--model", default=None, metavar="M", help="a model folder or hub id (default: as load())")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"the prompt for every image (default: {DEFAULT_PROMPT!r})")
+    parser.add_argument("--prompt", default=CAPTION_PROMPT, help=f"the prompt for every image (default: {CAPTION_PROMPT!r})")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per generate call, per process")
     parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="most tokens per answer (default 128)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, code: int = 2) -> int:
-    from helpers.cli_ground import fail
+    from helpers.course.cli import fail
 
     return fail(message, code, prog=PROG)
 
@@ -224,21 +224,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as stop:  # --help (0) or a usage error (2, message already printed)
         return int(stop.code or 0)
-    from helpers.cli_ground import option_problem
+    from helpers.course.cli import option_problem
 
     problem = option_problem(args)
     if problem:
         return _fail(problem)
 
-    from helpers.batch import grounding_record, image_files
-    from helpers.images import ImageLoadError, load_image
+    from helpers.course.batch import image_files
+    from helpers.course.outputs import grounding_record
+    from helpers.grounding.images import ImageLoadError, load_image
 
     try:  # the same check on every process, before any of them loads a model
         files = image_files(args.images)
     except ImageLoadError as err:
         return _fail(str(err))
 
-    from helpers.model import ModelLoadError, ground, load
+    from helpers.grounding.model import ModelLoadError, ground, load
 
     state = _state()
     try:
@@ -270,6 +271,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     state.wait_for_everyone()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

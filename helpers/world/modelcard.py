@@ -1,7 +1,7 @@
 """Evaluate a trained world model and write its model card (``README.md``) and ``evaluation.json``.
 
-``python -m helpers.modelcard data/kosmos2-tiny-world`` — the last step of rebuilding the bundled model
-(``python -m helpers.training`` calls it too).
+``python -m helpers modelcard data/kosmos2-tiny-world`` — the last step of rebuilding the bundled model
+(``python -m helpers train`` calls it too).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from helpers.evaluation import HELD_OUT_SEED, evaluate
+from helpers.grounding.evaluation import HELD_OUT_SEED, evaluate
 
 REBUILD_COMMANDS = (
-    "python -m helpers.training --out run1 --seed 0 --vision-steps 500 --steps 100000 --minutes 52 "
+    "python -m helpers train --out run1 --seed 0 --vision-steps 500 --steps 100000 --minutes 52 "
     "--batch-size 48 --threads 2 --no-evaluate",
-    "python -m helpers.training --out data/kosmos2-tiny-world --resume run1 --vision-steps 0 --steps 100000 "
+    "python -m helpers train --out data/kosmos2-tiny-world --resume run1 --vision-steps 0 --steps 100000 "
     "--minutes 15 --batch-size 48 --lr 8e-4 --warmup 50 --aux-weight 0.3 --threads 2",
 )
 
@@ -48,7 +48,7 @@ def caption_latency(model, processor, image, new_tokens: int = 32, repeats: int 
     """Median seconds per image to generate exactly ``new_tokens`` tokens for a brief caption."""
     import torch
 
-    from helpers.world import CAPTION_PROMPT
+    from helpers.grounding.prompts import CAPTION_PROMPT
 
     processor.tokenizer.padding_side = "left"
     inputs = processor(text=[CAPTION_PROMPT] * batch, images=[image] * batch, return_tensors="pt", padding=True)
@@ -66,8 +66,8 @@ def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) ->
     """Evaluate the model in ``model_dir`` on held-out scenes and write ``evaluation.json`` and ``README.md``."""
     import torch
 
-    from helpers.model import load
-    from helpers.synthetic import sample_scenes
+    from helpers.grounding.model import load
+    from helpers.world.scenes import sample_scenes
 
     model_dir = Path(model_dir)
     model, processor = load(str(model_dir), device="cpu", verbose=False)
@@ -92,7 +92,7 @@ def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) ->
 
 def render_card(model_dir: Path) -> None:
     """Rewrite ``README.md`` from the saved ``evaluation.json`` and ``training.json`` (no re-evaluation)."""
-    from helpers.model import load
+    from helpers.grounding.model import load
 
     model_dir = Path(model_dir)
     model, _ = load(str(model_dir), device="cpu", verbose=False)
@@ -125,15 +125,15 @@ def _card_text(model, result: dict, training: dict) -> str:
         "- image preprocessing: resize to a square without centre-cropping (CLIP statistics), like the real checkpoint",
         "",
         "## Data",
-        "Scenes from `helpers.synthetic.sample_scene`: 1–3 kinds of object, a quarter of scenes with two of one",
+        "Scenes from `helpers.world.scenes.sample_scene`: 1–3 kinds of object, a quarter of scenes with two of one",
         "kind (one phrase, two boxes), random image sizes and aspect ratios, pale backgrounds. Every scene gives",
-        "GRIT-style texts for five tasks (`helpers.world.scene_examples`): brief caption, detailed caption,",
+        "GRIT-style texts for five tasks (`helpers.world.language.scene_examples`): brief caption, detailed caption,",
         "referring-expression comprehension, a question about a user box, and referring-expression generation.",
         "Training scenes are drawn from 62-bit seeds of `random.Random(training seed)`; evaluation scenes come",
         f"from `sample_scenes(n, seed={result['seed']})`, never used in training.",
         "",
         "## Training",
-        "Recipe in `helpers/training.py`: location-token embeddings initialised with sine/cosine features of",
+        "Recipe in `helpers/world/language/training.py`: location-token embeddings initialised with sine/cosine features of",
         "their bin; training-only dense heads on the vision tower and on the image tokens (what covers each",
         "patch, and that object's box); supervised attention (head 0 of each decoder layer is shown which image",
         "tokens belong to the object being named); a vision-only warm-up stage, then all tasks together.",
@@ -161,13 +161,13 @@ def _card_text(model, result: dict, training: dict) -> str:
         "",
         "```bash",
         *REBUILD_COMMANDS,
-        "python -m helpers.modelcard data/kosmos2-tiny-world",
+        "python -m helpers modelcard data/kosmos2-tiny-world",
         "```",
         "",
         "## Evaluation",
-        f"Measured on {result['date']} with `python -m helpers.modelcard` on {result['machine']}.",
+        f"Measured on {result['date']} with `python -m helpers modelcard` on {result['machine']}.",
         "Counted per ground-truth object; phrases match after lower-casing and dropping a leading a/an/the; a box",
-        "hits at IoU ≥ 0.5 (`helpers.evaluation`). User boxes in the question and generation tasks are the",
+        "hits at IoU ≥ 0.5 (`helpers.grounding.evaluation`). User boxes in the question and generation tasks are the",
         "objects' true boxes.",
         "",
         evaluation_table(result),
@@ -185,7 +185,8 @@ def _card_text(model, result: dict, training: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate a world model and write its model card.")
+    parser = argparse.ArgumentParser(prog="python -m helpers modelcard",
+                                     description="Evaluate a world model and write its model card.")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--scenes", type=int, default=220)
     parser.add_argument("--render-only", action="store_true", help="rewrite README.md from evaluation.json")
@@ -196,6 +197,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = write_card(args.model_dir, scenes=args.scenes)
     print(json.dumps(result, indent=1))
 
-
-if __name__ == "__main__":
-    main()

@@ -57,14 +57,14 @@ def box_to_patch_index(box: Sequence[float], num_bins: int = NUM_BINS) -> tuple[
     the bottom-right corner to the last bin it reaches.
 
     Raises:
-        ValueError: the box is not a valid normalized box (see :func:`helpers.boxes.check_normalized`), or
+        ValueError: the box is not a valid normalized box (see :func:`helpers.grounding.boxes.check_normalized`), or
             it has no area (``x1 <= x0`` or ``y1 <= y0``), which the processor refuses too.
 
     One deliberate difference: when ``x1`` (or ``y1``) is so close to 0 that ``x1 * num_bins - 1`` rounds
     to ``-1.0`` in floating point (below about ``1e-17``), the processor computes column ``-1``, which is
     not a bin; here the corner goes to bin 0.
     """
-    from helpers.boxes import check_normalized
+    from helpers.grounding.boxes import check_normalized
 
     _check_num_bins(num_bins)
     x0, y0, x1, y1 = check_normalized(box)
@@ -141,7 +141,7 @@ def strip_image_prefix(text: str) -> str:
 
 
 def _box_from_value(value: object, what: str) -> Box:
-    from helpers.boxes import check_normalized
+    from helpers.grounding.boxes import check_normalized
 
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ValueError(f"{what} must be a list of 4 numbers (x0, y0, x1, y1), got {value!r}")

@@ -4,7 +4,7 @@ Example::
 
     python -m helpers ground photos/ extra.png --prompt "<grounding> An image of" --out grounded
 
-writes ``grounded/results.jsonl`` (one JSON line per image, see :mod:`helpers.batch`) and one annotated PNG
+writes ``grounded/results.jsonl`` (one JSON line per image, see :mod:`helpers.course.batch`) and one annotated PNG
 per image beside it, then prints one line per image. Folders stand for the image files in them.
 
 Exit codes: 0 when every image was grounded; 2 for bad input (missing or unreadable images, a bad box or
@@ -18,8 +18,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from helpers.grounding.prompts import CAPTION_PROMPT
+
 PROG = "python -m helpers ground"
-DEFAULT_PROMPT = "<grounding> An image of"  # helpers.world.CAPTION_PROMPT, repeated so --help loads nothing
+DEFAULT_PROMPT = CAPTION_PROMPT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,15 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         return _fail(problem)
 
-    from helpers.batch import RESULTS_NAME, ground_folder, image_files
-    from helpers.images import ImageLoadError
+    from helpers.course.batch import RESULTS_NAME, ground_folder, image_files
+    from helpers.grounding.images import ImageLoadError
 
     try:  # check the images before spending time on loading a model
         files = image_files(args.images)
     except ImageLoadError as err:
         return _fail(str(err))
     if args.box is not None:
-        from helpers.boxes import check_normalized
+        from helpers.grounding.boxes import check_normalized
 
         try:
             check_normalized(args.box)
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "<phrase>" not in args.prompt:
             return _fail("--box needs a <phrase>…</phrase> in --prompt, e.g. '<grounding><phrase> It</phrase> is'")
 
-    from helpers.model import ModelLoadError, load
+    from helpers.grounding.model import ModelLoadError, load
 
     try:
         model, processor = load(args.model, verbose=not args.quiet)
@@ -110,6 +112,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {len(records)} result(s) to {Path(args.out) / RESULTS_NAME} and annotated PNGs beside it")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ the playground can warn when the answer is likely to be meaningless. The heurist
 
 1. shrink the image to at most 128 pixels a side (nearest neighbour, which keeps the colours);
 2. take the world's palette: every colour the world's drawing code paints (found by drawing each kind of
-   object once with :mod:`helpers.synthetic`), plus the image's own most common colour when it is light
+   object once with :mod:`helpers.world.scenes`), plus the image's own most common colour when it is light
    (every channel ≥ 200), which is how the world's backgrounds look;
 3. the score is the share of pixels within :data:`COLOUR_TOLERANCE` (Euclidean distance in RGB, 0–255)
    of a palette colour.
@@ -42,9 +42,9 @@ def world_palette() -> np.ndarray:
     """Every colour the synthetic world paints on objects, as an ``(n, 3)`` array of RGB values.
 
     Found by drawing each kind of object once (large, on a marker background) and keeping every colour
-    that covers at least 0.2 % of the drawing, so it follows :mod:`helpers.synthetic` when that changes.
+    that covers at least 0.2 % of the drawing, so it follows :mod:`helpers.world.scenes` when that changes.
     """
-    from helpers.synthetic import KINDS, draw_scene
+    from helpers.world.scenes import KINDS, draw_scene
 
     marker = (1, 2, 3)
     colours: set[tuple[int, int, int]] = set()
@@ -117,8 +117,8 @@ class PlaygroundResult:
 
 def default_images() -> dict[str, Image.Image]:
     """The project's own pictures to choose from: the two illustrations and three held-out scenes (320 x 240)."""
-    from helpers.evaluation import HELD_OUT_SEED
-    from helpers.synthetic import character_illustration, sample_scenes, snowman_illustration
+    from helpers.grounding.evaluation import HELD_OUT_SEED
+    from helpers.world.scenes import character_illustration, sample_scenes, snowman_illustration
 
     images = {"snowman by a fire": snowman_illustration().image, "Kumo and a square": character_illustration().image}
     for i, scene in enumerate(sample_scenes(3, seed=HELD_OUT_SEED, size=(320, 240))):
@@ -127,7 +127,7 @@ def default_images() -> dict[str, Image.Image]:
 
 
 def _prompt_examples() -> dict[str, str]:
-    from helpers.world import CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
+    from helpers.grounding.prompts import CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
 
     return {
         "brief caption": CAPTION_PROMPT,
@@ -142,7 +142,7 @@ class Playground:
     """Widgets to try prompts on images, and :meth:`run` that does the work behind the button.
 
     Args:
-        model, processor: from :func:`helpers.model.load`.
+        model, processor: from :func:`helpers.grounding.model.load`.
         images: name → PIL image to choose from (default :func:`default_images`). Uploaded images are added.
         prompt: the prompt first shown.
         max_new_tokens: the most tokens generated per run.
@@ -156,7 +156,7 @@ class Playground:
                  prompt: str | None = None, max_new_tokens: int = 64, display_width: int = 384) -> None:
         import ipywidgets as w
 
-        from helpers.world import CAPTION_PROMPT
+        from helpers.grounding.prompts import CAPTION_PROMPT
 
         self.model = model
         self.processor = processor
@@ -204,7 +204,7 @@ class Playground:
 
     def add_image(self, name: str, image: Image.Image | bytes) -> str:
         """Add an image (PIL or file bytes) to the choices, select it, and return its (unique) name."""
-        from helpers.images import load_image
+        from helpers.grounding.images import load_image
 
         picture = load_image(image)
         base, k = name or "uploaded image", 1
@@ -233,9 +233,9 @@ class Playground:
             KeyError: ``image`` is a name that is not among the choices.
             ValueError: an empty prompt, a bad box, or a box with a prompt that has no ``<phrase>``.
         """
-        from helpers.boxes import check_normalized
-        from helpers.model import ground
-        from helpers.plotting import draw_entities, draw_user_box, highlight_caption
+        from helpers.grounding.boxes import check_normalized
+        from helpers.grounding.model import ground
+        from helpers.grounding.plotting import draw_entities, draw_user_box, highlight_caption
 
         if image is None:
             image = self.image_choice.value

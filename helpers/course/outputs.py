@@ -1,0 +1,97 @@
+"""The course's results files: one record layout for every grounded image, and what the main job keeps.
+
+Every results file the course writes (``python -m helpers ground``, ``python -m helpers distributed``
+and the main job's ``records.jsonl``) holds one JSON line per grounded image in the layout of
+:func:`grounding_record`::
+
+    {"file": "scenes/a.png", "annotated": "a.png", "width": 160, "height": 120,
+     "prompt": "<grounding> An image of", "caption": "An image of a red circle.",
+     "entities": [{"phrase": "a red circle", "span": [12, 24],
+                   "boxes": [[0.1, 0.2, 0.4, 0.6]], "boxes_px": [[16.0, 24.0, 64.0, 72.0]]}],
+     "problems": [], "generated": "<grounding> An image of<phrase> a red circle</phrase><object>…</object>."}
+
+``boxes`` are normalized ``(x0, y0, x1, y1)``; ``boxes_px`` the same boxes in pixels of the original image;
+``generated`` is the decoded text after the image prefix (the prompt and the model's answer, tags kept);
+``file`` is the image's path (``null`` for an image that was never a file) and ``annotated`` the PNG with
+the boxes drawn (``null`` when none was written).
+
+The lessons hold no code for the main job. When it executes a notebook, the main job first runs
+:func:`start_recording` in the notebook's kernel (in a set-up cell that it removes again from the
+executed copy): from then on every :func:`helpers.grounding.model.ground` call in that kernel adds one
+record per image to ``OUT/records.jsonl`` (with ``"notebook"`` and ``"cell"``, the execution count) and
+the annotated picture to ``OUT/images/``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from helpers.grounding import model as grounding_model
+from helpers.grounding.boxes import to_pixels
+from helpers.grounding.tokens import strip_image_prefix
+
+RECORDS_NAME = "records.jsonl"
+
+
+def grounding_record(file: str | None, prompt: str, grounding, image_size: tuple[int, int],
+                     annotated: str | None = None) -> dict:
+    """The JSON record of one grounded image (the layout is in the module docstring)."""
+    width, height = image_size
+    entities = []
+    for e in grounding.entities:
+        d = e.to_dict()
+        d["boxes_px"] = [[round(v, 1) for v in to_pixels(b, (width, height))] for b in e.boxes]
+        entities.append(d)
+    return {
+        "file": file, "annotated": annotated, "width": width, "height": height, "prompt": prompt,
+        "caption": grounding.caption, "entities": entities, "problems": list(grounding.problems),
+        "generated": strip_image_prefix(grounding.raw),
+    }
+
+
+def _cell() -> int | None:
+    """The execution count of the running notebook cell, or ``None`` outside IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return getattr(shell, "execution_count", None) if shell is not None else None
+
+
+def start_recording(out: str | Path, notebook: str) -> Callable:
+    """Keep every later grounding of this process under ``out``: records and annotated PNGs.
+
+    Adds a hook to :data:`helpers.grounding.model.GROUND_HOOKS` and returns it (remove it from that list
+    to stop). ``notebook`` names the records and the pictures (``OUT/images/<notebook>_NNN.png``).
+    """
+    from helpers.grounding.plotting import draw_entities
+
+    out = Path(out)
+    images_dir = out / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    count = 0
+
+    def keep(images: list, prompts: list[str], results: list) -> None:
+        nonlocal count
+        with open(out / RECORDS_NAME, "a", encoding="utf-8") as f:
+            for image, prompt, grounding in zip(images, prompts, results):
+                count += 1
+                png = images_dir / f"{notebook}_{count:03d}.png"
+                draw_entities(image, grounding).save(png)
+                entry = {"notebook": notebook, "cell": _cell(),
+                         **grounding_record(None, prompt, grounding, image.size, annotated=str(png))}
+                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    grounding_model.GROUND_HOOKS.append(keep)
+    return keep
+
+
+def read_records(out: str | Path) -> list[dict]:
+    """Every record the main job wrote under ``out`` (empty when none)."""
+    path = Path(out) / RECORDS_NAME
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,53 @@
+"""helpers.course.outputs: the one record layout, and how the main job keeps a notebook's groundings
+without any code in the lesson."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+from PIL import Image
+
+from helpers.course.notebooks import execute
+from helpers.course.outputs import RECORDS_NAME, read_records, start_recording
+from helpers.grounding import model as grounding_model
+from helpers.grounding.model import ground
+from helpers.world.scenes import sample_scenes
+
+
+def test_recording_keeps_every_grounded_image_with_its_record(tiny_model, tmp_path: Path) -> None:
+    model, processor = tiny_model
+    images = [s.image for s in sample_scenes(2, seed=3)]
+    hook = start_recording(tmp_path, "07_demo")
+    try:
+        results = ground(model, processor, images, max_new_tokens=4)
+    finally:
+        grounding_model.GROUND_HOOKS.remove(hook)
+    ground(model, processor, images[0], max_new_tokens=4)  # after removing the hook: not recorded
+    records = read_records(tmp_path)
+    assert [r["notebook"] for r in records] == ["07_demo", "07_demo"]
+    for rec, image, result in zip(records, images, results):
+        assert rec["caption"] == result.caption and rec["prompt"] == "<grounding> An image of"
+        assert (rec["width"], rec["height"]) == image.size and rec["file"] is None
+        with Image.open(rec["annotated"]) as png:
+            assert png.size == image.size
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["07_demo_001.png", "07_demo_002.png"]
+
+
+def test_execute_runs_the_setup_code_and_leaves_it_out_of_the_written_notebook(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print(SEEN)"),
+                nbformat.v4.new_code_cell("from PIL import Image\nImage.new('RGB', (8, 8), 'red')")]
+    source = tmp_path / "nb.ipynb"
+    nbformat.write(nb, source)
+    out = tmp_path / "done.ipynb"
+    execute(source, out, setup="SEEN = 'from the set-up'")
+    done = nbformat.read(out, as_version=4)
+    assert [c.source for c in done.cells] == [c.source for c in nb.cells]
+    assert done.cells[0].outputs[0].text == "from the set-up\n"
+    picture = done.cells[1].outputs[0].data
+    assert "image/png" in picture and "image/jpeg" not in picture  # stored once, as PNG
+    assert [c.execution_count for c in done.cells] == [2, 3]
+    assert not (tmp_path / RECORDS_NAME).exists()
+    assert json.loads(out.read_text())["nbformat"] == 4
