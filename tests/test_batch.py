@@ -104,7 +104,7 @@ def test_ground_folder_input_errors(tiny_model, folder, tmp_path) -> None:
     model, processor = tiny_model
     with pytest.raises(ValueError, match="needs a <phrase>"):
         ground_folder(model, processor, [folder], CAPTION_PROMPT, tmp_path, box=(0.1, 0.1, 0.5, 0.5))
-    with pytest.raises(ValueError, match="x1 > x0"):
+    with pytest.raises(ValueError, match="x0 < x1 and y0 < y1"):
         ground_folder(model, processor, [folder], GENERATION_PROMPT, tmp_path, box=(0.5, 0.1, 0.5, 0.5))
     with pytest.raises(ValueError, match="normalized box values must lie in"):
         ground_folder(model, processor, [folder], GENERATION_PROMPT, tmp_path, box=(10, 10, 50, 50))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from datetime import datetime, timedelta, timezone
 import os
 import subprocess
 import sys
@@ -57,7 +58,9 @@ def test_report_records_the_conditions(tiny_run):
     assert report["model"]["config"].startswith("tiny")
     assert 0 < report["model"]["parameters"] < 50_000_000
     assert set(report["support"]) >= {"_supports_sdpa", "_can_compile_fullgraph", "_supports_static_cache"}
-    assert report["date"][:2] == "20"
+    measured_at = datetime.fromisoformat(report["date"])
+    assert measured_at.tzinfo is not None  # a date that says which clock
+    assert abs(datetime.now(timezone.utc) - measured_at) < timedelta(hours=1)  # this run's date, not a copied one
 
 
 def test_every_path_and_batch_size_has_a_row(tiny_run):
@@ -89,11 +92,12 @@ def test_paths_that_cannot_run_are_recorded_with_a_reason(tiny_run):
     if article["status"] == "skipped":  # no CUDA here (the test hides nothing: it runs on --device cpu)
         assert "CUDA" in article["reason"] or "bitsandbytes" in article["reason"]
         assert "skipped" in run.stdout
+    # transformers' static cache does not fit Kosmos-2 (bench/README.md): with the pinned transformers the
+    # path fails in the prefill, and the failure is recorded with its reason instead of stopping the run
     static = rows["static"]
-    assert static["status"] in ("ok", "error")
-    if static["status"] == "error":
-        assert static["reason"] and ":" in static["reason"]
-        assert f"`static` (error): {static['reason']}" in markdown
+    assert static["status"] == "error", static
+    assert static["reason"].startswith("RuntimeError: The size of tensor a") and "dimension 3" in static["reason"]
+    assert f"`static` (error): {static['reason']}" in markdown
 
 
 def test_markdown_table_matches_the_json(tiny_run):

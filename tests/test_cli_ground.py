@@ -22,19 +22,6 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=240)
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A random-weight Kosmos-2 of the world's architecture, saved as a model folder."""
-    from helpers.world.training import new_model
-    from helpers.world.language import build_processor
-
-    folder = tmp_path_factory.mktemp("tiny_model")
-    processor = build_processor(64)
-    new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=32).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture()
 def workdir(tmp_path) -> Path:
     """A working folder with ``scenes/`` (two images) and a loose image ``extra.png``."""
@@ -87,10 +74,10 @@ def test_missing_images_exit_2_with_a_message(workdir) -> None:
     "args, message",
     [
         (["extra.png"], "the following arguments are required: --out"),
-        (["extra.png", "--out", "o", "--batch-size", "0"], "--batch-size must be at least 1"),
-        (["extra.png", "--out", "o", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-        (["extra.png", "--out", "o", "--prompt", " "], "--prompt must not be empty"),
-        (["extra.png", "--out", "o", "--box", "0.1", "0.1", "0.5", "0.5"], "--box needs a <phrase>"),
+        (["extra.png", "--out", "o", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+        (["extra.png", "--out", "o", "--max-new-tokens", "0"], "argument --max-new-tokens: must be at least 1, got 0"),
+        (["extra.png", "--out", "o", "--prompt", " "], "argument --prompt: must not be empty"),
+        (["extra.png", "--out", "o", "--box", "0.1", "0.1", "0.5", "0.5"], "--box: a box needs a <phrase>"),
         (["extra.png", "--out", "o", "--prompt", "<phrase> It</phrase>", "--box", "5", "5", "50", "50"],
          "--box: normalized box values must lie in [0, 1]"),
     ],

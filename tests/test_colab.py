@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 import types
 from pathlib import Path
 
@@ -205,4 +206,8 @@ def test_cell_on_colab_reuses_an_existing_clone(tmp_path: Path) -> None:
 def test_cell_names_the_repository_once_and_compiles() -> None:
     assert colab.COLAB_CELL.count(colab.REPO_URL) == 1
     compile(colab.COLAB_CELL, "<set-up cell>", "exec")
-    assert colab.REPO_URL == "https://github.com/kosmos2-course/kosmos2-grounding-course"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert colab.REPO_URL == project["urls"]["Repository"]  # set once, in pyproject.toml
+    assert colab.colab_badge_url("01_setup.ipynb") == (
+        "https://colab.research.google.com/github/" + colab.REPO_URL.removeprefix("https://github.com/")
+        + "/blob/main/notebooks/01_setup.ipynb")

@@ -162,6 +162,6 @@ def test_command_line_rejects_bad_input_before_loading_a_model(tmp_path, capsys)
     assert main([str(tmp_path / "missing.png"), "--out", str(tmp_path / "r.jsonl")]) == 2
     assert "missing.png" in capsys.readouterr().err
     assert main([str(tmp_path), "--out", str(tmp_path / "r.jsonl"), "--batch-size", "0"]) == 2
-    assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
+    assert "argument --batch-size: must be at least 1, got 0" in capsys.readouterr().err
     assert main([str(tmp_path), "--out", str(tmp_path / "r.jsonl"), "--prompt", " "]) == 2
-    assert "--prompt must not be empty" in capsys.readouterr().err
+    assert "argument --prompt: must not be empty" in capsys.readouterr().err

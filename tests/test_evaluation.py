@@ -185,12 +185,8 @@ def test_report_as_dict_is_strict_json() -> None:
 # --------------------------------------------------------------------------------------------- end to end
 
 
-def test_evaluate_end_to_end_on_a_tiny_untrained_model() -> None:
-    from helpers.world.training import new_model
-    from helpers.world.language import build_processor
-
-    processor = build_processor(64)
-    model = new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=48, heads=2).eval()
+def test_evaluate_end_to_end_on_a_tiny_untrained_model(tiny_model) -> None:
+    model, processor = tiny_model
     scenes = sample_scenes(2, seed=HELD_OUT_SEED)
     n_objects = sum(len(s.objects) for s in scenes)
     n_groups = sum(len(s.groups) for s in scenes)

@@ -215,7 +215,7 @@ def test_bad_prompts_and_counts(spy, kwargs, error, message: str) -> None:
          r"pixel box: convert it with to_normalized\(box_px, image_size\)\.\n\(in bboxes\[1\]\[0\]"),
         (QA, [[BOX], [(0.5, 0.6, 0.1, 0.2)]], ValueError, r"normalized box is inverted"),
         (QA, [[BOX], [(0.1, float("nan"), 0.5, 0.6)]], ValueError, r"finite numbers"),
-        (QA, [[BOX], [(0.3, 0.2, 0.3, 0.6)]], ValueError, r"a user box needs x1 > x0 and y1 > y0"),
+        (QA, [[BOX], [(0.3, 0.2, 0.3, 0.6)]], ValueError, r"has no area: expected x0 < x1 and y0 < y1"),
         (QA, [[BOX], [(0.1, 0.2, 0.5)]], ValueError, r"normalized box must have 4 numbers"),
         (QA, [[BOX], [[BOX, (0.2, 0.2, 0.1, 0.9)]]], ValueError, r"normalized box is inverted"),
         (QA, [[BOX], ["0.1,0.2,0.5,0.6"]], TypeError, r"bboxes\[1\]\[0\] must be a normalized box"),

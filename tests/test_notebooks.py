@@ -18,12 +18,11 @@ import nbformat
 import pytest
 from PIL import Image
 
-from helpers.course.colab import COLAB_CELL
+from helpers.course.colab import COLAB_CELL, colab_badge_url
 from helpers.course.notebooks import course_notebooks
 from helpers.course.paths import bundled_model_dir, notebooks_dir
 
 NOTEBOOKS = [p.name for p in course_notebooks()]
-COLAB_URL = "https://colab.research.google.com/github/kosmos2-course/kosmos2-grounding-course/blob/main/notebooks/"
 SOLUTION_HEAD = "# Solution — try it yourself first"
 ABSOLUTE_PATH = re.compile(r"(/work/|/home/|/Users/|/root/|/tmp/|site-packages|[A-Z]:\\\\)")
 PROGRESS_BAR = re.compile(r"\d+%\|")
@@ -69,7 +68,7 @@ def test_where_this_fits_has_its_own_colab_badge(notebook) -> None:
     name, nb = notebook
     second = nb.cells[1]
     assert second.cell_type == "markdown" and second.source.startswith("## Where this fits")
-    assert f"({COLAB_URL}{name})" in second.source
+    assert f"({colab_badge_url(name)})" in second.source
     assert "colab-badge.svg" in second.source
 
 
@@ -329,7 +328,7 @@ def test_ask_about_box_rejects_bad_boxes_and_nouns(bundled) -> None:
     image = character_illustration().image
     with pytest.raises(ValueError, match="beyond the image"):
         ask_about_box(model, processor, image, (0, 0, 600, 100))
-    with pytest.raises(ValueError, match="x1 > x0"):
+    with pytest.raises(ValueError, match="x0 < x1 and y0 < y1"):
         ask_about_box(model, processor, image, (50, 50, 50, 100))
     with pytest.raises(ValueError, match="noun"):
         ask_about_box(model, processor, image, (10, 10, 100, 100), noun=" ")

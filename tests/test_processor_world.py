@@ -9,9 +9,7 @@
 
 from __future__ import annotations
 
-import io
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from helpers.course.paths import data_dir
+
 ARTICLE_OUTPUTS_FILE = "article_outputs.json"
 _REQUIRED_KEYS = ("source", "snowman", "grounded_qa")
 
@@ -20,7 +22,6 @@ def article_outputs_path() -> Path:
     ``helpers.course.paths.data_dir()`` first; when the data folder has been moved elsewhere (with
     ``$KOSMOS2_COURSE_DATA``) and holds no copy, the file that ships in the repository's ``data/``.
     """
-    from helpers.course.paths import data_dir
 
     path = data_dir() / ARTICLE_OUTPUTS_FILE
     if path.is_file():

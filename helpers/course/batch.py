@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from helpers.course.outputs import grounding_record
-from helpers.grounding.images import ImageLoadError
+from helpers.grounding.boxes import check_image_size
+from helpers.grounding.checks import check_positive_int
+from helpers.grounding.images import ImageLoadError, load_image
+from helpers.grounding.model import default_batch_size, ground
+from helpers.grounding.plotting import draw_entities, draw_user_box
+from helpers.grounding.progress import interactive
+from helpers.grounding.prompts import check_prompt, user_box_entry
 
 #: File endings that count as images when a folder is given.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -104,33 +110,14 @@ def ground_folder(
             paths).
         ValueError: an empty ``prompt``, a bad ``box``, or a box with a prompt that has no ``<phrase>``.
     """
-    from helpers.grounding.images import load_image
-    from helpers.grounding.model import default_batch_size, ground
-    from helpers.grounding.plotting import draw_entities, draw_user_box
-    from helpers.grounding.progress import interactive
 
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"prompt must be a non-empty str, e.g. '<grounding> An image of', got {prompt!r}")
+    check_prompt(prompt)
     files = image_files(paths)
     if not files:
         raise ImageLoadError("no images given")
-    bboxes_one = None
-    if box is not None:
-        from helpers.grounding.boxes import check_normalized
-
-        box = check_normalized(box)
-        if not (box[2] > box[0] and box[3] > box[1]):
-            raise ValueError(f"a user box needs x1 > x0 and y1 > y0, got {box}")
-        n_phrases = prompt.count("<phrase>")
-        if n_phrases == 0:
-            raise ValueError(
-                "a box needs a <phrase>…</phrase> in the prompt to attach to, e.g. "
-                f"'<grounding><phrase> It</phrase> is'; got {prompt!r}"
-            )
-        bboxes_one = [box] + [None] * (n_phrases - 1)
+    bboxes_one = None if box is None else user_box_entry(prompt, box)
     batch_size = batch_size or default_batch_size(model)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = _annotated_names(files)
@@ -197,16 +184,11 @@ def contact_sheet(images: Sequence, columns: int = 3, cell: tuple[int, int] = (2
     """
     from PIL import Image
 
-    from helpers.grounding.images import load_image
-
     images = list(images)
     if not images:
         raise ValueError("contact_sheet needs at least one image")
-    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
-        raise ValueError(f"columns must be a positive int, got {columns!r}")
-    if len(cell) != 2 or not all(isinstance(v, int) and v > 0 for v in cell):
-        raise ValueError(f"cell must be (width, height) in pixels, two positive ints, got {cell!r}")
-    cw, ch = cell
+    check_positive_int("columns", columns)
+    cw, ch = check_image_size(cell, "cell")
     columns = min(columns, len(images))
     rows = -(-len(images) // columns)
     sheet = Image.new("RGB", (columns * cw, rows * ch), background)

@@ -18,10 +18,31 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from helpers.grounding.prompts import CAPTION_PROMPT
+from helpers.course.batch import RESULTS_NAME, ground_folder, image_files
+from helpers.grounding.images import ImageLoadError
+from helpers.grounding.model import ModelLoadError, load
+from helpers.grounding.prompts import CAPTION_PROMPT, user_box_entry
 
 PROG = "python -m helpers ground"
 DEFAULT_PROMPT = CAPTION_PROMPT
+
+
+def positive_int(text: str) -> int:
+    """Option type for counts (``--batch-size``, ``--max-new-tokens``): a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def prompt_text(text: str) -> str:
+    """Option type for ``--prompt``: any text that is not blank."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must not be empty; e.g. {CAPTION_PROMPT!r}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                "else the bundled offline model.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"the prompt for every image (default: {DEFAULT_PROMPT!r})")
+    parser.add_argument("--prompt", type=prompt_text, default=DEFAULT_PROMPT, help=f"the prompt for every image (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for results.jsonl and the annotated PNGs")
     parser.add_argument("--model", default=None, metavar="M", help="a model folder or hub id")
-    parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per generate call")
-    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="most tokens per answer (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N", help="images per generate call")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N", help="most tokens per answer (default 128)")
     parser.add_argument("--box", type=float, nargs=4, default=None, metavar=("X0", "Y0", "X1", "Y1"),
                         help="a normalized user box for the prompt's first <phrase> "
                              "(e.g. with --prompt '<grounding><phrase> It</phrase> is')")
@@ -55,17 +76,6 @@ def _fail(message: str, code: int = 2) -> int:
     return fail(message, code)
 
 
-def option_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with the grounding options shared by the commands (batch size, tokens, prompt), or None."""
-    if args.batch_size is not None and args.batch_size < 1:
-        return f"--batch-size must be at least 1, got {args.batch_size}"
-    if args.max_new_tokens < 1:
-        return f"--max-new-tokens must be at least 1, got {args.max_new_tokens}"
-    if not args.prompt.strip():
-        return "--prompt must not be empty"
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
@@ -73,28 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as stop:  # --help (0) or a usage error (2, message already printed)
         return int(stop.code or 0)
-    problem = option_problem(args)
-    if problem:
-        return _fail(problem)
-
-    from helpers.course.batch import RESULTS_NAME, ground_folder, image_files
-    from helpers.grounding.images import ImageLoadError
 
     try:  # check the images before spending time on loading a model
         files = image_files(args.images)
     except ImageLoadError as err:
         return _fail(str(err))
     if args.box is not None:
-        from helpers.grounding.boxes import check_normalized
-
         try:
-            check_normalized(args.box)
+            user_box_entry(args.prompt, args.box)
         except ValueError as err:
             return _fail(f"--box: {err}")
-        if "<phrase>" not in args.prompt:
-            return _fail("--box needs a <phrase>…</phrase> in --prompt, e.g. '<grounding><phrase> It</phrase> is'")
-
-    from helpers.grounding.model import ModelLoadError, load
 
     try:
         model, processor = load(args.model, verbose=not args.quiet)

@@ -23,11 +23,33 @@ import os
 import site
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-#: The course repository.
-REPO_URL = "https://github.com/kosmos2-course/kosmos2-grounding-course"
+from helpers.course.paths import repo_root
+
+DISTRIBUTION = "kosmos2-grounding-course"
+
+
+def repository_url() -> str:
+    """The course repository: ``[project.urls] Repository`` in ``pyproject.toml``, the one place it is set.
+
+    Read from the clone's ``pyproject.toml``; from the installed package's metadata when there is none.
+    """
+    pyproject = repo_root() / "pyproject.toml"
+    if pyproject.is_file():
+        return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["urls"]["Repository"]
+    for entry in metadata.metadata(DISTRIBUTION).get_all("Project-URL") or []:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() == "repository":
+            return url.strip()
+    raise LookupError(f"no Repository URL in {pyproject} nor in the installed {DISTRIBUTION}'s metadata")
+
+
+#: The course repository (set in pyproject.toml).
+REPO_URL = repository_url()
 
 #: Where the course is cloned on Colab.
 DEFAULT_TARGET = "/content/kosmos2-grounding-course"
@@ -51,6 +73,12 @@ except ImportError:
 '''
 
 Runner = Callable[..., Any]
+
+
+def colab_badge_url(notebook: str) -> str:
+    """Where the "Open in Colab" badge of ``notebook`` (e.g. ``"01_setup.ipynb"``) points: its copy on GitHub."""
+    return REPO_URL.replace("https://github.com/", "https://colab.research.google.com/github/", 1) + \
+        f"/blob/main/notebooks/{notebook}"
 
 
 def in_colab() -> bool:

@@ -35,6 +35,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from helpers.course.batch import image_files
+from helpers.course.cli import fail, positive_int, prompt_text
+from helpers.course.outputs import grounding_record
+from helpers.grounding.checks import check_positive_int
+from helpers.grounding.images import ImageLoadError, load_image
+from helpers.grounding.model import ModelLoadError, ground, load
 from helpers.grounding.prompts import CAPTION_PROMPT
 
 T = TypeVar("T")
@@ -155,9 +161,6 @@ def ground_distributed(
     """
     from PIL import Image
 
-    from helpers.grounding.images import load_image
-    from helpers.grounding.model import ground
-
     if isinstance(images, (str, bytes, Image.Image)) or not isinstance(images, Sequence):
         raise TypeError(f"images must be a list of images or paths, got {type(images).__name__}")
     n = len(images)
@@ -166,15 +169,13 @@ def ground_distributed(
     elif isinstance(prompts, Sequence) and all(isinstance(p, str) for p in prompts):
         prompt_list = list(prompts)
     else:
-        raise TypeError("prompts must be a string or a list of strings, e.g. '<grounding> An image of'")
+        raise TypeError(f"prompts must be a string or a list of strings, e.g. {CAPTION_PROMPT!r}")
     if len(prompt_list) != n:
         raise ValueError(f"got {n} images but {len(prompt_list)} prompts; give one prompt or one per image")
     if bboxes is not None and len(bboxes) != n:
         raise ValueError(f"bboxes needs one entry per image ({n}), got {len(bboxes)}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    check_positive_int("max_new_tokens", max_new_tokens)
+    check_positive_int("batch_size", batch_size, none_ok=True)
 
     def share(indices: list[int]) -> list:
         if not indices:
@@ -201,16 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     parser.add_argument("--out", required=True, metavar="FILE", help="the JSON Lines file to write (replaced)")
     parser.add_argument("--model", default=None, metavar="M", help="a model folder or hub id (default: as load())")
-    parser.add_argument("--prompt", default=CAPTION_PROMPT, help=f"the prompt for every image (default: {CAPTION_PROMPT!r})")
-    parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per generate call, per process")
-    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="most tokens per answer (default 128)")
+    parser.add_argument("--prompt", type=prompt_text, default=CAPTION_PROMPT, help=f"the prompt for every image (default: {CAPTION_PROMPT!r})")
+    parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N", help="images per generate call, per process")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N", help="most tokens per answer (default 128)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
 
 
 def _fail(message: str, code: int = 2) -> int:
-    from helpers.course.cli import fail
-
     return fail(message, code, prog=PROG)
 
 
@@ -224,22 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as stop:  # --help (0) or a usage error (2, message already printed)
         return int(stop.code or 0)
-    from helpers.course.cli import option_problem
-
-    problem = option_problem(args)
-    if problem:
-        return _fail(problem)
-
-    from helpers.course.batch import image_files
-    from helpers.course.outputs import grounding_record
-    from helpers.grounding.images import ImageLoadError, load_image
 
     try:  # the same check on every process, before any of them loads a model
         files = image_files(args.images)
     except ImageLoadError as err:
         return _fail(str(err))
-
-    from helpers.grounding.model import ModelLoadError, ground, load
 
     state = _state()
     try:

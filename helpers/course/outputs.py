@@ -30,6 +30,7 @@ from typing import Callable
 
 from helpers.grounding import model as grounding_model
 from helpers.grounding.boxes import to_pixels
+from helpers.grounding.plotting import draw_entities
 from helpers.grounding.tokens import strip_image_prefix
 
 RECORDS_NAME = "records.jsonl"
@@ -67,7 +68,6 @@ def start_recording(out: str | Path, notebook: str) -> Callable:
     Adds a hook to :data:`helpers.grounding.model.GROUND_HOOKS` and returns it (remove it from that list
     to stop). ``notebook`` names the records and the pictures (``OUT/images/<notebook>_NNN.png``).
     """
-    from helpers.grounding.plotting import draw_entities
 
     out = Path(out)
     images_dir = out / "images"

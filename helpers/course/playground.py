@@ -29,6 +29,21 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from helpers.grounding.evaluation import HELD_OUT_SEED
+from helpers.grounding.images import load_image
+from helpers.grounding.model import ground
+from helpers.grounding.plotting import draw_entities, draw_user_box, highlight_caption
+from helpers.grounding.prompts import (
+    CAPTION_PROMPT,
+    DETAIL_PROMPT,
+    GENERATION_PROMPT,
+    check_prompt,
+    comprehension_prompt,
+    qa_prompt,
+    user_box_entry,
+)
+from helpers.world.scenes import KINDS, character_illustration, draw_scene, sample_scenes, snowman_illustration
+
 #: Largest RGB distance (0–255 per channel) at which a pixel still counts as a world colour.
 COLOUR_TOLERANCE = 24.0
 #: Score from which :func:`looks_in_world` says yes.
@@ -44,7 +59,6 @@ def world_palette() -> np.ndarray:
     Found by drawing each kind of object once (large, on a marker background) and keeping every colour
     that covers at least 0.2 % of the drawing, so it follows :mod:`helpers.world.scenes` when that changes.
     """
-    from helpers.world.scenes import KINDS, draw_scene
 
     marker = (1, 2, 3)
     colours: set[tuple[int, int, int]] = set()
@@ -117,8 +131,6 @@ class PlaygroundResult:
 
 def default_images() -> dict[str, Image.Image]:
     """The project's own pictures to choose from: the two illustrations and three held-out scenes (320 x 240)."""
-    from helpers.grounding.evaluation import HELD_OUT_SEED
-    from helpers.world.scenes import character_illustration, sample_scenes, snowman_illustration
 
     images = {"snowman by a fire": snowman_illustration().image, "Kumo and a square": character_illustration().image}
     for i, scene in enumerate(sample_scenes(3, seed=HELD_OUT_SEED, size=(320, 240))):
@@ -127,7 +139,6 @@ def default_images() -> dict[str, Image.Image]:
 
 
 def _prompt_examples() -> dict[str, str]:
-    from helpers.grounding.prompts import CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
 
     return {
         "brief caption": CAPTION_PROMPT,
@@ -155,8 +166,6 @@ class Playground:
     def __init__(self, model, processor, images: Mapping[str, Image.Image] | None = None, *,
                  prompt: str | None = None, max_new_tokens: int = 64, display_width: int = 384) -> None:
         import ipywidgets as w
-
-        from helpers.grounding.prompts import CAPTION_PROMPT
 
         self.model = model
         self.processor = processor
@@ -204,7 +213,6 @@ class Playground:
 
     def add_image(self, name: str, image: Image.Image | bytes) -> str:
         """Add an image (PIL or file bytes) to the choices, select it, and return its (unique) name."""
-        from helpers.grounding.images import load_image
 
         picture = load_image(image)
         base, k = name or "uploaded image", 1
@@ -233,9 +241,6 @@ class Playground:
             KeyError: ``image`` is a name that is not among the choices.
             ValueError: an empty prompt, a bad box, or a box with a prompt that has no ``<phrase>``.
         """
-        from helpers.grounding.boxes import check_normalized
-        from helpers.grounding.model import ground
-        from helpers.grounding.plotting import draw_entities, draw_user_box, highlight_caption
 
         if image is None:
             image = self.image_choice.value
@@ -248,20 +253,10 @@ class Playground:
         else:
             raise TypeError(f"image must be a name, a PIL image or None, got {type(image).__name__}")
         prompt = self.prompt.value if prompt is None else prompt
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"the prompt must be a non-empty str, e.g. '<grounding> An image of', got {prompt!r}")
+        check_prompt(prompt)
         if box is False:
             box = self.current_box()
-        bboxes = None
-        if box is not None:
-            box = check_normalized(box)
-            if not (box[2] > box[0] and box[3] > box[1]):
-                raise ValueError(f"a box needs x0 < x1 and y0 < y1, got {box}")
-            n_phrases = prompt.count("<phrase>")
-            if n_phrases == 0:
-                raise ValueError("a box needs a <phrase>…</phrase> in the prompt to attach to, e.g. "
-                                 f"'<grounding><phrase> It</phrase> is'; got {prompt!r}")
-            bboxes = [[box] + [None] * (n_phrases - 1)]
+        bboxes = None if box is None else [user_box_entry(prompt, box)]
         (grounding,) = ground(self.model, self.processor, [picture], prompt, bboxes=bboxes,
                               max_new_tokens=self.max_new_tokens, batch_size=1, progress=False)
         shown = draw_user_box(picture, box, label="your box") if box is not None else picture

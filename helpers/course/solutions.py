@@ -22,10 +22,9 @@ import math
 import numbers
 from typing import Any, Sequence
 
-from helpers.grounding.boxes import check_normalized, iou, to_normalized, to_pixels
+from helpers.grounding.boxes import Box, check_image_size, check_normalized, iou, to_normalized, to_pixels
 from helpers.grounding.tokens import NUM_BINS, Grounding, box_to_patch_index, patch_index_to_box
 
-Box = tuple[float, float, float, float]
 BoxPx = tuple[int, int, int, int]
 
 __all__ = [
@@ -36,17 +35,6 @@ __all__ = [
     "modern_from_pretrained_kwargs",
     "patch_index_of_pixel",
 ]
-
-
-def _image_size(image_size: Sequence[int]) -> tuple[int, int]:
-    if (
-        isinstance(image_size, (str, bytes))
-        or not isinstance(image_size, Sequence)
-        or len(image_size) != 2
-        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in image_size)
-    ):
-        raise ValueError(f"image_size must be (width, height), two positive ints, got {image_size!r}")
-    return int(image_size[0]), int(image_size[1])
 
 
 # ------------------------------------------------------------------------------------------------ 01
@@ -63,7 +51,7 @@ def patch_index_of_pixel(x_px: float, y_px: float, image_size: Sequence[int], nu
         ValueError: the pixel lies outside the image, ``image_size`` is not two positive ints, or
             ``num_bins`` is not a positive int.
     """
-    width, height = _image_size(image_size)
+    width, height = check_image_size(image_size)
     if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
         raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
     for name, value, limit in (("x_px", x_px, width), ("y_px", y_px, height)):
@@ -181,7 +169,7 @@ def entity_boxes_px(grounding: Any, image_size: Sequence[int]) -> list[tuple[str
         TypeError: ``grounding`` is none of the forms above.
         ValueError: a box is not a valid normalized box, or ``image_size`` is not two positive ints.
     """
-    size = _image_size(image_size)
+    size = check_image_size(image_size)
     items = grounding.entities if isinstance(grounding, Grounding) else grounding
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise TypeError(f"expected a Grounding or a list of entities, got {type(grounding).__name__}")

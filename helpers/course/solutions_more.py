@@ -20,7 +20,7 @@ import os
 from collections import Counter
 from typing import Iterable, Sequence
 
-Box = tuple[float, float, float, float]
+from helpers.grounding.boxes import Box
 
 __all__ = ["add_noise", "count_phrases", "find_boxes", "first_out_of_world", "miss_reasons"]
 

@@ -8,8 +8,9 @@ number, NaN or infinity, inverted, outside [0, 1] or outside the image).
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Sequence
+
+from helpers.grounding.checks import is_positive_int
 
 Box = tuple[float, float, float, float]
 
@@ -57,20 +58,35 @@ def check_normalized(box: Sequence[float]) -> Box:
     return b
 
 
-def _image_size(image_size: Sequence[int]) -> tuple[int, int]:
-    """Validate ``(width, height)``: two positive ints."""
+def check_image_size(image_size: Sequence[int], what: str = "image_size") -> tuple[int, int]:
+    """Validate ``(width, height)`` in pixels, two positive ints (numpy ints too), and return it as ints.
+
+    Raises:
+        ValueError: not two values, or a value that is not a positive whole number (``bool`` included).
+    """
+    expected = f"{what} must be (width, height), two positive ints, got {image_size!r}"
+    if isinstance(image_size, (str, bytes, set, frozenset, dict)):
+        raise ValueError(expected)
     try:
-        n = len(image_size)
-    except TypeError:
-        raise ValueError(f"image_size must be (width, height), two positive ints, got {image_size!r}") from None
-    if n != 2:
-        raise ValueError(f"image_size must be (width, height), two positive ints, got {n} values: {image_size!r}")
-    out = []
-    for v in image_size:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or int(v) <= 0:
-            raise ValueError(f"image_size must be (width, height), two positive ints, got {tuple(image_size)!r}")
-        out.append(int(v))
-    return out[0], out[1]
+        width, height = image_size
+    except (TypeError, ValueError):
+        raise ValueError(expected) from None
+    if not (is_positive_int(width) and is_positive_int(height)):
+        raise ValueError(expected)
+    return int(width), int(height)
+
+
+def check_with_area(box: Sequence[float]) -> Box:
+    """Validate a normalized box that must have an area (``x0 < x1`` and ``y0 < y1``), as a user box and
+    a box written as location tokens must; return it as a tuple of floats.
+
+    Raises:
+        ValueError: everything :func:`check_normalized` refuses, and a box of zero width or height.
+    """
+    x0, y0, x1, y1 = check_normalized(box)
+    if not (x0 < x1 and y0 < y1):
+        raise ValueError(f"normalized box {(x0, y0, x1, y1)} has no area: expected x0 < x1 and y0 < y1")
+    return (x0, y0, x1, y1)
 
 
 #: How far (in pixels) a pixel box may reach past the image edge and still count as inside it.
@@ -83,7 +99,7 @@ def check_pixel_box(box_px: Sequence[float], image_size: Sequence[int]) -> Box:
     Returns it as a tuple of floats. Values may reach past the edges by :data:`PIXEL_TOLERANCE` pixels
     (float rounding); anything further is an error.
     """
-    width, height = _image_size(image_size)
+    width, height = check_image_size(image_size)
     b = _four_numbers(box_px, "pixel box")
     x0, y0, x1, y1 = b
     tol = PIXEL_TOLERANCE
@@ -98,14 +114,14 @@ def check_pixel_box(box_px: Sequence[float], image_size: Sequence[int]) -> Box:
 def to_pixels(box: Sequence[float], image_size: Sequence[int]) -> Box:
     """A normalized box in pixels of an image of ``image_size = (width, height)``."""
     x0, y0, x1, y1 = check_normalized(box)
-    width, height = _image_size(image_size)
+    width, height = check_image_size(image_size)
     return (x0 * width, y0 * height, x1 * width, y1 * height)
 
 
 def to_normalized(box_px: Sequence[float], image_size: Sequence[int]) -> Box:
     """A pixel box (within the image, see :func:`check_pixel_box`) as a normalized box."""
     x0, y0, x1, y1 = check_pixel_box(box_px, image_size)
-    width, height = _image_size(image_size)
+    width, height = check_image_size(image_size)
 
     def clamp(v: float) -> float:
         return min(max(v, 0.0), 1.0)
@@ -143,6 +159,6 @@ def pixel_error(box: Sequence[float], rounded: Sequence[float], image_size: Sequ
     """
     a = check_normalized(box)
     r = check_normalized(rounded)
-    width, height = _image_size(image_size)
+    width, height = check_image_size(image_size)
     scale = (width, height, width, height)
     return max(abs(u - v) * s for u, v, s in zip(a, r, scale))

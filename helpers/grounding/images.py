@@ -3,8 +3,8 @@
 :func:`load_image` is the one entry point the notebooks use. Whatever the source, it returns an RGB
 ``PIL.Image.Image`` that
 
-* is turned the way a person sees it: the EXIF orientation tag is applied (the same transposition as
-  ``PIL.ImageOps.exif_transpose``), so boxes drawn on it land where the model saw things;
+* is turned the way a person sees it: the EXIF orientation tag is applied with
+  ``PIL.ImageOps.exif_transpose``, so boxes drawn on it land where the model saw things;
 * has no transparency (transparent pixels are composited on white) and no palette, CMYK or high-bit-depth
   grey (16-bit and 32-bit grey are scaled down to 8 bits, not clipped to white);
 * has its longest side at most ``max_side`` pixels (bigger images are shrunk while loading; JPEGs are
@@ -27,21 +27,21 @@ a ``ValueError`` whose message says what was expected and what was received.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import io
 import os
 import re
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 from typing import Iterator, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+import requests
+import urllib3
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from helpers.grounding.checks import check_positive_int
 
 __all__ = [
     "ImageLoadError",
@@ -61,20 +61,9 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _CHUNK = 64 * 1024
-_USER_AGENT = "kosmos2-grounding-tutorial/1.0 (+python urllib)"
+_USER_AGENT = "kosmos2-grounding-course/1.0 (+python-requests)"
 # Content types that may hold an image even though they do not say "image/".
 _GENERIC_TYPES = {"application/octet-stream", "binary/octet-stream", "application/binary"}
-# The transposition each EXIF orientation value asks for (values from the EXIF specification).
-_ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-_EXIF_ORIENTATION_TAG = 0x0112
 # Pillow's pixel limit is a module global; changes to it are serialized by this lock.
 _PILLOW_LIMIT_LOCK = threading.Lock()
 
@@ -114,9 +103,9 @@ def load_image(
             dead URL, HTTP error status, non-image content, timeout, too many bytes, too many pixels,
             corrupt data).
     """
-    _check_positive("timeout", timeout, number=True)
-    _check_positive("max_bytes", max_bytes)
-    _check_positive("max_side", max_side)
+    _check_positive_number("timeout", timeout)
+    check_positive_int("max_bytes", max_bytes)
+    check_positive_int("max_side", max_side)
 
     if isinstance(source, Image.Image):
         return _finish(source, max_side=max_side, what="the given PIL image")
@@ -180,11 +169,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 # --------------------------------------------------------------------------------------------- internals
 
 
-def _check_positive(name: str, value: object, *, number: bool = False) -> None:
-    allowed = (int, float) if number else (int,)
-    if isinstance(value, bool) or not isinstance(value, allowed) or not value > 0:
-        kind = "a positive number" if number else "a positive int"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
+def _check_positive_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def _grey_to_uint8(image: Image.Image) -> np.ndarray:
@@ -226,66 +213,42 @@ def _timed_out(url: str, timeout: float) -> ImageLoadError:
     return ImageLoadError(f"downloading {url} timed out after {timeout:g} s (expected an image within timeout)")
 
 
-def _is_timeout(exc: BaseException | str | None) -> bool:
-    return isinstance(exc, (TimeoutError, socket.timeout)) or (
-        isinstance(exc, str) and "timed out" in exc.lower()
-    )
-
-
 def _download(url: str, *, timeout: float, max_bytes: int) -> bytes:
     """The body of ``url``; stops at ``max_bytes`` and after ``timeout`` seconds in total."""
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept": "image/*"})
     started = time.monotonic()
+    chunks: list[bytes] = []
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (scheme checked by caller)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        raise ImageLoadError(
-            f"downloading {url} failed: the server answered HTTP {exc.code} {exc.reason}; "
-            "expected HTTP 200 with an image"
-        ) from None
-    except urllib.error.URLError as exc:
-        if _is_timeout(exc.reason):
-            raise _timed_out(url, timeout) from None
-        raise ImageLoadError(f"could not connect to {url}: {exc.reason}") from None
-    except (TimeoutError, socket.timeout):
-        raise _timed_out(url, timeout) from None
-    except (http.client.HTTPException, OSError, ValueError) as exc:
-        raise ImageLoadError(f"downloading {url} failed: {type(exc).__name__}: {exc}") from None
-
-    with response:
-        content_type = response.headers.get_content_type() if response.headers.get("Content-Type") else None
-        if content_type is not None and not (
-            content_type.startswith("image/") or content_type in _GENERIC_TYPES
-        ):
-            raise ImageLoadError(
-                f"{url} returned content of type {content_type!r}, expected an image (image/*); "
-                "is this the address of a web page rather than of the image itself?"
-            )
-        declared = response.headers.get("Content-Length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
-            raise ImageLoadError(
-                f"{url} announces {int(declared):,} bytes, over the limit of max_bytes={max_bytes:,}"
-            )
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            if time.monotonic() - started > timeout:
-                raise _timed_out(url, timeout)
-            try:
-                chunk = response.read1(_CHUNK)
-            except (TimeoutError, socket.timeout):
-                raise _timed_out(url, timeout) from None
-            except (http.client.HTTPException, OSError) as exc:
-                raise ImageLoadError(f"downloading {url} failed while reading: {type(exc).__name__}: {exc}") from None
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > max_bytes:
+        with requests.get(url, stream=True, timeout=timeout,
+                          headers={"User-Agent": _USER_AGENT, "Accept": "image/*"}) as response:
+            if response.status_code >= 400:
                 raise ImageLoadError(
-                    f"{url} sent more than max_bytes={max_bytes:,} bytes; stopped reading at the cap"
+                    f"downloading {url} failed: the server answered HTTP {response.status_code} {response.reason}; "
+                    "expected HTTP 200 with an image"
                 )
-            chunks.append(chunk)
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower() or None
+            if content_type is not None and not (content_type.startswith("image/") or content_type in _GENERIC_TYPES):
+                raise ImageLoadError(
+                    f"{url} returned content of type {content_type!r}, expected an image (image/*); "
+                    "is this the address of a web page rather than of the image itself?"
+                )
+            declared = response.headers.get("Content-Length", "").strip()
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise ImageLoadError(f"{url} announces {int(declared):,} bytes, over the limit of max_bytes={max_bytes:,}")
+            total = 0
+            # read1 returns what has arrived (at most _CHUNK bytes), so a trickling server meets the clock
+            while chunk := response.raw.read1(_CHUNK, decode_content=True):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ImageLoadError(f"{url} sent more than max_bytes={max_bytes:,} bytes; stopped reading at the cap")
+                chunks.append(chunk)
+                if time.monotonic() - started > timeout:
+                    raise _timed_out(url, timeout)
+    except (requests.Timeout, urllib3.exceptions.TimeoutError):
+        raise _timed_out(url, timeout) from None
+    except requests.ConnectionError as exc:
+        raise ImageLoadError(f"could not connect to {url}: {exc}") from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+        raise ImageLoadError(f"downloading {url} failed: {type(exc).__name__}: {exc}") from None
     return b"".join(chunks)
 
 
@@ -344,7 +307,6 @@ def _decode(data: bytes, *, max_side: int, what: str) -> Image.Image:
                     f"{what} is {width} x {height} = {width * height:,} pixels, over the limit of "
                     f"{MAX_PIXELS:,} pixels (40000 x 40000); refusing to decode it"
                 )
-            orientation = _orientation(image)
             target = _target_size(image.size, max_side)
             if target != image.size:
                 image.draft(image.mode, target)  # JPEG: decode at 1/2, 1/4 or 1/8 scale; others: no-op
@@ -361,15 +323,15 @@ def _decode(data: bytes, *, max_side: int, what: str) -> Image.Image:
                 raise ImageLoadError(f"{what} is too large to load: {exc}") from None
             except (OSError, ValueError, SyntaxError) as exc:
                 raise ImageLoadError(f"{what} is truncated or corrupt ({image.format} data): {exc}") from None
-            return _shrink_convert_orient(image, orientation=orientation, max_side=max_side)
+            return _shrink_convert(_oriented(image), max_side=max_side)
 
 
-def _orientation(image: Image.Image) -> int:
+def _oriented(image: Image.Image) -> Image.Image:
+    """A copy of ``image`` turned as its EXIF orientation tag asks (``ImageOps.exif_transpose``)."""
     try:
-        value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        return ImageOps.exif_transpose(image)
     except Exception:  # a malformed EXIF block should not stop the image from loading
-        return 1
-    return value if isinstance(value, int) else 1
+        return image.copy()
 
 
 def _finish(image: Image.Image, *, max_side: int, what: str) -> Image.Image:
@@ -381,11 +343,11 @@ def _finish(image: Image.Image, *, max_side: int, what: str) -> Image.Image:
             image.load()
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageLoadError(f"{what} could not be read: {exc}") from None
-        return _shrink_convert_orient(image, orientation=_orientation(image), max_side=max_side)
+        return _shrink_convert(_oriented(image), max_side=max_side)
 
 
-def _shrink_convert_orient(image: Image.Image, *, orientation: int, max_side: int) -> Image.Image:
-    """Shrink first (cheapest), then make RGB, then apply the EXIF orientation; returns a new image."""
+def _shrink_convert(image: Image.Image, *, max_side: int) -> Image.Image:
+    """Shrink (keeping the aspect ratio), then make RGB; returns a new image, never ``image`` itself."""
     work = image
     # Palette, bilevel and colour-space modes are resized badly or not at all: convert them first.
     if work.mode in ("P", "PA", "1") or work.mode not in (
@@ -396,6 +358,4 @@ def _shrink_convert_orient(image: Image.Image, *, orientation: int, max_side: in
         if work is image:
             work = image.copy()
         work.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    rgb = to_rgb(work)  # always a new image, never the caller's
-    method = _ORIENTATION_TRANSPOSE.get(orientation)
-    return rgb.transpose(method) if method is not None else rgb
+    return to_rgb(work)  # always a new image

@@ -16,14 +16,14 @@ import contextlib
 import io
 import numbers
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from helpers.course.paths import bundled_model_dir
-from helpers.grounding.prompts import CAPTION_PROMPT
+from helpers.grounding.boxes import check_with_area
+from helpers.grounding.prompts import CAPTION_PROMPT, count_phrases
 from helpers.grounding.tokens import Grounding, parse_generation
 
 REAL_MODEL = "microsoft/kosmos-2-patch14-224"
@@ -403,7 +403,7 @@ def ground(
         raise ValueError(f"got {len(images)} images but {len(prompts_l)} prompts; give one prompt or one per image")
     for i, p in enumerate(prompts_l):
         if not isinstance(p, str):
-            raise TypeError(f"prompts must be strings, e.g. '<grounding> An image of'; prompt {i} is "
+            raise TypeError(f"prompts must be strings, e.g. {CAPTION_PROMPT!r}; prompt {i} is "
                             f"{type(p).__name__}: {p!r:.80}")
     if bboxes is not None:
         if isinstance(bboxes, (str, bytes)) or not isinstance(bboxes, (list, tuple)):
@@ -468,10 +468,6 @@ def _equal_length_batches(processor, prompts: list[str], bboxes: list | None, ba
     return batches
 
 
-#: What the processor counts as one phrase of a prompt (it inserts one user box entry after each).
-_PHRASE_PAIR = re.compile(r"<phrase>.+?</phrase>")
-
-
 def _is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -487,7 +483,7 @@ def _boxes_for_processor(entry, prompt: str, index: int):
     if len(entry) == 4 and all(_is_number(v) for v in entry):
         raise ValueError(f"bboxes[{index}] is a single box {tuple(entry)}, but each image's entry must be a list "
                          "with one box per <phrase>: for one box write bboxes=[[box]] (one image, one phrase)")
-    phrases = len(_PHRASE_PAIR.findall(prompt))
+    phrases = count_phrases(prompt)
     if entry and len(entry) != phrases:
         raise ValueError(f"bboxes[{index}] has {len(entry)} entries but prompt {index} ({prompt!r:.100}) has "
                          f"{phrases} <phrase>…</phrase> pair(s); give one entry per phrase (a box, a list of "
@@ -505,19 +501,11 @@ def _boxes_for_processor(entry, prompt: str, index: int):
                                               for b in per_phrase)
         try:
             if several:
-                out.append([_box_tuple(b) for b in per_phrase])
+                out.append([check_with_area(b) for b in per_phrase])
             else:
-                out.append(_box_tuple(per_phrase))
+                out.append(check_with_area(per_phrase))
         except ValueError as err:
             err.add_note(f"(in {where}: the user box for phrase {j} of prompt {index})")
             raise
     return out
 
-
-def _box_tuple(box) -> tuple[float, float, float, float]:
-    from helpers.grounding.boxes import check_normalized
-
-    x0, y0, x1, y1 = check_normalized(box)
-    if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"a user box needs x1 > x0 and y1 > y0, got {(x0, y0, x1, y1)}")
-    return (x0, y0, x1, y1)

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from helpers.grounding.boxes import check_normalized, to_pixels
+from helpers.grounding.boxes import Box, check_image_size, check_normalized, to_pixels
+from helpers.grounding.checks import check_positive_int
 from helpers.grounding.images import to_rgb
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
@@ -45,7 +46,6 @@ __all__ = [
     "plot_entities",
 ]
 
-Box = tuple[float, float, float, float]
 RectPx = tuple[int, int, int, int]
 
 #: Entity colours, in order: distinct hues of medium-to-dark tone, readable as box outlines on photos
@@ -163,8 +163,7 @@ def _default_sizes(image_size: tuple[int, int]) -> tuple[int, int]:
 
 
 def _check_size_arg(name: str, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive int or None (scaled with the image), got {value!r}")
+    check_positive_int(name, value, none_ok=True)  # None: scaled with the image
 
 
 @functools.lru_cache(maxsize=32)
@@ -272,7 +271,7 @@ def label_boxes(
         grounding_or_entities: grounded output in any accepted form (see the module docstring).
         font_size: as for :func:`draw_entities`; ``None`` scales it with the image.
     """
-    size = _check_image_size(image_size)
+    size = check_image_size(image_size)
     _, entities = _parse(grounding_or_entities)
     _check_size_arg("font_size", font_size)
     return _label_boxes(size, entities, font_size)
@@ -298,16 +297,6 @@ def _label_boxes(image_size: tuple[int, int], entities: Sequence[_Entity], font_
 
 def _label_padding(font_size: int) -> int:
     return max(2, font_size // 5)
-
-
-def _check_image_size(image_size: Any) -> tuple[int, int]:
-    if (
-        not isinstance(image_size, (tuple, list))
-        or len(image_size) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size)
-    ):
-        raise ValueError(f"image_size must be (width, height) as two positive ints, got {image_size!r}")
-    return image_size[0], image_size[1]
 
 
 def _hex_to_rgb(colour: str) -> tuple[int, int, int]:
@@ -440,8 +429,7 @@ def draw_grid(
             ``line_opacity`` is outside [0, 1].
     """
     _check_image(image)
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f"num_bins must be a positive int (bins per side), got {num_bins!r}")
+    check_positive_int("num_bins", num_bins, unit="bins per side")
     if isinstance(line_opacity, bool) or not isinstance(line_opacity, (int, float)) or not 0 <= line_opacity <= 1:
         raise ValueError(f"line_opacity must be a number in [0, 1], got {line_opacity!r}")
     cells: dict[int, str] = {}

@@ -14,6 +14,14 @@ Importing this module loads nothing heavy (the command line's ``--help`` reads t
 
 from __future__ import annotations
 
+import re
+from typing import Sequence
+
+from helpers.grounding.boxes import Box, check_with_area
+
+#: What the processor counts as one phrase of a prompt (it takes one user-box entry for each).
+PHRASE_PAIR = re.compile(r"<phrase>.+?</phrase>")
+
 CAPTION_PROMPT = "<grounding> An image of"
 DETAIL_PROMPT = "<grounding> Describe this image in detail:"
 GENERATION_PROMPT = "<grounding><phrase> It</phrase> is"
@@ -27,3 +35,32 @@ def comprehension_prompt(phrase: str) -> str:
 def qa_prompt(noun: str = "object") -> str:
     """The grounded-question prompt (the user box is inserted after ``</phrase>`` by the processor)."""
     return f"<grounding> Question: What is<phrase> this {noun}</phrase>? Answer:"
+
+
+def check_prompt(prompt: object, what: str = "prompt") -> str:
+    """Return ``prompt`` when it is a non-empty str; otherwise raise ``ValueError`` saying what was expected."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"{what} must be a non-empty str, e.g. {CAPTION_PROMPT!r}, got {prompt!r}")
+    return prompt
+
+
+def count_phrases(prompt: str) -> int:
+    """How many ``<phrase>…</phrase>`` pairs ``prompt`` has: the processor takes one user-box entry per pair."""
+    return len(PHRASE_PAIR.findall(prompt))
+
+
+def user_box_entry(prompt: str, box: Sequence[float]) -> list[Box | None]:
+    """The processor's ``bboxes`` entry for one image whose ``prompt`` carries one user ``box``.
+
+    The box goes to the prompt's first ``<phrase>…</phrase>`` (``<grounding><phrase> It</phrase> is``
+    asks about the box); any later phrase gets no box.
+
+    Raises:
+        ValueError: the box is not a normalized box with an area, or the prompt has no phrase to attach it to.
+    """
+    box = check_with_area(box)
+    phrases = count_phrases(prompt)
+    if phrases == 0:
+        raise ValueError("a box needs a <phrase>…</phrase> in the prompt to attach to, e.g. "
+                         f"'<grounding><phrase> It</phrase> is'; got {prompt!r}")
+    return [box] + [None] * (phrases - 1)

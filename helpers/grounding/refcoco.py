@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from helpers.grounding.boxes import check_normalized, iou
+from helpers.grounding.boxes import Box, check_normalized, iou
 from helpers.grounding.evaluation import IOU_THRESHOLD, Score
 
-Box = tuple[float, float, float, float]
 
 #: How RefCOCO's ``image_id`` becomes a file name in the COCO ``train2014`` folder.
 COCO_TRAIN2014_PATTERN = "COCO_train2014_{image_id:012d}.jpg"

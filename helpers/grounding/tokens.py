@@ -23,12 +23,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from helpers.grounding.boxes import Box, check_normalized, check_with_area
+from helpers.grounding.checks import check_positive_int
+
 NUM_BINS = 32
 
 
 def _check_num_bins(num_bins: int) -> None:
-    if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
-        raise ValueError(f"num_bins must be a positive int (bins per side), got {num_bins!r}")
+    check_positive_int("num_bins", num_bins, unit="bins per side")
 
 
 def patch_index_to_box(first: int, last: int, num_bins: int = NUM_BINS) -> tuple[float, float, float, float]:
@@ -64,15 +66,8 @@ def box_to_patch_index(box: Sequence[float], num_bins: int = NUM_BINS) -> tuple[
     to ``-1.0`` in floating point (below about ``1e-17``), the processor computes column ``-1``, which is
     not a bin; here the corner goes to bin 0.
     """
-    from helpers.grounding.boxes import check_normalized
-
     _check_num_bins(num_bins)
-    x0, y0, x1, y1 = check_normalized(box)
-    if not (x1 > x0 and y1 > y0):
-        raise ValueError(
-            f"a box needs x0 < x1 and y0 < y1 to be written as location tokens, got {(x0, y0, x1, y1)} "
-            "(it has no width or no height)"
-        )
+    x0, y0, x1, y1 = check_with_area(box)
     ul_x = min(math.floor(x0 * num_bins), num_bins - 1)
     ul_y = min(math.floor(y0 * num_bins), num_bins - 1)
     lr_x = max(math.ceil(x1 * num_bins - 1), 0)
@@ -119,7 +114,6 @@ _PATCH_PREFIX = "<patch_index_"
 _SILENT_TAGS = frozenset({GROUNDING, "<s>", "</s>", "<pad>"})
 _DIGITS = re.compile(r"\d*")  # Unicode decimal digits, exactly what the processor's ``\d`` accepts
 
-Box = tuple[float, float, float, float]
 
 
 def _check_str(text: object, what: str = "text (the decoded model output)") -> str:
@@ -141,8 +135,6 @@ def strip_image_prefix(text: str) -> str:
 
 
 def _box_from_value(value: object, what: str) -> Box:
-    from helpers.grounding.boxes import check_normalized
-
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ValueError(f"{what} must be a list of 4 numbers (x0, y0, x1, y1), got {value!r}")
     return check_normalized(value)

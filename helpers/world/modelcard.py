@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from helpers.grounding.evaluation import HELD_OUT_SEED, evaluate
+from helpers.grounding.evaluation import HELD_OUT_SEED, evaluate, metrics_table
 
 REBUILD_COMMANDS = (
     "python -m helpers train --out run1 --seed 0 --vision-steps 500 --steps 100000 --minutes 52 "
@@ -22,26 +22,6 @@ REBUILD_COMMANDS = (
     "python -m helpers train --out data/kosmos2-tiny-world --resume run1 --vision-steps 0 --steps 100000 "
     "--minutes 15 --batch-size 48 --lr 8e-4 --warmup 50 --aux-weight 0.3 --threads 2",
 )
-
-_ROWS = (
-    ("captioning: phrase recall", "caption_phrase_recall", "≥ 95 %"),
-    ("captioning: box hit (IoU ≥ 0.5)", "caption_box_hit", "≥ 90 %"),
-    ("captioning: phrase precision", "caption_phrase_precision", ""),
-    ("comprehension: box hit", "comprehension_box_hit", "≥ 90 %"),
-    ("question with a box: names the object", "qa_names_object", "≥ 90 %"),
-    ("generation from a box: names the object", "generation_names_object", "≥ 90 %"),
-)
-
-
-def evaluation_table(result: dict) -> str:
-    """The Markdown table of an ``evaluation.json``."""
-    lines = [f"{result['scenes']} held-out scenes, {result['objects']} objects", "",
-             "| metric | result | bar |", "| --- | --- | --- |"]
-    for name, key, bar in _ROWS:
-        r = result[key]
-        shown = f"{100 * r['rate']:.1f} % ({r['hits']}/{r['total']})" if r["total"] else "n/a (0/0)"
-        lines.append(f"| {name} | {shown} | {bar} |")
-    return "\n".join(lines)
 
 
 def caption_latency(model, processor, image, new_tokens: int = 32, repeats: int = 5, batch: int = 1) -> float:
@@ -170,7 +150,7 @@ def _card_text(model, result: dict, training: dict) -> str:
         "hits at IoU ≥ 0.5 (`helpers.grounding.evaluation`). User boxes in the question and generation tasks are the",
         "objects' true boxes.",
         "",
-        evaluation_table(result),
+        metrics_table(result),
         "",
         "Time per image for a 32-token brief caption (greedy, float32, CPU): "
         f"{result['caption_seconds_per_image_32_tokens']['batch_1']:.3f} s at batch 1, "

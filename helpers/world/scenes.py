@@ -16,7 +16,7 @@ from typing import Iterable
 
 from PIL import Image, ImageDraw
 
-Box = tuple[float, float, float, float]
+from helpers.grounding.boxes import Box, check_image_size, check_with_area
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -238,24 +238,13 @@ def draw_scene(
         ValueError: a box that is not four numbers with ``0 <= x0 < x1 <= 1`` and ``0 <= y0 < y1 <= 1``, a
             kind that is not in the world (:func:`check_kind`), or a size that is not two positive ints.
     """
-    from helpers.grounding.boxes import check_normalized
-
-    if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        raise ValueError(f"size must be (width, height) in pixels, two positive ints; got {size!r}")
-    width, height = size
+    width, height = check_image_size(size, "size")
     image = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(image)
     placed = []
     for colour, shape, box in layout:
         check_kind(colour, shape)
-        what = "box must be normalized (x0, y0, x1, y1) with x0 < x1, y0 < y1 in [0, 1]"
-        try:
-            box = check_normalized(box)
-        except ValueError as err:
-            raise ValueError(f"{what}; {err}") from None
-        if not (box[0] < box[2] and box[1] < box[3]):
-            raise ValueError(f"{what}; got {box}")
+        box = check_with_area(box)
         px = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
         draw_object(draw, colour, shape, px)
         placed.append((colour, shape, tuple(float(v) for v in box)))

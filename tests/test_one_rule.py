@@ -1,0 +1,128 @@
+"""Each rule of the package is written once: the box type and its checks, the image-size check, the
+user-box rule, Kosmos-2's prompts, the metrics table and the results record. The other modules use those
+definitions; these tests fail when a copy creeps back in, and check that the users give the same answer."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import pytest
+
+from helpers.course.paths import repo_root
+from helpers.grounding import boxes, prompts
+
+HELPERS = repo_root() / "helpers"
+
+
+def _sources() -> dict[str, str]:
+    return {str(p.relative_to(HELPERS)): p.read_text("utf-8") for p in sorted(HELPERS.rglob("*.py"))}
+
+
+def _code(text: str) -> str:
+    """The module's code without comments and docstrings (what runs, not what explains it)."""
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            body[0] = ast.Pass()
+    return ast.unparse(tree)
+
+
+@pytest.mark.parametrize("pattern, home", [
+    (r"^Box\s*=", "grounding/boxes.py"),                                     # the box type
+    (r"two positive ints", "grounding/boxes.py"),                            # the image-size check
+    (r"x1\s*>\s*x0|x0\s*<\s*x1\s+and|box\[2\]\s*>\s*box\[0\]", "grounding/boxes.py"),  # a box has an area
+    (r"<phrase>\.\+\?</phrase>|count\(.<phrase>.\)|.<phrase>. (not )?in ", "grounding/prompts.py"),  # phrases
+    (r"<grounding> An image of|Describe this image in detail|Question: What is", "grounding/prompts.py"),
+    (r"\| metric \| result \| bar \|", "grounding/evaluation.py"),          # the metrics table
+    (r".generated.:", "course/outputs.py"),                                  # the results record
+])
+def test_a_rule_lives_in_one_module(pattern: str, home: str) -> None:
+    where = [name for name, text in _sources().items() if re.search(pattern, _code(text), re.M)]
+    assert where == [home], f"{pattern!r} is written in {where}, expected only in {home}"
+
+
+def test_the_modules_import_the_shared_definitions() -> None:
+    sources = _sources()
+    uses = {
+        "from helpers.grounding.boxes import Box": ["grounding/tokens.py", "grounding/plotting.py", "grounding/refcoco.py",
+                                                    "world/scenes.py", "course/solutions.py", "course/solutions_more.py"],
+        "check_with_area": ["grounding/tokens.py", "grounding/model.py", "grounding/prompts.py", "world/scenes.py"],
+        "check_image_size": ["grounding/plotting.py", "world/scenes.py", "course/solutions.py", "course/batch.py"],
+        "user_box_entry": ["course/batch.py", "course/playground.py", "course/cli.py"],
+        "count_phrases": ["grounding/model.py"],
+        "metrics_table": ["world/modelcard.py"],
+        "check_positive_int": ["grounding/tokens.py", "grounding/plotting.py", "grounding/images.py", "course/batch.py",
+                               "course/distributed.py"],
+        "is_positive_int": ["grounding/boxes.py"],
+        "grounding_record": ["course/batch.py", "course/distributed.py"],
+        "from helpers.grounding.prompts import": ["grounding/model.py", "grounding/evaluation.py", "grounding/refcoco.py",
+                                                  "world/language.py", "world/modelcard.py", "course/cli.py",
+                                                  "course/distributed.py", "course/playground.py"],
+    }
+    for name, users in uses.items():
+        missing = [u for u in users if name not in sources[u]]
+        assert not missing, f"{missing} do not use {name}"
+
+
+# ----------------------------------------------------------------------------- same rule, same answers
+
+
+def test_every_user_box_path_refuses_a_box_without_area_the_same_way(tiny_model) -> None:
+    from helpers.course.playground import Playground
+    from helpers.grounding.model import ground
+    from helpers.world.scenes import sample_scenes
+
+    model, processor = tiny_model
+    flat = (0.2, 0.3, 0.6, 0.3)
+    with pytest.raises(ValueError) as expected:
+        prompts.user_box_entry(prompts.GENERATION_PROMPT, flat)
+    image = sample_scenes(1, seed=1)[0].image
+    with pytest.raises(ValueError) as from_ground:
+        ground(model, processor, image, prompts.GENERATION_PROMPT, bboxes=[[flat]])
+    with pytest.raises(ValueError) as from_playground:
+        Playground(model, processor).run(image=image, prompt=prompts.GENERATION_PROMPT, box=flat)
+    assert str(from_ground.value) == str(from_playground.value) == str(expected.value)
+    assert "has no area" in str(expected.value)
+
+
+def test_the_user_box_goes_to_the_first_phrase_only() -> None:
+    two = "<grounding><phrase> It</phrase> is next to<phrase> this</phrase>"
+    assert prompts.count_phrases(two) == 2
+    assert prompts.user_box_entry(two, (0.1, 0.2, 0.5, 0.6)) == [(0.1, 0.2, 0.5, 0.6), None]
+    with pytest.raises(ValueError, match="needs a <phrase>"):
+        prompts.user_box_entry(prompts.CAPTION_PROMPT, (0.1, 0.2, 0.5, 0.6))
+
+
+def test_one_image_size_rule_for_plots_boxes_and_scenes() -> None:
+    import numpy as np
+
+    from helpers.course.solutions import entity_boxes_px
+    from helpers.grounding.plotting import draw_user_box
+    from helpers.grounding.tokens import parse_generation
+    from helpers.world.scenes import draw_scene
+
+    numpy_size = (np.int64(64), np.int64(48))
+    assert boxes.check_image_size(numpy_size) == (64, 48)
+    assert boxes.to_pixels((0, 0, 1, 1), numpy_size) == (0.0, 0.0, 64.0, 48.0)
+    scene = draw_scene([], size=numpy_size)
+    assert scene.image.size == (64, 48)
+    assert draw_user_box(scene.image, (0.1, 0.1, 0.5, 0.5)).size == (64, 48)
+    grounding = parse_generation("<phrase> a dot</phrase><object><patch_index_0000><patch_index_1023></object>")
+    assert entity_boxes_px(grounding, numpy_size) == [("a dot", [(1, 1, 63, 47)])]  # bin centres
+    for bad in [(64,), (0, 48), (64.0, 48), (True, 48), "64x48"]:
+        with pytest.raises(ValueError, match=r"must be \(width, height\), two positive ints"):
+            boxes.check_image_size(bad)
+
+
+def test_metrics_table_is_the_one_the_model_card_prints() -> None:
+    from helpers.grounding.evaluation import METRICS, metrics_table
+    from helpers.world import modelcard
+
+    result = {"scenes": 2, "objects": 3, **{key: {"hits": 1, "total": 3} for _, key, _ in METRICS}}
+    table = metrics_table(result)
+    assert table.count("33.3 % (1/3)") == len(METRICS)
+    assert modelcard.metrics_table is metrics_table
+    assert not hasattr(modelcard, "evaluation_table")
