@@ -1,7 +1,8 @@
 """helpers: the code behind the Kosmos-2 grounding course, in three parts.
 
 ``helpers.grounding`` — the library a learner calls, for the real Kosmos-2 and the bundled model alike:
-    boxes       normalized and pixel boxes: the box type and its checks
+    boxes       normalized and pixel boxes: the box type, its checks and the image-size check
+    checks      the positive-int check many functions share
     tokens      Kosmos-2 location tokens (``<patch_index_NNNN>``) and parsing grounded text
     prompts     Kosmos-2's prompts (captions, comprehension, questions about a box, box → words)
     images      loading images from paths, URLs and bytes (EXIF orientation, size limits)

@@ -59,6 +59,16 @@ def test_every_sub_package_of_helpers_is_packaged() -> None:
     assert set(find_packages(str(ROOT), include=include)) == on_disk
 
 
+def test_the_package_map_names_every_module() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for room in ("grounding", "world", "course"):
+        modules = sorted(p.stem for p in (ROOT / "helpers" / room).glob("*.py") if p.stem != "__init__")
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `helpers.{room}` |"))
+        for module in modules:
+            assert re.search(rf"^    {module}\b|, {module}\b", helpers.__doc__, re.M), f"{room}.{module} not in the docstring"
+            assert f"`{module}`" in row, f"{room}.{module} not in the README's package map"
+
+
 def test_console_script_points_at_the_cli_main() -> None:
     target = _pyproject()["project"]["scripts"]["kosmos2-course"]
     module_name, _, attribute = target.partition(":")
