@@ -4,7 +4,8 @@
 ``PIL.Image.Image`` that
 
 * is turned the way a person sees it: the EXIF orientation tag is applied (the same transposition as
-  ``PIL.ImageOps.exif_transpose``), so boxes drawn on it land where the model saw things;
+  ``PIL.ImageOps.exif_transpose``), so boxes drawn on it land where the model saw things; with
+  ``exif_orientation=False`` the pixels stay as stored, which is what annotation files' boxes refer to;
 * has no transparency (transparent pixels are composited on white) and no palette, CMYK or high-bit-depth
   grey (16-bit and 32-bit grey are scaled down to 8 bits, not clipped to white);
 * has its longest side at most ``max_side`` pixels (bigger images are shrunk while loading; JPEGs are
@@ -92,6 +93,7 @@ def load_image(
     timeout: float = 10.0,
     max_bytes: int = 20_000_000,
     max_side: int = 4096,
+    exif_orientation: bool = True,
 ) -> Image.Image:
     """Load an image as RGB, EXIF-oriented, with its longest side at most ``max_side`` pixels.
 
@@ -103,6 +105,10 @@ def load_image(
             it passes this cap.
         max_side: the longest side of the returned image, in pixels; bigger images are shrunk (keeping
             their aspect ratio), smaller ones are left as they are.
+        exif_orientation: turn the image as its EXIF orientation tag says (``True``, the default: what a
+            person sees, right for showing and grounding photos) or keep the pixels as stored (``False``).
+            Choose ``False`` when boxes come from an annotation file: COCO, RefCOCO and Flickr30k Entities
+            measure their boxes on the stored pixels, so the benchmark evaluations load images this way.
 
     Returns:
         A new RGB image.
@@ -119,14 +125,14 @@ def load_image(
     _check_positive("max_side", max_side)
 
     if isinstance(source, Image.Image):
-        return _finish(source, max_side=max_side, what="the given PIL image")
+        return _finish(source, max_side=max_side, what="the given PIL image", orient=exif_orientation)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if len(data) > max_bytes:
             raise ImageLoadError(
                 f"the image bytes are {len(data):,} bytes, over the limit of max_bytes={max_bytes:,}"
             )
-        return _decode(data, max_side=max_side, what="the given bytes")
+        return _decode(data, max_side=max_side, what="the given bytes", orient=exif_orientation)
     if isinstance(source, str):
         match = _URL_SCHEME.match(source)
         if match:
@@ -137,11 +143,12 @@ def load_image(
                     "or a local file path"
                 )
             data = _download(source, timeout=timeout, max_bytes=max_bytes)
-            return _decode(data, max_side=max_side, what=f"the download from {source}")
-        return _decode(_read_file(Path(source), max_bytes), max_side=max_side, what=f"file {source}")
+            return _decode(data, max_side=max_side, what=f"the download from {source}", orient=exif_orientation)
+        return _decode(_read_file(Path(source), max_bytes), max_side=max_side, what=f"file {source}",
+                       orient=exif_orientation)
     if isinstance(source, os.PathLike):
         path = Path(os.fspath(source))
-        return _decode(_read_file(path, max_bytes), max_side=max_side, what=f"file {path}")
+        return _decode(_read_file(path, max_bytes), max_side=max_side, what=f"file {path}", orient=exif_orientation)
     raise TypeError(
         "source must be a file path (str or os.PathLike), an http(s) URL, image bytes or a PIL image, "
         f"got {type(source).__name__}: {source!r:.80}"
@@ -316,7 +323,7 @@ def _target_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _decode(data: bytes, *, max_side: int, what: str) -> Image.Image:
+def _decode(data: bytes, *, max_side: int, what: str, orient: bool = True) -> Image.Image:
     if not data:
         raise ImageLoadError(f"{what} is empty (0 bytes), expected an image file")
     with _own_pixel_checks():
@@ -344,7 +351,7 @@ def _decode(data: bytes, *, max_side: int, what: str) -> Image.Image:
                     f"{what} is {width} x {height} = {width * height:,} pixels, over the limit of "
                     f"{MAX_PIXELS:,} pixels (40000 x 40000); refusing to decode it"
                 )
-            orientation = _orientation(image)
+            orientation = _orientation(image) if orient else 1
             target = _target_size(image.size, max_side)
             if target != image.size:
                 image.draft(image.mode, target)  # JPEG: decode at 1/2, 1/4 or 1/8 scale; others: no-op
@@ -372,7 +379,7 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) else 1
 
 
-def _finish(image: Image.Image, *, max_side: int, what: str) -> Image.Image:
+def _finish(image: Image.Image, *, max_side: int, what: str, orient: bool = True) -> Image.Image:
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageLoadError(f"{what} is {width} x {height} pixels, over the limit of {MAX_PIXELS:,} pixels")
@@ -381,7 +388,7 @@ def _finish(image: Image.Image, *, max_side: int, what: str) -> Image.Image:
             image.load()
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageLoadError(f"{what} could not be read: {exc}") from None
-        return _shrink_convert_orient(image, orientation=_orientation(image), max_side=max_side)
+        return _shrink_convert_orient(image, orientation=_orientation(image) if orient else 1, max_side=max_side)
 
 
 def _shrink_convert_orient(image: Image.Image, *, orientation: int, max_side: int) -> Image.Image:
