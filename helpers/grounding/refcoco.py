@@ -114,11 +114,15 @@ def _check_split(split: str | None) -> None:
 # --------------------------------------------------------------------------------------------- reading files
 
 
+class _Refused(Exception):
+    """A pickle asked for a Python object (a class or function)."""
+
+
 class _PlainUnpickler(pickle.Unpickler):
     """Unpickles only what needs no class: lists, dicts, tuples, strings, numbers, booleans and None."""
 
     def find_class(self, module: str, name: str):  # noqa: D102 - called by pickle for every class reference
-        raise pickle.UnpicklingError(
+        raise _Refused(
             f"it refers to the Python object {module}.{name}; only plain lists, dicts, strings and numbers are "
             "read, because unpickling anything else can run code"
         )
@@ -136,9 +140,10 @@ def read_plain_pickle(path: str | os.PathLike) -> Any:
     data = path.read_bytes()
     try:
         return _PlainUnpickler(io.BytesIO(data), encoding="utf-8").load()
-    except pickle.UnpicklingError as err:
+    except _Refused as err:
         raise RefCocoFormatError(f"refs file {str(path)!r} was refused: {err}") from None
-    except (EOFError, ValueError, IndexError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
+    except (pickle.UnpicklingError, EOFError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+            UnicodeDecodeError) as err:
         raise RefCocoFormatError(
             f"refs file {str(path)!r} is not a complete pickle ({type(err).__name__}: {err}); expected the refer "
             "toolkit's refs(unc).p / refs(umd).p / refs(google).p, downloaded in full"
