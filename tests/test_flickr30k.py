@@ -1,4 +1,4 @@
-"""helpers.flickr30k on two hand-written Flickr30k Entities images (Sentences/*.txt + Annotations/*.xml in the
+"""helpers.grounding.flickr30k on two hand-written Flickr30k Entities images (Sentences/*.txt + Annotations/*.xml in the
 data set's layout), its bad inputs, and the phrase-grounding score on hand-made answers."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import helpers.model
-from helpers.flickr30k import (
+import helpers.grounding.model
+from helpers.grounding.flickr30k import (
     SKIP_NOT_ANNOTATED,
     SKIP_NOT_VISIBLE,
     SKIP_SCENE,
@@ -19,8 +19,8 @@ from helpers.flickr30k import (
     parse_sentence,
     read_annotation,
 )
-from helpers.synthetic import draw_scene
-from helpers.tokens import parse_generation
+from helpers.world.scenes import draw_scene
+from helpers.grounding.tokens import parse_generation
 
 SENTENCES = {
     "1000092795": (
@@ -217,10 +217,10 @@ def test_phrase_grounding_scored_as_the_authors_score(flickr, monkeypatch) -> No
         return [parse_generation(p.split("<phrase>")[0] + answers[p.split("<phrase> ")[1].split("</phrase>")[0]])
                 for p in prompts]
 
-    monkeypatch.setattr(helpers.model, "ground", fake_ground)
+    monkeypatch.setattr(helpers.grounding.model, "ground", fake_ground)
     result = evaluate_phrase_grounding(None, None, data, flickr / "flickr30k-images")
     assert seen["prompts"][1] == "<grounding> Two young guys with<phrase> shaggy hair</phrase>"
-    assert seen["kwargs"]["decoding"] == helpers.model.AUTHORS_DECODING
+    assert seen["kwargs"]["decoding"] == helpers.grounding.model.AUTHORS_DECODING
     assert [r["hit"] for r in result.rows] == [True, False, False, False]
     assert [r["hit_any"] for r in result.rows] == [True, False, True, False]
     assert (result.scores.accuracy_at_1.hits, result.scores.upper_bound.hits, result.scores.accuracy_at_1.total) \
