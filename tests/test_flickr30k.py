@@ -252,3 +252,22 @@ def test_with_a_real_model_the_images_are_read_and_every_phrase_gets_a_row(tiny_
     (flickr / "flickr30k-images" / "10002456.jpg").unlink()
     with pytest.raises(ValueError, match="10002456.jpg"):
         evaluate_phrase_grounding(*tiny_model, data, flickr / "flickr30k-images", max_new_tokens=2)
+
+
+def test_scenes_written_in_the_flickr30k_layout_load_back(tmp_path) -> None:
+    from helpers.grounding.flickr30k import scenes_to_flickr30k
+    from helpers.world.scenes import sample_scenes
+
+    scenes = sample_scenes(3, seed=5)
+    ids = scenes_to_flickr30k(scenes, tmp_path / "f30k", tmp_path / "images")
+    data = load_flickr30k_entities(tmp_path / "f30k", split="test")
+    groups = sum(len(s.groups) for s in scenes)
+    assert (data.images, data.sentences, len(data.items)) == (3, 6, groups + 3)
+    assert dict(data.skipped) == {SKIP_SCENE: 3}
+    first = [it for it in data.items if it.image_id == ids[0] and it.sentence_index == 0]
+    assert [it.phrase for it in first] == [g[0].phrase for g in scenes[0].groups]
+    for it, group in zip(first, scenes[0].groups):
+        assert len(it.boxes) == len(group)
+        for box, obj in zip(it.boxes, group):
+            assert box == pytest.approx(obj.box, abs=1 / min(scenes[0].image.size))
+    assert (tmp_path / "images" / f"{ids[0]}.jpg").is_file()

@@ -308,7 +308,7 @@ def test_beams_and_bad_decodings(spy) -> None:
     assert len(beams) == 2 and all(g.raw for g in beams)
     assert AUTHORS_DECODING == Decoding(num_beams=1, no_repeat_ngram_size=3)
     assert AUTHORS_DECODING.generate_kwargs() == {"do_sample": False, "num_beams": 1, "no_repeat_ngram_size": 3}
-    with pytest.raises(TypeError, match=r"decoding must be a helpers.model.Decoding.*got dict"):
+    with pytest.raises(TypeError, match=r"decoding must be a helpers.grounding.model.Decoding.*got dict"):
         ground(model, processor, images, decoding={"num_beams": 2}, progress=False)
     for bad in ({"num_beams": 0}, {"no_repeat_ngram_size": -1}, {"num_beams": True}, {"no_repeat_ngram_size": 2.0}):
         with pytest.raises(ValueError, match=r"Decoding\.(num_beams|no_repeat_ngram_size) must be an int >="):

@@ -321,3 +321,24 @@ def test_evaluation_on_the_refer_files_scores_by_the_expressions_own_boxes(refer
     assert [r["hit"] for r in result.rows] == [True, False, False]
     assert [r["ann_id"] for r in result.rows] == [900, 900, 901]
     assert [r["split"] for r in result.rows] == ["testA", "testA", "testB"]
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def test_scenes_written_in_the_refer_and_mdetr_layouts_load_back(tmp_path) -> None:
+    from helpers.grounding.refcoco import scenes_to_refcoco, write_mdetr_file, write_refer_files
+    from helpers.world.scenes import sample_scenes
+
+    records = scenes_to_refcoco(sample_scenes(3, seed=5), tmp_path / "train2014")
+    refs, instances = write_refer_files(records, tmp_path / "refcoco")
+    assert refs.name == "refs(unc).p" and refs.read_bytes()[:2] == b"\x80\x02"
+    from_refer = load_refcoco(refs, instances=instances)
+    from_records = load_refcoco(records)
+    from_mdetr = load_refcoco(write_mdetr_file(records, tmp_path / "finetune_refcoco_val.json"))
+    assert len(from_refer) == len(from_records) == len(from_mdetr) == len(records)
+    for a, b, c in zip(from_refer, from_records, from_mdetr):
+        assert a.expression == b.expression == c.expression and a.file_name == b.file_name == c.file_name
+        assert a.box == pytest.approx(b.box) and c.box == pytest.approx(b.box)
+        assert a.split == c.split == "val" and a.ann_id == c.ann_id
+    assert pickle.loads(refs.read_bytes())[0]["file_name"] == "scene_000_1000.png"  # the toolkit's suffixed name

@@ -258,29 +258,3 @@ def answer_after(caption: str, marker: str) -> str:
     """The part of a processed caption after the prompt's last ``marker`` (the model's answer)."""
     i = caption.rfind(marker)
     return caption[i + len(marker):] if i >= 0 else caption
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m helpers evaluate [--scenes N] [--model DIR]``: evaluate a model on held-out scenes."""
-    import argparse
-    import json
-
-    from helpers.grounding.model import load
-    from helpers.world.scenes import sample_scenes
-
-    parser = argparse.ArgumentParser(prog="python -m helpers evaluate",
-                                     description="Evaluate a model on held-out scenes of the synthetic world.")
-    parser.add_argument("--scenes", type=int, default=220)
-    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--json", default=None, help="also write the report as JSON here")
-    args = parser.parse_args(argv)
-    model, processor = load(args.model)
-    scenes = sample_scenes(args.scenes, seed=args.seed)
-    report = evaluate(model, processor, scenes)
-    print(report.table())
-    print("seconds:", {k: round(v, 1) for k, v in report.seconds.items()})
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report.as_dict(), f, indent=1)
-

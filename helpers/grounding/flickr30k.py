@@ -292,6 +292,46 @@ def load_flickr30k_entities(
     return data
 
 
+# --------------------------------------------------------------------------------------------- making files
+
+
+def scenes_to_flickr30k(scenes: Iterable, root: str | os.PathLike, image_dir: str | os.PathLike) -> list[str]:
+    """Write synthetic scenes in the Flickr30k Entities layout; returns the image ids (``"100000"`` …).
+
+    Each scene becomes ``image_dir/<id>.jpg`` (JPEG, as the data set's images), ``root/Sentences/<id>.txt``
+    with two captions (every group of objects is one entity, type ``other``; the second caption also names
+    the whole picture, an entity without a box) and ``root/Annotations/<id>.xml`` with one box per object;
+    ``root/test.txt`` lists the ids.
+    """
+    root, image_dir = Path(root), Path(image_dir)
+    for folder in (root / "Sentences", root / "Annotations", image_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for i, scene in enumerate(scenes):
+        image_id = str(100000 + i)
+        ids.append(image_id)
+        scene.image.convert("RGB").save(image_dir / f"{image_id}.jpg", quality=95)
+        width, height = scene.image.size
+        tagged = [f"[/EN#{k + 1}/other {group[0].phrase}]" for k, group in enumerate(scene.groups)]
+        listed = " , ".join(tagged[:-1]) + " and " + tagged[-1] if len(tagged) > 1 else tagged[0]
+        first = f"[/EN#1/other {scene.groups[0][0].phrase[0].upper()}{scene.groups[0][0].phrase[1:]}]"
+        lines = [f"An image of {listed} .", f"{first} is in [/EN#{len(tagged) + 1}/scene the picture] ."]
+        (root / "Sentences" / f"{image_id}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        objects = []
+        for k, group in enumerate(scene.groups):
+            for obj in group:
+                x0, y0, x1, y1 = obj.box
+                objects.append(f"<object><name>{k + 1}</name><bndbox><xmin>{round(x0 * width)}</xmin>"
+                               f"<ymin>{round(y0 * height)}</ymin><xmax>{round(x1 * width)}</xmax>"
+                               f"<ymax>{round(y1 * height)}</ymax></bndbox></object>")
+        objects.append(f"<object><name>{len(tagged) + 1}</name><nobndbox>0</nobndbox><scene>1</scene></object>")
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename><size><width>{width}</width><height>{height}</height>"
+            f"<depth>3</depth></size>{''.join(objects)}</annotation>\n", encoding="utf-8")
+    (root / "test.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
+    return ids
+
+
 # --------------------------------------------------------------------------------------------- evaluating
 
 

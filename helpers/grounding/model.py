@@ -428,7 +428,7 @@ def ground(
 
     max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
     if not isinstance(decoding, Decoding):
-        raise TypeError(f"decoding must be a helpers.model.Decoding, e.g. Decoding(no_repeat_ngram_size=3), "
+        raise TypeError(f"decoding must be a helpers.grounding.model.Decoding, e.g. Decoding(no_repeat_ngram_size=3), "
                         f"got {type(decoding).__name__}: {decoding!r:.80}")
     if batch_size is not None:
         batch_size = _check_count("batch_size", batch_size)

@@ -547,6 +547,55 @@ def scenes_to_refcoco(scenes: Iterable, image_dir: str | os.PathLike, *, prefix:
     return records
 
 
+def write_refer_files(records: Sequence[dict], folder: str | os.PathLike, *, split_by: str = "unc") -> tuple[Path, Path]:
+    """Write records (as :func:`scenes_to_refcoco` makes them) in the refer toolkit's layout.
+
+    ``folder/refs(<split_by>).p`` gets one ref per record (``ref_id``, ``ann_id``, ``image_id``, ``split``,
+    ``sentences``, and the toolkit's ``file_name`` with the annotation id as suffix) and
+    ``folder/instances.json`` the images (file name and size) and annotations (``bbox``). Returns both paths.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    refs, images, annotations = [], {}, []
+    for i, rec in enumerate(records):
+        ann_id, stem = 1000 + i, Path(rec["file_name"]).stem
+        images[rec["image_id"]] = {"id": rec["image_id"], "file_name": rec["file_name"], "width": rec["width"],
+                                   "height": rec["height"]}
+        annotations.append({"id": ann_id, "image_id": rec["image_id"], "bbox": list(rec["bbox"]), "category_id": 1,
+                            "iscrowd": 0, "area": rec["bbox"][2] * rec["bbox"][3]})
+        sentences = [{"sent": s["sent"], "raw": s["sent"], "tokens": s["sent"].split(), "sent_id": 10 * i + j}
+                     for j, s in enumerate(rec["sentences"])]
+        refs.append({"ref_id": rec["ref_id"], "ann_id": ann_id, "image_id": rec["image_id"], "category_id": 1,
+                     "split": rec["split"], "file_name": f"{stem}_{ann_id}{Path(rec['file_name']).suffix}",
+                     "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences})
+    refs_path, instances_path = folder / f"refs({split_by}).p", folder / "instances.json"
+    refs_path.write_bytes(pickle.dumps(refs, protocol=2))
+    instances_path.write_text(json.dumps({"images": list(images.values()), "annotations": annotations,
+                                          "categories": [{"id": 1, "name": "object"}]}), encoding="utf-8")
+    return refs_path, instances_path
+
+
+def write_mdetr_file(records: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Write records (as :func:`scenes_to_refcoco` makes them) as an MDETR ``finetune_*.json``.
+
+    One ``images[]`` entry per expression (``caption``, ``file_name``, size, ``original_id``) and its box in
+    the ``annotations[]`` entry with the same ``image_id``. Returns the path.
+    """
+    images, annotations = [], []
+    for i, rec in enumerate(records):
+        for s in rec["sentences"]:
+            n = len(images)
+            images.append({"id": n, "file_name": rec["file_name"], "width": rec["width"], "height": rec["height"],
+                           "original_id": rec["image_id"], "caption": s["sent"], "dataset_name": "refcoco"})
+            annotations.append({"id": n, "image_id": n, "bbox": list(rec["bbox"]), "category_id": 1,
+                                "original_id": 1000 + i})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "object"}]}), encoding="utf-8")
+    return path
+
+
 # --------------------------------------------------------------------------------------------- evaluating
 
 
