@@ -83,6 +83,6 @@ def test_model_card_matches_the_weights():
     card = (bundled_model_dir() / "README.md").read_text()
     evaluation = json.loads((bundled_model_dir() / "evaluation.json").read_text())
     assert evaluation["objects"] >= 500
-    for key in ("caption_phrase_recall", "caption_box_hit", "comprehension_box_hit", "qa_names_object",
-                "generation_names_object"):
+    for key in ("caption_phrase_recall", "caption_box_hit", "comprehension_accuracy_at_1",
+                "comprehension_upper_bound_any_box", "qa_names_object", "generation_names_object"):
         assert f"({evaluation[key]['hits']}/{evaluation[key]['total']})" in card
