@@ -9,7 +9,8 @@
     plotting    boxes drawn on images, highlighted captions, the location grid
     model       loading a Kosmos-2 model (the real one or the bundled one) and grounding images
     evaluation  scoring predicted boxes and captions against the truth
-    refcoco     RefCOCO-style annotation files and comprehension accuracy
+    refcoco     RefCOCO / RefCOCO+ / RefCOCOg files as distributed, and comprehension scored as the paper's authors do
+    flickr30k   Flickr30k Entities files, and phrase grounding scored as the paper's authors do
     progress    when to show progress bars
 
 ``helpers.world`` — the synthetic world and the small model trained on it (shipped in ``data/``):
@@ -27,6 +28,7 @@
     mainjob     the main job behind ``make run`` / ``python -m helpers run``
     batch       grounding a folder of images to JSON Lines and annotated PNGs
     cli         the ``python -m helpers ground`` command
+    cli_evaluate  the ``python -m helpers evaluate world|refcoco|flickr30k`` command
     distributed batch grounding spread over processes with accelerate
     playground  the interactive playground of notebook 10
     solutions, solutions_more   exercise solutions the notebooks reveal
@@ -52,10 +54,13 @@ for _module, _names in {
     "grounding.images": "ImageLoadError load_image to_rgb",
     "grounding.plotting": "PALETTE draw_entities draw_user_box highlight_caption draw_grid entity_colour",
     "grounding.model": ("REAL_MODEL ModelLoadError load ground resolve_source real_model_cached try_gpu "
-                        "default_dtype"),
-    "grounding.evaluation": ("IOU_THRESHOLD HELD_OUT_SEED Score CaptionScores score_boxes score_caption "
-                             "phrases_match box_hits names_object answer_after evaluate"),
-    "grounding.refcoco": "RefCocoFormatError load_refcoco scenes_to_refcoco evaluate_comprehension",
+                        "default_dtype Decoding GREEDY AUTHORS_DECODING"),
+    "grounding.evaluation": ("IOU_THRESHOLD HELD_OUT_SEED Score CaptionScores PhraseScores score_caption "
+                             "score_phrase phrase_boxes phrases_match box_hits names_object answer_after evaluate"),
+    "grounding.refcoco": ("RefCocoFormatError RefItem load_refcoco scenes_to_refcoco write_refer_files "
+                          "write_mdetr_file evaluate_comprehension"),
+    "grounding.flickr30k": ("Flickr30kFormatError PhraseItem load_flickr30k_entities scenes_to_flickr30k "
+                            "evaluate_phrase_grounding"),
     "grounding.progress": "interactive",
     "world.scenes": ("KINDS Scene SceneObject sample_scene sample_scenes draw_scene snowman_illustration "
                      "character_illustration definite_phrase kind_name"),

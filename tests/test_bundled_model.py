@@ -40,8 +40,8 @@ def test_offline_default_is_the_bundled_model(bundled):
     assert 0 < weights <= 20_000_000
 
 
-#: The level the shipped weights reach on the seeded set below (80.6 % for captions and comprehension,
-#: 100 % for questions and generation when measured); the project's bars (95 / 90 / 90 / 90 %) are not
+#: The level the shipped weights reach on the seeded set below (80.6 % for captions, 78.6 % comprehension
+#: accuracy@1, 100 % for questions and generation when measured); the project's bars (95 / 90 / 90 / 90 %) are not
 #: reached yet on two CPU cores — see the model card. A retrained model must not fall below this floor.
 FLOOR = {"phrase_recall": 0.75, "box_hit": 0.75, "comprehension": 0.75, "qa": 0.95, "generation": 0.95}
 
@@ -54,7 +54,7 @@ def test_shipped_level_on_a_small_seeded_held_out_set(bundled):
     assert report.objects >= 25
     assert report.caption.phrase_recall.rate >= FLOOR["phrase_recall"], report.table()
     assert report.caption.box_hit.rate >= FLOOR["box_hit"], report.table()
-    assert report.comprehension.rate >= FLOOR["comprehension"], report.table()
+    assert report.comprehension.accuracy_at_1.rate >= FLOOR["comprehension"], report.table()
     assert report.qa.rate >= FLOOR["qa"], report.table()
     assert report.generation.rate >= FLOOR["generation"], report.table()
 
@@ -83,6 +83,6 @@ def test_model_card_matches_the_weights():
     card = (bundled_model_dir() / "README.md").read_text()
     evaluation = json.loads((bundled_model_dir() / "evaluation.json").read_text())
     assert evaluation["objects"] >= 500
-    for key in ("caption_phrase_recall", "caption_box_hit", "comprehension_box_hit", "qa_names_object",
-                "generation_names_object"):
+    for key in ("caption_phrase_recall", "caption_box_hit", "comprehension_accuracy_at_1",
+                "comprehension_upper_bound_any_box", "qa_names_object", "generation_names_object"):
         assert f"({evaluation[key]['hits']}/{evaluation[key]['total']})" in card

@@ -12,6 +12,7 @@ from helpers.grounding.evaluation import (
     HELD_OUT_SEED,
     IOU_THRESHOLD,
     CaptionScores,
+    PhraseScores,
     Report,
     Score,
     answer_after,
@@ -19,9 +20,10 @@ from helpers.grounding.evaluation import (
     evaluate,
     names_object,
     normalize_phrase,
+    phrase_boxes,
     phrases_match,
-    score_boxes,
     score_caption,
+    score_phrase,
 )
 from helpers.world.scenes import SceneObject, sample_scenes
 from helpers.grounding.tokens import Entity, Grounding, parse_generation
@@ -118,20 +120,41 @@ def test_score_caption_accumulates_over_images() -> None:
     assert (scores.phrase_precision.hits, scores.phrase_precision.total) == (1, 1)
 
 
-def test_score_boxes_any_answer_box_may_hit_each_object() -> None:
-    assert (lambda s: (s.hits, s.total))(score_boxes([RED_A, RED_B], grounding(("x", [RED_B.box, RED_A.box])))) \
-        == (2, 2)
-    s = score_boxes([RED_A, RED_B], grounding(("x", [RED_A.box])))
-    assert (s.hits, s.total) == (1, 2)
-    s = score_boxes([KUMO], Grounding("", []), s)
-    assert (s.hits, s.total) == (1, 3)
+def test_phrase_boxes_keeps_only_the_boxes_given_for_that_phrase_in_order() -> None:
+    g = grounding(("Kumo", [KUMO.box]), ("the red circles", [RED_B.box, RED_A.box]), ("the red circles ", [KUMO.box]))
+    assert phrase_boxes(g, "the red circles") == [RED_B.box, RED_A.box, KUMO.box]
+    assert phrase_boxes(g, " the  red circles") == [RED_B.box, RED_A.box, KUMO.box]  # spaces are trimmed
+    assert phrase_boxes(g, "The red circles") == []  # case counts, as in the authors' script
+    assert phrase_boxes(g, "red circles") == []  # so does the article
+    assert phrase_boxes(Grounding("", []), "Kumo") == []
 
 
-def test_score_boxes_on_a_parsed_comprehension_answer() -> None:
+def test_score_phrase_first_matching_box_and_upper_bound() -> None:
+    scores = PhraseScores()
+    # the first box of the phrase misses, the second hits: a miss at 1, a hit for the upper bound
+    row = score_phrase([KUMO.box], grounding(("Kumo", [RED_A.box, KUMO.box])), "Kumo", scores)
+    assert (row["hit"], row["hit_any"]) == (False, True)
+    assert row["predicted"] == RED_A.box and row["iou"] == 0.0 and row["best_iou"] == 1.0
+    # a right box given for another phrase does not count: a miss for both
+    row = score_phrase([KUMO.box], grounding(("a cloud", [KUMO.box]), ("Kumo", [RED_B.box])), "Kumo", scores)
+    assert (row["hit"], row["hit_any"], row["predicted"]) == (False, False, RED_B.box)
+    # no box for the phrase at all
+    row = score_phrase([KUMO.box], grounding(("a cloud", [KUMO.box])), "Kumo", scores)
+    assert (row["hit"], row["hit_any"], row["predicted"], row["iou"], row["boxes"]) == (False, False, None, 0.0, [])
+    # several true boxes (a pair): the first box hits when it hits any of them
+    row = score_phrase([RED_A.box, RED_B.box], grounding(("the red circles", [RED_B.box])), "the red circles", scores)
+    assert (row["hit"], row["hit_any"]) == (True, True)
+    assert (scores.accuracy_at_1.hits, scores.upper_bound.hits, scores.accuracy_at_1.total) == (1, 2, 4)
+    with pytest.raises(ValueError, match="no true box"):
+        score_phrase([], grounding(("Kumo", [KUMO.box])), "Kumo")
+
+
+def test_score_phrase_on_a_parsed_comprehension_answer() -> None:
     text = ("<grounding><phrase> the red circles</phrase><object><patch_index_0099><patch_index_0297>"
             "</delimiter_of_multi_objects/><patch_index_0115><patch_index_0313></object>")
-    s = score_boxes([RED_A, RED_B], parse_generation(text))
-    assert (s.hits, s.total) == (2, 2)
+    row = score_phrase([RED_A.box, RED_B.box], parse_generation(text), "the red circles")
+    assert row["hit"] and row["hit_any"] and len(row["boxes"]) == 2
+    assert row["iou"] >= 0.5 and row["best_iou"] >= row["iou"]
 
 
 @pytest.mark.parametrize("answer, name, want", [
@@ -156,7 +179,7 @@ def test_answer_after_takes_the_text_after_the_last_marker() -> None:
 
 def _report() -> Report:
     caption = CaptionScores(Score(5, 6), Score(4, 6), Score(5, 5))
-    return Report(scenes=3, objects=6, caption=caption, comprehension=Score(6, 6), qa=Score(3, 6),
+    return Report(scenes=3, objects=6, caption=caption, comprehension=PhraseScores(Score(4, 5), Score(5, 5)), qa=Score(3, 6),
                   generation=Score(0, 0), seconds={"caption": 1.234, "qa": 0.5})
 
 
@@ -166,16 +189,20 @@ def test_report_table() -> None:
     assert lines[2] == "| metric | result | bar |"
     assert "| captioning: phrase recall | 83.3 % (5/6) | ≥ 95 % |" in lines
     assert "| captioning: box hit (IoU ≥ 0.5) | 66.7 % (4/6) | ≥ 90 % |" in lines
-    assert "| comprehension: box hit | 100.0 % (6/6) | ≥ 90 % |" in lines
+    assert "| comprehension: accuracy@1 (first box of the phrase) | 80.0 % (4/5) | ≥ 90 % |" in lines
+    assert "| comprehension: upper bound (any box of the phrase) | 100.0 % (5/5) |  |" in lines
     assert "| question with a box: names the object | 50.0 % (3/6) | ≥ 90 % |" in lines
     assert "| generation from a box: names the object | n/a (0/0) | ≥ 90 % |" in lines
-    assert len(lines) == 4 + 6
+    assert len(lines) == 4 + 7
 
 
 def test_report_as_dict_is_strict_json() -> None:
     d = _report().as_dict()
     assert d["caption_phrase_recall"] == {"rate": 0.8333, "hits": 5, "total": 6}
     assert d["qa_names_object"] == {"rate": 0.5, "hits": 3, "total": 6}
+    assert d["comprehension_accuracy_at_1"] == {"rate": 0.8, "hits": 4, "total": 5}
+    assert d["comprehension_upper_bound_any_box"] == {"rate": 1.0, "hits": 5, "total": 5}
+    assert "comprehension_box_hit" not in d  # the old key meant something else: it is gone, not redefined
     assert d["seconds"] == {"caption": 1.23, "qa": 0.5}
     # a score with nothing to count has no rate (JSON has no NaN)
     assert d["generation_names_object"] == {"rate": None, "hits": 0, "total": 0}
@@ -192,10 +219,17 @@ def test_evaluate_end_to_end_on_a_tiny_untrained_model(tiny_model) -> None:
     n_groups = sum(len(s.groups) for s in scenes)
     report = evaluate(model, processor, scenes, max_new_tokens=6, batch_size=2)
     assert (report.scenes, report.objects) == (2, n_objects)
-    for score in (report.caption.phrase_recall, report.caption.box_hit, report.qa, report.generation,
-                  report.comprehension):
+    for score in (report.caption.phrase_recall, report.caption.box_hit, report.qa, report.generation):
         assert score.total == n_objects and 0 <= score.hits <= score.total
+    at_1, upper = report.comprehension.accuracy_at_1, report.comprehension.upper_bound
+    assert at_1.total == upper.total == n_groups  # one per expression
+    assert 0 <= at_1.hits <= upper.hits <= n_groups
     assert n_groups <= n_objects
+    tasks = [row["task"] for row in report.rows]
+    assert [tasks.count(t) for t in ("caption", "comprehension", "qa", "generation")] == [2, n_groups, n_objects,
+                                                                                         n_objects]
+    comp_rows = [row for row in report.rows if row["task"] == "comprehension"]
+    assert sum(row["hit"] for row in comp_rows) == at_1.hits and sum(row["hit_any"] for row in comp_rows) == upper.hits
     assert report.caption.box_hit.hits <= report.caption.phrase_recall.hits
     assert set(report.seconds) == {"caption", "comprehension", "qa", "generation"}
     assert all(v >= 0 for v in report.seconds.values())

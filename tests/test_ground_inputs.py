@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from helpers.grounding.boxes import check_normalized, to_normalized
 from helpers.grounding.images import ImageLoadError, load_image, to_rgb
-from helpers.grounding.model import ground, load
+from helpers.grounding.model import AUTHORS_DECODING, GREEDY, Decoding, ground, load
 from helpers.world.scenes import sample_scenes
 from helpers.grounding.tokens import object_tokens, parse_generation
 from helpers.grounding.prompts import CAPTION_PROMPT, DETAIL_PROMPT, comprehension_prompt, qa_prompt
@@ -277,3 +277,39 @@ def test_object_tokens_wants_a_list_of_boxes() -> None:
 def test_unordered_containers_are_not_boxes(box) -> None:
     with pytest.raises(ValueError, match=r"must be an ordered sequence of 4 numbers \(x0, y0, x1, y1\), got a"):
         check_normalized(box)
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+
+def test_no_repeat_ngram_size_reaches_generate(spy) -> None:
+    model, processor = spy
+    image = scene_images(1)[0]
+    greedy = ground(model, processor, [image], CAPTION_PROMPT, max_new_tokens=24, progress=False)
+    assert ground(model, processor, [image], CAPTION_PROMPT, max_new_tokens=24, progress=False,
+                  decoding=GREEDY)[0].raw == greedy[0].raw  # the default is plain greedy
+    (no_repeat,) = ground(model, processor, [image], CAPTION_PROMPT, max_new_tokens=24, progress=False,
+                          decoding=Decoding(no_repeat_ngram_size=1))
+    inputs = processor._processor(text=[CAPTION_PROMPT], images=[image], return_tensors="pt")
+    # generate with the same settings by hand: ground passes the decoding on unchanged
+    out = model.generate(**inputs, max_new_tokens=24, do_sample=False, num_beams=1, no_repeat_ngram_size=1)
+    prompt_len = inputs["input_ids"].shape[1]
+    new = out[0, prompt_len:].tolist()
+    assert len(set(new)) == len(new)  # no token twice: what no_repeat_ngram_size=1 means
+    assert processor._processor.batch_decode(out, skip_special_tokens=True)[0] == no_repeat.raw
+    assert no_repeat.raw != greedy[0].raw  # the random test model repeats itself when allowed to
+
+
+def test_beams_and_bad_decodings(spy) -> None:
+    model, processor = spy
+    images = scene_images(2)
+    beams = ground(model, processor, images, CAPTION_PROMPT, max_new_tokens=8, progress=False,
+                   decoding=Decoding(num_beams=3))
+    assert len(beams) == 2 and all(g.raw for g in beams)
+    assert AUTHORS_DECODING == Decoding(num_beams=1, no_repeat_ngram_size=3)
+    assert AUTHORS_DECODING.generate_kwargs() == {"do_sample": False, "num_beams": 1, "no_repeat_ngram_size": 3}
+    with pytest.raises(TypeError, match=r"decoding must be a helpers.grounding.model.Decoding.*got dict"):
+        ground(model, processor, images, decoding={"num_beams": 2}, progress=False)
+    for bad in ({"num_beams": 0}, {"no_repeat_ngram_size": -1}, {"num_beams": True}, {"no_repeat_ngram_size": 2.0}):
+        with pytest.raises(ValueError, match=r"Decoding\.(num_beams|no_repeat_ngram_size) must be an int >="):
+            Decoding(**bad)

@@ -192,6 +192,20 @@ def test_exif_orientation_matches_pillows_exif_transpose(orientation: int) -> No
         assert b > 200 and r < 60 and g < 60
 
 
+def test_exif_orientation_false_keeps_the_stored_pixels(tmp_path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _jpeg_bytes(_quadrants(), quality=95, exif=exif.tobytes())
+    stored = Image.open(io.BytesIO(data)).convert("RGB")
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(data)
+    for source in (data, path, str(path), Image.open(io.BytesIO(data))):
+        loaded = load_image(source, exif_orientation=False)
+        assert loaded.size == stored.size == (40, 30)
+        assert loaded.tobytes() == stored.tobytes()
+    assert load_image(data).size == (30, 40)  # the default turns it
+
+
 def test_orientation_and_shrinking_together() -> None:
     exif = Image.Exif()
     exif[0x0112] = 8

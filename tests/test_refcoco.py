@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import helpers.grounding.model
+from helpers.grounding.boxes import iou
 from helpers.grounding.images import ImageLoadError
 from helpers.grounding.refcoco import (
     COCO_TRAIN2014_PATTERN,
@@ -70,7 +71,7 @@ def test_file_object_and_split(drawn, tmp_path) -> None:
     path.write_text(json.dumps({"refs": records}))
     assert len(load_refcoco(path)) == 4
     assert [it.expression for it in load_refcoco(str(path), split="test")] == ["the snowman"]
-    with pytest.raises(RefCocoFormatError, match=r"no record has split 'testB'.*'test', 'val'"):
+    with pytest.raises(RefCocoFormatError, match=r"no expression is in split 'testB'.*'test', 'val'"):
         load_refcoco(records, split="testB")
 
 
@@ -141,13 +142,13 @@ def test_bad_sources(tmp_path) -> None:
     bad.write_text("{not json")
     with pytest.raises(RefCocoFormatError, match="not valid JSON"):
         load_refcoco(bad)
-    with pytest.raises(RefCocoFormatError, match="under 'refs' or 'annotations'"):
+    with pytest.raises(RefCocoFormatError, match="under 'refs' or\n?.*'annotations'"):
         load_refcoco({"images": []})
     with pytest.raises(RefCocoFormatError, match="got int"):
         load_refcoco(3)
     with pytest.raises(RefCocoFormatError, match="record 1: expected a dict"):
         load_refcoco([record(), "oops"])
-    with pytest.raises(RefCocoFormatError, match="hold no records"):
+    with pytest.raises(RefCocoFormatError, match="hold no expressions"):
         load_refcoco([])
     assert issubclass(RefCocoFormatError, ValueError)
 
@@ -169,43 +170,56 @@ def test_scenes_to_refcoco_round_trip(tmp_path) -> None:
 # --------------------------------------------------------------------------------------------- evaluating
 
 
-def test_scoring_with_known_answers(drawn, monkeypatch) -> None:
+def test_scoring_follows_the_authors_rules_on_hand_made_answers(drawn, monkeypatch) -> None:
     root, records = drawn
     items = load_refcoco(records)
-    # answers: a near-exact box, a box with IoU ≈ 0.41, no box at all, a wrong first box (the second is right)
+    assert [it.expression for it in items] == ["the red circle", "red circle", "the snowman", "the blue square"]
     answers = {
-        "the red circle": "<grounding><phrase> the red circle</phrase><object><patch_index_0195><patch_index_0812></object>",
-        "red circle": "<grounding><phrase> red circle</phrase><object><patch_index_0195><patch_index_0807></object>",
+        # a near-exact box for the expression, then a box for another phrase
+        "the red circle": "<grounding><phrase> the red circle</phrase><object><patch_index_0195><patch_index_0812>"
+                          "</object> next to<phrase> a snowman</phrase><object><patch_index_0000><patch_index_0033></object>",
+        # the right place, but given for another phrase: a miss, however good the box
+        "red circle": "<grounding><phrase> a circle</phrase><object><patch_index_0195><patch_index_0812></object>",
+        # no box at all
         "the snowman": "<grounding><phrase> the snowman</phrase> is not here",
+        # two boxes for the expression: the first is wrong, the second right (a miss at 1, within the upper bound)
         "the blue square": "<grounding><phrase> the blue square</phrase><object><patch_index_0000><patch_index_0033>"
-                           "</object><phrase> it</phrase><object><patch_index_0264><patch_index_0791></object>",
+                           "</delimiter_of_multi_objects/><patch_index_0264><patch_index_0791></object>",
     }
     seen = {}
 
     def fake_ground(model, processor, images, prompts, **kwargs):
-        seen["images"], seen["prompts"] = images, prompts
+        seen["images"], seen["prompts"], seen["kwargs"] = images, prompts, kwargs
         return [parse_generation(answers[p.split("<phrase> ")[1].split("</phrase>")[0]]) for p in prompts]
 
     monkeypatch.setattr(helpers.grounding.model, "ground", fake_ground)
     result = evaluate_comprehension(None, None, items, root)
     assert seen["prompts"][0] == "<grounding><phrase> the red circle</phrase>"
     assert seen["images"][0] is seen["images"][1]  # each image is loaded once
+    assert seen["kwargs"]["decoding"] == helpers.grounding.model.AUTHORS_DECODING == helpers.grounding.model.Decoding(1, 3)
     assert [r["hit"] for r in result.rows] == [True, False, False, False]
-    assert result.rows[2]["predicted"] is None and result.rows[2]["iou"] == 0.0
+    assert [r["hit_any"] for r in result.rows] == [True, False, False, True]
     assert result.rows[0]["iou"] == pytest.approx((9 / 32) * (19 / 32) / 0.18)
-    assert result.rows[1]["iou"] == pytest.approx((4 / 32) * (19 / 32) / 0.18)
-    assert result.rows[3]["predicted"] == pytest.approx((1 / 64, 1 / 64, 3 / 64, 3 / 64))  # the first entity's box
+    assert result.rows[0]["boxes"] == [result.rows[0]["predicted"]]  # the snowman's box is not the circle's
+    assert result.rows[1]["predicted"] is None and result.rows[1]["iou"] == 0.0
+    assert result.rows[2]["predicted"] is None and result.rows[2]["boxes"] == []
+    assert result.rows[3]["predicted"] == pytest.approx((1 / 64, 1 / 64, 3 / 64, 3 / 64))
+    assert result.rows[3]["best_iou"] >= 0.5 > result.rows[3]["iou"]
     assert (result.score.hits, result.score.total, result.accuracy) == (1, 4, 0.25)
-    assert result.accuracy_at(0.4) == 0.5
-    assert result.accuracy_at(0.0) == 0.75  # the answer without a box stays a miss
-    assert "accuracy at IoU ≥ 0.5: 25.0 % (1/4)" == str(result)
+    assert (result.upper_bound.hits, result.upper_bound.total) == (2, 4)
+    assert result.accuracy_at(0.0) == 0.5  # answers without a box for the expression stay misses
+    assert str(result) == ("accuracy@1 at IoU ≥ 0.5: 25.0 % (1/4); "
+                           "upper bound (any box of the expression): 50.0 % (2/4)")
+    evaluate_comprehension(None, None, items[:1], root, decoding=helpers.grounding.model.GREEDY)
+    assert seen["kwargs"]["decoding"] == helpers.grounding.model.Decoding()
 
 
 def test_predicted_box_and_argument_checks(drawn) -> None:
     root, records = drawn
     g = parse_generation("<phrase> x</phrase><object><patch_index_0000><patch_index_1023></object>")
-    assert predicted_box(g) == (1 / 64, 1 / 64, 1 - 1 / 64, 1 - 1 / 64)
-    assert predicted_box(parse_generation("nothing")) is None
+    assert predicted_box(g, "x") == (1 / 64, 1 / 64, 1 - 1 / 64, 1 - 1 / 64)
+    assert predicted_box(g, "y") is None
+    assert predicted_box(parse_generation("nothing"), "x") is None
     with pytest.raises(ValueError, match="items is empty"):
         evaluate_comprehension(None, None, [], root)
     with pytest.raises(ValueError, match=r"items\[0\] must be a RefItem"):
@@ -233,7 +247,9 @@ def test_evaluate_with_a_real_model_on_drawn_images(tiny_model, drawn) -> None:
         assert row["caption"].startswith(item.expression)  # the prompt's phrase opens the caption
         assert 0.0 <= row["iou"] <= 1.0
         assert row["hit"] == (row["predicted"] is not None and row["iou"] >= 0.5)
+        assert row["hit_any"] == any(iou(b, item.box) >= 0.5 for b in row["boxes"])
     assert result.score.hits == sum(r["hit"] for r in result.rows)
+    assert result.upper_bound.hits == sum(r["hit_any"] for r in result.rows) >= result.score.hits
     assert isinstance(items[0], RefItem)
     Image.open(root / "a.png").verify()
 

@@ -6,19 +6,23 @@
 * Captioning: *phrase recall* = share of true objects whose phrase appears among the entities;
   *box hit* = share of true objects hit by a box of a matching entity; *phrase precision* = share of
   predicted entities whose phrase names a true object.
-* Comprehension: a true object is hit when any box of the answer hits it.
+* Comprehension, as the Kosmos-2 authors score RefCOCO and Flickr30k Entities: only the boxes the answer
+  gives for the asked phrase count (the entity's phrase equals it after trimming spaces; case and articles
+  count). *Accuracy@1*: the first of them hits a true box. *Upper bound*: any of them does. An answer
+  without such a box is a miss for both. Counted per expression.
 * Questions and referring-expression generation: the answer contains the object's name.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from helpers.grounding.boxes import iou
-from helpers.grounding.tokens import Grounding
+from helpers.grounding.tokens import Box, Grounding
 
 IOU_THRESHOLD = 0.5
 #: Scenes for evaluation come from this seed; training draws its scenes from 62-bit random seeds
@@ -75,7 +79,8 @@ METRICS = (
     ("captioning: phrase recall", "caption_phrase_recall", "≥ 95 %"),
     ("captioning: box hit (IoU ≥ 0.5)", "caption_box_hit", "≥ 90 %"),
     ("captioning: phrase precision", "caption_phrase_precision", ""),
-    ("comprehension: box hit", "comprehension_box_hit", "≥ 90 %"),
+    ("comprehension: accuracy@1 (first box of the phrase)", "comprehension_accuracy_at_1", "≥ 90 %"),
+    ("comprehension: upper bound (any box of the phrase)", "comprehension_upper_bound_any_box", ""),
     ("question with a box: names the object", "qa_names_object", "≥ 90 %"),
     ("generation from a box: names the object", "generation_names_object", "≥ 90 %"),
 )
@@ -110,13 +115,41 @@ def score_caption(truth: Iterable, grounding: Grounding, scores: CaptionScores |
     return scores
 
 
-def score_boxes(truth: Iterable, grounding: Grounding, score: Score | None = None) -> Score:
-    """Comprehension: each true object is hit when any box in the answer hits it."""
-    score = score or Score()
-    boxes = [b for e in grounding.entities for b in e.boxes]
-    for obj in truth:
-        score.add(any(box_hits(b, obj.box) for b in boxes))
-    return score
+def phrase_boxes(grounding: Grounding, phrase: str) -> list[Box]:
+    """Every box the answer gives for ``phrase``, in order (entities whose phrase equals it after trimming)."""
+    wanted = " ".join(phrase.split())
+    return [tuple(b) for e in grounding.entities if " ".join(e.phrase.split()) == wanted for b in e.boxes]
+
+
+@dataclass
+class PhraseScores:
+    """Phrase grounding scored as the Kosmos-2 authors do (see the module docstring)."""
+
+    accuracy_at_1: Score = field(default_factory=Score)
+    upper_bound: Score = field(default_factory=Score)
+
+
+def score_phrase(truth_boxes: Sequence[Sequence[float]], grounding: Grounding, phrase: str,
+                 scores: PhraseScores | None = None, threshold: float = IOU_THRESHOLD) -> dict:
+    """Score one expression: the answer's boxes for ``phrase`` against its true box(es).
+
+    A hit is IoU ≥ ``threshold`` with any of ``truth_boxes`` (several when the phrase names several
+    objects). Adds to ``scores`` when given; returns the row ``{"boxes", "predicted", "iou", "best_iou",
+    "hit", "hit_any"}`` where ``predicted``/``iou`` are the first matching box and its best IoU.
+    """
+    truth_boxes = [tuple(t) for t in truth_boxes]
+    if not truth_boxes:
+        raise ValueError(f"the expression {phrase!r} has no true box to score against")
+    boxes = phrase_boxes(grounding, phrase)
+    ious = [max(iou(b, t) for t in truth_boxes) for b in boxes]
+    row = {"boxes": boxes, "predicted": boxes[0] if boxes else None, "iou": ious[0] if ious else 0.0,
+           "best_iou": max(ious, default=0.0)}
+    row["hit"] = bool(boxes) and row["iou"] >= threshold
+    row["hit_any"] = bool(boxes) and row["best_iou"] >= threshold
+    if scores is not None:
+        scores.accuracy_at_1.add(row["hit"])
+        scores.upper_bound.add(row["hit_any"])
+    return row
 
 
 def names_object(answer: str, name: str) -> bool:
@@ -134,10 +167,12 @@ class Report:
     scenes: int
     objects: int
     caption: CaptionScores
-    comprehension: Score
+    comprehension: PhraseScores
     qa: Score
     generation: Score
     seconds: dict[str, float]
+    #: one row per scored item (``"task"``: caption, comprehension, qa or generation), for JSON Lines
+    rows: list[dict] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
         def s(x: Score) -> dict:
@@ -149,7 +184,8 @@ class Report:
             "caption_phrase_recall": s(self.caption.phrase_recall),
             "caption_box_hit": s(self.caption.box_hit),
             "caption_phrase_precision": s(self.caption.phrase_precision),
-            "comprehension_box_hit": s(self.comprehension),
+            "comprehension_accuracy_at_1": s(self.comprehension.accuracy_at_1),
+            "comprehension_upper_bound_any_box": s(self.comprehension.upper_bound),
             "qa_names_object": s(self.qa), "generation_names_object": s(self.generation),
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
         }
@@ -160,14 +196,20 @@ class Report:
 
 
 def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new_tokens: int = 96,
-             seed: int = 0) -> Report:
-    """Run every task on ``scenes`` and score it (prompts as in :mod:`helpers.world.language`, exact user boxes)."""
+             seed: int = 0, decoding=None) -> Report:
+    """Run every task on ``scenes`` and score it (prompts as in :mod:`helpers.world.language`, exact user boxes).
+
+    ``decoding`` (a :class:`helpers.grounding.model.Decoding`) is passed to every
+    :func:`~helpers.grounding.model.ground` call; ``None`` keeps ground's default.
+    """
     from helpers.grounding.model import ground
     from helpers.grounding.prompts import CAPTION_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
     from helpers.world.scenes import SPECIAL_KINDS, definite_phrase
     from helpers.world.language import answer_name
 
     rng = random.Random(seed)
+    if decoding is not None:
+        ground = functools.partial(ground, decoding=decoding)
     seconds: dict[str, float] = {}
     images = [s.image for s in scenes]
 
@@ -175,28 +217,36 @@ def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new
     caps = ground(model, processor, images, CAPTION_PROMPT, max_new_tokens=max_new_tokens, batch_size=batch_size)
     seconds["caption"] = time.perf_counter() - t
     caption = CaptionScores()
-    for scene, g in zip(scenes, caps):
+    rows: list[dict] = []
+    for i, (scene, g) in enumerate(zip(scenes, caps)):
         score_caption(scene.objects, g, caption)
+        rows.append({"task": "caption", "scene": i, "truth": [[o.phrase, o.box] for o in scene.objects],
+                     "caption": g.caption, "entities": [[e.phrase, e.boxes] for e in g.entities]})
 
-    comp_images, comp_prompts, comp_truth = [], [], []
-    for scene in scenes:
+    comp_images, comp_phrases, comp_truth, comp_scene = [], [], [], []
+    for i, scene in enumerate(scenes):
         for group in scene.groups:
             first = group[0]
             comp_images.append(scene.image)
-            comp_prompts.append(comprehension_prompt(definite_phrase(first.colour, first.shape, len(group))))
+            comp_phrases.append(definite_phrase(first.colour, first.shape, len(group)))
             comp_truth.append(group)
+            comp_scene.append(i)
     t = time.perf_counter()
-    comps = ground(model, processor, comp_images, comp_prompts, max_new_tokens=24, batch_size=batch_size)
+    comps = ground(model, processor, comp_images, [comprehension_prompt(p) for p in comp_phrases],
+                   max_new_tokens=24, batch_size=batch_size)
     seconds["comprehension"] = time.perf_counter() - t
-    comprehension = Score()
-    for truth, g in zip(comp_truth, comps):
-        score_boxes(truth, g, comprehension)
+    comprehension = PhraseScores()
+    for i, phrase, truth, g in zip(comp_scene, comp_phrases, comp_truth, comps):
+        row = score_phrase([o.box for o in truth], g, phrase, comprehension)
+        rows.append({"task": "comprehension", "scene": i, "expression": phrase, "truth": [o.box for o in truth],
+                     **row, "caption": g.caption})
 
-    obj_images, objs, qa_prompts = [], [], []
-    for scene in scenes:
+    obj_images, objs, qa_prompts, obj_scene = [], [], [], []
+    for i, scene in enumerate(scenes):
         for obj in scene.objects:
             obj_images.append(scene.image)
             objs.append(obj)
+            obj_scene.append(i)
             noun = "character" if obj.shape in SPECIAL_KINDS and rng.random() < 0.5 else "object"
             qa_prompts.append(qa_prompt(noun))
     boxes = [[o.box] for o in objs]
@@ -207,40 +257,18 @@ def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new
                   batch_size=batch_size)
     seconds["generation"] = time.perf_counter() - t - seconds["qa"]
     qa, generation = Score(), Score()
-    for obj, a, g in zip(objs, qas, gens):
+    for i, obj, a, g in zip(obj_scene, objs, qas, gens):
         name = answer_name(obj)
-        qa.add(names_object(answer_after(a.caption, "Answer:"), name))
-        generation.add(names_object(answer_after(g.caption, " is"), name))
-    return Report(len(scenes), sum(len(s.objects) for s in scenes), caption, comprehension, qa, generation, seconds)
+        for task, score, answer in (("qa", qa, answer_after(a.caption, "Answer:")),
+                                    ("generation", generation, answer_after(g.caption, " is"))):
+            hit = names_object(answer, name)
+            score.add(hit)
+            rows.append({"task": task, "scene": i, "box": obj.box, "name": name, "answer": answer, "hit": hit})
+    return Report(len(scenes), sum(len(s.objects) for s in scenes), caption, comprehension, qa, generation, seconds,
+                  rows)
 
 
 def answer_after(caption: str, marker: str) -> str:
     """The part of a processed caption after the prompt's last ``marker`` (the model's answer)."""
     i = caption.rfind(marker)
     return caption[i + len(marker):] if i >= 0 else caption
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m helpers evaluate [--scenes N] [--model DIR]``: evaluate a model on held-out scenes."""
-    import argparse
-    import json
-
-    from helpers.grounding.model import load
-    from helpers.world.scenes import sample_scenes
-
-    parser = argparse.ArgumentParser(prog="python -m helpers evaluate",
-                                     description="Evaluate a model on held-out scenes of the synthetic world.")
-    parser.add_argument("--scenes", type=int, default=220)
-    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--json", default=None, help="also write the report as JSON here")
-    args = parser.parse_args(argv)
-    model, processor = load(args.model)
-    scenes = sample_scenes(args.scenes, seed=args.seed)
-    report = evaluate(model, processor, scenes)
-    print(report.table())
-    print("seconds:", {k: round(v, 1) for k, v in report.seconds.items()})
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report.as_dict(), f, indent=1)
-

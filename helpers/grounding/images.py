@@ -4,7 +4,8 @@
 ``PIL.Image.Image`` that
 
 * is turned the way a person sees it: the EXIF orientation tag is applied with
-  ``PIL.ImageOps.exif_transpose``, so boxes drawn on it land where the model saw things;
+  ``PIL.ImageOps.exif_transpose``, so boxes drawn on it land where the model saw things; with
+  ``exif_orientation=False`` the pixels stay as stored, which is what annotation files' boxes refer to;
 * has no transparency (transparent pixels are composited on white) and no palette, CMYK or high-bit-depth
   grey (16-bit and 32-bit grey are scaled down to 8 bits, not clipped to white);
 * has its longest side at most ``max_side`` pixels (bigger images are shrunk while loading; JPEGs are
@@ -81,6 +82,7 @@ def load_image(
     timeout: float = 10.0,
     max_bytes: int = 20_000_000,
     max_side: int = 4096,
+    exif_orientation: bool = True,
 ) -> Image.Image:
     """Load an image as RGB, EXIF-oriented, with its longest side at most ``max_side`` pixels.
 
@@ -92,6 +94,10 @@ def load_image(
             it passes this cap.
         max_side: the longest side of the returned image, in pixels; bigger images are shrunk (keeping
             their aspect ratio), smaller ones are left as they are.
+        exif_orientation: turn the image as its EXIF orientation tag says (``True``, the default: what a
+            person sees, right for showing and grounding photos) or keep the pixels as stored (``False``).
+            Choose ``False`` when boxes come from an annotation file: COCO, RefCOCO and Flickr30k Entities
+            measure their boxes on the stored pixels, so the benchmark evaluations load images this way.
 
     Returns:
         A new RGB image.
@@ -108,14 +114,14 @@ def load_image(
     check_positive_int("max_side", max_side)
 
     if isinstance(source, Image.Image):
-        return _finish(source, max_side=max_side, what="the given PIL image")
+        return _finish(source, max_side=max_side, what="the given PIL image", orient=exif_orientation)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if len(data) > max_bytes:
             raise ImageLoadError(
                 f"the image bytes are {len(data):,} bytes, over the limit of max_bytes={max_bytes:,}"
             )
-        return _decode(data, max_side=max_side, what="the given bytes")
+        return _decode(data, max_side=max_side, what="the given bytes", orient=exif_orientation)
     if isinstance(source, str):
         match = _URL_SCHEME.match(source)
         if match:
@@ -126,11 +132,12 @@ def load_image(
                     "or a local file path"
                 )
             data = _download(source, timeout=timeout, max_bytes=max_bytes)
-            return _decode(data, max_side=max_side, what=f"the download from {source}")
-        return _decode(_read_file(Path(source), max_bytes), max_side=max_side, what=f"file {source}")
+            return _decode(data, max_side=max_side, what=f"the download from {source}", orient=exif_orientation)
+        return _decode(_read_file(Path(source), max_bytes), max_side=max_side, what=f"file {source}",
+                       orient=exif_orientation)
     if isinstance(source, os.PathLike):
         path = Path(os.fspath(source))
-        return _decode(_read_file(path, max_bytes), max_side=max_side, what=f"file {path}")
+        return _decode(_read_file(path, max_bytes), max_side=max_side, what=f"file {path}", orient=exif_orientation)
     raise TypeError(
         "source must be a file path (str or os.PathLike), an http(s) URL, image bytes or a PIL image, "
         f"got {type(source).__name__}: {source!r:.80}"
@@ -279,7 +286,7 @@ def _target_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _decode(data: bytes, *, max_side: int, what: str) -> Image.Image:
+def _decode(data: bytes, *, max_side: int, what: str, orient: bool = True) -> Image.Image:
     if not data:
         raise ImageLoadError(f"{what} is empty (0 bytes), expected an image file")
     with _own_pixel_checks():
@@ -323,7 +330,7 @@ def _decode(data: bytes, *, max_side: int, what: str) -> Image.Image:
                 raise ImageLoadError(f"{what} is too large to load: {exc}") from None
             except (OSError, ValueError, SyntaxError) as exc:
                 raise ImageLoadError(f"{what} is truncated or corrupt ({image.format} data): {exc}") from None
-            return _shrink_convert(_oriented(image), max_side=max_side)
+            return _shrink_convert(_oriented(image) if orient else image, max_side=max_side)
 
 
 def _oriented(image: Image.Image) -> Image.Image:
@@ -334,7 +341,7 @@ def _oriented(image: Image.Image) -> Image.Image:
         return image.copy()
 
 
-def _finish(image: Image.Image, *, max_side: int, what: str) -> Image.Image:
+def _finish(image: Image.Image, *, max_side: int, what: str, orient: bool = True) -> Image.Image:
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageLoadError(f"{what} is {width} x {height} pixels, over the limit of {MAX_PIXELS:,} pixels")
@@ -343,7 +350,7 @@ def _finish(image: Image.Image, *, max_side: int, what: str) -> Image.Image:
             image.load()
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageLoadError(f"{what} could not be read: {exc}") from None
-        return _shrink_convert(_oriented(image), max_side=max_side)
+        return _shrink_convert(_oriented(image) if orient else image, max_side=max_side)
 
 
 def _shrink_convert(image: Image.Image, *, max_side: int) -> Image.Image:

@@ -363,6 +363,36 @@ def _check_count(name: str, value: object) -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How ``generate`` picks the next token; always deterministic (no sampling).
+
+    ``num_beams=1`` is greedy search. ``no_repeat_ngram_size=n`` (n ≥ 1) forbids any sequence of n tokens
+    from appearing twice in the output; 0 switches this off.
+    """
+
+    num_beams: int = 1
+    no_repeat_ngram_size: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low in (("num_beams", 1), ("no_repeat_ngram_size", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"Decoding.{name} must be an int >= {low}, got {value!r}")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for ``model.generate``."""
+        # always given, so a model's own generation_config cannot switch the rule on or off unseen
+        return {"do_sample": False, "num_beams": self.num_beams, "no_repeat_ngram_size": self.no_repeat_ngram_size}
+
+
+#: Plain greedy search: the default of :func:`ground` and of the synthetic evaluation.
+GREEDY = Decoding()
+#: The decoding of the Kosmos-2 authors' RefCOCO and Flickr30k Entities evaluation scripts
+#: (``--beam 1 --no-repeat-ngram-size 3``); the default of those evaluations here.
+AUTHORS_DECODING = Decoding(num_beams=1, no_repeat_ngram_size=3)
+
+
 def ground(
     model,
     processor,
@@ -372,8 +402,9 @@ def ground(
     max_new_tokens: int = 128,
     batch_size: int | None = None,
     progress: bool | None = None,
+    decoding: Decoding = GREEDY,
 ) -> list[Grounding]:
-    """Generate for each image (greedy) and parse the output into :class:`~helpers.grounding.tokens.Grounding` objects.
+    """Generate for each image and parse the output into :class:`~helpers.grounding.tokens.Grounding` objects.
 
     ``images`` is one image or a list (an empty list gives an empty list); each image is a PIL image (any
     mode: it is converted to RGB as :func:`helpers.grounding.images.to_rgb` does, transparency on white) or a file
@@ -382,10 +413,13 @@ def ground(
     with one entry per ``<phrase>…</phrase>`` of the prompt, each a normalized box, a list of boxes or
     ``None``) adds user boxes after the prompt's phrases. A batch only holds prompts of the same token
     length (no padding), so results do not depend on ``batch_size`` or on the other prompts. Each
-    result's ``.raw`` is the decoded text, ``<image>…</image>`` part included.
+    result's ``.raw`` is the decoded text, ``<image>…</image>`` part included. ``decoding`` says how tokens
+    are chosen (:class:`Decoding`; greedy by default, :data:`AUTHORS_DECODING` is what the Kosmos-2 authors
+    used for their benchmarks).
 
     Raises:
-        TypeError: an image, a prompt, a ``bboxes`` entry, ``max_new_tokens`` or ``batch_size`` of the wrong type.
+        TypeError: an image, a prompt, a ``bboxes`` entry, ``max_new_tokens``, ``batch_size`` or ``decoding``
+            of the wrong type.
         ValueError: counts that do not match (prompts or ``bboxes`` entries vs images, boxes vs phrases), a box
             that is not a normalized box with area (a pixel box, inverted, NaN …), or a count below 1.
         helpers.grounding.images.ImageLoadError: an image path or URL could not be loaded.
@@ -393,6 +427,9 @@ def ground(
     import torch
 
     max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
+    if not isinstance(decoding, Decoding):
+        raise TypeError(f"decoding must be a helpers.grounding.model.Decoding, e.g. Decoding(no_repeat_ngram_size=3), "
+                        f"got {type(decoding).__name__}: {decoding!r:.80}")
     if batch_size is not None:
         batch_size = _check_count("batch_size", batch_size)
     images = _prepare_images(images)
@@ -438,8 +475,8 @@ def ground(
             inputs = {k: v.to(device) for k, v in inputs.items()}
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
             with torch.inference_mode():
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                     pad_token_id=tokenizer.pad_token_id)
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                     **decoding.generate_kwargs())
             texts = processor.batch_decode(out, skip_special_tokens=True)
             for i, text in zip(batch, texts):
                 results[i] = parse_generation(text)

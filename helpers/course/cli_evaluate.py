@@ -1,0 +1,184 @@
+"""``python -m helpers evaluate``: score a model on the synthetic world, RefCOCO/+/g or Flickr30k Entities.
+
+Examples::
+
+    python -m helpers evaluate world --scenes 220
+    python -m helpers evaluate refcoco refcoco/refs(unc).p --instances refcoco/instances.json --split testA \\
+        --images coco/train2014 --model microsoft/kosmos-2-patch14-224
+    python -m helpers evaluate refcoco mdetr_annotations/finetune_refcocog_val.json --images coco/train2014
+    python -m helpers evaluate flickr30k flickr30k_entities --split test --images flickr30k-images
+
+Each run writes one JSON line per scored item to ``--out`` (default ``outputs/evaluate_<benchmark>.jsonl``)
+and prints the table. The benchmarks decode as the Kosmos-2 authors did (greedy, ``no_repeat_ngram_size``
+3); ``world`` uses plain greedy decoding. ``--no-repeat-ngram-size`` and ``--num-beams`` change that.
+
+Exit codes: 0 when the evaluation ran; 2 for bad input (a missing or malformed file, a missing image, a bad
+option), with a one-line message on stderr; 1 when the model could not be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+PROG = "python -m helpers evaluate"
+BENCHMARKS = ("world", "refcoco", "flickr30k")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``evaluate`` command (one sub-command per benchmark)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Score a Kosmos-2 model; write one JSON line per item and print the table.",
+        epilog="Without --model: $KOSMOS2_MODEL, else microsoft/kosmos-2-patch14-224 when cached or reachable, "
+               "else the bundled offline model.",
+    )
+    benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+
+    def common(sub: argparse.ArgumentParser, ngram: int) -> None:
+        sub.add_argument("--model", default=None, metavar="M", help="a model folder or hub id")
+        sub.add_argument("--out", default=None, metavar="FILE",
+                         help="JSON Lines file for the per-item results (default outputs/evaluate_<benchmark>.jsonl)")
+        sub.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per generate call")
+        sub.add_argument("--no-repeat-ngram-size", type=int, default=ngram, metavar="N",
+                         help=f"forbid repeating any N tokens in an answer; 0 switches it off (default {ngram})")
+        sub.add_argument("--num-beams", type=int, default=1, metavar="N", help="beam search width (default 1: greedy)")
+        sub.add_argument("--quiet", action="store_true", help="print nothing but the table and errors")
+
+    world = benchmarks.add_parser("world", help="the synthetic world's held-out scenes (the bundled model's card)")
+    world.add_argument("--scenes", type=int, default=220, metavar="N", help="held-out scenes (default 220)")
+    world.add_argument("--seed", type=int, default=None, metavar="S", help="scene seed (default: the held-out seed)")
+    common(world, 0)
+
+    ref = benchmarks.add_parser("refcoco", help="RefCOCO / RefCOCO+ / RefCOCOg comprehension")
+    ref.add_argument("annotations", help="refs(unc).p / refs(umd).p / refs(google).p, an MDETR finetune_*.json, "
+                                         "or a JSON file of records")
+    ref.add_argument("--instances", default=None, metavar="FILE", help="instances.json (with a refs pickle)")
+    ref.add_argument("--split", default=None, help="train, val, test, testA, testB … (refer toolkit rules)")
+    ref.add_argument("--images", required=True, metavar="DIR", help="the image folder (COCO train2014)")
+    ref.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N expressions (a quick look)")
+    ref.add_argument("--max-new-tokens", type=int, default=24, metavar="N", help="most tokens per answer (default 24)")
+    common(ref, 3)
+
+    flickr = benchmarks.add_parser("flickr30k", help="Flickr30k Entities phrase grounding")
+    flickr.add_argument("root", help="the annotations folder (Sentences/, Annotations/, train/val/test.txt)")
+    flickr.add_argument("--split", default=None, choices=("train", "val", "test"), help="the split to read")
+    flickr.add_argument("--images", required=True, metavar="DIR", help="the flickr30k-images folder")
+    flickr.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N phrases (a quick look)")
+    flickr.add_argument("--max-new-tokens", type=int, default=24, metavar="N", help="most tokens per answer (default 24)")
+    common(flickr, 3)
+    return parser
+
+
+def _problem(args: argparse.Namespace) -> str | None:
+    for name, low in (("batch_size", 1), ("num_beams", 1), ("no_repeat_ngram_size", 0), ("limit", 1),
+                      ("scenes", 1), ("max_new_tokens", 1)):
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            return f"--{name.replace('_', '-')} must be at least {low}, got {value}"
+    return None
+
+
+def write_jsonl(rows: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Write ``rows`` as JSON Lines to ``path`` all at once (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def split_table(rows: Sequence[dict]) -> str:
+    """RefCOCO rows → a Markdown table of accuracy@1 and the upper bound per split, then all together."""
+    from helpers.grounding.evaluation import PhraseScores
+
+    groups: dict[str, PhraseScores] = defaultdict(PhraseScores)
+    for row in rows:
+        for key in (str(row.get("split")), "all"):
+            groups[key].accuracy_at_1.add(row["hit"])
+            groups[key].upper_bound.add(row["hit_any"])
+    keys = [k for k in groups if k != "all"] + ["all"]
+    if len(keys) == 2:
+        keys = keys[:1]  # one split: its row is the whole
+    lines = ["| split | accuracy@1 | upper bound (any box of the expression) |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {groups[k].accuracy_at_1} | {groups[k].upper_bound} |" for k in keys]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    from helpers.course.cli import fail
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:  # --help (0) or a usage error (2, message already printed)
+        return int(stop.code or 0)
+    problem = _problem(args)
+    if problem:
+        return fail(problem, prog=PROG)
+    out = Path(args.out or f"outputs/evaluate_{args.benchmark}.jsonl")
+
+    from helpers.grounding.flickr30k import Flickr30kFormatError
+    from helpers.grounding.images import ImageLoadError
+    from helpers.grounding.model import Decoding, ModelLoadError, load
+    from helpers.grounding.refcoco import RefCocoFormatError
+
+    decoding = Decoding(num_beams=args.num_beams, no_repeat_ngram_size=args.no_repeat_ngram_size)
+    data = None
+    try:  # read the annotations before spending time on loading a model
+        if args.benchmark == "refcoco":
+            from helpers.grounding.refcoco import load_refcoco
+
+            data = load_refcoco(args.annotations, instances=args.instances, split=args.split)[: args.limit]
+        elif args.benchmark == "flickr30k":
+            from helpers.grounding.flickr30k import load_flickr30k_entities
+
+            data = load_flickr30k_entities(args.root, split=args.split)
+            if not args.quiet:
+                print(data.summary())
+            data.items = data.items[: args.limit]
+    except (RefCocoFormatError, Flickr30kFormatError) as err:
+        return fail(str(err), prog=PROG)
+    try:
+        model, processor = load(args.model, verbose=not args.quiet)
+    except (ModelLoadError, ValueError) as err:
+        return fail(str(err), code=1, prog=PROG)
+    try:
+        if args.benchmark == "world":
+            from helpers.grounding.evaluation import HELD_OUT_SEED, evaluate
+            from helpers.world.scenes import sample_scenes
+
+            scenes = sample_scenes(args.scenes, seed=HELD_OUT_SEED if args.seed is None else args.seed)
+            report = evaluate(model, processor, scenes, batch_size=args.batch_size, decoding=decoding)
+            rows, table = report.rows, report.table()
+        elif args.benchmark == "refcoco":
+            from helpers.grounding.refcoco import evaluate_comprehension
+
+            result = evaluate_comprehension(model, processor, data, args.images, batch_size=args.batch_size,
+                                            max_new_tokens=args.max_new_tokens, decoding=decoding)
+            rows, table = result.rows, split_table(result.rows)
+        else:
+            from helpers.grounding.flickr30k import evaluate_phrase_grounding
+
+            result = evaluate_phrase_grounding(model, processor, data, args.images, batch_size=args.batch_size,
+                                               max_new_tokens=args.max_new_tokens, decoding=decoding)
+            rows, table = result.rows, result.table()
+    except (ImageLoadError, ValueError) as err:
+        return fail(str(err), prog=PROG)
+    write_jsonl(rows, out)
+    print(table)
+    if not args.quiet:
+        print(f"wrote {len(rows)} item(s) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
