@@ -138,6 +138,7 @@ class Report:
     qa: Score
     generation: Score
     seconds: dict[str, float]
+    caption_errors: dict | None = None  # count_caption_errors() of the captions
 
     def as_dict(self) -> dict:
         def s(x: Score) -> dict:
@@ -152,6 +153,7 @@ class Report:
             "comprehension_box_hit": s(self.comprehension),
             "qa_names_object": s(self.qa), "generation_names_object": s(self.generation),
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+            **({"caption_errors": self.caption_errors} if self.caption_errors is not None else {}),
         }
 
     def table(self) -> str:
@@ -177,6 +179,7 @@ def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new
     caption = CaptionScores()
     for scene, g in zip(scenes, caps):
         score_caption(scene.objects, g, caption)
+    errors = count_caption_errors(scenes, caps)
 
     comp_images, comp_prompts, comp_truth = [], [], []
     for scene in scenes:
@@ -211,7 +214,8 @@ def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new
         name = answer_name(obj)
         qa.add(names_object(answer_after(a.caption, "Answer:"), name))
         generation.add(names_object(answer_after(g.caption, " is"), name))
-    return Report(len(scenes), sum(len(s.objects) for s in scenes), caption, comprehension, qa, generation, seconds)
+    return Report(len(scenes), sum(len(s.objects) for s in scenes), caption, comprehension, qa, generation, seconds,
+                  errors)
 
 
 def answer_after(caption: str, marker: str) -> str:
@@ -234,13 +238,104 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--model", default=None)
     parser.add_argument("--json", default=None, help="also write the report as JSON here")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                        help="decode with this no_repeat_ngram_size (set on the model's generation config)")
     args = parser.parse_args(argv)
     model, processor = load(args.model)
+    if args.no_repeat_ngram_size is not None:
+        model.generation_config.no_repeat_ngram_size = args.no_repeat_ngram_size
     scenes = sample_scenes(args.scenes, seed=args.seed)
     report = evaluate(model, processor, scenes)
     print(report.table())
+    print()
+    print(caption_error_table(report.caption_errors))
     print("seconds:", {k: round(v, 1) for k, v in report.seconds.items()})
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report.as_dict(), f, indent=1)
 
+
+# ----------------------------------------------------------------------------------------- caption errors
+
+#: The kinds of caption error, in the order they are printed, with what each one counts.
+CAPTION_ERROR_TYPES: dict[str, str] = {
+    "missed": "a group of objects that no phrase names (its kind never appears)",
+    "written_twice": "a phrase beyond the first that names a group already named",
+    "pair_split": "a pair written as single phrases (\"a red circle, a red circle\") instead of one",
+    "wrong_count": "a group named with the wrong number (\"a red circle\" for two, \"two …\" for one)",
+    "wrong_kind": "a phrase naming a kind that is not in the image, or no kind of the world",
+    "wrong_box": "an object whose own phrase is right but none of whose boxes hits it",
+    "extra_box": "a box under a right phrase that hits none of that group's objects",
+}
+
+
+def _phrase_kinds() -> dict[str, tuple[tuple[str | None, str], int]]:
+    from helpers.world.scenes import KINDS, definite_phrase, indefinite_phrase
+
+    table = {}
+    for colour, shape in KINDS:
+        for count in (1, 2):
+            for phrase in (indefinite_phrase(colour, shape, count), definite_phrase(colour, shape, count)):
+                table.setdefault(normalize_phrase(phrase), ((colour, shape), count))
+    return table
+
+
+def caption_errors(truth: Iterable, grounding: Grounding) -> dict[str, int]:
+    """Count one caption's errors by type (:data:`CAPTION_ERROR_TYPES`); a perfect caption gives all zeros.
+
+    ``truth`` holds the scene's objects (``.colour``, ``.shape``, ``.box``, ``.phrase``); objects of one kind
+    form one group, as in the world. A predicted phrase is read as a kind and a count ("two red circles"
+    is two red circles); ``missed``, ``pair_split`` and ``wrong_count`` count groups, ``written_twice`` and
+    ``wrong_kind`` count phrases, ``wrong_box`` counts objects and ``extra_box`` counts boxes. Phrases and
+    boxes are compared by the same rules as :func:`score_caption`.
+    """
+    table = _phrase_kinds()
+    groups: dict[tuple, list] = {}
+    for obj in truth:
+        groups.setdefault((obj.colour, obj.shape), []).append(obj)
+    errors = dict.fromkeys(CAPTION_ERROR_TYPES, 0)
+    read = [table.get(normalize_phrase(e.phrase), (None, 0)) for e in grounding.entities]
+    errors["wrong_kind"] = sum(1 for kind, _ in read if kind not in groups)
+    for kind, objects in groups.items():
+        named = [(ent, count) for ent, (k, count) in zip(grounding.entities, read) if k == kind]
+        if not named:
+            errors["missed"] += 1
+            continue
+        counts = [count for _, count in named]
+        if len(objects) in counts:
+            errors["written_twice"] += len(named) - 1
+        elif len(objects) == 2 and counts.count(1) >= 2:
+            errors["pair_split"] += 1
+            errors["written_twice"] += len(named) - 2
+        else:
+            errors["wrong_count"] += 1
+            errors["written_twice"] += len(named) - 1
+        right = [ent for ent, _ in named if phrases_match(ent.phrase, objects[0].phrase)]
+        if right:
+            boxes = [b for ent in right for b in ent.boxes]
+            errors["wrong_box"] += sum(1 for obj in objects if not any(box_hits(b, obj.box) for b in boxes))
+            errors["extra_box"] += sum(1 for b in boxes if not any(box_hits(b, obj.box) for obj in objects))
+    return errors
+
+
+def count_caption_errors(scenes: Sequence, groundings: Sequence[Grounding]) -> dict:
+    """Errors by type over many captions, with ``scenes`` / ``perfect`` (captions without any error) / ``groups``."""
+    if len(scenes) != len(groundings):
+        raise ValueError(f"one grounding per scene expected: {len(scenes)} scenes, {len(groundings)} groundings")
+    total = dict.fromkeys(CAPTION_ERROR_TYPES, 0)
+    perfect = groups = 0
+    for scene, g in zip(scenes, groundings):
+        errors = caption_errors(scene.objects, g)
+        for k, v in errors.items():
+            total[k] += v
+        perfect += not any(errors.values())
+        groups += len({(o.colour, o.shape) for o in scene.objects})
+    return {"scenes": len(scenes), "perfect": perfect, "groups": groups, **total}
+
+
+def caption_error_table(counts: dict) -> str:
+    """The Markdown table of :func:`count_caption_errors`' result."""
+    lines = [f"{counts['perfect']} of {counts['scenes']} captions without any error ({counts['groups']} groups)", "",
+             "| error | count | what is counted |", "| --- | --- | --- |"]
+    lines += [f"| {k.replace('_', ' ')} | {counts[k]} | {what} |" for k, what in CAPTION_ERROR_TYPES.items()]
+    return "\n".join(lines)
