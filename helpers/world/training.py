@@ -323,6 +323,7 @@ class TrainConfig:
     image_size: int = 64
     patch_size: int = 8
     vision_steps: int = 300
+    heads_steps: int = 0  # first, the training-only heads alone on the frozen model (for a resumed run)
     steps: int = 2000
     batch_size: int = 48
     lr: float = 2e-3
@@ -475,6 +476,30 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     history: list[dict] = []
     start = time.time()
 
+    # stage 0 (resumed runs): fresh training-only heads learn on the frozen model first, so that their
+    # first, large gradients do not run through weights that are already trained
+    head_params = list(heads.parameters()) + list(token_heads.parameters())
+    opt = torch.optim.AdamW(head_params, lr=3e-3, weight_decay=0.01)
+    model.eval()
+    for step in range(cfg.heads_steps):
+        scenes = [sample_scene(rng.getrandbits(62)) for _ in range(cfg.batch_size)]
+        pix = processor.image_processor([s.image for s in scenes], return_tensors="pt")["pixel_values"]
+        tg = [dense_targets(s, grid) for s in scenes]
+        what, where = torch.stack([t[0] for t in tg]), torch.stack([t[1] for t in tg])
+        with torch.no_grad():
+            patches, embeds = image_features(model, pix)
+        loss = heads.loss(patches, what, where) + token_heads.loss(embeds, what, where)
+        if cfg.group_weight:
+            gt = [group_targets(s, grid) for s in scenes]
+            count, place = torch.stack([t[0] for t in gt]), torch.stack([t[1] for t in gt])
+            loss = loss + heads.group_loss(patches, count, place) + token_heads.group_loss(embeds, count, place)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 0 or step == cfg.heads_steps - 1:
+            log(f"heads step {step:5d}  dense loss {loss.item():.3f}  {time.time() - start:6.0f}s")
+            history.append({"stage": "heads", "step": step, "dense_loss": round(loss.item(), 4)})
+
     # stage 1: the vision tower and the projection alone, on the dense targets (image token i ↔ patch i)
     vision_params = (list(model.vision_model.parameters()) + list(model.image_to_text_projection.parameters())
                      + list(heads.parameters()) + list(token_heads.parameters()))
@@ -570,6 +595,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vision-steps", type=int, default=300)
+    parser.add_argument("--heads-steps", type=int, default=0,
+                        help="steps of the training-only heads alone on the frozen model before the rest "
+                             "(for --resume without saved heads)")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -593,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(seed=args.seed, vision_steps=args.vision_steps, steps=args.steps,
+    cfg = TrainConfig(seed=args.seed, vision_steps=args.vision_steps, heads_steps=args.heads_steps, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, minutes=args.minutes, warmup=args.warmup,
                       aux_weight=args.aux_weight, look_weight=args.look_weight,
                       checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
