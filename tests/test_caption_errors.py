@@ -79,3 +79,19 @@ def test_counting_over_scenes_and_the_table() -> None:
     assert f"| missed | {empty['groups']} | {CAPTION_ERROR_TYPES['missed']} |" in table
     with pytest.raises(ValueError, match="one grounding per scene"):
         count_caption_errors(scenes, right[:2])
+
+
+def test_evaluate_captions_scores_and_classifies_every_scene() -> None:
+    from helpers.grounding.evaluation import evaluate_captions
+    from helpers.world.language import build_processor
+    from helpers.world.training import new_model
+
+    processor = build_processor(64)
+    model = new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=48, heads=2).eval()
+    scenes = sample_scenes(2, seed=9)
+    scores, errors = evaluate_captions(model, processor, scenes, max_new_tokens=6)
+    n_objects = sum(len(s.objects) for s in scenes)
+    assert scores.phrase_recall.total == scores.box_hit.total == n_objects
+    assert errors["scenes"] == 2 and errors["groups"] == sum(len(s.groups) for s in scenes)
+    # six tokens of an untrained model name nothing right: every group is missed
+    assert scores.phrase_recall.hits == 0 and errors["missed"] == errors["groups"] and errors["perfect"] == 0

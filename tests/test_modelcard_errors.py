@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from helpers.evaluation import CAPTION_ERROR_TYPES, CaptionScores, Report, Score
-from helpers.modelcard import render_card
+from helpers.grounding.evaluation import CAPTION_ERROR_TYPES, CaptionScores, Report, Score
+from helpers.world.modelcard import render_card
 
 
 def _result(seed: int, recall: int, missed: int) -> dict:
@@ -18,8 +18,8 @@ def _result(seed: int, recall: int, missed: int) -> dict:
 
 
 def test_the_card_shows_errors_by_type_and_the_second_seed(tmp_path) -> None:
-    from helpers.training import new_model
-    from helpers.world import build_processor
+    from helpers.world.training import new_model
+    from helpers.world.language import build_processor
 
     processor = build_processor(64)
     model = new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=48, heads=2)

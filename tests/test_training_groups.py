@@ -12,8 +12,8 @@ import signal
 import pytest
 import torch
 
-from helpers.synthetic import draw_scene, sample_scene
-from helpers.training import (
+from helpers.world.scenes import draw_scene, sample_scene
+from helpers.world.training import (
     GROUP_COUNTS,
     GROUP_PLACES,
     HEADS_FILE,
@@ -116,7 +116,7 @@ def test_sigterm_asks_the_run_to_stop_and_the_old_handler_comes_back() -> None:
 
 
 def test_a_resumed_run_records_every_stage_and_continues_with_the_saved_heads(tmp_path) -> None:
-    from helpers.training import main
+    from helpers.world.training import main
 
     first, second = tmp_path / "first", tmp_path / "second"
     main(["--out", str(first), "--vision-steps", "1", "--steps", "2", "--batch-size", "1", "--no-evaluate"])
@@ -134,8 +134,8 @@ def test_a_resumed_run_records_every_stage_and_continues_with_the_saved_heads(tm
 
 
 def test_the_heads_stage_trains_only_the_heads(tmp_path) -> None:
-    from helpers.training import TrainConfig, new_model, train
-    from helpers.world import build_processor
+    from helpers.world.training import TrainConfig, new_model, train
+    from helpers.world.language import build_processor
 
     processor = build_processor(64)
     model = new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=48, heads=2)

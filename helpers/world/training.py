@@ -1,18 +1,26 @@
 """Train a small Kosmos-2 on the synthetic world (the recipe behind the bundled model).
 
-The model is a plain ``Kosmos2ForConditionalGeneration``; the recipe adds three things that make a tiny
-model learn grounding on two CPU cores:
+The model is a plain ``Kosmos2ForConditionalGeneration``; the recipe adds what makes a tiny model learn
+grounding on two CPU cores:
 
 1. **Location tokens start out knowing where they are.** The 1 024 ``<patch_index_NNNN>`` embeddings
-   (tied with the output layer) are initialised with sine/cosine features of their bin's column and row,
-   so neighbouring bins start out alike and a box is a smooth target, not 1 024 unrelated classes.
-2. **Dense supervision of the vision tower.** Two linear heads on the patch features (used in training
-   only, then dropped) predict for every patch *what* covers it (kind of object or background) and
-   *where* that object's box is (its four edges, as 32-way bins). This teaches the image side fast.
-3. **A curriculum.** The vision tower first learns alone (cheap), then the whole model learns every task.
+   (tied with the output layer) are initialised with smooth features of their bin's column and row
+   (:func:`location_features`), so neighbouring bins start out alike, far bins unalike, and a box is a
+   smooth target, not 1 024 unrelated classes.
+2. **Dense supervision of the vision tower.** Linear heads on the patch features and on the image tokens
+   (used in training only, then dropped) predict for every patch *what* covers it (kind of object or
+   background) and *where* that object's box is (its four edges, as 32-way bins); optionally
+   (``group_weight``) also how many objects its group has and the group's place in the caption.
+3. **Supervised attention.** Head 0 of each decoder layer is shown which image tokens belong to the object
+   being named.
+4. **A curriculum.** The vision tower first learns alone (cheap), then the whole model learns every task.
+   A resumed run can first train fresh heads alone on the frozen model (``heads_steps``), and may show
+   more scenes with pairs and with three kinds (``pair_share``, ``three_share``; the world is unchanged).
 
 Texts are GRIT-style grounded strings; the loss is next-token cross-entropy on the answer only
-(labels ``-100`` on image, prompt and padding positions).
+(labels ``-100`` on image, prompt and padding positions). A run's folder holds the model, its processor,
+``training.json`` (settings and losses of every stage) and the training-only heads
+(:data:`HEADS_FILE`), so ``--resume`` continues where it stopped; SIGTERM ends a run cleanly (it saves).
 """
 
 from __future__ import annotations
@@ -576,8 +584,9 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
             log(f"checkpoint at step {step} in {cfg.checkpoint}")
         if step % 25 == 0:
             rate = step / max(time.time() - stage2_start, 1e-9)
-            log(f"step {step:5d}  text loss {out.loss.item():.3f}  dense {dense.item():.3f}  look {look.item():.3f}  group {group.item():.3f}  "
-                f"lr {lr:.2e}  {time.time() - start:6.0f}s  {rate:.2f} steps/s")
+            log(f"step {step:5d}  text loss {out.loss.item():.3f}  dense {dense.item():.3f}  look {look.item():.3f}  "
+                + (f"group {group.item():.3f}  " if cfg.group_weight else "")
+                + f"lr {lr:.2e}  {time.time() - start:6.0f}s  {rate:.2f} steps/s")
             history.append({"stage": "joint", "step": step, "text_loss": round(out.loss.item(), 4),
                             "dense_loss": round(dense.item(), 4), "look_loss": round(look.item(), 4),
                             **({"group_loss": round(group.item(), 4)} if cfg.group_weight else {}),
