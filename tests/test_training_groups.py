@@ -153,3 +153,24 @@ def test_the_heads_stage_trains_only_the_heads(tmp_path) -> None:
     for name in ("what", "where", "count", "place"):
         assert not torch.equal(getattr(heads, name).weight, getattr(start[0], name).weight), name
         assert not torch.equal(getattr(token_heads, name).weight, getattr(start[1], name).weight), name
+
+
+def test_sigterm_in_an_early_stage_skips_the_rest_and_returns_the_model() -> None:
+    from helpers.world.language import build_processor
+    from helpers.world.training import TrainConfig, new_model, train
+
+    processor = build_processor(64)
+    model = new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=48, heads=2)
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("heads step"):
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` would, during the first stage
+
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = TrainConfig(heads_steps=5, vision_steps=5, steps=5, batch_size=1, warmup=1)
+    trained, _, history = train(cfg, processor=processor, model=model, log=log)
+    assert trained is model and [h["stage"] for h in history] == ["heads"]
+    assert lines[-1] == "stopped by signal SIGTERM at joint step 0"
+    assert signal.getsignal(signal.SIGTERM) == before and not trained.training

@@ -239,13 +239,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--json", default=None, help="also write the report as JSON here")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
-                        help="decode with this no_repeat_ngram_size (set on the model's generation config)")
+                        help="decode with this no_repeat_ngram_size (set on the generation configs)")
     parser.add_argument("--captions-only", action="store_true",
                         help="only the brief captions: their scores and errors by type (a quarter of the time)")
     args = parser.parse_args(argv)
     model, processor = load(args.model)
     if args.no_repeat_ngram_size is not None:
-        model.generation_config.no_repeat_ngram_size = args.no_repeat_ngram_size
+        # Kosmos-2 generates through its text model, which reads its own generation config
+        for part in (model, getattr(model, "text_model", None)):
+            if getattr(part, "generation_config", None) is not None:
+                part.generation_config.no_repeat_ngram_size = args.no_repeat_ngram_size
     scenes = sample_scenes(args.scenes, seed=args.seed)
     if args.captions_only:
         scores, errors = evaluate_captions(model, processor, scenes)

@@ -486,10 +486,13 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
 
     # stage 0 (resumed runs): fresh training-only heads learn on the frozen model first, so that their
     # first, large gradients do not run through weights that are already trained
+    stop = _StopFlag()  # SIGTERM / SIGINT: finish the current step, skip the rest, return what was learned
     head_params = list(heads.parameters()) + list(token_heads.parameters())
     opt = torch.optim.AdamW(head_params, lr=3e-3, weight_decay=0.01)
     model.eval()
     for step in range(cfg.heads_steps):
+        if stop.raised:
+            break
         scenes = [sample_scene(rng.getrandbits(62)) for _ in range(cfg.batch_size)]
         pix = processor.image_processor([s.image for s in scenes], return_tensors="pt")["pixel_values"]
         tg = [dense_targets(s, grid) for s in scenes]
@@ -514,6 +517,8 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     opt = torch.optim.AdamW(vision_params, lr=cfg.lr, weight_decay=0.01)
     model.train()
     for step in range(cfg.vision_steps):
+        if stop.raised:
+            break
         if cfg.pair_share or cfg.three_share:
             scenes = [training_scene(rng, cfg.pair_share, cfg.three_share) for _ in range(cfg.batch_size)]
         else:
@@ -542,7 +547,6 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     params = list(model.parameters()) + list(heads.parameters()) + list(token_heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     stage2_start = last_save = time.time()
-    stop = _StopFlag()
     for step in range(cfg.steps):
         frac = step / max(1, cfg.steps)
         if cfg.minutes is not None:
@@ -551,7 +555,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
             log(f"time budget reached at step {step}")
             break
         if stop.raised:
-            log(f"stopped by signal {stop.raised} at step {step}")
+            log(f"stopped by signal {stop.raised} at joint step {step}")
             break
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
