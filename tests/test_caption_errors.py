@@ -95,3 +95,24 @@ def test_evaluate_captions_scores_and_classifies_every_scene() -> None:
     assert errors["scenes"] == 2 and errors["groups"] == sum(len(s.groups) for s in scenes)
     # six tokens of an untrained model name nothing right: every group is missed
     assert scores.phrase_recall.hits == 0 and errors["missed"] == errors["groups"] and errors["perfect"] == 0
+
+
+def test_the_evaluate_command_with_captions_only_writes_scores_and_errors(tmp_path, capsys) -> None:
+    import json
+
+    from helpers.grounding.evaluation import main
+    from helpers.world.language import build_processor
+    from helpers.world.training import new_model
+
+    processor = build_processor(64)
+    model = new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=48, heads=2)
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    out = tmp_path / "r.json"
+    main(["--model", str(tmp_path / "m"), "--scenes", "2", "--seed", "9", "--captions-only",
+          "--no-repeat-ngram-size", "3", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "captioning: phrase recall:" in printed and "| pair split |" in printed
+    result = json.loads(out.read_text())
+    n_objects = sum(len(s.objects) for s in sample_scenes(2, seed=9))
+    assert result["caption_phrase_recall"][1] == n_objects and result["caption_errors"]["scenes"] == 2
