@@ -363,4 +363,7 @@ def test_the_command_line_writes_model_checkpoint_and_training_record(tmp_path) 
     assert record["seconds"] > 0 and "threads" in record["hardware"]
     for folder in (out, ckpt):
         assert (folder / "model.safetensors").is_file() and (folder / "processor_config.json").is_file()
+        assert (folder / "training_heads.safetensors").is_file()
+    # a checkpoint carries its own record, so a run killed between checkpoints resumes with its history
+    assert json.loads((ckpt / "training.json").read_text())["config"]["checkpoint"] == str(ckpt)
     assert isinstance(AutoModelForImageTextToText.from_pretrained(out).config.latent_query_num, int)

@@ -458,6 +458,22 @@ def load_heads(folder: Path, heads: DenseHeads, token_heads: DenseHeads) -> list
     return missing
 
 
+def write_record(folder: Path, cfg: TrainConfig, history: list[dict], seconds: float) -> None:
+    """Write ``training.json``: this run's settings, losses and time; after ``--resume`` every earlier run too."""
+    record = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()
+                   if k != "resumed_from"},  # JSON has no Path; the previous runs go to "stages"
+        "seconds": round(seconds, 1), "history": history,
+        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+    }
+    if cfg.resumed_from is not None:
+        earlier = cfg.resumed_from.get("stages") or [cfg.resumed_from]
+        record["stages"] = [{k: v for k, v in st.items() if k != "stages"} for st in earlier] + [dict(record)]
+        record["seconds"] = round(sum(st.get("seconds", 0) for st in record["stages"]), 1)
+    (Path(folder) / "training.json").write_text(json.dumps(record, indent=1))
+
+
 def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: Path | None = None,
           keep_heads: list | None = None):
     """Run the recipe; returns ``(model, processor, history)``.
@@ -585,6 +601,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
             model.save_pretrained(cfg.checkpoint)
             processor.save_pretrained(cfg.checkpoint)
             save_heads(cfg.checkpoint, heads, token_heads)
+            write_record(cfg.checkpoint, cfg, history, time.time() - start)  # resumable on its own
             log(f"checkpoint at step {step} in {cfg.checkpoint}")
         if step % 25 == 0:
             rate = step / max(time.time() - stage2_start, 1e-9)
@@ -657,18 +674,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model.save_pretrained(args.out, safe_serialization=True)
     processor.save_pretrained(args.out)
     save_heads(args.out, *kept[0])
-    record = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()
-                   if k != "resumed_from"},  # JSON has no Path; the previous runs go to "stages"
-        "seconds": round(seconds, 1), "history": history,
-        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "torch": torch.__version__,
-    }
-    if cfg.resumed_from is not None:
-        earlier = cfg.resumed_from.get("stages") or [cfg.resumed_from]
-        record["stages"] = [{k: v for k, v in st.items() if k != "stages"} for st in earlier] + [dict(record)]
-        record["seconds"] = round(sum(st.get("seconds", 0) for st in record["stages"]), 1)
-    (args.out / "training.json").write_text(json.dumps(record, indent=1))
+    write_record(args.out, cfg, history, seconds)
     print(f"saved to {args.out} after {seconds:.0f}s")
     if args.evaluate:
         from helpers.world.modelcard import write_card
