@@ -247,11 +247,8 @@ def test_location_features_shape_and_layout() -> None:
 
 
 def test_location_features_single_out_each_bin_and_favour_neighbours() -> None:
-    """The features mix doubling frequencies (one wave per 2 bins at the finest): sharp, not a smooth blob.
-
-    What the recipe relies on: every bin is most alike to itself, its direct neighbours are on average
-    more alike than bins at any larger distance, and bins 8 or more apart are, on average, clearly less alike.
-    """
+    """What the recipe relies on: every bin is most alike to itself, its direct neighbours are on average
+    more alike than bins at any larger distance, and bins 8 or more apart are, on average, clearly less alike."""
     sim, dist = _similarity(location_features(32, 24)), _chebyshev()
     others = sim.clone()
     others.fill_diagonal_(-2.0)
@@ -259,6 +256,23 @@ def test_location_features_single_out_each_bin_and_favour_neighbours() -> None:
     means = {d: sim[dist == d].mean().item() for d in range(1, 32)}
     assert all(means[1] > means[d] for d in range(2, 32)), means
     assert sim[dist >= 8].mean().item() < 0.5 * means[1], means
+
+
+def test_location_features_fall_steadily_with_distance_along_a_row_and_a_column() -> None:
+    """No repeating wave: from every bin, the likeness to the bins of its row (and column) falls with each
+    step away, so a bin 4 or 8 bins away never looks like a neighbour."""
+    sim = _similarity(location_features(32, 24)).reshape(32, 32, 32, 32)  # (row, col, row', col')
+    for r in range(32):
+        for c in range(32):
+            row = sim[r, c, r]  # similarity to every bin of the same row
+            right, left = row[c:], row[: c + 1].flip(0)
+            for side in (right, left):
+                assert torch.all(side[1:] < side[:-1] - 1e-4), (r, c, side)
+            col = sim[r, c, :, c]
+            for side in (col[r:], col[: r + 1].flip(0)):
+                assert torch.all(side[1:] < side[:-1] - 1e-4), (r, c, side)
+    # the ends of an axis are the least alike pair on it
+    assert sim[16, 0, 16, 31] < sim[16, 0, 16, 8]
 
 
 def test_new_model_starts_with_the_location_features(processor) -> None:
@@ -349,4 +363,7 @@ def test_the_command_line_writes_model_checkpoint_and_training_record(tmp_path) 
     assert record["seconds"] > 0 and "threads" in record["hardware"]
     for folder in (out, ckpt):
         assert (folder / "model.safetensors").is_file() and (folder / "processor_config.json").is_file()
+        assert (folder / "training_heads.safetensors").is_file()
+    # a checkpoint carries its own record, so a run killed between checkpoints resumes with its history
+    assert json.loads((ckpt / "training.json").read_text())["config"]["checkpoint"] == str(ckpt)
     assert isinstance(AutoModelForImageTextToText.from_pretrained(out).config.latent_query_num, int)

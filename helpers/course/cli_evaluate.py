@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     world = benchmarks.add_parser("world", help="the synthetic world's held-out scenes (the bundled model's card)")
     world.add_argument("--scenes", type=int, default=220, metavar="N", help="held-out scenes (default 220)")
     world.add_argument("--seed", type=int, default=None, metavar="S", help="scene seed (default: the held-out seed)")
+    world.add_argument("--captions-only", action="store_true",
+                       help="only the brief captions: their scores and errors by type (a quick probe)")
     common(world, 0)
 
     ref = benchmarks.add_parser("refcoco", help="RefCOCO / RefCOCO+ / RefCOCOg comprehension")
@@ -153,12 +155,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(err), code=1, prog=PROG)
     try:
         if args.benchmark == "world":
-            from helpers.grounding.evaluation import HELD_OUT_SEED, evaluate
+            from helpers.grounding.evaluation import HELD_OUT_SEED, evaluate, format_score
             from helpers.world.scenes import sample_scenes
 
+            from helpers.grounding.evaluation import caption_error_table, evaluate_captions
+
             scenes = sample_scenes(args.scenes, seed=HELD_OUT_SEED if args.seed is None else args.seed)
-            report = evaluate(model, processor, scenes, batch_size=args.batch_size, decoding=decoding)
-            rows, table = report.rows, report.table()
+            if args.captions_only:
+                scores, errors = evaluate_captions(model, processor, scenes, batch_size=args.batch_size,
+                                                   decoding=decoding)
+                rows = [{"task": "caption", "metric": name, "hits": score.hits, "total": score.total}
+                        for name, score in (("phrase recall", scores.phrase_recall), ("box hit", scores.box_hit),
+                                            ("phrase precision", scores.phrase_precision))]
+                rows.append({"task": "caption", "errors": errors})
+                table = "\n".join([f"captioning: {r['metric']}: {format_score(r['hits'], r['total'])}"
+                                   for r in rows[:3]] + ["", caption_error_table(errors)])
+            else:
+                report = evaluate(model, processor, scenes, batch_size=args.batch_size, decoding=decoding)
+                rows, table = report.rows, report.table() + "\n\n" + caption_error_table(report.caption_errors)
         elif args.benchmark == "refcoco":
             from helpers.grounding.refcoco import evaluate_comprehension
 

@@ -173,6 +173,8 @@ class Report:
     seconds: dict[str, float]
     #: one row per scored item (``"task"``: caption, comprehension, qa or generation), for JSON Lines
     rows: list[dict] = field(default_factory=list, repr=False)
+    #: :func:`count_caption_errors` of the brief captions
+    caption_errors: dict | None = None
 
     def as_dict(self) -> dict:
         def s(x: Score) -> dict:
@@ -188,6 +190,7 @@ class Report:
             "comprehension_upper_bound_any_box": s(self.comprehension.upper_bound),
             "qa_names_object": s(self.qa), "generation_names_object": s(self.generation),
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+            **({"caption_errors": self.caption_errors} if self.caption_errors is not None else {}),
         }
 
     def table(self) -> str:
@@ -222,6 +225,7 @@ def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new
         score_caption(scene.objects, g, caption)
         rows.append({"task": "caption", "scene": i, "truth": [[o.phrase, o.box] for o in scene.objects],
                      "caption": g.caption, "entities": [[e.phrase, e.boxes] for e in g.entities]})
+    errors = count_caption_errors(scenes, caps)
 
     comp_images, comp_phrases, comp_truth, comp_scene = [], [], [], []
     for i, scene in enumerate(scenes):
@@ -265,10 +269,111 @@ def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new
             score.add(hit)
             rows.append({"task": task, "scene": i, "box": obj.box, "name": name, "answer": answer, "hit": hit})
     return Report(len(scenes), sum(len(s.objects) for s in scenes), caption, comprehension, qa, generation, seconds,
-                  rows)
+                  rows, errors)
 
 
 def answer_after(caption: str, marker: str) -> str:
     """The part of a processed caption after the prompt's last ``marker`` (the model's answer)."""
     i = caption.rfind(marker)
     return caption[i + len(marker):] if i >= 0 else caption
+
+
+# ----------------------------------------------------------------------------------------- caption errors
+
+#: The kinds of caption error, in the order they are printed, with what each one counts.
+CAPTION_ERROR_TYPES: dict[str, str] = {
+    "missed": "a group of objects that no phrase names (its kind never appears)",
+    "written_twice": "a phrase beyond the first that names a group already named",
+    "pair_split": "a pair written as single phrases (\"a red circle, a red circle\") instead of one",
+    "wrong_count": "a group named with the wrong number (\"a red circle\" for two, \"two …\" for one)",
+    "wrong_kind": "a phrase naming a kind that is not in the image, or no kind of the world",
+    "wrong_box": "an object whose own phrase is right but none of whose boxes hits it",
+    "extra_box": "a box under a right phrase that hits none of that group's objects",
+}
+
+
+def _phrase_kinds() -> dict[str, tuple[tuple[str | None, str], int]]:
+    from helpers.world.scenes import KINDS, definite_phrase, indefinite_phrase
+
+    table = {}
+    for colour, shape in KINDS:
+        for count in (1, 2):
+            for phrase in (indefinite_phrase(colour, shape, count), definite_phrase(colour, shape, count)):
+                table.setdefault(normalize_phrase(phrase), ((colour, shape), count))
+    return table
+
+
+def caption_errors(truth: Iterable, grounding: Grounding) -> dict[str, int]:
+    """Count one caption's errors by type (:data:`CAPTION_ERROR_TYPES`); a perfect caption gives all zeros.
+
+    ``truth`` holds the scene's objects (``.colour``, ``.shape``, ``.box``, ``.phrase``); objects of one kind
+    form one group, as in the world. A predicted phrase is read as a kind and a count ("two red circles"
+    is two red circles); ``missed``, ``pair_split`` and ``wrong_count`` count groups, ``written_twice`` and
+    ``wrong_kind`` count phrases, ``wrong_box`` counts objects and ``extra_box`` counts boxes. Phrases and
+    boxes are compared by the same rules as :func:`score_caption`.
+    """
+    table = _phrase_kinds()
+    groups: dict[tuple, list] = {}
+    for obj in truth:
+        groups.setdefault((obj.colour, obj.shape), []).append(obj)
+    errors = dict.fromkeys(CAPTION_ERROR_TYPES, 0)
+    read = [table.get(normalize_phrase(e.phrase), (None, 0)) for e in grounding.entities]
+    errors["wrong_kind"] = sum(1 for kind, _ in read if kind not in groups)
+    for kind, objects in groups.items():
+        named = [(ent, count) for ent, (k, count) in zip(grounding.entities, read) if k == kind]
+        if not named:
+            errors["missed"] += 1
+            continue
+        counts = [count for _, count in named]
+        if len(objects) in counts:
+            errors["written_twice"] += len(named) - 1
+        elif len(objects) == 2 and counts.count(1) >= 2:
+            errors["pair_split"] += 1
+            errors["written_twice"] += len(named) - 2
+        else:
+            errors["wrong_count"] += 1
+            errors["written_twice"] += len(named) - 1
+        right = [ent for ent, _ in named if phrases_match(ent.phrase, objects[0].phrase)]
+        if right:
+            boxes = [b for ent in right for b in ent.boxes]
+            errors["wrong_box"] += sum(1 for obj in objects if not any(box_hits(b, obj.box) for b in boxes))
+            errors["extra_box"] += sum(1 for b in boxes if not any(box_hits(b, obj.box) for obj in objects))
+    return errors
+
+
+def count_caption_errors(scenes: Sequence, groundings: Sequence[Grounding]) -> dict:
+    """Errors by type over many captions, with ``scenes`` / ``perfect`` (captions without any error) / ``groups``."""
+    if len(scenes) != len(groundings):
+        raise ValueError(f"one grounding per scene expected: {len(scenes)} scenes, {len(groundings)} groundings")
+    total = dict.fromkeys(CAPTION_ERROR_TYPES, 0)
+    perfect = groups = 0
+    for scene, g in zip(scenes, groundings):
+        errors = caption_errors(scene.objects, g)
+        for k, v in errors.items():
+            total[k] += v
+        perfect += not any(errors.values())
+        groups += len({(o.colour, o.shape) for o in scene.objects})
+    return {"scenes": len(scenes), "perfect": perfect, "groups": groups, **total}
+
+
+def caption_error_table(counts: dict) -> str:
+    """The Markdown table of :func:`count_caption_errors`' result."""
+    lines = [f"{counts['perfect']} of {counts['scenes']} captions without any error ({counts['groups']} groups)", "",
+             "| error | count | what is counted |", "| --- | --- | --- |"]
+    lines += [f"| {k.replace('_', ' ')} | {counts[k]} | {what} |" for k, what in CAPTION_ERROR_TYPES.items()]
+    return "\n".join(lines)
+
+
+def evaluate_captions(model, processor, scenes, *, max_new_tokens: int = 96, batch_size: int | None = None,
+                      decoding=None) -> tuple[CaptionScores, dict]:
+    """Brief captions of ``scenes`` only: their scores and :func:`count_caption_errors` (for quick probes)."""
+    from helpers.grounding.model import ground
+    from helpers.grounding.prompts import CAPTION_PROMPT
+
+    extra = {} if decoding is None else {"decoding": decoding}
+    caps = ground(model, processor, [s.image for s in scenes], CAPTION_PROMPT, max_new_tokens=max_new_tokens,
+                  batch_size=batch_size, **extra)
+    scores = CaptionScores()
+    for scene, g in zip(scenes, caps):
+        score_caption(scene.objects, g, scores)
+    return scores, count_caption_errors(scenes, caps)

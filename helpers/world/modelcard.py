@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from helpers.grounding.evaluation import HELD_OUT_SEED, evaluate, metrics_table
+from helpers.grounding.evaluation import HELD_OUT_SEED, caption_error_table, evaluate, metrics_table
 
 REBUILD_COMMANDS = (
     "python -m helpers train --out run1 --seed 0 --vision-steps 500 --steps 100000 --minutes 52 "
@@ -43,7 +43,11 @@ def caption_latency(model, processor, image, new_tokens: int = 32, repeats: int 
 
 
 def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) -> dict:
-    """Evaluate the model in ``model_dir`` on held-out scenes and write ``evaluation.json`` and ``README.md``."""
+    """Evaluate the model in ``model_dir`` on held-out scenes and write ``evaluation.json`` and ``README.md``.
+
+    With another ``seed`` (a second set of unseen scenes) the result goes to ``evaluation-seed<seed>.json``
+    and the card shows it beside the main one.
+    """
     import torch
 
     from helpers.grounding.model import load
@@ -62,11 +66,16 @@ def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) ->
         machine=f"{platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}",
         date=time.strftime("%Y-%m-%d"),
     )
-    (model_dir / "evaluation.json").write_text(json.dumps(result, indent=1) + "\n")
+    name = "evaluation.json" if seed == HELD_OUT_SEED else f"evaluation-seed{seed}.json"
+    (model_dir / name).write_text(json.dumps(result, indent=1) + "\n")
+    if seed != HELD_OUT_SEED and (model_dir / "evaluation.json").exists():
+        result_main = json.loads((model_dir / "evaluation.json").read_text())
+    else:
+        result_main = result
     training = {}
     if (model_dir / "training.json").exists():
         training = json.loads((model_dir / "training.json").read_text())
-    (model_dir / "README.md").write_text(_card_text(model, result, training))
+    (model_dir / "README.md").write_text(_card_text(model, result_main, training))
     return result
 
 
@@ -113,8 +122,8 @@ def _card_text(model, result: dict, training: dict) -> str:
         f"from `sample_scenes(n, seed={result['seed']})`, never used in training.",
         "",
         "## Training",
-        "Recipe in `helpers/world/language/training.py`: location-token embeddings initialised with sine/cosine features of",
-        "their bin; training-only dense heads on the vision tower and on the image tokens (what covers each",
+        "Recipe in `helpers/world/training.py`: location-token embeddings initialised with features of their",
+        "bin's column and row; training-only dense heads on the vision tower and on the image tokens (what covers each",
         "patch, and that object's box); supervised attention (head 0 of each decoder layer is shown which image",
         "tokens belong to the object being named); a vision-only warm-up stage, then all tasks together.",
         "",
@@ -153,6 +162,8 @@ def _card_text(model, result: dict, training: dict) -> str:
         "",
         metrics_table(result),
         "",
+        *_error_lines(result),
+        *_other_seed_lines(Path(model.name_or_path)),
         "Time per image for a 32-token brief caption (greedy, float32, CPU): "
         f"{result['caption_seconds_per_image_32_tokens']['batch_1']:.3f} s at batch 1, "
         f"{result['caption_seconds_per_image_32_tokens']['batch_8']:.3f} s per image at batch 8.",
@@ -165,16 +176,37 @@ def _card_text(model, result: dict, training: dict) -> str:
     return "\n".join(lines)
 
 
+def _error_lines(result: dict) -> list[str]:
+    if "caption_errors" not in result:
+        return []
+    return ["Brief-caption errors by type (`helpers.grounding.evaluation.caption_errors`):", "",
+            caption_error_table(result["caption_errors"]), ""]
+
+
+def _other_seed_lines(model_dir: Path) -> list[str]:
+    lines = []
+    for path in sorted(model_dir.glob("evaluation-seed*.json")):
+        other = json.loads(path.read_text())
+        lines += [f"A second set of unseen scenes, `sample_scenes(n, seed={other['seed']})` (`{path.name}`):", "",
+                  metrics_table(other), "", *_error_lines(other)]
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m helpers modelcard",
                                      description="Evaluate a world model and write its model card.")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--scenes", type=int, default=220)
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED,
+                        help="scene seed; another than the held-out one writes evaluation-seed<SEED>.json")
     parser.add_argument("--render-only", action="store_true", help="rewrite README.md from evaluation.json")
     args = parser.parse_args(argv)
     if args.render_only:
         render_card(args.model_dir)
         return
-    result = write_card(args.model_dir, scenes=args.scenes)
+    result = write_card(args.model_dir, scenes=args.scenes, seed=args.seed)
     print(json.dumps(result, indent=1))
+    print(metrics_table(result))
+    print()
+    print(caption_error_table(result["caption_errors"]))
 

@@ -1,18 +1,26 @@
 """Train a small Kosmos-2 on the synthetic world (the recipe behind the bundled model).
 
-The model is a plain ``Kosmos2ForConditionalGeneration``; the recipe adds three things that make a tiny
-model learn grounding on two CPU cores:
+The model is a plain ``Kosmos2ForConditionalGeneration``; the recipe adds what makes a tiny model learn
+grounding on two CPU cores:
 
 1. **Location tokens start out knowing where they are.** The 1 024 ``<patch_index_NNNN>`` embeddings
-   (tied with the output layer) are initialised with sine/cosine features of their bin's column and row,
-   so neighbouring bins start out alike and a box is a smooth target, not 1 024 unrelated classes.
-2. **Dense supervision of the vision tower.** Two linear heads on the patch features (used in training
-   only, then dropped) predict for every patch *what* covers it (kind of object or background) and
-   *where* that object's box is (its four edges, as 32-way bins). This teaches the image side fast.
-3. **A curriculum.** The vision tower first learns alone (cheap), then the whole model learns every task.
+   (tied with the output layer) are initialised with smooth features of their bin's column and row
+   (:func:`location_features`), so neighbouring bins start out alike, far bins unalike, and a box is a
+   smooth target, not 1 024 unrelated classes.
+2. **Dense supervision of the vision tower.** Linear heads on the patch features and on the image tokens
+   (used in training only, then dropped) predict for every patch *what* covers it (kind of object or
+   background) and *where* that object's box is (its four edges, as 32-way bins); optionally
+   (``group_weight``) also how many objects its group has and the group's place in the caption.
+3. **Supervised attention.** Head 0 of each decoder layer is shown which image tokens belong to the object
+   being named.
+4. **A curriculum.** The vision tower first learns alone (cheap), then the whole model learns every task.
+   A resumed run can first train fresh heads alone on the frozen model (``heads_steps``), and may show
+   more scenes with pairs and with three kinds (``pair_share``, ``three_share``; the world is unchanged).
 
 Texts are GRIT-style grounded strings; the loss is next-token cross-entropy on the answer only
-(labels ``-100`` on image, prompt and padding positions).
+(labels ``-100`` on image, prompt and padding positions). A run's folder holds the model, its processor,
+``training.json`` (settings and losses of every stage) and the training-only heads
+(:data:`HEADS_FILE`), so ``--resume`` continues where it stopped; SIGTERM ends a run cleanly (it saves).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import math
 import platform
 import random
 import re
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +150,57 @@ def dense_targets(scene: Scene, grid: int, bins: int = 32) -> tuple[torch.Tensor
     return what, where
 
 
+#: Classes of the group heads: how many objects the patch's group has (0 = background, 1, 2) and the
+#: group's place in the caption, which lists groups left to right (0 = background, 1, 2, 3).
+GROUP_COUNTS, GROUP_PLACES = 3, 4
+
+
+def group_targets(scene: Scene, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch: the size of the group whose object covers it, and that group's place in the caption.
+
+    Returns ``count`` and ``place`` (both ``(grid*grid,)``, 0 = background); patches are assigned like
+    :func:`dense_targets` (the smaller object wins an overlap). These tie every object to its group, so
+    that the image tokens say "one of a pair" and "the second group" — what a caption needs to write
+    "two red circles" once, in the right place.
+    """
+    count = torch.zeros(grid * grid, dtype=torch.long)
+    place = torch.zeros(grid * grid, dtype=torch.long)
+    objects = [(g, len(group), obj) for g, group in enumerate(scene.groups) for obj in group]
+    for g, n, obj in sorted(objects, key=lambda t: -(t[2].box[2] - t[2].box[0]) * (t[2].box[3] - t[2].box[1])):
+        x0, y0, x1, y1 = obj.box
+        for r in range(grid):
+            if not y0 <= (r + 0.5) / grid <= y1:
+                continue
+            for c in range(grid):
+                if x0 <= (c + 0.5) / grid <= x1:
+                    count[r * grid + c] = min(n, GROUP_COUNTS - 1)
+                    place[r * grid + c] = min(g + 1, GROUP_PLACES - 1)
+    return count, place
+
+
+def training_scene(rng: random.Random, pair_share: float = 0.0, three_share: float = 0.0) -> Scene:
+    """A scene of :func:`helpers.world.scenes.sample_scene` for training, drawn with more hard cases.
+
+    With probability ``pair_share`` scenes are redrawn until one has a pair of one kind; otherwise, with
+    probability ``three_share``, until one has three kinds. The world is unchanged: every scene is a
+    ``sample_scene`` of a fresh seed, only the mix of scenes shown in training moves.
+    """
+    for name, share in (("pair_share", pair_share), ("three_share", three_share)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {share}")
+    u = rng.random()
+    if u < pair_share:
+        wanted = lambda sc: any(len(g) > 1 for g in sc.groups)  # noqa: E731
+    elif u < pair_share + (1 - pair_share) * three_share:
+        wanted = lambda sc: len(sc.groups) >= 3  # noqa: E731
+    else:
+        return sample_scene(rng.getrandbits(62))
+    while True:
+        scene = sample_scene(rng.getrandbits(62))
+        if wanted(scene):
+            return scene
+
+
 def patch_set(box: Sequence[float], grid: int) -> list[int]:
     """Patches (row * grid + col) whose centre lies in ``box``; the patch of the box centre if none does."""
     x0, y0, x1, y1 = box
@@ -189,6 +249,8 @@ class DenseHeads(nn.Module):
         super().__init__()
         self.what = nn.Linear(dim, len(KINDS) + 1)
         self.where = nn.Linear(dim, 4 * bins)
+        self.count = nn.Linear(dim, GROUP_COUNTS)
+        self.place = nn.Linear(dim, GROUP_PLACES)
         self.bins = bins
 
     def loss(self, patches: torch.Tensor, what: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
@@ -198,17 +260,34 @@ class DenseHeads(nn.Module):
         l_where = F.cross_entropy(logits, where.reshape(-1), ignore_index=IGNORE)
         return l_what + l_where
 
+    def group_loss(self, patches: torch.Tensor, count: torch.Tensor, place: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the group heads (group size and caption place of each patch's object)."""
+        b, p, _ = patches.shape
+        return (F.cross_entropy(self.count(patches).reshape(b * p, -1), count.reshape(-1))
+                + F.cross_entropy(self.place(patches).reshape(b * p, -1), place.reshape(-1)))
+
 
 # ------------------------------------------------------------------------------------------ model
 
 
 def location_features(num_bins: int = 32, dim: int = 24) -> torch.Tensor:
-    """(num_bins², dim) sine/cosine features of each location token's column (first half) and row."""
+    """(num_bins², dim) features of each location token: its column (first half) and its row (second half).
+
+    Each half is a bin's code on one axis: two dimensions of one slow wave (a quarter turn over the whole
+    axis) and ``dim // 2 - 2`` Gaussian bumps spread evenly along it. The bumps single out each bin and make
+    neighbours alike; the slow wave keeps the likeness falling with distance all the way to the far end. No
+    part repeats, so two bins are the more alike the closer they are (notebook 12 draws it).
+    """
     half = dim // 2
-    freqs = torch.pi * 2.0 ** torch.arange(half // 2)
-    centres = (torch.arange(num_bins) + 0.5) / num_bins
-    ang = centres[:, None] * freqs[None, :]
-    axis = torch.cat([torch.sin(ang), torch.cos(ang)], dim=1)  # (bins, half)
+    if half < 4:
+        raise ValueError(f"dim must be at least 8 (two slow-wave dimensions and two bumps per axis), got {dim}")
+    x = (torch.arange(num_bins) + 0.5) / num_bins
+    slow = torch.stack([torch.cos(0.5 * torch.pi * x), torch.sin(0.5 * torch.pi * x)], dim=1)
+    bumps = torch.linspace(0.0, 1.0, half - 2)
+    width = 0.5 / (half - 3)  # half the spacing of the bumps: sharp enough to single out each bin
+    near = torch.exp(-0.5 * ((x[:, None] - bumps[None, :]) / width) ** 2)
+    near = near / near.norm(dim=1, keepdim=True)
+    axis = torch.cat([0.5 ** 0.5 * slow, 0.5 ** 0.5 * near], dim=1)  # (bins, half), unit length
     idx = torch.arange(num_bins * num_bins)
     return torch.cat([axis[idx % num_bins], axis[idx // num_bins]], dim=1)
 
@@ -252,6 +331,7 @@ class TrainConfig:
     image_size: int = 64
     patch_size: int = 8
     vision_steps: int = 300
+    heads_steps: int = 0  # first, the training-only heads alone on the frozen model (for a resumed run)
     steps: int = 2000
     batch_size: int = 48
     lr: float = 2e-3
@@ -262,13 +342,23 @@ class TrainConfig:
     checkpoint: Path | None = None  # save model + processor here every `checkpoint_minutes`
     checkpoint_minutes: float = 10.0
     resumed_from: dict | None = None  # the training.json of the run this one continues
+    group_weight: float = 0.0  # weight of the group heads' loss (group size, caption place); 0 = off
+    pair_share: float = 0.0  # training-only share of scenes redrawn until they hold a pair
+    three_share: float = 0.0  # ... and of the rest, redrawn until they hold three kinds
 
 
-def draw_batch(rng: random.Random, processor, n: int, grid: int):
+def draw_batch(rng: random.Random, processor, n: int, grid: int, pair_share: float = 0.0,
+               three_share: float = 0.0, groups: list | None = None):
+    """``n`` encoded examples with their dense targets; ``groups`` (a list) receives each scene's group targets."""
     batch, whats, wheres = [], [], []
     tasks, weights = list(TASK_WEIGHTS), list(TASK_WEIGHTS.values())
     for _ in range(n):
-        scene = sample_scene(rng.getrandbits(62))
+        if pair_share or three_share:
+            scene = training_scene(rng, pair_share, three_share)
+        else:  # the original recipe's stream of scenes, unchanged
+            scene = sample_scene(rng.getrandbits(62))
+        if groups is not None:
+            groups.append(group_targets(scene, grid))
         task = rng.choices(tasks, weights)[0]
         options = [e for e in scene_examples(scene, rng) if e.task == task]
         ex = rng.choice(options)
@@ -282,6 +372,26 @@ def draw_batch(rng: random.Random, processor, n: int, grid: int):
         whats.append(w)
         wheres.append(wh)
     return batch, torch.stack(whats), torch.stack(wheres)
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT end the joint stage after the current step, so the run still saves its weights."""
+
+    def __init__(self):
+        self.raised: str | None = None
+        self.previous = {}
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: no handlers, the run stops only by its budget
+            self.previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 class AttentionTap:
@@ -314,8 +424,64 @@ class AttentionTap:
             h.remove()
 
 
-def train(cfg: TrainConfig, processor=None, model=None, log=print):
-    """Run the recipe; returns ``(model, processor, history)``."""
+#: File of a run's folder that keeps the training-only heads, so that ``--resume`` continues with them.
+HEADS_FILE = "training_heads.safetensors"
+
+
+def save_heads(folder: Path, heads: DenseHeads, token_heads: DenseHeads) -> None:
+    """Write the training-only heads (on the patches and on the image tokens) next to a saved model."""
+    from safetensors.torch import save_file
+
+    tensors = {f"patches.{k}": v.detach().contiguous() for k, v in heads.state_dict().items()}
+    tensors |= {f"tokens.{k}": v.detach().contiguous() for k, v in token_heads.state_dict().items()}
+    save_file(tensors, str(Path(folder) / HEADS_FILE))
+
+
+def load_heads(folder: Path, heads: DenseHeads, token_heads: DenseHeads) -> list[str]:
+    """Load heads saved by :func:`save_heads` (if the file is there); returns the names that were not in it.
+
+    Heads added to the recipe after the file was written keep their fresh start.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(folder) / HEADS_FILE
+    if not path.is_file():
+        return sorted([f"patches.{k}" for k in heads.state_dict()] + [f"tokens.{k}" for k in token_heads.state_dict()])
+    tensors = load_file(str(path))
+    missing = []
+    for prefix, module in (("patches.", heads), ("tokens.", token_heads)):
+        part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        result = module.load_state_dict(part, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"{path} holds heads this recipe does not have: {result.unexpected_keys}")
+        missing += [prefix + k for k in result.missing_keys]
+    return missing
+
+
+def write_record(folder: Path, cfg: TrainConfig, history: list[dict], seconds: float) -> None:
+    """Write ``training.json``: this run's settings, losses and time; after ``--resume`` every earlier run too."""
+    record = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()
+                   if k != "resumed_from"},  # JSON has no Path; the previous runs go to "stages"
+        "seconds": round(seconds, 1), "history": history,
+        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+    }
+    if cfg.resumed_from is not None:
+        earlier = cfg.resumed_from.get("stages") or [cfg.resumed_from]
+        record["stages"] = [{k: v for k, v in st.items() if k != "stages"} for st in earlier] + [dict(record)]
+        record["seconds"] = round(sum(st.get("seconds", 0) for st in record["stages"]), 1)
+    (Path(folder) / "training.json").write_text(json.dumps(record, indent=1))
+
+
+def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: Path | None = None,
+          keep_heads: list | None = None):
+    """Run the recipe; returns ``(model, processor, history)``.
+
+    ``heads_from``: a run folder whose training-only heads (:data:`HEADS_FILE`) the run starts from.
+    ``keep_heads``: a list that receives the run's heads ``(on the patches, on the image tokens)``, to save
+    them with the model (:func:`save_heads`); checkpoints save them too.
+    """
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     processor = processor or build_processor(cfg.image_size)
@@ -323,11 +489,43 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
     grid = cfg.image_size // cfg.patch_size
     heads = DenseHeads(model.config.vision_config.hidden_size)
     token_heads = DenseHeads(model.config.text_config.embed_dim)
+    if heads_from is not None:
+        fresh = load_heads(heads_from, heads, token_heads)
+        log(f"training heads from {heads_from}" + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
+    if keep_heads is not None:
+        keep_heads.append((heads, token_heads))
     if model.config.latent_query_num != grid * grid:
         raise ValueError(f"the recipe pairs image token i with patch i: latent_query_num must be {grid * grid}")
     pad = processor.tokenizer.pad_token_id
     history: list[dict] = []
     start = time.time()
+
+    # stage 0 (resumed runs): fresh training-only heads learn on the frozen model first, so that their
+    # first, large gradients do not run through weights that are already trained
+    stop = _StopFlag()  # SIGTERM / SIGINT: finish the current step, skip the rest, return what was learned
+    head_params = list(heads.parameters()) + list(token_heads.parameters())
+    opt = torch.optim.AdamW(head_params, lr=3e-3, weight_decay=0.01)
+    model.eval()
+    for step in range(cfg.heads_steps):
+        if stop.raised:
+            break
+        scenes = [sample_scene(rng.getrandbits(62)) for _ in range(cfg.batch_size)]
+        pix = processor.image_processor([s.image for s in scenes], return_tensors="pt")["pixel_values"]
+        tg = [dense_targets(s, grid) for s in scenes]
+        what, where = torch.stack([t[0] for t in tg]), torch.stack([t[1] for t in tg])
+        with torch.no_grad():
+            patches, embeds = image_features(model, pix)
+        loss = heads.loss(patches, what, where) + token_heads.loss(embeds, what, where)
+        if cfg.group_weight:
+            gt = [group_targets(s, grid) for s in scenes]
+            count, place = torch.stack([t[0] for t in gt]), torch.stack([t[1] for t in gt])
+            loss = loss + heads.group_loss(patches, count, place) + token_heads.group_loss(embeds, count, place)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 0 or step == cfg.heads_steps - 1:
+            log(f"heads step {step:5d}  dense loss {loss.item():.3f}  {time.time() - start:6.0f}s")
+            history.append({"stage": "heads", "step": step, "dense_loss": round(loss.item(), 4)})
 
     # stage 1: the vision tower and the projection alone, on the dense targets (image token i ↔ patch i)
     vision_params = (list(model.vision_model.parameters()) + list(model.image_to_text_projection.parameters())
@@ -335,7 +533,12 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
     opt = torch.optim.AdamW(vision_params, lr=cfg.lr, weight_decay=0.01)
     model.train()
     for step in range(cfg.vision_steps):
-        scenes = [sample_scene(rng.getrandbits(62)) for _ in range(cfg.batch_size)]
+        if stop.raised:
+            break
+        if cfg.pair_share or cfg.three_share:
+            scenes = [training_scene(rng, cfg.pair_share, cfg.three_share) for _ in range(cfg.batch_size)]
+        else:
+            scenes = [sample_scene(rng.getrandbits(62)) for _ in range(cfg.batch_size)]
         pix = processor.image_processor([s.image for s in scenes], return_tensors="pt")["pixel_values"]
         tg = [dense_targets(s, grid) for s in scenes]
         what, where = torch.stack([t[0] for t in tg]), torch.stack([t[1] for t in tg])
@@ -343,6 +546,10 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
             g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         patches, embeds = image_features(model, pix)
         loss = heads.loss(patches, what, where) + token_heads.loss(embeds, what, where)
+        if cfg.group_weight:
+            gt = [group_targets(s, grid) for s in scenes]
+            count, place = torch.stack([t[0] for t in gt]), torch.stack([t[1] for t in gt])
+            loss = loss + heads.group_loss(patches, count, place) + token_heads.group_loss(embeds, count, place)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -363,10 +570,14 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
         if frac >= 1.0 and step > 0:
             log(f"time budget reached at step {step}")
             break
+        if stop.raised:
+            log(f"stopped by signal {stop.raised} at joint step {step}")
+            break
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        batch, what, where = draw_batch(rng, processor, cfg.batch_size, grid)
+        gt: list = []
+        batch, what, where = draw_batch(rng, processor, cfg.batch_size, grid, cfg.pair_share, cfg.three_share, gt)
         inputs = collate(batch, pad, grid)
         patches, embeds = image_features(model, inputs["pixel_values"])
         out = model(
@@ -375,8 +586,12 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
             labels=inputs["labels"],
         )
         dense = heads.loss(patches, what, where) + token_heads.loss(embeds, what, where)
+        group = torch.zeros(())
+        if cfg.group_weight:
+            count, place = torch.stack([t[0] for t in gt]), torch.stack([t[1] for t in gt])
+            group = heads.group_loss(patches, count, place) + token_heads.group_loss(embeds, count, place)
         look = tap.loss(inputs["look"])
-        loss = out.loss + cfg.aux_weight * dense + cfg.look_weight * look
+        loss = out.loss + cfg.aux_weight * dense + cfg.look_weight * look + cfg.group_weight * group
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -385,12 +600,19 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print):
             last_save = time.time()
             model.save_pretrained(cfg.checkpoint)
             processor.save_pretrained(cfg.checkpoint)
+            save_heads(cfg.checkpoint, heads, token_heads)
+            write_record(cfg.checkpoint, cfg, history, time.time() - start)  # resumable on its own
             log(f"checkpoint at step {step} in {cfg.checkpoint}")
         if step % 25 == 0:
-            log(f"step {step:5d}  text loss {out.loss.item():.3f}  dense {dense.item():.3f}  look {look.item():.3f}  lr {lr:.2e}  "
-                f"{time.time() - start:6.0f}s")
+            rate = step / max(time.time() - stage2_start, 1e-9)
+            log(f"step {step:5d}  text loss {out.loss.item():.3f}  dense {dense.item():.3f}  look {look.item():.3f}  "
+                + (f"group {group.item():.3f}  " if cfg.group_weight else "")
+                + f"lr {lr:.2e}  {time.time() - start:6.0f}s  {rate:.2f} steps/s")
             history.append({"stage": "joint", "step": step, "text_loss": round(out.loss.item(), 4),
-                            "dense_loss": round(dense.item(), 4), "look_loss": round(look.item(), 4)})
+                            "dense_loss": round(dense.item(), 4), "look_loss": round(look.item(), 4),
+                            **({"group_loss": round(group.item(), 4)} if cfg.group_weight else {}),
+                            "seconds": round(time.time() - stage2_start, 1)})
+    stop.restore()
     tap.remove()
     model.set_attn_implementation("sdpa")
     model.eval()
@@ -403,6 +625,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vision-steps", type=int, default=300)
+    parser.add_argument("--heads-steps", type=int, default=0,
+                        help="steps of the training-only heads alone on the frozen model before the rest "
+                             "(for --resume without saved heads)")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -415,15 +640,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--look-weight", type=float, default=0.5)
     parser.add_argument("--checkpoint", type=Path, default=None, help="save here every --checkpoint-minutes")
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    parser.add_argument("--group-weight", type=float, default=0.0,
+                        help="weight of the training-only group heads (group size and caption place per patch)")
+    parser.add_argument("--pair-share", type=float, default=0.0,
+                        help="share of training scenes redrawn until they hold a pair of one kind")
+    parser.add_argument("--three-share", type=float, default=0.0,
+                        help="share of the other training scenes redrawn until they hold three kinds")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                         help="skip the held-out evaluation and model card")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(seed=args.seed, vision_steps=args.vision_steps, steps=args.steps,
+    cfg = TrainConfig(seed=args.seed, vision_steps=args.vision_steps, heads_steps=args.heads_steps, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, minutes=args.minutes, warmup=args.warmup,
                       aux_weight=args.aux_weight, look_weight=args.look_weight,
-                      checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes)
+                      checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
+                      group_weight=args.group_weight, pair_share=args.pair_share, three_share=args.three_share)
     t0 = time.time()
     model = processor = None
     if args.resume:
@@ -434,17 +666,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         previous = args.resume / "training.json"
         if previous.exists():
             cfg.resumed_from = json.loads(previous.read_text())
-    model, processor, history = train(cfg, processor=processor, model=model, log=lambda s: print(s, flush=True))
+    kept: list = []
+    model, processor, history = train(cfg, processor=processor, model=model, log=lambda s: print(s, flush=True),
+                                      heads_from=args.resume, keep_heads=kept)
     seconds = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     processor.save_pretrained(args.out)
-    (args.out / "training.json").write_text(json.dumps({
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},  # JSON has no Path
-        "seconds": round(seconds, 1), "history": history,
-        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "torch": torch.__version__,
-    }, indent=1))
+    save_heads(args.out, *kept[0])
+    write_record(args.out, cfg, history, seconds)
     print(f"saved to {args.out} after {seconds:.0f}s")
     if args.evaluate:
         from helpers.world.modelcard import write_card

@@ -1,0 +1,39 @@
+"""helpers.modelcard: the card shows the caption errors by type and the figures of a second set of unseen
+scenes beside the held-out ones."""
+
+from __future__ import annotations
+
+import json
+
+from helpers.grounding.evaluation import CAPTION_ERROR_TYPES, CaptionScores, PhraseScores, Report, Score
+from helpers.world.modelcard import render_card
+
+
+def _result(seed: int, recall: int, missed: int) -> dict:
+    caption = CaptionScores(Score(recall, 10), Score(recall - 1, 10), Score(recall, recall + 1))
+    errors = {"scenes": 4, "perfect": 2, "groups": 8, **dict.fromkeys(CAPTION_ERROR_TYPES, 0), "missed": missed}
+    report = Report(4, 10, caption, PhraseScores(Score(7, 10), Score(8, 10)), Score(10, 10), Score(9, 10),
+                    {"caption": 1.0}, caption_errors=errors)
+    return {**report.as_dict(), "seed": seed, "date": "2026-11-29", "machine": "test",
+            "caption_seconds_per_image_32_tokens": {"batch_1": 0.05, "batch_8": 0.02}}
+
+
+def test_the_card_shows_errors_by_type_and_the_second_seed(tmp_path) -> None:
+    from helpers.world.training import new_model
+    from helpers.world.language import build_processor
+
+    processor = build_processor(64)
+    model = new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=48, heads=2)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    (tmp_path / "evaluation.json").write_text(json.dumps(_result(20231114, 8, 3)))
+    (tmp_path / "evaluation-seed777.json").write_text(json.dumps(_result(777, 6, 5)))
+    (tmp_path / "training.json").write_text(json.dumps({"config": {"seed": 0}, "seconds": 60, "history": []}))
+    render_card(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "| captioning: phrase recall | 80.0 % (8/10) | ≥ 95 % |" in card
+    assert "| missed | 3 | " in card and "2 of 4 captions without any error (8 groups)" in card
+    second = card[card.index("seed=777"):]
+    assert "| captioning: phrase recall | 60.0 % (6/10) | ≥ 95 % |" in second
+    assert "| missed | 5 | " in second
+    assert card.index("| missed | 3 |") < card.index("seed=777")
