@@ -67,7 +67,7 @@ for _module, _names in {
     "world.language": "build_processor build_config scene_examples answer_name",
     "world.training": "TrainConfig new_model train",
     "course.paths": "repo_root data_dir notebooks_dir bundled_model_dir",
-    "course.article": "article_outputs",
+    "course.article": "article_outputs draw_like_the_article",
     "course.batch": "ground_folder read_results contact_sheet",
     "course.distributed": "ground_distributed",
     "course.playground": "Playground looks_in_world in_world_score IN_WORLD_THRESHOLD",

@@ -112,3 +112,22 @@ def test_a_broken_file_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_each_call_gives_a_fresh_dict(outputs: dict) -> None:
     outputs["snowman"]["processed_text"] = "changed"
     assert article_outputs()["snowman"]["processed_text"] == "An image of a snowman warming up by a fire"
+
+
+def test_draw_like_the_article_draws_only_the_first_box_of_each_phrase_in_red() -> None:
+    from PIL import Image
+
+    from helpers.course.article import draw_like_the_article
+
+    image = Image.new("RGB", (200, 100), (255, 255, 255))
+    entities = [("two squares", (0, 11), [(0.1, 0.2, 0.3, 0.6), (0.6, 0.2, 0.8, 0.6)]),
+                ("a circle", (16, 24), [(0.4, 0.7, 0.5, 0.9)])]
+    drawn = draw_like_the_article(image, entities)
+    red = (255, 0, 0)
+    assert drawn.getpixel((20, 50)) == red and drawn.getpixel((60, 50)) == red  # first box, both sides
+    assert drawn.getpixel((120, 50)) == (255, 255, 255) and drawn.getpixel((160, 50)) == (255, 255, 255)  # second: none
+    assert drawn.getpixel((80, 80)) == red  # the second phrase's (only) box
+    assert image.getpixel((20, 50)) == (255, 255, 255)  # the input is left as it was
+    # the article rounds to two decimals before scaling: 0.123 -> 0.12 -> x = 24, not 24.6 -> 25
+    shifted = draw_like_the_article(Image.new("RGB", (200, 100), (255, 255, 255)), [("x", None, [(0.123, 0.1, 0.5, 0.5)])])
+    assert shifted.getpixel((24, 30)) == red and shifted.getpixel((25, 30)) != red

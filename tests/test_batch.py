@@ -10,6 +10,8 @@ from PIL import Image
 
 import helpers.grounding.model
 from helpers.course.batch import (
+    ANNOTATION_MIN_SIDE,
+    annotation_canvas,
     RESULTS_NAME,
     _annotated_names,
     contact_sheet,
@@ -85,8 +87,24 @@ def test_ground_folder_writes_jsonl_and_pngs(tiny_model, folder, tmp_path) -> No
         assert rec["problems"] == g.problems
         assert (rec["width"], rec["height"]) == im.size
         annotated = Image.open(out / rec["annotated"])
-        assert annotated.size == im.size and annotated.format == "PNG"
+        assert annotated.format == "PNG" and annotated.size == annotation_canvas(im).size
     assert sorted(p.name for p in out.iterdir()) == [RESULTS_NAME, "scene_0.png", "scene_1.png", "scene_2.png"]
+
+
+def test_annotation_canvas_enlarges_small_pictures_so_labels_stay_small_beside_the_objects() -> None:
+    from helpers.grounding.plotting import label_boxes
+
+    scene = sample_scenes(1, seed=5, size=(85, 97))[0]
+    canvas = annotation_canvas(scene.image)
+    assert min(canvas.size) == ANNOTATION_MIN_SIDE
+    assert abs(canvas.width / canvas.height - 85 / 97) < 0.01
+    entities = [(obj.phrase, None, [obj.box]) for obj in scene.objects]
+    for size in (scene.image.size, canvas.size):
+        tallest = max(lab.rect_px[3] - lab.rect_px[1] for lab in label_boxes(size, entities))
+        share = tallest / size[1]
+        assert (share > 0.1) if size == scene.image.size else (share < 0.06), (size, share)
+    big = Image.new("RGB", (500, 400))
+    assert annotation_canvas(big) is big
 
 
 def test_ground_folder_with_a_user_box(tiny_model, folder, tmp_path) -> None:

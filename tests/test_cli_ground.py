@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from helpers.course import cli as cli_ground
+from helpers.course.batch import annotation_canvas
 from helpers.course.paths import repo_root
 from helpers.world.scenes import sample_scenes
 
@@ -46,7 +47,7 @@ def test_ground_writes_results_and_pngs(tiny_model_dir, workdir) -> None:
         assert rec["prompt"] == cli_ground.DEFAULT_PROMPT
         assert rec["caption"].startswith("An image of")
         with Image.open(workdir / "out" / rec["annotated"]) as png, Image.open(workdir / rec["file"]) as original:
-            assert png.format == "PNG" and png.size == original.size
+            assert png.format == "PNG" and png.size == annotation_canvas(original).size
     assert "wrote 3 result(s) to out/results.jsonl" in proc.stdout
     assert f"{records[2]['file']}: {records[2]['caption']!r}" in proc.stdout
 

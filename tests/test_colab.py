@@ -130,8 +130,10 @@ DRIVER = textwrap.dedent(
     """
     import json, os, subprocess, sys, types
     cell = open(sys.argv[1], encoding="utf-8").read()
-    if sys.argv[2] == "colab":
+    if sys.argv[2].startswith("colab"):
         sys.modules["google.colab"] = types.ModuleType("google.colab")
+    if sys.argv[2] == "colab-after-transformers":  # the session imported transformers before the set-up
+        sys.modules["transformers"] = types.ModuleType("transformers")
     calls = []
 
     def fake_run(cmd, **kwargs):
@@ -169,12 +171,13 @@ def _run_cell(tmp_path: Path, mode: str, target: Path, with_helpers: bool) -> di
         command = [sys.executable, "-I", "-S", str(driver), str(cell), mode]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    *printed, last = done.stdout.strip().splitlines()
+    return {**json.loads(last), "printed": printed}
 
 
 def test_cell_outside_colab_with_helpers_installed_does_nothing(tmp_path: Path) -> None:
     result = _run_cell(tmp_path, "plain", tmp_path / "clone", with_helpers=True)
-    assert result == {"calls": [], "from_clone": False}
+    assert result == {"calls": [], "from_clone": False, "printed": []}
     assert not (tmp_path / "clone").exists()
 
 
@@ -192,6 +195,23 @@ def test_cell_on_colab_clones_installs_and_imports(tmp_path: Path) -> None:
         [colab.install_command(target), {"check": True}],
     ]
     assert result["from_clone"] is True
+
+
+def test_cell_on_colab_says_to_restart_only_when_transformers_was_imported_before(tmp_path: Path) -> None:
+    fresh = _run_cell(tmp_path, "colab", tmp_path / "fresh", with_helpers=False)
+    assert fresh["from_clone"] is True and fresh["printed"] == []
+    late = _run_cell(tmp_path, "colab-after-transformers", tmp_path / "late", with_helpers=False)
+    assert late["from_clone"] is True and late["printed"] == [colab.RESTART_ADVICE]
+    assert "restart" in colab.RESTART_ADVICE and "Runtime > Restart session" in colab.RESTART_ADVICE
+
+
+def test_setup_function_says_to_restart_when_transformers_was_imported_before(
+        on_colab: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pyproject.toml").write_text("[project]\n", encoding="utf-8")
+    monkeypatch.delitem(sys.modules, "transformers", raising=False)
+    assert colab.RESTART_ADVICE not in colab.colab_setup(target=tmp_path, run=Recorder())
+    monkeypatch.setitem(sys.modules, "transformers", types.ModuleType("transformers"))
+    assert colab.colab_setup(target=tmp_path, run=Recorder()).endswith(colab.RESTART_ADVICE)
 
 
 def test_cell_on_colab_reuses_an_existing_clone(tmp_path: Path) -> None:

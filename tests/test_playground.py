@@ -132,7 +132,7 @@ def test_run_with_a_box(playground) -> None:
     plain = playground.run(prompt=GENERATION_PROMPT, box=None)
     assert "<object>" not in plain.grounding.raw.split("</image>")[1].split(" is")[0]
     original = playground.images["one"]
-    with_box = draw_entities(draw_user_box(original, box, label="your box"), result.grounding)
+    with_box = draw_entities(draw_user_box(original, box, label=None), result.grounding)
     assert result.image.tobytes() == with_box.tobytes()  # the user's dashed box is drawn under the answer
     assert result.image.tobytes() != draw_entities(original, result.grounding).tobytes()
     playground.use_box.value = True

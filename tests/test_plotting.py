@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html.parser
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -13,12 +14,13 @@ matplotlib.use("Agg")  # never open windows while testing
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageCms  # noqa: E402
 
 from helpers.grounding.boxes import to_pixels  # noqa: E402
 from helpers.grounding.plotting import (  # noqa: E402
     PALETTE,
     HighlightedCaption,
+    _font,
     draw_entities,
     draw_grid,
     draw_user_box,
@@ -27,7 +29,7 @@ from helpers.grounding.plotting import (  # noqa: E402
     label_boxes,
     plot_entities,
 )
-from helpers.world.scenes import sample_scenes, snowman_illustration  # noqa: E402
+from helpers.world.scenes import object_colours, sample_scenes, snowman_illustration  # noqa: E402
 from helpers.grounding.tokens import Entity, Grounding, parse_generation  # noqa: E402
 
 WHITE = (255, 255, 255)
@@ -57,19 +59,64 @@ def overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
 # --------------------------------------------------------------------------------------------- colours
 
 
-def test_palette_is_fixed_distinct_hex_and_entity_colour_cycles() -> None:
-    assert len(PALETTE) == 10
-    assert all(re.fullmatch(r"#[0-9A-F]{6}", c) for c in PALETTE)
-    assert len(set(PALETTE)) == len(PALETTE)
-    # distinct enough to tell apart: every pair differs clearly in RGB
-    for i, a in enumerate(PALETTE):
-        for b in PALETTE[i + 1 :]:
-            assert sum(abs(x - y) for x, y in zip(rgb(a), rgb(b))) > 90, (a, b)
-    assert [entity_colour(i) for i in range(10)] == list(PALETTE)
-    assert entity_colour(10) == PALETTE[0] and entity_colour(23) == PALETTE[3]
+def test_palette_is_fixed_hex_and_entity_colour_cycles() -> None:
+    n = len(PALETTE)
+    assert n >= 5 and all(re.fullmatch(r"#[0-9A-F]{6}", c) for c in PALETTE)
+    assert [entity_colour(i) for i in range(n)] == list(PALETTE)
+    assert entity_colour(n) == PALETTE[0] and entity_colour(2 * n + 3) == PALETTE[3]
     for bad in (-1, 1.5, True, "0"):
         with pytest.raises(ValueError, match="non-negative int"):
             entity_colour(bad)  # type: ignore[arg-type]
+
+
+def lab(colours: list[tuple[int, int, int]]) -> list[tuple[float, float, float]]:
+    """CIELAB (L in 0..100) of sRGB colours, converted by Pillow's colour management (LittleCMS)."""
+    strip = Image.new("RGB", (len(colours), 1))
+    strip.putdata(colours)
+    srgb_to_lab = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB")
+    out = ImageCms.applyTransform(strip, srgb_to_lab)
+    return [(L * 100 / 255, a - 128, b - 128) for L, a, b in (out.getpixel((x, 0)) for x in range(len(colours)))]
+
+
+def delta_e94(p: tuple[float, float, float], q: tuple[float, float, float]) -> float:
+    """CIE94 colour difference (graphic-arts weights), taken symmetric (the smaller of both directions)."""
+
+    def one_way(ref: tuple[float, float, float], other: tuple[float, float, float]) -> float:
+        (l1, a1, b1), (l2, a2, b2) = ref, other
+        c1, c2 = math.hypot(a1, b1), math.hypot(a2, b2)
+        dh2 = max((a1 - a2) ** 2 + (b1 - b2) ** 2 - (c1 - c2) ** 2, 0.0)
+        return math.sqrt((l1 - l2) ** 2 + ((c1 - c2) / (1 + 0.045 * c1)) ** 2 + dh2 / (1 + 0.015 * c1) ** 2)
+
+    return min(one_way(p, q), one_way(q, p))
+
+
+FAR = 20.0  # CIE94 units: two colours this far apart are told apart at a glance
+
+
+def test_delta_e94_measures_what_the_eye_sees() -> None:
+    red, darker_red, blue = lab([(220, 40, 40), (200, 40, 40), (40, 80, 220)])
+    assert delta_e94(red, red) == 0
+    assert delta_e94(red, darker_red) < 5 < FAR < delta_e94(red, blue)
+
+
+def test_every_palette_colour_is_far_from_every_world_colour_and_from_each_other() -> None:
+    world = object_colours()
+    assert {"red", "blue", "kumo body", "fire outer flame", "snowman snow"} <= set(world)
+    world_lab = dict(zip(world, lab(list(world.values()))))
+    palette_lab = dict(zip(PALETTE, lab([rgb(c) for c in PALETTE])))
+    for colour, p in palette_lab.items():
+        nearest = min(world_lab, key=lambda name: delta_e94(p, world_lab[name]))
+        assert delta_e94(p, world_lab[nearest]) >= FAR, (colour, nearest, delta_e94(p, world_lab[nearest]))
+    for i, a in enumerate(PALETTE):
+        for b in PALETTE[i + 1 :]:
+            assert delta_e94(palette_lab[a], palette_lab[b]) >= FAR, (a, b)
+
+
+def test_label_font_keeps_the_spaces_between_words() -> None:
+    for size in (11, 14, 20):
+        font = _font(size)
+        assert font.getlength(" ") >= 0.25 * size, size
+        assert font.getlength("two red circles") >= font.getlength("tworedcircles") + 2 * 0.25 * size
 
 
 # --------------------------------------------------------------------------------------------- boxes
@@ -378,9 +425,10 @@ def test_draw_grid_draws_light_lines_and_fills_highlighted_bins() -> None:
     line = out[5, 20]  # the first vertical line, x = 320 / 32 * 2
     assert (line < 255).all() and (line > 150).all()  # visible but light
     assert (out[5, 15] == 255).all()  # between lines: untouched
-    red = rgb(entity_colour(0))
+    red = rgb(entity_colour(0))  # the first entity colour
     inside0 = out[4, 4]
-    assert inside0[0] > inside0[1] + 60  # bin 0 tinted with the first entity colour
+    # bin 0 tinted with it: a blend between the colour and the white picture, neither of the two
+    assert all(c < v < 255 for c, v in zip(red, inside0) if c < 235) and tuple(inside0) != red
     inside33 = out[8 + 4, 10 + 4]  # bin 33 = row 1, column 1
     assert (inside33 == inside0).all()
     assert tuple(out[0, 0]) == red  # outlined in the full colour

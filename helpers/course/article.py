@@ -52,3 +52,37 @@ def article_outputs() -> dict[str, Any]:
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path} should be a JSON object with the keys {list(_REQUIRED_KEYS)}, found {found}")
     return data
+
+
+def draw_like_the_article(image, grounding_or_entities):
+    """A copy of ``image`` with the boxes drawn the way the article's step 7 draws them, for comparison.
+
+    The article's loop draws, for each entity, only its **first** box (``box[0]``), with the coordinates
+    rounded to two decimals, as a thin red outline, and writes the phrase in Pillow's default font at the
+    box's top-left corner. A phrase with several boxes ("two blue squares") therefore shows one of them,
+    and every entity has the same colour. Unlike the article's loop, ``image`` itself is not changed.
+    :func:`helpers.grounding.plotting.draw_entities` is the course's way.
+
+    Args:
+        image: a PIL image.
+        grounding_or_entities: grounded output in any form ``draw_entities`` accepts.
+
+    Raises:
+        TypeError, ValueError: as :func:`helpers.grounding.plotting.draw_entities`.
+    """
+    from PIL import ImageDraw
+
+    from helpers.grounding.boxes import round_box, to_pixels
+    from helpers.grounding.plotting import _check_image, _parse
+    from helpers.grounding.images import to_rgb
+
+    canvas = to_rgb(_check_image(image))
+    _, entities = _parse(grounding_or_entities)
+    draw = ImageDraw.Draw(canvas)
+    for entity in entities:
+        if not entity.boxes:
+            continue
+        x0, y0, x1, y1 = to_pixels(round_box(entity.boxes[0]), canvas.size)
+        draw.rectangle(((x0, y0), (x1, y1)), outline="red")
+        draw.text((x0, y0), entity.phrase)
+    return canvas

@@ -2,7 +2,8 @@
 
 :func:`ground_folder` is what ``python -m helpers ground`` runs. For every image it writes one line to
 ``OUT/results.jsonl`` (the layout of :func:`helpers.course.outputs.grounding_record`) and the image with
-its boxes drawn to ``OUT/<name>.png``.
+its boxes drawn to ``OUT/<name>.png``. Small images are enlarged before drawing (:func:`annotation_canvas`),
+so that the labels, whose text must stay readable, do not cover the objects of a small picture.
 """
 
 from __future__ import annotations
@@ -24,6 +25,25 @@ from helpers.grounding.prompts import check_prompt, user_box_entry
 #: File endings that count as images when a folder is given.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 RESULTS_NAME = "results.jsonl"
+#: Annotated pictures are drawn on a copy whose shorter side has at least this many pixels.
+ANNOTATION_MIN_SIDE = 384
+
+
+def annotation_canvas(image):
+    """``image`` enlarged (same aspect ratio) so its shorter side is :data:`ANNOTATION_MIN_SIDE` px, or as is.
+
+    Labels need a font of about 11 px or more to be read; on a picture 90 px high such a label covers an
+    eighth of the height and hides the small objects next to the box. Drawn on the enlarged copy, the same
+    label covers a few percent. Boxes are normalized, so they land on the same places.
+    """
+    from PIL import Image
+
+    short = min(image.size)
+    if short >= ANNOTATION_MIN_SIDE:
+        return image
+    scale = ANNOTATION_MIN_SIDE / short
+    size = (max(ANNOTATION_MIN_SIDE, round(image.width * scale)), max(ANNOTATION_MIN_SIDE, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -102,7 +122,8 @@ def ground_folder(
         progress: a progress bar over the images; default :func:`helpers.grounding.progress.interactive`.
 
     Each record's ``"file"`` is the path as given (joined with the folder for folder arguments) and
-    ``"annotated"`` the PNG's name inside ``out_dir``. Results are written batch by batch, so a long run
+    ``"annotated"`` the PNG's name inside ``out_dir`` (enlarged when small, see :func:`annotation_canvas`;
+    the record's ``width``, ``height`` and ``boxes_px`` are those of the original image). Results are written batch by batch, so a long run
     that stops keeps what it finished.
 
     Raises:
@@ -137,7 +158,9 @@ def ground_folder(
                 results = ground(model, processor, images, prompt, bboxes=bboxes, max_new_tokens=max_new_tokens,
                                  batch_size=batch_size, progress=False)
                 for path, image, name, g in zip(chunk, images, names[start:start + batch_size], results):
-                    picture = draw_user_box(image, box, label=None) if box is not None else image
+                    picture = annotation_canvas(image)
+                    if box is not None:
+                        picture = draw_user_box(picture, box, label=None)
                     draw_entities(picture, g).save(out / name)
                     rec = grounding_record(str(path), prompt, g, image.size, annotated=name)
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")

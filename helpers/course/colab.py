@@ -14,6 +14,10 @@ Why the running kernel needs help: ``pip install -e`` registers the clone throug
 ``site-packages``. Python reads ``.pth`` files only when an interpreter starts, so the notebook kernel that
 ran the install does not see it. ``site.addsitedir(clone)`` adds the clone (whose top level holds the
 ``helpers`` package) for this kernel only; after a runtime restart the editable install alone is enough.
+
+A module that the kernel imported *before* the install stays loaded in its old version: Colab ships an
+older transformers, so a session that had already imported it must be restarted after the install
+(:data:`RESTART_ADVICE`; the cell and :func:`colab_setup` both say so).
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ REPO_URL = repository_url()
 #: Where the course is cloned on Colab.
 DEFAULT_TARGET = "/content/kosmos2-grounding-course"
 
+#: What the set-up says when ``transformers`` was imported in the session before the course was installed.
+RESTART_ADVICE = ("transformers was imported before this install, so this session still runs the old version: "
+                  "restart it (Runtime > Restart session) and run the notebook again.")
+
 #: The exact source of the set-up cell that every notebook carries as its first code cell.
 COLAB_CELL = f'''\
 # Set-up: on Google Colab this installs the course (about a minute); elsewhere it only checks the install.
@@ -69,6 +77,8 @@ except ImportError:
         subprocess.run(["git", "clone", "--depth", "1", "{REPO_URL}", repo], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", repo], check=True)
     site.addsitedir(repo)  # the running kernel does not read the new install's .pth file
+    if "transformers" in sys.modules:  # imported before the install: this session keeps the old version
+        print("{RESTART_ADVICE}")
     import helpers
 '''
 
@@ -149,4 +159,5 @@ def colab_setup(
     run(install_command(path), check=True)
     site.addsitedir(str(path))
     importlib.invalidate_caches()
-    return f"Colab set-up done: {cloned}, installed it with pip install -e and added it to this kernel."
+    done = f"Colab set-up done: {cloned}, installed it with pip install -e and added it to this kernel."
+    return done + " " + RESTART_ADVICE if "transformers" in sys.modules else done

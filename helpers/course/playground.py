@@ -259,7 +259,9 @@ class Playground:
         bboxes = None if box is None else [user_box_entry(prompt, box)]
         (grounding,) = ground(self.model, self.processor, [picture], prompt, bboxes=bboxes,
                               max_new_tokens=self.max_new_tokens, batch_size=1, progress=False)
-        shown = draw_user_box(picture, box, label="your box") if box is not None else picture
+        # Unlabelled: the answer repeats the prompt's phrase with this box, so draw_entities labels it
+        # already, and a second label would collide with that one.
+        shown = draw_user_box(picture, box, label=None) if box is not None else picture
         annotated = draw_entities(shown, grounding)
         score = in_world_score(picture)
         warnings = []

@@ -2,7 +2,7 @@
 
 Every scene is drawn with Pillow from a seed, so the same seed always gives the same pixels. Objects are
 coloured shapes (circle, square, triangle in five colours), a snowman, a fire and the course mascot
-*Kumo* (a small cloud creature). A scene holds one to three *groups*; a group is one object or, sometimes,
+*Kumo* (a small sky-blue creature with pointed cat ears). A scene holds one to three *groups*; a group is one object or, sometimes,
 two objects of the same kind ("two red circles"), which Kosmos-2 writes as one phrase with several boxes.
 
 Boxes are normalized ``(x0, y0, x1, y1)`` in ``[0, 1]``: the tight box around what was drawn.
@@ -24,6 +24,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "blue": (40, 80, 220),
     "yellow": (240, 200, 20),
     "purple": (140, 50, 170),
+}
+#: The colours of the snowman, the fire and Kumo, by part (they do not take one of :data:`COLOURS`).
+SPECIAL_COLOURS: dict[str, dict[str, tuple[int, int, int]]] = {
+    "snowman": {"snow": (250, 250, 252), "line": (60, 60, 70), "carrot": (245, 130, 20)},
+    "fire": {"logs": (110, 60, 25), "outer flame": (255, 60, 20), "middle flame": (255, 150, 20),
+             "core flame": (255, 230, 80)},
+    "kumo": {"body": (120, 200, 245), "line": (30, 70, 120), "eyes": (20, 20, 30), "cheeks": (250, 140, 170)},
 }
 SHAPES = ("circle", "square", "triangle")
 SPECIAL_KINDS = ("snowman", "fire", "kumo")
@@ -92,6 +99,22 @@ def _outline_width(w: float, h: float) -> int:
     return max(1, round(min(w, h) / 14))
 
 
+def outline_colour(colour: str) -> tuple[int, int, int]:
+    """The darker colour a shape of ``colour`` (one of :data:`COLOURS`) is outlined in."""
+    return tuple(int(c * 0.55) for c in COLOURS[colour])  # type: ignore[return-value]
+
+
+def object_colours() -> dict[str, tuple[int, int, int]]:
+    """Every colour an object of the world is painted with, named: ``"red"``, ``"red outline"``, ``"kumo body"``…"""
+    named = {}
+    for name, rgb in COLOURS.items():
+        named[name] = rgb
+        named[f"{name} outline"] = outline_colour(name)
+    for kind, parts in SPECIAL_COLOURS.items():
+        named.update({f"{kind} {part}": rgb for part, rgb in parts.items()})
+    return named
+
+
 def check_kind(colour: str | None, shape: str) -> None:
     """Raise ``ValueError`` unless ``(colour, shape)`` is a kind of the world (see :data:`KINDS`).
 
@@ -119,7 +142,7 @@ def draw_object(draw: ImageDraw.ImageDraw, colour: str | None, shape: str, box_p
     w, h = x1 - x0, y1 - y0
     if shape in SHAPES:
         fill = COLOURS[colour]
-        dark = tuple(int(c * 0.55) for c in fill)
+        dark = outline_colour(colour)
         ow = _outline_width(w, h)
         if shape == "circle":
             draw.ellipse(box_px, fill=fill, outline=dark, width=ow)
@@ -141,7 +164,7 @@ def _draw_snowman(draw: ImageDraw.ImageDraw, box: Box) -> None:
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     ow = _outline_width(w, h)
-    white, line = (250, 250, 252), (60, 60, 70)
+    white, line = SPECIAL_COLOURS["snowman"]["snow"], SPECIAL_COLOURS["snowman"]["line"]
     # body (lower 60 %), head (upper 40 %); the body fills the full width
     body = (x0, y0 + 0.38 * h, x1, y1)
     hw = 0.33 * w
@@ -154,7 +177,7 @@ def _draw_snowman(draw: ImageDraw.ImageDraw, box: Box) -> None:
         draw.ellipse((ex - r, y0 + 0.16 * h - r, ex + r, y0 + 0.16 * h + r), fill=line)
     draw.polygon(
         [(x0 + 0.5 * w, y0 + 0.22 * h), (x0 + 0.5 * w, y0 + 0.29 * h), (x0 + 0.72 * w, y0 + 0.26 * h)],
-        fill=(245, 130, 20),
+        fill=SPECIAL_COLOURS["snowman"]["carrot"],
     )
     for by in (0.58, 0.72, 0.86):
         draw.ellipse((x0 + 0.5 * w - r, y0 + by * h - r, x0 + 0.5 * w + r, y0 + by * h + r), fill=line)
@@ -164,26 +187,28 @@ def _draw_fire(draw: ImageDraw.ImageDraw, box: Box) -> None:
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     # logs along the bottom
-    draw.rectangle((x0, y1 - 0.16 * h, x1, y1), fill=(110, 60, 25))
+    paint = SPECIAL_COLOURS["fire"]
+    draw.rectangle((x0, y1 - 0.16 * h, x1, y1), fill=paint["logs"])
     # three flames, outer red, inner orange, core yellow
     flames = [
-        ((255, 60, 20), [(x0, y1 - 0.14 * h), (x0 + 0.22 * w, y0 + 0.35 * h), (x0 + 0.38 * w, y0 + 0.55 * h),
+        (paint["outer flame"], [(x0, y1 - 0.14 * h), (x0 + 0.22 * w, y0 + 0.35 * h), (x0 + 0.38 * w, y0 + 0.55 * h),
                          (x0 + 0.5 * w, y0), (x0 + 0.66 * w, y0 + 0.5 * h), (x0 + 0.8 * w, y0 + 0.3 * h),
                          (x1, y1 - 0.14 * h)]),
-        ((255, 150, 20), [(x0 + 0.18 * w, y1 - 0.14 * h), (x0 + 0.36 * w, y0 + 0.55 * h),
+        (paint["middle flame"], [(x0 + 0.18 * w, y1 - 0.14 * h), (x0 + 0.36 * w, y0 + 0.55 * h),
                           (x0 + 0.5 * w, y0 + 0.3 * h), (x0 + 0.64 * w, y0 + 0.6 * h), (x0 + 0.82 * w, y1 - 0.14 * h)]),
-        ((255, 230, 80), [(x0 + 0.36 * w, y1 - 0.14 * h), (x0 + 0.5 * w, y0 + 0.6 * h), (x0 + 0.64 * w, y1 - 0.14 * h)]),
+        (paint["core flame"], [(x0 + 0.36 * w, y1 - 0.14 * h), (x0 + 0.5 * w, y0 + 0.6 * h), (x0 + 0.64 * w, y1 - 0.14 * h)]),
     ]
     for colour, points in flames:
         draw.polygon(points, fill=colour)
 
 
 def _draw_kumo(draw: ImageDraw.ImageDraw, box: Box) -> None:
-    """The course mascot: a round sky-blue cloud creature with ears, eyes and pink cheeks."""
+    """The course mascot: a round sky-blue cat-like creature with pointed ears, eyes and pink cheeks."""
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     ow = _outline_width(w, h)
-    body, line = (120, 200, 245), (30, 70, 120)
+    paint = SPECIAL_COLOURS["kumo"]
+    body, line = paint["body"], paint["line"]
     # ears (triangles) at the top, body below them
     for ex in (0.22, 0.78):
         draw.polygon(
@@ -194,11 +219,11 @@ def _draw_kumo(draw: ImageDraw.ImageDraw, box: Box) -> None:
     r = max(1.0, 0.06 * w)
     for ex in (0.36, 0.64):
         cx, cy = x0 + ex * w, y0 + 0.52 * h
-        draw.ellipse((cx - r, cy - 1.4 * r, cx + r, cy + 1.4 * r), fill=(20, 20, 30))
+        draw.ellipse((cx - r, cy - 1.4 * r, cx + r, cy + 1.4 * r), fill=paint["eyes"])
     rc = max(1.0, 0.07 * w)
     for ex in (0.2, 0.8):
         cx, cy = x0 + ex * w, y0 + 0.68 * h
-        draw.ellipse((cx - rc, cy - 0.7 * rc, cx + rc, cy + 0.7 * rc), fill=(250, 140, 170))
+        draw.ellipse((cx - rc, cy - 0.7 * rc, cx + rc, cy + 0.7 * rc), fill=paint["cheeks"])
     draw.arc((x0 + 0.42 * w, y0 + 0.6 * h, x0 + 0.58 * w, y0 + 0.76 * h), 20, 160, fill=line, width=ow)
 
 
