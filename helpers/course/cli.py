@@ -72,17 +72,24 @@ def fail(message: str, code: int = 2, prog: str = PROG) -> int:
     return code
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """``parser``'s reading of ``argv`` (default ``sys.argv[1:]``), or the exit code when argparse stopped
+    (0 after ``--help``, 2 after a usage error whose message it has printed)."""
+    try:
+        return parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
 def _fail(message: str, code: int = 2) -> int:
     return fail(message, code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as stop:  # --help (0) or a usage error (2, message already printed)
-        return int(stop.code or 0)
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
 
     try:  # check the images before spending time on loading a model
         files = image_files(args.images)

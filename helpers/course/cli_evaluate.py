@@ -116,13 +116,11 @@ def split_table(rows: Sequence[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    from helpers.course.cli import fail
+    from helpers.course.cli import fail, parse
 
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as stop:  # --help (0) or a usage error (2, message already printed)
-        return int(stop.code or 0)
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     problem = _problem(args)
     if problem:
         return fail(problem, prog=PROG)

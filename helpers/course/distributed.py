@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from helpers.course.batch import image_files
-from helpers.course.cli import fail, positive_int, prompt_text
+from helpers.course.cli import fail, parse, positive_int, prompt_text
 from helpers.course.outputs import grounding_record
 from helpers.grounding.checks import check_positive_int
 from helpers.grounding.images import ImageLoadError, load_image
@@ -219,10 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit codes: 0 when every image was grounded; 2 for bad input (a missing or unreadable image, a bad
     option); 1 when the model could not be loaded. Every process returns the same code.
     """
-    try:
-        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as stop:  # --help (0) or a usage error (2, message already printed)
-        return int(stop.code or 0)
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
 
     try:  # the same check on every process, before any of them loads a model
         files = image_files(args.images)

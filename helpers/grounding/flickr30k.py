@@ -357,18 +357,10 @@ class PhraseGroundingResult:
                 f"upper bound (any box of the phrase): {self.scores.upper_bound}")
 
 
-def evaluate_phrase_grounding(
-    model,
-    processor,
-    items: Flickr30kEntities | Sequence[PhraseItem],
-    image_root: str | os.PathLike,
-    *,
-    batch_size: int | None = None,
-    max_new_tokens: int = 24,
-    threshold: float = IOU_THRESHOLD,
-    decoding=None,
-    progress: bool | None = None,
-) -> PhraseGroundingResult:
+def evaluate_phrase_grounding(model, processor, items: Flickr30kEntities | Sequence[PhraseItem],
+                              image_root: str | os.PathLike, *, batch_size: int | None = None,
+                              max_new_tokens: int = 24, threshold: float = IOU_THRESHOLD, decoding=None,
+                              progress: bool | None = None) -> PhraseGroundingResult:
     """Ground every phrase in its caption and image, and score it as the authors do (module docstring).
 
     ``image_root`` is the ``flickr30k-images`` folder. ``decoding`` defaults to

@@ -500,6 +500,29 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     history: list[dict] = []
     start = time.time()
 
+    def pixels(scenes):
+        return processor.image_processor([s.image for s in scenes], return_tensors="pt")["pixel_values"]
+
+    def dense_loss(scenes, patches, embeds):
+        """The training-only heads' loss (what / where per patch, and the group targets when asked for)."""
+        tg = [dense_targets(s, grid) for s in scenes]
+        what, where = torch.stack([t[0] for t in tg]), torch.stack([t[1] for t in tg])
+        loss = heads.loss(patches, what, where) + token_heads.loss(embeds, what, where)
+        if cfg.group_weight:
+            gt = [group_targets(s, grid) for s in scenes]
+            count, place = torch.stack([t[0] for t in gt]), torch.stack([t[1] for t in gt])
+            loss = loss + heads.group_loss(patches, count, place) + token_heads.group_loss(embeds, count, place)
+        return loss
+
+    def dense_step(opt, loss, stage: str, step: int, *, last: bool, every: int) -> None:
+        """One optimizer step of a dense-targets stage, logged every ``every`` steps and at the last."""
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % every == 0 or last:
+            log(f"{stage} step {step:5d}  dense loss {loss.item():.3f}  {time.time() - start:6.0f}s")
+            history.append({"stage": stage, "step": step, "dense_loss": round(loss.item(), 4)})
+
     # stage 0 (resumed runs): fresh training-only heads learn on the frozen model first, so that their
     # first, large gradients do not run through weights that are already trained
     stop = _StopFlag()  # SIGTERM / SIGINT: finish the current step, skip the rest, return what was learned
@@ -510,22 +533,10 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
         if stop.raised:
             break
         scenes = [sample_scene(rng.getrandbits(62)) for _ in range(cfg.batch_size)]
-        pix = processor.image_processor([s.image for s in scenes], return_tensors="pt")["pixel_values"]
-        tg = [dense_targets(s, grid) for s in scenes]
-        what, where = torch.stack([t[0] for t in tg]), torch.stack([t[1] for t in tg])
         with torch.no_grad():
-            patches, embeds = image_features(model, pix)
-        loss = heads.loss(patches, what, where) + token_heads.loss(embeds, what, where)
-        if cfg.group_weight:
-            gt = [group_targets(s, grid) for s in scenes]
-            count, place = torch.stack([t[0] for t in gt]), torch.stack([t[1] for t in gt])
-            loss = loss + heads.group_loss(patches, count, place) + token_heads.group_loss(embeds, count, place)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 25 == 0 or step == cfg.heads_steps - 1:
-            log(f"heads step {step:5d}  dense loss {loss.item():.3f}  {time.time() - start:6.0f}s")
-            history.append({"stage": "heads", "step": step, "dense_loss": round(loss.item(), 4)})
+            patches, embeds = image_features(model, pixels(scenes))
+        loss = dense_loss(scenes, patches, embeds)
+        dense_step(opt, loss, "heads", step, last=step == cfg.heads_steps - 1, every=25)
 
     # stage 1: the vision tower and the projection alone, on the dense targets (image token i ↔ patch i)
     vision_params = (list(model.vision_model.parameters()) + list(model.image_to_text_projection.parameters())
@@ -539,23 +550,11 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
             scenes = [training_scene(rng, cfg.pair_share, cfg.three_share) for _ in range(cfg.batch_size)]
         else:
             scenes = [sample_scene(rng.getrandbits(62)) for _ in range(cfg.batch_size)]
-        pix = processor.image_processor([s.image for s in scenes], return_tensors="pt")["pixel_values"]
-        tg = [dense_targets(s, grid) for s in scenes]
-        what, where = torch.stack([t[0] for t in tg]), torch.stack([t[1] for t in tg])
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        patches, embeds = image_features(model, pix)
-        loss = heads.loss(patches, what, where) + token_heads.loss(embeds, what, where)
-        if cfg.group_weight:
-            gt = [group_targets(s, grid) for s in scenes]
-            count, place = torch.stack([t[0] for t in gt]), torch.stack([t[1] for t in gt])
-            loss = loss + heads.group_loss(patches, count, place) + token_heads.group_loss(embeds, count, place)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == cfg.vision_steps - 1:
-            log(f"vision step {step:5d}  dense loss {loss.item():.3f}  {time.time() - start:6.0f}s")
-            history.append({"stage": "vision", "step": step, "dense_loss": round(loss.item(), 4)})
+        patches, embeds = image_features(model, pixels(scenes))
+        loss = dense_loss(scenes, patches, embeds)
+        dense_step(opt, loss, "vision", step, last=step == cfg.vision_steps - 1, every=50)
 
     # stage 2: everything, every task; head 0 of each text layer is shown where to look
     model.set_attn_implementation("eager")
