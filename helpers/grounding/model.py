@@ -53,14 +53,14 @@ class LoadInfo:
     quantization_reason: str = ""  # why load() chose the quantization by itself ("" when asked for or none)
 
     def banner(self) -> str:
-        from helpers.quantization import DESCRIPTIONS
+        from helpers.grounding.quantization import DESCRIPTIONS
 
         size = f"{self.parameters / 1e6:.1f} M" if self.parameters < 1e9 else f"{self.parameters / 1e9:.2f} B"
         quant = f", {DESCRIPTIONS[self.quantization]}" if self.quantization else ""
         name = "bundled model kosmos2-tiny-world" if self.bundled else self.source
         line = f"Loaded {name} ({size} parameters) on {self.device}, {self.dtype}{quant} — {self.reason}."
         if self.quantization_reason:
-            line += f" {self.quantization_reason[0].upper()}{self.quantization_reason[1:]}."
+            line += f" {self.quantization_reason}."
         if self.bundled:
             line += (" It only knows its synthetic world (coloured shapes, a snowman, a fire, Kumo);"
                      f" load {REAL_MODEL} for real photos.")
@@ -263,7 +263,7 @@ def load(
     if isinstance(model, str) and not model.strip():
         raise ModelLoadError("model is an empty string: expected a model directory or a hub id like "
                              f"'{REAL_MODEL}'; pass None to let load() choose." + _how_to_get_help())
-    from helpers import quantization as quant
+    from helpers.grounding import quantization as quant
 
     quant.check_name(quantization)
     dtype = _check_dtype(dtype)
@@ -282,21 +282,21 @@ def load(
         raise ModelLoadError(f"{source!r} looks like a hub id, but HF_HUB_OFFLINE=1 and it is not in the local "
                              "cache (nor is there a local directory of that name)." + _how_to_get_help())
     device = device or try_gpu()
+    if quantization is not None:  # a quantization this machine cannot do is refused before loading anything
+        quant.plan(quantization, device, dtype, None)
     size = None
-    if quantization is None and device == "cpu":  # load() chooses by the model's size
-        try:
-            with _quiet():
+    try:
+        with _quiet():
+            processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
+            if quantization is None and device == "cpu":  # load() chooses by the model's size
                 size = _parameters_from_config(source)
-        except Exception as err:
-            raise _load_failure(source, err) from err
+    except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
+        raise _load_failure(source, err) from err
     chosen = quant.plan(quantization, device, dtype, size)
     kwargs = {**quant.from_pretrained_kwargs(chosen, device), "use_safetensors": True, "trust_remote_code": False}
     try:
         with _quiet():
-            processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
             net = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
-    except ModelLoadError:
-        raise
     except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
         raise _load_failure(source, err) from err
     if chosen.quantization in quant.BITSANDBYTES:  # its packed 4-bit weights count two per element

@@ -147,7 +147,7 @@ def plan(quantization: str | None, device: str, dtype, parameters: int | None) -
     """
     import torch
 
-    from helpers.model import default_dtype
+    from helpers.grounding.model import default_dtype
 
     quantization = check_name(quantization)
     reason = ""
@@ -155,8 +155,8 @@ def plan(quantization: str | None, device: str, dtype, parameters: int | None) -
         big = parameters is not None and parameters >= AUTO_CPU_PARAMETERS
         if device == "cpu" and big and dtype is None and _version("torchao") is not None:
             quantization = AUTO_CPU_CHOICE
-            reason = (f"quantization={AUTO_CPU_CHOICE!r} chosen for a {parameters / 1e9:.2f} B-parameter model on "
-                      "the CPU, the fastest path measured there; pass quantization='none' for float32")
+            reason = (f"load() chose quantization={AUTO_CPU_CHOICE!r}, the fastest CPU path measured for a model of "
+                      "this size (pass quantization='none' for float32)")
         else:
             quantization = "none"
     if quantization == "none":
@@ -270,3 +270,22 @@ def quantize(model, quantization: str) -> dict[str, int]:
                 quantize_(model, config, filter_fn=lambda m, _name, chosen=chosen: id(m) in chosen)
             counts[label] = len(chosen)
     return counts
+
+
+def logits_agreement(reference, logits) -> dict[str, float]:
+    """How close ``logits`` are to ``reference`` (same shape, ``(..., vocabulary)``), e.g. a quantized model's
+    against the float32 model's on the same teacher-forced tokens.
+
+    Returns ``relative_error`` (‖logits − reference‖ / ‖reference‖ over everything) and ``top1_agreement``
+    (the fraction of positions whose highest logit is the same token).
+    """
+    import torch
+
+    if reference.shape != logits.shape:
+        raise ValueError(f"logits of shape {tuple(logits.shape)} cannot be compared with a reference of shape "
+                         f"{tuple(reference.shape)}")
+    ref, out = reference.float(), logits.float()
+    return {
+        "relative_error": float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)),
+        "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
+    }
