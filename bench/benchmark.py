@@ -232,18 +232,19 @@ def save_random_weights(config, folder: str | os.PathLike, seed: int = 0) -> Non
 def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str | os.PathLike | None = None):
     """A random-weight ``Kosmos2ForConditionalGeneration`` for ``spec`` on ``device``, in eval mode.
 
-    Unquantized paths build the model directly on the device (seeded: the same weights in every process).
-    bitsandbytes paths load the random float32 weights from ``weights`` (a folder of
-    :func:`save_random_weights`; a temporary one when ``None``) with ``from_pretrained`` and the
-    ``BitsAndBytesConfig`` that ``load(quantization=...)`` uses, as the article loads the real checkpoint.
-    torchao paths build the float model and quantize it as ``load()`` does (:func:`quant.quantize`).
+    With a ``weights`` folder (of :func:`save_random_weights`; the CPU table has one) every path loads the
+    random float32 weights from it with ``from_pretrained``, as ``load(quantization=...)`` loads the real
+    checkpoint: in the path's dtype, with the ``BitsAndBytesConfig`` of bitsandbytes paths (as the article
+    does), then quantized with torchao for torchao paths (:func:`quant.quantize`). Without one, unquantized
+    and torchao paths build the seeded model in memory (the same weights in every process) and bitsandbytes
+    paths save it to a temporary folder first.
     """
     from transformers import Kosmos2ForConditionalGeneration
 
     torch.manual_seed(seed)
     kind = "cuda" if device.startswith("cuda") else device
-    if spec.quantization in quant.BITSANDBYTES or (spec.quantization and weights is not None):
-        plan = quant.plan(spec.quantization, kind, resolve_dtype(spec, device), None)
+    if spec.quantization in quant.BITSANDBYTES or weights is not None:
+        plan = quant.plan(spec.quantization or "none", kind, resolve_dtype(spec, device), None)
         with contextlib.ExitStack() as stack:
             if weights is None:
                 weights = stack.enter_context(tempfile.TemporaryDirectory(prefix="kosmos2-bench-"))
@@ -251,8 +252,9 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
             with quant.quiet_imports():
                 model = Kosmos2ForConditionalGeneration.from_pretrained(
                     weights, **quant.from_pretrained_kwargs(plan, kind))
-        if spec.quantization in quant.TORCHAO:  # as load() does: float weights in the path's dtype, then torchao
+        if spec.quantization not in quant.BITSANDBYTES:  # bitsandbytes placed the weights already
             model = model.to(device)
+        if spec.quantization in quant.TORCHAO:  # as load() does: float weights in the path's dtype, then torchao
             quant.quantize(model, spec.quantization)
     else:
         with torch.device(device):
@@ -522,7 +524,7 @@ def run_paths(config, paths: Sequence[str], *, batch_sizes: Sequence[int], small
             continue
         try:
             start = time.perf_counter()
-            weights_dir = work / "weights" if work is not None and spec.quantization else None
+            weights_dir = work / "weights" if work is not None else None
             model = build_model(config, spec, device, weights=weights_dir)
             weights = storage_gib(model)
             log(f"{name}: model ready in {time.perf_counter() - start:.1f} s ({weights:.2f} GiB of weights)")
@@ -582,12 +584,18 @@ def _accuracy(model, inputs, output: torch.Tensor, work: Path, spec: PathSpec, l
 def run_isolated(argv: Sequence[str], paths: Sequence[str], work: Path, log=print, on_path=None) -> list[dict[str, Any]]:
     """Run each path in its own process (this script with ``--child``), so each peak memory is that path's own."""
     rows: list[dict[str, Any]] = []
-    if any(PATHS[name].quantization for name in paths):  # the float32 weights the quantized paths load
-        log("saving the random float32 weights for the quantized paths")
+    if paths and not (work / "weights" / "config.json").exists():  # the random float32 weights every path loads
+        log("saving the random float32 weights every path loads")
         subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv, "--save-weights",
                         str(work / "weights")], check=True)
     for name in paths:
         out = work / f"{name}.json"
+        if out.exists():  # measured by an earlier, interrupted run with the same work folder
+            log(f"{name}: measured earlier in {work}, kept")
+            rows.extend(json.loads(out.read_text(encoding="utf-8")))
+            if on_path is not None:
+                on_path(rows)
+            continue
         command = [sys.executable, str(Path(__file__).resolve()), *argv, "--paths", name, "--child", str(out),
                    "--work", str(work)]
         done = subprocess.run(command, text=True, capture_output=True)
@@ -746,12 +754,43 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """Write ``results.json`` and ``results.md`` into ``out``; return both paths."""
+def cpu_summary(report: dict[str, Any], small: int = 1, large: int = 8) -> str:
+    """The CPU table in short (``summary.md``): one row per path, seconds per token at batch ``small``,
+    captions per second at batch ``large``, the path's peak memory, the speed-ups and the logits' agreement."""
+    rows: dict[str, dict[int | None, dict]] = {}
+    for r in report["results"]:
+        rows.setdefault(r["path"], {})[r["batch_size"]] = r
+    lines = [f"| path | weights | s/token, batch {small} | captions/s, batch {large} | peak GiB | "
+             f"× {BASELINE} | × {ARTICLE} | logits error | top-1 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for path, by_batch in rows.items():
+        one, many = by_batch.get(small) or {}, by_batch.get(large) or {}
+        ok_one, ok_many = one.get("status") == "ok", many.get("status") == "ok"
+        if not (ok_one or ok_many):
+            lines.append(f"| {path} | – | – | – | – | – | – | – | – |")
+            continue
+        first = one if ok_one else many
+        accuracy = one.get("accuracy") or {}
+        peak = max(r.get("peak_memory_gib") or 0 for r in by_batch.values() if r.get("status") == "ok")
+        lines.append("| " + " | ".join([
+            path, first["dtype"], _fmt(one["seconds"] / report["new_tokens"], 3) if ok_one else "–",
+            _fmt(many.get("captions_per_s"), 3) if ok_many else "–", _fmt(peak),
+            f"{one['vs_fp32_eager']:.2f}×" if ok_one and one.get("vs_fp32_eager") else "–",
+            f"{one['vs_article']:.2f}×" if ok_one and one.get("vs_article") else "–",
+            "reference" if accuracy.get("reference") else _fmt(accuracy.get("relative_error"), 4),
+            _fmt(accuracy.get("top1_agreement"), 3),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out: Path, summary: bool = False) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` (and with ``summary`` the CPU table's ``summary.md``) into
+    ``out``; return the first two paths."""
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "results.json", out / "results.md"
     json_path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     md_path.write_text(to_markdown(report), encoding="utf-8")
+    if summary:
+        (out / "summary.md").write_text(cpu_summary(report), encoding="utf-8")
     return json_path, md_path
 
 
@@ -783,7 +822,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's; CPU table 2)")
     parser.add_argument("--device", default=None, help="cuda, cpu … (default: a CUDA GPU when there is one)")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # one path of --cpu-table
-    parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="with --cpu-table: a folder that keeps the random weights and each path's results; "
+                             "paths already measured there are kept, not run again (resumes an interrupted run)")
     parser.add_argument("--save-weights", type=Path, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -851,14 +892,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "--static-batch-sizes", args.static_batch_sizes, "--warmup", str(args.warmup),
                      "--warmup-tokens", str(args.warmup_tokens), "--repeats", str(repeats),
                      "--threads", str(args.threads), *(["--tiny"] if args.tiny else [])]
-        with tempfile.TemporaryDirectory(prefix="kosmos2-cpu-table-") as work:
-            rows = run_isolated(forwarded, paths, Path(work), log=log,
-                                on_path=lambda so_far: write_report(report_of(list(so_far)), out))
+        with contextlib.ExitStack() as stack:
+            # --work keeps the weights and each path's rows, so that an interrupted run can resume
+            work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kosmos2-cpu-table-")))
+            work.mkdir(parents=True, exist_ok=True)
+            rows = run_isolated(forwarded, paths, work, log=log,
+                                on_path=lambda so_far: write_report(report_of(list(so_far)), out, summary=True))
     else:
         rows = run_paths(config, paths, batch_sizes=batch_sizes, small_batch_sizes=small_sizes,
                          new_tokens=args.new_tokens, warmup=args.warmup, repeats=repeats, device=device, log=log,
                          warmup_tokens=args.warmup_tokens)
-    json_path, md_path = write_report(report_of(rows), out)
+    json_path, md_path = write_report(report_of(rows), out, summary=table)
     print(f"wrote {json_path} and {md_path}")
     return 0
 

@@ -51,7 +51,7 @@ AUTO_CPU_CHOICE = "int4"
 #: Group sizes of the int4 path, largest first: a layer takes the largest one that divides its inputs.
 INT4_GROUP_SIZES = (128, 64, 32)
 
-INSTALL = "pip install 'kosmos2-grounding-course[quant]'"
+INSTALL = "pip install -e '.[quant]' in your clone of the course"
 
 DESCRIPTIONS = {
     "4bit": "4-bit FP4 weights (bitsandbytes, the article's BitsAndBytesConfig(load_in_4bit=True))",
