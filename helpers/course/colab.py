@@ -144,11 +144,15 @@ def install_extra(extra: str, target: str | os.PathLike[str] = DEFAULT_TARGET, r
 
     if extra not in EXTRAS:
         raise ValueError(f"extra must be one of {', '.join(map(repr, EXTRAS))}, got {extra!r}")
+    from helpers.grounding.quantization import import_quietly
+
     packages = EXTRAS[extra]
     if in_colab():
         run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{target}[{extra}]"], check=True)
         importlib.invalidate_caches()
+        import_quietly()
         return f"Colab: installed the course's [{extra}] extra ({', '.join(packages)})."
+    import_quietly()
     missing = []
     for name in packages:
         try:

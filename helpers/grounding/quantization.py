@@ -27,8 +27,8 @@ faster for them. Everything else keeps float weights.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.metadata
-import importlib.util
 import io
 import logging
 from dataclasses import dataclass
@@ -215,6 +215,15 @@ def quiet_imports():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def import_quietly() -> None:
+    """Import bitsandbytes and torchao (those installed) once, without their import-time notices about optional
+    kernels this course does not use; later imports, transformers' included, then print nothing."""
+    for name in ("torchao", "bitsandbytes"):
+        if _version(name) is not None:
+            with quiet_imports():
+                importlib.import_module(name)
 
 
 def torchao_config(quantization: str, group_size: int = 128):
