@@ -8,6 +8,7 @@
     images      loading images from paths, URLs and bytes (EXIF orientation, size limits)
     plotting    boxes drawn on images, highlighted captions, the location grid
     model       loading a Kosmos-2 model (the real one or the bundled one) and grounding images
+    quantization  4-bit and 8-bit weights: bitsandbytes (the article's) and torchao's CPU paths
     evaluation  scoring predicted boxes and captions against the truth
     refcoco     RefCOCO / RefCOCO+ / RefCOCOg files as distributed, and comprehension scored as the paper's authors do
     flickr30k   Flickr30k Entities files, and phrase grounding scored as the paper's authors do
@@ -55,6 +56,7 @@ for _module, _names in {
     "grounding.plotting": "PALETTE draw_entities draw_user_box highlight_caption draw_grid entity_colour",
     "grounding.model": ("REAL_MODEL ModelLoadError load ground resolve_source real_model_cached try_gpu "
                         "default_dtype Decoding GREEDY AUTHORS_DECODING"),
+    "grounding.quantization": "QUANTIZATIONS QuantizationError",
     "grounding.evaluation": ("IOU_THRESHOLD HELD_OUT_SEED Score CaptionScores PhraseScores score_caption "
                              "score_phrase phrase_boxes phrases_match box_hits names_object answer_after evaluate"),
     "grounding.refcoco": ("RefCocoFormatError RefItem load_refcoco scenes_to_refcoco write_refer_files "

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sub: argparse.ArgumentParser, ngram: int) -> None:
         sub.add_argument("--model", default=None, metavar="M", help="a model folder or hub id")
+        sub.add_argument("--quantization", default=None, metavar="Q",
+                         help="load the model with these weights: 4bit, nf4, 8bit, int8, int4 or none "
+                              "(see load(); default: load() chooses)")
         sub.add_argument("--out", default=None, metavar="FILE",
                          help="JSON Lines file for the per-item results (default outputs/evaluate_<benchmark>.jsonl)")
         sub.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per generate call")
@@ -148,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RefCocoFormatError, Flickr30kFormatError) as err:
         return fail(str(err), prog=PROG)
     try:
-        model, processor = load(args.model, verbose=not args.quiet)
+        model, processor = load(args.model, quantization=args.quantization, verbose=not args.quiet)
     except (ModelLoadError, ValueError) as err:
         return fail(str(err), code=1, prog=PROG)
     try:
