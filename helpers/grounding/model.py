@@ -51,12 +51,14 @@ class LoadInfo:
     quantization: str | None
     reason: str
     parameters: int
+    adapter: str | None = None
 
     def banner(self) -> str:
         size = f"{self.parameters / 1e6:.1f} M" if self.parameters < 1e9 else f"{self.parameters / 1e9:.2f} B"
         quant = f", {self.quantization}" if self.quantization else ""
         name = "bundled model kosmos2-tiny-world" if self.bundled else self.source
-        line = f"Loaded {name} ({size} parameters) on {self.device}, {self.dtype}{quant} — {self.reason}."
+        adapter = f" with the adapters in {self.adapter}" if self.adapter else ""
+        line = f"Loaded {name}{adapter} ({size} parameters) on {self.device}, {self.dtype}{quant} — {self.reason}."
         if self.bundled:
             line += (" It only knows its synthetic world (coloured shapes, a snowman, a fire, Kumo);"
                      f" load {REAL_MODEL} for real photos.")
@@ -234,8 +236,13 @@ def load(
     dtype: Any = None,
     device: str | None = None,
     verbose: bool = True,
+    adapter: str | os.PathLike | None = None,
 ):
     """Load ``(model, processor)``; see the module docstring for how the model is chosen.
+
+    ``adapter`` is a folder of LoRA adapters saved by ``python -m helpers finetune``: they are checked
+    against the base and attached (the model becomes a ``peft.PeftModel``). Merge them into the weights for
+    faster generation with ``model = model.merge_and_unload()``.
 
     ``quantization`` is ``None``, ``"4bit"`` or ``"8bit"`` (bitsandbytes, CUDA only). ``dtype`` (a floating
     ``torch.dtype`` or its name) defaults to :func:`default_dtype` of the device; ``device`` (``"cpu"``,
@@ -247,6 +254,7 @@ def load(
         ModelLoadError: the model could not be found or loaded (missing folder, no config.json, no
             safetensors weights, corrupt files, a hub id that is not cached while offline, custom code).
             The message says how to get the real model and that the bundled one is the offline fallback.
+        helpers.finetune.FinetuneError: ``adapter`` is not a saved adapter folder, or was trained on another base.
     """
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a directory path or a hub id like '{REAL_MODEL}' (or None to let load() "
@@ -293,10 +301,15 @@ def load(
         raise _load_failure(source, err) from err
     if not quantization:
         net = net.to(device)
+    if adapter is not None:
+        from helpers.finetune import attach_adapter
+
+        net = attach_adapter(net, adapter)
     net.eval()
     info = LoadInfo(
         source=source, bundled=bundled, device=str(device), dtype=str(dtype).replace("torch.", ""),
         quantization=quantization, reason=reason, parameters=sum(p.numel() for p in net.parameters()),
+        adapter=str(adapter) if adapter is not None else None,
     )
     net.load_info = info
     if verbose:
