@@ -9,6 +9,7 @@
     model       loading a Kosmos-2 model (the real one or the bundled one) and grounding images
     evaluation  scoring predicted boxes and captions against the truth
     refcoco     RefCOCO-style annotation files and comprehension accuracy
+    finetune    fine-tuning Kosmos-2 on your own boxes: LoRA adapters (QLoRA on a 4-bit base)
     progress    when to show progress bars
 
 ``helpers.world`` — the synthetic world and the small model trained on it (shipped in ``data/``):
@@ -16,6 +17,7 @@
     language    the world's grounded training texts, tokenizer, processor and model config
     training    the training recipe behind the bundled model
     modelcard   evaluating the bundled model and writing its model card
+    new_kinds   stars, a kind the world never had: the fine-tuning demonstration
 
 ``helpers.course`` — running the course:
     paths       where the repository, ``data/``, ``notebooks/`` and the bundled model live
@@ -55,11 +57,13 @@ for _module, _names in {
     "grounding.evaluation": ("IOU_THRESHOLD HELD_OUT_SEED Score CaptionScores score_boxes score_caption "
                              "phrases_match box_hits names_object answer_after evaluate"),
     "grounding.refcoco": "RefCocoFormatError load_refcoco scenes_to_refcoco evaluate_comprehension",
+    "grounding.finetune": "FinetuneConfig FinetuneError finetune read_coco box_accuracy",
     "grounding.progress": "interactive",
     "world.scenes": ("KINDS Scene SceneObject sample_scene sample_scenes draw_scene snowman_illustration "
                      "character_illustration definite_phrase kind_name"),
     "world.language": "build_processor build_config scene_examples answer_name",
     "world.training": "TrainConfig new_model train",
+    "world.new_kinds": "star_scene write_coco",
     "course.paths": "repo_root data_dir notebooks_dir bundled_model_dir",
     "course.article": "article_outputs",
     "course.batch": "ground_folder read_results contact_sheet",

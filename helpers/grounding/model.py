@@ -254,7 +254,7 @@ def load(
         ModelLoadError: the model could not be found or loaded (missing folder, no config.json, no
             safetensors weights, corrupt files, a hub id that is not cached while offline, custom code).
             The message says how to get the real model and that the bundled one is the offline fallback.
-        helpers.finetune.FinetuneError: ``adapter`` is not a saved adapter folder, or was trained on another base.
+        helpers.grounding.finetune.FinetuneError: ``adapter`` is not a saved adapter folder, or was trained on another base.
     """
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a directory path or a hub id like '{REAL_MODEL}' (or None to let load() "
@@ -302,7 +302,7 @@ def load(
     if not quantization:
         net = net.to(device)
     if adapter is not None:
-        from helpers.finetune import attach_adapter
+        from helpers.grounding.finetune import attach_adapter
 
         net = attach_adapter(net, adapter)
     net.eval()

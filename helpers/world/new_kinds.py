@@ -1,15 +1,15 @@
 """A fine-tuning task the bundled model cannot do: stars, a kind of object its world never had.
 
 Scenes hold one star (sometimes two of one colour, sometimes a second star of another colour) beside
-objects of the world (:data:`helpers.synthetic.KINDS`), at least one of them in the star's colour, so that
+objects of the world (:data:`helpers.world.scenes.KINDS`), at least one of them in the star's colour, so that
 "the red star" cannot be found by its colour alone. Stars come in the world's five colours; the word
 *star* is not a piece of the world's tokenizer and is spelled with its letter pieces (``▁s t a r``).
-Everything here lives outside ``KINDS`` and :func:`helpers.synthetic.sample_scene`: the world's seeded
+Everything here lives outside ``KINDS`` and :func:`helpers.world.scenes.sample_scene`: the world's seeded
 scenes do not change.
 
-``python -m helpers.new_kinds --out DIR`` runs the whole demonstration: it writes training and held-out
+``python -m helpers finetune-demo --out DIR`` runs the whole demonstration: it writes training and held-out
 data in COCO detection format, measures the bundled model, fine-tunes LoRA adapters with
-:mod:`helpers.finetune`, measures again (the stars, and the model's own world) and puts the figures in the
+:mod:`helpers.grounding.finetune`, measures again (the stars, and the model's own world) and puts the figures in the
 adapters' card.
 """
 
@@ -26,8 +26,8 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from helpers import synthetic as world
-from helpers.synthetic import COLOURS, KINDS, Scene
+from helpers.world import scenes as world
+from helpers.world.scenes import COLOURS, KINDS, Scene
 
 #: The new kinds: a star in each colour of the world.
 STAR_KINDS = tuple((c, "star") for c in COLOURS)
@@ -96,16 +96,20 @@ def star_scene(seed: int) -> Scene:
     return world._scene_from_placed(image, placed, seed)
 
 
-def write_coco(folder: str | Path, n: int, seed: int, name: str) -> Path:
-    """Draw ``n`` star scenes into ``folder/images`` and write their COCO annotations to ``folder/{name}.json``."""
+def write_coco(folder: str | Path, n: int, seed: int, name: str, world_scenes: int = 0) -> Path:
+    """Draw ``n`` star scenes into ``folder/images`` and write their COCO annotations to ``folder/{name}.json``.
+
+    ``world_scenes`` more images are scenes of the world itself (:func:`helpers.world.scenes.sample_scenes` of
+    ``seed``, far from the held-out seed of its evaluation): training on them too keeps what the model knows.
+    """
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     kinds = list(KINDS) + list(STAR_KINDS)
     categories = [{"id": i + 1, "name": world.kind_name(c, s)} for i, (c, s) in enumerate(kinds)]
     cat_id = {k: i + 1 for i, k in enumerate(kinds)}
     images, annotations = [], []
-    for i in range(n):
-        scene = star_scene(seed * 1_000_003 + i)
+    scenes = [star_scene(seed * 1_000_003 + i) for i in range(n)] + world.sample_scenes(world_scenes, seed=seed)
+    for i, scene in enumerate(scenes):
         file_name = f"{name}_{i:05d}.png"
         scene.image.save(folder / "images" / file_name)
         w, h = scene.image.size
@@ -125,9 +129,9 @@ def is_star(obj) -> bool:
 
 
 def world_figures(model, processor, scenes: int = 220) -> dict:
-    """The model's own-world figures (:func:`helpers.evaluation.evaluate` on the held-out world scenes)."""
-    from helpers.evaluation import HELD_OUT_SEED as WORLD_SEED, evaluate
-    from helpers.synthetic import sample_scenes
+    """The model's own-world figures (:func:`helpers.grounding.evaluation.evaluate` on the held-out world scenes)."""
+    from helpers.grounding.evaluation import HELD_OUT_SEED as WORLD_SEED, evaluate
+    from helpers.world.scenes import sample_scenes
 
     return evaluate(model, processor, sample_scenes(scenes, seed=WORLD_SEED)).as_dict()
 
@@ -140,14 +144,15 @@ _WORLD_ROWS = (("own world: caption phrase recall", "caption_phrase_recall"),
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from helpers.finetune import FinetuneConfig, add_figures, box_accuracy, finetune, read_coco
-    from helpers.model import load
-    from helpers.paths import bundled_model_dir
+    from helpers.course.paths import bundled_model_dir
+    from helpers.grounding.finetune import FinetuneConfig, add_figures, box_accuracy, finetune, read_coco
+    from helpers.grounding.model import load
 
-    parser = argparse.ArgumentParser(description="The stars demonstration: data, fine-tuning, figures.")
+    parser = argparse.ArgumentParser(prog="python -m helpers finetune-demo", description="The stars demonstration: data, fine-tuning, figures.")
     parser.add_argument("--out", type=Path, required=True, help="folder for the adapters")
     parser.add_argument("--data", type=Path, default=Path("finetune-stars-data"), help="folder for the generated data")
     parser.add_argument("--train-images", type=int, default=1500)
+    parser.add_argument("--world-images", type=int, default=750, help="scenes of the world in the training data")
     parser.add_argument("--held-out-images", type=int, default=240)
     parser.add_argument("--minutes", type=float, default=9.0)
     parser.add_argument("--steps", type=int, default=None)
@@ -161,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     base = bundled_model_dir()
-    train_file = write_coco(args.data, args.train_images, TRAIN_SEED, "train")
+    train_file = write_coco(args.data, args.train_images, TRAIN_SEED, "train", world_scenes=args.world_images)
     held_file = write_coco(args.data, args.held_out_images, HELD_OUT_SEED, "held_out")
     records = read_coco(train_file, args.data / "images")
     held_out = read_coco(held_file, args.data / "images")
@@ -173,8 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          rank=args.rank, vision=args.vision, device="cpu", threads=args.threads)
     t0 = time.time()
     model, processor, card = finetune(base, records, args.out, cfg, log=lambda s: print(s, flush=True),
-                                      data_source={"annotations": f"helpers.new_kinds.write_coco(n={args.train_images}, "
-                                                                  f"seed={TRAIN_SEED})"})
+                                      data_source={"annotations": f"helpers.world.new_kinds.write_coco(n={args.train_images}, "
+                                                                  f"seed={TRAIN_SEED}, world_scenes={args.world_images})"})
     seconds = time.time() - t0
     after = box_accuracy(model, processor, held_out, only=is_star)
     world_after = world_figures(model, processor)
@@ -186,15 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     for name, key in _WORLD_ROWS:
         figures[f"{name} ({world_after['objects']} objects)"] = {"before": world_before[key], "after": world_after[key]}
-    figures["notes"] = (f"Stars: `helpers.new_kinds.write_coco(n={args.held_out_images}, seed={HELD_OUT_SEED})`. "
-                        "Own world: the bundled model's held-out scenes (`helpers.evaluation.evaluate`). "
+    figures["notes"] = (f"Stars: `helpers.world.new_kinds.write_coco(n={args.held_out_images}, seed={HELD_OUT_SEED})`. "
+                        "Own world: the bundled model's held-out scenes (`helpers.grounding.evaluation.evaluate`). "
                         f"Fine-tuning took {seconds / 60:.1f} min (loading and saving included) with "
-                        f"{args.threads} torch threads; command: `python -m helpers.new_kinds "
+                        f"{args.threads} torch threads; command: `python -m helpers finetune-demo "
                         + " ".join(argv if argv is not None else sys.argv[1:]) + "`.")
     add_figures(args.out, figures)
     print(json.dumps(figures, indent=1))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

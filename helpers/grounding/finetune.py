@@ -6,33 +6,35 @@
 ``annotations`` with ``image_id``, ``category_id`` and ``bbox`` ``[x, y, w, h]`` in pixels; ``categories``
 with ``id`` and ``name``, optionally ``plural`` for nouns that do not take an ``s``). Referring expressions
 come either on the annotations themselves (``"sentences"``, as RefCOCO's refs, or ``"expression"``) or from a
-RefCOCO-style file (``refs=``, read by :func:`helpers.refcoco.load_refcoco`).
+RefCOCO-style file (``refs=``, read by :func:`helpers.grounding.refcoco.load_refcoco`).
 
-**Texts.** Every image gives Kosmos-2 grounded texts in the format of :mod:`helpers.world`: a brief caption
+**Texts.** Every image gives Kosmos-2 grounded texts in the format of :mod:`helpers.world.language`: a brief caption
 listing its objects with their location tokens (``<grounding> An image of`` → ``<phrase> a cat</phrase>
 <object>…</object> and …``), one comprehension prompt per category (``<grounding><phrase> the cat
 </phrase>`` → its boxes), one grounded question per object (``Question: What is<phrase> this object
 </phrase><object>…</object>? Answer:`` → `` It is a cat.``) and one comprehension prompt per referring
-expression. They are encoded by the training recipe's :func:`helpers.training.encode_example`: the loss
+expression. They are encoded by the training recipe's :func:`helpers.world.training.encode_example`: the loss
 falls on the answer only.
 
 **Adapters.** LoRA (``peft``) on every linear layer of the text decoder (attention ``q/k/v/out_proj`` and
 the feed-forward ``fc1/fc2``) and of the image-to-text projection (``dense`` and its cross-attention over
 the latent queries): new names are words the decoder must write, and new kinds of boxes depend on how the
 projection summarises the image. With ``vision=True`` the vision tower's layers get adapters too (a new
-*look*, such as a new background; its backward pass costs memory). The embeddings and location tokens
-stay frozen: the 1 024 location tokens already mean the same boxes for every task. Rank 16 (scale
+*look*, such as a new background; its backward pass costs memory). The embedding rows of the tokens that
+spell the category names are trained too (peft's trainable tokens; the output layer shares them): a name
+the base never wrote, spelled with pieces it rarely saw, needs them. All other embeddings stay frozen, the
+1 024 location tokens among them: they already mean the same boxes for every task. Rank 16 (scale
 ``alpha / r = 2``): 16 directions per layer are plenty for a handful of new names and kinds, and on the
 real model (24 decoder layers of width 2 048) the adapters stay about 1 % of its parameters.
 
-**QLoRA.** ``quantization="4bit"`` loads the frozen base in 4 bits (``helpers.model.load``), prepares it
+**QLoRA.** ``quantization="4bit"`` loads the frozen base in 4 bits (``helpers.load``), prepares it
 with ``peft.prepare_model_for_kbit_training`` and trains the adapters in full precision with gradient
 checkpointing (activations recomputed in the backward pass instead of stored).
 
 **Output.** ``out`` holds ``adapter_model.safetensors`` and ``adapter_config.json`` (peft), ``finetune.json``
 (data, steps, losses, the base's signature, figures), ``README.md`` (a small card) and ``optimizer.safetensors``
 (to resume). Everything is written to a temporary folder beside ``out`` and renamed into place, so an error
-never leaves a half-written ``out``. Load with ``helpers.model.load(base, adapter=out)``; merge the adapters
+never leaves a half-written ``out``. Load with ``helpers.load(base, adapter=out)``; merge the adapters
 into the weights for speed with ``model = model.merge_and_unload()``.
 """
 
@@ -54,9 +56,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from helpers.evaluation import CaptionScores, Score, score_boxes, score_caption
-from helpers.tokens import object_tokens
-from helpers.world import CAPTION_PROMPT, _with_box, comprehension_prompt, qa_prompt
+from helpers.grounding.evaluation import CaptionScores, Score, score_boxes, score_caption
+from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt
+from helpers.grounding.tokens import object_tokens
+from helpers.world.language import _with_box
 
 #: How far (in pixels) a box may reach past the image edge before it is an error (it is clipped).
 EDGE_TOLERANCE_PX = 1.0
@@ -98,7 +101,7 @@ class Category:
 
 @dataclass(frozen=True)
 class AnnotatedObject:
-    """One annotated object: its category and normalized box (``.phrase`` as :mod:`helpers.evaluation` wants)."""
+    """One annotated object: its category and normalized box (``.phrase`` as :mod:`helpers.grounding.evaluation` wants)."""
 
     category: Category
     box: tuple[float, float, float, float]
@@ -226,7 +229,7 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
         out.append(rec)
         by_file[im["file_name"]] = rec
     if refs is not None:
-        from helpers.refcoco import RefCocoFormatError, load_refcoco
+        from helpers.grounding.refcoco import RefCocoFormatError, load_refcoco
 
         try:
             items = load_refcoco(refs, image_root=images)
@@ -292,7 +295,7 @@ def texts_for(records: Sequence[ImageRecord]) -> list[Text]:
 
 @lru_cache(maxsize=512)
 def _image(path: Path):
-    from helpers.images import load_image
+    from helpers.grounding.images import load_image
 
     return load_image(path)
 
@@ -389,6 +392,7 @@ class FinetuneConfig:
     alpha: int = 32
     dropout: float = 0.05
     vision: bool = False
+    name_tokens: bool = True  # train the embeddings of the tokens that spell the category names
     quantization: str | None = None
     gradient_checkpointing: bool | None = None  # None: on with a 4-bit base, off otherwise
     seed: int = 0
@@ -406,7 +410,16 @@ def _schedule(cfg: FinetuneConfig, step: int, elapsed: float) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def _with_adapters(model, cfg: FinetuneConfig, resume_from: Path | None = None):
+def name_token_ids(processor, records: Sequence[ImageRecord]) -> list[int]:
+    """Ids of the tokens that spell the category names (singular and plural), as the answers write them."""
+    names = {n for rec in records for o in rec.objects for n in (o.category.name, o.category.plural)}
+    ids = set()
+    for name in names:
+        ids.update(processor.tokenizer(" " + name, add_special_tokens=False)["input_ids"])
+    return sorted(ids)
+
+
+def _with_adapters(model, cfg: FinetuneConfig, resume_from: Path | None = None, token_ids: Sequence[int] = ()):
     """Prepare the base (4-bit: ``prepare_model_for_kbit_training``; gradient checkpointing) and add adapters:
     new ones, or those saved in ``resume_from`` (trainable)."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -421,7 +434,8 @@ def _with_adapters(model, cfg: FinetuneConfig, resume_from: Path | None = None):
     if resume_from is not None:
         return PeftModel.from_pretrained(model, str(resume_from), is_trainable=True)
     targets = f"(?:{TEXT_AND_PROJECTION})|(?:{VISION})" if cfg.vision else TEXT_AND_PROJECTION
-    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none",
+                      trainable_token_indices=list(token_ids) or None)
     return get_peft_model(model, lora)
 
 
@@ -494,8 +508,8 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
     """
     import torch
 
-    from helpers.model import load
-    from helpers.training import collate, encode_example
+    from helpers.grounding.model import load
+    from helpers.world.training import collate, encode_example
 
     cfg = cfg or FinetuneConfig()
     out = Path(out)
@@ -521,7 +535,8 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
     signature = base_signature(model)
     if resume:
         previous = check_adapter(out, model)
-    model = _with_adapters(model, cfg, out if resume else None)
+    token_ids = name_token_ids(processor, records) if cfg.name_tokens else []
+    model = _with_adapters(model, cfg, out if resume else None, token_ids)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     n_all = sum(p.numel() for p in model.parameters())
@@ -541,6 +556,7 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
         "base": str(base), "base_signature": signature, "quantization": cfg.quantization,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("device",)},
         "target_modules": model.peft_config["default"].target_modules,
+        "trained_token_embeddings": processor.tokenizer.convert_ids_to_tokens(token_ids),
         "trainable_parameters": n_trainable, "all_parameters": n_all,
         "data": _summary(records, texts, source),
         "runs": (previous or {}).get("runs", []),
@@ -557,7 +573,7 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
         _atomic_write(folder, write)
 
     if progress is None:
-        from helpers.progress import interactive
+        from helpers.grounding.progress import interactive
 
         progress = interactive()
     bar = None
@@ -623,13 +639,13 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
 
 def box_accuracy(model, processor, records: Sequence[ImageRecord], *, only: Callable[[AnnotatedObject], bool] | None = None,
                  batch_size: int | None = None) -> dict:
-    """Held-out figures on annotated images, counted per object at IoU ≥ 0.5 (:mod:`helpers.evaluation`).
+    """Held-out figures on annotated images, counted per object at IoU ≥ 0.5 (:mod:`helpers.grounding.evaluation`).
 
     ``comprehension``: the prompt names the category (``the cat``); a true object is hit when any box
     of the answer hits it. ``caption``: the brief caption has an entity with the object's phrase and a box
     that hits it. ``only`` keeps the objects it returns True for (all by default).
     """
-    from helpers.model import ground
+    from helpers.grounding.model import ground
 
     keep = only or (lambda o: True)
     images, prompts, truth = [], [], []
@@ -671,7 +687,7 @@ def card_text(card: dict) -> str:
     lines = [
         f"# LoRA adapters for {card['base']}",
         "",
-        "Load with `helpers.model.load(BASE, adapter=THIS_FOLDER)`; merge for speed with "
+        "Load with `helpers.load(BASE, adapter=THIS_FOLDER)`; merge for speed with "
         "`model = model.merge_and_unload()`.",
         "",
         "## Data",
@@ -739,6 +755,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=int, default=32)
     p.add_argument("--vision", action="store_true", help="adapters in the vision tower too")
+    p.add_argument("--no-name-tokens", dest="name_tokens", action="store_false",
+                   help="keep the embeddings of the tokens that spell the category names frozen")
     p.add_argument("--quantization", choices=["4bit"], default=None, help="4-bit base (QLoRA)")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in the backward pass (default: on with --quantization 4bit)")
@@ -755,7 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: give --steps or --minutes (or both)", file=sys.stderr)
         return 2
     cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
-                         rank=args.rank, alpha=args.alpha, vision=args.vision, quantization=args.quantization,
+                         rank=args.rank, alpha=args.alpha, vision=args.vision, name_tokens=args.name_tokens, quantization=args.quantization,
                          gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, device=args.device,
                          threads=args.threads)
     try:
@@ -781,6 +799,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
