@@ -57,7 +57,7 @@ for _module, _names in {
     "grounding.evaluation": ("IOU_THRESHOLD HELD_OUT_SEED Score CaptionScores score_boxes score_caption "
                              "phrases_match box_hits names_object answer_after evaluate"),
     "grounding.refcoco": "RefCocoFormatError load_refcoco scenes_to_refcoco evaluate_comprehension",
-    "grounding.finetune": "FinetuneConfig FinetuneError finetune read_coco box_accuracy",
+    "grounding.finetune": "FinetuneConfig FinetuneError finetune read_coco texts_for box_accuracy memory_needed",
     "grounding.progress": "interactive",
     "world.scenes": ("KINDS Scene SceneObject sample_scene sample_scenes draw_scene snowman_illustration "
                      "character_illustration definite_phrase kind_name"),

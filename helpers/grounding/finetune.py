@@ -634,6 +634,74 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
     return model, processor, card
 
 
+# ----------------------------------------------------------------------------------------------- memory
+
+
+def memory_needed(config=None, *, rank: int = 16, batch_size: int = 4, seq_len: int = 128,
+                  quantization: str | None = "4bit", vision: bool = False, gradient_checkpointing: bool = True) -> dict:
+    """GPU memory (GiB) that fine-tuning needs, computed from the model's structure, not guessed.
+
+    ``config`` is a ``Kosmos2Config`` (default: ``Kosmos2Config()``, which has the sizes of
+    ``microsoft/kosmos-2-patch14-224``). The model is built on PyTorch's ``meta`` device (shapes, no
+    memory), the adapters are added as :func:`finetune` adds them, and one forward pass of ``batch_size``
+    sequences of ``seq_len`` tokens counts every tensor autograd keeps for the backward pass. Parts:
+
+    * ``base``: 4-bit weights take half a byte per weight of every linear layer but the output layer, plus
+      one float32 scale per block of 64; ``prepare_model_for_kbit_training`` keeps every other parameter in
+      float32 (4 bytes). Without quantization every parameter is float32.
+    * ``adapters``: each trainable parameter in float32 with its gradient and AdamW's two moments (16 bytes).
+    * ``activations``: what the forward pass keeps (float32 hidden states). With gradient checkpointing a
+      decoder layer keeps only its input, and one layer at a time recomputes the rest in the backward pass.
+
+    Not counted: the CUDA context and the allocator's slack (a few hundred MB), and the trained name tokens.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Kosmos2Config, Kosmos2ForConditionalGeneration
+
+    config = config or Kosmos2Config()
+    with torch.device("meta"):
+        model = Kosmos2ForConditionalGeneration(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    linear = sum(m.weight.numel() for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
+    base = (linear * (0.5 + 4 / 64) + (parameters - linear) * 4) if quantization == "4bit" else parameters * 4
+    targets = f"(?:{TEXT_AND_PROJECTION})|(?:{VISION})" if vision else TEXT_AND_PROJECTION
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, lora_dropout=0.05))
+    adapters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    layers = model.base_model.model.text_model.model.layers
+    saved = {"all": 0, "layers": 0}
+    inside = [False]
+
+    def pack(t):
+        saved["all"] += t.numel() * t.element_size()
+        if inside[0]:
+            saved["layers"] += t.numel() * t.element_size()
+        return t
+
+    handles = [h for layer in layers for h in (
+        layer.register_forward_pre_hook(lambda *_: inside.__setitem__(0, True)),
+        layer.register_forward_hook(lambda *_: inside.__setitem__(0, False)))]
+    size = config.vision_config.image_size
+    ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device="meta")
+    image_mask = torch.zeros(batch_size, seq_len, dtype=torch.long, device="meta")
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), image_embeds_position_mask=image_mask,
+              pixel_values=torch.zeros(batch_size, 3, size, size, device="meta"), labels=ids)
+    for h in handles:
+        h.remove()
+    activations = saved["all"]
+    if gradient_checkpointing:
+        hidden = config.text_config.embed_dim
+        activations += -saved["layers"] + saved["layers"] / len(layers) + len(layers) * batch_size * seq_len * hidden * 4
+    gib = 2 ** 30
+    parts = {"parameters": parameters, "adapter_parameters": adapters, "base_gib": base / gib,
+             "adapters_gib": adapters * 16 / gib, "activations_gib": activations / gib}
+    parts["total_gib"] = parts["base_gib"] + parts["adapters_gib"] + parts["activations_gib"]
+    return parts
+
+
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
