@@ -41,6 +41,7 @@ into the weights for speed with ``model = model.merge_and_unload()``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -51,6 +52,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -375,7 +377,17 @@ def attach_adapter(model, adapter: str | os.PathLike, *, trainable: bool = False
     from peft import PeftModel
 
     check_adapter(adapter, model)
-    return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    with _peft_quiet():
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+
+
+@contextlib.contextmanager
+def _peft_quiet():
+    """peft reads ``is_gradient_checkpointing``, which transformers 5 deprecates with a FutureWarning meant for
+    peft's authors, not for our users: silence that one warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -427,16 +439,18 @@ def _with_adapters(model, cfg: FinetuneConfig, resume_from: Path | None = None, 
     checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else bool(cfg.quantization)
     kwargs = {"use_reentrant": False}
     if cfg.quantization:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
-                                                gradient_checkpointing_kwargs=kwargs)
+        with _peft_quiet():
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                    gradient_checkpointing_kwargs=kwargs)
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if resume_from is not None:
-        return PeftModel.from_pretrained(model, str(resume_from), is_trainable=True)
-    targets = f"(?:{TEXT_AND_PROJECTION})|(?:{VISION})" if cfg.vision else TEXT_AND_PROJECTION
-    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none",
-                      trainable_token_indices=list(token_ids) or None)
-    return get_peft_model(model, lora)
+    with _peft_quiet():
+        if resume_from is not None:
+            return PeftModel.from_pretrained(model, str(resume_from), is_trainable=True)
+        targets = f"(?:{TEXT_AND_PROJECTION})|(?:{VISION})" if cfg.vision else TEXT_AND_PROJECTION
+        lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                          bias="none", trainable_token_indices=list(token_ids) or None)
+        return get_peft_model(model, lora)
 
 
 def _save_optimizer(opt, model, path: Path) -> None:
@@ -667,7 +681,8 @@ def memory_needed(config=None, *, rank: int = 16, batch_size: int = 4, seq_len: 
                  if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
     base = (linear * (0.5 + 4 / 64) + (parameters - linear) * 4) if quantization == "4bit" else parameters * 4
     targets = f"(?:{TEXT_AND_PROJECTION})|(?:{VISION})" if vision else TEXT_AND_PROJECTION
-    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, lora_dropout=0.05))
+    with _peft_quiet():
+        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, lora_dropout=0.05))
     adapters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     layers = model.base_model.model.text_model.model.layers
     saved = {"all": 0, "layers": 0}
