@@ -45,8 +45,8 @@ def trained(tiny_model_dir, coco, tmp_path_factory):
     """A 4-step run on the tiny model: (adapter folder, records)."""
     out = tmp_path_factory.mktemp("runs") / "adapter"
     records = read_coco(*coco)
-    finetune(tiny_model_dir, records, out, FinetuneConfig(steps=4, batch_size=4, lr=5e-3, warmup=1, device="cpu"),
-             progress=False, log=lambda s: None)
+    finetune(tiny_model_dir, records, out, FinetuneConfig(steps=4, batch_size=4, lr=5e-3, warmup=1, device="cpu",
+                                                          new_words=("star",)), progress=False, log=lambda s: None)
     return out, records
 
 
@@ -134,6 +134,7 @@ def test_short_run_saves_adapters_card_and_optimizer(trained):
     assert card["steps"] == 4 and card["finished"] is True
     assert card["data"]["images"] == len(records) and card["data"]["objects"] == sum(len(r.objects) for r in records)
     assert 0 < card["trainable_parameters"] < card["all_parameters"]
+    assert sorted(card["trained_token_embeddings"]) == sorted(["▁s", "t", "a", "r"])  # the pieces of " star"
     assert "4 steps of batch 4" in (out / "README.md").read_text()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
 

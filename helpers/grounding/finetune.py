@@ -21,9 +21,10 @@ the feed-forward ``fc1/fc2``) and of the image-to-text projection (``dense`` and
 the latent queries): new names are words the decoder must write, and new kinds of boxes depend on how the
 projection summarises the image. With ``vision=True`` the vision tower's layers get adapters too (a new
 *look*, such as a new background; its backward pass costs memory). The embedding rows of the tokens that
-spell the category names are trained too (peft's trainable tokens; the output layer shares them): a name
-the base never wrote, spelled with pieces it rarely saw, needs them. All other embeddings stay frozen, the
-1 024 location tokens among them: they already mean the same boxes for every task. Rank 16 (scale
+spell the words you declare new (``new_words``) are trained too (peft's trainable tokens; the output layer
+shares them): a word the base never wrote, spelled with pieces it rarely saw, needs them. All other
+embeddings stay frozen, the 1 024 location tokens among them: they already mean the same boxes for every
+task, and the words the base knows keep their meaning. Rank 16 (scale
 ``alpha / r = 2``): 16 directions per layer are plenty for a handful of new names and kinds, and on the
 real model (24 decoder layers of width 2 048) the adapters stay about 1 % of its parameters.
 
@@ -334,8 +335,10 @@ def base_signature(model) -> dict:
     cfg = model.config
     emb = model.get_input_embeddings().weight.detach()
     vocab = emb.shape[0]
-    rows = [1 + k * (vocab - 2) // (_PROBE_ROWS - 1) for k in range(_PROBE_ROWS)]
-    probe = emb[rows, :_PROBE_VALUES].to(torch.float32)
+    # rows spread over the vocabulary (row 1, Kosmos-2's padding, is all zeros); the last values of each row
+    # (the bundled recipe sets the first ones of its location tokens to fixed features)
+    rows = [2 + k * (vocab - 3) // (_PROBE_ROWS - 1) for k in range(_PROBE_ROWS)]
+    probe = emb[rows, -_PROBE_VALUES:].to(torch.float32)
     return {
         "model_type": cfg.model_type,
         "vocab_size": int(vocab),
@@ -404,7 +407,7 @@ class FinetuneConfig:
     alpha: int = 32
     dropout: float = 0.05
     vision: bool = False
-    name_tokens: bool = True  # train the embeddings of the tokens that spell the category names
+    new_words: tuple[str, ...] = ()  # words the base never wrote: the embedding rows of their tokens are trained
     quantization: str | None = None
     gradient_checkpointing: bool | None = None  # None: on with a 4-bit base, off otherwise
     seed: int = 0
@@ -422,12 +425,11 @@ def _schedule(cfg: FinetuneConfig, step: int, elapsed: float) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def name_token_ids(processor, records: Sequence[ImageRecord]) -> list[int]:
-    """Ids of the tokens that spell the category names (singular and plural), as the answers write them."""
-    names = {n for rec in records for o in rec.objects for n in (o.category.name, o.category.plural)}
+def word_token_ids(processor, words: Sequence[str]) -> list[int]:
+    """Ids of the tokens that spell ``words`` (each as a word of a sentence, with its leading space)."""
     ids = set()
-    for name in names:
-        ids.update(processor.tokenizer(" " + name, add_special_tokens=False)["input_ids"])
+    for word in words:
+        ids.update(processor.tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"])
     return sorted(ids)
 
 
@@ -549,7 +551,7 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
     signature = base_signature(model)
     if resume:
         previous = check_adapter(out, model)
-    token_ids = name_token_ids(processor, records) if cfg.name_tokens else []
+    token_ids = word_token_ids(processor, cfg.new_words)
     model = _with_adapters(model, cfg, out if resume else None, token_ids)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
@@ -838,8 +840,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=int, default=32)
     p.add_argument("--vision", action="store_true", help="adapters in the vision tower too")
-    p.add_argument("--no-name-tokens", dest="name_tokens", action="store_false",
-                   help="keep the embeddings of the tokens that spell the category names frozen")
+    p.add_argument("--new-words", nargs="+", default=(), metavar="WORD",
+                   help="words the base never wrote (e.g. a new category name): their token embeddings are trained")
     p.add_argument("--quantization", choices=["4bit"], default=None, help="4-bit base (QLoRA)")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in the backward pass (default: on with --quantization 4bit)")
@@ -856,7 +858,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: give --steps or --minutes (or both)", file=sys.stderr)
         return 2
     cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
-                         rank=args.rank, alpha=args.alpha, vision=args.vision, name_tokens=args.name_tokens, quantization=args.quantization,
+                         rank=args.rank, alpha=args.alpha, vision=args.vision, new_words=tuple(args.new_words), quantization=args.quantization,
                          gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, device=args.device,
                          threads=args.threads)
     try:

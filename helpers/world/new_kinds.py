@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the adapters")
     parser.add_argument("--data", type=Path, default=Path("finetune-stars-data"), help="folder for the generated data")
     parser.add_argument("--train-images", type=int, default=1500)
-    parser.add_argument("--world-images", type=int, default=750, help="scenes of the world in the training data")
+    parser.add_argument("--world-images", type=int, default=1500, help="scenes of the world in the training data")
     parser.add_argument("--held-out-images", type=int, default=240)
     parser.add_argument("--minutes", type=float, default=9.0)
     parser.add_argument("--steps", type=int, default=None)
@@ -175,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     world_before = world_figures(model, processor)
     print("before:", json.dumps(before), flush=True)
     cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
-                         rank=args.rank, vision=args.vision, device="cpu", threads=args.threads)
+                         rank=args.rank, vision=args.vision, new_words=("star", "stars"), device="cpu",
+                         threads=args.threads)
     t0 = time.time()
     model, processor, card = finetune(base, records, args.out, cfg, log=lambda s: print(s, flush=True),
                                       data_source={"annotations": f"helpers.world.new_kinds.write_coco(n={args.train_images}, "
