@@ -10,7 +10,13 @@ so all paths do the same work.
 Paths (``--paths``, comma-separated):
 
 * ``article`` — the article's set-up: 4-bit bitsandbytes weights with ``BitsAndBytesConfig(load_in_4bit=True)``
-  and its defaults, batch 1. Needs CUDA and bitsandbytes; otherwise recorded as skipped, with the reason.
+  and its defaults (FP4, float32 compute), batch 1 (every ``--batch-sizes`` entry in the CPU table). Needs
+  bitsandbytes (on the CPU >= 0.50.2); otherwise recorded as skipped, with the reason.
+* ``nf4``, ``8bit`` — bitsandbytes' 4-bit NF4 and LLM.int8 weights, as ``load(quantization=...)`` loads them.
+* ``int8``, ``int4`` — torchao's CPU paths of ``load(quantization=...)``: int8 weights with int8 dynamic
+  activations; int4 weights (groups of 128) with bfloat16 activations. ``int4-compile`` adds
+  ``torch.compile`` of each text block. CPU only.
+* ``fp32-eager`` — float32 with the plain matmul-softmax attention: the CPU table's baseline.
 * ``fp32``, ``bf16``, ``fp16`` — that precision, SDPA attention, every ``--batch-sizes`` entry.
 * ``sdpa``, ``eager`` — the device's default precision (bf16 on GPUs with native bfloat16, compute
   capability 8.0 and up; fp16 on older ones such as a T4; fp32 on the CPU) with PyTorch's fused
@@ -28,24 +34,33 @@ A path that fails (out of memory, not supported by this version of transformers)
 error message and the run goes on. Timings exclude warm-up runs; each figure is the median of
 ``--repeats`` runs. Results go to ``OUT/results.json`` and ``OUT/results.md``.
 
+``--cpu-table`` measures the CPU paths (:data:`CPU_PATHS`) with ``--threads`` threads (2), each path in its own
+process (so that its peak memory is its own), one warm-up of a few tokens and one timed run per batch size
+(1 and 8), and rewrites the results after every path. It also scores each path's logits against float32's:
+the float32 model's greedy 64 tokens are fed back to every path (teacher forcing) and the relative error of
+the logits and the share of positions with the same top-1 token are reported. With random weights the
+logits are nearly flat, so top-1 alone says little; the relative error says how far the numbers moved.
+
 Examples::
 
     python bench/benchmark.py --out bench/results                  # on a GPU: the full table
     python bench/benchmark.py --tiny --out /tmp/bench             # a tiny model, seconds on a CPU
     python bench/benchmark.py --paths bf16 --batch-sizes 1,64 --new-tokens 64
+    python bench/benchmark.py --cpu-table --out bench/results/cpu   # the CPU table (about an hour on 2 cores)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import gc
-import importlib.util
 import json
 import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +69,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from helpers.grounding import quantization as quant
 
 #: How many prompt tokens follow ``</image>`` (``<grounding>``, ``▁An``, ``▁image``, ``▁of``).
 PROMPT_TOKENS = 4
@@ -67,7 +84,7 @@ class PathSpec:
 
     name: str
     description: str
-    quantization: str | None = None  # "4bit" (bitsandbytes) or None
+    quantization: str | None = None  # a name load(quantization=...) takes ("4bit", "int4" …) or None
     dtype: str | None = None  # "float32", "bfloat16", "float16"; None = the device's default precision
     attention: str = "sdpa"
     cache: str = "dynamic"  # "dynamic" or "static"
@@ -80,6 +97,16 @@ PATHS: dict[str, PathSpec] = {
     "article": PathSpec("article", "the article: 4-bit bitsandbytes, BitsAndBytesConfig defaults, batch 1",
                         quantization="4bit", dtype="float32", small_batches_only=True),
     "fp32": PathSpec("fp32", "float32 weights, SDPA attention", dtype="float32"),
+    "fp32-eager": PathSpec("fp32-eager", "float32 weights, eager (matmul + softmax) attention", dtype="float32",
+                           attention="eager"),
+    "nf4": PathSpec("nf4", "4-bit NF4 bitsandbytes weights, float32 compute", quantization="nf4", dtype="float32"),
+    "8bit": PathSpec("8bit", "LLM.int8 bitsandbytes weights", quantization="8bit", dtype="float32"),
+    "int8": PathSpec("int8", "torchao int8 weights, int8 dynamic activations (float32 elsewhere)",
+                     quantization="int8", dtype="float32"),
+    "int4": PathSpec("int4", "torchao int4 weights (groups of 128), bfloat16 activations", quantization="int4",
+                     dtype="bfloat16"),
+    "int4-compile": PathSpec("int4-compile", "int4 as above, torch.compile of each text block (dynamic shapes)",
+                             quantization="int4", dtype="bfloat16", compile=True, small_batches_only=True),
     "bf16": PathSpec("bf16", "bfloat16 weights, SDPA attention", dtype="bfloat16"),
     "fp16": PathSpec("fp16", "float16 weights, SDPA attention", dtype="float16"),
     "sdpa": PathSpec("sdpa", "default precision, SDPA attention"),
@@ -96,6 +123,12 @@ DEFAULT_PATHS = ("article", "fp32", "bf16", "fp16", "eager", "static", "compile"
 #: ``--tiny`` leaves out ``compile``: compiling takes minutes on a CPU, which is not what --tiny is for
 #: (``graphs`` compiles only on CUDA, so it stays).
 DEFAULT_TINY_PATHS = ("article", "fp32", "bf16", "eager", "static", "graphs")
+#: The CPU table (``--cpu-table``): the baseline first, it also records the reference logits.
+CPU_PATHS = ("fp32-eager", "fp32", "bf16", "article", "nf4", "8bit", "int8", "int4", "compile", "int4-compile")
+#: ``--cpu-table --tiny`` (for tests): every kind of path, compiling once.
+CPU_TINY_PATHS = ("fp32-eager", "fp32", "article", "nf4", "8bit", "int8", "int4", "int4-compile")
+#: The paths the CPU table's ratios are taken against.
+BASELINE, ARTICLE = "fp32-eager", "article"
 
 
 # --------------------------------------------------------------------------------------------- set-up
@@ -114,7 +147,8 @@ def tiny_config():
 
     return Kosmos2Config(
         text_config=dict(embed_dim=64, layers=2, ffn_dim=256, attention_heads=4),
-        vision_config=dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
+        # bitsandbytes' CPU 4-bit kernel needs inner sizes of at least 64
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
         latent_query_num=64,
     )
 
@@ -178,36 +212,56 @@ def resolve_dtype(spec: PathSpec, device: str) -> torch.dtype:
 def skip_reason(spec: PathSpec, device: str) -> str | None:
     """Why a path cannot run here (``None`` when it can)."""
     if spec.quantization:
-        if not device.startswith("cuda"):
-            return f"4-bit bitsandbytes needs a CUDA GPU; this run is on {device}"
-        if importlib.util.find_spec("bitsandbytes") is None:
-            return "bitsandbytes is not installed (pip install bitsandbytes, or pip install -e '.[gpu]')"
+        try:
+            quant.check_available(spec.quantization, "cuda" if device.startswith("cuda") else device)
+        except quant.QuantizationError as err:
+            return str(err)
     if spec.dtype == "bfloat16" and device.startswith("cuda") and not native_bf16(device):
         return "this GPU has no native bfloat16 arithmetic (it would only be emulated); use fp16"
     return None
 
 
-def build_model(config, spec: PathSpec, device: str, seed: int = 0):
+def save_random_weights(config, folder: str | os.PathLike, seed: int = 0) -> None:
+    """The random float32 weights every path starts from (seeded), saved with ``save_pretrained``."""
+    from transformers import Kosmos2ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    Kosmos2ForConditionalGeneration(config).save_pretrained(folder)
+
+
+def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str | os.PathLike | None = None):
     """A random-weight ``Kosmos2ForConditionalGeneration`` for ``spec`` on ``device``, in eval mode.
 
-    Unquantized paths build the model directly on the device. The 4-bit path saves the random float32
-    weights to a temporary folder and loads them back with ``from_pretrained`` and
-    ``BitsAndBytesConfig(load_in_4bit=True)``, as the article loads the real checkpoint.
+    With a ``weights`` folder (of :func:`save_random_weights`; the CPU table has one) every path loads the
+    random float32 weights from it with ``from_pretrained``, as ``load(quantization=...)`` loads the real
+    checkpoint: in the path's dtype, with the ``BitsAndBytesConfig`` of bitsandbytes paths (as the article
+    does), then quantized with torchao for torchao paths (:func:`quant.quantize`). Without one, unquantized
+    and torchao paths build the seeded model in memory (the same weights in every process) and bitsandbytes
+    paths save it to a temporary folder first.
     """
     from transformers import Kosmos2ForConditionalGeneration
 
     torch.manual_seed(seed)
-    if spec.quantization == "4bit":
-        from transformers import BitsAndBytesConfig
-
-        with tempfile.TemporaryDirectory(prefix="kosmos2-bench-") as folder:
-            Kosmos2ForConditionalGeneration(config).save_pretrained(folder)
-            model = Kosmos2ForConditionalGeneration.from_pretrained(
-                folder, quantization_config=BitsAndBytesConfig(load_in_4bit=True), device_map={"": 0})
+    kind = "cuda" if device.startswith("cuda") else device
+    if spec.quantization in quant.BITSANDBYTES or weights is not None:
+        plan = quant.plan(spec.quantization or "none", kind, resolve_dtype(spec, device), None)
+        with contextlib.ExitStack() as stack:
+            if weights is None:
+                weights = stack.enter_context(tempfile.TemporaryDirectory(prefix="kosmos2-bench-"))
+                save_random_weights(config, weights, seed)
+            with quant.quiet_imports():
+                model = Kosmos2ForConditionalGeneration.from_pretrained(
+                    weights, **quant.from_pretrained_kwargs(plan, kind))
+        if spec.quantization not in quant.BITSANDBYTES:  # bitsandbytes placed the weights already
+            model = model.to(device)
+        if spec.quantization in quant.TORCHAO:  # as load() does: float weights in the path's dtype, then torchao
+            quant.quantize(model, spec.quantization)
     else:
         with torch.device(device):
             model = Kosmos2ForConditionalGeneration(config)
         model = model.to(resolve_dtype(spec, device))
+        if spec.quantization in quant.TORCHAO:
+            quant.quantize(model, spec.quantization)
     model.eval()
     model.set_attn_implementation(spec.attention)
     model.generation_config.eos_token_id = None  # every caption runs to the forced length
@@ -343,25 +397,30 @@ def peak_memory(device: str) -> tuple[float | None, str]:
 
 
 def measure(model, inputs: dict[str, torch.Tensor], gen_config, *, new_tokens: int, warmup: int, repeats: int,
-            device: str, decoder: FixedShapeDecoder | None = None) -> dict[str, Any]:
+            device: str, decoder: FixedShapeDecoder | None = None, warmup_config=None) -> dict[str, Any]:
     """Time generation (median of ``repeats`` after ``warmup`` runs) and one prefill forward pass.
 
     Generation is ``model.generate`` with ``gen_config``, or ``decoder.generate`` when a decoder is given.
+    Warm-up runs use ``warmup_config`` when given (fewer tokens: the CPU table's warm-up only has to touch
+    every kind of step once). The result's ``output`` holds the token ids of the last timed run.
     """
     prompt_len = inputs["input_ids"].shape[1]
     batch = inputs["input_ids"].shape[0]
+    last: list[torch.Tensor] = []
 
-    def generate() -> float:
+    def generate(config=gen_config) -> float:
+        tokens = config.max_new_tokens
         _sync(device)
         start = time.perf_counter()
         if decoder is not None:
-            out = decoder.generate(inputs, new_tokens)
+            out = decoder.generate(inputs, tokens)
         else:
-            out = model.generate(**inputs, generation_config=gen_config)
+            out = model.generate(**inputs, generation_config=config)
         _sync(device)
         seconds = time.perf_counter() - start
-        if tuple(out.shape) != (batch, prompt_len + new_tokens):
-            raise RuntimeError(f"expected output shape {(batch, prompt_len + new_tokens)}, got {tuple(out.shape)}")
+        if tuple(out.shape) != (batch, prompt_len + tokens):
+            raise RuntimeError(f"expected output shape {(batch, prompt_len + tokens)}, got {tuple(out.shape)}")
+        last[:] = [out]
         return seconds
 
     def prefill() -> float:
@@ -373,7 +432,7 @@ def measure(model, inputs: dict[str, torch.Tensor], gen_config, *, new_tokens: i
 
     with torch.inference_mode():
         for _ in range(warmup):
-            generate()
+            generate(warmup_config or gen_config)
             prefill()
         _reset_peak(device)
         runs = [generate() for _ in range(repeats)]
@@ -391,6 +450,7 @@ def measure(model, inputs: dict[str, torch.Tensor], gen_config, *, new_tokens: i
         "decode_ms_per_token": decode if decode is None or decode > 0 else None,
         "peak_memory_gib": memory,
         "memory_kind": memory_kind,
+        "output": last[0],
     }
 
 
@@ -406,16 +466,54 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def storage_gib(model) -> float:
+    """GiB the model's parameters and buffers really occupy: the inner tensors of quantized tensor subclasses
+    (torchao's) count by their own size (``get_memory_footprint`` counts them as float)."""
+
+    def nbytes(t) -> int:
+        if hasattr(t, "__tensor_flatten__"):
+            names, _ = t.__tensor_flatten__()
+            return sum(nbytes(getattr(t, n)) for n in names)
+        return t.numel() * t.element_size()
+
+    seen: set[int] = set()
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += nbytes(t)
+    return total / 2**30
+
+
+def teacher_forced_logits(model, inputs: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+    """The logits ``model`` gives to each token after the prompt when ``ids`` (prompt + new tokens) are fed in."""
+    prompt = inputs["input_ids"].shape[1]
+    mask = torch.nn.functional.pad(inputs["image_embeds_position_mask"], (0, ids.shape[1] - prompt))
+    with torch.inference_mode():
+        out = model(pixel_values=inputs["pixel_values"], input_ids=ids, attention_mask=torch.ones_like(ids),
+                    image_embeds_position_mask=mask, use_cache=False)
+    return out.logits[:, prompt - 1:-1].float()
+
+
 def run_paths(config, paths: Sequence[str], *, batch_sizes: Sequence[int], small_batch_sizes: Sequence[int],
-              new_tokens: int, warmup: int, repeats: int, device: str, log=print) -> list[dict[str, Any]]:
-    """Measure every path at its batch sizes; one result row per (path, batch size), failures included."""
+              new_tokens: int, warmup: int, repeats: int, device: str, log=print, warmup_tokens: int | None = None,
+              work: Path | None = None) -> list[dict[str, Any]]:
+    """Measure every path at its batch sizes; one result row per (path, batch size), failures included.
+
+    With a ``work`` folder (the CPU table), bitsandbytes paths load the random weights saved there, the first
+    float32 path stores its batch-1 tokens and teacher-forced logits there as the reference, and every later
+    path's batch-1 row gets ``accuracy`` (:func:`quant.logits_agreement` against that reference).
+    """
     rows: list[dict[str, Any]] = []
     for name in paths:
         spec = PATHS[name]
-        sizes = small_batch_sizes if spec.small_batches_only else batch_sizes
+        # the CPU table (a work folder) runs every path but the compiled ones at every batch size
+        small = spec.small_batches_only and (work is None or spec.compile or spec.cache == "static")
+        sizes = small_batch_sizes if small else batch_sizes
         dtype = resolve_dtype(spec, device)
+        dtype_name = str(dtype).replace("torch.", "")
         base = {"path": name, "description": spec.description, "quantization": spec.quantization,
-                "dtype": "4-bit + " + str(dtype).replace("torch.", "") if spec.quantization else str(dtype).replace("torch.", ""),
+                "dtype": f"{spec.quantization} + {dtype_name}" if spec.quantization else dtype_name,
                 "attention": spec.attention, "cache": spec.cache,
                 # the fixed-shape decoder compiles its step on CUDA only
                 "compile": spec.compile and (device.startswith("cuda") or not spec.fixed_shape_decoder)}
@@ -426,8 +524,9 @@ def run_paths(config, paths: Sequence[str], *, batch_sizes: Sequence[int], small
             continue
         try:
             start = time.perf_counter()
-            model = build_model(config, spec, device)
-            weights = model.get_memory_footprint() / 2**30
+            weights_dir = work / "weights" if work is not None else None
+            model = build_model(config, spec, device, weights=weights_dir)
+            weights = storage_gib(model)
             log(f"{name}: model ready in {time.perf_counter() - start:.1f} s ({weights:.2f} GiB of weights)")
         except Exception as err:  # recorded, the other paths still run
             reason = _error_text(err)
@@ -438,14 +537,21 @@ def run_paths(config, paths: Sequence[str], *, batch_sizes: Sequence[int], small
         for b in sizes:
             row = {**base, "batch_size": b, "weights_gib": weights}
             try:
-                inputs = make_inputs(config, b, device, dtype if not spec.quantization else torch.float32)
+                inputs = make_inputs(config, b, device, dtype)
                 gen = generation_config(config, new_tokens, spec.cache)
+                warm = generation_config(config, min(warmup_tokens, new_tokens), spec.cache) if warmup_tokens else None
                 decoder = None
                 if spec.fixed_shape_decoder:
                     decoder = FixedShapeDecoder(model, compile_step=spec.compile and device.startswith("cuda"))
-                result = measure(model, inputs, gen, new_tokens=new_tokens, decoder=decoder,
+                load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+                result = measure(model, inputs, gen, new_tokens=new_tokens, decoder=decoder, warmup_config=warm,
                                  warmup=max(warmup, 2) if spec.compile else warmup, repeats=repeats, device=device)
+                output = result.pop("output")
                 row.update(status="ok", reason=None, **result)
+                if load_before is not None:
+                    row["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+                if work is not None and b == 1:
+                    row["accuracy"] = _accuracy(model, inputs, output, work, spec, log)
                 log(f"{name} batch {b}: {result['captions_per_s']:.2f} captions/s, "
                     f"{result['ms_per_token']:.2f} ms per token step")
             except Exception as err:  # out of memory, unsupported cache …: recorded, the run goes on
@@ -455,6 +561,58 @@ def run_paths(config, paths: Sequence[str], *, batch_sizes: Sequence[int], small
             _free(device)
         del model
         _free(device)
+    return rows
+
+
+def _accuracy(model, inputs, output: torch.Tensor, work: Path, spec: PathSpec, log) -> dict[str, Any] | None:
+    """Teacher-forced agreement with the reference float32 path (which this path becomes if there is none)."""
+    reference = work / "reference.pt"
+    if not reference.exists():
+        if spec.quantization or resolve_dtype(spec, "cpu") != torch.float32:
+            return None  # no float32 path ran first: nothing to compare with
+        torch.save({"path": spec.name, "ids": output[:1].cpu(),
+                    "logits": teacher_forced_logits(model, inputs, output[:1])}, reference)
+        return {"reference": True}
+    saved = torch.load(reference)
+    logits = teacher_forced_logits(model, inputs, saved["ids"].to(inputs["input_ids"].device))
+    result = {"against": saved["path"], **quant.logits_agreement(saved["logits"], logits.cpu())}
+    log(f"{spec.name}: logits relative error {result['relative_error']:.4f}, "
+        f"top-1 agreement {result['top1_agreement']:.3f} against {saved['path']}")
+    return result
+
+
+def run_isolated(argv: Sequence[str], paths: Sequence[str], work: Path, log=print, on_path=None) -> list[dict[str, Any]]:
+    """Run each path in its own process (this script with ``--child``), so each peak memory is that path's own."""
+    rows: list[dict[str, Any]] = []
+    if paths and not (work / "weights" / "config.json").exists():  # the random float32 weights every path loads
+        log("saving the random float32 weights every path loads")
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv, "--save-weights",
+                        str(work / "weights")], check=True)
+    for name in paths:
+        out = work / f"{name}.json"
+        if out.exists():  # measured by an earlier, interrupted run with the same work folder
+            log(f"{name}: measured earlier in {work}, kept")
+            rows.extend(json.loads(out.read_text(encoding="utf-8")))
+            if on_path is not None:
+                on_path(rows)
+            continue
+        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--paths", name, "--child", str(out),
+                   "--work", str(work)]
+        done = subprocess.run(command, text=True, capture_output=True)
+        for line in done.stdout.splitlines():
+            log(line)
+        if done.returncode == 0 and out.exists():
+            rows.extend(json.loads(out.read_text(encoding="utf-8")))
+        else:  # killed (out of memory) or crashed: one error row per batch size it would have run
+            why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            reason = f"the process ended with status {done.returncode}: {why[:250]}"
+            log(f"{name}: error — {reason}")
+            rows.append({"path": name, "description": PATHS[name].description, "batch_size": None,
+                         "status": "error", "reason": reason, "quantization": PATHS[name].quantization,
+                         "dtype": "–", "attention": PATHS[name].attention, "cache": PATHS[name].cache,
+                         "compile": PATHS[name].compile})
+        if on_path is not None:
+            on_path(rows)
     return rows
 
 
@@ -487,17 +645,32 @@ def model_support() -> dict[str, Any]:
     return out
 
 
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each measured row's speed-up per token over :data:`BASELINE` and :data:`ARTICLE` at the same batch size
+    (``None`` where that path was not measured)."""
+    seconds = {(r["path"], r["batch_size"]): r["seconds"] for r in rows if r["status"] == "ok"}
+    for r in rows:
+        if r["status"] == "ok":
+            for key, other in (("vs_fp32_eager", BASELINE), ("vs_article", ARTICLE)):
+                base = seconds.get((other, r["batch_size"]))
+                r[key] = base / r["seconds"] if base else None
+
+
 def build_report(rows: list[dict[str, Any]], *, config, tiny: bool, new_tokens: int, warmup: int, repeats: int,
-                 device: str, command: str) -> dict[str, Any]:
+                 device: str, command: str, warmup_tokens: int | None = None) -> dict[str, Any]:
     """Everything ``results.json`` holds."""
     import transformers
 
+    add_ratios(rows)
+    libraries = {name: quant._version(name) for name in ("bitsandbytes", "torchao")}
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
         "device_name": device_name(device),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "libraries": libraries,
+        "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "command": command,
         "model": {
@@ -508,6 +681,7 @@ def build_report(rows: list[dict[str, Any]], *, config, tiny: bool, new_tokens: 
         "new_tokens": new_tokens,
         "prompt_tokens": 3 + config.latent_query_num + PROMPT_TOKENS,
         "warmup_runs": warmup,
+        "warmup_tokens": warmup_tokens or new_tokens,
         "timed_runs": repeats,
         "support": model_support(),
         "results": rows,
@@ -533,27 +707,38 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"- date: {report['date']}",
         f"- device: {report['device_name']} ({report['device']})",
-        f"- torch {report['torch']}, transformers {report['transformers']}, Python {report['python']}",
+        f"- torch {report['torch']}, transformers {report['transformers']}, "
+        + "".join(f"{k} {v}, " for k, v in report.get("libraries", {}).items() if v)
+        + f"Python {report['python']}, {report.get('threads', '?')} torch threads",
         f"- command: `{report['command']}`",
         f"- model: {model['config']}, {size_text} parameters, {model['weights']}",
         f"- {report['new_tokens']} forced new tokens per caption after a {report['prompt_tokens']}-token prompt; "
-        f"{report['warmup_runs']} warm-up run(s) left out, median of {report['timed_runs']} timed run(s)",
+        f"{report['warmup_runs']} warm-up run(s) of {report.get('warmup_tokens', report['new_tokens'])} tokens "
+        f"left out, median of {report['timed_runs']} timed run(s)",
         "- ms/token = wall time of one `generate` call ÷ new tokens (one step makes a token for every image "
         "of the batch); prefill = one forward pass over image and prompt; decode ms/token = (generate − prefill) "
         "÷ (new tokens − 1), an estimate",
         f"- peak memory: {', '.join(memory_kinds) or 'not measured'}",
         "",
+        f"- × {BASELINE} / × {ARTICLE}: how many times faster per token than that path at the same batch size; "
+        "logits error and top-1: teacher-forced against the float32 reference (batch 1)",
+        "",
         "| path | weights | attention | cache | compile | batch | captions/s | ms/token | prefill ms | "
-        "decode ms/token | peak GiB | status |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        f"decode ms/token | weights GiB | peak GiB | × {BASELINE} | × {ARTICLE} | logits error | top-1 | status |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["results"]:
         ok = r["status"] == "ok"
+        accuracy = r.get("accuracy") or {}
+        ratio = lambda key: f"{r[key]:.2f}×" if ok and r.get(key) else "–"  # noqa: E731
         lines.append("| " + " | ".join([
-            r["path"], r["dtype"], r["attention"], r["cache"], "yes" if r["compile"] else "no", str(r["batch_size"]),
+            r["path"], r["dtype"], r["attention"], r["cache"], "yes" if r["compile"] else "no", _fmt(r["batch_size"]),
             _fmt(r.get("captions_per_s")) if ok else "–", _fmt(r.get("ms_per_token")) if ok else "–",
             _fmt(r.get("prefill_ms"), 1) if ok else "–", _fmt(r.get("decode_ms_per_token")) if ok else "–",
-            _fmt(r.get("peak_memory_gib")) if ok else "–", r["status"],
+            _fmt(r.get("weights_gib")) if ok else "–", _fmt(r.get("peak_memory_gib")) if ok else "–",
+            ratio("vs_fp32_eager"), ratio("vs_article"),
+            "reference" if accuracy.get("reference") else _fmt(accuracy.get("relative_error"), 4),
+            _fmt(accuracy.get("top1_agreement"), 3), r["status"],
         ]) + " |")
     notes = [r for r in report["results"] if r["status"] != "ok"]
     seen: set[tuple[str, str]] = set()
@@ -569,12 +754,43 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """Write ``results.json`` and ``results.md`` into ``out``; return both paths."""
+def cpu_summary(report: dict[str, Any], small: int = 1, large: int = 8) -> str:
+    """The CPU table in short (``summary.md``): one row per path, seconds per token at batch ``small``,
+    captions per second at batch ``large``, the path's peak memory, the speed-ups and the logits' agreement."""
+    rows: dict[str, dict[int | None, dict]] = {}
+    for r in report["results"]:
+        rows.setdefault(r["path"], {})[r["batch_size"]] = r
+    lines = [f"| path | weights | s/token, batch {small} | captions/s, batch {large} | peak GiB | "
+             f"× {BASELINE} | × {ARTICLE} | logits error | top-1 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for path, by_batch in rows.items():
+        one, many = by_batch.get(small) or {}, by_batch.get(large) or {}
+        ok_one, ok_many = one.get("status") == "ok", many.get("status") == "ok"
+        if not (ok_one or ok_many):
+            lines.append(f"| {path} | – | – | – | – | – | – | – | – |")
+            continue
+        first = one if ok_one else many
+        accuracy = one.get("accuracy") or {}
+        peak = max(r.get("peak_memory_gib") or 0 for r in by_batch.values() if r.get("status") == "ok")
+        lines.append("| " + " | ".join([
+            path, first["dtype"], _fmt(one["seconds"] / report["new_tokens"], 3) if ok_one else "–",
+            _fmt(many.get("captions_per_s"), 3) if ok_many else "–", _fmt(peak),
+            f"{one['vs_fp32_eager']:.2f}×" if ok_one and one.get("vs_fp32_eager") else "–",
+            f"{one['vs_article']:.2f}×" if ok_one and one.get("vs_article") else "–",
+            "reference" if accuracy.get("reference") else _fmt(accuracy.get("relative_error"), 4),
+            _fmt(accuracy.get("top1_agreement"), 3),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out: Path, summary: bool = False) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` (and with ``summary`` the CPU table's ``summary.md``) into
+    ``out``; return the first two paths."""
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "results.json", out / "results.md"
     json_path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     md_path.write_text(to_markdown(report), encoding="utf-8")
+    if summary:
+        (out / "summary.md").write_text(cpu_summary(report), encoding="utf-8")
     return json_path, md_path
 
 
@@ -588,16 +804,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark Kosmos-2 grounding paths (full-size architecture, random weights).",
     )
     parser.add_argument("--tiny", action="store_true", help="a tiny model that runs on a CPU in seconds (for tests)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for results.json and results.md")
+    parser.add_argument("--cpu-table", action="store_true",
+                        help="the CPU table: CPU paths, each in its own process, --threads threads, batch 1 and 8, "
+                             "one short warm-up and one timed run, logits scored against float32")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for results.json and results.md (bench/results; with --cpu-table bench/results/cpu)")
     parser.add_argument("--new-tokens", type=int, default=64, metavar="N", help="forced new tokens per caption (64)")
-    parser.add_argument("--batch-sizes", default="1,8,64", help="batch sizes for the precision paths (1,8,64)")
+    parser.add_argument("--batch-sizes", default=None, help="batch sizes for the precision paths (1,8,64; CPU table 1,8)")
     parser.add_argument("--static-batch-sizes", default="1", help="batch sizes for article, static, compile (1)")
     parser.add_argument("--paths", default=None,
                         help=f"comma-separated, from {', '.join(PATHS)} (default {','.join(DEFAULT_PATHS)}; "
-                             f"with --tiny {','.join(DEFAULT_TINY_PATHS)})")
+                             f"with --tiny {','.join(DEFAULT_TINY_PATHS)}; with --cpu-table {','.join(CPU_PATHS)})")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (1; compile uses at least 2)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported (3)")
+    parser.add_argument("--warmup-tokens", type=int, default=None, metavar="N",
+                        help="new tokens of each warm-up run (default --new-tokens; CPU table 4)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs; the median is reported (3; CPU table 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's; CPU table 2)")
     parser.add_argument("--device", default=None, help="cuda, cpu … (default: a CUDA GPU when there is one)")
+    parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # one path of --cpu-table
+    parser.add_argument("--work", type=Path, default=None,
+                        help="with --cpu-table: a folder that keeps the random weights and each path's results; "
+                             "paths already measured there are kept, not run again (resumes an interrupted run)")
+    parser.add_argument("--save-weights", type=Path, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -605,12 +833,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns the exit code (2 for bad options)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    table = args.cpu_table
+    if table:
+        if args.device not in (None, "cpu"):
+            parser.error("--cpu-table runs on the CPU; leave --device out")
+        args.device = "cpu"
+        args.batch_sizes = args.batch_sizes or "1,8"
+        args.repeats = args.repeats or 1
+        args.threads = args.threads or 2
+        args.warmup_tokens = args.warmup_tokens or 4
+    default_paths = (CPU_TINY_PATHS if args.tiny else CPU_PATHS) if table else (
+        DEFAULT_TINY_PATHS if args.tiny else DEFAULT_PATHS)
     try:
-        paths = parse_paths(args.paths) if args.paths else list(DEFAULT_TINY_PATHS if args.tiny else DEFAULT_PATHS)
-        batch_sizes = parse_batch_sizes(args.batch_sizes)
+        paths = parse_paths(args.paths) if args.paths else list(default_paths)
+        batch_sizes = parse_batch_sizes(args.batch_sizes or "1,8,64")
         small_sizes = parse_batch_sizes(args.static_batch_sizes, "--static-batch-sizes")
+        repeats = 3 if args.repeats is None else args.repeats
         for option, value, least in (("--new-tokens", args.new_tokens, 1), ("--warmup", args.warmup, 0),
-                                     ("--repeats", args.repeats, 1)):
+                                     ("--repeats", repeats, 1), ("--threads", args.threads or 1, 1),
+                                     ("--warmup-tokens", args.warmup_tokens or 1, 1)):
             if value < least:
                 raise ValueError(f"{option} must be at least {least}, got {value}")
     except ValueError as err:
@@ -618,20 +859,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {device} asked for, but torch sees no CUDA GPU")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    from transformers.utils import logging as hf_logging
+    with quant.quiet_imports():  # transformers imports torchao, when installed, which reports optional kernels
+        from transformers import Kosmos2ForConditionalGeneration  # noqa: F401
+        from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     config = tiny_config() if args.tiny else full_config()
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if args.save_weights is not None:  # the CPU table's random weights, saved in a process of their own
+        save_random_weights(config, args.save_weights)
+        return 0
+    if args.child is not None:  # one path of the CPU table, in its own process
+        rows = run_paths(config, paths, batch_sizes=batch_sizes, small_batch_sizes=small_sizes,
+                         new_tokens=args.new_tokens, warmup=args.warmup, repeats=repeats, device=device, log=log,
+                         warmup_tokens=args.warmup_tokens, work=args.work)
+        args.child.write_text(json.dumps(rows), encoding="utf-8")
+        return 0
+    out = args.out or Path("bench/results/cpu" if table else "bench/results")
     command = " ".join(shlex.quote(a) for a in ["python", "bench/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"Kosmos-2 benchmark on {device_name(device)}: paths {', '.join(paths)}", flush=True)
-    rows = run_paths(config, paths, batch_sizes=batch_sizes, small_batch_sizes=small_sizes,
-                     new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats, device=device,
-                     log=lambda s: print(s, flush=True))
-    report = build_report(rows, config=config, tiny=args.tiny, new_tokens=args.new_tokens, warmup=args.warmup,
-                          repeats=args.repeats, device=device, command=command)
-    json_path, md_path = write_report(report, args.out)
+
+    def report_of(rows):
+        return build_report(rows, config=config, tiny=args.tiny, new_tokens=args.new_tokens, warmup=args.warmup,
+                            repeats=repeats, device=device, command=command, warmup_tokens=args.warmup_tokens)
+
+    if table:
+        forwarded = ["--cpu-table", "--new-tokens", str(args.new_tokens), "--batch-sizes", args.batch_sizes,
+                     "--static-batch-sizes", args.static_batch_sizes, "--warmup", str(args.warmup),
+                     "--warmup-tokens", str(args.warmup_tokens), "--repeats", str(repeats),
+                     "--threads", str(args.threads), *(["--tiny"] if args.tiny else [])]
+        with contextlib.ExitStack() as stack:
+            # --work keeps the weights and each path's rows, so that an interrupted run can resume
+            work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kosmos2-cpu-table-")))
+            work.mkdir(parents=True, exist_ok=True)
+            rows = run_isolated(forwarded, paths, work, log=log,
+                                on_path=lambda so_far: write_report(report_of(list(so_far)), out, summary=True))
+    else:
+        rows = run_paths(config, paths, batch_sizes=batch_sizes, small_batch_sizes=small_sizes,
+                         new_tokens=args.new_tokens, warmup=args.warmup, repeats=repeats, device=device, log=log,
+                         warmup_tokens=args.warmup_tokens)
+    json_path, md_path = write_report(report_of(rows), out, summary=table)
     print(f"wrote {json_path} and {md_path}")
     return 0
 

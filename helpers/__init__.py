@@ -7,6 +7,7 @@
     images      loading images from paths, URLs and bytes (EXIF orientation, size limits)
     plotting    boxes drawn on images, highlighted captions, the location grid
     model       loading a Kosmos-2 model (the real one or the bundled one) and grounding images
+    quantization  4-bit and 8-bit weights: bitsandbytes (the article's) and torchao's CPU paths
     evaluation  scoring predicted boxes and captions against the truth
     refcoco     RefCOCO-style annotation files and comprehension accuracy
     finetune    fine-tuning Kosmos-2 on your own boxes: LoRA adapters (QLoRA on a 4-bit base)
@@ -54,6 +55,7 @@ for _module, _names in {
     "grounding.plotting": "PALETTE draw_entities draw_user_box highlight_caption draw_grid entity_colour",
     "grounding.model": ("REAL_MODEL ModelLoadError load ground resolve_source real_model_cached try_gpu "
                         "default_dtype"),
+    "grounding.quantization": "QUANTIZATIONS QuantizationError",
     "grounding.evaluation": ("IOU_THRESHOLD HELD_OUT_SEED Score CaptionScores score_boxes score_caption "
                              "phrases_match box_hits names_object answer_after evaluate"),
     "grounding.refcoco": "RefCocoFormatError load_refcoco scenes_to_refcoco evaluate_comprehension",

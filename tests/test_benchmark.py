@@ -149,3 +149,62 @@ def test_fixed_shape_decoder_writes_what_generate_writes():
     assert torch.equal(first, expected) and torch.equal(again, expected)
     captions = processor.batch_decode(first, skip_special_tokens=True)
     assert len(set(captions)) == 3 and all("<phrase>" in c for c in captions)
+
+
+# --------------------------------------------------------------------------------------------- the CPU table
+
+CPU_PATHS = ["fp32-eager", "article", "int4"]
+
+
+@pytest.fixture(scope="module")
+def cpu_table(tmp_path_factory) -> tuple[dict, str, str, object]:
+    """``--cpu-table --tiny``: each path in its own process, a kept work folder, then the same command again."""
+    out, work = tmp_path_factory.mktemp("cpu-table"), tmp_path_factory.mktemp("cpu-work")
+    args = ["--cpu-table", "--tiny", "--out", str(out), "--work", str(work), "--new-tokens", "2",
+            "--batch-sizes", "1,2", "--paths", ",".join(CPU_PATHS)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=900,
+                         cwd=repo_root(), env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    again = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300,
+                           cwd=repo_root(), env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    return report, (out / "summary.md").read_text(encoding="utf-8"), again.stdout, work
+
+
+def test_cpu_table_runs_every_path_at_every_batch_size_with_two_threads(cpu_table):
+    report, _, _, _ = cpu_table
+    assert report["threads"] == 2 and report["device"] == "cpu" and report["timed_runs"] == 1
+    assert report["warmup_tokens"] == 2  # the short warm-up, capped at --new-tokens
+    assert [(r["path"], r["batch_size"], r["status"]) for r in report["results"]] == [
+        (p, b, "ok") for p in CPU_PATHS for b in (1, 2)]
+    assert set(report["libraries"]) == {"bitsandbytes", "torchao"}
+    rows = {(r["path"], r["batch_size"]): r for r in report["results"]}
+    assert rows[("article", 1)]["dtype"] == "4bit + float32" and rows[("int4", 1)]["dtype"] == "int4 + bfloat16"
+    # each path ran in a process of its own: a peak memory of its own
+    assert len({rows[(p, 1)]["peak_memory_gib"] for p in CPU_PATHS}) == len(CPU_PATHS)
+
+
+def test_cpu_table_ratios_and_logits_agreement(cpu_table):
+    report, summary, _, _ = cpu_table
+    rows = {(r["path"], r["batch_size"]): r for r in report["results"]}
+    for (path, batch), r in rows.items():
+        assert r["vs_fp32_eager"] == pytest.approx(rows[("fp32-eager", batch)]["seconds"] / r["seconds"])
+        assert r["vs_article"] == pytest.approx(rows[("article", batch)]["seconds"] / r["seconds"])
+    assert rows[("fp32-eager", 1)]["accuracy"] == {"reference": True}
+    for path in ("article", "int4"):
+        accuracy = rows[(path, 1)]["accuracy"]
+        assert accuracy["against"] == "fp32-eager"
+        assert 0 < accuracy["relative_error"] < 0.5 and 0 <= accuracy["top1_agreement"] <= 1
+        assert "accuracy" not in rows[(path, 2)]
+    lines = [line for line in summary.splitlines() if line.startswith("| ") and "path" not in line]
+    assert [line.split("|")[1].strip() for line in lines] == CPU_PATHS
+    assert "reference" in lines[0] and "1.00×" in lines[1]  # the article against itself
+
+
+def test_cpu_table_resumes_from_its_work_folder(cpu_table):
+    _, _, second_stdout, work = cpu_table
+    for path in CPU_PATHS:
+        assert f"{path}: measured earlier in {work}, kept" in second_stdout
+    assert "saving the random float32 weights" not in second_stdout

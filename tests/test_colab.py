@@ -206,3 +206,32 @@ def test_cell_names_the_repository_once_and_compiles() -> None:
     assert colab.COLAB_CELL.count(colab.REPO_URL) == 1
     compile(colab.COLAB_CELL, "<set-up cell>", "exec")
     assert colab.REPO_URL == "https://github.com/kosmos2-course/kosmos2-grounding-course"
+
+
+# --- install_extra ---------------------------------------------------------------------------------------
+
+
+def test_install_extra_on_colab_pip_installs_the_extra_of_the_clone(on_colab: None, tmp_path: Path) -> None:
+    run = Recorder()
+    message = colab.install_extra("quant", target=tmp_path, run=run)
+    assert run.calls == [([sys.executable, "-m", "pip", "install", "-q", "-e", f"{tmp_path}[quant]"], {"check": True})]
+    assert "bitsandbytes, torchao" in message
+
+
+def test_install_extra_elsewhere_installs_nothing_and_reports(not_colab: None, monkeypatch) -> None:
+    from importlib import metadata
+
+    run = Recorder()
+    assert colab.install_extra("quant", run=run) == "Not on Colab: bitsandbytes and torchao are installed."
+    real = metadata.version
+
+    def without_torchao(name: str) -> str:
+        if name == "torchao":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(metadata, "version", without_torchao)
+    assert "torchao missing here; add them with pip install -e '.[quant]'" in colab.install_extra("quant", run=run)
+    assert run.calls == []
+    with pytest.raises(ValueError, match="extra must be one of 'quant', got 'gpu'"):
+        colab.install_extra("gpu", run=run)

@@ -265,9 +265,9 @@ def test_uncached_hub_id_offline_fails_fast_without_network(offline, monkeypatch
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"quantization": "3bit"}, ValueError, r"quantization must be None, '4bit' or '8bit', got '3bit'"),
-        ({"quantization": "4bit", "device": "cpu"}, ValueError, r"4bit quantization needs a CUDA GPU"),
-        ({"quantization": "8bit", "device": "cpu"}, ValueError, r"8bit quantization needs a CUDA GPU"),
+        ({"quantization": "3bit"}, ValueError, r"quantization must be None \(let load\(\) choose\) or one of "
+                                               r"'4bit', 'nf4', '8bit', 'int8', 'int4', 'none', got '3bit'"),
+        ({"quantization": "int4", "dtype": "float32"}, ValueError, r"'int4' computes in bfloat16"),
         ({"dtype": "float33"}, ValueError, r"dtype must be a torch dtype or its name"),
         ({"dtype": "nn"}, ValueError, r"dtype must be a torch dtype or its name \(e\.g\. 'bfloat16'\), got 'nn'"),
         ({"dtype": 16}, ValueError, r"got int: 16"),

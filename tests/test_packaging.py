@@ -29,6 +29,12 @@ def _pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
+def _tested_requirements(project: dict) -> list[str]:
+    """What `make test` installs: the dependencies and the test and quant extras."""
+    extras = project["optional-dependencies"]
+    return project["dependencies"] + extras["test"] + extras["quant"]
+
+
 def _specs(requirements: list[str]) -> dict[str, str]:
     """Map canonical package name to its version specifier string (sorted, comparable)."""
     out: dict[str, str] = {}
@@ -76,7 +82,7 @@ def test_torch_is_a_range_so_colab_keeps_its_own() -> None:
 
 def test_installed_versions_satisfy_the_declared_ranges() -> None:
     project = _pyproject()["project"]
-    for text in project["dependencies"] + project["optional-dependencies"]["test"]:
+    for text in _tested_requirements(project):
         req = Requirement(text)
         installed = metadata.version(req.name)
         assert req.specifier.contains(installed, prereleases=True), f"{req.name} {installed} not in {req}"
@@ -93,7 +99,7 @@ def test_environment_yml_is_generated_from_pyproject() -> None:
         sys.path.remove(str(ROOT / "tools"))
     text = environment_yml()
     project = _pyproject()["project"]
-    for spec in project["dependencies"] + project["optional-dependencies"]["test"]:
+    for spec in _tested_requirements(project):
         assert f'      - "{spec}"\n' in text
     assert (ROOT / "environment.yml").read_text(encoding="utf-8") == text, "run `make environment.yml`"
 
@@ -115,7 +121,7 @@ def _constraints() -> dict[str, str]:
 def test_constraints_pin_every_dependency_inside_its_range() -> None:
     pins = _constraints()
     project = _pyproject()["project"]
-    for text in project["dependencies"] + project["optional-dependencies"]["test"]:
+    for text in _tested_requirements(project):
         req = Requirement(text)
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is not pinned in constraints.txt (make lock)"
@@ -126,7 +132,7 @@ def test_constraints_pin_every_dependency_inside_its_range() -> None:
 def test_the_tests_run_with_the_pinned_versions() -> None:
     pins = _constraints()
     project = _pyproject()["project"]
-    for text in project["dependencies"] + project["optional-dependencies"]["test"]:
+    for text in _tested_requirements(project):
         name = canonicalize_name(Requirement(text).name)
         installed = metadata.version(name).split("+")[0]  # torch's local label (+cpu) is not part of the pin
         assert installed == pins[name], f"{name} {installed} installed, constraints.txt pins {pins[name]}"
@@ -255,7 +261,7 @@ def test_install_stamp_creates_the_venv_and_installs_torch_first(tmp_path: Path)
     assert lines == [
         f"test -x {venv}/bin/python || python3 -m venv {venv}",
         f'{venv}/bin/pip install -c constraints.txt "torch==2.13.0"',
-        f'{venv}/bin/pip install -c constraints.txt -e ".[test]"',
+        f'{venv}/bin/pip install -c constraints.txt -e ".[test,quant]"',
         f"touch {venv}/.installed",
         f"{venv}/bin/python -m pytest",
     ]
@@ -267,7 +273,7 @@ def test_install_stamp_is_redone_when_pyproject_changes(tmp_path: Path) -> None:
     older = (ROOT / "pyproject.toml").stat().st_mtime - 10
     os.utime(venv / ".installed", (older, older))
     done = _make("-n", f"VENV={venv}", "test")
-    assert f'{venv}/bin/pip install -c constraints.txt -e ".[test]"' in done.stdout.splitlines()
+    assert f'{venv}/bin/pip install -c constraints.txt -e ".[test,quant]"' in done.stdout.splitlines()
 
 
 def test_ci_runs_make_test_and_nothing_else(tmp_path: Path) -> None:

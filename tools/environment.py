@@ -1,7 +1,7 @@
 """Print the conda environment file of the course, made from pyproject.toml (``make environment.yml``).
 
-The pip list is the project's dependencies plus its ``test`` extra, then the course itself (``-e .``);
-the optional ``gpu`` extra is left out (``pip install -e ".[gpu]"`` on a CUDA machine).
+The pip list is the project's dependencies plus its ``test`` and ``quant`` extras (the quantized-weight
+libraries, for the CPU paths as much as the GPU ones), then the course itself (``-e .``).
 tests/test_packaging.py checks that environment.yml is what this prints.
 """
 
@@ -20,14 +20,13 @@ def environment_yml(pyproject: Path = ROOT / "pyproject.toml") -> str:
     python = re.fullmatch(r">=\s*(\d+\.\d+)", project["requires-python"])
     if python is None:
         raise ValueError(f"expected requires-python of the form '>=3.X', got {project['requires-python']!r}")
-    pip = project["dependencies"] + project["optional-dependencies"]["test"] + ["-e ."]
+    extras = project["optional-dependencies"]
+    pip = project["dependencies"] + extras["test"] + extras["quant"] + ["-e ."]
     lines = [
         "# Conda environment for the Kosmos-2 grounding course, generated from pyproject.toml by",
         "# `make environment.yml` (tools/environment.py): do not edit by hand.",
         "#   conda env create -f environment.yml   (run from the root of a clone)",
         f"#   conda activate {project['name']}",
-        "# The optional [gpu] extra (bitsandbytes) is left out: add it on a CUDA machine with",
-        '#   pip install -e ".[gpu]"',
         f"name: {project['name']}",
         "channels:",
         "  - conda-forge",

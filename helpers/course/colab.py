@@ -122,3 +122,40 @@ def colab_setup(
     site.addsitedir(str(path))
     importlib.invalidate_caches()
     return f"Colab set-up done: {cloned}, installed it with pip install -e and added it to this kernel."
+
+
+#: The course's optional extras (pyproject.toml) that a notebook may install, and the packages in each.
+EXTRAS = {"quant": ("bitsandbytes", "torchao")}
+
+
+def install_extra(extra: str, target: str | os.PathLike[str] = DEFAULT_TARGET, run: Runner = subprocess.run) -> str:
+    """Install one of the course's optional extras where the notebook runs; ``"quant"`` holds bitsandbytes and
+    torchao, for the quantized paths of ``load(quantization=...)``.
+
+    On Colab it runs ``pip install -e "target[extra]"`` with the kernel's interpreter (the packages import in
+    the running kernel at once). Elsewhere it installs nothing and says which of the packages are missing and
+    how to add them from a clone.
+
+    Raises:
+        ValueError: ``extra`` is not one of :data:`EXTRAS`.
+        subprocess.CalledProcessError: the install failed (raised by ``run``).
+    """
+    from importlib import metadata
+
+    if extra not in EXTRAS:
+        raise ValueError(f"extra must be one of {', '.join(map(repr, EXTRAS))}, got {extra!r}")
+    packages = EXTRAS[extra]
+    if in_colab():
+        run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{target}[{extra}]"], check=True)
+        importlib.invalidate_caches()
+        return f"Colab: installed the course's [{extra}] extra ({', '.join(packages)})."
+    missing = []
+    for name in packages:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+    if missing:
+        return (f"Not on Colab: {', '.join(missing)} missing here; add them with pip install -e '.[{extra}]' "
+                "in your clone of the course.")
+    return f"Not on Colab: {' and '.join(packages)} are installed."

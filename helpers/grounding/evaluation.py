@@ -212,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import json
 
     from helpers.grounding.model import load
+    from helpers.grounding.quantization import QUANTIZATIONS
     from helpers.world.scenes import sample_scenes
 
     parser = argparse.ArgumentParser(prog="python -m helpers evaluate",
@@ -219,9 +220,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=220)
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--quantization", default=None, choices=QUANTIZATIONS,
+                        help="load the model with these weights (see load()); default: load() chooses")
     parser.add_argument("--json", default=None, help="also write the report as JSON here")
     args = parser.parse_args(argv)
-    model, processor = load(args.model)
+    model, processor = load(args.model, quantization=args.quantization)
     scenes = sample_scenes(args.scenes, seed=args.seed)
     report = evaluate(model, processor, scenes)
     print(report.table())

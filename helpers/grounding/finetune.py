@@ -546,7 +546,7 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
     check_kosmos2(base)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model, processor = load(str(base), quantization=cfg.quantization, device=cfg.device, verbose=False,
+    model, processor = load(str(base), quantization=cfg.quantization or "none", device=cfg.device, verbose=False,
                             dtype="float32" if not cfg.quantization else None)
     signature = base_signature(model)
     if resume:
@@ -842,7 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision", action="store_true", help="adapters in the vision tower too")
     p.add_argument("--new-words", nargs="+", default=(), metavar="WORD",
                    help="words the base never wrote (e.g. a new category name): their token embeddings are trained")
-    p.add_argument("--quantization", choices=["4bit"], default=None, help="4-bit base (QLoRA)")
+    p.add_argument("--quantization", choices=["4bit", "nf4"], default=None,
+                   help="4-bit base (QLoRA; nf4 is the QLoRA paper's data type, 4bit the article's FP4)")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in the backward pass (default: on with --quantization 4bit)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")

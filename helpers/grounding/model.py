@@ -28,7 +28,6 @@ from helpers.grounding.tokens import Grounding, parse_generation
 
 REAL_MODEL = "microsoft/kosmos-2-patch14-224"
 _HUB_PROBE_URL = "https://huggingface.co/api/models/" + REAL_MODEL
-_QUANTIZATIONS = (None, "4bit", "8bit")
 
 #: Functions called as ``hook(images, prompts, results)`` after every :func:`ground` call, with the RGB
 #: images, one prompt per image and the results. Empty unless something adds to it: the course's main job
@@ -51,14 +50,19 @@ class LoadInfo:
     quantization: str | None
     reason: str
     parameters: int
+    quantization_reason: str = ""  # why load() chose the quantization by itself ("" when asked for or none)
     adapter: str | None = None
 
     def banner(self) -> str:
+        from helpers.grounding.quantization import DESCRIPTIONS
+
         size = f"{self.parameters / 1e6:.1f} M" if self.parameters < 1e9 else f"{self.parameters / 1e9:.2f} B"
-        quant = f", {self.quantization}" if self.quantization else ""
+        quant = f", {DESCRIPTIONS[self.quantization]}" if self.quantization else ""
         name = "bundled model kosmos2-tiny-world" if self.bundled else self.source
         adapter = f" with the adapters in {self.adapter}" if self.adapter else ""
         line = f"Loaded {name}{adapter} ({size} parameters) on {self.device}, {self.dtype}{quant} — {self.reason}."
+        if self.quantization_reason:
+            line += f" {self.quantization_reason}."
         if self.bundled:
             line += (" It only knows its synthetic world (coloured shapes, a snowman, a fire, Kumo);"
                      f" load {REAL_MODEL} for real photos.")
@@ -240,17 +244,22 @@ def load(
 ):
     """Load ``(model, processor)``; see the module docstring for how the model is chosen.
 
+    ``quantization`` is one of :data:`helpers.quantization.QUANTIZATIONS`: ``"4bit"`` (the article's FP4),
+    ``"nf4"`` and ``"8bit"`` (bitsandbytes, on a CUDA GPU or the CPU), ``"int8"`` and ``"int4"`` (torchao, CPU)
+    or ``"none"``; ``None`` lets :func:`helpers.quantization.plan` choose (on a CPU, the fastest measured path
+    for the real model's size; float weights otherwise), and the banner says what it chose. ``dtype`` (a
+    floating ``torch.dtype`` or its name) defaults to :func:`default_dtype` of the device (bfloat16 for
+    ``"int4"``); ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``) to :func:`try_gpu`.
+
     ``adapter`` is a folder of LoRA adapters saved by ``python -m helpers finetune``: they are checked
     against the base and attached (the model becomes a ``peft.PeftModel``). Merge them into the weights for
     faster generation with ``model = model.merge_and_unload()``.
 
-    ``quantization`` is ``None``, ``"4bit"`` or ``"8bit"`` (bitsandbytes, CUDA only). ``dtype`` (a floating
-    ``torch.dtype`` or its name) defaults to :func:`default_dtype` of the device; ``device`` (``"cpu"``,
-    ``"cuda"``, ``"cuda:N"`` or ``"mps"``) to :func:`try_gpu`.
-
     Raises:
         TypeError: ``model`` is not a str, a path or None; ``device`` is not a str.
         ValueError: a bad ``quantization``, ``dtype`` or ``device`` (or one this machine does not have).
+        helpers.quantization.QuantizationError: (a ``ValueError``) a quantization this machine cannot do: the
+            library missing or too old, or the wrong device; the message says what to install or choose.
         ModelLoadError: the model could not be found or loaded (missing folder, no config.json, no
             safetensors weights, corrupt files, a hub id that is not cached while offline, custom code).
             The message says how to get the real model and that the bundled one is the offline fallback.
@@ -262,12 +271,14 @@ def load(
     if isinstance(model, str) and not model.strip():
         raise ModelLoadError("model is an empty string: expected a model directory or a hub id like "
                              f"'{REAL_MODEL}'; pass None to let load() choose." + _how_to_get_help())
-    if quantization not in _QUANTIZATIONS:
-        raise ValueError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
+    from helpers.grounding import quantization as quant
+
+    quant.check_name(quantization)
     dtype = _check_dtype(dtype)
     if device is not None:
         device = _check_device(device)
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    with quant.quiet_imports():  # transformers imports torchao, when installed, which reports optional kernels
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
     source, reason = resolve_source(model)
     bundled = Path(source).exists() and Path(source).resolve() == bundled_model_dir().resolve()
@@ -279,42 +290,58 @@ def load(
         raise ModelLoadError(f"{source!r} looks like a hub id, but HF_HUB_OFFLINE=1 and it is not in the local "
                              "cache (nor is there a local directory of that name)." + _how_to_get_help())
     device = device or try_gpu()
-    dtype = dtype or default_dtype(device)
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": False}
-    if quantization:
-        if not device.startswith("cuda"):
-            raise ValueError(f"{quantization} quantization needs a CUDA GPU (bitsandbytes); this device is {device!r}")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit",
-            bnb_4bit_compute_dtype=dtype,
-        )
-        kwargs["device_map"] = {"": 0}
+    if quantization is not None:  # a quantization this machine cannot do is refused before loading anything
+        quant.plan(quantization, device, dtype, None)
+    size = None
     try:
         with _quiet():
             processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
-            net = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
-    except ModelLoadError:
-        raise
+            if quantization is None and device == "cpu":  # load() chooses by the model's size
+                size = _parameters_from_config(source)
     except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
         raise _load_failure(source, err) from err
-    if not quantization:
+    chosen = quant.plan(quantization, device, dtype, size)
+    kwargs = {**quant.from_pretrained_kwargs(chosen, device), "use_safetensors": True, "trust_remote_code": False}
+    try:
+        with _quiet():
+            net = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
+        raise _load_failure(source, err) from err
+    if chosen.quantization in quant.BITSANDBYTES:  # its packed 4-bit weights count two per element
+        parameters = size or _parameters_from_config(source)
+    else:
+        parameters = sum(p.numel() for p in net.parameters())
+    if chosen.quantization not in quant.BITSANDBYTES:  # bitsandbytes placed the weights already
         net = net.to(device)
+    if chosen.quantization in quant.TORCHAO:
+        quant.quantize(net, chosen.quantization)
     if adapter is not None:
         from helpers.grounding.finetune import attach_adapter
 
         net = attach_adapter(net, adapter)
+        parameters = sum(p.numel() for p in net.parameters()) if chosen.quantization not in quant.BITSANDBYTES \
+            else parameters
     net.eval()
     info = LoadInfo(
-        source=source, bundled=bundled, device=str(device), dtype=str(dtype).replace("torch.", ""),
-        quantization=quantization, reason=reason, parameters=sum(p.numel() for p in net.parameters()),
-        adapter=str(adapter) if adapter is not None else None,
+        source=source, bundled=bundled, device=str(device), dtype=str(chosen.dtype).replace("torch.", ""),
+        quantization=chosen.quantization, reason=reason, parameters=parameters,
+        quantization_reason=chosen.reason, adapter=str(adapter) if adapter is not None else None,
     )
     net.load_info = info
     if verbose:
         print(info.banner())
     return net, processor
+
+
+def _parameters_from_config(source: str) -> int:
+    """Parameters of the model at ``source``, counted from its config on the meta device (no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    with torch.device("meta"):
+        skeleton = AutoModelForImageTextToText.from_config(config)
+    return sum(p.numel() for p in skeleton.parameters())
 
 
 def _looks_like_hub_id(name: str) -> bool:

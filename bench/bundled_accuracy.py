@@ -1,0 +1,119 @@
+"""Evaluate the bundled model with every quantization path and compare each metric with float32.
+
+Each path loads ``data/kosmos2-tiny-world`` through ``load(quantization=...)`` and runs the course's
+evaluation (:func:`helpers.grounding.evaluation.evaluate`) on the same held-out scenes. A path passes when
+every metric stays within ``--tolerance`` percentage points of float32's. Results go to
+``OUT/bundled_accuracy.json`` and ``OUT/bundled_accuracy.md``.
+
+    python bench/bundled_accuracy.py --out bench/results/cpu          # 220 scenes, every path (minutes)
+    python bench/bundled_accuracy.py --scenes 8 --out /tmp/accuracy    # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+#: Paths compared with float32 (``"none"``), in the order of the table.
+PATHS = ("4bit", "nf4", "8bit", "int8", "int4")
+METRICS = ("caption_phrase_recall", "caption_box_hit", "caption_phrase_precision", "comprehension_box_hit",
+           "qa_names_object", "generation_names_object")
+
+
+def compare(scenes: int, seed: int, paths: Sequence[str] = PATHS, tolerance: float = 1.0, log=print) -> dict[str, Any]:
+    """Metrics of float32 and of each path on the same ``scenes`` held-out scenes, with differences in points."""
+    import torch
+
+    from helpers.course.paths import bundled_model_dir
+    from helpers.grounding.evaluation import evaluate
+    from helpers.grounding.model import load
+    from helpers.world.scenes import sample_scenes
+
+    world = sample_scenes(scenes, seed=seed)
+    results: dict[str, Any] = {}
+    for name in ("none", *paths):
+        model, processor = load(bundled_model_dir(), quantization=name, device="cpu", verbose=False)
+        report = evaluate(model, processor, world).as_dict()
+        results[name] = {"dtype": model.load_info.dtype, **report}
+        log(f"{name}: " + ", ".join(f"{m} {_rate(report[m])}" for m in METRICS))
+        del model
+    reference = results["none"]
+    for name in paths:
+        diffs = {m: _points(results[name][m]) - _points(reference[m]) for m in METRICS}
+        results[name]["points_vs_float32"] = {m: round(d, 2) for m, d in diffs.items()}
+        results[name]["within_tolerance"] = all(abs(d) <= tolerance for d in diffs.values())
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": "data/kosmos2-tiny-world (bundled)", "scenes": scenes, "seed": seed,
+        "tolerance_points": tolerance, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "libraries": _libraries(), "paths": results,
+    }
+
+
+def _points(metric: dict) -> float:
+    return 100.0 * metric["rate"] if metric["rate"] is not None else 0.0
+
+
+def _rate(metric: dict) -> str:
+    return "–" if metric["rate"] is None else f"{100 * metric['rate']:.1f} %"
+
+
+def _libraries() -> dict[str, str | None]:
+    from helpers.grounding.quantization import _version
+
+    return {name: _version(name) for name in ("bitsandbytes", "torchao", "transformers")}
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """One row per path, one column per metric (in %), float32 first; then whether each path is within tolerance."""
+    paths = report["paths"]
+    lines = [f"Bundled model, {report['scenes']} held-out scenes (seed {report['seed']}), {report['date']}; "
+             f"command: `{report['command']}`", "",
+             "| path | " + " | ".join(METRICS) + f" | within {report['tolerance_points']:g} point(s) of float32 |",
+             "|---|" + "---:|" * len(METRICS) + "---|"]
+    for name, r in paths.items():
+        cells = []
+        for m in METRICS:
+            cell = _rate(r[m])
+            if "points_vs_float32" in r:
+                cell += f" ({r['points_vs_float32'][m]:+.1f})"
+            cells.append(cell)
+        verdict = "reference" if name == "none" else ("yes" if r["within_tolerance"] else "**no**")
+        label = "float32 (none)" if name == "none" else name
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from helpers.grounding.evaluation import HELD_OUT_SEED
+
+    parser = argparse.ArgumentParser(prog="python bench/bundled_accuracy.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, default=220, help="held-out scenes (220, as the model card)")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {','.join(PATHS)}")
+    parser.add_argument("--tolerance", type=float, default=1.0, help="points each metric may move (1)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/cpu"))
+    args = parser.parse_args(argv)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown or not paths:
+        parser.error(f"--paths takes names from {', '.join(PATHS)}, got {args.paths!r}")
+    if args.scenes < 1:
+        parser.error(f"--scenes must be at least 1, got {args.scenes}")
+    report = compare(args.scenes, args.seed, paths, args.tolerance)
+    report["command"] = " ".join(shlex.quote(a) for a in ["python", "bench/bundled_accuracy.py",
+                                                            *(sys.argv[1:] if argv is None else argv)])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bundled_accuracy.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    (args.out / "bundled_accuracy.md").write_text(to_markdown(report), encoding="utf-8")
+    print(to_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Quantized Kosmos-2 weights: the article's bitsandbytes paths and torchao's CPU paths.
+
+``load(quantization=...)`` takes one of these names:
+
+============  ===============================================================  ====================  ============
+name          weights                                                          library               devices
+============  ===============================================================  ====================  ============
+``"4bit"``    4-bit FP4, ``BitsAndBytesConfig(load_in_4bit=True)``: the article's  bitsandbytes          CUDA, CPU
+``"nf4"``     4-bit NormalFloat (``bnb_4bit_quant_type="nf4"``), as QLoRA uses   bitsandbytes          CUDA, CPU
+``"8bit"``    LLM.int8 (``load_in_8bit=True``)                                  bitsandbytes          CUDA, CPU
+``"int8"``    int8 weights, activations quantized to int8 on the fly            torchao               CPU
+``"int4"``    int4 weights in groups of 32–128 values, bfloat16 activations    torchao               CPU
+``"none"``    no quantization: the float weights in ``dtype``                   –                     any
+============  ===============================================================  ====================  ============
+
+The bitsandbytes paths quantize while ``from_pretrained`` loads (transformers leaves ``lm_head`` in float, as
+for the article). The torchao paths quantize every ``nn.Linear`` of the loaded float model, ``lm_head``
+included: at batch 1 a CPU spends most of each generated token reading weights, and the output layer
+(65 037 × 2 048 in Kosmos-2) is the largest single one.
+
+``quantization=None`` lets :func:`plan` choose: on a CPU, a model of at least :data:`AUTO_CPU_PARAMETERS`
+parameters (the real Kosmos-2 has 1.66 B) gets :data:`AUTO_CPU_CHOICE`, the fastest CPU path measured by
+``bench/benchmark.py`` (see the README); smaller models (the bundled one) stay in float32, which measured
+faster for them. Everything else keeps float weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+#: Every name ``load(quantization=...)`` accepts (``None`` means: let :func:`plan` choose).
+QUANTIZATIONS = ("4bit", "nf4", "8bit", "int8", "int4", "none")
+BITSANDBYTES = ("4bit", "nf4", "8bit")
+TORCHAO = ("int8", "int4")
+#: The oldest bitsandbytes whose CPU back-end runs 4-bit and LLM.int8 inference (checked by this course).
+MIN_BITSANDBYTES_CPU = "0.50.2"
+#: The oldest bitsandbytes with the CUDA features transformers 5 uses.
+MIN_BITSANDBYTES_CUDA = "0.43"
+#: The oldest torchao with the CPU int4 layout used here (``PrototypeInt4WeightOnlyConfig``).
+MIN_TORCHAO = "0.18"
+#: On a CPU, models at least this large are quantized by default (``quantization=None``) ...
+AUTO_CPU_PARAMETERS = 1_000_000_000
+#: ... with this path: the fastest per token in the committed CPU benchmark (bench/results/cpu).
+AUTO_CPU_CHOICE = "int4"
+#: Group sizes of the int4 path, largest first: a layer takes the largest one that divides its inputs.
+INT4_GROUP_SIZES = (128, 64, 32)
+
+INSTALL = "pip install -e '.[quant]' in your clone of the course"
+
+DESCRIPTIONS = {
+    "4bit": "4-bit FP4 weights (bitsandbytes, the article's BitsAndBytesConfig(load_in_4bit=True))",
+    "nf4": "4-bit NF4 weights (bitsandbytes)",
+    "8bit": "LLM.int8 weights (bitsandbytes)",
+    "int8": "int8 weights and int8 dynamic activations (torchao)",
+    "int4": "int4 weights, bfloat16 activations (torchao)",
+}
+
+
+class QuantizationError(ValueError):
+    """A quantization this machine cannot do; the message says what to install or choose instead."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How :func:`helpers.model.load` loads a model: which quantization (``None``: float weights), which dtype."""
+
+    quantization: str | None
+    dtype: Any  # torch.dtype
+    reason: str = ""  # why load() chose it by itself ("" when it was asked for)
+
+    @property
+    def label(self) -> str | None:
+        return DESCRIPTIONS.get(self.quantization) if self.quantization else None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _older(version: str, minimum: str) -> bool:
+    from packaging.version import Version
+
+    return Version(version) < Version(minimum)
+
+
+def check_name(quantization: object) -> str | None:
+    """``quantization`` if it is a known name or ``None``; a ``ValueError`` listing the names otherwise."""
+    if quantization is None or (isinstance(quantization, str) and quantization in QUANTIZATIONS):
+        return quantization
+    raise ValueError(f"quantization must be None (let load() choose) or one of "
+                     f"{', '.join(repr(q) for q in QUANTIZATIONS)}, got {quantization!r}")
+
+
+def check_available(quantization: str, device: str) -> None:
+    """Raise :class:`QuantizationError` when ``quantization`` cannot run on ``device`` with what is installed."""
+    kind = device.split(":")[0]
+    if quantization in BITSANDBYTES:
+        if kind not in ("cuda", "cpu"):
+            raise QuantizationError(
+                f"quantization={quantization!r} (bitsandbytes) runs on a CUDA GPU or on the CPU, not on {device!r}; "
+                f"pass device='cpu', or quantization='none' for float weights on {device!r}")
+        version = _version("bitsandbytes")
+        minimum = MIN_BITSANDBYTES_CPU if kind == "cpu" else MIN_BITSANDBYTES_CUDA
+        if version is None:
+            raise QuantizationError(
+                f"quantization={quantization!r} needs bitsandbytes >= {minimum}, which is not installed: "
+                f"{INSTALL} (or pip install 'bitsandbytes>={minimum}')")
+        if _older(version, minimum):
+            where = "on the CPU" if kind == "cpu" else "with transformers 5"
+            hint = (" On a CPU, quantization='int8' or 'int4' (torchao) also work, and faster."
+                    if kind == "cpu" else "")
+            raise QuantizationError(
+                f"quantization={quantization!r} {where} needs bitsandbytes >= {minimum}; this machine has "
+                f"{version}: pip install -U 'bitsandbytes>={minimum}'.{hint}")
+    elif quantization in TORCHAO:
+        if kind != "cpu":
+            raise QuantizationError(
+                f"quantization={quantization!r} is this course's CPU path (torchao CPU kernels), not for "
+                f"{device!r}; on a CUDA GPU use '4bit', 'nf4' or '8bit', or pass device='cpu'")
+        version = _version("torchao")
+        if version is None:
+            raise QuantizationError(
+                f"quantization={quantization!r} needs torchao >= {MIN_TORCHAO}, which is not installed: "
+                f"{INSTALL} (or pip install 'torchao>={MIN_TORCHAO}'); without it, quantization='4bit' or "
+                "'8bit' (bitsandbytes) also run on a CPU")
+        if _older(version, MIN_TORCHAO):
+            raise QuantizationError(
+                f"quantization={quantization!r} needs torchao >= {MIN_TORCHAO}; this machine has {version}: "
+                f"pip install -U 'torchao>={MIN_TORCHAO}'")
+
+
+def plan(quantization: str | None, device: str, dtype, parameters: int | None) -> Plan:
+    """The quantization and dtype :func:`~helpers.model.load` uses (``dtype=None``: the path's default).
+
+    ``quantization=None`` chooses: :data:`AUTO_CPU_CHOICE` on a CPU for models of at least
+    :data:`AUTO_CPU_PARAMETERS` parameters when torchao is installed (and no ``dtype`` was asked for), float
+    weights otherwise. ``"int4"`` computes in bfloat16, the only activation type its CPU kernel is fast in.
+    """
+    import torch
+
+    from helpers.grounding.model import default_dtype
+
+    quantization = check_name(quantization)
+    reason = ""
+    if quantization is None:
+        big = parameters is not None and parameters >= AUTO_CPU_PARAMETERS
+        if device == "cpu" and big and dtype is None and _version("torchao") is not None:
+            quantization = AUTO_CPU_CHOICE
+            reason = (f"load() chose quantization={AUTO_CPU_CHOICE!r}, the fastest CPU path measured for a model of "
+                      "this size (pass quantization='none' for float32)")
+        else:
+            quantization = "none"
+    if quantization == "none":
+        return Plan(None, dtype or default_dtype(device), reason)
+    check_available(quantization, device)
+    if quantization == "int4":
+        if dtype is not None and dtype != torch.bfloat16:
+            raise ValueError(f"quantization='int4' computes in bfloat16 (its CPU kernel's activation type), "
+                             f"got dtype={dtype}; leave dtype unset or pass 'bfloat16'")
+        return Plan("int4", torch.bfloat16, reason)
+    if quantization == "int8":
+        return Plan("int8", dtype or torch.float32, reason)
+    return Plan(quantization, dtype or default_dtype(device), reason)
+
+
+def _drop_cast_notice(record: logging.LogRecord) -> bool:
+    return "inputs will be cast" not in record.getMessage()
+
+
+def bitsandbytes_config(quantization: str, compute_dtype):
+    """The ``BitsAndBytesConfig`` of a bitsandbytes path (``"4bit"`` keeps the article's defaults)."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype)
+    if quantization == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+    if quantization == "8bit":
+        # LLM.int8 casts float32 inputs to float16, and logs so at every call of every layer
+        cast_log = logging.getLogger("bitsandbytes.autograd._functions")
+        if _drop_cast_notice not in cast_log.filters:
+            cast_log.addFilter(_drop_cast_notice)
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"{quantization!r} is not a bitsandbytes path; those are {', '.join(BITSANDBYTES)}")
+
+
+def from_pretrained_kwargs(the_plan: Plan, device: str) -> dict[str, Any]:
+    """Keyword arguments for ``from_pretrained`` (dtype, and for bitsandbytes its config and device map)."""
+    kwargs: dict[str, Any] = {"dtype": the_plan.dtype}
+    if the_plan.quantization in BITSANDBYTES:
+        kwargs["quantization_config"] = bitsandbytes_config(the_plan.quantization, the_plan.dtype)
+        kwargs["device_map"] = {"": 0 if device == "cuda" else device}
+    return kwargs
+
+
+@contextlib.contextmanager
+def quiet_imports():
+    """Import-time notices of torchao and bitsandbytes about optional kernels this course does not use."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "bitsandbytes", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def torchao_config(quantization: str, group_size: int = 128):
+    """The torchao config of a torchao path: ``"int8"`` → int8 dynamic activations and int8 weights per
+    channel; ``"int4"`` → int4 weights in groups of ``group_size`` for torch's CPU int4 kernel."""
+    with quiet_imports():
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+        try:
+            from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+        except ImportError as err:  # a torchao that moved or dropped its CPU int4 layout
+            raise QuantizationError(f"this torchao ({_version('torchao')}) has no CPU int4 layout "
+                                    f"(PrototypeInt4WeightOnlyConfig); pip install 'torchao>={MIN_TORCHAO}'") from err
+    if quantization == "int8":
+        return Int8DynamicActivationInt8WeightConfig()
+    if quantization == "int4":
+        return PrototypeInt4WeightOnlyConfig(group_size=group_size)
+    raise ValueError(f"{quantization!r} is not a torchao path; those are {', '.join(TORCHAO)}")
+
+
+def int4_group_size(linear) -> int | None:
+    """The int4 group size of an ``nn.Linear``: the largest of :data:`INT4_GROUP_SIZES` that divides its
+    inputs, or ``None`` when torch's CPU int4 kernel cannot take it (its outputs must be a multiple of 16)."""
+    if linear.out_features % 16:
+        return None
+    return next((g for g in INT4_GROUP_SIZES if linear.in_features % g == 0), None)
+
+
+def quantize(model, quantization: str) -> dict[str, int]:
+    """Quantize every ``nn.Linear`` of ``model`` in place with torchao; returns how many layers got which form.
+
+    ``model`` must be on the CPU, in float32 for ``"int8"`` or bfloat16 for ``"int4"``. Under ``"int4"``, a
+    layer that torch's CPU int4 kernel cannot take gets int8 instead: Kosmos-2's ``lm_head`` (65 037 outputs,
+    not a multiple of 16), and in the bundled model ``lm_head`` too (1 297 outputs).
+    """
+    import torch
+
+    with quiet_imports():
+        from torchao.quantization import quantize_
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if quantization == "int4":
+        groups = {id(m): int4_group_size(m) for m in linears}
+        batches = [(f"int4 (groups of {g})", torchao_config("int4", g), {i for i, v in groups.items() if v == g})
+                   for g in INT4_GROUP_SIZES]
+        batches.append(("int8", torchao_config("int8"), {i for i, v in groups.items() if v is None}))
+    else:
+        batches = [(quantization, torchao_config(quantization), {id(m) for m in linears})]
+    counts: dict[str, int] = {}
+    for label, config, chosen in batches:
+        if chosen:
+            with quiet_imports():
+                quantize_(model, config, filter_fn=lambda m, _name, chosen=chosen: id(m) in chosen)
+            counts[label] = len(chosen)
+    return counts
+
+
+def logits_agreement(reference, logits) -> dict[str, float]:
+    """How close ``logits`` are to ``reference`` (same shape, ``(..., vocabulary)``), e.g. a quantized model's
+    against the float32 model's on the same teacher-forced tokens.
+
+    Returns ``relative_error`` (‖logits − reference‖ / ‖reference‖ over everything) and ``top1_agreement``
+    (the fraction of positions whose highest logit is the same token).
+    """
+    import torch
+
+    if reference.shape != logits.shape:
+        raise ValueError(f"logits of shape {tuple(logits.shape)} cannot be compared with a reference of shape "
+                         f"{tuple(reference.shape)}")
+    ref, out = reference.float(), logits.float()
+    return {
+        "relative_error": float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)),
+        "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
+    }

@@ -1,0 +1,192 @@
+"""helpers.grounding.quantization and load(quantization=...): every path on the CPU, the automatic choice,
+and the errors for what a machine cannot do.
+
+The paths run for real (bitsandbytes and torchao are installed by `make test`) on the bundled model, whose
+trained weights give meaningful logits, and on the tiny random model of conftest.py. Missing or old libraries
+are simulated by replacing the version look-up, which is the only thing the checks read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import helpers.grounding.quantization as quant
+from helpers.course.paths import bundled_model_dir
+from helpers.grounding.model import ground, load
+from helpers.grounding.prompts import CAPTION_PROMPT
+from helpers.grounding.quantization import QuantizationError, logits_agreement
+from helpers.world.scenes import sample_scenes
+
+PATHS = ("4bit", "nf4", "8bit", "int8", "int4")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The bundled model in float32, four scenes, its greedy captions as teacher-forced inputs, its logits."""
+    model, processor = load(bundled_model_dir(), quantization="none", device="cpu", verbose=False)
+    scenes = sample_scenes(4, seed=7)
+    inputs = processor(text=[CAPTION_PROMPT] * 4, images=[s.image for s in scenes], return_tensors="pt")
+    prompt = inputs["input_ids"].shape[1]
+    with torch.inference_mode():
+        ids = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+        forced = dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids),
+                      image_embeds_position_mask=torch.nn.functional.pad(inputs["image_embeds_position_mask"],
+                                                                         (0, ids.shape[1] - prompt)))
+        logits = model(**forced).logits[:, prompt - 1:-1]
+    return forced, prompt, logits, scenes
+
+
+def _layer(model):
+    return model.text_model.model.layers[0].self_attn.q_proj
+
+
+@pytest.mark.parametrize("name", PATHS)
+def test_every_path_runs_on_the_cpu_close_to_float32(name, reference, capsys) -> None:
+    forced, prompt, expected, scenes = reference
+    model, processor = load(bundled_model_dir(), quantization=name, device="cpu")
+    banner = capsys.readouterr().out
+    assert quant.DESCRIPTIONS[name] in banner and "you asked for it" in banner
+    assert model.load_info.quantization == name
+    inputs = dict(forced, pixel_values=forced["pixel_values"].to(getattr(torch, model.load_info.dtype)))
+    with torch.inference_mode():
+        logits = model(**inputs).logits[:, prompt - 1:-1]
+    agreement = logits_agreement(expected, logits)
+    assert 0 < agreement["relative_error"] < 0.1  # really quantized, and close
+    assert agreement["top1_agreement"] >= 0.95
+    results = ground(model, processor, [scenes[0].image], max_new_tokens=8, progress=False)
+    assert all(g.caption.startswith("An image of") and len(g.caption) > len("An image of") for g in results)
+
+
+def test_bitsandbytes_paths_use_its_layers_and_the_articles_defaults(tiny_model_dir: Path) -> None:
+    import bitsandbytes as bnb
+
+    float_model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    for name, quant_type in (("4bit", "fp4"), ("nf4", "nf4")):
+        model, _ = load(tiny_model_dir, quantization=name, device="cpu", verbose=False)
+        assert isinstance(_layer(model), bnb.nn.Linear4bit)
+        assert _layer(model).weight.quant_type == quant_type
+        assert model.get_memory_footprint() < float_model.get_memory_footprint()
+        assert model.load_info.parameters == float_model.load_info.parameters  # not the packed count
+    model, _ = load(tiny_model_dir, quantization="8bit", device="cpu", verbose=False)
+    assert isinstance(_layer(model), bnb.nn.Linear8bitLt) and _layer(model).weight.dtype == torch.int8
+    config = quant.bitsandbytes_config("4bit", torch.float32)
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "fp4" and not config.bnb_4bit_use_double_quant
+
+
+def test_torchao_paths_quantize_every_linear_layer(tiny_model_dir: Path) -> None:
+    from torchao.prototype.quantization.int4 import Int4OpaqueTensor
+    from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
+
+    model, _ = load(tiny_model_dir, quantization="int8", device="cpu", verbose=False)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m.weight, Int8Tensor) for m in linears)
+    assert model.load_info.dtype == "float32"
+    model, _ = load(tiny_model_dir, quantization="int4", device="cpu", verbose=False)
+    assert model.load_info.dtype == "bfloat16"
+    assert isinstance(_layer(model).weight, Int4OpaqueTensor)
+    head = model.text_model.lm_head
+    expected = Int4OpaqueTensor if head.out_features % 16 == 0 else Int8Tensor  # the int4 kernel needs N % 16 == 0
+    assert isinstance(head.weight, expected)
+
+
+def test_int4_falls_back_to_int8_for_layers_its_kernel_cannot_take() -> None:
+    from torchao.prototype.quantization.int4 import Int4OpaqueTensor
+    from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 96), torch.nn.Linear(96, 1297),
+                                torch.nn.Linear(96, 16)).to(torch.bfloat16)
+    counts = quant.quantize(model, "int4")
+    assert counts == {"int4 (groups of 64)": 1, "int4 (groups of 32)": 2, "int8": 1}
+    kinds = [type(m.weight) for m in model]
+    assert kinds == [Int4OpaqueTensor, Int4OpaqueTensor, Int8Tensor, Int4OpaqueTensor]
+    assert [quant.int4_group_size(torch.nn.Linear(k, n)) for k, n in ((256, 16), (96, 32), (48, 32), (40, 32),
+                                                                       (128, 65037))] == [128, 32, None, None, None]
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    assert model[0](x).shape == (3, 32) and torch.isfinite(model[0](x).float()).all()
+
+
+# ------------------------------------------------------------------------------------- the automatic choice
+
+
+def test_no_quantization_given_keeps_small_models_in_float32(tiny_model_dir: Path, capsys) -> None:
+    model, _ = load(tiny_model_dir, device="cpu")
+    assert model.load_info.quantization is None and model.load_info.dtype == "float32"
+    assert "load() chose" not in capsys.readouterr().out
+
+
+def test_no_quantization_given_picks_the_fastest_cpu_path_for_a_large_model(tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setattr(quant, "AUTO_CPU_PARAMETERS", 1_000)  # the tiny model stands in for the real one
+    model, _ = load(tiny_model_dir, device="cpu")
+    banner = capsys.readouterr().out
+    assert model.load_info.quantization == quant.AUTO_CPU_CHOICE
+    assert f"load() chose quantization={quant.AUTO_CPU_CHOICE!r}" in banner and "quantization='none'" in banner
+    # asking for float weights, or for a dtype, keeps them
+    assert load(tiny_model_dir, device="cpu", quantization="none", verbose=False)[0].load_info.quantization is None
+    assert load(tiny_model_dir, device="cpu", dtype="float32", verbose=False)[0].load_info.quantization is None
+
+
+def test_the_automatic_choice_needs_torchao_and_a_cpu(monkeypatch) -> None:
+    monkeypatch.setattr(quant, "_version", lambda package: None)
+    assert quant.plan(None, "cpu", None, 2_000_000_000).quantization is None  # without torchao: float32
+    monkeypatch.undo()
+    assert quant.plan(None, "cpu", None, 2_000_000_000).quantization == quant.AUTO_CPU_CHOICE
+    assert quant.plan(None, "cuda", None, 2_000_000_000).quantization is None
+    assert quant.plan(None, "cpu", None, 3_000_000).quantization is None
+
+
+# ------------------------------------------------------------------------------------- errors
+
+
+def _versions(monkeypatch, **versions) -> None:
+    real = quant._version
+    monkeypatch.setattr(quant, "_version", lambda package: versions.get(package, real(package)))
+
+
+@pytest.mark.parametrize(("name", "device", "versions", "message"), [
+    ("4bit", "cpu", {"bitsandbytes": None}, r"needs bitsandbytes >= 0\.50\.2, which is not installed: pip install"),
+    ("8bit", "cpu", {"bitsandbytes": "0.45.5"}, r"on the CPU needs bitsandbytes >= 0\.50\.2; this machine has "
+                                                 r"0\.45\.5: pip install -U .*'int8' or 'int4' \(torchao\)"),
+    ("nf4", "cuda", {"bitsandbytes": "0.42.0"}, r"needs bitsandbytes >= 0\.43; this machine has 0\.42\.0"),
+    ("int4", "cpu", {"torchao": None}, r"needs torchao >= 0\.18, which is not installed: pip install .*\[quant\]"),
+    ("int8", "cpu", {"torchao": "0.10.0"}, r"needs torchao >= 0\.18; this machine has 0\.10\.0"),
+    ("int4", "cuda", {}, r"'int4' is this course's CPU path .* use '4bit', 'nf4' or '8bit', or pass device='cpu'"),
+    ("4bit", "mps", {}, r"runs on a CUDA GPU or on the CPU, not on 'mps'"),
+])
+def test_what_the_machine_cannot_do_says_what_to_install_or_choose(monkeypatch, name, device, versions, message):
+    _versions(monkeypatch, **versions)
+    with pytest.raises(QuantizationError, match=message):
+        quant.check_available(name, device)
+
+
+def test_load_refuses_before_reading_any_weights(tiny_model_dir, monkeypatch) -> None:
+    _versions(monkeypatch, bitsandbytes=None)
+    import transformers
+
+    def fail(*args, **kwargs):
+        raise AssertionError("from_pretrained was called")
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", fail)
+    with pytest.raises(QuantizationError, match="bitsandbytes"):
+        load(tiny_model_dir, quantization="4bit", device="cpu", verbose=False)
+    assert issubclass(QuantizationError, ValueError)
+
+
+def test_a_newer_bitsandbytes_is_accepted(monkeypatch) -> None:
+    _versions(monkeypatch, bitsandbytes="0.51.0", torchao="0.19.1")
+    for name in ("4bit", "nf4", "8bit", "int8", "int4"):
+        quant.check_available(name, "cpu")  # no error
+
+
+def test_logits_agreement() -> None:
+    reference = torch.tensor([[[1.0, 2.0, 0.0], [3.0, 0.0, 1.0]]])
+    assert logits_agreement(reference, reference) == {"relative_error": 0.0, "top1_agreement": 1.0}
+    moved = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 3.0, 1.0]]])
+    result = logits_agreement(reference, moved)
+    assert result["top1_agreement"] == 0.5
+    assert result["relative_error"] == pytest.approx((18 ** 0.5) / (15 ** 0.5))
+    with pytest.raises(ValueError, match=r"shape \(1, 2, 2\) cannot be compared with a reference of shape"):
+        logits_agreement(reference, reference[..., :2])
