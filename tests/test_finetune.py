@@ -306,3 +306,17 @@ def test_star_drawing_stays_outside_the_world():
     assert 4 <= x0 < x1 <= 36 and y0 == 4
     with pytest.raises(ValueError, match="needs a colour"):
         draw_star(ImageDraw.Draw(image), "orange", (4, 4, 36, 36))
+
+
+def test_qlora_on_a_4bit_base_trains_and_loads(tiny_model_dir, coco, tmp_path):
+    """QLoRA: bitsandbytes 4-bit (NF4) base, gradient checkpointing, adapters in float32 (bitsandbytes runs on the CPU)."""
+    from helpers.grounding.model import load
+
+    out = tmp_path / "qlora"
+    model, _, card = finetune(tiny_model_dir, read_coco(*coco), out,
+                              FinetuneConfig(steps=2, batch_size=2, quantization="nf4", device="cpu"),
+                              progress=False, log=lambda s: None)
+    assert card["quantization"] == "nf4" and card["steps"] == 2
+    assert all(p.dtype == __import__("torch").float32 for p in model.parameters() if p.requires_grad)
+    tuned, _ = load(str(tiny_model_dir), adapter=out, quantization="nf4", device="cpu", verbose=False)
+    assert tuned.load_info.quantization == "nf4" and tuned.load_info.adapter == str(out)

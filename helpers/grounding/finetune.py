@@ -681,7 +681,7 @@ def memory_needed(config=None, *, rank: int = 16, batch_size: int = 4, seq_len: 
     parameters = sum(p.numel() for p in model.parameters())
     linear = sum(m.weight.numel() for n, m in model.named_modules()
                  if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
-    base = (linear * (0.5 + 4 / 64) + (parameters - linear) * 4) if quantization == "4bit" else parameters * 4
+    base = (linear * (0.5 + 4 / 64) + (parameters - linear) * 4) if quantization in ("4bit", "nf4") else parameters * 4
     targets = f"(?:{TEXT_AND_PROJECTION})|(?:{VISION})" if vision else TEXT_AND_PROJECTION
     with _peft_quiet():
         model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, lora_dropout=0.05))
