@@ -12,6 +12,7 @@
     evaluation  scoring predicted boxes and captions against the truth
     refcoco     RefCOCO / RefCOCO+ / RefCOCOg files as distributed, and comprehension scored as the paper's authors do
     flickr30k   Flickr30k Entities files, and phrase grounding scored as the paper's authors do
+    finetune    fine-tuning Kosmos-2 on your own boxes: LoRA adapters (QLoRA on a 4-bit base)
     progress    when to show progress bars
 
 ``helpers.world`` — the synthetic world and the small model trained on it (shipped in ``data/``):
@@ -19,6 +20,7 @@
     language    the world's grounded training texts, tokenizer, processor and model config
     training    the training recipe behind the bundled model
     modelcard   evaluating the bundled model and writing its model card
+    new_kinds   stars, a kind the world never had: the fine-tuning demonstration
 
 ``helpers.course`` — running the course:
     paths       where the repository, ``data/``, ``notebooks/`` and the bundled model live
@@ -63,11 +65,13 @@ for _module, _names in {
                           "write_mdetr_file evaluate_comprehension"),
     "grounding.flickr30k": ("Flickr30kFormatError PhraseItem load_flickr30k_entities scenes_to_flickr30k "
                             "evaluate_phrase_grounding"),
+    "grounding.finetune": "FinetuneConfig FinetuneError finetune read_coco texts_for box_accuracy memory_needed",
     "grounding.progress": "interactive",
     "world.scenes": ("KINDS Scene SceneObject sample_scene sample_scenes draw_scene snowman_illustration "
                      "character_illustration definite_phrase kind_name"),
     "world.language": "build_processor build_config scene_examples answer_name",
     "world.training": "TrainConfig new_model train",
+    "world.new_kinds": "star_scene write_coco",
     "course.paths": "repo_root data_dir notebooks_dir bundled_model_dir",
     "course.article": "article_outputs draw_like_the_article",
     "course.batch": "ground_folder read_results contact_sheet",

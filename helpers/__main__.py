@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("helpers.world.training", "train a Kosmos-2 model on the synthetic world (how the bundled model was made)"),
     "modelcard": ("helpers.world.modelcard", "evaluate a world model and write its model card"),
     "distributed": ("helpers.course.distributed", "ground images on every process of an `accelerate launch` run"),
+    "finetune": ("helpers.grounding.finetune", "fine-tune Kosmos-2 on your own boxes (COCO format) with LoRA adapters"),
+    "finetune-demo": ("helpers.world.new_kinds", "the fine-tuning demonstration: teach the bundled model stars"),
     "notebooks": ("helpers.course.notebooks", "re-execute notebooks in place, headless and offline"),
 }
 

@@ -51,6 +51,7 @@ class LoadInfo:
     reason: str
     parameters: int
     quantization_reason: str = ""  # why load() chose the quantization by itself ("" when asked for or none)
+    adapter: str | None = None
 
     def banner(self) -> str:
         from helpers.grounding.quantization import DESCRIPTIONS
@@ -58,7 +59,8 @@ class LoadInfo:
         size = f"{self.parameters / 1e6:.1f} M" if self.parameters < 1e9 else f"{self.parameters / 1e9:.2f} B"
         quant = f", {DESCRIPTIONS[self.quantization]}" if self.quantization else ""
         name = "bundled model kosmos2-tiny-world" if self.bundled else self.source
-        line = f"Loaded {name} ({size} parameters) on {self.device}, {self.dtype}{quant} — {self.reason}."
+        adapter = f" with the adapters in {self.adapter}" if self.adapter else ""
+        line = f"Loaded {name}{adapter} ({size} parameters) on {self.device}, {self.dtype}{quant} — {self.reason}."
         if self.quantization_reason:
             line += f" {self.quantization_reason}."
         if self.bundled:
@@ -238,6 +240,7 @@ def load(
     dtype: Any = None,
     device: str | None = None,
     verbose: bool = True,
+    adapter: str | os.PathLike | None = None,
 ):
     """Load ``(model, processor)``; see the module docstring for how the model is chosen.
 
@@ -248,6 +251,10 @@ def load(
     floating ``torch.dtype`` or its name) defaults to :func:`default_dtype` of the device (bfloat16 for
     ``"int4"``); ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``) to :func:`try_gpu`.
 
+    ``adapter`` is a folder of LoRA adapters saved by ``python -m helpers finetune``: they are checked
+    against the base and attached (the model becomes a ``peft.PeftModel``). Merge them into the weights for
+    faster generation with ``model = model.merge_and_unload()``.
+
     Raises:
         TypeError: ``model`` is not a str, a path or None; ``device`` is not a str.
         ValueError: a bad ``quantization``, ``dtype`` or ``device`` (or one this machine does not have).
@@ -256,6 +263,7 @@ def load(
         ModelLoadError: the model could not be found or loaded (missing folder, no config.json, no
             safetensors weights, corrupt files, a hub id that is not cached while offline, custom code).
             The message says how to get the real model and that the bundled one is the offline fallback.
+        helpers.grounding.finetune.FinetuneError: ``adapter`` is not a saved adapter folder, or was trained on another base.
     """
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a directory path or a hub id like '{REAL_MODEL}' (or None to let load() "
@@ -307,11 +315,17 @@ def load(
         net = net.to(device)
     if chosen.quantization in quant.TORCHAO:
         quant.quantize(net, chosen.quantization)
+    if adapter is not None:
+        from helpers.grounding.finetune import attach_adapter
+
+        net = attach_adapter(net, adapter)
+        parameters = sum(p.numel() for p in net.parameters()) if chosen.quantization not in quant.BITSANDBYTES \
+            else parameters
     net.eval()
     info = LoadInfo(
         source=source, bundled=bundled, device=str(device), dtype=str(chosen.dtype).replace("torch.", ""),
         quantization=chosen.quantization, reason=reason, parameters=parameters,
-        quantization_reason=chosen.reason,
+        quantization_reason=chosen.reason, adapter=str(adapter) if adapter is not None else None,
     )
     net.load_info = info
     if verbose:

@@ -1,0 +1,887 @@
+"""Fine-tune Kosmos-2 on your own boxes: LoRA adapters, optionally on a 4-bit base (QLoRA).
+
+``python -m helpers finetune --data ANNOTATIONS --images DIR --base MODEL --out DIR [--minutes N | --steps N]``
+
+**Data.** COCO detection format (``images`` with ``id``, ``file_name``, ``width``, ``height``;
+``annotations`` with ``image_id``, ``category_id`` and ``bbox`` ``[x, y, w, h]`` in pixels; ``categories``
+with ``id`` and ``name``, optionally ``plural`` for nouns that do not take an ``s``). Referring expressions
+come either on the annotations themselves (``"sentences"``, as RefCOCO's refs, or ``"expression"``) or from a
+RefCOCO-style file (``refs=``, read by :func:`helpers.grounding.refcoco.load_refcoco`).
+
+**Texts.** Every image gives Kosmos-2 grounded texts in the format of :mod:`helpers.world.language`: a brief caption
+listing its objects with their location tokens (``<grounding> An image of`` → ``<phrase> a cat</phrase>
+<object>…</object> and …``), one comprehension prompt per category (``<grounding><phrase> the cat
+</phrase>`` → its boxes), one grounded question per object (``Question: What is<phrase> this object
+</phrase><object>…</object>? Answer:`` → `` It is a cat.``) and one comprehension prompt per referring
+expression. They are encoded by the training recipe's :func:`helpers.world.training.encode_example`: the loss
+falls on the answer only.
+
+**Adapters.** LoRA (``peft``) on every linear layer of the text decoder (attention ``q/k/v/out_proj`` and
+the feed-forward ``fc1/fc2``) and of the image-to-text projection (``dense`` and its cross-attention over
+the latent queries): new names are words the decoder must write, and new kinds of boxes depend on how the
+projection summarises the image. With ``vision=True`` the vision tower's layers get adapters too (a new
+*look*, such as a new background; its backward pass costs memory). The embedding rows of the tokens that
+spell the words you declare new (``new_words``) are trained too (peft's trainable tokens; the output layer
+shares them): a word the base never wrote, spelled with pieces it rarely saw, needs them. All other
+embeddings stay frozen, the 1 024 location tokens among them: they already mean the same boxes for every
+task, and the words the base knows keep their meaning. Rank 16 (scale
+``alpha / r = 2``): 16 directions per layer are plenty for a handful of new names and kinds, and on the
+real model (24 decoder layers of width 2 048) the adapters stay about 1 % of its parameters.
+
+**QLoRA.** ``quantization="4bit"`` loads the frozen base in 4 bits (``helpers.load``), prepares it
+with ``peft.prepare_model_for_kbit_training`` and trains the adapters in full precision with gradient
+checkpointing (activations recomputed in the backward pass instead of stored).
+
+**Output.** ``out`` holds ``adapter_model.safetensors`` and ``adapter_config.json`` (peft), ``finetune.json``
+(data, steps, losses, the base's signature, figures), ``README.md`` (a small card) and ``optimizer.safetensors``
+(to resume). Everything is written to a temporary folder beside ``out`` and renamed into place, so an error
+never leaves a half-written ``out``. Load with ``helpers.load(base, adapter=out)``; merge the adapters
+into the weights for speed with ``model = model.merge_and_unload()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from helpers.grounding.evaluation import CaptionScores, Score, score_boxes, score_caption
+from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt
+from helpers.grounding.tokens import object_tokens
+from helpers.world.language import _with_box
+
+#: How far (in pixels) a box may reach past the image edge before it is an error (it is clipped).
+EDGE_TOLERANCE_PX = 1.0
+
+#: Linear layers that get LoRA adapters (a regular expression over module names, as peft takes it).
+TEXT_AND_PROJECTION = (r".*(text_model\.model\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|ffn\.fc[12])"
+                       r"|image_to_text_projection\.(dense|x_attn\.(q|k|v|out)_proj))")
+VISION = r".*vision_model\.model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])"
+
+ADAPTER_FILE = "adapter_model.safetensors"
+CARD_FILE = "finetune.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+_COUNT = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten"}
+
+
+class FinetuneError(ValueError):
+    """Bad fine-tuning input (data, base model or adapter); the message names the record or file."""
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Category:
+    id: int
+    name: str
+    plural: str
+
+    def phrase(self, count: int) -> str:
+        """The caption phrase for ``count`` objects: ``a cat``, ``an owl``, ``two cats``."""
+        if count == 1:
+            return ("an " if self.name[:1].lower() in "aeiou" else "a ") + self.name
+        return f"{_COUNT.get(count, str(count))} {self.plural}"
+
+    def definite(self, count: int) -> str:
+        return f"the {self.name if count == 1 else self.plural}"
+
+
+@dataclass(frozen=True)
+class AnnotatedObject:
+    """One annotated object: its category and normalized box (``.phrase`` as :mod:`helpers.grounding.evaluation` wants)."""
+
+    category: Category
+    box: tuple[float, float, float, float]
+    phrase: str  # the caption phrase of its group ("a cat", "two cats")
+
+
+@dataclass
+class ImageRecord:
+    """One image of the data: its file, size, objects (grouped by category, left to right) and expressions."""
+
+    path: Path
+    width: int
+    height: int
+    image_id: Any
+    groups: list[list[AnnotatedObject]]
+    expressions: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
+
+    @property
+    def objects(self) -> list[AnnotatedObject]:
+        return [o for g in self.groups for o in g]
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise FinetuneError(f"{what} {str(path)!r} does not exist (or is not a file)")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise FinetuneError(f"{what} {str(path)!r} is empty; expected COCO detection JSON with 'images', "
+                            "'annotations' and 'categories'")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise FinetuneError(f"{what} {str(path)!r} is not valid JSON: {err}") from None
+
+
+def _number(value: Any, where: str, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise FinetuneError(f"{where}: {what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _normalized_box(bbox: Any, width: int, height: int, where: str) -> tuple[float, float, float, float]:
+    """COCO ``[x, y, w, h]`` pixels → normalized ``(x0, y0, x1, y1)``; errors for no area or outside the image."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise FinetuneError(f"{where}: 'bbox' must be [x, y, width, height] in pixels, got {bbox!r}")
+    x, y, w, h = (_number(v, where, "every 'bbox' value") for v in bbox)
+    if w <= 0 or h <= 0:
+        raise FinetuneError(f"{where}: box {list(bbox)} has no area (width and height must be > 0)")
+    t = EDGE_TOLERANCE_PX
+    if x < -t or y < -t or x + w > width + t or y + h > height + t:
+        raise FinetuneError(f"{where}: box {list(bbox)} reaches outside the {width}x{height} image "
+                            f"(x + width must be <= {width}, y + height <= {height}, x and y >= 0)")
+    x0, y0 = max(0.0, x) / width, max(0.0, y) / height
+    x1, y1 = min(float(width), x + w) / width, min(float(height), y + h) / height
+    return (x0, y0, x1, y1)
+
+
+def _sentences(ann: dict, where: str) -> list[str]:
+    raw = ann.get("sentences", [ann["expression"]] if "expression" in ann else [])
+    if isinstance(raw, str) or not isinstance(raw, list):
+        raise FinetuneError(f"{where}: 'sentences' must be a list, got {type(raw).__name__}")
+    out = []
+    for s in raw:
+        text = s.get("sent", s.get("raw")) if isinstance(s, dict) else s
+        if not isinstance(text, str) or not text.strip():
+            raise FinetuneError(f"{where}: each sentence must be a non-empty string or a dict with 'sent', got {s!r}")
+        out.append(" ".join(text.split()))
+    return out
+
+
+def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
+              refs: str | os.PathLike | None = None) -> list[ImageRecord]:
+    """Read COCO detection annotations (and referring expressions) into :class:`ImageRecord` objects.
+
+    Images without annotations are kept (they teach the model that nothing is there only through
+    captions, so they are skipped for the other tasks). Checks every record and raises
+    :class:`FinetuneError` naming it: an empty or non-JSON file, missing keys, an unknown category or
+    image id, a box with no area or outside its image, a missing image file.
+    """
+    annotations, images = Path(annotations), Path(images)
+    data = _read_json(annotations, "annotation file")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise FinetuneError(f"annotation file {str(annotations)!r} must be a COCO detection object with the lists "
+                            f"'images', 'annotations' and 'categories'; got {keys}")
+    if not data["images"] or not data["annotations"]:
+        raise FinetuneError(f"annotation file {str(annotations)!r} has no images or no annotations "
+                            f"({len(data['images'])} images, {len(data['annotations'])} annotations)")
+    if not images.is_dir():
+        raise FinetuneError(f"image folder {str(images)!r} does not exist")
+    categories: dict[Any, Category] = {}
+    for i, c in enumerate(data["categories"]):
+        where = f"{annotations.name}: categories[{i}]"
+        if not isinstance(c, dict) or "id" not in c or not isinstance(c.get("name"), str) or not c["name"].strip():
+            raise FinetuneError(f"{where} must have an 'id' and a non-empty 'name', got {c!r}")
+        name = " ".join(c["name"].split())
+        categories[c["id"]] = Category(c["id"], name, c.get("plural") or name + "s")
+    records: dict[Any, tuple[dict, list]] = {}
+    for i, im in enumerate(data["images"]):
+        where = f"{annotations.name}: images[{i}]"
+        if not isinstance(im, dict) or not all(k in im for k in ("id", "file_name", "width", "height")):
+            raise FinetuneError(f"{where} must have 'id', 'file_name', 'width' and 'height', got {im!r:.200}")
+        for k in ("width", "height"):
+            if isinstance(im[k], bool) or not isinstance(im[k], int) or im[k] < 1:
+                raise FinetuneError(f"{where}: '{k}' must be a positive int (pixels), got {im[k]!r}")
+        if not (images / im["file_name"]).is_file():
+            raise FinetuneError(f"{where}: image file {str(images / im['file_name'])!r} does not exist")
+        records[im["id"]] = (im, [])
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{annotations.name}: annotations[{i}] (id {ann.get('id') if isinstance(ann, dict) else None!r})"
+        if not isinstance(ann, dict) or not all(k in ann for k in ("image_id", "category_id", "bbox")):
+            raise FinetuneError(f"{where} must have 'image_id', 'category_id' and 'bbox', got {ann!r:.200}")
+        if ann["category_id"] not in categories:
+            raise FinetuneError(f"{where}: unknown category id {ann['category_id']!r}; the categories are "
+                                f"{sorted(categories, key=str)[:20]}")
+        if ann["image_id"] not in records:
+            raise FinetuneError(f"{where}: unknown image id {ann['image_id']!r} (not in 'images')")
+        im, anns = records[ann["image_id"]]
+        box = _normalized_box(ann["bbox"], im["width"], im["height"], where)
+        anns.append((categories[ann["category_id"]], box, _sentences(ann, where)))
+    out = []
+    by_file = {}
+    for im, anns in records.values():
+        rec = _record(images / im["file_name"], im["width"], im["height"], im["id"], anns)
+        out.append(rec)
+        by_file[im["file_name"]] = rec
+    if refs is not None:
+        from helpers.grounding.refcoco import RefCocoFormatError, load_refcoco
+
+        try:
+            items = load_refcoco(refs, image_root=images)
+        except RefCocoFormatError as err:
+            raise FinetuneError(str(err)) from None
+        for item in items:
+            if item.file_name not in by_file:
+                raise FinetuneError(f"{Path(refs).name}: expression {item.expression!r} is about image "
+                                    f"{item.file_name!r}, which {annotations.name} does not list")
+            by_file[item.file_name].expressions.append((item.expression, item.box))
+    return out
+
+
+def _record(path: Path, width: int, height: int, image_id: Any, anns: list) -> ImageRecord:
+    by_cat: dict[Category, list] = {}
+    expressions = []
+    for cat, box, sentences in anns:
+        by_cat.setdefault(cat, []).append(box)
+        expressions += [(s, box) for s in sentences]
+    groups = []
+    for cat, boxes in by_cat.items():
+        boxes = sorted(boxes, key=lambda b: (b[0] + b[2]) / 2)
+        groups.append([AnnotatedObject(cat, b, cat.phrase(len(boxes))) for b in boxes])
+    groups.sort(key=lambda g: (g[0].box[0] + g[0].box[2]) / 2)
+    return ImageRecord(path, width, height, image_id, groups, expressions)
+
+
+# ----------------------------------------------------------------------------------------------- texts
+
+
+@dataclass(frozen=True)
+class Text:
+    """One training text: the image, the prompt (given) and the answer (learned)."""
+
+    record: int  # index into the records
+    task: str
+    prompt: str
+    answer: str
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ",".join(parts[:-1]) + " and" + parts[-1]
+
+
+def texts_for(records: Sequence[ImageRecord]) -> list[Text]:
+    """Every grounded training text of the records (caption, comprehension, question, expressions)."""
+    out = []
+    for r, rec in enumerate(records):
+        if not rec.groups:
+            continue
+        caption = _join([f"<phrase> {g[0].phrase}</phrase>" + object_tokens([o.box for o in g]) for g in rec.groups])
+        out.append(Text(r, "caption", CAPTION_PROMPT, caption + "."))
+        for g in rec.groups:
+            out.append(Text(r, "comprehension", comprehension_prompt(g[0].category.definite(len(g))),
+                            object_tokens([o.box for o in g])))
+            for o in g:
+                out.append(Text(r, "question", _with_box(qa_prompt("object"), o.box),
+                                f" It is {o.category.phrase(1)}."))
+        for expression, box in rec.expressions:
+            out.append(Text(r, "expression", comprehension_prompt(expression), object_tokens([box])))
+    return out
+
+
+@lru_cache(maxsize=512)
+def _image(path: Path):
+    from helpers.grounding.images import load_image
+
+    return load_image(path)
+
+
+# ----------------------------------------------------------------------------------------------- base and adapter
+
+
+def check_kosmos2(base: str | os.PathLike) -> None:
+    """Raise :class:`FinetuneError` unless ``base`` (a folder or hub id) holds a Kosmos-2 checkpoint."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(base), trust_remote_code=False)
+    except Exception as err:  # missing folder, no config, not cached offline …
+        raise FinetuneError(f"base model {str(base)!r} could not be read: {type(err).__name__}: {err}") from None
+    if config.model_type != "kosmos-2":
+        raise FinetuneError(f"base model {str(base)!r} is a {config.model_type!r} model, not Kosmos-2 "
+                            "(model_type 'kosmos-2'); fine-tuning here needs a Kosmos-2 checkpoint such as "
+                            "microsoft/kosmos-2-patch14-224 or data/kosmos2-tiny-world")
+
+
+#: Rows of the input embedding and values per row kept in a base's signature.
+_PROBE_ROWS, _PROBE_VALUES = 4, 8
+
+
+def base_signature(model) -> dict:
+    """What identifies a base model: its sizes and a few values of its (never quantized) input embedding.
+
+    Values survive a change of dtype (float32, bfloat16, float16) and 4-bit loading within
+    :func:`same_base`'s tolerance; another checkpoint of the same architecture differs in them.
+    """
+    import torch
+
+    cfg = model.config
+    emb = model.get_input_embeddings().weight.detach()
+    vocab = emb.shape[0]
+    # rows spread over the vocabulary (row 1, Kosmos-2's padding, is all zeros); the last values of each row
+    # (the bundled recipe sets the first ones of its location tokens to fixed features)
+    rows = [2 + k * (vocab - 3) // (_PROBE_ROWS - 1) for k in range(_PROBE_ROWS)]
+    probe = emb[rows, -_PROBE_VALUES:].to(torch.float32)
+    return {
+        "model_type": cfg.model_type,
+        "vocab_size": int(vocab),
+        "text": [cfg.text_config.layers, cfg.text_config.embed_dim],
+        "vision": [cfg.vision_config.num_hidden_layers, cfg.vision_config.hidden_size],
+        "probe_rows": rows,
+        "probe": [round(float(v), 6) for v in probe.flatten()],
+        "probe_rms": round(float(emb[rows].to(torch.float32).pow(2).mean().sqrt()), 6),
+    }
+
+
+def same_base(saved: dict, current: dict) -> bool:
+    """Do two signatures describe the same base (up to dtype rounding)?"""
+    if any(saved.get(k) != current.get(k) for k in ("model_type", "vocab_size", "text", "vision", "probe_rows")):
+        return False
+    tol = 0.05 * max(saved["probe_rms"], 1e-8)
+    return all(abs(a - b) <= tol for a, b in zip(saved["probe"], current["probe"]))
+
+
+def check_adapter(adapter: str | os.PathLike, model) -> dict:
+    """The adapter's ``finetune.json`` after checking that it exists and was trained on ``model``."""
+    adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise FinetuneError(f"adapter folder {str(adapter)!r} does not exist")
+    missing = [f for f in (ADAPTER_FILE, "adapter_config.json", CARD_FILE) if not (adapter / f).is_file()]
+    if missing:
+        raise FinetuneError(f"adapter folder {str(adapter)!r} lacks {', '.join(missing)}; expected the output of "
+                            "`python -m helpers finetune`")
+    card = _read_json(adapter / CARD_FILE, "adapter card")
+    if not same_base(card.get("base_signature", {}), base_signature(model)):
+        raise FinetuneError(f"adapter {str(adapter)!r} was trained on the base {card.get('base')!r}, and the model "
+                            f"given ({getattr(model, 'name_or_path', '?')!r}) is a different one (its sizes or "
+                            "embedding values differ); load the base the adapter was trained on")
+    return card
+
+
+def attach_adapter(model, adapter: str | os.PathLike, *, trainable: bool = False):
+    """``model`` with the LoRA adapters of ``adapter`` attached (a ``peft.PeftModel``); checks the base first."""
+    from peft import PeftModel
+
+    check_adapter(adapter, model)
+    with _peft_quiet():
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+
+
+@contextlib.contextmanager
+def _peft_quiet():
+    """peft reads ``is_gradient_checkpointing``, which transformers 5 deprecates with a FutureWarning meant for
+    peft's authors, not for our users: silence that one warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class FinetuneConfig:
+    steps: int | None = None  # total optimizer steps (a resumed run counts the earlier ones)
+    minutes: float | None = None  # wall-time budget of this run
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup: int = 20
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    vision: bool = False
+    new_words: tuple[str, ...] = ()  # words the base never wrote: the embedding rows of their tokens are trained
+    quantization: str | None = None
+    gradient_checkpointing: bool | None = None  # None: on with a 4-bit base, off otherwise
+    seed: int = 0
+    checkpoint_minutes: float = 5.0
+    device: str | None = None
+    threads: int | None = None
+
+
+def _schedule(cfg: FinetuneConfig, step: int, elapsed: float) -> float:
+    """Learning rate at ``step``: linear warm-up, then cosine down to 5 % over ``cfg.steps`` (counted from the
+    first run, so a resumed run continues the schedule) or over this run's ``cfg.minutes``, whichever ends first."""
+    frac = step / cfg.steps if cfg.steps else 0.0
+    if cfg.minutes:
+        frac = max(frac, elapsed / (60 * cfg.minutes))
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def word_token_ids(processor, words: Sequence[str]) -> list[int]:
+    """Ids of the tokens that spell ``words`` (each as a word of a sentence, with its leading space)."""
+    ids = set()
+    for word in words:
+        ids.update(processor.tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"])
+    return sorted(ids)
+
+
+def _with_adapters(model, cfg: FinetuneConfig, resume_from: Path | None = None, token_ids: Sequence[int] = ()):
+    """Prepare the base (4-bit: ``prepare_model_for_kbit_training``; gradient checkpointing) and add adapters:
+    new ones, or those saved in ``resume_from`` (trainable)."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else bool(cfg.quantization)
+    kwargs = {"use_reentrant": False}
+    if cfg.quantization:
+        with _peft_quiet():
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                    gradient_checkpointing_kwargs=kwargs)
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    with _peft_quiet():
+        if resume_from is not None:
+            return PeftModel.from_pretrained(model, str(resume_from), is_trainable=True)
+        targets = f"(?:{TEXT_AND_PROJECTION})|(?:{VISION})" if cfg.vision else TEXT_AND_PROJECTION
+        lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                          bias="none", trainable_token_indices=list(token_ids) or None)
+        return get_peft_model(model, lora)
+
+
+def _save_optimizer(opt, model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    tensors = {}
+    for p, state in opt.state.items():
+        for key, value in state.items():
+            tensors[f"{names[id(p)]}::{key}"] = value.detach().reshape(-1).contiguous().clone() if value.dim() == 0 \
+                else value.detach().contiguous()
+    save_file(tensors, str(path))
+
+
+def _load_optimizer(opt, model, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path))
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        state = {k.split("::", 1)[1]: v for k, v in saved.items() if k.split("::", 1)[0] == n}
+        if state:
+            if "step" in state:
+                state["step"] = state["step"].reshape(())
+            opt.state[p] = state
+
+
+def _atomic_write(out: Path, write: Callable[[Path], None]) -> None:
+    """Write into a temporary folder beside ``out``, then put it in ``out``'s place (never half-written)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _summary(records: Sequence[ImageRecord], texts: Sequence[Text], source: dict) -> dict:
+    cats: dict[str, int] = {}
+    for rec in records:
+        for o in rec.objects:
+            cats[o.category.name] = cats.get(o.category.name, 0) + 1
+    tasks: dict[str, int] = {}
+    for t in texts:
+        tasks[t.task] = tasks.get(t.task, 0) + 1
+    return {**source, "images": len(records), "objects": sum(cats.values()),
+            "expressions": sum(len(r.expressions) for r in records), "objects_per_category": cats,
+            "texts_per_task": tasks}
+
+
+def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str | os.PathLike,
+             cfg: FinetuneConfig | None = None, *, resume: bool = False, data_source: dict | None = None,
+             progress: bool | None = None, log: Callable[[str], None] = print):
+    """Train LoRA adapters for ``base`` on ``records`` and save them in ``out``; returns ``(model, processor, card)``.
+
+    ``cfg.steps`` or ``cfg.minutes`` (or both: whichever ends first) bounds the run. With ``resume=True``
+    the adapters, optimizer state and step count in ``out`` are loaded first and training continues up to
+    ``cfg.steps`` in all (or for ``cfg.minutes`` more). A checkpoint replaces ``out`` every
+    ``cfg.checkpoint_minutes``.
+    """
+    import torch
+
+    from helpers.grounding.model import load
+    from helpers.world.training import collate, encode_example
+
+    cfg = cfg or FinetuneConfig()
+    out = Path(out)
+    if cfg.steps is None and cfg.minutes is None:
+        raise FinetuneError("give a budget: steps or minutes (or both)")
+    if cfg.steps is not None and cfg.steps < 1 or cfg.minutes is not None and cfg.minutes <= 0:
+        raise FinetuneError(f"steps must be >= 1 and minutes > 0, got steps={cfg.steps}, minutes={cfg.minutes}")
+    texts = texts_for(records)
+    if not texts:
+        raise FinetuneError("the data holds no annotated object, so there is nothing to learn")
+    previous = None
+    if resume:
+        if not (out / OPTIMIZER_FILE).is_file():
+            raise FinetuneError(f"cannot resume: {str(out)!r} holds no saved run ({OPTIMIZER_FILE} missing)")
+    elif out.exists() and any(out.iterdir()):
+        raise FinetuneError(f"output folder {str(out)!r} is not empty; choose a new folder, or resume the run in it "
+                            "(--resume)")
+    check_kosmos2(base)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, processor = load(str(base), quantization=cfg.quantization or "none", device=cfg.device, verbose=False,
+                            dtype="float32" if not cfg.quantization else None)
+    signature = base_signature(model)
+    if resume:
+        previous = check_adapter(out, model)
+    token_ids = word_token_ids(processor, cfg.new_words)
+    model = _with_adapters(model, cfg, out if resume else None, token_ids)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)
+    n_all = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+    start_step = 0
+    history: list[dict] = []
+    if previous:
+        _load_optimizer(opt, model, out / OPTIMIZER_FILE)
+        start_step = previous["steps"]
+        history = previous.get("history", [])
+    rng = random.Random(cfg.seed * 1_000_003 + start_step)
+    torch.manual_seed(cfg.seed + start_step)
+    pad = processor.tokenizer.pad_token_id
+    device = next(p.device for p in trainable)
+    source = data_source or {}
+    card = {
+        "base": str(base), "base_signature": signature, "quantization": cfg.quantization,
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("device",)},
+        "target_modules": model.peft_config["default"].target_modules,
+        "trained_token_embeddings": processor.tokenizer.convert_ids_to_tokens(token_ids),
+        "trainable_parameters": n_trainable, "all_parameters": n_all,
+        "data": _summary(records, texts, source),
+        "runs": (previous or {}).get("runs", []),
+        "figures": (previous or {}).get("figures", {}),
+    }
+
+    def save(folder: Path, step: int, finished: bool) -> None:
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp, safe_serialization=True)
+            _save_optimizer(opt, model, tmp / OPTIMIZER_FILE)
+            card.update(steps=step, finished=finished, history=history)
+            (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+            (tmp / "README.md").write_text(card_text(card))
+        _atomic_write(folder, write)
+
+    if progress is None:
+        from helpers.grounding.progress import interactive
+
+        progress = interactive()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps - start_step if cfg.steps else None, desc="fine-tuning", unit="step")
+    model.train()
+    t0 = last_save = time.time()
+    step = start_step
+    losses: list[float] = []
+    while True:
+        elapsed = time.time() - t0
+        if cfg.steps is not None and step >= cfg.steps or cfg.minutes is not None and elapsed >= 60 * cfg.minutes:
+            break
+        lr = _schedule(cfg, step, elapsed)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = []
+        for t in rng.sample(texts, min(cfg.batch_size, len(texts))):
+            rec = records[t.record]
+            batch.append(encode_example(processor, _image(rec.path), t.prompt, t.answer))
+        inputs = collate(batch, pad)
+        inputs.pop("look")
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        loss = model(**inputs).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 25 == 0 or step == 1:
+            mean = sum(losses) / len(losses)
+            history.append({"step": step, "loss": round(mean, 4), "seconds": round(time.time() - t0, 1)})
+            losses.clear()
+            if bar is None:
+                log(f"step {step:5d}  loss {mean:.3f}  lr {lr:.2e}  {time.time() - t0:5.0f}s")
+        if time.time() - last_save > 60 * cfg.checkpoint_minutes:
+            save(out, step, finished=False)
+            last_save = time.time()
+    if bar is not None:
+        bar.close()
+    if losses:
+        history.append({"step": step, "loss": round(sum(losses) / len(losses), 4), "seconds": round(time.time() - t0, 1)})
+    card["runs"] = card["runs"] + [{
+        "from_step": start_step, "to_step": step, "seconds": round(time.time() - t0, 1),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+                   f"device {device}",
+    }]
+    save(out, step, finished=True)
+    model.eval()
+    log(f"saved adapters after step {step} in {out}")
+    return model, processor, card
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+
+def memory_needed(config=None, *, rank: int = 16, batch_size: int = 4, seq_len: int = 128,
+                  quantization: str | None = "4bit", vision: bool = False, gradient_checkpointing: bool = True) -> dict:
+    """GPU memory (GiB) that fine-tuning needs, computed from the model's structure, not guessed.
+
+    ``config`` is a ``Kosmos2Config`` (default: ``Kosmos2Config()``, which has the sizes of
+    ``microsoft/kosmos-2-patch14-224``). The model is built on PyTorch's ``meta`` device (shapes, no
+    memory), the adapters are added as :func:`finetune` adds them, and one forward pass of ``batch_size``
+    sequences of ``seq_len`` tokens counts every tensor autograd keeps for the backward pass. Parts:
+
+    * ``base``: 4-bit weights take half a byte per weight of every linear layer but the output layer, plus
+      one float32 scale per block of 64; ``prepare_model_for_kbit_training`` keeps every other parameter in
+      float32 (4 bytes). Without quantization every parameter is float32.
+    * ``adapters``: each trainable parameter in float32 with its gradient and AdamW's two moments (16 bytes).
+    * ``activations``: what the forward pass keeps (float32 hidden states). With gradient checkpointing a
+      decoder layer keeps only its input, and one layer at a time recomputes the rest in the backward pass.
+
+    Not counted: the CUDA context and the allocator's slack (a few hundred MB), and the trained name tokens.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Kosmos2Config, Kosmos2ForConditionalGeneration
+
+    config = config or Kosmos2Config()
+    with torch.device("meta"):
+        model = Kosmos2ForConditionalGeneration(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    linear = sum(m.weight.numel() for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
+    base = (linear * (0.5 + 4 / 64) + (parameters - linear) * 4) if quantization in ("4bit", "nf4") else parameters * 4
+    targets = f"(?:{TEXT_AND_PROJECTION})|(?:{VISION})" if vision else TEXT_AND_PROJECTION
+    with _peft_quiet():
+        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, lora_dropout=0.05))
+    adapters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    layers = model.base_model.model.text_model.model.layers
+    saved = {"all": 0, "layers": 0}
+    inside = [False]
+
+    def pack(t):
+        saved["all"] += t.numel() * t.element_size()
+        if inside[0]:
+            saved["layers"] += t.numel() * t.element_size()
+        return t
+
+    handles = [h for layer in layers for h in (
+        layer.register_forward_pre_hook(lambda *_: inside.__setitem__(0, True)),
+        layer.register_forward_hook(lambda *_: inside.__setitem__(0, False)))]
+    size = config.vision_config.image_size
+    ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device="meta")
+    image_mask = torch.zeros(batch_size, seq_len, dtype=torch.long, device="meta")
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), image_embeds_position_mask=image_mask,
+              pixel_values=torch.zeros(batch_size, 3, size, size, device="meta"), labels=ids)
+    for h in handles:
+        h.remove()
+    activations = saved["all"]
+    if gradient_checkpointing:
+        hidden = config.text_config.embed_dim
+        activations += -saved["layers"] + saved["layers"] / len(layers) + len(layers) * batch_size * seq_len * hidden * 4
+    gib = 2 ** 30
+    parts = {"parameters": parameters, "adapter_parameters": adapters, "base_gib": base / gib,
+             "adapters_gib": adapters * 16 / gib, "activations_gib": activations / gib}
+    parts["total_gib"] = parts["base_gib"] + parts["adapters_gib"] + parts["activations_gib"]
+    return parts
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+
+def box_accuracy(model, processor, records: Sequence[ImageRecord], *, only: Callable[[AnnotatedObject], bool] | None = None,
+                 batch_size: int | None = None) -> dict:
+    """Held-out figures on annotated images, counted per object at IoU ≥ 0.5 (:mod:`helpers.grounding.evaluation`).
+
+    ``comprehension``: the prompt names the category (``the cat``); a true object is hit when any box
+    of the answer hits it. ``caption``: the brief caption has an entity with the object's phrase and a box
+    that hits it. ``only`` keeps the objects it returns True for (all by default).
+    """
+    from helpers.grounding.model import ground
+
+    keep = only or (lambda o: True)
+    images, prompts, truth = [], [], []
+    for rec in records:
+        for g in rec.groups:
+            if keep(g[0]):
+                images.append(_image(rec.path))
+                prompts.append(comprehension_prompt(g[0].category.definite(len(g))))
+                truth.append(g)
+    comprehension = Score()
+    for g, res in zip(truth, ground(model, processor, images, prompts, max_new_tokens=24, batch_size=batch_size,
+                                     progress=False)):
+        score_boxes(g, res, comprehension)
+    shown = [r for r in records if any(keep(o) for o in r.objects)]
+    caption = CaptionScores()
+    caps = ground(model, processor, [_image(r.path) for r in shown], CAPTION_PROMPT, max_new_tokens=96,
+                  batch_size=batch_size, progress=False)
+    for rec, res in zip(shown, caps):
+        score_caption([o for o in rec.objects if keep(o)], res, caption)
+
+    def s(x: Score) -> dict:
+        return {"rate": round(x.rate, 4) if x.total else None, "hits": x.hits, "total": x.total}
+
+    return {"objects": comprehension.total, "comprehension_box_hit": s(comprehension),
+            "caption_box_hit": s(caption.box_hit)}
+
+
+# ----------------------------------------------------------------------------------------------- card
+
+
+def _pct(r: dict) -> str:
+    return f"{100 * r['rate']:.1f} % ({r['hits']}/{r['total']})" if r.get("total") else "n/a"
+
+
+def card_text(card: dict) -> str:
+    """The adapter's ``README.md``: base, data, training and figures (from ``finetune.json``)."""
+    d, c = card["data"], card["config"]
+    seconds = sum(r["seconds"] for r in card.get("runs", []))
+    lines = [
+        f"# LoRA adapters for {card['base']}",
+        "",
+        "Load with `helpers.load(BASE, adapter=THIS_FOLDER)`; merge for speed with "
+        "`model = model.merge_and_unload()`.",
+        "",
+        "## Data",
+        f"{d['images']} images, {d['objects']} objects, {d['expressions']} referring expressions"
+        + (f" from `{d['annotations']}`" if d.get("annotations") else "") + ".",
+        "Objects per category: " + ", ".join(f"{k} {v}" for k, v in d["objects_per_category"].items()) + ".",
+        "Training texts per task: " + ", ".join(f"{k} {v}" for k, v in d["texts_per_task"].items()) + ".",
+        "",
+        "## Training",
+        f"{card['steps']} steps of batch {c['batch_size']} ({'finished' if card.get('finished') else 'checkpoint, run not finished'}), "
+        f"{seconds / 60:.1f} min; AdamW, peak learning rate {c['lr']}, warm-up {c['warmup']} steps, cosine decay.",
+        f"LoRA rank {c['rank']}, alpha {c['alpha']}, dropout {c['dropout']} on `{card['target_modules']}`: "
+        f"{card['trainable_parameters']:,} trainable of {card['all_parameters']:,} parameters"
+        + (f"; base loaded in {card['quantization']}" if card.get("quantization") else "") + ".",
+    ]
+    for r in card.get("runs", []):
+        lines.append(f"- steps {r['from_step']}–{r['to_step']}: {r['seconds'] / 60:.1f} min on {r['machine']} ({r['date']})")
+    hist = card.get("history", [])
+    if hist:
+        lines.append(f"- loss (mean over the logged steps): first {hist[0]['loss']}, last {hist[-1]['loss']}")
+    figures = card.get("figures") or {}
+    if figures:
+        lines += ["", "## Figures", "Measured after training (IoU ≥ 0.5 counts a box as a hit).", "",
+                  "| figure | before | after |", "| --- | --- | --- |"]
+        for name, pair in figures.items():
+            if isinstance(pair, dict) and "before" in pair:
+                lines.append(f"| {name} | {_pct(pair['before'])} | {_pct(pair['after'])} |")
+        notes = [v for k, v in figures.items() if k == "notes"]
+        for note in notes:
+            lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def add_figures(out: str | os.PathLike, figures: dict) -> None:
+    """Add before/after figures to a saved adapter's card (``finetune.json`` and ``README.md``)."""
+    out = Path(out)
+    card = _read_json(out / CARD_FILE, "adapter card")
+    card.setdefault("figures", {}).update(figures)
+
+    def write(tmp: Path) -> None:
+        for f in out.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+        (tmp / "README.md").write_text(card_text(card))
+    _atomic_write(out, write)
+
+
+# ----------------------------------------------------------------------------------------------- command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m helpers finetune",
+                                description="Fine-tune Kosmos-2 on your own boxes (COCO detection format) with LoRA.")
+    p.add_argument("--data", type=Path, required=True, help="COCO detection annotations (JSON)")
+    p.add_argument("--images", type=Path, required=True, help="folder of the images the annotations name")
+    p.add_argument("--base", required=True, help="Kosmos-2 model folder or hub id, e.g. microsoft/kosmos-2-patch14-224")
+    p.add_argument("--out", type=Path, required=True, help="folder for the adapters (must be new or empty)")
+    p.add_argument("--refs", type=Path, default=None, help="RefCOCO-style referring expressions for these images")
+    p.add_argument("--val", type=Path, default=None,
+                   help="held-out COCO annotations (same image folder): box accuracy before and after goes in the card")
+    p.add_argument("--minutes", type=float, default=None, help="wall-time budget")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps in all")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=int, default=32)
+    p.add_argument("--vision", action="store_true", help="adapters in the vision tower too")
+    p.add_argument("--new-words", nargs="+", default=(), metavar="WORD",
+                   help="words the base never wrote (e.g. a new category name): their token embeddings are trained")
+    p.add_argument("--quantization", choices=["4bit", "nf4"], default=None,
+                   help="4-bit base (QLoRA; nf4 is the QLoRA paper's data type, 4bit the article's FP4)")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute activations in the backward pass (default: on with --quantization 4bit)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.steps is None and args.minutes is None:
+        print("error: give --steps or --minutes (or both)", file=sys.stderr)
+        return 2
+    cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                         rank=args.rank, alpha=args.alpha, vision=args.vision, new_words=tuple(args.new_words), quantization=args.quantization,
+                         gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, device=args.device,
+                         threads=args.threads)
+    try:
+        records = read_coco(args.data, args.images, refs=args.refs)
+        val = read_coco(args.val, args.images) if args.val else None
+        model, processor, _ = finetune(args.base, records, args.out, cfg, resume=args.resume,
+                                       data_source={"annotations": str(args.data)},
+                                       log=lambda s: print(s, flush=True))
+        if val:
+            after = box_accuracy(model, processor, val)
+            with model.disable_adapter():  # the base as it was (LoRA only adds to it)
+                before = box_accuracy(model, processor, val)
+            add_figures(args.out, {
+                f"held-out comprehension box hit ({args.val.name})":
+                    {"before": before["comprehension_box_hit"], "after": after["comprehension_box_hit"]},
+                f"held-out caption box hit ({args.val.name})":
+                    {"before": before["caption_box_hit"], "after": after["caption_box_hit"]},
+            })
+            print(f"held-out comprehension box hit: {_pct(before['comprehension_box_hit'])} → "
+                  f"{_pct(after['comprehension_box_hit'])}")
+    except FinetuneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+

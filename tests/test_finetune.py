@@ -1,0 +1,322 @@
+"""Fine-tuning with LoRA: COCO reading, training texts, a short run, saving, loading with adapter=, merging,
+resuming, and every bad input (a clear error, nothing written)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers.grounding.finetune import (
+    FinetuneConfig,
+    FinetuneError,
+    base_signature,
+    finetune,
+    main,
+    read_coco,
+    same_base,
+    texts_for,
+)
+from helpers.world.new_kinds import draw_star, star_scene, write_coco
+from helpers.grounding.tokens import object_tokens
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one torch thread is fastest, and much faster on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory) -> tuple[Path, Path]:
+    """Six star scenes in COCO detection format: (annotation file, image folder)."""
+    folder = tmp_path_factory.mktemp("coco")
+    return write_coco(folder, 6, seed=1, name="train"), folder / "images"
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, coco, tmp_path_factory):
+    """A 4-step run on the tiny model: (adapter folder, records)."""
+    out = tmp_path_factory.mktemp("runs") / "adapter"
+    records = read_coco(*coco)
+    finetune(tiny_model_dir, records, out, FinetuneConfig(steps=4, batch_size=4, lr=5e-3, warmup=1, device="cpu",
+                                                          new_words=("star",)), progress=False, log=lambda s: None)
+    return out, records
+
+
+def _edited(coco, tmp_path, edit) -> Path:
+    data = json.loads(coco[0].read_text())
+    edit(data)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ data and texts
+
+
+def test_read_coco_gives_normalized_boxes_grouped_by_category(coco):
+    data = json.loads(coco[0].read_text())
+    records = read_coco(*coco)
+    assert len(records) == len(data["images"]) == 6
+    assert sum(len(r.objects) for r in records) == len(data["annotations"])
+    ann = data["annotations"][0]
+    image = data["images"][ann["image_id"]]
+    x, y, w, h = ann["bbox"]
+    expected = (x / image["width"], y / image["height"], (x + w) / image["width"], (y + h) / image["height"])
+    boxes = [o.box for o in records[ann["image_id"]].objects]
+    assert any(all(abs(a - b) < 1e-9 for a, b in zip(box, expected)) for box in boxes)
+    for rec in records:
+        centres = [(g[0].box[0] + g[0].box[2]) / 2 for g in rec.groups]
+        assert centres == sorted(centres)  # groups left to right, as the world's captions
+        assert any(o.category.name.endswith("star") for o in rec.objects)
+
+
+def test_texts_cover_caption_comprehension_question_and_expressions(coco, tmp_path):
+    def add_sentences(data):
+        data["annotations"][0]["sentences"] = [{"sent": "the thing on the left"}, "it"]
+    records = read_coco(_edited(coco, tmp_path, add_sentences), coco[1])
+    texts = texts_for(records)
+    first = records[0]
+    mine = [t for t in texts if t.record == 0]
+    caption = [t for t in mine if t.task == "caption"]
+    assert len(caption) == 1 and caption[0].prompt == "<grounding> An image of"
+    assert caption[0].answer.startswith(f"<phrase> {first.groups[0][0].phrase}</phrase>"
+                                        + object_tokens([o.box for o in first.groups[0]]))
+    assert len([t for t in mine if t.task == "comprehension"]) == len(first.groups)
+    questions = [t for t in mine if t.task == "question"]
+    assert len(questions) == len(first.objects)
+    assert all(t.prompt.count("<patch_index_") == 2 and t.answer.startswith(" It is a") for t in questions)
+    ann_image = json.loads(coco[0].read_text())["annotations"][0]["image_id"]
+    expressions = [t for t in texts if t.task == "expression"]
+    assert [t.record for t in expressions] == [ann_image, ann_image]
+    assert expressions[0].prompt == "<grounding><phrase> the thing on the left</phrase>"
+
+
+def test_refs_file_adds_referring_expressions(coco, tmp_path):
+    data = json.loads(coco[0].read_text())
+    image, ann = data["images"][2], next(a for a in data["annotations"] if a["image_id"] == 2)
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps([{"file_name": image["file_name"], "bbox": ann["bbox"], "width": image["width"],
+                                 "height": image["height"], "sentences": [{"sent": "the left one"}]}]))
+    records = read_coco(*coco, refs=refs)
+    assert [e for e, _ in records[2].expressions] == ["the left one"]
+
+
+def test_labels_fall_on_the_answer_only(coco, tiny_model):
+    from helpers.world.training import IGNORE, answer_token_ids, encode_example
+    from helpers.grounding.finetune import _image
+
+    _, processor = tiny_model
+    records = read_coco(*coco)
+    for text in texts_for(records)[:6]:
+        enc = encode_example(processor, _image(records[text.record].path), text.prompt, text.answer)
+        answer = answer_token_ids(processor.tokenizer, text.answer) + [processor.tokenizer.eos_token_id]
+        assert [v for v in enc.labels if v != IGNORE] == answer
+        assert enc.input_ids[-len(answer):] == answer
+
+
+# ------------------------------------------------------------------------------------------------ training, saving, loading
+
+
+def test_short_run_saves_adapters_card_and_optimizer(trained):
+    out, records = trained
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["README.md", "adapter_config.json", "adapter_model.safetensors", "finetune.json",
+                     "optimizer.safetensors"]
+    card = json.loads((out / "finetune.json").read_text())
+    assert card["steps"] == 4 and card["finished"] is True
+    assert card["data"]["images"] == len(records) and card["data"]["objects"] == sum(len(r.objects) for r in records)
+    assert 0 < card["trainable_parameters"] < card["all_parameters"]
+    assert sorted(card["trained_token_embeddings"]) == sorted(["▁s", "t", "a", "r"])  # the pieces of " star"
+    assert "4 steps of batch 4" in (out / "README.md").read_text()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_load_with_adapter_changes_outputs_and_merging_keeps_them(trained, tiny_model_dir, tiny_model, coco):
+    import torch
+
+    from helpers.grounding.model import load
+
+    out, records = trained
+    base, processor = tiny_model
+    tuned, _ = load(str(tiny_model_dir), adapter=out, device="cpu", verbose=False)
+    assert tuned.load_info.adapter == str(out)
+    from helpers.grounding.finetune import _image
+
+    inputs = processor(text="<grounding> An image of", images=_image(records[0].path), return_tensors="pt")
+    with torch.no_grad():
+        before = base(**inputs).logits
+        after = tuned(**inputs).logits
+        merged = tuned.merge_and_unload()
+        after_merge = merged(**inputs).logits
+    assert not torch.allclose(before, after, atol=1e-4)  # the adapters do something
+    torch.testing.assert_close(after_merge, after, atol=1e-4, rtol=1e-4)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_training_lowers_the_loss_on_its_texts(tiny_model_dir, coco, tmp_path):
+    import torch
+
+    from helpers.grounding.finetune import _image
+    from helpers.world.training import collate, encode_example
+
+    records = read_coco(*coco)[:1]
+    model, processor, card = finetune(tiny_model_dir, records, tmp_path / "a",
+                                      FinetuneConfig(steps=12, batch_size=4, lr=3e-2, warmup=1, device="cpu"),
+                                      progress=False, log=lambda s: None)
+    batch = collate([encode_example(processor, _image(records[0].path), t.prompt, t.answer)
+                     for t in texts_for(records)], processor.tokenizer.pad_token_id)
+    batch.pop("look")
+    with torch.no_grad():
+        tuned = model(**batch).loss.item()
+        with model.disable_adapter():
+            base = model(**batch).loss.item()
+    print(f"loss on the training texts: base {base:.3f}, tuned {tuned:.3f}")
+    assert tuned < base - 0.1  # a random tiny model learns slowly, but it learns
+
+
+def test_resume_continues_the_step_count(trained, tiny_model_dir, tmp_path):
+    import shutil
+
+    out, records = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    finetune(tiny_model_dir, records, copy, FinetuneConfig(steps=6, batch_size=4, device="cpu"), resume=True,
+             progress=False, log=lambda s: None)
+    card = json.loads((copy / "finetune.json").read_text())
+    assert card["steps"] == 6
+    assert [(r["from_step"], r["to_step"]) for r in card["runs"]] == [(0, 4), (4, 6)]
+
+
+def test_signature_survives_a_dtype_change_but_not_another_base(tiny_model):
+    import copy
+
+    import torch
+
+    model, _ = tiny_model
+    sig = base_signature(model)
+    assert same_base(sig, base_signature(copy.deepcopy(model).to(torch.bfloat16)))
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.get_input_embeddings().weight.normal_(0, 0.02)
+    assert not same_base(sig, base_signature(other))
+
+
+def test_command_runs_and_writes_the_card(tiny_model_dir, coco, tmp_path, capsys):
+    out = tmp_path / "cli"
+    val = _edited(coco, tmp_path, lambda d: d.update(images=d["images"][:1],
+                                                     annotations=[a for a in d["annotations"] if a["image_id"] == 0]))
+    code = main(["--data", str(coco[0]), "--images", str(coco[1]), "--base", str(tiny_model_dir), "--out", str(out),
+                 "--steps", "2", "--batch-size", "2", "--val", str(val)])
+    assert code == 0
+    figures = json.loads((out / "finetune.json").read_text())["figures"]
+    assert {"before", "after"} <= set(next(iter(figures.values())))
+    assert "held-out comprehension box hit" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["annotations"][0].update(bbox=[-20, 0, 10, 10]), "reaches outside"),
+    (lambda d: d["annotations"][1].update(bbox=[5, 5, 500, 10]), "reaches outside"),
+    (lambda d: d["annotations"][0].update(bbox=[5, 5, 0, 10]), "has no area"),
+    (lambda d: d["annotations"][2].update(category_id=999), "unknown category id 999"),
+    (lambda d: d["images"][3].update(file_name="missing.png"), "missing.png"),
+    (lambda d: d.update(annotations=[]), "no images or no annotations"),
+])
+def test_bad_annotations_name_the_record(coco, tmp_path, edit, message):
+    path = _edited(coco, tmp_path, edit)
+    with pytest.raises(FinetuneError, match=message) as info:
+        read_coco(path, coco[1])
+    text = str(info.value)
+    assert "edited.json" in text
+    if "bbox" in message or "category" in message or "area" in message or "outside" in message:
+        assert "annotations[" in text
+
+
+def test_empty_annotation_file(tmp_path, coco):
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    with pytest.raises(FinetuneError, match="empty.json.*is empty"):
+        read_coco(empty, coco[1])
+
+
+def test_command_reports_bad_data_and_writes_nothing(tiny_model_dir, coco, tmp_path, capsys):
+    bad = _edited(coco, tmp_path, lambda d: d["annotations"][0].update(category_id=77))
+    out = tmp_path / "runs" / "out"
+    code = main(["--data", str(bad), "--images", str(coco[1]), "--base", str(tiny_model_dir), "--out", str(out),
+                 "--steps", "2"])
+    assert code == 1
+    assert "unknown category id 77" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_base_that_is_not_kosmos2(tmp_path, coco):
+    base = tmp_path / "bert"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    out = tmp_path / "out"
+    with pytest.raises(FinetuneError, match="'bert' model, not Kosmos-2"):
+        finetune(base, read_coco(*coco), out, FinetuneConfig(steps=1), progress=False)
+    assert not out.exists()
+
+
+def test_adapter_for_another_base_is_refused(trained, tmp_path):
+    from helpers.grounding.model import load
+    from helpers.world.training import new_model
+    from helpers.world.language import build_processor
+
+    out, _ = trained
+    other = tmp_path / "other_base"
+    processor = build_processor(64)
+    new_model(processor, seed=1, vision_layers=1, text_layers=1, vision_dim=32, text_dim=32, heads=2).save_pretrained(other)
+    processor.save_pretrained(other)
+    with pytest.raises(FinetuneError, match="was trained on the base .* different one"):
+        load(str(other), adapter=out, device="cpu", verbose=False)
+
+
+def test_output_folder_in_use_and_interrupted_runs(trained, tiny_model_dir, coco, tmp_path):
+    out, records = trained
+    with pytest.raises(FinetuneError, match="not empty"):
+        finetune(tiny_model_dir, records, out, FinetuneConfig(steps=1), progress=False)
+    with pytest.raises(FinetuneError, match="cannot resume"):
+        finetune(tiny_model_dir, records, tmp_path / "nothing", FinetuneConfig(steps=1), resume=True, progress=False)
+
+
+def test_star_drawing_stays_outside_the_world():
+    from PIL import Image, ImageDraw
+
+    from helpers.world.scenes import KINDS, sample_scene
+
+    assert all(shape != "star" for _, shape in KINDS)
+    before = sample_scene(5).image.tobytes()
+    scene = star_scene(3)
+    assert any(o.shape == "star" for o in scene.objects)
+    assert sample_scene(5).image.tobytes() == before
+    image = Image.new("RGB", (40, 40))
+    x0, y0, x1, y1 = draw_star(ImageDraw.Draw(image), "red", (4, 4, 36, 36))
+    assert 4 <= x0 < x1 <= 36 and y0 == 4
+    with pytest.raises(ValueError, match="needs a colour"):
+        draw_star(ImageDraw.Draw(image), "orange", (4, 4, 36, 36))
+
+
+def test_qlora_on_a_4bit_base_trains_and_loads(tiny_model_dir, coco, tmp_path):
+    """QLoRA: bitsandbytes 4-bit (NF4) base, gradient checkpointing, adapters in float32 (bitsandbytes runs on the CPU)."""
+    from helpers.grounding.model import load
+
+    out = tmp_path / "qlora"
+    model, _, card = finetune(tiny_model_dir, read_coco(*coco), out,
+                              FinetuneConfig(steps=2, batch_size=2, quantization="nf4", device="cpu"),
+                              progress=False, log=lambda s: None)
+    assert card["quantization"] == "nf4" and card["steps"] == 2
+    assert all(p.dtype == __import__("torch").float32 for p in model.parameters() if p.requires_grad)
+    tuned, _ = load(str(tiny_model_dir), adapter=out, quantization="nf4", device="cpu", verbose=False)
+    assert tuned.load_info.quantization == "nf4" and tuned.load_info.adapter == str(out)
