@@ -235,3 +235,16 @@ def test_evaluate_end_to_end_on_a_tiny_untrained_model(tiny_model) -> None:
     assert all(v >= 0 for v in report.seconds.values())
     assert report.table().startswith(f"2 held-out scenes, {n_objects} objects")
     json.dumps(report.as_dict(), allow_nan=False)
+
+
+def test_score_any_box_counts_each_true_object_hit_by_any_box_under_any_phrase() -> None:
+    from types import SimpleNamespace
+
+    from helpers.grounding.evaluation import score_any_box
+    from helpers.grounding.tokens import parse_generation
+
+    truth = [SimpleNamespace(box=(0.0, 0.0, 0.5, 0.5)), SimpleNamespace(box=(0.5, 0.5, 1.0, 1.0))]
+    # one box on the first object, under a phrase that names something else; nothing near the second
+    g = parse_generation("<grounding><phrase> a dog</phrase><object><patch_index_0000><patch_index_0528></object>")
+    score = score_any_box(truth, g)
+    assert (score.hits, score.total) == (1, 2)

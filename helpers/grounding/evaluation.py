@@ -129,6 +129,19 @@ class PhraseScores:
     upper_bound: Score = field(default_factory=Score)
 
 
+def score_any_box(truth: Iterable, grounding: Grounding, score: Score | None = None) -> Score:
+    """Per true object: hit when any box of the answer, under any phrase, hits it (IoU ≥ 0.5).
+
+    A looser rule than :func:`score_phrase` (the Kosmos-2 authors' accuracy@1): the fine-tuning
+    demonstration's box accuracy uses it, and says so in its key (``comprehension_box_hit``).
+    """
+    score = score or Score()
+    boxes = [b for e in grounding.entities for b in e.boxes]
+    for obj in truth:
+        score.add(any(box_hits(b, obj.box) for b in boxes))
+    return score
+
+
 def score_phrase(truth_boxes: Sequence[Sequence[float]], grounding: Grounding, phrase: str,
                  scores: PhraseScores | None = None, threshold: float = IOU_THRESHOLD) -> dict:
     """Score one expression: the answer's boxes for ``phrase`` against its true box(es).

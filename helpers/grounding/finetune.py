@@ -59,7 +59,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from helpers.grounding.evaluation import CaptionScores, Score, score_boxes, score_caption
+from helpers.grounding.evaluation import CaptionScores, Score, score_any_box, score_caption
 from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt
 from helpers.grounding.tokens import object_tokens
 from helpers.world.language import _with_box
@@ -743,7 +743,7 @@ def box_accuracy(model, processor, records: Sequence[ImageRecord], *, only: Call
     comprehension = Score()
     for g, res in zip(truth, ground(model, processor, images, prompts, max_new_tokens=24, batch_size=batch_size,
                                      progress=False)):
-        score_boxes(g, res, comprehension)
+        score_any_box(g, res, comprehension)
     shown = [r for r in records if any(keep(o) for o in r.objects)]
     caption = CaptionScores()
     caps = ground(model, processor, [_image(r.path) for r in shown], CAPTION_PROMPT, max_new_tokens=96,

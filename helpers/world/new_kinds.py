@@ -138,7 +138,7 @@ def world_figures(model, processor, scenes: int = 220) -> dict:
 
 _WORLD_ROWS = (("own world: caption phrase recall", "caption_phrase_recall"),
                ("own world: caption box hit", "caption_box_hit"),
-               ("own world: comprehension box hit", "comprehension_box_hit"),
+               ("own world: comprehension accuracy@1", "comprehension_accuracy_at_1"),
                ("own world: question names the object", "qa_names_object"),
                ("own world: generation names the object", "generation_names_object"))
 
