@@ -681,7 +681,7 @@ def build_report(rows: list[dict[str, Any]], *, config, tiny: bool, new_tokens: 
         "new_tokens": new_tokens,
         "prompt_tokens": 3 + config.latent_query_num + PROMPT_TOKENS,
         "warmup_runs": warmup,
-        "warmup_tokens": warmup_tokens or new_tokens,
+        "warmup_tokens": min(warmup_tokens, new_tokens) if warmup_tokens else new_tokens,
         "timed_runs": repeats,
         "support": model_support(),
         "results": rows,
