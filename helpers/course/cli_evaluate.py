@@ -156,10 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(err), code=1, prog=PROG)
     try:
         if args.benchmark == "world":
-            from helpers.grounding.evaluation import HELD_OUT_SEED, evaluate, format_score
+            from helpers.grounding.evaluation import (HELD_OUT_SEED, caption_error_table, evaluate,
+                                                      evaluate_captions, format_score)
             from helpers.world.scenes import sample_scenes
-
-            from helpers.grounding.evaluation import caption_error_table, evaluate_captions
 
             scenes = sample_scenes(args.scenes, seed=HELD_OUT_SEED if args.seed is None else args.seed)
             if args.captions_only:
