@@ -232,13 +232,10 @@ def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new
     t = time.perf_counter()
     caps = ground(model, processor, images, CAPTION_PROMPT, max_new_tokens=max_new_tokens, batch_size=batch_size)
     seconds["caption"] = time.perf_counter() - t
-    caption = CaptionScores()
-    rows: list[dict] = []
-    for i, (scene, g) in enumerate(zip(scenes, caps)):
-        score_caption(scene.objects, g, caption)
-        rows.append({"task": "caption", "scene": i, "truth": [[o.phrase, o.box] for o in scene.objects],
-                     "caption": g.caption, "entities": [[e.phrase, e.boxes] for e in g.entities]})
-    errors = count_caption_errors(scenes, caps)
+    caption, errors = score_captions(scenes, caps)
+    rows: list[dict] = [{"task": "caption", "scene": i, "truth": [[o.phrase, o.box] for o in scene.objects],
+                         "caption": g.caption, "entities": [[e.phrase, e.boxes] for e in g.entities]}
+                        for i, (scene, g) in enumerate(zip(scenes, caps))]
 
     comp_images, comp_phrases, comp_truth, comp_scene = [], [], [], []
     for i, scene in enumerate(scenes):
@@ -386,7 +383,13 @@ def evaluate_captions(model, processor, scenes, *, max_new_tokens: int = 96, bat
     extra = {} if decoding is None else {"decoding": decoding}
     caps = ground(model, processor, [s.image for s in scenes], CAPTION_PROMPT, max_new_tokens=max_new_tokens,
                   batch_size=batch_size, **extra)
+    return score_captions(scenes, caps)
+
+
+def score_captions(scenes: Sequence, groundings: Sequence[Grounding]) -> tuple[CaptionScores, dict]:
+    """Brief captions of ``scenes`` scored (:func:`score_caption`) and their errors by type
+    (:func:`count_caption_errors`): the caption part of :func:`evaluate` and :func:`evaluate_captions`."""
     scores = CaptionScores()
-    for scene, g in zip(scenes, caps):
+    for scene, g in zip(scenes, groundings):
         score_caption(scene.objects, g, scores)
-    return scores, count_caption_errors(scenes, caps)
+    return scores, count_caption_errors(scenes, groundings)
