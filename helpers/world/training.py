@@ -34,6 +34,7 @@ import re
 import signal
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -345,6 +346,9 @@ class TrainConfig:
     group_weight: float = 0.0  # weight of the group heads' loss (group size, caption place); 0 = off
     pair_share: float = 0.0  # training-only share of scenes redrawn until they hold a pair
     three_share: float = 0.0  # ... and of the rest, redrawn until they hold three kinds
+    log_every: int = 25  # joint steps between two lines of the log (and of the history)
+    device: str = "cpu"  # where the model trains ("cuda" on a GPU); batches are drawn on the CPU
+    workers: int = 0  # processes drawing batches (0: in the training process, one seeded stream)
 
 
 def draw_batch(rng: random.Random, processor, n: int, grid: int, pair_share: float = 0.0,
@@ -372,6 +376,59 @@ def draw_batch(rng: random.Random, processor, n: int, grid: int, pair_share: flo
         whats.append(w)
         wheres.append(wh)
     return batch, torch.stack(whats), torch.stack(wheres)
+
+
+def joint_batch(rng: random.Random, processor, cfg: TrainConfig, grid: int) -> dict[str, torch.Tensor]:
+    """One batch of the joint stage: the collated inputs, the dense targets and the group targets."""
+    gt: list = []
+    batch, what, where = draw_batch(rng, processor, cfg.batch_size, grid, cfg.pair_share, cfg.three_share, gt)
+    return {**collate(batch, processor.tokenizer.pad_token_id, grid), "what": what, "where": where,
+            "count": torch.stack([t[0] for t in gt]), "place": torch.stack([t[1] for t in gt])}
+
+
+def dense_batch(rng: random.Random, processor, cfg: TrainConfig, grid: int, mixed: bool) -> dict[str, torch.Tensor]:
+    """One batch of the dense stages: pixels with the per-patch targets (``mixed``: the training scene mix)."""
+    if mixed and (cfg.pair_share or cfg.three_share):
+        scenes = [training_scene(rng, cfg.pair_share, cfg.three_share) for _ in range(cfg.batch_size)]
+    else:
+        scenes = [sample_scene(rng.getrandbits(62)) for _ in range(cfg.batch_size)]
+    tg = [dense_targets(s, grid) for s in scenes]
+    gt = [group_targets(s, grid) for s in scenes]
+    return {"pixel_values": processor.image_processor([s.image for s in scenes], return_tensors="pt")["pixel_values"],
+            "what": torch.stack([t[0] for t in tg]), "where": torch.stack([t[1] for t in tg]),
+            "count": torch.stack([t[0] for t in gt]), "place": torch.stack([t[1] for t in gt])}
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """Endless batches of ``make(rng)``, one random stream per worker process (seeded by run seed and worker)."""
+
+    def __init__(self, make, seed: int):
+        self.make, self.seed = make, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(f"{self.seed}/{info.id if info else 0}")
+        while True:
+            yield self.make(rng)
+
+
+def _worker_init(_worker: int) -> None:
+    torch.set_num_threads(1)  # the workers draw pictures and tokenize; the cores are theirs, not BLAS's
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a stop is the training process's to handle: it saves first
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def batches(make, rng: random.Random, cfg: TrainConfig, stream: int):
+    """Batches of ``make(rng)`` on ``cfg.device``: drawn in this process from ``rng`` (``cfg.workers == 0``, the
+    original single stream), or by ``cfg.workers`` processes, each with its own stream of ``stream``."""
+    if cfg.workers == 0:
+        source = iter(lambda: make(rng), None)
+    else:
+        source = iter(torch.utils.data.DataLoader(
+            _Stream(make, cfg.seed * 10 + stream), batch_size=None, num_workers=cfg.workers,
+            worker_init_fn=_worker_init, prefetch_factor=4, pin_memory=cfg.device.startswith("cuda")))
+    for batch in source:
+        yield {k: v.to(cfg.device, non_blocking=True) for k, v in batch.items()}
 
 
 class _StopFlag:
@@ -410,7 +467,7 @@ class AttentionTap:
         n = look.shape[-1]
         valid = look.any(-1)
         if not self.weights or not valid.any():
-            return torch.zeros(())
+            return torch.zeros((), device=look.device)
         losses = []
         for w in self.weights:
             on_image = w[:, 0, :, first_image_pos : first_image_pos + n]  # (B, T, n)
@@ -432,8 +489,8 @@ def save_heads(folder: Path, heads: DenseHeads, token_heads: DenseHeads) -> None
     """Write the training-only heads (on the patches and on the image tokens) next to a saved model."""
     from safetensors.torch import save_file
 
-    tensors = {f"patches.{k}": v.detach().contiguous() for k, v in heads.state_dict().items()}
-    tensors |= {f"tokens.{k}": v.detach().contiguous() for k, v in token_heads.state_dict().items()}
+    tensors = {f"patches.{k}": v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+    tensors |= {f"tokens.{k}": v.detach().cpu().contiguous() for k, v in token_heads.state_dict().items()}
     save_file(tensors, str(Path(folder) / HEADS_FILE))
 
 
@@ -482,6 +539,8 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     ``keep_heads``: a list that receives the run's heads ``(on the patches, on the image tokens)``, to save
     them with the model (:func:`save_heads`); checkpoints save them too.
     """
+    if cfg.workers < 0 or cfg.log_every < 1:
+        raise ValueError(f"workers must be 0 or more and log_every 1 or more, got {cfg.workers} and {cfg.log_every}")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     processor = processor or build_processor(cfg.image_size)
@@ -496,22 +555,18 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
         keep_heads.append((heads, token_heads))
     if model.config.latent_query_num != grid * grid:
         raise ValueError(f"the recipe pairs image token i with patch i: latent_query_num must be {grid * grid}")
-    pad = processor.tokenizer.pad_token_id
+    model.to(cfg.device)
+    heads.to(cfg.device)
+    token_heads.to(cfg.device)
     history: list[dict] = []
     start = time.time()
 
-    def pixels(scenes):
-        return processor.image_processor([s.image for s in scenes], return_tensors="pt")["pixel_values"]
-
-    def dense_loss(scenes, patches, embeds):
+    def dense_loss(b, patches, embeds):
         """The training-only heads' loss (what / where per patch, and the group targets when asked for)."""
-        tg = [dense_targets(s, grid) for s in scenes]
-        what, where = torch.stack([t[0] for t in tg]), torch.stack([t[1] for t in tg])
-        loss = heads.loss(patches, what, where) + token_heads.loss(embeds, what, where)
+        loss = heads.loss(patches, b["what"], b["where"]) + token_heads.loss(embeds, b["what"], b["where"])
         if cfg.group_weight:
-            gt = [group_targets(s, grid) for s in scenes]
-            count, place = torch.stack([t[0] for t in gt]), torch.stack([t[1] for t in gt])
-            loss = loss + heads.group_loss(patches, count, place) + token_heads.group_loss(embeds, count, place)
+            loss = (loss + heads.group_loss(patches, b["count"], b["place"])
+                    + token_heads.group_loss(embeds, b["count"], b["place"]))
         return loss
 
     def dense_step(opt, loss, stage: str, step: int, *, last: bool, every: int) -> None:
@@ -529,38 +584,40 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     head_params = list(heads.parameters()) + list(token_heads.parameters())
     opt = torch.optim.AdamW(head_params, lr=3e-3, weight_decay=0.01)
     model.eval()
+    stream = batches(partial(dense_batch, processor=processor, cfg=cfg, grid=grid, mixed=False), rng, cfg, 0)
     for step in range(cfg.heads_steps):
         if stop.raised:
             break
-        scenes = [sample_scene(rng.getrandbits(62)) for _ in range(cfg.batch_size)]
+        b = next(stream)
         with torch.no_grad():
-            patches, embeds = image_features(model, pixels(scenes))
-        loss = dense_loss(scenes, patches, embeds)
+            patches, embeds = image_features(model, b["pixel_values"])
+        loss = dense_loss(b, patches, embeds)
         dense_step(opt, loss, "heads", step, last=step == cfg.heads_steps - 1, every=25)
+    stream.close()
 
     # stage 1: the vision tower and the projection alone, on the dense targets (image token i ↔ patch i)
     vision_params = (list(model.vision_model.parameters()) + list(model.image_to_text_projection.parameters())
                      + list(heads.parameters()) + list(token_heads.parameters()))
     opt = torch.optim.AdamW(vision_params, lr=cfg.lr, weight_decay=0.01)
     model.train()
+    stream = batches(partial(dense_batch, processor=processor, cfg=cfg, grid=grid, mixed=True), rng, cfg, 1)
     for step in range(cfg.vision_steps):
         if stop.raised:
             break
-        if cfg.pair_share or cfg.three_share:
-            scenes = [training_scene(rng, cfg.pair_share, cfg.three_share) for _ in range(cfg.batch_size)]
-        else:
-            scenes = [sample_scene(rng.getrandbits(62)) for _ in range(cfg.batch_size)]
+        b = next(stream)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        patches, embeds = image_features(model, pixels(scenes))
-        loss = dense_loss(scenes, patches, embeds)
+        patches, embeds = image_features(model, b["pixel_values"])
+        loss = dense_loss(b, patches, embeds)
         dense_step(opt, loss, "vision", step, last=step == cfg.vision_steps - 1, every=50)
+    stream.close()
 
     # stage 2: everything, every task; head 0 of each text layer is shown where to look
     model.set_attn_implementation("eager")
     tap = AttentionTap(model)
     params = list(model.parameters()) + list(heads.parameters()) + list(token_heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    stream = batches(partial(joint_batch, processor=processor, cfg=cfg, grid=grid), rng, cfg, 2)
     stage2_start = last_save = time.time()
     for step in range(cfg.steps):
         frac = step / max(1, cfg.steps)
@@ -575,21 +632,17 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        gt: list = []
-        batch, what, where = draw_batch(rng, processor, cfg.batch_size, grid, cfg.pair_share, cfg.three_share, gt)
-        inputs = collate(batch, pad, grid)
-        patches, embeds = image_features(model, inputs["pixel_values"])
+        b = next(stream)
+        patches, embeds = image_features(model, b["pixel_values"])
         out = model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-            image_embeds_position_mask=inputs["image_embeds_position_mask"], image_embeds=embeds,
-            labels=inputs["labels"],
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+            image_embeds_position_mask=b["image_embeds_position_mask"], image_embeds=embeds, labels=b["labels"],
         )
-        dense = heads.loss(patches, what, where) + token_heads.loss(embeds, what, where)
-        group = torch.zeros(())
+        dense = heads.loss(patches, b["what"], b["where"]) + token_heads.loss(embeds, b["what"], b["where"])
+        group = torch.zeros((), device=cfg.device)
         if cfg.group_weight:
-            count, place = torch.stack([t[0] for t in gt]), torch.stack([t[1] for t in gt])
-            group = heads.group_loss(patches, count, place) + token_heads.group_loss(embeds, count, place)
-        look = tap.loss(inputs["look"])
+            group = heads.group_loss(patches, b["count"], b["place"]) + token_heads.group_loss(embeds, b["count"], b["place"])
+        look = tap.loss(b["look"])
         loss = out.loss + cfg.aux_weight * dense + cfg.look_weight * look + cfg.group_weight * group
         opt.zero_grad()
         loss.backward()
@@ -602,7 +655,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
             save_heads(cfg.checkpoint, heads, token_heads)
             write_record(cfg.checkpoint, cfg, history, time.time() - start)  # resumable on its own
             log(f"checkpoint at step {step} in {cfg.checkpoint}")
-        if step % 25 == 0:
+        if step % cfg.log_every == 0:
             rate = step / max(time.time() - stage2_start, 1e-9)
             log(f"step {step:5d}  text loss {out.loss.item():.3f}  dense {dense.item():.3f}  look {look.item():.3f}  "
                 + (f"group {group.item():.3f}  " if cfg.group_weight else "")
@@ -611,10 +664,12 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
                             "dense_loss": round(dense.item(), 4), "look_loss": round(look.item(), 4),
                             **({"group_loss": round(group.item(), 4)} if cfg.group_weight else {}),
                             "seconds": round(time.time() - stage2_start, 1)})
+    stream.close()
     stop.restore()
     tap.remove()
     model.set_attn_implementation("sdpa")
     model.eval()
+    model.to("cpu")  # saved and used on the CPU; the heads stay where they trained (saved from there)
     return model, processor, history
 
 
@@ -645,6 +700,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="share of training scenes redrawn until they hold a pair of one kind")
     parser.add_argument("--three-share", type=float, default=0.0,
                         help="share of the other training scenes redrawn until they hold three kinds")
+    parser.add_argument("--device", default="cpu",
+                        help="where the model trains: cpu, or cuda on a GPU (saved weights are the same either way)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes that draw and encode the batches (0: the training process itself)")
+    parser.add_argument("--log-every", type=int, default=25, help="joint steps between two log lines")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                         help="skip the held-out evaluation and model card")
     args = parser.parse_args(argv)
@@ -654,7 +714,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                       batch_size=args.batch_size, lr=args.lr, minutes=args.minutes, warmup=args.warmup,
                       aux_weight=args.aux_weight, look_weight=args.look_weight,
                       checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
-                      group_weight=args.group_weight, pair_share=args.pair_share, three_share=args.three_share)
+                      group_weight=args.group_weight, pair_share=args.pair_share, three_share=args.three_share,
+                      device=args.device, workers=args.workers, log_every=args.log_every)
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: this torch sees no GPU (torch {torch.__version__})")
+        torch.set_float32_matmul_precision("high")  # TF32 matrix products: the tiny model trains in float32
     t0 = time.time()
     model = processor = None
     if args.resume:
