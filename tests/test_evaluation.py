@@ -191,8 +191,9 @@ def test_report_table() -> None:
     assert "| captioning: box hit (IoU ≥ 0.5) | 66.7 % (4/6) | ≥ 90 % |" in lines
     assert "| comprehension: accuracy@1 (first box of the phrase) | 80.0 % (4/5) | ≥ 90 % |" in lines
     assert "| comprehension: upper bound (any box of the phrase) | 100.0 % (5/5) |  |" in lines
-    assert "| question with a box: names the object | 50.0 % (3/6) | ≥ 90 % |" in lines
-    assert "| generation from a box: names the object | n/a (0/0) | ≥ 90 % |" in lines
+    assert "| captioning: phrase precision | 100.0 % (5/5) | ≥ 95 % |" in lines
+    assert "| question with a box: names the object | 50.0 % (3/6) | ≥ 95 % |" in lines
+    assert "| generation from a box: names the object | n/a (0/0) | ≥ 95 % |" in lines
     assert len(lines) == 4 + 7
 
 

@@ -37,3 +37,22 @@ def test_the_card_shows_errors_by_type_and_the_second_seed(tmp_path) -> None:
     assert "| captioning: phrase recall | 60.0 % (6/10) | ≥ 95 % |" in second
     assert "| missed | 5 | " in second
     assert card.index("| missed | 3 |") < card.index("seed=777")
+
+
+def test_the_card_names_the_location_features_the_weights_started_from(tmp_path) -> None:
+    from helpers.world.language import build_processor
+    from helpers.world.modelcard import EARLIEST_LOCATION_FEATURES
+    from helpers.world.training import LOCATION_FEATURES, new_model
+
+    processor = build_processor(64)
+    new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=48, heads=2).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    (tmp_path / "evaluation.json").write_text(json.dumps(_result(20231114, 8, 3)))
+    first = {"config": {"seed": 0}, "seconds": 60, "history": []}  # recorded before runs named their features
+    resumed = {"config": {"seed": 0}, "seconds": 90, "history": [], "location_features": LOCATION_FEATURES,
+               "stages": [first, {"config": {"seed": 0}, "seconds": 30, "location_features": LOCATION_FEATURES}]}
+    for record, expected in ((first, EARLIEST_LOCATION_FEATURES), (resumed, EARLIEST_LOCATION_FEATURES),
+                             ({**first, "location_features": LOCATION_FEATURES}, LOCATION_FEATURES)):
+        (tmp_path / "training.json").write_text(json.dumps(record))
+        render_card(tmp_path)
+        assert f"initialised with {expected};" in (tmp_path / "README.md").read_text()

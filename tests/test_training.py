@@ -16,6 +16,7 @@ from helpers.world.scenes import KINDS, draw_scene, sample_scenes
 from helpers.grounding.tokens import patch_index_to_box
 from helpers.world.training import (
     IGNORE,
+    LOCATION_FEATURES,
     DenseHeads,
     Encoded,
     TrainConfig,
@@ -361,9 +362,37 @@ def test_the_command_line_writes_model_checkpoint_and_training_record(tmp_path) 
     assert record["config"]["checkpoint"] == str(ckpt) and record["config"]["steps"] == 2
     assert [h["stage"] for h in record["history"]] == ["vision", "joint"]
     assert record["seconds"] > 0 and "threads" in record["hardware"]
+    assert record["location_features"] == LOCATION_FEATURES
     for folder in (out, ckpt):
         assert (folder / "model.safetensors").is_file() and (folder / "processor_config.json").is_file()
         assert (folder / "training_heads.safetensors").is_file()
     # a checkpoint carries its own record, so a run killed between checkpoints resumes with its history
     assert json.loads((ckpt / "training.json").read_text())["config"]["checkpoint"] == str(ckpt)
     assert isinstance(AutoModelForImageTextToText.from_pretrained(out).config.latent_query_num, int)
+
+
+def test_worker_processes_draw_reproducible_batches_of_their_own(processor) -> None:
+    from functools import partial
+
+    from helpers.world.training import batches, joint_batch
+
+    cfg = TrainConfig(batch_size=3, workers=2, group_weight=0.3, pair_share=0.5)
+    def first_two():
+        stream = batches(partial(joint_batch, processor=processor, cfg=cfg, grid=GRID), random.Random(0), cfg, 2)
+        out = [next(stream), next(stream)]
+        stream.close()
+        return out
+    one, two = first_two(), first_two()
+    in_process = joint_batch(random.Random(0), processor, cfg, GRID)
+    assert set(one[0]) == set(in_process) >= {"input_ids", "labels", "look", "what", "where", "count", "place"}
+    assert one[0]["pixel_values"].shape == in_process["pixel_values"].shape
+    assert one[0]["count"].shape == (3, GRID * GRID)
+    for a, b in zip(one, two):  # the same seed gives the same batches, worker by worker
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(one[0]["pixel_values"], one[1]["pixel_values"])  # each worker has its own stream
+
+
+def test_train_refuses_a_negative_number_of_workers(processor) -> None:
+    with pytest.raises(ValueError, match="workers must be 0 or more"):
+        train(TrainConfig(workers=-1, vision_steps=1, steps=1, batch_size=1), processor=processor,
+              log=lambda _: None)

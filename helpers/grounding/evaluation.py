@@ -73,16 +73,17 @@ def format_score(hits: int, total: int) -> str:
     return f"{100 * hits / total:.1f} % ({hits}/{total})" if total else "n/a (0/0)"
 
 
-#: The rows of the metrics table: label, key in :meth:`Report.as_dict` (and ``evaluation.json``), the
-#: project's goal for the bundled model.
+#: The rows of the metrics table: label, key in :meth:`Report.as_dict` (and ``evaluation.json``), and the
+#: bar: the level the course asks of its bundled model on held-out scenes of its world. The any-box upper
+#: bound has none: it is printed beside accuracy@1, never as a goal of its own.
 METRICS = (
     ("captioning: phrase recall", "caption_phrase_recall", "≥ 95 %"),
     ("captioning: box hit (IoU ≥ 0.5)", "caption_box_hit", "≥ 90 %"),
-    ("captioning: phrase precision", "caption_phrase_precision", ""),
+    ("captioning: phrase precision", "caption_phrase_precision", "≥ 95 %"),
     ("comprehension: accuracy@1 (first box of the phrase)", "comprehension_accuracy_at_1", "≥ 90 %"),
     ("comprehension: upper bound (any box of the phrase)", "comprehension_upper_bound_any_box", ""),
-    ("question with a box: names the object", "qa_names_object", "≥ 90 %"),
-    ("generation from a box: names the object", "generation_names_object", "≥ 90 %"),
+    ("question with a box: names the object", "qa_names_object", "≥ 95 %"),
+    ("generation from a box: names the object", "generation_names_object", "≥ 95 %"),
 )
 
 

@@ -122,8 +122,9 @@ def _card_text(model, result: dict, training: dict) -> str:
         f"from `sample_scenes(n, seed={result['seed']})`, never used in training.",
         "",
         "## Training",
-        "Recipe in `helpers/world/training.py`: location-token embeddings initialised with features of their",
-        "bin's column and row; training-only dense heads on the vision tower and on the image tokens (what covers each",
+        "Recipe in `helpers/world/training.py`: location-token embeddings initialised with "
+        f"{_first_stage(training).get('location_features', EARLIEST_LOCATION_FEATURES)};",
+        "training-only dense heads on the vision tower and on the image tokens (what covers each",
         "patch, and that object's box); supervised attention (head 0 of each decoder layer is shown which image",
         "tokens belong to the object being named); a vision-only warm-up stage, then all tasks together.",
         "",
@@ -174,6 +175,15 @@ def _card_text(model, result: dict, training: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+#: How the location-token embeddings of runs recorded before ``training.json`` named them were initialised.
+EARLIEST_LOCATION_FEATURES = "sine/cosine features of their bin (the recipe's first version, which repeat every few bins)"
+
+
+def _first_stage(training: dict) -> dict:
+    """The record of the run that created the weights (the first of ``stages`` after ``--resume``)."""
+    return (training.get("stages") or [training])[0]
 
 
 def _error_lines(result: dict) -> list[str]:

@@ -293,6 +293,10 @@ def location_features(num_bins: int = 32, dim: int = 24) -> torch.Tensor:
     return torch.cat([axis[idx % num_bins], axis[idx // num_bins]], dim=1)
 
 
+#: What :func:`init_location_embeddings` gives the location tokens; recorded in ``training.json`` and the model card.
+LOCATION_FEATURES = "features of their bin's column and row that fall steadily with distance (location_features)"
+
+
 def init_location_embeddings(model, processor, scale: float = 0.08) -> None:
     """Give the ``<patch_index_NNNN>`` embeddings a spatial structure (see the module docstring)."""
     tok = processor.tokenizer
@@ -523,6 +527,7 @@ def write_record(folder: Path, cfg: TrainConfig, history: list[dict], seconds: f
         "seconds": round(seconds, 1), "history": history,
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
+        "location_features": LOCATION_FEATURES,
     }
     if cfg.resumed_from is not None:
         earlier = cfg.resumed_from.get("stages") or [cfg.resumed_from]
