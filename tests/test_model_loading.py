@@ -24,7 +24,7 @@ from helpers.grounding.model import REAL_MODEL, LoadInfo, ModelLoadError, ground
 from helpers.course.paths import BUNDLED_MODEL_NAME, bundled_model_dir, repo_root
 from helpers.grounding.tokens import Grounding, parse_generation
 
-HELP_FRAGMENTS = (REAL_MODEL, "bundled offline model", "internet access")
+HELP_FRAGMENTS = (REAL_MODEL, "bundled offline model", "hub can be reached")
 
 
 @pytest.fixture()
@@ -214,6 +214,21 @@ def test_truncated_safetensors(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as excinfo:
         load(folder, verbose=False)
     assert_load_error(excinfo, f"could not load {str(folder)!r}", "SafetensorError")
+
+
+def test_a_missing_package_says_to_install_it_not_to_download_the_model(tiny_model_dir, monkeypatch) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    def needs_a_package(*args, **kwargs):
+        raise ImportError("Using `bitsandbytes` 4-bit quantization requires bitsandbytes: `pip install -U bitsandbytes`")
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", needs_a_package)
+    with pytest.raises(ModelLoadError) as excinfo:
+        load(tiny_model_dir, verbose=False)
+    message = str(excinfo.value)
+    assert "a package it needs is missing" in message and "pip install -U bitsandbytes" in message
+    assert "restart the kernel" in message
+    assert "hub can be reached" not in message and "bundled offline model" not in message
 
 
 def test_a_file_is_not_a_model_directory(tiny_model_dir: Path) -> None:

@@ -135,7 +135,7 @@ def resolve_source(model: str | os.PathLike | None = None) -> tuple[str, str]:
 
 
 def _how_to_get_help() -> str:
-    return (f" To use the real model, run on a machine with internet access (for example Colab) so "
+    return (f" To use the real model, run where the Hugging Face hub can be reached (Colab, for example) so "
             f"'{REAL_MODEL}' downloads, or point load() at a local copy of it. Without it, load() with no "
             f"argument falls back to the bundled offline model in {bundled_model_dir()}.")
 
@@ -210,6 +210,10 @@ def _load_failure(source: str, err: Exception) -> ModelLoadError:
             "'auto_map' in its config), and load() never runs such code. Expected a Kosmos-2 checkpoint "
             "(model_type 'kosmos-2') that transformers loads with its own code." + _how_to_get_help()
         )
+    if isinstance(err, ImportError):  # the model is there; a package is not: downloading would not help
+        return ModelLoadError(f"could not load {source!r}: a package it needs is missing ({type(err).__name__}: "
+                              f"{text}). Install it in this environment (pip install …), then restart the kernel "
+                              "or the Python process, so that transformers sees it.")
     return ModelLoadError(f"could not load {source!r}: {type(err).__name__}: {text}." + _how_to_get_help())
 
 
