@@ -83,6 +83,8 @@ for _module, _names in {
         _PUBLIC[_name] = f"{__name__}.{_module}"
 del _module, _names, _name
 
+importlib.import_module(f"{__name__}.grounding.quantization").silence_import_notices()  # loads no torch
+
 __all__ = sorted(_PUBLIC)
 
 

@@ -168,6 +168,18 @@ def test_importing_helpers_and_the_cli_loads_no_torch_or_transformers() -> None:
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
+def test_after_importing_helpers_a_lesson_imports_transformers_without_notices() -> None:
+    # with the quant extra installed, transformers imports torchao, whose import logs warnings about optional
+    # kernels; a lesson's first cell must print nothing (nbval compares it)
+    pytest.importorskip("torchao", reason="the notices come only from an installed torchao")
+    code = "import helpers\nfrom transformers import AutoProcessor\nimport torchao\n"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    assert done.stderr == "" and done.stdout == ""
+    noisy = subprocess.run([sys.executable, "-c", "import torchao"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120, check=True)
+    assert noisy.stderr, "torchao imported alone printed nothing: this test no longer checks anything"
+
+
 # --- paths ----------------------------------------------------------------------------------------------
 
 

@@ -203,10 +203,22 @@ def from_pretrained_kwargs(the_plan: Plan, device: str) -> dict[str, Any]:
     return kwargs
 
 
+#: Loggers whose import-time warnings are about optional kernels this course does not use (torchao's
+#: extensions built for other Pythons, torch's notices about the Enums torchao registers, bitsandbytes' backends).
+NOISY_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree")
+
+
+def silence_import_notices() -> None:
+    """Show only errors from :data:`NOISY_LOGGERS`. ``import helpers`` calls it, so that a lesson importing
+    transformers (which imports torchao when it is installed) prints nothing; it imports nothing itself."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 @contextlib.contextmanager
 def quiet_imports():
     """Import-time notices of torchao and bitsandbytes about optional kernels this course does not use."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "bitsandbytes", "torch.utils._pytree")]
+    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
