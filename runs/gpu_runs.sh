@@ -11,7 +11,7 @@ mkdir -p "$out"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)" | tee "$out/env.txt"
 common=(--device "$device" --workers "$workers" --threads 2 --no-evaluate --steps 1000000 --minutes "$minutes"
-        --batch-size "$batch" --group-weight 0.3 --pair-share 0.35 --three-share 0.35 --log-every 100
+        --batch-size "$batch" --bf16 --group-weight 0.3 --pair-share 0.35 --three-share 0.35 --log-every 100
         --checkpoint-minutes 2)
 limit=$(python3 -c "print(int(60 * $minutes + 60))")  # a stop (SIGTERM) saves too; the budget ends it first
 timeout -s TERM "$limit" python3 -m helpers train --out "$work/scratch" "${common[@]}" --vision-steps 500 \

@@ -396,3 +396,15 @@ def test_train_refuses_a_negative_number_of_workers(processor) -> None:
     with pytest.raises(ValueError, match="workers must be 0 or more"):
         train(TrainConfig(workers=-1, vision_steps=1, steps=1, batch_size=1), processor=processor,
               log=lambda _: None)
+
+
+def test_a_bf16_run_computes_in_bfloat16_and_keeps_float32_weights(processor) -> None:
+    model = tiny_model(processor)
+    seen: list[torch.dtype] = []
+    hook = model.text_model.model.layers[0].self_attn.register_forward_hook(lambda m, a, out: seen.append(out[0].dtype))
+    trained, _, history = train(TrainConfig(vision_steps=1, steps=2, batch_size=2, warmup=1, bf16=True),
+                                processor=processor, model=model, log=lambda _: None)
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert {p.dtype for p in trained.parameters()} == {torch.float32}
+    assert all(math.isfinite(v) for h in history for k, v in h.items() if k.endswith("_loss"))
