@@ -268,6 +268,8 @@ def test_notebook_04_shows_coloured_captions_figures_and_the_japanese_summary(ba
     background = coloured.first.evaluate("s => getComputedStyle(s).backgroundColor")
     assert background not in ("rgba(0, 0, 0, 0)", "transparent")
     shoot(v.page, "04_post_processing.png")
+    coloured.first.scroll_into_view_if_needed()
+    shoot(v.page, "04_post_processing_caption.png")
     japanese = "section:has(> span[id='まとめ'])"  # Sphinx gives the section an ASCII id, the span the heading's
     summary = v.page.locator(japanese)
     summary.scroll_into_view_if_needed()
