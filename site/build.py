@@ -15,7 +15,8 @@ OUTPUT = SOURCE.parent / "build" / "site"
 
 
 def build(out: Path = OUTPUT, quiet: bool = False) -> Path:
-    """Build the site into ``out`` (incrementally: only changed pages are rebuilt) and return ``out``.
+    """Build the site into ``out``, every page afresh (Sphinx would not notice a change to site/course_site.py),
+    and return ``out``.
 
     Raises:
         RuntimeError: Sphinx reported an error or a warning; its messages are on stderr.
@@ -23,7 +24,7 @@ def build(out: Path = OUTPUT, quiet: bool = False) -> Path:
     from sphinx.cmd.build import build_main
 
     doctrees = out.with_name(out.name + ".doctrees")  # Sphinx's cache, beside the site rather than in it
-    args = ["-b", "html", "-W", "--keep-going", "-d", str(doctrees), str(SOURCE), str(out)]
+    args = ["-b", "html", "-E", "-W", "--keep-going", "-d", str(doctrees), str(SOURCE), str(out)]
     if build_main(["-q", *args] if quiet else args) != 0:
         raise RuntimeError(f"the site did not build into {out}: see Sphinx's messages above")
     return out

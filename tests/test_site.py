@@ -19,6 +19,7 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -109,7 +110,8 @@ class Visit:
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.elsewhere: list[str] = []
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("console", lambda m: self.errors.append(f"{m.text} ({m.location.get('url')})")
+                     if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
         self.context.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/]|data:|blob:)"), self._block)
 
@@ -188,7 +190,7 @@ def test_every_notebook_is_a_page_listed_in_order_with_its_colab_link(site: Path
     for nb in NOTEBOOKS:
         title = nbformat.read(nb, as_version=4).cells[0].source.splitlines()[0][2:]
         page = parsed(site / "notebooks" / f"{nb.stem}.html")
-        assert ("Open in Colab" in dict((h, t) for h, t in page.links if h == colab_badge_url(nb.name)).values()), nb
+        assert (colab_badge_url(nb.name), "Open in Colab") in page.links, f"{nb.name}: no Colab text link"
         assert (colab_badge_url(nb.name), "Open in Colab") in index.links
         assert title in (site / "notebooks" / f"{nb.stem}.html").read_text(encoding="utf-8")
         assert all(not src.startswith(("http:", "https:", "//")) for src in page.images), page.images
@@ -225,7 +227,6 @@ def test_page_loads_cleanly_in_the_browser(site: Path, base_url: str, visit, pag
     v = visit()
     response = v.page.goto(base_url + page, wait_until="load")
     assert response is not None and response.status == 200
-    v.page.wait_for_load_state("networkidle")
     images = v.page.evaluate("Array.from(document.images, i => [i.currentSrc || i.src, i.complete && i.naturalWidth])")
     assert [src for src, width in images if not width] == [], "images that did not load"
     if page.startswith("notebooks/"):
@@ -262,7 +263,7 @@ def rendering_fonts(page, selector: str) -> set[str]:
 
 def test_notebook_04_shows_coloured_captions_figures_and_the_japanese_summary(base_url: str, visit) -> None:
     v = visit()
-    v.page.goto(base_url + "notebooks/04_post_processing.html", wait_until="networkidle")
+    v.page.goto(base_url + "notebooks/04_post_processing.html", wait_until="load")
     coloured = v.page.locator("span.grounded-caption span[style*='background-color']")
     assert coloured.count() >= 2
     background = coloured.first.evaluate("s => getComputedStyle(s).backgroundColor")
@@ -281,7 +282,7 @@ def test_notebook_04_shows_coloured_captions_figures_and_the_japanese_summary(ba
 
 def test_home_page_screenshot(base_url: str, visit) -> None:
     v = visit()
-    v.page.goto(base_url + "index.html", wait_until="networkidle")
+    v.page.goto(base_url + "index.html", wait_until="load")
     assert v.page.locator("h1").first.inner_text().startswith("Kosmos-2 grounding course")
     assert v.page.locator("article section#the-notebooks ol > li").count() == len(NOTEBOOKS)
     shoot(v.page, "home.png", full_page=True)
@@ -315,7 +316,7 @@ def playground_url(browser, tmp_path_factory: pytest.TempPathFactory):
     log = (folder / "voila.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "voila", "playground.ipynb", "--no-browser", f"--port={port}",
-         "--Voila.ip=127.0.0.1"], cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+         "--Voila.ip=127.0.0.1"], cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(600):
@@ -329,12 +330,13 @@ def playground_url(browser, tmp_path_factory: pytest.TempPathFactory):
             except OSError:
                 time.sleep(0.1)
         yield url
-    finally:
-        server.terminate()
+    finally:  # Voila and its kernel together (its own shutdown waits for the kernel, seconds longer)
+        os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            server.kill()
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
         log.close()
 
 
@@ -428,4 +430,5 @@ def test_the_playground_in_the_browser(playground_url: str, visit) -> None:
     ui.type_box(kumo.box)
     again = ui.press_ground()
     assert "grounded-caption" in again and "⚠" not in again
-    assert v.errors == [] or all("Failed to load resource" in e for e in v.errors), v.errors
+    # Voila's page template asks a CDN for a style sheet (Font Awesome); blocked here, it changes nothing in use
+    assert [e for e in v.errors if not any(url in e for url in v.elsewhere)] == []
