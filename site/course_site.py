@@ -43,9 +43,8 @@ class CourseNotebooks(SphinxDirective):
 
     def run(self) -> list[nodes.Node]:
         folder = Path(self.env.srcdir) / "notebooks"
-        items = [f"1. **{{doc}}`{title} </notebooks/{name[:-6]}>`** — {objective} [Open in Colab]({colab_badge_url(name)})"
-                 for name, title, objective in notebook_entries(folder)]
-        self.env.note_dependency(str(folder))
+        items = [f"1. **{{doc}}`{title} </notebooks/{Path(name).stem}>`** — {objective} "
+                 f"[Open in Colab]({colab_badge_url(name)})" for name, title, objective in notebook_entries(folder)]
         return self.parse_text_to_nodes("\n".join(items))
 
 

@@ -51,6 +51,15 @@ def missing(what: str) -> None:
     pytest.skip(what)
 
 
+def test_a_missing_browser_skips_for_a_learner_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no Chromium: sudo apt-get install"):
+        missing("no Chromium: " + BROWSER_INSTALL)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: the browser tests must run"):
+        missing("no Chromium: " + BROWSER_INSTALL)
+
+
 # --------------------------------------------------------------------------------------------- fixtures
 
 
