@@ -177,7 +177,9 @@ class Playground:
         display_width: width in pixels of the result picture in the widget.
 
     ``widget`` is the whole interface (display it in a notebook); the button calls :meth:`on_click`, which
-    calls :meth:`run` and shows its result, or the error message when the input is wrong.
+    calls :meth:`run` and shows its result, or the error message when the input is wrong. A newly chosen or
+    uploaded image is shown as it is until the button is pressed; an upload that is not an image shows a
+    message naming the file.
     """
 
     def __init__(self, model, processor, images: Mapping[str, Image.Image] | None = None, *,
