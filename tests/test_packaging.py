@@ -30,9 +30,9 @@ def _pyproject() -> dict:
 
 
 def _tested_requirements(project: dict) -> list[str]:
-    """What `make test` installs: the dependencies and the test and quant extras."""
+    """What `make test` installs: the dependencies and the test, quant and site extras."""
     extras = project["optional-dependencies"]
-    return project["dependencies"] + extras["test"] + extras["quant"]
+    return project["dependencies"] + extras["test"] + extras["quant"] + extras["site"]
 
 
 def _specs(requirements: list[str]) -> dict[str, str]:
@@ -254,9 +254,11 @@ def test_make_run_and_test_call_the_venv_python(tmp_path: Path) -> None:
     venv, fake, log = _fake_venv(tmp_path, exit_code=0)
     assert _make("run", f"VENV={venv}", f"VPY={fake}").returncode == 0
     assert _make("test", f"VENV={venv}", f"VPY={fake}").returncode == 0
+    assert _make("site", f"VENV={venv}", f"VPY={fake}").returncode == 0
     assert log.read_text(encoding="utf-8").splitlines() == [
         "-m helpers run --out outputs | progress= offline=",
         "-m pytest | progress= offline=",  # the test settings live in conftest.py, not in the Makefile
+        "site/build.py | progress= offline=",
     ]
 
 
@@ -283,7 +285,7 @@ def test_install_stamp_creates_the_venv_and_installs_torch_first(tmp_path: Path)
     assert lines == [
         f"test -x {venv}/bin/python || python3 -m venv {venv}",
         f'{venv}/bin/pip install -c constraints.txt "torch==2.13.0"',
-        f'{venv}/bin/pip install -c constraints.txt -e ".[test,quant]"',
+        f'{venv}/bin/pip install -c constraints.txt -e ".[test,quant,site]"',
         f"touch {venv}/.installed",
         f"{venv}/bin/python -m pytest",
     ]
@@ -295,10 +297,10 @@ def test_install_stamp_is_redone_when_pyproject_changes(tmp_path: Path) -> None:
     older = (ROOT / "pyproject.toml").stat().st_mtime - 10
     os.utime(venv / ".installed", (older, older))
     done = _make("-n", f"VENV={venv}", "test")
-    assert f'{venv}/bin/pip install -c constraints.txt -e ".[test,quant]"' in done.stdout.splitlines()
+    assert f'{venv}/bin/pip install -c constraints.txt -e ".[test,quant,site]"' in done.stdout.splitlines()
 
 
-def test_ci_runs_make_test_and_nothing_else(tmp_path: Path) -> None:
+def test_ci_installs_the_browser_then_runs_make_test(tmp_path: Path) -> None:
     script = ROOT / ".ci" / "run"
     assert os.access(script, os.X_OK)
     assert script.read_text(encoding="utf-8").startswith("#!/usr/bin/env bash\nset -euo pipefail\n")
@@ -308,10 +310,17 @@ def test_ci_runs_make_test_and_nothing_else(tmp_path: Path) -> None:
     fake_make = bin_dir / "make"
     fake_make.write_text(f'#!/bin/sh\necho "$PWD: $*" >> "{log}"\nexit 7\n', encoding="utf-8")
     fake_make.chmod(0o755)
+    fake_apt = bin_dir / "apt-get"
+    fake_apt.write_text(f'#!/bin/sh\necho "apt-get $* ($DEBIAN_FRONTEND)" >> "{log}"\n', encoding="utf-8")
+    fake_apt.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, timeout=60)
     assert done.returncode == 7, "the exit code of make test must be the exit code of .ci/run"
-    assert log.read_text(encoding="utf-8").splitlines() == [f"{ROOT}: test"]
+    assert log.read_text(encoding="utf-8").splitlines() == [
+        "apt-get update -q (noninteractive)",
+        "apt-get install -y -q chromium fonts-noto-cjk (noninteractive)",  # for the browser tests
+        f"{ROOT}: test",
+    ]
 
 
 # --- command line ---------------------------------------------------------------------------------------

@@ -166,7 +166,41 @@ def test_upload_adds_and_selects_the_image(playground) -> None:
     assert playground.image_choice.value == "one (2)"
     assert playground.images["one (2)"].size == (160, 120)
     playground._on_upload({"new": ({"name": "junk.png", "content": memoryview(b"junk")},)})
-    assert "⚠" in playground.caption.value and playground.image_choice.value == "one (2)"
+    assert "⚠ could not use the upload &#x27;junk.png&#x27;: the given bytes is not an image" in playground.caption.value
+    assert playground.image_choice.value == "one (2)"
+
+
+def png_of(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_chosen_image_shows_until_ground_is_pressed(playground) -> None:
+    assert playground.picture.value == png_of(playground.images["one"])
+    assert playground.caption.value == "<i>Press Ground.</i>"
+    playground.on_click()
+    assert playground.picture.value == png_of(playground.last.image)  # the answer's boxes (none from a test model)
+    assert "grounded-caption" in playground.caption.value
+    playground.image_choice.value = "two"
+    assert playground.picture.value == png_of(playground.images["two"])
+    assert playground.caption.value == "<i>Press Ground.</i>"
+
+
+def test_the_button_shows_each_bad_input_and_keeps_working(playground) -> None:
+    playground.prompt.value = ""
+    playground.on_click()
+    assert "⚠ prompt must be a non-empty str" in playground.caption.value
+    playground.prompt.value = GENERATION_PROMPT
+    playground.use_box.value = True
+    playground.box_fields[2].value = playground.box_fields[0].value  # x1 == x0: no area
+    playground.on_click()
+    assert "⚠ normalized box (0.25, 0.25, 0.25, 0.75) has no area" in playground.caption.value
+    assert playground.last is None  # nothing was grounded
+    playground.box_fields[2].value = 0.75
+    playground.on_click()
+    assert playground.last is not None and playground.last.box == (0.25, 0.25, 0.75, 0.75)
+    assert playground.caption.value == playground.last.html and "⚠" not in playground.caption.value
 
 
 def test_out_of_world_warning_only_for_the_bundled_model(playground) -> None:

@@ -112,6 +112,23 @@ def looks_in_world(image: Image.Image, threshold: float = IN_WORLD_THRESHOLD) ->
 
 # --------------------------------------------------------------------------------------------- playground
 
+#: What the playground shows under an image that has not been grounded yet.
+PRESS_GROUND = "<i>Press Ground.</i>"
+
+
+def _message(text: str) -> str:
+    """A warning or an error as the playground shows it: red, after a warning sign."""
+    return f'<div style="color:#B00020">⚠ {html.escape(text)}</div>'
+
+
+def _png(image: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 
 @dataclass
 class PlaygroundResult:
@@ -160,7 +177,9 @@ class Playground:
         display_width: width in pixels of the result picture in the widget.
 
     ``widget`` is the whole interface (display it in a notebook); the button calls :meth:`on_click`, which
-    calls :meth:`run` and shows its result, or the error message when the input is wrong.
+    calls :meth:`run` and shows its result, or the error message when the input is wrong. A newly chosen or
+    uploaded image is shown as it is until the button is pressed; an upload that is not an image shows a
+    message naming the file.
     """
 
     def __init__(self, model, processor, images: Mapping[str, Image.Image] | None = None, *,
@@ -189,7 +208,7 @@ class Playground:
                            for n, v in zip(("x0", "y0", "x1", "y1"), (0.25, 0.25, 0.75, 0.75))]
         self.button = w.Button(description="Ground", button_style="primary")
         self.picture = w.Image(format="png", layout=w.Layout(width=f"{display_width}px"))
-        self.caption = w.HTML(value="<i>Press Ground.</i>")
+        self.caption = w.HTML(value=PRESS_GROUND)
         self.widget = w.VBox([
             w.HBox([self.image_choice, self.upload]),
             w.HBox([self.example_choice]),
@@ -202,6 +221,8 @@ class Playground:
         self.button.on_click(self.on_click)
         self.upload.observe(self._on_upload, names="value")
         self.example_choice.observe(self._on_example, names="value")
+        self.image_choice.observe(self._on_image, names="value")
+        self._on_image({"new": self.image_choice.value})
 
     # ----------------------------------------------------------------------------------------- logic
 
@@ -273,7 +294,7 @@ class Playground:
             )
         warnings += [f"problem in the output: {p}" for p in grounding.problems]
         parts = [highlight_caption(grounding).html]
-        parts += [f'<div style="color:#B00020">⚠ {html.escape(m)}</div>' for m in warnings]
+        parts += [_message(m) for m in warnings]
         result = PlaygroundResult(annotated, "<div>" + "".join(parts) + "</div>", grounding, prompt, box, score,
                                   warnings)
         self.last = result
@@ -283,19 +304,20 @@ class Playground:
     # ----------------------------------------------------------------------------------------- widget glue
 
     def _show(self, result: PlaygroundResult) -> None:
-        import io
-
-        buf = io.BytesIO()
-        result.image.save(buf, format="PNG")
-        self.picture.value = buf.getvalue()
+        self.picture.value = _png(result.image)
         self.caption.value = result.html
+
+    def _on_image(self, change: dict) -> None:
+        """A newly chosen image is shown as it is, until Ground is pressed."""
+        self.picture.value = _png(self.images[change["new"]])
+        self.caption.value = PRESS_GROUND
 
     def on_click(self, _button: Any = None) -> None:
         """What the Ground button does: :meth:`run`, or show the error message instead of raising."""
         try:
             self.run()
         except (ValueError, TypeError, KeyError) as err:
-            self.caption.value = f'<div style="color:#B00020">⚠ {html.escape(str(err))}</div>'
+            self.caption.value = _message(str(err))
 
     def _on_example(self, change: dict) -> None:
         if change["new"] in self._examples:
@@ -303,7 +325,8 @@ class Playground:
 
     def _on_upload(self, change: dict) -> None:
         for item in change["new"] or ():
+            name = str(item.get("name", "uploaded image"))
             try:
-                self.add_image(str(item.get("name", "uploaded image")), bytes(item["content"]))
+                self.add_image(name, bytes(item["content"]))
             except ValueError as err:
-                self.caption.value = f'<div style="color:#B00020">⚠ {html.escape(str(err))}</div>'
+                self.caption.value = _message(f"could not use the upload {name!r}: {err}")
