@@ -131,6 +131,8 @@ def test_a_resumed_run_records_every_stage_and_continues_with_the_saved_heads(tm
     joint = [h for h in two["history"] if h["stage"] == "joint"]
     assert joint and all("group_loss" in h and h["group_loss"] > 0 for h in joint)
     assert (second / HEADS_FILE).is_file()
+    # the resumed run did not initialise the location tokens: it names the features its first run started from
+    assert one["location_features"] == two["location_features"] == two["stages"][0]["location_features"] is not None
 
 
 def test_the_heads_stage_trains_only_the_heads(tmp_path) -> None:

@@ -528,7 +528,9 @@ def write_record(folder: Path, cfg: TrainConfig, history: list[dict], seconds: f
         "seconds": round(seconds, 1), "history": history,
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
-        "location_features": LOCATION_FEATURES,
+        # a resumed run keeps the location tokens its first run started from (None: not recorded then)
+        "location_features": LOCATION_FEATURES if cfg.resumed_from is None else
+        (cfg.resumed_from.get("stages") or [cfg.resumed_from])[0].get("location_features"),
     }
     if cfg.resumed_from is not None:
         earlier = cfg.resumed_from.get("stages") or [cfg.resumed_from]
