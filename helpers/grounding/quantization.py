@@ -19,10 +19,11 @@ included: at batch 1 a CPU spends most of each generated token reading weights, 
 (65 037 × 2 048 in Kosmos-2) is the largest single one.
 
 ``quantization=None`` lets :func:`plan` choose: on a CPU, a model of at least :data:`AUTO_CPU_PARAMETERS`
-parameters (the real Kosmos-2 has 1.66 B) gets :data:`AUTO_CPU_CHOICE`, the fastest and closest to float32
-of the CPU paths in the one run of ``bench/benchmark.py --cpu-table`` made so far (on two shared, busy cores:
-int8 0.54 s per token against int4 0.77 s and the article's 4-bit 1.45 s, logits within 5 % of float32
-against 36 % and 43 %); smaller models (the bundled one) stay in float32, which measured faster for them. Everything else keeps float weights.
+parameters (the real Kosmos-2 has 1.66 B) gets :data:`AUTO_CPU_CHOICE`, the fastest CPU path per token at
+batch 1 in ``bench/benchmark.py --cpu-table`` on two idle cores (Intel Xeon, 2026-11-30; ``bench/results/cpu``):
+int4 0.13 s per token, against the article's 4-bit 0.17 s, bfloat16 0.22 s, int8 0.27 s and float32 0.34 s
+(eager attention), with the same teacher-forced top-1 tokens as float32. Smaller models (the bundled one) stay
+in float32, which measured faster for them. Everything else keeps float weights.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ MIN_TORCHAO = "0.18"
 #: On a CPU, models at least this large are quantized by default (``quantization=None``) ...
 AUTO_CPU_PARAMETERS = 1_000_000_000
 #: ... with this path (see the module docstring for the measurement behind it).
-AUTO_CPU_CHOICE = "int8"
+AUTO_CPU_CHOICE = "int4"
 #: Group sizes of the int4 path, largest first: a layer takes the largest one that divides its inputs.
 INT4_GROUP_SIZES = (128, 64, 32)
 
