@@ -880,7 +880,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.child.write_text(json.dumps(rows), encoding="utf-8")
         return 0
     out = args.out or Path("bench/results/cpu" if table else "bench/results")
-    command = " ".join(shlex.quote(a) for a in ["python", "bench/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    given = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(given[:-1]):  # the work folder holds scratch weights, not a setting of the run
+        if arg == "--work":
+            given[i + 1] = "WORK"
+    command = " ".join(shlex.quote(a) for a in ["python", "bench/benchmark.py", *given])
     print(f"Kosmos-2 benchmark on {device_name(device)}: paths {', '.join(paths)}", flush=True)
 
     def report_of(rows):

@@ -208,7 +208,8 @@ def test_cpu_table_ratios_and_logits_agreement(cpu_table):
 
 
 def test_cpu_table_resumes_from_its_work_folder(cpu_table):
-    _, _, second_stdout, work = cpu_table
+    report, _, second_stdout, work = cpu_table
+    assert "--work WORK" in report["command"] and str(work) not in report["command"]  # scratch, not a setting
     for path in CPU_PATHS:
         assert f"{path}: measured earlier in {work}, kept" in second_stdout
     assert "saving the random float32 weights" not in second_stdout
