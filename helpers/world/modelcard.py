@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from helpers.grounding.evaluation import HELD_OUT_SEED, caption_error_table, evaluate, metrics_table
+from helpers.world.training import recorded_runs
 
 REBUILD_COMMANDS = (
     "python -m helpers train --out run1 --seed 0 --vision-steps 500 --steps 100000 --minutes 52 "
@@ -123,13 +124,13 @@ def _card_text(model, result: dict, training: dict) -> str:
         "",
         "## Training",
         "Recipe in `helpers/world/training.py`: location-token embeddings initialised with "
-        f"{_first_stage(training).get('location_features', EARLIEST_LOCATION_FEATURES)};",
+        f"{recorded_runs(training)[0].get('location_features', EARLIEST_LOCATION_FEATURES)};",
         "training-only dense heads on the vision tower and on the image tokens (what covers each",
         "patch, and that object's box); supervised attention (head 0 of each decoder layer is shown which image",
         "tokens belong to the object being named); a vision-only warm-up stage, then all tasks together.",
         "",
     ]
-    for i, stage in enumerate(training.get("stages") or [training], 1):
+    for i, stage in enumerate(recorded_runs(training), 1):
         tc = stage.get("config", {})
         joint = [h for h in stage.get("history", []) if h.get("stage") == "joint"]
         last = joint[-1] if joint else {}
@@ -179,11 +180,6 @@ def _card_text(model, result: dict, training: dict) -> str:
 
 #: How the location-token embeddings of runs recorded before ``training.json`` named them were initialised.
 EARLIEST_LOCATION_FEATURES = "sine/cosine features of their bin (the recipe's first version, which repeat every few bins)"
-
-
-def _first_stage(training: dict) -> dict:
-    """The record of the run that created the weights (the first of ``stages`` after ``--resume``)."""
-    return (training.get("stages") or [training])[0]
 
 
 def _error_lines(result: dict) -> list[str]:

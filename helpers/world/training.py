@@ -520,8 +520,14 @@ def load_heads(folder: Path, heads: DenseHeads, token_heads: DenseHeads) -> list
     return missing
 
 
+def recorded_runs(record: dict) -> list[dict]:
+    """The runs a ``training.json`` record holds, first to last: its ``stages`` after ``--resume``, else itself."""
+    return record.get("stages") or [record]
+
+
 def write_record(folder: Path, cfg: TrainConfig, history: list[dict], seconds: float) -> None:
     """Write ``training.json``: this run's settings, losses and time; after ``--resume`` every earlier run too."""
+    earlier = recorded_runs(cfg.resumed_from) if cfg.resumed_from is not None else []
     record = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()
                    if k != "resumed_from"},  # JSON has no Path; the previous runs go to "stages"
@@ -529,11 +535,9 @@ def write_record(folder: Path, cfg: TrainConfig, history: list[dict], seconds: f
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         # a resumed run keeps the location tokens its first run started from (None: not recorded then)
-        "location_features": LOCATION_FEATURES if cfg.resumed_from is None else
-        (cfg.resumed_from.get("stages") or [cfg.resumed_from])[0].get("location_features"),
+        "location_features": earlier[0].get("location_features") if earlier else LOCATION_FEATURES,
     }
-    if cfg.resumed_from is not None:
-        earlier = cfg.resumed_from.get("stages") or [cfg.resumed_from]
+    if earlier:
         record["stages"] = [{k: v for k, v in st.items() if k != "stages"} for st in earlier] + [dict(record)]
         record["seconds"] = round(sum(st.get("seconds", 0) for st in record["stages"]), 1)
     (Path(folder) / "training.json").write_text(json.dumps(record, indent=1))
