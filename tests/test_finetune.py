@@ -165,7 +165,7 @@ def test_training_lowers_the_loss_on_its_texts(tiny_model_dir, coco, tmp_path):
     import torch
 
     from helpers.grounding.finetune import _image
-    from helpers.world.training import collate, encode_example
+    from helpers.world.training import TRAINING_AIDS, collate, encode_example
 
     records = read_coco(*coco)[:1]
     model, processor, card = finetune(tiny_model_dir, records, tmp_path / "a",
@@ -173,7 +173,7 @@ def test_training_lowers_the_loss_on_its_texts(tiny_model_dir, coco, tmp_path):
                                       progress=False, log=lambda s: None)
     batch = collate([encode_example(processor, _image(records[0].path), t.prompt, t.answer)
                      for t in texts_for(records)], processor.tokenizer.pad_token_id)
-    batch.pop("look")
+    batch = {k: v for k, v in batch.items() if k not in TRAINING_AIDS}
     with torch.no_grad():
         tuned = model(**batch).loss.item()
         with model.disable_adapter():
@@ -320,3 +320,24 @@ def test_qlora_on_a_4bit_base_trains_and_loads(tiny_model_dir, coco, tmp_path):
     assert all(p.dtype == __import__("torch").float32 for p in model.parameters() if p.requires_grad)
     tuned, _ = load(str(tiny_model_dir), adapter=out, quantization="nf4", device="cpu", verbose=False)
     assert tuned.load_info.quantization == "nf4" and tuned.load_info.adapter == str(out)
+
+
+def test_a_bf16_run_computes_in_bfloat16_and_keeps_float32_adapters(tiny_model_dir, coco, tmp_path, monkeypatch):
+    import torch
+
+    seen: list[torch.dtype] = []
+    original = torch.nn.Linear.forward
+
+    def recording(self, x):
+        y = original(self, x)
+        seen.append(y.dtype)
+        return y
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    model, _, card = finetune(tiny_model_dir, read_coco(*coco), tmp_path / "bf16",
+                              FinetuneConfig(steps=2, batch_size=2, bf16=True, device="cpu"),
+                              progress=False, log=lambda s: None)
+    assert torch.bfloat16 in seen
+    assert card["config"]["bf16"] is True and card["steps"] == 2
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    assert all(h["loss"] == h["loss"] for h in card["history"])  # no NaN

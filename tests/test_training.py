@@ -23,6 +23,8 @@ from helpers.world.training import (
     answer_token_ids,
     attention_targets,
     collate,
+    count_word_loss,
+    count_word_positions,
     dense_targets,
     draw_batch,
     encode_example,
@@ -408,3 +410,49 @@ def test_a_bf16_run_computes_in_bfloat16_and_keeps_float32_weights(processor) ->
     assert seen and set(seen) == {torch.bfloat16}
     assert {p.dtype for p in trained.parameters()} == {torch.float32}
     assert all(math.isfinite(v) for h in history for k, v in h.items() if k.endswith("_loss"))
+
+
+# --------------------------------------------------------------------------------------------- count words
+
+
+def test_count_words_are_the_first_word_of_every_grounded_phrase(processor) -> None:
+    scene = next(s for s in SCENES if any(len(g) > 1 for g in s.groups) and len(s.groups) > 1)
+    enc = encode_example(processor, scene.image, CAPTION_PROMPT, caption_answer(scene))
+    tokens = _answer_tokens(processor, enc)
+    words = [tokens[i] for i in count_word_positions(tokens)]
+    expected = ["▁two" if len(g) > 1 else "▁" + g[0].phrase.split()[0] for g in scene.groups]
+    assert words == expected
+    assert count_word_positions(["▁It", "▁is", "▁a", "▁red", "▁circle", "."]) == []
+
+
+def test_draw_batch_marks_count_words_at_their_label_positions(processor) -> None:
+    batch, _, _ = draw_batch(random.Random(5), processor, 16, GRID)
+    marked = 0
+    for enc in batch:
+        for pos in enc.count_words:
+            assert enc.labels[pos] != IGNORE
+            assert processor.tokenizer.convert_ids_to_tokens(enc.input_ids[pos - 1]) == "<phrase>"
+        marked += len(enc.count_words)
+    assert marked > 0
+    b = collate(batch, processor.tokenizer.pad_token_id, GRID)
+    assert b["count_words"].sum().item() == marked
+
+
+def test_count_word_loss_is_the_cross_entropy_of_exactly_the_marked_labels() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[IGNORE, 3, 4, 1, 2], [IGNORE, IGNORE, 6, 0, 5]])
+    where = torch.zeros(2, 5, dtype=torch.bool)
+    where[0, 2] = where[1, 4] = True
+    expected = (F.cross_entropy(logits[0, 1][None], labels[0, 2][None])
+                + F.cross_entropy(logits[1, 3][None], labels[1, 4][None])) / 2
+    assert torch.allclose(count_word_loss(logits, labels, where), expected)
+    assert count_word_loss(logits, labels, torch.zeros_like(where)).item() == 0.0
+
+
+def test_a_run_with_count_weight_logs_and_learns_the_count_loss(processor) -> None:
+    _, _, history = train(TrainConfig(vision_steps=1, steps=3, batch_size=4, warmup=1, count_weight=1.0,
+                                      log_every=1), processor=processor, model=tiny_model(processor),
+                          log=lambda _: None)
+    losses = [h["count_loss"] for h in history if h["stage"] == "joint"]
+    assert len(losses) == 3 and all(math.isfinite(v) and v > 0 for v in losses)

@@ -79,6 +79,23 @@ def test_group_heads_learn_and_leave_the_other_heads_alone() -> None:
     assert heads.what.weight.grad is None and heads.where.weight.grad is None
 
 
+def test_group_loss_on_objects_only_ignores_background_patches() -> None:
+    torch.manual_seed(0)
+    heads = DenseHeads(16)
+    patches = torch.randn(1, GRID * GRID, 16)
+    count = torch.zeros(1, GRID * GRID, dtype=torch.long)
+    place = torch.zeros(1, GRID * GRID, dtype=torch.long)
+    count[0, :5], place[0, :5] = 2, 1  # five patches of an object; the rest background
+    expected = (torch.nn.functional.cross_entropy(heads.count(patches[0, :5]), count[0, :5])
+                + torch.nn.functional.cross_entropy(heads.place(patches[0, :5]), place[0, :5]))
+    assert torch.allclose(heads.group_loss(patches, count, place, objects_only=True), expected)
+    # background patches change the plain loss, not the objects-only one
+    other = patches.clone()
+    other[0, 5:] += 3.0
+    assert torch.allclose(heads.group_loss(other, count, place, objects_only=True), expected)
+    assert not torch.allclose(heads.group_loss(other, count, place), heads.group_loss(patches, count, place))
+
+
 def test_heads_are_saved_and_loaded_and_older_files_leave_new_heads_fresh(tmp_path) -> None:
     torch.manual_seed(0)
     heads, token_heads = DenseHeads(16), DenseHeads(24)

@@ -32,6 +32,11 @@ real model (24 decoder layers of width 2 048) the adapters stay about 1 % of its
 with ``peft.prepare_model_for_kbit_training`` and trains the adapters in full precision with gradient
 checkpointing (activations recomputed in the backward pass instead of stored).
 
+**Speed.** ``bf16=True`` runs the forward passes under bfloat16 autocast (the adapters, the optimizer and the
+loss stay float32), for large models on GPUs and on CPUs with AMX or AVX-512 BF16. On the tiny bundled model
+it does not pay: on two such cores 60 steps of 16 texts ran at 3.0 steps per second in bfloat16 and 3.4 in
+float32 (the stars demonstration, :mod:`helpers.world.new_kinds`, made 1 416 steps in 9.5 minutes with it).
+
 **Output.** ``out`` holds ``adapter_model.safetensors`` and ``adapter_config.json`` (peft), ``finetune.json``
 (data, steps, losses, the base's signature, figures), ``README.md`` (a small card) and ``optimizer.safetensors``
 (to resume). Everything is written to a temporary folder beside ``out`` and renamed into place, so an error
@@ -414,6 +419,7 @@ class FinetuneConfig:
     checkpoint_minutes: float = 5.0
     device: str | None = None
     threads: int | None = None
+    bf16: bool = False  # forward passes under bfloat16 autocast; adapters and optimizer stay float32
 
 
 def _schedule(cfg: FinetuneConfig, step: int, elapsed: float) -> float:
@@ -525,7 +531,7 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
     import torch
 
     from helpers.grounding.model import load
-    from helpers.world.training import collate, encode_example
+    from helpers.world.training import TRAINING_AIDS, collate, encode_example
 
     cfg = cfg or FinetuneConfig()
     out = Path(out)
@@ -612,10 +618,9 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
         for t in rng.sample(texts, min(cfg.batch_size, len(texts))):
             rec = records[t.record]
             batch.append(encode_example(processor, _image(rec.path), t.prompt, t.answer))
-        inputs = collate(batch, pad)
-        inputs.pop("look")
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        loss = model(**inputs).loss
+        inputs = {k: v.to(device) for k, v in collate(batch, pad).items() if k not in TRAINING_AIDS}
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = model(**inputs).loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -850,6 +855,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--bf16", action="store_true",
+                   help="forward passes in bfloat16 (about twice as fast on CPUs with AMX or AVX-512 BF16, and on "
+                        "GPUs); the adapters and the optimizer stay float32")
     return p
 
 
@@ -861,7 +869,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                          rank=args.rank, alpha=args.alpha, vision=args.vision, new_words=tuple(args.new_words), quantization=args.quantization,
                          gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, device=args.device,
-                         threads=args.threads)
+                         threads=args.threads, bf16=args.bf16)
     try:
         records = read_coco(args.data, args.images, refs=args.refs)
         val = read_coco(args.val, args.images) if args.val else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -161,11 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--vision", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="forward passes in bfloat16 (see finetune --bf16)")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    base = bundled_model_dir()
+    base = os.path.relpath(bundled_model_dir())  # recorded in the card as given: relative to where it runs
     train_file = write_coco(args.data, args.train_images, TRAIN_SEED, "train", world_scenes=args.world_images)
     held_file = write_coco(args.data, args.held_out_images, HELD_OUT_SEED, "held_out")
     records = read_coco(train_file, args.data / "images")
@@ -176,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("before:", json.dumps(before), flush=True)
     cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                          rank=args.rank, vision=args.vision, new_words=("star", "stars"), device="cpu",
-                         threads=args.threads)
+                         threads=args.threads, bf16=args.bf16)
     t0 = time.time()
     model, processor, card = finetune(base, records, args.out, cfg, log=lambda s: print(s, flush=True),
                                       data_source={"annotations": f"helpers.world.new_kinds.write_coco(n={args.train_images}, "
@@ -191,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             {"before": before["caption_box_hit"], "after": after["caption_box_hit"]},
     }
     for name, key in _WORLD_ROWS:
-        figures[f"{name} ({world_after['objects']} objects)"] = {"before": world_before[key], "after": world_after[key]}
+        counted = "expressions" if key.startswith("comprehension") else "objects"
+        figures[f"{name} ({world_after[key]['total']} {counted})"] = {"before": world_before[key], "after": world_after[key]}
     figures["notes"] = (f"Stars: `helpers.world.new_kinds.write_coco(n={args.held_out_images}, seed={HELD_OUT_SEED})`. "
                         "Own world: the bundled model's held-out scenes (`helpers.grounding.evaluation.evaluate`). "
                         f"Fine-tuning took {seconds / 60:.1f} min (loading and saving included) with "

@@ -87,6 +87,7 @@ class Encoded:
     labels: list[int]
     pixel_values: torch.Tensor  # (3, H, W)
     look: list[list[int] | None] | None = None  # per position: image patches to attend to (training aid)
+    count_words: list[int] | None = None  # label positions of the first word of each grounded phrase
 
 
 def encode_example(processor, image, prompt: str, answer: str) -> Encoded:
@@ -103,18 +104,25 @@ def encode_example(processor, image, prompt: str, answer: str) -> Encoded:
     )
 
 
+#: Entries of a collated batch that guide the recipe's extra losses and are not inputs of the model.
+TRAINING_AIDS = ("look", "count_words")
+
+
 def collate(batch: Sequence[Encoded], pad_id: int, grid: int = 8) -> dict[str, torch.Tensor]:
-    """Right-pad a batch for training (padding gets label -100 and attention 0)."""
+    """Right-pad a batch for training (padding gets label -100 and attention 0; :data:`TRAINING_AIDS` too)."""
     n = max(len(e.input_ids) for e in batch)
     def pad(seq, value):
         return seq + [value] * (n - len(seq))
     look = torch.zeros(len(batch), n, grid * grid, dtype=torch.bool)
+    count = torch.zeros(len(batch), n, dtype=torch.bool)
     for b, e in enumerate(batch):
         for pos, cells in enumerate(e.look or []):
             if cells:
                 look[b, pos, cells] = True
+        count[b, e.count_words or []] = True
     return {
         "look": look,
+        "count_words": count,
         "input_ids": torch.tensor([pad(e.input_ids, pad_id) for e in batch]),
         "attention_mask": torch.tensor([pad([1] * len(e.input_ids), 0) for e in batch]),
         "image_embeds_position_mask": torch.tensor([pad(e.image_embeds_position_mask, 0) for e in batch]),
@@ -243,6 +251,23 @@ def attention_targets(tokens: Sequence[str], example: Example, scene: Scene, gri
     return out
 
 
+def count_word_positions(tokens: Sequence[str]) -> list[int]:
+    """Positions of the first word of each grounded phrase (``a`` / ``two`` / ``Kumo`` after ``<phrase>``).
+
+    That word is where a caption decides how many objects its next phrase names (and, for the world's
+    characters, which one): a single token of a 20-token answer, so the plain text loss gives it little weight.
+    """
+    return [i for i in range(1, len(tokens)) if tokens[i - 1] == "<phrase>"]
+
+
+def count_word_loss(logits: torch.Tensor, labels: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the labels at ``where`` (label positions; the logits at p predict label p + 1)."""
+    pick = where[:, 1:]
+    if not pick.any():
+        return logits.new_zeros(())
+    return F.cross_entropy(logits[:, :-1][pick].float(), labels[:, 1:][pick])
+
+
 class DenseHeads(nn.Module):
     """Training-only heads on the vision tower's patch features (not part of the shipped model)."""
 
@@ -261,11 +286,19 @@ class DenseHeads(nn.Module):
         l_where = F.cross_entropy(logits, where.reshape(-1), ignore_index=IGNORE)
         return l_what + l_where
 
-    def group_loss(self, patches: torch.Tensor, count: torch.Tensor, place: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the group heads (group size and caption place of each patch's object)."""
+    def group_loss(self, patches: torch.Tensor, count: torch.Tensor, place: torch.Tensor,
+                   objects_only: bool = False) -> torch.Tensor:
+        """Cross-entropy of the group heads (group size and caption place of each patch's object).
+
+        ``objects_only``: only patches that an object covers count (background, already the ``what`` head's
+        job, would otherwise be most of the loss and leave little of it to telling pairs from single objects).
+        """
         b, p, _ = patches.shape
-        return (F.cross_entropy(self.count(patches).reshape(b * p, -1), count.reshape(-1))
-                + F.cross_entropy(self.place(patches).reshape(b * p, -1), place.reshape(-1)))
+        if objects_only:
+            count = count.masked_fill(count == 0, IGNORE)
+            place = place.masked_fill(place == 0, IGNORE)
+        return (F.cross_entropy(self.count(patches).reshape(b * p, -1), count.reshape(-1), ignore_index=IGNORE)
+                + F.cross_entropy(self.place(patches).reshape(b * p, -1), place.reshape(-1), ignore_index=IGNORE))
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -348,12 +381,14 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     resumed_from: dict | None = None  # the training.json of the run this one continues
     group_weight: float = 0.0  # weight of the group heads' loss (group size, caption place); 0 = off
+    group_on_objects: bool = False  # the group heads' loss on the patches of objects only (not background)
     pair_share: float = 0.0  # training-only share of scenes redrawn until they hold a pair
     three_share: float = 0.0  # ... and of the rest, redrawn until they hold three kinds
     log_every: int = 25  # joint steps between two lines of the log (and of the history)
     device: str = "cpu"  # where the model trains ("cuda" on a GPU); batches are drawn on the CPU
     workers: int = 0  # processes drawing batches (0: in the training process, one seeded stream)
     bf16: bool = False  # forward passes in bfloat16 (torch.autocast); weights, optimizer and losses stay float32
+    count_weight: float = 0.0  # extra loss on the first word of each grounded phrase (how many; 0 = off)
 
 
 def draw_batch(rng: random.Random, processor, n: int, grid: int, pair_share: float = 0.0,
@@ -376,6 +411,7 @@ def draw_batch(rng: random.Random, processor, n: int, grid: int, pair_share: flo
         answer_tokens = processor.tokenizer.convert_ids_to_tokens(enc.input_ids[n_prompt:])
         # the logits at position p predict token p + 1: targets sit one position before their token
         enc.look = [None] * (n_prompt - 1) + attention_targets(answer_tokens, ex, scene, grid) + [None]
+        enc.count_words = [n_prompt + i for i in count_word_positions(answer_tokens)]
         batch.append(enc)
         w, wh = dense_targets(scene, grid)
         whats.append(w)
@@ -580,8 +616,8 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
         """The training-only heads' loss (what / where per patch, and the group targets when asked for)."""
         loss = heads.loss(patches, b["what"], b["where"]) + token_heads.loss(embeds, b["what"], b["where"])
         if cfg.group_weight:
-            loss = (loss + heads.group_loss(patches, b["count"], b["place"])
-                    + token_heads.group_loss(embeds, b["count"], b["place"]))
+            loss = (loss + heads.group_loss(patches, b["count"], b["place"], cfg.group_on_objects)
+                    + token_heads.group_loss(embeds, b["count"], b["place"], cfg.group_on_objects))
         return loss
 
     def dense_step(opt, loss, stage: str, step: int, *, last: bool, every: int) -> None:
@@ -658,10 +694,12 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
             dense = heads.loss(patches, b["what"], b["where"]) + token_heads.loss(embeds, b["what"], b["where"])
             group = torch.zeros((), device=cfg.device)
             if cfg.group_weight:
-                group = (heads.group_loss(patches, b["count"], b["place"])
-                         + token_heads.group_loss(embeds, b["count"], b["place"]))
+                group = (heads.group_loss(patches, b["count"], b["place"], cfg.group_on_objects)
+                         + token_heads.group_loss(embeds, b["count"], b["place"], cfg.group_on_objects))
             look = tap.loss(b["look"])
-        loss = out.loss + cfg.aux_weight * dense + cfg.look_weight * look + cfg.group_weight * group
+        counting = count_word_loss(out.logits, b["labels"], b["count_words"]) if cfg.count_weight else group * 0
+        loss = (out.loss + cfg.aux_weight * dense + cfg.look_weight * look + cfg.group_weight * group
+                + cfg.count_weight * counting)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -677,10 +715,12 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
             rate = step / max(time.time() - stage2_start, 1e-9)
             log(f"step {step:5d}  text loss {out.loss.item():.3f}  dense {dense.item():.3f}  look {look.item():.3f}  "
                 + (f"group {group.item():.3f}  " if cfg.group_weight else "")
+                + (f"count {counting.item():.3f}  " if cfg.count_weight else "")
                 + f"lr {lr:.2e}  {time.time() - start:6.0f}s  {rate:.2f} steps/s")
             history.append({"stage": "joint", "step": step, "text_loss": round(out.loss.item(), 4),
                             "dense_loss": round(dense.item(), 4), "look_loss": round(look.item(), 4),
                             **({"group_loss": round(group.item(), 4)} if cfg.group_weight else {}),
+                            **({"count_loss": round(counting.item(), 4)} if cfg.count_weight else {}),
                             "seconds": round(time.time() - stage2_start, 1)})
     stream.close()
     stop.restore()
@@ -714,10 +754,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
     parser.add_argument("--group-weight", type=float, default=0.0,
                         help="weight of the training-only group heads (group size and caption place per patch)")
+    parser.add_argument("--group-on-objects", action="store_true",
+                        help="the group heads' loss only on patches that an object covers (not on background)")
     parser.add_argument("--pair-share", type=float, default=0.0,
                         help="share of training scenes redrawn until they hold a pair of one kind")
     parser.add_argument("--three-share", type=float, default=0.0,
                         help="share of the other training scenes redrawn until they hold three kinds")
+    parser.add_argument("--count-weight", type=float, default=0.0,
+                        help="weight of an extra loss on the first word of each grounded phrase (a / two …), "
+                             "where a caption decides how many objects the phrase names")
     parser.add_argument("--device", default="cpu",
                         help="where the model trains: cpu, or cuda on a GPU (saved weights are the same either way)")
     parser.add_argument("--workers", type=int, default=0,
@@ -735,8 +780,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                       batch_size=args.batch_size, lr=args.lr, minutes=args.minutes, warmup=args.warmup,
                       aux_weight=args.aux_weight, look_weight=args.look_weight,
                       checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
-                      group_weight=args.group_weight, pair_share=args.pair_share, three_share=args.three_share,
-                      device=args.device, workers=args.workers, log_every=args.log_every, bf16=args.bf16)
+                      group_weight=args.group_weight, group_on_objects=args.group_on_objects, pair_share=args.pair_share, three_share=args.three_share,
+                      device=args.device, workers=args.workers, log_every=args.log_every, bf16=args.bf16,
+                      count_weight=args.count_weight)
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             parser.error(f"--device {args.device}: this torch sees no GPU (torch {torch.__version__})")
