@@ -330,7 +330,8 @@ def test_a_three_step_run_trains_and_returns_a_usable_model(processor) -> None:
     cfg = TrainConfig(vision_steps=1, steps=2, batch_size=2, warmup=1)
     trained, proc, history = train(cfg, processor=processor, model=model, log=lines.append)
     assert trained is model and proc is processor
-    assert [h["stage"] for h in history] == ["vision", "joint"]
+    # a point every 25 joint steps, and the last step always: it tells how far a run got
+    assert [(h["stage"], h["step"]) for h in history] == [("vision", 0), ("joint", 0), ("joint", 1)]
     for entry in history:
         losses = [v for k, v in entry.items() if k.endswith("_loss")]
         assert losses and all(math.isfinite(v) and v > 0 for v in losses)
@@ -362,7 +363,7 @@ def test_the_command_line_writes_model_checkpoint_and_training_record(tmp_path) 
           "--checkpoint", str(ckpt), "--checkpoint-minutes", "0"])
     record = json.loads((out / "training.json").read_text())
     assert record["config"]["checkpoint"] == str(ckpt) and record["config"]["steps"] == 2
-    assert [h["stage"] for h in record["history"]] == ["vision", "joint"]
+    assert [h["stage"] for h in record["history"]] == ["vision", "joint", "joint"]
     assert record["seconds"] > 0 and "threads" in record["hardware"]
     assert record["location_features"] == LOCATION_FEATURES
     for folder in (out, ckpt):

@@ -17,12 +17,45 @@ from typing import Sequence
 from helpers.grounding.evaluation import HELD_OUT_SEED, caption_error_table, evaluate, metrics_table
 from helpers.world.training import recorded_runs
 
-REBUILD_COMMANDS = (
-    "python -m helpers train --out run1 --seed 0 --vision-steps 500 --steps 100000 --minutes 52 "
-    "--batch-size 48 --threads 2 --no-evaluate",
-    "python -m helpers train --out data/kosmos2-tiny-world --resume run1 --vision-steps 0 --steps 100000 "
-    "--minutes 15 --batch-size 48 --lr 8e-4 --warmup 50 --aux-weight 0.3 --threads 2",
-)
+#: Settings of a run that are not part of its recipe (where it saves, how it logs, which device draws batches).
+_NOT_RECIPE = {"out", "resume", "checkpoint", "checkpoint_minutes", "threads", "evaluate", "log_every", "device",
+               "workers"}
+
+
+def run_commands(training: dict, out: str) -> list[str]:
+    """The ``python -m helpers train`` commands that repeat the runs recorded in ``training``, in order.
+
+    Run *k* writes ``run<k>`` and continues ``run<k-1>``; the last one writes ``out``. A flag appears when its
+    recorded value differs from the command's default; settings recorded before a flag existed take its default.
+    """
+    from helpers.world.training import build_parser
+
+    parser = build_parser()
+    runs = recorded_runs(training)
+    commands = []
+    for k, run in enumerate(runs, 1):
+        config = run.get("config", {})
+        last = k == len(runs)
+        words = ["python -m helpers train", "--out", out if last else f"run{k}"]
+        if k > 1:
+            words += ["--resume", f"run{k - 1}"]
+        for action in parser._actions:
+            if action.dest in _NOT_RECIPE or action.dest not in config or not action.option_strings:
+                continue
+            value = config[action.dest]
+            if value == action.default:
+                continue
+            flag = action.option_strings[0]
+            words += [flag] if isinstance(action, argparse._StoreTrueAction) else [flag, str(value)]
+        words += ["--threads", "2"] + ([] if last else ["--no-evaluate"])
+        commands.append(" ".join(words))
+    return commands
+
+
+def joint_steps(run: dict) -> int:
+    """Joint steps a recorded run took (its last history point; runs logged every 25 steps are rounded down)."""
+    joint = [h for h in run.get("history", []) if h.get("stage") == "joint"]
+    return joint[-1]["step"] + 1 if joint else 0
 
 
 def caption_latency(model, processor, image, new_tokens: int = 32, repeats: int = 5, batch: int = 1) -> float:
@@ -134,24 +167,38 @@ def _card_text(model, result: dict, training: dict) -> str:
         tc = stage.get("config", {})
         joint = [h for h in stage.get("history", []) if h.get("stage") == "joint"]
         last = joint[-1] if joint else {}
+        steps = joint_steps(stage)
+        rate = f", {steps / last['seconds']:.2f} joint steps per second" if last.get("seconds") else ""
+        extra = [f"{name} {tc[key]}" for name, key in (("group", "group_weight"), ("count word", "count_weight"))
+                 if tc.get(key)]
+        mix = (f"; scenes redrawn for a pair {tc.get('pair_share', 0.0)}, for three kinds "
+               f"{tc.get('three_share', 0.0)} of the time"
+               if tc.get("pair_share") or tc.get("three_share") else "")
         lines += [
             f"Run {i}: seed {tc.get('seed')}, batch {tc.get('batch_size')}, peak learning rate {tc.get('lr')} "
             f"(AdamW, warm-up {tc.get('warmup')} steps, cosine over a {tc.get('minutes')}-minute budget), "
-            f"{tc.get('vision_steps')} vision-only steps, then {last.get('step', 0) + 1} joint steps; "
-            f"loss weights dense {tc.get('aux_weight')}, look {tc.get('look_weight')}; "
-            f"{stage.get('seconds', 0) / 60:.1f} min. Last logged losses: text {last.get('text_loss', '?')}, "
+            + (f"{tc['heads_steps']} heads-only steps, " if tc.get("heads_steps") else "")
+            + f"{tc.get('vision_steps')} vision-only steps, then {steps} joint steps{rate}; "
+            f"loss weights dense {tc.get('aux_weight')}, look {tc.get('look_weight')}"
+            + "".join(f", {e}" for e in extra)
+            + (" (group heads on object patches only)" if tc.get("group_on_objects") else "")
+            + mix + ("; forward passes in bfloat16" if tc.get("bf16") else "")
+            + f"; {stage.get('seconds', 0) / 60:.1f} min. Last logged losses: text {last.get('text_loss', '?')}, "
             f"dense {last.get('dense_loss', '?')}, look {last.get('look_loss', '?')}.",
             "",
         ]
     lines += [
         f"In all {training.get('seconds', 0) / 60:.0f} min on {training.get('hardware', '?')}, "
-        f"torch {training.get('torch', '?')}; the loss history is in `training.json`.",
+        f"torch {training.get('torch', '?')}; the loss history is in `training.json`. The probes that chose",
+        "the recipe (short runs judged on a development seed of scenes, 12345, by their errors) are logged with",
+        "their commands, steps per second and figures in the course's `runs/README.md`.",
         "",
-        "Rebuild from scratch (about 70 minutes on two CPU cores; the time budgets make the step counts",
+        f"Rebuild from scratch (about {training.get('seconds', 0) / 60:.0f} minutes on two CPU cores; the time "
+        "budgets make the step counts",
         "depend on the machine's speed, so a rebuild is close to, not bit-identical with, the shipped weights):",
         "",
         "```bash",
-        *REBUILD_COMMANDS,
+        *run_commands(training, "data/kosmos2-tiny-world"),
         "python -m helpers modelcard data/kosmos2-tiny-world",
         "```",
         "",

@@ -10,10 +10,13 @@ grounding on two CPU cores:
 2. **Dense supervision of the vision tower.** Linear heads on the patch features and on the image tokens
    (used in training only, then dropped) predict for every patch *what* covers it (kind of object or
    background) and *where* that object's box is (its four edges, as 32-way bins); optionally
-   (``group_weight``) also how many objects its group has and the group's place in the caption.
+   (``group_weight``) also how many objects its group has and the group's place in the caption, best on the
+   patches of objects only (``group_on_objects``): that is what lets a caption tell a pair from two objects.
 3. **Supervised attention.** Head 0 of each decoder layer is shown which image tokens belong to the object
    being named.
-4. **A curriculum.** The vision tower first learns alone (cheap), then the whole model learns every task.
+4. **Count words** (``count_weight``). The first word of each grounded phrase (``a`` / ``two``) gets a loss of
+   its own: it is where the caption decides how many objects the phrase names.
+5. **A curriculum.** The vision tower first learns alone (cheap), then the whole model learns every task.
    A resumed run can first train fresh heads alone on the frozen model (``heads_steps``), and may show
    more scenes with pairs and with three kinds (``pair_share``, ``three_share``; the world is unchanged).
 
@@ -671,6 +674,15 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     stream = batches(partial(joint_batch, processor=processor, cfg=cfg, grid=grid), rng, cfg, 2)
     stage2_start = last_save = time.time()
+    done = 0  # joint steps taken
+
+    def point(step: int, losses: dict) -> dict:
+        """One point of the history: the step's losses (those that are on) and the joint stage's time so far."""
+        on = {"text": True, "dense": True, "look": True, "group": cfg.group_weight, "count": cfg.count_weight}
+        return {"stage": "joint", "step": step,
+                **{f"{k}_loss": round(v.item(), 4) for k, v in losses.items() if on[k]},
+                "seconds": round(time.time() - stage2_start, 1)}
+
     for step in range(cfg.steps):
         frac = step / max(1, cfg.steps)
         if cfg.minutes is not None:
@@ -704,6 +716,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        done, losses = step + 1, {"text": out.loss, "dense": dense, "look": look, "group": group, "count": counting}
         if cfg.checkpoint and time.time() - last_save > 60 * cfg.checkpoint_minutes:
             last_save = time.time()
             model.save_pretrained(cfg.checkpoint)
@@ -717,11 +730,9 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
                 + (f"group {group.item():.3f}  " if cfg.group_weight else "")
                 + (f"count {counting.item():.3f}  " if cfg.count_weight else "")
                 + f"lr {lr:.2e}  {time.time() - start:6.0f}s  {rate:.2f} steps/s")
-            history.append({"stage": "joint", "step": step, "text_loss": round(out.loss.item(), 4),
-                            "dense_loss": round(dense.item(), 4), "look_loss": round(look.item(), 4),
-                            **({"group_loss": round(group.item(), 4)} if cfg.group_weight else {}),
-                            **({"count_loss": round(counting.item(), 4)} if cfg.count_weight else {}),
-                            "seconds": round(time.time() - stage2_start, 1)})
+            history.append(point(step, losses))
+    if done and (done - 1) % cfg.log_every:  # the last step is always in the history: it tells how far a run got
+        history.append(point(done - 1, losses))
     stream.close()
     stop.restore()
     tap.remove()
@@ -731,7 +742,8 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     return model, processor, history
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m helpers train`` (its defaults are the recipe's)."""
     parser = argparse.ArgumentParser(prog="python -m helpers train",
                                      description="Train the bundled Kosmos-2 model on the synthetic world.")
     parser.add_argument("--out", type=Path, required=True)
@@ -773,6 +785,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "and on GPUs); weights, optimizer state and losses stay float32")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                         help="skip the held-out evaluation and model card")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,0 +1,59 @@
+"""The model card lists every recorded training run as a command that repeats it, with its steps per second."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from helpers.course.paths import bundled_model_dir
+from helpers.world.modelcard import _NOT_RECIPE, joint_steps, run_commands
+from helpers.world.training import build_parser, recorded_runs
+
+SHIPPED = json.loads((bundled_model_dir() / "training.json").read_text())
+
+
+def _two_runs() -> dict:
+    """The shipped record with one more run on top, as a resumed run records it."""
+    extra = {"config": {**recorded_runs(SHIPPED)[-1]["config"], "lr": 2e-4, "batch_size": 32, "group_weight": 1.0,
+                        "group_on_objects": True, "count_weight": 1.0, "pair_share": 0.35, "bf16": True,
+                        "vision_steps": 400, "minutes": 12.0},
+             "seconds": 800.0,
+             "history": [{"stage": "joint", "step": 0, "text_loss": 0.1, "seconds": 0.5},
+                         {"stage": "joint", "step": 1399, "text_loss": 0.1, "seconds": 700.0}]}
+    return {**extra, "stages": recorded_runs(SHIPPED) + [extra]}
+
+
+@pytest.mark.parametrize("record", [SHIPPED, _two_runs()], ids=["shipped", "one more run"])
+def test_each_command_parses_back_to_the_recorded_recipe(record) -> None:
+    commands = run_commands(record, "data/kosmos2-tiny-world")
+    runs = recorded_runs(record)
+    assert len(commands) == len(runs)
+    for k, (command, run) in enumerate(zip(commands, runs), 1):
+        words = shlex.split(command)
+        assert words[:4] == ["python", "-m", "helpers", "train"]
+        args = vars(build_parser().parse_args(words[4:]))
+        for key, value in run["config"].items():
+            if key not in _NOT_RECIPE and key in args:
+                assert args[key] == value, (k, key)
+        assert str(args["out"]) == ("data/kosmos2-tiny-world" if k == len(runs) else f"run{k}")
+        assert (str(args["resume"]) if args["resume"] else None) == (f"run{k - 1}" if k > 1 else None)
+        assert args["evaluate"] is (k == len(runs))
+
+
+def test_joint_steps_come_from_the_last_history_point() -> None:
+    assert joint_steps(_two_runs()) == 1400
+    assert joint_steps({"history": [{"stage": "vision", "step": 9}]}) == 0
+
+
+def test_the_card_gives_each_run_its_steps_per_second_and_extra_losses(tmp_path) -> None:
+    from helpers.world.modelcard import _card_text
+    from helpers.grounding.model import load
+
+    model, _ = load(str(bundled_model_dir()), device="cpu", verbose=False)
+    result = json.loads((bundled_model_dir() / "evaluation.json").read_text())
+    text = _card_text(model, result, _two_runs())
+    assert "then 1400 joint steps, 2.00 joint steps per second" in text
+    assert "group 1.0, count word 1.0 (group heads on object patches only)" in text
+    assert run_commands(_two_runs(), "data/kosmos2-tiny-world")[-1] in text
