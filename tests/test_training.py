@@ -457,3 +457,35 @@ def test_a_run_with_count_weight_logs_and_learns_the_count_loss(processor) -> No
                           log=lambda _: None)
     losses = [h["count_loss"] for h in history if h["stage"] == "joint"]
     assert len(losses) == 3 and all(math.isfinite(v) and v > 0 for v in losses)
+
+
+# --------------------------------------------------------------------------------------------- task mix
+
+
+def test_task_weights_override_the_named_tasks_and_keep_the_others() -> None:
+    from helpers.world.training import TASK_WEIGHTS, parse_task_weights
+
+    mix = parse_task_weights("comprehension=0.3, detail=0")
+    assert mix == {**TASK_WEIGHTS, "comprehension": 0.3, "detail": 0.0}
+    for bad, message in [("reading=0.2", "TASK one of caption"), ("caption", "TASK=WEIGHT"),
+                         ("qa=-1", "'qa' must be a number >= 0"), ("qa=lots", "'qa' must be a number"),
+                         (",".join(f"{t}=0" for t in TASK_WEIGHTS), "at least one task")]:
+        with pytest.raises(ValueError, match=message):
+            parse_task_weights(bad)
+
+
+def test_draw_batch_draws_only_the_tasks_of_the_mix(processor) -> None:
+    only = {"caption": 0.0, "detail": 0.0, "comprehension": 1.0, "qa": 0.0, "generation": 0.0}
+    batch, _, _ = draw_batch(random.Random(6), processor, 12, GRID, task_weights=only)
+    for enc in batch:
+        prompt = processor.tokenizer.decode(enc.input_ids[:enc.labels.count(IGNORE)])
+        answer = _answer_tokens(processor, enc)
+        assert answer[0] == "<object>" and "Question" not in prompt, prompt
+
+
+def test_the_command_line_refuses_a_bad_task_mix_with_its_reason(capsys) -> None:
+    from helpers.world.training import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--out", "x", "--task-weights", "reading=1"])
+    assert "TASK one of caption" in capsys.readouterr().err

@@ -46,6 +46,8 @@ def run_commands(training: dict, out: str) -> list[str]:
             if value == action.default:
                 continue
             flag = action.option_strings[0]
+            if isinstance(value, dict):  # --task-weights
+                value = ",".join(f"{k}={v}" for k, v in value.items())
             words += [flag] if isinstance(action, argparse._StoreTrueAction) else [flag, str(value)]
         words += ["--threads", "2"] + ([] if last else ["--no-evaluate"])
         commands.append(" ".join(words))
@@ -171,6 +173,8 @@ def _card_text(model, result: dict, training: dict) -> str:
         rate = f", {steps / last['seconds']:.2f} joint steps per second" if last.get("seconds") else ""
         extra = [f"{name} {tc[key]}" for name, key in (("group", "group_weight"), ("count word", "count_weight"))
                  if tc.get(key)]
+        if tc.get("task_weights"):
+            extra.append("tasks drawn " + ", ".join(f"{k} {v}" for k, v in tc["task_weights"].items()))
         mix = (f"; scenes redrawn for a pair {tc.get('pair_share', 0.0)}, for three kinds "
                f"{tc.get('three_share', 0.0)} of the time"
                if tc.get("pair_share") or tc.get("three_share") else "")

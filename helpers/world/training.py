@@ -55,6 +55,31 @@ _TAG = re.compile(r"(<[^<>]+>)")
 TASK_WEIGHTS = {"caption": 0.3, "detail": 0.15, "comprehension": 0.2, "qa": 0.15, "generation": 0.2}
 
 
+def parse_task_weights(text: str) -> dict[str, float]:
+    """``"caption=0.3,comprehension=0.3"`` → a full task mix: the tasks named get these weights, the others keep
+    :data:`TASK_WEIGHTS`'s (a weight of 0 leaves a task out).
+
+    Raises:
+        ValueError: an unknown task, a weight that is not a number >= 0, or a mix whose weights are all 0.
+    """
+    weights = dict(TASK_WEIGHTS)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in TASK_WEIGHTS:
+            raise ValueError(f"task weights are TASK=WEIGHT pairs with TASK one of {', '.join(TASK_WEIGHTS)}; "
+                             f"got {part!r}")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not weight >= 0:
+            raise ValueError(f"the weight of {name.strip()!r} must be a number >= 0, got {value!r}")
+        weights[name.strip()] = weight
+    if not any(weights.values()):
+        raise ValueError(f"at least one task needs a weight above 0, got {text!r}")
+    return weights
+
+
 # ------------------------------------------------------------------------------------------ encoding
 
 
@@ -392,13 +417,16 @@ class TrainConfig:
     workers: int = 0  # processes drawing batches (0: in the training process, one seeded stream)
     bf16: bool = False  # forward passes in bfloat16 (torch.autocast); weights, optimizer and losses stay float32
     count_weight: float = 0.0  # extra loss on the first word of each grounded phrase (how many; 0 = off)
+    task_weights: dict | None = None  # how often each task is drawn (None: TASK_WEIGHTS)
 
 
 def draw_batch(rng: random.Random, processor, n: int, grid: int, pair_share: float = 0.0,
-               three_share: float = 0.0, groups: list | None = None):
-    """``n`` encoded examples with their dense targets; ``groups`` (a list) receives each scene's group targets."""
+               three_share: float = 0.0, groups: list | None = None, task_weights: dict | None = None):
+    """``n`` encoded examples with their dense targets; ``groups`` (a list) receives each scene's group targets;
+    tasks are drawn by ``task_weights`` (default :data:`TASK_WEIGHTS`)."""
     batch, whats, wheres = [], [], []
-    tasks, weights = list(TASK_WEIGHTS), list(TASK_WEIGHTS.values())
+    mix = task_weights or TASK_WEIGHTS
+    tasks, weights = list(mix), list(mix.values())
     for _ in range(n):
         if pair_share or three_share:
             scene = training_scene(rng, pair_share, three_share)
@@ -425,7 +453,8 @@ def draw_batch(rng: random.Random, processor, n: int, grid: int, pair_share: flo
 def joint_batch(rng: random.Random, processor, cfg: TrainConfig, grid: int) -> dict[str, torch.Tensor]:
     """One batch of the joint stage: the collated inputs, the dense targets and the group targets."""
     gt: list = []
-    batch, what, where = draw_batch(rng, processor, cfg.batch_size, grid, cfg.pair_share, cfg.three_share, gt)
+    batch, what, where = draw_batch(rng, processor, cfg.batch_size, grid, cfg.pair_share, cfg.three_share, gt,
+                                    cfg.task_weights)
     return {**collate(batch, processor.tokenizer.pad_token_id, grid), "what": what, "where": where,
             "count": torch.stack([t[0] for t in gt]), "place": torch.stack([t[1] for t in gt])}
 
@@ -742,6 +771,13 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     return model, processor, history
 
 
+def _task_weights_arg(text: str) -> dict[str, float]:
+    try:
+        return parse_task_weights(text)
+    except ValueError as err:  # argparse shows an ArgumentTypeError's own message
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m helpers train`` (its defaults are the recipe's)."""
     parser = argparse.ArgumentParser(prog="python -m helpers train",
@@ -775,6 +811,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--count-weight", type=float, default=0.0,
                         help="weight of an extra loss on the first word of each grounded phrase (a / two …), "
                              "where a caption decides how many objects the phrase names")
+    parser.add_argument("--task-weights", type=_task_weights_arg, default=None, metavar="TASK=W,…",
+                        help="how often each task is drawn, e.g. comprehension=0.3,detail=0.05 (the tasks not named "
+                             f"keep {', '.join(f'{k}={v}' for k, v in TASK_WEIGHTS.items())})")
     parser.add_argument("--device", default="cpu",
                         help="where the model trains: cpu, or cuda on a GPU (saved weights are the same either way)")
     parser.add_argument("--workers", type=int, default=0,
@@ -799,7 +838,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                       checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
                       group_weight=args.group_weight, group_on_objects=args.group_on_objects, pair_share=args.pair_share, three_share=args.three_share,
                       device=args.device, workers=args.workers, log_every=args.log_every, bf16=args.bf16,
-                      count_weight=args.count_weight)
+                      count_weight=args.count_weight, task_weights=args.task_weights)
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             parser.error(f"--device {args.device}: this torch sees no GPU (torch {torch.__version__})")
