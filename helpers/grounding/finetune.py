@@ -856,8 +856,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--bf16", action="store_true",
-                   help="forward passes in bfloat16 (about twice as fast on CPUs with AMX or AVX-512 BF16, and on "
-                        "GPUs); the adapters and the optimizer stay float32")
+                   help="forward passes in bfloat16, for large models on GPUs and CPUs with AMX or AVX-512 BF16 "
+                        "(on the tiny bundled model it is not faster); the adapters and the optimizer stay float32")
     return p
 
 

@@ -47,7 +47,7 @@ def run_commands(training: dict, out: str) -> list[str]:
                 continue
             flag = action.option_strings[0]
             if isinstance(value, dict):  # --task-weights
-                value = ",".join(f"{k}={v}" for k, v in value.items())
+                value = ",".join(f"{task}={weight}" for task, weight in value.items())
             words += [flag] if isinstance(action, argparse._StoreTrueAction) else [flag, str(value)]
         words += ["--threads", "2"] + ([] if last else ["--no-evaluate"])
         commands.append(" ".join(words))

@@ -644,13 +644,19 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     def autocast():
         return torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
+    def what_where_loss(b, patches, embeds):
+        """Both heads' what / where loss, on the patches and on the image tokens."""
+        return heads.loss(patches, b["what"], b["where"]) + token_heads.loss(embeds, b["what"], b["where"])
+
+    def group_loss(b, patches, embeds):
+        """Both heads' group loss (group size and caption place), on the patches and on the image tokens."""
+        return (heads.group_loss(patches, b["count"], b["place"], cfg.group_on_objects)
+                + token_heads.group_loss(embeds, b["count"], b["place"], cfg.group_on_objects))
+
     def dense_loss(b, patches, embeds):
         """The training-only heads' loss (what / where per patch, and the group targets when asked for)."""
-        loss = heads.loss(patches, b["what"], b["where"]) + token_heads.loss(embeds, b["what"], b["where"])
-        if cfg.group_weight:
-            loss = (loss + heads.group_loss(patches, b["count"], b["place"], cfg.group_on_objects)
-                    + token_heads.group_loss(embeds, b["count"], b["place"], cfg.group_on_objects))
-        return loss
+        loss = what_where_loss(b, patches, embeds)
+        return loss + group_loss(b, patches, embeds) if cfg.group_weight else loss
 
     def dense_step(opt, loss, stage: str, step: int, *, last: bool, every: int) -> None:
         """One optimizer step of a dense-targets stage, logged every ``every`` steps and at the last."""
@@ -732,13 +738,11 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
                 input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                 image_embeds_position_mask=b["image_embeds_position_mask"], image_embeds=embeds, labels=b["labels"],
             )
-            dense = heads.loss(patches, b["what"], b["where"]) + token_heads.loss(embeds, b["what"], b["where"])
-            group = torch.zeros((), device=cfg.device)
-            if cfg.group_weight:
-                group = (heads.group_loss(patches, b["count"], b["place"], cfg.group_on_objects)
-                         + token_heads.group_loss(embeds, b["count"], b["place"], cfg.group_on_objects))
+            dense = what_where_loss(b, patches, embeds)
+            off = torch.zeros((), device=cfg.device)  # the value logged for a loss that is switched off
+            group = group_loss(b, patches, embeds) if cfg.group_weight else off
             look = tap.loss(b["look"])
-        counting = count_word_loss(out.logits, b["labels"], b["count_words"]) if cfg.count_weight else group * 0
+        counting = count_word_loss(out.logits, b["labels"], b["count_words"]) if cfg.count_weight else off
         loss = (out.loss + cfg.aux_weight * dense + cfg.look_weight * look + cfg.group_weight * group
                 + cfg.count_weight * counting)
         opt.zero_grad()
@@ -836,7 +840,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                       batch_size=args.batch_size, lr=args.lr, minutes=args.minutes, warmup=args.warmup,
                       aux_weight=args.aux_weight, look_weight=args.look_weight,
                       checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
-                      group_weight=args.group_weight, group_on_objects=args.group_on_objects, pair_share=args.pair_share, three_share=args.three_share,
+                      group_weight=args.group_weight, group_on_objects=args.group_on_objects,
+                      pair_share=args.pair_share, three_share=args.three_share,
                       device=args.device, workers=args.workers, log_every=args.log_every, bf16=args.bf16,
                       count_weight=args.count_weight, task_weights=args.task_weights)
     if args.device.startswith("cuda"):
