@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers.grounding.finetune import (
+    Category,
     FinetuneConfig,
     FinetuneError,
     base_signature,
@@ -97,6 +98,29 @@ def test_texts_cover_caption_comprehension_question_and_expressions(coco, tmp_pa
     expressions = [t for t in texts if t.task == "expression"]
     assert [t.record for t in expressions] == [ann_image, ann_image]
     assert expressions[0].prompt == "<grounding><phrase> the thing on the left</phrase>"
+
+
+def test_world_scenes_read_back_as_the_worlds_own_captions(tmp_path):
+    """Replayed world scenes must teach what the world taught: the same caption texts and boxes, and Kumo (a
+    proper name, capitalized) without an article."""
+    from helpers.world.language import answer_name, caption_answer
+    from helpers.world.scenes import sample_scenes
+
+    file = write_coco(tmp_path, 0, seed=3, name="world", world_scenes=60)
+    records = read_coco(file, tmp_path / "images")
+    texts = texts_for(records)
+    scenes = sample_scenes(60, seed=3)
+    captions = [t.answer for t in texts if t.task == "caption"]
+    assert captions == [caption_answer(s) for s in scenes]
+    questions = [t.answer for t in texts if t.task == "question"]
+    assert sorted(questions) == sorted(f" It is {answer_name(o)}." for s in scenes for o in s.objects)
+    assert any(" Kumo</phrase>" in c for c in captions) and not any("a Kumo" in c for c in captions)
+    kumo = next(o.category for r in records for o in r.objects if o.category.name == "Kumo")
+    assert (kumo.phrase(1), kumo.phrase(2), kumo.definite(1), kumo.definite(2)) == ("Kumo", "two Kumos", "Kumo",
+                                                                                    "the Kumos")
+    owl = Category(1, "owl", "owls")
+    assert (owl.phrase(1), owl.phrase(3), owl.definite(1), owl.definite(2)) == ("an owl", "three owls", "the owl",
+                                                                              "the owls")
 
 
 def test_refs_file_adds_referring_expressions(coco, tmp_path):

@@ -97,14 +97,24 @@ class Category:
     name: str
     plural: str
 
+    @property
+    def proper(self) -> bool:
+        """A name that starts with a capital letter is a proper name (``Kumo``): it takes no article."""
+        return self.name[:1].isupper()
+
     def phrase(self, count: int) -> str:
-        """The caption phrase for ``count`` objects: ``a cat``, ``an owl``, ``two cats``."""
+        """The caption phrase for ``count`` objects: ``a cat``, ``an owl``, ``two cats``, ``Kumo``."""
         if count == 1:
+            if self.proper:
+                return self.name
             return ("an " if self.name[:1].lower() in "aeiou" else "a ") + self.name
         return f"{_COUNT.get(count, str(count))} {self.plural}"
 
     def definite(self, count: int) -> str:
-        return f"the {self.name if count == 1 else self.plural}"
+        """How a comprehension prompt names the group: ``the cat``, ``the cats``, ``Kumo``."""
+        if count == 1:
+            return self.name if self.proper else f"the {self.name}"
+        return f"the {self.plural}"
 
 
 @dataclass(frozen=True)

@@ -118,8 +118,7 @@ def write_coco(folder: str | Path, n: int, seed: int, name: str, world_scenes: i
         for obj in scene.objects:
             x0, y0, x1, y1 = obj.box
             annotations.append({"id": len(annotations), "image_id": i, "category_id": cat_id[(obj.colour, obj.shape)],
-                                "bbox": [round(x0 * w, 2), round(y0 * h, 2), round((x1 - x0) * w, 2),
-                                         round((y1 - y0) * h, 2)]})
+                                "bbox": [x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h]})
     path = folder / f"{name}.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path
