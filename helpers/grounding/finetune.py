@@ -35,7 +35,7 @@ checkpointing (activations recomputed in the backward pass instead of stored).
 **Speed.** ``bf16=True`` runs the forward passes under bfloat16 autocast (the adapters, the optimizer and the
 loss stay float32), for large models on GPUs and on CPUs with AMX or AVX-512 BF16. On the tiny bundled model
 it does not pay: on two such cores 60 steps of 16 texts ran at 3.0 steps per second in bfloat16 and 3.4 in
-float32 (the stars demonstration, :mod:`helpers.world.new_kinds`, made 2 140 steps in 9.5 minutes with it).
+float32 (the stars demonstration, :mod:`helpers.world.new_kinds`, made 1 833 steps in 9.5 minutes with it).
 
 **Output.** ``out`` holds ``adapter_model.safetensors`` and ``adapter_config.json`` (peft), ``finetune.json``
 (data, steps, losses, the base's signature, figures), ``README.md`` (a small card) and ``optimizer.safetensors``
