@@ -14,8 +14,8 @@ Paths (``--paths``, comma-separated):
   bitsandbytes (on the CPU >= 0.50.2); otherwise recorded as skipped, with the reason.
 * ``nf4``, ``8bit`` — bitsandbytes' 4-bit NF4 and LLM.int8 weights, as ``load(quantization=...)`` loads them.
 * ``int8``, ``int4`` — torchao's CPU paths of ``load(quantization=...)``: int8 weights with int8 dynamic
-  activations; int4 weights (groups of 128) with bfloat16 activations. ``int4-compile`` adds
-  ``torch.compile`` of each text block. CPU only.
+  activations; int4 weights of the text decoder (groups of 32) with bfloat16 activations, the vision tower and
+  the projection in bfloat16. ``int4-compile`` adds ``torch.compile`` of each text block. CPU only.
 * ``fp32-eager`` — float32 with the plain matmul-softmax attention: the CPU table's baseline.
 * ``fp32``, ``bf16``, ``fp16`` — that precision, SDPA attention, every ``--batch-sizes`` entry.
 * ``sdpa``, ``eager`` — the device's default precision (bf16 on GPUs with native bfloat16, compute
@@ -103,8 +103,8 @@ PATHS: dict[str, PathSpec] = {
     "8bit": PathSpec("8bit", "LLM.int8 bitsandbytes weights", quantization="8bit", dtype="float32"),
     "int8": PathSpec("int8", "torchao int8 weights, int8 dynamic activations (float32 elsewhere)",
                      quantization="int8", dtype="float32"),
-    "int4": PathSpec("int4", "torchao int4 weights (groups of 128), bfloat16 activations", quantization="int4",
-                     dtype="bfloat16"),
+    "int4": PathSpec("int4", "torchao int4 decoder weights (groups of 32), bfloat16 activations and vision tower",
+                     quantization="int4", dtype="bfloat16"),
     "int4-compile": PathSpec("int4-compile", "int4 as above, torch.compile of each text block (dynamic shapes)",
                              quantization="int4", dtype="bfloat16", compile=True, small_batches_only=True),
     "bf16": PathSpec("bf16", "bfloat16 weights, SDPA attention", dtype="bfloat16"),

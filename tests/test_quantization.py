@@ -76,7 +76,7 @@ def test_bitsandbytes_paths_use_its_layers_and_the_articles_defaults(tiny_model_
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "fp4" and not config.bnb_4bit_use_double_quant
 
 
-def test_torchao_paths_quantize_every_linear_layer(tiny_model_dir: Path) -> None:
+def test_torchao_paths_quantize_the_layers_each_path_names(tiny_model_dir: Path) -> None:
     from torchao.prototype.quantization.int4 import Int4OpaqueTensor
     from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
 
@@ -86,10 +86,16 @@ def test_torchao_paths_quantize_every_linear_layer(tiny_model_dir: Path) -> None
     assert model.load_info.dtype == "float32"
     model, _ = load(tiny_model_dir, quantization="int4", device="cpu", verbose=False)
     assert model.load_info.dtype == "bfloat16"
+    for name, m in model.named_modules():
+        if not isinstance(m, torch.nn.Linear):
+            continue
+        if name.startswith(("vision_model.", "image_to_text_projection.")):  # run once per image: bfloat16
+            assert type(m.weight) is torch.nn.Parameter and m.weight.dtype == torch.bfloat16, name
+        elif quant.int4_fits(m):
+            assert isinstance(m.weight, Int4OpaqueTensor), name
+        else:  # the int4 kernel needs outputs % 16 == 0 (the tiny lm_head has 1 297)
+            assert isinstance(m.weight, Int8Tensor), name
     assert isinstance(_layer(model).weight, Int4OpaqueTensor)
-    head = model.text_model.lm_head
-    expected = Int4OpaqueTensor if head.out_features % 16 == 0 else Int8Tensor  # the int4 kernel needs N % 16 == 0
-    assert isinstance(head.weight, expected)
 
 
 def test_int4_falls_back_to_int8_for_layers_its_kernel_cannot_take() -> None:
@@ -98,15 +104,36 @@ def test_int4_falls_back_to_int8_for_layers_its_kernel_cannot_take() -> None:
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 96), torch.nn.Linear(96, 1297),
-                                torch.nn.Linear(96, 16)).to(torch.bfloat16)
+                                torch.nn.Linear(96, 16), torch.nn.Linear(40, 32)).to(torch.bfloat16)
     counts = quant.quantize(model, "int4")
-    assert counts == {"int4 (groups of 64)": 1, "int4 (groups of 32)": 2, "int8": 1}
+    assert counts == {"int4 (groups of 32, HQQ scales)": 3, "int8": 2}  # a small model: HQQ scales
     kinds = [type(m.weight) for m in model]
-    assert kinds == [Int4OpaqueTensor, Int4OpaqueTensor, Int8Tensor, Int4OpaqueTensor]
-    assert [quant.int4_group_size(torch.nn.Linear(k, n)) for k, n in ((256, 16), (96, 32), (48, 32), (40, 32),
-                                                                       (128, 65037))] == [128, 32, None, None, None]
+    assert kinds == [Int4OpaqueTensor, Int4OpaqueTensor, Int8Tensor, Int4OpaqueTensor, Int8Tensor]
+    assert [quant.int4_fits(torch.nn.Linear(k, n)) for k, n in ((256, 16), (96, 32), (48, 32), (40, 32),
+                                                                (128, 65037))] == [True, True, False, False, False]
     x = torch.randn(3, 64, dtype=torch.bfloat16)
     assert model[0](x).shape == (3, 32) and torch.isfinite(model[0](x).float()).all()
+
+
+def test_int4_scales_come_from_hqq_for_small_models_only(monkeypatch) -> None:
+    """HQQ's scales are closer to the float weights than min-max ones; above the size limit (its optimisation
+    takes minutes on the real model) the path uses min-max scales."""
+    torch.manual_seed(0)
+    weight = torch.randn(64, 256)
+
+    def error(limit: int) -> tuple[dict, float]:
+        monkeypatch.setattr(quant, "INT4_HQQ_MAX_PARAMETERS", limit)
+        layer = torch.nn.Linear(256, 64, bias=False).to(torch.bfloat16)
+        layer.weight.data = weight.to(torch.bfloat16)
+        counts = quant.quantize(torch.nn.Sequential(layer), "int4")
+        x = torch.eye(256, dtype=torch.bfloat16)
+        return counts, (layer(x).float().T - weight).norm().item() / weight.norm().item()
+
+    hqq_counts, hqq_error = error(10**9)
+    minmax_counts, minmax_error = error(1)
+    assert hqq_counts == {"int4 (groups of 32, HQQ scales)": 1}
+    assert minmax_counts == {"int4 (groups of 32, min-max scales)": 1}
+    assert 0 < hqq_error < minmax_error < 0.2
 
 
 # ------------------------------------------------------------------------------------- the automatic choice

@@ -9,21 +9,24 @@ name          weights                                                          l
 ``"nf4"``     4-bit NormalFloat (``bnb_4bit_quant_type="nf4"``), as QLoRA uses   bitsandbytes          CUDA, CPU
 ``"8bit"``    LLM.int8 (``load_in_8bit=True``)                                  bitsandbytes          CUDA, CPU
 ``"int8"``    int8 weights, activations quantized to int8 on the fly            torchao               CPU
-``"int4"``    int4 weights in groups of 32–128 values, bfloat16 activations    torchao               CPU
+``"int4"``    int4 decoder weights in groups of 32, bfloat16 activations       torchao               CPU
 ``"none"``    no quantization: the float weights in ``dtype``                   –                     any
 ============  ===============================================================  ====================  ============
 
 The bitsandbytes paths quantize while ``from_pretrained`` loads (transformers leaves ``lm_head`` in float, as
-for the article). The torchao paths quantize every ``nn.Linear`` of the loaded float model, ``lm_head``
-included: at batch 1 a CPU spends most of each generated token reading weights, and the output layer
-(65 037 × 2 048 in Kosmos-2) is the largest single one.
+for the article). ``"int8"`` quantizes every ``nn.Linear`` of the loaded float model, ``lm_head`` included: at
+batch 1 a CPU spends most of each generated token reading weights, and the output layer (65 037 × 2 048 in
+Kosmos-2) is the largest single one. ``"int4"`` quantizes the text decoder and ``lm_head`` (int8 where the int4
+kernel cannot take a layer) and keeps the vision tower and the image-to-text projection in bfloat16, since
+they run once per image (:data:`INT4_KEEPS_BFLOAT16`).
 
 ``quantization=None`` lets :func:`plan` choose: on a CPU, a model of at least :data:`AUTO_CPU_PARAMETERS`
 parameters (the real Kosmos-2 has 1.66 B) gets :data:`AUTO_CPU_CHOICE`, the fastest CPU path per token at
 batch 1 in ``bench/benchmark.py --cpu-table`` on two idle cores (Intel Xeon, 2026-11-30; ``bench/results/cpu``):
-int4 0.13 s per token, against the article's 4-bit 0.17 s, bfloat16 0.22 s, int8 0.27 s and float32 0.34 s
-(eager attention), with the same teacher-forced top-1 tokens as float32. Smaller models (the bundled one) stay
-in float32, which measured faster for them. Everything else keeps float weights.
+int4 0.117 s per token, against the article's 4-bit 0.148 s, NF4 0.141 s, bfloat16 0.193 s, int8 0.211 s and
+float32 0.263 s (eager attention). On the bundled model int4 keeps every evaluation figure within 0.5 points
+of float32 (``bench/bundled_accuracy.py``). Smaller models (the bundled one) stay in float32, which measured
+faster for them. Everything else keeps float weights.
 """
 
 from __future__ import annotations
@@ -50,8 +53,21 @@ MIN_TORCHAO = "0.18"
 AUTO_CPU_PARAMETERS = 1_000_000_000
 #: ... with this path (see the module docstring for the measurement behind it).
 AUTO_CPU_CHOICE = "int4"
-#: Group sizes of the int4 path, largest first: a layer takes the largest one that divides its inputs.
-INT4_GROUP_SIZES = (128, 64, 32)
+#: Group size of the int4 path: int4 weights in groups of this many values, each group with its own scale and
+#: zero point. Measured on the bundled model (220 held-out scenes, text decoder in int4): groups of 32 moved
+#: comprehension accuracy@1 by -0.4 points, groups of 64 by -1.4 (HQQ scales, below); on Kosmos-2's
+#: 2 048 x 8 192 layers a product with one token takes about as long in groups of 32 as of 128.
+INT4_GROUP_SIZE = 32
+#: Layers the int4 path leaves in bfloat16: the vision tower and the image-to-text projection run once per
+#: image (the text decoder runs once per token, so its weights are what a CPU reads at every step). In int4 they
+#: cost the bundled model 1.2 points of comprehension, and on the real model bfloat16 is the faster of the two
+#: for them (a whole image at once is what AMX's bfloat16 products are fast at).
+INT4_KEEPS_BFLOAT16 = ("vision_model.", "image_to_text_projection.")
+#: Models up to this size get int4 scales chosen by HQQ (half-quadratic optimisation of each group's scale and
+#: zero point), larger ones min-max scales (torchao's "tinygemm" default). HQQ is the more accurate (bundled
+#: model: comprehension -0.4 points against -1.4 with min-max) but takes about 0.36 s per million weights on
+#: two cores: seconds for the bundled model, some 7 minutes at every load of the real Kosmos-2.
+INT4_HQQ_MAX_PARAMETERS = 100_000_000
 
 INSTALL = "pip install -e '.[quant]' in your clone of the course"
 
@@ -240,9 +256,10 @@ def import_quietly() -> None:
                 importlib.import_module(name)
 
 
-def torchao_config(quantization: str, group_size: int = 128):
+def torchao_config(quantization: str, hqq: bool = False):
     """The torchao config of a torchao path: ``"int8"`` → int8 dynamic activations and int8 weights per
-    channel; ``"int4"`` → int4 weights in groups of ``group_size`` for torch's CPU int4 kernel."""
+    channel; ``"int4"`` → int4 weights in groups of :data:`INT4_GROUP_SIZE` for torch's CPU int4 kernel, with
+    HQQ scales when ``hqq``."""
     with quiet_imports():
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
@@ -254,39 +271,43 @@ def torchao_config(quantization: str, group_size: int = 128):
     if quantization == "int8":
         return Int8DynamicActivationInt8WeightConfig()
     if quantization == "int4":
-        return PrototypeInt4WeightOnlyConfig(group_size=group_size)
+        return PrototypeInt4WeightOnlyConfig(group_size=INT4_GROUP_SIZE,
+                                             int4_choose_qparams_algorithm="hqq" if hqq else "tinygemm")
     raise ValueError(f"{quantization!r} is not a torchao path; those are {', '.join(TORCHAO)}")
 
 
-def int4_group_size(linear) -> int | None:
-    """The int4 group size of an ``nn.Linear``: the largest of :data:`INT4_GROUP_SIZES` that divides its
-    inputs, or ``None`` when torch's CPU int4 kernel cannot take it (its outputs must be a multiple of 16)."""
-    if linear.out_features % 16:
-        return None
-    return next((g for g in INT4_GROUP_SIZES if linear.in_features % g == 0), None)
+def int4_fits(linear) -> bool:
+    """Whether torch's CPU int4 kernel takes this ``nn.Linear``: inputs a multiple of :data:`INT4_GROUP_SIZE`,
+    outputs a multiple of 16."""
+    return linear.in_features % INT4_GROUP_SIZE == 0 and linear.out_features % 16 == 0
 
 
 def quantize(model, quantization: str) -> dict[str, int]:
-    """Quantize every ``nn.Linear`` of ``model`` in place with torchao; returns how many layers got which form.
+    """Quantize the ``nn.Linear`` layers of ``model`` in place with torchao; returns how many layers got which form.
 
-    ``model`` must be on the CPU, in float32 for ``"int8"`` or bfloat16 for ``"int4"``. Under ``"int4"``, a
-    layer that torch's CPU int4 kernel cannot take gets int8 instead: Kosmos-2's ``lm_head`` (65 037 outputs,
-    not a multiple of 16), and in the bundled model ``lm_head`` too (1 297 outputs).
+    ``model`` must be on the CPU, in float32 for ``"int8"`` or bfloat16 for ``"int4"``. ``"int8"`` takes every
+    layer. ``"int4"`` takes the text decoder's layers and leaves those named in :data:`INT4_KEEPS_BFLOAT16` in
+    bfloat16; a layer that torch's CPU int4 kernel cannot take (:func:`int4_fits`) gets int8 instead:
+    Kosmos-2's ``lm_head`` (65 037 outputs, not a multiple of 16), and in the bundled model ``lm_head`` too
+    (1 297 outputs).
     """
     import torch
 
     with quiet_imports():
         from torchao.quantization import quantize_
 
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     if quantization == "int4":
-        groups = {id(m): int4_group_size(m) for m in linears}
-        batches = [(f"int4 (groups of {g})", torchao_config("int4", g), {i for i, v in groups.items() if v == g})
-                   for g in INT4_GROUP_SIZES]
-        batches.append(("int8", torchao_config("int8"), {i for i, v in groups.items() if v is None}))
+        kept = {id(m) for n, m in named if any(part in n for part in INT4_KEEPS_BFLOAT16)}
+        rest = [m for _, m in named if id(m) not in kept]
+        hqq = sum(p.numel() for p in model.parameters()) <= INT4_HQQ_MAX_PARAMETERS
+        label = f"int4 (groups of {INT4_GROUP_SIZE}, {'HQQ' if hqq else 'min-max'} scales)"
+        batches = [(label, torchao_config("int4", hqq), {id(m) for m in rest if int4_fits(m)}),
+                   ("int8", torchao_config("int8"), {id(m) for m in rest if not int4_fits(m)})]
+        counts = {"bfloat16 (run once per image)": len(kept)} if kept else {}
     else:
-        batches = [(quantization, torchao_config(quantization), {id(m) for m in linears})]
-    counts: dict[str, int] = {}
+        batches = [(quantization, torchao_config(quantization), {id(m) for _, m in named})]
+        counts = {}
     for label, config, chosen in batches:
         if chosen:
             with quiet_imports():
