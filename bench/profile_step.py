@@ -84,15 +84,14 @@ def profile(path: str, *, work: Path | None, tiny: bool, new_tokens: int, repeat
     model = B.build_model(config, spec, "cpu", weights=weights)
     dtype = B.resolve_dtype(spec, "cpu")
     inputs = B.make_inputs(config, 1, "cpu", dtype)
-    with torch.no_grad():
-        prefill = _median_seconds(lambda: model.generate(**inputs, generation_config=B.generation_config(config, 1, "dynamic")),
-                                  max(1, repeats // 10))
-        full = _median_seconds(lambda: model.generate(**inputs, generation_config=B.generation_config(config, new_tokens, "dynamic")),
-                               1)
-        from torch.profiler import ProfilerActivity, profile as torch_profile
+    def generate(tokens: int):
+        return model.generate(**inputs, generation_config=B.generation_config(config, tokens, "dynamic"))
 
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-            model.generate(**inputs, generation_config=B.generation_config(config, new_tokens, "dynamic"))
+    with torch.no_grad():
+        prefill = _median_seconds(lambda: generate(1), max(1, repeats // 10))
+        full = _median_seconds(lambda: generate(new_tokens), 1)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            generate(new_tokens)
     decode = (full - prefill) / max(1, new_tokens - 1)
     rows = products(model, dtype, repeats)
     in_products = sum(r["ms"] * r["per_token"] for r in rows)
