@@ -54,10 +54,16 @@ def run_commands(training: dict, out: str) -> list[str]:
     return commands
 
 
+def last_joint_point(run: dict) -> dict:
+    """The last point of a recorded run's joint stage in its history (``{}`` when it has none)."""
+    joint = [h for h in run.get("history", []) if h.get("stage") == "joint"]
+    return joint[-1] if joint else {}
+
+
 def joint_steps(run: dict) -> int:
     """Joint steps a recorded run took (its last history point; runs logged every 25 steps are rounded down)."""
-    joint = [h for h in run.get("history", []) if h.get("stage") == "joint"]
-    return joint[-1]["step"] + 1 if joint else 0
+    last = last_joint_point(run)
+    return last["step"] + 1 if last else 0
 
 
 def caption_latency(model, processor, image, new_tokens: int = 32, repeats: int = 5, batch: int = 1) -> float:
@@ -167,8 +173,7 @@ def _card_text(model, result: dict, training: dict) -> str:
     ]
     for i, stage in enumerate(recorded_runs(training), 1):
         tc = stage.get("config", {})
-        joint = [h for h in stage.get("history", []) if h.get("stage") == "joint"]
-        last = joint[-1] if joint else {}
+        last = last_joint_point(stage)
         steps = joint_steps(stage)
         rate = f", {steps / last['seconds']:.2f} joint steps per second" if last.get("seconds") else ""
         extra = [f"{name} {tc[key]}" for name, key in (("group", "group_weight"), ("count word", "count_weight"))
