@@ -6,8 +6,8 @@
 It loads the path as ``bench/benchmark.py`` does (the random float32 weights of ``WORK/weights``, written there
 first if missing), then measures, at batch 1:
 
-* ``prefill``: one ``generate`` call that makes a single token (image and prompt in one forward pass);
-* ``decode``: (``generate`` of ``--new-tokens`` − prefill) ÷ (``--new-tokens`` − 1), per token;
+* ``prefill`` and ``decode`` per token as the benchmark's table defines them (:func:`benchmark.measure`: one
+  forward pass over image and prompt; (``generate`` of ``--new-tokens`` − prefill) ÷ (``--new-tokens`` − 1));
 * each kind of weight product of the text decoder, and ``lm_head``, alone for one token (the layers' own
   forward on a ``(1, in)`` input, through every layer in turn, median of ``--repeats``), with the bytes its
   weights occupy and the rate at which it reads them; their sum is the products' share of a decode step, the
@@ -84,22 +84,21 @@ def profile(path: str, *, work: Path | None, tiny: bool, new_tokens: int, repeat
     model = B.build_model(config, spec, "cpu", weights=weights)
     dtype = B.resolve_dtype(spec, "cpu")
     inputs = B.make_inputs(config, 1, "cpu", dtype)
-    def generate(tokens: int):
-        return model.generate(**inputs, generation_config=B.generation_config(config, tokens, "dynamic"))
-
-    with torch.no_grad():
-        prefill = _median_seconds(lambda: generate(1), max(1, repeats // 10))
-        full = _median_seconds(lambda: generate(new_tokens), 1)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            generate(new_tokens)
-    decode = (full - prefill) / max(1, new_tokens - 1)
+    gen_config = B.generation_config(config, new_tokens, "dynamic")
+    timed = B.measure(model, inputs, gen_config, new_tokens=new_tokens, warmup=1, repeats=1, device="cpu",
+                      warmup_config=B.generation_config(config, 2, "dynamic"))
+    if timed["decode_ms_per_token"] is None:
+        raise SystemExit(f"generate took no longer than the prefill alone; give more --new-tokens than {new_tokens}")
+    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model.generate(**inputs, generation_config=gen_config)
     rows = products(model, dtype, repeats)
     in_products = sum(r["ms"] * r["per_token"] for r in rows)
+    decode = timed["decode_ms_per_token"]
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     total = sum(e.self_cpu_time_total for e in prof.key_averages()) or 1
     return {"path": path, "threads": torch.get_num_threads(), "new_tokens": new_tokens,
-            "prefill_s": prefill, "decode_ms_per_token": 1000 * decode, "products_ms_per_token": in_products,
-            "rest_ms_per_token": 1000 * decode - in_products, "products": rows,
+            "prefill_s": timed["prefill_ms"] / 1000, "decode_ms_per_token": decode,
+            "products_ms_per_token": in_products, "rest_ms_per_token": decode - in_products, "products": rows,
             "operators": [{"name": e.key, "share": e.self_cpu_time_total / total, "calls": e.count,
                            "ms": e.self_cpu_time_total / 1000} for e in ops]}
 

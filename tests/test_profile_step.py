@@ -20,7 +20,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_int4_step_is_split_into_products_and_the_rest() -> None:
-    run = _run("--tiny", "--path", "int4", "--new-tokens", "3", "--repeats", "2", "--threads", "1")
+    run = _run("--tiny", "--path", "int4", "--new-tokens", "32", "--repeats", "2", "--threads", "1")
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     head = re.search(r"decode ([\d.]+) ms per token: weight products ([\d.]+) ms, the rest (-?[\d.]+) ms", out)
