@@ -15,7 +15,8 @@ Paths (``--paths``, comma-separated):
 * ``nf4``, ``8bit`` — bitsandbytes' 4-bit NF4 and LLM.int8 weights, as ``load(quantization=...)`` loads them.
 * ``int8``, ``int4`` — torchao's CPU paths of ``load(quantization=...)``: int8 weights with int8 dynamic
   activations; int4 weights of the text decoder (groups of 32) with bfloat16 activations, the vision tower and
-  the projection in bfloat16. ``int4-compile`` adds ``torch.compile`` of each text block. CPU only.
+  the projection in bfloat16. ``int4-compile`` adds ``torch.compile`` of each text block; ``int4-static``
+  decodes with :class:`FixedShapeDecoder` (below), its step compiled by ``torch.compile``. CPU only.
 * ``fp32-eager`` — float32 with the plain matmul-softmax attention: the CPU table's baseline.
 * ``fp32``, ``bf16``, ``fp16`` — that precision, SDPA attention, every ``--batch-sizes`` entry.
 * ``sdpa``, ``eager`` — the device's default precision (bf16 on GPUs with native bfloat16, compute
@@ -28,7 +29,8 @@ Paths (``--paths``, comma-separated):
 * ``graphs`` — :class:`FixedShapeDecoder`: greedy decoding written here, around the model's own layers.
   The prompt goes through the model as usual; its keys and values are then copied into a KV cache that
   holds every position up front, so each decode step has the same shapes and, on CUDA, is captured once as
-  CUDA graphs (``torch.compile(mode="reduce-overhead")``) and replayed. Batch 1 (``--static-batch-sizes``).
+  CUDA graphs (``torch.compile(mode="reduce-overhead")``) and replayed; on a CPU it runs uncompiled. Batch 1
+  (``--static-batch-sizes``).
 
 A path that fails (out of memory, not supported by this version of transformers) is recorded with its
 error message and the run goes on. Timings exclude warm-up runs; each figure is the median of
@@ -91,6 +93,7 @@ class PathSpec:
     compile: bool = False
     small_batches_only: bool = False  # run at --static-batch-sizes instead of --batch-sizes
     fixed_shape_decoder: bool = False  # FixedShapeDecoder instead of generate()
+    compile_on_cpu: bool = True  # False: compile only on CUDA (the graphs path, whose point is CUDA graphs)
 
 
 PATHS: dict[str, PathSpec] = {
@@ -107,6 +110,10 @@ PATHS: dict[str, PathSpec] = {
                      quantization="int4", dtype="bfloat16"),
     "int4-compile": PathSpec("int4-compile", "int4 as above, torch.compile of each text block (dynamic shapes)",
                              quantization="int4", dtype="bfloat16", compile=True, small_batches_only=True),
+    "int4-static": PathSpec("int4-static", "int4 as above, a pre-allocated KV cache and one fixed-shape decode "
+                            "step compiled by torch.compile (FixedShapeDecoder)", quantization="int4",
+                            dtype="bfloat16", cache="static", compile=True, small_batches_only=True,
+                            fixed_shape_decoder=True),
     "bf16": PathSpec("bf16", "bfloat16 weights, SDPA attention", dtype="bfloat16"),
     "fp16": PathSpec("fp16", "float16 weights, SDPA attention", dtype="float16"),
     "sdpa": PathSpec("sdpa", "default precision, SDPA attention"),
@@ -117,16 +124,18 @@ PATHS: dict[str, PathSpec] = {
                         compile=True, small_batches_only=True),
     "graphs": PathSpec("graphs", "default precision, a pre-allocated KV cache and one fixed-shape decode step, "
                        "captured as CUDA graphs (torch.compile mode='reduce-overhead') on a GPU",
-                       cache="static", compile=True, small_batches_only=True, fixed_shape_decoder=True),
+                       cache="static", compile=True, small_batches_only=True, fixed_shape_decoder=True,
+                       compile_on_cpu=False),
 }
 DEFAULT_PATHS = ("article", "fp32", "bf16", "fp16", "eager", "static", "compile", "graphs")
 #: ``--tiny`` leaves out ``compile``: compiling takes minutes on a CPU, which is not what --tiny is for
 #: (``graphs`` compiles only on CUDA, so it stays).
 DEFAULT_TINY_PATHS = ("article", "fp32", "bf16", "eager", "static", "graphs")
 #: The CPU table (``--cpu-table``): the baseline first, it also records the reference logits.
-CPU_PATHS = ("fp32-eager", "fp32", "bf16", "article", "nf4", "8bit", "int8", "int4", "compile", "int4-compile")
+CPU_PATHS = ("fp32-eager", "fp32", "bf16", "article", "nf4", "8bit", "int8", "int4", "compile", "int4-compile",
+             "int4-static")
 #: ``--cpu-table --tiny`` (for tests): every kind of path, compiling once.
-CPU_TINY_PATHS = ("fp32-eager", "fp32", "article", "nf4", "8bit", "int8", "int4", "int4-compile")
+CPU_TINY_PATHS = ("fp32-eager", "fp32", "article", "nf4", "8bit", "int8", "int4", "int4-compile", "int4-static")
 #: The paths the CPU table's ratios are taken against.
 BASELINE, ARTICLE = "fp32-eager", "article"
 
@@ -265,10 +274,15 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
     model.eval()
     model.set_attn_implementation(spec.attention)
     model.generation_config.eos_token_id = None  # every caption runs to the forced length
-    if spec.compile and not spec.fixed_shape_decoder:
+    if compiles(spec, device) and not spec.fixed_shape_decoder:
         for block in model.text_model.model.layers:
             block.compile(dynamic=True)
     return model
+
+
+def compiles(spec: PathSpec, device: str) -> bool:
+    """Whether ``spec`` compiles anything on ``device``."""
+    return spec.compile and (spec.compile_on_cpu or device.startswith("cuda"))
 
 
 class FixedShapeDecoder:
@@ -282,14 +296,20 @@ class FixedShapeDecoder:
     numbers count the real (not padded) tokens of each row. Greedy tokens equal ``generate()``'s for
     unpadded prompts (checked by the tests with the tiny model).
 
-    With ``compile_step=True`` the step is compiled with ``torch.compile(mode="reduce-overhead")``, which on
-    CUDA records it as CUDA graphs after warm-up and replays them: no Python or kernel-launch cost per layer.
+    With ``compile_step=True`` the step is compiled by ``torch.compile``: on CUDA with
+    ``mode="reduce-overhead"``, which records it as CUDA graphs after warm-up and replays them (no Python or
+    kernel-launch cost per layer); on a CPU Inductor fuses the small operations between the weight products
+    into C++ kernels and the cache is written in place, where ``generate()`` concatenates it at every step.
+    Each new (batch, prompt + new tokens) shape compiles once more.
     """
 
     def __init__(self, model, compile_step: bool = False):
         self.model = model
         self._caches: dict[tuple[int, int], Any] = {}
-        self.step = torch.compile(self._step, mode="reduce-overhead") if compile_step else self._step
+        self.step = self._step
+        if compile_step:
+            cuda = next(model.parameters()).device.type == "cuda"
+            self.step = torch.compile(self._step, mode="reduce-overhead" if cuda else "default")
 
     def _step(self, token_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
         """Logits of the next token for one new token per row (``token_ids``: (batch, 1))."""
@@ -298,7 +318,9 @@ class FixedShapeDecoder:
         hidden = hidden + text.embed_positions.weights.index_select(0, positions.view(-1)).view(*hidden.shape)
         for block in text.layers:
             hidden = block(hidden, mask, cache=cache, use_cache=True)
-        return self.model.text_model.lm_head(text.layer_norm(hidden))[:, -1]
+        # lm_head on (batch, hidden): torchao's int8 dynamic-activation layer, compiled, gave wrong logits for
+        # a (1, 1, hidden) input (torchao 0.18, torch 2.13)
+        return self.model.text_model.lm_head(text.layer_norm(hidden)[:, -1])
 
     def generate(self, inputs: dict[str, torch.Tensor], new_tokens: int) -> torch.Tensor:
         """Prompt ids followed by ``new_tokens`` greedy tokens, shape (batch, prompt + new_tokens)."""
@@ -402,7 +424,8 @@ def measure(model, inputs: dict[str, torch.Tensor], gen_config, *, new_tokens: i
 
     Generation is ``model.generate`` with ``gen_config``, or ``decoder.generate`` when a decoder is given.
     Warm-up runs use ``warmup_config`` when given (fewer tokens: the CPU table's warm-up only has to touch
-    every kind of step once). The result's ``output`` holds the token ids of the last timed run.
+    every kind of step once). The result's ``output`` holds the token ids of the last timed run, its
+    ``warmup_seconds`` what the warm-up took (compiling included).
     """
     prompt_len = inputs["input_ids"].shape[1]
     batch = inputs["input_ids"].shape[0]
@@ -431,9 +454,11 @@ def measure(model, inputs: dict[str, torch.Tensor], gen_config, *, new_tokens: i
         return time.perf_counter() - start
 
     with torch.inference_mode():
+        start = time.perf_counter()
         for _ in range(warmup):
             generate(warmup_config or gen_config)
             prefill()
+        warmup_s = time.perf_counter() - start
         _reset_peak(device)
         runs = [generate() for _ in range(repeats)]
         prefills = [prefill() for _ in range(repeats)]
@@ -444,6 +469,7 @@ def measure(model, inputs: dict[str, torch.Tensor], gen_config, *, new_tokens: i
     return {
         "seconds": seconds,
         "runs": runs,
+        "warmup_seconds": warmup_s,  # compiling included, for the compiled paths
         "captions_per_s": batch / seconds,
         "ms_per_token": seconds / new_tokens * 1000,
         "prefill_ms": prefill_s * 1000,
@@ -516,7 +542,7 @@ def run_paths(config, paths: Sequence[str], *, batch_sizes: Sequence[int], small
                 "dtype": f"{spec.quantization} + {dtype_name}" if spec.quantization else dtype_name,
                 "attention": spec.attention, "cache": spec.cache,
                 # the fixed-shape decoder compiles its step on CUDA only
-                "compile": spec.compile and (device.startswith("cuda") or not spec.fixed_shape_decoder)}
+                "compile": compiles(spec, device)}
         reason = skip_reason(spec, device)
         if reason:
             log(f"{name}: skipped — {reason}")
@@ -542,10 +568,13 @@ def run_paths(config, paths: Sequence[str], *, batch_sizes: Sequence[int], small
                 warm = generation_config(config, min(warmup_tokens, new_tokens), spec.cache) if warmup_tokens else None
                 decoder = None
                 if spec.fixed_shape_decoder:
-                    decoder = FixedShapeDecoder(model, compile_step=spec.compile and device.startswith("cuda"))
+                    decoder = FixedShapeDecoder(model, compile_step=compiles(spec, device))
+                    if compiles(spec, device):
+                        warm = None  # a shorter warm-up has another cache size: its compiled step would not serve
                 load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
                 result = measure(model, inputs, gen, new_tokens=new_tokens, decoder=decoder, warmup_config=warm,
-                                 warmup=max(warmup, 2) if spec.compile else warmup, repeats=repeats, device=device)
+                                 warmup=max(warmup, 2) if compiles(spec, device) else warmup, repeats=repeats,
+                                 device=device)
                 output = result.pop("output")
                 row.update(status="ok", reason=None, **result)
                 if load_before is not None:
@@ -553,7 +582,7 @@ def run_paths(config, paths: Sequence[str], *, batch_sizes: Sequence[int], small
                 if work is not None and b == 1:
                     row["accuracy"] = _accuracy(model, inputs, output, work, spec, log)
                 log(f"{name} batch {b}: {result['captions_per_s']:.2f} captions/s, "
-                    f"{result['ms_per_token']:.2f} ms per token step")
+                    f"{result['ms_per_token']:.2f} ms per token step (warm-up {result['warmup_seconds']:.1f} s)")
             except Exception as err:  # out of memory, unsupported cache …: recorded, the run goes on
                 row.update(status="error", reason=_error_text(err))
                 log(f"{name} batch {b}: error — {row['reason']}")

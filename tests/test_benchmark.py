@@ -133,19 +133,23 @@ def test_full_size_configuration_has_the_real_models_parameter_count():
     assert round(bench.count_parameters(bench.full_config()) / 1e9, 2) == 1.66
 
 
-def test_fixed_shape_decoder_writes_what_generate_writes():
-    """The ``graphs`` path's own decoding loop, on the course's trained model: the same captions, token for token."""
+@pytest.mark.parametrize("quantization, compile_step", [("none", False), ("int4", True)])
+def test_fixed_shape_decoder_writes_what_generate_writes(quantization, compile_step):
+    """The ``graphs`` and ``int4-static`` paths' own decoding loop, on the course's trained model, uncompiled in
+    float32 and compiled in int4: the same captions as ``generate``, token for token."""
     from helpers.grounding.model import load
     from helpers.course.paths import bundled_model_dir
     from helpers.world.scenes import sample_scenes
     from helpers.grounding.prompts import CAPTION_PROMPT
 
     bench = _module()
-    model, processor = load(bundled_model_dir(), device="cpu", verbose=False)
+    model, processor = load(bundled_model_dir(), quantization=quantization, device="cpu", verbose=False)
     model.generation_config.eos_token_id = None  # both run the full length
     images = [scene.image for scene in sample_scenes(3, seed=5)]
     inputs = dict(processor(text=[CAPTION_PROMPT] * 3, images=images, return_tensors="pt"))
-    decoder = bench.FixedShapeDecoder(model)
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    decoder = bench.FixedShapeDecoder(model, compile_step=compile_step)
+    assert (decoder.step == decoder._step) != compile_step  # compiled: a new callable
     with torch.inference_mode():
         expected = model.generate(**inputs, generation_config=bench.generation_config(model.config, 24, "dynamic"))
         first = decoder.generate(inputs, 24)
