@@ -286,7 +286,8 @@ def compiles(spec: PathSpec, device: str) -> bool:
 
 
 class FixedShapeDecoder:
-    """Greedy decoding for Kosmos-2 whose decode step always has the same shapes (for CUDA graphs).
+    """Greedy decoding for Kosmos-2 whose decode step always has the same shapes (for CUDA graphs, and for a
+    compiled step on a CPU).
 
     ``generate()`` grows the KV cache by one position per step, so every step has new shapes, and
     transformers' static cache does not work with Kosmos-2 (its attention mask is built for the positions
@@ -294,7 +295,7 @@ class FixedShapeDecoder:
     and values are copied into a ``StaticCache`` sized for prompt + new tokens, and each step feeds one
     token per caption through the text model's layers with an additive mask over the whole cache. Position
     numbers count the real (not padded) tokens of each row. Greedy tokens equal ``generate()``'s for
-    unpadded prompts (checked by the tests with the tiny model).
+    unpadded prompts (checked by the tests with the bundled model, uncompiled in float32 and compiled in int4).
 
     With ``compile_step=True`` the step is compiled by ``torch.compile``: on CUDA with
     ``mode="reduce-overhead"``, which records it as CUDA graphs after warm-up and replays them (no Python or

@@ -1,0 +1,262 @@
+"""Kosmos-2's decoder weight products, kernel by kernel, on this machine's CPU.
+
+    python bench/kernels.py --out bench/results/cpu      # the real decoder's shapes (a few minutes)
+    python bench/kernels.py --tiny                      # small shapes, seconds (figures mean nothing)
+
+A layer of Kosmos-2's text decoder multiplies its input by six weight matrices: q, k, v and out (2 048 × 2 048),
+fc1 (2 048 × 8 192) and fc2 (8 192 × 2 048). This script builds ``--layers`` layers of them with random weights
+(more than the CPU's caches hold, as a decode step's 24 layers are) and times one pass through all of them, each
+product feeding the next, for ``--rows`` rows at a time: 1 is a decode step, 71 the prefill of image and
+prompt. Each kernel gets the same weights:
+
+* ``float32``, ``bfloat16``: torch's matrix products, the measure of what memory gives;
+* ``torchao-int4``: the course's ``"int4"`` layers (torch's CPU int4 kernel, groups of 32, as ``load()`` makes
+  them), eager;
+* ``torchao-int4-inductor``: the same layers under ``torch.compile(mode="max-autotune-no-cudagraphs")`` with
+  Inductor's weight freezing, which lets it choose its own int4 kernels (AMX for many rows); compiling is not
+  timed, and is reported. Each row count gets layers quantized and compiled afresh: compiled a second time
+  for a new shape, the same frozen layers gave wrong products (torch 2.13, torchao 0.18);
+* ``onnxruntime-int4``, ``onnxruntime-int4-b128``: ONNX Runtime's ``MatMulNBits`` (4-bit weights in blocks of
+  32 or 128 with a zero point, activations quantized to int8 for the product: ``accuracy_level=4``), every
+  product in one graph; needs ``pip install -e '.[kernels]'``.
+
+Each row gives ms per pass (median of ``--repeats``), the MB of weights, scales included, that a pass reads,
+and the rate (GB/s). With ``--out`` the table goes to ``OUT/kernels.json`` and ``OUT/kernels.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import io
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark as B  # noqa: E402  (the CPU named as the benchmark names it)
+from helpers.grounding import quantization as quant  # noqa: E402  (the course's int4 recipe)
+
+KERNELS = ("float32", "bfloat16", "torchao-int4", "torchao-int4-inductor", "onnxruntime-int4",
+           "onnxruntime-int4-b128")
+#: (hidden, ffn) of the real text decoder and of --tiny.
+FULL, TINY = (2048, 8192), (128, 512)
+
+
+def layer_shapes(hidden: int, ffn: int) -> list[tuple[int, int]]:
+    """(inputs, outputs) of one decoder layer's products, in the order a token meets them."""
+    return [(hidden, hidden)] * 4 + [(hidden, ffn), (ffn, hidden)]
+
+
+def random_weights(shapes: Sequence[tuple[int, int]], layers: int, seed: int = 0) -> list[torch.Tensor]:
+    """float32 weights, (outputs, inputs) as ``nn.Linear`` keeps them, scaled so that products stay near 1."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, k, generator=generator) / k ** 0.5 for _ in range(layers) for k, n in shapes]
+
+
+def _linears(weights: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.nn.Sequential:
+    layers = []
+    for w in weights:
+        layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        layer.weight.data = w.to(dtype)
+        layers.append(layer)
+    return torch.nn.Sequential(*layers).eval()
+
+
+def _nbytes(tensor) -> int:
+    """Bytes a tensor really holds: the inner tensors of torchao's tensor subclasses, summed."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(_nbytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def torch_kernel(name: str, weights: Sequence[torch.Tensor]) -> tuple[Callable, torch.dtype, int, dict]:
+    """``(run, input dtype, weight bytes, notes)`` of a torch kernel."""
+    dtype = torch.float32 if name == "float32" else torch.bfloat16
+    model = _linears(weights, dtype)
+    notes: dict[str, Any] = {}
+    if name.startswith("torchao-int4"):
+        quant.quantize(model, "int4")
+    size = sum(_nbytes(m.weight) for m in model)
+    run = model
+    if name == "torchao-int4-inductor":
+        import torch._inductor.config as inductor
+
+        inductor.freezing = True  # weights become constants: Inductor may repack them for its own kernels
+        run = torch.compile(model, mode="max-autotune-no-cudagraphs")
+        notes["compiled"] = True
+    return run, dtype, size, notes
+
+
+def onnxruntime_kernel(block: int, weights: Sequence[torch.Tensor], threads: int):
+    """``(run, input dtype, weight bytes, notes)`` of ONNX Runtime's MatMulNBits over all ``weights`` in one
+    graph; an ImportError says what to install."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+        from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                     MatMulNBitsQuantizer)
+    except ImportError as err:
+        raise ImportError(f"the onnxruntime kernels need onnxruntime, onnx and onnx_ir ({err}): "
+                          f"pip install -e '.[kernels]'") from err
+    nodes, initializers, previous = [], [], "x"
+    for index, w in enumerate(weights):
+        initializers.append(numpy_helper.from_array(w.T.contiguous().numpy(), f"w{index}"))
+        nodes.append(helper.make_node("MatMul", [previous, f"w{index}"], [f"h{index}"]))
+        previous = f"h{index}"
+    graph = helper.make_graph(
+        nodes, "products", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", weights[0].shape[1]])],
+        [helper.make_tensor_value_info(previous, TensorProto.FLOAT, ["rows", weights[-1].shape[0]])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=False, accuracy_level=4)
+    logging.getLogger("onnxruntime").setLevel(logging.WARNING)
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+        quantizer.process()
+    quantized = quantizer.model.model
+    if not any(node.op_type == "MatMulNBits" for node in quantized.graph.node):
+        raise RuntimeError("ONNX Runtime's quantizer left no MatMulNBits in the graph")
+    size = sum(numpy_helper.to_array(t).nbytes for t in quantized.graph.initializer)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(quantized.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    onnx.checker.check_model(quantized)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+
+    return run, torch.float32, size, {"block_size": block, "accuracy_level": 4, "onnxruntime": ort.__version__}
+
+
+def build(name: str, weights: Sequence[torch.Tensor], threads: int):
+    if name.startswith("onnxruntime-int4"):
+        return onnxruntime_kernel(128 if name.endswith("b128") else 32, weights, threads)
+    if name in KERNELS:
+        return torch_kernel(name, weights)
+    raise ValueError(f"unknown kernel {name!r}; the kernels are {', '.join(KERNELS)}")
+
+
+def time_pass(run: Callable, x: torch.Tensor, repeats: int, warmup: int) -> tuple[float, float, torch.Tensor]:
+    """``(median seconds, warm-up seconds, output)`` of ``run(x)``."""
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for _ in range(warmup):
+            out = run(x)
+        warm = time.perf_counter() - start
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            out = run(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), warm, out
+
+
+def measure(kernels: Sequence[str], *, hidden: int, ffn: int, layers: int, rows: Sequence[int], repeats: int,
+            threads: int, log=print) -> list[dict[str, Any]]:
+    """One result per (kernel, rows); a kernel that cannot be built or run is recorded with its error."""
+    torch.set_num_threads(threads)
+    weights = random_weights(layer_shapes(hidden, ffn), layers)
+    inputs = {r: torch.randn(r, hidden, generator=torch.Generator().manual_seed(r)) for r in rows}
+    reference = {}
+    with torch.inference_mode():
+        for r, x in inputs.items():
+            for w in weights:
+                x = x @ w.T
+            reference[r] = x
+    results = []
+    for name in kernels:
+        built = None
+        for r, x in inputs.items():
+            if built is None or name == "torchao-int4-inductor":  # compiled afresh for each shape (docstring)
+                torch._dynamo.reset()
+                try:
+                    built = build(name, weights, threads)
+                except Exception as err:  # recorded: the other kernels and shapes still run
+                    log(f"{name}, {r} rows: not measured — {type(err).__name__}: {err}")
+                    results.append({"kernel": name, "rows": r, "status": "error",
+                                    "reason": f"{type(err).__name__}: {err}"})
+                    built = None
+                    continue
+            run, dtype, size, notes = built
+            seconds, warm, out = time_pass(run, x.to(dtype), repeats, warmup=3 if notes.get("compiled") else 1)
+            ref = reference[r]
+            error = float(torch.linalg.vector_norm(out.float() - ref) / torch.linalg.vector_norm(ref))
+            results.append({"kernel": name, "rows": r, "status": "ok", "ms": seconds * 1000,
+                            "weights_mb": size / 1e6, "gb_per_s": size / seconds / 1e9,
+                            "relative_error": error, "warmup_s": warm, **notes})
+            log(f"{name}, {r} rows: {seconds * 1000:.2f} ms, {size / 1e6:.1f} MB, {size / seconds / 1e9:.1f} GB/s, "
+                f"error {error:.4f} (warm-up {warm:.1f} s)")
+    return results
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = [f"Weight products of {report['layers']} decoder layers (hidden {report['hidden']}, ffn {report['ffn']}), "
+             f"{report['threads']} threads, {report['cpu']}, {report['date']}; command: `{report['command']}`", "",
+             "| kernel | rows | ms per pass | MB of weights | GB/s | error vs float32 |", "|---|---:|---:|---:|---:|---:|"]
+    for r in report["results"]:
+        if r["status"] == "ok":
+            lines.append(f"| {r['kernel']} | {r['rows']} | {r['ms']:.2f} | {r['weights_mb']:.1f} | "
+                         f"{r['gb_per_s']:.1f} | {r['relative_error']:.4f} |")
+        else:
+            lines.append(f"| {r['kernel']} | {r['rows']} | – | – | – | {r['reason']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _rows(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"--rows takes positive whole numbers separated by commas, got {text!r}")
+    return values
+
+
+def _kernels(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in KERNELS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown kernel(s) {', '.join(unknown) or repr(text)}; "
+                                         f"the kernels are {', '.join(KERNELS)}")
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kernels", type=_kernels, default=list(KERNELS), help=f"from {','.join(KERNELS)}")
+    parser.add_argument("--rows", type=_rows, default=[1, 71], help="rows per product: 1 decodes, 71 prefills")
+    parser.add_argument("--layers", type=int, default=6, help="decoder layers of weights (6: 302 M weights)")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="hidden 128, ffn 512: seconds, for tests")
+    parser.add_argument("--out", type=Path, default=None, help="write kernels.json and kernels.md here")
+    args = parser.parse_args(argv)
+    if args.layers < 1 or args.repeats < 1 or args.threads < 1:
+        parser.error("--layers, --repeats and --threads must be at least 1")
+    hidden, ffn = TINY if args.tiny else FULL
+    results = measure(args.kernels, hidden=hidden, ffn=ffn, layers=args.layers, rows=args.rows,
+                      repeats=args.repeats, threads=args.threads)
+    report = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "command": "python bench/kernels.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "cpu": B.device_name("cpu"), "threads": args.threads, "hidden": hidden,
+              "ffn": ffn, "layers": args.layers, "torch": torch.__version__, "results": results}
+    table = to_markdown(report)
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "kernels.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        (args.out / "kernels.md").write_text(table, encoding="utf-8")
+    return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
