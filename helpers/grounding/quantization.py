@@ -22,11 +22,12 @@ they run once per image (:data:`INT4_KEEPS_BFLOAT16`).
 
 ``quantization=None`` lets :func:`plan` choose: on a CPU, a model of at least :data:`AUTO_CPU_PARAMETERS`
 parameters (the real Kosmos-2 has 1.66 B) gets :data:`AUTO_CPU_CHOICE`, the fastest CPU path per token at
-batch 1 in ``bench/benchmark.py --cpu-table`` on two idle cores (Intel Xeon, 2026-11-30; ``bench/results/cpu``):
-int4 0.117 s per token, against the article's 4-bit 0.148 s, NF4 0.141 s, bfloat16 0.193 s, int8 0.211 s and
-float32 0.263 s (eager attention). On the bundled model int4 keeps every evaluation figure within 0.5 points
-of float32 (``bench/bundled_accuracy.py``). Smaller models (the bundled one) stay in float32, which measured
-faster for them. Everything else keeps float weights.
+batch 1 in ``bench/benchmark.py --cpu-table`` on two idle cores (Intel Xeon, 2026-11-30 11:08 UTC;
+``bench/results/cpu``): int4 0.155 s per token, against the article's 4-bit 0.172 s, NF4 0.178 s, bfloat16
+0.200 s, int8 0.236 s and float32 0.275 s (eager attention); an earlier run that day, on a faster machine, had
+int4 at 0.117 s and the article's 4-bit at 0.148 s. On the bundled model int4 keeps every evaluation figure
+within 0.5 points of float32 (``bench/bundled_accuracy.py``). Smaller models (the bundled one) stay in float32,
+which measured faster for them. Everything else keeps float weights.
 """
 
 from __future__ import annotations
