@@ -539,11 +539,12 @@ def run_paths(config, paths: Sequence[str], *, batch_sizes: Sequence[int], small
         sizes = small_batch_sizes if small else batch_sizes
         dtype = resolve_dtype(spec, device)
         dtype_name = str(dtype).replace("torch.", "")
+        compiled = compiles(spec, device)
         base = {"path": name, "description": spec.description, "quantization": spec.quantization,
                 "dtype": f"{spec.quantization} + {dtype_name}" if spec.quantization else dtype_name,
                 "attention": spec.attention, "cache": spec.cache,
                 # the fixed-shape decoder compiles its step on CUDA only
-                "compile": compiles(spec, device)}
+                "compile": compiled}
         reason = skip_reason(spec, device)
         if reason:
             log(f"{name}: skipped — {reason}")
@@ -569,12 +570,12 @@ def run_paths(config, paths: Sequence[str], *, batch_sizes: Sequence[int], small
                 warm = generation_config(config, min(warmup_tokens, new_tokens), spec.cache) if warmup_tokens else None
                 decoder = None
                 if spec.fixed_shape_decoder:
-                    decoder = FixedShapeDecoder(model, compile_step=compiles(spec, device))
-                    if compiles(spec, device):
+                    decoder = FixedShapeDecoder(model, compile_step=compiled)
+                    if compiled:
                         warm = None  # a shorter warm-up has another cache size: its compiled step would not serve
                 load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
                 result = measure(model, inputs, gen, new_tokens=new_tokens, decoder=decoder, warmup_config=warm,
-                                 warmup=max(warmup, 2) if compiles(spec, device) else warmup, repeats=repeats,
+                                 warmup=max(warmup, 2) if compiled else warmup, repeats=repeats,
                                  device=device)
                 output = result.pop("output")
                 row.update(status="ok", reason=None, **result)

@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchmark as B  # noqa: E402  (the CPU named as the benchmark names it)
+import benchmark as B  # noqa: E402  (its CPU name and its count of a quantized model's bytes)
 from helpers.grounding import quantization as quant  # noqa: E402  (the course's int4 recipe)
 
 KERNELS = ("float32", "bfloat16", "torchao-int4", "torchao-int4-inductor", "onnxruntime-int4",
@@ -68,14 +68,6 @@ def _linears(weights: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.nn.Se
     return torch.nn.Sequential(*layers).eval()
 
 
-def _nbytes(tensor) -> int:
-    """Bytes a tensor really holds: the inner tensors of torchao's tensor subclasses, summed."""
-    if hasattr(tensor, "__tensor_flatten__"):
-        names, _ = tensor.__tensor_flatten__()
-        return sum(_nbytes(getattr(tensor, name)) for name in names)
-    return tensor.numel() * tensor.element_size()
-
-
 def torch_kernel(name: str, weights: Sequence[torch.Tensor]) -> tuple[Callable, torch.dtype, int, dict]:
     """``(run, input dtype, weight bytes, notes)`` of a torch kernel."""
     dtype = torch.float32 if name == "float32" else torch.bfloat16
@@ -83,7 +75,7 @@ def torch_kernel(name: str, weights: Sequence[torch.Tensor]) -> tuple[Callable, 
     notes: dict[str, Any] = {}
     if name.startswith("torchao-int4"):
         quant.quantize(model, "int4")
-    size = sum(_nbytes(m.weight) for m in model)
+    size = round(B.storage_gib(model) * 2**30)  # torchao's inner tensors by their own size
     run = model
     if name == "torchao-int4-inductor":
         import torch._inductor.config as inductor
