@@ -17,6 +17,9 @@ Paths (``--paths``, comma-separated):
   activations; int4 weights of the text decoder (groups of 32) with bfloat16 activations, the vision tower and
   the projection in bfloat16. ``int4-compile`` adds ``torch.compile`` of each text block; ``int4-static``
   decodes with :class:`FixedShapeDecoder` (below), its step compiled by ``torch.compile``. CPU only.
+* ``int4-onnx`` — ``load(quantization="int4-onnx")``: the text decoder as one ONNX Runtime graph, 4-bit weights
+  (``MatMulNBits``, blocks of 128, ``lm_head`` in 8 bits), the vision tower and embeddings in bfloat16
+  (:mod:`helpers.grounding.onnx_decoder`). CPU only.
 * ``fp32-eager`` — float32 with the plain matmul-softmax attention: the CPU table's baseline.
 * ``fp32``, ``bf16``, ``fp16`` — that precision, SDPA attention, every ``--batch-sizes`` entry.
 * ``sdpa``, ``eager`` — the device's default precision (bf16 on GPUs with native bfloat16, compute
@@ -73,6 +76,7 @@ from typing import Any, Sequence
 import torch
 
 from helpers.grounding import quantization as quant
+from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
 
 #: How many prompt tokens follow ``</image>`` (``<grounding>``, ``▁An``, ``▁image``, ``▁of``).
 PROMPT_TOKENS = 4
@@ -114,6 +118,8 @@ PATHS: dict[str, PathSpec] = {
                             "step compiled by torch.compile (FixedShapeDecoder)", quantization="int4",
                             dtype="bfloat16", cache="static", compile=True, small_batches_only=True,
                             fixed_shape_decoder=True),
+    "int4-onnx": PathSpec("int4-onnx", "the text decoder in ONNX Runtime: 4-bit MatMulNBits weights (blocks of 128), "
+                          "lm_head 8-bit, vision tower in bfloat16", quantization="int4-onnx", dtype="bfloat16"),
     "bf16": PathSpec("bf16", "bfloat16 weights, SDPA attention", dtype="bfloat16"),
     "fp16": PathSpec("fp16", "float16 weights, SDPA attention", dtype="float16"),
     "sdpa": PathSpec("sdpa", "default precision, SDPA attention"),
@@ -133,9 +139,10 @@ DEFAULT_PATHS = ("article", "fp32", "bf16", "fp16", "eager", "static", "compile"
 DEFAULT_TINY_PATHS = ("article", "fp32", "bf16", "eager", "static", "graphs")
 #: The CPU table (``--cpu-table``): the baseline first, it also records the reference logits.
 CPU_PATHS = ("fp32-eager", "fp32", "bf16", "article", "nf4", "8bit", "int8", "int4", "compile", "int4-compile",
-             "int4-static")
+             "int4-static", "int4-onnx")
 #: ``--cpu-table --tiny`` (for tests): every kind of path, compiling once.
-CPU_TINY_PATHS = ("fp32-eager", "fp32", "article", "nf4", "8bit", "int8", "int4", "int4-compile", "int4-static")
+CPU_TINY_PATHS = ("fp32-eager", "fp32", "article", "nf4", "8bit", "int8", "int4", "int4-compile", "int4-static",
+                  "int4-onnx")
 #: The paths the CPU table's ratios are taken against.
 BASELINE, ARTICLE = "fp32-eager", "article"
 
@@ -274,6 +281,8 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
     model.eval()
     model.set_attn_implementation(spec.attention)
     model.generation_config.eos_token_id = None  # every caption runs to the forced length
+    if spec.quantization in quant.ONNXRUNTIME:  # as load() does: the float model's decoder becomes the graph
+        return OnnxRuntimeKosmos2(model)
     if compiles(spec, device) and not spec.fixed_shape_decoder:
         for block in model.text_model.model.layers:
             block.compile(dynamic=True)
@@ -450,7 +459,10 @@ def measure(model, inputs: dict[str, torch.Tensor], gen_config, *, new_tokens: i
     def prefill() -> float:
         _sync(device)
         start = time.perf_counter()
-        model(**inputs, use_cache=False)
+        if isinstance(model, OnnxRuntimeKosmos2):  # it has no forward: image and prompt up to the first logits
+            model.first_logits(**inputs)
+        else:
+            model(**inputs, use_cache=False)
         _sync(device)
         return time.perf_counter() - start
 
@@ -495,7 +507,8 @@ def _free(device: str) -> None:
 
 def storage_gib(model) -> float:
     """GiB the model's parameters and buffers really occupy: the inner tensors of quantized tensor subclasses
-    (torchao's) count by their own size (``get_memory_footprint`` counts them as float)."""
+    (torchao's) count by their own size (``get_memory_footprint`` counts them as float), and an ONNX Runtime
+    graph's weights by theirs."""
 
     def nbytes(t) -> int:
         if hasattr(t, "__tensor_flatten__"):
@@ -504,7 +517,7 @@ def storage_gib(model) -> float:
         return t.numel() * t.element_size()
 
     seen: set[int] = set()
-    total = 0
+    total = getattr(model, "weight_bytes", 0)  # an ONNX Runtime graph's weights
     for t in [*model.parameters(), *model.buffers()]:
         if id(t) not in seen:
             seen.add(id(t))
@@ -515,6 +528,8 @@ def storage_gib(model) -> float:
 def teacher_forced_logits(model, inputs: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
     """The logits ``model`` gives to each token after the prompt when ``ids`` (prompt + new tokens) are fed in."""
     prompt = inputs["input_ids"].shape[1]
+    if isinstance(model, OnnxRuntimeKosmos2):
+        return model.teacher_forced_logits(inputs, ids)
     mask = torch.nn.functional.pad(inputs["image_embeds_position_mask"], (0, ids.shape[1] - prompt))
     with torch.inference_mode():
         out = model(pixel_values=inputs["pixel_values"], input_ids=ids, attention_mask=torch.ones_like(ids),
@@ -693,7 +708,7 @@ def build_report(rows: list[dict[str, Any]], *, config, tiny: bool, new_tokens: 
     import transformers
 
     add_ratios(rows)
-    libraries = {name: quant._version(name) for name in ("bitsandbytes", "torchao")}
+    libraries = {name: quant._version(name) for name in ("bitsandbytes", "torchao", "onnxruntime")}
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 #: Paths compared with float32 (``"none"``), in the order of the table.
-PATHS = ("4bit", "nf4", "8bit", "int8", "int4")
+PATHS = ("4bit", "nf4", "8bit", "int8", "int4", "int4-onnx")
 METRICS = ("caption_phrase_recall", "caption_box_hit", "caption_phrase_precision", "comprehension_accuracy_at_1",
            "comprehension_upper_bound_any_box", "qa_names_object", "generation_names_object")
 

@@ -18,7 +18,7 @@ prompt. Each kernel gets the same weights:
   for a new shape, the same frozen layers gave wrong products (torch 2.13, torchao 0.18);
 * ``onnxruntime-int4``, ``onnxruntime-int4-b128``: ONNX Runtime's ``MatMulNBits`` (4-bit weights in blocks of
   32 or 128 with a zero point, activations quantized to int8 for the product: ``accuracy_level=4``), every
-  product in one graph; needs ``pip install -e '.[kernels]'``.
+  product in one graph; needs ``pip install -e '.[quant]'``.
 
 Each row gives ms per pass (median of ``--repeats``), the MB of weights, scales included, that a pass reads,
 and the rate (GB/s). With ``--out`` the table goes to ``OUT/kernels.json`` and ``OUT/kernels.md``.
@@ -97,7 +97,7 @@ def onnxruntime_kernel(block: int, weights: Sequence[torch.Tensor], threads: int
                                                                      MatMulNBitsQuantizer)
     except ImportError as err:
         raise ImportError(f"the onnxruntime kernels need onnxruntime, onnx and onnx_ir ({err}): "
-                          f"pip install -e '.[kernels]'") from err
+                          f"pip install -e '.[quant]'") from err
     nodes, initializers, previous = [], [], "x"
     for index, w in enumerate(weights):
         initializers.append(numpy_helper.from_array(w.T.contiguous().numpy(), f"w{index}"))

@@ -161,7 +161,7 @@ def test_fixed_shape_decoder_writes_what_generate_writes(quantization, compile_s
 
 # --------------------------------------------------------------------------------------------- the CPU table
 
-CPU_PATHS = ["fp32-eager", "article", "int4"]
+CPU_PATHS = ["fp32-eager", "article", "int4", "int4-onnx"]
 
 
 @pytest.fixture(scope="module")
@@ -187,9 +187,10 @@ def test_cpu_table_runs_every_path_at_every_batch_size_with_two_threads(cpu_tabl
     assert report["warmup_tokens"] == 2  # the short warm-up, capped at --new-tokens
     assert [(r["path"], r["batch_size"], r["status"]) for r in report["results"]] == [
         (p, b, "ok") for p in CPU_PATHS for b in (1, 2)]
-    assert set(report["libraries"]) == {"bitsandbytes", "torchao"}
+    assert set(report["libraries"]) == {"bitsandbytes", "torchao", "onnxruntime"}
     rows = {(r["path"], r["batch_size"]): r for r in report["results"]}
     assert rows[("article", 1)]["dtype"] == "4bit + float32" and rows[("int4", 1)]["dtype"] == "int4 + bfloat16"
+    assert rows[("int4-onnx", 1)]["dtype"] == "int4-onnx + bfloat16"
     # each path ran in a process of its own: a peak memory of its own
     assert len({rows[(p, 1)]["peak_memory_gib"] for p in CPU_PATHS}) == len(CPU_PATHS)
 
@@ -201,7 +202,7 @@ def test_cpu_table_ratios_and_logits_agreement(cpu_table):
         assert r["vs_fp32_eager"] == pytest.approx(rows[("fp32-eager", batch)]["seconds"] / r["seconds"])
         assert r["vs_article"] == pytest.approx(rows[("article", batch)]["seconds"] / r["seconds"])
     assert rows[("fp32-eager", 1)]["accuracy"] == {"reference": True}
-    for path in ("article", "int4"):
+    for path in ("article", "int4", "int4-onnx"):
         accuracy = rows[(path, 1)]["accuracy"]
         assert accuracy["against"] == "fp32-eager"
         assert 0 < accuracy["relative_error"] < 0.5 and 0 <= accuracy["top1_agreement"] <= 1

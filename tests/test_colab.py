@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -243,11 +244,18 @@ def test_install_extra_on_colab_pip_installs_the_extra_of_the_clone(on_colab: No
     assert "bitsandbytes, torchao" in message
 
 
+def test_extras_name_the_packages_of_pyproject() -> None:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    for extra, packages in colab.EXTRAS.items():
+        assert [re.split(r"[<>=!~ \[]", spec)[0] for spec in extras[extra]] == list(packages)
+
+
 def test_install_extra_elsewhere_installs_nothing_and_reports(not_colab: None, monkeypatch) -> None:
     from importlib import metadata
 
     run = Recorder()
-    assert colab.install_extra("quant", run=run) == "Not on Colab: bitsandbytes and torchao are installed."
+    assert colab.install_extra("quant", run=run) == ("Not on Colab: bitsandbytes, torchao, onnxruntime, onnx, onnx-ir "
+                                                     "are installed.")
     real = metadata.version
 
     def without_torchao(name: str) -> str:

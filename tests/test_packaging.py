@@ -30,9 +30,9 @@ def _pyproject() -> dict:
 
 
 def _tested_requirements(project: dict) -> list[str]:
-    """What `make test` installs: the dependencies and the test, quant, site and kernels extras."""
+    """What `make test` installs: the dependencies and the test, quant and site extras."""
     extras = project["optional-dependencies"]
-    return project["dependencies"] + extras["test"] + extras["quant"] + extras["site"] + extras["kernels"]
+    return project["dependencies"] + extras["test"] + extras["quant"] + extras["site"]
 
 
 def _specs(requirements: list[str]) -> dict[str, str]:
@@ -285,7 +285,7 @@ def test_install_stamp_creates_the_venv_and_installs_torch_first(tmp_path: Path)
     assert lines == [
         f"test -x {venv}/bin/python || python3 -m venv {venv}",
         f'{venv}/bin/pip install -c constraints.txt "torch==2.13.0"',
-        f'{venv}/bin/pip install -c constraints.txt -e ".[test,quant,site,kernels]"',
+        f'{venv}/bin/pip install -c constraints.txt -e ".[test,quant,site]"',
         f"touch {venv}/.installed",
         f"{venv}/bin/python -m pytest",
     ]
@@ -297,7 +297,7 @@ def test_install_stamp_is_redone_when_pyproject_changes(tmp_path: Path) -> None:
     older = (ROOT / "pyproject.toml").stat().st_mtime - 10
     os.utime(venv / ".installed", (older, older))
     done = _make("-n", f"VENV={venv}", "test")
-    assert f'{venv}/bin/pip install -c constraints.txt -e ".[test,quant,site,kernels]"' in done.stdout.splitlines()
+    assert f'{venv}/bin/pip install -c constraints.txt -e ".[test,quant,site]"' in done.stdout.splitlines()
 
 
 def test_ci_installs_the_browser_then_runs_make_test(tmp_path: Path) -> None:

@@ -182,6 +182,9 @@ def _versions(monkeypatch, **versions) -> None:
     ("int8", "cpu", {"torchao": "0.10.0"}, r"needs torchao >= 0\.18; this machine has 0\.10\.0"),
     ("int4", "cuda", {}, r"'int4' is this course's CPU path .* use '4bit', 'nf4' or '8bit', or pass device='cpu'"),
     ("4bit", "mps", {}, r"runs on a CUDA GPU or on the CPU, not on 'mps'"),
+    ("int4-onnx", "cpu", {"onnxruntime": None}, r"needs onnxruntime, not installed: pip install .*\[quant\]"),
+    ("int4-onnx", "cpu", {"onnxruntime": "1.19.0"}, r"needs onnxruntime >= 1\.32; this machine has 1\.19\.0"),
+    ("int4-onnx", "cuda", {}, r"in ONNX Runtime on the CPU, not on 'cuda'.* pass device='cpu'"),
 ])
 def test_what_the_machine_cannot_do_says_what_to_install_or_choose(monkeypatch, name, device, versions, message):
     _versions(monkeypatch, **versions)
@@ -203,8 +206,8 @@ def test_load_refuses_before_reading_any_weights(tiny_model_dir, monkeypatch) ->
 
 
 def test_a_newer_bitsandbytes_is_accepted(monkeypatch) -> None:
-    _versions(monkeypatch, bitsandbytes="0.51.0", torchao="0.19.1")
-    for name in ("4bit", "nf4", "8bit", "int8", "int4"):
+    _versions(monkeypatch, bitsandbytes="0.51.0", torchao="0.19.1", onnxruntime="1.33.0")
+    for name in ("4bit", "nf4", "8bit", "int8", "int4", "int4-onnx"):
         quant.check_available(name, "cpu")  # no error
 
 

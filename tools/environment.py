@@ -1,8 +1,8 @@
 """Print the conda environment file of the course, made from pyproject.toml (``make environment.yml``).
 
-The pip list is the project's dependencies plus its ``test``, ``quant``, ``site`` and ``kernels`` extras (the
-quantized-weight libraries, for the CPU paths as much as the GPU ones; the website and its browser tests; ONNX
-Runtime for bench/kernels.py), then the course itself (``-e .``): what ``make test`` installs.
+The pip list is the project's dependencies plus its ``test``, ``quant`` and ``site`` extras (the quantized-weight
+libraries, for the CPU paths as much as the GPU ones; the website and its browser tests), then the course itself
+(``-e .``): what ``make test`` installs.
 tests/test_packaging.py checks that environment.yml is what this prints.
 """
 
@@ -22,7 +22,7 @@ def environment_yml(pyproject: Path = ROOT / "pyproject.toml") -> str:
     if python is None:
         raise ValueError(f"expected requires-python of the form '>=3.X', got {project['requires-python']!r}")
     extras = project["optional-dependencies"]
-    pip = project["dependencies"] + extras["test"] + extras["quant"] + extras["site"] + extras["kernels"] + ["-e ."]
+    pip = project["dependencies"] + extras["test"] + extras["quant"] + extras["site"] + ["-e ."]
     lines = [
         "# Conda environment for the Kosmos-2 grounding course, generated from pyproject.toml by",
         "# `make environment.yml` (tools/environment.py): do not edit by hand.",

@@ -164,12 +164,12 @@ def colab_setup(
 
 
 #: The course's optional extras (pyproject.toml) that a notebook may install, and the packages in each.
-EXTRAS = {"quant": ("bitsandbytes", "torchao")}
+EXTRAS = {"quant": ("bitsandbytes", "torchao", "onnxruntime", "onnx", "onnx-ir")}
 
 
 def install_extra(extra: str, target: str | os.PathLike[str] = DEFAULT_TARGET, run: Runner = subprocess.run) -> str:
-    """Install one of the course's optional extras where the notebook runs; ``"quant"`` holds bitsandbytes and
-    torchao, for the quantized paths of ``load(quantization=...)``.
+    """Install one of the course's optional extras where the notebook runs; ``"quant"`` holds bitsandbytes,
+    torchao and ONNX Runtime (with onnx and onnx-ir), for the quantized paths of ``load(quantization=...)``.
 
     On Colab it runs ``pip install -e "target[extra]"`` with the kernel's interpreter (the packages import in
     the running kernel at once). Elsewhere it installs nothing and says which of the packages are missing and
@@ -201,4 +201,4 @@ def install_extra(extra: str, target: str | os.PathLike[str] = DEFAULT_TARGET, r
     if missing:
         return (f"Not on Colab: {', '.join(missing)} missing here; add them with pip install -e '.[{extra}]' "
                 "in your clone of the course.")
-    return f"Not on Colab: {' and '.join(packages)} are installed."
+    return f"Not on Colab: {', '.join(packages)} are installed."

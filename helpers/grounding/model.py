@@ -249,8 +249,9 @@ def load(
     """Load ``(model, processor)``; see the module docstring for how the model is chosen.
 
     ``quantization`` is one of :data:`helpers.quantization.QUANTIZATIONS`: ``"4bit"`` (the article's FP4),
-    ``"nf4"`` and ``"8bit"`` (bitsandbytes, on a CUDA GPU or the CPU), ``"int8"`` and ``"int4"`` (torchao, CPU)
-    or ``"none"``; ``None`` lets :func:`helpers.quantization.plan` choose (on a CPU, the fastest measured path
+    ``"nf4"`` and ``"8bit"`` (bitsandbytes, on a CUDA GPU or the CPU), ``"int8"`` and ``"int4"`` (torchao, CPU),
+    ``"int4-onnx"`` (the text decoder in ONNX Runtime, CPU: the model returned only generates, see
+    :mod:`helpers.grounding.onnx_decoder`) or ``"none"``; ``None`` lets :func:`helpers.quantization.plan` choose (on a CPU, the fastest measured path
     for the real model's size; float weights otherwise), and the banner says what it chose. ``dtype`` (a
     floating ``torch.dtype`` or its name) defaults to :func:`default_dtype` of the device (bfloat16 for
     ``"int4"``); ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``) to :func:`try_gpu`.
@@ -325,7 +326,13 @@ def load(
         net = attach_adapter(net, adapter)
         parameters = sum(p.numel() for p in net.parameters()) if chosen.quantization not in quant.BITSANDBYTES \
             else parameters
+        if chosen.quantization in quant.ONNXRUNTIME:  # the graph takes the weights with the adapters merged in
+            net = net.merge_and_unload()
     net.eval()
+    if chosen.quantization in quant.ONNXRUNTIME:
+        from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
+
+        net = OnnxRuntimeKosmos2(net)
     info = LoadInfo(
         source=source, bundled=bundled, device=str(device), dtype=str(chosen.dtype).replace("torch.", ""),
         quantization=chosen.quantization, reason=reason, parameters=parameters,

@@ -10,6 +10,7 @@ name          weights                                                          l
 ``"8bit"``    LLM.int8 (``load_in_8bit=True``)                                  bitsandbytes          CUDA, CPU
 ``"int8"``    int8 weights, activations quantized to int8 on the fly            torchao               CPU
 ``"int4"``    int4 decoder weights in groups of 32, bfloat16 activations       torchao               CPU
+``"int4-onnx"`` the text decoder as one graph, 4-bit weights in blocks of 128     ONNX Runtime          CPU
 ``"none"``    no quantization: the float weights in ``dtype``                   –                     any
 ============  ===============================================================  ====================  ============
 
@@ -41,9 +42,12 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Every name ``load(quantization=...)`` accepts (``None`` means: let :func:`plan` choose).
-QUANTIZATIONS = ("4bit", "nf4", "8bit", "int8", "int4", "none")
+QUANTIZATIONS = ("4bit", "nf4", "8bit", "int8", "int4", "int4-onnx", "none")
 BITSANDBYTES = ("4bit", "nf4", "8bit")
 TORCHAO = ("int8", "int4")
+ONNXRUNTIME = ("int4-onnx",)
+#: The oldest ONNX Runtime this course checked the int4-onnx graph with.
+MIN_ONNXRUNTIME = "1.32"
 #: The oldest bitsandbytes whose CPU back-end runs 4-bit and LLM.int8 inference (checked by this course).
 MIN_BITSANDBYTES_CPU = "0.50.2"
 #: The oldest bitsandbytes with the CUDA features transformers 5 uses.
@@ -79,6 +83,7 @@ DESCRIPTIONS = {
     "8bit": "LLM.int8 weights (bitsandbytes)",
     "int8": "int8 weights and int8 dynamic activations (torchao)",
     "int4": "int4 weights, bfloat16 activations (torchao)",
+    "int4-onnx": "the text decoder in ONNX Runtime, 4-bit weights (MatMulNBits)",
 }
 
 
@@ -156,6 +161,22 @@ def check_available(quantization: str, device: str) -> None:
             raise QuantizationError(
                 f"quantization={quantization!r} needs torchao >= {MIN_TORCHAO}; this machine has {version}: "
                 f"pip install -U 'torchao>={MIN_TORCHAO}'")
+    elif quantization in ONNXRUNTIME:
+        if kind != "cpu":
+            raise QuantizationError(
+                f"quantization={quantization!r} runs the text decoder in ONNX Runtime on the CPU, not on "
+                f"{device!r}; on a CUDA GPU use '4bit', 'nf4' or '8bit', or pass device='cpu'")
+        missing = [name for name in ("onnxruntime", "onnx", "onnx-ir") if _version(name) is None]
+        if missing:
+            raise QuantizationError(
+                f"quantization={quantization!r} needs {', '.join(missing)}, not installed: {INSTALL} (or pip "
+                f"install 'onnxruntime>={MIN_ONNXRUNTIME}' onnx onnx-ir); without it, quantization='int4' "
+                "(torchao) also runs on a CPU")
+        version = _version("onnxruntime")
+        if _older(version, MIN_ONNXRUNTIME):
+            raise QuantizationError(
+                f"quantization={quantization!r} needs onnxruntime >= {MIN_ONNXRUNTIME}; this machine has "
+                f"{version}: pip install -U 'onnxruntime>={MIN_ONNXRUNTIME}'")
 
 
 def plan(quantization: str | None, device: str, dtype, parameters: int | None) -> Plan:
@@ -187,6 +208,8 @@ def plan(quantization: str | None, device: str, dtype, parameters: int | None) -
             raise ValueError(f"quantization='int4' computes in bfloat16 (its CPU kernel's activation type), "
                              f"got dtype={dtype}; leave dtype unset or pass 'bfloat16'")
         return Plan("int4", torch.bfloat16, reason)
+    if quantization == "int4-onnx":  # dtype: what the vision tower and the embeddings keep (the graph is float32)
+        return Plan("int4-onnx", dtype or torch.bfloat16, reason)
     if quantization == "int8":
         return Plan("int8", dtype or torch.float32, reason)
     return Plan(quantization, dtype or default_dtype(device), reason)

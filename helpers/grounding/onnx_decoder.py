@@ -1,0 +1,342 @@
+"""Kosmos-2 with its text decoder in ONNX Runtime, 4-bit weights: ``load(quantization="int4-onnx")``.
+
+At batch 1 a CPU spends a generated token reading the text decoder's weights, so the fastest CPU path is the
+one whose weights are smallest and whose kernel reads them fastest. ONNX Runtime's ``MatMulNBits`` (4-bit
+weights in blocks, the activations quantized to int8 for the product: ``accuracy_level=4``) reads them
+faster than torchao's int4 kernel (six of Kosmos-2's decoder layers at one row: 8.5 ms against 15.1 ms,
+``bench/results/cpu/kernels.md``), and a whole decoder step in one ONNX Runtime graph leaves no Python between
+the layers.
+
+The graph is built here from the loaded model's own weights (no export): for each block
+
+    x += out_proj(inner_attn_ln(attention(q_proj, k_proj, v_proj of self_attn_layer_norm(x), past)))
+    x += fc2(ffn_layernorm(gelu(fc1(final_layer_norm(x)))))
+
+then ``layer_norm`` and ``lm_head`` on the last position. Its inputs are the hidden states after the
+embeddings (``(batch, positions, embed_dim)``) and each layer's past keys and values; its outputs are the last
+position's logits and the present keys and values, which the next step takes as its past. Each block's
+products are quantized by ONNX Runtime's own quantizer (``MatMulNBitsQuantizer``): 4-bit weights in blocks of
+:data:`BLOCK_SIZE`, ``lm_head`` in 8 bits (:data:`LM_HEAD_BITS`). The vision tower, the projection and the
+token embeddings stay in torch (they run once per image, or are a lookup).
+
+:class:`OnnxRuntimeKosmos2` generates greedily, as ``generate()`` does, with the options the course uses
+(``max_new_tokens``, ``min_new_tokens``, the end-of-sequence and padding tokens, ``no_repeat_ngram_size``);
+rows of a batch must have the same length without padding, as :func:`helpers.grounding.model.ground` batches
+them. It has no ``forward``: for logits, load another quantization.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from helpers.grounding.quantization import INSTALL, QuantizationError
+
+#: Weights per 4-bit block, each block with its own scale and zero point. In a probe of the full-size decoder
+#: (random weights, two cores) a step took 60 ms in blocks of 128 and 76-80 ms in blocks of 32; on the bundled
+#: model blocks of 128 with HQQ scales keep every evaluation figure within 0.5 points of float32.
+BLOCK_SIZE = 128
+#: ``lm_head`` is quantized in 8 bits: it is the largest single product (65 037 × 2 048 in Kosmos-2), and the
+#: one whose errors reach the chosen token directly.
+LM_HEAD_BITS = 8
+#: Models up to this many parameters get HQQ scales (half-quadratic optimisation of each block's scale and
+#: zero point), larger ones the quantizer's default min-max scales, which take seconds instead of minutes.
+HQQ_MAX_PARAMETERS = 100_000_000
+OPSETS = (("", 17), ("com.microsoft", 1))
+
+
+def _import():
+    """``(onnx, onnxruntime, quantizer module)``, or a :class:`QuantizationError` that says what to install."""
+    try:
+        import onnx
+        import onnxruntime
+        from onnxruntime.quantization import matmul_nbits_quantizer
+    except ImportError as err:
+        raise QuantizationError(f"quantization='int4-onnx' needs onnxruntime, onnx and onnx-ir ({err}): {INSTALL} "
+                                "(or pip install onnxruntime onnx onnx-ir)") from err
+    return onnx, onnxruntime, matmul_nbits_quantizer
+
+
+class _Graph:
+    """Nodes and float initializers of one part of the decoder, named with a prefix."""
+
+    def __init__(self, prefix: str):
+        self.prefix, self.nodes, self.initializers = prefix, [], []
+
+    def constant(self, name: str, value: torch.Tensor) -> str:
+        from onnx import numpy_helper
+
+        name = f"{self.prefix}{name}"
+        value = value.detach().cpu()
+        value = value.float() if value.is_floating_point() else value
+        self.initializers.append(numpy_helper.from_array(value.numpy(), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, outputs: list[str] | None = None, **attributes) -> str:
+        from onnx import helper
+
+        out = f"{self.prefix}{name}"
+        domain = "com.microsoft" if op in ("MultiHeadAttention", "Gelu") else ""
+        self.nodes.append(helper.make_node(op, inputs, outputs or [out], name=out, domain=domain, **attributes))
+        return out
+
+    def linear(self, x: str, name: str, layer: torch.nn.Linear) -> str:
+        """``x @ weight.T + bias`` as MatMul (+ Add): the quantizer turns the MatMul into MatMulNBits."""
+        y = self.node("MatMul", [x, self.constant(f"{name}.weight", layer.weight.T.contiguous())], f"{name}.matmul")
+        if layer.bias is not None:
+            y = self.node("Add", [y, self.constant(f"{name}.bias", layer.bias)], f"{name}.add")
+        return y
+
+    def layer_norm(self, x: str, name: str, norm: torch.nn.LayerNorm) -> str:
+        return self.node("LayerNormalization", [x, self.constant(f"{name}.weight", norm.weight),
+                                                self.constant(f"{name}.bias", norm.bias)], name, epsilon=norm.eps,
+                         axis=-1)
+
+
+def _block(graph: _Graph, x: str, block, index: int) -> str:
+    attention = block.self_attn
+    h = graph.layer_norm(x, "self_attn_layer_norm", block.self_attn_layer_norm)
+    q, k, v = (graph.linear(h, name, getattr(attention, name)) for name in ("q_proj", "k_proj", "v_proj"))
+    a = graph.node("MultiHeadAttention", [q, k, v, "", "", "", f"past_key.{index}", f"past_value.{index}"],
+                   "attention", outputs=[f"{graph.prefix}attention", f"present_key.{index}", f"present_value.{index}"],
+                   num_heads=attention.num_heads, scale=float(attention.scaling), unidirectional=1)
+    a = graph.linear(graph.layer_norm(a, "inner_attn_ln", attention.inner_attn_ln), "out_proj", attention.out_proj)
+    x = graph.node("Add", [x, a], "residual_attention")
+    ffn = block.ffn
+    h = graph.linear(graph.layer_norm(x, "final_layer_norm", block.final_layer_norm), "fc1", ffn.fc1)
+    h = graph.layer_norm(graph.node("Gelu", [h], "gelu"), "ffn_layernorm", ffn.ffn_layernorm)
+    return graph.node("Add", [x, graph.linear(h, "fc2", ffn.fc2)], "residual_ffn")
+
+
+def _quantized(graph: _Graph, inputs: list, outputs: list, bits: int | None, block_size: int, hqq: bool):
+    """The part's nodes and initializers, its MatMuls turned into MatMulNBits of ``bits`` (None: kept float)."""
+    _, _, quantizer_module = _import()
+    from onnx import helper
+
+    model = helper.make_model(helper.make_graph(graph.nodes, graph.prefix or "part", inputs, outputs,
+                                                graph.initializers),
+                              opset_imports=[helper.make_opsetid(d, v) for d, v in OPSETS])
+    if bits is None:
+        return list(model.graph.node), list(model.graph.initializer)
+    if hqq and bits == 4:  # (ONNX Runtime's CPU kernel takes no HQQ zero points, which are floats, in 8 bits)
+        config = quantizer_module.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits)
+    else:
+        config = quantizer_module.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False,
+                                                               accuracy_level=4, bits=bits)
+    level = logging.getLogger("onnxruntime").level
+    logging.getLogger("onnxruntime").setLevel(logging.WARNING)  # the quantizer logs every layer
+    try:
+        with warnings.catch_warnings():  # HQQ's note that it wraps a read-only array without copying
+            warnings.simplefilter("ignore", UserWarning)
+            quantizer = quantizer_module.MatMulNBitsQuantizer(model, algo_config=config)
+            quantizer.process()
+    finally:
+        logging.getLogger("onnxruntime").setLevel(level)
+    quantized = quantizer.model.model
+    nodes = list(quantized.graph.node)
+    if any(node.op_type == "MatMul" for node in nodes):
+        raise QuantizationError(f"ONNX Runtime's quantizer left a product of {graph.prefix or 'lm_head'} in float "
+                                f"(onnxruntime {_import()[1].__version__}); pip install -U onnxruntime")
+    for node in nodes:  # int8 activations in the product, the fast CPU kernel (HQQ's config does not set it)
+        if node.op_type == "MatMulNBits":
+            kept = [a for a in node.attribute if a.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend([*kept, helper.make_attribute("accuracy_level", 4)])
+    return nodes, list(quantized.graph.initializer)
+
+
+def build_graph(text_model, *, bits: int | None = 4, block_size: int = BLOCK_SIZE,
+                head_bits: int | None = LM_HEAD_BITS, hqq: bool = False):
+    """The ONNX model of a ``Kosmos2TextForCausalLM``'s decoder after the embeddings (see the module docstring).
+
+    ``bits=None`` and ``head_bits=None`` keep float32 MatMuls: the same graph without quantization, which the
+    tests compare with torch. Returns an ``onnx.ModelProto``.
+    """
+    _import()
+    from onnx import TensorProto, helper
+
+    config = text_model.config
+    heads, dim = config.attention_heads, config.embed_dim
+    head_dim = dim // heads
+    nodes, initializers = [], []
+    graph_inputs = [helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, ["batch", "positions", dim])]
+    graph_outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", config.vocab_size])]
+    x = "hidden_states"
+    decoder = text_model.model
+    for index, block in enumerate(decoder.layers):
+        past = [helper.make_tensor_value_info(f"past_{kind}.{index}", TensorProto.FLOAT,
+                                              ["batch", heads, "past", head_dim]) for kind in ("key", "value")]
+        present = [helper.make_tensor_value_info(f"present_{kind}.{index}", TensorProto.FLOAT,
+                                                 ["batch", heads, "total", head_dim]) for kind in ("key", "value")]
+        part = _Graph(f"layers.{index}.")
+        y = _block(part, x, block, index)
+        part_in = [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", "positions", dim]), *past]
+        part_out = [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["batch", "positions", dim]), *present]
+        more_nodes, more_initializers = _quantized(part, part_in, part_out, bits, block_size, hqq)
+        nodes += more_nodes
+        initializers += more_initializers
+        graph_inputs += past
+        graph_outputs += present
+        x = y
+    head = _Graph("")
+    last = head.node("Gather", [x, head.constant("last_position", torch.tensor(-1))], "last_position_hidden",
+                     axis=1)
+    logits = head.linear(head.layer_norm(last, "layer_norm", decoder.layer_norm), "lm_head", text_model.lm_head)
+    head.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
+    more_nodes, more_initializers = _quantized(
+        head, [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", "positions", dim])], graph_outputs[:1],
+        head_bits, block_size, hqq)
+    nodes += more_nodes
+    initializers += more_initializers
+    graph = helper.make_graph(nodes, "kosmos2_text_decoder", graph_inputs, graph_outputs, initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSETS])
+
+
+class OnnxRuntimeKosmos2(torch.nn.Module):
+    """A ``Kosmos2ForConditionalGeneration`` whose text decoder runs in ONNX Runtime (see the module docstring).
+
+    The torch model keeps its vision tower, projection and embeddings; its decoder layers are freed once the
+    graph holds them. ``weight_bytes`` is the size of the graph's weights.
+    """
+
+    def __init__(self, model, *, bits: int | None = 4, block_size: int = BLOCK_SIZE,
+                 head_bits: int | None = LM_HEAD_BITS, hqq: bool | None = None, threads: int | None = None):
+        super().__init__()
+        onnx, ort, _ = _import()
+        if hqq is None:
+            hqq = sum(p.numel() for p in model.parameters()) <= HQQ_MAX_PARAMETERS
+        proto = build_graph(model.text_model, bits=bits, block_size=block_size, head_bits=head_bits, hqq=hqq)
+        onnx.checker.check_model(proto)
+        self.weight_bytes = sum(len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes
+                                for t in proto.graph.initializer)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads or torch.get_num_threads(), 1
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        del proto
+        text = model.text_model.model
+        text.layers = torch.nn.ModuleList()  # now in the graph
+        self.model = model
+        self.config = model.config
+        self.generation_config = model.generation_config
+        self.description = (f"text decoder in ONNX Runtime {ort.__version__}: "
+                            + (f"{bits}-bit weights in blocks of {block_size}" if bits else "float32 weights")
+                            + (f" ({'HQQ' if hqq else 'min-max'} scales)" if bits else "")
+                            + (f", lm_head {head_bits}-bit" if head_bits else ", lm_head float32"))
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        text_config = model.config.text_config
+        self._layers = text_config.layers
+        self._kv_shape = (text_config.attention_heads, text_config.embed_dim // text_config.attention_heads)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("quantization='int4-onnx' only generates (model.generate or ground()); load "
+                                  "another quantization (e.g. 'int4' or 'none') for logits or attentions")
+
+    def _run(self, hidden: torch.Tensor, past: list) -> tuple[torch.Tensor, list]:
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("hidden_states", np.ascontiguousarray(hidden.float().numpy()))
+        for index in range(self._layers):
+            binding.bind_ortvalue_input(f"past_key.{index}", past[2 * index])
+            binding.bind_ortvalue_input(f"past_value.{index}", past[2 * index + 1])
+        for name in self._outputs:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return torch.from_numpy(outputs[0].numpy()), outputs[1:]
+
+    def _settings(self, generation_config, kwargs: dict[str, Any]):
+        accepted = {"max_new_tokens", "min_new_tokens", "pad_token_id", "eos_token_id", "no_repeat_ngram_size",
+                    "do_sample", "num_beams", "use_cache", "max_length"}
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            raise TypeError(f"quantization='int4-onnx' generates with {', '.join(sorted(accepted))}; got "
+                            f"{', '.join(unknown)}")
+        settings = copy.deepcopy(generation_config or self.generation_config)
+        settings.update(**kwargs)
+        if settings.do_sample or (settings.num_beams or 1) != 1:
+            raise ValueError("quantization='int4-onnx' decodes greedily (do_sample=False, num_beams=1); load another "
+                             "quantization for sampling or beam search")
+        if settings.max_new_tokens is None:
+            raise ValueError("quantization='int4-onnx' needs max_new_tokens (how many tokens to generate at most)")
+        return settings
+
+    def _prompt(self, input_ids, attention_mask, pixel_values, image_embeds_position_mask, image_embeds):
+        """Image and prompt through the model: the next token's logits and the keys and values so far."""
+        import onnxruntime as ort
+
+        if attention_mask is not None and not bool(attention_mask.bool().all()):
+            raise ValueError("quantization='int4-onnx' takes prompts of the same length without padding "
+                             "(ground() batches them so); got an attention_mask with padding")
+        if image_embeds is None and pixel_values is not None:
+            vision_dtype = next(self.model.vision_model.parameters()).dtype
+            image_embeds = self.model.get_image_features(pixel_values.to(vision_dtype)).pooler_output
+        empty = np.zeros((input_ids.shape[0], self._kv_shape[0], 0, self._kv_shape[1]), dtype=np.float32)
+        past = [ort.OrtValue.ortvalue_from_numpy(empty) for _ in range(2 * self._layers)]
+        hidden = self.model.text_model.model.forward_embedding(
+            input_ids=input_ids, image_embeds=image_embeds, img_input_mask=image_embeds_position_mask, cache_length=0)
+        return self._run(hidden, past)
+
+    def _next(self, tokens: torch.Tensor, length: int, past: list) -> tuple[torch.Tensor, list]:
+        """The logits after ``tokens`` (one per row), which follow ``length`` positions whose keys are in ``past``."""
+        hidden = self.model.text_model.model.forward_embedding(input_ids=tokens[:, None], cache_length=length)
+        return self._run(hidden, past)
+
+    @torch.inference_mode()
+    def first_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                     pixel_values: torch.Tensor | None = None, image_embeds_position_mask: torch.Tensor | None = None,
+                     image_embeds: torch.Tensor | None = None, **_ignored) -> torch.Tensor:
+        """The logits of the first new token, ``(batch, vocabulary)``: the image and the prompt (the prefill)."""
+        return self._prompt(input_ids, attention_mask, pixel_values, image_embeds_position_mask, image_embeds)[0]
+
+    @torch.inference_mode()
+    def teacher_forced_logits(self, inputs: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+        """The logits given to each token of ``ids`` after the prompt of ``inputs`` when ``ids`` (prompt + new
+        tokens) are fed in, ``(batch, new tokens, vocabulary)``."""
+        prompt = inputs["input_ids"].shape[1]
+        if ids.shape[1] <= prompt or not torch.equal(ids[:, :prompt], inputs["input_ids"]):
+            raise ValueError("ids must start with the prompt's input_ids and hold at least one new token")
+        logits, past = self._prompt(inputs["input_ids"], inputs.get("attention_mask"), inputs.get("pixel_values"),
+                                    inputs.get("image_embeds_position_mask"), inputs.get("image_embeds"))
+        steps = [logits]
+        for position in range(prompt, ids.shape[1] - 1):
+            logits, past = self._next(ids[:, position], position, past)
+            steps.append(logits)
+        return torch.stack(steps, dim=1)
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 pixel_values: torch.Tensor | None = None, image_embeds_position_mask: torch.Tensor | None = None,
+                 image_embeds: torch.Tensor | None = None, generation_config=None, **kwargs) -> torch.Tensor:
+        """Prompt ids followed by the generated ones, as ``Kosmos2ForConditionalGeneration.generate`` returns them
+        (finished rows padded with ``pad_token_id`` until the batch is done)."""
+        from transformers.generation import (LogitsProcessorList, MinNewTokensLengthLogitsProcessor,
+                                             NoRepeatNGramLogitsProcessor)
+
+        settings = self._settings(generation_config, kwargs)
+        eos = settings.eos_token_id
+        eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), dtype=torch.long)
+        pad = settings.pad_token_id if settings.pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
+        processors = LogitsProcessorList()
+        if settings.min_new_tokens and len(eos):
+            processors.append(MinNewTokensLengthLogitsProcessor(input_ids.shape[1], settings.min_new_tokens, eos))
+        if settings.no_repeat_ngram_size:
+            processors.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
+        logits, past = self._prompt(input_ids, attention_mask, pixel_values, image_embeds_position_mask, image_embeds)
+        ids = input_ids
+        unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool)
+        for step in range(settings.max_new_tokens):
+            if step:
+                logits, past = self._next(ids[:, -1], ids.shape[1] - 1, past)
+            token = processors(ids, logits).argmax(-1)
+            if len(eos):
+                token = torch.where(unfinished, token, torch.full_like(token, pad))
+                unfinished &= ~torch.isin(token, eos)
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            if not bool(unfinished.any()):
+                break
+        return ids

@@ -1,0 +1,128 @@
+"""helpers.grounding.onnx_decoder: the text decoder as one ONNX Runtime graph (load(quantization="int4-onnx")).
+
+The graph without quantization (float32 MatMuls) must give the bundled model's own captions, token for token, and
+its logits; the quantized graph must hold 4-bit products for the blocks and an 8-bit lm_head, and say what it
+cannot do.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import onnx
+import pytest
+import torch
+
+import helpers.grounding.quantization as quant
+from helpers.course.paths import bundled_model_dir
+from helpers.grounding.model import AUTHORS_DECODING, ground, load
+from helpers.grounding.onnx_decoder import LM_HEAD_BITS, OnnxRuntimeKosmos2, build_graph
+from helpers.grounding.prompts import CAPTION_PROMPT
+from helpers.world.scenes import sample_scenes
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    """The bundled model in float32, its graph without quantization, the processor and five scenes."""
+    model, processor = load(bundled_model_dir(), quantization="none", device="cpu", dtype="float32", verbose=False)
+    copy, _ = load(bundled_model_dir(), quantization="none", device="cpu", dtype="float32", verbose=False)
+    return model, OnnxRuntimeKosmos2(copy, bits=None, head_bits=None), processor, sample_scenes(5, seed=11)
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "authors"])
+def test_the_float_graph_writes_what_generate_writes(bundled, decoding) -> None:
+    model, graph, processor, scenes = bundled
+    kwargs = {"decoding": AUTHORS_DECODING} if decoding == "authors" else {}
+    images = [s.image for s in scenes]
+    expected = ground(model, processor, images, max_new_tokens=48, batch_size=3, progress=False, **kwargs)
+    got = ground(graph, processor, images, max_new_tokens=48, batch_size=3, progress=False, **kwargs)
+    assert [g.raw for g in got] == [g.raw for g in expected]
+    assert all("</object>" in g.raw for g in got)  # real captions with boxes, ended by the model itself
+
+
+def test_the_float_graph_gives_generates_logits(bundled) -> None:
+    model, graph, processor, scenes = bundled
+    inputs = processor(text=[CAPTION_PROMPT] * 2, images=[s.image for s in scenes[:2]], return_tensors="pt")
+    prompt = inputs["input_ids"].shape[1]
+    with torch.inference_mode():
+        ids = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        mask = torch.nn.functional.pad(inputs["image_embeds_position_mask"], (0, ids.shape[1] - prompt))
+        expected = model(pixel_values=inputs["pixel_values"], input_ids=ids, attention_mask=torch.ones_like(ids),
+                         image_embeds_position_mask=mask).logits[:, prompt - 1:-1]
+    got = graph.teacher_forced_logits(inputs, ids)
+    torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(graph.first_logits(**inputs), expected[:, 0], atol=2e-4, rtol=1e-4)
+
+
+def test_load_builds_a_4bit_graph_with_an_8bit_lm_head(tiny_model_dir, capsys) -> None:
+    model, processor = load(tiny_model_dir, quantization="int4-onnx", device="cpu")
+    assert isinstance(model, OnnxRuntimeKosmos2) and model.load_info.quantization == "int4-onnx"
+    assert quant.DESCRIPTIONS["int4-onnx"] in capsys.readouterr().out
+    assert model.load_info.dtype == "bfloat16" and next(model.parameters()).dtype == torch.bfloat16
+    assert len(model.model.text_model.model.layers) == 0  # the decoder's torch weights are freed
+    proto = build_graph(load(tiny_model_dir, quantization="none", device="cpu", verbose=False)[0].text_model, hqq=True)
+    products = {n.name: {a.name: a.i for a in n.attribute} for n in proto.graph.node if n.op_type == "MatMulNBits"}
+    assert not [n for n in proto.graph.node if n.op_type == "MatMul"]
+    assert products.pop("lm_head.matmul_Q8")["bits"] == LM_HEAD_BITS
+    assert len(products) == 6 and all(p["bits"] == 4 and p["accuracy_level"] == 4 for p in products.values())
+    unquantized = build_graph(load(tiny_model_dir, device="cpu", verbose=False)[0].text_model, bits=None,
+                              head_bits=None)
+    assert model.weight_bytes == _bytes(proto) < _bytes(unquantized)
+    packed = {t.name: tuple(t.dims) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.UINT8}
+    for node in proto.graph.node:  # each product's weights: N rows of K/block blocks of block * bits / 8 bytes
+        if node.op_type == "MatMulNBits":
+            a = {a.name: a.i for a in node.attribute}
+            blocks = -(-a["K"] // a["block_size"])
+            assert packed[node.input[1]] == (a["N"], blocks, a["block_size"] * a["bits"] // 8)
+    results = ground(model, processor, [sample_scenes(1, seed=2)[0].image], max_new_tokens=6, progress=False)
+    assert results[0].raw.startswith("<image>") and len(results[0].raw) > len("<image>")
+
+
+def _bytes(proto) -> int:
+    from onnx import numpy_helper
+
+    return sum(numpy_helper.to_array(t).nbytes for t in proto.graph.initializer)
+
+
+def test_load_with_int4_onnx_stays_close_to_float32(bundled) -> None:
+    model, _, processor, scenes = bundled
+    quantized, _ = load(bundled_model_dir(), quantization="int4-onnx", device="cpu", verbose=False)
+    inputs = processor(text=[CAPTION_PROMPT] * 4, images=[s.image for s in scenes[:4]], return_tensors="pt")
+    with torch.inference_mode():
+        ids = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    prompt = inputs["input_ids"].shape[1]
+    mask = torch.nn.functional.pad(inputs["image_embeds_position_mask"], (0, ids.shape[1] - prompt))
+    with torch.inference_mode():
+        expected = model(pixel_values=inputs["pixel_values"], input_ids=ids, attention_mask=torch.ones_like(ids),
+                         image_embeds_position_mask=mask).logits[:, prompt - 1:-1]
+    agreement = quant.logits_agreement(expected, quantized.teacher_forced_logits(inputs, ids))
+    assert 0 < agreement["relative_error"] < 0.1  # really quantized, and close
+    assert agreement["top1_agreement"] >= 0.95
+
+
+def test_what_the_graph_cannot_do_is_refused(bundled) -> None:
+    _, graph, processor, scenes = bundled
+    inputs = processor(text=[CAPTION_PROMPT, CAPTION_PROMPT + " a"], images=[s.image for s in scenes[:2]],
+                       padding=True, return_tensors="pt")
+    with pytest.raises(ValueError, match="same length without padding"):
+        graph.generate(**inputs, max_new_tokens=4)
+    inputs = processor(text=CAPTION_PROMPT, images=scenes[0].image, return_tensors="pt")
+    with pytest.raises(ValueError, match="decodes greedily"):
+        graph.generate(**inputs, max_new_tokens=4, num_beams=2)
+    with pytest.raises(ValueError, match="decodes greedily"):
+        graph.generate(**inputs, max_new_tokens=4, do_sample=True)
+    with pytest.raises(TypeError, match="got output_scores"):
+        graph.generate(**inputs, max_new_tokens=4, output_scores=True)
+    with pytest.raises(NotImplementedError, match="only generates"):
+        graph(**inputs)
+    with pytest.raises(ValueError, match="must start with the prompt"):
+        graph.teacher_forced_logits(inputs, inputs["input_ids"])
+    assert graph.generate(**inputs, max_new_tokens=3).shape == (1, inputs["input_ids"].shape[1] + 3)
+
+
+def test_without_onnxruntime_the_error_says_what_to_install(monkeypatch, tiny_model_dir) -> None:
+    model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    with pytest.raises(quant.QuantizationError, match=r"needs onnxruntime, onnx and onnx-ir .*\[quant\]"):
+        OnnxRuntimeKosmos2(model)
+    assert len(model.text_model.model.layers) == 1  # nothing was taken from the model
