@@ -87,7 +87,7 @@ class _Graph:
 
     def linear(self, x: str, name: str, layer: torch.nn.Linear) -> str:
         """``x @ weight.T + bias`` as MatMul (+ Add): the quantizer turns the MatMul into MatMulNBits."""
-        y = self.node("MatMul", [x, self.constant(f"{name}.weight", layer.weight.T.contiguous())], f"{name}.matmul")
+        y = self.node("MatMul", [x, self.constant(f"{name}.weight", layer.weight.T)], f"{name}.matmul")
         if layer.bias is not None:
             y = self.node("Add", [y, self.constant(f"{name}.bias", layer.bias)], f"{name}.add")
         return y
