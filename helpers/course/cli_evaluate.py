@@ -26,6 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from helpers.grounding.quantization import QUANTIZATIONS
+
 PROG = "python -m helpers evaluate"
 BENCHMARKS = ("world", "refcoco", "flickr30k")
 
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sub: argparse.ArgumentParser, ngram: int) -> None:
         sub.add_argument("--model", default=None, metavar="M", help="a model folder or hub id")
         sub.add_argument("--quantization", default=None, metavar="Q",
-                         help="load the model with these weights: 4bit, nf4, 8bit, int8, int4 or none "
+                         help=f"load the model with these weights: {', '.join(QUANTIZATIONS)} "
                               "(see load(); default: load() chooses)")
         sub.add_argument("--out", default=None, metavar="FILE",
                          help="JSON Lines file for the per-item results (default outputs/evaluate_<benchmark>.jsonl)")

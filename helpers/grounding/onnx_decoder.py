@@ -151,12 +151,15 @@ def _quantized(graph: _Graph, inputs: list, outputs: list, bits: int | None, blo
 
 
 def build_graph(text_model, *, bits: int | None = 4, block_size: int = BLOCK_SIZE,
-                head_bits: int | None = LM_HEAD_BITS, hqq: bool = False):
+                head_bits: int | None = LM_HEAD_BITS, hqq: bool = False, progress: bool = False):
     """The ONNX model of a ``Kosmos2TextForCausalLM``'s decoder after the embeddings (see the module docstring).
 
     ``bits=None`` and ``head_bits=None`` keep float32 MatMuls: the same graph without quantization, which the
-    tests compare with torch. Returns an ``onnx.ModelProto``.
+    tests compare with torch. ``progress`` shows a bar over the blocks (the real model's 24 take about a
+    minute on two cores). Returns an ``onnx.ModelProto``.
     """
+    from tqdm.auto import tqdm
+
     _import()
     from onnx import TensorProto, helper
 
@@ -168,7 +171,7 @@ def build_graph(text_model, *, bits: int | None = 4, block_size: int = BLOCK_SIZ
     graph_outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", config.vocab_size])]
     x = "hidden_states"
     decoder = text_model.model
-    for index, block in enumerate(decoder.layers):
+    for index, block in enumerate(tqdm(decoder.layers, desc="int4-onnx graph", unit="block", disable=not progress)):
         past = [helper.make_tensor_value_info(f"past_{kind}.{index}", TensorProto.FLOAT,
                                               ["batch", heads, "past", head_dim]) for kind in ("key", "value")]
         present = [helper.make_tensor_value_info(f"present_{kind}.{index}", TensorProto.FLOAT,
@@ -210,7 +213,10 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
         onnx, ort, _ = _import()
         if hqq is None:
             hqq = sum(p.numel() for p in model.parameters()) <= HQQ_MAX_PARAMETERS
-        proto = build_graph(model.text_model, bits=bits, block_size=block_size, head_bits=head_bits, hqq=hqq)
+        from helpers.grounding.progress import interactive
+
+        proto = build_graph(model.text_model, bits=bits, block_size=block_size, head_bits=head_bits, hqq=hqq,
+                            progress=interactive())
         onnx.checker.check_model(proto)
         self.weight_bytes = sum(len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes
                                 for t in proto.graph.initializer)

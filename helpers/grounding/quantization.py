@@ -2,33 +2,35 @@
 
 ``load(quantization=...)`` takes one of these names:
 
-============  ===============================================================  ====================  ============
-name          weights                                                          library               devices
-============  ===============================================================  ====================  ============
-``"4bit"``    4-bit FP4, ``BitsAndBytesConfig(load_in_4bit=True)``: the article's  bitsandbytes          CUDA, CPU
-``"nf4"``     4-bit NormalFloat (``bnb_4bit_quant_type="nf4"``), as QLoRA uses   bitsandbytes          CUDA, CPU
-``"8bit"``    LLM.int8 (``load_in_8bit=True``)                                  bitsandbytes          CUDA, CPU
-``"int8"``    int8 weights, activations quantized to int8 on the fly            torchao               CPU
-``"int4"``    int4 decoder weights in groups of 32, bfloat16 activations       torchao               CPU
-``"int4-onnx"`` the text decoder as one graph, 4-bit weights in blocks of 128     ONNX Runtime          CPU
-``"none"``    no quantization: the float weights in ``dtype``                   –                     any
-============  ===============================================================  ====================  ============
+===============  ===================================================================  ============  =========
+name             weights                                                              library       devices
+===============  ===================================================================  ============  =========
+``"4bit"``       4-bit FP4, ``BitsAndBytesConfig(load_in_4bit=True)``: the article's  bitsandbytes  CUDA, CPU
+``"nf4"``        4-bit NormalFloat (``bnb_4bit_quant_type="nf4"``), as QLoRA uses     bitsandbytes  CUDA, CPU
+``"8bit"``       LLM.int8 (``load_in_8bit=True``)                                     bitsandbytes  CUDA, CPU
+``"int8"``       int8 weights, activations quantized to int8 on the fly               torchao       CPU
+``"int4"``       int4 decoder weights in groups of 32, bfloat16 activations           torchao       CPU
+``"int4-onnx"``  the text decoder as one graph, 4-bit weights in blocks of 128        ONNX Runtime  CPU
+``"none"``       no quantization: the float weights in ``dtype``                      –             any
+===============  ===================================================================  ============  =========
 
 The bitsandbytes paths quantize while ``from_pretrained`` loads (transformers leaves ``lm_head`` in float, as
 for the article). ``"int8"`` quantizes every ``nn.Linear`` of the loaded float model, ``lm_head`` included: at
 batch 1 a CPU spends most of each generated token reading weights, and the output layer (65 037 × 2 048 in
 Kosmos-2) is the largest single one. ``"int4"`` quantizes the text decoder and ``lm_head`` (int8 where the int4
 kernel cannot take a layer) and keeps the vision tower and the image-to-text projection in bfloat16, since
-they run once per image (:data:`INT4_KEEPS_BFLOAT16`).
+they run once per image (:data:`INT4_KEEPS_BFLOAT16`). ``"int4-onnx"`` turns the text decoder into one ONNX
+Runtime graph with 4-bit weights (:mod:`helpers.grounding.onnx_decoder`); the model it returns only generates.
 
 ``quantization=None`` lets :func:`plan` choose: on a CPU, a model of at least :data:`AUTO_CPU_PARAMETERS`
 parameters (the real Kosmos-2 has 1.66 B) gets :data:`AUTO_CPU_CHOICE`, the fastest CPU path per token at
-batch 1 in ``bench/benchmark.py --cpu-table`` on two idle cores (Intel Xeon, 2026-11-30 11:08 UTC;
-``bench/results/cpu``): int4 0.155 s per token, against the article's 4-bit 0.172 s, NF4 0.178 s, bfloat16
-0.200 s, int8 0.236 s and float32 0.275 s (eager attention); an earlier run that day, on a faster machine, had
-int4 at 0.117 s and the article's 4-bit at 0.148 s. On the bundled model int4 keeps every evaluation figure
-within 0.5 points of float32 (``bench/bundled_accuracy.py``). Smaller models (the bundled one) stay in float32,
-which measured faster for them. Everything else keeps float weights.
+batch 1 in ``bench/benchmark.py --cpu-table`` (two cores, Intel Xeon, 2026-11-30 12:52 UTC;
+``bench/results/cpu``) among those that give a whole model: int4 0.118 s per token, against the article's
+4-bit 0.169 s, NF4 0.176 s, bfloat16 0.202 s, int8 0.239 s and float32 0.262 s (SDPA attention). ``"int4-onnx"``
+was faster still, 0.078 s, but has no forward pass (no logits, no fine-tuning) and takes about a minute to build
+at load, so it is asked for, not chosen. On the bundled model both keep every evaluation figure within 0.5 points
+of float32 (``bench/bundled_accuracy.py``). Smaller models (the bundled one) stay in float32, which measured
+faster for them. Everything else keeps float weights.
 """
 
 from __future__ import annotations
