@@ -185,6 +185,28 @@ def test_load_with_adapter_changes_outputs_and_merging_keeps_them(trained, tiny_
     assert not any("lora" in n for n, _ in merged.named_parameters())
 
 
+def test_an_adapter_is_merged_into_the_int4_onnx_graph(trained, tiny_model_dir, tiny_model):
+    import torch
+
+    from helpers.grounding.finetune import _image
+    from helpers.grounding.model import load
+    from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
+
+    out, records = trained
+    base, processor = tiny_model
+    merged = load(str(tiny_model_dir), adapter=out, device="cpu", verbose=False)[0].merge_and_unload()
+    graph, _ = load(str(tiny_model_dir), adapter=out, quantization="int4-onnx", dtype="float32", device="cpu",
+                    verbose=False)
+    assert isinstance(graph, OnnxRuntimeKosmos2) and graph.load_info.adapter == str(out)
+    inputs = processor(text="<grounding> An image of", images=_image(records[0].path), return_tensors="pt")
+    with torch.no_grad():
+        tuned = merged(**inputs).logits[:, -1]
+        before = base(**inputs).logits[:, -1]
+    got = graph.first_logits(**inputs)
+    # the graph computes the tuned model (4-bit rounding aside), not the base one
+    assert torch.linalg.vector_norm(got - tuned) < 0.5 * torch.linalg.vector_norm(got - before)
+
+
 def test_training_lowers_the_loss_on_its_texts(tiny_model_dir, coco, tmp_path):
     import torch
 

@@ -281,7 +281,7 @@ def test_uncached_hub_id_offline_fails_fast_without_network(offline, monkeypatch
     ("kwargs", "error", "message"),
     [
         ({"quantization": "3bit"}, ValueError, r"quantization must be None \(let load\(\) choose\) or one of "
-                                               r"'4bit', 'nf4', '8bit', 'int8', 'int4', 'none', got '3bit'"),
+                                               r"'4bit', 'nf4', '8bit', 'int8', 'int4', 'int4-onnx', 'none', got '3bit'"),
         ({"quantization": "int4", "dtype": "float32"}, ValueError, r"'int4' computes in bfloat16"),
         ({"dtype": "float33"}, ValueError, r"dtype must be a torch dtype or its name"),
         ({"dtype": "nn"}, ValueError, r"dtype must be a torch dtype or its name \(e\.g\. 'bfloat16'\), got 'nn'"),

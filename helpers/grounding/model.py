@@ -251,14 +251,16 @@ def load(
     ``quantization`` is one of :data:`helpers.quantization.QUANTIZATIONS`: ``"4bit"`` (the article's FP4),
     ``"nf4"`` and ``"8bit"`` (bitsandbytes, on a CUDA GPU or the CPU), ``"int8"`` and ``"int4"`` (torchao, CPU),
     ``"int4-onnx"`` (the text decoder in ONNX Runtime, CPU: the model returned only generates, see
-    :mod:`helpers.grounding.onnx_decoder`) or ``"none"``; ``None`` lets :func:`helpers.quantization.plan` choose (on a CPU, the fastest measured path
-    for the real model's size; float weights otherwise), and the banner says what it chose. ``dtype`` (a
-    floating ``torch.dtype`` or its name) defaults to :func:`default_dtype` of the device (bfloat16 for
-    ``"int4"``); ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``) to :func:`try_gpu`.
+    :mod:`helpers.grounding.onnx_decoder`) or ``"none"``; ``None`` lets :func:`helpers.quantization.plan`
+    choose (on a CPU, int4 for the real model's size; float weights otherwise), and the banner says what it
+    chose. ``dtype`` (a floating ``torch.dtype`` or its name) defaults to :func:`default_dtype` of the device
+    (bfloat16 for ``"int4"`` and ``"int4-onnx"``); ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+    ``"mps"``) to :func:`try_gpu`.
 
     ``adapter`` is a folder of LoRA adapters saved by ``python -m helpers finetune``: they are checked
-    against the base and attached (the model becomes a ``peft.PeftModel``). Merge them into the weights for
-    faster generation with ``model = model.merge_and_unload()``.
+    against the base and attached (the model becomes a ``peft.PeftModel``; with ``"int4-onnx"`` they are
+    merged into the weights before the graph is built). Merge them into the weights for faster generation
+    with ``model = model.merge_and_unload()``.
 
     Raises:
         TypeError: ``model`` is not a str, a path or None; ``device`` is not a str.
