@@ -62,19 +62,34 @@ def _import():
     return onnx, onnxruntime, matmul_nbits_quantizer
 
 
+def _model():
+    """An empty ONNX model with this module's opsets. Parts are written into one in place: the protobuf
+    library copies a message at every ``make_graph``/``make_model``, gigabytes for the real model's weights."""
+    import onnx
+
+    model = onnx.ModelProto(ir_version=onnx.IR_VERSION)
+    model.opset_import.extend([onnx.helper.make_opsetid(domain, version) for domain, version in OPSETS])
+    return model
+
+
 class _Graph:
-    """Nodes and float initializers of one part of the decoder, named with a prefix."""
+    """One part of the decoder, its nodes and float initializers named with a prefix, written into an ONNX model."""
 
     def __init__(self, prefix: str):
-        self.prefix, self.nodes, self.initializers = prefix, [], []
+        self.prefix, self.model = prefix, _model()
 
     def constant(self, name: str, value: torch.Tensor) -> str:
-        from onnx import numpy_helper
+        from onnx import TensorProto
 
         name = f"{self.prefix}{name}"
-        value = value.detach().cpu()
-        value = value.float() if value.is_floating_point() else value
-        self.initializers.append(numpy_helper.from_array(value.numpy(), name))
+        value = value.detach().cpu()  # one copy in torch: to float32 and, for a transposed weight, to row-major
+        value = value.to(torch.float32 if value.is_floating_point() else torch.int64,
+                         memory_format=torch.contiguous_format)
+        array = value.numpy()
+        tensor = self.model.graph.initializer.add()
+        tensor.name, tensor.data_type = name, TensorProto.FLOAT if array.dtype == np.float32 else TensorProto.INT64
+        tensor.dims.extend(array.shape)
+        tensor.raw_data = array.tobytes()  # (x86 and ARM are little-endian, as ONNX wants)
         return name
 
     def node(self, op: str, inputs: list[str], name: str, outputs: list[str] | None = None, **attributes) -> str:
@@ -82,7 +97,8 @@ class _Graph:
 
         out = f"{self.prefix}{name}"
         domain = "com.microsoft" if op in ("MultiHeadAttention", "Gelu") else ""
-        self.nodes.append(helper.make_node(op, inputs, outputs or [out], name=out, domain=domain, **attributes))
+        self.model.graph.node.append(helper.make_node(op, inputs, outputs or [out], name=out, domain=domain,
+                                                      **attributes))
         return out
 
     def linear(self, x: str, name: str, layer: torch.nn.Linear) -> str:
@@ -114,15 +130,16 @@ def _block(graph: _Graph, x: str, block, index: int) -> str:
 
 
 def _quantized(graph: _Graph, inputs: list, outputs: list, bits: int | None, block_size: int, hqq: bool):
-    """The part's nodes and initializers, its MatMuls turned into MatMulNBits of ``bits`` (None: kept float)."""
+    """The part as an ONNX model, its MatMuls turned into MatMulNBits of ``bits`` (None: kept float)."""
     _, _, quantizer_module = _import()
     from onnx import helper
 
-    model = helper.make_model(helper.make_graph(graph.nodes, graph.prefix or "part", inputs, outputs,
-                                                graph.initializers),
-                              opset_imports=[helper.make_opsetid(d, v) for d, v in OPSETS])
+    model = graph.model
+    model.graph.name = graph.prefix or "part"
+    model.graph.input.extend(inputs)
+    model.graph.output.extend(outputs)
     if bits is None:
-        return list(model.graph.node), list(model.graph.initializer)
+        return model
     if hqq and bits == 4:  # (ONNX Runtime's CPU kernel takes no HQQ zero points, which are floats, in 8 bits)
         config = quantizer_module.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits)
     else:
@@ -138,7 +155,7 @@ def _quantized(graph: _Graph, inputs: list, outputs: list, bits: int | None, blo
     finally:
         logging.getLogger("onnxruntime").setLevel(level)
     quantized = quantizer.model.model
-    nodes = list(quantized.graph.node)
+    nodes = quantized.graph.node
     if any(node.op_type == "MatMul" for node in nodes):
         raise QuantizationError(f"ONNX Runtime's quantizer left a product of {graph.prefix or 'lm_head'} in float "
                                 f"(onnxruntime {_import()[1].__version__}); pip install -U onnxruntime")
@@ -147,7 +164,7 @@ def _quantized(graph: _Graph, inputs: list, outputs: list, bits: int | None, blo
             kept = [a for a in node.attribute if a.name != "accuracy_level"]
             del node.attribute[:]
             node.attribute.extend([*kept, helper.make_attribute("accuracy_level", 4)])
-    return nodes, list(quantized.graph.initializer)
+    return quantized
 
 
 def build_graph(text_model, *, bits: int | None = 4, block_size: int = BLOCK_SIZE,
@@ -155,8 +172,8 @@ def build_graph(text_model, *, bits: int | None = 4, block_size: int = BLOCK_SIZ
     """The ONNX model of a ``Kosmos2TextForCausalLM``'s decoder after the embeddings (see the module docstring).
 
     ``bits=None`` and ``head_bits=None`` keep float32 MatMuls: the same graph without quantization, which the
-    tests compare with torch. ``progress`` shows a bar over the blocks (the real model's 24 take about a
-    minute on two cores). Returns an ``onnx.ModelProto``.
+    tests compare with torch. ``progress`` shows a bar over the blocks (the real model's 24 take some 35 s
+    on two cores). Returns an ``onnx.ModelProto``.
     """
     from tqdm.auto import tqdm
 
@@ -166,9 +183,16 @@ def build_graph(text_model, *, bits: int | None = 4, block_size: int = BLOCK_SIZ
     config = text_model.config
     heads, dim = config.attention_heads, config.embed_dim
     head_dim = dim // heads
-    nodes, initializers = [], []
-    graph_inputs = [helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, ["batch", "positions", dim])]
-    graph_outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", config.vocab_size])]
+    model = _model()
+    model.graph.name = "kosmos2_text_decoder"
+    hidden = helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, ["batch", "positions", dim])
+    model.graph.input.append(hidden)
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", config.vocab_size])]
+
+    def add(part) -> None:  # the part's nodes and weights, copied once into the whole model
+        model.graph.node.extend(part.graph.node)
+        model.graph.initializer.extend(part.graph.initializer)
+
     x = "hidden_states"
     decoder = text_model.model
     for index, block in enumerate(tqdm(decoder.layers, desc="int4-onnx graph", unit="block", disable=not progress)):
@@ -180,24 +204,19 @@ def build_graph(text_model, *, bits: int | None = 4, block_size: int = BLOCK_SIZ
         y = _block(part, x, block, index)
         part_in = [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", "positions", dim]), *past]
         part_out = [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["batch", "positions", dim]), *present]
-        more_nodes, more_initializers = _quantized(part, part_in, part_out, bits, block_size, hqq)
-        nodes += more_nodes
-        initializers += more_initializers
-        graph_inputs += past
-        graph_outputs += present
+        add(_quantized(part, part_in, part_out, bits, block_size, hqq))
+        model.graph.input.extend(past)
+        outputs += present
         x = y
     head = _Graph("")
     last = head.node("Gather", [x, head.constant("last_position", torch.tensor(-1))], "last_position_hidden",
                      axis=1)
     logits = head.linear(head.layer_norm(last, "layer_norm", decoder.layer_norm), "lm_head", text_model.lm_head)
-    head.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
-    more_nodes, more_initializers = _quantized(
-        head, [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", "positions", dim])], graph_outputs[:1],
-        head_bits, block_size, hqq)
-    nodes += more_nodes
-    initializers += more_initializers
-    graph = helper.make_graph(nodes, "kosmos2_text_decoder", graph_inputs, graph_outputs, initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSETS])
+    head.node("Identity", [logits], "logits", outputs=["logits"])
+    add(_quantized(head, [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", "positions", dim])],
+                   outputs[:1], head_bits, block_size, hqq))
+    model.graph.output.extend(outputs)
+    return model
 
 
 class OnnxRuntimeKosmos2(torch.nn.Module):
