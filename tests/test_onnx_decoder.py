@@ -60,6 +60,7 @@ def test_load_builds_a_4bit_graph_with_an_8bit_lm_head(tiny_model_dir, capsys) -
     assert quant.DESCRIPTIONS["int4-onnx"] in capsys.readouterr().out
     assert model.load_info.dtype == "bfloat16" and next(model.parameters()).dtype == torch.bfloat16
     assert len(model.model.text_model.model.layers) == 0  # the decoder's torch weights are freed
+    assert "4-bit weights in blocks of 128 (HQQ scales), lm_head 8-bit" in repr(model)
     proto = build_graph(load(tiny_model_dir, quantization="none", device="cpu", verbose=False)[0].text_model, hqq=True)
     products = {n.name: {a.name: a.i for a in n.attribute} for n in proto.graph.node if n.op_type == "MatMulNBits"}
     assert not [n for n in proto.graph.node if n.op_type == "MatMul"]

@@ -258,6 +258,9 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
         self._layers = text_config.layers
         self._kv_shape = (text_config.attention_heads, text_config.embed_dim // text_config.attention_heads)
 
+    def extra_repr(self) -> str:
+        return self.description
+
     def forward(self, *args, **kwargs):
         raise NotImplementedError("quantization='int4-onnx' only generates (model.generate or ground()); load "
                                   "another quantization (e.g. 'int4' or 'none') for logits or attentions")
@@ -276,7 +279,7 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
 
     def _settings(self, generation_config, kwargs: dict[str, Any]):
         accepted = {"max_new_tokens", "min_new_tokens", "pad_token_id", "eos_token_id", "no_repeat_ngram_size",
-                    "do_sample", "num_beams", "use_cache", "max_length"}
+                    "do_sample", "num_beams", "use_cache"}
         unknown = sorted(set(kwargs) - accepted)
         if unknown:
             raise TypeError(f"quantization='int4-onnx' generates with {', '.join(sorted(accepted))}; got "
