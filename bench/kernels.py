@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import logging
 import statistics
 import sys
 import time
@@ -63,7 +62,7 @@ def random_weights(shapes: Sequence[tuple[int, int]], layers: int, seed: int = 0
 def _linears(weights: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.nn.Sequential:
     layers = []
     for w in weights:
-        layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        layer = torch.nn.utils.skip_init(torch.nn.Linear, w.shape[1], w.shape[0], bias=False)  # weights set below
         layer.weight.data = w.to(dtype)
         layers.append(layer)
     return torch.nn.Sequential(*layers).eval()
@@ -89,42 +88,26 @@ def torch_kernel(name: str, weights: Sequence[torch.Tensor]) -> tuple[Callable, 
 
 def onnxruntime_kernel(block: int, weights: Sequence[torch.Tensor], threads: int):
     """``(run, input dtype, weight bytes, notes)`` of ONNX Runtime's MatMulNBits over all ``weights`` in one
-    graph; an ImportError says what to install."""
-    try:
-        import onnx
-        import onnxruntime as ort
-        from onnx import TensorProto, helper, numpy_helper
-        from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                     MatMulNBitsQuantizer)
-    except ImportError as err:
-        raise ImportError(f"the onnxruntime kernels need onnxruntime, onnx and onnx_ir ({err}): "
-                          f"pip install -e '.[quant]'") from err
-    nodes, initializers, previous = [], [], "x"
-    for index, w in enumerate(weights):
-        initializers.append(numpy_helper.from_array(w.T.contiguous().numpy(), f"w{index}"))
-        nodes.append(helper.make_node("MatMul", [previous, f"w{index}"], [f"h{index}"]))
-        previous = f"h{index}"
-    graph = helper.make_graph(
-        nodes, "products", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", weights[0].shape[1]])],
-        [helper.make_tensor_value_info(previous, TensorProto.FLOAT, ["rows", weights[-1].shape[0]])], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=False, accuracy_level=4)
-    logging.getLogger("onnxruntime").setLevel(logging.WARNING)  # the quantizer logs every layer
-    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-    quantizer.process()
-    quantized = quantizer.model.model
-    onnx.checker.check_model(quantized)
-    if not any(node.op_type == "MatMulNBits" for node in quantized.graph.node):
-        raise RuntimeError("ONNX Runtime's quantizer left no MatMulNBits in the graph")
-    size = sum(numpy_helper.to_array(t).nbytes for t in quantized.graph.initializer)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(quantized.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    graph, built and quantized as the ``int4-onnx`` path builds its decoder (min-max scales); without ONNX
+    Runtime the error says what to install."""
+    from helpers.grounding.onnx_decoder import GraphPart, quantize_part, session, weight_bytes
+
+    part, previous = GraphPart(""), "x"  # (a QuantizationError saying what to install, without ONNX Runtime)
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    for index, layer in enumerate(_linears(weights, torch.float32)):
+        previous = part.linear(previous, f"w{index}", layer)
+    rows = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["rows", size])
+            for name, size in (("x", weights[0].shape[1]), (previous, weights[-1].shape[0]))]
+    quantized = quantize_part(part, rows[:1], rows[1:], bits=4, block_size=block, hqq=False)
+    ort_session = session(quantized, threads)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+        return torch.from_numpy(ort_session.run(None, {"x": x.numpy()})[0])
 
-    return run, torch.float32, size, {"block_size": block, "accuracy_level": 4, "onnxruntime": ort.__version__}
+    return run, torch.float32, weight_bytes(quantized), {"block_size": block, "accuracy_level": 4,
+                                                         "onnxruntime": ort.__version__}
 
 
 def build(name: str, weights: Sequence[torch.Tensor], threads: int):

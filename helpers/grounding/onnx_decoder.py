@@ -65,15 +65,16 @@ def _import():
 def _model():
     """An empty ONNX model with this module's opsets. Parts are written into one in place: the protobuf
     library copies a message at every ``make_graph``/``make_model``, gigabytes for the real model's weights."""
-    import onnx
+    onnx, _, _ = _import()
 
     model = onnx.ModelProto(ir_version=onnx.IR_VERSION)
     model.opset_import.extend([onnx.helper.make_opsetid(domain, version) for domain, version in OPSETS])
     return model
 
 
-class _Graph:
-    """One part of the decoder, its nodes and float initializers named with a prefix, written into an ONNX model."""
+class GraphPart:
+    """A graph of products being built (a part of the decoder here; ``bench/kernels.py`` uses one too), its
+    nodes and float initializers named with a prefix, written into an ONNX model."""
 
     def __init__(self, prefix: str):
         self.prefix, self.model = prefix, _model()
@@ -114,7 +115,7 @@ class _Graph:
                          axis=-1)
 
 
-def _block(graph: _Graph, x: str, block, index: int) -> str:
+def _block(graph: GraphPart, x: str, block, index: int) -> str:
     attention = block.self_attn
     h = graph.layer_norm(x, "self_attn_layer_norm", block.self_attn_layer_norm)
     q, k, v = (graph.linear(h, name, getattr(attention, name)) for name in ("q_proj", "k_proj", "v_proj"))
@@ -129,8 +130,9 @@ def _block(graph: _Graph, x: str, block, index: int) -> str:
     return graph.node("Add", [x, graph.linear(h, "fc2", ffn.fc2)], "residual_ffn")
 
 
-def _quantized(graph: _Graph, inputs: list, outputs: list, bits: int | None, block_size: int, hqq: bool):
-    """The part as an ONNX model, its MatMuls turned into MatMulNBits of ``bits`` (None: kept float)."""
+def quantize_part(graph: GraphPart, inputs: list, outputs: list, bits: int | None, block_size: int, hqq: bool):
+    """The part as an ONNX model with these inputs and outputs, its MatMuls turned into MatMulNBits of ``bits``
+    (None: kept float) by ONNX Runtime's quantizer."""
     _, _, quantizer_module = _import()
     from onnx import helper
 
@@ -200,23 +202,40 @@ def build_graph(text_model, *, bits: int | None = 4, block_size: int = BLOCK_SIZ
                                               ["batch", heads, "past", head_dim]) for kind in ("key", "value")]
         present = [helper.make_tensor_value_info(f"present_{kind}.{index}", TensorProto.FLOAT,
                                                  ["batch", heads, "total", head_dim]) for kind in ("key", "value")]
-        part = _Graph(f"layers.{index}.")
+        part = GraphPart(f"layers.{index}.")
         y = _block(part, x, block, index)
         part_in = [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", "positions", dim]), *past]
         part_out = [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["batch", "positions", dim]), *present]
-        add(_quantized(part, part_in, part_out, bits, block_size, hqq))
+        add(quantize_part(part, part_in, part_out, bits, block_size, hqq))
         model.graph.input.extend(past)
         outputs += present
         x = y
-    head = _Graph("")
+    head = GraphPart("")
     last = head.node("Gather", [x, head.constant("last_position", torch.tensor(-1))], "last_position_hidden",
                      axis=1)
     logits = head.linear(head.layer_norm(last, "layer_norm", decoder.layer_norm), "lm_head", text_model.lm_head)
     head.node("Identity", [logits], "logits", outputs=["logits"])
-    add(_quantized(head, [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", "positions", dim])],
+    add(quantize_part(head, [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", "positions", dim])],
                    outputs[:1], head_bits, block_size, hqq))
     model.graph.output.extend(outputs)
     return model
+
+
+def weight_bytes(proto) -> int:
+    """Bytes of an ONNX model's initializers: the weights, scales and zero points a pass reads."""
+    from onnx import numpy_helper
+
+    return sum(len(t.raw_data) or numpy_helper.to_array(t).nbytes for t in proto.graph.initializer)
+
+
+def session(proto, threads: int):
+    """A CPU ONNX Runtime session of ``proto`` (checked first) with ``threads`` threads, logging errors only."""
+    onnx, ort, _ = _import()
+    onnx.checker.check_model(proto)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeKosmos2(torch.nn.Module):
@@ -229,20 +248,15 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
     def __init__(self, model, *, bits: int | None = 4, block_size: int = BLOCK_SIZE,
                  head_bits: int | None = LM_HEAD_BITS, hqq: bool | None = None, threads: int | None = None):
         super().__init__()
-        onnx, ort, _ = _import()
+        _, ort, _ = _import()
         if hqq is None:
             hqq = sum(p.numel() for p in model.parameters()) <= HQQ_MAX_PARAMETERS
         from helpers.grounding.progress import interactive
 
         proto = build_graph(model.text_model, bits=bits, block_size=block_size, head_bits=head_bits, hqq=hqq,
                             progress=interactive())
-        onnx.checker.check_model(proto)
-        self.weight_bytes = sum(len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes
-                                for t in proto.graph.initializer)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads or torch.get_num_threads(), 1
-        options.log_severity_level = 3  # errors only
-        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.weight_bytes = weight_bytes(proto)
+        self.session = session(proto, threads or torch.get_num_threads())
         del proto
         text = model.text_model.model
         text.layers = torch.nn.ModuleList()  # now in the graph
