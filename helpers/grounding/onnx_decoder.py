@@ -331,7 +331,7 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
     @torch.inference_mode()
     def first_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                      pixel_values: torch.Tensor | None = None, image_embeds_position_mask: torch.Tensor | None = None,
-                     image_embeds: torch.Tensor | None = None, **_ignored) -> torch.Tensor:
+                     image_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """The logits of the first new token, ``(batch, vocabulary)``: the image and the prompt (the prefill)."""
         return self._prompt(input_ids, attention_mask, pixel_values, image_embeds_position_mask, image_embeds)[0]
 
