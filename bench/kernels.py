@@ -2,6 +2,8 @@
 
     python bench/kernels.py --out bench/results/cpu      # the real decoder's shapes (a few minutes)
     python bench/kernels.py --tiny                      # small shapes, seconds (figures mean nothing)
+    python bench/kernels.py --layers 24 --rows 1 --threads 1,2 --kernels float32,torchao-int4,onnxruntime-int4-b128 \
+        --out bench/results/cpu/threads                 # a whole decode step's products on 1 core, then 2
 
 A layer of Kosmos-2's text decoder multiplies its input by six weight matrices: q, k, v and out (2 048 × 2 048),
 fc1 (2 048 × 8 192) and fc2 (8 192 × 2 048). This script builds ``--layers`` layers of them with random weights
@@ -22,7 +24,9 @@ prompt. Each kernel gets the same weights:
   product in one graph; needs ``pip install -e '.[quant]'``.
 
 Each row gives ms per pass (median of ``--repeats``), the MB of weights, scales included, that a pass reads,
-and the rate (GB/s). With ``--out`` the table goes to ``OUT/kernels.json`` and ``OUT/kernels.md``.
+and the rate (GB/s). ``--threads`` takes one thread count or several (``1,2``): each kernel is then timed at
+each, which tells whether a kernel is held back by its cores (its rate grows with them) or by memory (it does
+not). With ``--out`` the table goes to ``OUT/kernels.json`` and ``OUT/kernels.md``.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ def onnxruntime_kernel(block: int, weights: Sequence[torch.Tensor], threads: int
 
 
 def build(name: str, weights: Sequence[torch.Tensor], threads: int):
+    """``(run, input dtype, weight bytes, notes)`` of kernel ``name`` running on ``threads`` threads."""
     if name.startswith("onnxruntime-int4"):
         return onnxruntime_kernel(128 if name.endswith("b128") else 32, weights, threads)
     if name in KERNELS:
@@ -134,9 +139,8 @@ def time_pass(run: Callable, x: torch.Tensor, repeats: int, warmup: int) -> tupl
 
 
 def measure(kernels: Sequence[str], *, hidden: int, ffn: int, layers: int, rows: Sequence[int], repeats: int,
-            threads: int, log=print) -> list[dict[str, Any]]:
-    """One result per (kernel, rows); a kernel that cannot be built or run is recorded with its error."""
-    torch.set_num_threads(threads)
+            threads: Sequence[int], log=print) -> list[dict[str, Any]]:
+    """One result per (kernel, threads, rows); a kernel that cannot be built or run is recorded with its error."""
     weights = random_weights(layer_shapes(hidden, ffn), layers)
     inputs = {r: torch.randn(r, hidden, generator=torch.Generator().manual_seed(r)) for r in rows}
     reference = {}
@@ -147,51 +151,59 @@ def measure(kernels: Sequence[str], *, hidden: int, ffn: int, layers: int, rows:
             reference[r] = x
     results = []
     for name in kernels:
-        built = None
-        for r, x in inputs.items():
-            if built is None or name == "torchao-int4-inductor":  # compiled afresh for each shape (docstring)
-                torch._dynamo.reset()
-                try:
-                    built = build(name, weights, threads)
-                except Exception as err:  # recorded: the other kernels and shapes still run
-                    log(f"{name}, {r} rows: not measured — {type(err).__name__}: {err}")
-                    results.append({"kernel": name, "rows": r, "status": "error",
-                                    "reason": f"{type(err).__name__}: {err}"})
-                    built = None
-                    continue
-            run, dtype, size, notes = built
-            seconds, warm, out = time_pass(run, x.to(dtype), repeats, warmup=3 if notes.get("compiled") else 1)
-            ref = reference[r]
-            error = float(torch.linalg.vector_norm(out.float() - ref) / torch.linalg.vector_norm(ref))
-            results.append({"kernel": name, "rows": r, "status": "ok", "ms": seconds * 1000,
-                            "weights_mb": size / 1e6, "gb_per_s": size / seconds / 1e9,
-                            "relative_error": error, "warmup_s": warm, **notes})
-            log(f"{name}, {r} rows: {seconds * 1000:.2f} ms, {size / 1e6:.1f} MB, {size / seconds / 1e9:.1f} GB/s, "
-                f"error {error:.4f} (warm-up {warm:.1f} s)")
+        for count in threads:
+            torch.set_num_threads(count)
+            built = None
+            for r, x in inputs.items():
+                where = f"{name}, {count} thread{'s' * (count > 1)}, {r} rows"
+                if built is None or name == "torchao-int4-inductor":  # compiled afresh for each shape (docstring)
+                    torch._dynamo.reset()
+                    try:
+                        built = build(name, weights, count)
+                    except Exception as err:  # recorded: the other kernels and shapes still run
+                        log(f"{where}: not measured — {type(err).__name__}: {err}")
+                        results.append({"kernel": name, "threads": count, "rows": r, "status": "error",
+                                        "reason": f"{type(err).__name__}: {err}"})
+                        built = None
+                        continue
+                run, dtype, size, notes = built
+                seconds, warm, out = time_pass(run, x.to(dtype), repeats, warmup=3 if notes.get("compiled") else 1)
+                ref = reference[r]
+                error = float(torch.linalg.vector_norm(out.float() - ref) / torch.linalg.vector_norm(ref))
+                results.append({"kernel": name, "threads": count, "rows": r, "status": "ok", "ms": seconds * 1000,
+                                "weights_mb": size / 1e6, "gb_per_s": size / seconds / 1e9,
+                                "relative_error": error, "warmup_s": warm, **notes})
+                log(f"{where}: {seconds * 1000:.2f} ms, {size / 1e6:.1f} MB, {size / seconds / 1e9:.1f} GB/s, "
+                    f"error {error:.4f} (warm-up {warm:.1f} s)")
     return results
 
 
 def to_markdown(report: dict[str, Any]) -> str:
+    threads = ", ".join(str(t) for t in report["threads"])
     lines = [f"Weight products of {report['layers']} decoder layers (hidden {report['hidden']}, ffn {report['ffn']}), "
-             f"{report['threads']} threads, {report['cpu']}, {report['date']}; command: `{report['command']}`", "",
-             "| kernel | rows | ms per pass | MB of weights | GB/s | error vs float32 |", "|---|---:|---:|---:|---:|---:|"]
+             f"threads: {threads}, {report['cpu']}, {report['date']}; command: `{report['command']}`", "",
+             "| kernel | threads | rows | ms per pass | MB of weights | GB/s | error vs float32 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
         if r["status"] == "ok":
-            lines.append(f"| {r['kernel']} | {r['rows']} | {r['ms']:.2f} | {r['weights_mb']:.1f} | "
+            lines.append(f"| {r['kernel']} | {r['threads']} | {r['rows']} | {r['ms']:.2f} | {r['weights_mb']:.1f} | "
                          f"{r['gb_per_s']:.1f} | {r['relative_error']:.4f} |")
         else:
-            lines.append(f"| {r['kernel']} | {r['rows']} | – | – | – | {r['reason']} |")
+            lines.append(f"| {r['kernel']} | {r['threads']} | {r['rows']} | – | – | – | {r['reason']} |")
     return "\n".join(lines) + "\n"
 
 
-def _rows(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"--rows takes positive whole numbers separated by commas, got {text!r}")
-    return values
+def _counts(option: str):
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or any(v < 1 for v in values):
+            raise argparse.ArgumentTypeError(f"{option} takes positive whole numbers separated by commas, "
+                                             f"got {text!r}")
+        return values
+    return parse
 
 
 def _kernels(text: str) -> list[str]:
@@ -206,15 +218,16 @@ def _kernels(text: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kernels", type=_kernels, default=list(KERNELS), help=f"from {','.join(KERNELS)}")
-    parser.add_argument("--rows", type=_rows, default=[1, 71], help="rows per product: 1 decodes, 71 prefills")
+    parser.add_argument("--rows", type=_counts("--rows"), default=[1, 71], help="rows per product: 1 decodes, 71 prefills")
     parser.add_argument("--layers", type=int, default=6, help="decoder layers of weights (6: 302 M weights)")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=_counts("--threads"), default=[2],
+                        help="threads per kernel; several (1,2) time each kernel at each")
     parser.add_argument("--tiny", action="store_true", help="hidden 128, ffn 512: seconds, for tests")
     parser.add_argument("--out", type=Path, default=None, help="write kernels.json and kernels.md here")
     args = parser.parse_args(argv)
-    if args.layers < 1 or args.repeats < 1 or args.threads < 1:
-        parser.error("--layers, --repeats and --threads must be at least 1")
+    if args.layers < 1 or args.repeats < 1:
+        parser.error("--layers and --repeats must be at least 1")
     hidden, ffn = TINY if args.tiny else FULL
     results = measure(args.kernels, hidden=hidden, ffn=ffn, layers=args.layers, rows=args.rows,
                       repeats=args.repeats, threads=args.threads)

@@ -24,23 +24,23 @@ def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 def report(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("kernels")
     # --tiny: hidden 128, ffn 512, so that ONNX Runtime's blocks of 128 divide every layer's inputs
-    run = _run("--tiny", "--layers", "2", "--rows", "1,5", "--repeats", "2", "--out", str(out))
+    run = _run("--tiny", "--layers", "2", "--rows", "1,5", "--threads", "1,2", "--repeats", "2", "--out", str(out))
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads((out / "kernels.json").read_text(encoding="utf-8"))
     data["markdown"] = (out / "kernels.md").read_text(encoding="utf-8")
     return data
 
 
-def test_every_kernel_runs_at_every_row_count(report):
-    assert [(r["kernel"], r["rows"], r["status"]) for r in report["results"]] == [
-        (k, rows, "ok") for k in KERNELS for rows in (1, 5)]
-    assert report["threads"] == 2 and report["layers"] == 2 and "--tiny" in report["command"]
+def test_every_kernel_runs_at_every_thread_and_row_count(report):
+    assert [(r["kernel"], r["threads"], r["rows"], r["status"]) for r in report["results"]] == [
+        (k, threads, rows, "ok") for k in KERNELS for threads in (1, 2) for rows in (1, 5)]
+    assert report["threads"] == [1, 2] and report["layers"] == 2 and "--tiny" in report["command"]
     assert all(r["ms"] > 0 and r["gb_per_s"] == pytest.approx(r["weights_mb"] / r["ms"]) for r in report["results"])
 
 
 def test_kernels_compute_the_same_products(report):
     """Each kernel's output against float32's chain of products: float32 is it, bfloat16 close, 4-bit further."""
-    error = {(r["kernel"], r["rows"]): r["relative_error"] for r in report["results"]}
+    error = {(r["kernel"], r["rows"]): r["relative_error"] for r in report["results"] if r["threads"] == 2}
     for rows in (1, 5):
         assert error[("float32", rows)] < 1e-5
         assert error[("bfloat16", rows)] < 0.03
@@ -50,12 +50,21 @@ def test_kernels_compute_the_same_products(report):
         assert error[("torchao-int4-inductor", rows)] == pytest.approx(error[("torchao-int4", rows)], rel=0.1)
 
 
+def test_threads_change_the_time_not_the_products(report):
+    for kernel in KERNELS:
+        one, two = ([r for r in report["results"] if (r["kernel"], r["threads"], r["rows"]) == (kernel, t, 5)][0]
+                    for t in (1, 2))
+        assert one["weights_mb"] == two["weights_mb"]
+        assert one["relative_error"] == pytest.approx(two["relative_error"], abs=1e-3), kernel
+
+
 def test_weights_shrink_with_their_bits(report):
     size = {r["kernel"]: r["weights_mb"] for r in report["results"] if r["rows"] == 1}
     assert size["float32"] == pytest.approx(2 * size["bfloat16"])
     assert size["torchao-int4"] < size["bfloat16"] / 2.5  # 4 bits plus a scale and a zero per 32 weights
     assert size["onnxruntime-int4-b128"] < size["onnxruntime-int4"] < size["bfloat16"] / 2.5
-    assert report["markdown"].count("\n| ") == 2 * len(KERNELS) + 1  # the header and one line per result
+    assert report["markdown"].count("\n| ") == 4 * len(KERNELS) + 1  # the header and one line per result
+    assert "threads: 1, 2" in report["markdown"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -63,6 +72,8 @@ def test_weights_shrink_with_their_bits(report):
     (["--rows", "a,b"], "--rows takes positive whole numbers"),
     (["--kernels", "float32,int3"], "unknown kernel(s) int3; the kernels are float32"),
     (["--layers", "0"], "must be at least 1"),
+    (["--threads", "0"], "--threads takes positive whole numbers"),
+    (["--threads", "two"], "--threads takes positive whole numbers"),
 ])
 def test_bad_options_are_refused_with_a_message(args, message):
     run = _run("--tiny", *args, timeout=120)
