@@ -282,7 +282,7 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
     model.set_attn_implementation(spec.attention)
     model.generation_config.eos_token_id = None  # every caption runs to the forced length
     if spec.quantization in quant.ONNXRUNTIME:  # as load() does: the float model's decoder becomes the graph
-        return OnnxRuntimeKosmos2(model)
+        return OnnxRuntimeKosmos2(model, cache=False)  # a benchmark leaves no graph on disk
     if compiles(spec, device) and not spec.fixed_shape_decoder:
         for block in model.text_model.model.layers:
             block.compile(dynamic=True)

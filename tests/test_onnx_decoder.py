@@ -16,6 +16,7 @@ import torch
 import helpers.grounding.quantization as quant
 from helpers.course.paths import bundled_model_dir
 from helpers.grounding.model import AUTHORS_DECODING, ground, load
+from helpers.grounding import onnx_decoder
 from helpers.grounding.onnx_decoder import LM_HEAD_BITS, OnnxRuntimeKosmos2, build_graph
 from helpers.grounding.prompts import CAPTION_PROMPT
 from helpers.world.scenes import sample_scenes
@@ -127,3 +128,84 @@ def test_without_onnxruntime_the_error_says_what_to_install(monkeypatch, tiny_mo
     with pytest.raises(quant.QuantizationError, match=r"needs onnxruntime, onnx and onnx-ir .*\[quant\]"):
         OnnxRuntimeKosmos2(model)
     assert len(model.text_model.model.layers) == 1  # nothing was taken from the model
+
+
+def _caption_inputs(processor):
+    return processor(text=CAPTION_PROMPT, images=sample_scenes(1, seed=5)[0].image, return_tensors="pt")
+
+
+def test_a_built_graph_is_kept_and_read_back_by_the_next_load(tiny_model_dir, tmp_path, monkeypatch,
+                                                                 capsys) -> None:
+    folder = tmp_path / "graphs"
+    monkeypatch.setenv(onnx_decoder.CACHE_ENV_VAR, str(folder))
+    first, processor = load(tiny_model_dir, quantization="int4-onnx", device="cpu")
+    banner = capsys.readouterr().out
+    assert not first.from_cache and first.build_seconds > 0 and first.graph_file.parent == folder
+    assert f"was built in {first.build_seconds:.1f} s and kept in {first.graph_file}" in banner
+    assert sorted(p.suffix for p in folder.iterdir()) == [".json", ".onnx"]  # no temporary file left
+    onnx.checker.check_model(str(first.graph_file))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the kept graph should have been read, not built again")
+
+    monkeypatch.setattr(onnx_decoder, "build_graph", no_build)
+    second, _ = load(tiny_model_dir, quantization="int4-onnx", device="cpu")
+    assert second.from_cache and second.build_seconds == 0 and second.graph_file == first.graph_file
+    assert second.weight_bytes == first.weight_bytes
+    assert f"was read from {first.graph_file}" in capsys.readouterr().out
+    inputs = _caption_inputs(processor)
+    assert torch.equal(second.generate(**inputs, max_new_tokens=8), first.generate(**inputs, max_new_tokens=8))
+
+
+def test_changed_weights_or_settings_get_their_own_graph(tiny_model_dir, tmp_path) -> None:
+    def fresh():
+        return load(tiny_model_dir, quantization="none", device="cpu", verbose=False)[0]
+
+    base = OnnxRuntimeKosmos2(fresh(), cache=tmp_path)
+    changed = fresh()
+    with torch.no_grad():
+        changed.text_model.model.layers[0].ffn.fc1.weight[0, 0] += 0.5  # one weight of the decoder
+    changed = OnnxRuntimeKosmos2(changed, cache=tmp_path)
+    smaller_blocks = OnnxRuntimeKosmos2(fresh(), cache=tmp_path, block_size=32)
+    again = OnnxRuntimeKosmos2(fresh(), cache=tmp_path)
+    assert [g.from_cache for g in (base, changed, smaller_blocks, again)] == [False, False, False, True]
+    assert len({base.graph_file, changed.graph_file, smaller_blocks.graph_file}) == 3
+    assert again.graph_file == base.graph_file
+    float_graph = OnnxRuntimeKosmos2(fresh(), cache=tmp_path, bits=None, head_bits=None)
+    assert float_graph.graph_file is None and len(list(tmp_path.glob("*.onnx"))) == 3  # only 4-bit graphs kept
+
+
+def test_an_unreadable_kept_graph_is_built_again(tiny_model_dir, tmp_path) -> None:
+    model, processor = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    kept = OnnxRuntimeKosmos2(model, cache=tmp_path).graph_file
+    kept.write_bytes(kept.read_bytes()[:1000])  # a graph cut short
+    model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    with pytest.warns(UserWarning, match="could not be read .*building it again"):
+        rebuilt = OnnxRuntimeKosmos2(model, cache=tmp_path)
+    assert not rebuilt.from_cache and rebuilt.graph_file == kept
+    onnx.checker.check_model(str(kept))  # written over, whole
+    assert rebuilt.generate(**_caption_inputs(processor), max_new_tokens=4).shape[0] == 1
+
+
+def test_a_cache_folder_that_cannot_be_written_is_reported_and_the_model_still_loads(tiny_model_dir,
+                                                                                      tmp_path) -> None:
+    model, processor = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.warns(UserWarning, match="could not keep the int4-onnx graph .*KOSMOS2_ONNX_CACHE"):
+        graph = OnnxRuntimeKosmos2(model, cache=blocker / "graphs")
+    assert graph.graph_file is None and not graph.from_cache
+    assert graph.generate(**_caption_inputs(processor), max_new_tokens=4).shape[0] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_where_graphs_are_kept(monkeypatch, tmp_path) -> None:
+    from helpers.course.paths import data_dir
+
+    monkeypatch.delenv(onnx_decoder.CACHE_ENV_VAR, raising=False)
+    assert onnx_decoder.cache_dir() == data_dir() / "cache" / "int4-onnx"
+    monkeypatch.setenv(onnx_decoder.CACHE_ENV_VAR, str(tmp_path))
+    assert onnx_decoder.cache_dir() == tmp_path
+    for off in ("off", "0", "OFF", "no"):
+        monkeypatch.setenv(onnx_decoder.CACHE_ENV_VAR, off)
+        assert onnx_decoder.cache_dir() is None

@@ -52,6 +52,7 @@ class LoadInfo:
     parameters: int
     quantization_reason: str = ""  # why load() chose the quantization by itself ("" when asked for or none)
     adapter: str | None = None
+    graph: str = ""  # int4-onnx: where its text decoder graph came from ("" for other quantizations)
 
     def banner(self) -> str:
         from helpers.grounding.quantization import DESCRIPTIONS
@@ -63,6 +64,8 @@ class LoadInfo:
         line = f"Loaded {name}{adapter} ({size} parameters) on {self.device}, {self.dtype}{quant} — {self.reason}."
         if self.quantization_reason:
             line += f" {self.quantization_reason}."
+        if self.graph:
+            line += f" {self.graph}."
         if self.bundled:
             line += (" It only knows its synthetic world (coloured shapes, a snowman, a fire, Kumo);"
                      f" load {REAL_MODEL} for real photos.")
@@ -335,10 +338,15 @@ def load(
         from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
 
         net = OnnxRuntimeKosmos2(net)
+    graph = ""
+    if chosen.quantization in quant.ONNXRUNTIME:
+        graph = (f"Its text decoder graph was read from {net.graph_file}" if net.from_cache else
+                 f"Its text decoder graph was built in {net.build_seconds:.1f} s"
+                 + (f" and kept in {net.graph_file} for the next load" if net.graph_file else ""))
     info = LoadInfo(
         source=source, bundled=bundled, device=str(device), dtype=str(chosen.dtype).replace("torch.", ""),
         quantization=chosen.quantization, reason=reason, parameters=parameters,
-        quantization_reason=chosen.reason, adapter=str(adapter) if adapter is not None else None,
+        quantization_reason=chosen.reason, adapter=str(adapter) if adapter is not None else None, graph=graph,
     )
     net.load_info = info
     if verbose:

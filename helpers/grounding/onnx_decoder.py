@@ -23,18 +23,32 @@ token embeddings stay in torch (they run once per image, or are a lookup).
 (``max_new_tokens``, ``min_new_tokens``, the end-of-sequence and padding tokens, ``no_repeat_ngram_size``);
 rows of a batch must have the same length without padding, as :func:`helpers.grounding.model.ground` batches
 them. It has no ``forward``: for logits, load another quantization.
+
+Building the real model's graph takes some 45 s, so a built 4-bit graph is kept on disk
+(:func:`cache_dir`: ``cache/int4-onnx/`` in the course's data folder, or the folder in ``$KOSMOS2_ONNX_CACHE``;
+``KOSMOS2_ONNX_CACHE=off`` keeps nothing). A graph is named by a digest of what it is made from: the decoder's
+weights and configuration, the quantization settings, this module's source and the ONNX Runtime version, so a
+changed weight (a merged adapter, another checkpoint) builds a new one. A file that cannot be read is built
+again; a folder that cannot be written to is reported, and the model still loads.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
+import os
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from helpers.course.paths import data_dir
 from helpers.grounding.quantization import INSTALL, QuantizationError
 
 #: Weights per 4-bit block, each block with its own scale and zero point. In a probe of the full-size decoder
@@ -48,6 +62,42 @@ LM_HEAD_BITS = 8
 #: zero point), larger ones the quantizer's default min-max scales, which take seconds instead of minutes.
 HQQ_MAX_PARAMETERS = 100_000_000
 OPSETS = (("", 17), ("com.microsoft", 1))
+#: Environment variable: the folder that keeps built graphs, or ``off`` (also ``0``, ``no``, ``false``) for none.
+CACHE_ENV_VAR = "KOSMOS2_ONNX_CACHE"
+
+
+def cache_dir() -> Path | None:
+    """The folder where built 4-bit graphs are kept: ``$KOSMOS2_ONNX_CACHE`` when set (``off`` gives None: no
+    cache), else ``cache/int4-onnx`` in the course's data folder (:func:`helpers.course.paths.data_dir`)."""
+    value = os.environ.get(CACHE_ENV_VAR, "").strip()
+    if value.lower() in ("off", "0", "no", "false"):
+        return None
+    return Path(value).expanduser() if value else data_dir() / "cache" / "int4-onnx"
+
+
+def graph_key(text_model, **settings) -> str:
+    """A digest of everything a graph is built from: the decoder's weights (its layers, final layer norm and
+    ``lm_head``), its configuration, ``settings``, this module's source and the onnx and ONNX Runtime versions."""
+    onnx, ort, _ = _import()
+    decoder = text_model.model
+    tensors = [(f"{prefix}.{name}", tensor) for prefix, module in
+               (("layers", decoder.layers), ("layer_norm", decoder.layer_norm), ("lm_head", text_model.lm_head))
+               for name, tensor in module.state_dict().items()]
+
+    def digest(item) -> bytes:  # hashlib releases the GIL on large buffers: the layers are hashed on every core
+        name, tensor = item
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        part = hashlib.sha256(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        part.update(data)
+        return part.digest()
+
+    described = {"settings": settings, "config": text_model.config.to_dict(), "onnx": onnx.__version__,
+                 "onnxruntime": ort.__version__, "source": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
+    whole = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        for part in pool.map(digest, tensors):
+            whole.update(part)
+    return whole.hexdigest()[:32]
 
 
 def _import():
@@ -230,34 +280,96 @@ def weight_bytes(proto) -> int:
 
 def session(proto, threads: int):
     """A CPU ONNX Runtime session of ``proto`` (checked first) with ``threads`` threads, logging errors only."""
-    onnx, ort, _ = _import()
+    onnx, _, _ = _import()
     onnx.checker.check_model(proto)
+    return _open(proto.SerializeToString(), threads)
+
+
+def _open(model: bytes | str, threads: int):
+    """A CPU ONNX Runtime session of a serialized model or a model file."""
+    _, ort, _ = _import()
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _read_cached(folder: Path, key: str, threads: int):
+    """``(session, facts)`` of the graph kept under ``key``, or None when there is none or it cannot be read
+    (then it is built again, with a warning for a file that is there but unreadable)."""
+    graph, facts = folder / f"{key}.onnx", folder / f"{key}.json"
+    if not (graph.is_file() and facts.is_file()):
+        return None
+    try:
+        return _open(str(graph), threads), json.loads(facts.read_text(encoding="utf-8"))
+    except Exception as err:  # a truncated or foreign file: built again and written over
+        warnings.warn(f"the int4-onnx graph kept in {graph} could not be read ({type(err).__name__}: {err}); "
+                      "building it again", stacklevel=3)
+        return None
+
+
+def _keep(folder: Path, key: str, data: bytes, facts: dict) -> Path | None:
+    """Write the graph and its facts under ``key`` (each to a temporary file first, so that a graph is there
+    whole or not at all); the path, or None with a warning when the folder cannot be written to."""
+    written = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix, content in ((".onnx", data), (".json", json.dumps(facts, indent=1).encode())):
+            temporary = folder / f"{key}{suffix}.{os.getpid()}.part"
+            written.append(temporary)
+            temporary.write_bytes(content)
+            os.replace(temporary, folder / f"{key}{suffix}")
+    except OSError as err:
+        for temporary in written:
+            temporary.unlink(missing_ok=True)
+        warnings.warn(f"could not keep the int4-onnx graph in {folder} ({err}); the next load builds it again "
+                      f"(set {CACHE_ENV_VAR} to a folder that can be written to, or to 'off')", stacklevel=3)
+        return None
+    return folder / f"{key}.onnx"
 
 
 class OnnxRuntimeKosmos2(torch.nn.Module):
     """A ``Kosmos2ForConditionalGeneration`` whose text decoder runs in ONNX Runtime (see the module docstring).
 
     The torch model keeps its vision tower, projection and embeddings; its decoder layers are freed once the
-    graph holds them. ``weight_bytes`` is the size of the graph's weights.
+    graph holds them. ``weight_bytes`` is the size of the graph's weights. A 4-bit graph is read from, or kept
+    in, ``cache``: a folder, True for :func:`cache_dir`, False for none; ``graph_file`` is where it is kept (None
+    when it is not), ``from_cache`` whether it was read from there, ``build_seconds`` how long building took
+    (0 when read).
     """
 
     def __init__(self, model, *, bits: int | None = 4, block_size: int = BLOCK_SIZE,
-                 head_bits: int | None = LM_HEAD_BITS, hqq: bool | None = None, threads: int | None = None):
+                 head_bits: int | None = LM_HEAD_BITS, hqq: bool | None = None, threads: int | None = None,
+                 cache: bool | str | os.PathLike = True):
         super().__init__()
-        _, ort, _ = _import()
+        onnx, ort, _ = _import()
         if hqq is None:
             hqq = sum(p.numel() for p in model.parameters()) <= HQQ_MAX_PARAMETERS
         from helpers.grounding.progress import interactive
 
-        proto = build_graph(model.text_model, bits=bits, block_size=block_size, head_bits=head_bits, hqq=hqq,
-                            progress=interactive())
-        self.weight_bytes = weight_bytes(proto)
-        self.session = session(proto, threads or torch.get_num_threads())
-        del proto
+        threads = threads or torch.get_num_threads()
+        folder = cache_dir() if cache is True else (Path(cache).expanduser() if cache else None)
+        settings = {"bits": bits, "block_size": block_size, "head_bits": head_bits, "hqq": hqq}
+        key = graph_key(model.text_model, **settings) if folder is not None and bits is not None else None
+        cached = _read_cached(folder, key, threads) if key else None
+        self.from_cache, self.graph_file, self.build_seconds = cached is not None, None, 0.0
+        if cached is not None:
+            self.session, facts = cached
+            self.weight_bytes, self.graph_file = int(facts["weight_bytes"]), folder / f"{key}.onnx"
+        else:
+            start = time.perf_counter()
+            proto = build_graph(model.text_model, bits=bits, block_size=block_size, head_bits=head_bits, hqq=hqq,
+                                progress=interactive())
+            self.weight_bytes = weight_bytes(proto)
+            onnx.checker.check_model(proto)
+            data = proto.SerializeToString()
+            del proto
+            self.session = _open(data, threads)
+            self.build_seconds = time.perf_counter() - start
+            if key:
+                self.graph_file = _keep(folder, key, data, {"weight_bytes": self.weight_bytes, **settings,
+                                                            "onnxruntime": ort.__version__})
+            del data
         text = model.text_model.model
         text.layers = torch.nn.ModuleList()  # now in the graph
         self.model = model

@@ -28,7 +28,7 @@ batch 1 in ``bench/benchmark.py --cpu-table`` (two cores, Intel Xeon, 2026-11-30
 ``bench/results/cpu``) among those that give a whole model: int4 0.118 s per token, against the article's
 4-bit 0.169 s, NF4 0.176 s, bfloat16 0.202 s, int8 0.239 s and float32 0.262 s (SDPA attention). ``"int4-onnx"``
 was faster still, 0.078 s, but has no forward pass (no logits, no fine-tuning) and takes some 45 s to build at
-load, so it is asked for, not chosen. On the bundled model both keep every evaluation figure within 0.5 points
+its first load (later loads read the built graph from disk), so it is asked for, not chosen. On the bundled model both keep every evaluation figure within 0.5 points
 of float32 (``bench/bundled_accuracy.py``). Smaller models (the bundled one) stay in float32, which measured
 faster for them. Everything else keeps float weights.
 """
