@@ -185,6 +185,10 @@ def test_an_unreadable_kept_graph_is_built_again(tiny_model_dir, tmp_path) -> No
     assert not rebuilt.from_cache and rebuilt.graph_file == kept
     onnx.checker.check_model(str(kept))  # written over, whole
     assert rebuilt.generate(**_caption_inputs(processor), max_new_tokens=4).shape[0] == 1
+    kept.with_suffix(".json").write_text("{}")  # facts without the graph's size
+    model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    with pytest.warns(UserWarning, match="could not be read .*KeyError"):
+        assert not OnnxRuntimeKosmos2(model, cache=tmp_path).from_cache
 
 
 def test_a_cache_folder_that_cannot_be_written_is_reported_and_the_model_still_loads(tiny_model_dir,

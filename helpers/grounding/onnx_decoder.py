@@ -295,13 +295,14 @@ def _open(model: bytes | str, threads: int):
 
 
 def _read_cached(folder: Path, key: str, threads: int):
-    """``(session, facts)`` of the graph kept under ``key``, or None when there is none or it cannot be read
-    (then it is built again, with a warning for a file that is there but unreadable)."""
+    """``(session, weight bytes)`` of the graph kept under ``key``, or None when there is none or it cannot be
+    read (then it is built again, with a warning for a file that is there but unreadable)."""
     graph, facts = folder / f"{key}.onnx", folder / f"{key}.json"
     if not (graph.is_file() and facts.is_file()):
         return None
     try:
-        return _open(str(graph), threads), json.loads(facts.read_text(encoding="utf-8"))
+        weights = int(json.loads(facts.read_text(encoding="utf-8"))["weight_bytes"])
+        return _open(str(graph), threads), weights
     except Exception as err:  # a truncated or foreign file: built again and written over
         warnings.warn(f"the int4-onnx graph kept in {graph} could not be read ({type(err).__name__}: {err}); "
                       "building it again", stacklevel=3)
@@ -354,8 +355,8 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
         cached = _read_cached(folder, key, threads) if key else None
         self.from_cache, self.graph_file, self.build_seconds = cached is not None, None, 0.0
         if cached is not None:
-            self.session, facts = cached
-            self.weight_bytes, self.graph_file = int(facts["weight_bytes"]), folder / f"{key}.onnx"
+            self.session, self.weight_bytes = cached
+            self.graph_file = folder / f"{key}.onnx"
         else:
             start = time.perf_counter()
             proto = build_graph(model.text_model, bits=bits, block_size=block_size, head_bits=head_bits, hqq=hqq,
