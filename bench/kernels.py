@@ -25,8 +25,8 @@ prompt. Each kernel gets the same weights:
 
 Each row gives ms per pass (median of ``--repeats``), the MB of weights, scales included, that a pass reads,
 and the rate (GB/s). ``--threads`` takes one thread count or several (``1,2``): each kernel is then timed at
-each, which tells whether a kernel is held back by its cores (its rate grows with them) or by memory (it does
-not). With ``--out`` the table goes to ``OUT/kernels.json`` and ``OUT/kernels.md``.
+each, which tells whether a kernel is held back by what each core does (its rate grows with the cores) or by a
+memory limit the cores share (it does not). With ``--out`` the table goes to ``OUT/kernels.json`` and ``OUT/kernels.md``.
 """
 
 from __future__ import annotations
