@@ -2,8 +2,9 @@
 
     python bench/kernels.py --out bench/results/cpu      # the real decoder's shapes (a few minutes)
     python bench/kernels.py --tiny                      # small shapes, seconds (figures mean nothing)
-    python bench/kernels.py --layers 24 --rows 1 --threads 1,2 --kernels float32,torchao-int4,onnxruntime-int4-b128 \
-        --out bench/results/cpu/threads                 # a whole decode step's products on 1 core, then 2
+    # a whole decode step's products on 1 core, then on 2:
+    python bench/kernels.py --layers 24 --rows 1 --threads 1,2 \
+        --kernels float32,torchao-int4,onnxruntime-int4-b128 --out bench/results/cpu/threads
 
 A layer of Kosmos-2's text decoder multiplies its input by six weight matrices: q, k, v and out (2 048 × 2 048),
 fc1 (2 048 × 8 192) and fc2 (8 192 × 2 048). This script builds ``--layers`` layers of them with random weights
@@ -26,13 +27,15 @@ prompt. Each kernel gets the same weights:
 Each row gives ms per pass (median of ``--repeats``), the MB of weights, scales included, that a pass reads,
 and the rate (GB/s). ``--threads`` takes one thread count or several (``1,2``): each kernel is then timed at
 each, which tells whether a kernel is held back by what each core does (its rate grows with the cores) or by a
-memory limit the cores share (it does not). With ``--out`` the table goes to ``OUT/kernels.json`` and ``OUT/kernels.md``.
+memory limit the cores share (it does not). With ``--out`` the table goes to ``OUT/kernels.json`` and
+``OUT/kernels.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import itertools
 import json
 import statistics
 import sys
@@ -150,31 +153,30 @@ def measure(kernels: Sequence[str], *, hidden: int, ffn: int, layers: int, rows:
                 x = x @ w.T
             reference[r] = x
     results = []
-    for name in kernels:
-        for count in threads:
-            torch.set_num_threads(count)
-            built = None
-            for r, x in inputs.items():
-                where = f"{name}, {count} thread{'s' * (count > 1)}, {r} rows"
-                if built is None or name == "torchao-int4-inductor":  # compiled afresh for each shape (docstring)
-                    torch._dynamo.reset()
-                    try:
-                        built = build(name, weights, count)
-                    except Exception as err:  # recorded: the other kernels and shapes still run
-                        log(f"{where}: not measured — {type(err).__name__}: {err}")
-                        results.append({"kernel": name, "threads": count, "rows": r, "status": "error",
-                                        "reason": f"{type(err).__name__}: {err}"})
-                        built = None
-                        continue
-                run, dtype, size, notes = built
-                seconds, warm, out = time_pass(run, x.to(dtype), repeats, warmup=3 if notes.get("compiled") else 1)
-                ref = reference[r]
-                error = float(torch.linalg.vector_norm(out.float() - ref) / torch.linalg.vector_norm(ref))
-                results.append({"kernel": name, "threads": count, "rows": r, "status": "ok", "ms": seconds * 1000,
-                                "weights_mb": size / 1e6, "gb_per_s": size / seconds / 1e9,
-                                "relative_error": error, "warmup_s": warm, **notes})
-                log(f"{where}: {seconds * 1000:.2f} ms, {size / 1e6:.1f} MB, {size / seconds / 1e9:.1f} GB/s, "
-                    f"error {error:.4f} (warm-up {warm:.1f} s)")
+    for name, count in itertools.product(kernels, threads):  # each kernel at each thread count, built afresh
+        torch.set_num_threads(count)
+        built = None
+        for r, x in inputs.items():
+            where = f"{name}, {count} thread{'s' * (count > 1)}, {r} rows"
+            if built is None or name == "torchao-int4-inductor":  # compiled afresh for each shape (docstring)
+                torch._dynamo.reset()
+                try:
+                    built = build(name, weights, count)
+                except Exception as err:  # recorded: the other kernels and shapes still run
+                    log(f"{where}: not measured — {type(err).__name__}: {err}")
+                    results.append({"kernel": name, "threads": count, "rows": r, "status": "error",
+                                    "reason": f"{type(err).__name__}: {err}"})
+                    built = None
+                    continue
+            run, dtype, size, notes = built
+            seconds, warm, out = time_pass(run, x.to(dtype), repeats, warmup=3 if notes.get("compiled") else 1)
+            ref = reference[r]
+            error = float(torch.linalg.vector_norm(out.float() - ref) / torch.linalg.vector_norm(ref))
+            results.append({"kernel": name, "threads": count, "rows": r, "status": "ok", "ms": seconds * 1000,
+                            "weights_mb": size / 1e6, "gb_per_s": size / seconds / 1e9,
+                            "relative_error": error, "warmup_s": warm, **notes})
+            log(f"{where}: {seconds * 1000:.2f} ms, {size / 1e6:.1f} MB, {size / seconds / 1e9:.1f} GB/s, "
+                f"error {error:.4f} (warm-up {warm:.1f} s)")
     return results
 
 
@@ -218,7 +220,8 @@ def _kernels(text: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kernels", type=_kernels, default=list(KERNELS), help=f"from {','.join(KERNELS)}")
-    parser.add_argument("--rows", type=_counts("--rows"), default=[1, 71], help="rows per product: 1 decodes, 71 prefills")
+    parser.add_argument("--rows", type=_counts("--rows"), default=[1, 71],
+                        help="rows per product: 1 decodes, 71 prefills")
     parser.add_argument("--layers", type=int, default=6, help="decoder layers of weights (6: 302 M weights)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=_counts("--threads"), default=[2],

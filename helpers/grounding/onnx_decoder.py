@@ -278,11 +278,16 @@ def weight_bytes(proto) -> int:
     return sum(len(t.raw_data) or numpy_helper.to_array(t).nbytes for t in proto.graph.initializer)
 
 
-def session(proto, threads: int):
-    """A CPU ONNX Runtime session of ``proto`` (checked first) with ``threads`` threads, logging errors only."""
+def _serialized(proto) -> bytes:
+    """``proto`` checked by onnx's checker, then serialized (what a session and a kept graph are made from)."""
     onnx, _, _ = _import()
     onnx.checker.check_model(proto)
-    return _open(proto.SerializeToString(), threads)
+    return proto.SerializeToString()
+
+
+def session(proto, threads: int):
+    """A CPU ONNX Runtime session of ``proto`` (checked first) with ``threads`` threads, logging errors only."""
+    return _open(_serialized(proto), threads)
 
 
 def _open(model: bytes | str, threads: int):
@@ -294,10 +299,15 @@ def _open(model: bytes | str, threads: int):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+def _kept_files(folder: Path, key: str) -> tuple[Path, Path]:
+    """The graph kept under ``key`` and the file of its facts (its weights' size, its settings)."""
+    return folder / f"{key}.onnx", folder / f"{key}.json"
+
+
 def _read_cached(folder: Path, key: str, threads: int):
     """``(session, weight bytes)`` of the graph kept under ``key``, or None when there is none or it cannot be
     read (then it is built again, with a warning for a file that is there but unreadable)."""
-    graph, facts = folder / f"{key}.onnx", folder / f"{key}.json"
+    graph, facts = _kept_files(folder, key)
     if not (graph.is_file() and facts.is_file()):
         return None
     try:
@@ -312,21 +322,22 @@ def _read_cached(folder: Path, key: str, threads: int):
 def _keep(folder: Path, key: str, data: bytes, facts: dict) -> Path | None:
     """Write the graph and its facts under ``key`` (each to a temporary file first, so that a graph is there
     whole or not at all); the path, or None with a warning when the folder cannot be written to."""
+    graph, facts_file = _kept_files(folder, key)
     written = []
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        for suffix, content in ((".onnx", data), (".json", json.dumps(facts, indent=1).encode())):
-            temporary = folder / f"{key}{suffix}.{os.getpid()}.part"
+        for path, content in ((graph, data), (facts_file, json.dumps(facts, indent=1).encode())):
+            temporary = path.with_name(f"{path.name}.{os.getpid()}.part")
             written.append(temporary)
             temporary.write_bytes(content)
-            os.replace(temporary, folder / f"{key}{suffix}")
+            os.replace(temporary, path)
     except OSError as err:
         for temporary in written:
             temporary.unlink(missing_ok=True)
         warnings.warn(f"could not keep the int4-onnx graph in {folder} ({err}); the next load builds it again "
                       f"(set {CACHE_ENV_VAR} to a folder that can be written to, or to 'off')", stacklevel=3)
         return None
-    return folder / f"{key}.onnx"
+    return graph
 
 
 class OnnxRuntimeKosmos2(torch.nn.Module):
@@ -343,7 +354,7 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
                  head_bits: int | None = LM_HEAD_BITS, hqq: bool | None = None, threads: int | None = None,
                  cache: bool | str | os.PathLike = True):
         super().__init__()
-        onnx, ort, _ = _import()
+        _, ort, _ = _import()
         if hqq is None:
             hqq = sum(p.numel() for p in model.parameters()) <= HQQ_MAX_PARAMETERS
         from helpers.grounding.progress import interactive
@@ -356,14 +367,13 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
         self.from_cache, self.graph_file, self.build_seconds = cached is not None, None, 0.0
         if cached is not None:
             self.session, self.weight_bytes = cached
-            self.graph_file = folder / f"{key}.onnx"
+            self.graph_file = _kept_files(folder, key)[0]
         else:
             start = time.perf_counter()
             proto = build_graph(model.text_model, bits=bits, block_size=block_size, head_bits=head_bits, hqq=hqq,
                                 progress=interactive())
             self.weight_bytes = weight_bytes(proto)
-            onnx.checker.check_model(proto)
-            data = proto.SerializeToString()
+            data = _serialized(proto)
             del proto
             self.session = _open(data, threads)
             self.build_seconds = time.perf_counter() - start
