@@ -18,7 +18,7 @@ def _two_runs() -> dict:
     """The shipped record with one more run on top, as a resumed run records it."""
     extra = {"config": {**recorded_runs(SHIPPED)[-1]["config"], "lr": 2e-4, "batch_size": 32, "group_weight": 1.0,
                         "group_on_objects": True, "count_weight": 1.0, "pair_share": 0.35, "bf16": True,
-                        "vision_steps": 400, "minutes": 12.0,
+                        "vision_steps": 400, "minutes": 12.0, "fp4_share": 0.5,
                         "task_weights": {"caption": 0.3, "detail": 0.05, "comprehension": 0.3, "qa": 0.15,
                                          "generation": 0.2}},
              "seconds": 800.0,
@@ -59,4 +59,6 @@ def test_the_card_gives_each_run_its_steps_per_second_and_extra_losses(tmp_path)
     assert "then 1400 joint steps, 2.00 joint steps per second" in text
     assert "group 1.0, count word 1.0, tasks drawn caption 0.3, detail 0.05" in text
     assert "(group heads on object patches only)" in text
+    assert "with its weights rounded as the article's 4-bit path rounds them (bitsandbytes FP4) in 0.5 of" in text
+    assert "--fp4-share 0.5" in run_commands(_two_runs(), "data/kosmos2-tiny-world")[-1]
     assert run_commands(_two_runs(), "data/kosmos2-tiny-world")[-1] in text

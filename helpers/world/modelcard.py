@@ -192,6 +192,8 @@ def _card_text(model, result: dict, training: dict) -> str:
             + "".join(f", {e}" for e in extra)
             + (" (group heads on object patches only)" if tc.get("group_on_objects") else "")
             + mix + ("; forward passes in bfloat16" if tc.get("bf16") else "")
+            + (f"; each linear but lm_head computed with its weights rounded as the article's 4-bit path rounds "
+               f"them (bitsandbytes FP4) in {tc['fp4_share']} of the passes" if tc.get("fp4_share") else "")
             + f"; {stage.get('seconds', 0) / 60:.1f} min. Last logged losses: text {last.get('text_loss', '?')}, "
             f"dense {last.get('dense_loss', '?')}, look {last.get('look_loss', '?')}.",
             "",

@@ -36,6 +36,7 @@ import random
 import re
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -391,6 +392,39 @@ def image_features(model, pixel_values: torch.Tensor):
 # ------------------------------------------------------------------------------------------ training
 
 
+def fp4_linears(model) -> list[nn.Parameter]:
+    """The weights that the article's ``load_in_4bit=True`` turns into FP4: every ``nn.Linear`` but ``lm_head``."""
+    return [m.weight for name, m in model.named_modules() if isinstance(m, nn.Linear) and not name.endswith("lm_head")]
+
+
+@contextmanager
+def fp4_rounded(weights: list[nn.Parameter], share: float, generator: torch.Generator):
+    """Inside, each of ``weights`` holds, with probability ``share``, its value rounded as bitsandbytes' FP4 does it
+    (absmax scales per 64 weights: the article's path); on exit the float values come back. A backward pass run
+    inside computes the gradient at the rounded weights and the optimizer applies it to the float ones (the
+    straight-through estimate): the weights learn to keep their answers through the article's rounding while
+    the passes that draw the float value keep float32 as good (quantization-aware training)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"fp4_share must be between 0 and 1, got {share}")
+    kept = []
+    try:
+        if share:
+            try:
+                import bitsandbytes.functional as bnb
+            except ImportError as err:
+                raise ImportError("training with --fp4-share rounds weights with bitsandbytes: "
+                                  "pip install -e '.[quant]'") from err
+            for weight in weights:
+                if torch.rand((), generator=generator).item() < share:
+                    packed, state = bnb.quantize_4bit(weight.data.float().contiguous(), blocksize=64, quant_type="fp4")
+                    kept.append((weight, weight.data.clone()))
+                    weight.data.copy_(bnb.dequantize_4bit(packed, state).reshape(weight.shape))
+        yield
+    finally:
+        for weight, value in kept:
+            weight.data.copy_(value)
+
+
 @dataclass
 class TrainConfig:
     seed: int = 0
@@ -418,6 +452,7 @@ class TrainConfig:
     bf16: bool = False  # forward passes in bfloat16 (torch.autocast); weights, optimizer and losses stay float32
     count_weight: float = 0.0  # extra loss on the first word of each grounded phrase (how many; 0 = off)
     task_weights: dict | None = None  # how often each task is drawn (None: TASK_WEIGHTS)
+    fp4_share: float = 0.0  # each linear but lm_head computes with FP4-rounded weights in this share of passes
 
 
 def draw_batch(rng: random.Random, processor, n: int, grid: int, pair_share: float = 0.0,
@@ -621,6 +656,8 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     """
     if cfg.workers < 0 or cfg.log_every < 1:
         raise ValueError(f"workers must be 0 or more and log_every 1 or more, got {cfg.workers} and {cfg.log_every}")
+    if not 0.0 <= cfg.fp4_share <= 1.0:
+        raise ValueError(f"fp4_share must be between 0 and 1, got {cfg.fp4_share}")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     processor = processor or build_processor(cfg.image_size)
@@ -710,6 +747,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     stream = batches(partial(joint_batch, processor=processor, cfg=cfg, grid=grid), rng, cfg, 2)
     stage2_start = last_save = time.time()
     done = 0  # joint steps taken
+    rounded, rounding = fp4_linears(model), torch.Generator().manual_seed(cfg.seed)
 
     def point(step: int, losses: dict) -> dict:
         """One point of the history: the step's losses (those that are on) and the joint stage's time so far."""
@@ -732,21 +770,23 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
         for g in opt.param_groups:
             g["lr"] = lr
         b = next(stream)
-        with autocast():
-            patches, embeds = image_features(model, b["pixel_values"])
-            out = model(
-                input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                image_embeds_position_mask=b["image_embeds_position_mask"], image_embeds=embeds, labels=b["labels"],
-            )
-            dense = what_where_loss(b, patches, embeds)
-            off = torch.zeros((), device=cfg.device)  # the value logged for a loss that is switched off
-            group = group_loss(b, patches, embeds) if cfg.group_weight else off
-            look = tap.loss(b["look"])
-        counting = count_word_loss(out.logits, b["labels"], b["count_words"]) if cfg.count_weight else off
-        loss = (out.loss + cfg.aux_weight * dense + cfg.look_weight * look + cfg.group_weight * group
-                + cfg.count_weight * counting)
-        opt.zero_grad()
-        loss.backward()
+        with fp4_rounded(rounded, cfg.fp4_share, rounding):  # the weights it rounds are back for the step
+            with autocast():
+                patches, embeds = image_features(model, b["pixel_values"])
+                out = model(
+                    input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                    image_embeds_position_mask=b["image_embeds_position_mask"], image_embeds=embeds,
+                    labels=b["labels"],
+                )
+                dense = what_where_loss(b, patches, embeds)
+                off = torch.zeros((), device=cfg.device)  # the value logged for a loss that is switched off
+                group = group_loss(b, patches, embeds) if cfg.group_weight else off
+                look = tap.loss(b["look"])
+            counting = count_word_loss(out.logits, b["labels"], b["count_words"]) if cfg.count_weight else off
+            loss = (out.loss + cfg.aux_weight * dense + cfg.look_weight * look + cfg.group_weight * group
+                    + cfg.count_weight * counting)
+            opt.zero_grad()
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         done, losses = step + 1, {"text": out.loss, "dense": dense, "look": look, "group": group, "count": counting}
@@ -826,6 +866,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bf16", action="store_true",
                         help="forward passes in bfloat16 (about twice as fast on CPUs with AMX or AVX-512 BF16, "
                              "and on GPUs); weights, optimizer state and losses stay float32")
+    parser.add_argument("--fp4-share", type=float, default=0.0,
+                        help="share of the joint passes in which each linear but lm_head computes with its weight "
+                             "rounded as the article's 4-bit path does (bitsandbytes FP4), the gradient passed "
+                             "straight through: quantization-aware training (0 = off)")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                         help="skip the held-out evaluation and model card")
     return parser
@@ -843,7 +887,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                       group_weight=args.group_weight, group_on_objects=args.group_on_objects,
                       pair_share=args.pair_share, three_share=args.three_share,
                       device=args.device, workers=args.workers, log_every=args.log_every, bf16=args.bf16,
-                      count_weight=args.count_weight, task_weights=args.task_weights)
+                      count_weight=args.count_weight, task_weights=args.task_weights,
+                      fp4_share=args.fp4_share)
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             parser.error(f"--device {args.device}: this torch sees no GPU (torch {torch.__version__})")
