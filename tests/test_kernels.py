@@ -31,26 +31,25 @@ def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           cwd=repo_root())
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("kernels")
+def _report(out, *args: str) -> dict:
+    """The script's report (``kernels.json``, with ``kernels.md`` as "markdown") of a tiny run with ``args``."""
     # --tiny: hidden 128, ffn 512, so that ONNX Runtime's blocks of 128 divide every layer's inputs
-    run = _run("--tiny", "--layers", "2", "--rows", "1,5", "--repeats", "2", "--out", str(out))
+    run = _run("--tiny", "--layers", "2", "--rows", "1,5", "--repeats", "2", *args, "--out", str(out))
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads((out / "kernels.json").read_text(encoding="utf-8"))
     data["markdown"] = (out / "kernels.md").read_text(encoding="utf-8")
     return data
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    return _report(tmp_path_factory.mktemp("kernels"))
 
 
 @pytest.fixture(scope="module")
 def threads_report(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("kernels-threads")
-    run = _run("--tiny", "--layers", "2", "--rows", "1,5", "--threads", "1,2", "--repeats", "2",
-               "--kernels", "float32,torchao-int4,onnxruntime-int4-b128", "--out", str(out))
-    assert run.returncode == 0, run.stderr[-3000:]
-    data = json.loads((out / "kernels.json").read_text(encoding="utf-8"))
-    data["markdown"] = (out / "kernels.md").read_text(encoding="utf-8")
-    return data
+    return _report(tmp_path_factory.mktemp("kernels-threads"), "--threads", "1,2",
+                   "--kernels", "float32,torchao-int4,onnxruntime-int4-b128")
 
 
 def test_every_kernel_runs_at_every_row_count(report):

@@ -567,3 +567,12 @@ def test_train_refuses_an_fp4_share_outside_0_and_1(processor, share) -> None:
     with pytest.raises(ValueError, match="fp4_share must be between 0 and 1"):
         train(TrainConfig(fp4_share=share, vision_steps=1, steps=1, batch_size=1), processor=processor,
               log=lambda _: None)
+
+
+def test_train_with_fp4_share_says_what_to_install_without_bitsandbytes(processor, monkeypatch) -> None:
+    import helpers.grounding.quantization as quant
+
+    monkeypatch.setattr(quant, "_version", lambda name: None)  # as if bitsandbytes were not installed
+    with pytest.raises(quant.QuantizationError, match="needs bitsandbytes >= .* which is not installed"):
+        train(TrainConfig(fp4_share=0.5, vision_steps=1, steps=1, batch_size=1), processor=processor,
+              log=lambda _: None)

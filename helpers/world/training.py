@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers.grounding.quantization import check_available
 from helpers.world.scenes import KINDS, Scene, sample_scene
 from helpers.world.language import Example, build_config, build_processor, scene_examples
 
@@ -404,16 +405,11 @@ def fp4_rounded(weights: list[nn.Parameter], share: float, generator: torch.Gene
     inside computes the gradient at the rounded weights and the optimizer applies it to the float ones (the
     straight-through estimate): the weights learn to keep their answers through the article's rounding while
     the passes that draw the float value keep float32 as good (quantization-aware training)."""
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"fp4_share must be between 0 and 1, got {share}")
     kept = []
     try:
         if share:
-            try:
-                import bitsandbytes.functional as bnb
-            except ImportError as err:
-                raise ImportError("training with --fp4-share rounds weights with bitsandbytes: "
-                                  "pip install -e '.[quant]'") from err
+            import bitsandbytes.functional as bnb  # (train() checks first that it is there and recent enough)
+
             for weight in weights:
                 if torch.rand((), generator=generator).item() < share:
                     packed, state = bnb.quantize_4bit(weight.data.float().contiguous(), blocksize=64, quant_type="fp4")
@@ -658,6 +654,8 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
         raise ValueError(f"workers must be 0 or more and log_every 1 or more, got {cfg.workers} and {cfg.log_every}")
     if not 0.0 <= cfg.fp4_share <= 1.0:
         raise ValueError(f"fp4_share must be between 0 and 1, got {cfg.fp4_share}")
+    if cfg.fp4_share:
+        check_available("4bit", cfg.device)  # the rounding is bitsandbytes' FP4, as the article's path loads it
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     processor = processor or build_processor(cfg.image_size)
