@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from helpers.course.paths import bundled_model_dir
-from helpers.world.modelcard import _NOT_RECIPE, joint_steps, run_commands
+from helpers.world.modelcard import _NOT_RECIPE, joint_steps, rounding_4bit, run_commands
 from helpers.world.training import build_parser, recorded_runs
 
 SHIPPED = json.loads((bundled_model_dir() / "training.json").read_text())
@@ -62,3 +62,19 @@ def test_the_card_gives_each_run_its_steps_per_second_and_extra_losses(tmp_path)
     assert "with its weights rounded as the article's 4-bit path rounds them (bitsandbytes FP4) in 0.5 of" in text
     assert "--fp4-share 0.5" in run_commands(_two_runs(), "data/kosmos2-tiny-world")[-1]
     assert run_commands(_two_runs(), "data/kosmos2-tiny-world")[-1] in text
+
+
+@pytest.mark.parametrize("shares, words", [
+    ({}, ""),
+    ({"fp4_share": 0.5}, "rounds them (bitsandbytes FP4) in 0.5 of the passes"),
+    ({"nf4_share": 0.4}, "as bitsandbytes' 4-bit types round them: NF4 in 0.4 of the passes"),
+    ({"fp4_share": 0.3, "nf4_share": 0.3}, "round them: FP4 in 0.3 of the passes, NF4 in 0.3 of the passes"),
+])
+def test_the_run_line_names_each_4bit_rounding_and_its_share(shares, words) -> None:
+    text = rounding_4bit({"fp4_share": 0.0, "nf4_share": 0.0, **shares})
+    assert (words in text) if words else text == ""
+    record = _two_runs()
+    last = {**record["stages"][-1], "config": {**record["config"], "fp4_share": 0.0, **shares}}
+    command = run_commands({**last, "stages": record["stages"][:-1] + [last]}, "x")[-1]
+    for flag, key in (("--fp4-share", "fp4_share"), ("--nf4-share", "nf4_share")):
+        assert (f"{flag} {shares.get(key)}" in command) == (key in shares)

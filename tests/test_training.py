@@ -360,10 +360,10 @@ def test_the_command_line_writes_model_checkpoint_and_training_record(tmp_path) 
 
     out, ckpt = tmp_path / "model", tmp_path / "ckpt"
     main(["--out", str(out), "--vision-steps", "1", "--steps", "2", "--batch-size", "1", "--no-evaluate",
-          "--checkpoint", str(ckpt), "--checkpoint-minutes", "0", "--fp4-share", "0.5"])
+          "--checkpoint", str(ckpt), "--checkpoint-minutes", "0", "--fp4-share", "0.5", "--nf4-share", "0.25"])
     record = json.loads((out / "training.json").read_text())
     assert record["config"]["checkpoint"] == str(ckpt) and record["config"]["steps"] == 2
-    assert record["config"]["fp4_share"] == 0.5
+    assert record["config"]["fp4_share"] == 0.5 and record["config"]["nf4_share"] == 0.25
     assert [h["stage"] for h in record["history"]] == ["vision", "joint", "joint"]
     assert record["seconds"] > 0 and "threads" in record["hardware"]
     assert record["location_features"] == LOCATION_FEATURES
@@ -492,7 +492,7 @@ def test_the_command_line_refuses_a_bad_task_mix_with_its_reason(capsys) -> None
     assert "TASK one of caption" in capsys.readouterr().err
 
 
-# --------------------------------------------------------------------------------------------- FP4-aware training
+# ----------------------------------------------------------------------------------------- 4-bit-aware training
 
 
 def test_fp4_linears_are_the_weights_load_in_4bit_converts(processor) -> None:
@@ -505,74 +505,85 @@ def test_fp4_linears_are_the_weights_load_in_4bit_converts(processor) -> None:
     assert all(w is not model.text_model.lm_head.weight for w in weights)
 
 
-def test_fp4_rounded_rounds_as_bitsandbytes_inside_and_restores_the_float_weights(processor) -> None:
+@pytest.mark.parametrize("quant_type", ["fp4", "nf4"])
+def test_rounded_4bit_rounds_as_bitsandbytes_inside_and_restores_the_float_weights(processor, quant_type) -> None:
     import bitsandbytes.functional as bnb
 
-    from helpers.world.training import fp4_linears, fp4_rounded
+    from helpers.world.training import fp4_linears, rounded_4bit
 
     model = tiny_model(processor)
     weights = fp4_linears(model)
     before = [w.detach().clone() for w in weights]
-    with fp4_rounded(weights, 1.0, torch.Generator().manual_seed(0)):
+    with rounded_4bit(weights, {quant_type: 1.0}, torch.Generator().manual_seed(0)):
         for w, value in zip(weights, before):
-            packed, state = bnb.quantize_4bit(value.contiguous(), blocksize=64, quant_type="fp4")
+            packed, state = bnb.quantize_4bit(value.contiguous(), blocksize=64, quant_type=quant_type)
             assert torch.equal(w, bnb.dequantize_4bit(packed, state).reshape(value.shape))
         assert not all(torch.equal(w, value) for w, value in zip(weights, before))
     assert all(torch.equal(w, value) for w, value in zip(weights, before))
-    with fp4_rounded(weights, 0.0, torch.Generator().manual_seed(0)):  # share 0: nothing is touched
+    with rounded_4bit(weights, {"fp4": 0.0, "nf4": 0.0}, torch.Generator().manual_seed(0)):  # nothing is touched
         assert all(torch.equal(w, value) for w, value in zip(weights, before))
 
 
-def test_fp4_rounded_rounds_about_its_share_and_gives_the_gradient_of_the_rounded_weights() -> None:
-    from helpers.world.training import fp4_rounded
+def test_rounded_4bit_rounds_about_each_share_and_gives_the_gradient_of_the_rounded_weights() -> None:
+    import bitsandbytes.functional as bnb
+
+    from helpers.world.training import rounded_4bit
 
     layers = [torch.nn.Linear(64, 64) for _ in range(400)]
     weights = [layer.weight for layer in layers]
     before = [w.detach().clone() for w in weights]
     x = torch.randn(3, 64)
-    with fp4_rounded(weights, 0.25, torch.Generator().manual_seed(1)):
-        rounded = [not torch.equal(w, value) for w, value in zip(weights, before)]
+
+    def as_type(value, quant_type):
+        packed, state = bnb.quantize_4bit(value.contiguous(), blocksize=64, quant_type=quant_type)
+        return bnb.dequantize_4bit(packed, state).reshape(value.shape)
+
+    with rounded_4bit(weights, {"fp4": 0.25, "nf4": 0.25}, torch.Generator().manual_seed(1)):
         seen = [w.detach().clone() for w in weights]
+        kinds = [next((t for t in ("fp4", "nf4") if torch.equal(w, as_type(value, t))), "float" if torch.equal(w, value)
+                      else "other") for w, value in zip(seen, before)]
         sum((layer(x) ** 2).sum() for layer in layers).backward()
-    assert 60 < sum(rounded) < 140  # a quarter of 400
+    assert "other" not in kinds
+    assert all(60 < kinds.count(kind) < 140 for kind in ("fp4", "nf4"))  # a quarter of 400 each
     for layer, value, at in zip(layers, before, seen):  # the float weight is back, its gradient taken where it was
         assert torch.equal(layer.weight, value)
         expected = 2 * (x @ at.T + layer.bias).detach().T @ x
         torch.testing.assert_close(layer.weight.grad, expected)
 
 
-def test_fp4_rounded_puts_the_weights_back_when_the_pass_fails(processor) -> None:
-    from helpers.world.training import fp4_linears, fp4_rounded
+def test_rounded_4bit_puts_the_weights_back_when_the_pass_fails(processor) -> None:
+    from helpers.world.training import fp4_linears, rounded_4bit
 
     model = tiny_model(processor)
     weights = fp4_linears(model)
     before = [w.detach().clone() for w in weights]
     with pytest.raises(RuntimeError, match="inside"):
-        with fp4_rounded(weights, 1.0, torch.Generator().manual_seed(0)):
+        with rounded_4bit(weights, {"fp4": 0.5, "nf4": 0.5}, torch.Generator().manual_seed(0)):
             raise RuntimeError("a failure inside the pass")
     assert all(torch.equal(w, value) for w, value in zip(weights, before))
 
 
-def test_a_run_with_fp4_share_trains_and_keeps_float_weights(processor) -> None:
+def test_a_run_with_4bit_shares_trains_and_keeps_float_weights(processor) -> None:
     model = tiny_model(processor)
-    cfg = TrainConfig(vision_steps=0, steps=2, batch_size=2, warmup=1, fp4_share=1.0)
+    cfg = TrainConfig(vision_steps=0, steps=2, batch_size=2, warmup=1, fp4_share=0.5, nf4_share=0.5)
     trained, _, history = train(cfg, processor=processor, model=model, log=lambda _: None)
     assert all(math.isfinite(v) for h in history for k, v in h.items() if k.endswith("_loss"))
-    # float weights, not FP4's 16 levels per block
+    # float weights, not the 16 levels per block of FP4 or NF4
     assert trained.text_model.model.layers[0].ffn.fc1.weight.unique().numel() > 64
 
 
-@pytest.mark.parametrize("share", [-0.1, 1.5])
-def test_train_refuses_an_fp4_share_outside_0_and_1(processor, share) -> None:
-    with pytest.raises(ValueError, match="fp4_share must be between 0 and 1"):
-        train(TrainConfig(fp4_share=share, vision_steps=1, steps=1, batch_size=1), processor=processor,
+@pytest.mark.parametrize("fp4, nf4", [(-0.1, 0.0), (1.5, 0.0), (0.0, -0.2), (0.6, 0.5)])
+def test_train_refuses_4bit_shares_below_0_or_adding_up_past_1(processor, fp4, nf4) -> None:
+    with pytest.raises(ValueError, match="must be 0 or more and add up to at most 1, got"):
+        train(TrainConfig(fp4_share=fp4, nf4_share=nf4, vision_steps=1, steps=1, batch_size=1), processor=processor,
               log=lambda _: None)
 
 
-def test_train_with_fp4_share_says_what_to_install_without_bitsandbytes(processor, monkeypatch) -> None:
+@pytest.mark.parametrize("shares", [{"fp4_share": 0.5}, {"nf4_share": 0.5}])
+def test_train_with_a_4bit_share_says_what_to_install_without_bitsandbytes(processor, monkeypatch, shares) -> None:
     import helpers.grounding.quantization as quant
 
     monkeypatch.setattr(quant, "_version", lambda name: None)  # as if bitsandbytes were not installed
     with pytest.raises(quant.QuantizationError, match="needs bitsandbytes >= .* which is not installed"):
-        train(TrainConfig(fp4_share=0.5, vision_steps=1, steps=1, batch_size=1), processor=processor,
+        train(TrainConfig(**shares, vision_steps=1, steps=1, batch_size=1), processor=processor,
               log=lambda _: None)

@@ -132,6 +132,19 @@ def render_card(model_dir: Path) -> None:
     (model_dir / "README.md").write_text(_card_text(model, result, training))
 
 
+def rounding_4bit(config: dict) -> str:
+    """The run line's words on quantization-aware training (``--fp4-share``, ``--nf4-share``); empty when off."""
+    shares = [f"{kind} in {config[key]} of the passes" for kind, key in
+              (("FP4", "fp4_share"), ("NF4", "nf4_share")) if config.get(key)]
+    if not shares:
+        return ""
+    if shares[0].startswith("FP4") and len(shares) == 1:
+        return (f"; each linear but lm_head computed with its weights rounded as the article's 4-bit path rounds "
+                f"them (bitsandbytes FP4) in {config['fp4_share']} of the passes")
+    return ("; each linear but lm_head computed with its weights rounded as bitsandbytes' 4-bit types round them: "
+            + ", ".join(shares))
+
+
 def _card_text(model, result: dict, training: dict) -> str:
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
@@ -192,8 +205,7 @@ def _card_text(model, result: dict, training: dict) -> str:
             + "".join(f", {e}" for e in extra)
             + (" (group heads on object patches only)" if tc.get("group_on_objects") else "")
             + mix + ("; forward passes in bfloat16" if tc.get("bf16") else "")
-            + (f"; each linear but lm_head computed with its weights rounded as the article's 4-bit path rounds "
-               f"them (bitsandbytes FP4) in {tc['fp4_share']} of the passes" if tc.get("fp4_share") else "")
+            + rounding_4bit(tc)
             + f"; {stage.get('seconds', 0) / 60:.1f} min. Last logged losses: text {last.get('text_loss', '?')}, "
             f"dense {last.get('dense_loss', '?')}, look {last.get('look_loss', '?')}.",
             "",

@@ -399,22 +399,29 @@ def fp4_linears(model) -> list[nn.Parameter]:
 
 
 @contextmanager
-def fp4_rounded(weights: list[nn.Parameter], share: float, generator: torch.Generator):
-    """Inside, each of ``weights`` holds, with probability ``share``, its value rounded as bitsandbytes' FP4 does it
-    (absmax scales per 64 weights: the article's path); on exit the float values come back. A backward pass run
-    inside computes the gradient at the rounded weights and the optimizer applies it to the float ones (the
-    straight-through estimate): the weights learn to keep their answers through the article's rounding while
-    the passes that draw the float value keep float32 as good (quantization-aware training)."""
+def rounded_4bit(weights: list[nn.Parameter], shares: dict[str, float], generator: torch.Generator):
+    """Inside, each of ``weights`` holds its value rounded as bitsandbytes' 4-bit types round it (absmax scales
+    per 64 weights, as ``load_in_4bit=True`` stores it): as ``"fp4"`` (the article's path) with probability
+    ``shares["fp4"]``, as ``"nf4"`` with probability ``shares["nf4"]``, else its float value; on exit the float
+    values come back. A backward pass run inside computes the gradient at the rounded weights and the optimizer
+    applies it to the float ones (the straight-through estimate): the weights learn to keep their answers through
+    both roundings while the passes that draw the float value keep float32 as good (quantization-aware training).
+    """
     kept = []
     try:
-        if share:
+        if any(shares.values()):
             import bitsandbytes.functional as bnb  # (train() checks first that it is there and recent enough)
 
             for weight in weights:
-                if torch.rand((), generator=generator).item() < share:
-                    packed, state = bnb.quantize_4bit(weight.data.float().contiguous(), blocksize=64, quant_type="fp4")
-                    kept.append((weight, weight.data.clone()))
-                    weight.data.copy_(bnb.dequantize_4bit(packed, state).reshape(weight.shape))
+                draw, edge = torch.rand((), generator=generator).item(), 0.0
+                for quant_type, share in shares.items():
+                    edge += share
+                    if draw < edge:
+                        packed, state = bnb.quantize_4bit(weight.data.float().contiguous(), blocksize=64,
+                                                          quant_type=quant_type)
+                        kept.append((weight, weight.data.clone()))
+                        weight.data.copy_(bnb.dequantize_4bit(packed, state).reshape(weight.shape))
+                        break
         yield
     finally:
         for weight, value in kept:
@@ -449,6 +456,7 @@ class TrainConfig:
     count_weight: float = 0.0  # extra loss on the first word of each grounded phrase (how many; 0 = off)
     task_weights: dict | None = None  # how often each task is drawn (None: TASK_WEIGHTS)
     fp4_share: float = 0.0  # each linear but lm_head computes with FP4-rounded weights in this share of passes
+    nf4_share: float = 0.0  # ... and with NF4-rounded weights in this share (fp4_share + nf4_share at most 1)
 
 
 def draw_batch(rng: random.Random, processor, n: int, grid: int, pair_share: float = 0.0,
@@ -652,10 +660,11 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     """
     if cfg.workers < 0 or cfg.log_every < 1:
         raise ValueError(f"workers must be 0 or more and log_every 1 or more, got {cfg.workers} and {cfg.log_every}")
-    if not 0.0 <= cfg.fp4_share <= 1.0:
-        raise ValueError(f"fp4_share must be between 0 and 1, got {cfg.fp4_share}")
-    if cfg.fp4_share:
-        check_available("4bit", cfg.device)  # the rounding is bitsandbytes' FP4, as the article's path loads it
+    if min(cfg.fp4_share, cfg.nf4_share) < 0.0 or cfg.fp4_share + cfg.nf4_share > 1.0:
+        raise ValueError("fp4_share and nf4_share must be 0 or more and add up to at most 1, got "
+                         f"{cfg.fp4_share} and {cfg.nf4_share}")
+    if cfg.fp4_share or cfg.nf4_share:
+        check_available("4bit", cfg.device)  # the rounding is bitsandbytes', as the 4-bit paths load the model
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     processor = processor or build_processor(cfg.image_size)
@@ -746,6 +755,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     stage2_start = last_save = time.time()
     done = 0  # joint steps taken
     rounded, rounding = fp4_linears(model), torch.Generator().manual_seed(cfg.seed)
+    shares = {"fp4": cfg.fp4_share, "nf4": cfg.nf4_share}
 
     def point(step: int, losses: dict) -> dict:
         """One point of the history: the step's losses (those that are on) and the joint stage's time so far."""
@@ -768,7 +778,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
         for g in opt.param_groups:
             g["lr"] = lr
         b = next(stream)
-        with fp4_rounded(rounded, cfg.fp4_share, rounding):  # the weights it rounds are back for the step
+        with rounded_4bit(rounded, shares, rounding):  # the weights it rounds are back for the step
             with autocast():
                 patches, embeds = image_features(model, b["pixel_values"])
                 out = model(
@@ -868,6 +878,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of the joint passes in which each linear but lm_head computes with its weight "
                              "rounded as the article's 4-bit path does (bitsandbytes FP4), the gradient passed "
                              "straight through: quantization-aware training (0 = off)")
+    parser.add_argument("--nf4-share", type=float, default=0.0,
+                        help="the same with NF4 rounding (the course's other 4-bit path), in another share of "
+                             "the passes: --fp4-share and --nf4-share add up to at most 1 (0 = off)")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                         help="skip the held-out evaluation and model card")
     return parser
@@ -886,7 +899,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                       pair_share=args.pair_share, three_share=args.three_share,
                       device=args.device, workers=args.workers, log_every=args.log_every, bf16=args.bf16,
                       count_weight=args.count_weight, task_weights=args.task_weights,
-                      fp4_share=args.fp4_share)
+                      fp4_share=args.fp4_share, nf4_share=args.nf4_share)
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             parser.error(f"--device {args.device}: this torch sees no GPU (torch {torch.__version__})")
