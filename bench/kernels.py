@@ -196,15 +196,12 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def _counts(option: str):
+    """An argparse type for ``option``: the benchmark's reading of ``1,8,64``, its error as argparse's."""
     def parse(text: str) -> list[int]:
         try:
-            values = [int(v) for v in text.split(",")]
-        except ValueError:
-            values = []
-        if not values or any(v < 1 for v in values):
-            raise argparse.ArgumentTypeError(f"{option} takes positive whole numbers separated by commas, "
-                                             f"got {text!r}")
-        return values
+            return B.parse_batch_sizes(text, option)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
     return parse
 
 

@@ -93,12 +93,12 @@ def test_weights_shrink_with_their_bits(report):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--rows", "0"], "--rows takes positive whole numbers"),
-    (["--rows", "a,b"], "--rows takes positive whole numbers"),
+    (["--rows", "0"], "--rows needs comma-separated positive integers"),
+    (["--rows", "a,b"], "--rows needs comma-separated positive integers"),
     (["--kernels", "float32,int3"], "unknown kernel(s) int3; the kernels are float32"),
     (["--layers", "0"], "must be at least 1"),
-    (["--threads", "0"], "--threads takes positive whole numbers"),
-    (["--threads", "two"], "--threads takes positive whole numbers"),
+    (["--threads", "0"], "--threads needs comma-separated positive integers"),
+    (["--threads", "two"], "--threads needs comma-separated positive integers"),
 ])
 def test_bad_options_are_refused_with_a_message(args, message, capsys):
     with pytest.raises(SystemExit) as refused:  # in this process: argparse refuses before anything is built
