@@ -59,16 +59,16 @@ def test_the_card_gives_each_run_its_steps_per_second_and_extra_losses(tmp_path)
     assert "then 1400 joint steps, 2.00 joint steps per second" in text
     assert "group 1.0, count word 1.0, tasks drawn caption 0.3, detail 0.05" in text
     assert "(group heads on object patches only)" in text
-    assert "with its weights rounded as the article's 4-bit path rounds them (bitsandbytes FP4) in 0.5 of" in text
+    assert "with its weights rounded as bitsandbytes' 4-bit types round them: FP4, the article's, in 0.5 of" in text
     assert "--fp4-share 0.5" in run_commands(_two_runs(), "data/kosmos2-tiny-world")[-1]
     assert run_commands(_two_runs(), "data/kosmos2-tiny-world")[-1] in text
 
 
 @pytest.mark.parametrize("shares, words", [
     ({}, ""),
-    ({"fp4_share": 0.5}, "rounds them (bitsandbytes FP4) in 0.5 of the passes"),
+    ({"fp4_share": 0.5}, "as bitsandbytes' 4-bit types round them: FP4, the article's, in 0.5 of the passes"),
     ({"nf4_share": 0.4}, "as bitsandbytes' 4-bit types round them: NF4 in 0.4 of the passes"),
-    ({"fp4_share": 0.3, "nf4_share": 0.3}, "round them: FP4 in 0.3 of the passes, NF4 in 0.3 of the passes"),
+    ({"fp4_share": 0.3, "nf4_share": 0.3}, "round them: FP4, the article's, in 0.3 of the passes, NF4 in 0.3 of the"),
 ])
 def test_the_run_line_names_each_4bit_rounding_and_its_share(shares, words) -> None:
     text = rounding_4bit({"fp4_share": 0.0, "nf4_share": 0.0, **shares})

@@ -495,11 +495,11 @@ def test_the_command_line_refuses_a_bad_task_mix_with_its_reason(capsys) -> None
 # ----------------------------------------------------------------------------------------- 4-bit-aware training
 
 
-def test_fp4_linears_are_the_weights_load_in_4bit_converts(processor) -> None:
-    from helpers.world.training import fp4_linears
+def test_linears_4bit_are_the_weights_load_in_4bit_converts(processor) -> None:
+    from helpers.world.training import linears_4bit
 
     model = tiny_model(processor)
-    weights = fp4_linears(model)
+    weights = linears_4bit(model)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert len(weights) == len(linears) - 1  # all but lm_head
     assert all(w is not model.text_model.lm_head.weight for w in weights)
@@ -509,10 +509,10 @@ def test_fp4_linears_are_the_weights_load_in_4bit_converts(processor) -> None:
 def test_rounded_4bit_rounds_as_bitsandbytes_inside_and_restores_the_float_weights(processor, quant_type) -> None:
     import bitsandbytes.functional as bnb
 
-    from helpers.world.training import fp4_linears, rounded_4bit
+    from helpers.world.training import linears_4bit, rounded_4bit
 
     model = tiny_model(processor)
-    weights = fp4_linears(model)
+    weights = linears_4bit(model)
     before = [w.detach().clone() for w in weights]
     with rounded_4bit(weights, {quant_type: 1.0}, torch.Generator().manual_seed(0)):
         for w, value in zip(weights, before):
@@ -552,10 +552,10 @@ def test_rounded_4bit_rounds_about_each_share_and_gives_the_gradient_of_the_roun
 
 
 def test_rounded_4bit_puts_the_weights_back_when_the_pass_fails(processor) -> None:
-    from helpers.world.training import fp4_linears, rounded_4bit
+    from helpers.world.training import linears_4bit, rounded_4bit
 
     model = tiny_model(processor)
-    weights = fp4_linears(model)
+    weights = linears_4bit(model)
     before = [w.detach().clone() for w in weights]
     with pytest.raises(RuntimeError, match="inside"):
         with rounded_4bit(weights, {"fp4": 0.5, "nf4": 0.5}, torch.Generator().manual_seed(0)):

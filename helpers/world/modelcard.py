@@ -135,14 +135,9 @@ def render_card(model_dir: Path) -> None:
 def rounding_4bit(config: dict) -> str:
     """The run line's words on quantization-aware training (``--fp4-share``, ``--nf4-share``); empty when off."""
     shares = [f"{kind} in {config[key]} of the passes" for kind, key in
-              (("FP4", "fp4_share"), ("NF4", "nf4_share")) if config.get(key)]
-    if not shares:
-        return ""
-    if shares[0].startswith("FP4") and len(shares) == 1:
-        return (f"; each linear but lm_head computed with its weights rounded as the article's 4-bit path rounds "
-                f"them (bitsandbytes FP4) in {config['fp4_share']} of the passes")
+              (("FP4, the article's,", "fp4_share"), ("NF4", "nf4_share")) if config.get(key)]
     return ("; each linear but lm_head computed with its weights rounded as bitsandbytes' 4-bit types round them: "
-            + ", ".join(shares))
+            + ", ".join(shares)) if shares else ""
 
 
 def _card_text(model, result: dict, training: dict) -> str:

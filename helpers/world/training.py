@@ -393,8 +393,8 @@ def image_features(model, pixel_values: torch.Tensor):
 # ------------------------------------------------------------------------------------------ training
 
 
-def fp4_linears(model) -> list[nn.Parameter]:
-    """The weights that the article's ``load_in_4bit=True`` turns into FP4: every ``nn.Linear`` but ``lm_head``."""
+def linears_4bit(model) -> list[nn.Parameter]:
+    """The weights that ``load_in_4bit=True`` turns into FP4 or NF4 codes: every ``nn.Linear`` but ``lm_head``."""
     return [m.weight for name, m in model.named_modules() if isinstance(m, nn.Linear) and not name.endswith("lm_head")]
 
 
@@ -754,7 +754,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     stream = batches(partial(joint_batch, processor=processor, cfg=cfg, grid=grid), rng, cfg, 2)
     stage2_start = last_save = time.time()
     done = 0  # joint steps taken
-    rounded, rounding = fp4_linears(model), torch.Generator().manual_seed(cfg.seed)
+    rounded, rounding = linears_4bit(model), torch.Generator().manual_seed(cfg.seed)
     shares = {"fp4": cfg.fp4_share, "nf4": cfg.nf4_share}
 
     def point(step: int, losses: dict) -> dict:
