@@ -505,10 +505,16 @@ def test_linears_4bit_are_the_weights_load_in_4bit_converts(processor) -> None:
     assert all(w is not model.text_model.lm_head.weight for w in weights)
 
 
-@pytest.mark.parametrize("quant_type", ["fp4", "nf4"])
-def test_rounded_4bit_rounds_as_bitsandbytes_inside_and_restores_the_float_weights(processor, quant_type) -> None:
+def _bnb_rounded(value: torch.Tensor, quant_type: str) -> torch.Tensor:
+    """``value`` through bitsandbytes' own 4-bit round trip (blocks of 64, as ``load_in_4bit=True``): the oracle."""
     import bitsandbytes.functional as bnb
 
+    packed, state = bnb.quantize_4bit(value.contiguous(), blocksize=64, quant_type=quant_type)
+    return bnb.dequantize_4bit(packed, state).reshape(value.shape)
+
+
+@pytest.mark.parametrize("quant_type", ["fp4", "nf4"])
+def test_rounded_4bit_rounds_as_bitsandbytes_inside_and_restores_the_float_weights(processor, quant_type) -> None:
     from helpers.world.training import linears_4bit, rounded_4bit
 
     model = tiny_model(processor)
@@ -516,8 +522,7 @@ def test_rounded_4bit_rounds_as_bitsandbytes_inside_and_restores_the_float_weigh
     before = [w.detach().clone() for w in weights]
     with rounded_4bit(weights, {quant_type: 1.0}, torch.Generator().manual_seed(0)):
         for w, value in zip(weights, before):
-            packed, state = bnb.quantize_4bit(value.contiguous(), blocksize=64, quant_type=quant_type)
-            assert torch.equal(w, bnb.dequantize_4bit(packed, state).reshape(value.shape))
+            assert torch.equal(w, _bnb_rounded(value, quant_type))
         assert not all(torch.equal(w, value) for w, value in zip(weights, before))
     assert all(torch.equal(w, value) for w, value in zip(weights, before))
     with rounded_4bit(weights, {"fp4": 0.0, "nf4": 0.0}, torch.Generator().manual_seed(0)):  # nothing is touched
@@ -525,23 +530,16 @@ def test_rounded_4bit_rounds_as_bitsandbytes_inside_and_restores_the_float_weigh
 
 
 def test_rounded_4bit_rounds_about_each_share_and_gives_the_gradient_of_the_rounded_weights() -> None:
-    import bitsandbytes.functional as bnb
-
     from helpers.world.training import rounded_4bit
 
     layers = [torch.nn.Linear(64, 64) for _ in range(400)]
     weights = [layer.weight for layer in layers]
     before = [w.detach().clone() for w in weights]
     x = torch.randn(3, 64)
-
-    def as_type(value, quant_type):
-        packed, state = bnb.quantize_4bit(value.contiguous(), blocksize=64, quant_type=quant_type)
-        return bnb.dequantize_4bit(packed, state).reshape(value.shape)
-
     with rounded_4bit(weights, {"fp4": 0.25, "nf4": 0.25}, torch.Generator().manual_seed(1)):
         seen = [w.detach().clone() for w in weights]
-        kinds = [next((t for t in ("fp4", "nf4") if torch.equal(w, as_type(value, t))), "float" if torch.equal(w, value)
-                      else "other") for w, value in zip(seen, before)]
+        kinds = [next((t for t in ("fp4", "nf4") if torch.equal(w, _bnb_rounded(value, t))),
+                      "float" if torch.equal(w, value) else "other") for w, value in zip(seen, before)]
         sum((layer(x) ** 2).sum() for layer in layers).backward()
     assert "other" not in kinds
     assert all(60 < kinds.count(kind) < 140 for kind in ("fp4", "nf4"))  # a quarter of 400 each
