@@ -22,7 +22,10 @@ prompt. Each kernel gets the same weights:
   for a new shape, the same frozen layers gave wrong products (torch 2.13, torchao 0.18);
 * ``onnxruntime-int4``, ``onnxruntime-int4-b128``: ONNX Runtime's ``MatMulNBits`` (4-bit weights in blocks of
   32 or 128 with a zero point, activations quantized to int8 for the product: ``accuracy_level=4``), every
-  product in one graph; needs ``pip install -e '.[quant]'``.
+  product in one graph; needs ``pip install -e '.[quant]'``;
+* ``onnxruntime-int8-rows``: ONNX Runtime's ``MatMulInteger`` with 8-bit weights (a scale per output) and each
+  row of the input rounded to 8 bits with its own scale, as the ``int4-onnx`` path's prompt graph multiplies
+  (ONNX Runtime takes AMX for these products on a CPU that has it).
 
 Each row gives ms per pass (median of ``--repeats``), the MB of weights, scales included, that a pass reads,
 and the rate (GB/s). ``--threads`` takes one thread count or several (``1,2``): each kernel is then timed at
@@ -50,7 +53,7 @@ import benchmark as B  # noqa: E402  (its CPU name and its count of a quantized 
 from helpers.grounding import quantization as quant  # noqa: E402  (the course's int4 recipe)
 
 KERNELS = ("float32", "bfloat16", "torchao-int4", "torchao-int4-inductor", "onnxruntime-int4",
-           "onnxruntime-int4-b128")
+           "onnxruntime-int4-b128", "onnxruntime-int8-rows")
 #: (hidden, ffn) of the real text decoder and of --tiny.
 FULL, TINY = (2048, 8192), (128, 512)
 
@@ -93,13 +96,14 @@ def torch_kernel(name: str, weights: Sequence[torch.Tensor]) -> tuple[Callable, 
     return run, dtype, size, notes
 
 
-def onnxruntime_kernel(block: int, weights: Sequence[torch.Tensor], threads: int):
+def onnxruntime_kernel(block: int | None, weights: Sequence[torch.Tensor], threads: int):
     """``(run, input dtype, weight bytes, notes)`` of ONNX Runtime's MatMulNBits over all ``weights`` in one
-    graph, built and quantized as the ``int4-onnx`` path builds its decoder (min-max scales); without ONNX
-    Runtime the error says what to install."""
+    graph, built and quantized as the ``int4-onnx`` path builds its decoder (min-max scales), or with
+    ``block=None`` the 8-bit products of its prompt graph; without ONNX Runtime the error says what to install."""
     from helpers.grounding.onnx_decoder import GraphPart, quantize_part, session, weight_bytes
 
-    part, previous = GraphPart(""), "x"  # (a QuantizationError saying what to install, without ONNX Runtime)
+    # (a QuantizationError saying what to install, without ONNX Runtime)
+    part, previous = GraphPart("", int8=block is None), "x"
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -107,20 +111,20 @@ def onnxruntime_kernel(block: int, weights: Sequence[torch.Tensor], threads: int
         previous = part.linear(previous, f"w{index}", layer)
     rows = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["rows", size])
             for name, size in (("x", weights[0].shape[1]), (previous, weights[-1].shape[0]))]
-    quantized = quantize_part(part, rows[:1], rows[1:], bits=4, block_size=block, hqq=False)
+    quantized = quantize_part(part, rows[:1], rows[1:], bits=block and 4, block_size=block or 0, hqq=False)
     ort_session = session(quantized, threads)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(ort_session.run(None, {"x": x.numpy()})[0])
 
-    return run, torch.float32, weight_bytes(quantized), {"block_size": block, "accuracy_level": 4,
-                                                         "onnxruntime": ort.__version__}
+    notes = {"block_size": block, "accuracy_level": 4} if block else {"products": "MatMulInteger, 8-bit rows"}
+    return run, torch.float32, weight_bytes(quantized), {**notes, "onnxruntime": ort.__version__}
 
 
 def build(name: str, weights: Sequence[torch.Tensor], threads: int):
     """``(run, input dtype, weight bytes, notes)`` of kernel ``name`` running on ``threads`` threads."""
-    if name.startswith("onnxruntime-int4"):
-        return onnxruntime_kernel(128 if name.endswith("b128") else 32, weights, threads)
+    if name.startswith("onnxruntime-"):
+        return onnxruntime_kernel({"onnxruntime-int4": 32, "onnxruntime-int4-b128": 128}.get(name), weights, threads)
     if name in KERNELS:
         return torch_kernel(name, weights)
     raise ValueError(f"unknown kernel {name!r}; the kernels are {', '.join(KERNELS)}")

@@ -13,7 +13,7 @@ from helpers.course.paths import repo_root
 
 SCRIPT = repo_root() / "bench" / "kernels.py"
 KERNELS = ["float32", "bfloat16", "torchao-int4", "torchao-int4-inductor", "onnxruntime-int4",
-           "onnxruntime-int4-b128"]
+           "onnxruntime-int4-b128", "onnxruntime-int8-rows"]
 
 
 def _script():
@@ -60,13 +60,15 @@ def test_every_kernel_runs_at_every_row_count(report):
 
 
 def test_kernels_compute_the_same_products(report):
-    """Each kernel's output against float32's chain of products: float32 is it, bfloat16 close, 4-bit further."""
+    """Each kernel's output against float32's chain of products: float32 is it, bfloat16 close, 8-bit further,
+    4-bit further still."""
     error = {(r["kernel"], r["rows"]): r["relative_error"] for r in report["results"]}
     for rows in (1, 5):
         assert error[("float32", rows)] < 1e-5
         assert error[("bfloat16", rows)] < 0.03
         for kernel in KERNELS[2:]:
-            assert 0.01 < error[(kernel, rows)] < 0.6, kernel  # 4-bit weights move the numbers, not wildly
+            assert 0.01 < error[(kernel, rows)] < 0.6, kernel  # 4 or 8 bits move the numbers, not wildly
+        assert error[("onnxruntime-int8-rows", rows)] < error[("onnxruntime-int4-b128", rows)] / 3
         # Inductor runs the same int4 weights as torchao's eager kernel
         assert error[("torchao-int4-inductor", rows)] == pytest.approx(error[("torchao-int4", rows)], rel=0.1)
 
@@ -89,6 +91,7 @@ def test_weights_shrink_with_their_bits(report):
     assert size["float32"] == pytest.approx(2 * size["bfloat16"])
     assert size["torchao-int4"] < size["bfloat16"] / 2.5  # 4 bits plus a scale and a zero per 32 weights
     assert size["onnxruntime-int4-b128"] < size["onnxruntime-int4"] < size["bfloat16"] / 2.5
+    assert size["bfloat16"] / 2 < size["onnxruntime-int8-rows"] < size["bfloat16"] / 1.9  # 8 bits, a scale per output
     assert report["markdown"].count("\n| ") == 2 * len(KERNELS) + 1  # the header and one line per result
 
 

@@ -1,8 +1,8 @@
 """helpers.grounding.onnx_decoder: the text decoder as one ONNX Runtime graph (load(quantization="int4-onnx")).
 
 The graph without quantization (float32 MatMuls) must give the bundled model's own captions, token for token, and
-its logits; the quantized graph must hold 4-bit products for the blocks and an 8-bit lm_head, and say what it
-cannot do.
+its logits; the quantized graph must hold 4-bit products for the blocks and an 8-bit lm_head, the prompt's graph
+8-bit products of 8-bit rows, and it must say what it cannot do.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def bundled():
     """The bundled model in float32, its graph without quantization, the processor and five scenes."""
     model, processor = load(bundled_model_dir(), quantization="none", device="cpu", dtype="float32", verbose=False)
     copy, _ = load(bundled_model_dir(), quantization="none", device="cpu", dtype="float32", verbose=False)
-    return model, OnnxRuntimeKosmos2(copy, bits=None, head_bits=None), processor, sample_scenes(5, seed=11)
+    graph = OnnxRuntimeKosmos2(copy, bits=None, head_bits=None, prompt_int8=False)
+    return model, graph, processor, sample_scenes(5, seed=11)
 
 
 @pytest.mark.parametrize("decoding", ["greedy", "authors"])
@@ -61,15 +62,21 @@ def test_load_builds_a_4bit_graph_with_an_8bit_lm_head(tiny_model_dir, capsys) -
     assert quant.DESCRIPTIONS["int4-onnx"] in capsys.readouterr().out
     assert model.load_info.dtype == "bfloat16" and next(model.parameters()).dtype == torch.bfloat16
     assert len(model.model.text_model.model.layers) == 0  # the decoder's torch weights are freed
-    assert "4-bit weights in blocks of 128 (HQQ scales), lm_head 8-bit" in repr(model)
-    proto = build_graph(load(tiny_model_dir, quantization="none", device="cpu", verbose=False)[0].text_model, hqq=True)
+    assert "4-bit weights in blocks of 128 (HQQ scales), lm_head 8-bit; the prompt through 8-bit" in repr(model)
+    text_model = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)[0].text_model
+    proto = build_graph(text_model, hqq=True)
     products = {n.name: {a.name: a.i for a in n.attribute} for n in proto.graph.node if n.op_type == "MatMulNBits"}
     assert not [n for n in proto.graph.node if n.op_type == "MatMul"]
     assert products.pop("lm_head.matmul_Q8")["bits"] == LM_HEAD_BITS
     assert len(products) == 6 and all(p["bits"] == 4 and p["accuracy_level"] == 4 for p in products.values())
     unquantized = build_graph(load(tiny_model_dir, device="cpu", verbose=False)[0].text_model, bits=None,
                               head_bits=None)
-    assert model.weight_bytes == _bytes(proto) < _bytes(unquantized)
+    prompt = build_graph(text_model, int8=True)
+    assert {n.op_type for n in prompt.graph.node}.isdisjoint({"MatMul", "MatMulNBits"})
+    int8 = {t.name for t in prompt.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    products = [n for n in prompt.graph.node if n.op_type == "MatMulInteger"]  # the 6 of the block, lm_head
+    assert len(products) == 7 and {n.input[1] for n in products} == int8
+    assert model.weight_bytes == _bytes(proto) + _bytes(prompt) and _bytes(proto) < _bytes(unquantized)
     packed = {t.name: tuple(t.dims) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.UINT8}
     for node in proto.graph.node:  # each product's weights: N rows of K/block blocks of block * bits / 8 bytes
         if node.op_type == "MatMulNBits":
@@ -100,6 +107,45 @@ def test_load_with_int4_onnx_stays_close_to_float32(bundled) -> None:
     agreement = quant.logits_agreement(expected, quantized.teacher_forced_logits(inputs, ids))
     assert 0 < agreement["relative_error"] < 0.1  # really quantized, and close
     assert agreement["top1_agreement"] >= 0.95
+
+
+def test_an_int8_product_rounds_each_row_and_each_output_to_8_bits() -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    torch.manual_seed(0)
+    first, second = torch.nn.Linear(64, 48), torch.nn.Linear(64, 16, bias=False)
+    x = torch.randn(2, 5, 64)
+    x[0, 0] *= 100  # one row far larger than the others: each row has its own scale
+    part = onnx_decoder.GraphPart("", int8=True)
+    outputs = [part.linear("x", "first", first), part.linear("x", "second", second)]
+    assert [n.op_type for n in part.model.graph.node].count("Abs") == 1  # x's rows are rounded once for both
+    proto = onnx_decoder.quantize_part(
+        part, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 64])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [2, 5, n]) for y, n in zip(outputs, (48, 16))],
+        bits=None, block_size=0, hqq=False)
+    got = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        for layer, out in zip((first, second), got):
+            expected = layer(x)
+            error = torch.linalg.vector_norm(torch.from_numpy(out) - expected, dim=-1) / torch.linalg.vector_norm(
+                expected, dim=-1)
+            assert 0 < error.max() < 0.02  # every row within 8-bit rounding of its own size, the large one too
+
+
+def test_the_int8_prompt_graph_gives_nearly_float32s_first_logits(bundled) -> None:
+    model, graph, processor, scenes = bundled
+    inputs = processor(text=[CAPTION_PROMPT] * 5, images=[s.image for s in scenes], return_tensors="pt")
+    copy, _ = load(bundled_model_dir(), quantization="none", device="cpu", dtype="float32", verbose=False)
+    int8 = OnnxRuntimeKosmos2(copy, bits=None, head_bits=None, prompt_int8=True, cache=False)
+    assert int8.prompt_session is not int8.session and int8.prompt_graph_file is None
+    expected, got = graph.first_logits(**inputs), int8.first_logits(**inputs)
+    assert 0 < torch.linalg.vector_norm(got - expected) / torch.linalg.vector_norm(expected) < 0.05
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    ids = graph.generate(**inputs, max_new_tokens=6)  # the steps after it read the float graph
+    after, reference = int8.teacher_forced_logits(inputs, ids)[:, 1:], graph.teacher_forced_logits(inputs, ids)[:, 1:]
+    assert 0 < torch.linalg.vector_norm(after - reference) / torch.linalg.vector_norm(reference) < 0.02
+    assert torch.equal(after.argmax(-1), reference.argmax(-1))
 
 
 def test_what_the_graph_cannot_do_is_refused(bundled) -> None:
@@ -141,9 +187,11 @@ def test_a_built_graph_is_kept_and_read_back_by_the_next_load(tiny_model_dir, tm
     first, processor = load(tiny_model_dir, quantization="int4-onnx", device="cpu")
     banner = capsys.readouterr().out
     assert not first.from_cache and first.build_seconds > 0 and first.graph_file.parent == folder
-    assert f"was built in {first.build_seconds:.1f} s and kept in {first.graph_file}" in banner
-    assert sorted(p.suffix for p in folder.iterdir()) == [".json", ".onnx"]  # no temporary file left
+    assert first.prompt_graph_file.parent == folder and first.prompt_graph_file != first.graph_file
+    assert f"graphs were built in {first.build_seconds:.1f} s and kept in {folder}" in banner
+    assert sorted(p.suffix for p in folder.iterdir()) == [".json", ".json", ".onnx", ".onnx"]  # no temporary file
     onnx.checker.check_model(str(first.graph_file))
+    onnx.checker.check_model(str(first.prompt_graph_file))
 
     def no_build(*args, **kwargs):
         raise AssertionError("the kept graph should have been read, not built again")
@@ -151,8 +199,8 @@ def test_a_built_graph_is_kept_and_read_back_by_the_next_load(tiny_model_dir, tm
     monkeypatch.setattr(onnx_decoder, "build_graph", no_build)
     second, _ = load(tiny_model_dir, quantization="int4-onnx", device="cpu")
     assert second.from_cache and second.build_seconds == 0 and second.graph_file == first.graph_file
-    assert second.weight_bytes == first.weight_bytes
-    assert f"was read from {first.graph_file}" in capsys.readouterr().out
+    assert second.prompt_graph_file == first.prompt_graph_file and second.weight_bytes == first.weight_bytes
+    assert f"graphs were read from {folder}" in capsys.readouterr().out
     inputs = _caption_inputs(processor)
     assert torch.equal(second.generate(**inputs, max_new_tokens=8), first.generate(**inputs, max_new_tokens=8))
 
@@ -172,7 +220,8 @@ def test_changed_weights_or_settings_get_their_own_graph(tiny_model_dir, tmp_pat
     assert len({base.graph_file, changed.graph_file, smaller_blocks.graph_file}) == 3
     assert again.graph_file == base.graph_file
     float_graph = OnnxRuntimeKosmos2(fresh(), cache=tmp_path, bits=None, head_bits=None)
-    assert float_graph.graph_file is None and len(list(tmp_path.glob("*.onnx"))) == 3  # only 4-bit graphs kept
+    assert float_graph.graph_file is None and float_graph.prompt_graph_file is None
+    assert len(list(tmp_path.glob("*.onnx"))) == 6  # only 4-bit graphs are kept, each with its prompt graph
 
 
 def test_an_unreadable_kept_graph_is_built_again(tiny_model_dir, tmp_path) -> None:

@@ -52,7 +52,7 @@ class LoadInfo:
     parameters: int
     quantization_reason: str = ""  # why load() chose the quantization by itself ("" when asked for or none)
     adapter: str | None = None
-    graph: str = ""  # int4-onnx: where its text decoder graph came from ("" for other quantizations)
+    graph: str = ""  # int4-onnx: where its text decoder graphs came from ("" for other quantizations)
 
     def banner(self) -> str:
         from helpers.grounding.quantization import DESCRIPTIONS
@@ -340,9 +340,10 @@ def load(
         net = OnnxRuntimeKosmos2(net)
     graph = ""
     if chosen.quantization in quant.ONNXRUNTIME:
-        graph = (f"Its text decoder graph was read from {net.graph_file}" if net.from_cache else
-                 f"Its text decoder graph was built in {net.build_seconds:.1f} s"
-                 + (f" and kept in {net.graph_file} for the next load" if net.graph_file else ""))
+        kept = net.graph_file.parent if net.graph_file else None  # the graphs for the prompt and the steps
+        graph = (f"Its text decoder graphs were read from {kept}" if net.from_cache else
+                 f"Its text decoder graphs were built in {net.build_seconds:.1f} s"
+                 + (f" and kept in {kept} for the next load" if kept else ""))
     info = LoadInfo(
         source=source, bundled=bundled, device=str(device), dtype=str(chosen.dtype).replace("torch.", ""),
         quantization=chosen.quantization, reason=reason, parameters=parameters,

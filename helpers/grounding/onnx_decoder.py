@@ -126,19 +126,27 @@ class GraphPart:
     """A graph of products being built (a part of the decoder here; ``bench/kernels.py`` uses one too), its
     nodes and float initializers named with a prefix, written into an ONNX model."""
 
-    def __init__(self, prefix: str):
-        self.prefix, self.model = prefix, _model()
+    def __init__(self, prefix: str, int8: bool = False):
+        self.prefix, self.model, self.int8 = prefix, _model(), int8
+        self._constants: set[str] = set()
+        self._rows: dict[str, tuple[str, str]] = {}  # an input's int8 codes and row scales, made once
 
     def constant(self, name: str, value: torch.Tensor) -> str:
+        """An initializer (float32, int64, or int8/uint8 kept as they are); a name given twice is made once."""
         from onnx import TensorProto
 
         name = f"{self.prefix}{name}"
+        if name in self._constants:
+            return name
+        self._constants.add(name)
         value = value.detach().cpu()  # one copy in torch: to float32 and, for a transposed weight, to row-major
-        value = value.to(torch.float32 if value.is_floating_point() else torch.int64,
-                         memory_format=torch.contiguous_format)
-        array = value.numpy()
+        if value.dtype not in (torch.int8, torch.uint8):
+            value = value.to(torch.float32 if value.is_floating_point() else torch.int64)
+        array = value.contiguous().numpy()
+        types = {np.float32: TensorProto.FLOAT, np.int64: TensorProto.INT64, np.int8: TensorProto.INT8,
+                 np.uint8: TensorProto.UINT8}
         tensor = self.model.graph.initializer.add()
-        tensor.name, tensor.data_type = name, TensorProto.FLOAT if array.dtype == np.float32 else TensorProto.INT64
+        tensor.name, tensor.data_type = name, types[array.dtype.type]
         tensor.dims.extend(array.shape)
         tensor.raw_data = array.tobytes()  # (x86 and ARM are little-endian, as ONNX wants)
         return name
@@ -153,11 +161,47 @@ class GraphPart:
         return out
 
     def linear(self, x: str, name: str, layer: torch.nn.Linear) -> str:
-        """``x @ weight.T + bias`` as MatMul (+ Add): the quantizer turns the MatMul into MatMulNBits."""
-        y = self.node("MatMul", [x, self.constant(f"{name}.weight", layer.weight.T)], f"{name}.matmul")
+        """``x @ weight.T + bias`` as MatMul (+ Add): the quantizer turns the MatMul into MatMulNBits. In an
+        ``int8`` part the product is :meth:`int8_product` instead."""
+        if self.int8:
+            y = self.int8_product(x, name, layer.weight)
+        else:
+            y = self.node("MatMul", [x, self.constant(f"{name}.weight", layer.weight.T)], f"{name}.matmul")
         if layer.bias is not None:
             y = self.node("Add", [y, self.constant(f"{name}.bias", layer.bias)], f"{name}.add")
         return y
+
+    def int8_rows(self, x: str) -> tuple[str, str]:
+        """``(codes, scales)`` of ``x``: each row rounded to 8 bits with its own scale (largest magnitude to
+        127), the codes held as uint8 around 128 (the activations ``MatMulInteger``'s fast kernels take)."""
+        from onnx import TensorProto
+
+        if x not in self._rows:
+            n = f"int8_rows.{len(self._rows)}"
+            largest = self.node("ReduceMax", [self.node("Abs", [x], f"{n}.abs")], f"{n}.max", axes=[-1], keepdims=1)
+            scale = self.node("Max", [self.node("Div", [largest, self.constant("int8.127", torch.tensor(127.0))],
+                                                f"{n}.div"), self.constant("int8.tiny", torch.tensor(1e-30))],
+                              f"{n}.scale")
+            rounded = self.node("Round", [self.node("Div", [x, scale], f"{n}.scaled")], f"{n}.round")
+            codes = self.node("Cast", [self.node("Add", [rounded, self.constant("int8.128", torch.tensor(128.0))],
+                                                 f"{n}.shift")], f"{n}.codes", to=TensorProto.UINT8)
+            self._rows[x] = codes, scale
+        return self._rows[x]
+
+    def int8_product(self, x: str, name: str, weight: torch.Tensor) -> str:
+        """``x @ weight.T`` with 8-bit weights (one scale per output) and 8-bit rows of ``x``
+        (:meth:`int8_rows`): ``MatMulInteger`` sums the codes' products in int32, then both scales apply."""
+        from onnx import TensorProto
+
+        w = weight.detach().float().T  # (inputs, outputs)
+        scale = w.abs().amax(0).clamp_min(1e-30) / 127
+        codes, row_scale = self.int8_rows(x)
+        sums = self.node("MatMulInteger", [codes, self.constant(f"{name}.weight_int8", torch.round(w / scale).to(
+            torch.int8)), self.constant("int8.zero_point", torch.tensor(128, dtype=torch.uint8))],
+                         f"{name}.matmul_int8")
+        y = self.node("Mul", [self.node("Cast", [sums], f"{name}.sums", to=TensorProto.FLOAT), row_scale],
+                      f"{name}.row_scaled")
+        return self.node("Mul", [y, self.constant(f"{name}.weight_scale", scale)], f"{name}.matmul")
 
     def layer_norm(self, x: str, name: str, norm: torch.nn.LayerNorm) -> str:
         return self.node("LayerNormalization", [x, self.constant(f"{name}.weight", norm.weight),
@@ -220,12 +264,15 @@ def quantize_part(graph: GraphPart, inputs: list, outputs: list, bits: int | Non
 
 
 def build_graph(text_model, *, bits: int | None = 4, block_size: int = BLOCK_SIZE,
-                head_bits: int | None = LM_HEAD_BITS, hqq: bool = False, progress: bool = False):
+                head_bits: int | None = LM_HEAD_BITS, hqq: bool = False, int8: bool = False,
+                progress: bool = False):
     """The ONNX model of a ``Kosmos2TextForCausalLM``'s decoder after the embeddings (see the module docstring).
 
     ``bits=None`` and ``head_bits=None`` keep float32 MatMuls: the same graph without quantization, which the
-    tests compare with torch. ``progress`` shows a bar over the blocks (the real model's 24 take some 35 s
-    on two cores). Returns an ``onnx.ModelProto``.
+    tests compare with torch. ``int8=True`` makes every product, ``lm_head``'s too, an 8-bit one
+    (:meth:`GraphPart.int8_product`; ``bits``, ``head_bits``, ``block_size`` and ``hqq`` are then unused): the
+    prompt graph. ``progress`` shows a bar over the blocks (the real model's 24 take some 35 s on two cores).
+    Returns an ``onnx.ModelProto``.
     """
     from tqdm.auto import tqdm
 
@@ -247,12 +294,15 @@ def build_graph(text_model, *, bits: int | None = 4, block_size: int = BLOCK_SIZ
 
     x = "hidden_states"
     decoder = text_model.model
-    for index, block in enumerate(tqdm(decoder.layers, desc="int4-onnx graph", unit="block", disable=not progress)):
+    if int8:
+        bits = head_bits = None  # the products are 8-bit ones already: nothing for the 4-bit quantizer
+    what = "int4-onnx prompt graph" if int8 else "int4-onnx graph"
+    for index, block in enumerate(tqdm(decoder.layers, desc=what, unit="block", disable=not progress)):
         past = [helper.make_tensor_value_info(f"past_{kind}.{index}", TensorProto.FLOAT,
                                               ["batch", heads, "past", head_dim]) for kind in ("key", "value")]
         present = [helper.make_tensor_value_info(f"present_{kind}.{index}", TensorProto.FLOAT,
                                                  ["batch", heads, "total", head_dim]) for kind in ("key", "value")]
-        part = GraphPart(f"layers.{index}.")
+        part = GraphPart(f"layers.{index}.", int8=int8)
         y = _block(part, x, block, index)
         part_in = [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", "positions", dim]), *past]
         part_out = [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["batch", "positions", dim]), *present]
@@ -260,7 +310,7 @@ def build_graph(text_model, *, bits: int | None = 4, block_size: int = BLOCK_SIZ
         model.graph.input.extend(past)
         outputs += present
         x = y
-    head = GraphPart("")
+    head = GraphPart("", int8=int8)
     last = head.node("Gather", [x, head.constant("last_position", torch.tensor(-1))], "last_position_hidden",
                      axis=1)
     logits = head.linear(head.layer_norm(last, "layer_norm", decoder.layer_norm), "lm_head", text_model.lm_head)
@@ -290,13 +340,32 @@ def session(proto, threads: int):
     return _open(_serialized(proto), threads)
 
 
-def _open(model: bytes | str, threads: int):
-    """A CPU ONNX Runtime session of a serialized model or a model file."""
+def _open(model: bytes | str, threads: int, spinning: bool = True):
+    """A CPU ONNX Runtime session of a serialized model or a model file; ``spinning=False``: its threads sleep
+    as soon as a run ends instead of waiting busily for the next (for a graph that runs once per caption)."""
     _, ort, _ = _import()
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _graph_session(build, folder: Path | None, key: str | None, threads: int, facts: dict, spinning: bool = True):
+    """``(session, weight bytes, kept file or None, read from the folder, seconds spent building)`` of the graph
+    kept under ``key``, or of ``build()`` (then kept under ``key``; ``key`` None: built, not kept)."""
+    cached = _read_cached(folder, key, threads, spinning) if key else None
+    if cached is not None:
+        return (*cached, _kept_files(folder, key)[0], True, 0.0)
+    start = time.perf_counter()
+    proto = build()
+    size = weight_bytes(proto)
+    data = _serialized(proto)
+    del proto
+    opened = _open(data, threads, spinning)
+    seconds = time.perf_counter() - start
+    return opened, size, _keep(folder, key, data, {"weight_bytes": size, **facts}) if key else None, False, seconds
 
 
 def _kept_files(folder: Path, key: str) -> tuple[Path, Path]:
@@ -304,7 +373,7 @@ def _kept_files(folder: Path, key: str) -> tuple[Path, Path]:
     return folder / f"{key}.onnx", folder / f"{key}.json"
 
 
-def _read_cached(folder: Path, key: str, threads: int):
+def _read_cached(folder: Path, key: str, threads: int, spinning: bool = True):
     """``(session, weight bytes)`` of the graph kept under ``key``, or None when there is none or it cannot be
     read (then it is built again, with a warning for a file that is there but unreadable)."""
     graph, facts = _kept_files(folder, key)
@@ -312,10 +381,10 @@ def _read_cached(folder: Path, key: str, threads: int):
         return None
     try:
         weights = int(json.loads(facts.read_text(encoding="utf-8"))["weight_bytes"])
-        return _open(str(graph), threads), weights
+        return _open(str(graph), threads, spinning), weights
     except Exception as err:  # a truncated or foreign file: built again and written over
         warnings.warn(f"the int4-onnx graph kept in {graph} could not be read ({type(err).__name__}: {err}); "
-                      "building it again", stacklevel=3)
+                      "building it again", stacklevel=4)
         return None
 
 
@@ -335,7 +404,7 @@ def _keep(folder: Path, key: str, data: bytes, facts: dict) -> Path | None:
         for temporary in written:
             temporary.unlink(missing_ok=True)
         warnings.warn(f"could not keep the int4-onnx graph in {folder} ({err}); the next load builds it again "
-                      f"(set {CACHE_ENV_VAR} to a folder that can be written to, or to 'off')", stacklevel=3)
+                      f"(set {CACHE_ENV_VAR} to a folder that can be written to, or to 'off')", stacklevel=4)
         return None
     return graph
 
@@ -351,8 +420,8 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
     """
 
     def __init__(self, model, *, bits: int | None = 4, block_size: int = BLOCK_SIZE,
-                 head_bits: int | None = LM_HEAD_BITS, hqq: bool | None = None, threads: int | None = None,
-                 cache: bool | str | os.PathLike = True):
+                 head_bits: int | None = LM_HEAD_BITS, hqq: bool | None = None, prompt_int8: bool = True,
+                 threads: int | None = None, cache: bool | str | os.PathLike = True):
         super().__init__()
         _, ort, _ = _import()
         if hqq is None:
@@ -363,24 +432,19 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
         folder = cache_dir() if cache is True else (Path(cache).expanduser() if cache else None)
         settings = {"bits": bits, "block_size": block_size, "head_bits": head_bits, "hqq": hqq}
         key = graph_key(model.text_model, **settings) if folder is not None and bits is not None else None
-        cached = _read_cached(folder, key, threads) if key else None
-        self.from_cache, self.graph_file, self.build_seconds = cached is not None, None, 0.0
-        if cached is not None:
-            self.session, self.weight_bytes = cached
-            self.graph_file = _kept_files(folder, key)[0]
-        else:
-            start = time.perf_counter()
-            proto = build_graph(model.text_model, bits=bits, block_size=block_size, head_bits=head_bits, hqq=hqq,
-                                progress=interactive())
-            self.weight_bytes = weight_bytes(proto)
-            data = _serialized(proto)
-            del proto
-            self.session = _open(data, threads)
-            self.build_seconds = time.perf_counter() - start
-            if key:
-                self.graph_file = _keep(folder, key, data, {"weight_bytes": self.weight_bytes, **settings,
-                                                            "onnxruntime": ort.__version__})
-            del data
+        progress = interactive()
+        self.session, step_bytes, self.graph_file, from_cache, self.build_seconds = _graph_session(
+            lambda: build_graph(model.text_model, bits=bits, block_size=block_size, head_bits=head_bits, hqq=hqq,
+                                progress=progress),
+            folder, key, threads, {**settings, "onnxruntime": ort.__version__})
+        self.prompt_session, self.prompt_graph_file, prompt_bytes = self.session, None, 0
+        if prompt_int8:
+            self.prompt_session, prompt_bytes, self.prompt_graph_file, prompt_cached, seconds = _graph_session(
+                lambda: build_graph(model.text_model, int8=True, progress=progress),
+                folder, key and f"{key}-prompt-int8", threads, {"int8": True, "onnxruntime": ort.__version__},
+                spinning=False)  # once per caption: its threads must not keep a core busy while the steps run
+            from_cache, self.build_seconds = from_cache and prompt_cached, self.build_seconds + seconds
+        self.from_cache, self.weight_bytes = from_cache, step_bytes + prompt_bytes
         text = model.text_model.model
         text.layers = torch.nn.ModuleList()  # now in the graph
         self.model = model
@@ -389,7 +453,8 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
         self.description = (f"text decoder in ONNX Runtime {ort.__version__}: "
                             + (f"{bits}-bit weights in blocks of {block_size}" if bits else "float32 weights")
                             + (f" ({'HQQ' if hqq else 'min-max'} scales)" if bits else "")
-                            + (f", lm_head {head_bits}-bit" if head_bits else ", lm_head float32"))
+                            + (f", lm_head {head_bits}-bit" if head_bits else ", lm_head float32")
+                            + ("; the prompt through 8-bit weights and 8-bit rows" if prompt_int8 else ""))
         self._outputs = [o.name for o in self.session.get_outputs()]
         text_config = model.config.text_config
         self._layers = text_config.layers
@@ -402,15 +467,15 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
         raise NotImplementedError("quantization='int4-onnx' only generates (model.generate or ground()); load "
                                   "another quantization (e.g. 'int4' or 'none') for logits or attentions")
 
-    def _run(self, hidden: torch.Tensor, past: list) -> tuple[torch.Tensor, list]:
-        binding = self.session.io_binding()
+    def _run(self, session, hidden: torch.Tensor, past: list) -> tuple[torch.Tensor, list]:
+        binding = session.io_binding()
         binding.bind_cpu_input("hidden_states", np.ascontiguousarray(hidden.float().numpy()))
         for index in range(self._layers):
             binding.bind_ortvalue_input(f"past_key.{index}", past[2 * index])
             binding.bind_ortvalue_input(f"past_value.{index}", past[2 * index + 1])
         for name in self._outputs:
             binding.bind_output(name)
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         return torch.from_numpy(outputs[0].numpy()), outputs[1:]
 
@@ -444,12 +509,12 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
         past = [ort.OrtValue.ortvalue_from_numpy(empty) for _ in range(2 * self._layers)]
         hidden = self.model.text_model.model.forward_embedding(
             input_ids=input_ids, image_embeds=image_embeds, img_input_mask=image_embeds_position_mask, cache_length=0)
-        return self._run(hidden, past)
+        return self._run(self.prompt_session, hidden, past)
 
     def _next(self, tokens: torch.Tensor, length: int, past: list) -> tuple[torch.Tensor, list]:
         """The logits after ``tokens`` (one per row), which follow ``length`` positions whose keys are in ``past``."""
         hidden = self.model.text_model.model.forward_embedding(input_ids=tokens[:, None], cache_length=length)
-        return self._run(hidden, past)
+        return self._run(self.session, hidden, past)
 
     @torch.inference_mode()
     def first_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
