@@ -17,9 +17,10 @@ Paths (``--paths``, comma-separated):
   activations; int4 weights of the text decoder (groups of 32) with bfloat16 activations, the vision tower and
   the projection in bfloat16. ``int4-compile`` adds ``torch.compile`` of each text block; ``int4-static``
   decodes with :class:`FixedShapeDecoder` (below), its step compiled by ``torch.compile``. CPU only.
-* ``int4-onnx`` — ``load(quantization="int4-onnx")``: the text decoder as one ONNX Runtime graph, 4-bit weights
-  (``MatMulNBits``, blocks of 128, ``lm_head`` in 8 bits), the vision tower and embeddings in bfloat16
-  (:mod:`helpers.grounding.onnx_decoder`). CPU only.
+* ``int4-onnx`` — ``load(quantization="int4-onnx")``: the text decoder as ONNX Runtime graphs, 4-bit weights
+  for each new token (``MatMulNBits``, blocks of 128, ``lm_head`` in 8 bits) and 8-bit products for the prompt
+  (``MatMulInteger``), the vision tower and embeddings in bfloat16 (:mod:`helpers.grounding.onnx_decoder`). CPU
+  only.
 * ``fp32-eager`` — float32 with the plain matmul-softmax attention: the CPU table's baseline.
 * ``fp32``, ``bf16``, ``fp16`` — that precision, SDPA attention, every ``--batch-sizes`` entry.
 * ``sdpa``, ``eager`` — the device's default precision (bf16 on GPUs with native bfloat16, compute

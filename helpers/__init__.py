@@ -9,7 +9,7 @@
     plotting    boxes drawn on images, highlighted captions, the location grid
     model       loading a Kosmos-2 model (the real one or the bundled one) and grounding images
     quantization  4-bit and 8-bit weights: bitsandbytes (the article's) and torchao's CPU paths
-    onnx_decoder  the text decoder as one ONNX Runtime graph with 4-bit weights (the fastest CPU captions)
+    onnx_decoder  the text decoder as ONNX Runtime graphs, 4-bit weights per token (the fastest CPU captions)
     evaluation  scoring predicted boxes and captions against the truth
     refcoco     RefCOCO / RefCOCO+ / RefCOCOg files as distributed, and comprehension scored as the paper's authors do
     flickr30k   Flickr30k Entities files, and phrase grounding scored as the paper's authors do

@@ -1,4 +1,4 @@
-"""helpers.grounding.onnx_decoder: the text decoder as one ONNX Runtime graph (load(quantization="int4-onnx")).
+"""helpers.grounding.onnx_decoder: the text decoder as ONNX Runtime graphs (load(quantization="int4-onnx")).
 
 The graph without quantization (float32 MatMuls) must give the bundled model's own captions, token for token, and
 its logits; the quantized graph must hold 4-bit products for the blocks and an 8-bit lm_head, the prompt's graph

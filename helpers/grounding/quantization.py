@@ -10,7 +10,7 @@ name             weights                                                        
 ``"8bit"``       LLM.int8 (``load_in_8bit=True``)                                     bitsandbytes  CUDA, CPU
 ``"int8"``       int8 weights, activations quantized to int8 on the fly               torchao       CPU
 ``"int4"``       int4 decoder weights in groups of 32, bfloat16 activations           torchao       CPU
-``"int4-onnx"``  the text decoder as one graph, 4-bit weights in blocks of 128        ONNX Runtime  CPU
+``"int4-onnx"``  the text decoder in graphs: 4-bit weights per token, 8-bit prompt    ONNX Runtime  CPU
 ``"none"``       no quantization: the float weights in ``dtype``                      –             any
 ===============  ===================================================================  ============  =========
 
@@ -19,18 +19,20 @@ for the article). ``"int8"`` quantizes every ``nn.Linear`` of the loaded float m
 batch 1 a CPU spends most of each generated token reading weights, and the output layer (65 037 × 2 048 in
 Kosmos-2) is the largest single one. ``"int4"`` quantizes the text decoder and ``lm_head`` (int8 where the int4
 kernel cannot take a layer) and keeps the vision tower and the image-to-text projection in bfloat16, since
-they run once per image (:data:`INT4_KEEPS_BFLOAT16`). ``"int4-onnx"`` turns the text decoder into one ONNX
-Runtime graph with 4-bit weights (:mod:`helpers.grounding.onnx_decoder`); the model it returns only generates.
+they run once per image (:data:`INT4_KEEPS_BFLOAT16`). ``"int4-onnx"`` turns the text decoder into ONNX
+Runtime graphs, one with 4-bit weights for each new token and one with 8-bit weights for the prompt
+(:mod:`helpers.grounding.onnx_decoder`); the model it returns only generates.
 
 ``quantization=None`` lets :func:`plan` choose: on a CPU, a model of at least :data:`AUTO_CPU_PARAMETERS`
 parameters (the real Kosmos-2 has 1.66 B) gets :data:`AUTO_CPU_CHOICE`, the fastest CPU path per token at
-batch 1 in ``bench/benchmark.py --cpu-table`` (two cores, Intel Xeon, 2026-11-30 12:52 UTC;
-``bench/results/cpu``) among those that give a whole model: int4 0.118 s per token, against the article's
-4-bit 0.169 s, NF4 0.176 s, bfloat16 0.202 s, int8 0.239 s and float32 0.262 s (SDPA attention). ``"int4-onnx"``
-was faster still, 0.078 s, but has no forward pass (no logits, no fine-tuning) and takes some 45 s to build at
-its first load (later loads read the built graph from disk), so it is asked for, not chosen. On the bundled model both keep every evaluation figure within 0.5 points
-of float32 (``bench/bundled_accuracy.py``). Smaller models (the bundled one) stay in float32, which measured
-faster for them. Everything else keeps float weights.
+batch 1 in ``bench/benchmark.py --cpu-table`` (two cores, Intel Xeon, 2026-11-30 23:10 UTC;
+``bench/results/cpu``) among those that give a whole model: int4 0.111 s per token, against NF4 0.147 s, the
+article's 4-bit 0.148 s, int8 0.193 s, bfloat16 0.207 s and float32 0.260 s (SDPA attention). ``"int4-onnx"``
+was faster still, 0.061 s, but has no forward pass (no logits, no fine-tuning) and takes about a minute to
+build at its first load (later loads read the built graphs from disk), so it is asked for, not chosen. On the
+bundled model both keep every evaluation figure within 0.7 points of float32 (``bench/bundled_accuracy.py``).
+Smaller models (the bundled one) stay in float32, which measured faster for them. Everything else keeps float
+weights.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ DESCRIPTIONS = {
     "8bit": "LLM.int8 weights (bitsandbytes)",
     "int8": "int8 weights and int8 dynamic activations (torchao)",
     "int4": "int4 weights, bfloat16 activations (torchao)",
-    "int4-onnx": "the text decoder in ONNX Runtime, 4-bit weights (MatMulNBits)",
+    "int4-onnx": "the text decoder in ONNX Runtime, 4-bit weights (MatMulNBits) for each new token, 8-bit "
+                 "(MatMulInteger) for the prompt",
 }
 
 
