@@ -245,9 +245,10 @@ def test_a_cache_folder_that_cannot_be_written_is_reported_and_the_model_still_l
     model, processor = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.warns(UserWarning, match="could not keep the int4-onnx graph .*KOSMOS2_ONNX_CACHE"):
+    with pytest.warns(UserWarning, match="could not keep the int4-onnx graph .*KOSMOS2_ONNX_CACHE") as caught:
         graph = OnnxRuntimeKosmos2(model, cache=blocker / "graphs")
-    assert graph.graph_file is None and not graph.from_cache
+    assert len(caught) == 1  # said once, not again for the prompt graph
+    assert graph.graph_file is None and graph.prompt_graph_file is None and not graph.from_cache
     assert graph.generate(**_caption_inputs(processor), max_new_tokens=4).shape[0] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 

@@ -421,10 +421,12 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
     """A ``Kosmos2ForConditionalGeneration`` whose text decoder runs in ONNX Runtime (see the module docstring).
 
     The torch model keeps its vision tower, projection and embeddings; its decoder layers are freed once the
-    graph holds them. ``weight_bytes`` is the size of the graph's weights. A 4-bit graph is read from, or kept
-    in, ``cache``: a folder, True for :func:`cache_dir`, False for none; ``graph_file`` is where it is kept (None
-    when it is not), ``from_cache`` whether it was read from there, ``build_seconds`` how long building took
-    (0 when read).
+    graphs hold them. ``session`` runs the graph that makes each new token; ``prompt_session`` the one that
+    reads the prompt: the 8-bit graph with ``prompt_int8`` (the default), else the same graph. ``weight_bytes``
+    is the size of both graphs' weights. 4-bit graphs are read from, or kept in, ``cache``: a folder, True for
+    :func:`cache_dir`, False for none; ``graph_file`` and ``prompt_graph_file`` are where they are kept (None
+    when they are not), ``from_cache`` whether both were read from there, ``build_seconds`` how long building
+    took (0 when read).
     """
 
     def __init__(self, model, *, bits: int | None = 4, block_size: int = BLOCK_SIZE,
@@ -449,7 +451,8 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
         if prompt_int8:
             self.prompt_session, prompt_bytes, self.prompt_graph_file, prompt_cached, seconds = _graph_session(
                 lambda: build_graph(model.text_model, int8=True, progress=progress),
-                folder, key and f"{key}-prompt-int8", threads, {"int8": True, "onnxruntime": ort.__version__},
+                folder, self.graph_file and f"{key}-prompt-int8",  # kept beside the step graph, or not at all
+                threads, {"int8": True, "onnxruntime": ort.__version__},
                 spinning=False)  # once per caption: its threads must not keep a core busy while the steps run
             from_cache, self.build_seconds = from_cache and prompt_cached, self.build_seconds + seconds
         self.from_cache, self.weight_bytes = from_cache, step_bytes + prompt_bytes
