@@ -3,7 +3,7 @@
 At batch 1 a CPU spends a generated token reading the text decoder's weights, so the fastest CPU path is the
 one whose weights are smallest and whose kernel reads them fastest. ONNX Runtime's ``MatMulNBits`` (4-bit
 weights in blocks, the activations quantized to int8 for the product: ``accuracy_level=4``) reads them
-faster than torchao's int4 kernel (six of Kosmos-2's decoder layers at one row: 8.5 ms against 15.1 ms,
+faster than torchao's int4 kernel (six of Kosmos-2's decoder layers at one row: 8.2 ms against 16.4 ms,
 ``bench/results/cpu/kernels.md``), and a whole decoder step in one ONNX Runtime graph leaves no Python between
 the layers.
 
