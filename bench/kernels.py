@@ -52,8 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark as B  # noqa: E402  (its CPU name and its count of a quantized model's bytes)
 from helpers.grounding import quantization as quant  # noqa: E402  (the course's int4 recipe)
 
-KERNELS = ("float32", "bfloat16", "torchao-int4", "torchao-int4-inductor", "onnxruntime-int4",
-           "onnxruntime-int4-b128", "onnxruntime-int8-rows")
+#: ONNX Runtime's kernels and their 4-bit block size (None: the 8-bit products of int4-onnx's prompt graph).
+ONNXRUNTIME_KERNELS = {"onnxruntime-int4": 32, "onnxruntime-int4-b128": 128, "onnxruntime-int8-rows": None}
+KERNELS = ("float32", "bfloat16", "torchao-int4", "torchao-int4-inductor", *ONNXRUNTIME_KERNELS)
 #: (hidden, ffn) of the real text decoder and of --tiny.
 FULL, TINY = (2048, 8192), (128, 512)
 
@@ -123,8 +124,8 @@ def onnxruntime_kernel(block: int | None, weights: Sequence[torch.Tensor], threa
 
 def build(name: str, weights: Sequence[torch.Tensor], threads: int):
     """``(run, input dtype, weight bytes, notes)`` of kernel ``name`` running on ``threads`` threads."""
-    if name.startswith("onnxruntime-"):
-        return onnxruntime_kernel({"onnxruntime-int4": 32, "onnxruntime-int4-b128": 128}.get(name), weights, threads)
+    if name in ONNXRUNTIME_KERNELS:
+        return onnxruntime_kernel(ONNXRUNTIME_KERNELS[name], weights, threads)
     if name in KERNELS:
         return torch_kernel(name, weights)
     raise ValueError(f"unknown kernel {name!r}; the kernels are {', '.join(KERNELS)}")
