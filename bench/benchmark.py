@@ -13,10 +13,11 @@ Paths (``--paths``, comma-separated):
   and its defaults (FP4, float32 compute), batch 1 (every ``--batch-sizes`` entry in the CPU table). Needs
   bitsandbytes (on the CPU >= 0.50.2); otherwise recorded as skipped, with the reason.
 * ``nf4``, ``8bit`` — bitsandbytes' 4-bit NF4 and LLM.int8 weights, as ``load(quantization=...)`` loads them.
-* ``int8``, ``int4`` — torchao's CPU paths of ``load(quantization=...)``: int8 weights with int8 dynamic
-  activations; int4 weights of the text decoder (groups of 32) with bfloat16 activations, the vision tower and
-  the projection in bfloat16. ``int4-compile`` adds ``torch.compile`` of each text block; ``int4-static``
-  decodes with :class:`FixedShapeDecoder` (below), its step compiled by ``torch.compile``. CPU only.
+* ``int8``, ``int4`` — the CPU paths of ``load(quantization=...)``: int8 weights of the text decoder (a scale
+  per output, torch's ``_weight_int8pack_mm``); torchao's int4 weights of the text decoder (groups of 32) with
+  ``lm_head`` in int8; both with bfloat16 activations, the vision tower and the projection in bfloat16.
+  ``int4-compile`` adds ``torch.compile`` of each text block; ``int4-static`` decodes with
+  :class:`FixedShapeDecoder` (below), its step compiled by ``torch.compile``. CPU only.
 * ``int4-onnx`` — ``load(quantization="int4-onnx")``: the text decoder as ONNX Runtime graphs, 4-bit weights
   for each new token (``MatMulNBits``, blocks of 128, ``lm_head`` in 8 bits) and 8-bit products for the prompt
   (``MatMulInteger``), the vision tower and embeddings in bfloat16 (:mod:`helpers.grounding.onnx_decoder`). CPU
@@ -109,9 +110,10 @@ PATHS: dict[str, PathSpec] = {
                            attention="eager"),
     "nf4": PathSpec("nf4", "4-bit NF4 bitsandbytes weights, float32 compute", quantization="nf4", dtype="float32"),
     "8bit": PathSpec("8bit", "LLM.int8 bitsandbytes weights", quantization="8bit", dtype="float32"),
-    "int8": PathSpec("int8", "torchao int8 weights, int8 dynamic activations (float32 elsewhere)",
-                     quantization="int8", dtype="float32"),
-    "int4": PathSpec("int4", "torchao int4 decoder weights (groups of 32), bfloat16 activations and vision tower",
+    "int8": PathSpec("int8", "int8 decoder weights (a scale per output, torch's _weight_int8pack_mm), bfloat16 "
+                     "activations and vision tower", quantization="int8", dtype="bfloat16"),
+    "int4": PathSpec("int4", "torchao int4 decoder weights (groups of 32), lm_head int8, bfloat16 activations and "
+                     "vision tower",
                      quantization="int4", dtype="bfloat16"),
     "int4-compile": PathSpec("int4-compile", "int4 as above, torch.compile of each text block (dynamic shapes)",
                              quantization="int4", dtype="bfloat16", compile=True, small_batches_only=True),
@@ -271,13 +273,13 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
                     weights, **quant.from_pretrained_kwargs(plan, kind))
         if spec.quantization not in quant.BITSANDBYTES:  # bitsandbytes placed the weights already
             model = model.to(device)
-        if spec.quantization in quant.TORCHAO:  # as load() does: float weights in the path's dtype, then torchao
+        if spec.quantization in quant.IN_PLACE:  # as load() does: float weights in the path's dtype, then int8/int4
             quant.quantize(model, spec.quantization)
     else:
         with torch.device(device):
             model = Kosmos2ForConditionalGeneration(config)
         model = model.to(resolve_dtype(spec, device))
-        if spec.quantization in quant.TORCHAO:
+        if spec.quantization in quant.IN_PLACE:
             quant.quantize(model, spec.quantization)
     model.eval()
     model.set_attn_implementation(spec.attention)
@@ -329,8 +331,7 @@ class FixedShapeDecoder:
         hidden = hidden + text.embed_positions.weights.index_select(0, positions.view(-1)).view(*hidden.shape)
         for block in text.layers:
             hidden = block(hidden, mask, cache=cache, use_cache=True)
-        # lm_head on (batch, hidden): torchao's int8 dynamic-activation layer, compiled, gave wrong logits for
-        # a (1, 1, hidden) input (torchao 0.18, torch 2.13)
+        # lm_head on the last position only, (batch, hidden)
         return self.model.text_model.lm_head(text.layer_norm(hidden)[:, -1])
 
     def generate(self, inputs: dict[str, torch.Tensor], new_tokens: int) -> torch.Tensor:

@@ -8,7 +8,8 @@
     images      loading images from paths, URLs and bytes (EXIF orientation, size limits)
     plotting    boxes drawn on images, highlighted captions, the location grid
     model       loading a Kosmos-2 model (the real one or the bundled one) and grounding images
-    quantization  4-bit and 8-bit weights: bitsandbytes (the article's) and torchao's CPU paths
+    quantization  4-bit and 8-bit weights: bitsandbytes (the article's) and the course's CPU paths
+    int8_linear   int8 weights multiplied by torch's own CPU kernel (the int8 path, int4's lm_head)
     onnx_decoder  the text decoder as ONNX Runtime graphs, 4-bit weights per token (the fastest CPU captions)
     evaluation  scoring predicted boxes and captions against the truth
     refcoco     RefCOCO / RefCOCO+ / RefCOCOg files as distributed, and comprehension scored as the paper's authors do

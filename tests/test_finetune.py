@@ -207,6 +207,30 @@ def test_an_adapter_is_merged_into_the_int4_onnx_graph(trained, tiny_model_dir, 
     assert torch.linalg.vector_norm(got - tuned) < 0.5 * torch.linalg.vector_norm(got - before)
 
 
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_an_adapter_is_merged_before_int8_or_int4_quantize(trained, tiny_model_dir, tiny_model, quantization):
+    import torch
+
+    from helpers.grounding.finetune import _image
+    from helpers.grounding.int8_linear import Int8Linear
+    from helpers.grounding.model import load
+
+    out, records = trained
+    base, processor = tiny_model
+    merged = load(str(tiny_model_dir), adapter=out, device="cpu", verbose=False)[0].merge_and_unload()
+    quantized, _ = load(str(tiny_model_dir), adapter=out, quantization=quantization, device="cpu", verbose=False)
+    assert quantized.load_info.adapter == str(out)
+    assert not any("lora" in n for n, _ in quantized.named_modules())  # merged, then quantized
+    assert isinstance(quantized.text_model.lm_head, Int8Linear)
+    inputs = processor(text="<grounding> An image of", images=_image(records[0].path), return_tensors="pt")
+    with torch.no_grad():
+        tuned = merged(**inputs).logits[:, -1]
+        before = base(**inputs).logits[:, -1]
+        got = quantized(**dict(inputs, pixel_values=inputs["pixel_values"].to(torch.bfloat16))).logits[:, -1].float()
+    # the quantized model computes the tuned one (rounding aside), not the base one
+    assert torch.linalg.vector_norm(got - tuned) < 0.5 * torch.linalg.vector_norm(got - before)
+
+
 def test_training_lowers_the_loss_on_its_texts(tiny_model_dir, coco, tmp_path):
     import torch
 

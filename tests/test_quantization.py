@@ -17,6 +17,7 @@ import helpers.grounding.quantization as quant
 from helpers.course.paths import bundled_model_dir
 from helpers.grounding.model import ground, load
 from helpers.grounding.prompts import CAPTION_PROMPT
+from helpers.grounding.int8_linear import Int8Linear
 from helpers.grounding.quantization import QuantizationError, logits_agreement
 from helpers.world.scenes import sample_scenes
 
@@ -80,39 +81,44 @@ def test_bitsandbytes_paths_use_its_layers_and_the_articles_defaults(tiny_model_
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "fp4" and not config.bnb_4bit_use_double_quant
 
 
-def test_torchao_paths_quantize_the_layers_each_path_names(tiny_model_dir: Path) -> None:
+def _kinds(model) -> dict[str, str]:
+    """What each linear layer of ``model`` became: 'bfloat16', 'int4' or 'int8'."""
     from torchao.prototype.quantization.int4 import Int4OpaqueTensor
-    from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
 
-    model, _ = load(tiny_model_dir, quantization="int8", device="cpu", verbose=False)
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears and all(isinstance(m.weight, Int8Tensor) for m in linears)
-    assert model.load_info.dtype == "float32"
-    model, _ = load(tiny_model_dir, quantization="int4", device="cpu", verbose=False)
-    assert model.load_info.dtype == "bfloat16"
+    kinds = {}
     for name, m in model.named_modules():
-        if not isinstance(m, torch.nn.Linear):
-            continue
-        if name.startswith(("vision_model.", "image_to_text_projection.")):  # run once per image: bfloat16
-            assert type(m.weight) is torch.nn.Parameter and m.weight.dtype == torch.bfloat16, name
-        elif quant.int4_fits(m):
-            assert isinstance(m.weight, Int4OpaqueTensor), name
-        else:  # the int4 kernel needs outputs % 16 == 0 (the tiny lm_head has 1 297)
-            assert isinstance(m.weight, Int8Tensor), name
-    assert isinstance(_layer(model).weight, Int4OpaqueTensor)
+        if isinstance(m, Int8Linear):
+            kinds[name] = "int8"
+        elif isinstance(m, torch.nn.Linear):
+            kinds[name] = "int4" if isinstance(m.weight, Int4OpaqueTensor) else str(m.weight.dtype).split(".")[-1]
+    return kinds
+
+
+def test_int8_and_int4_quantize_the_text_decoder_and_keep_the_vision_tower(tiny_model_dir: Path) -> None:
+    once_per_image = ("vision_model.", "image_to_text_projection.")
+    int8, _ = load(tiny_model_dir, quantization="int8", device="cpu", verbose=False)
+    int4, _ = load(tiny_model_dir, quantization="int4", device="cpu", verbose=False)
+    assert int8.load_info.dtype == int4.load_info.dtype == "bfloat16"
+    kinds8, kinds4 = _kinds(int8), _kinds(int4)
+    assert kinds8.keys() == kinds4.keys() and "text_model.lm_head" in kinds8
+    for name, kind in kinds8.items():
+        assert kind == ("bfloat16" if name.startswith(once_per_image) else "int8"), name
+    for name, kind in kinds4.items():
+        if name.startswith(once_per_image):
+            assert kind == "bfloat16", name
+        elif name == "text_model.lm_head":  # the int4 kernel needs outputs % 16 == 0 (the tiny lm_head has 1 297)
+            assert kind == "int8", name
+        else:
+            assert kind == "int4", name
 
 
 def test_int4_falls_back_to_int8_for_layers_its_kernel_cannot_take() -> None:
-    from torchao.prototype.quantization.int4 import Int4OpaqueTensor
-    from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
-
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 96), torch.nn.Linear(96, 1297),
                                 torch.nn.Linear(96, 16), torch.nn.Linear(40, 32)).to(torch.bfloat16)
     counts = quant.quantize(model, "int4")
-    assert counts == {"int4 (groups of 32, HQQ scales)": 3, "int8": 2}  # a small model: HQQ scales
-    kinds = [type(m.weight) for m in model]
-    assert kinds == [Int4OpaqueTensor, Int4OpaqueTensor, Int8Tensor, Int4OpaqueTensor, Int8Tensor]
+    assert counts == {"int4 (groups of 32, HQQ scales)": 3, "int8 (a scale per output)": 2}  # small: HQQ scales
+    assert list(_kinds(model).values()) == ["int4", "int4", "int8", "int4", "int8"]
     assert [quant.int4_fits(torch.nn.Linear(k, n)) for k, n in ((256, 16), (96, 32), (48, 32), (40, 32),
                                                                 (128, 65037))] == [True, True, False, False, False]
     x = torch.randn(3, 64, dtype=torch.bfloat16)
@@ -180,10 +186,11 @@ def _versions(monkeypatch, **versions) -> None:
 @pytest.mark.parametrize(("name", "device", "versions", "message"), [
     ("4bit", "cpu", {"bitsandbytes": None}, r"needs bitsandbytes >= 0\.50\.2, which is not installed: pip install"),
     ("8bit", "cpu", {"bitsandbytes": "0.45.5"}, r"on the CPU needs bitsandbytes >= 0\.50\.2; this machine has "
-                                                 r"0\.45\.5: pip install -U .*'int8' or 'int4' \(torchao\)"),
+                                                 r"0\.45\.5: pip install -U .*'int8' or 'int4' also work"),
     ("nf4", "cuda", {"bitsandbytes": "0.42.0"}, r"needs bitsandbytes >= 0\.43; this machine has 0\.42\.0"),
     ("int4", "cpu", {"torchao": None}, r"needs torchao >= 0\.18, which is not installed: pip install .*\[quant\]"),
-    ("int8", "cpu", {"torchao": "0.10.0"}, r"needs torchao >= 0\.18; this machine has 0\.10\.0"),
+    ("int4", "cpu", {"torchao": "0.10.0"}, r"needs torchao >= 0\.18; this machine has 0\.10\.0"),
+    ("int8", "cuda", {}, r"'int8' is this course's CPU path"),
     ("int4", "cuda", {}, r"'int4' is this course's CPU path .* use '4bit', 'nf4' or '8bit', or pass device='cpu'"),
     ("4bit", "mps", {}, r"runs on a CUDA GPU or on the CPU, not on 'mps'"),
     ("int4-onnx", "cpu", {"onnxruntime": None}, r"needs onnxruntime, not installed: pip install .*\[quant\]"),
@@ -194,6 +201,19 @@ def test_what_the_machine_cannot_do_says_what_to_install_or_choose(monkeypatch, 
     _versions(monkeypatch, **versions)
     with pytest.raises(QuantizationError, match=message):
         quant.check_available(name, device)
+
+
+def test_int8_needs_torchs_kernel_and_not_torchao(monkeypatch) -> None:
+    import helpers.grounding.int8_linear as int8_linear
+
+    _versions(monkeypatch, torchao=None)
+    quant.check_available("int8", "cpu")  # no error: torch's own kernel
+    assert quant.plan("int8", "cpu", None, None).dtype == torch.bfloat16
+    monkeypatch.setattr(int8_linear, "int8_kernel_available", lambda: False)
+    for name in ("int8", "int4"):  # int4's lm_head is an int8 layer
+        with pytest.raises(QuantizationError, match=r"_weight_int8pack_mm, which this torch \(.*\) does not have: "
+                                                    r"pip install -U torch"):
+            quant.check_available(name, "cpu")
 
 
 def test_load_refuses_before_reading_any_weights(tiny_model_dir, monkeypatch) -> None:

@@ -252,18 +252,18 @@ def load(
     """Load ``(model, processor)``; see the module docstring for how the model is chosen.
 
     ``quantization`` is one of :data:`helpers.quantization.QUANTIZATIONS`: ``"4bit"`` (the article's FP4),
-    ``"nf4"`` and ``"8bit"`` (bitsandbytes, on a CUDA GPU or the CPU), ``"int8"`` and ``"int4"`` (torchao, CPU),
+    ``"nf4"`` and ``"8bit"`` (bitsandbytes, on a CUDA GPU or the CPU), ``"int8"`` and ``"int4"`` (CPU),
     ``"int4-onnx"`` (the text decoder in ONNX Runtime, CPU: the model returned only generates, see
     :mod:`helpers.grounding.onnx_decoder`) or ``"none"``; ``None`` lets :func:`helpers.quantization.plan`
     choose (on a CPU, int4 for the real model's size; float weights otherwise), and the banner says what it
     chose. ``dtype`` (a floating ``torch.dtype`` or its name) defaults to :func:`default_dtype` of the device
-    (bfloat16 for ``"int4"`` and ``"int4-onnx"``); ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+    (bfloat16 for ``"int8"``, ``"int4"`` and ``"int4-onnx"``); ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
     ``"mps"``) to :func:`try_gpu`.
 
     ``adapter`` is a folder of LoRA adapters saved by ``python -m helpers finetune``: they are checked
-    against the base and attached (the model becomes a ``peft.PeftModel``; with ``"int4-onnx"`` they are
-    merged into the weights before the graph is built). Merge them into the weights for faster generation
-    with ``model = model.merge_and_unload()``.
+    against the base and attached (the model becomes a ``peft.PeftModel``; with ``"int8"``, ``"int4"`` and
+    ``"int4-onnx"`` they are merged into the float weights before those are quantized). Merge them into the
+    weights for faster generation with ``model = model.merge_and_unload()``.
 
     Raises:
         TypeError: ``model`` is not a str, a path or None; ``device`` is not a str.
@@ -323,16 +323,16 @@ def load(
         parameters = sum(p.numel() for p in net.parameters())
     if chosen.quantization not in quant.BITSANDBYTES:  # bitsandbytes placed the weights already
         net = net.to(device)
-    if chosen.quantization in quant.TORCHAO:
-        quant.quantize(net, chosen.quantization)
     if adapter is not None:
         from helpers.grounding.finetune import attach_adapter
 
         net = attach_adapter(net, adapter)
         parameters = sum(p.numel() for p in net.parameters()) if chosen.quantization not in quant.BITSANDBYTES \
             else parameters
-        if chosen.quantization in quant.ONNXRUNTIME:  # the graph takes the weights with the adapters merged in
+        if chosen.quantization in (*quant.IN_PLACE, *quant.ONNXRUNTIME):  # quantized with the adapters merged in
             net = net.merge_and_unload()
+    if chosen.quantization in quant.IN_PLACE:
+        quant.quantize(net, chosen.quantization)
     net.eval()
     if chosen.quantization in quant.ONNXRUNTIME:
         from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2

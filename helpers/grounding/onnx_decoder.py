@@ -3,9 +3,9 @@
 At batch 1 a CPU spends a generated token reading the text decoder's weights, so the fastest CPU path is the
 one whose weights are smallest and whose kernel reads them fastest. ONNX Runtime's ``MatMulNBits`` (4-bit
 weights in blocks, the activations quantized to int8 for the product: ``accuracy_level=4``) reads them
-faster than torchao's int4 kernel (six of Kosmos-2's decoder layers at one row: 8.2 ms against 16.4 ms,
-``bench/results/cpu/kernels.md``), and a whole decoder step in one ONNX Runtime graph leaves no Python between
-the layers.
+faster than torchao's int4 kernel (six of Kosmos-2's decoder layers at one row: 4.1 ms against 5.6 ms on two
+cores of an AMD EPYC, ``bench/results/cpu/kernels.md``; 8.2 against 16.4 ms on an Intel Xeon), and a whole
+decoder step in one ONNX Runtime graph leaves no Python between the layers.
 
 The graph is built here from the loaded model's own weights (no export): for each block
 
@@ -23,8 +23,9 @@ That graph makes each new token. The prompt (image and text, some 71 rows at onc
 of the same decoder whose products are 8-bit: int8 weights with a scale per output, each row of the input
 rounded to int8 with its own scale, multiplied in integers by ``MatMulInteger``
 (:meth:`GraphPart.int8_product`). With many rows ONNX Runtime's integer products run on AMX where the CPU has
-it: six decoder layers at 71 rows took 37-44 ms, against 125-131 ms for ``MatMulNBits`` (two cores, a probe);
-at one row they are slower (13 against 9.5 ms), so the steps keep 4 bits. The prompt graph's weights take
+it: six decoder layers at 71 rows took 37-44 ms, against 125-131 ms for ``MatMulNBits`` (two cores of an Intel
+Xeon, a probe; on the AMD EPYC, with VNNI, 43 against 57 ms); at one row they are slower (13 against 9.5 ms),
+so the steps keep 4 bits. The prompt graph's weights take
 1.35 GB for the real model (the step graph's 0.79 GB).
 
 :class:`OnnxRuntimeKosmos2` generates greedily, as ``generate()`` does, with the options the course uses

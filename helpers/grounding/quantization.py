@@ -1,4 +1,4 @@
-"""Quantized Kosmos-2 weights: the article's bitsandbytes paths and torchao's CPU paths.
+"""Quantized Kosmos-2 weights: the article's bitsandbytes paths and the course's CPU paths.
 
 ``load(quantization=...)`` takes one of these names:
 
@@ -8,29 +8,32 @@ name             weights                                                        
 ``"4bit"``       4-bit FP4, ``BitsAndBytesConfig(load_in_4bit=True)``: the article's  bitsandbytes  CUDA, CPU
 ``"nf4"``        4-bit NormalFloat (``bnb_4bit_quant_type="nf4"``), as QLoRA uses     bitsandbytes  CUDA, CPU
 ``"8bit"``       LLM.int8 (``load_in_8bit=True``)                                     bitsandbytes  CUDA, CPU
-``"int8"``       int8 weights, activations quantized to int8 on the fly               torchao       CPU
+``"int8"``       int8 decoder weights, a scale per output, bfloat16 activations       torch         CPU
 ``"int4"``       int4 decoder weights in groups of 32, bfloat16 activations           torchao       CPU
 ``"int4-onnx"``  the text decoder in graphs: 4-bit weights per token, 8-bit prompt    ONNX Runtime  CPU
 ``"none"``       no quantization: the float weights in ``dtype``                      –             any
 ===============  ===================================================================  ============  =========
 
 The bitsandbytes paths quantize while ``from_pretrained`` loads (transformers leaves ``lm_head`` in float, as
-for the article). ``"int8"`` quantizes every ``nn.Linear`` of the loaded float model, ``lm_head`` included: at
-batch 1 a CPU spends most of each generated token reading weights, and the output layer (65 037 × 2 048 in
-Kosmos-2) is the largest single one. ``"int4"`` quantizes the text decoder and ``lm_head`` (int8 where the int4
-kernel cannot take a layer) and keeps the vision tower and the image-to-text projection in bfloat16, since
-they run once per image (:data:`INT4_KEEPS_BFLOAT16`). ``"int4-onnx"`` turns the text decoder into ONNX
+for the article). ``"int8"`` and ``"int4"`` (:func:`quantize`) quantize the loaded bfloat16 model's text decoder,
+``lm_head`` included: at batch 1 a CPU spends most of each generated token reading weights, and the output
+layer (65 037 × 2 048 in Kosmos-2) is the largest single one. They keep the vision tower and the image-to-text
+projection in bfloat16, since those run once per image (:data:`KEEPS_BFLOAT16`). ``"int8"`` gives every layer
+int8 weights (:class:`helpers.grounding.int8_linear.Int8Linear`, torch's ``_weight_int8pack_mm`` kernel; that
+module says why not torchao's int8); ``"int4"`` gives torchao's int4 weights to the layers torch's int4 kernel
+takes and int8 ones to the rest (``lm_head``). ``"int4-onnx"`` turns the text decoder into ONNX
 Runtime graphs, one with 4-bit weights for each new token and one with 8-bit weights for the prompt
 (:mod:`helpers.grounding.onnx_decoder`); the model it returns only generates.
 
 ``quantization=None`` lets :func:`plan` choose: on a CPU, a model of at least :data:`AUTO_CPU_PARAMETERS`
 parameters (the real Kosmos-2 has 1.66 B) gets :data:`AUTO_CPU_CHOICE`, the fastest CPU path per token at
-batch 1 in ``bench/benchmark.py --cpu-table`` (two cores, Intel Xeon, 2026-11-30 23:10 UTC;
-``bench/results/cpu``) among those that give a whole model: int4 0.111 s per token, against NF4 0.147 s, the
-article's 4-bit 0.148 s, int8 0.193 s, bfloat16 0.207 s and float32 0.260 s (SDPA attention). ``"int4-onnx"``
-was faster still, 0.061 s, but has no forward pass (no logits, no fine-tuning) and takes about a minute to
-build at its first load (later loads read the built graphs from disk), so it is asked for, not chosen. On the
-bundled model both keep every evaluation figure within 0.7 points of float32 (``bench/bundled_accuracy.py``).
+batch 1 in ``bench/benchmark.py --cpu-table`` (two cores, AMD EPYC, 2026-12-01 01:23-01:38 UTC;
+``bench/results/cpu``) among those that give a whole model: int4 0.050 s per token, against the article's
+4-bit 0.066 s, NF4 0.068 s, int8 0.070 s, bfloat16 0.148 s and float32 0.274 s (on an Intel Xeon the day
+before, int4 0.111 s, the article's 4-bit 0.148 s). ``"int4-onnx"`` was faster still, 0.029 s, but has no
+forward pass (no logits, no fine-tuning) and takes about a minute to build at its first load (later loads
+read the built graphs from disk), so it is asked for, not chosen. On the bundled model both keep every
+evaluation figure within 0.7 points of float32 (``bench/bundled_accuracy.py``).
 Smaller models (the bundled one) stay in float32, which measured faster for them. Everything else keeps float
 weights.
 """
@@ -48,7 +51,9 @@ from typing import Any
 #: Every name ``load(quantization=...)`` accepts (``None`` means: let :func:`plan` choose).
 QUANTIZATIONS = ("4bit", "nf4", "8bit", "int8", "int4", "int4-onnx", "none")
 BITSANDBYTES = ("4bit", "nf4", "8bit")
-TORCHAO = ("int8", "int4")
+TORCHAO = ("int4",)
+#: The paths that load float weights, then replace the text decoder's layers (:func:`quantize`).
+IN_PLACE = ("int8", "int4")
 ONNXRUNTIME = ("int4-onnx",)
 #: The oldest ONNX Runtime this course checked the int4-onnx graph with.
 MIN_ONNXRUNTIME = "1.32"
@@ -67,12 +72,12 @@ AUTO_CPU_CHOICE = "int4"
 #: comprehension accuracy@1 by -0.4 points, groups of 64 by -1.4 (HQQ scales, below); on Kosmos-2's
 #: 2 048 x 8 192 layers a product with one token takes about as long in groups of 32 as of 128.
 INT4_GROUP_SIZE = 32
-#: Layers the int4 path leaves in bfloat16: the vision tower and the image-to-text projection run once per
-#: image (the text decoder runs once per token, so its weights are what a CPU reads at every step). In int4 they
+#: Layers the int8 and int4 paths leave in bfloat16: the vision tower and the image-to-text projection run once
+#: per image (the text decoder runs once per token, so its weights are what a CPU reads at every step). In int4 they
 #: cost the bundled model 1.2 points of comprehension; on the real model's CPU table the int4 prefill (image and
 #: prompt) took 1.49 s with them in bfloat16, against 2.45 s in an earlier run with them in int4 (a slower day:
 #: float32's prefill took 2.49 s then, 1.97 s now).
-INT4_KEEPS_BFLOAT16 = ("vision_model.", "image_to_text_projection.")
+KEEPS_BFLOAT16 = ("vision_model.", "image_to_text_projection.")
 #: Models up to this size get int4 scales chosen by HQQ (half-quadratic optimisation of each group's scale and
 #: zero point), larger ones min-max scales (torchao's "tinygemm" default). HQQ is the more accurate (bundled
 #: model: comprehension -0.4 points against -1.4 with min-max) but takes about 0.36 s per million weights on
@@ -85,7 +90,7 @@ DESCRIPTIONS = {
     "4bit": "4-bit FP4 weights (bitsandbytes, the article's BitsAndBytesConfig(load_in_4bit=True))",
     "nf4": "4-bit NF4 weights (bitsandbytes)",
     "8bit": "LLM.int8 weights (bitsandbytes)",
-    "int8": "int8 weights and int8 dynamic activations (torchao)",
+    "int8": "int8 weights, a scale per output, bfloat16 activations (torch's _weight_int8pack_mm)",
     "int4": "int4 weights, bfloat16 activations (torchao)",
     "int4-onnx": "the text decoder in ONNX Runtime, 4-bit weights (MatMulNBits) for each new token, 8-bit "
                  "(MatMulInteger) for the prompt",
@@ -146,16 +151,26 @@ def check_available(quantization: str, device: str) -> None:
                 f"{INSTALL} (or pip install 'bitsandbytes>={minimum}')")
         if _older(version, minimum):
             where = "on the CPU" if kind == "cpu" else "with transformers 5"
-            hint = (" On a CPU, quantization='int8' or 'int4' (torchao) also work, and faster."
+            hint = (" On a CPU, quantization='int8' or 'int4' also work, and faster."
                     if kind == "cpu" else "")
             raise QuantizationError(
                 f"quantization={quantization!r} {where} needs bitsandbytes >= {minimum}; this machine has "
                 f"{version}: pip install -U 'bitsandbytes>={minimum}'.{hint}")
-    elif quantization in TORCHAO:
+    elif quantization in IN_PLACE:
         if kind != "cpu":
             raise QuantizationError(
-                f"quantization={quantization!r} is this course's CPU path (torchao CPU kernels), not for "
+                f"quantization={quantization!r} is this course's CPU path (torch's CPU kernels), not for "
                 f"{device!r}; on a CUDA GPU use '4bit', 'nf4' or '8bit', or pass device='cpu'")
+        from helpers.grounding.int8_linear import int8_kernel_available
+
+        if not int8_kernel_available():
+            import torch
+
+            raise QuantizationError(
+                f"quantization={quantization!r} multiplies int8 weights with torch's _weight_int8pack_mm, which "
+                f"this torch ({torch.__version__}) does not have: pip install -U torch")
+        if quantization not in TORCHAO:
+            return
         version = _version("torchao")
         if version is None:
             raise QuantizationError(
@@ -189,7 +204,8 @@ def plan(quantization: str | None, device: str, dtype, parameters: int | None) -
 
     ``quantization=None`` chooses: :data:`AUTO_CPU_CHOICE` on a CPU for models of at least
     :data:`AUTO_CPU_PARAMETERS` parameters when torchao is installed (and no ``dtype`` was asked for), float
-    weights otherwise. ``"int4"`` computes in bfloat16, the only activation type its CPU kernel is fast in.
+    weights otherwise. ``"int8"`` and ``"int4"`` compute in bfloat16, the only activation type their CPU
+    kernels are fast in.
     """
     import torch
 
@@ -208,15 +224,13 @@ def plan(quantization: str | None, device: str, dtype, parameters: int | None) -
     if quantization == "none":
         return Plan(None, dtype or default_dtype(device), reason)
     check_available(quantization, device)
-    if quantization == "int4":
+    if quantization in IN_PLACE:
         if dtype is not None and dtype != torch.bfloat16:
-            raise ValueError(f"quantization='int4' computes in bfloat16 (its CPU kernel's activation type), "
-                             f"got dtype={dtype}; leave dtype unset or pass 'bfloat16'")
-        return Plan("int4", torch.bfloat16, reason)
+            raise ValueError(f"quantization={quantization!r} computes in bfloat16 (its CPU kernels' activation "
+                             f"type), got dtype={dtype}; leave dtype unset or pass 'bfloat16'")
+        return Plan(quantization, torch.bfloat16, reason)
     if quantization == "int4-onnx":  # dtype: what the vision tower and the embeddings keep (the graph is float32)
         return Plan("int4-onnx", dtype or torch.bfloat16, reason)
-    if quantization == "int8":
-        return Plan("int8", dtype or torch.float32, reason)
     return Plan(quantization, dtype or default_dtype(device), reason)
 
 
@@ -286,24 +300,17 @@ def import_quietly() -> None:
                 importlib.import_module(name)
 
 
-def torchao_config(quantization: str, hqq: bool = False):
-    """The torchao config of a torchao path: ``"int8"`` → int8 dynamic activations and int8 weights per
-    channel; ``"int4"`` → int4 weights in groups of :data:`INT4_GROUP_SIZE` for torch's CPU int4 kernel, with
-    HQQ scales when ``hqq``."""
+def torchao_config(hqq: bool = False):
+    """The torchao config of the int4 path: int4 weights in groups of :data:`INT4_GROUP_SIZE` for torch's CPU
+    int4 kernel, with HQQ scales when ``hqq``."""
     with quiet_imports():
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
-
         try:
             from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
         except ImportError as err:  # a torchao that moved or dropped its CPU int4 layout
             raise QuantizationError(f"this torchao ({_version('torchao')}) has no CPU int4 layout "
                                     f"(PrototypeInt4WeightOnlyConfig); pip install 'torchao>={MIN_TORCHAO}'") from err
-    if quantization == "int8":
-        return Int8DynamicActivationInt8WeightConfig()
-    if quantization == "int4":
-        return PrototypeInt4WeightOnlyConfig(group_size=INT4_GROUP_SIZE,
-                                             int4_choose_qparams_algorithm="hqq" if hqq else "tinygemm")
-    raise ValueError(f"{quantization!r} is not a torchao path; those are {', '.join(TORCHAO)}")
+    return PrototypeInt4WeightOnlyConfig(group_size=INT4_GROUP_SIZE,
+                                         int4_choose_qparams_algorithm="hqq" if hqq else "tinygemm")
 
 
 def int4_fits(linear) -> bool:
@@ -313,36 +320,43 @@ def int4_fits(linear) -> bool:
 
 
 def quantize(model, quantization: str) -> dict[str, int]:
-    """Quantize the ``nn.Linear`` layers of ``model`` in place with torchao; returns how many layers got which form.
+    """Quantize the ``nn.Linear`` layers of a bfloat16 ``model`` on the CPU in place (``"int8"`` or ``"int4"``);
+    returns how many layers got which form.
 
-    ``model`` must be on the CPU, in float32 for ``"int8"`` or bfloat16 for ``"int4"``. ``"int8"`` takes every
-    layer. ``"int4"`` takes the text decoder's layers and leaves those named in :data:`INT4_KEEPS_BFLOAT16` in
-    bfloat16; a layer that torch's CPU int4 kernel cannot take (:func:`int4_fits`) gets int8 instead:
-    Kosmos-2's ``lm_head`` (65 037 outputs, not a multiple of 16), and in the bundled model ``lm_head`` too
-    (1 297 outputs).
+    Layers named in :data:`KEEPS_BFLOAT16` stay as they are. ``"int8"`` replaces every other layer by an
+    :class:`~helpers.grounding.int8_linear.Int8Linear`. ``"int4"`` gives torchao's int4 weights to every other
+    layer that torch's CPU int4 kernel takes (:func:`int4_fits`) and an ``Int8Linear`` to the rest: Kosmos-2's
+    ``lm_head`` (65 037 outputs, not a multiple of 16), and the bundled model's (1 297 outputs).
     """
     import torch
 
-    with quiet_imports():
-        from torchao.quantization import quantize_
+    from helpers.grounding.int8_linear import DTYPE, Int8Linear
 
+    if quantization not in IN_PLACE:
+        raise ValueError(f"quantize() takes {' or '.join(repr(q) for q in IN_PLACE)}, got {quantization!r}")
     named = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    wrong = sorted({str(m.weight.dtype) for _, m in named if m.weight.dtype != DTYPE})
+    if wrong:
+        raise ValueError(f"quantize() takes a {DTYPE} model (load it with dtype='bfloat16'); its layers are {wrong}")
+    kept = [m for n, m in named if any(part in n for part in KEEPS_BFLOAT16)]
+    counts = {"bfloat16 (run once per image)": len(kept)} if kept else {}
+    rest = [(n, m) for n, m in named if not any(part in n for part in KEEPS_BFLOAT16)]
+    int8 = [n for n, m in rest if quantization == "int8" or not int4_fits(m)]
     if quantization == "int4":
-        kept = {id(m) for n, m in named if any(part in n for part in INT4_KEEPS_BFLOAT16)}
-        rest = [m for _, m in named if id(m) not in kept]
+        int4 = {id(m) for _, m in rest if int4_fits(m)}
         hqq = sum(p.numel() for p in model.parameters()) <= INT4_HQQ_MAX_PARAMETERS
-        label = f"int4 (groups of {INT4_GROUP_SIZE}, {'HQQ' if hqq else 'min-max'} scales)"
-        batches = [(label, torchao_config("int4", hqq), {id(m) for m in rest if int4_fits(m)}),
-                   ("int8", torchao_config("int8"), {id(m) for m in rest if not int4_fits(m)})]
-        counts = {"bfloat16 (run once per image)": len(kept)} if kept else {}
-    else:
-        batches = [(quantization, torchao_config(quantization), {id(m) for _, m in named})]
-        counts = {}
-    for label, config, chosen in batches:
-        if chosen:
+        if int4:
             with quiet_imports():
-                quantize_(model, config, filter_fn=lambda m, _name, chosen=chosen: id(m) in chosen)
-            counts[label] = len(chosen)
+                from torchao.quantization import quantize_
+
+                quantize_(model, torchao_config(hqq), filter_fn=lambda m, _name: id(m) in int4)
+            counts[f"int4 (groups of {INT4_GROUP_SIZE}, {'HQQ' if hqq else 'min-max'} scales)"] = len(int4)
+    for name in int8:
+        parent, _, child = name.rpartition(".")
+        holder = model.get_submodule(parent) if parent else model
+        setattr(holder, child, Int8Linear.from_linear(getattr(holder, child)))
+    if int8:
+        counts["int8 (a scale per output)"] = len(int8)
     return counts
 
 
