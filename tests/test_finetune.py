@@ -252,6 +252,21 @@ def test_training_lowers_the_loss_on_its_texts(tiny_model_dir, coco, tmp_path):
     assert tuned < base - 0.1  # a random tiny model learns slowly, but it learns
 
 
+def test_the_same_seed_gives_the_same_adapters_whatever_ran_before(tiny_model_dir, coco, tmp_path):
+    import torch
+
+    records = read_coco(*coco)[:1]
+    runs = []
+    for earlier in (1, 2):  # what the process drew from torch's random numbers before
+        torch.manual_seed(earlier)
+        torch.rand(earlier)
+        model, _, _ = finetune(tiny_model_dir, records, tmp_path / f"run{earlier}",
+                               FinetuneConfig(steps=2, batch_size=2, device="cpu"), progress=False, log=lambda s: None)
+        runs.append({n: p.detach().clone() for n, p in model.named_parameters() if "lora" in n})
+    assert runs[0] and runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+
+
 def test_resume_continues_the_step_count(trained, tiny_model_dir, tmp_path):
     import shutil
 

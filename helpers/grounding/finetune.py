@@ -568,6 +568,7 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
     if resume:
         previous = check_adapter(out, model)
     token_ids = word_token_ids(processor, cfg.new_words)
+    torch.manual_seed(cfg.seed)  # the adapters' first values: the same seed gives the same run in any process
     model = _with_adapters(model, cfg, out if resume else None, token_ids)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
