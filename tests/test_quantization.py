@@ -125,6 +125,16 @@ def test_int4_falls_back_to_int8_for_layers_its_kernel_cannot_take() -> None:
     assert model[0](x).shape == (3, 32) and torch.isfinite(model[0](x).float()).all()
 
 
+def test_quantize_refuses_a_float32_model_and_other_paths() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    with pytest.raises(ValueError, match=r"takes a torch.bfloat16 model \(load it with dtype='bfloat16'\); its "
+                                         r"layers are \['torch.float32'\]"):
+        quant.quantize(model, "int8")
+    assert type(model[0]) is torch.nn.Linear  # nothing half-done
+    with pytest.raises(ValueError, match=r"quantize\(\) takes 'int8' or 'int4', got '4bit'"):
+        quant.quantize(model.to(torch.bfloat16), "4bit")
+
+
 def test_int4_scales_come_from_hqq_for_small_models_only(monkeypatch) -> None:
     """HQQ's scales are closer to the float weights than min-max ones; above the size limit (its optimisation
     takes minutes on the real model) the path uses min-max scales."""
