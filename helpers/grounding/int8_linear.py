@@ -28,6 +28,15 @@ import torch
 DTYPE = torch.bfloat16
 
 
+def int8_per_output(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes, scale)`` of a ``(outputs, inputs)`` weight: each output's row rounded to int8 codes with the
+    float32 scale ``max |w| / 127`` (``weight ≈ codes × scale[:, None]``). The rule of :class:`Int8Linear` and of
+    the int4-onnx prompt graph's 8-bit products."""
+    weight = weight.detach().float()
+    scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
+    return torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
 def int8_kernel_available() -> bool:
     """Whether this torch has the CPU kernel :class:`Int8Linear` multiplies with (``_weight_int8pack_mm``)."""
     return hasattr(torch.ops.aten, "_weight_int8pack_mm")
@@ -52,12 +61,9 @@ class Int8Linear(torch.nn.Module):
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> Int8Linear:
-        """``linear``'s weights rounded to int8 with the scale ``max |w| / 127`` of each output row."""
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
-        codes = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        bias = None if linear.bias is None else linear.bias.detach()
-        return cls(codes, scale, bias)
+        """``linear``'s weights rounded to int8 with the scale ``max |w| / 127`` of each output row
+        (:func:`int8_per_output`)."""
+        return cls(*int8_per_output(linear.weight), None if linear.bias is None else linear.bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != DTYPE:

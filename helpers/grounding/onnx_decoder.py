@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from helpers.course.paths import data_dir
+from helpers.grounding.int8_linear import int8_per_output
 from helpers.grounding.quantization import INSTALL, QuantizationError
 
 #: Weights per 4-bit block, each block with its own scale and zero point. In a probe of the full-size decoder
@@ -202,11 +203,10 @@ class GraphPart:
         (:meth:`int8_rows`): ``MatMulInteger`` sums the codes' products in int32, then both scales apply."""
         from onnx import TensorProto
 
-        w = weight.detach().float().T  # (inputs, outputs)
-        scale = w.abs().amax(0).clamp_min(1e-30) / 127
+        weight_codes, scale = int8_per_output(weight)
         codes, row_scale = self.int8_rows(x)
-        sums = self.node("MatMulInteger", [codes, self.constant(f"{name}.weight_int8", torch.round(w / scale).to(
-            torch.int8)), self.constant("int8.zero_point", torch.tensor(128, dtype=torch.uint8))],
+        sums = self.node("MatMulInteger", [codes, self.constant(f"{name}.weight_int8", weight_codes.T),
+                                           self.constant("int8.zero_point", torch.tensor(128, dtype=torch.uint8))],
                          f"{name}.matmul_int8")
         y = self.node("Mul", [self.node("Cast", [sums], f"{name}.sums", to=TensorProto.FLOAT), row_scale],
                       f"{name}.row_scaled")

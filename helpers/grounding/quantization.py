@@ -338,9 +338,9 @@ def quantize(model, quantization: str) -> dict[str, int]:
     wrong = sorted({str(m.weight.dtype) for _, m in named if m.weight.dtype != DTYPE})
     if wrong:
         raise ValueError(f"quantize() takes a {DTYPE} model (load it with dtype='bfloat16'); its layers are {wrong}")
-    kept = [m for n, m in named if any(part in n for part in KEEPS_BFLOAT16)]
-    counts = {"bfloat16 (run once per image)": len(kept)} if kept else {}
     rest = [(n, m) for n, m in named if not any(part in n for part in KEEPS_BFLOAT16)]
+    kept = len(named) - len(rest)
+    counts = {"bfloat16 (run once per image)": kept} if kept else {}
     int8 = [n for n, m in rest if quantization == "int8" or not int4_fits(m)]
     if quantization == "int4":
         int4 = {id(m) for _, m in rest if int4_fits(m)}
