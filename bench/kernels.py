@@ -4,7 +4,7 @@
     python bench/kernels.py --tiny                      # small shapes, seconds (figures mean nothing)
     # a whole decode step's products on 1 core, then on 2:
     python bench/kernels.py --layers 24 --rows 1 --threads 1,2 \
-        --kernels float32,torchao-int4,onnxruntime-int4-b128 --out bench/results/cpu/threads
+        --kernels read,float32,torchao-int4,onnxruntime-int4-b128 --out bench/results/cpu/threads
 
 A layer of Kosmos-2's text decoder multiplies its input by six weight matrices: q, k, v and out (2 048 × 2 048),
 fc1 (2 048 × 8 192) and fc2 (8 192 × 2 048). This script builds ``--layers`` layers of them with random weights
@@ -13,7 +13,9 @@ shared L3 cache, which a decode step's 24 layers do not fit) and times one pass 
 product feeding the next, for ``--rows`` rows at a time: 1 is a decode step, 71 the prefill of image and
 prompt. Each kernel gets the same weights:
 
-* ``float32``, ``bfloat16``: torch's matrix products, the measure of what memory gives;
+* ``read``: no product; torch sums every float32 weight, which reads them once: how fast this machine's
+  memory gives bytes to so many threads, the ceiling of a kernel's rate (it has no error column);
+* ``float32``, ``bfloat16``: torch's matrix products;
 * ``torchao-int4``: the course's ``"int4"`` layers (torch's CPU int4 kernel, groups of 32, as ``load()`` makes
   them), eager;
 * ``torchao-int4-inductor``: the same layers under ``torch.compile(mode="max-autotune-no-cudagraphs")`` with
@@ -54,7 +56,7 @@ from helpers.grounding import quantization as quant  # noqa: E402  (the course's
 
 #: ONNX Runtime's kernels and their 4-bit block size (None: the 8-bit products of int4-onnx's prompt graph).
 ONNXRUNTIME_KERNELS = {"onnxruntime-int4": 32, "onnxruntime-int4-b128": 128, "onnxruntime-int8-rows": None}
-KERNELS = ("float32", "bfloat16", "torchao-int4", "torchao-int4-inductor", *ONNXRUNTIME_KERNELS)
+KERNELS = ("read", "float32", "bfloat16", "torchao-int4", "torchao-int4-inductor", *ONNXRUNTIME_KERNELS)
 #: (hidden, ffn) of the real text decoder and of --tiny.
 FULL, TINY = (2048, 8192), (128, 512)
 
@@ -81,6 +83,10 @@ def _linears(weights: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.nn.Se
 
 def torch_kernel(name: str, weights: Sequence[torch.Tensor]) -> tuple[Callable, torch.dtype, int, dict]:
     """``(run, input dtype, weight bytes, notes)`` of a torch kernel."""
+    if name == "read":
+        def read(x: torch.Tensor) -> torch.Tensor:
+            return sum(w.sum() for w in weights)
+        return read, torch.float32, sum(w.numel() * w.element_size() for w in weights), {"product": False}
     dtype = torch.float32 if name == "float32" else torch.bfloat16
     model = _linears(weights, dtype)
     notes: dict[str, Any] = {}
@@ -176,13 +182,18 @@ def measure(kernels: Sequence[str], *, hidden: int, ffn: int, layers: int, rows:
             run, dtype, size, notes = built
             seconds, warm, out = time_pass(run, x.to(dtype), repeats, warmup=3 if notes.get("compiled") else 1)
             ref = reference[r]
-            error = float(torch.linalg.vector_norm(out.float() - ref) / torch.linalg.vector_norm(ref))
+            error = (float(torch.linalg.vector_norm(out.float() - ref) / torch.linalg.vector_norm(ref))
+                     if notes.get("product", True) else None)
             results.append({"kernel": name, "threads": count, "rows": r, "status": "ok", "ms": seconds * 1000,
                             "weights_mb": size / 1e6, "gb_per_s": size / seconds / 1e9,
                             "relative_error": error, "warmup_s": warm, **notes})
             log(f"{where}: {seconds * 1000:.2f} ms, {size / 1e6:.1f} MB, {size / seconds / 1e9:.1f} GB/s, "
-                f"error {error:.4f} (warm-up {warm:.1f} s)")
+                f"error {_error(error)} (warm-up {warm:.1f} s)")
     return results
+
+
+def _error(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -194,7 +205,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     for r in report["results"]:
         if r["status"] == "ok":
             lines.append(f"| {r['kernel']} | {r['threads']} | {r['rows']} | {r['ms']:.2f} | {r['weights_mb']:.1f} | "
-                         f"{r['gb_per_s']:.1f} | {r['relative_error']:.4f} |")
+                         f"{r['gb_per_s']:.1f} | {_error(r['relative_error'])} |")
         else:
             lines.append(f"| {r['kernel']} | {r['threads']} | {r['rows']} | – | – | – | {r['reason']} |")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ import pytest
 from helpers.course.paths import repo_root
 
 SCRIPT = repo_root() / "bench" / "kernels.py"
-KERNELS = ["float32", "bfloat16", "torchao-int4", "torchao-int4-inductor", "onnxruntime-int4",
+KERNELS = ["read", "float32", "bfloat16", "torchao-int4", "torchao-int4-inductor", "onnxruntime-int4",
            "onnxruntime-int4-b128", "onnxruntime-int8-rows"]
 
 
@@ -66,7 +66,7 @@ def test_kernels_compute_the_same_products(report):
     for rows in (1, 5):
         assert error[("float32", rows)] < 1e-5
         assert error[("bfloat16", rows)] < 0.03
-        for kernel in KERNELS[2:]:
+        for kernel in KERNELS[KERNELS.index("torchao-int4"):]:
             assert 0.01 < error[(kernel, rows)] < 0.6, kernel  # 4 or 8 bits move the numbers, not wildly
         assert error[("onnxruntime-int8-rows", rows)] < error[("onnxruntime-int4-b128", rows)] / 3
         # Inductor runs the same int4 weights as torchao's eager kernel
@@ -86,6 +86,14 @@ def test_each_kernel_runs_at_each_thread_count_with_the_same_products(threads_re
         assert one["relative_error"] == pytest.approx(two["relative_error"], abs=1e-3), kernel
 
 
+def test_read_reads_the_float32_weights_and_multiplies_nothing(report):
+    read = [r for r in report["results"] if r["kernel"] == "read"]
+    float32 = {r["rows"]: r for r in report["results"] if r["kernel"] == "float32"}
+    assert [r["rows"] for r in read] == [1, 5]
+    assert all(r["weights_mb"] == float32[r["rows"]]["weights_mb"] and r["relative_error"] is None for r in read)
+    assert "| read | 2 | 1 |" in report["markdown"] and report["markdown"].count(" | – |\n") == 2
+
+
 def test_weights_shrink_with_their_bits(report):
     size = {r["kernel"]: r["weights_mb"] for r in report["results"] if r["rows"] == 1}
     assert size["float32"] == pytest.approx(2 * size["bfloat16"])
@@ -98,7 +106,7 @@ def test_weights_shrink_with_their_bits(report):
 @pytest.mark.parametrize("args, message", [
     (["--rows", "0"], "--rows needs comma-separated positive integers"),
     (["--rows", "a,b"], "--rows needs comma-separated positive integers"),
-    (["--kernels", "float32,int3"], "unknown kernel(s) int3; the kernels are float32"),
+    (["--kernels", "float32,int3"], "unknown kernel(s) int3; the kernels are read, float32"),
     (["--layers", "0"], "must be at least 1"),
     (["--threads", "0"], "--threads needs comma-separated positive integers"),
     (["--threads", "two"], "--threads needs comma-separated positive integers"),

@@ -56,6 +56,31 @@ def test_the_float_graph_gives_generates_logits(bundled) -> None:
     torch.testing.assert_close(graph.first_logits(**inputs), expected[:, 0], atol=2e-4, rtol=1e-4)
 
 
+def test_each_pass_writes_its_keys_and_values_into_the_cache_in_place(bundled) -> None:
+    model, graph, processor, scenes = bundled
+    attention = [n for n in build_graph(model.text_model, bits=None, head_bits=None).graph.node
+                 if "Attention" in n.op_type]
+    heads = model.config.text_config.attention_heads
+    assert len(attention) == model.config.text_config.layers
+    assert all(n.op_type == "GroupQueryAttention" for n in attention)  # not MultiHeadAttention, which copies
+    assert all({a.name: a.i for a in n.attribute}["kv_num_heads"] == heads for n in attention)
+    inputs = processor(text=[CAPTION_PROMPT], images=[scenes[0].image], return_tensors="pt")
+    prompt = inputs["input_ids"].shape[1]
+
+    def filled(buffer) -> list[bool]:  # which positions of the buffer hold keys or values
+        return (buffer.numpy() != 0).any(axis=(0, 1, 3)).tolist()
+
+    with torch.inference_mode():
+        logits, cache = graph._prompt(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
+                                      inputs["image_embeds_position_mask"], None, prompt + 2)
+        assert len(cache) == 2 * model.config.text_config.layers
+        assert all(filled(b) == [True] * prompt + [False] * 2 for b in cache)
+        kept = cache[0].numpy()[:, :, :prompt]
+        graph._next(logits.argmax(-1), prompt, cache)
+    assert all(filled(b) == [True] * (prompt + 1) + [False] for b in cache)
+    assert (cache[0].numpy()[:, :, :prompt] == kept).all()  # the prompt's keys stay as they were
+
+
 def test_load_builds_a_4bit_graph_with_an_8bit_lm_head(tiny_model_dir, capsys) -> None:
     model, processor = load(tiny_model_dir, quantization="int4-onnx", device="cpu")
     assert isinstance(model, OnnxRuntimeKosmos2) and model.load_info.quantization == "int4-onnx"
