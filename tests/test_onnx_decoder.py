@@ -7,6 +7,7 @@ its logits; the quantized graph must hold 4-bit products for the blocks and an 8
 
 from __future__ import annotations
 
+import json
 import sys
 
 import onnx
@@ -227,6 +228,34 @@ def test_a_built_graph_is_kept_and_read_back_by_the_next_load(tiny_model_dir, tm
     assert f"graphs were read from {folder}" in capsys.readouterr().out
     inputs = _caption_inputs(processor)
     assert torch.equal(second.generate(**inputs, max_new_tokens=8), first.generate(**inputs, max_new_tokens=8))
+
+
+def test_graphs_kept_by_other_code_are_removed_when_a_new_one_is_kept(tiny_model_dir, tmp_path, monkeypatch,
+                                                                     capsys) -> None:
+    folder = tmp_path / "graphs"
+    folder.mkdir()
+    stale = {"0" * 32: {"weight_bytes": 10, "code": "another version"},  # this module's names, other code
+             "1" * 32 + "-prompt-int8": {"weight_bytes": 10}}  # written before the facts named their code
+    for stem, facts in stale.items():
+        (folder / f"{stem}.onnx").write_bytes(b"x" * 1000)
+        (folder / f"{stem}.json").write_text(json.dumps(facts))
+    foreign = {"notes.json": "{}", "notes.onnx": "x", "2" * 32 + ".json": '{"weight_bytes": 1}',  # no graph
+               "3" * 32 + ".json": '{"code": "old"}', "3" * 32 + ".onnx": "x",  # not facts of a kept graph
+               "4" * 32 + ".json": "not json", "4" * 32 + ".onnx": "x"}
+    for name, text in foreign.items():
+        (folder / name).write_text(text)
+    monkeypatch.setenv(onnx_decoder.CACHE_ENV_VAR, str(folder))
+    model, _ = load(tiny_model_dir, quantization="int4-onnx", device="cpu")
+    assert model.pruned == (2, 2000)
+    assert "2 graphs that an earlier version of the course kept there were removed (0.00 GB freed)" in (
+        capsys.readouterr().out)
+    kept = {model.graph_file.name, model.graph_file.with_suffix(".json").name, model.prompt_graph_file.name,
+            model.prompt_graph_file.with_suffix(".json").name}
+    assert {p.name for p in folder.iterdir()} == kept | set(foreign)
+    facts = json.loads(model.graph_file.with_suffix(".json").read_text())
+    assert facts["code"] == onnx_decoder.code_version()
+    again, _ = load(tiny_model_dir, quantization="int4-onnx", device="cpu", verbose=False)
+    assert again.from_cache and again.pruned == (0, 0)  # its own graphs stay
 
 
 def test_changed_weights_or_settings_get_their_own_graph(tiny_model_dir, tmp_path) -> None:

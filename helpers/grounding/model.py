@@ -344,6 +344,10 @@ def load(
         graph = (f"Its text decoder graphs were read from {kept}" if net.from_cache else
                  f"Its text decoder graphs were built in {net.build_seconds:.1f} s"
                  + (f" and kept in {kept} for the next load" if kept else ""))
+        removed, freed = net.pruned
+        if removed:
+            graph += (f"; {removed} graph{'s' * (removed > 1)} that an earlier version of the course kept there "
+                      f"{'were' if removed > 1 else 'was'} removed ({freed / 1e9:.2f} GB freed)")
     info = LoadInfo(
         source=source, bundled=bundled, device=str(device), dtype=str(chosen.dtype).replace("torch.", ""),
         quantization=chosen.quantization, reason=reason, parameters=parameters,

@@ -43,7 +43,9 @@ Building the real model's graphs takes a minute or more, so built graphs are kep
 ``KOSMOS2_ONNX_CACHE=off`` keeps nothing). A graph is named by a digest of what it is made from: the decoder's
 weights and configuration, the quantization settings, this module's source and the ONNX Runtime version, so a
 changed weight (a merged adapter, another checkpoint) builds a new one. A file that cannot be read is built
-again; a folder that cannot be written to is reported, and the model still loads.
+again; a folder that cannot be written to is reported, and the model still loads. When a graph is built and kept,
+the graphs that other code kept in the folder (an earlier version of this module, another ONNX Runtime), which
+no load can read again, are removed, and the banner says how much that freed.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -90,10 +93,18 @@ def cache_dir() -> Path | None:
     return Path(value).expanduser() if value else data_dir() / "cache" / "int4-onnx"
 
 
+def code_version() -> str:
+    """A digest of the code that builds and reads the graphs: this module's source and the onnx and ONNX Runtime
+    versions. A graph kept by other code can never be read again (its key differs): :func:`_prune` removes it."""
+    onnx, ort, _ = _import()
+    described = {"onnx": onnx.__version__, "onnxruntime": ort.__version__,
+                 "source": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def graph_key(text_model, **settings) -> str:
     """A digest of everything a graph is built from: the decoder's weights (its layers, final layer norm and
-    ``lm_head``), its configuration, ``settings``, this module's source and the onnx and ONNX Runtime versions."""
-    onnx, ort, _ = _import()
+    ``lm_head``), its configuration, ``settings`` and :func:`code_version`."""
     decoder = text_model.model
     tensors = [(f"{prefix}.{name}", tensor) for prefix, module in
                (("layers", decoder.layers), ("layer_norm", decoder.layer_norm), ("lm_head", text_model.lm_head))
@@ -106,8 +117,7 @@ def graph_key(text_model, **settings) -> str:
         part.update(data)
         return part.digest()
 
-    described = {"settings": settings, "config": text_model.config.to_dict(), "onnx": onnx.__version__,
-                 "onnxruntime": ort.__version__, "source": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
+    described = {"settings": settings, "config": text_model.config.to_dict(), "code": code_version()}
     whole = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
     with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
         for part in pool.map(digest, tensors):
@@ -387,6 +397,35 @@ def _graph_session(build, folder: Path | None, key: str | None, threads: int, fa
     return opened, size, _keep(folder, key, data, {"weight_bytes": size, **facts}) if key else None, False, seconds
 
 
+#: A kept graph's name: a key (:func:`graph_key`), and for a prompt graph ``-prompt-int8`` after it.
+_KEPT_NAME = re.compile(r"[0-9a-f]{32}(-prompt-int8)?")
+
+
+def _prune(folder: Path) -> tuple[int, int]:
+    """Remove the graphs in ``folder`` that other code kept (their facts name another :func:`code_version`, or
+    none: written before the facts named one), which no load can read again; ``(graphs removed, bytes freed)``.
+    Only pairs of a graph and its facts named as this module names them are touched."""
+    current, removed, freed = code_version(), 0, 0
+    for facts_file in folder.glob("*.json"):
+        graph = facts_file.with_suffix(".onnx")
+        if not (_KEPT_NAME.fullmatch(facts_file.stem) and graph.is_file()):
+            continue
+        try:
+            facts = json.loads(facts_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # unreadable: _read_cached reports it when its key is asked for
+        if not isinstance(facts, dict) or "weight_bytes" not in facts or facts.get("code") == current:
+            continue
+        try:
+            size = graph.stat().st_size
+            graph.unlink()
+            facts_file.unlink()
+        except OSError:
+            continue
+        removed, freed = removed + 1, freed + size
+    return removed, freed
+
+
 def _kept_files(folder: Path, key: str) -> tuple[Path, Path]:
     """The graph kept under ``key`` and the file of its facts (its weights' size, its settings)."""
     return folder / f"{key}.onnx", folder / f"{key}.json"
@@ -414,6 +453,7 @@ def _keep(folder: Path, key: str, data: bytes, facts: dict) -> Path | None:
     written = []
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        facts = {**facts, "code": code_version()}
         for path, content in ((graph, data), (facts_file, json.dumps(facts, indent=1).encode())):
             temporary = path.with_name(f"{path.name}.{os.getpid()}.part")
             written.append(temporary)
@@ -467,6 +507,8 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
                 spinning=False)  # once per caption: its threads must not keep a core busy while the steps run
             from_cache, self.build_seconds = from_cache and prompt_cached, self.build_seconds + seconds
         self.from_cache, self.weight_bytes = from_cache, step_bytes + prompt_bytes
+        #: (graphs, bytes) removed from the folder because other code had kept them (:func:`_prune`)
+        self.pruned = _prune(folder) if self.graph_file is not None and not from_cache else (0, 0)
         text = model.text_model.model
         text.layers = torch.nn.ModuleList()  # now in the graph
         self.model = model
