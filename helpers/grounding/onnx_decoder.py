@@ -407,8 +407,10 @@ def _prune(folder: Path) -> tuple[int, int]:
     Only pairs of a graph and its facts named as this module names them are touched."""
     current, removed, freed = code_version(), 0, 0
     for facts_file in folder.glob("*.json"):
-        graph = facts_file.with_suffix(".onnx")
-        if not (_KEPT_NAME.fullmatch(facts_file.stem) and graph.is_file()):
+        if not _KEPT_NAME.fullmatch(facts_file.stem):
+            continue
+        graph, _ = _kept_files(folder, facts_file.stem)
+        if not graph.is_file():
             continue
         try:
             facts = json.loads(facts_file.read_text(encoding="utf-8"))
