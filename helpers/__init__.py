@@ -63,7 +63,7 @@ for _module, _names in {
     "grounding.quantization": "QUANTIZATIONS QuantizationError",
     "grounding.evaluation": ("IOU_THRESHOLD HELD_OUT_SEED Score CaptionScores PhraseScores score_caption "
                              "score_phrase phrase_boxes phrases_match box_hits names_object answer_after evaluate "
-                             "METRICS count_caption_errors caption_error_table"),
+                             "METRICS caption_errors count_caption_errors caption_error_table"),
     "grounding.refcoco": ("RefCocoFormatError RefItem load_refcoco scenes_to_refcoco write_refer_files "
                           "write_mdetr_file evaluate_comprehension"),
     "grounding.flickr30k": ("Flickr30kFormatError PhraseItem load_flickr30k_entities scenes_to_flickr30k "

@@ -131,3 +131,15 @@ def test_draw_like_the_article_draws_only_the_first_box_of_each_phrase_in_red() 
     # the article rounds to two decimals before scaling: 0.123 -> 0.12 -> x = 24, not 24.6 -> 25
     shifted = draw_like_the_article(Image.new("RGB", (200, 100), (255, 255, 255)), [("x", None, [(0.123, 0.1, 0.5, 0.5)])])
     assert shifted.getpixel((24, 30)) == red and shifted.getpixel((25, 30)) != red
+
+
+def test_a_moved_data_folder_finds_the_shipped_model_as_it_finds_the_shipped_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers.course.paths import BUNDLED_MODEL_NAME, bundled_model_dir, repo_root
+
+    monkeypatch.setenv("KOSMOS2_COURSE_DATA", str(tmp_path))
+    assert bundled_model_dir() == repo_root() / "data" / BUNDLED_MODEL_NAME
+    assert article_outputs_path() == SHIPPED
+    (tmp_path / BUNDLED_MODEL_NAME).mkdir()  # a copy in the moved folder wins
+    assert bundled_model_dir() == tmp_path / BUNDLED_MODEL_NAME

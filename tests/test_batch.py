@@ -138,6 +138,37 @@ def test_ground_folder_input_errors(tiny_model, folder, tmp_path) -> None:
         ground_folder(model, processor, [broken], CAPTION_PROMPT, tmp_path / "b")
 
 
+def test_a_failed_run_leaves_the_earlier_results_file_as_it_was(tiny_model, folder, tmp_path) -> None:
+    """results.jsonl is written to a temporary file and put in place at the end: an image that fails in a
+    later batch leaves the earlier file whole (not emptied, not half-written) and no temporary file."""
+    model, processor = tiny_model
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / RESULTS_NAME).write_text('{"earlier": "run"}\n')
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ImageLoadError, match="broken.png"):
+        ground_folder(model, processor, [folder / "scene_0.png", broken], CAPTION_PROMPT, out, batch_size=1,
+                      max_new_tokens=3, progress=False)
+    assert (out / RESULTS_NAME).read_text() == '{"earlier": "run"}\n'
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    records = ground_folder(model, processor, [folder / "scene_0.png"], CAPTION_PROMPT, out, max_new_tokens=3,
+                            progress=False)
+    assert read_results(out) == records
+    assert sorted(p.name for p in out.iterdir()) == [RESULTS_NAME, "scene_0.png"]
+
+
+def test_check_images_names_every_unreadable_file(folder, tmp_path) -> None:
+    from helpers.course.batch import check_images
+
+    good = sorted(folder.glob("*.png"))
+    assert check_images(good) == [Image.open(p).size for p in good]
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"junk")
+    with pytest.raises(ImageLoadError, match=r"^2 of 5 image\(s\) cannot be read: file .*a\.png .*\(also unreadable: .*b\.png\)$"):
+        check_images([*good, tmp_path / "a.png", tmp_path / "b.png"])
+
+
 def test_read_results_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no results file"):
         read_results(tmp_path)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers.grounding.boxes import (
+    EDGE_TOLERANCE_PX,
     check_normalized,
+    coco_to_normalized,
     check_pixel_box,
     iou,
     pixel_error,
@@ -139,3 +142,74 @@ def test_pixel_box_errors_name_the_pixel_box() -> None:
         to_normalized((30, 0, 10, 10), (640, 480))
     with pytest.raises(ValueError, match="pixel box must hold finite numbers"):
         to_normalized((0, 0, float("nan"), 10), (640, 480))
+
+
+# ----------------------------------------------------------------------------- COCO [x, y, w, h] pixel boxes
+
+
+def test_coco_box_to_normalized() -> None:
+    assert coco_to_normalized([20, 10, 40, 30], (200, 100)) == pytest.approx((0.1, 0.1, 0.3, 0.4))
+    assert coco_to_normalized((0, 0, 200, 100), (200, 100)) == (0.0, 0.0, 1.0, 1.0)
+    assert coco_to_normalized([np.float64(20.0), 10, 40, 30], (200, 100)) == pytest.approx((0.1, 0.1, 0.3, 0.4))
+
+
+def test_coco_box_overshooting_by_less_than_the_tolerance_is_clipped() -> None:
+    assert EDGE_TOLERANCE_PX == 1.0
+    assert coco_to_normalized([150.5, 60, 50, 40.4], (200, 100)) == pytest.approx((150.5 / 200, 0.6, 1.0, 1.0))
+    assert coco_to_normalized([-0.5, -1.0, 10, 10], (200, 100)) == pytest.approx((0.0, 0.0, 9.5 / 200, 0.09))
+
+
+@pytest.mark.parametrize("bbox", [
+    [100.5, 10, 0.4, 10],   # starts past the right edge (it used to give (1.005, 0.1, 1.0, 0.2), inverted)
+    [10, 100.2, 10, 0.5],   # starts past the bottom edge
+    [100, 10, 0.5, 10],     # starts on the right edge: nothing left after clipping
+    [10, 100, 10, 1.0],     # starts on the bottom edge
+    [-1.0, 10, 0.9, 10],    # ends before the left edge
+    [10, -0.8, 10, 0.5],    # ends before the top edge
+])
+def test_coco_box_with_nothing_inside_the_image_is_refused(bbox) -> None:
+    with pytest.raises(ValueError, match=r"lies outside the image of 100 x 100 pixels: nothing of it is inside"):
+        coco_to_normalized(bbox, (100, 100))
+
+
+@pytest.mark.parametrize("bbox, message", [
+    ([20, 10, 40], r"'bbox' must be \[x, y, w, h\] \(4 numbers, pixels\)"),
+    ("20 10 40 30", r"'bbox' must be \[x, y, w, h\]"),
+    ({"x": 1, "y": 2, "w": 3, "h": 4}, r"'bbox' must be \[x, y, w, h\]"),
+    ([20, 10, "40", 30], "each 'bbox' value must be a number, got '40'"),
+    ([20, 10, True, 30], "each 'bbox' value must be a number, got True"),
+    ([20, 10, float("nan"), 30], "each 'bbox' value must be finite"),
+    ([20, 10, 0, 30], r"'bbox' \[20, 10, 0, 30\] has no area"),
+    ([20, 10, 40, -3], "has no area"),
+    ([70, 10, 40, 30], r"reaches beyond the image of 100 x 100 pixels \(it ends at x = 110"),
+    ([-1.5, 10, 40, 30], "reaches beyond the image of 100 x 100"),
+])
+def test_coco_box_errors_say_what_is_wrong(bbox, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        coco_to_normalized(bbox, (100, 100), what="'bbox'")
+
+
+def test_coco_box_checks_the_image_size() -> None:
+    with pytest.raises(ValueError, match="two positive ints"):
+        coco_to_normalized([0, 0, 1, 1], (0, 100))
+
+
+def test_one_coco_box_conversion_for_refcoco_and_finetuning() -> None:
+    """RefCOCO and the fine-tuning data convert COCO boxes with coco_to_normalized, and Flickr30k uses its
+    tolerance: no copy of the rule or of the tolerance elsewhere."""
+    import re
+
+    from helpers.course.paths import repo_root
+    from helpers.grounding import boxes, finetune, refcoco
+
+    from helpers.grounding import flickr30k
+
+    assert flickr30k.EDGE_TOLERANCE_PX is boxes.EDGE_TOLERANCE_PX  # Flickr30k's corner boxes: the same tolerance
+    for module in (refcoco, finetune):
+        text = Path(module.__file__).read_text("utf-8")
+        assert "coco_to_normalized(" in text
+        assert not re.search(r"^EDGE_TOLERANCE_PX\s*=", text, re.M)
+        assert not re.search(r"x \+ w > width", text)
+    defined = [p.name for p in (repo_root() / "helpers").rglob("*.py")
+               if re.search(r"^EDGE_TOLERANCE_PX\s*=", p.read_text("utf-8"), re.M)]
+    assert defined == ["boxes.py"]

@@ -65,7 +65,8 @@ def test_flickr30k_with_a_limit(tiny_model_dir, flickr, capsys) -> None:  # noqa
     (["refcoco", "{refer}/refcoco/refs(unc).p", "--instances", "{refer}/refcoco/instances.json", "--images",
       "{refer}/nowhere", "--model", "{model}"], r"nowhere/COCO_train2014_000000000042.jpg"),
     (["refcoco", "{refer}/gone.json", "--images", "x"], "gone.json' does not exist"),
-    (["world", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["world", "--batch-size", "0"], "--batch-size must be a positive int.*got 0"),
+    (["refcoco", "{refer}/refcoco/refs(unc).p", "--images", "x", "--limit", "0"], "--limit must be a positive int.*got 0"),
     (["world", "--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size must be at least 0, got -1"),
     (["flickr30k", "{refer}", "--images", "x"], "should hold the folders Sentences/ and Annotations/"),
 ])
@@ -77,6 +78,51 @@ def test_bad_input_exits_2_with_one_line(refer, tiny_model_dir, capsys, args, me
     assert len(err.strip().splitlines()) == 1
     assert re.search(message, err), err
     assert not (refer / "outputs").exists()
+
+
+def test_a_record_whose_box_starts_beyond_its_image_exits_2_with_one_line(tmp_path, capsys, monkeypatch) -> None:
+    """Within a pixel of the edge but nothing of it inside: one line naming the record, no traceback, no model."""
+    from helpers.grounding import model as model_module
+
+    monkeypatch.setattr(model_module, "load", lambda *a, **k: pytest.fail("load() was called"))
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps([
+        {"file_name": "a.png", "bbox": [10, 10, 20, 20], "width": 100, "height": 80, "sentences": ["the dot"]},
+        {"file_name": "a.png", "bbox": [100.5, 10, 0.4, 10], "width": 100, "height": 80, "sentences": ["the edge"]},
+    ]))
+    assert cli_evaluate.main(["refcoco", str(refs), "--images", str(tmp_path), "--out", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert re.match(r"python -m helpers evaluate: error: .*refs.json: record 1: 'bbox' \[100.5, 10, 0.4, 10\] .* lies "
+                    r"outside the image of 100 x 80 pixels", err), err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_counts_follow_the_packages_positive_int_rule(capsys) -> None:
+    """The count options are checked by checks.check_positive_int (one rule), whatever its message says."""
+    from helpers.grounding.checks import check_positive_int
+
+    for flag in ("--batch-size", "--num-beams", "--scenes"):
+        with pytest.raises((TypeError, ValueError)) as rule:
+            check_positive_int(flag, 0)
+        assert cli_evaluate.main(["world", flag, "0"]) == 2
+        assert capsys.readouterr().err == f"python -m helpers evaluate: error: {rule.value}\n"
+
+
+@pytest.mark.parametrize("benchmark", [["world"], ["refcoco", "refs.p", "--images", "x"], ["flickr30k", "f", "--images", "x"]])
+def test_an_unknown_quantization_is_a_usage_error(benchmark, capsys, monkeypatch) -> None:
+    """argparse refuses a name outside QUANTIZATIONS (exit 2, the names listed), before any model is loaded."""
+    from helpers.grounding import model as model_module
+    from helpers.grounding.quantization import QUANTIZATIONS
+
+    monkeypatch.setattr(model_module, "load", lambda *a, **k: pytest.fail("load() was called"))
+    assert cli_evaluate.main(benchmark + ["--quantization", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --quantization: invalid choice: 'bogus'" in err
+    assert all(repr(q) in err for q in QUANTIZATIONS) and "None" not in err
+    action = next(a for a in cli_evaluate.build_parser()._subparsers._group_actions[0].choices["world"]._actions
+                  if a.dest == "quantization")
+    assert action.choices is QUANTIZATIONS  # the package's one list, not a copy
 
 
 def test_the_single_command_runs_world(tiny_model_dir, tmp_path) -> None:

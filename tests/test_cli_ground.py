@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -79,8 +80,13 @@ def test_missing_images_exit_2_with_a_message(workdir) -> None:
         (["extra.png", "--out", "o", "--max-new-tokens", "0"], "argument --max-new-tokens: must be at least 1, got 0"),
         (["extra.png", "--out", "o", "--prompt", " "], "argument --prompt: must not be empty"),
         (["extra.png", "--out", "o", "--box", "0.1", "0.1", "0.5", "0.5"], "--box: a box needs a <phrase>"),
-        (["extra.png", "--out", "o", "--prompt", "<phrase> It</phrase>", "--box", "5", "5", "50", "50"],
+        (["extra.png", "--out", "o", "--prompt", "<phrase> It</phrase>", "--box", "-5", "5", "50", "50"],
          "--box: normalized box values must lie in [0, 1]"),
+        (["extra.png", "--out", "o", "--prompt", "<phrase> It</phrase>", "--box", "5", "5", "5000", "50"],
+         "--box takes x0 y0 x1 y1 as fractions of the image's width and height (each from 0 to 1), not pixels; "
+         "got 5 5 5000 50."),
+        (["extra.png", "--out", "o", "--batch-size", "2.5"], "argument --batch-size: must be a whole number, got '2.5'"),
+        (["extra.png", "--out", "o", "--max-new-tokens", "-3"], "argument --max-new-tokens: must be at least 1, got -3"),
     ],
 )
 def test_bad_arguments_exit_2_without_loading_a_model(workdir, monkeypatch, capsys, args, message) -> None:
@@ -106,3 +112,59 @@ def test_help_through_the_top_level_command_loads_no_torch() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "usage: python -m helpers ground" in proc.stdout
     assert proc.stdout.strip().endswith("False")
+
+
+def test_positive_int_parses_the_text_and_applies_the_package_rule(monkeypatch) -> None:
+    assert cli_ground.positive_int("3") == 3 and cli_ground.positive_int(" 12 ") == 12
+    for text in ["0", "-1", "x", "2.5", ""]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli_ground.positive_int(text)
+    monkeypatch.setattr(cli_ground, "is_positive_int", lambda value: value != 7)  # the rule lives in checks
+    with pytest.raises(argparse.ArgumentTypeError, match="must be at least 1, got 7"):
+        cli_ground.positive_int("7")
+
+
+def test_a_pixel_box_gets_the_command_line_to_type(workdir, monkeypatch, capsys) -> None:
+    """The message for a pixel box is for a command-line user: what --box takes and, for one image, the
+    normalized values to type (not the Python function to_normalized)."""
+    monkeypatch.chdir(workdir)
+    with Image.open(workdir / "extra.png") as im:
+        width, height = im.size
+    box_px = [width * 0.1, height * 0.25, width * 0.5, height * 0.75]
+    args = ["--out", "o", "--prompt", "<grounding><phrase> It</phrase> is", "--box", *map(str, box_px)]
+    assert cli_ground.main(["extra.png", *args]) == 2
+    err = capsys.readouterr().err
+    assert "to_normalized" not in err and len(err.strip().splitlines()) == 1
+    assert "not pixels" in err and f"for extra.png ({width} x {height} pixels) type --box 0.1 0.25 0.5 0.75" in err
+    assert cli_ground.main(["scenes", *args]) == 2  # several images: how to convert, no values
+    err = capsys.readouterr().err
+    assert "Divide the x values by the image's width and the y values by its height" in err
+    assert "to_normalized" not in err and "type --box" not in err
+    assert not (workdir / "o").exists()
+
+
+def test_an_unreadable_image_stops_the_run_before_the_model_loads(workdir, monkeypatch, capsys) -> None:
+    """Every image is opened first: a broken file is named before any model loads, and the results of an
+    earlier run stay as they were."""
+    monkeypatch.chdir(workdir)
+    (workdir / "out").mkdir()
+    (workdir / "out" / "results.jsonl").write_text('{"earlier": "run"}\n')
+    (workdir / "broken.png").write_bytes(b"not a png")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the images were checked")
+
+    monkeypatch.setattr(cli_ground, "load", no_model)
+    assert cli_ground.main(["scenes", "broken.png", "extra.png", "--out", "out"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m helpers ground: error: 1 of 4 image(s) cannot be read: file broken.png")
+    assert len(err.strip().splitlines()) == 1
+    assert (workdir / "out" / "results.jsonl").read_text() == '{"earlier": "run"}\n'
+    assert sorted(p.name for p in (workdir / "out").iterdir()) == ["results.jsonl"]
+
+
+def test_out_that_is_a_file_is_refused_before_the_model_loads(workdir, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(cli_ground, "load", lambda *a, **k: pytest.fail("model loaded"))
+    assert cli_ground.main(["extra.png", "--out", "extra.png"]) == 2
+    assert "--out extra.png exists and is not a folder" in capsys.readouterr().err

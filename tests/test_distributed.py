@@ -165,3 +165,17 @@ def test_command_line_rejects_bad_input_before_loading_a_model(tmp_path, capsys)
     assert "argument --batch-size: must be at least 1, got 0" in capsys.readouterr().err
     assert main([str(tmp_path), "--out", str(tmp_path / "r.jsonl"), "--prompt", " "]) == 2
     assert "argument --prompt: must not be empty" in capsys.readouterr().err
+
+
+def test_command_line_checks_out_before_any_work(image_paths, tmp_path, monkeypatch, capsys):
+    """--out naming a folder (or a path under a file) is refused before a model loads, not after every image
+    was grounded."""
+    import helpers.course.distributed as distributed
+
+    monkeypatch.setattr(distributed, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main([str(image_paths[0]), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path} is a folder; give the JSON Lines file to write" in err and "Traceback" not in err
+    (tmp_path / "file").write_text("")
+    assert main([str(image_paths[0]), "--out", str(tmp_path / "file" / "r.jsonl")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -310,8 +310,14 @@ def test_command_runs_and_writes_the_card(tiny_model_dir, coco, tmp_path, capsys
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d["annotations"][0].update(bbox=[-20, 0, 10, 10]), "reaches outside"),
-    (lambda d: d["annotations"][1].update(bbox=[5, 5, 500, 10]), "reaches outside"),
+    (lambda d: d["annotations"][0].update(bbox=[-20, 0, 10, 10]), "reaches beyond the image"),
+    (lambda d: d["annotations"][1].update(bbox=[5, 5, 500, 10]), "reaches beyond the image"),
+    # within the pixel of tolerance but starting past the right edge: it used to pass here and fail later in
+    # texts_for with a plain ValueError about an inverted box that named no record
+    (lambda d: d["annotations"][0].update(bbox=[d["images"][d["annotations"][0]["image_id"]]["width"] + 0.5, 10,
+                                                0.4, 10]), "lies outside the image"),
+    (lambda d: d["annotations"][1].update(bbox=[5, d["images"][d["annotations"][1]["image_id"]]["height"], 10, 0.5]),
+     "lies outside the image"),
     (lambda d: d["annotations"][0].update(bbox=[5, 5, 0, 10]), "has no area"),
     (lambda d: d["annotations"][2].update(category_id=999), "unknown category id 999"),
     (lambda d: d["images"][3].update(file_name="missing.png"), "missing.png"),
@@ -323,7 +329,7 @@ def test_bad_annotations_name_the_record(coco, tmp_path, edit, message):
         read_coco(path, coco[1])
     text = str(info.value)
     assert "edited.json" in text
-    if "bbox" in message or "category" in message or "area" in message or "outside" in message:
+    if "category" in message or "area" in message or "the image" in message:
         assert "annotations[" in text
 
 
@@ -339,9 +345,126 @@ def test_command_reports_bad_data_and_writes_nothing(tiny_model_dir, coco, tmp_p
     out = tmp_path / "runs" / "out"
     code = main(["--data", str(bad), "--images", str(coco[1]), "--base", str(tiny_model_dir), "--out", str(out),
                  "--steps", "2"])
-    assert code == 1
-    assert "unknown category id 77" in capsys.readouterr().err
+    assert code == 2  # bad input, as `ground` and `evaluate` say it
+    err = capsys.readouterr().err
+    assert err.startswith("python -m helpers finetune: error: ") and "unknown category id 77" in err
+    assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.fixture()
+def no_loading(monkeypatch):
+    """Fail the test if the command reads the data or loads a model."""
+    import helpers.grounding.finetune as ft
+    import helpers.grounding.model
+
+    monkeypatch.setattr(ft, "read_coco", lambda *a, **k: pytest.fail("the data was read"))
+    monkeypatch.setattr(helpers.grounding.model, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--batch-size", "0"), ("--rank", "0"), ("--alpha", "0"), ("--steps", "0"), ("--threads", "0"),
+    ("--batch-size", "-3"), ("--rank", "2.5"), ("--minutes", "0"), ("--minutes", "nan"), ("--lr", "-1e-3"),
+])
+def test_command_refuses_a_bad_count_before_reading_or_loading(tiny_model_dir, coco, tmp_path, capsys, no_loading,
+                                                              option, value):
+    out = tmp_path / "out"
+    args = ["--data", str(coco[0]), "--images", str(coco[1]), "--base", str(tiny_model_dir), "--out", str(out)]
+    budget = [] if option in ("--steps", "--minutes") else ["--steps", "2"]
+    assert main(args + budget + [f"{option}={value}"]) == 2
+    err = capsys.readouterr().err
+    assert f"python -m helpers finetune: error: argument {option}: must be " in err and repr(value) in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("field, value", [("batch_size", 0), ("rank", 0), ("alpha", 0), ("warmup", 0), ("steps", 0),
+                                          ("threads", 0), ("batch_size", 2.0), ("minutes", -1.0), ("lr", 0.0),
+                                          ("dropout", 1.0)])
+def test_finetune_refuses_a_bad_config_before_loading(tiny_model_dir, coco, tmp_path, monkeypatch, field, value):
+    import helpers.grounding.model
+
+    monkeypatch.setattr(helpers.grounding.model, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    cfg = FinetuneConfig(**{"steps": 2, field: value})
+    with pytest.raises(FinetuneError, match=field):
+        finetune(tiny_model_dir, read_coco(*coco), tmp_path / "out", cfg, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_refuses_an_output_folder_in_use_before_reading(tiny_model_dir, coco, tmp_path, capsys, no_loading):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "x.txt").write_text("mine")
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for out, message in ((used, "is not empty"), (a_file, "is a file")):
+        assert main(["--data", str(coco[0]), "--images", str(coco[1]), "--base", str(tiny_model_dir), "--out", str(out),
+                     "--steps", "2"]) == 2
+        assert message in capsys.readouterr().err
+    assert [f.name for f in used.iterdir()] == ["x.txt"] and a_file.read_text() == ""
+
+
+def test_command_exits_1_for_a_base_that_cannot_be_loaded(tiny_model_dir, coco, tmp_path, capsys):
+    """A folder with config.json but no weights, and one that is not Kosmos-2: one line on stderr, exit 1 (a
+    model that cannot be loaded, as `ground` and `evaluate` say it), nothing written."""
+    import shutil
+
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    shutil.copy(tiny_model_dir / "config.json", no_weights / "config.json")
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    for base, message in ((no_weights, "has no .safetensors weights"), (bert, "'bert' model, not Kosmos-2")):
+        out = tmp_path / f"out_{base.name}"
+        code = main(["--data", str(coco[0]), "--images", str(coco[1]), "--base", str(base), "--out", str(out),
+                     "--steps", "2"])
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert err.startswith("python -m helpers finetune: error: ") and message in err
+        assert len(err.strip().splitlines()) == 1
+        assert not out.exists()
+
+
+def test_a_base_that_cannot_be_loaded_is_a_model_load_error(coco, tmp_path):
+    from helpers.grounding.finetune import BaseModelError
+    from helpers.grounding.model import ModelLoadError
+
+    with pytest.raises(BaseModelError, match="does not exist|could not be read") as info:
+        finetune(tmp_path / "nowhere", read_coco(*coco), tmp_path / "out", FinetuneConfig(steps=1), progress=False)
+    assert isinstance(info.value, FinetuneError) and isinstance(info.value, ModelLoadError)
+
+
+# ------------------------------------------------------------------------------------------------ layering
+
+
+def test_the_grounding_package_imports_nothing_of_the_world():
+    """helpers.grounding is the core: importing the fine-tuning module loads no helpers.world module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, helpers.grounding.finetune\n"
+            "print(sorted(m for m in sys.modules if m.startswith('helpers.world')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    source = Path(__import__("helpers.grounding.finetune").grounding.finetune.__file__).read_text("utf-8")
+    assert "from helpers.world.language import" not in source and "_with_box" not in source
+
+
+def test_question_prompts_carry_their_box_as_the_world_writes_them(coco):
+    """with_box (helpers.grounding.prompts) writes the box as the world's training texts do."""
+    from helpers.grounding.prompts import qa_prompt, with_box
+    from helpers.world.language import scene_examples
+    from helpers.world.scenes import sample_scenes
+
+    for scene in sample_scenes(4, seed=5):
+        for ex in scene_examples(scene, jitter=0):
+            if ex.task == "qa":
+                noun = "character" if "this character" in ex.prompt else "object"
+                assert ex.prompt == with_box(qa_prompt(noun), ex.target[0].box)
+    records = read_coco(*coco)
+    questions = [t for t in texts_for(records) if t.task == "question"]
+    assert [t.prompt for t in questions] == [with_box(qa_prompt("object"), o.box) for r in records for o in r.objects]
 
 
 def test_base_that_is_not_kosmos2(tmp_path, coco):
@@ -393,6 +516,43 @@ def test_star_drawing_stays_outside_the_world():
         draw_star(ImageDraw.Draw(image), "orange", (4, 4, 36, 36))
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "argument --steps: must be a whole number of at least 1"),
+    (["--minutes", "0"], "argument --minutes: must be a number above 0"),
+    (["--batch-size", "0"], "argument --batch-size"),
+    (["--rank", "0"], "argument --rank"),
+    (["--threads", "0"], "argument --threads"),
+    (["--held-out-images", "0"], "argument --held-out-images"),
+    (["--train-images", "-1"], "argument --train-images"),
+    (["--world-images", "x"], "argument --world-images: must be a whole number of at least 0"),
+    (["--out", "used"], "output folder 'used' is not empty; choose a new folder\n"),
+    (["--out", "a_file"], "is a file"),
+    (["--data", "a_file"], "--data 'a_file' is a file"),
+    (["--data", "out/data"], "must not be --out 'out' or inside it"),
+])
+def test_demo_checks_its_arguments_before_writing_anything(tmp_path, monkeypatch, capsys, args, message):
+    """`finetune-demo` with a bad option stops at once (exit 2): no data drawn or written (it used to write 6 240
+    images into ./finetune-stars-data and score the base before failing), no model loaded."""
+    import os
+
+    import helpers.grounding.model
+    from helpers.world import new_kinds
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "keep.txt").write_text("mine")
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(new_kinds, "write_coco", lambda *a, **k: pytest.fail("data was written"))
+    monkeypatch.setattr(helpers.grounding.model, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    before = sorted(os.listdir(tmp_path))
+    argv = ["--out", "out"] + args
+    assert new_kinds.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("python -m helpers finetune-demo: error: ")
+    assert message in err
+    assert sorted(os.listdir(tmp_path)) == before and os.listdir(tmp_path / "used") == ["keep.txt"]
+
+
 def test_qlora_on_a_4bit_base_trains_and_loads(tiny_model_dir, coco, tmp_path):
     """QLoRA: bitsandbytes 4-bit (NF4) base, gradient checkpointing, adapters in float32 (bitsandbytes runs on the CPU)."""
     from helpers.grounding.model import load
@@ -426,3 +586,20 @@ def test_a_bf16_run_computes_in_bfloat16_and_keeps_float32_adapters(tiny_model_d
     assert card["config"]["bf16"] is True and card["steps"] == 2
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
     assert all(h["loss"] == h["loss"] for h in card["history"])  # no NaN
+
+
+@pytest.mark.parametrize("quantization, asked, expected", [
+    (None, None, False), (None, True, True), ("nf4", None, True), ("nf4", False, False)])
+def test_gradient_checkpointing_is_set_as_asked_without_a_deprecation_warning(tiny_model_dir, quantization, asked,
+                                                                                expected):
+    import warnings
+
+    from helpers.grounding.finetune import _with_adapters
+    from helpers.grounding.model import load
+
+    model, _ = load(str(tiny_model_dir), quantization=quantization or "none", device="cpu", verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # transformers 5 deprecates gradient_checkpointing_enable
+        tuned = _with_adapters(model, FinetuneConfig(quantization=quantization, gradient_checkpointing=asked,
+                                                     device="cpu"))
+    assert tuned.base_model.model.is_gradient_checkpointing is expected

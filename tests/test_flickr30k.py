@@ -173,6 +173,9 @@ XML = "<annotation><size><width>80</width><height>120</height></size>{}</annotat
      r"10002456.xml: <object> 0 \(entity 1\): the box \(20, 30, 95, 90\) reaches beyond the image of 80 x 120"),
     (XML.format("<object><name>1</name><bndbox><xmin>60</xmin><ymin>30</ymin><xmax>20</xmax><ymax>90</ymax>"
                 "</bndbox></object>"), r"<object> 0 \(entity 1\): the box \(60, 30, 20, 90\) has no area"),
+    (XML.format("<object><name>1</name><bndbox><xmin>80</xmin><ymin>30</ymin><xmax>81</xmax><ymax>90</ymax>"
+                "</bndbox></object>"),  # within the tolerance, but nothing of it is inside the image
+     r"<object> 0 \(entity 1\): the box \(80, 30, 81, 90\) lies outside the image of 80 x 120 pixels"),
     (XML.format("<object><name>1</name><bndbox><xmin>a</xmin></bndbox></object>"),
      r"<object> 0 \(entity 1\): <xmin> must hold an integer, got 'a'"),
     (XML.format("<object><bndbox/></object>"), r"<object> 0 has no <name>"),

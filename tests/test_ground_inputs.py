@@ -179,12 +179,12 @@ def test_things_that_are_not_images(spy, images, message: str) -> None:
         ({"prompts": []}, ValueError, r"got 2 images but 0 prompts"),
         ({"prompts": [CAPTION_PROMPT, 7]}, TypeError, r"prompts must be strings.*prompt 1 is int: 7"),
         ({"prompts": None}, TypeError, r"prompt 0 is NoneType"),
-        ({"max_new_tokens": 0}, ValueError, r"max_new_tokens must be at least 1, got 0"),
-        ({"max_new_tokens": 2.5}, TypeError, r"max_new_tokens must be an int >= 1, got float: 2\.5"),
-        ({"max_new_tokens": "8"}, TypeError, r"max_new_tokens must be an int >= 1, got str: '8'"),
-        ({"batch_size": 0}, ValueError, r"batch_size must be at least 1, got 0"),
-        ({"batch_size": -2}, ValueError, r"batch_size must be at least 1, got -2"),
-        ({"batch_size": True}, TypeError, r"batch_size must be an int >= 1, got bool"),
+        ({"max_new_tokens": 0}, ValueError, r"max_new_tokens must be a positive int, got 0"),
+        ({"max_new_tokens": 2.5}, TypeError, r"max_new_tokens must be a positive int, got float: 2\.5"),
+        ({"max_new_tokens": "8"}, TypeError, r"max_new_tokens must be a positive int, got str: '8'"),
+        ({"batch_size": 0}, ValueError, r"batch_size must be a positive int, got 0"),
+        ({"batch_size": -2}, ValueError, r"batch_size must be a positive int, got -2"),
+        ({"batch_size": True}, TypeError, r"batch_size must be a positive int, got bool"),
     ],
 )
 def test_bad_prompts_and_counts(spy, kwargs, error, message: str) -> None:

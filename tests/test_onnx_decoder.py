@@ -195,10 +195,25 @@ def test_what_the_graph_cannot_do_is_refused(bundled) -> None:
 
 def test_without_onnxruntime_the_error_says_what_to_install(monkeypatch, tiny_model_dir) -> None:
     model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
-    with pytest.raises(quant.QuantizationError, match=r"needs onnxruntime, onnx and onnx-ir .*\[quant\]"):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # installed, but import onnxruntime raises ImportError
+    with pytest.raises(quant.QuantizationError,
+                       match=r"needs onnxruntime, onnx and onnx-ir, which are installed but did not import .*\[quant\]"):
         OnnxRuntimeKosmos2(model)
     assert len(model.text_model.model.layers) == 1  # nothing was taken from the model
+
+
+@pytest.mark.parametrize("installed, message", [
+    (None, r"needs onnxruntime, not installed: .*\[quant\].*'onnxruntime>=1\.32'"),
+    ("1.20.0", r"needs onnxruntime >= 1\.32; this machine has 1\.20\.0: pip install -U 'onnxruntime>=1\.32'"),
+])
+def test_a_missing_or_old_onnxruntime_gets_the_one_message_of_the_quantization_module(
+        monkeypatch, tiny_model_dir, installed, message) -> None:
+    model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    real = quant._version
+    monkeypatch.setattr(quant, "_version", lambda package: installed if package == "onnxruntime" else real(package))
+    with pytest.raises(quant.QuantizationError, match=message):
+        OnnxRuntimeKosmos2(model)
+    assert len(model.text_model.model.layers) == 1
 
 
 def _caption_inputs(processor):

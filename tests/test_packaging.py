@@ -195,6 +195,8 @@ def test_repo_paths_point_into_the_clone(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_data_dir_can_be_moved_with_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(paths.DATA_ENV_VAR, str(tmp_path / "elsewhere"))
     assert paths.data_dir() == tmp_path / "elsewhere"
+    assert paths.bundled_model_dir() == ROOT / "data" / "kosmos2-tiny-world"  # no copy there: the shipped one
+    (tmp_path / "elsewhere" / "kosmos2-tiny-world").mkdir(parents=True)
     assert paths.bundled_model_dir() == tmp_path / "elsewhere" / "kosmos2-tiny-world"
 
     monkeypatch.chdir(tmp_path)

@@ -105,6 +105,14 @@ def test_edge_overshoot_within_a_pixel_is_clipped() -> None:
     assert item.box == pytest.approx((150.5 / 200, 0.6, 1.0, 1.0))
 
 
+@pytest.mark.parametrize("bbox", [[200.5, 10, 0.4, 30], [200, 10, 0.5, 30], [20, 100.3, 40, 0.5]])
+def test_a_box_starting_beyond_the_image_is_refused_naming_the_record(bbox) -> None:
+    """Within the pixel of tolerance, but nothing of it inside the image: it used to come back inverted
+    ((1.0025, 0.1, 1.0, 0.4), a plain ValueError) or without area."""
+    with pytest.raises(RefCocoFormatError, match=r"record 1: 'bbox' .* lies outside the image of 200 x 100 pixels"):
+        load_refcoco([record(), record(bbox=bbox)])
+
+
 @pytest.mark.parametrize(
     "rec, message",
     [

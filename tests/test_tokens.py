@@ -139,9 +139,9 @@ def test_patch_index_to_box_rejects_indices_that_are_not_tokens(first, last) -> 
         patch_index_to_box(first, last)
 
 
-@pytest.mark.parametrize("num_bins", [0, -3, 2.0, True])
-def test_num_bins_must_be_a_positive_int(num_bins) -> None:
-    with pytest.raises(ValueError, match="num_bins"):
+@pytest.mark.parametrize("num_bins, error", [(0, ValueError), (-3, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_num_bins_must_be_a_positive_int(num_bins, error) -> None:
+    with pytest.raises(error, match="num_bins must be a positive int"):
         patch_index_to_box(0, 0, num_bins)
 
 

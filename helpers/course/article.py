@@ -10,24 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from helpers.course.paths import data_dir
+from helpers.course.paths import shipped_data
 
 ARTICLE_OUTPUTS_FILE = "article_outputs.json"
 _REQUIRED_KEYS = ("source", "snowman", "grounded_qa")
 
 
 def article_outputs_path() -> Path:
-    """Where ``article_outputs.json`` is read from.
-
-    ``helpers.course.paths.data_dir()`` first; when the data folder has been moved elsewhere (with
-    ``$KOSMOS2_COURSE_DATA``) and holds no copy, the file that ships in the repository's ``data/``.
-    """
-
-    path = data_dir() / ARTICLE_OUTPUTS_FILE
-    if path.is_file():
-        return path
-    shipped = Path(__file__).resolve().parents[2] / "data" / ARTICLE_OUTPUTS_FILE
-    return shipped if shipped.is_file() else path
+    """Where ``article_outputs.json`` is read from (:func:`helpers.course.paths.shipped_data`)."""
+    return shipped_data(ARTICLE_OUTPUTS_FILE)
 
 
 def article_outputs() -> dict[str, Any]:

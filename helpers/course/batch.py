@@ -81,6 +81,30 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
+def check_images(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
+    """Open every image file in ``paths`` (as :func:`ground_folder` will) and return their ``(width, height)``.
+
+    What ``python -m helpers ground`` runs before it loads a model, so that an unreadable file is reported
+    at once rather than after the model has loaded and the images before it were grounded.
+
+    Raises:
+        ImageLoadError: a file cannot be read as an image; the message gives the first file's reason and names
+            every other unreadable file.
+    """
+    sizes: list[tuple[int, int]] = []
+    bad: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            with load_image(Path(path)) as image:
+                sizes.append(image.size)
+        except ImageLoadError as err:
+            bad.append((str(path), str(err)))
+    if bad:
+        others = f" (also unreadable: {', '.join(name for name, _ in bad[1:])})" if len(bad) > 1 else ""
+        raise ImageLoadError(f"{len(bad)} of {len(sizes) + len(bad)} image(s) cannot be read: {bad[0][1]}{others}")
+    return sizes
+
+
 def _annotated_names(paths: Sequence[Path]) -> list[str]:
     """A distinct PNG name per image: its stem, with ``_2``, ``_3`` … when stems repeat."""
     used: set[str] = set()
@@ -113,7 +137,7 @@ def ground_folder(
     Args:
         paths: image files and/or folders of images (see :func:`image_files`).
         prompt: the prompt for every image, e.g. ``"<grounding> An image of"``.
-        out_dir: created if needed; ``results.jsonl`` in it is replaced.
+        out_dir: created if needed; ``results.jsonl`` in it is replaced when the run has finished.
         batch_size: images per ``generate`` call (default: :func:`helpers.grounding.model.default_batch_size`).
             Batches are left-padded, so the results do not depend on it.
         max_new_tokens: the most tokens generated per image.
@@ -123,8 +147,9 @@ def ground_folder(
 
     Each record's ``"file"`` is the path as given (joined with the folder for folder arguments) and
     ``"annotated"`` the PNG's name inside ``out_dir`` (enlarged when small, see :func:`annotation_canvas`;
-    the record's ``width``, ``height`` and ``boxes_px`` are those of the original image). Results are written batch by batch, so a long run
-    that stops keeps what it finished.
+    the record's ``width``, ``height`` and ``boxes_px`` are those of the original image). The results go to a
+    temporary file beside ``results.jsonl`` that replaces it only when every image is done, so a run that fails
+    or is stopped leaves an earlier ``results.jsonl`` as it was (the annotated PNGs are written image by image).
 
     Raises:
         ImageLoadError: a path is missing or not an image (checked before any model call for missing
@@ -149,8 +174,9 @@ def ground_folder(
 
         bar = tqdm(total=len(files), desc="grounding", unit="image")
     records: list[dict] = []
+    partial = out / f".{RESULTS_NAME}.{os.getpid()}.tmp"  # same folder, so os.replace is atomic
     try:
-        with open(out / RESULTS_NAME, "w", encoding="utf-8") as f:
+        with open(partial, "w", encoding="utf-8") as f:
             for start in range(0, len(files), batch_size):
                 chunk = files[start:start + batch_size]
                 images = [load_image(p) for p in chunk]
@@ -165,9 +191,12 @@ def ground_folder(
                     rec = grounding_record(str(path), prompt, g, image.size, annotated=name)
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     records.append(rec)
-                f.flush()
                 if bar is not None:
                     bar.update(len(chunk))
+        os.replace(partial, out / RESULTS_NAME)
+    except BaseException:  # Ctrl-C too: the earlier results.jsonl stays, the unfinished one goes
+        partial.unlink(missing_ok=True)
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -8,18 +8,23 @@ writes ``grounded/results.jsonl`` (one JSON line per image, see :mod:`helpers.co
 per image beside it, then prints one line per image. Folders stand for the image files in them.
 
 Exit codes: 0 when every image was grounded; 2 for bad input (missing or unreadable images, a bad box or
-option), with a one-line message on stderr; 1 when the model could not be loaded.
+option), with a one-line message on stderr; 1 when the model could not be loaded. Every image is opened
+before the model loads, and ``results.jsonl`` is replaced only when all images are done, so a run that
+fails leaves the results of an earlier one as they were.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from helpers.course.batch import RESULTS_NAME, ground_folder, image_files
-from helpers.grounding.images import ImageLoadError
+from helpers.course.batch import RESULTS_NAME, check_images, ground_folder, image_files
+from helpers.grounding.boxes import to_normalized
+from helpers.grounding.checks import is_positive_int
+from helpers.grounding.images import ImageLoadError, load_image
 from helpers.grounding.model import ModelLoadError, load
 from helpers.grounding.prompts import CAPTION_PROMPT, user_box_entry
 
@@ -33,7 +38,7 @@ def positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
+    if not is_positive_int(value):  # the package's one rule for counts
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
@@ -60,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N", help="images per generate call")
     parser.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N", help="most tokens per answer (default 128)")
     parser.add_argument("--box", type=float, nargs=4, default=None, metavar=("X0", "Y0", "X1", "Y1"),
-                        help="a normalized user box for the prompt's first <phrase> "
-                             "(e.g. with --prompt '<grounding><phrase> It</phrase> is')")
+                        help="a user box for the prompt's first <phrase>, as fractions of the image's width and "
+                             "height from 0 to 1, not pixels (e.g. --box 0.1 0.2 0.5 0.6 with "
+                             "--prompt '<grounding><phrase> It</phrase> is')")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
 
@@ -85,6 +91,32 @@ def _fail(message: str, code: int = 2) -> int:
     return fail(message, code)
 
 
+def _numbers(values: Sequence[float]) -> str:
+    return " ".join(f"{v:.4g}" for v in values)
+
+
+def box_message(box: Sequence[float], error: ValueError, files: Sequence[Path]) -> str:
+    """The ``--box`` error for a command-line user: for what looks like a pixel box (no value below 0, one
+    above 1), how to give it as fractions, with the values to type when one image is given."""
+    if not (all(math.isfinite(v) and v >= 0 for v in box) and max(box) > 1):
+        return f"--box: {error}"
+    message = (f"--box takes x0 y0 x1 y1 as fractions of the image's width and height (each from 0 to 1), "
+               f"not pixels; got {_numbers(box)}. Divide the x values by the image's width and the y values by "
+               "its height")
+    if len(files) == 1:
+        try:
+            with load_image(files[0]) as image:
+                size = image.size
+        except ImageLoadError:
+            return message
+        where = f"{files[0]} ({size[0]} x {size[1]} pixels)"
+        try:
+            return message + f": for {where} type --box {_numbers(to_normalized(box, size))}"
+        except ValueError:
+            return message + f"; as pixels it would reach outside {where}"
+    return message + " (one --box is used for every image)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     args = parse(build_parser(), argv)
@@ -99,7 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             user_box_entry(args.prompt, args.box)
         except ValueError as err:
-            return _fail(f"--box: {err}")
+            return _fail(box_message(args.box, err, files))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        return _fail(f"--out {args.out} exists and is not a folder; give a folder for results.jsonl and the PNGs")
+    try:
+        check_images(files)
+    except ImageLoadError as err:
+        return _fail(str(err))
 
     try:
         model, processor = load(args.model, verbose=not args.quiet)
@@ -108,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         records = ground_folder(model, processor, files, args.prompt, args.out, batch_size=args.batch_size,
                                 max_new_tokens=args.max_new_tokens, box=args.box)
-    except (ImageLoadError, ValueError) as err:
+    except (ImageLoadError, ValueError, OSError) as err:
         return _fail(str(err))
     if not args.quiet:
         for rec in records:

@@ -26,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from helpers.grounding.checks import check_positive_int
 from helpers.grounding.quantization import QUANTIZATIONS
 
 PROG = "python -m helpers evaluate"
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sub: argparse.ArgumentParser, ngram: int) -> None:
         sub.add_argument("--model", default=None, metavar="M", help="a model folder or hub id")
-        sub.add_argument("--quantization", default=None, metavar="Q",
+        sub.add_argument("--quantization", default=None, choices=QUANTIZATIONS, metavar="Q",
                          help=f"load the model with these weights: {', '.join(QUANTIZATIONS)} "
                               "(see load(); default: load() chooses)")
         sub.add_argument("--out", default=None, metavar="FILE",
@@ -82,11 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _problem(args: argparse.Namespace) -> str | None:
-    for name, low in (("batch_size", 1), ("num_beams", 1), ("no_repeat_ngram_size", 0), ("limit", 1),
-                      ("scenes", 1), ("max_new_tokens", 1)):
-        value = getattr(args, name, None)
-        if value is not None and value < low:
-            return f"--{name.replace('_', '-')} must be at least {low}, got {value}"
+    """What is wrong with the options argparse let through (a count below 1), or ``None``."""
+    for name in ("batch_size", "num_beams", "limit", "scenes", "max_new_tokens"):
+        value = getattr(args, name, None)  # None: not given, or an option of another benchmark
+        try:
+            if value is not None:
+                check_positive_int(f"--{name.replace('_', '-')}", value)
+        except (TypeError, ValueError) as err:
+            return str(err)
+    if args.no_repeat_ngram_size < 0:
+        return f"--no-repeat-ngram-size must be at least 0, got {args.no_repeat_ngram_size}"
     return None
 
 

@@ -179,8 +179,6 @@ def install_extra(extra: str, target: str | os.PathLike[str] = DEFAULT_TARGET, r
         ValueError: ``extra`` is not one of :data:`EXTRAS`.
         subprocess.CalledProcessError: the install failed (raised by ``run``).
     """
-    from importlib import metadata
-
     if extra not in EXTRAS:
         raise ValueError(f"extra must be one of {', '.join(map(repr, EXTRAS))}, got {extra!r}")
     from helpers.grounding.quantization import import_quietly

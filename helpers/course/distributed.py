@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -200,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: accelerate launch --num_processes 2 -m helpers distributed photos/ --out results.jsonl",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    parser.add_argument("--out", required=True, metavar="FILE", help="the JSON Lines file to write (replaced)")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="the JSON Lines file to write (replaced once every image is done)")
     parser.add_argument("--model", default=None, metavar="M", help="a model folder or hub id (default: as load())")
     parser.add_argument("--prompt", type=prompt_text, default=CAPTION_PROMPT, help=f"the prompt for every image (default: {CAPTION_PROMPT!r})")
     parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N", help="images per generate call, per process")
@@ -223,10 +225,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(args, int):
         return args
 
-    try:  # the same check on every process, before any of them loads a model
+    try:  # the same checks on every process, before any of them loads a model
         files = image_files(args.images)
     except ImageLoadError as err:
         return _fail(str(err))
+    out = Path(args.out)
+    if out.is_dir():
+        return _fail(f"--out {args.out} is a folder; give the JSON Lines file to write, e.g. --out "
+                     f"{out / 'results.jsonl'}")
+    blocked = next((p for p in out.parents if p.exists()), None)
+    if blocked is not None and not blocked.is_dir():
+        return _fail(f"--out {args.out} cannot be written: {blocked} is a file, not a folder")
 
     state = _state()
     try:
@@ -248,11 +257,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DistributedGroundingError as err:
         return _fail(str(err))
     if state.is_main_process:
-        out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same folder, so os.replace is atomic
+        try:
+            with open(partial, "w", encoding="utf-8") as f:
+                for rec in records:
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            os.replace(partial, out)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         if not args.quiet:
             print(f"grounded {len(records)} image(s) on {state.num_processes} process(es); wrote {out}")
     state.wait_for_everyone()

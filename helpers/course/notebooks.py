@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,12 +77,22 @@ def execute(path: Path, out: Path | None = None, *, timeout: int = 600, env: dic
     return seconds
 
 
+PROG = "python -m helpers notebooks"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers notebooks",
+    """Re-execute the notebooks named in ``argv`` (default: every course notebook); return the exit code: 0,
+    or 2 with a one-line message when a named notebook is not a file (checked before any runs)."""
+    parser = argparse.ArgumentParser(prog=PROG,
                                      description="Re-execute notebooks in place, offline on the bundled model.")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every course notebook")
     args = parser.parse_args(argv)
     paths = args.notebooks or course_notebooks()
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"{PROG}: error: {len(missing)} notebook file(s) not found: {', '.join(missing)} "
+              f"(the course's notebooks are in {notebooks_dir()})", file=sys.stderr)
+        return 2
     for p in paths:
         seconds = execute(p, env={"HF_HUB_OFFLINE": "1", "KOSMOS2_MODEL": ""})
         print(f"{p.name}: executed in {seconds:.1f} s")

@@ -50,6 +50,18 @@ def notebooks_dir() -> Path:
     return repo_root() / "notebooks"
 
 
+def shipped_data(name: str) -> Path:
+    """Return ``data_dir() / name``, or the copy the repository ships in its own ``data/``.
+
+    The shipped copy is taken only when the data folder was moved (``KOSMOS2_COURSE_DATA``) and holds nothing
+    of that name, so a moved data folder needs no copy of the bundled model or the article's outputs, and a
+    copy placed there wins. When neither exists, the path in the data folder is returned (its error names it).
+    """
+    path = data_dir() / name
+    shipped = repo_root() / "data" / name
+    return shipped if not path.exists() and shipped.exists() else path
+
+
 def bundled_model_dir() -> Path:
-    """Return the folder of the bundled offline model: ``data_dir() / "kosmos2-tiny-world"``."""
-    return data_dir() / BUNDLED_MODEL_NAME
+    """Return the folder of the bundled offline model, ``kosmos2-tiny-world`` (see :func:`shipped_data`)."""
+    return shipped_data(BUNDLED_MODEL_NAME)

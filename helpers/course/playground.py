@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import html
+import io
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -122,8 +123,6 @@ def _message(text: str) -> str:
 
 
 def _png(image: Image.Image) -> bytes:
-    import io
-
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()

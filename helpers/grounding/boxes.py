@@ -129,6 +129,55 @@ def to_normalized(box_px: Sequence[float], image_size: Sequence[int]) -> Box:
     return (clamp(x0 / width), clamp(y0 / height), clamp(x1 / width), clamp(y1 / height))
 
 
+#: How far (in pixels) an annotated COCO box may reach past the image edge: it is clipped to the image. COCO
+#: boxes are floats and sometimes overshoot by a fraction of a pixel. Anything further is an error.
+EDGE_TOLERANCE_PX = 1.0
+
+
+def coco_to_normalized(bbox: Sequence[float], image_size: Sequence[int], what: str = "COCO box") -> Box:
+    """A COCO box ``[x, y, w, h]`` in pixels of an image of ``image_size = (width, height)`` as a normalized
+    box ``(x0, y0, x1, y1)``, clipped to the image (it may reach :data:`EDGE_TOLERANCE_PX` past an edge).
+
+    The one conversion of annotated pixel boxes (RefCOCO, fine-tuning data); ``what`` names the box in the
+    message (the callers add the file and record).
+
+    Raises:
+        ValueError: not 4 finite numbers, a width or height that is not > 0, a box that reaches more than
+            :data:`EDGE_TOLERANCE_PX` past an edge, or one with nothing inside the image (it starts at or
+            beyond the right or bottom edge, or ends at or before the left or top one).
+    """
+    width, height = check_image_size(image_size)
+    if isinstance(bbox, (str, bytes, set, frozenset, dict)) or not isinstance(bbox, Sequence) or len(bbox) != 4:
+        raise ValueError(f"{what} must be [x, y, w, h] (4 numbers, pixels), got {bbox!r}")
+    values = []
+    for v in bbox:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"each {what} value must be a number, got {v!r} in {list(bbox)!r}")
+        if not math.isfinite(v):
+            raise ValueError(f"each {what} value must be finite, got {v!r} in {list(bbox)!r}")
+        values.append(float(v))
+    x, y, w, h = values
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{what} {list(bbox)} has no area: COCO boxes are [x, y, width, height] with width > 0 "
+                         "and height > 0 (is it [x0, y0, x1, y1] with x1 < x0?)")
+    tol = EDGE_TOLERANCE_PX
+    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+        raise ValueError(f"{what} {list(bbox)} ([x, y, w, h]) reaches beyond the image of {width} x {height} "
+                         f"pixels (it ends at x = {x + w:g}, y = {y + h:g}; at most {tol:g} pixel past an edge "
+                         "is clipped)")
+
+    def clip(v: float, size: int) -> float:
+        return min(max(v, 0.0), float(size)) / size
+
+    box = (clip(x, width), clip(y, height), clip(x + w, width), clip(y + h, height))
+    try:
+        return check_with_area(box)
+    except ValueError:
+        raise ValueError(f"{what} {list(bbox)} ([x, y, w, h]) lies outside the image of {width} x {height} "
+                         f"pixels: nothing of it is inside (it starts at x = {x:g}, y = {y:g} and ends at "
+                         f"x = {x + w:g}, y = {y + h:g})") from None
+
+
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two boxes in the same units (both normalized or both in pixels).
 
@@ -153,7 +202,8 @@ def round_box(box: Sequence[float], ndigits: int = 2) -> Box:
 
 
 def pixel_error(box: Sequence[float], rounded: Sequence[float], image_size: Sequence[int]) -> float:
-    """The largest difference, in pixels, between two normalized boxes drawn on an image of ``image_size``.
+    """How far, in pixels, the farthest-moved edge of ``box`` lies from the same edge of ``rounded`` on an
+    image of ``image_size`` (one coordinate at a time: a corner moves along both axes).
 
     Used to show what rounding a box (:func:`round_box`) costs once it is scaled to the image.
     """

@@ -14,11 +14,15 @@ def check_positive_int(name: str, value: object, *, none_ok: bool = False, unit:
     """Return ``value`` as an int when it is a positive int (or ``None`` when ``none_ok``).
 
     Raises:
-        ValueError: anything else, e.g. ``num_bins must be a positive int (bins per side), got 0``.
+        TypeError: not a whole number (a float, a string, ``True``), e.g.
+            ``max_new_tokens must be a positive int, got float: 2.5``.
+        ValueError: a whole number below 1, e.g. ``num_bins must be a positive int (bins per side), got 0``.
     """
     if value is None and none_ok:
         return None
-    if not is_positive_int(value):
-        unit = f" ({unit})" if unit else ""
-        raise ValueError(f"{name} must be a positive int{unit}{' or None' if none_ok else ''}, got {value!r}")
-    return int(value)  # type: ignore[arg-type]
+    wanted = f"{name} must be a positive int{f' ({unit})' if unit else ''}{' or None' if none_ok else ''}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{wanted}, got {type(value).__name__}: {value!r:.80}")
+    if value < 1:
+        raise ValueError(f"{wanted}, got {value!r}")
+    return int(value)

@@ -1,6 +1,8 @@
 """Fine-tune Kosmos-2 on your own boxes: LoRA adapters, optionally on a 4-bit base (QLoRA).
 
 ``python -m helpers finetune --data ANNOTATIONS --images DIR --base MODEL --out DIR [--minutes N | --steps N]``
+exits with 0 when the adapters are saved, 2 for bad input (an option, checked before anything is read or
+loaded, the data, the output folder), 1 when the base model cannot be loaded, each with a message on stderr.
 
 **Data.** COCO detection format (``images`` with ``id``, ``file_name``, ``width``, ``height``;
 ``annotations`` with ``image_id``, ``category_id`` and ``bbox`` ``[x, y, w, h]`` in pixels; ``categories``
@@ -64,13 +66,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from helpers.grounding.boxes import coco_to_normalized
+from helpers.grounding.checks import check_positive_int
 from helpers.grounding.evaluation import CaptionScores, Score, score_any_box, score_caption
-from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt
+from helpers.grounding.model import ModelLoadError
+from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt, with_box
 from helpers.grounding.tokens import object_tokens
-from helpers.world.language import _with_box
-
-#: How far (in pixels) a box may reach past the image edge before it is an error (it is clipped).
-EDGE_TOLERANCE_PX = 1.0
 
 #: Linear layers that get LoRA adapters (a regular expression over module names, as peft takes it).
 TEXT_AND_PROJECTION = (r".*(text_model\.model\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|ffn\.fc[12])"
@@ -86,6 +87,12 @@ _COUNT = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "
 
 class FinetuneError(ValueError):
     """Bad fine-tuning input (data, base model or adapter); the message names the record or file."""
+
+
+class BaseModelError(FinetuneError, ModelLoadError):
+    """The base model cannot be fine-tuned here: it is not Kosmos-2, or :func:`helpers.grounding.model.load`
+    could not load it (no weights, a quantization or device this machine lacks). The command exits with 1 for
+    it (as ``ground`` and ``evaluate`` do for a model that cannot be loaded), with 2 for other bad input."""
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -155,26 +162,13 @@ def _read_json(path: Path, what: str) -> Any:
         raise FinetuneError(f"{what} {str(path)!r} is not valid JSON: {err}") from None
 
 
-def _number(value: Any, where: str, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise FinetuneError(f"{where}: {what} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def _normalized_box(bbox: Any, width: int, height: int, where: str) -> tuple[float, float, float, float]:
-    """COCO ``[x, y, w, h]`` pixels → normalized ``(x0, y0, x1, y1)``; errors for no area or outside the image."""
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        raise FinetuneError(f"{where}: 'bbox' must be [x, y, width, height] in pixels, got {bbox!r}")
-    x, y, w, h = (_number(v, where, "every 'bbox' value") for v in bbox)
-    if w <= 0 or h <= 0:
-        raise FinetuneError(f"{where}: box {list(bbox)} has no area (width and height must be > 0)")
-    t = EDGE_TOLERANCE_PX
-    if x < -t or y < -t or x + w > width + t or y + h > height + t:
-        raise FinetuneError(f"{where}: box {list(bbox)} reaches outside the {width}x{height} image "
-                            f"(x + width must be <= {width}, y + height <= {height}, x and y >= 0)")
-    x0, y0 = max(0.0, x) / width, max(0.0, y) / height
-    x1, y1 = min(float(width), x + w) / width, min(float(height), y + h) / height
-    return (x0, y0, x1, y1)
+    """COCO ``[x, y, w, h]`` pixels → normalized ``(x0, y0, x1, y1)`` (:func:`helpers.grounding.boxes.coco_to_normalized`),
+    its errors as :class:`FinetuneError` naming the record."""
+    try:
+        return coco_to_normalized(bbox, (width, height), what="'bbox'")
+    except ValueError as err:
+        raise FinetuneError(f"{where}: {err}") from None
 
 
 def _sentences(ann: dict, where: str) -> list[str]:
@@ -304,7 +298,7 @@ def texts_for(records: Sequence[ImageRecord]) -> list[Text]:
             out.append(Text(r, "comprehension", comprehension_prompt(g[0].category.definite(len(g))),
                             object_tokens([o.box for o in g])))
             for o in g:
-                out.append(Text(r, "question", _with_box(qa_prompt("object"), o.box),
+                out.append(Text(r, "question", with_box(qa_prompt("object"), o.box),
                                 f" It is {o.category.phrase(1)}."))
         for expression, box in rec.expressions:
             out.append(Text(r, "expression", comprehension_prompt(expression), object_tokens([box])))
@@ -322,17 +316,18 @@ def _image(path: Path):
 
 
 def check_kosmos2(base: str | os.PathLike) -> None:
-    """Raise :class:`FinetuneError` unless ``base`` (a folder or hub id) holds a Kosmos-2 checkpoint."""
+    """Raise :class:`BaseModelError` (a :class:`FinetuneError`) unless ``base`` (a folder or hub id) holds a
+    Kosmos-2 checkpoint."""
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(str(base), trust_remote_code=False)
     except Exception as err:  # missing folder, no config, not cached offline …
-        raise FinetuneError(f"base model {str(base)!r} could not be read: {type(err).__name__}: {err}") from None
+        raise BaseModelError(f"base model {str(base)!r} could not be read: {type(err).__name__}: {err}") from None
     if config.model_type != "kosmos-2":
-        raise FinetuneError(f"base model {str(base)!r} is a {config.model_type!r} model, not Kosmos-2 "
-                            "(model_type 'kosmos-2'); fine-tuning here needs a Kosmos-2 checkpoint such as "
-                            "microsoft/kosmos-2-patch14-224 or data/kosmos2-tiny-world")
+        raise BaseModelError(f"base model {str(base)!r} is a {config.model_type!r} model, not Kosmos-2 "
+                             "(model_type 'kosmos-2'); fine-tuning here needs a Kosmos-2 checkpoint such as "
+                             "microsoft/kosmos-2-patch14-224 or data/kosmos2-tiny-world")
 
 
 #: Rows of the input embedding and values per row kept in a base's signature.
@@ -455,13 +450,11 @@ def _with_adapters(model, cfg: FinetuneConfig, resume_from: Path | None = None, 
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else bool(cfg.quantization)
-    kwargs = {"use_reentrant": False}
-    if cfg.quantization:
+    if cfg.quantization:  # freezes the base and casts its 16-bit parameters to float32
         with _peft_quiet():
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
-                                                    gradient_checkpointing_kwargs=kwargs)
-    elif checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if checkpointing:  # transformers 5's name (peft would call the deprecated gradient_checkpointing_enable)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     with _peft_quiet():
         if resume_from is not None:
             return PeftModel.from_pretrained(model, str(resume_from), is_trainable=True)
@@ -528,6 +521,48 @@ def _summary(records: Sequence[ImageRecord], texts: Sequence[Text], source: dict
             "texts_per_task": tasks}
 
 
+def _positive_number(name: str, value: Any, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise FinetuneError(f"{name} must be a number > 0{' or None' if none_ok else ''}, got {value!r}")
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """Raise :class:`FinetuneError` for settings that cannot run: no budget (``steps`` or ``minutes``), a count
+    (``steps``, ``batch_size``, ``rank``, ``alpha``, ``warmup``, ``threads``) that is not a positive int, a
+    ``minutes``, ``lr`` or ``checkpoint_minutes`` that is not a number > 0, a ``dropout`` outside [0, 1)."""
+    if cfg.steps is None and cfg.minutes is None:
+        raise FinetuneError("give a budget: steps or minutes (or both)")
+    try:
+        for name in ("batch_size", "rank", "alpha", "warmup"):
+            check_positive_int(name, getattr(cfg, name))
+        for name in ("steps", "threads"):
+            check_positive_int(name, getattr(cfg, name), none_ok=True)
+    except (TypeError, ValueError) as err:
+        raise FinetuneError(str(err)) from None
+    _positive_number("minutes", cfg.minutes, none_ok=True)
+    _positive_number("lr", cfg.lr)
+    _positive_number("checkpoint_minutes", cfg.checkpoint_minutes)
+    d = cfg.dropout
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+        raise FinetuneError(f"dropout must be a number in [0, 1), got {d!r}")
+
+
+def check_output(out: str | os.PathLike, *, resume: bool = False, resumable: bool = True) -> None:
+    """Raise :class:`FinetuneError` unless ``out`` can take a run: a new or empty folder, or (``resume``) one
+    holding a saved run. ``resumable=False`` leaves the hint to resume out of the message."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FinetuneError(f"output folder {str(out)!r} is a file; choose a folder for the adapters")
+    if resume:
+        if not (out / OPTIMIZER_FILE).is_file():
+            raise FinetuneError(f"cannot resume: {str(out)!r} holds no saved run ({OPTIMIZER_FILE} missing)")
+    elif out.exists() and any(out.iterdir()):
+        raise FinetuneError(f"output folder {str(out)!r} is not empty; choose a new folder"
+                            + (", or resume the run in it (--resume)" if resumable else ""))
+
+
 def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str | os.PathLike,
              cfg: FinetuneConfig | None = None, *, resume: bool = False, data_source: dict | None = None,
              progress: bool | None = None, log: Callable[[str], None] = print):
@@ -545,25 +580,20 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
 
     cfg = cfg or FinetuneConfig()
     out = Path(out)
-    if cfg.steps is None and cfg.minutes is None:
-        raise FinetuneError("give a budget: steps or minutes (or both)")
-    if cfg.steps is not None and cfg.steps < 1 or cfg.minutes is not None and cfg.minutes <= 0:
-        raise FinetuneError(f"steps must be >= 1 and minutes > 0, got steps={cfg.steps}, minutes={cfg.minutes}")
+    check_config(cfg)
     texts = texts_for(records)
     if not texts:
         raise FinetuneError("the data holds no annotated object, so there is nothing to learn")
     previous = None
-    if resume:
-        if not (out / OPTIMIZER_FILE).is_file():
-            raise FinetuneError(f"cannot resume: {str(out)!r} holds no saved run ({OPTIMIZER_FILE} missing)")
-    elif out.exists() and any(out.iterdir()):
-        raise FinetuneError(f"output folder {str(out)!r} is not empty; choose a new folder, or resume the run in it "
-                            "(--resume)")
+    check_output(out, resume=resume)
     check_kosmos2(base)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model, processor = load(str(base), quantization=cfg.quantization or "none", device=cfg.device, verbose=False,
-                            dtype="float32" if not cfg.quantization else None)
+    try:
+        model, processor = load(str(base), quantization=cfg.quantization or "none", device=cfg.device, verbose=False,
+                                dtype="float32" if not cfg.quantization else None)
+    except ValueError as err:  # ModelLoadError, QuantizationError, a device this machine does not have
+        raise BaseModelError(str(err)) from err
     signature = base_signature(model)
     if resume:
         previous = check_adapter(out, model)
@@ -838,9 +868,30 @@ def add_figures(out: str | os.PathLike, figures: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------- command
 
+PROG = "python -m helpers finetune"
+
+
+def positive_int(text: str) -> int:
+    """Option type for counts (``--steps``, ``--batch-size``, ``--rank`` …): a whole number of at least 1."""
+    try:
+        return check_positive_int("the value", int(text))  # type: ignore[return-value]
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}") from None
+
+
+def positive_number(text: str) -> float:
+    """Option type for ``--minutes`` and ``--lr``: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m helpers finetune",
+    p = argparse.ArgumentParser(prog=PROG,
                                 description="Fine-tune Kosmos-2 on your own boxes (COCO detection format) with LoRA.")
     p.add_argument("--data", type=Path, required=True, help="COCO detection annotations (JSON)")
     p.add_argument("--images", type=Path, required=True, help="folder of the images the annotations name")
@@ -849,12 +900,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refs", type=Path, default=None, help="RefCOCO-style referring expressions for these images")
     p.add_argument("--val", type=Path, default=None,
                    help="held-out COCO annotations (same image folder): box accuracy before and after goes in the card")
-    p.add_argument("--minutes", type=float, default=None, help="wall-time budget")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps in all")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--alpha", type=int, default=32)
+    p.add_argument("--minutes", type=positive_number, default=None, help="wall-time budget")
+    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps in all")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--lr", type=positive_number, default=1e-3)
+    p.add_argument("--rank", type=positive_int, default=16)
+    p.add_argument("--alpha", type=positive_int, default=32)
     p.add_argument("--vision", action="store_true", help="adapters in the vision tower too")
     p.add_argument("--new-words", nargs="+", default=(), metavar="WORD",
                    help="words the base never wrote (e.g. a new category name): their token embeddings are trained")
@@ -865,23 +916,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--bf16", action="store_true",
                    help="forward passes in bfloat16, for large models on GPUs and CPUs with AMX or AVX-512 BF16 "
                         "(on the tiny bundled model it is not faster); the adapters and the optimizer stay float32")
     return p
 
 
+def _fail(message: str, code: int = 2) -> int:
+    """Print ``prog: error: message`` on stderr and return the exit ``code`` (argparse's style)."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command with ``argv``; return the exit code: 0 when the adapters were saved, 2 for bad input (an
+    option, the data, the output folder, adapters of another base) and 1 when the base model cannot be loaded,
+    each with a one-line message on stderr."""
+    try:
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:  # --help (0) or a bad option, which argparse has reported (2)
+        return stop.code if isinstance(stop.code, int) else 2
     if args.steps is None and args.minutes is None:
-        print("error: give --steps or --minutes (or both)", file=sys.stderr)
-        return 2
+        return _fail("give --steps or --minutes (or both)")
     cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                          rank=args.rank, alpha=args.alpha, vision=args.vision, new_words=tuple(args.new_words), quantization=args.quantization,
                          gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, device=args.device,
                          threads=args.threads, bf16=args.bf16)
     try:
+        check_config(cfg)  # before reading anything
+        check_output(args.out, resume=args.resume)
         records = read_coco(args.data, args.images, refs=args.refs)
         val = read_coco(args.val, args.images) if args.val else None
         model, processor, _ = finetune(args.base, records, args.out, cfg, resume=args.resume,
@@ -899,8 +963,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             })
             print(f"held-out comprehension box hit: {_pct(before['comprehension_box_hit'])} → "
                   f"{_pct(after['comprehension_box_hit'])}")
+    except BaseModelError as err:
+        return _fail(str(err), code=1)
     except FinetuneError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _fail(str(err))
     return 0
 

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from helpers.grounding.boxes import Box
+from helpers.grounding.boxes import EDGE_TOLERANCE_PX, Box
 from helpers.grounding.evaluation import IOU_THRESHOLD, PhraseScores, score_phrase
-from helpers.grounding.refcoco import EDGE_TOLERANCE_PX, ground_on_files
+from helpers.grounding.refcoco import ground_on_files
 
 
 SPLITS = ("train", "val", "test")
@@ -201,6 +201,9 @@ def read_annotation(path: str | os.PathLike) -> dict:
             raise Flickr30kFormatError(
                 f"{where}: the box ({x0}, {y0}, {x1}, {y1}) reaches beyond the image of {width} x {height} pixels"
             )
+        if x0 >= width or y0 >= height or x1 <= 0 or y1 <= 0:
+            raise Flickr30kFormatError(f"{where}: the box ({x0}, {y0}, {x1}, {y1}) lies outside the image of "
+                                       f"{width} x {height} pixels: nothing of it is inside")
         for name in names:
             out["boxes"].setdefault(name, []).append((x0, y0, x1, y1))
     return out

@@ -103,8 +103,8 @@ def load_image(
         A new RGB image.
 
     Raises:
-        TypeError: ``source`` is of an unsupported type.
-        ValueError: ``timeout``, ``max_bytes`` or ``max_side`` is not a positive number.
+        TypeError: ``source`` is of an unsupported type, or ``max_bytes`` or ``max_side`` is not a whole number.
+        ValueError: ``timeout``, ``max_bytes`` or ``max_side`` is not positive.
         ImageLoadError: the source could not be read or is not a usable image (missing file, directory,
             dead URL, HTTP error status, non-image content, timeout, too many bytes, too many pixels,
             corrupt data).
@@ -253,10 +253,19 @@ def _download(url: str, *, timeout: float, max_bytes: int) -> bytes:
     except (requests.Timeout, urllib3.exceptions.TimeoutError):
         raise _timed_out(url, timeout) from None
     except requests.ConnectionError as exc:
-        raise ImageLoadError(f"could not connect to {url}: {exc}") from None
+        raise ImageLoadError(f"could not connect to {url}: {_connection_reason(exc)}") from None
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         raise ImageLoadError(f"downloading {url} failed: {type(exc).__name__}: {exc}") from None
     return b"".join(chunks)
+
+
+def _connection_reason(exc: requests.ConnectionError) -> str:
+    """What went wrong, without urllib3's wrapping: ``Failed to establish a new connection: [Errno 111] …``."""
+    cause = exc.args[0] if exc.args else exc
+    cause = getattr(cause, "reason", cause)  # urllib3's MaxRetryError keeps the error of the last try
+    text = str(cause)
+    _, found, rest = text.partition("): ")  # drop "HTTPConnection(host=…, port=…)", the URL says it
+    return rest if found and text.startswith(("HTTPConnection(", "HTTPSConnection(")) else text
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import contextlib
 import io
 import numbers
 import os
+import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from helpers.course.paths import bundled_model_dir
 from helpers.grounding.boxes import check_with_area
+from helpers.grounding.checks import check_positive_int
 from helpers.grounding.prompts import CAPTION_PROMPT, count_phrases
 from helpers.grounding.tokens import Grounding, parse_generation
 
@@ -112,8 +114,6 @@ def real_model_cached(repo_id: str = REAL_MODEL) -> bool:
 
 def hub_reachable(timeout: float = 2.0) -> bool:
     """A short probe of the model hub (never called when ``HF_HUB_OFFLINE=1``)."""
-    import urllib.request
-
     try:
         with urllib.request.urlopen(urllib.request.Request(_HUB_PROBE_URL, method="HEAD"), timeout=timeout):
             return True
@@ -421,14 +421,6 @@ def _prepare_images(images) -> list:
     return out
 
 
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__}: {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class Decoding:
     """How ``generate`` picks the next token; always deterministic (no sampling).
@@ -492,12 +484,12 @@ def ground(
     """
     import torch
 
-    max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
+    max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
     if not isinstance(decoding, Decoding):
         raise TypeError(f"decoding must be a helpers.grounding.model.Decoding, e.g. Decoding(no_repeat_ngram_size=3), "
                         f"got {type(decoding).__name__}: {decoding!r:.80}")
     if batch_size is not None:
-        batch_size = _check_count("batch_size", batch_size)
+        batch_size = check_positive_int("batch_size", batch_size)
     images = _prepare_images(images)
     if not images:
         return []

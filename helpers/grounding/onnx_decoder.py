@@ -67,7 +67,7 @@ import torch
 
 from helpers.course.paths import data_dir
 from helpers.grounding.int8_linear import int8_per_output
-from helpers.grounding.quantization import INSTALL, QuantizationError
+from helpers.grounding.quantization import INSTALL, MIN_ONNXRUNTIME, QuantizationError, check_available
 
 #: Weights per 4-bit block, each block with its own scale and zero point. In a probe of the full-size decoder
 #: (random weights, two cores) a step took 60 ms in blocks of 128 and 76-80 ms in blocks of 32; on the bundled
@@ -126,14 +126,17 @@ def graph_key(text_model, **settings) -> str:
 
 
 def _import():
-    """``(onnx, onnxruntime, quantizer module)``, or a :class:`QuantizationError` that says what to install."""
+    """``(onnx, onnxruntime, quantizer module)``, or a :class:`QuantizationError` that says what to install:
+    :func:`~helpers.grounding.quantization.check_available`'s when a package is missing or too old."""
+    check_available("int4-onnx", "cpu")
     try:
         import onnx
         import onnxruntime
         from onnxruntime.quantization import matmul_nbits_quantizer
     except ImportError as err:
-        raise QuantizationError(f"quantization='int4-onnx' needs onnxruntime, onnx and onnx-ir ({err}): {INSTALL} "
-                                "(or pip install onnxruntime onnx onnx-ir)") from err
+        raise QuantizationError(f"quantization='int4-onnx' needs onnxruntime, onnx and onnx-ir, which are installed "
+                                f"but did not import ({err}): {INSTALL} (or pip install -U "
+                                f"'onnxruntime>={MIN_ONNXRUNTIME}' onnx onnx-ir)") from err
     return onnx, onnxruntime, matmul_nbits_quantizer
 
 

@@ -366,8 +366,9 @@ def draw_entities(
         show_labels: draw the phrase labels (boxes are always drawn).
 
     Raises:
-        TypeError: ``image`` is not a PIL image, or the entities are not in an accepted form.
-        ValueError: a box is not a valid normalized box, or a size argument is not a positive int.
+        TypeError: ``image`` is not a PIL image, the entities are not in an accepted form, or a size argument
+            is not a whole number.
+        ValueError: a box is not a valid normalized box, or a size argument is below 1.
     """
     _check_image(image)
     _, entities = _parse(grounding_or_entities)
@@ -434,8 +435,8 @@ def draw_grid(
     highlighted bin is filled half-transparently and outlined.
 
     Raises:
-        TypeError: ``image`` is not a PIL image.
-        ValueError: ``num_bins`` is not a positive int, an index is outside ``[0, num_bins**2)``, or
+        TypeError: ``image`` is not a PIL image, or ``num_bins`` is not a whole number.
+        ValueError: ``num_bins`` is below 1, an index is outside ``[0, num_bins**2)``, or
             ``line_opacity`` is outside [0, 1].
     """
     _check_image(image)
@@ -502,8 +503,8 @@ def draw_user_box(
     box when there is room, in white on black.
 
     Raises:
-        TypeError: ``image`` is not a PIL image or ``label`` is not a str.
-        ValueError: ``box`` is not a valid normalized box, or a size argument is not a positive int.
+        TypeError: ``image`` is not a PIL image, ``label`` is not a str, or a size argument is not a whole number.
+        ValueError: ``box`` is not a valid normalized box, or a size argument is below 1.
     """
     _check_image(image)
     box = check_normalized(box)

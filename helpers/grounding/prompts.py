@@ -18,6 +18,7 @@ import re
 from typing import Sequence
 
 from helpers.grounding.boxes import Box, check_with_area
+from helpers.grounding.tokens import object_tokens
 
 #: What the processor counts as one phrase of a prompt (it takes one user-box entry for each).
 PHRASE_PAIR = re.compile(r"<phrase>.+?</phrase>")
@@ -35,6 +36,13 @@ def comprehension_prompt(phrase: str) -> str:
 def qa_prompt(noun: str = "object") -> str:
     """The grounded-question prompt (the user box is inserted after ``</phrase>`` by the processor)."""
     return f"<grounding> Question: What is<phrase> this {noun}</phrase>? Answer:"
+
+
+def with_box(prompt: str, box: Sequence[float]) -> str:
+    """``prompt`` with ``box`` written into it as location tokens after its first ``</phrase>``, as the processor
+    writes a user box (``…<phrase> this object</phrase><object><patch_index_…>…</object>? Answer:``): how a
+    training text carries the box its question is about."""
+    return prompt.replace("</phrase>", "</phrase>" + object_tokens([box]), 1)
 
 
 def check_prompt(prompt: object, what: str = "prompt") -> str:

@@ -57,7 +57,8 @@ IN_PLACE = ("int8", "int4")
 ONNXRUNTIME = ("int4-onnx",)
 #: The oldest ONNX Runtime this course checked the int4-onnx graph with.
 MIN_ONNXRUNTIME = "1.32"
-#: The oldest bitsandbytes whose CPU back-end runs 4-bit and LLM.int8 inference (checked by this course).
+#: The oldest bitsandbytes this course has checked 4-bit and LLM.int8 inference with on a CPU (older
+#: releases may lack the CPU code, so they are refused there).
 MIN_BITSANDBYTES_CPU = "0.50.2"
 #: The oldest bitsandbytes with the CUDA features transformers 5 uses.
 MIN_BITSANDBYTES_CUDA = "0.43"
@@ -103,7 +104,7 @@ class QuantizationError(ValueError):
 
 @dataclass(frozen=True)
 class Plan:
-    """How :func:`helpers.model.load` loads a model: which quantization (``None``: float weights), which dtype."""
+    """How :func:`helpers.grounding.model.load` loads a model: which quantization (``None``: float weights), which dtype."""
 
     quantization: str | None
     dtype: Any  # torch.dtype
@@ -200,7 +201,7 @@ def check_available(quantization: str, device: str) -> None:
 
 
 def plan(quantization: str | None, device: str, dtype, parameters: int | None) -> Plan:
-    """The quantization and dtype :func:`~helpers.model.load` uses (``dtype=None``: the path's default).
+    """The quantization and dtype :func:`~helpers.grounding.model.load` uses (``dtype=None``: the path's default).
 
     ``quantization=None`` chooses: :data:`AUTO_CPU_CHOICE` on a CPU for models of at least
     :data:`AUTO_CPU_PARAMETERS` parameters when torchao is installed (and no ``dtype`` was asked for), float

@@ -29,15 +29,16 @@ upper bound with any of them, both at IoU ≥ 0.5).
 ``split=`` follows the refer toolkit: ``"train"``, ``"val"``, ``"testAB"`` … match exactly; ``"testA"``,
 ``"testB"``, ``"testC"`` match every test split holding that letter; ``"test"`` matches every test split.
 
-Every expression becomes one :class:`RefItem`. A box reaching more than a pixel outside its image, a
-missing annotation or image entry, or a malformed record is an error naming the file and the record.
+Every expression becomes one :class:`RefItem` (its box converted by
+:func:`helpers.grounding.boxes.coco_to_normalized`). A box reaching more than a pixel outside its image or
+with nothing inside it, a missing annotation or image entry, or a malformed record is an error naming the
+file and the record.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import pickle
 import re
@@ -45,16 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from helpers.grounding.boxes import Box, check_normalized, iou
+from helpers.grounding.boxes import Box, coco_to_normalized, iou
 from helpers.grounding.evaluation import IOU_THRESHOLD, PhraseScores, Score, score_phrase
 
 
 #: How RefCOCO's ``image_id`` becomes a file name in the COCO ``train2014`` folder.
 COCO_TRAIN2014_PATTERN = "COCO_train2014_{image_id:012d}.jpg"
-
-#: How far (in pixels) a box may reach past the image edge; it is clipped to the image. COCO boxes are
-#: floats and sometimes overshoot by a fraction of a pixel. Anything further is an error.
-EDGE_TOLERANCE_PX = 1.0
 
 #: Split names the refer toolkit accepts (RefCOCO and RefCOCO+: train, val, testA, testB; RefCOCOg: train,
 #: val and, in the umd split, test).
@@ -236,15 +233,6 @@ def _file_name(rec: dict, where: str, file_pattern: str) -> str:
     raise RefCocoFormatError(f"{where}: needs 'file_name' or 'image_id'; it has the keys {sorted(rec)}")
 
 
-def _number(value: Any, what: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RefCocoFormatError(f"{where}: {what} must be a number, got {value!r}")
-    f = float(value)
-    if not math.isfinite(f):
-        raise RefCocoFormatError(f"{where}: {what} must be finite, got {value!r}")
-    return f
-
-
 def _size(rec: dict, where: str, file_name: str, image_root: Path | None) -> tuple[int, int]:
     if "width" in rec or "height" in rec:
         if "width" not in rec or "height" not in rec:
@@ -275,24 +263,10 @@ def _size(rec: dict, where: str, file_name: str, image_root: Path | None) -> tup
 def _box(rec: dict, where: str, width: int, height: int) -> Box:
     if "bbox" not in rec:
         raise RefCocoFormatError(f"{where}: needs 'bbox' = [x, y, w, h] in pixels; it has the keys {sorted(rec)}")
-    bbox = rec["bbox"]
-    if isinstance(bbox, (str, bytes, dict)) or not isinstance(bbox, Sequence) or len(bbox) != 4:
-        raise RefCocoFormatError(f"{where}: 'bbox' must be [x, y, w, h] (4 numbers, pixels), got {bbox!r}")
-    x, y, w, h = (_number(v, "each 'bbox' value", where) for v in bbox)
-    if w <= 0 or h <= 0:
-        raise RefCocoFormatError(
-            f"{where}: 'bbox' {list(bbox)} has no area: COCO boxes are [x, y, width, height] with width > 0 "
-            "and height > 0 (is it [x0, y0, x1, y1] with x1 < x0?)"
-        )
-    tol = EDGE_TOLERANCE_PX
-    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
-        raise RefCocoFormatError(
-            f"{where}: 'bbox' {list(bbox)} ([x, y, w, h]) reaches beyond the image of {width} x {height} pixels "
-            f"(it ends at x = {x + w:g}, y = {y + h:g})"
-        )
-    x0, y0 = max(x, 0.0), max(y, 0.0)
-    x1, y1 = min(x + w, float(width)), min(y + h, float(height))
-    return check_normalized((x0 / width, y0 / height, x1 / width, y1 / height))
+    try:
+        return coco_to_normalized(rec["bbox"], (width, height), what="'bbox'")
+    except ValueError as err:
+        raise RefCocoFormatError(f"{where}: {err}") from None
 
 
 # --------------------------------------------------------------------------------------------- the three layouts

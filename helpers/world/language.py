@@ -11,7 +11,9 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from helpers.grounding.prompts import CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
+from helpers.grounding.checks import check_positive_int
+from helpers.grounding.prompts import (CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt,
+                                       with_box)
 from helpers.grounding.tokens import object_tokens
 from helpers.world.scenes import COLOURS, SHAPES, SPECIAL_KINDS, Scene, SceneObject, definite_phrase, indefinite_phrase
 
@@ -28,10 +30,6 @@ class Example:
     prompt: str
     answer: str
     target: tuple[SceneObject, ...] = ()  # the object(s) the example is about, for evaluation
-
-
-def _with_box(prompt: str, box: Sequence[float]) -> str:
-    return prompt.replace("</phrase>", "</phrase>" + object_tokens([box]), 1)
 
 
 def _grounded(group: list[SceneObject]) -> str:
@@ -91,9 +89,9 @@ def scene_examples(scene: Scene, rng: random.Random | None = None, jitter: float
         for obj in group:
             noun = "character" if obj.shape in SPECIAL_KINDS and rng.random() < 0.7 else "object"
             box = _jitter(obj.box, rng, jitter) if jitter else obj.box
-            out.append(Example("qa", _with_box(qa_prompt(noun), box), f" It is {answer_name(obj)}.", (obj,)))
+            out.append(Example("qa", with_box(qa_prompt(noun), box), f" It is {answer_name(obj)}.", (obj,)))
             box = _jitter(obj.box, rng, jitter) if jitter else obj.box
-            out.append(Example("generation", _with_box(GENERATION_PROMPT, box), f" {answer_name(obj)}.", (obj,)))
+            out.append(Example("generation", with_box(GENERATION_PROMPT, box), f" {answer_name(obj)}.", (obj,)))
     return out
 
 
@@ -132,14 +130,6 @@ def build_tokenizer():
     return XLMRobertaTokenizer(vocab=vocab)
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}: {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
-
-
 def build_image_processor(image_size: int):
     """Resize to a square (no centre crop), like the real checkpoint's preprocessing, with CLIP's statistics.
 
@@ -148,7 +138,7 @@ def build_image_processor(image_size: int):
     """
     from transformers.models.clip import CLIPImageProcessorPil
 
-    _check_positive_int("image_size", image_size)
+    check_positive_int("image_size", image_size)
     return CLIPImageProcessorPil(
         size={"height": image_size, "width": image_size},
         do_center_crop=False,
@@ -181,7 +171,7 @@ def build_config(processor, *, image_size: int = 64, patch_size: int = 8, vision
     sizes = dict(image_size=image_size, patch_size=patch_size, vision_dim=vision_dim, vision_layers=vision_layers,
                  text_dim=text_dim, text_layers=text_layers, heads=heads)
     for name, value in sizes.items():
-        _check_positive_int(name, value)
+        check_positive_int(name, value)
     if image_size % patch_size:
         raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
     for name in ("vision_dim", "text_dim"):

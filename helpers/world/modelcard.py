@@ -10,6 +10,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -263,21 +264,42 @@ def _other_seed_lines(model_dir: Path) -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m helpers modelcard",
-                                     description="Evaluate a world model and write its model card.")
+PROG = "python -m helpers modelcard"
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv``; return the exit code: 0, or 2 with a one-line message on stderr when
+    ``model_dir`` is not a model folder (or, with ``--render-only``, has no ``evaluation.json``)."""
+    from helpers.grounding.model import ModelLoadError
+
+    parser = argparse.ArgumentParser(prog=PROG, description="Evaluate a world model and write its model card.")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--scenes", type=int, default=220)
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED,
                         help="scene seed; another than the held-out one writes evaluation-seed<SEED>.json")
     parser.add_argument("--render-only", action="store_true", help="rewrite README.md from evaluation.json")
     args = parser.parse_args(argv)
-    if args.render_only:
-        render_card(args.model_dir)
-        return
-    result = write_card(args.model_dir, scenes=args.scenes, seed=args.seed)
+    if not args.model_dir.is_dir():
+        what = "is not a folder" if args.model_dir.exists() else "does not exist"
+        return _fail(f"model folder {str(args.model_dir)!r} {what}: expected a saved world model such as "
+                     "data/kosmos2-tiny-world (what `python -m helpers train --out DIR` writes)")
+    if args.render_only and not (args.model_dir / "evaluation.json").is_file():
+        return _fail(f"--render-only needs {str(args.model_dir / 'evaluation.json')!r}, which does not exist: run "
+                     f"`{PROG} {args.model_dir}` without --render-only first")
+    try:
+        if args.render_only:
+            render_card(args.model_dir)
+            return 0
+        result = write_card(args.model_dir, scenes=args.scenes, seed=args.seed)
+    except ModelLoadError as err:
+        return _fail(str(err))
     print(json.dumps(result, indent=1))
     print(metrics_table(result))
     print()
     print(caption_error_table(result["caption_errors"]))
-
+    return 0

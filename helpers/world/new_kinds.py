@@ -10,7 +10,8 @@ scenes do not change.
 ``python -m helpers finetune-demo --out DIR`` runs the whole demonstration: it writes training and held-out
 data in COCO detection format, measures the bundled model, fine-tunes LoRA adapters with
 :mod:`helpers.grounding.finetune`, measures again (the stars, and the model's own world) and puts the figures in the
-adapters' card.
+adapters' card. Every option (and the output folder, which must be new or empty) is checked before anything is
+drawn, written or loaded.
 """
 
 from __future__ import annotations
@@ -143,42 +144,102 @@ _WORLD_ROWS = (("own world: caption phrase recall", "caption_phrase_recall"),
                ("own world: generation names the object", "generation_names_object"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from helpers.course.paths import bundled_model_dir
-    from helpers.grounding.finetune import FinetuneConfig, add_figures, box_accuracy, finetune, read_coco
-    from helpers.grounding.model import load
+PROG = "python -m helpers finetune-demo"
 
-    parser = argparse.ArgumentParser(prog="python -m helpers finetune-demo", description="The stars demonstration: data, fine-tuning, figures.")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the adapters")
+
+def _count_or_zero(text: str) -> int:
+    """Option type for ``--world-images``: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from helpers.grounding.finetune import positive_int, positive_number
+
+    parser = argparse.ArgumentParser(prog=PROG, description="The stars demonstration: data, fine-tuning, figures.")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the adapters (must be new or empty)")
     parser.add_argument("--data", type=Path, default=Path("finetune-stars-data"), help="folder for the generated data")
-    parser.add_argument("--train-images", type=int, default=1500)
-    parser.add_argument("--world-images", type=int, default=4500,
+    parser.add_argument("--train-images", type=positive_int, default=1500)
+    parser.add_argument("--world-images", type=_count_or_zero, default=4500,
                         help="scenes of the world in the training data (they keep what the base knows)")
-    parser.add_argument("--held-out-images", type=int, default=240)
-    parser.add_argument("--minutes", type=float, default=9.5)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1.5e-3)
-    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--held-out-images", type=positive_int, default=240)
+    parser.add_argument("--minutes", type=positive_number, default=9.5)
+    parser.add_argument("--steps", type=positive_int, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--lr", type=positive_number, default=1.5e-3)
+    parser.add_argument("--rank", type=positive_int, default=16)
     parser.add_argument("--vision", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--bf16", action="store_true", help="forward passes in bfloat16 (see finetune --bf16)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demonstration; return the exit code: 0 when it ran, 2 for a bad option or output folder (checked
+    before anything is drawn, written or loaded), 1 when the bundled model cannot be loaded."""
+    from helpers.course.paths import bundled_model_dir
+    from helpers.grounding.finetune import (BaseModelError, FinetuneConfig, FinetuneError, check_config, check_kosmos2,
+                                            check_output)
+
+    try:
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:  # --help (0) or a bad option, which argparse has reported (2)
+        return stop.code if isinstance(stop.code, int) else 2
+    cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                         rank=args.rank, vision=args.vision, new_words=("star", "stars"), device="cpu",
+                         threads=args.threads, bf16=args.bf16)
+    base = os.path.relpath(bundled_model_dir())  # recorded in the card as given: relative to where it runs
+    try:  # every check before anything is drawn, written or loaded
+        check_config(cfg)
+        check_output(args.out, resumable=False)
+        if args.data.exists() and not args.data.is_dir():
+            raise FinetuneError(f"--data {str(args.data)!r} is a file; give a folder for the generated data")
+        out = args.out.resolve()
+        if args.data.resolve() == out or out in args.data.resolve().parents:
+            raise FinetuneError(f"--data {str(args.data)!r} must not be --out {str(args.out)!r} or inside it "
+                                "(--out gets the adapters only)")
+        check_kosmos2(base)
+    except BaseModelError as err:
+        return _fail(str(err), code=1)
+    except FinetuneError as err:
+        return _fail(str(err))
+    try:
+        return _run(args, cfg, base, list(sys.argv[1:] if argv is None else argv))
+    except BaseModelError as err:
+        return _fail(str(err), code=1)
+    except FinetuneError as err:
+        return _fail(str(err))
+
+
+def _run(args: argparse.Namespace, cfg, base: str, argv: list[str]) -> int:
+    """The demonstration itself, once :func:`main` has checked its arguments."""
     import torch
 
+    from helpers.grounding.finetune import BaseModelError, add_figures, box_accuracy, finetune, read_coco
+    from helpers.grounding.model import load
+
     torch.set_num_threads(args.threads)
-    base = os.path.relpath(bundled_model_dir())  # recorded in the card as given: relative to where it runs
     train_file = write_coco(args.data, args.train_images, TRAIN_SEED, "train", world_scenes=args.world_images)
     held_file = write_coco(args.data, args.held_out_images, HELD_OUT_SEED, "held_out")
     records = read_coco(train_file, args.data / "images")
     held_out = read_coco(held_file, args.data / "images")
-    model, processor = load(base, device="cpu", verbose=False)
+    try:
+        model, processor = load(base, device="cpu", verbose=False)
+    except ValueError as err:  # ModelLoadError: the bundled model is missing or broken
+        raise BaseModelError(str(err)) from err
     before = box_accuracy(model, processor, held_out, only=is_star)
     world_before = world_figures(model, processor)
     print("before:", json.dumps(before), flush=True)
-    cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
-                         rank=args.rank, vision=args.vision, new_words=("star", "stars"), device="cpu",
-                         threads=args.threads, bf16=args.bf16)
     t0 = time.time()
     model, processor, card = finetune(base, records, args.out, cfg, log=lambda s: print(s, flush=True),
                                       data_source={"annotations": f"helpers.world.new_kinds.write_coco(n={args.train_images}, "
@@ -199,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "Own world: the bundled model's held-out scenes (`helpers.grounding.evaluation.evaluate`). "
                         f"Fine-tuning took {seconds / 60:.1f} min (loading and saving included) with "
                         f"{args.threads} torch threads; command: `python -m helpers finetune-demo "
-                        + " ".join(argv if argv is not None else sys.argv[1:]) + "`.")
+                        + " ".join(argv) + "`.")
     add_figures(args.out, figures)
     print(json.dumps(figures, indent=1))
     return 0
