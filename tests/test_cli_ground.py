@@ -91,6 +91,7 @@ def test_missing_images_exit_2_with_a_message(workdir) -> None:
 )
 def test_bad_arguments_exit_2_without_loading_a_model(workdir, monkeypatch, capsys, args, message) -> None:
     monkeypatch.chdir(workdir)
+    monkeypatch.setattr(cli_ground, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     assert cli_ground.main(args) == 2
     assert message in capsys.readouterr().err
 

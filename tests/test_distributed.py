@@ -158,7 +158,10 @@ def test_ground_distributed_checks_its_arguments(model_dir, image_paths):
         ground_distributed(model, processor, images, batch_size=0)
 
 
-def test_command_line_rejects_bad_input_before_loading_a_model(tmp_path, capsys):
+def test_command_line_rejects_bad_input_before_loading_a_model(tmp_path, monkeypatch, capsys):
+    import helpers.course.distributed as distributed
+
+    monkeypatch.setattr(distributed, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main([str(tmp_path / "missing.png"), "--out", str(tmp_path / "r.jsonl")]) == 2
     assert "missing.png" in capsys.readouterr().err
     assert main([str(tmp_path), "--out", str(tmp_path / "r.jsonl"), "--batch-size", "0"]) == 2

@@ -233,7 +233,6 @@ def test_evaluate_end_to_end_on_a_tiny_untrained_model(tiny_model) -> None:
     assert sum(row["hit"] for row in comp_rows) == at_1.hits and sum(row["hit_any"] for row in comp_rows) == upper.hits
     assert report.caption.box_hit.hits <= report.caption.phrase_recall.hits
     assert set(report.seconds) == {"caption", "comprehension", "qa", "generation"}
-    assert all(v >= 0 for v in report.seconds.values())
     assert report.table().startswith(f"2 held-out scenes, {n_objects} objects")
     json.dumps(report.as_dict(), allow_nan=False)
 

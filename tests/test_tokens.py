@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -413,7 +412,9 @@ def test_one_message_per_defect_in_order() -> None:
     assert (g.caption, g.entities) == ("a b c", [])
 
 
-def test_very_long_text_is_parsed_in_linear_time() -> None:
+def test_very_long_and_pathological_texts_are_parsed() -> None:
+    """A million characters each; on texts like these a regular expression such as <.*?> backtracks
+    quadratically and would not finish (a speed check with figures belongs in a benchmark, not here)."""
     group = "<phrase> a snowman</phrase><object>" + SNOWMAN_BOX + "</object> and"
     texts = [
         group * (1_000_000 // len(group)),  # a million characters of sound text
@@ -424,9 +425,7 @@ def test_very_long_text_is_parsed_in_linear_time() -> None:
         "<phrase>x</phrase><object><patch_index_" + "9" * 1_000_000 + "><patch_index_1></object>",
     ]
     for text in texts:
-        start = time.perf_counter()
         g = parse_generation(text)
-        assert time.perf_counter() - start < 10.0
         assert g.raw is text
     g = parse_generation(texts[0])
     assert g.problems == [] and len(g.entities) == 1_000_000 // len(group)
