@@ -51,7 +51,7 @@ environment.yml: pyproject.toml tools/environment.py
 	$(PY) tools/environment.py > $@
 
 clean:
-	rm -rf outputs build/site
+	rm -rf outputs build
 
 distclean: clean
 	rm -rf $(VENV)

@@ -161,7 +161,8 @@ def full_config():
 
 
 def tiny_config():
-    """A tiny Kosmos-2 with the real vocabulary, image size and 64 image tokens: runs on a CPU in seconds."""
+    """A tiny Kosmos-2 with the real vocabulary, image size and 64 image tokens, for tests: a few new tokens at
+    small batches run on a CPU in seconds (every step still scores the real vocabulary)."""
     from transformers import Kosmos2Config
 
     return Kosmos2Config(
@@ -851,7 +852,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python bench/benchmark.py",
         description="Benchmark Kosmos-2 grounding paths (full-size architecture, random weights).",
     )
-    parser.add_argument("--tiny", action="store_true", help="a tiny model that runs on a CPU in seconds (for tests)")
+    parser.add_argument("--tiny", action="store_true", help="a tiny model for tests (its vocabulary is the real one, so "
+                        "keep --new-tokens and --batch-sizes small for a quick run)")
     parser.add_argument("--cpu-table", action="store_true",
                         help="the CPU table: CPU paths, each in its own process, --threads threads, batch 1 and 8, "
                              "one short warm-up and one timed run, logits scored against float32")
@@ -887,9 +889,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--cpu-table runs on the CPU; leave --device out")
         args.device = "cpu"
         args.batch_sizes = args.batch_sizes or "1,8"
-        args.repeats = args.repeats or 1
-        args.threads = args.threads or 2
-        args.warmup_tokens = args.warmup_tokens or 4
+        args.repeats = 1 if args.repeats is None else args.repeats
+        args.threads = 2 if args.threads is None else args.threads
+        args.warmup_tokens = 4 if args.warmup_tokens is None else args.warmup_tokens
+    elif args.work is not None:
+        parser.error("--work keeps the CPU table's weights and results: it goes with --cpu-table")
     default_paths = (CPU_TINY_PATHS if args.tiny else CPU_PATHS) if table else (
         DEFAULT_TINY_PATHS if args.tiny else DEFAULT_PATHS)
     try:
@@ -898,13 +902,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         small_sizes = parse_batch_sizes(args.static_batch_sizes, "--static-batch-sizes")
         repeats = 3 if args.repeats is None else args.repeats
         for option, value, least in (("--new-tokens", args.new_tokens, 1), ("--warmup", args.warmup, 0),
-                                     ("--repeats", repeats, 1), ("--threads", args.threads or 1, 1),
-                                     ("--warmup-tokens", args.warmup_tokens or 1, 1)):
-            if value < least:
+                                     ("--repeats", repeats, 1), ("--threads", args.threads, 1),
+                                     ("--warmup-tokens", args.warmup_tokens, 1)):
+            if value is not None and value < least:  # None: the default
                 raise ValueError(f"{option} must be at least {least}, got {value}")
     except ValueError as err:
         parser.error(str(err))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        parser.error(f"--device {device!r} is not a device torch knows: give cuda, cuda:N or cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {device} asked for, but torch sees no CUDA GPU")
     if args.threads:

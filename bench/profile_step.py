@@ -130,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give --work WORK (the full-size weights live there) or --tiny")
     if args.new_tokens < 2:
         parser.error(f"--new-tokens must be at least 2 (one for the prefill, one to decode), got {args.new_tokens}")
+    for option, value in (("--repeats", args.repeats), ("--top", args.top), ("--threads", args.threads)):
+        if value < 1:
+            parser.error(f"{option} must be at least 1, got {value}")
     torch.set_num_threads(args.threads)
     print(to_text(profile(args.path, work=args.work, tiny=args.tiny, new_tokens=args.new_tokens,
                           repeats=args.repeats, top=args.top)))

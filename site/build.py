@@ -31,5 +31,8 @@ def build(out: Path = OUTPUT, quiet: bool = False) -> Path:
 
 
 if __name__ == "__main__":
-    out = build(Path(sys.argv[1]) if len(sys.argv) > 1 else OUTPUT)
+    try:
+        out = build(Path(sys.argv[1]) if len(sys.argv) > 1 else OUTPUT)
+    except (RuntimeError, OSError) as err:
+        sys.exit(f"python site/build.py: error: {err}")
     print(f"site built: {out / 'index.html'} (view it: python -m http.server -d {out})")

@@ -125,7 +125,12 @@ def test_bad_options_are_refused_with_a_message(capsys):
         bench.parse_batch_sizes("1,0")
     assert bench.parse_batch_sizes(" 8, 1,8") == [8, 1]
     for argv, message in ((["--paths", "turbo"], "unknown path"), (["--batch-sizes", "x"], "not one"),
-                          (["--new-tokens", "0"], "--new-tokens must be at least 1")):
+                          (["--new-tokens", "0"], "--new-tokens must be at least 1"),
+                          (["--threads", "0"], "--threads must be at least 1, got 0"),  # not taken as the default
+                          (["--warmup-tokens", "0"], "--warmup-tokens must be at least 1, got 0"),
+                          (["--cpu-table", "--repeats", "0"], "--repeats must be at least 1, got 0"),
+                          (["--device", "tpu"], "--device 'tpu' is not a device torch knows"),
+                          (["--work", "w"], "--work keeps the CPU table's weights and results: it goes with --cpu-table")):
         with pytest.raises(SystemExit) as stop:
             bench.main(["--tiny", *argv])
         assert stop.value.code == 2

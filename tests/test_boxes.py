@@ -213,3 +213,17 @@ def test_one_coco_box_conversion_for_refcoco_and_finetuning() -> None:
     defined = [p.name for p in (repo_root() / "helpers").rglob("*.py")
                if re.search(r"^EDGE_TOLERANCE_PX\s*=", p.read_text("utf-8"), re.M)]
     assert defined == ["boxes.py"]
+
+
+@pytest.mark.parametrize("box, message", [
+    ((0.1, 0.1, 1.5, 0.5), r"must lie in \[0, 1\], got \(0.1, 0.1, 1.5, 0.5\)\.$"),  # a slip, not pixels: no hint
+    ((1.2, 0.1, 0.5, 0.5), r"must lie in \[0, 1\], got \(1.2, 0.1, 0.5, 0.5\)\.$"),  # out of range before inverted
+    ((250, 22, 630, 397), r"It looks like a pixel box: convert it with to_normalized"),
+    ((0.5, 0.1, 0.2, 0.5), r"normalized box is inverted"),
+])
+def test_a_normalized_box_error_names_the_first_thing_wrong(box, message) -> None:
+    from helpers.grounding.boxes import check_normalized, looks_like_pixels
+
+    with pytest.raises(ValueError, match=message):
+        check_normalized(box)
+    assert looks_like_pixels(box) is (box == (250, 22, 630, 397))

@@ -41,6 +41,8 @@ def test_int4_step_is_split_into_products_and_the_rest() -> None:
     (("--tiny", "--path", "int5"), "--path must be one of"),
     (("--tiny", "--new-tokens", "1"), "--new-tokens must be at least 2"),
     ((), "give --work WORK"),
+    (("--tiny", "--threads", "0"), "--threads must be at least 1, got 0"),
+    (("--tiny", "--repeats", "0"), "--repeats must be at least 1, got 0"),
 ])
 def test_bad_arguments_say_what_is_expected(args, message) -> None:
     run = _run(*args)

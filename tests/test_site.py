@@ -1,6 +1,6 @@
 """The course website (site/, `make site`) and the playground, checked in a real browser.
 
-The site is built once per test session into build/site (incrementally, as `make site` does). Playwright
+The site is built once per test session into build/site (every page afresh, as `make site` does). Playwright
 drives Debian's Chromium, headless: every page loads without console errors, every image loads, every
 internal link and anchor resolves, no page asks another host for anything, search works and the Japanese
 summaries are drawn with a CJK font. The playground of notebook 10 runs in Voila on the bundled model and is

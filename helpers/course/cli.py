@@ -16,13 +16,12 @@ fails leaves the results of an earlier one as they were.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from helpers.course.batch import RESULTS_NAME, check_images, ground_folder, image_files
-from helpers.grounding.boxes import to_normalized
+from helpers.grounding.boxes import looks_like_pixels, to_normalized
 from helpers.grounding.checks import is_positive_int
 from helpers.grounding.images import ImageLoadError, load_image
 from helpers.grounding.model import ModelLoadError, load
@@ -96,9 +95,10 @@ def _numbers(values: Sequence[float]) -> str:
 
 
 def box_message(box: Sequence[float], error: ValueError, files: Sequence[Path]) -> str:
-    """The ``--box`` error for a command-line user: for what looks like a pixel box (no value below 0, one
-    above 1), how to give it as fractions, with the values to type when one image is given."""
-    if not (all(math.isfinite(v) and v >= 0 for v in box) and max(box) > 1):
+    """The ``--box`` error for a command-line user: for what looks like a pixel box
+    (:func:`~helpers.grounding.boxes.looks_like_pixels`), how to give it as fractions, with the values to type
+    when one image is given."""
+    if not looks_like_pixels(box):
         return f"--box: {error}"
     message = (f"--box takes x0 y0 x1 y1 as fractions of the image's width and height (each from 0 to 1), "
                f"not pixels; got {_numbers(box)}. Divide the x values by the image's width and the y values by "

@@ -15,7 +15,7 @@ from helpers.grounding.checks import is_positive_int
 Box = tuple[float, float, float, float]
 
 
-def _four_numbers(box: Sequence[float], what: str) -> Box:
+def _four_numbers(box: Sequence[float], what: str, ordered: bool = True) -> Box:
     if isinstance(box, (set, frozenset, dict)):
         raise ValueError(f"{what} must be an ordered sequence of 4 numbers (x0, y0, x1, y1), got a "
                          f"{type(box).__name__}: {box!r}")
@@ -36,10 +36,20 @@ def _four_numbers(box: Sequence[float], what: str) -> Box:
         if math.isnan(f) or math.isinf(f):
             raise ValueError(f"{what} must hold finite numbers, got {v!r} in {box!r}")
         out.append(f)
-    x0, y0, x1, y1 = out
+    return _ordered(tuple(out), what) if ordered else tuple(out)
+
+
+def _ordered(box: Box, what: str) -> Box:
+    x0, y0, x1, y1 = box
     if x1 < x0 or y1 < y0:
-        raise ValueError(f"{what} is inverted: expected x0 <= x1 and y0 <= y1, got {tuple(out)}")
-    return (x0, y0, x1, y1)
+        raise ValueError(f"{what} is inverted: expected x0 <= x1 and y0 <= y1, got {box}")
+    return box
+
+
+def looks_like_pixels(box: Sequence[float]) -> bool:
+    """True for four numbers that read as a pixel box rather than a mistyped fraction: none below 0, one of
+    at least 2 (a fraction off by a little, such as 1.5, gets no pixel hint)."""
+    return all(math.isfinite(v) and v >= 0 for v in box) and max(box) >= 2
 
 
 def check_normalized(box: Sequence[float]) -> Box:
@@ -49,13 +59,11 @@ def check_normalized(box: Sequence[float]) -> Box:
         ValueError: not 4 values, a value that is not a finite number, an inverted box (``x1 < x0`` or
             ``y1 < y0``), or a value outside [0, 1] (with a hint when it looks like a pixel box).
     """
-    b = _four_numbers(box, "normalized box")
-    if not all(0.0 <= v <= 1.0 for v in b):
-        hint = ""
-        if max(b) > 1.0 and all(v >= 0 for v in b):
-            hint = " It looks like a pixel box: convert it with to_normalized(box_px, image_size)."
+    b = _four_numbers(box, "normalized box", ordered=False)
+    if not all(0.0 <= v <= 1.0 for v in b):  # before the order: (1.2, 0.1, 0.5, 0.5) is out of range first
+        hint = " It looks like a pixel box: convert it with to_normalized(box_px, image_size)." if looks_like_pixels(b) else ""
         raise ValueError(f"normalized box values must lie in [0, 1], got {b}.{hint}")
-    return b
+    return _ordered(b, "normalized box")
 
 
 def check_image_size(image_size: Sequence[int], what: str = "image_size") -> tuple[int, int]:
