@@ -267,17 +267,61 @@ def test_the_same_seed_gives_the_same_adapters_whatever_ran_before(tiny_model_di
     assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
 
 
-def test_resume_continues_the_step_count(trained, tiny_model_dir, tmp_path):
+def test_resume_continues_the_step_count_from_the_saved_adapters_and_optimizer(trained, tiny_model_dir, tmp_path,
+                                                                               monkeypatch):
+    """A resumed run starts from what the run saved: its adapters (not fresh ones) and AdamW's state (moments
+    and step count, not an empty optimizer), seen at the start of the resumed run, before its first step.
+    (A 2 + 2-step resumed run cannot be compared with a 4-step one: a resumed run reseeds its batches.)"""
     import shutil
+
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    import helpers.grounding.finetune as ft
 
     out, records = trained
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    finetune(tiny_model_dir, records, copy, FinetuneConfig(steps=6, batch_size=4, device="cpu"), resume=True,
-             progress=False, log=lambda s: None)
+    saved_adapters = load_file(str(out / "adapter_model.safetensors"))
+    saved_optimizer = load_file(str(out / "optimizer.safetensors"))
+    at_start: dict = {}
+    original_with_adapters = ft._with_adapters
+
+    def recording_with_adapters(*args, **kwargs):
+        model = original_with_adapters(*args, **kwargs)
+        at_start["adapters"] = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        return model
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, *args, **kwargs):
+            if "optimizer" not in at_start:  # the state the first step of the resumed run starts from
+                at_start["optimizer"] = {id(p): {k: v.detach().clone() for k, v in self.state[p].items()}
+                                         for g in self.param_groups for p in g["params"]}
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "_with_adapters", recording_with_adapters)
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    model, _, _ = finetune(tiny_model_dir, records, copy, FinetuneConfig(steps=6, batch_size=4, device="cpu"),
+                           resume=True, progress=False, log=lambda s: None)
     card = json.loads((copy / "finetune.json").read_text())
     assert card["steps"] == 6
     assert [(r["from_step"], r["to_step"]) for r in card["runs"]] == [(0, 4), (4, 6)]
+    # the adapters: the saved ones (lora_B starts at zero in fresh adapters; after 4 steps it is not)
+    assert at_start["adapters"].keys() == saved_adapters.keys()
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in saved_adapters.items())
+    for k, v in saved_adapters.items():
+        assert torch.equal(at_start["adapters"][k], v), k
+    # the optimizer: every trainable parameter's saved moments and step count (4), exactly
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    state = {names[i]: s for i, s in at_start["optimizer"].items()}
+    assert {f"{n}::{k}" for n, s in state.items() for k in s} == saved_optimizer.keys()
+    for n, s in state.items():
+        assert s["step"].item() == 4, n
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(s[k], saved_optimizer[f"{n}::{k}"]), (n, k)
+    # and the saved optimizer counts the steps of both runs
+    assert {v.item() for k, v in load_file(str(copy / "optimizer.safetensors")).items() if k.endswith("::step")} == {6}
 
 
 def test_signature_survives_a_dtype_change_but_not_another_base(tiny_model):
@@ -555,6 +599,8 @@ def test_demo_checks_its_arguments_before_writing_anything(tmp_path, monkeypatch
 
 def test_qlora_on_a_4bit_base_trains_and_loads(tiny_model_dir, coco, tmp_path):
     """QLoRA: bitsandbytes 4-bit (NF4) base, gradient checkpointing, adapters in float32 (bitsandbytes runs on the CPU)."""
+    import torch
+
     from helpers.grounding.model import load
 
     out = tmp_path / "qlora"
@@ -562,9 +608,17 @@ def test_qlora_on_a_4bit_base_trains_and_loads(tiny_model_dir, coco, tmp_path):
                               FinetuneConfig(steps=2, batch_size=2, quantization="nf4", device="cpu"),
                               progress=False, log=lambda s: None)
     assert card["quantization"] == "nf4" and card["steps"] == 2
-    assert all(p.dtype == __import__("torch").float32 for p in model.parameters() if p.requires_grad)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    # the adapters trained: peft starts every lora_B at zero (the adapters add nothing), two steps move them
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().max() > 0 for p in lora_b)
     tuned, _ = load(str(tiny_model_dir), adapter=out, quantization="nf4", device="cpu", verbose=False)
     assert tuned.load_info.quantization == "nf4" and tuned.load_info.adapter == str(out)
+    # the loaded adapters are the trained ones
+    trained = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    loaded = {n: p for n, p in tuned.named_parameters() if "lora_" in n}
+    assert loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[n].float(), trained[n]) for n in trained)
 
 
 def test_a_bf16_run_computes_in_bfloat16_and_keeps_float32_adapters(tiny_model_dir, coco, tmp_path, monkeypatch):

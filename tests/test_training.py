@@ -452,12 +452,38 @@ def test_count_word_loss_is_the_cross_entropy_of_exactly_the_marked_labels() -> 
     assert count_word_loss(logits, labels, torch.zeros_like(where)).item() == 0.0
 
 
-def test_a_run_with_count_weight_logs_and_learns_the_count_loss(processor) -> None:
-    _, _, history = train(TrainConfig(vision_steps=1, steps=3, batch_size=4, warmup=1, count_weight=1.0,
-                                      log_every=1), processor=processor, model=tiny_model(processor),
-                          log=lambda _: None)
-    losses = [h["count_loss"] for h in history if h["stage"] == "joint"]
-    assert len(losses) == 3 and all(math.isfinite(v) and v > 0 for v in losses)
+CAPTIONS_ONLY = {"caption": 1.0, "detail": 0.0, "comprehension": 0.0, "qa": 0.0, "generation": 0.0}
+
+
+def _one_joint_batch(monkeypatch, processor, cfg: TrainConfig) -> dict:
+    """Make every joint step of ``train`` see the same batch (drawn once): losses logged step after step then
+    show what the steps before them learned."""
+    import helpers.world.training as training
+    from helpers.world.training import joint_batch
+
+    batch = joint_batch(random.Random(0), processor, cfg, GRID)
+    monkeypatch.setattr(training, "joint_batch", lambda *args, **kwargs: batch)
+    return batch
+
+
+def test_a_run_with_count_weight_logs_and_learns_the_count_loss(processor, monkeypatch) -> None:
+    """On one batch of captions, the count loss falls faster with count_weight 1 than with a weight of 0.001
+    (which still logs it): the term's gradient reaches the model. The text loss covers the count words too,
+    so the count loss falls a little in both runs."""
+    def count_losses(weight: float) -> list[float]:
+        cfg = TrainConfig(vision_steps=0, steps=4, batch_size=4, warmup=1, count_weight=weight, log_every=1,
+                          task_weights=CAPTIONS_ONLY)
+        batch = _one_joint_batch(monkeypatch, processor, cfg)
+        assert batch["count_words"].sum() > 0
+        _, _, history = train(cfg, processor=processor, model=tiny_model(processor), log=lambda _: None)
+        losses = [h["count_loss"] for h in history if h["stage"] == "joint"]
+        assert len(losses) == 4 and all(math.isfinite(v) and v > 0 for v in losses)
+        return losses
+
+    weighted, faint = count_losses(1.0), count_losses(0.001)
+    assert weighted[0] == faint[0]  # the same model on the same batch
+    assert weighted[-1] < weighted[0] - 0.5
+    assert weighted[-1] < faint[-1] - 0.1, (weighted, faint)
 
 
 # --------------------------------------------------------------------------------------------- task mix
@@ -561,13 +587,27 @@ def test_rounded_4bit_puts_the_weights_back_when_the_pass_fails(processor) -> No
     assert all(torch.equal(w, value) for w, value in zip(weights, before))
 
 
-def test_a_run_with_4bit_shares_trains_and_keeps_float_weights(processor) -> None:
-    model = tiny_model(processor)
-    cfg = TrainConfig(vision_steps=0, steps=2, batch_size=2, warmup=1, fp4_share=0.5, nf4_share=0.5)
-    trained, _, history = train(cfg, processor=processor, model=model, log=lambda _: None)
+def test_a_run_with_4bit_shares_trains_and_keeps_float_weights(processor, monkeypatch) -> None:
+    """On one batch, a run whose passes round the weights to FP4 / NF4 lowers its text loss, ends with float
+    weights, and ends elsewhere than the same run without rounding (the rounded passes gave the gradients)."""
+    def run(fp4: float, nf4: float):
+        cfg = TrainConfig(vision_steps=0, steps=3, batch_size=2, warmup=1, fp4_share=fp4, nf4_share=nf4, log_every=1)
+        _one_joint_batch(monkeypatch, processor, cfg)
+        model = tiny_model(processor)
+        before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        trained, _, history = train(cfg, processor=processor, model=model, log=lambda _: None)
+        return before, trained, history
+
+    before, trained, history = run(0.5, 0.5)
     assert all(math.isfinite(v) for h in history for k, v in h.items() if k.endswith("_loss"))
+    text = [h["text_loss"] for h in history if h["stage"] == "joint"]
+    assert len(text) == 3 and text[-1] < text[0] - 0.3, text
+    fc1 = trained.text_model.model.layers[0].ffn.fc1.weight
+    assert not torch.equal(fc1, before["text_model.model.layers.0.ffn.fc1.weight"])
     # float weights, not the 16 levels per block of FP4 or NF4
-    assert trained.text_model.model.layers[0].ffn.fc1.weight.unique().numel() > 64
+    assert fc1.unique().numel() > 64
+    _, plain, _ = run(0.0, 0.0)
+    assert not torch.equal(fc1, plain.text_model.model.layers[0].ffn.fc1.weight)
 
 
 @pytest.mark.parametrize("fp4, nf4", [(-0.1, 0.0), (1.5, 0.0), (0.0, -0.2), (0.6, 0.5)])

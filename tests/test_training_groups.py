@@ -68,15 +68,27 @@ def test_training_scene_mixes_in_more_pairs_and_three_kinds_without_changing_the
 
 
 def test_group_heads_learn_and_leave_the_other_heads_alone() -> None:
+    torch.manual_seed(0)
     heads = DenseHeads(16)
     patches = torch.randn(2, GRID * GRID, 16)
-    count = torch.randint(0, GROUP_COUNTS, (2, GRID * GRID))
-    place = torch.randint(0, GROUP_PLACES, (2, GRID * GRID))
+    # targets a linear head can learn: each patch's group size and place follow from its features
+    count = (patches @ torch.randn(16, GROUP_COUNTS)).argmax(-1)
+    place = (patches @ torch.randn(16, GROUP_PLACES)).argmax(-1)
     loss = heads.group_loss(patches, count, place)
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     assert heads.count.weight.grad.abs().sum() > 0 and heads.place.weight.grad.abs().sum() > 0
     assert heads.what.weight.grad is None and heads.where.weight.grad is None
+    # optimizer steps on the group loss alone fit the targets and leave the what / where heads as they were
+    others = {k: v.detach().clone() for k, v in heads.state_dict().items() if k.startswith(("what.", "where."))}
+    opt = torch.optim.AdamW(heads.parameters(), lr=0.05)
+    first = loss.item()
+    for _ in range(30):
+        opt.zero_grad()
+        heads.group_loss(patches, count, place).backward()
+        opt.step()
+    assert heads.group_loss(patches, count, place).item() < 0.3 * first
+    assert all(torch.equal(heads.state_dict()[k], v) for k, v in others.items())
 
 
 def test_group_loss_on_objects_only_ignores_background_patches() -> None:
