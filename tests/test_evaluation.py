@@ -168,10 +168,37 @@ def test_names_object(answer, name, want) -> None:
     assert names_object(answer, name) is want
 
 
-def test_answer_after_takes_the_text_after_the_last_marker() -> None:
+def test_answer_after_takes_the_text_after_the_marker_that_ends_the_prompt() -> None:
+    from helpers.grounding.prompts import GENERATION_PROMPT, qa_prompt
+
     assert answer_after("Question: What is this object? Answer: It is Kumo.", "Answer:") == " It is Kumo."
     assert answer_after("It is a red circle.", " is") == " a red circle."
     assert answer_after("no marker", "Answer:") == "no marker"
+    # the answer holds the marker again: it is the answer's, not the prompt's
+    long = "It is a red circle that is next to a square."
+    for prompt in (None, GENERATION_PROMPT):
+        assert answer_after(long, " is", prompt) == " a red circle that is next to a square."
+        assert names_object(answer_after(long, " is", prompt), "a red circle")
+    asked = "Question: What is this object? Answer: It is Kumo. Answer: yes."
+    assert answer_after(asked, "Answer:", qa_prompt("object")) == " It is Kumo. Answer: yes."
+    # the prompt holds the marker twice: the cut is after the second
+    assert answer_after("What is it? It is a red circle. It is round.", " is",
+                        "<grounding> What is it?<phrase> It</phrase> is") == " a red circle. It is round."
+    with pytest.raises(ValueError, match="the marker must end the prompt's text: 'Answer:' does not end 'It is'"):
+        answer_after(long, "Answer:", GENERATION_PROMPT)
+
+
+@pytest.mark.parametrize("truth, error", [
+    (KUMO.box, ValueError),  # one box, not wrapped in a list
+    (list(KUMO.box), ValueError),
+    ([0.3, 0.5], TypeError),
+    (None, TypeError),
+    ("Kumo", TypeError),
+])
+def test_score_phrase_wants_a_list_of_true_boxes(truth, error) -> None:
+    with pytest.raises(error, match=r"truth_boxes must be a list of boxes, e\.g\. \[box\]"):
+        score_phrase(truth, grounding(("Kumo", [KUMO.box])), "Kumo")
+    assert score_phrase([KUMO.box], grounding(("Kumo", [KUMO.box])), "Kumo")["hit"]
 
 
 # --------------------------------------------------------------------------------------------- report

@@ -148,6 +148,20 @@ def test_a_path_is_loaded_with_load_image(spy, tmp_path: Path) -> None:
     assert all(np.array_equal(np.asarray(s), np.asarray(picture)) for s in sent)
 
 
+def test_image_bytes_in_every_form_load_image_reads(spy) -> None:
+    import io
+
+    model, processor = spy
+    picture = scene_images(1)[0]
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    results = [ground(model, processor, form, max_new_tokens=3, progress=False)[0]
+               for form in (picture, data, bytearray(data), memoryview(data), [memoryview(data)])]
+    assert all(r == results[0] for r in results)
+    assert all(np.array_equal(np.asarray(call["images"][0]), np.asarray(picture)) for call in processor.calls)
+
+
 def test_a_missing_path_names_the_file(spy, tmp_path: Path) -> None:
     model, processor = spy
     missing = tmp_path / "nowhere.jpg"
@@ -184,6 +198,8 @@ def test_things_that_are_not_images(spy, images, message: str) -> None:
         ({"prompts": []}, ValueError, r"got 2 images but 0 prompts"),
         ({"prompts": [CAPTION_PROMPT, 7]}, TypeError, r"prompts must be strings.*prompt 1 is int: 7"),
         ({"prompts": None}, TypeError, r"prompt 0 is NoneType"),
+        ({"prompts": ""}, ValueError, r"^prompt 0 must be a non-empty str, e\.g\. '<grounding> An image of', got ''$"),
+        ({"prompts": [CAPTION_PROMPT, " \n"]}, ValueError, r"^prompt 1 must be a non-empty str, .*got ' \\n'$"),
         ({"max_new_tokens": 0}, ValueError, r"max_new_tokens must be a positive int, got 0"),
         ({"max_new_tokens": 2.5}, TypeError, r"max_new_tokens must be a positive int, got float: 2\.5"),
         ({"max_new_tokens": "8"}, TypeError, r"max_new_tokens must be a positive int, got str: '8'"),
@@ -215,6 +231,9 @@ def test_bad_prompts_and_counts(spy, kwargs, error, message: str) -> None:
          r"bboxes\[1\] has 2 entries but prompt 1 \('<grounding> Question: What is<phrase> this object</phrase>"
          r"\? Answer:'\) has 1 <phrase>…</phrase> pair\(s\); give one entry per phrase"),
         (CAPTION_PROMPT, [None, [BOX]], ValueError, r"bboxes\[1\] has 1 entries but prompt 1 .* has 0 <phrase>"),
+        # no entry at all for a prompt with a phrase: None says "no user box"
+        (QA, [[BOX], []], ValueError, r"bboxes\[1\] has 0 entries but prompt 1 .* has 1 <phrase>…</phrase> "
+                                      r"pair\(s\); .*or None instead of the list for no user box"),
         (QA, [[BOX], [(12, 30, 250, 400)]], ValueError,
          r"^normalized box values must lie in \[0, 1\], got \(12\.0, 30\.0, 250\.0, 400\.0\)\. It looks like a "
          r"pixel box: convert it with to_normalized\(box_px, image_size\)\.\n\(in bboxes\[1\]\[0\]"),
@@ -247,7 +266,8 @@ def test_the_pixel_box_hint_leads_to_a_box_that_works(spy) -> None:
 
 
 def test_accepted_box_forms_agree(spy) -> None:
-    """A tuple, a list, a numpy array, one box in a list, and None or [] (no user box) for a phrase."""
+    """A tuple, a list, a numpy array, one box in a list, None for a phrase or for the image (no user box), and []
+    for a prompt without phrases."""
     model, processor = spy
     image = scene_images(1)[0]
     forms = [[BOX], [list(BOX)], [np.array(BOX)], [[BOX]]]
@@ -256,9 +276,11 @@ def test_accepted_box_forms_agree(spy) -> None:
     for call in processor.calls:
         assert call["bboxes"] == [[tuple(check_normalized(BOX))]] or call["bboxes"] == [[[check_normalized(BOX)]]]
     none = ground(model, processor, image, QA, bboxes=[[None]], max_new_tokens=2, progress=False)[0]
-    empty = ground(model, processor, image, QA, bboxes=[[]], max_new_tokens=2, progress=False)[0]
+    no_entry = ground(model, processor, image, QA, bboxes=[None], max_new_tokens=2, progress=False)[0]
     plain = ground(model, processor, image, QA, max_new_tokens=2, progress=False)[0]
-    assert none == empty == plain
+    assert none == no_entry == plain
+    caption = ground(model, processor, image, CAPTION_PROMPT, max_new_tokens=2, progress=False)[0]
+    assert ground(model, processor, image, CAPTION_PROMPT, bboxes=[[]], max_new_tokens=2, progress=False)[0] == caption
     assert "<object>" not in plain.raw.partition(QA.split("<phrase>")[0])[2].partition("Answer:")[0]
 
 
@@ -315,6 +337,17 @@ def test_beams_and_bad_decodings(spy) -> None:
     assert AUTHORS_DECODING.generate_kwargs() == {"do_sample": False, "num_beams": 1, "no_repeat_ngram_size": 3}
     with pytest.raises(TypeError, match=r"decoding must be a helpers.grounding.model.Decoding.*got dict"):
         ground(model, processor, images, decoding={"num_beams": 2}, progress=False)
-    for bad in ({"num_beams": 0}, {"no_repeat_ngram_size": -1}, {"num_beams": True}, {"no_repeat_ngram_size": 2.0}):
-        with pytest.raises(ValueError, match=r"Decoding\.(num_beams|no_repeat_ngram_size) must be an int >="):
+    for bad, error, message in (
+            ({"num_beams": 0}, ValueError, r"^Decoding\.num_beams must be a positive int, got 0$"),
+            ({"no_repeat_ngram_size": -1}, ValueError,
+             r"^Decoding\.no_repeat_ngram_size must be a positive int \(or 0 for off\), got -1$"),
+            ({"num_beams": True}, TypeError, r"^Decoding\.num_beams must be a positive int, got bool: True$"),
+            ({"num_beams": 2.0}, TypeError, r"^Decoding\.num_beams must be a positive int, got float: 2\.0$"),
+            ({"num_beams": "3"}, TypeError, r"^Decoding\.num_beams must be a positive int, got str: '3'$"),
+            ({"no_repeat_ngram_size": 2.0}, TypeError, r"no_repeat_ngram_size must be .*, got float: 2\.0$"),
+            ({"no_repeat_ngram_size": 0.0}, TypeError, r"no_repeat_ngram_size must be .*, got float: 0\.0$"),
+            ({"no_repeat_ngram_size": False}, TypeError, r"no_repeat_ngram_size must be .*, got bool: False$")):
+        with pytest.raises(error, match=message):
             Decoding(**bad)
+    numpy = Decoding(num_beams=np.int64(3), no_repeat_ngram_size=np.int32(0))  # numpy ints count, as plain ints
+    assert numpy == Decoding(num_beams=3) and type(numpy.num_beams) is int and type(numpy.no_repeat_ngram_size) is int

@@ -1,9 +1,11 @@
 """helpers.modelcard: the card shows the caption errors by type and the figures of a second set of unseen
-scenes beside the held-out ones."""
+scenes beside the held-out ones; it renders without a training record and checks --scenes before loading."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from helpers.grounding.evaluation import CAPTION_ERROR_TYPES, CaptionScores, PhraseScores, Report, Score
 from helpers.world.modelcard import render_card
@@ -56,3 +58,64 @@ def test_the_card_names_the_location_features_the_weights_started_from(tmp_path)
         (tmp_path / "training.json").write_text(json.dumps(record))
         render_card(tmp_path)
         assert f"initialised with {expected};" in (tmp_path / "README.md").read_text()
+
+
+def _saved_tiny_model(folder) -> None:
+    from helpers.world.language import build_processor
+    from helpers.world.training import new_model
+
+    processor = build_processor(64)
+    new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=48, heads=2).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def test_render_card_without_a_training_record_says_so(tmp_path) -> None:
+    """write_card treats training.json as optional; render_card used to raise FileNotFoundError."""
+    from helpers.__main__ import main as helpers_main
+
+    _saved_tiny_model(tmp_path)
+    (tmp_path / "evaluation.json").write_text(json.dumps(_result(20231114, 8, 3)))
+    render_card(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "no `training.json`" in card and "Run 1:" not in card and "None" not in card
+    assert "| captioning: phrase recall | 80.0 % (8/10) | ≥ 95 % |" in card
+    (tmp_path / "README.md").unlink()
+    assert helpers_main(["modelcard", str(tmp_path), "--render-only"]) == 0
+    assert (tmp_path / "README.md").is_file()
+
+
+def test_the_card_names_the_schedule_of_a_run_without_a_time_budget(tmp_path) -> None:
+    """Without --minutes the cosine runs over the steps; the card used to say "a None-minute budget"."""
+    _saved_tiny_model(tmp_path)
+    (tmp_path / "evaluation.json").write_text(json.dumps(_result(20231114, 8, 3)))
+    for minutes, expected in ((None, "cosine over 500 steps)"), (12.0, "cosine over a 12.0-minute budget)")):
+        config = {"seed": 0, "steps": 500, "warmup": 100, "minutes": minutes}
+        (tmp_path / "training.json").write_text(json.dumps({"config": config, "seconds": 60, "history": []}))
+        render_card(tmp_path)
+        card = (tmp_path / "README.md").read_text()
+        assert expected in card and "None-minute" not in card
+
+
+@pytest.mark.parametrize("scenes, message", [("0", "argument --scenes"), ("-1", "argument --scenes"),
+                                             ("x", "argument --scenes")])
+def test_modelcard_checks_scenes_before_loading(tmp_path, capsys, monkeypatch, scenes, message) -> None:
+    """--scenes 0 used to end in an IndexError after loading and evaluating; -1 in a traceback after loading."""
+    import helpers.grounding.model
+    from helpers.__main__ import main as helpers_main
+
+    monkeypatch.setattr(helpers.grounding.model, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert helpers_main(["modelcard", str(tmp_path), "--scenes", scenes]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("python -m helpers modelcard: error: ")
+    assert message in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("scenes, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError)])
+def test_write_card_checks_scenes_before_loading(tmp_path, monkeypatch, scenes, error) -> None:
+    import helpers.grounding.model
+    from helpers.world.modelcard import write_card
+
+    monkeypatch.setattr(helpers.grounding.model, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(error, match="scenes must be a positive int"):
+        write_card(tmp_path, scenes=scenes)

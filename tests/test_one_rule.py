@@ -96,6 +96,19 @@ def test_the_user_box_goes_to_the_first_phrase_only() -> None:
         prompts.user_box_entry(prompts.CAPTION_PROMPT, (0.1, 0.2, 0.5, 0.6))
 
 
+def test_a_box_without_a_phrase_to_attach_to_is_refused_the_same_way_everywhere() -> None:
+    """with_box (training texts) used to give the prompt back unchanged, the box silently dropped."""
+    box = (0.1, 0.2, 0.5, 0.6)
+    for prompt in (prompts.CAPTION_PROMPT, "<grounding><phrase></phrase> is"):  # no phrase; an empty one
+        with pytest.raises(ValueError) as expected:
+            prompts.user_box_entry(prompt, box)
+        with pytest.raises(ValueError) as written:
+            prompts.with_box(prompt, box)
+        assert str(written.value) == str(expected.value) and "needs a <phrase>" in str(expected.value)
+    two = "<grounding><phrase> It</phrase> is next to<phrase> this</phrase>"
+    assert prompts.with_box(two, box) == two.replace("</phrase>", "</phrase>" + prompts.object_tokens([box]), 1)
+
+
 def test_one_image_size_rule_for_plots_boxes_and_scenes() -> None:
     import numpy as np
 

@@ -262,8 +262,8 @@ def test_graphs_kept_by_other_code_are_removed_when_a_new_one_is_kept(tiny_model
     monkeypatch.setenv(onnx_decoder.CACHE_ENV_VAR, str(folder))
     model, _ = load(tiny_model_dir, quantization="int4-onnx", device="cpu")
     assert model.pruned == (2, 2000)
-    assert "2 graphs that an earlier version of the course kept there were removed (0.00 GB freed)" in (
-        capsys.readouterr().out)
+    assert ("2 older graphs were removed from there (0.00 GB freed), kept by an earlier version of the course or "
+            f"for weights other than the {onnx_decoder.KEPT_WEIGHT_SETS} loaded last") in capsys.readouterr().out
     kept = {model.graph_file.name, model.graph_file.with_suffix(".json").name, model.prompt_graph_file.name,
             model.prompt_graph_file.with_suffix(".json").name}
     assert {p.name for p in folder.iterdir()} == kept | set(foreign)
@@ -282,14 +282,73 @@ def test_changed_weights_or_settings_get_their_own_graph(tiny_model_dir, tmp_pat
     with torch.no_grad():
         changed.text_model.model.layers[0].ffn.fc1.weight[0, 0] += 0.5  # one weight of the decoder
     changed = OnnxRuntimeKosmos2(changed, cache=tmp_path)
-    smaller_blocks = OnnxRuntimeKosmos2(fresh(), cache=tmp_path, block_size=32)
     again = OnnxRuntimeKosmos2(fresh(), cache=tmp_path)
-    assert [g.from_cache for g in (base, changed, smaller_blocks, again)] == [False, False, False, True]
+    smaller_blocks = OnnxRuntimeKosmos2(fresh(), cache=tmp_path, block_size=32)
+    assert [g.from_cache for g in (base, changed, again, smaller_blocks)] == [False, False, True, False]
     assert len({base.graph_file, changed.graph_file, smaller_blocks.graph_file}) == 3
     assert again.graph_file == base.graph_file
     float_graph = OnnxRuntimeKosmos2(fresh(), cache=tmp_path, bits=None, head_bits=None)
     assert float_graph.graph_file is None and float_graph.prompt_graph_file is None
-    assert len(list(tmp_path.glob("*.onnx"))) == 6  # only 4-bit graphs are kept, each with its prompt graph
+    # only 4-bit graphs are kept, each with its prompt graph, and only those of the KEPT_WEIGHT_SETS weight sets
+    # used last: ``changed``'s pair made room for ``smaller_blocks``' (``base``'s was read back after it)
+    assert onnx_decoder.KEPT_WEIGHT_SETS == 2 and smaller_blocks.pruned[0] == 2
+    assert set(tmp_path.glob("*.onnx")) == {base.graph_file, base.prompt_graph_file, smaller_blocks.graph_file,
+                                            smaller_blocks.prompt_graph_file}
+
+
+def _kept_pair(graph) -> set[str]:
+    """The names of the files a graph keeps: its step and prompt graphs with their facts."""
+    return {p.name for f in (graph.graph_file, graph.prompt_graph_file) for p in (f, f.with_suffix(".json"))}
+
+
+def test_only_the_graphs_of_the_weight_sets_used_last_are_kept(tiny_model_dir, tmp_path) -> None:
+    """Each checkpoint or merged adapter builds a pair of graphs (2.1 GB for the real model): the folder keeps
+    those of the KEPT_WEIGHT_SETS weight sets used last, a pair read back counting as used, and nothing else."""
+    def nudged(amount: float):
+        model = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)[0]
+        with torch.no_grad():
+            model.text_model.model.layers[0].ffn.fc1.weight[0, 0] += amount  # other weights: another key
+        return model
+
+    foreign = {"notes.json": "{}", "notes.onnx": "x", "5" * 32 + ".json": '{"weight_bytes": 1}',  # no graph
+               "6" * 32 + ".json": "not json", "6" * 32 + ".onnx": "x", "7" * 32 + ".onnx.123.part": "x"}
+    for name, text in foreign.items():
+        (tmp_path / name).write_text(text)
+    first = OnnxRuntimeKosmos2(nudged(0.0), cache=tmp_path)
+    second = OnnxRuntimeKosmos2(nudged(0.5), cache=tmp_path)
+    assert first.pruned == second.pruned == (0, 0)
+    assert {p.name for p in tmp_path.iterdir()} == _kept_pair(first) | _kept_pair(second) | set(foreign)
+    again = OnnxRuntimeKosmos2(nudged(0.0), cache=tmp_path)  # first's graphs read back: used after second's
+    assert again.from_cache and again.graph_file == first.graph_file
+    second_bytes = sum(f.stat().st_size for f in (second.graph_file, second.prompt_graph_file))
+    third = OnnxRuntimeKosmos2(nudged(1.0), cache=tmp_path)
+    assert third.pruned == (2, second_bytes)  # the weight set used longest ago: second's pair
+    assert {p.name for p in tmp_path.iterdir()} == _kept_pair(first) | _kept_pair(third) | set(foreign)
+    fourth = OnnxRuntimeKosmos2(nudged(1.5), cache=tmp_path)  # now first's pair is the oldest
+    assert fourth.pruned[0] == 2
+    assert {p.name for p in tmp_path.iterdir()} == _kept_pair(third) | _kept_pair(fourth) | set(foreign)
+
+
+def test_an_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
+    """Ctrl-C while a graph is written: the temporary file goes, and so does a graph whose facts did not follow."""
+    from pathlib import Path
+
+    real = Path.write_bytes
+    for interrupted_file in (".onnx", ".json"):  # while the graph is written; while its facts are (graph in place)
+        def write_bytes(path, data, suffix=interrupted_file):
+            if path.name.split(".")[1] == suffix[1:]:
+                real(path, data[:len(data) // 2])
+                raise KeyboardInterrupt
+            return real(path, data)
+
+        monkeypatch.setattr(Path, "write_bytes", write_bytes)
+        with pytest.raises(KeyboardInterrupt):
+            onnx_decoder._keep(tmp_path, "a" * 32, b"x" * 1000, {"weight_bytes": 1000})
+        assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(Path, "write_bytes", real)
+    kept = onnx_decoder._keep(tmp_path, "a" * 32, b"x" * 1000, {"weight_bytes": 1000})
+    assert kept == tmp_path / ("a" * 32 + ".onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a" * 32 + ".json", "a" * 32 + ".onnx"]
 
 
 def test_an_unreadable_kept_graph_is_built_again(tiny_model_dir, tmp_path) -> None:

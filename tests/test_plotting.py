@@ -64,9 +64,10 @@ def test_palette_is_fixed_hex_and_entity_colour_cycles() -> None:
     assert n >= 5 and all(re.fullmatch(r"#[0-9A-F]{6}", c) for c in PALETTE)
     assert [entity_colour(i) for i in range(n)] == list(PALETTE)
     assert entity_colour(n) == PALETTE[0] and entity_colour(2 * n + 3) == PALETTE[3]
-    for bad in (-1, 1.5, True, "0"):
+    for bad in (-1, 1.5, True, "0", np.int64(-1), np.float64(1.0)):
         with pytest.raises(ValueError, match="non-negative int"):
             entity_colour(bad)  # type: ignore[arg-type]
+    assert entity_colour(np.int64(n + 1)) == entity_colour(np.int32(1)) == PALETTE[1]  # numpy ints (np.argmax …)
 
 
 def lab(colours: list[tuple[int, int, int]]) -> list[tuple[float, float, float]]:
@@ -287,6 +288,8 @@ def test_invalid_inputs_raise_clear_errors() -> None:
         draw_entities(image, [("a", (0, 1), [(0.1, 0.1, 0.2, 0.2)]), ("b", (2, 3), [(10, 10, 50, 40)])])
     with pytest.raises(ValueError, match="one bare box .*wrap it in a list"):
         draw_entities(image, [("a", (0, 1), (0.1, 0.1, 0.2, 0.2))])
+    with pytest.raises(ValueError, match="one bare box .*wrap it in a list"):  # numpy numbers too, as in tokens
+        draw_entities(image, [("a", (0, 1), tuple(np.array((0.1, 0.1, 0.2, 0.2), dtype=np.float32)))])
     with pytest.raises(ValueError, match="span must be two ints"):
         draw_entities(image, [("a", (0, 1, 2), [(0.1, 0.1, 0.2, 0.2)])])
     with pytest.raises(ValueError, match="inverted"):
@@ -317,7 +320,7 @@ def test_plot_entities_shows_the_annotated_image_without_ticks() -> None:
         plt.close("all")
     with pytest.raises(TypeError, match="title must be a str"):
         plot_entities(scene.image, entities, title=5)  # type: ignore[arg-type]
-    plt.close("all")
+    assert plt.get_fignums() == []  # refused before a figure was opened
 
 
 # --------------------------------------------------------------------------------------------- captions
@@ -401,11 +404,34 @@ def test_highlight_caption_overlapping_spans_keep_all_text() -> None:
     assert "[" not in str(highlight_caption(caption, [("x", None, [])]))
 
 
+def test_highlight_caption_marks_nothing_for_the_empty_spans_of_the_processor() -> None:
+    """The processor's own output: an ``<object>`` without a phrase gets span (i, i), a blank phrase (i + 1, i).
+    They mark no text, yet keep their place in the colours, as their boxes in draw_entities do."""
+    from transformers.models.kosmos2.processing_kosmos2 import clean_text_and_extract_entities_with_bboxes
+
+    cat = "<object><patch_index_0044><patch_index_0863></object>"
+    dog = "<object><patch_index_0100><patch_index_0200></object>"
+    phraseless = clean_text_and_extract_entities_with_bboxes(
+        f"An image of<phrase> a cat</phrase>{cat} next to{dog}<phrase> a dog</phrase>{cat}.")
+    blank = clean_text_and_extract_entities_with_bboxes(
+        f"An image of<phrase> </phrase>{cat} and<phrase> a dog</phrase>{dog}.")
+    assert phraseless[1][1][1] == (25, 25) and blank[1][0][1] == (12, 11)  # what the processor gives
+    image = Image.new("RGB", (64, 64), WHITE)
+    for output, expected, dog_index in ((phraseless, "An image of [a cat] next to [a dog].", 2),
+                                        (blank, "An image of  and [a dog].", 1)):
+        result = highlight_caption(output)
+        assert str(result) == expected
+        styles = {data: style for data, style in parse_html(result.html).pieces if style}
+        assert set(styles) == {"a dog"} | ({"a cat"} if dog_index == 2 else set())
+        assert f"background-color: {entity_colour(dog_index)}" in styles["a dog"]  # the colour of its boxes
+        draw_entities(image, output)  # drawn too, every box in its entity's colour
+    # a span backwards by more than one marks nothing either; one outside the caption is still refused
+    assert str(highlight_caption("a big red ball", [("x", (6, 2), [])])) == "a big red ball"
+
+
 def test_highlight_caption_rejects_bad_input() -> None:
-    with pytest.raises(ValueError, match=r"span \(5, 40\), expected 0 <= start <= end <= 14"):
+    with pytest.raises(ValueError, match=r"span \(5, 40\), expected start and end in \[0, 14\]"):
         highlight_caption("a big red ball", [("x", (5, 40), [])])
-    with pytest.raises(ValueError, match=r"span \(6, 2\)"):
-        highlight_caption("a big red ball", [("x", (6, 2), [])])
     with pytest.raises(TypeError, match="needs the caption too"):
         highlight_caption(ENTITIES)
     with pytest.raises(TypeError, match="entities are missing"):
@@ -437,6 +463,7 @@ def test_draw_grid_draws_light_lines_and_fills_highlighted_bins() -> None:
     mapped = np.asarray(draw_grid(base, highlight={1023: "#0000FF"}), dtype=int)
     corner = mapped[-4, -4]
     assert corner[2] > corner[0] + 60  # the last bin, in blue
+    assert (np.asarray(draw_grid(base, highlight=np.array([0, 33]))) == out).all()  # numpy indices too
     coarse = np.asarray(draw_grid(base, num_bins=4), dtype=int)
     assert (coarse[10, 80] < 255).all() and (coarse[10, 70] == 255).all()  # lines every 80 px
 

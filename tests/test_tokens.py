@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -132,10 +133,18 @@ def test_the_processor_rejects_boxes_without_area_too() -> None:
         coordinate_to_patch_index((0.5, 0.1, 0.5, 0.9), 32)
 
 
-@pytest.mark.parametrize(("first", "last"), [(-1, 5), (5, 1024), (True, 5), (5, 2.0)])
+@pytest.mark.parametrize(("first", "last"), [(-1, 5), (5, 1024), (True, 5), (5, 2.0), (np.int64(1024), 5),
+                                             (np.float64(5), 5)])
 def test_patch_index_to_box_rejects_indices_that_are_not_tokens(first, last) -> None:
     with pytest.raises(ValueError, match=r"an int in \[0, 1023\]"):
         patch_index_to_box(first, last)
+
+
+def test_patch_index_to_box_takes_numpy_ints() -> None:
+    indices = np.array([44, 863])  # e.g. read from an array of token ids
+    box = patch_index_to_box(*indices)
+    assert box == patch_index_to_box(44, 863) and all(type(v) is float for v in box)
+    assert patch_index_to_box(np.int32(44), np.uint16(863), np.int64(32)) == box
 
 
 @pytest.mark.parametrize("num_bins, error", [(0, ValueError), (-3, ValueError), (2.0, TypeError), (True, TypeError)])

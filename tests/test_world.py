@@ -138,6 +138,20 @@ def test_other_english_falls_apart_but_never_becomes_unk(processor) -> None:
     assert tok.decode(ids) == "a zebra on Mars, 42!"
 
 
+def test_punctuation_outside_the_world_becomes_unk(processor) -> None:
+    """What build_tokenizer's docstring says: letters, digits and . , : ? ! ' - survive; other characters
+    (; ( ) " and every non-ASCII letter) become <unk>."""
+    from helpers.world.language import build_tokenizer
+
+    assert "<unk>" in build_tokenizer.__doc__ and "silently" not in build_tokenizer.__doc__
+    tok = processor.tokenizer
+    ids = tok("What is this; a (red) circle?", add_special_tokens=False)["input_ids"]
+    assert ids.count(tok.unk_token_id) == 3
+    ids = tok(" Kumo's left-hand side: 3 fires!", add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids and tok.decode(ids) == "Kumo's left-hand side: 3 fires!"
+    assert tok.unk_token_id in tok(" café", add_special_tokens=False)["input_ids"]
+
+
 def test_kosmos2_tags_and_location_tokens_are_single_tokens(processor) -> None:
     tok = processor.tokenizer
     for tag in ("<grounding>", "<phrase>", "</phrase>", "<object>", "</object>", "</delimiter_of_multi_objects/>",

@@ -16,13 +16,14 @@
 from __future__ import annotations
 
 import functools
+import numbers
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from helpers.grounding.boxes import iou
-from helpers.grounding.tokens import Box, Grounding
+from helpers.grounding.tokens import Box, Grounding, parse_generation
 
 IOU_THRESHOLD = 0.5
 #: Scenes for evaluation come from this seed; training draws its scenes from 62-bit random seeds
@@ -150,8 +151,21 @@ def score_phrase(truth_boxes: Sequence[Sequence[float]], grounding: Grounding, p
     A hit is IoU ≥ ``threshold`` with any of ``truth_boxes`` (several when the phrase names several
     objects). Adds to ``scores`` when given; returns the row ``{"boxes", "predicted", "iou", "best_iou",
     "hit", "hit_any"}`` where ``predicted``/``iou`` are the first matching box and its best IoU.
+
+    Raises:
+        TypeError: ``truth_boxes`` is not a list of boxes.
+        ValueError: it is one box not wrapped in a list, or empty.
     """
-    truth_boxes = [tuple(t) for t in truth_boxes]
+    wanted = "truth_boxes must be a list of boxes, e.g. [box]"
+    if isinstance(truth_boxes, (str, bytes)) or not isinstance(truth_boxes, Iterable):
+        raise TypeError(f"{wanted}; got {type(truth_boxes).__name__}: {truth_boxes!r:.80}")
+    truth_boxes = list(truth_boxes)
+    if len(truth_boxes) == 4 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in truth_boxes):
+        raise ValueError(f"{wanted}; got one box {tuple(truth_boxes)}")
+    try:
+        truth_boxes = [tuple(t) for t in truth_boxes]
+    except TypeError:
+        raise TypeError(f"{wanted}; got {truth_boxes!r:.80}") from None
     if not truth_boxes:
         raise ValueError(f"the expression {phrase!r} has no true box to score against")
     boxes = phrase_boxes(grounding, phrase)
@@ -272,10 +286,10 @@ def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new
                   batch_size=batch_size)
     seconds["generation"] = time.perf_counter() - t - seconds["qa"]
     qa, generation = Score(), Score()
-    for i, obj, a, g in zip(obj_scene, objs, qas, gens):
+    for i, obj, prompt, a, g in zip(obj_scene, objs, qa_prompts, qas, gens):
         name = answer_name(obj)
-        for task, score, answer in (("qa", qa, answer_after(a.caption, "Answer:")),
-                                    ("generation", generation, answer_after(g.caption, " is"))):
+        for task, score, answer in (("qa", qa, answer_after(a.caption, "Answer:", prompt)),
+                                    ("generation", generation, answer_after(g.caption, " is", GENERATION_PROMPT))):
             hit = names_object(answer, name)
             score.add(hit)
             rows.append({"task": task, "scene": i, "box": obj.box, "name": name, "answer": answer, "hit": hit})
@@ -283,10 +297,32 @@ def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new
                   rows, errors)
 
 
-def answer_after(caption: str, marker: str) -> str:
-    """The part of a processed caption after the prompt's last ``marker`` (the model's answer)."""
-    i = caption.rfind(marker)
-    return caption[i + len(marker):] if i >= 0 else caption
+def answer_after(caption: str, marker: str, prompt: str | None = None) -> str:
+    """The model's answer: the part of a processed caption after the ``marker`` that ends the prompt.
+
+    The caption starts with the prompt's text (``"It is"`` for ``GENERATION_PROMPT``, ``"Question: What is this
+    object? Answer:"`` for ``qa_prompt()``), and the answer may hold the marker again (``" a red circle that is
+    next to a square."``). So the cut comes after as many markers as ``prompt``'s text holds, counted from the
+    start; without ``prompt``, after the first (a marker that ends the prompt and occurs there once, as ``" is"``
+    in ``GENERATION_PROMPT`` and ``"Answer:"`` in ``qa_prompt()``). The whole caption when it holds fewer.
+
+    Raises:
+        ValueError: ``prompt``'s text does not end with ``marker``.
+    """
+    wanted = 1
+    if prompt is not None:
+        text = parse_generation(prompt).caption.rstrip()
+        if not marker.strip() or not text.endswith(marker.rstrip()):
+            raise ValueError(f"the marker must end the prompt's text: {marker!r} does not end {text!r} "
+                             f"(of prompt {prompt!r:.100})")
+        wanted = text.count(marker)
+    end = 0
+    for _ in range(wanted):
+        i = caption.find(marker, end)
+        if i < 0:
+            return caption
+        end = i + len(marker)
+    return caption[end:]
 
 
 # ----------------------------------------------------------------------------------------- caption errors

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 from helpers.course.paths import bundled_model_dir
 from helpers.grounding.boxes import check_with_area
 from helpers.grounding.checks import check_positive_int
-from helpers.grounding.prompts import CAPTION_PROMPT, count_phrases
+from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, count_phrases
 from helpers.grounding.tokens import Grounding, parse_generation
 
 REAL_MODEL = "microsoft/kosmos-2-patch14-224"
@@ -335,7 +335,7 @@ def load(
         quant.quantize(net, chosen.quantization)
     net.eval()
     if chosen.quantization in quant.ONNXRUNTIME:
-        from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
+        from helpers.grounding.onnx_decoder import KEPT_WEIGHT_SETS, OnnxRuntimeKosmos2
 
         net = OnnxRuntimeKosmos2(net)
     graph = ""
@@ -346,8 +346,9 @@ def load(
                  + (f" and kept in {kept} for the next load" if kept else ""))
         removed, freed = net.pruned
         if removed:
-            graph += (f"; {removed} graph{'s' * (removed > 1)} that an earlier version of the course kept there "
-                      f"{'were' if removed > 1 else 'was'} removed ({freed / 1e9:.2f} GB freed)")
+            graph += (f"; {removed} older graph{'s' * (removed > 1)} {'were' if removed > 1 else 'was'} removed from "
+                      f"there ({freed / 1e9:.2f} GB freed), kept by an earlier version of the course or for weights "
+                      f"other than the {KEPT_WEIGHT_SETS} loaded last")
     info = LoadInfo(
         source=source, bundled=bundled, device=str(device), dtype=str(chosen.dtype).replace("torch.", ""),
         quantization=chosen.quantization, reason=reason, parameters=parameters,
@@ -385,7 +386,8 @@ def default_batch_size(model) -> int:
 
 
 
-_IMAGE_HELP = ("a PIL image, or a file path, URL or image bytes that helpers.grounding.images.load_image reads "
+_IMAGE_HELP = ("a PIL image, or a file path, URL or image bytes (bytes, bytearray, memoryview) that "
+               "helpers.grounding.images.load_image reads "
                "(for a numpy array use PIL.Image.fromarray(array))")
 
 
@@ -397,13 +399,17 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__}: {value!r:.80}"
 
 
+#: The forms of image bytes that load_image reads.
+_BYTES = (bytes, bytearray, memoryview)
+
+
 def _prepare_images(images) -> list:
     """``images`` as a list of RGB PIL images: paths, URLs and bytes are loaded, other modes converted."""
     from PIL import Image
 
     from helpers.grounding.images import load_image, to_rgb
 
-    if isinstance(images, (Image.Image, str, os.PathLike, bytes, bytearray)):
+    if isinstance(images, (Image.Image, str, os.PathLike, *_BYTES)):
         items = [images]
     elif isinstance(images, (list, tuple)):
         items = list(images)
@@ -414,7 +420,7 @@ def _prepare_images(images) -> list:
     for i, image in enumerate(items):
         if isinstance(image, Image.Image):
             out.append(image if image.mode == "RGB" else to_rgb(image))
-        elif isinstance(image, (str, os.PathLike, bytes, bytearray)):
+        elif isinstance(image, (str, os.PathLike, *_BYTES)):
             out.append(load_image(image))
         else:
             raise TypeError(f"images[{i}] must be {_IMAGE_HELP}; got {_describe(image)}")
@@ -427,16 +433,21 @@ class Decoding:
 
     ``num_beams=1`` is greedy search. ``no_repeat_ngram_size=n`` (n ≥ 1) forbids any sequence of n tokens
     from appearing twice in the output; 0 switches this off.
+
+    Raises:
+        TypeError: a setting that is not a whole number (``2.0``, ``"3"``, ``True``).
+        ValueError: ``num_beams`` below 1, ``no_repeat_ngram_size`` below 0.
     """
 
     num_beams: int = 1
     no_repeat_ngram_size: int = 0
 
     def __post_init__(self) -> None:
-        for name, low in (("num_beams", 1), ("no_repeat_ngram_size", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"Decoding.{name} must be an int >= {low}, got {value!r}")
+        object.__setattr__(self, "num_beams", check_positive_int("Decoding.num_beams", self.num_beams))
+        size = self.no_repeat_ngram_size
+        if not (isinstance(size, numbers.Integral) and not isinstance(size, bool) and size == 0):  # 0 is "off",
+            size = check_positive_int("Decoding.no_repeat_ngram_size", size, unit="or 0 for off")  # else a count
+        object.__setattr__(self, "no_repeat_ngram_size", int(size))
 
     def generate_kwargs(self) -> dict[str, Any]:
         """The keyword arguments for ``model.generate``."""
@@ -467,19 +478,20 @@ def ground(
     ``images`` is one image or a list (an empty list gives an empty list); each image is a PIL image (any
     mode: it is converted to RGB as :func:`helpers.grounding.images.to_rgb` does, transparency on white) or a file
     path, URL or image bytes, loaded with :func:`helpers.grounding.images.load_image`. ``prompts`` is one prompt for
-    all or one per image; ``bboxes`` (one entry per image, as the processor takes them: ``None`` or a list
-    with one entry per ``<phrase>…</phrase>`` of the prompt, each a normalized box, a list of boxes or
-    ``None``) adds user boxes after the prompt's phrases. A batch only holds prompts of the same token
-    length (no padding), so results do not depend on ``batch_size`` or on the other prompts. Each
-    result's ``.raw`` is the decoded text, ``<image>…</image>`` part included. ``decoding`` says how tokens
-    are chosen (:class:`Decoding`; greedy by default, :data:`AUTHORS_DECODING` is what the Kosmos-2 authors
+    all or one per image, each a non-empty str; ``bboxes`` (one entry per image, as the processor takes them:
+    ``None`` for no user box, or a list with exactly one entry per ``<phrase>…</phrase>`` of the prompt, each a
+    normalized box, a list of boxes or ``None``) adds user boxes after the prompt's phrases. A batch only holds
+    prompts of the same token length (no padding), so results do not depend on ``batch_size`` or on the other
+    prompts. Each result's ``.raw`` is the decoded text, ``<image>…</image>`` part included. ``decoding`` says how
+    tokens are chosen (:class:`Decoding`; greedy by default, :data:`AUTHORS_DECODING` is what the Kosmos-2 authors
     used for their benchmarks).
 
     Raises:
         TypeError: an image, a prompt, a ``bboxes`` entry, ``max_new_tokens``, ``batch_size`` or ``decoding``
             of the wrong type.
-        ValueError: counts that do not match (prompts or ``bboxes`` entries vs images, boxes vs phrases), a box
-            that is not a normalized box with area (a pixel box, inverted, NaN …), or a count below 1.
+        ValueError: an empty prompt, counts that do not match (prompts or ``bboxes`` entries vs images, boxes vs
+            phrases, ``[]`` for a prompt with phrases), a box that is not a normalized box with area (a pixel box,
+            inverted, NaN …), or a count below 1.
         helpers.grounding.images.ImageLoadError: an image path or URL could not be loaded.
     """
     import torch
@@ -500,6 +512,7 @@ def ground(
         if not isinstance(p, str):
             raise TypeError(f"prompts must be strings, e.g. {CAPTION_PROMPT!r}; prompt {i} is "
                             f"{type(p).__name__}: {p!r:.80}")
+        check_prompt(p, f"prompt {i}")
     if bboxes is not None:
         if isinstance(bboxes, (str, bytes)) or not isinstance(bboxes, (list, tuple)):
             raise TypeError(f"bboxes must be a list with one entry per image, got {_describe(bboxes)}")
@@ -579,10 +592,10 @@ def _boxes_for_processor(entry, prompt: str, index: int):
         raise ValueError(f"bboxes[{index}] is a single box {tuple(entry)}, but each image's entry must be a list "
                          "with one box per <phrase>: for one box write bboxes=[[box]] (one image, one phrase)")
     phrases = count_phrases(prompt)
-    if entry and len(entry) != phrases:
+    if len(entry) != phrases:  # [] too, for a prompt with phrases: None is how to say "no box for this image"
         raise ValueError(f"bboxes[{index}] has {len(entry)} entries but prompt {index} ({prompt!r:.100}) has "
                          f"{phrases} <phrase>…</phrase> pair(s); give one entry per phrase (a box, a list of "
-                         "boxes, or None)")
+                         "boxes, or None), or None instead of the list for no user box")
     out = []
     for j, per_phrase in enumerate(entry):
         where = f"bboxes[{index}][{j}]"

@@ -45,7 +45,9 @@ weights and configuration, the quantization settings, this module's source and t
 changed weight (a merged adapter, another checkpoint) builds a new one. A file that cannot be read is built
 again; a folder that cannot be written to is reported, and the model still loads. When a graph is built and kept,
 the graphs that other code kept in the folder (an earlier version of this module, another ONNX Runtime), which
-no load can read again, are removed, and the banner says how much that freed.
+no load can read again, are removed, and so are the graphs of all but the :data:`KEPT_WEIGHT_SETS` weight sets
+used last (a real model's pair is about 2.1 GB, and each checkpoint or merged adapter makes its own); the banner
+says how much that freed.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ HQQ_MAX_PARAMETERS = 100_000_000
 OPSETS = (("", 17), ("com.microsoft", 1))
 #: Environment variable: the folder that keeps built graphs, or ``off`` (also ``0``, ``no``, ``false``) for none.
 CACHE_ENV_VAR = "KOSMOS2_ONNX_CACHE"
+#: How many weight sets' graphs the folder keeps (a weight set: the weights and settings one key is made of, with
+#: the default settings one per checkpoint or merged adapter; its graphs: the step graph and its prompt graph).
+#: Those used last stay (a graph read back counts as a use); older ones are removed when a new pair is kept.
+KEPT_WEIGHT_SETS = 2
 
 
 def cache_dir() -> Path | None:
@@ -404,11 +410,17 @@ def _graph_session(build, folder: Path | None, key: str | None, threads: int, fa
 _KEPT_NAME = re.compile(r"[0-9a-f]{32}(-prompt-int8)?")
 
 
-def _prune(folder: Path) -> tuple[int, int]:
-    """Remove the graphs in ``folder`` that other code kept (their facts name another :func:`code_version`, or
-    none: written before the facts named one), which no load can read again; ``(graphs removed, bytes freed)``.
-    Only pairs of a graph and its facts named as this module names them are touched."""
+def _prune(folder: Path, current_key: str | None = None) -> tuple[int, int]:
+    """Remove from ``folder`` the graphs that no load reads again and those of weight sets not used lately;
+    ``(graphs removed, bytes freed)``.
+
+    Removed: graphs that other code kept (their facts name another :func:`code_version`, or none: written
+    before the facts named one), and the graphs of all but the :data:`KEPT_WEIGHT_SETS` weight sets used last
+    (a key's step graph and its ``-prompt-int8`` graph are one weight set; its use is the newest modification time
+    of their facts files, which :func:`_keep` writes and :func:`_read_cached` touches). ``current_key``, just
+    kept, always stays. Only pairs of a graph and its facts named as this module names them are touched."""
     current, removed, freed = code_version(), 0, 0
+    graphs: list[tuple[str, Path, Path, float]] = []  # (weight set's key, graph, facts, last use), this code's
     for facts_file in folder.glob("*.json"):
         if not _KEPT_NAME.fullmatch(facts_file.stem):
             continue
@@ -417,18 +429,34 @@ def _prune(folder: Path) -> tuple[int, int]:
             continue
         try:
             facts = json.loads(facts_file.read_text(encoding="utf-8"))
+            used = facts_file.stat().st_mtime
         except (OSError, ValueError):
             continue  # unreadable: _read_cached reports it when its key is asked for
-        if not isinstance(facts, dict) or "weight_bytes" not in facts or facts.get("code") == current:
+        if not isinstance(facts, dict) or "weight_bytes" not in facts:
             continue
-        try:
-            size = graph.stat().st_size
-            graph.unlink()
-            facts_file.unlink()
-        except OSError:
+        if facts.get("code") == current:
+            graphs.append((facts_file.stem[:32], graph, facts_file, used))
             continue
-        removed, freed = removed + 1, freed + size
+        removed, freed = _remove(graph, facts_file, removed, freed)
+    last_use: dict[str, float] = {}
+    for key, _, _, used in graphs:
+        last_use[key] = max(used, last_use.get(key, used))
+    kept = sorted(last_use, key=lambda k: (k == current_key, last_use[k]), reverse=True)[:KEPT_WEIGHT_SETS]
+    for key, graph, facts_file, _ in graphs:
+        if key not in kept:
+            removed, freed = _remove(graph, facts_file, removed, freed)
     return removed, freed
+
+
+def _remove(graph: Path, facts_file: Path, removed: int, freed: int) -> tuple[int, int]:
+    """Remove a kept graph and its facts; ``(removed, freed)`` counted on (unchanged when it cannot be)."""
+    try:
+        size = graph.stat().st_size
+        graph.unlink()
+        facts_file.unlink()
+    except OSError:
+        return removed, freed
+    return removed + 1, freed + size
 
 
 def _kept_files(folder: Path, key: str) -> tuple[Path, Path]:
@@ -444,18 +472,26 @@ def _read_cached(folder: Path, key: str, threads: int, spinning: bool = True):
         return None
     try:
         weights = int(json.loads(facts.read_text(encoding="utf-8"))["weight_bytes"])
-        return _open(str(graph), threads, spinning), weights
+        opened = _open(str(graph), threads, spinning)
     except Exception as err:  # a truncated or foreign file: built again and written over
         warnings.warn(f"the int4-onnx graph kept in {graph} could not be read ({type(err).__name__}: {err}); "
                       "building it again", stacklevel=4)
         return None
+    try:
+        os.utime(facts)  # used now: the weight sets used last are the ones :func:`_prune` keeps
+    except OSError:
+        pass  # a folder that can be read but not written to: nothing is pruned there either
+    return opened, weights
 
 
 def _keep(folder: Path, key: str, data: bytes, facts: dict) -> Path | None:
     """Write the graph and its facts under ``key`` (each to a temporary file first, so that a graph is there
-    whole or not at all); the path, or None with a warning when the folder cannot be written to."""
+    whole or not at all); the path, or None with a warning when the folder cannot be written to. Whatever stops
+    the writing (a full disk, Ctrl-C) removes what it had written: the temporary files, and the graph when its
+    facts did not follow (no load reads it without them); only an ``OSError`` is answered with the warning,
+    anything else is raised again."""
     graph, facts_file = _kept_files(folder, key)
-    written = []
+    written = []  # the temporary files, then the graph once it is in place
     try:
         folder.mkdir(parents=True, exist_ok=True)
         facts = {**facts, "code": code_version()}
@@ -464,9 +500,16 @@ def _keep(folder: Path, key: str, data: bytes, facts: dict) -> Path | None:
             written.append(temporary)
             temporary.write_bytes(content)
             os.replace(temporary, path)
-    except OSError as err:
-        for temporary in written:
-            temporary.unlink(missing_ok=True)
+            written.append(path)
+    except BaseException as err:
+        for path in written:
+            if path != facts_file:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    pass
+        if not isinstance(err, OSError):
+            raise
         warnings.warn(f"could not keep the int4-onnx graph in {folder} ({err}); the next load builds it again "
                       f"(set {CACHE_ENV_VAR} to a folder that can be written to, or to 'off')", stacklevel=4)
         return None
@@ -512,8 +555,9 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
                 spinning=False)  # once per caption: its threads must not keep a core busy while the steps run
             from_cache, self.build_seconds = from_cache and prompt_cached, self.build_seconds + seconds
         self.from_cache, self.weight_bytes = from_cache, step_bytes + prompt_bytes
-        #: (graphs, bytes) removed from the folder because other code had kept them (:func:`_prune`)
-        self.pruned = _prune(folder) if self.graph_file is not None and not from_cache else (0, 0)
+        #: (graphs, bytes) removed from the folder: kept by other code, or of weight sets not used lately
+        #: (:func:`_prune`)
+        self.pruned = _prune(folder, key) if self.graph_file is not None and not from_cache else (0, 0)
         text = model.text_model.model
         text.layers = torch.nn.ModuleList()  # now in the graph
         self.model = model

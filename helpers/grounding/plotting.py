@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import html
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
@@ -68,9 +69,14 @@ _ELLIPSIS = "..."  # the default font's reduced character set has no single-char
 
 def entity_colour(index: int) -> str:
     """The colour (``"#RRGGBB"``) of the entity at position ``index``; the palette repeats after its last colour."""
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+    if not _is_whole(index) or index < 0:
         raise ValueError(f"index must be a non-negative int (the entity's position), got {index!r}")
-    return PALETTE[index % len(PALETTE)]
+    return PALETTE[int(index) % len(PALETTE)]
+
+
+def _is_whole(value: object) -> bool:
+    """A whole number (a Python or numpy int), not a bool: what an index here must be."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------------------------- input forms
@@ -106,7 +112,7 @@ def _entity_from(value: Any, index: int) -> _Entity:
     if isinstance(boxes, (str, bytes)) or not isinstance(boxes, (Sequence, Iterable)):
         raise ValueError(f"entity {index} ({phrase!r}): boxes must be a list of boxes, got {boxes!r:.80}")
     boxes = list(boxes)
-    if len(boxes) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in boxes):
+    if len(boxes) == 4 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in boxes):
         raise ValueError(
             f"entity {index} ({phrase!r}): boxes must be a list of boxes, got one bare box {tuple(boxes)}; "
             "wrap it in a list: [box]"
@@ -405,12 +411,12 @@ def plot_entities(
     import matplotlib.pyplot as plt
     import numpy as np
 
+    if title is not None and not isinstance(title, str):  # before a figure is opened: none is left behind
+        raise TypeError(f"title must be a str or None, got {type(title).__name__}")
     annotated = draw_entities(image, grounding_or_entities)
     if ax is None:
         scale = 6.0 / max(annotated.size)
         _, ax = plt.subplots(figsize=(annotated.width * scale, annotated.height * scale))
-    if title is not None and not isinstance(title, str):
-        raise TypeError(f"title must be a str or None, got {type(title).__name__}")
     ax.imshow(np.asarray(annotated))
     ax.set_xticks([])
     ax.set_yticks([])
@@ -452,11 +458,11 @@ def draw_grid(
         else:
             pairs = [(index, entity_colour(0)) for index in highlight]
         for index, colour in pairs:
-            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < num_bins * num_bins:
+            if not _is_whole(index) or not 0 <= index < num_bins * num_bins:
                 raise ValueError(
                     f"highlight index must be an int in [0, {num_bins * num_bins - 1}] (a patch index), got {index!r}"
                 )
-            cells[index] = colour
+            cells[int(index)] = colour
 
     base = to_rgb(image).convert("RGBA")
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
@@ -584,11 +590,13 @@ def highlight_caption(grounding: Any, entities: Any = None) -> HighlightedCaptio
     Spans are ``(start, end)`` character offsets into the caption. Overlapping spans are all shown: the
     text is cut at every span boundary and each piece takes the colour of the innermost entity covering
     it (the one that starts last), while its tooltip names every phrase covering it. Entities with no
-    span (e.g. ``(phrase, None, boxes)``) still count for colour numbering but mark no text.
+    span (e.g. ``(phrase, None, boxes)``) or an empty one still count for colour numbering but mark no text:
+    the processor gives ``(i, i)`` to an ``<object>`` without a phrase and ``(i + 1, i)`` to a blank phrase
+    (``<phrase> </phrase>``), whose boxes :func:`draw_entities` draws in their entity's colour all the same.
 
     Raises:
         TypeError: the input is not in an accepted form.
-        ValueError: a span is not two ints with ``0 <= start <= end <= len(caption)``.
+        ValueError: a span is not two ints in ``[0, len(caption)]``.
     """
     if isinstance(grounding, str):
         if entities is None:
@@ -609,18 +617,19 @@ def highlight_caption(grounding: Any, entities: Any = None) -> HighlightedCaptio
         if entity.span is None:
             continue
         start, end = entity.span
-        if not 0 <= start <= end <= len(caption):
+        if not (0 <= start <= len(caption) and 0 <= end <= len(caption)):
             raise ValueError(
-                f"entity {i} ({entity.phrase!r}) has span {entity.span}, expected 0 <= start <= end <= "
-                f"{len(caption)} (the caption's length)"
+                f"entity {i} ({entity.phrase!r}) has span {entity.span}, expected start and end in "
+                f"[0, {len(caption)}] (the caption's length)"
             )
-        spans.append((start, end, i))
+        if start < end:  # an empty span (no phrase, a blank one) marks nothing; its index keeps its colour
+            spans.append((start, end, i))
 
     cuts = sorted({0, len(caption), *(s for s, _, _ in spans), *(e for _, e, _ in spans)})
     html_parts: list[str] = []
     for a, b in zip(cuts, cuts[1:]):
         piece = caption[a:b]
-        covering = [(s, e, i) for s, e, i in spans if s <= a and b <= e and s < e]
+        covering = [(s, e, i) for s, e, i in spans if s <= a and b <= e]
         if not covering:
             html_parts.append(html.escape(piece))
             continue

@@ -41,7 +41,13 @@ def qa_prompt(noun: str = "object") -> str:
 def with_box(prompt: str, box: Sequence[float]) -> str:
     """``prompt`` with ``box`` written into it as location tokens after its first ``</phrase>``, as the processor
     writes a user box (``…<phrase> this object</phrase><object><patch_index_…>…</object>? Answer:``): how a
-    training text carries the box its question is about."""
+    training text carries the box its question is about.
+
+    Raises:
+        ValueError: the prompt has no phrase to attach the box to (as :func:`user_box_entry`), or the box is not
+            a normalized box with an area.
+    """
+    _check_has_phrase(prompt)
     return prompt.replace("</phrase>", "</phrase>" + object_tokens([box]), 1)
 
 
@@ -67,8 +73,14 @@ def user_box_entry(prompt: str, box: Sequence[float]) -> list[Box | None]:
         ValueError: the box is not a normalized box with an area, or the prompt has no phrase to attach it to.
     """
     box = check_with_area(box)
+    return [box] + [None] * (_check_has_phrase(prompt) - 1)
+
+
+def _check_has_phrase(prompt: str) -> int:
+    """How many phrases ``prompt`` has (:func:`count_phrases`); ``ValueError`` when none: a box has nothing to
+    attach to."""
     phrases = count_phrases(prompt)
     if phrases == 0:
         raise ValueError("a box needs a <phrase>…</phrase> in the prompt to attach to, e.g. "
                          f"'<grounding><phrase> It</phrase> is'; got {prompt!r}")
-    return [box] + [None] * (phrases - 1)
+    return phrases

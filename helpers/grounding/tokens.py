@@ -42,8 +42,9 @@ def patch_index_to_box(first: int, last: int, num_bins: int = NUM_BINS) -> tuple
     _check_num_bins(num_bins)
     n_tokens = num_bins * num_bins
     for name, value in (("first", first), ("last", last)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n_tokens:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 0 <= value < n_tokens:
             raise ValueError(f"{name} must be an int in [0, {n_tokens - 1}] (a location token index), got {value!r}")
+    first, last = int(first), int(last)  # numpy ints too (an argmax, an array of indices)
     cell = 1.0 / num_bins
     ul_x, ul_y = first % num_bins, first // num_bins
     lr_x, lr_y = last % num_bins, last // num_bins

@@ -43,6 +43,7 @@ def _join(parts: list[str]) -> str:
 
 
 def _where(box: Sequence[float]) -> str:
+    """The position word of a box: by its centre's x, left of 0.38, right of 0.62, else the middle."""
     cx = (box[0] + box[2]) / 2
     if cx < 0.38:
         return " on the left"
@@ -56,6 +57,13 @@ def caption_answer(scene: Scene) -> str:
 
 
 def detail_answer(scene: Scene) -> str:
+    """The detailed caption: how many objects, then each group's phrase with its boxes and a position word.
+
+    A group is placed by its leftmost object (:func:`_where` of its first box; groups keep their boxes left
+    to right), so a pair reads "two blue triangles on the left" even when its second object stands in the
+    middle or on the right: a simplification of the template the bundled model learned, not a description
+    of every object's place.
+    """
     n = len(scene.objects)
     parts = [_grounded(g) + _where(g[0].box) for g in scene.groups]
     return f" The image shows {_COUNT_WORDS[n]}:" + _join(parts) + "."
@@ -114,8 +122,10 @@ def world_words() -> list[str]:
 def build_tokenizer():
     """An XLM-RoBERTa (SentencePiece-unigram) tokenizer for the world, built in code.
 
-    Whole words of the world are single pieces; letters and digits keep any other English text
-    representable (it falls apart into characters), so nothing becomes ``<unk>`` silently.
+    Whole words of the world are single pieces. Other English text of ASCII letters, digits, spaces and the
+    punctuation ``. , : ? ! ' -`` stays representable (unknown words fall apart into letters). Any other
+    character becomes ``<unk>``: ``; ( ) " [ ] & /``, accented and non-Latin letters, emoji.
+    ``"What is this; a (red) circle?"`` has three ``<unk>``.
     """
     from transformers import XLMRobertaTokenizer
 

@@ -89,13 +89,19 @@ def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) ->
     """Evaluate the model in ``model_dir`` on held-out scenes and write ``evaluation.json`` and ``README.md``.
 
     With another ``seed`` (a second set of unseen scenes) the result goes to ``evaluation-seed<seed>.json``
-    and the card shows it beside the main one.
+    and the card shows it beside the main one. ``training.json`` is optional (:func:`read_training`).
+
+    Raises:
+        TypeError, ValueError: ``scenes`` is not a positive int (checked before the model loads).
+        ModelLoadError: ``model_dir`` holds no model that loads.
     """
     import torch
 
+    from helpers.grounding.checks import check_positive_int
     from helpers.grounding.model import load
     from helpers.world.scenes import sample_scenes
 
+    check_positive_int("scenes", scenes)
     model_dir = Path(model_dir)
     model, processor = load(str(model_dir), device="cpu", verbose=False)
     held_out = sample_scenes(scenes, seed=seed)
@@ -115,22 +121,34 @@ def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) ->
         result_main = json.loads((model_dir / "evaluation.json").read_text())
     else:
         result_main = result
-    training = {}
-    if (model_dir / "training.json").exists():
-        training = json.loads((model_dir / "training.json").read_text())
-    (model_dir / "README.md").write_text(_card_text(model, result_main, training))
+    (model_dir / "README.md").write_text(_card_text(model, result_main, read_training(model_dir)))
     return result
 
 
+def read_training(model_dir: Path) -> dict:
+    """The folder's ``training.json`` (what ``python -m helpers train`` records), or ``{}`` when it has none: the
+    card then says that its training runs were not recorded."""
+    path = Path(model_dir) / "training.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def render_card(model_dir: Path) -> None:
-    """Rewrite ``README.md`` from the saved ``evaluation.json`` and ``training.json`` (no re-evaluation)."""
+    """Rewrite ``README.md`` from the saved ``evaluation.json`` and, when there is one, ``training.json`` (no
+    re-evaluation)."""
     from helpers.grounding.model import load
 
     model_dir = Path(model_dir)
     model, _ = load(str(model_dir), device="cpu", verbose=False)
     result = json.loads((model_dir / "evaluation.json").read_text())
-    training = json.loads((model_dir / "training.json").read_text())
-    (model_dir / "README.md").write_text(_card_text(model, result, training))
+    (model_dir / "README.md").write_text(_card_text(model, result, read_training(model_dir)))
+
+
+def schedule(config: dict) -> str:
+    """The run line's words on the learning-rate schedule after the warm-up: a cosine over the ``--minutes``
+    budget when the run had one, else over its ``--steps``."""
+    if config.get("minutes") is not None:
+        return f"cosine over a {config['minutes']}-minute budget"
+    return f"cosine over {config.get('steps', '?')} steps"
 
 
 def rounding_4bit(config: dict) -> str:
@@ -174,13 +192,16 @@ def _card_text(model, result: dict, training: dict) -> str:
         "",
         "## Training",
         "Recipe in `helpers/world/training.py`: location-token embeddings initialised with "
-        f"{recorded_runs(training)[0].get('location_features', EARLIEST_LOCATION_FEATURES)};",
+        f"{_location_features(training)};",
         "training-only dense heads on the vision tower and on the image tokens (what covers each",
         "patch, and that object's box); supervised attention (head 0 of each decoder layer is shown which image",
         "tokens belong to the object being named); a vision-only warm-up stage, then all tasks together.",
         "",
     ]
-    for i, stage in enumerate(recorded_runs(training), 1):
+    if not training:
+        lines += ["This folder has no `training.json` (what `python -m helpers train` writes beside the model), so",
+                  "its training runs, their settings, losses and time, are not recorded here.", ""]
+    for i, stage in enumerate(recorded_runs(training) if training else [], 1):
         tc = stage.get("config", {})
         last = last_joint_point(stage)
         steps = joint_steps(stage)
@@ -194,7 +215,7 @@ def _card_text(model, result: dict, training: dict) -> str:
                if tc.get("pair_share") or tc.get("three_share") else "")
         lines += [
             f"Run {i}: seed {tc.get('seed')}, batch {tc.get('batch_size')}, peak learning rate {tc.get('lr')} "
-            f"(AdamW, warm-up {tc.get('warmup')} steps, cosine over a {tc.get('minutes')}-minute budget), "
+            f"(AdamW, warm-up {tc.get('warmup')} steps, {schedule(tc)}), "
             + (f"{tc['heads_steps']} heads-only steps, " if tc.get("heads_steps") else "")
             + f"{tc.get('vision_steps')} vision-only steps, then {steps} joint steps{rate}; "
             f"loss weights dense {tc.get('aux_weight')}, look {tc.get('look_weight')}"
@@ -206,7 +227,7 @@ def _card_text(model, result: dict, training: dict) -> str:
             f"dense {last.get('dense_loss', '?')}, look {last.get('look_loss', '?')}.",
             "",
         ]
-    lines += [
+    lines += [] if not training else [
         f"In all {training.get('seconds', 0) / 60:.0f} min on {training.get('hardware', '?')}, "
         f"torch {training.get('torch', '?')}; the loss history is in `training.json`. The probes that chose",
         "the recipe (short runs judged on a development seed of scenes, 12345, by their errors) are logged with",
@@ -221,6 +242,8 @@ def _card_text(model, result: dict, training: dict) -> str:
         "python -m helpers modelcard data/kosmos2-tiny-world",
         "```",
         "",
+    ]
+    lines += [
         "## Evaluation",
         f"Measured on {result['date']} with `python -m helpers modelcard` on {result['machine']}.",
         "Counted per ground-truth object; phrases match after lower-casing and dropping a leading a/an/the; a box",
@@ -248,6 +271,13 @@ def _card_text(model, result: dict, training: dict) -> str:
 EARLIEST_LOCATION_FEATURES = "sine/cosine features of their bin (the recipe's first version, which repeat every few bins)"
 
 
+def _location_features(training: dict) -> str:
+    """How the first recorded run initialised the location tokens (a card without a record says it is unknown)."""
+    if not training:
+        return "features of their bin (which ones is not recorded: no `training.json`)"
+    return recorded_runs(training)[0].get("location_features", EARLIEST_LOCATION_FEATURES)
+
+
 def _error_lines(result: dict) -> list[str]:
     if "caption_errors" not in result:
         return []
@@ -273,17 +303,23 @@ def _fail(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command with ``argv``; return the exit code: 0, or 2 with a one-line message on stderr when
-    ``model_dir`` is not a model folder (or, with ``--render-only``, has no ``evaluation.json``)."""
+    """Run the command with ``argv``; return the exit code: 0, or 2 with a one-line message on stderr for a bad
+    option (``--scenes`` below 1, checked before the model loads) or when ``model_dir`` is not a model folder
+    (or, with ``--render-only``, has no ``evaluation.json``)."""
+    from helpers.grounding.finetune import positive_int
     from helpers.grounding.model import ModelLoadError
 
     parser = argparse.ArgumentParser(prog=PROG, description="Evaluate a world model and write its model card.")
     parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--scenes", type=int, default=220)
+    parser.add_argument("--scenes", type=positive_int, default=220, help="held-out scenes to evaluate on")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED,
                         help="scene seed; another than the held-out one writes evaluation-seed<SEED>.json")
-    parser.add_argument("--render-only", action="store_true", help="rewrite README.md from evaluation.json")
-    args = parser.parse_args(argv)
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite README.md from evaluation.json (and training.json, when there is one)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a bad option, which argparse has reported (2)
+        return stop.code if isinstance(stop.code, int) else 2
     if not args.model_dir.is_dir():
         what = "is not a folder" if args.model_dir.exists() else "does not exist"
         return _fail(f"model folder {str(args.model_dir)!r} {what}: expected a saved world model such as "

@@ -36,6 +36,11 @@ STAR_KINDS = tuple((c, "star") for c in COLOURS)
 
 #: Seeds of the demonstration's data (held-out scenes never overlap the training ones).
 TRAIN_SEED, HELD_OUT_SEED = 7, 8
+#: Scene ``i`` of a seed is drawn from ``seed * SEED_STRIDE + i`` (as :func:`helpers.world.scenes.sample_scenes`
+#: does), so more than ``(HELD_OUT_SEED - TRAIN_SEED) * SEED_STRIDE`` training scenes would reach the held-out
+#: seeds: ``--train-images`` stops there.
+SEED_STRIDE = 1_000_003
+MAX_TRAIN_IMAGES = (HELD_OUT_SEED - TRAIN_SEED) * SEED_STRIDE
 
 
 def draw_star(draw: ImageDraw.ImageDraw, colour: str, box_px) -> tuple[float, float, float, float]:
@@ -110,7 +115,7 @@ def write_coco(folder: str | Path, n: int, seed: int, name: str, world_scenes: i
     categories = [{"id": i + 1, "name": world.kind_name(c, s)} for i, (c, s) in enumerate(kinds)]
     cat_id = {k: i + 1 for i, k in enumerate(kinds)}
     images, annotations = [], []
-    scenes = [star_scene(seed * 1_000_003 + i) for i in range(n)] + world.sample_scenes(world_scenes, seed=seed)
+    scenes = [star_scene(seed * SEED_STRIDE + i) for i in range(n)] + world.sample_scenes(world_scenes, seed=seed)
     for i, scene in enumerate(scenes):
         file_name = f"{name}_{i:05d}.png"
         scene.image.save(folder / "images" / file_name)
@@ -147,8 +152,8 @@ _WORLD_ROWS = (("own world: caption phrase recall", "caption_phrase_recall"),
 PROG = "python -m helpers finetune-demo"
 
 
-def _count_or_zero(text: str) -> int:
-    """Option type for ``--world-images``: a whole number, 0 or more."""
+def count_or_zero(text: str) -> int:
+    """Option type for counts that may be 0 (``--world-images``, ``train --vision-steps`` …): a whole number >= 0."""
     try:
         value = int(text)
     except ValueError:
@@ -165,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="folder for the adapters (must be new or empty)")
     parser.add_argument("--data", type=Path, default=Path("finetune-stars-data"), help="folder for the generated data")
     parser.add_argument("--train-images", type=positive_int, default=1500)
-    parser.add_argument("--world-images", type=_count_or_zero, default=4500,
+    parser.add_argument("--world-images", type=count_or_zero, default=4500,
                         help="scenes of the world in the training data (they keep what the base knows)")
     parser.add_argument("--held-out-images", type=positive_int, default=240)
     parser.add_argument("--minutes", type=positive_number, default=9.5)
@@ -201,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = os.path.relpath(bundled_model_dir())  # recorded in the card as given: relative to where it runs
     try:  # every check before anything is drawn, written or loaded
         check_config(cfg)
+        if args.train_images > MAX_TRAIN_IMAGES:
+            raise FinetuneError(f"--train-images must be at most {MAX_TRAIN_IMAGES} (more would draw the held-out "
+                                f"scenes' seeds too), got {args.train_images}")
         check_output(args.out, resumable=False)
         if args.data.exists() and not args.data.is_dir():
             raise FinetuneError(f"--data {str(args.data)!r} is a file; give a folder for the generated data")

@@ -3,7 +3,9 @@
 Every scene is drawn with Pillow from a seed, so the same seed always gives the same pixels. Objects are
 coloured shapes (circle, square, triangle in five colours), a snowman, a fire and the course mascot
 *Kumo* (a small sky-blue creature with pointed cat ears). A scene holds one to three *groups*; a group is one object or, sometimes,
-two objects of the same kind ("two red circles"), which Kosmos-2 writes as one phrase with several boxes.
+two objects of the same kind ("two red circles"), which Kosmos-2 writes as one phrase with several boxes. The
+world's language phrases at most :data:`MAX_PER_KIND` objects of one kind and :data:`MAX_OBJECTS` in all, which is
+what :func:`sample_scene` draws; :func:`draw_scene` refuses more.
 
 Boxes are normalized ``(x0, y0, x1, y1)`` in ``[0, 1]``: the tight box around what was drawn.
 """
@@ -41,6 +43,15 @@ KINDS: tuple[tuple[str | None, str], ...] = tuple((c, s) for c in COLOURS for s 
 )
 
 _NUMBER_WORDS = {1: "one", 2: "two"}
+#: Most objects of one kind in a scene ("two red circles"), and most objects in all ("four objects"): what the
+#: world's language can phrase (:mod:`helpers.world.language`) and what :func:`sample_scene` draws.
+MAX_PER_KIND, MAX_OBJECTS = 2, 4
+_IRREGULAR_PLURALS = {"snowman": "snowmen"}
+
+
+def _plural(name: str) -> str:
+    """``"red circles"``, ``"Kumos"``, ``"snowmen"`` (the plural the world's vocabulary has)."""
+    return _IRREGULAR_PLURALS.get(name, name + "s")
 
 
 def kind_name(colour: str | None, shape: str) -> str:
@@ -51,21 +62,20 @@ def kind_name(colour: str | None, shape: str) -> str:
 
 
 def indefinite_phrase(colour: str | None, shape: str, count: int = 1) -> str:
-    """The phrase a caption uses for a group: ``"a red circle"``, ``"two red circles"``, ``"Kumo"``."""
+    """The phrase a caption uses for a group: ``"a red circle"``, ``"two red circles"``, ``"Kumo"``, ``"two snowmen"``.
+    """
     name = kind_name(colour, shape)
-    if shape == "kumo":
-        return name if count == 1 else f"{_NUMBER_WORDS[count]} Kumos"
     if count == 1:
-        return f"a {name}"
-    return f"{_NUMBER_WORDS[count]} {name}s"
+        return name if shape == "kumo" else f"a {name}"
+    return f"{_NUMBER_WORDS[count]} {_plural(name)}"
 
 
 def definite_phrase(colour: str | None, shape: str, count: int = 1) -> str:
-    """The phrase a referring expression uses: ``"the red circle"``, ``"the red circles"``."""
+    """The phrase a referring expression uses: ``"the red circle"``, ``"the red circles"``, ``"the snowmen"``."""
     name = kind_name(colour, shape)
-    if shape == "kumo":
-        return name if count == 1 else f"the {name}s"
-    return f"the {name}" if count == 1 else f"the {name}s"
+    if count == 1:
+        return name if shape == "kumo" else f"the {name}"
+    return f"the {_plural(name)}"
 
 
 @dataclass(frozen=True)
@@ -257,19 +267,34 @@ def draw_scene(
 ) -> Scene:
     """Draw objects at given normalized boxes; each item is ``(colour or None, shape, box)``.
 
-    Objects of the same kind form one group, as in :func:`sample_scenes`. Useful for illustrations.
+    Objects of the same kind form one group, as in :func:`sample_scenes`. Useful for illustrations. A scene
+    holds what the world's language can phrase, as the sampled ones do: at most :data:`MAX_PER_KIND` objects of
+    one kind and :data:`MAX_OBJECTS` in all.
 
     Raises:
         ValueError: a box that is not four numbers with ``0 <= x0 < x1 <= 1`` and ``0 <= y0 < y1 <= 1``, a
-            kind that is not in the world (:func:`check_kind`), or a size that is not two positive ints.
+            kind that is not in the world (:func:`check_kind`), more objects of one kind or in all than the
+            language can phrase, or a size that is not two positive ints.
     """
     width, height = check_image_size(size, "size")
+    items = []
+    for colour, shape, box in layout:
+        check_kind(colour, shape)
+        items.append((colour, shape, check_with_area(box)))
+    counts: dict[tuple[str | None, str], int] = {}
+    for colour, shape, _ in items:
+        counts[(colour, shape)] = counts.get((colour, shape), 0) + 1
+    supported = (f"the world's language phrases at most {MAX_PER_KIND} objects of one kind (\"two red circles\") "
+                 f"and at most {MAX_OBJECTS} objects in all")
+    for (colour, shape), n in counts.items():
+        if n > MAX_PER_KIND:
+            raise ValueError(f"{supported}; got {n} of {kind_name(colour, shape)}")
+    if len(items) > MAX_OBJECTS:
+        raise ValueError(f"{supported}; got {len(items)}")
     image = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(image)
     placed = []
-    for colour, shape, box in layout:
-        check_kind(colour, shape)
-        box = check_with_area(box)
+    for colour, shape, box in items:
         px = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
         draw_object(draw, colour, shape, px)
         placed.append((colour, shape, tuple(float(v) for v in box)))
@@ -283,7 +308,7 @@ def _scene_from_placed(image: Image.Image, placed: list, seed: int) -> Scene:
     groups: list[list[SceneObject]] = []
     for (colour, shape), boxes in by_kind.items():
         boxes = sorted(boxes, key=lambda b: (b[0] + b[2]) / 2)
-        phrase = indefinite_phrase(colour, shape, len(boxes)) if len(boxes) <= 2 else indefinite_phrase(colour, shape)
+        phrase = indefinite_phrase(colour, shape, len(boxes))  # at most MAX_PER_KIND of a kind: draw_scene checks
         groups.append([SceneObject(colour, shape, b, phrase) for b in boxes])
     groups.sort(key=lambda g: (g[0].box[0] + g[0].box[2]) / 2)
     objects = [o for g in groups for o in g]
@@ -291,7 +316,15 @@ def _scene_from_placed(image: Image.Image, placed: list, seed: int) -> Scene:
 
 
 def sample_scene(seed: int, size: tuple[int, int] | None = None) -> Scene:
-    """One seeded scene: 1–3 groups of distinct kinds, a quarter of scenes with a pair of one kind."""
+    """One seeded scene: 1–3 groups of distinct kinds, a quarter of scenes with a pair of one kind.
+
+    ``size``: ``(width, height)`` in pixels (default: drawn from the seed, 96 to 192 pixels on the long side).
+
+    Raises:
+        ValueError: a ``size`` that is not two positive ints.
+    """
+    if size is not None:
+        size = check_image_size(size, "size")
     rng = random.Random(seed)
     if size is None:
         long_side = rng.randint(96, 192)
@@ -328,9 +361,15 @@ def sample_scene(seed: int, size: tuple[int, int] | None = None) -> Scene:
 
 
 def sample_scenes(n: int, seed: int, size: tuple[int, int] | None = None) -> list[Scene]:
-    """``n`` scenes from ``seed``; scene ``i`` depends only on ``(seed, i)``, so any prefix is reproducible."""
+    """``n`` scenes from ``seed``; scene ``i`` depends only on ``(seed, i)``, so any prefix is reproducible.
+
+    Raises:
+        ValueError: a negative ``n``, or a ``size`` that is not two positive ints (:func:`sample_scene`).
+    """
     if n < 0:
         raise ValueError(f"n must be a non-negative number of scenes, got {n}")
+    if size is not None:
+        size = check_image_size(size, "size")
     return [sample_scene(seed * 1_000_003 + i, size=size) for i in range(n)]
 
 

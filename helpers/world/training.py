@@ -31,10 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
 import platform
 import random
 import re
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers.grounding.checks import check_positive_int
 from helpers.grounding.quantization import check_available
 from helpers.world.scenes import KINDS, Scene, sample_scene
 from helpers.world.language import Example, build_config, build_processor, scene_examples
@@ -62,7 +65,7 @@ def parse_task_weights(text: str) -> dict[str, float]:
     :data:`TASK_WEIGHTS`'s (a weight of 0 leaves a task out).
 
     Raises:
-        ValueError: an unknown task, a weight that is not a number >= 0, or a mix whose weights are all 0.
+        ValueError: an unknown task, a weight that is not a finite number >= 0, or a mix whose weights are all 0.
     """
     weights = dict(TASK_WEIGHTS)
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -74,8 +77,8 @@ def parse_task_weights(text: str) -> dict[str, float]:
             weight = float(value)
         except ValueError:
             weight = -1.0
-        if not weight >= 0:
-            raise ValueError(f"the weight of {name.strip()!r} must be a number >= 0, got {value!r}")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"the weight of {name.strip()!r} must be a number >= 0 (finite), got {value!r}")
         weights[name.strip()] = weight
     if not any(weights.values()):
         raise ValueError(f"at least one task needs a weight above 0, got {text!r}")
@@ -459,6 +462,73 @@ class TrainConfig:
     nf4_share: float = 0.0  # ... and with NF4-rounded weights in this share (fp4_share + nf4_share at most 1)
 
 
+def _check_count(name: str, value: object, *, zero_ok: bool = False) -> None:
+    """The package's rule for counts (:func:`~helpers.grounding.checks.check_positive_int`); ``zero_ok``: 0 too."""
+    if not zero_ok:
+        check_positive_int(name, value)
+        return
+    if value == 0 and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return
+    try:
+        check_positive_int(name, value)
+    except TypeError:
+        raise TypeError(f"{name} must be 0 or more (a whole number), got {type(value).__name__}: "
+                        f"{value!r:.80}") from None
+    except ValueError:
+        raise ValueError(f"{name} must be 0 or more (a whole number), got {value!r}") from None
+
+
+def _number_rule(above: bool = False, share: bool = False) -> str:
+    return "a share from 0 to 1" if share else "a number above 0" if above else "a number of at least 0"
+
+
+def _is_number(value: object, above: bool = False, share: bool = False) -> bool:
+    """A finite real number (not ``bool``) >= 0 (``above``: > 0; ``share``: at most 1 too)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            and (value > 0 if above else value >= 0) and (value <= 1 if share else True))
+
+
+def _check_number(name: str, value: object, *, above: bool = False, share: bool = False, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if not _is_number(value, above, share):
+        raise ValueError(f"{name} must be {_number_rule(above, share)}{' or None' if none_ok else ''}, got {value!r}")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise for settings :func:`train` cannot run, before anything is built.
+
+    Raises:
+        TypeError: a count that is not a whole number.
+        ValueError: ``batch_size``, ``log_every``, ``image_size`` or ``patch_size`` below 1; ``steps``,
+            ``vision_steps``, ``heads_steps``, ``warmup`` or ``workers`` below 0; an ``lr`` or ``minutes`` that
+            is not a finite number above 0 (``minutes`` may be None); a loss weight or ``checkpoint_minutes``
+            that is not a finite number >= 0; ``pair_share`` or ``three_share`` outside [0, 1];
+            ``fp4_share`` and ``nf4_share`` below 0 or adding up past 1; a ``task_weights`` mix that
+            :func:`parse_task_weights` would refuse.
+    """
+    for name in ("batch_size", "log_every", "image_size", "patch_size"):
+        _check_count(name, getattr(cfg, name))
+    for name in ("steps", "vision_steps", "heads_steps", "warmup", "workers"):
+        _check_count(name, getattr(cfg, name), zero_ok=True)
+    _check_number("lr", cfg.lr, above=True)
+    _check_number("minutes", cfg.minutes, above=True, none_ok=True)
+    for name in ("checkpoint_minutes", "aux_weight", "look_weight", "group_weight", "count_weight"):
+        _check_number(name, getattr(cfg, name))
+    for name in ("pair_share", "three_share"):
+        _check_number(name, getattr(cfg, name), share=True)
+    if not (_is_number(cfg.fp4_share) and _is_number(cfg.nf4_share) and cfg.fp4_share + cfg.nf4_share <= 1.0):
+        raise ValueError("fp4_share and nf4_share must be 0 or more and add up to at most 1, got "
+                         f"{cfg.fp4_share} and {cfg.nf4_share}")
+    if cfg.task_weights is not None:
+        mix = cfg.task_weights
+        if not (isinstance(mix, dict) and mix and set(mix) <= set(TASK_WEIGHTS)
+                and all(_is_number(w) for w in mix.values()) and any(mix.values())
+                and math.isfinite(sum(mix.values()))):
+            raise ValueError(f"task_weights must map tasks ({', '.join(TASK_WEIGHTS)}) to finite numbers >= 0, "
+                             f"at least one above 0; got {mix!r}")
+
+
 def draw_batch(rng: random.Random, processor, n: int, grid: int, pair_share: float = 0.0,
                three_share: float = 0.0, groups: list | None = None, task_weights: dict | None = None):
     """``n`` encoded examples with their dense targets; ``groups`` (a list) receives each scene's group targets;
@@ -657,12 +727,13 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     ``heads_from``: a run folder whose training-only heads (:data:`HEADS_FILE`) the run starts from.
     ``keep_heads``: a list that receives the run's heads ``(on the patches, on the image tokens)``, to save
     them with the model (:func:`save_heads`); checkpoints save them too.
+
+    Raises:
+        TypeError, ValueError: settings that cannot run (:func:`check_config`), or a model whose image tokens do
+            not match the grid of patches.
+        QuantizationError: 4-bit shares without a recent enough bitsandbytes.
     """
-    if cfg.workers < 0 or cfg.log_every < 1:
-        raise ValueError(f"workers must be 0 or more and log_every 1 or more, got {cfg.workers} and {cfg.log_every}")
-    if min(cfg.fp4_share, cfg.nf4_share) < 0.0 or cfg.fp4_share + cfg.nf4_share > 1.0:
-        raise ValueError("fp4_share and nf4_share must be 0 or more and add up to at most 1, got "
-                         f"{cfg.fp4_share} and {cfg.nf4_share}")
+    check_config(cfg)  # before anything is built
     if cfg.fp4_share or cfg.nf4_share:
         check_available("4bit", cfg.device)  # the rounding is bitsandbytes', as the 4-bit paths load the model
     torch.manual_seed(cfg.seed)
@@ -739,7 +810,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
             break
         b = next(stream)
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))  # warmup 0 and 1: no warm-up
         with autocast():
             patches, embeds = image_features(model, b["pixel_values"])
             loss = dense_loss(b, patches, embeds)
@@ -774,7 +845,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
         if stop.raised:
             log(f"stopped by signal {stop.raised} at joint step {step}")
             break
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
         b = next(stream)
@@ -830,37 +901,59 @@ def _task_weights_arg(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _number_arg(above: bool = False, share: bool = False):
+    """An option type for a finite number >= 0 (``above``: > 0; ``share``: from 0 to 1), as :func:`check_config`."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not _is_number(value, above, share):
+            raise argparse.ArgumentTypeError(f"must be {_number_rule(above, share)}, got {text!r}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m helpers train`` (its defaults are the recipe's)."""
-    parser = argparse.ArgumentParser(prog="python -m helpers train",
+    """The command line of ``python -m helpers train`` (its defaults are the recipe's).
+
+    Each option's type checks its range, so a bad value stops the command before any work (exit status 2).
+    """
+    from helpers.grounding.finetune import positive_int, positive_number
+    from helpers.world.new_kinds import count_or_zero
+
+    share, at_least_0 = _number_arg(share=True), _number_arg()
+    parser = argparse.ArgumentParser(prog=PROG,
                                      description="Train the bundled Kosmos-2 model on the synthetic world.")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the model (created if need be)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vision-steps", type=int, default=300)
-    parser.add_argument("--heads-steps", type=int, default=0,
+    parser.add_argument("--vision-steps", type=count_or_zero, default=300)
+    parser.add_argument("--heads-steps", type=count_or_zero, default=0,
                         help="steps of the training-only heads alone on the frozen model before the rest "
                              "(for --resume without saved heads)")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=48)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--minutes", type=float, default=None)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--steps", type=positive_int, default=2000,
+                        help="joint steps at most (with --minutes: the cosine ends at whichever comes first)")
+    parser.add_argument("--batch-size", type=positive_int, default=48)
+    parser.add_argument("--lr", type=positive_number, default=2e-3)
+    parser.add_argument("--minutes", type=positive_number, default=None,
+                        help="wall-time budget of the joint stage (default: none, the cosine runs over --steps)")
+    parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--resume", type=Path, default=None,
                         help="continue from a saved model directory (its processor too) instead of a new model")
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--aux-weight", type=float, default=0.5)
-    parser.add_argument("--look-weight", type=float, default=0.5)
+    parser.add_argument("--warmup", type=count_or_zero, default=100, help="warm-up steps (0: none)")
+    parser.add_argument("--aux-weight", type=at_least_0, default=0.5)
+    parser.add_argument("--look-weight", type=at_least_0, default=0.5)
     parser.add_argument("--checkpoint", type=Path, default=None, help="save here every --checkpoint-minutes")
-    parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
-    parser.add_argument("--group-weight", type=float, default=0.0,
+    parser.add_argument("--checkpoint-minutes", type=at_least_0, default=10.0)
+    parser.add_argument("--group-weight", type=at_least_0, default=0.0,
                         help="weight of the training-only group heads (group size and caption place per patch)")
     parser.add_argument("--group-on-objects", action="store_true",
                         help="the group heads' loss only on patches that an object covers (not on background)")
-    parser.add_argument("--pair-share", type=float, default=0.0,
+    parser.add_argument("--pair-share", type=share, default=0.0,
                         help="share of training scenes redrawn until they hold a pair of one kind")
-    parser.add_argument("--three-share", type=float, default=0.0,
+    parser.add_argument("--three-share", type=share, default=0.0,
                         help="share of the other training scenes redrawn until they hold three kinds")
-    parser.add_argument("--count-weight", type=float, default=0.0,
+    parser.add_argument("--count-weight", type=at_least_0, default=0.0,
                         help="weight of an extra loss on the first word of each grounded phrase (a / two …), "
                              "where a caption decides how many objects the phrase names")
     parser.add_argument("--task-weights", type=_task_weights_arg, default=None, metavar="TASK=W,…",
@@ -868,17 +961,17 @@ def build_parser() -> argparse.ArgumentParser:
                              f"keep {', '.join(f'{k}={v}' for k, v in TASK_WEIGHTS.items())})")
     parser.add_argument("--device", default="cpu",
                         help="where the model trains: cpu, or cuda on a GPU (saved weights are the same either way)")
-    parser.add_argument("--workers", type=int, default=0,
+    parser.add_argument("--workers", type=count_or_zero, default=0,
                         help="processes that draw and encode the batches (0: the training process itself)")
-    parser.add_argument("--log-every", type=int, default=25, help="joint steps between two log lines")
+    parser.add_argument("--log-every", type=positive_int, default=25, help="joint steps between two log lines")
     parser.add_argument("--bf16", action="store_true",
                         help="forward passes in bfloat16 (about twice as fast on CPUs with AMX or AVX-512 BF16, "
                              "and on GPUs); weights, optimizer state and losses stay float32")
-    parser.add_argument("--fp4-share", type=float, default=0.0,
+    parser.add_argument("--fp4-share", type=share, default=0.0,
                         help="share of the joint passes in which each linear but lm_head computes with its weight "
                              "rounded as the article's 4-bit path does (bitsandbytes FP4), the gradient passed "
                              "straight through: quantization-aware training (0 = off)")
-    parser.add_argument("--nf4-share", type=float, default=0.0,
+    parser.add_argument("--nf4-share", type=share, default=0.0,
                         help="the same with NF4 rounding (the course's other 4-bit path), in another share of "
                              "the passes: --fp4-share and --nf4-share add up to at most 1 (0 = off)")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
@@ -886,34 +979,103 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.threads:
+PROG = "python -m helpers train"
+
+
+def _fail(message: str, code: int = 2) -> int:
+    """Print ``prog: error: message`` on stderr and return the exit ``code`` (argparse's style)."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed command-line options."""
+    return TrainConfig(seed=args.seed, vision_steps=args.vision_steps, heads_steps=args.heads_steps, steps=args.steps,
+                       batch_size=args.batch_size, lr=args.lr, minutes=args.minutes, warmup=args.warmup,
+                       aux_weight=args.aux_weight, look_weight=args.look_weight,
+                       checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
+                       group_weight=args.group_weight, group_on_objects=args.group_on_objects,
+                       pair_share=args.pair_share, three_share=args.three_share,
+                       device=args.device, workers=args.workers, log_every=args.log_every, bf16=args.bf16,
+                       count_weight=args.count_weight, task_weights=args.task_weights,
+                       fp4_share=args.fp4_share, nf4_share=args.nf4_share)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` for what the options' types cannot see: ``--out`` or ``--checkpoint`` at (or under)
+    a file, a ``--resume`` that is not a folder with a saved model, a ``--device`` torch does not know or,
+    for ``cuda``, a torch without a GPU."""
+    for flag, folder in (("--out", args.out), ("--checkpoint", args.checkpoint)):
+        if folder is None:
+            continue
+        for path in (folder, *folder.parents):  # the folder, or the first of its parents that exists
+            if path.exists():
+                if not path.is_dir():
+                    where = "" if path == folder else f": {str(path)!r}"
+                    raise ValueError(f"{flag} {str(folder)!r}{where} is a file; give a folder for the model")
+                break
+    if args.resume is not None:
+        resume = args.resume
+        if not resume.exists():
+            raise ValueError(f"--resume {str(resume)!r} does not exist: give the folder of a saved run "
+                             "(what `python -m helpers train --out DIR` wrote)")
+        if not resume.is_dir():
+            raise ValueError(f"--resume {str(resume)!r} is not a folder: give the folder of a saved run")
+        if not (resume / "config.json").is_file():
+            raise ValueError(f"--resume {str(resume)!r} holds no saved model (no config.json): give the folder "
+                             "of a saved run (what `python -m helpers train --out DIR` wrote)")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {args.device!r} is not a device torch knows; use cpu, or cuda on a GPU") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this torch sees no GPU (torch {torch.__version__})")
+
+
+def _load_run(folder: Path):
+    """The model and processor of a saved run (``--resume``) and its ``training.json`` (``None`` without one)."""
+    from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(folder)
+    model = Kosmos2ForConditionalGeneration.from_pretrained(folder, use_safetensors=True)
+    previous = folder / "training.json"
+    return model, processor, json.loads(previous.read_text()) if previous.exists() else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv``; return the exit code: 0 when the model was saved, 2 with a one-line message
+    on stderr for a bad option (every option, folder and the device are checked before anything is built,
+    loaded or trained), 1 when the run to ``--resume`` cannot be loaded."""
+    try:
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:  # --help (0) or a bad option, which argparse has reported (2)
+        return stop.code if isinstance(stop.code, int) else 2
+    cfg = config_from_args(args)
+    try:
+        check_config(cfg)
+        check_args(args)
+        if cfg.fp4_share or cfg.nf4_share:
+            check_available("4bit", cfg.device)  # QuantizationError is a ValueError
+    except (TypeError, ValueError) as err:
+        return _fail(str(err))
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(seed=args.seed, vision_steps=args.vision_steps, heads_steps=args.heads_steps, steps=args.steps,
-                      batch_size=args.batch_size, lr=args.lr, minutes=args.minutes, warmup=args.warmup,
-                      aux_weight=args.aux_weight, look_weight=args.look_weight,
-                      checkpoint=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
-                      group_weight=args.group_weight, group_on_objects=args.group_on_objects,
-                      pair_share=args.pair_share, three_share=args.three_share,
-                      device=args.device, workers=args.workers, log_every=args.log_every, bf16=args.bf16,
-                      count_weight=args.count_weight, task_weights=args.task_weights,
-                      fp4_share=args.fp4_share, nf4_share=args.nf4_share)
-    if args.device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            parser.error(f"--device {args.device}: this torch sees no GPU (torch {torch.__version__})")
+    if torch.device(args.device).type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matrix products: the tiny model trains in float32
     t0 = time.time()
     model = processor = None
     if args.resume:
-        from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
-
-        processor = AutoProcessor.from_pretrained(args.resume)
-        model = Kosmos2ForConditionalGeneration.from_pretrained(args.resume, use_safetensors=True)
-        previous = args.resume / "training.json"
-        if previous.exists():
-            cfg.resumed_from = json.loads(previous.read_text())
+        try:
+            model, processor, cfg.resumed_from = _load_run(args.resume)
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+            reason = " ".join(str(err).split())[:400]
+            return _fail(f"cannot load the run to resume from {str(args.resume)!r}: {type(err).__name__}: {reason}",
+                         code=1)
+        grid = cfg.image_size // cfg.patch_size
+        if model.config.latent_query_num != grid * grid:
+            return _fail(f"--resume {str(args.resume)!r} holds a model with {model.config.latent_query_num} image "
+                         f"tokens; the recipe needs {grid * grid} (one per {cfg.patch_size}-pixel patch of "
+                         f"{cfg.image_size}-pixel images)")
     kept: list = []
     model, processor, history = train(cfg, processor=processor, model=model, log=lambda s: print(s, flush=True),
                                       heads_from=args.resume, keep_heads=kept)
@@ -929,4 +1091,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         write_card(args.out)
         print(f"model card written to {args.out / 'README.md'}")
-
+    return 0

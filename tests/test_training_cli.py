@@ -1,0 +1,156 @@
+"""``python -m helpers train`` checks every option before it builds, loads, trains or writes anything: bad
+input ends in one ``python -m helpers train: error: …`` line and exit status 2 (a run to resume that cannot
+load: 1), never in a traceback after minutes of work."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import helpers.world.training as training
+from helpers.__main__ import main as helpers_main
+from helpers.world.training import TrainConfig, check_config
+
+PREFIX = "python -m helpers train: error: "
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if the command trains, builds a model or loads one."""
+    import transformers
+
+    def refuse(*_args, **_kwargs):
+        pytest.fail("the command started work although its options were bad")
+
+    monkeypatch.setattr(training, "train", refuse)
+    monkeypatch.setattr(training, "new_model", refuse)
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.Kosmos2ForConditionalGeneration, "from_pretrained", refuse)
+
+
+def _run(tmp_path, capsys, extra: list[str], out: str = "out") -> str:
+    """Run the command in ``tmp_path``; assert exit 2, one error line last, nothing written; return stderr."""
+    before = sorted(os.listdir(tmp_path))
+    code = helpers_main(["train", "--out", str(tmp_path / out), "--no-evaluate", *extra])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.splitlines()[-1].startswith(PREFIX), err
+    assert sorted(os.listdir(tmp_path)) == before, "the command wrote something"
+    return err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "-3", "--vision-steps", "-1"], "argument --steps"),
+    (["--steps", "-3"], "argument --steps: must be a whole number of at least 1"),
+    (["--steps", "0"], "argument --steps"),
+    (["--vision-steps", "-1"], "argument --vision-steps: must be a whole number of at least 0"),
+    (["--heads-steps", "1.5"], "argument --heads-steps"),
+    (["--batch-size", "0"], "argument --batch-size"),
+    (["--warmup", "-1"], "argument --warmup"),
+    (["--minutes", "0"], "argument --minutes: must be a number above 0"),
+    (["--minutes", "inf"], "argument --minutes"),
+    (["--lr", "nan"], "argument --lr"),
+    (["--threads", "-1"], "argument --threads"),
+    (["--threads", "0"], "argument --threads"),
+    (["--workers", "-1"], "argument --workers"),
+    (["--log-every", "0"], "argument --log-every"),
+    (["--pair-share", "2"], "argument --pair-share: must be a share from 0 to 1"),
+    (["--three-share", "-0.1"], "argument --three-share"),
+    (["--fp4-share", "1.5"], "argument --fp4-share"),
+    (["--aux-weight", "-1"], "argument --aux-weight: must be a number of at least 0"),
+    (["--count-weight", "inf"], "argument --count-weight"),
+    (["--checkpoint-minutes", "-5"], "argument --checkpoint-minutes"),
+    (["--task-weights", "caption=inf"], "the weight of 'caption' must be a number >= 0"),
+    (["--fp4-share", "0.6", "--nf4-share", "0.6"], "fp4_share and nf4_share must be 0 or more and add up to at most 1"),
+    (["--device", "tpu7"], "--device 'tpu7'"),
+])
+def test_bad_options_stop_before_any_work(tmp_path, capsys, no_work, extra, message) -> None:
+    assert message in _run(tmp_path, capsys, extra)
+
+
+def test_an_output_folder_that_is_a_file_stops_before_training(tmp_path, capsys, no_work) -> None:
+    """It used to fail only when saving, after the whole run."""
+    (tmp_path / "model").write_text("mine")
+    line = _run(tmp_path, capsys, [], out="model")
+    assert "--out" in line and "is a file" in line
+    (tmp_path / "parent").write_text("mine")
+    assert "is a file" in _run(tmp_path, capsys, [], out="parent/model")
+    assert (tmp_path / "model").read_text() == "mine"
+
+
+def test_a_checkpoint_folder_that_is_a_file_stops_before_training(tmp_path, capsys, no_work) -> None:
+    (tmp_path / "ckpt").write_text("mine")
+    line = _run(tmp_path, capsys, ["--checkpoint", str(tmp_path / "ckpt")])
+    assert "--checkpoint" in line and "is a file" in line
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "run.txt", (d / "run.txt").write_text(""))[0], "is not a folder"),
+    (lambda d: d / "missing", "does not exist"),
+    (lambda d: (d / "empty", (d / "empty").mkdir())[0], "holds no saved model (no config.json)"),
+])
+def test_a_run_to_resume_must_be_a_saved_model_folder(tmp_path, capsys, no_work, make, message) -> None:
+    resume = make(tmp_path)
+    line = _run(tmp_path, capsys, ["--resume", str(resume)])
+    assert "--resume" in line and message in line
+
+
+def test_a_saved_run_that_cannot_load_exits_1(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained without a model"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    code = helpers_main(["train", "--out", str(tmp_path / "out"), "--resume", str(broken), "--no-evaluate"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err and err.splitlines()[-1].startswith(PREFIX + "cannot load the run to resume")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"minutes": 0}, "minutes must be a number above 0"),
+    ({"warmup": -1}, "warmup must be 0 or more"),
+    ({"steps": -3}, "steps must be 0 or more"),
+    ({"vision_steps": 1.5}, "vision_steps must be 0 or more"),
+    ({"batch_size": 0}, "batch_size must be a positive int"),
+    ({"lr": 0.0}, "lr must be a number above 0"),
+    ({"pair_share": 2.0}, "pair_share must be a share from 0 to 1"),
+    ({"aux_weight": float("nan")}, "aux_weight must be a number of at least 0"),
+    ({"checkpoint_minutes": -1.0}, "checkpoint_minutes must be a number of at least 0"),
+    ({"task_weights": {"caption": float("inf")}}, "task_weights"),
+    ({"workers": -1}, "workers must be 0 or more"),
+])
+def test_train_checks_its_config_before_building_anything(monkeypatch, changes, message) -> None:
+    monkeypatch.setattr(training, "build_processor", lambda *a: pytest.fail("built a processor"))
+    monkeypatch.setattr(training, "new_model", lambda *a, **k: pytest.fail("built a model"))
+    with pytest.raises((TypeError, ValueError), match=message):
+        training.train(TrainConfig(**changes), log=lambda _: None)
+    with pytest.raises((TypeError, ValueError), match=message):
+        check_config(TrainConfig(**changes))
+
+
+def test_no_warmup_is_a_run_at_full_learning_rate_from_the_first_step() -> None:
+    """--warmup 0 used to divide by zero; it now means what --warmup 1 always meant: no warm-up."""
+    from helpers.world.language import build_processor
+
+    processor = build_processor(64)
+    model = training.new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=48, heads=2)
+    lines: list[str] = []
+    training.train(TrainConfig(vision_steps=1, steps=1, batch_size=1, warmup=0, lr=1e-3), processor=processor,
+                   model=model, log=lines.append)
+    joint = [line for line in lines if line.startswith("step ")]
+    assert joint and "lr 1.00e-03" in joint[0], lines
+
+
+def test_the_recorded_commands_of_the_shipped_model_pass_the_checks() -> None:
+    """The model card's rebuild commands must still be accepted."""
+    import shlex
+
+    from helpers.course.paths import bundled_model_dir
+    from helpers.world.modelcard import run_commands
+
+    record = __import__("json").loads((bundled_model_dir() / "training.json").read_text())
+    for command in run_commands(record, "data/kosmos2-tiny-world"):
+        args = training.build_parser().parse_args(shlex.split(command)[4:])
+        check_config(training.config_from_args(args))
