@@ -13,7 +13,7 @@ from helpers.course.batch import (
     ANNOTATION_MIN_SIDE,
     annotation_canvas,
     RESULTS_NAME,
-    _annotated_names,
+    annotated_names,
     contact_sheet,
     ground_folder,
     image_files,
@@ -49,9 +49,18 @@ def test_image_files_expands_folders_and_names_every_missing_path(folder, tmp_pa
         image_files([tmp_path / "empty"])
 
 
-def test_annotated_names_are_distinct() -> None:
+def test_annotated_names_are_distinct(tmp_path) -> None:
     paths = [Path("a/x.png"), Path("b/x.jpg"), Path("c/X.png"), Path("results.png"), Path("y.jpeg")]
-    assert _annotated_names(paths) == ["x.png", "x_2.png", "X_3.png", "results.png", "y.png"]
+    assert annotated_names(paths, tmp_path) == ["x.png", "x_2.png", "X_3.png", "results.png", "y.png"]
+
+
+def test_the_results_never_replace_the_input_images(tiny_model, folder) -> None:
+    model, processor = tiny_model
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(ValueError, match=r"holds the input image\(s\) scene_0.png, scene_1.png, scene_2.png, "
+                                         "which their annotated copies would replace"):
+        ground_folder(model, processor, [folder], CAPTION_PROMPT, folder, max_new_tokens=2)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing written there
 
 
 def test_grounding_record_has_normalized_and_pixel_boxes() -> None:
@@ -128,8 +137,11 @@ def test_ground_folder_input_errors(tiny_model, folder, tmp_path) -> None:
         ground_folder(model, processor, [folder], GENERATION_PROMPT, tmp_path, box=(10, 10, 50, 50))
     with pytest.raises(ValueError, match="prompt must be a non-empty str"):
         ground_folder(model, processor, [folder], "  ", tmp_path)
-    with pytest.raises(ValueError, match="batch_size"):
-        ground_folder(model, processor, [folder], CAPTION_PROMPT, tmp_path, batch_size=-1)
+    for bad in (-1, 0):  # 0 is not "the default"
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            ground_folder(model, processor, [folder], CAPTION_PROMPT, tmp_path, batch_size=bad)
+    with pytest.raises(TypeError, match="batch_size must be a positive int"):
+        ground_folder(model, processor, [folder], CAPTION_PROMPT, tmp_path, batch_size=0.0)
     with pytest.raises(ImageLoadError, match="do not exist"):
         ground_folder(model, processor, [tmp_path / "none.png"], CAPTION_PROMPT, tmp_path)
     broken = tmp_path / "broken.png"
@@ -202,3 +214,9 @@ def test_count_phrases_solution(tmp_path) -> None:
     assert count_phrases(tmp_path) == count_phrases(records) == {"red circle": 2, "two blue squares": 1}
     with pytest.raises(ValueError, match="'entities'"):
         count_phrases([{"caption": "x"}])
+
+
+@pytest.mark.parametrize("cell", [(4, 4), (3, 3), (100, 7)])
+def test_contact_sheet_refuses_cells_too_small_for_a_picture(cell) -> None:
+    with pytest.raises(ValueError, match=r"cell must be at least 8 x 8 pixels"):
+        contact_sheet([sample_scenes(1, seed=1)[0].image], cell=cell)

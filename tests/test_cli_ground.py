@@ -169,3 +169,12 @@ def test_out_that_is_a_file_is_refused_before_the_model_loads(workdir, monkeypat
     monkeypatch.setattr(cli_ground, "load", lambda *a, **k: pytest.fail("model loaded"))
     assert cli_ground.main(["extra.png", "--out", "extra.png"]) == 2
     assert "--out extra.png exists and is not a folder" in capsys.readouterr().err
+
+
+def test_an_out_folder_holding_the_images_is_refused_before_the_model_loads(workdir, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(cli_ground, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    before = sorted(p.name for p in (workdir / "scenes").iterdir())
+    assert cli_ground.main(["scenes", "--out", "scenes"]) == 2
+    assert "holds the input image(s) s0.png, s1.png, which their annotated copies would replace" in capsys.readouterr().err
+    assert sorted(p.name for p in (workdir / "scenes").iterdir()) == before

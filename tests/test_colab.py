@@ -268,3 +268,11 @@ def test_install_extra_elsewhere_installs_nothing_and_reports(not_colab: None, m
     assert run.calls == []
     with pytest.raises(ValueError, match="extra must be one of 'quant', got 'gpu'"):
         colab.install_extra("gpu", run=run)
+
+
+def test_install_extra_on_colab_installs_into_the_clone_helpers_came_from(on_colab: None) -> None:
+    from helpers.course.paths import repo_root
+
+    calls = []
+    colab.install_extra("quant", run=lambda args, check: calls.append(args))
+    assert calls[0][-1] == f"{repo_root()}[quant]"

@@ -51,3 +51,24 @@ def test_execute_runs_the_setup_code_and_leaves_it_out_of_the_written_notebook(t
     assert [c.execution_count for c in done.cells] == [2, 3]
     assert not (tmp_path / RECORDS_NAME).exists()
     assert json.loads(out.read_text())["nbformat"] == 4
+
+
+def test_a_record_names_the_cell_that_grounded_as_the_executed_notebook_numbers_it(tmp_path: Path) -> None:
+    import nbformat
+
+    source, out, results = tmp_path / "nb.ipynb", tmp_path / "run.ipynb", tmp_path / "results"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell(  # what ground() does after generating: call the hooks
+                    "from PIL import Image\n"
+                    "from helpers.grounding import model\n"
+                    "from helpers.grounding.tokens import parse_generation\n"
+                    "for hook in model.GROUND_HOOKS:\n"
+                    "    hook([Image.new('RGB', (8, 8))], ['<grounding>'], [parse_generation('<phrase> a dot</phrase>"
+                    "<object><patch_index_0000><patch_index_1023></object>')])"),
+                nbformat.v4.new_code_cell("y = 2")]
+    nbformat.write(nb, source)
+    execute(source, out, setup=f"from helpers.course.outputs import start_recording\n"
+                               f"start_recording({str(results)!r}, 'nb')")
+    (record,) = read_records(results)
+    assert record["cell"] == nbformat.read(out, as_version=4).cells[1].execution_count

@@ -226,5 +226,6 @@ def test_noise_solutions() -> None:
     assert level in (10, 20, 40, 80)
     assert looks_in_world(add_noise(scene, 0)) and not looks_in_world(add_noise(scene, level))
     assert first_out_of_world(scene, [0, 1]) is None
-    with pytest.raises(ValueError, match="sigma"):
-        add_noise(scene, -1)
+    for bad in (-1, float("nan"), float("inf"), "5"):
+        with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
+            add_noise(scene, bad)

@@ -286,6 +286,8 @@ def test_find_boxes_solution(tiny_model, drawn, monkeypatch) -> None:
     assert find_boxes(*tiny_model, image, " the circles ") == [(1 / 64, 1 / 64, 3 / 64, 3 / 64),
                                                               (16.5 / 32, 16.5 / 32, 31.5 / 32, 31.5 / 32)]
     assert calls == ["<grounding><phrase> the circles</phrase>"]
+    answer += "<phrase> a square</phrase><object><patch_index_0100><patch_index_0200></object>"
+    assert len(find_boxes(*tiny_model, image, "the circles")) == 2  # the square's box is not the circles'
     with pytest.raises(ValueError, match="non-empty"):
         find_boxes(*tiny_model, image, " ")
     monkeypatch.undo()

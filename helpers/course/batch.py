@@ -105,8 +105,22 @@ def check_images(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
     return sizes
 
 
-def _annotated_names(paths: Sequence[Path]) -> list[str]:
-    """A distinct PNG name per image: its stem, with ``_2``, ``_3`` … when stems repeat."""
+def annotated_names(paths: Sequence[Path], out_dir: str | os.PathLike) -> list[str]:
+    """The annotated PNG's name in ``out_dir`` for each image: its stem, with ``_2``, ``_3`` … when stems repeat.
+
+    Raises:
+        ValueError: one of them would replace one of the images (``out_dir`` is the images' own folder).
+    """
+    names = _distinct_names(paths)
+    inputs = {Path(p).resolve() for p in paths}
+    clash = [name for name in names if (Path(out_dir) / name).resolve() in inputs]
+    if clash:
+        raise ValueError(f"{str(out_dir)!r} holds the input image(s) {', '.join(clash[:3])}, which their annotated "
+                         "copies would replace: choose another folder for the results")
+    return names
+
+
+def _distinct_names(paths: Sequence[Path]) -> list[str]:
     used: set[str] = set()
     names = []
     for p in paths:
@@ -139,7 +153,7 @@ def ground_folder(
         prompt: the prompt for every image, e.g. ``"<grounding> An image of"``.
         out_dir: created if needed; ``results.jsonl`` in it is replaced when the run has finished.
         batch_size: images per ``generate`` call (default: :func:`helpers.grounding.model.default_batch_size`).
-            Batches are left-padded, so the results do not depend on it.
+            ``ground()`` batches only prompts of the same length (no padding), so the results do not depend on it.
         max_new_tokens: the most tokens generated per image.
         box: one normalized user box ``(x0, y0, x1, y1)`` for every image; it goes after the prompt's
             first ``</phrase>`` (e.g. with ``helpers.world.language.GENERATION_PROMPT``).
@@ -154,7 +168,8 @@ def ground_folder(
     Raises:
         ImageLoadError: a path is missing or not an image (checked before any model call for missing
             paths).
-        ValueError: an empty ``prompt``, a bad ``box``, or a box with a prompt that has no ``<phrase>``.
+        ValueError: an empty ``prompt``, a bad ``box``, a box with a prompt that has no ``<phrase>``, or an
+            ``out_dir`` where an annotated PNG would replace one of the input images.
     """
 
     check_prompt(prompt)
@@ -162,11 +177,10 @@ def ground_folder(
     if not files:
         raise ImageLoadError("no images given")
     bboxes_one = None if box is None else user_box_entry(prompt, box)
-    batch_size = batch_size or default_batch_size(model)
-    check_positive_int("batch_size", batch_size)
+    batch_size = default_batch_size(model) if batch_size is None else check_positive_int("batch_size", batch_size)
     out = Path(out_dir)
+    names = annotated_names(files, out)
     out.mkdir(parents=True, exist_ok=True)
-    names = _annotated_names(files)
     show = interactive() if progress is None else progress
     bar = None
     if show:
@@ -232,7 +246,9 @@ def contact_sheet(images: Sequence, columns: int = 3, cell: tuple[int, int] = (2
     Images keep their aspect ratio and are centred in their cell; rows fill from left to right.
 
     Raises:
-        ValueError: no images, ``columns`` < 1, or a cell size that is not two positive ints.
+        TypeError: ``columns`` is not a whole number.
+        ValueError: no images, ``columns`` < 1, or a cell that is not two ints of at least 8 pixels (each
+            picture keeps a margin of 2 pixels).
     """
     from PIL import Image
 
@@ -241,6 +257,8 @@ def contact_sheet(images: Sequence, columns: int = 3, cell: tuple[int, int] = (2
         raise ValueError("contact_sheet needs at least one image")
     check_positive_int("columns", columns)
     cw, ch = check_image_size(cell, "cell")
+    if min(cw, ch) < 8:
+        raise ValueError(f"cell must be at least 8 x 8 pixels (each picture keeps a margin of 2), got {cell!r}")
     columns = min(columns, len(images))
     rows = -(-len(images) // columns)
     sheet = Image.new("RGB", (columns * cw, rows * ch), background)

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from helpers.course.batch import RESULTS_NAME, check_images, ground_folder, image_files
+from helpers.course.batch import RESULTS_NAME, annotated_names, check_images, ground_folder, image_files
 from helpers.grounding.boxes import looks_like_pixels, to_normalized
 from helpers.grounding.checks import is_positive_int
 from helpers.grounding.images import ImageLoadError, load_image
@@ -137,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"--out {args.out} exists and is not a folder; give a folder for results.jsonl and the PNGs")
     try:
         check_images(files)
-    except ImageLoadError as err:
+        annotated_names(files, out)  # an --out that would take over the images themselves
+    except (ImageLoadError, ValueError) as err:
         return _fail(str(err))
 
     try:

@@ -167,12 +167,12 @@ def colab_setup(
 EXTRAS = {"quant": ("bitsandbytes", "torchao", "onnxruntime", "onnx", "onnx-ir")}
 
 
-def install_extra(extra: str, target: str | os.PathLike[str] = DEFAULT_TARGET, run: Runner = subprocess.run) -> str:
+def install_extra(extra: str, target: str | os.PathLike[str] | None = None, run: Runner = subprocess.run) -> str:
     """Install one of the course's optional extras where the notebook runs; ``"quant"`` holds bitsandbytes,
     torchao and ONNX Runtime (with onnx and onnx-ir), for the quantized paths of ``load(quantization=...)``.
 
     On Colab it runs ``pip install -e "target[extra]"`` with the kernel's interpreter (the packages import in
-    the running kernel at once). Elsewhere it installs nothing and says which of the packages are missing and
+    the running kernel at once); ``target`` defaults to the clone this ``helpers`` was installed from. Elsewhere it installs nothing and says which of the packages are missing and
     how to add them from a clone.
 
     Raises:
@@ -185,6 +185,7 @@ def install_extra(extra: str, target: str | os.PathLike[str] = DEFAULT_TARGET, r
 
     packages = EXTRAS[extra]
     if in_colab():
+        target = repo_root() if target is None else target
         run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{target}[{extra}]"], check=True)
         importlib.invalidate_caches()
         import_quietly()

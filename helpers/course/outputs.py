@@ -53,13 +53,15 @@ def grounding_record(file: str | None, prompt: str, grounding, image_size: tuple
 
 
 def _cell() -> int | None:
-    """The execution count of the running notebook cell, or ``None`` outside IPython."""
+    """The number of the running notebook cell as the executed notebook shows it (``In [n]``), or ``None``
+    outside IPython. While a cell runs, IPython's ``execution_count`` already holds the next cell's number."""
     try:
         from IPython import get_ipython
     except ImportError:
         return None
     shell = get_ipython()
-    return getattr(shell, "execution_count", None) if shell is not None else None
+    count = getattr(shell, "execution_count", None) if shell is not None else None
+    return count - 1 if isinstance(count, int) else None
 
 
 def start_recording(out: str | Path, notebook: str) -> Callable:

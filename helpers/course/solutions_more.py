@@ -32,18 +32,20 @@ def find_boxes(model, processor, image, phrase: str) -> list[Box]:
     """Every box the model gives for ``phrase`` in ``image`` (comprehension); ``[]`` when it gives none.
 
     The prompt is ``<grounding><phrase> {phrase}</phrase>``; the answer's ``<object>`` may hold several
-    boxes (joined by ``</delimiter_of_multi_objects/>``) when the phrase names several things.
+    boxes (joined by ``</delimiter_of_multi_objects/>``) when the phrase names several things. Boxes the
+    answer gives for another phrase do not count (``phrase_boxes``, as notebook 09 scores them).
 
     Raises:
         ValueError: ``phrase`` is empty.
     """
+    from helpers.grounding.evaluation import phrase_boxes
     from helpers.grounding.model import ground
     from helpers.grounding.prompts import comprehension_prompt
 
     if not isinstance(phrase, str) or not phrase.strip():
         raise ValueError(f"phrase must be a non-empty str such as 'the red circle', got {phrase!r}")
     (answer,) = ground(model, processor, [image], comprehension_prompt(phrase.strip()), max_new_tokens=24)
-    return [box for entity in answer.entities for box in entity.boxes]
+    return phrase_boxes(answer, phrase)
 
 
 # ------------------------------------------------------------------------------------------------ 08
@@ -100,8 +102,8 @@ def add_noise(image, sigma: float, seed: int = 0):
     import numpy as np
     from PIL import Image
 
-    if sigma < 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma!r}")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < float("inf"):
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     noisy = pixels + np.random.default_rng(seed).normal(0.0, sigma, pixels.shape)
     return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
