@@ -223,6 +223,8 @@ def test_modern_kwargs_translate_the_article_call() -> None:
     eight = modern_from_pretrained_kwargs(load_in_8bit=True)["quantization_config"]
     assert eight.load_in_8bit and not eight.load_in_4bit
     assert modern_from_pretrained_kwargs() == {}
+    auto = modern_from_pretrained_kwargs(torch_dtype="auto", load_in_4bit=True)  # 2023 code often said "auto"
+    assert auto["dtype"] == "auto" and auto["quantization_config"].bnb_4bit_compute_dtype == torch.float16
 
 
 def test_modern_kwargs_load_the_bundled_model_in_the_asked_dtype() -> None:

@@ -79,7 +79,7 @@ def modern_from_pretrained_kwargs(
     * ``torch_dtype=`` becomes ``dtype=``;
     * ``load_in_4bit=True`` / ``load_in_8bit=True`` become
       ``quantization_config=BitsAndBytesConfig(...)`` (4-bit computes in ``torch_dtype``, or float16 when
-      none is given, as on a Colab T4);
+      none or ``"auto"`` is given, as on a Colab T4);
     * ``device_map`` is passed on unchanged.
 
     Arguments left at their default are left out of the result.
@@ -101,7 +101,7 @@ def modern_from_pretrained_kwargs(
         from transformers import BitsAndBytesConfig
 
         if load_in_4bit:
-            compute = torch_dtype if torch_dtype is not None else torch.float16
+            compute = torch.float16 if torch_dtype in (None, "auto") else torch_dtype  # "auto": the checkpoint's
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)
         else:
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
