@@ -134,3 +134,33 @@ def test_the_single_command_runs_world(tiny_model_dir, tmp_path) -> None:
     assert "| comprehension: accuracy@1 (first box of the phrase) |" in proc.stdout
     written = rows(tmp_path / "outputs" / "evaluate_world.jsonl")
     assert {r["task"] for r in written} == {"caption", "comprehension", "qa", "generation"}
+
+
+def test_flickr30k_reads_the_test_split_unless_told_otherwise(monkeypatch, flickr) -> None:  # noqa: F811
+    """The paper's figure is the test split's; scoring every image of Sentences/ (train, val and test) takes --split all."""
+    import helpers.grounding.flickr30k as flickr30k
+
+    asked = []
+
+    def fake_load(root, split=None):
+        asked.append(split)
+        raise flickr30k.Flickr30kFormatError("stop here")  # reported as bad input: nothing is loaded or scored
+
+    monkeypatch.setattr(flickr30k, "load_flickr30k_entities", fake_load)
+    for extra in ([], ["--split", "all"], ["--split", "val"]):
+        assert cli_evaluate.main(["flickr30k", str(flickr / "flickr30k_entities"), "--images", "x", *extra]) == 2
+    assert asked == ["test", None, "val"]
+
+
+def test_benchmark_answers_have_room_for_twenty_boxes() -> None:
+    from helpers.grounding import refcoco
+    from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS
+    from helpers.grounding.flickr30k import evaluate_phrase_grounding
+    from helpers.grounding.tokens import object_tokens
+
+    twenty = object_tokens([(0.1, 0.1, 0.2, 0.2)] * 20)  # <object>, 20 boxes and their delimiters, </object>
+    assert len(twenty.replace("><", ">\n<").split("\n")) + 1 <= BENCHMARK_MAX_NEW_TOKENS  # and </s>
+    import inspect
+    for function in (refcoco.evaluate_comprehension, evaluate_phrase_grounding):
+        assert inspect.signature(function).parameters["max_new_tokens"].default == BENCHMARK_MAX_NEW_TOKENS
+    assert cli_evaluate.build_parser().parse_args(["refcoco", "r.p", "--images", "x"]).max_new_tokens == 64

@@ -351,3 +351,16 @@ def test_beams_and_bad_decodings(spy) -> None:
             Decoding(**bad)
     numpy = Decoding(num_beams=np.int64(3), no_repeat_ngram_size=np.int32(0))  # numpy ints count, as plain ints
     assert numpy == Decoding(num_beams=3) and type(numpy.num_beams) is int and type(numpy.no_repeat_ngram_size) is int
+
+
+def test_the_text_keeps_its_spaces_even_when_the_tokenizer_asks_for_clean_up(monkeypatch) -> None:
+    """The real checkpoint's tokenizer may ask transformers to "clean up" spaces before punctuation; the asked
+    phrase must come back as it was written, or scoring finds no box for it (Flickr30k writes "young , White")."""
+    from helpers.course.paths import bundled_model_dir
+
+    model, processor = load(bundled_model_dir(), device="cpu", verbose=False)
+    monkeypatch.setattr(processor.tokenizer, "clean_up_tokenization_spaces", True)
+    assert processor.batch_decode(processor.tokenizer(["a , b"])["input_ids"], skip_special_tokens=True) == ["a, b"]
+    (g,) = ground(model, processor, scene_images(1), "<grounding><phrase> the red circle , left</phrase>",
+                  max_new_tokens=4, progress=False)
+    assert "<phrase> the red circle , left</phrase>" in g.raw

@@ -3,7 +3,7 @@
 Examples::
 
     python -m helpers evaluate world --scenes 220
-    python -m helpers evaluate refcoco refcoco/refs(unc).p --instances refcoco/instances.json --split testA \\
+    python -m helpers evaluate refcoco 'refcoco/refs(unc).p' --instances refcoco/instances.json --split testA \\
         --images coco/train2014 --model microsoft/kosmos-2-patch14-224
     python -m helpers evaluate refcoco mdetr_annotations/finetune_refcocog_val.json --images coco/train2014
     python -m helpers evaluate flickr30k flickr30k_entities --split test --images flickr30k-images
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from helpers.grounding.checks import check_positive_int
+from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS
 from helpers.grounding.quantization import QUANTIZATIONS
 
 PROG = "python -m helpers evaluate"
@@ -69,15 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--split", default=None, help="train, val, test, testA, testB … (refer toolkit rules)")
     ref.add_argument("--images", required=True, metavar="DIR", help="the image folder (COCO train2014)")
     ref.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N expressions (a quick look)")
-    ref.add_argument("--max-new-tokens", type=int, default=24, metavar="N", help="most tokens per answer (default 24)")
+    ref.add_argument("--max-new-tokens", type=int, default=BENCHMARK_MAX_NEW_TOKENS, metavar="N",
+                     help=f"most tokens per answer (default {BENCHMARK_MAX_NEW_TOKENS}: room for 20 boxes)")
     common(ref, 3)
 
     flickr = benchmarks.add_parser("flickr30k", help="Flickr30k Entities phrase grounding")
     flickr.add_argument("root", help="the annotations folder (Sentences/, Annotations/, train/val/test.txt)")
-    flickr.add_argument("--split", default=None, choices=("train", "val", "test"), help="the split to read")
+    flickr.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                        help="the split to read (default test, the paper's; all: every image of Sentences/)")
     flickr.add_argument("--images", required=True, metavar="DIR", help="the flickr30k-images folder")
     flickr.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N phrases (a quick look)")
-    flickr.add_argument("--max-new-tokens", type=int, default=24, metavar="N", help="most tokens per answer (default 24)")
+    flickr.add_argument("--max-new-tokens", type=int, default=BENCHMARK_MAX_NEW_TOKENS, metavar="N",
+                     help=f"most tokens per answer (default {BENCHMARK_MAX_NEW_TOKENS}: room for 20 boxes)")
     common(flickr, 3)
     return parser
 
@@ -152,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.benchmark == "flickr30k":
             from helpers.grounding.flickr30k import load_flickr30k_entities
 
-            data = load_flickr30k_entities(args.root, split=args.split)
+            data = load_flickr30k_entities(args.root, split=None if args.split == "all" else args.split)
             if not args.quiet:
                 print(data.summary())
             data.items = data.items[: args.limit]

@@ -26,6 +26,11 @@ from helpers.grounding.boxes import iou
 from helpers.grounding.tokens import Box, Grounding, parse_generation
 
 IOU_THRESHOLD = 0.5
+#: The most new tokens per answer in the RefCOCO and Flickr30k Entities evaluations. An answer is ``<object>``, two
+#: location tokens per box (a third, the delimiter, between boxes) and ``</object>``: 64 leave room for 20 boxes of
+#: a plural phrase ("people"). A cut answer loses the phrase's boxes altogether (its ``<object>`` is not closed).
+#: The authors' scripts allowed 500 tokens, a limit an answer that ends at ``</s>`` never reaches.
+BENCHMARK_MAX_NEW_TOKENS = 64
 #: Scenes for evaluation come from this seed; training draws its scenes from 62-bit random seeds
 #: of ``random.Random(training seed)`` through :func:`helpers.world.scenes.sample_scene`, never this range.
 HELD_OUT_SEED = 20_231_114

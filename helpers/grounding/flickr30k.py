@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from helpers.grounding.boxes import EDGE_TOLERANCE_PX, Box
-from helpers.grounding.evaluation import IOU_THRESHOLD, PhraseScores, score_phrase
+from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, IOU_THRESHOLD, PhraseScores, score_phrase
 from helpers.grounding.refcoco import ground_on_files
 
 
@@ -362,7 +362,8 @@ class PhraseGroundingResult:
 
 def evaluate_phrase_grounding(model, processor, items: Flickr30kEntities | Sequence[PhraseItem],
                               image_root: str | os.PathLike, *, batch_size: int | None = None,
-                              max_new_tokens: int = 24, threshold: float = IOU_THRESHOLD, decoding=None,
+                              max_new_tokens: int = BENCHMARK_MAX_NEW_TOKENS, threshold: float = IOU_THRESHOLD,
+                              decoding=None,
                               progress: bool | None = None) -> PhraseGroundingResult:
     """Ground every phrase in its caption and image, and score it as the authors do (module docstring).
 

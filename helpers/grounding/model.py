@@ -548,7 +548,9 @@ def ground(
             with torch.inference_mode():
                 out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                      **decoding.generate_kwargs())
-            texts = processor.batch_decode(out, skip_special_tokens=True)
+            # the text as the tokens spell it: a tokenizer that "cleans up" spaces would turn an asked phrase such
+            # as "Two young , White males" (Flickr30k's spacing) into another string, which then matches no phrase
+            texts = processor.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
             for i, text in zip(batch, texts):
                 results[i] = parse_generation(text)
     finally:

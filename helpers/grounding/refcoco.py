@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from helpers.grounding.boxes import Box, coco_to_normalized, iou
-from helpers.grounding.evaluation import IOU_THRESHOLD, PhraseScores, Score, score_phrase
+from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, IOU_THRESHOLD, PhraseScores, Score, score_phrase
 
 
 #: How RefCOCO's ``image_id`` becomes a file name in the COCO ``train2014`` folder.
@@ -673,7 +673,7 @@ def evaluate_comprehension(
     image_root: str | os.PathLike,
     *,
     batch_size: int | None = None,
-    max_new_tokens: int = 24,
+    max_new_tokens: int = BENCHMARK_MAX_NEW_TOKENS,
     threshold: float = IOU_THRESHOLD,
     decoding=None,
     progress: bool | None = None,
