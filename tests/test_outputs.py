@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import nbformat
 from PIL import Image
 
@@ -72,3 +74,9 @@ def test_a_record_names_the_cell_that_grounded_as_the_executed_notebook_numbers_
                                f"start_recording({str(results)!r}, 'nb')")
     (record,) = read_records(results)
     assert record["cell"] == nbformat.read(out, as_version=4).cells[1].execution_count
+
+
+def test_a_broken_records_line_is_named(tmp_path: Path) -> None:
+    (tmp_path / RECORDS_NAME).write_text('{"notebook": "a"}\n\n{"notebook": \n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"records.jsonl' line 3 is not JSON"):
+        read_records(tmp_path)

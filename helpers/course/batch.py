@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from helpers.course.outputs import grounding_record
+from helpers.course.outputs import grounding_record, read_jsonl
 from helpers.grounding.boxes import check_image_size
 from helpers.grounding.checks import check_positive_int
 from helpers.grounding.images import ImageLoadError, load_image
@@ -229,14 +229,7 @@ def read_results(out_dir: str | os.PathLike) -> list[dict]:
         path = path / RESULTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no results file at {str(path)!r}: run ground_folder() or `python -m helpers ground` first")
-    records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{str(path)!r} line {n} is not JSON: {err}") from None
-    return records
+    return read_jsonl(path)
 
 
 def contact_sheet(images: Sequence, columns: int = 3, cell: tuple[int, int] = (200, 150),

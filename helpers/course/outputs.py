@@ -91,9 +91,23 @@ def start_recording(out: str | Path, notebook: str) -> Callable:
     return keep
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON Lines file (``records.jsonl``, ``results.jsonl``), blank lines skipped.
+
+    Raises:
+        ValueError: a line is not JSON (the message gives the file and the line's number).
+    """
+    records = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{str(path)!r} line {n} is not JSON: {err}") from None
+    return records
+
+
 def read_records(out: str | Path) -> list[dict]:
-    """Every record the main job wrote under ``out`` (empty when none)."""
+    """Every record the main job wrote under ``out`` (empty when none; see :func:`read_jsonl`)."""
     path = Path(out) / RECORDS_NAME
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path) if path.exists() else []
