@@ -115,14 +115,33 @@ def test_help_through_the_top_level_command_loads_no_torch() -> None:
     assert proc.stdout.strip().endswith("False")
 
 
-def test_positive_int_parses_the_text_and_applies_the_package_rule(monkeypatch) -> None:
-    assert cli_ground.positive_int("3") == 3 and cli_ground.positive_int(" 12 ") == 12
+def test_the_count_options_parse_the_text_and_apply_the_package_rule(monkeypatch) -> None:
+    from helpers.grounding import checks
+
+    assert checks.positive_int_option("3") == 3 and checks.positive_int_option(" 12 ") == 12
     for text in ["0", "-1", "x", "2.5", ""]:
         with pytest.raises(argparse.ArgumentTypeError):
-            cli_ground.positive_int(text)
-    monkeypatch.setattr(cli_ground, "is_positive_int", lambda value: value != 7)  # the rule lives in checks
+            checks.positive_int_option(text)
+    assert checks.count_option("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError, match="must be at least 0, got -1"):
+        checks.count_option("-1")
+    assert checks.positive_number_option("0.5") == 0.5
+    for text in ["0", "nan", "inf", "x"]:
+        with pytest.raises(argparse.ArgumentTypeError, match="must be a number above 0"):
+            checks.positive_number_option(text)
+    monkeypatch.setattr(checks, "is_positive_int", lambda value: value != 7)  # the rule lives in checks
     with pytest.raises(argparse.ArgumentTypeError, match="must be at least 1, got 7"):
-        cli_ground.positive_int("7")
+        checks.positive_int_option("7")
+    # every command line takes its count options from there
+    import helpers.course.cli_evaluate as cli_evaluate
+    import helpers.course.distributed as distributed
+    import helpers.grounding.finetune as finetune
+    import helpers.world.training as training
+    from helpers.world import modelcard, new_kinds
+
+    for module in (cli_ground, cli_evaluate, distributed, finetune, training, modelcard, new_kinds):
+        text = Path(module.__file__).read_text("utf-8")
+        assert "ArgumentTypeError(f\"must be at least" not in text and "def positive_int(" not in text, module
 
 
 def test_a_pixel_box_gets_the_command_line_to_type(workdir, monkeypatch, capsys) -> None:

@@ -42,9 +42,9 @@ def _run(tmp_path, capsys, extra: list[str], out: str = "out") -> str:
 
 @pytest.mark.parametrize("extra, message", [
     (["--steps", "-3", "--vision-steps", "-1"], "argument --steps"),
-    (["--steps", "-3"], "argument --steps: must be a whole number of at least 1"),
+    (["--steps", "-3"], "argument --steps: must be at least 1, got -3"),
     (["--steps", "0"], "argument --steps"),
-    (["--vision-steps", "-1"], "argument --vision-steps: must be a whole number of at least 0"),
+    (["--vision-steps", "-1"], "argument --vision-steps: must be at least 0, got -1"),
     (["--heads-steps", "1.5"], "argument --heads-steps"),
     (["--batch-size", "0"], "argument --batch-size"),
     (["--warmup", "-1"], "argument --warmup"),

@@ -22,24 +22,13 @@ from typing import Sequence
 
 from helpers.course.batch import RESULTS_NAME, annotated_names, check_images, ground_folder, image_files
 from helpers.grounding.boxes import looks_like_pixels, to_normalized
-from helpers.grounding.checks import is_positive_int
+from helpers.grounding.checks import positive_int_option
 from helpers.grounding.images import ImageLoadError, load_image
 from helpers.grounding.model import ModelLoadError, load
 from helpers.grounding.prompts import CAPTION_PROMPT, user_box_entry
 
 PROG = "python -m helpers ground"
 DEFAULT_PROMPT = CAPTION_PROMPT
-
-
-def positive_int(text: str) -> int:
-    """Option type for counts (``--batch-size``, ``--max-new-tokens``): a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not is_positive_int(value):  # the package's one rule for counts
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def prompt_text(text: str) -> str:
@@ -61,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", type=prompt_text, default=DEFAULT_PROMPT, help=f"the prompt for every image (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for results.jsonl and the annotated PNGs")
     parser.add_argument("--model", default=None, metavar="M", help="a model folder or hub id")
-    parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N", help="images per generate call")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N", help="most tokens per answer (default 128)")
+    parser.add_argument("--batch-size", type=positive_int_option, default=None, metavar="N", help="images per generate call")
+    parser.add_argument("--max-new-tokens", type=positive_int_option, default=128, metavar="N", help="most tokens per answer (default 128)")
     parser.add_argument("--box", type=float, nargs=4, default=None, metavar=("X0", "Y0", "X1", "Y1"),
                         help="a user box for the prompt's first <phrase>, as fractions of the image's width and "
                              "height from 0 to 1, not pixels (e.g. --box 0.1 0.2 0.5 0.6 with "

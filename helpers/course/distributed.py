@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from helpers.course.batch import image_files
-from helpers.course.cli import fail, parse, positive_int, prompt_text
+from helpers.course.cli import fail, parse, prompt_text
 from helpers.course.outputs import grounding_record
-from helpers.grounding.checks import check_positive_int
+from helpers.grounding.checks import check_positive_int, positive_int_option
 from helpers.grounding.images import ImageLoadError, load_image
 from helpers.grounding.model import ModelLoadError, ground, load
 from helpers.grounding.prompts import CAPTION_PROMPT
@@ -205,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the JSON Lines file to write (replaced once every image is done)")
     parser.add_argument("--model", default=None, metavar="M", help="a model folder or hub id (default: as load())")
     parser.add_argument("--prompt", type=prompt_text, default=CAPTION_PROMPT, help=f"the prompt for every image (default: {CAPTION_PROMPT!r})")
-    parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N", help="images per generate call, per process")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N", help="most tokens per answer (default 128)")
+    parser.add_argument("--batch-size", type=positive_int_option, default=None, metavar="N", help="images per generate call, per process")
+    parser.add_argument("--max-new-tokens", type=positive_int_option, default=128, metavar="N", help="most tokens per answer (default 128)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
 

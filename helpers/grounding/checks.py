@@ -1,7 +1,10 @@
-"""Checks of arguments that many functions share, each written once (boxes and image sizes: ``boxes``)."""
+"""Checks of arguments that many functions share, each written once (boxes and image sizes: ``boxes``), and the
+option types of the command lines built on them."""
 
 from __future__ import annotations
 
+import argparse
+import math
 import numbers
 
 
@@ -26,3 +29,40 @@ def check_positive_int(name: str, value: object, *, none_ok: bool = False, unit:
     if value < 1:
         raise ValueError(f"{wanted}, got {value!r}")
     return int(value)
+
+
+# ------------------------------------------------------------------------------ command-line option types
+
+
+def positive_int_option(text: str) -> int:
+    """argparse type for counts (``--batch-size``, ``--steps`` …): a whole number of at least 1."""
+    value = _whole(text)
+    if not is_positive_int(value):
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def count_option(text: str) -> int:
+    """argparse type for counts that may be 0 (``--vision-steps``, ``--world-images`` …)."""
+    value = _whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def positive_number_option(text: str) -> float:
+    """argparse type for ``--minutes``, ``--lr`` …: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None

@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from helpers.grounding.boxes import coco_to_normalized
-from helpers.grounding.checks import check_positive_int
+from helpers.grounding.checks import check_positive_int, positive_int_option, positive_number_option
 from helpers.grounding.evaluation import CaptionScores, Score, score_any_box, score_caption
 from helpers.grounding.model import ModelLoadError
 from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt, with_box
@@ -871,25 +871,6 @@ def add_figures(out: str | os.PathLike, figures: dict) -> None:
 PROG = "python -m helpers finetune"
 
 
-def positive_int(text: str) -> int:
-    """Option type for counts (``--steps``, ``--batch-size``, ``--rank`` …): a whole number of at least 1."""
-    try:
-        return check_positive_int("the value", int(text))  # type: ignore[return-value]
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}") from None
-
-
-def positive_number(text: str) -> float:
-    """Option type for ``--minutes`` and ``--lr``: a finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG,
                                 description="Fine-tune Kosmos-2 on your own boxes (COCO detection format) with LoRA.")
@@ -900,12 +881,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refs", type=Path, default=None, help="RefCOCO-style referring expressions for these images")
     p.add_argument("--val", type=Path, default=None,
                    help="held-out COCO annotations (same image folder): box accuracy before and after goes in the card")
-    p.add_argument("--minutes", type=positive_number, default=None, help="wall-time budget")
-    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps in all")
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--lr", type=positive_number, default=1e-3)
-    p.add_argument("--rank", type=positive_int, default=16)
-    p.add_argument("--alpha", type=positive_int, default=32)
+    p.add_argument("--minutes", type=positive_number_option, default=None, help="wall-time budget")
+    p.add_argument("--steps", type=positive_int_option, default=None, help="optimizer steps in all")
+    p.add_argument("--batch-size", type=positive_int_option, default=8)
+    p.add_argument("--lr", type=positive_number_option, default=1e-3)
+    p.add_argument("--rank", type=positive_int_option, default=16)
+    p.add_argument("--alpha", type=positive_int_option, default=32)
     p.add_argument("--vision", action="store_true", help="adapters in the vision tower too")
     p.add_argument("--new-words", nargs="+", default=(), metavar="WORD",
                    help="words the base never wrote (e.g. a new category name): their token embeddings are trained")
@@ -916,7 +897,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int_option, default=None)
     p.add_argument("--bf16", action="store_true",
                    help="forward passes in bfloat16, for large models on GPUs and CPUs with AMX or AVX-512 BF16 "
                         "(on the tiny bundled model it is not faster); the adapters and the optimizer stay float32")

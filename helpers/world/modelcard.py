@@ -306,12 +306,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv``; return the exit code: 0, or 2 with a one-line message on stderr for a bad
     option (``--scenes`` below 1, checked before the model loads) or when ``model_dir`` is not a model folder
     (or, with ``--render-only``, has no ``evaluation.json``)."""
-    from helpers.grounding.finetune import positive_int
+    from helpers.grounding.checks import positive_int_option
     from helpers.grounding.model import ModelLoadError
 
     parser = argparse.ArgumentParser(prog=PROG, description="Evaluate a world model and write its model card.")
     parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--scenes", type=positive_int, default=220, help="held-out scenes to evaluate on")
+    parser.add_argument("--scenes", type=positive_int_option, default=220, help="held-out scenes to evaluate on")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED,
                         help="scene seed; another than the held-out one writes evaluation-seed<SEED>.json")
     parser.add_argument("--render-only", action="store_true",

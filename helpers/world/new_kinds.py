@@ -152,34 +152,23 @@ _WORLD_ROWS = (("own world: caption phrase recall", "caption_phrase_recall"),
 PROG = "python -m helpers finetune-demo"
 
 
-def count_or_zero(text: str) -> int:
-    """Option type for counts that may be 0 (``--world-images``, ``train --vision-steps`` …): a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from helpers.grounding.finetune import positive_int, positive_number
+    from helpers.grounding.checks import count_option, positive_int_option, positive_number_option
 
     parser = argparse.ArgumentParser(prog=PROG, description="The stars demonstration: data, fine-tuning, figures.")
     parser.add_argument("--out", type=Path, required=True, help="folder for the adapters (must be new or empty)")
     parser.add_argument("--data", type=Path, default=Path("finetune-stars-data"), help="folder for the generated data")
-    parser.add_argument("--train-images", type=positive_int, default=1500)
-    parser.add_argument("--world-images", type=count_or_zero, default=4500,
+    parser.add_argument("--train-images", type=positive_int_option, default=1500)
+    parser.add_argument("--world-images", type=count_option, default=4500,
                         help="scenes of the world in the training data (they keep what the base knows)")
-    parser.add_argument("--held-out-images", type=positive_int, default=240)
-    parser.add_argument("--minutes", type=positive_number, default=9.5)
-    parser.add_argument("--steps", type=positive_int, default=None)
-    parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--lr", type=positive_number, default=1.5e-3)
-    parser.add_argument("--rank", type=positive_int, default=16)
+    parser.add_argument("--held-out-images", type=positive_int_option, default=240)
+    parser.add_argument("--minutes", type=positive_number_option, default=9.5)
+    parser.add_argument("--steps", type=positive_int_option, default=None)
+    parser.add_argument("--batch-size", type=positive_int_option, default=16)
+    parser.add_argument("--lr", type=positive_number_option, default=1.5e-3)
+    parser.add_argument("--rank", type=positive_int_option, default=16)
     parser.add_argument("--vision", action="store_true")
-    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--threads", type=positive_int_option, default=2)
     parser.add_argument("--bf16", action="store_true", help="forward passes in bfloat16 (see finetune --bf16)")
     return parser
 

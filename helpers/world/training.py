@@ -919,28 +919,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     Each option's type checks its range, so a bad value stops the command before any work (exit status 2).
     """
-    from helpers.grounding.finetune import positive_int, positive_number
-    from helpers.world.new_kinds import count_or_zero
+    from helpers.grounding.checks import count_option, positive_int_option, positive_number_option
 
     share, at_least_0 = _number_arg(share=True), _number_arg()
     parser = argparse.ArgumentParser(prog=PROG,
                                      description="Train the bundled Kosmos-2 model on the synthetic world.")
     parser.add_argument("--out", type=Path, required=True, help="folder for the model (created if need be)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vision-steps", type=count_or_zero, default=300)
-    parser.add_argument("--heads-steps", type=count_or_zero, default=0,
+    parser.add_argument("--vision-steps", type=count_option, default=300)
+    parser.add_argument("--heads-steps", type=count_option, default=0,
                         help="steps of the training-only heads alone on the frozen model before the rest "
                              "(for --resume without saved heads)")
-    parser.add_argument("--steps", type=positive_int, default=2000,
+    parser.add_argument("--steps", type=positive_int_option, default=2000,
                         help="joint steps at most (with --minutes: the cosine ends at whichever comes first)")
-    parser.add_argument("--batch-size", type=positive_int, default=48)
-    parser.add_argument("--lr", type=positive_number, default=2e-3)
-    parser.add_argument("--minutes", type=positive_number, default=None,
+    parser.add_argument("--batch-size", type=positive_int_option, default=48)
+    parser.add_argument("--lr", type=positive_number_option, default=2e-3)
+    parser.add_argument("--minutes", type=positive_number_option, default=None,
                         help="wall-time budget of the joint stage (default: none, the cosine runs over --steps)")
-    parser.add_argument("--threads", type=positive_int, default=None)
+    parser.add_argument("--threads", type=positive_int_option, default=None)
     parser.add_argument("--resume", type=Path, default=None,
                         help="continue from a saved model directory (its processor too) instead of a new model")
-    parser.add_argument("--warmup", type=count_or_zero, default=100, help="warm-up steps (0: none)")
+    parser.add_argument("--warmup", type=count_option, default=100, help="warm-up steps (0: none)")
     parser.add_argument("--aux-weight", type=at_least_0, default=0.5)
     parser.add_argument("--look-weight", type=at_least_0, default=0.5)
     parser.add_argument("--checkpoint", type=Path, default=None, help="save here every --checkpoint-minutes")
@@ -961,9 +960,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"keep {', '.join(f'{k}={v}' for k, v in TASK_WEIGHTS.items())})")
     parser.add_argument("--device", default="cpu",
                         help="where the model trains: cpu, or cuda on a GPU (saved weights are the same either way)")
-    parser.add_argument("--workers", type=count_or_zero, default=0,
+    parser.add_argument("--workers", type=count_option, default=0,
                         help="processes that draw and encode the batches (0: the training process itself)")
-    parser.add_argument("--log-every", type=positive_int, default=25, help="joint steps between two log lines")
+    parser.add_argument("--log-every", type=positive_int_option, default=25, help="joint steps between two log lines")
     parser.add_argument("--bf16", action="store_true",
                         help="forward passes in bfloat16 (about twice as fast on CPUs with AMX or AVX-512 BF16, "
                              "and on GPUs); weights, optimizer state and losses stay float32")
