@@ -50,15 +50,32 @@ def count_option(text: str) -> int:
     return value
 
 
-def positive_number_option(text: str) -> float:
-    """argparse type for ``--minutes``, ``--lr`` …: a finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
-    return value
+def number_rule(above: bool = False, share: bool = False) -> str:
+    """The words of :func:`is_number`'s rule, for messages."""
+    return "a share from 0 to 1" if share else "a number above 0" if above else "a number of at least 0"
+
+
+def is_number(value: object, above: bool = False, share: bool = False) -> bool:
+    """A finite real number (not ``bool``) >= 0 (``above``: > 0; ``share``: at most 1 too)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            and (value > 0 if above else value >= 0) and (value <= 1 if share else True))
+
+
+def number_option(above: bool = False, share: bool = False):
+    """An argparse type for a number by :func:`is_number`'s rule (``--lr``, ``--pair-share``, a loss weight …)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not is_number(value, above, share):
+            raise argparse.ArgumentTypeError(f"must be {number_rule(above, share)}, got {text!r}")
+        return value
+    return parse
+
+
+#: argparse type for ``--minutes``, ``--lr`` …: a finite number above 0.
+positive_number_option = number_option(above=True)
 
 
 def _whole(text: str) -> int:

@@ -48,7 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.grounding.checks import check_positive_int
+from helpers.grounding.checks import (check_positive_int, count_option, is_number, number_option, number_rule,
+                                      positive_int_option, positive_number_option)
 from helpers.grounding.quantization import check_available
 from helpers.world.scenes import KINDS, Scene, sample_scene
 from helpers.world.language import Example, build_config, build_processor, scene_examples
@@ -478,21 +479,11 @@ def _check_count(name: str, value: object, *, zero_ok: bool = False) -> None:
         raise ValueError(f"{name} must be 0 or more (a whole number), got {value!r}") from None
 
 
-def _number_rule(above: bool = False, share: bool = False) -> str:
-    return "a share from 0 to 1" if share else "a number above 0" if above else "a number of at least 0"
-
-
-def _is_number(value: object, above: bool = False, share: bool = False) -> bool:
-    """A finite real number (not ``bool``) >= 0 (``above``: > 0; ``share``: at most 1 too)."""
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            and (value > 0 if above else value >= 0) and (value <= 1 if share else True))
-
-
 def _check_number(name: str, value: object, *, above: bool = False, share: bool = False, none_ok: bool = False) -> None:
     if value is None and none_ok:
         return
-    if not _is_number(value, above, share):
-        raise ValueError(f"{name} must be {_number_rule(above, share)}{' or None' if none_ok else ''}, got {value!r}")
+    if not is_number(value, above, share):
+        raise ValueError(f"{name} must be {number_rule(above, share)}{' or None' if none_ok else ''}, got {value!r}")
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -517,13 +508,13 @@ def check_config(cfg: TrainConfig) -> None:
         _check_number(name, getattr(cfg, name))
     for name in ("pair_share", "three_share"):
         _check_number(name, getattr(cfg, name), share=True)
-    if not (_is_number(cfg.fp4_share) and _is_number(cfg.nf4_share) and cfg.fp4_share + cfg.nf4_share <= 1.0):
+    if not (is_number(cfg.fp4_share) and is_number(cfg.nf4_share) and cfg.fp4_share + cfg.nf4_share <= 1.0):
         raise ValueError("fp4_share and nf4_share must be 0 or more and add up to at most 1, got "
                          f"{cfg.fp4_share} and {cfg.nf4_share}")
     if cfg.task_weights is not None:
         mix = cfg.task_weights
         if not (isinstance(mix, dict) and mix and set(mix) <= set(TASK_WEIGHTS)
-                and all(_is_number(w) for w in mix.values()) and any(mix.values())
+                and all(is_number(w) for w in mix.values()) and any(mix.values())
                 and math.isfinite(sum(mix.values()))):
             raise ValueError(f"task_weights must map tasks ({', '.join(TASK_WEIGHTS)}) to finite numbers >= 0, "
                              f"at least one above 0; got {mix!r}")
@@ -901,27 +892,12 @@ def _task_weights_arg(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _number_arg(above: bool = False, share: bool = False):
-    """An option type for a finite number >= 0 (``above``: > 0; ``share``: from 0 to 1), as :func:`check_config`."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not _is_number(value, above, share):
-            raise argparse.ArgumentTypeError(f"must be {_number_rule(above, share)}, got {text!r}")
-        return value
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m helpers train`` (its defaults are the recipe's).
 
     Each option's type checks its range, so a bad value stops the command before any work (exit status 2).
     """
-    from helpers.grounding.checks import count_option, positive_int_option, positive_number_option
-
-    share, at_least_0 = _number_arg(share=True), _number_arg()
+    share, at_least_0 = number_option(share=True), number_option()
     parser = argparse.ArgumentParser(prog=PROG,
                                      description="Train the bundled Kosmos-2 model on the synthetic world.")
     parser.add_argument("--out", type=Path, required=True, help="folder for the model (created if need be)")
