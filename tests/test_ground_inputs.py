@@ -340,7 +340,7 @@ def test_beams_and_bad_decodings(spy) -> None:
     for bad, error, message in (
             ({"num_beams": 0}, ValueError, r"^Decoding\.num_beams must be a positive int, got 0$"),
             ({"no_repeat_ngram_size": -1}, ValueError,
-             r"^Decoding\.no_repeat_ngram_size must be a positive int \(or 0 for off\), got -1$"),
+             r"^Decoding\.no_repeat_ngram_size must be 0 or more \(a whole number\), got -1$"),
             ({"num_beams": True}, TypeError, r"^Decoding\.num_beams must be a positive int, got bool: True$"),
             ({"num_beams": 2.0}, TypeError, r"^Decoding\.num_beams must be a positive int, got float: 2\.0$"),
             ({"num_beams": "3"}, TypeError, r"^Decoding\.num_beams must be a positive int, got str: '3'$"),

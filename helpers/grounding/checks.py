@@ -31,6 +31,26 @@ def check_positive_int(name: str, value: object, *, none_ok: bool = False, unit:
     return int(value)
 
 
+
+def check_count(name: str, value: object) -> int:
+    """Return ``value`` as an int when it is a whole number of at least 0 (a count that may be 0: warm-up steps,
+    ``no_repeat_ngram_size`` with 0 for off …), by :func:`check_positive_int`'s rule otherwise.
+
+    Raises:
+        TypeError: not a whole number, e.g. ``steps must be 0 or more (a whole number), got float: 1.5``.
+        ValueError: below 0.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value == 0:
+        return 0
+    try:
+        return check_positive_int(name, value)  # type: ignore[return-value]
+    except TypeError:
+        raise TypeError(f"{name} must be 0 or more (a whole number), got {type(value).__name__}: "
+                        f"{value!r:.80}") from None
+    except ValueError:
+        raise ValueError(f"{name} must be 0 or more (a whole number), got {value!r}") from None
+
+
 # ------------------------------------------------------------------------------ command-line option types
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from helpers.course.paths import bundled_model_dir
 from helpers.grounding.boxes import check_with_area
-from helpers.grounding.checks import check_positive_int
+from helpers.grounding.checks import check_count, check_positive_int
 from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, count_phrases
 from helpers.grounding.tokens import Grounding, parse_generation
 
@@ -444,10 +444,8 @@ class Decoding:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "num_beams", check_positive_int("Decoding.num_beams", self.num_beams))
-        size = self.no_repeat_ngram_size
-        if not (isinstance(size, numbers.Integral) and not isinstance(size, bool) and size == 0):  # 0 is "off",
-            size = check_positive_int("Decoding.no_repeat_ngram_size", size, unit="or 0 for off")  # else a count
-        object.__setattr__(self, "no_repeat_ngram_size", int(size))
+        object.__setattr__(self, "no_repeat_ngram_size",  # 0 is "off"
+                           check_count("Decoding.no_repeat_ngram_size", self.no_repeat_ngram_size))
 
     def generate_kwargs(self) -> dict[str, Any]:
         """The keyword arguments for ``model.generate``."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import numbers
 import platform
 import random
 import re
@@ -48,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.grounding.checks import (check_positive_int, count_option, is_number, number_option, number_rule,
+from helpers.grounding.checks import (check_count, check_positive_int, count_option, is_number, number_option, number_rule,
                                       positive_int_option, positive_number_option)
 from helpers.grounding.quantization import check_available
 from helpers.world.scenes import KINDS, Scene, sample_scene
@@ -464,19 +463,8 @@ class TrainConfig:
 
 
 def _check_count(name: str, value: object, *, zero_ok: bool = False) -> None:
-    """The package's rule for counts (:func:`~helpers.grounding.checks.check_positive_int`); ``zero_ok``: 0 too."""
-    if not zero_ok:
-        check_positive_int(name, value)
-        return
-    if value == 0 and isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return
-    try:
-        check_positive_int(name, value)
-    except TypeError:
-        raise TypeError(f"{name} must be 0 or more (a whole number), got {type(value).__name__}: "
-                        f"{value!r:.80}") from None
-    except ValueError:
-        raise ValueError(f"{name} must be 0 or more (a whole number), got {value!r}") from None
+    """The package's rule for counts (:mod:`helpers.grounding.checks`); ``zero_ok``: 0 too."""
+    (check_count if zero_ok else check_positive_int)(name, value)
 
 
 def _check_number(name: str, value: object, *, above: bool = False, share: bool = False, none_ok: bool = False) -> None:
