@@ -53,6 +53,7 @@ says how much that freed.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -99,9 +100,11 @@ def cache_dir() -> Path | None:
     return Path(value).expanduser() if value else data_dir() / "cache" / "int4-onnx"
 
 
+@functools.cache
 def code_version() -> str:
     """A digest of the code that builds and reads the graphs: this module's source and the onnx and ONNX Runtime
-    versions. A graph kept by other code can never be read again (its key differs): :func:`_prune` removes it."""
+    versions (computed once per process: none of them changes while it runs). A graph kept by other code can never
+    be read again (its key differs): :func:`_prune` removes it."""
     onnx, ort, _ = _import()
     described = {"onnx": onnx.__version__, "onnxruntime": ort.__version__,
                  "source": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
