@@ -307,7 +307,7 @@ def test_bad_argument_types_and_values() -> None:
         load_image(None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_side must be a positive int, got 0"):
         load_image(_quadrants(), max_side=0)
-    with pytest.raises(ValueError, match="timeout must be a positive number, got -1"):
+    with pytest.raises(ValueError, match="timeout must be a number above 0, got -1"):
         load_image(_quadrants(), timeout=-1)
     with pytest.raises(TypeError, match="max_bytes must be a positive int, got float: 2.5"):
         load_image(_quadrants(), max_bytes=2.5)  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ def _code(text: str) -> str:
     (r"<grounding> An image of|Describe this image in detail|Question: What is", "grounding/prompts.py"),
     (r"\| metric \| result \| bar \|", "grounding/evaluation.py"),          # the metrics table
     (r".generated.:", "course/outputs.py"),                                  # the results record
+    (r"a number above 0|must be a positive number|a number > 0", "grounding/checks.py"),  # a number above 0
 ])
 def test_a_rule_lives_in_one_module(pattern: str, home: str) -> None:
     where = [name for name, text in _sources().items() if re.search(pattern, _code(text), re.M)]
@@ -57,6 +58,7 @@ def test_the_modules_import_the_shared_definitions() -> None:
         "check_positive_int": ["grounding/tokens.py", "grounding/plotting.py", "grounding/images.py", "grounding/model.py",
                                "world/language.py", "course/batch.py", "course/distributed.py"],
         "is_positive_int": ["grounding/boxes.py"],
+        "check_positive_number": ["grounding/images.py", "grounding/finetune.py"],
         "grounding_record": ["course/batch.py", "course/distributed.py"],
         "from helpers.grounding.prompts import": ["grounding/model.py", "grounding/evaluation.py", "grounding/refcoco.py",
                                                   "world/language.py", "world/modelcard.py", "course/cli.py",
@@ -139,3 +141,33 @@ def test_metrics_table_is_the_one_the_model_card_prints() -> None:
     assert table.count("33.3 % (1/3)") == len(METRICS)
     assert modelcard.metrics_table is metrics_table
     assert not hasattr(modelcard, "evaluation_table")
+
+
+def test_one_rule_for_a_number_above_zero_in_load_image_and_finetune() -> None:
+    """load_image's time-out and finetune's learning rate used to be checked by two copies of the rule, one of which
+    let infinity through."""
+    import numpy as np
+    from PIL import Image
+
+    from helpers.grounding.checks import check_positive_number
+    from helpers.grounding.finetune import FinetuneConfig, FinetuneError, check_config
+    from helpers.grounding.images import load_image
+
+    image = Image.new("RGB", (8, 8))
+    for good in (1, 0.5, 3e-4):
+        check_positive_number("lr", good)
+        check_config(FinetuneConfig(steps=1, lr=good))
+        assert load_image(image, timeout=good).size == (8, 8)
+    for bad in (0, -1, 0.0, float("inf"), float("nan"), True, "1", None, np.float32(0.5)):
+        with pytest.raises(ValueError) as expected:
+            check_positive_number("lr", bad)
+        assert str(expected.value) == f"lr must be a number above 0, got {bad!r}"
+        with pytest.raises(FinetuneError) as from_config:
+            check_config(FinetuneConfig(steps=1, lr=bad))  # type: ignore[arg-type]
+        with pytest.raises(ValueError) as from_image:
+            load_image(image, timeout=bad)  # type: ignore[arg-type]
+        assert str(from_config.value) == str(expected.value)
+        assert str(from_image.value) == str(expected.value).replace("lr", "timeout", 1)
+    check_positive_number("minutes", None, none_ok=True)
+    with pytest.raises(ValueError, match=r"^minutes must be a number above 0 or None, got 0$"):
+        check_positive_number("minutes", 0, none_ok=True)

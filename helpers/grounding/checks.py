@@ -70,6 +70,16 @@ def count_option(text: str) -> int:
     return value
 
 
+def check_positive_number(name: str, value: object, *, none_ok: bool = False) -> None:
+    """Raise a ``ValueError`` unless ``value`` is a finite Python ``int`` or ``float`` above 0 (or ``None`` when
+    ``none_ok``), e.g. ``timeout must be a number above 0, got -1``. Plain Python numbers only: the settings
+    checked this way (a learning rate, minutes, a time-out) are written to JSON or handed to other libraries."""
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_number(value, above=True):
+        raise ValueError(f"{name} must be {number_rule(above=True)}{' or None' if none_ok else ''}, got {value!r}")
+
+
 def number_rule(above: bool = False, share: bool = False) -> str:
     """The words of :func:`is_number`'s rule, for messages."""
     return "a share from 0 to 1" if share else "a number above 0" if above else "a number of at least 0"

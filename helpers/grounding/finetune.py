@@ -67,7 +67,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from helpers.grounding.boxes import coco_to_normalized
-from helpers.grounding.checks import check_positive_int, positive_int_option, positive_number_option
+from helpers.grounding.checks import (check_positive_int, check_positive_number, positive_int_option,
+                                      positive_number_option)
 from helpers.grounding.evaluation import CaptionScores, Score, score_any_box, score_caption
 from helpers.grounding.model import ModelLoadError
 from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt, with_box
@@ -521,17 +522,10 @@ def _summary(records: Sequence[ImageRecord], texts: Sequence[Text], source: dict
             "texts_per_task": tasks}
 
 
-def _positive_number(name: str, value: Any, none_ok: bool = False) -> None:
-    if value is None and none_ok:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise FinetuneError(f"{name} must be a number > 0{' or None' if none_ok else ''}, got {value!r}")
-
-
 def check_config(cfg: FinetuneConfig) -> None:
     """Raise :class:`FinetuneError` for settings that cannot run: no budget (``steps`` or ``minutes``), a count
     (``steps``, ``batch_size``, ``rank``, ``alpha``, ``warmup``, ``threads``) that is not a positive int, a
-    ``minutes``, ``lr`` or ``checkpoint_minutes`` that is not a number > 0, a ``dropout`` outside [0, 1)."""
+    ``minutes``, ``lr`` or ``checkpoint_minutes`` that is not a number above 0, a ``dropout`` outside [0, 1)."""
     if cfg.steps is None and cfg.minutes is None:
         raise FinetuneError("give a budget: steps or minutes (or both)")
     try:
@@ -539,11 +533,11 @@ def check_config(cfg: FinetuneConfig) -> None:
             check_positive_int(name, getattr(cfg, name))
         for name in ("steps", "threads"):
             check_positive_int(name, getattr(cfg, name), none_ok=True)
+        check_positive_number("minutes", cfg.minutes, none_ok=True)
+        for name in ("lr", "checkpoint_minutes"):
+            check_positive_number(name, getattr(cfg, name))
     except (TypeError, ValueError) as err:
         raise FinetuneError(str(err)) from None
-    _positive_number("minutes", cfg.minutes, none_ok=True)
-    _positive_number("lr", cfg.lr)
-    _positive_number("checkpoint_minutes", cfg.checkpoint_minutes)
     d = cfg.dropout
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
         raise FinetuneError(f"dropout must be a number in [0, 1), got {d!r}")

@@ -42,7 +42,7 @@ import requests
 import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from helpers.grounding.checks import check_positive_int
+from helpers.grounding.checks import check_positive_int, check_positive_number
 
 __all__ = [
     "ImageLoadError",
@@ -109,7 +109,7 @@ def load_image(
             dead URL, HTTP error status, non-image content, timeout, too many bytes, too many pixels,
             corrupt data).
     """
-    _check_positive_number("timeout", timeout)
+    check_positive_number("timeout", timeout)
     check_positive_int("max_bytes", max_bytes)
     check_positive_int("max_side", max_side)
 
@@ -174,11 +174,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 # --------------------------------------------------------------------------------------------- internals
-
-
-def _check_positive_number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def _grey_to_uint8(image: Image.Image) -> np.ndarray:
