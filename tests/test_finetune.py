@@ -324,6 +324,35 @@ def test_resume_continues_the_step_count_from_the_saved_adapters_and_optimizer(t
     assert {v.item() for k, v in load_file(str(copy / "optimizer.safetensors")).items() if k.endswith("::step")} == {6}
 
 
+def test_resumed_moments_sit_beside_their_weights_as_load_state_dict_places_them(tmp_path):
+    """A GPU run resumes with its weights on the GPU, while the saved moments load on the CPU: each moment must
+    move to its weight's device and dtype (torch's Optimizer.load_state_dict rule), the step count stays on the
+    CPU. The meta device stands in for a GPU here: an optimizer step with the moments left behind fails."""
+    import torch
+
+    import helpers.grounding.finetune as ft
+
+    source = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(source.parameters())
+    source(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    ft._save_optimizer(opt, source, tmp_path / "optimizer.safetensors")
+    for device, dtype in (("meta", torch.float32), ("cpu", torch.float64)):
+        target = torch.nn.Linear(3, 2).to(device=device, dtype=dtype)
+        resumed = torch.optim.AdamW(target.parameters())
+        ft._load_optimizer(resumed, target, tmp_path / "optimizer.safetensors")
+        for p in target.parameters():
+            state = resumed.state[p]
+            assert state["step"].device.type == "cpu" and state["step"].item() == 1
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert (state[key].device.type, state[key].dtype) == (device, dtype), key
+        if device == "cpu":
+            expected = [opt.state[p]["exp_avg"].double() for p in source.parameters()]
+            assert all(torch.equal(resumed.state[p]["exp_avg"], e) for p, e in zip(target.parameters(), expected))
+            target(torch.ones(1, 3, dtype=dtype)).sum().backward()
+            resumed.step()  # runs with the moments in the weights' dtype
+
+
 def test_signature_survives_a_dtype_change_but_not_another_base(tiny_model):
     import copy
 

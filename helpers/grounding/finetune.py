@@ -485,9 +485,9 @@ def _load_optimizer(opt, model, path: Path) -> None:
         if not p.requires_grad:
             continue
         state = {k.split("::", 1)[1]: v for k, v in saved.items() if k.split("::", 1)[0] == n}
-        if state:
-            if "step" in state:
-                state["step"] = state["step"].reshape(())
+        if state:  # as Optimizer.load_state_dict places them: moments beside their weight, the step count on the CPU
+            for key, value in state.items():
+                state[key] = value.reshape(()) if key == "step" else value.to(device=p.device, dtype=p.dtype)
             opt.state[p] = state
 
 
