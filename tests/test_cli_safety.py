@@ -147,3 +147,28 @@ def test_modelcard_command_names_a_bad_model_folder(tmp_path, capsys, make, mess
 def test_modelcard_render_only_needs_an_evaluation(tmp_path, capsys) -> None:
     assert helpers_main(["modelcard", str(tmp_path), "--render-only"]) == 2
     assert "--render-only needs" in _error_line(capsys)
+
+
+def test_run_and_notebooks_say_what_to_install_without_a_kernel_and_write_nothing(fake_notebooks, tmp_path,
+                                                                                  monkeypatch, capsys) -> None:
+    """ipykernel is the [lab] extra (Colab's set-up must not upgrade Colab's own kernel): without it, both commands
+    stop with one line naming the extra, before an earlier run's results are replaced or a notebook is touched."""
+    import importlib.util
+
+    from helpers.course import notebooks
+
+    out = tmp_path / "out"
+    assert mainjob.main(["--out", str(out)]) == 0  # an earlier run's results, which must stay
+    before = sorted(p.name for p in out.iterdir())
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "ipykernel" else real_find_spec(name, *a, **k))
+    monkeypatch.setattr(mainjob, "execute", lambda *a, **k: pytest.fail("a notebook ran"))
+    assert mainjob.main(["--out", str(out)]) == 1
+    assert "needs ipykernel" in _error_line(capsys) and sorted(p.name for p in out.iterdir()) == before
+    nb = tmp_path / "01_x.ipynb"
+    nb.write_text("{}")
+    assert helpers_main(["notebooks", str(nb)]) == 1
+    assert "pip install -e '.[lab]'" in _error_line(capsys) and nb.read_text() == "{}"
+    with pytest.raises(RuntimeError, match="needs ipykernel"):
+        notebooks.execute(nb)

@@ -30,9 +30,9 @@ def _pyproject() -> dict:
 
 
 def _tested_requirements(project: dict) -> list[str]:
-    """What `make test` installs: the dependencies and the test, quant and site extras."""
+    """What `make test` installs: the dependencies and the lab, test, quant and site extras."""
     extras = project["optional-dependencies"]
-    return project["dependencies"] + extras["test"] + extras["quant"] + extras["site"]
+    return project["dependencies"] + extras["lab"] + extras["test"] + extras["quant"] + extras["site"]
 
 
 def _specs(requirements: list[str]) -> dict[str, str]:
@@ -88,6 +88,15 @@ def test_torch_is_a_range_so_colab_keeps_its_own() -> None:
     assert "==" not in "".join(specs.values()), "runtime dependencies must be ranges, not pins"
     assert specs["transformers"] == "<6,>=5.0"
     assert "sentencepiece" not in specs
+
+
+def test_the_colab_install_leaves_colabs_kernel_and_ipython_alone() -> None:
+    """The Colab set-up cell runs `pip install -e` of the clone: the base dependencies must not upgrade the
+    kernel packages that google-colab pins (ipykernel, IPython, the Jupyter server and client)."""
+    project = _pyproject()["project"]
+    pinned_by_colab = {"ipykernel", "ipython", "jupyterlab", "jupyter-server", "jupyter-client", "notebook", "tornado"}
+    assert not pinned_by_colab & set(_specs(project["dependencies"]))
+    assert {"jupyterlab", "ipykernel"} <= set(_specs(project["optional-dependencies"]["lab"]))
 
 
 def test_installed_versions_satisfy_the_declared_ranges() -> None:
@@ -287,7 +296,7 @@ def test_install_stamp_creates_the_venv_and_installs_torch_first(tmp_path: Path)
     assert lines == [
         f"test -x {venv}/bin/python || python3 -m venv {venv}",
         f'{venv}/bin/pip install -c constraints.txt "torch==2.13.0"',
-        f'{venv}/bin/pip install -c constraints.txt -e ".[test,quant,site]"',
+        f'{venv}/bin/pip install -c constraints.txt -e ".[lab,test,quant,site]"',
         f"touch {venv}/.installed",
         f"{venv}/bin/python -m pytest",
     ]
@@ -299,7 +308,7 @@ def test_install_stamp_is_redone_when_pyproject_changes(tmp_path: Path) -> None:
     older = (ROOT / "pyproject.toml").stat().st_mtime - 10
     os.utime(venv / ".installed", (older, older))
     done = _make("-n", f"VENV={venv}", "test")
-    assert f'{venv}/bin/pip install -c constraints.txt -e ".[test,quant,site]"' in done.stdout.splitlines()
+    assert f'{venv}/bin/pip install -c constraints.txt -e ".[lab,test,quant,site]"' in done.stdout.splitlines()
 
 
 def test_ci_installs_the_browser_then_runs_make_test(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Print the conda environment file of the course, made from pyproject.toml (``make environment.yml``).
 
-The pip list is the project's dependencies plus its ``test``, ``quant`` and ``site`` extras (the quantized-weight
-libraries, for the CPU paths as much as the GPU ones; the website and its browser tests), then the course itself
+The pip list is the project's dependencies plus its ``lab``, ``test``, ``quant`` and ``site`` extras (JupyterLab and
+its kernel; the quantized-weight libraries, for the CPU paths as much as the GPU ones; the website and its browser
+tests), then the course itself
 (``-e .``): what ``make test`` installs.
 tests/test_packaging.py checks that environment.yml is what this prints.
 """
@@ -22,7 +23,7 @@ def environment_yml(pyproject: Path = ROOT / "pyproject.toml") -> str:
     if python is None:
         raise ValueError(f"expected requires-python of the form '>=3.X', got {project['requires-python']!r}")
     extras = project["optional-dependencies"]
-    pip = project["dependencies"] + extras["test"] + extras["quant"] + extras["site"] + ["-e ."]
+    pip = project["dependencies"] + extras["lab"] + extras["test"] + extras["quant"] + extras["site"] + ["-e ."]
     lines = [
         "# Conda environment for the Kosmos-2 grounding course, generated from pyproject.toml by",
         "# `make environment.yml` (tools/environment.py): do not edit by hand.",

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from helpers.course.notebooks import course_notebooks, execute
+from helpers.course.notebooks import check_kernel, course_notebooks, execute
 from helpers.course.outputs import RECORDS_NAME, read_records
 from helpers.course.paths import repo_root
 
@@ -93,13 +93,19 @@ def _fmt_box(box) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m helpers run [--out DIR]``: run every notebook; return 0 when all ran, 1 when any failed
-    (the others still run), 2 when ``DIR`` cannot be used (see :func:`prepare_output`)."""
+    (the others still run) or ipykernel is missing (before anything is written), 2 when ``DIR`` cannot be used
+    (see :func:`prepare_output`)."""
     parser = argparse.ArgumentParser(prog=PROG, description="Run every notebook headless and collect what they "
                                      "ground.")
     parser.add_argument("--out", type=Path, default=Path("outputs"),
                         help="folder for the results (default: outputs): a new or empty folder, or one an earlier "
                              "run wrote (its results are replaced)")
     out = parser.parse_args(argv).out.expanduser().resolve()
+    try:
+        check_kernel()  # before prepare_output, which replaces an earlier run's results
+    except RuntimeError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
     try:
         prepare_output(out)
     except (OutputFolderError, OSError) as err:

@@ -7,6 +7,7 @@ the same settings the tests use (bundled model, no progress bars), so its stored
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -19,6 +20,13 @@ from helpers.course.paths import notebooks_dir
 
 #: Environment every headless run uses: offline model choice and no progress bars.
 HEADLESS_ENV = {"KOSMOS2_PROGRESS": "0", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def check_kernel() -> None:
+    """Raise a ``RuntimeError`` saying what to install when the notebooks' kernel (ipykernel) is missing."""
+    if importlib.util.find_spec("ipykernel") is None:
+        raise RuntimeError("running notebooks needs ipykernel, which is not installed: pip install -e '.[lab]' in "
+                           "your clone of the course (make install does)")
 
 
 def course_notebooks(folder: Path | None = None) -> list[Path]:
@@ -52,6 +60,7 @@ def execute(path: Path, out: Path | None = None, *, timeout: int = 600, env: dic
     import nbformat
     from nbclient import NotebookClient
 
+    check_kernel()
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     if setup:
@@ -82,7 +91,8 @@ PROG = "python -m helpers notebooks"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Re-execute the notebooks named in ``argv`` (default: every course notebook); return the exit code: 0,
-    or 2 with a one-line message when a named notebook is not a file (checked before any runs)."""
+    2 with a one-line message when a named notebook is not a file, 1 when ipykernel is missing (both checked
+    before any runs)."""
     parser = argparse.ArgumentParser(prog=PROG,
                                      description="Re-execute notebooks in place, offline on the bundled model.")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every course notebook")
@@ -93,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {len(missing)} notebook file(s) not found: {', '.join(missing)} "
               f"(the course's notebooks are in {notebooks_dir()})", file=sys.stderr)
         return 2
+    try:
+        check_kernel()
+    except RuntimeError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
     for p in paths:
         seconds = execute(p, env={"HF_HUB_OFFLINE": "1", "KOSMOS2_MODEL": ""})
         print(f"{p.name}: executed in {seconds:.1f} s")
