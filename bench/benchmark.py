@@ -78,6 +78,7 @@ from typing import Any, Sequence
 import torch
 
 from helpers.grounding import quantization as quant
+from helpers.grounding.model import default_dtype, native_bf16
 from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
 
 #: How many prompt tokens follow ``</image>`` (``<grounding>``, ``▁An``, ``▁image``, ``▁of``).
@@ -206,34 +207,18 @@ def parse_paths(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def native_bf16(device: str) -> bool:
-    """True when the GPU computes in bfloat16 natively (compute capability 8.0 and up, or ROCm).
-
-    ``torch.cuda.is_bf16_supported()`` alone also says True on older GPUs such as a T4, where bfloat16 is
-    only emulated (slowly), because it merely checks that a bfloat16 tensor can be created.
-    """
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        return False
-    return bool(torch.version.hip) or torch.cuda.get_device_capability(torch.device(device))[0] >= 8
-
-
-def device_default_dtype(device: str) -> torch.dtype:
-    """bf16 on GPUs that compute in it natively, fp16 on other GPUs (a T4), fp32 on the CPU."""
-    if device.startswith("cuda"):
-        return torch.bfloat16 if native_bf16(device) else torch.float16
-    return torch.float32
-
-
 def resolve_dtype(spec: PathSpec, device: str) -> torch.dtype:
-    """The dtype a path runs in on ``device``."""
-    return getattr(torch, spec.dtype) if spec.dtype else device_default_dtype(device)
+    """The dtype a path runs in on ``device``: the path's own, else the course's default for the device
+    (:func:`helpers.grounding.model.default_dtype`: bf16 on GPUs that compute in it natively, fp16 on other GPUs
+    such as a T4, fp32 on the CPU)."""
+    return getattr(torch, spec.dtype) if spec.dtype else default_dtype(device)
 
 
 def skip_reason(spec: PathSpec, device: str) -> str | None:
     """Why a path cannot run here (``None`` when it can)."""
     if spec.quantization:
         try:
-            quant.check_available(spec.quantization, "cuda" if device.startswith("cuda") else device)
+            quant.check_available(spec.quantization, device)
         except quant.QuantizationError as err:
             return str(err)
     if spec.dtype == "bfloat16" and device.startswith("cuda") and not native_bf16(device):
@@ -262,16 +247,15 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
     from transformers import Kosmos2ForConditionalGeneration
 
     torch.manual_seed(seed)
-    kind = "cuda" if device.startswith("cuda") else device
     if spec.quantization in quant.BITSANDBYTES or weights is not None:
-        plan = quant.plan(spec.quantization or "none", kind, resolve_dtype(spec, device), None)
+        plan = quant.plan(spec.quantization or "none", device, resolve_dtype(spec, device), None)
         with contextlib.ExitStack() as stack:
             if weights is None:
                 weights = stack.enter_context(tempfile.TemporaryDirectory(prefix="kosmos2-bench-"))
                 save_random_weights(config, weights, seed)
-            with quant.quiet_imports():
+            with quant.quiet_imports():  # bitsandbytes places the weights on ``device`` itself (its device_map)
                 model = Kosmos2ForConditionalGeneration.from_pretrained(
-                    weights, **quant.from_pretrained_kwargs(plan, kind))
+                    weights, **quant.from_pretrained_kwargs(plan, device))
         if spec.quantization not in quant.BITSANDBYTES:  # bitsandbytes placed the weights already
             model = model.to(device)
         if spec.quantization in quant.IN_PLACE:  # as load() does: float weights in the path's dtype, then int8/int4
@@ -410,18 +394,19 @@ def generation_config(config, new_tokens: int, cache: str):
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def _reset_peak(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak_memory(device: str) -> tuple[float | None, str]:
-    """``(GiB, what)``: the GPU's peak allocated memory since the last reset, or the process's peak RSS."""
+    """``(GiB, what)``: the GPU's (``device``'s) peak allocated memory since the last reset, or the process's
+    peak RSS."""
     if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**30, "torch.cuda.max_memory_allocated"
+        return torch.cuda.max_memory_allocated(device) / 2**30, "torch.cuda.max_memory_allocated"
     try:
         import resource
     except ImportError:  # pragma: no cover - not on Windows
@@ -669,9 +654,9 @@ def run_isolated(argv: Sequence[str], paths: Sequence[str], work: Path, log=prin
 
 
 def device_name(device: str) -> str:
-    """The GPU's name, or the CPU's model and thread count."""
+    """The name of the GPU ``device``, or the CPU's model and thread count."""
     if device.startswith("cuda"):
-        return torch.cuda.get_device_name(0)
+        return torch.cuda.get_device_name(device)
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -915,6 +900,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--device {device!r} is not a device torch knows: give cuda, cuda:N or cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {device} asked for, but torch sees no CUDA GPU")
+    where = torch.device(device)
+    if where.type == "cuda" and where.index is not None:  # cuda:N: what runs on "the current GPU" runs there too
+        if where.index >= torch.cuda.device_count():
+            parser.error(f"--device {device} does not exist: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+        torch.cuda.set_device(where)
     if args.threads:
         torch.set_num_threads(args.threads)
 

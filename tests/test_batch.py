@@ -127,6 +127,41 @@ def test_ground_folder_with_a_user_box(tiny_model, folder, tmp_path) -> None:
     assert Image.open(tmp_path / "o" / "scene_0.png").convert("RGB").tobytes() != plain.tobytes()
 
 
+@pytest.fixture()
+def large_photos(tmp_path) -> list[Path]:
+    """Two images that load_image shrinks (longest side over 4096 pixels): a wide PNG, and a JPEG stored
+    4200 x 1000 whose EXIF orientation 6 turns it upright to 1000 x 4200 (flat colours: small files)."""
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (4200, 1000), (200, 180, 160)).save(wide)
+    upright = tmp_path / "upright.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (4200, 1000), (90, 140, 200)).save(upright, exif=exif)
+    return [wide, upright]
+
+
+def test_large_photos_are_recorded_at_the_files_own_size(tiny_model, large_photos, tmp_path) -> None:
+    """The model sees a copy shrunk to 4096 pixels a side; width, height and boxes_px are still those of the
+    file (as the EXIF orientation turns it), not of the copy (4096 x 975, boxes 2.5 % too small)."""
+    from helpers.course.batch import check_images
+    from helpers.grounding.images import load_image
+
+    model, processor = tiny_model
+    out = tmp_path / "out"
+    records = ground_folder(model, processor, large_photos, GENERATION_PROMPT, out, box=(0.2, 0.3, 0.6, 0.9),
+                            max_new_tokens=2, progress=False)
+    expected = [(4200, 1000), (1000, 4200)]
+    assert [(r["width"], r["height"]) for r in records] == expected
+    for rec, (width, height), path in zip(records, expected, large_photos):
+        assert rec["entities"], rec["generated"]  # the user box's phrase at least
+        for entity in rec["entities"]:
+            assert entity["boxes_px"] == [[round(x0 * width, 1), round(y0 * height, 1), round(x1 * width, 1),
+                                           round(y1 * height, 1)] for x0, y0, x1, y1 in entity["boxes"]]
+        with Image.open(out / rec["annotated"]) as png:  # drawn on the copy the model saw
+            assert png.size == load_image(path).size and max(png.size) == 4096
+    assert check_images(large_photos) == expected
+
+
 def test_ground_folder_input_errors(tiny_model, folder, tmp_path) -> None:
     model, processor = tiny_model
     with pytest.raises(ValueError, match="needs a <phrase>"):

@@ -137,6 +137,73 @@ def test_bad_options_are_refused_with_a_message(capsys):
         assert message in capsys.readouterr().err
 
 
+def test_a_bitsandbytes_path_loads_on_the_gpu_asked_for(monkeypatch, tmp_path):
+    """--device cuda:1: bitsandbytes places the weights by the device map, which must name cuda:1 (the inputs
+    go there), not GPU 0. Checked without a GPU: from_pretrained only records what it is given."""
+    from transformers import Kosmos2ForConditionalGeneration
+
+    bench = _module()
+    given = {}
+
+    def from_pretrained(folder, **kwargs):
+        given.update(kwargs)
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(bench.quant, "check_available", lambda *args: None)  # no GPU, maybe no bitsandbytes here
+    monkeypatch.setattr(Kosmos2ForConditionalGeneration, "from_pretrained", from_pretrained)
+    for device, device_map in (("cuda:1", {"": "cuda:1"}), ("cuda", {"": 0})):  # bare "cuda": GPU 0, as load()
+        given.clear()
+        with pytest.raises(RuntimeError, match="recorded"):
+            bench.build_model(bench.tiny_config(), bench.PATHS["article"], device, weights=tmp_path)
+        assert given["device_map"] == device_map
+
+
+def test_gpu_name_memory_and_synchronizing_are_those_of_the_gpu_asked_for(monkeypatch):
+    """With --device cuda:1 the report names that GPU and its peak memory, and timing waits for it, not for
+    the current GPU (0)."""
+    bench = _module()
+    calls = []
+
+    def record(name, value=None):
+        return lambda *args: calls.append((name, args)) or value
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", record("name", "Second GPU"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", record("peak", 2 ** 30))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", record("reset"))
+    monkeypatch.setattr(torch.cuda, "synchronize", record("sync"))
+    assert bench.device_name("cuda:1") == "Second GPU"
+    assert bench.peak_memory("cuda:1") == (1.0, "torch.cuda.max_memory_allocated")
+    bench._reset_peak("cuda:1")
+    bench._sync("cuda:1")
+    assert calls == [("name", ("cuda:1",)), ("peak", ("cuda:1",)), ("reset", ("cuda:1",)), ("sync", ("cuda:1",))]
+
+
+def test_the_default_precision_follows_the_courses_native_bfloat16_rule(monkeypatch):
+    """On a T4 (compute capability 7.5, which emulates bfloat16) the default paths run in float16 and the bf16 path
+    is skipped; from 8.0 on, bfloat16: the rule of helpers.grounding.model.native_bf16."""
+    bench = _module()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    for capability, dtype in (((7, 5), torch.float16), ((8, 6), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",  # True on a T4 too: it counts emulation
+                            lambda including_emulation=True: including_emulation or capability >= (8, 0))
+        assert bench.resolve_dtype(bench.PATHS["sdpa"], "cuda:1") == dtype
+        reason = bench.skip_reason(bench.PATHS["bf16"], "cuda:1")
+        assert (reason is None) == (dtype == torch.bfloat16), reason
+
+
+def test_a_gpu_that_does_not_exist_is_refused(monkeypatch, capsys):
+    bench = _module()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("set_device called"))
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--tiny", "--device", "cuda:2"])
+    assert stop.value.code == 2
+    assert "--device cuda:2 does not exist: torch sees 2 CUDA GPU(s)" in capsys.readouterr().err
+
+
 def test_full_size_configuration_has_the_real_models_parameter_count():
     bench = _module()
     assert round(bench.count_parameters(bench.full_config()) / 1e9, 2) == 1.66

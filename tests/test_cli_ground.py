@@ -197,3 +197,15 @@ def test_an_out_folder_holding_the_images_is_refused_before_the_model_loads(work
     assert cli_ground.main(["scenes", "--out", "scenes"]) == 2
     assert "holds the input image(s) s0.png, s1.png, which their annotated copies would replace" in capsys.readouterr().err
     assert sorted(p.name for p in (workdir / "scenes").iterdir()) == before
+
+
+def test_the_pixel_box_hint_divides_by_the_size_of_a_large_photo_itself(tmp_path, monkeypatch, capsys) -> None:
+    """Loading shrinks a 4200 x 1000 image to 4096 x 975 for the model, but the pixels a user reads off the
+    file are the file's: the values to type come from its own size."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (4200, 1000), (200, 180, 160)).save(tmp_path / "wide.png")
+    box_px = ["420", "250", "2100", "750"]
+    assert cli_ground.main(["wide.png", "--out", "o", "--prompt", "<grounding><phrase> It</phrase> is",
+                            "--box", *box_px]) == 2
+    err = capsys.readouterr().err
+    assert "for wide.png (4200 x 1000 pixels) type --box 0.1 0.25 0.5 0.75" in err, err

@@ -182,3 +182,19 @@ def test_command_line_checks_out_before_any_work(image_paths, tmp_path, monkeypa
     (tmp_path / "file").write_text("")
     assert main([str(image_paths[0]), "--out", str(tmp_path / "file" / "r.jsonl")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_command_line_records_a_large_photo_at_the_files_own_size(model_dir, tmp_path, capsys):
+    """The model sees a copy shrunk to 4096 pixels a side; the record keeps the file's size (and boxes_px
+    measured on it), here in one process."""
+    from PIL import Image
+
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (4200, 1000), (200, 180, 160)).save(wide)
+    out = tmp_path / "results.jsonl"
+    assert main([str(wide), "--out", str(out), "--model", str(model_dir), "--max-new-tokens", "4", "--quiet"]) == 0
+    (record,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert (record["width"], record["height"]) == (4200, 1000)
+    for entity in record["entities"]:
+        assert entity["boxes_px"] == [[round(x0 * 4200, 1), round(y0 * 1000, 1), round(x1 * 4200, 1),
+                                       round(y1 * 1000, 1)] for x0, y0, x1, y1 in entity["boxes"]]

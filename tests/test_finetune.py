@@ -123,6 +123,51 @@ def test_world_scenes_read_back_as_the_worlds_own_captions(tmp_path):
                                                                               "the owls")
 
 
+def _turned_photo(tmp_path, width: int, height: int) -> tuple[Path, Path]:
+    """A JPEG stored 60 x 40 (red top-left quarter) whose EXIF orientation 6 makes a viewer show it 40 x 60,
+    and a COCO file giving it ``width`` x ``height`` with one box on the stored red quarter."""
+    from PIL import Image, ImageDraw
+
+    folder = tmp_path / "photos"
+    folder.mkdir(exist_ok=True)
+    stored = Image.new("RGB", (60, 40), (255, 255, 255))
+    ImageDraw.Draw(stored).rectangle([0, 0, 29, 19], fill=(255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(folder / "turned.jpg", quality=95, exif=exif)
+    data = {"images": [{"id": 1, "file_name": "turned.jpg", "width": width, "height": height}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 30, 20]}],
+            "categories": [{"id": 1, "name": "square"}]}
+    annotations = tmp_path / "photos.json"
+    annotations.write_text(json.dumps(data))
+    return annotations, folder
+
+
+def test_photos_are_trained_on_as_stored_which_their_boxes_measure(tmp_path):
+    """COCO boxes are measured on the stored pixels: an EXIF-turned photo must be loaded unturned, or the
+    box (here the red top-left quarter) would lie on other pixels."""
+    from helpers.grounding.finetune import _image
+
+    (record,) = read_coco(*_turned_photo(tmp_path, 60, 40))
+    assert record.objects[0].box == (0.0, 0.0, 0.5, 0.5)
+    image = _image(record.path)
+    assert image.size == (60, 40)
+    r, g, b = image.getpixel((10, 7))  # inside the box, as stored
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_a_record_whose_size_is_not_the_files_stored_size_is_refused(tmp_path):
+    """Giving the size a viewer shows (turned by EXIF) instead of the stored one is caught when the data is read,
+    before any model loads, naming the file and both sizes."""
+    with pytest.raises(FinetuneError, match=r"photos\.json: images\[0\]: image file .*turned\.jpg' is 60 x 40 pixels "
+                                            r"as stored, but the record gives width 40 and height 60"):
+        read_coco(*_turned_photo(tmp_path, 40, 60))
+    annotations, folder = _turned_photo(tmp_path, 60, 40)
+    (folder / "turned.jpg").write_bytes(b"not a JPEG")
+    with pytest.raises(FinetuneError, match=r"photos\.json: images\[0\]: file .*turned\.jpg' is not an image"):
+        read_coco(annotations, folder)
+
+
 def test_refs_file_adds_referring_expressions(coco, tmp_path):
     data = json.loads(coco[0].read_text())
     image, ann = data["images"][2], next(a for a in data["annotations"] if a["image_id"] == 2)
@@ -449,6 +494,36 @@ def test_command_refuses_a_bad_count_before_reading_or_loading(tiny_model_dir, c
     assert f"python -m helpers finetune: error: argument {option}: must be " in err
     assert f"got {value}\n" in err or f"got {value!r}\n" in err
     assert not out.exists()
+
+
+def test_bf16_is_refused_on_a_gpu_that_only_emulates_it(tiny_model_dir, coco, tmp_path, capsys, monkeypatch,
+                                                       no_loading):
+    """A T4 (compute capability 7.5; ``torch.cuda.is_bf16_supported()`` says True, counting emulation) would
+    fine-tune in slowly emulated bfloat16: --bf16 is refused before the data is read or the base loads."""
+    import torch
+
+    from helpers.grounding.finetune import check_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(torch.version, "hip", None)
+    out = tmp_path / "out"
+    code = main(["--data", str(coco[0]), "--images", str(coco[1]), "--base", str(tiny_model_dir), "--out", str(out),
+                 "--steps", "2", "--bf16"])  # no --device: the GPU load() would choose
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("python -m helpers finetune: error: --bf16 (bf16=True): the GPU Tesla T4 (cuda) has compute "
+                          "capability 7.5") and "leave out --bf16" in err
+    assert not out.exists()
+    check_config(FinetuneConfig(steps=2))  # float32 on it is fine
+    check_config(FinetuneConfig(steps=2, bf16=True, device="cpu"))  # CPUs are not refused
+    with pytest.raises(FinetuneError, match=r"Tesla T4 \(cuda:0\) has compute capability 7\.5"):
+        check_config(FinetuneConfig(steps=2, bf16=True, device="cuda:0"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    check_config(FinetuneConfig(steps=2, bf16=True))
 
 
 @pytest.mark.parametrize("field, value", [("batch_size", 0), ("rank", 0), ("alpha", 0), ("warmup", 0), ("steps", 0),

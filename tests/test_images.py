@@ -21,7 +21,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from helpers.grounding.images import MAX_DECODED_PIXELS, MAX_PIXELS, ImageLoadError, load_image, to_rgb
+from helpers.grounding.images import (
+    MAX_DECODED_PIXELS,
+    MAX_PIXELS,
+    ImageLoadError,
+    load_image,
+    load_image_and_size,
+    stored_size,
+    to_rgb,
+)
 
 
 def _png_bytes(image: Image.Image, **params: object) -> bytes:
@@ -215,6 +223,51 @@ def test_orientation_and_shrinking_together() -> None:
     assert loaded.size == (75, 100)
     r, g, b = loaded.getpixel((5, 5))  # orientation 8: the stored top-right (green) comes to the top-left
     assert g > 200 and r < 60 and b < 60
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_the_size_before_shrinking_is_turned_as_the_image_is(orientation: int) -> None:
+    """A 1000 x 800 JPEG decoded at reduced scale and shrunk to 100 pixels a side: the size given is the
+    file's own, turned as the image is (EXIF orientations 5 to 8 swap width and height)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _jpeg_bytes(_quadrants((1000, 800)), quality=90, exif=exif.tobytes())
+    image, size = load_image_and_size(data, max_side=100)
+    assert image.size == load_image(data, max_side=100).size
+    assert max(image.size) == 100
+    expected = (800, 1000) if orientation in (5, 6, 7, 8) else (1000, 800)
+    assert size == expected
+    assert (image.width > image.height) == (expected[0] > expected[1])
+    assert load_image_and_size(data, max_side=100, exif_orientation=False)[1] == (1000, 800)
+
+
+def test_the_size_before_shrinking_of_a_png_a_file_and_a_pil_image(tmp_path: Path) -> None:
+    picture = _quadrants((400, 100))
+    path = tmp_path / "wide.png"
+    picture.save(path)
+    for source in (picture, path, str(path), path.read_bytes()):
+        image, size = load_image_and_size(source, max_side=200)
+        assert (image.size, size) == ((200, 50), (400, 100))
+    assert load_image_and_size(path)[1] == (400, 100)  # not shrunk: the same size
+
+
+def test_stored_size_reads_the_header_without_turning(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "turned.jpg"
+    path.write_bytes(_jpeg_bytes(_quadrants(), exif=exif.tobytes()))
+    assert stored_size(path) == stored_size(str(path)) == (40, 30)
+    assert load_image(path).size == (30, 40)  # load_image turns it
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header_only(50_000, 50_000))  # only the header is read: no pixel limit applies
+    assert stored_size(huge) == (50_000, 50_000)
+    with pytest.raises(ImageLoadError, match="no image file at"):
+        stored_size(tmp_path / "missing.png")
+    with pytest.raises(ImageLoadError, match="is a directory"):
+        stored_size(tmp_path)
+    (tmp_path / "notes.txt").write_text("hello, I am not an image")
+    with pytest.raises(ImageLoadError, match=r"notes\.txt.* is not an image Pillow can read .*b'hello, I am not '"):
+        stored_size(tmp_path / "notes.txt")
 
 
 # --------------------------------------------------------------------------------------------- size limits

@@ -108,6 +108,52 @@ def test_a_saved_run_that_cannot_load_exits_1(tmp_path, capsys, monkeypatch) -> 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture
+def gpu(monkeypatch):
+    """``gpu((7, 5))``: torch sees one CUDA GPU of that compute capability (without one being there). Like a real
+    T4, it says that it supports bfloat16: ``torch.cuda.is_bf16_supported()`` counts emulation."""
+    import torch
+
+    def make(capability: tuple[int, int], name: str = "Tesla T4") -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True: including_emulation or capability >= (8, 0))
+        monkeypatch.setattr(torch.version, "hip", None)
+
+    return make
+
+
+def test_bf16_is_refused_on_a_gpu_that_only_emulates_it(tmp_path, capsys, no_work, gpu) -> None:
+    """A T4 (compute capability 7.5) would train in slowly emulated bfloat16: refused before any work, with
+    the GPU's compute capability and what to do instead."""
+    gpu((7, 5))
+    message = ("--bf16 (bf16=True): the GPU Tesla T4 (cuda) has compute capability 7.5, without native bfloat16 "
+               "arithmetic (that needs 8.0 or newer), so bfloat16 would only be emulated, slowly; leave out --bf16")
+    assert message in _run(tmp_path, capsys, ["--device", "cuda", "--bf16"])
+    with pytest.raises(ValueError, match=r"Tesla T4 \(cuda:0\) has compute capability 7\.5"):
+        check_config(TrainConfig(device="cuda:0", bf16=True))
+    check_config(TrainConfig(device="cuda"))  # float32 on it is fine
+    check_config(TrainConfig(device="cpu", bf16=True))  # CPUs are not refused (AMX, AVX-512 BF16)
+    gpu((8, 0), "NVIDIA A100")
+    check_config(TrainConfig(device="cuda", bf16=True))
+
+
+def test_native_bfloat16_is_one_rule_for_training_and_loading(gpu) -> None:
+    """Native bfloat16 from compute capability 8.0 (Ampere); what load() picks by default follows it."""
+    import torch
+
+    from helpers.grounding.model import default_dtype, native_bf16
+
+    assert native_bf16("cpu") is False
+    for capability, native in (((7, 5), False), ((7, 0), False), ((8, 0), True), ((9, 0), True)):
+        gpu(capability)
+        assert native_bf16("cuda") is native and native_bf16("cuda:0") is native
+        assert default_dtype("cuda") == (torch.bfloat16 if native else torch.float16)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"minutes": 0}, "minutes must be a number above 0"),
     ({"warmup": -1}, "warmup must be 0 or more"),

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 from helpers.course.outputs import grounding_record, read_jsonl
 from helpers.grounding.boxes import check_image_size
 from helpers.grounding.checks import check_positive_int
-from helpers.grounding.images import ImageLoadError, load_image
+from helpers.grounding.images import ImageLoadError, load_image, load_image_and_size
 from helpers.grounding.model import default_batch_size, ground
 from helpers.grounding.plotting import draw_entities, draw_user_box
 from helpers.grounding.progress import interactive
@@ -84,6 +84,9 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
 def check_images(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
     """Open every image file in ``paths`` (as :func:`ground_folder` will) and return their ``(width, height)``.
 
+    The sizes are the files' own (turned by their EXIF orientation, as the images are), also for images that
+    loading shrinks (:func:`helpers.grounding.images.load_image_and_size`).
+
     What ``python -m helpers ground`` runs before it loads a model, so that an unreadable file is reported
     at once rather than after the model has loaded and the images before it were grounded.
 
@@ -95,8 +98,9 @@ def check_images(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
     bad: list[tuple[str, str]] = []
     for path in paths:
         try:
-            with load_image(Path(path)) as image:
-                sizes.append(image.size)
+            image, size = load_image_and_size(Path(path))
+            image.close()
+            sizes.append(size)
         except ImageLoadError as err:
             bad.append((str(path), str(err)))
     if bad:
@@ -160,8 +164,10 @@ def ground_folder(
         progress: a progress bar over the images; default :func:`helpers.grounding.progress.interactive`.
 
     Each record's ``"file"`` is the path as given (joined with the folder for folder arguments) and
-    ``"annotated"`` the PNG's name inside ``out_dir`` (enlarged when small, see :func:`annotation_canvas`;
-    the record's ``width``, ``height`` and ``boxes_px`` are those of the original image). The results go to a
+    ``"annotated"`` the PNG's name inside ``out_dir``: the picture as the model saw it, enlarged when small (see
+    :func:`annotation_canvas`) and shrunk to at most 4096 pixels a side when large, as
+    :func:`helpers.grounding.images.load_image` loads it. The record's ``width``, ``height`` and ``boxes_px`` are
+    those of the image file itself (turned by its EXIF orientation), whatever its size. The results go to a
     temporary file beside ``results.jsonl`` that replaces it only when every image is done, so a run that fails
     or is stopped leaves an earlier ``results.jsonl`` as it was (the annotated PNGs are written image by image).
 
@@ -193,16 +199,17 @@ def ground_folder(
         with open(partial, "w", encoding="utf-8") as f:
             for start in range(0, len(files), batch_size):
                 chunk = files[start:start + batch_size]
-                images = [load_image(p) for p in chunk]
+                loaded = [load_image_and_size(p) for p in chunk]
+                images = [image for image, _ in loaded]
                 bboxes = [bboxes_one for _ in chunk] if bboxes_one is not None else None
                 results = ground(model, processor, images, prompt, bboxes=bboxes, max_new_tokens=max_new_tokens,
                                  batch_size=batch_size, progress=False)
-                for path, image, name, g in zip(chunk, images, names[start:start + batch_size], results):
+                for path, (image, size), name, g in zip(chunk, loaded, names[start:start + batch_size], results):
                     picture = annotation_canvas(image)
                     if box is not None:
                         picture = draw_user_box(picture, box, label=None)
                     draw_entities(picture, g).save(out / name)
-                    rec = grounding_record(str(path), prompt, g, image.size, annotated=name)
+                    rec = grounding_record(str(path), prompt, g, size, annotated=name)
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     records.append(rec)
                 if bar is not None:

@@ -23,7 +23,7 @@ from typing import Sequence
 from helpers.course.batch import RESULTS_NAME, annotated_names, check_images, ground_folder, image_files
 from helpers.grounding.boxes import looks_like_pixels, to_normalized
 from helpers.grounding.checks import positive_int_option
-from helpers.grounding.images import ImageLoadError, load_image
+from helpers.grounding.images import ImageLoadError, load_image_and_size
 from helpers.grounding.model import ModelLoadError, load
 from helpers.grounding.prompts import CAPTION_PROMPT, user_box_entry
 
@@ -86,7 +86,7 @@ def _numbers(values: Sequence[float]) -> str:
 def box_message(box: Sequence[float], error: ValueError, files: Sequence[Path]) -> str:
     """The ``--box`` error for a command-line user: for what looks like a pixel box
     (:func:`~helpers.grounding.boxes.looks_like_pixels`), how to give it as fractions, with the values to type
-    when one image is given."""
+    when one image is given (for the image file's own size, also when loading would shrink it)."""
     if not looks_like_pixels(box):
         return f"--box: {error}"
     message = (f"--box takes x0 y0 x1 y1 as fractions of the image's width and height (each from 0 to 1), "
@@ -94,8 +94,8 @@ def box_message(box: Sequence[float], error: ValueError, files: Sequence[Path]) 
                "its height")
     if len(files) == 1:
         try:
-            with load_image(files[0]) as image:
-                size = image.size
+            image, size = load_image_and_size(files[0])
+            image.close()
         except ImageLoadError:
             return message
         where = f"{files[0]} ({size[0]} x {size[1]} pixels)"

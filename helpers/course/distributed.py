@@ -18,7 +18,8 @@ starts one process unless MPI is set up, so ask for the multi-process launcher):
 Without a GPU the processes talk through the gloo backend; ``torchrun --nproc_per_node 2 -m
 helpers distributed …`` does the same.
 The main process writes ``results.jsonl``, one line per image in the order given, in the layout of
-:func:`helpers.course.outputs.grounding_record` (without annotated pictures: ``"annotated"`` is ``null``).
+:func:`helpers.course.outputs.grounding_record` (without annotated pictures: ``"annotated"`` is ``null``;
+``width``, ``height`` and ``boxes_px`` are those of the image file, also when loading shrank a large one).
 
 A failure on one process (an unreadable image, say) is gathered like a result, so every process raises
 the same :class:`DistributedGroundingError` instead of the others waiting for it forever.
@@ -40,7 +41,7 @@ from helpers.course.batch import image_files
 from helpers.course.cli import fail, parse, prompt_text
 from helpers.course.outputs import grounding_record
 from helpers.grounding.checks import check_positive_int, positive_int_option
-from helpers.grounding.images import ImageLoadError, load_image
+from helpers.grounding.images import ImageLoadError, load_image, load_image_and_size
 from helpers.grounding.model import ModelLoadError, ground, load
 from helpers.grounding.prompts import CAPTION_PROMPT
 
@@ -246,11 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def share(indices: list[int]) -> list[dict]:
         if not indices:
             return []
-        pictures = [load_image(files[i]) for i in indices]
-        results = ground(model, processor, pictures, args.prompt, max_new_tokens=args.max_new_tokens,
-                         batch_size=args.batch_size, progress=False)
-        return [grounding_record(str(files[i]), args.prompt, g, pic.size)
-                for i, pic, g in zip(indices, pictures, results)]
+        loaded = [load_image_and_size(files[i]) for i in indices]
+        results = ground(model, processor, [picture for picture, _ in loaded], args.prompt,
+                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=False)
+        return [grounding_record(str(files[i]), args.prompt, g, size)  # the file's size, even when loading shrank it
+                for i, (_, size), g in zip(indices, loaded, results)]
 
     try:
         records = map_between_processes(share, len(files), state)

@@ -10,7 +10,9 @@ and the main job's ``records.jsonl``) holds one JSON line per grounded image in 
                    "boxes": [[0.1, 0.2, 0.4, 0.6]], "boxes_px": [[16.0, 24.0, 64.0, 72.0]]}],
      "problems": [], "generated": "<grounding> An image of<phrase> a red circle</phrase><object>…</object>."}
 
-``boxes`` are normalized ``(x0, y0, x1, y1)``; ``boxes_px`` the same boxes in pixels of the original image;
+``boxes`` are normalized ``(x0, y0, x1, y1)``; ``boxes_px`` the same boxes in pixels of the original image
+(``width`` x ``height``: for a file, the file's own size turned by its EXIF orientation, even when the model
+saw a copy that loading shrank);
 ``generated`` is the decoded text after the image prefix (the prompt and the model's answer, tags kept);
 ``file`` is the image's path (``null`` for an image that was never a file) and ``annotated`` the PNG with
 the boxes drawn (``null`` when none was written).
@@ -38,7 +40,11 @@ RECORDS_NAME = "records.jsonl"
 
 def grounding_record(file: str | None, prompt: str, grounding, image_size: tuple[int, int],
                      annotated: str | None = None) -> dict:
-    """The JSON record of one grounded image (the layout is in the module docstring)."""
+    """The JSON record of one grounded image (the layout is in the module docstring).
+
+    ``image_size`` is the original image's ``(width, height)``, which ``boxes_px`` are measured in; for an image
+    file, the size :func:`helpers.grounding.images.load_image_and_size` gives, not that of a shrunk copy.
+    """
     width, height = image_size
     entities = []
     for e in grounding.entities:

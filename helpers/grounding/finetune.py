@@ -6,7 +6,9 @@ loaded, the data, the output folder), 1 when the base model cannot be loaded, ea
 
 **Data.** COCO detection format (``images`` with ``id``, ``file_name``, ``width``, ``height``;
 ``annotations`` with ``image_id``, ``category_id`` and ``bbox`` ``[x, y, w, h]`` in pixels; ``categories``
-with ``id`` and ``name``, optionally ``plural`` for nouns that do not take an ``s``). Referring expressions
+with ``id`` and ``name``, optionally ``plural`` for nouns that do not take an ``s``). As in COCO, boxes are
+measured on the pixels as stored in the file: images are loaded without turning them by their EXIF
+orientation, and each file's stored size must be its record's ``width`` and ``height``. Referring expressions
 come either on the annotations themselves (``"sentences"``, as RefCOCO's refs, or ``"expression"``) or from a
 RefCOCO-style file (``refs=``, read by :func:`helpers.grounding.refcoco.load_refcoco`).
 
@@ -35,7 +37,9 @@ with ``peft.prepare_model_for_kbit_training`` and trains the adapters in full pr
 checkpointing (activations recomputed in the backward pass instead of stored).
 
 **Speed.** ``bf16=True`` runs the forward passes under bfloat16 autocast (the adapters, the optimizer and the
-loss stay float32), for large models on GPUs and on CPUs with AMX or AVX-512 BF16. On the tiny bundled model
+loss stay float32), for large models on GPUs and on CPUs with AMX or AVX-512 BF16. It is refused on a GPU
+without native bfloat16 (compute capability below 8.0, such as a T4, which would only emulate it, slowly:
+:func:`helpers.grounding.model.check_bf16`); leave it out there. On the tiny bundled model
 it does not pay: on two such cores 60 steps of 16 texts ran at 3.0 steps per second in bfloat16 and 3.4 in
 float32 (the stars demonstration, :mod:`helpers.world.new_kinds`, made 1 833 steps in 9.5 minutes with it).
 
@@ -70,7 +74,8 @@ from helpers.grounding.boxes import coco_to_normalized
 from helpers.grounding.checks import (check_positive_int, check_positive_number, positive_int_option,
                                       positive_number_option)
 from helpers.grounding.evaluation import CaptionScores, Score, score_any_box, score_caption
-from helpers.grounding.model import ModelLoadError
+from helpers.grounding.images import ImageLoadError, load_image, stored_size
+from helpers.grounding.model import ModelLoadError, check_bf16, try_gpu
 from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt, with_box
 from helpers.grounding.tokens import object_tokens
 
@@ -192,7 +197,9 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
     Images without annotations are kept (they teach the model that nothing is there only through
     captions, so they are skipped for the other tasks). Checks every record and raises
     :class:`FinetuneError` naming it: an empty or non-JSON file, missing keys, an unknown category or
-    image id, a box with no area or outside its image, a missing image file.
+    image id, a box with no area or outside its image, a missing or unreadable image file, an image file whose
+    stored size (read from its header, :func:`helpers.grounding.images.stored_size`) is not the record's
+    ``width`` and ``height``.
     """
     annotations, images = Path(annotations), Path(images)
     data = _read_json(annotations, "annotation file")
@@ -220,8 +227,18 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
         for k in ("width", "height"):
             if isinstance(im[k], bool) or not isinstance(im[k], int) or im[k] < 1:
                 raise FinetuneError(f"{where}: '{k}' must be a positive int (pixels), got {im[k]!r}")
-        if not (images / im["file_name"]).is_file():
-            raise FinetuneError(f"{where}: image file {str(images / im['file_name'])!r} does not exist")
+        path = images / im["file_name"]
+        if not path.is_file():
+            raise FinetuneError(f"{where}: image file {str(path)!r} does not exist")
+        try:
+            size = stored_size(path)
+        except ImageLoadError as err:
+            raise FinetuneError(f"{where}: {err}") from None
+        if size != (im["width"], im["height"]):
+            raise FinetuneError(
+                f"{where}: image file {str(path)!r} is {size[0]} x {size[1]} pixels as stored, but the record "
+                f"gives width {im['width']} and height {im['height']}; COCO boxes are measured on the stored "
+                "pixels (the EXIF orientation is not applied), so the record must give the file's stored size")
         records[im["id"]] = (im, [])
     for i, ann in enumerate(data["annotations"]):
         where = f"{annotations.name}: annotations[{i}] (id {ann.get('id') if isinstance(ann, dict) else None!r})"
@@ -308,9 +325,9 @@ def texts_for(records: Sequence[ImageRecord]) -> list[Text]:
 
 @lru_cache(maxsize=512)
 def _image(path: Path):
-    from helpers.grounding.images import load_image
-
-    return load_image(path)
+    """The image as stored, not turned by its EXIF orientation: what COCO boxes are measured on (read_coco
+    checked that its stored size is the record's)."""
+    return load_image(path, exif_orientation=False)
 
 
 # ----------------------------------------------------------------------------------------------- base and adapter
@@ -525,7 +542,9 @@ def _summary(records: Sequence[ImageRecord], texts: Sequence[Text], source: dict
 def check_config(cfg: FinetuneConfig) -> None:
     """Raise :class:`FinetuneError` for settings that cannot run: no budget (``steps`` or ``minutes``), a count
     (``steps``, ``batch_size``, ``rank``, ``alpha``, ``warmup``, ``threads``) that is not a positive int, a
-    ``minutes``, ``lr`` or ``checkpoint_minutes`` that is not a number above 0, a ``dropout`` outside [0, 1)."""
+    ``minutes``, ``lr`` or ``checkpoint_minutes`` that is not a number above 0, a ``dropout`` outside [0, 1),
+    ``bf16`` on a GPU without native bfloat16 (:func:`helpers.grounding.model.check_bf16`; ``device`` or, when
+    it is None, the one :func:`helpers.grounding.model.load` would choose)."""
     if cfg.steps is None and cfg.minutes is None:
         raise FinetuneError("give a budget: steps or minutes (or both)")
     try:
@@ -541,6 +560,11 @@ def check_config(cfg: FinetuneConfig) -> None:
     d = cfg.dropout
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
         raise FinetuneError(f"dropout must be a number in [0, 1), got {d!r}")
+    if cfg.bf16:
+        try:
+            check_bf16(cfg.device or try_gpu())
+        except (TypeError, ValueError) as err:
+            raise FinetuneError(str(err)) from None
 
 
 def check_output(out: str | os.PathLike, *, resume: bool = False, resumable: bool = True) -> None:
@@ -893,8 +917,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=positive_int_option, default=None)
     p.add_argument("--bf16", action="store_true",
-                   help="forward passes in bfloat16, for large models on GPUs and CPUs with AMX or AVX-512 BF16 "
-                        "(on the tiny bundled model it is not faster); the adapters and the optimizer stay float32")
+                   help="forward passes in bfloat16, for large models on GPUs with native bfloat16 (compute "
+                        "capability 8.0 or newer; refused on older ones such as a T4) and CPUs with AMX or AVX-512 "
+                        "BF16 (on the tiny bundled model it is not faster); the adapters and the optimizer stay "
+                        "float32")
     return p
 
 

@@ -11,6 +11,9 @@
 * has its longest side at most ``max_side`` pixels (bigger images are shrunk while loading; JPEGs are
   decoded at a reduced scale with ``Image.draft`` so the full-size image is never held in memory).
 
+:func:`load_image_and_size` also gives the size the image had before it was shrunk (what pixel boxes on the
+file itself are measured in), and :func:`stored_size` reads a file's size as stored from its header alone.
+
 Size limits (all documented constants of this module):
 
 * :data:`MAX_PIXELS` -- an image whose header announces more than 40000 x 40000 pixels is refused before
@@ -35,12 +38,12 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator, Union
+from typing import BinaryIO, Iterator, Union
 
 import numpy as np
 import requests
 import urllib3
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from helpers.grounding.checks import check_positive_int, check_positive_number
 
@@ -50,6 +53,8 @@ __all__ = [
     "MAX_DECODED_PIXELS",
     "MAX_PIXELS",
     "load_image",
+    "load_image_and_size",
+    "stored_size",
     "to_rgb",
 ]
 
@@ -67,6 +72,8 @@ _USER_AGENT = "kosmos2-grounding-course/1.0 (+python-requests)"
 _GENERIC_TYPES = {"application/octet-stream", "binary/octet-stream", "application/binary"}
 # Pillow's pixel limit is a module global; changes to it are serialized by this lock.
 _PILLOW_LIMIT_LOCK = threading.Lock()
+# EXIF orientations that turn the picture a quarter: ImageOps.exif_transpose swaps its width and height.
+_QUARTER_TURNS = (5, 6, 7, 8)
 
 
 class ImageLoadError(ValueError):
@@ -109,6 +116,25 @@ def load_image(
             dead URL, HTTP error status, non-image content, timeout, too many bytes, too many pixels,
             corrupt data).
     """
+    return load_image_and_size(source, timeout=timeout, max_bytes=max_bytes, max_side=max_side,
+                               exif_orientation=exif_orientation)[0]
+
+
+def load_image_and_size(
+    source: ImageSource,
+    *,
+    timeout: float = 10.0,
+    max_bytes: int = 20_000_000,
+    max_side: int = 4096,
+    exif_orientation: bool = True,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`load_image`'s image and the ``(width, height)`` of the source itself, before any shrinking.
+
+    The size is the file's (or the bytes', the download's, the PIL image's), turned as the image is: with
+    ``exif_orientation=True`` a 6000 x 4000 photo whose EXIF tag says "rotate 90°" has the size (4000, 6000).
+    A normalized box times this size is in pixels of the file, however much the image was shrunk to
+    ``max_side``. The arguments and errors are :func:`load_image`'s.
+    """
     check_positive_number("timeout", timeout)
     check_positive_int("max_bytes", max_bytes)
     check_positive_int("max_side", max_side)
@@ -142,6 +168,26 @@ def load_image(
         "source must be a file path (str or os.PathLike), an http(s) URL, image bytes or a PIL image, "
         f"got {type(source).__name__}: {source!r:.80}"
     )
+
+
+def stored_size(path: str | os.PathLike) -> tuple[int, int]:
+    """The ``(width, height)`` of the image file at ``path`` as its pixels are stored, read from its header alone.
+
+    No pixel is decoded and the EXIF orientation is not applied: this is the size annotation files (COCO,
+    RefCOCO, Flickr30k Entities) give and measure their boxes on, and that of
+    ``load_image(path, exif_orientation=False)`` before shrinking.
+
+    Raises:
+        ImageLoadError: there is no file at ``path``, it is a directory, or it is not an image Pillow can read.
+    """
+    path = Path(os.fspath(path))
+    _check_file(path)
+    what = f"file {str(path)!r}"
+    try:
+        with open(path, "rb") as handle, _own_pixel_checks(), _open(handle, what) as image:
+            return image.size
+    except OSError as exc:
+        raise ImageLoadError(f"could not read image file {str(path)!r}: {exc}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -189,11 +235,15 @@ def _grey_to_uint8(image: Image.Image) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
-def _read_file(path: Path, max_bytes: int) -> bytes:
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise ImageLoadError(f"no image file at {str(path)!r}: expected an existing file, found nothing there")
     if path.is_dir():
         raise ImageLoadError(f"{str(path)!r} is a directory, expected an image file")
+
+
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    _check_file(path)
     try:
         size = path.stat().st_size
         if size > max_bytes:
@@ -290,27 +340,38 @@ def _target_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _decode(data: bytes, *, max_side: int, what: str, orient: bool = True) -> Image.Image:
+def _open(fp: BinaryIO, what: str) -> Image.Image:
+    """``Image.open(fp)``, which reads only the header, with its errors as :class:`ImageLoadError`.
+
+    Pillow's pixel limit is off while opening (callers check the size before decoding anything); call it
+    within :func:`_own_pixel_checks`.
+    """
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(fp)
+        finally:
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
+    except UnidentifiedImageError:
+        fp.seek(0)
+        head = fp.read(16)
+        raise ImageLoadError(
+            f"{what} is not an image Pillow can read (expected e.g. JPEG, PNG, GIF, WebP, TIFF; "
+            f"{fp.seek(0, io.SEEK_END):,} bytes starting {head!r})"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"{what} is too large to load: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageLoadError(f"{what} could not be read as an image: {exc}") from None
+
+
+def _decode(data: bytes, *, max_side: int, what: str, orient: bool = True) -> tuple[Image.Image, tuple[int, int]]:
+    """The loaded image and the source's own size (turned as the image is, see :func:`load_image_and_size`)."""
     if not data:
         raise ImageLoadError(f"{what} is empty (0 bytes), expected an image file")
     with _own_pixel_checks():
-        try:
-            # Opening reads only the header; the size is checked right below, before any decoding.
-            Image.MAX_IMAGE_PIXELS = None
-            try:
-                image = Image.open(io.BytesIO(data))
-            finally:
-                Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
-        except UnidentifiedImageError:
-            head = data[:16]
-            raise ImageLoadError(
-                f"{what} is not an image Pillow can read (expected e.g. JPEG, PNG, GIF, WebP, TIFF; "
-                f"{len(data):,} bytes starting {head!r})"
-            ) from None
-        except Image.DecompressionBombError as exc:
-            raise ImageLoadError(f"{what} is too large to load: {exc}") from None
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageLoadError(f"{what} could not be read as an image: {exc}") from None
+        # Opening reads only the header; the size is checked right below, before any decoding.
+        image = _open(io.BytesIO(data), what)
         with image:
             width, height = image.size
             if width * height > MAX_PIXELS:
@@ -334,18 +395,25 @@ def _decode(data: bytes, *, max_side: int, what: str, orient: bool = True) -> Im
                 raise ImageLoadError(f"{what} is too large to load: {exc}") from None
             except (OSError, ValueError, SyntaxError) as exc:
                 raise ImageLoadError(f"{what} is truncated or corrupt ({image.format} data): {exc}") from None
-            return _shrink_convert(_oriented(image) if orient else image, max_side=max_side)
+            return _turned(image, (width, height), max_side=max_side, orient=orient)
 
 
-def _oriented(image: Image.Image) -> Image.Image:
-    """A copy of ``image`` turned as its EXIF orientation tag asks (``ImageOps.exif_transpose``)."""
+def _turned(image: Image.Image, size: tuple[int, int], *, max_side: int,
+            orient: bool) -> tuple[Image.Image, tuple[int, int]]:
+    """``image`` turned by its EXIF orientation (``orient``), shrunk and RGB, and ``size`` (the source's
+    width and height, before any reduced-scale decoding) turned the same way."""
+    if not orient:
+        return _shrink_convert(image, max_side=max_side), size
     try:
-        return ImageOps.exif_transpose(image)
+        quarter = image.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS
+        oriented = ImageOps.exif_transpose(image)
     except Exception:  # a malformed EXIF block should not stop the image from loading
-        return image.copy()
+        quarter, oriented = False, image.copy()
+    return _shrink_convert(oriented, max_side=max_side), (size[1], size[0]) if quarter else size
 
 
-def _finish(image: Image.Image, *, max_side: int, what: str, orient: bool = True) -> Image.Image:
+def _finish(image: Image.Image, *, max_side: int, what: str,
+            orient: bool = True) -> tuple[Image.Image, tuple[int, int]]:
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageLoadError(f"{what} is {width} x {height} pixels, over the limit of {MAX_PIXELS:,} pixels")
@@ -354,7 +422,7 @@ def _finish(image: Image.Image, *, max_side: int, what: str, orient: bool = True
             image.load()
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageLoadError(f"{what} could not be read: {exc}") from None
-        return _shrink_convert(_oriented(image) if orient else image, max_side=max_side)
+        return _turned(image, (width, height), max_side=max_side, orient=orient)
 
 
 def _shrink_convert(image: Image.Image, *, max_side: int) -> Image.Image:

@@ -85,13 +85,49 @@ def try_gpu() -> str:
     return "cpu"
 
 
+def native_bf16(device: str) -> bool:
+    """True when ``device`` is a GPU that computes in bfloat16 natively: a CUDA GPU of compute capability 8.0
+    or newer (Ampere: A100, RTX 30xx, L4, H100 …) or a ROCm GPU. False on the CPU, on MPS and without CUDA.
+
+    ``torch.cuda.is_bf16_supported()`` alone also says True on older GPUs such as a T4 (compute capability 7.5),
+    where bfloat16 is only emulated, slowly, because it merely checks that a bfloat16 tensor can be created.
+    """
+    import torch
+
+    where = torch.device(device)
+    if where.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(where)[0] >= 8
+
+
+def check_bf16(device: str) -> None:
+    """Raise ``ValueError`` when bfloat16 computing is asked for (``--bf16``) on ``device``, a CUDA GPU that
+    would only emulate it (:func:`native_bf16`): slowly, and nothing would say so while it runs.
+
+    CPUs are not refused: those with AMX or AVX-512 BF16 compute in bfloat16 quickly.
+
+    Raises:
+        TypeError, ValueError: also for a ``device`` that :func:`load` would refuse (one this machine lacks).
+    """
+    import torch
+
+    device = _check_device(device)
+    where = torch.device(device)
+    if where.type == "cuda" and not native_bf16(device):
+        major, minor = torch.cuda.get_device_capability(where)
+        raise ValueError(f"--bf16 (bf16=True): the GPU {torch.cuda.get_device_name(where)} ({device}) has compute "
+                         f"capability {major}.{minor}, without native bfloat16 arithmetic (that needs 8.0 or newer), "
+                         "so bfloat16 would only be emulated, slowly; leave out --bf16 on this GPU (training then "
+                         "runs in float32)")
+
+
 def default_dtype(device: str):
-    """bf16 on GPUs that support it, fp16 on other GPUs (a Colab T4), float32 on the CPU."""
+    """bf16 on GPUs that compute in it natively (:func:`native_bf16`), fp16 on other GPUs (a Colab T4), float32
+    on the CPU."""
     import torch
 
     if device.startswith("cuda"):
-        # native bf16 only (Ampere and newer); a T4 merely emulates it, slowly: fp16 there
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     if device == "mps":
         return torch.float16
     return torch.float32

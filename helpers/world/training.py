@@ -49,6 +49,7 @@ from torch import nn
 
 from helpers.grounding.checks import (check_count, check_positive_int, count_option, is_number, number_option, number_rule,
                                       positive_int_option, positive_number_option)
+from helpers.grounding.model import check_bf16
 from helpers.grounding.quantization import check_available
 from helpers.world.scenes import KINDS, Scene, sample_scene
 from helpers.world.language import Example, build_config, build_processor, scene_examples
@@ -484,7 +485,8 @@ def check_config(cfg: TrainConfig) -> None:
             is not a finite number above 0 (``minutes`` may be None); a loss weight or ``checkpoint_minutes``
             that is not a finite number >= 0; ``pair_share`` or ``three_share`` outside [0, 1];
             ``fp4_share`` and ``nf4_share`` below 0 or adding up past 1; a ``task_weights`` mix that
-            :func:`parse_task_weights` would refuse.
+            :func:`parse_task_weights` would refuse; ``bf16`` on a ``device`` that is a GPU without native
+            bfloat16, such as a T4 (:func:`helpers.grounding.model.check_bf16`), or that does not exist.
     """
     for name in ("batch_size", "log_every", "image_size", "patch_size"):
         _check_count(name, getattr(cfg, name))
@@ -506,6 +508,8 @@ def check_config(cfg: TrainConfig) -> None:
                 and math.isfinite(sum(mix.values()))):
             raise ValueError(f"task_weights must map tasks ({', '.join(TASK_WEIGHTS)}) to finite numbers >= 0, "
                              f"at least one above 0; got {mix!r}")
+    if cfg.bf16:
+        check_bf16(cfg.device)
 
 
 def draw_batch(rng: random.Random, processor, n: int, grid: int, pair_share: float = 0.0,
@@ -929,7 +933,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-every", type=positive_int_option, default=25, help="joint steps between two log lines")
     parser.add_argument("--bf16", action="store_true",
                         help="forward passes in bfloat16 (about twice as fast on CPUs with AMX or AVX-512 BF16, "
-                             "and on GPUs); weights, optimizer state and losses stay float32")
+                             "and on GPUs with native bfloat16, compute capability 8.0 or newer; refused on older "
+                             "ones such as a T4); weights, optimizer state and losses stay float32")
     parser.add_argument("--fp4-share", type=share, default=0.0,
                         help="share of the joint passes in which each linear but lm_head computes with its weight "
                              "rounded as the article's 4-bit path does (bitsandbytes FP4), the gradient passed "
