@@ -78,7 +78,7 @@ from typing import Any, Sequence
 import torch
 
 from helpers.grounding import quantization as quant
-from helpers.grounding.model import default_dtype, native_bf16
+from helpers.grounding.model import native_bf16
 from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
 
 #: How many prompt tokens follow ``</image>`` (``<grounding>``, ``▁An``, ``▁image``, ``▁of``).
@@ -104,8 +104,9 @@ class PathSpec:
 
 
 PATHS: dict[str, PathSpec] = {
-    "article": PathSpec("article", "the article: 4-bit bitsandbytes, BitsAndBytesConfig defaults, batch 1",
-                        quantization="4bit", dtype="float32", small_batches_only=True),
+    "article": PathSpec("article", "the article: 4-bit bitsandbytes, BitsAndBytesConfig defaults (float32 "
+                        "arithmetic), the other layers in float16 on a GPU as transformers 4 gave the article, "
+                        "float32 on a CPU; batch 1", quantization="4bit", small_batches_only=True),
     "fp32": PathSpec("fp32", "float32 weights, SDPA attention", dtype="float32"),
     "fp32-eager": PathSpec("fp32-eager", "float32 weights, eager (matmul + softmax) attention", dtype="float32",
                            attention="eager"),
@@ -208,10 +209,10 @@ def parse_paths(text: str) -> list[str]:
 
 
 def resolve_dtype(spec: PathSpec, device: str) -> torch.dtype:
-    """The dtype a path runs in on ``device``: the path's own, else the course's default for the device
-    (:func:`helpers.grounding.model.default_dtype`: bf16 on GPUs that compute in it natively, fp16 on other GPUs
-    such as a T4, fp32 on the CPU)."""
-    return getattr(torch, spec.dtype) if spec.dtype else default_dtype(device)
+    """The dtype a path runs in on ``device``: the path's own, else what ``load()`` gives its quantization there
+    (:func:`helpers.grounding.quantization.default_dtype_for`: without quantization bf16 on GPUs that compute in
+    it natively, fp16 on other GPUs such as a T4, fp32 on the CPU; the article's 4-bit fp16 on a GPU)."""
+    return getattr(torch, spec.dtype) if spec.dtype else quant.default_dtype_for(spec.quantization, device)
 
 
 def skip_reason(spec: PathSpec, device: str) -> str | None:

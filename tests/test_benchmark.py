@@ -191,6 +191,8 @@ def test_the_default_precision_follows_the_courses_native_bfloat16_rule(monkeypa
         assert bench.resolve_dtype(bench.PATHS["sdpa"], "cuda:1") == dtype
         reason = bench.skip_reason(bench.PATHS["bf16"], "cuda:1")
         assert (reason is None) == (dtype == torch.bfloat16), reason
+        assert bench.resolve_dtype(bench.PATHS["article"], "cuda:1") == torch.float16  # as the article had it
+    assert bench.resolve_dtype(bench.PATHS["article"], "cpu") == torch.float32
 
 
 def test_a_gpu_that_does_not_exist_is_refused(monkeypatch, capsys):

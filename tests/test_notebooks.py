@@ -214,17 +214,20 @@ def test_modern_kwargs_translate_the_article_call() -> None:
     from helpers.course.solutions import modern_from_pretrained_kwargs
 
     translated = modern_from_pretrained_kwargs(load_in_4bit=True, device_map={"": 0})
-    assert set(translated) == {"quantization_config", "device_map"}
+    assert set(translated) == {"quantization_config", "device_map", "dtype"}
     config = translated["quantization_config"]
     assert isinstance(config, BitsAndBytesConfig) and config.load_in_4bit and not config.load_in_8bit
-    assert config.bnb_4bit_compute_dtype == torch.float16
+    assert config.to_dict() == BitsAndBytesConfig(load_in_4bit=True).to_dict()  # bitsandbytes' defaults
+    assert config.bnb_4bit_compute_dtype == torch.float32
+    assert translated["dtype"] == torch.float16  # transformers 4's choice for the layers left unquantized
     assert translated["device_map"] == {"": 0}
     assert modern_from_pretrained_kwargs(torch_dtype=torch.bfloat16) == {"dtype": torch.bfloat16}
-    eight = modern_from_pretrained_kwargs(load_in_8bit=True)["quantization_config"]
-    assert eight.load_in_8bit and not eight.load_in_4bit
+    eight = modern_from_pretrained_kwargs(load_in_8bit=True)
+    assert eight["quantization_config"].load_in_8bit and not eight["quantization_config"].load_in_4bit
+    assert eight["dtype"] == torch.float16
     assert modern_from_pretrained_kwargs() == {}
     auto = modern_from_pretrained_kwargs(torch_dtype="auto", load_in_4bit=True)  # 2023 code often said "auto"
-    assert auto["dtype"] == "auto" and auto["quantization_config"].bnb_4bit_compute_dtype == torch.float16
+    assert auto["dtype"] == "auto" and auto["quantization_config"].bnb_4bit_compute_dtype == torch.float32
 
 
 def test_modern_kwargs_load_the_bundled_model_in_the_asked_dtype() -> None:

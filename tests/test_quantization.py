@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import BitsAndBytesConfig
 
 import helpers.grounding.quantization as quant
 from helpers.course.paths import bundled_model_dir
@@ -79,6 +80,19 @@ def test_bitsandbytes_paths_use_its_layers_and_the_articles_defaults(tiny_model_
     assert isinstance(_layer(model), bnb.nn.Linear8bitLt) and _layer(model).weight.dtype == torch.int8
     config = quant.bitsandbytes_config("4bit", torch.float32)
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "fp4" and not config.bnb_4bit_use_double_quant
+
+
+def test_4bit_is_the_articles_set_up_and_nf4_computes_in_the_models_dtype() -> None:
+    """The article's load on transformers 4: BitsAndBytesConfig(load_in_4bit=True) as it is (float32 arithmetic)
+    and, on its GPU, the other layers in float16. NF4 (QLoRA's) computes in the dtype the model loads in."""
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert quant.bitsandbytes_config("4bit", dtype).to_dict() == BitsAndBytesConfig(load_in_4bit=True).to_dict()
+        assert quant.bitsandbytes_config("nf4", dtype).bnb_4bit_compute_dtype == dtype
+    assert quant.default_dtype_for("4bit", "cuda") == quant.default_dtype_for("4bit", "cuda:1") == torch.float16
+    assert quant.default_dtype_for("4bit", "cpu") == torch.float32 == quant.plan("4bit", "cpu", None, None).dtype
+    for name in ("int8", "int4", "int4-onnx"):
+        assert quant.default_dtype_for(name, "cpu") == torch.bfloat16 == quant.plan(name, "cpu", None, None).dtype
+    assert quant.plan("4bit", "cpu", torch.bfloat16, None).dtype == torch.bfloat16  # asked for: the other layers
 
 
 def _kinds(model) -> dict[str, str]:

@@ -77,9 +77,10 @@ def modern_from_pretrained_kwargs(
     """Translate the 2023 keyword arguments of ``from_pretrained`` into their transformers 5 form.
 
     * ``torch_dtype=`` becomes ``dtype=``;
-    * ``load_in_4bit=True`` / ``load_in_8bit=True`` become
-      ``quantization_config=BitsAndBytesConfig(...)`` (4-bit computes in ``torch_dtype``, or float16 when
-      none or ``"auto"`` is given, as on a Colab T4);
+    * ``load_in_4bit=True`` / ``load_in_8bit=True`` become ``quantization_config=BitsAndBytesConfig(...)`` with
+      bitsandbytes' defaults (4-bit: FP4 codes, float32 arithmetic), plus ``dtype=torch.float16`` when no
+      ``torch_dtype`` was given: transformers 4 put the layers bitsandbytes leaves alone in float16 by itself
+      then, and transformers 5 keeps float32, so without it the same call loads another model;
     * ``device_map`` is passed on unchanged.
 
     Arguments left at their default are left out of the result.
@@ -100,11 +101,8 @@ def modern_from_pretrained_kwargs(
         import torch
         from transformers import BitsAndBytesConfig
 
-        if load_in_4bit:
-            compute = torch.float16 if torch_dtype in (None, "auto") else torch_dtype  # "auto": the checkpoint's
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)
-        else:
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs.setdefault("dtype", torch.float16)  # what transformers 4 chose for a bitsandbytes load
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
     if device_map is not None:
         kwargs["device_map"] = device_map
     return kwargs

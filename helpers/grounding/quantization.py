@@ -15,7 +15,11 @@ name             weights                                                        
 ===============  ===================================================================  ============  =========
 
 The bitsandbytes paths quantize while ``from_pretrained`` loads (transformers leaves ``lm_head`` in float, as
-for the article). ``"int8"`` and ``"int4"`` (:func:`quantize`) quantize the loaded bfloat16 model's text decoder,
+for the article). ``"4bit"`` is the article's set-up exactly: ``BitsAndBytesConfig(load_in_4bit=True)`` with
+bitsandbytes' defaults (FP4 codes, float32 arithmetic) and, on a GPU, the layers it leaves alone in float16, which
+transformers 4 chose by itself for a bitsandbytes load without a ``torch_dtype`` (transformers 5 keeps float32;
+on a CPU so does the course). ``"nf4"`` computes in the model's dtype, as QLoRA does (:func:`default_dtype_for`).
+``"int8"`` and ``"int4"`` (:func:`quantize`) quantize the loaded bfloat16 model's text decoder,
 ``lm_head`` included: at batch 1 a CPU spends most of each generated token reading weights, and the output
 layer (65 037 × 2 048 in Kosmos-2) is the largest single one. They keep the vision tower and the image-to-text
 projection in bfloat16, since those run once per image (:data:`KEEPS_BFLOAT16`). ``"int8"`` gives every layer
@@ -88,7 +92,7 @@ INT4_HQQ_MAX_PARAMETERS = 100_000_000
 INSTALL = "pip install -e '.[quant]' in your clone of the course"
 
 DESCRIPTIONS = {
-    "4bit": "4-bit FP4 weights (bitsandbytes, the article's BitsAndBytesConfig(load_in_4bit=True))",
+    "4bit": "4-bit FP4 weights, float32 arithmetic (bitsandbytes, the article's BitsAndBytesConfig(load_in_4bit=True))",
     "nf4": "4-bit NF4 weights (bitsandbytes)",
     "8bit": "LLM.int8 weights (bitsandbytes)",
     "int8": "int8 weights, a scale per output, bfloat16 activations (torch's _weight_int8pack_mm)",
@@ -200,6 +204,21 @@ def check_available(quantization: str, device: str) -> None:
                 f"{version}: pip install -U 'onnxruntime>={MIN_ONNXRUNTIME}'")
 
 
+def default_dtype_for(quantization: str | None, device: str):
+    """The dtype :func:`plan` gives ``quantization`` on ``device`` when none is asked for: float16 for the
+    article's ``"4bit"`` on a GPU (what transformers 4 gave the article's load), bfloat16 for the CPU paths
+    ``"int8"``, ``"int4"`` and ``"int4-onnx"``, else :func:`helpers.grounding.model.default_dtype`."""
+    import torch
+
+    from helpers.grounding.model import default_dtype
+
+    if quantization == "4bit" and device.startswith("cuda"):
+        return torch.float16
+    if quantization in IN_PLACE or quantization in ONNXRUNTIME:
+        return torch.bfloat16
+    return default_dtype(device)
+
+
 def plan(quantization: str | None, device: str, dtype, parameters: int | None) -> Plan:
     """The quantization and dtype :func:`~helpers.grounding.model.load` uses (``dtype=None``: the path's default).
 
@@ -209,8 +228,6 @@ def plan(quantization: str | None, device: str, dtype, parameters: int | None) -
     kernels are fast in.
     """
     import torch
-
-    from helpers.grounding.model import default_dtype
 
     quantization = check_name(quantization)
     reason = ""
@@ -223,16 +240,13 @@ def plan(quantization: str | None, device: str, dtype, parameters: int | None) -
         else:
             quantization = "none"
     if quantization == "none":
-        return Plan(None, dtype or default_dtype(device), reason)
+        return Plan(None, dtype or default_dtype_for(None, device), reason)
     check_available(quantization, device)
-    if quantization in IN_PLACE:
-        if dtype is not None and dtype != torch.bfloat16:
-            raise ValueError(f"quantization={quantization!r} computes in bfloat16 (its CPU kernels' activation "
-                             f"type), got dtype={dtype}; leave dtype unset or pass 'bfloat16'")
-        return Plan(quantization, torch.bfloat16, reason)
-    if quantization == "int4-onnx":  # dtype: what the vision tower and the embeddings keep (the graph is float32)
-        return Plan("int4-onnx", dtype or torch.bfloat16, reason)
-    return Plan(quantization, dtype or default_dtype(device), reason)
+    if quantization in IN_PLACE and dtype is not None and dtype != torch.bfloat16:
+        raise ValueError(f"quantization={quantization!r} computes in bfloat16 (its CPU kernels' activation "
+                         f"type), got dtype={dtype}; leave dtype unset or pass 'bfloat16'")
+    # int4-onnx: dtype is what the vision tower and the embeddings keep (the graphs are float32)
+    return Plan(quantization, dtype or default_dtype_for(quantization, device), reason)
 
 
 def _drop_cast_notice(record: logging.LogRecord) -> bool:
@@ -240,11 +254,12 @@ def _drop_cast_notice(record: logging.LogRecord) -> bool:
 
 
 def bitsandbytes_config(quantization: str, compute_dtype):
-    """The ``BitsAndBytesConfig`` of a bitsandbytes path (``"4bit"`` keeps the article's defaults)."""
+    """The ``BitsAndBytesConfig`` of a bitsandbytes path: ``"4bit"`` is the article's, bitsandbytes' defaults
+    (float32 arithmetic, whatever ``compute_dtype``); ``"nf4"`` computes in ``compute_dtype``."""
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype)
+        return BitsAndBytesConfig(load_in_4bit=True)
     if quantization == "nf4":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
     if quantization == "8bit":
