@@ -116,7 +116,7 @@ def test_pixel_error_is_the_largest_difference_in_pixels() -> None:
         ((0.1, True, 0.5, 0.9), r"must hold numbers, got True"),
         ((0.1, 1j, 0.5, 0.9), r"must hold numbers"),
         ((-0.1, 0.1, 0.5, 0.9), r"values must lie in \[0, 1\]"),
-        ((12, 30, 250, 400), r"It looks like a pixel box: convert it with to_normalized\(box_px, image_size\)"),
+        ((12, 30, 250, 400), r"It looks like a pixel box: "),  # the hints themselves: the tests below
     ],
 )
 def test_check_normalized_errors(box, message: str) -> None:
@@ -129,6 +129,27 @@ def test_check_normalized_errors(box, message: str) -> None:
 def test_check_normalized_accepts_other_number_types() -> None:
     assert check_normalized((0, Fraction(1, 4), np.float32(0.5), 1)) == (0.0, 0.25, 0.5, 1.0)
     assert check_normalized((0.3, 0.3, 0.3, 0.3)) == (0.3, 0.3, 0.3, 0.3)  # no area, but valid
+
+
+def test_the_pixel_box_hint_has_the_numbers_when_the_image_size_is_known() -> None:
+    """The hint only named to_normalized(box_px, image_size), also where the size was at hand (to_pixels)."""
+    box_px = (12, 30, 250, 400)
+    expected = (r"got \(12.0, 30.0, 250.0, 400.0\)\. It looks like a pixel box: divide the x values by the image's "
+                r"width 640 and the y values by its height 480, which gives \(0\.0187, 0\.0625, 0\.3906, 0\.8333\)\.$")
+    with pytest.raises(ValueError, match=expected):
+        to_pixels(box_px, (640, 480))
+    with pytest.raises(ValueError, match=expected):
+        check_normalized(box_px, (640, 480))
+    with pytest.raises(ValueError, match=expected):
+        pixel_error(SNOWMAN_BOX, box_px, (640, 480))
+    with pytest.raises(ValueError, match=r"its height 480, but as pixels it reaches beyond the image of 640 x 480 "
+                                         r"pixels\.$"):
+        to_pixels((12, 30, 900, 400), (640, 480))
+    with pytest.raises(ValueError, match=r"It looks like a pixel box: convert it with to_normalized\(box_px, "
+                                         r"image_size\)\.$"):
+        check_normalized(box_px)  # the size unknown
+    with pytest.raises(ValueError, match=r"image_size must be \(width, height\)"):
+        check_normalized(SNOWMAN_BOX, (640, 0))
 
 
 def test_no_pixel_hint_for_negative_values() -> None:

@@ -8,7 +8,8 @@ The bundled model has only ever seen its synthetic world: flat coloured shapes, 
 on a plain light background. :func:`in_world_score` estimates how much an image looks like that world so
 the playground can warn when the answer is likely to be meaningless. The heuristic:
 
-1. shrink the image to at most 128 pixels a side (nearest neighbour, which keeps the colours);
+1. make the image RGB as the model sees it (:func:`helpers.grounding.images.to_rgb`: transparency on white,
+   16-bit grey scaled), then shrink it to at most 128 pixels a side (nearest neighbour, which keeps the colours);
 2. take the world's palette: every colour the world's drawing code paints (found by drawing each kind of
    object once with :mod:`helpers.world.scenes`), plus the image's own most common colour when it is light
    (every channel ≥ 200), which is how the world's backgrounds look;
@@ -30,8 +31,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from helpers.grounding.checks import check_positive_int
 from helpers.grounding.evaluation import HELD_OUT_SEED
-from helpers.grounding.images import load_image
+from helpers.grounding.images import load_image, to_rgb
 from helpers.grounding.model import ground
 from helpers.grounding.plotting import draw_entities, draw_user_box, highlight_caption
 from helpers.grounding.prompts import (
@@ -78,7 +80,7 @@ def _small_rgb(image: Image.Image) -> np.ndarray:
         raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
     if image.width < 1 or image.height < 1:
         raise ValueError(f"image has no pixels: {image.size}")
-    rgb = image.convert("RGB")
+    rgb = to_rgb(image)
     scale = _MAX_SIDE / max(rgb.size)
     if scale < 1:
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
@@ -115,6 +117,10 @@ def looks_in_world(image: Image.Image, threshold: float = IN_WORLD_THRESHOLD) ->
 
 #: What the playground shows under an image that has not been grounded yet.
 PRESS_GROUND = "<i>Press Ground.</i>"
+#: The Ground button's label, and its label while a grounding runs (the button is disabled then).
+GROUND, GROUNDING = "Ground", "Grounding…"
+#: The example menu's first entry, which leaves the prompt as it is.
+KEEP_PROMPT = "(keep my prompt)"
 
 
 def _message(text: str) -> str:
@@ -128,10 +134,22 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _annotated(picture: Image.Image, box: Sequence[float] | None, grounding: Any) -> Image.Image:
+    """``picture`` with the user's box (dashed) and the answer's boxes drawn on it, with line widths and
+    labels sized for ``picture``."""
+    # Unlabelled: the answer repeats the prompt's phrase with this box, so draw_entities labels it
+    # already, and a second label would collide with that one.
+    shown = draw_user_box(picture, box, label=None) if box is not None else picture
+    return draw_entities(shown, grounding)
+
 
 @dataclass
 class PlaygroundResult:
-    """One run of the playground: the annotated image, the HTML shown under it, and what was grounded."""
+    """One run of the playground: the annotated image, the HTML shown under it, and what was grounded.
+
+    ``image`` has the size of the image the model saw (the widget shows a smaller copy of a large one);
+    ``box`` is the user box as checked (a tuple of floats) or ``None``.
+    """
 
     image: Image.Image
     html: str
@@ -154,14 +172,14 @@ def default_images() -> dict[str, Image.Image]:
     return images
 
 
-def _prompt_examples() -> dict[str, str]:
-
+def _prompt_examples() -> dict[str, tuple[str, bool]]:
+    """Example name → (prompt, whether it asks about a box: choosing it ticks or unticks "use a box")."""
     return {
-        "brief caption": CAPTION_PROMPT,
-        "detailed caption": DETAIL_PROMPT,
-        "find a phrase": comprehension_prompt("the red circle"),
-        "what is in the box? (tick 'use a box')": qa_prompt("object"),
-        "describe the box (tick 'use a box')": GENERATION_PROMPT,
+        "brief caption": (CAPTION_PROMPT, False),
+        "detailed caption": (DETAIL_PROMPT, False),
+        "find a phrase": (comprehension_prompt("the red circle"), False),
+        "what is in the box?": (qa_prompt("object"), True),
+        "describe the box": (GENERATION_PROMPT, True),
     }
 
 
@@ -170,15 +188,22 @@ class Playground:
 
     Args:
         model, processor: from :func:`helpers.grounding.model.load`.
-        images: name → PIL image to choose from (default :func:`default_images`). Uploaded images are added.
+        images: name → PIL image to choose from (default :func:`default_images`), each made RGB, turned and
+            shrunk as an upload is (:func:`helpers.grounding.images.load_image`). Uploaded images are added.
         prompt: the prompt first shown.
         max_new_tokens: the most tokens generated per run.
-        display_width: width in pixels of the result picture in the widget.
+        display_width: width in pixels of the result picture in the widget. The widget gets a copy at most
+            twice as wide (sharp on high-density screens), with the boxes drawn for that size so that lines
+            and labels stay readable; :attr:`PlaygroundResult.image` keeps the image's own size.
 
     ``widget`` is the whole interface (display it in a notebook); the button calls :meth:`on_click`, which
-    calls :meth:`run` and shows its result, or the error message when the input is wrong. A newly chosen or
-    uploaded image is shown as it is until the button is pressed; an upload that is not an image shows a
-    message naming the file.
+    calls :meth:`run` and shows its result, or the error message instead. A newly chosen or uploaded image is
+    shown as it is until the button is pressed; an upload that is not an image shows a message naming the file.
+    ``last`` is the result the widget shows, ``None`` while it shows none.
+
+    Raises:
+        ValueError: ``images`` is empty or one of them cannot be used as an image, or ``display_width`` < 1.
+        TypeError: an image that is not a PIL image, or a ``display_width`` that is not a whole number.
     """
 
     def __init__(self, model, processor, images: Mapping[str, Image.Image] | None = None, *,
@@ -187,25 +212,32 @@ class Playground:
 
         self.model = model
         self.processor = processor
-        self.images: dict[str, Image.Image] = dict(images) if images is not None else default_images()
-        if not self.images:
+        given = dict(images) if images is not None else default_images()
+        if not given:
             raise ValueError("images is empty: give at least one name → PIL image")
-        for name, im in self.images.items():
+        self.images: dict[str, Image.Image] = {}
+        for name, im in given.items():
             if not isinstance(im, Image.Image):
                 raise TypeError(f"images[{name!r}] must be a PIL image, got {type(im).__name__}")
+            try:
+                self.images[name] = load_image(im)
+            except ValueError as err:
+                raise ValueError(f"images[{name!r}]: {err}") from None
         self.max_new_tokens = max_new_tokens
+        self.display_width = check_positive_int("display_width", display_width)
         self.last: PlaygroundResult | None = None
         self._examples = _prompt_examples()
+        self._quiet = False  # True while the image menu changes without a new image to show
 
         self.image_choice = w.Dropdown(options=list(self.images), description="image")
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload")
-        self.example_choice = w.Dropdown(options=["(keep my prompt)"] + list(self._examples), description="example")
+        self.example_choice = w.Dropdown(options=[KEEP_PROMPT] + list(self._examples), description="example")
         self.prompt = w.Text(value=prompt or CAPTION_PROMPT, description="prompt",
                              layout=w.Layout(width="95%"))
         self.use_box = w.Checkbox(value=False, description="use a box")
         self.box_fields = [w.FloatText(value=v, description=n, step=0.05, layout=w.Layout(width="150px"))
                            for n, v in zip(("x0", "y0", "x1", "y1"), (0.25, 0.25, 0.75, 0.75))]
-        self.button = w.Button(description="Ground", button_style="primary")
+        self.button = w.Button(description=GROUND, button_style="primary")
         self.picture = w.Image(format="png", layout=w.Layout(width=f"{display_width}px"))
         self.caption = w.HTML(value=PRESS_GROUND)
         self.widget = w.VBox([
@@ -220,6 +252,7 @@ class Playground:
         self.button.on_click(self.on_click)
         self.upload.observe(self._on_upload, names="value")
         self.example_choice.observe(self._on_example, names="value")
+        self.prompt.observe(self._on_prompt, names="value")
         self.image_choice.observe(self._on_image, names="value")
         self._on_image({"new": self.image_choice.value})
 
@@ -232,16 +265,29 @@ class Playground:
         return tuple(float(f.value) for f in self.box_fields)  # type: ignore[return-value]
 
     def add_image(self, name: str, image: Image.Image | bytes) -> str:
-        """Add an image (PIL or file bytes) to the choices, select it, and return its (unique) name."""
+        """Add an image (PIL or file bytes, loaded with :func:`helpers.grounding.images.load_image`) to the
+        choices, select and show it, and return its name: ``name`` ("uploaded image" when empty), or
+        ``name (2)``, ``name (3)`` … when that is taken.
 
+        Raises:
+            TypeError: ``name`` is not a str, or ``image`` is neither a PIL image nor bytes.
+            helpers.grounding.images.ImageLoadError: ``image`` cannot be used as an image.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}: {name!r:.80}")
         picture = load_image(image)
-        base, k = name or "uploaded image", 1
-        while name in self.images or not name:
+        name = self._new_name(name or "uploaded image")
+        self.images[name] = picture
+        self._choose(name)
+        self._on_image({"new": name})
+        return name
+
+    def _new_name(self, base: str) -> str:
+        """``base``, or ``base (2)``, ``base (3)`` … when that name is taken."""
+        name, k = base, 1
+        while name in self.images:
             k += 1
             name = f"{base} ({k})"
-        self.images[name] = picture
-        self.image_choice.options = list(self.images)
-        self.image_choice.value = name
         return name
 
     def run(self, image: str | Image.Image | None = None, prompt: str | None = None,
@@ -249,17 +295,23 @@ class Playground:
         """Ground one image; the arguments default to what the widgets hold.
 
         Args:
-            image: a name from ``images`` or a PIL image (default: the chosen one).
+            image: a name from ``images`` or a PIL image (default: the chosen one). A PIL image is made RGB,
+                turned and shrunk as an upload is (:func:`helpers.grounding.images.load_image`), and added to
+                the choices as "image from code" unless it is one of them already.
             prompt: the prompt (default: the prompt field).
             box: a normalized user box ``(x0, y0, x1, y1)`` for the prompt's first ``<phrase>``, ``None`` for
                 no box, or ``False`` (default) to take the box fields.
 
         Returns:
-            A :class:`PlaygroundResult`; the widgets show it too.
+            A :class:`PlaygroundResult`. The widgets show it, and the arguments given are written into them
+            (image menu, prompt, box fields and "use a box"), so that pressing Ground grounds the same again.
+            Nothing in the widgets changes when this raises.
 
         Raises:
             KeyError: ``image`` is a name that is not among the choices.
-            ValueError: an empty prompt, a bad box, or a box with a prompt that has no ``<phrase>``.
+            TypeError: ``image`` is neither a name, a PIL image nor ``None``.
+            ValueError: an empty prompt or one with ``<image>`` or location tokens, a bad box, a box with a
+                prompt that has no ``<phrase>``, or an image that cannot be loaded.
         """
 
         if image is None:
@@ -267,22 +319,21 @@ class Playground:
         if isinstance(image, str):
             if image not in self.images:
                 raise KeyError(f"no image called {image!r}; the choices are {list(self.images)}")
-            picture = self.images[image]
+            name, picture = image, self.images[image]
         elif isinstance(image, Image.Image):
-            picture = image.convert("RGB")
+            picture = load_image(image)
+            name = next((n for n, im in self.images.items()
+                         if im.size == picture.size and im.tobytes() == picture.tobytes()), None)
         else:
             raise TypeError(f"image must be a name, a PIL image or None, got {type(image).__name__}")
-        prompt = self.prompt.value if prompt is None else prompt
-        check_prompt(prompt)
-        if box is False:
-            box = self.current_box()
-        bboxes = None if box is None else [user_box_entry(prompt, box)]
-        (grounding,) = ground(self.model, self.processor, [picture], prompt, bboxes=bboxes,
+        text = self.prompt.value if prompt is None else prompt
+        check_prompt(text)
+        user_box = self.current_box() if box is False else box
+        bboxes = None if user_box is None else [user_box_entry(text, user_box, picture.size)]
+        if bboxes is not None:
+            user_box = bboxes[0][0]  # as checked: a tuple of floats
+        (grounding,) = ground(self.model, self.processor, [picture], text, bboxes=bboxes,
                               max_new_tokens=self.max_new_tokens, batch_size=1, progress=False)
-        # Unlabelled: the answer repeats the prompt's phrase with this box, so draw_entities labels it
-        # already, and a second label would collide with that one.
-        shown = draw_user_box(picture, box, label=None) if box is not None else picture
-        annotated = draw_entities(shown, grounding)
         score = in_world_score(picture)
         warnings = []
         if getattr(getattr(self.model, "load_info", None), "bundled", False) and score < IN_WORLD_THRESHOLD:
@@ -294,38 +345,96 @@ class Playground:
         warnings += [f"problem in the output: {p}" for p in grounding.problems]
         parts = [highlight_caption(grounding).html]
         parts += [_message(m) for m in warnings]
-        result = PlaygroundResult(annotated, "<div>" + "".join(parts) + "</div>", grounding, prompt, box, score,
-                                  warnings)
+        result = PlaygroundResult(_annotated(picture, user_box, grounding), "<div>" + "".join(parts) + "</div>",
+                                  grounding, text, user_box, score, warnings)
+
+        # the widgets now describe what was grounded: the arguments given are written into them
+        if name is None:
+            name = self._new_name("image from code")
+            self.images[name] = picture
+        self._choose(name)
+        if prompt is not None:
+            self.prompt.value = text
+        if box is not False:
+            self.use_box.value = user_box is not None
+            for field, value in zip(self.box_fields, user_box or ()):
+                field.value = value
         self.last = result
-        self._show(result)
+        small = self._for_display(picture)
+        self._show(result.image if small is picture else _annotated(small, user_box, grounding), result.html)
         return result
 
     # ----------------------------------------------------------------------------------------- widget glue
 
-    def _show(self, result: PlaygroundResult) -> None:
-        self.picture.value = _png(result.image)
-        self.caption.value = result.html
+    def _for_display(self, image: Image.Image) -> Image.Image:
+        """``image`` shrunk to twice the display width when it is wider (``image`` itself when it is not)."""
+        width = 2 * self.display_width
+        if image.width <= width:
+            return image
+        return image.resize((width, max(1, round(image.height * width / image.width))), Image.Resampling.LANCZOS)
+
+    def _show(self, image: Image.Image, html_text: str) -> None:
+        """Show ``image`` (sized for the display already) and ``html_text`` under it."""
+        self.picture.value = _png(image)
+        self.caption.value = html_text
+
+    def _choose(self, name: str) -> None:
+        """Select ``name`` in the image menu, which lists every image, without showing it as a new choice.
+
+        New options select the first image before ``name`` (the menu's own observer does, so
+        ``hold_trait_notifications`` cannot join the two): that step is not shown, and the page gets both
+        changes in one message.
+        """
+        self._quiet = True
+        try:
+            with self.image_choice.hold_sync():
+                if list(self.image_choice.options) != list(self.images):
+                    self.image_choice.options = list(self.images)
+                self.image_choice.value = name
+        finally:
+            self._quiet = False
 
     def _on_image(self, change: dict) -> None:
         """A newly chosen image is shown as it is, until Ground is pressed."""
-        self.picture.value = _png(self.images[change["new"]])
-        self.caption.value = PRESS_GROUND
+        if not self._quiet:
+            self._show(self._for_display(self.images[change["new"]]), PRESS_GROUND)
 
     def on_click(self, _button: Any = None) -> None:
-        """What the Ground button does: :meth:`run`, or show the error message instead of raising."""
+        """What the Ground button does: :meth:`run`, or show the error message instead of raising.
+
+        While it runs, the button is disabled and reads "Grounding…". A mistake in the input shows its message;
+        any other error (a model that runs out of memory, a file that cannot be read …) shows as
+        ``TypeName: message``. After an error the chosen image is shown as it is and ``last`` is ``None``.
+        """
+        self.button.disabled, self.button.description = True, GROUNDING
         try:
             self.run()
-        except (ValueError, TypeError, KeyError) as err:
-            self.caption.value = _message(str(err))
+        except Exception as err:  # shown in the page: an exception from a widget callback shows nowhere
+            text = str(err) if isinstance(err, (ValueError, TypeError, KeyError)) else f"{type(err).__name__}: {err}"
+            self.last = None
+            self._show(self._for_display(self.images[self.image_choice.value]), _message(text))
+        finally:
+            self.button.disabled, self.button.description = False, GROUND
 
     def _on_example(self, change: dict) -> None:
+        """An example sets the prompt, and ticks "use a box" when it asks about a box (unticks it otherwise)."""
         if change["new"] in self._examples:
-            self.prompt.value = self._examples[change["new"]]
+            self.prompt.value, self.use_box.value = self._examples[change["new"]]
+
+    def _on_prompt(self, change: dict) -> None:
+        """A prompt other than the chosen example's sets the example menu back to "(keep my prompt)"."""
+        chosen = self._examples.get(self.example_choice.value)
+        if chosen is not None and chosen[0] != change["new"]:
+            self.example_choice.value = KEEP_PROMPT
 
     def _on_upload(self, change: dict) -> None:
-        for item in change["new"] or ():
-            name = str(item.get("name", "uploaded image"))
+        """Add each uploaded file, then empty the upload widget so that the same file can be uploaded again."""
+        if not change["new"]:
+            return
+        for item in change["new"]:
+            name = str(item.get("name", ""))
             try:
                 self.add_image(name, bytes(item["content"]))
             except ValueError as err:
                 self.caption.value = _message(f"could not use the upload {name!r}: {err}")
+        self.upload.value = ()

@@ -52,18 +52,40 @@ def looks_like_pixels(box: Sequence[float]) -> bool:
     return all(math.isfinite(v) and v >= 0 for v in box) and max(box) >= 2
 
 
-def check_normalized(box: Sequence[float]) -> Box:
+def check_normalized(box: Sequence[float], image_size: Sequence[int] | None = None) -> Box:
     """Validate a normalized box and return it as a tuple of floats.
+
+    ``image_size``, the ``(width, height)`` of the image the box is for, only makes the message about a pixel
+    box concrete: it then says what to divide by and gives the normalized box.
 
     Raises:
         ValueError: not 4 values, a value that is not a finite number, an inverted box (``x1 < x0`` or
-            ``y1 < y0``), or a value outside [0, 1] (with a hint when it looks like a pixel box).
+            ``y1 < y0``), a value outside [0, 1] (with a hint when it looks like a pixel box), or an
+            ``image_size`` that is not two positive ints.
     """
+    if image_size is not None:
+        image_size = check_image_size(image_size)
     b = _four_numbers(box, "normalized box", ordered=False)
     if not all(0.0 <= v <= 1.0 for v in b):  # before the order: (1.2, 0.1, 0.5, 0.5) is out of range first
-        hint = " It looks like a pixel box: convert it with to_normalized(box_px, image_size)." if looks_like_pixels(b) else ""
-        raise ValueError(f"normalized box values must lie in [0, 1], got {b}.{hint}")
+        raise ValueError(f"normalized box values must lie in [0, 1], got {b}.{_pixel_hint(b, image_size)}")
     return _ordered(b, "normalized box")
+
+
+def _pixel_hint(box: Box, image_size: tuple[int, int] | None) -> str:
+    """What to do with ``box`` when it looks like a pixel box (:func:`looks_like_pixels`), else ``""``; with the
+    image's size the hint has the numbers to divide by and, when the box lies within the image, the result."""
+    if not looks_like_pixels(box):
+        return ""
+    if image_size is None:
+        return " It looks like a pixel box: convert it with to_normalized(box_px, image_size)."
+    width, height = image_size
+    hint = (f" It looks like a pixel box: divide the x values by the image's width {width} and the y values by "
+            f"its height {height}")
+    try:
+        normalized = tuple(round(v, 4) for v in to_normalized(box, image_size))
+    except ValueError:
+        return hint + f", but as pixels it reaches beyond the image of {width} x {height} pixels."
+    return hint + f", which gives {normalized}."
 
 
 def check_image_size(image_size: Sequence[int], what: str = "image_size") -> tuple[int, int]:
@@ -84,14 +106,15 @@ def check_image_size(image_size: Sequence[int], what: str = "image_size") -> tup
     return int(width), int(height)
 
 
-def check_with_area(box: Sequence[float]) -> Box:
+def check_with_area(box: Sequence[float], image_size: Sequence[int] | None = None) -> Box:
     """Validate a normalized box that must have an area (``x0 < x1`` and ``y0 < y1``), as a user box and
-    a box written as location tokens must; return it as a tuple of floats.
+    a box written as location tokens must; return it as a tuple of floats. ``image_size`` as in
+    :func:`check_normalized` (for the pixel-box hint).
 
     Raises:
         ValueError: everything :func:`check_normalized` refuses, and a box of zero width or height.
     """
-    x0, y0, x1, y1 = check_normalized(box)
+    x0, y0, x1, y1 = check_normalized(box, image_size)
     if not (x0 < x1 and y0 < y1):
         raise ValueError(f"normalized box {(x0, y0, x1, y1)} has no area: expected x0 < x1 and y0 < y1")
     return (x0, y0, x1, y1)
@@ -121,8 +144,8 @@ def check_pixel_box(box_px: Sequence[float], image_size: Sequence[int]) -> Box:
 
 def to_pixels(box: Sequence[float], image_size: Sequence[int]) -> Box:
     """A normalized box in pixels of an image of ``image_size = (width, height)``."""
-    x0, y0, x1, y1 = check_normalized(box)
     width, height = check_image_size(image_size)
+    x0, y0, x1, y1 = check_normalized(box, image_size)
     return (x0 * width, y0 * height, x1 * width, y1 * height)
 
 
@@ -215,8 +238,8 @@ def pixel_error(box: Sequence[float], rounded: Sequence[float], image_size: Sequ
 
     Used to show what rounding a box (:func:`round_box`) costs once it is scaled to the image.
     """
-    a = check_normalized(box)
-    r = check_normalized(rounded)
     width, height = check_image_size(image_size)
+    a = check_normalized(box, image_size)
+    r = check_normalized(rounded, image_size)
     scale = (width, height, width, height)
     return max(abs(u - v) * s for u, v, s in zip(a, r, scale))

@@ -22,6 +22,8 @@ from helpers.grounding.tokens import object_tokens
 
 #: What the processor counts as one phrase of a prompt (it takes one user-box entry for each).
 PHRASE_PAIR = re.compile(r"<phrase>.+?</phrase>")
+#: Tokens a prompt must not contain (:func:`check_prompt`): the image's, and those of boxes.
+RESERVED_TOKEN = re.compile(r"</?image>|</?object>|</delimiter_of_multi_objects/>|<patch_index_\w*>?")
 
 CAPTION_PROMPT = "<grounding> An image of"
 DETAIL_PROMPT = "<grounding> Describe this image in detail:"
@@ -52,9 +54,22 @@ def with_box(prompt: str, box: Sequence[float]) -> str:
 
 
 def check_prompt(prompt: object, what: str = "prompt") -> str:
-    """Return ``prompt`` when it is a non-empty str; otherwise raise ``ValueError`` saying what was expected."""
+    """Return ``prompt`` when it is a non-empty str without the tokens the processor and the model write
+    themselves; otherwise raise ``ValueError`` saying what was expected.
+
+    A prompt holds text, ``<grounding>`` and ``<phrase>…</phrase>``. The image (``<image>…</image>``) and the
+    boxes (``<object><patch_index_NNNN>…</object>``) are not typed into it: the processor adds the image, a user
+    box goes in as ``bboxes`` (the processor writes its location tokens), and the parser of the answer would
+    report the prompt's own tokens as faults of the model's output.
+    """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"{what} must be a non-empty str, e.g. {CAPTION_PROMPT!r}, got {prompt!r}")
+    written = RESERVED_TOKEN.search(prompt)
+    if written:
+        raise ValueError(f"{what} must not contain {written.group()!r}: a prompt holds text, <grounding> and "
+                         "<phrase>…</phrase>; the processor adds the image (<image>…</image>) itself, and a box goes "
+                         "in as a user box (bboxes= of ground(), box= of the playground and the batch tools), which "
+                         f"the processor writes as <object><patch_index_NNNN>… tokens; got {prompt!r}")
     return prompt
 
 
@@ -63,23 +78,29 @@ def count_phrases(prompt: str) -> int:
     return len(PHRASE_PAIR.findall(prompt))
 
 
-def user_box_entry(prompt: str, box: Sequence[float]) -> list[Box | None]:
+def user_box_entry(prompt: str, box: Sequence[float], image_size: Sequence[int] | None = None) -> list[Box | None]:
     """The processor's ``bboxes`` entry for one image whose ``prompt`` carries one user ``box``.
 
     The box goes to the prompt's first ``<phrase>…</phrase>`` (``<grounding><phrase> It</phrase> is``
-    asks about the box); any later phrase gets no box.
+    asks about the box); any later phrase gets no box. ``image_size``, the image's ``(width, height)`` when
+    known, makes the message for a pixel box say what to divide by
+    (:func:`helpers.grounding.boxes.check_normalized`).
 
     Raises:
         ValueError: the box is not a normalized box with an area, or the prompt has no phrase to attach it to.
     """
-    box = check_with_area(box)
+    box = check_with_area(box, image_size)
     return [box] + [None] * (_check_has_phrase(prompt) - 1)
 
 
 def _check_has_phrase(prompt: str) -> int:
     """How many phrases ``prompt`` has (:func:`count_phrases`); ``ValueError`` when none: a box has nothing to
-    attach to."""
+    attach to (an empty ``<phrase></phrase>`` is no phrase to the processor)."""
     phrases = count_phrases(prompt)
+    if phrases == 0 and "<phrase></phrase>" in prompt:
+        raise ValueError("a box attaches to a <phrase>…</phrase> with text in it, and the prompt's phrase is empty: "
+                         "write a word between <phrase> and </phrase>, e.g. "
+                         f"'<grounding><phrase> It</phrase> is'; got {prompt!r}")
     if phrases == 0:
         raise ValueError("a box needs a <phrase>…</phrase> in the prompt to attach to, e.g. "
                          f"'<grounding><phrase> It</phrase> is'; got {prompt!r}")

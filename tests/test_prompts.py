@@ -1,0 +1,72 @@
+"""helpers.grounding.prompts: what a prompt may hold, and the messages for a box that has no phrase to go to."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers.course.playground import Playground
+from helpers.grounding.model import ground
+from helpers.grounding.prompts import (
+    CAPTION_PROMPT,
+    DETAIL_PROMPT,
+    GENERATION_PROMPT,
+    check_prompt,
+    comprehension_prompt,
+    qa_prompt,
+    user_box_entry,
+    with_box,
+)
+from helpers.world.scenes import sample_scenes
+
+BOX = (0.1, 0.2, 0.5, 0.6)
+
+
+REFUSED = [
+    ("<image></image><grounding> An image of", "<image>"),
+    ("<grounding> An image of</image>", "</image>"),
+    ("<grounding><phrase> It</phrase><patch_index_0044><patch_index_0863> is", "<patch_index_0044>"),
+    ("<grounding> An image of<patch_index_9999>", "<patch_index_9999>"),
+    (with_box(GENERATION_PROMPT, BOX), "<object>"),  # a training text, with the box as location tokens
+]
+
+
+def test_a_prompt_with_the_image_or_location_tokens_is_refused() -> None:
+    """They used to pass, and the parser of the answer then reported the prompt's own tokens as faults of the
+    model's output. The course's own prompts and plain text still pass."""
+    for prompt in (CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT, comprehension_prompt("the red circle"),
+                   qa_prompt("character"), "a plain text", "if x < y and y > z"):
+        assert check_prompt(prompt) == prompt
+    for prompt, token in REFUSED:
+        with pytest.raises(ValueError) as refused:
+            check_prompt(prompt)
+        message = str(refused.value)
+        assert message.startswith(f"prompt must not contain {token!r}: a prompt holds text, <grounding> and "
+                                  "<phrase>…</phrase>;")
+        assert "user box (bboxes= of ground(), box=" in message and message.endswith(f"got {prompt!r}")
+
+
+def test_ground_and_the_playground_refuse_them_too(tiny_model) -> None:
+    model, processor = tiny_model
+    image = sample_scenes(1, seed=1)[0].image
+    prompt = "<image> An image of"
+    with pytest.raises(ValueError, match="prompt 0 must not contain '<image>'"):
+        ground(model, processor, image, prompt)
+    playground = Playground(model, processor, images={"scene": image}, max_new_tokens=4)
+    with pytest.raises(ValueError, match="prompt must not contain '<image>'"):
+        playground.run(prompt=prompt)
+    playground.prompt.value = prompt
+    playground.on_click()
+    assert "⚠ prompt must not contain &#x27;&lt;image&gt;&#x27;" in playground.caption.value
+
+
+def test_a_box_with_an_empty_phrase_is_told_the_phrase_needs_text() -> None:
+    """The message said the prompt "needs a <phrase>…</phrase>", which it has: an empty one."""
+    empty = "<grounding><phrase></phrase> is"
+    for attach in (user_box_entry, with_box):
+        with pytest.raises(ValueError) as refused:
+            attach(empty, BOX)
+        assert str(refused.value) == ("a box attaches to a <phrase>…</phrase> with text in it, and the prompt's "
+                                      "phrase is empty: write a word between <phrase> and </phrase>, e.g. "
+                                      f"'<grounding><phrase> It</phrase> is'; got {empty!r}")
+    with pytest.raises(ValueError, match=r"a box needs a <phrase>…</phrase> in the prompt to attach to"):
+        user_box_entry(CAPTION_PROMPT, BOX)
