@@ -174,7 +174,7 @@ def ground_folder(
     Raises:
         ImageLoadError: a path is missing or not an image (checked before any model call for missing
             paths).
-        ValueError: an empty ``prompt``, a bad ``box``, a box with a prompt that has no ``<phrase>``, or an
+        ValueError: an empty ``prompt`` or one holding image or location tokens, a bad ``box``, a box with a prompt that has no ``<phrase>``, or an
             ``out_dir`` where an annotated PNG would replace one of the input images.
     """
 

@@ -25,17 +25,21 @@ from helpers.grounding.boxes import looks_like_pixels, to_normalized
 from helpers.grounding.checks import positive_int_option
 from helpers.grounding.images import ImageLoadError, load_image_and_size
 from helpers.grounding.model import ModelLoadError, load
-from helpers.grounding.prompts import CAPTION_PROMPT, user_box_entry
+from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, user_box_entry
 
 PROG = "python -m helpers ground"
 DEFAULT_PROMPT = CAPTION_PROMPT
 
 
 def prompt_text(text: str) -> str:
-    """Option type for ``--prompt``: any text that is not blank."""
+    """Option type for ``--prompt``: a prompt by :func:`~helpers.grounding.prompts.check_prompt`'s rule (not
+    blank, no image or location tokens), checked before a model loads."""
     if not text.strip():
         raise argparse.ArgumentTypeError(f"must not be empty; e.g. {CAPTION_PROMPT!r}")
-    return text
+    try:
+        return check_prompt(text, "the prompt")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
