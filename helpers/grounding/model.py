@@ -525,9 +525,9 @@ def ground(
         TypeError: an image, a prompt, a ``bboxes`` entry, ``max_new_tokens``, ``batch_size`` or ``decoding``
             of the wrong type.
         ValueError: an empty prompt or one holding image or location tokens
-            (:func:`helpers.grounding.prompts.check_prompt`; a box goes in as ``bboxes``), counts that do not match (prompts or ``bboxes`` entries vs images, boxes vs
-            phrases, ``[]`` for a prompt with phrases), a box that is not a normalized box with area (a pixel box,
-            inverted, NaN …), or a count below 1.
+            (:func:`helpers.grounding.prompts.check_prompt`; a box goes in as ``bboxes``), counts that do not
+            match (prompts or ``bboxes`` entries vs images, boxes vs phrases, ``[]`` for a prompt with phrases), a
+            box that is not a normalized box with area (a pixel box, inverted, NaN …), or a count below 1.
         helpers.grounding.images.ImageLoadError: an image path or URL could not be loaded.
     """
     import torch
