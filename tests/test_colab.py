@@ -276,3 +276,23 @@ def test_install_extra_on_colab_installs_into_the_clone_helpers_came_from(on_col
     calls = []
     colab.install_extra("quant", run=lambda args, check: calls.append(args))
     assert calls[0][-1] == f"{repo_root()}[quant]"
+
+
+def test_the_playground_turns_on_colabs_widget_manager_on_colab_only(not_colab: None, monkeypatch, tiny_model) -> None:
+    """Colab ships ipywidgets 7 and draws the course's ipywidgets 8 only through its custom widget manager."""
+    from helpers.course.playground import Playground
+
+    calls: list[str] = []
+    output = types.SimpleNamespace(enable_custom_widget_manager=lambda: calls.append("enabled"))
+    google = types.ModuleType("google")
+    google.colab = types.ModuleType("google.colab")  # type: ignore[attr-defined]
+    google.colab.output = output  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab.output", output)
+    model, processor = tiny_model
+    assert colab.enable_widgets() is False  # google.colab not imported, no COLAB_RELEASE_TAG
+    Playground(model, processor)
+    assert calls == []
+    monkeypatch.setitem(sys.modules, "google.colab", google.colab)
+    Playground(model, processor)
+    assert calls == ["enabled"]

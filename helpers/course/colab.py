@@ -100,6 +100,20 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
 
 
+def enable_widgets() -> bool:
+    """On Colab, turn on its custom widget manager and return True; elsewhere do nothing and return False.
+
+    The course's ipywidgets (8.x, for the playground) is newer than the 7.x that Colab ships, and Colab draws
+    ipywidgets 8 only through that manager (``google.colab.output.enable_custom_widget_manager()``).
+    """
+    if not in_colab():
+        return False
+    from google.colab import output  # only importable on Colab
+
+    output.enable_custom_widget_manager()
+    return True
+
+
 def clone_command(repo_url: str, target: str | os.PathLike[str]) -> list[str]:
     """Return the ``git clone`` command that fetches the course (shallow: history is not needed)."""
     return ["git", "clone", "--depth", "1", repo_url, str(target)]

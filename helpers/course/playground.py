@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from helpers.course.colab import enable_widgets
 from helpers.grounding.checks import check_positive_int
 from helpers.grounding.evaluation import HELD_OUT_SEED
 from helpers.grounding.images import load_image, to_rgb
@@ -209,6 +210,8 @@ class Playground:
     def __init__(self, model, processor, images: Mapping[str, Image.Image] | None = None, *,
                  prompt: str | None = None, max_new_tokens: int = 64, display_width: int = 384) -> None:
         import ipywidgets as w
+
+        enable_widgets()  # on Colab, which draws ipywidgets 8 only through its custom widget manager
 
         self.model = model
         self.processor = processor
