@@ -82,17 +82,24 @@ def test_bitsandbytes_paths_use_its_layers_and_the_articles_defaults(tiny_model_
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "fp4" and not config.bnb_4bit_use_double_quant
 
 
-def test_4bit_is_the_articles_set_up_and_nf4_computes_in_the_models_dtype() -> None:
+def test_4bit_is_the_articles_set_up_unless_a_dtype_is_asked_for() -> None:
     """The article's load on transformers 4: BitsAndBytesConfig(load_in_4bit=True) as it is (float32 arithmetic)
-    and, on its GPU, the other layers in float16. NF4 (QLoRA's) computes in the dtype the model loads in."""
+    and, on its GPU, the other layers in float16. Asked for a dtype (fine-tuning's 4-bit base), 4-bit computes in
+    it, as NF4 (QLoRA's) always does."""
+    article = quant.from_pretrained_kwargs(quant.plan("4bit", "cpu", None, None), "cpu")
+    assert article["dtype"] == torch.float32
+    assert article["quantization_config"].to_dict() == BitsAndBytesConfig(load_in_4bit=True).to_dict()
+    asked = quant.from_pretrained_kwargs(quant.plan("4bit", "cpu", torch.bfloat16, None), "cpu")
+    assert asked["dtype"] == asked["quantization_config"].bnb_4bit_compute_dtype == torch.bfloat16
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        assert quant.bitsandbytes_config("4bit", dtype).to_dict() == BitsAndBytesConfig(load_in_4bit=True).to_dict()
         assert quant.bitsandbytes_config("nf4", dtype).bnb_4bit_compute_dtype == dtype
     assert quant.default_dtype_for("4bit", "cuda") == quant.default_dtype_for("4bit", "cuda:1") == torch.float16
-    assert quant.default_dtype_for("4bit", "cpu") == torch.float32 == quant.plan("4bit", "cpu", None, None).dtype
+    assert quant.default_dtype_for("4bit", "cpu") == torch.float32
     for name in ("int8", "int4", "int4-onnx"):
         assert quant.default_dtype_for(name, "cpu") == torch.bfloat16 == quant.plan(name, "cpu", None, None).dtype
-    assert quant.plan("4bit", "cpu", torch.bfloat16, None).dtype == torch.bfloat16  # asked for: the other layers
+    on_a_gpu = quant.Plan("4bit", torch.float16, compute_dtype=torch.float32)  # what plan() gives on CUDA
+    assert on_a_gpu.label == quant.DESCRIPTIONS["4bit"] + ", float32 arithmetic"
+    assert quant.Plan("4bit", torch.float32, compute_dtype=torch.float32).label == quant.DESCRIPTIONS["4bit"]
 
 
 def _kinds(model) -> dict[str, str]:

@@ -75,7 +75,7 @@ from helpers.grounding.checks import (check_positive_int, check_positive_number,
                                       positive_number_option)
 from helpers.grounding.evaluation import CaptionScores, Score, score_any_box, score_caption
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
-from helpers.grounding.model import ModelLoadError, check_bf16, try_gpu
+from helpers.grounding.model import ModelLoadError, check_bf16, default_dtype, try_gpu
 from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt, with_box
 from helpers.grounding.tokens import object_tokens
 
@@ -608,8 +608,10 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
+        # a 4-bit base computes in the device's half type on a GPU (QLoRA's way), float32 on a CPU
+        dtype = default_dtype(cfg.device or try_gpu()) if cfg.quantization else torch.float32
         model, processor = load(str(base), quantization=cfg.quantization or "none", device=cfg.device, verbose=False,
-                                dtype="float32" if not cfg.quantization else None)
+                                dtype=dtype)
     except ValueError as err:  # ModelLoadError, QuantizationError, a device this machine does not have
         raise BaseModelError(str(err)) from err
     signature = base_signature(model)

@@ -15,10 +15,11 @@ name             weights                                                        
 ===============  ===================================================================  ============  =========
 
 The bitsandbytes paths quantize while ``from_pretrained`` loads (transformers leaves ``lm_head`` in float, as
-for the article). ``"4bit"`` is the article's set-up exactly: ``BitsAndBytesConfig(load_in_4bit=True)`` with
-bitsandbytes' defaults (FP4 codes, float32 arithmetic) and, on a GPU, the layers it leaves alone in float16, which
-transformers 4 chose by itself for a bitsandbytes load without a ``torch_dtype`` (transformers 5 keeps float32;
-on a CPU so does the course). ``"nf4"`` computes in the model's dtype, as QLoRA does (:func:`default_dtype_for`).
+for the article). ``"4bit"`` without a ``dtype`` is the article's set-up exactly: ``BitsAndBytesConfig(load_in_4bit=
+True)`` with bitsandbytes' defaults (FP4 codes, float32 arithmetic) and, on a GPU, the layers it leaves alone in
+float16, which transformers 4 chose by itself for a bitsandbytes load without a ``torch_dtype`` (transformers 5
+keeps float32; on a CPU so does the course). With a ``dtype`` (as fine-tuning asks for its 4-bit base), and for
+``"nf4"``, the 4-bit arithmetic is in that dtype too, as QLoRA does (:func:`default_dtype_for`).
 ``"int8"`` and ``"int4"`` (:func:`quantize`) quantize the loaded bfloat16 model's text decoder,
 ``lm_head`` included: at batch 1 a CPU spends most of each generated token reading weights, and the output
 layer (65 037 × 2 048 in Kosmos-2) is the largest single one. They keep the vision tower and the image-to-text
@@ -92,7 +93,7 @@ INT4_HQQ_MAX_PARAMETERS = 100_000_000
 INSTALL = "pip install -e '.[quant]' in your clone of the course"
 
 DESCRIPTIONS = {
-    "4bit": "4-bit FP4 weights, float32 arithmetic (bitsandbytes, the article's BitsAndBytesConfig(load_in_4bit=True))",
+    "4bit": "4-bit FP4 weights (bitsandbytes, the article's BitsAndBytesConfig(load_in_4bit=True))",
     "nf4": "4-bit NF4 weights (bitsandbytes)",
     "8bit": "LLM.int8 weights (bitsandbytes)",
     "int8": "int8 weights, a scale per output, bfloat16 activations (torch's _weight_int8pack_mm)",
@@ -113,10 +114,15 @@ class Plan:
     quantization: str | None
     dtype: Any  # torch.dtype
     reason: str = ""  # why load() chose it by itself ("" when it was asked for)
+    compute_dtype: Any = None  # bitsandbytes' 4-bit arithmetic, when it differs from dtype (the article's float32)
 
     @property
     def label(self) -> str | None:
-        return DESCRIPTIONS.get(self.quantization) if self.quantization else None
+        if not self.quantization:
+            return None
+        if self.compute_dtype is None or self.compute_dtype == self.dtype:
+            return DESCRIPTIONS[self.quantization]
+        return f"{DESCRIPTIONS[self.quantization]}, {str(self.compute_dtype).removeprefix('torch.')} arithmetic"
 
 
 def _version(package: str) -> str | None:
@@ -245,6 +251,8 @@ def plan(quantization: str | None, device: str, dtype, parameters: int | None) -
     if quantization in IN_PLACE and dtype is not None and dtype != torch.bfloat16:
         raise ValueError(f"quantization={quantization!r} computes in bfloat16 (its CPU kernels' activation "
                          f"type), got dtype={dtype}; leave dtype unset or pass 'bfloat16'")
+    if quantization == "4bit" and dtype is None:  # the article's: bitsandbytes' own float32 arithmetic
+        return Plan(quantization, default_dtype_for(quantization, device), reason, compute_dtype=torch.float32)
     # int4-onnx: dtype is what the vision tower and the embeddings keep (the graphs are float32)
     return Plan(quantization, dtype or default_dtype_for(quantization, device), reason)
 
@@ -254,12 +262,12 @@ def _drop_cast_notice(record: logging.LogRecord) -> bool:
 
 
 def bitsandbytes_config(quantization: str, compute_dtype):
-    """The ``BitsAndBytesConfig`` of a bitsandbytes path: ``"4bit"`` is the article's, bitsandbytes' defaults
-    (float32 arithmetic, whatever ``compute_dtype``); ``"nf4"`` computes in ``compute_dtype``."""
+    """The ``BitsAndBytesConfig`` of a bitsandbytes path; the 4-bit ones compute in ``compute_dtype``
+    (``"4bit"`` with float32 is the article's ``BitsAndBytesConfig(load_in_4bit=True)``, bitsandbytes' defaults)."""
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype)
     if quantization == "nf4":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
     if quantization == "8bit":
@@ -275,7 +283,8 @@ def from_pretrained_kwargs(the_plan: Plan, device: str) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained`` (dtype, and for bitsandbytes its config and device map)."""
     kwargs: dict[str, Any] = {"dtype": the_plan.dtype}
     if the_plan.quantization in BITSANDBYTES:
-        kwargs["quantization_config"] = bitsandbytes_config(the_plan.quantization, the_plan.dtype)
+        kwargs["quantization_config"] = bitsandbytes_config(the_plan.quantization,
+                                                            the_plan.compute_dtype or the_plan.dtype)
         kwargs["device_map"] = {"": 0 if device == "cuda" else device}
     return kwargs
 
