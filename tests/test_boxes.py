@@ -145,6 +145,9 @@ def test_the_pixel_box_hint_has_the_numbers_when_the_image_size_is_known() -> No
     with pytest.raises(ValueError, match=r"its height 480, but as pixels it reaches beyond the image of 640 x 480 "
                                          r"pixels\.$"):
         to_pixels((12, 30, 900, 400), (640, 480))
+    with pytest.raises(ValueError, match=r"its height 480, and give the corners as x0 y0 x1 y1, top left first: as "
+                                         r"pixels this box is inverted\.$"):
+        check_normalized((250, 30, 12, 400), (640, 480))  # inside the image, but inverted: not 'beyond' it
     with pytest.raises(ValueError, match=r"It looks like a pixel box: convert it with to_normalized\(box_px, "
                                          r"image_size\)\.$"):
         check_normalized(box_px)  # the size unknown

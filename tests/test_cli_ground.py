@@ -81,6 +81,7 @@ def test_missing_images_exit_2_with_a_message(workdir) -> None:
         (["extra.png", "--out", "o", "--prompt", " "], "argument --prompt: must not be empty"),
         (["extra.png", "--out", "o", "--prompt", "<grounding><phrase> It</phrase><object><patch_index_0000>"],
          "argument --prompt: the prompt must not contain '<object>'"),
+        (["extra.png", "--out", "o", "--prompt", "<image> An image of"], "(here: --box X0 Y0 X1 Y1)"),
         (["extra.png", "--out", "o", "--box", "0.1", "0.1", "0.5", "0.5"], "--box: a box needs a <phrase>"),
         (["extra.png", "--out", "o", "--prompt", "<phrase> It</phrase>", "--box", "-5", "5", "50", "50"],
          "--box: normalized box values must lie in [0, 1]"),

@@ -480,3 +480,14 @@ def test_a_pixel_box_in_the_fields_is_told_what_to_divide_by(playground) -> None
     playground.on_click()
     assert (f"It looks like a pixel box: divide the x values by the image&#x27;s width {width} and the y values by "
             f"its height {height}, which gives ({round(10 / width, 4)}, ") in playground.caption.value
+
+
+def test_the_pixel_box_hint_divides_by_the_photos_own_size_not_the_shrunk_copys(playground) -> None:
+    """A photo larger than load_image's 4096 px is grounded shrunk; a box typed in the photo's own pixels must be
+    turned into fractions of the photo, not of the copy (it was called 'beyond the image')."""
+    photo = Image.new("RGB", (6000, 4000), (200, 180, 160))
+    name = playground.add_image("photo", photo)
+    assert playground.images[name].size == (4096, 2731) and playground.sizes[name] == (6000, 4000)
+    with pytest.raises(ValueError) as told:
+        playground.run(image=name, prompt=GENERATION_PROMPT, box=(3000, 2000, 4500, 3000))
+    assert "width 6000 and the y values by its height 4000, which gives (0.5, 0.5, 0.75, 0.75)" in str(told.value)

@@ -39,7 +39,7 @@ def prompt_text(text: str) -> str:
     try:
         return check_prompt(text, "the prompt")
     except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        raise argparse.ArgumentTypeError(f"{err} (here: --box X0 Y0 X1 Y1)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

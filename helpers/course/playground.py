@@ -34,7 +34,7 @@ from PIL import Image
 from helpers.course.colab import enable_widgets
 from helpers.grounding.checks import check_positive_int
 from helpers.grounding.evaluation import HELD_OUT_SEED
-from helpers.grounding.images import load_image, to_rgb
+from helpers.grounding.images import load_image_and_size, to_rgb
 from helpers.grounding.model import ground
 from helpers.grounding.plotting import draw_entities, draw_user_box, highlight_caption
 from helpers.grounding.prompts import (
@@ -219,11 +219,12 @@ class Playground:
         if not given:
             raise ValueError("images is empty: give at least one name → PIL image")
         self.images: dict[str, Image.Image] = {}
+        self.sizes: dict[str, tuple[int, int]] = {}  # each image's own size, before shrinking: for pixel-box hints
         for name, im in given.items():
             if not isinstance(im, Image.Image):
                 raise TypeError(f"images[{name!r}] must be a PIL image, got {type(im).__name__}")
             try:
-                self.images[name] = load_image(im)
+                self.images[name], self.sizes[name] = load_image_and_size(im)
             except ValueError as err:
                 raise ValueError(f"images[{name!r}]: {err}") from None
         self.max_new_tokens = max_new_tokens
@@ -278,9 +279,9 @@ class Playground:
         """
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}: {name!r:.80}")
-        picture = load_image(image)
+        picture, size = load_image_and_size(image)
         name = self._new_name(name or "uploaded image")
-        self.images[name] = picture
+        self.images[name], self.sizes[name] = picture, size
         self._choose(name)
         self._on_image({"new": name})
         return name
@@ -322,9 +323,9 @@ class Playground:
         if isinstance(image, str):
             if image not in self.images:
                 raise KeyError(f"no image called {image!r}; the choices are {list(self.images)}")
-            name, picture = image, self.images[image]
+            name, picture, size = image, self.images[image], self.sizes[image]
         elif isinstance(image, Image.Image):
-            picture = load_image(image)
+            picture, size = load_image_and_size(image)
             name = next((n for n, im in self.images.items()
                          if im.size == picture.size and im.tobytes() == picture.tobytes()), None)
         else:
@@ -332,7 +333,7 @@ class Playground:
         text = self.prompt.value if prompt is None else prompt
         check_prompt(text)
         user_box = self.current_box() if box is False else box
-        bboxes = None if user_box is None else [user_box_entry(text, user_box, picture.size)]
+        bboxes = None if user_box is None else [user_box_entry(text, user_box, size)]
         if bboxes is not None:
             user_box = bboxes[0][0]  # as checked: a tuple of floats
         (grounding,) = ground(self.model, self.processor, [picture], text, bboxes=bboxes,
@@ -354,7 +355,7 @@ class Playground:
         # the widgets now describe what was grounded: the arguments given are written into them
         if name is None:
             name = self._new_name("image from code")
-            self.images[name] = picture
+            self.images[name], self.sizes[name] = picture, size
         self._choose(name)
         if prompt is not None:
             self.prompt.value = text

@@ -81,11 +81,11 @@ def _pixel_hint(box: Box, image_size: tuple[int, int] | None) -> str:
     width, height = image_size
     hint = (f" It looks like a pixel box: divide the x values by the image's width {width} and the y values by "
             f"its height {height}")
-    try:
-        normalized = tuple(round(v, 4) for v in to_normalized(box, image_size))
-    except ValueError:
+    if box[2] < box[0] or box[3] < box[1]:
+        return hint + ", and give the corners as x0 y0 x1 y1, top left first: as pixels this box is inverted."
+    if box[2] > width or box[3] > height:
         return hint + f", but as pixels it reaches beyond the image of {width} x {height} pixels."
-    return hint + f", which gives {normalized}."
+    return hint + f", which gives {tuple(round(v, 4) for v in to_normalized(box, image_size))}."
 
 
 def check_image_size(image_size: Sequence[int], what: str = "image_size") -> tuple[int, int]:
