@@ -150,19 +150,40 @@ def test_photos_are_trained_on_as_stored_which_their_boxes_measure(tmp_path):
 
     (record,) = read_coco(*_turned_photo(tmp_path, 60, 40))
     assert record.objects[0].box == (0.0, 0.0, 0.5, 0.5)
-    image = _image(record.path)
-    assert image.size == (60, 40)
+    image = _image(record.path, record.turned)
+    assert not record.turned and image.size == (60, 40)
     r, g, b = image.getpixel((10, 7))  # inside the box, as stored
     assert r > 200 and g < 60 and b < 60
 
 
-def test_a_record_whose_size_is_not_the_files_stored_size_is_refused(tmp_path):
-    """Giving the size a viewer shows (turned by EXIF) instead of the stored one is caught when the data is read,
-    before any model loads, naming the file and both sizes."""
-    with pytest.raises(FinetuneError, match=r"photos\.json: images\[0\]: image file .*turned\.jpg' is 60 x 40 pixels "
-                                            r"as stored, but the record gives width 40 and height 60"):
-        read_coco(*_turned_photo(tmp_path, 40, 60))
-    annotations, folder = _turned_photo(tmp_path, 60, 40)
+def test_a_record_of_the_turned_picture_or_of_a_scaled_copy_is_used_as_it_describes(tmp_path):
+    """Annotation tools that show photos turned by EXIF give the turned size and measure boxes on the turned
+    picture: such a record is read turned. A record for a larger original of a scaled copy (same shape) is read
+    as stored: normalized boxes are the same on it."""
+    from helpers.grounding.finetune import _image
+
+    (record,) = read_coco(*_turned_photo(tmp_path, 40, 60))  # stored 60 x 40, EXIF 6: shown 40 x 60
+    assert record.turned
+    image = _image(record.path, record.turned)
+    assert image.size == (40, 60)
+    r, g, b = image.getpixel((30, 10))  # the stored top-left quarter, turned to the top right
+    assert r > 200 and g < 60 and b < 60
+    (scaled,) = read_coco(*_turned_photo(tmp_path, 120, 80))  # the record of an original twice the file's size
+    assert not scaled.turned and scaled.objects[0].box == (0.0, 0.0, 0.25, 0.25)
+
+
+def test_a_record_whose_size_fits_the_file_in_no_way_is_refused(tmp_path):
+    """Caught when the data is read, before any model loads, naming the file and the sizes."""
+    with pytest.raises(FinetuneError, match=r"photos\.json: images\[0\]: the record gives width 50 and height 50, "
+                                            r"but image file .*turned\.jpg' is 60 x 40 pixels as stored, or 40 x 60 "
+                                            r"as its EXIF tag turns it"):
+        read_coco(*_turned_photo(tmp_path, 50, 50))
+    annotations, folder = _turned_photo(tmp_path, 40, 60)
+    from PIL import Image
+
+    Image.new("RGB", (60, 40)).save(folder / "turned.jpg")  # no EXIF tag: 40 x 60 is then a swapped size
+    with pytest.raises(FinetuneError, match=r"is 60 x 40 pixels as stored; the boxes are measured"):
+        read_coco(annotations, folder)
     (folder / "turned.jpg").write_bytes(b"not a JPEG")
     with pytest.raises(FinetuneError, match=r"photos\.json: images\[0\]: file .*turned\.jpg' is not an image"):
         read_coco(annotations, folder)

@@ -7,8 +7,9 @@ loaded, the data, the output folder), 1 when the base model cannot be loaded, ea
 **Data.** COCO detection format (``images`` with ``id``, ``file_name``, ``width``, ``height``;
 ``annotations`` with ``image_id``, ``category_id`` and ``bbox`` ``[x, y, w, h]`` in pixels; ``categories``
 with ``id`` and ``name``, optionally ``plural`` for nouns that do not take an ``s``). As in COCO, boxes are
-measured on the pixels as stored in the file: images are loaded without turning them by their EXIF
-orientation, and each file's stored size must be its record's ``width`` and ``height``. Referring expressions
+measured on the picture the record's ``width`` and ``height`` describe: the file as stored (not turned by its
+EXIF orientation), or a scaled copy of the same shape; a record that gives the size an EXIF tag turns the file
+to (as annotation tools that show photos turned write it) is read turned. Referring expressions
 come either on the annotations themselves (``"sentences"``, as RefCOCO's refs, or ``"expression"``) or from a
 RefCOCO-style file (``refs=``, read by :func:`helpers.grounding.refcoco.load_refcoco`).
 
@@ -149,6 +150,7 @@ class ImageRecord:
     image_id: Any
     groups: list[list[AnnotatedObject]]
     expressions: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
+    turned: bool = False  # the record describes the picture turned by its EXIF tag (see read_coco)
 
     @property
     def objects(self) -> list[AnnotatedObject]:
@@ -198,8 +200,9 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
     captions, so they are skipped for the other tasks). Checks every record and raises
     :class:`FinetuneError` naming it: an empty or non-JSON file, missing keys, an unknown category or
     image id, a box with no area or outside its image, a missing or unreadable image file, an image file whose
-    stored size (read from its header, :func:`helpers.grounding.images.stored_size`) is not the record's
-    ``width`` and ``height``.
+    size (read from its header, :func:`helpers.grounding.images.stored_size`) fits the record's ``width`` and
+    ``height`` in no way: neither as stored, nor as its EXIF tag turns it (then ``ImageRecord.turned``), nor as a
+    scaled copy of either.
     """
     annotations, images = Path(annotations), Path(images)
     data = _read_json(annotations, "annotation file")
@@ -231,15 +234,22 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
         if not path.is_file():
             raise FinetuneError(f"{where}: image file {str(path)!r} does not exist")
         try:
-            size = stored_size(path)
+            stored, shown = stored_size(path), stored_size(path, turned=True)
         except ImageLoadError as err:
             raise FinetuneError(f"{where}: {err}") from None
-        if size != (im["width"], im["height"]):
+        record_size = (im["width"], im["height"])
+        if _same_shape(record_size, stored):
+            turned = False
+        elif shown != stored and _same_shape(record_size, shown):
+            turned = True
+        else:
+            as_shown = f", or {shown[0]} x {shown[1]} as its EXIF tag turns it" if shown != stored else ""
             raise FinetuneError(
-                f"{where}: image file {str(path)!r} is {size[0]} x {size[1]} pixels as stored, but the record "
-                f"gives width {im['width']} and height {im['height']}; COCO boxes are measured on the stored "
-                "pixels (the EXIF orientation is not applied), so the record must give the file's stored size")
-        records[im["id"]] = (im, [])
+                f"{where}: the record gives width {im['width']} and height {im['height']}, but image file "
+                f"{str(path)!r} is {stored[0]} x {stored[1]} pixels as stored{as_shown}; the boxes are measured on "
+                "the picture the record describes, so its width and height must be the file's (or a scaled copy's, "
+                "of the same shape)")
+        records[im["id"]] = (im, [], turned)
     for i, ann in enumerate(data["annotations"]):
         where = f"{annotations.name}: annotations[{i}] (id {ann.get('id') if isinstance(ann, dict) else None!r})"
         if not isinstance(ann, dict) or not all(k in ann for k in ("image_id", "category_id", "bbox")):
@@ -249,13 +259,13 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
                                 f"{sorted(categories, key=str)[:20]}")
         if ann["image_id"] not in records:
             raise FinetuneError(f"{where}: unknown image id {ann['image_id']!r} (not in 'images')")
-        im, anns = records[ann["image_id"]]
+        im, anns, _ = records[ann["image_id"]]
         box = _normalized_box(ann["bbox"], im["width"], im["height"], where)
         anns.append((categories[ann["category_id"]], box, _sentences(ann, where)))
     out = []
     by_file = {}
-    for im, anns in records.values():
-        rec = _record(images / im["file_name"], im["width"], im["height"], im["id"], anns)
+    for im, anns, turned in records.values():
+        rec = _record(images / im["file_name"], im["width"], im["height"], im["id"], anns, turned)
         out.append(rec)
         by_file[im["file_name"]] = rec
     if refs is not None:
@@ -273,7 +283,14 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
     return out
 
 
-def _record(path: Path, width: int, height: int, image_id: Any, anns: list) -> ImageRecord:
+def _same_shape(record: tuple[int, int], file: tuple[int, int]) -> bool:
+    """Whether a record of ``record``'s width and height describes an image file of size ``file``: the same size,
+    or a copy scaled on both sides alike (normalized boxes are the same on it), within a pixel of rounding."""
+    (w, h), (fw, fh) = record, file
+    return (w, h) == (fw, fh) or abs(fw * h / w - fh) <= 1
+
+
+def _record(path: Path, width: int, height: int, image_id: Any, anns: list, turned: bool) -> ImageRecord:
     by_cat: dict[Category, list] = {}
     expressions = []
     for cat, box, sentences in anns:
@@ -284,7 +301,7 @@ def _record(path: Path, width: int, height: int, image_id: Any, anns: list) -> I
         boxes = sorted(boxes, key=lambda b: (b[0] + b[2]) / 2)
         groups.append([AnnotatedObject(cat, b, cat.phrase(len(boxes))) for b in boxes])
     groups.sort(key=lambda g: (g[0].box[0] + g[0].box[2]) / 2)
-    return ImageRecord(path, width, height, image_id, groups, expressions)
+    return ImageRecord(path, width, height, image_id, groups, expressions, turned)
 
 
 # ----------------------------------------------------------------------------------------------- texts
@@ -324,10 +341,10 @@ def texts_for(records: Sequence[ImageRecord]) -> list[Text]:
 
 
 @lru_cache(maxsize=512)
-def _image(path: Path):
-    """The image as stored, not turned by its EXIF orientation: what COCO boxes are measured on (read_coco
-    checked that its stored size is the record's)."""
-    return load_image(path, exif_orientation=False)
+def _image(path: Path, turned: bool = False):
+    """The picture the record describes: as stored (what COCO boxes are measured on), or turned by its EXIF tag
+    when the record gives the turned size (``ImageRecord.turned``, decided by :func:`read_coco`)."""
+    return load_image(path, exif_orientation=turned)
 
 
 # ----------------------------------------------------------------------------------------------- base and adapter
@@ -678,7 +695,7 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
         batch = []
         for t in rng.sample(texts, min(cfg.batch_size, len(texts))):
             rec = records[t.record]
-            batch.append(encode_example(processor, _image(rec.path), t.prompt, t.answer))
+            batch.append(encode_example(processor, _image(rec.path, rec.turned), t.prompt, t.answer))
         inputs = {k: v.to(device) for k, v in collate(batch, pad).items() if k not in TRAINING_AIDS}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = model(**inputs).loss
@@ -803,7 +820,7 @@ def box_accuracy(model, processor, records: Sequence[ImageRecord], *, only: Call
     for rec in records:
         for g in rec.groups:
             if keep(g[0]):
-                images.append(_image(rec.path))
+                images.append(_image(rec.path, rec.turned))
                 prompts.append(comprehension_prompt(g[0].category.definite(len(g))))
                 truth.append(g)
     comprehension = Score()
@@ -812,7 +829,7 @@ def box_accuracy(model, processor, records: Sequence[ImageRecord], *, only: Call
         score_any_box(g, res, comprehension)
     shown = [r for r in records if any(keep(o) for o in r.objects)]
     caption = CaptionScores()
-    caps = ground(model, processor, [_image(r.path) for r in shown], CAPTION_PROMPT, max_new_tokens=96,
+    caps = ground(model, processor, [_image(r.path, r.turned) for r in shown], CAPTION_PROMPT, max_new_tokens=96,
                   batch_size=batch_size, progress=False)
     for rec, res in zip(shown, caps):
         score_caption([o for o in rec.objects if keep(o)], res, caption)

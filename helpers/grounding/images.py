@@ -170,12 +170,14 @@ def load_image_and_size(
     )
 
 
-def stored_size(path: str | os.PathLike) -> tuple[int, int]:
+def stored_size(path: str | os.PathLike, *, turned: bool = False) -> tuple[int, int]:
     """The ``(width, height)`` of the image file at ``path`` as its pixels are stored, read from its header alone.
 
-    No pixel is decoded and the EXIF orientation is not applied: this is the size annotation files (COCO,
-    RefCOCO, Flickr30k Entities) give and measure their boxes on, and that of
-    ``load_image(path, exif_orientation=False)`` before shrinking.
+    No pixel is decoded. Without ``turned`` the EXIF orientation is not applied: this is the size annotation files
+    (COCO, RefCOCO, Flickr30k Entities) give and measure their boxes on, and that of
+    ``load_image(path, exif_orientation=False)`` before shrinking. With ``turned=True`` it is the size a viewer
+    shows, width and height swapped when the EXIF tag turns the picture a quarter (that of ``load_image(path)``
+    before shrinking).
 
     Raises:
         ImageLoadError: there is no file at ``path``, it is a directory, or it is not an image Pillow can read.
@@ -185,6 +187,8 @@ def stored_size(path: str | os.PathLike) -> tuple[int, int]:
     what = f"file {str(path)!r}"
     try:
         with open(path, "rb") as handle, _own_pixel_checks(), _open(handle, what) as image:
+            if turned and _quarter_turned(image):
+                return image.size[1], image.size[0]
             return image.size
     except OSError as exc:
         raise ImageLoadError(f"could not read image file {str(path)!r}: {exc}") from None
@@ -398,6 +402,14 @@ def _decode(data: bytes, *, max_side: int, what: str, orient: bool = True) -> tu
             return _turned(image, (width, height), max_side=max_side, orient=orient)
 
 
+def _quarter_turned(image: Image.Image) -> bool:
+    """Whether ``image``'s EXIF orientation turns it a quarter (``ImageOps.exif_transpose`` swaps its sides)."""
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS
+    except Exception:  # a malformed EXIF block: as load_image, the picture is used unturned
+        return False
+
+
 def _turned(image: Image.Image, size: tuple[int, int], *, max_side: int,
             orient: bool) -> tuple[Image.Image, tuple[int, int]]:
     """``image`` turned by its EXIF orientation (``orient``), shrunk and RGB, and ``size`` (the source's
@@ -405,7 +417,7 @@ def _turned(image: Image.Image, size: tuple[int, int], *, max_side: int,
     if not orient:
         return _shrink_convert(image, max_side=max_side), size
     try:
-        quarter = image.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS
+        quarter = _quarter_turned(image)
         oriented = ImageOps.exif_transpose(image)
     except Exception:  # a malformed EXIF block should not stop the image from loading
         quarter, oriented = False, image.copy()
