@@ -257,7 +257,10 @@ def test_stored_size_reads_the_header_without_turning(tmp_path: Path) -> None:
     path = tmp_path / "turned.jpg"
     path.write_bytes(_jpeg_bytes(_quadrants(), exif=exif.tobytes()))
     assert stored_size(path) == stored_size(str(path)) == (40, 30)
-    assert load_image(path).size == (30, 40)  # load_image turns it
+    assert load_image(path).size == (30, 40) == stored_size(path, turned=True)  # load_image turns it
+    plain = tmp_path / "plain.jpg"
+    plain.write_bytes(_jpeg_bytes(_quadrants()))
+    assert stored_size(plain, turned=True) == stored_size(plain) == (40, 30)  # no tag: nothing to turn
     huge = tmp_path / "huge.png"
     huge.write_bytes(_png_header_only(50_000, 50_000))  # only the header is read: no pixel limit applies
     assert stored_size(huge) == (50_000, 50_000)

@@ -21,6 +21,10 @@ from PIL import Image
 from helpers.course.colab import COLAB_CELL, colab_badge_url
 from helpers.course.notebooks import course_notebooks
 from helpers.course.paths import bundled_model_dir, notebooks_dir
+from helpers.course.solutions import ask_about_box, patch_index_of_pixel
+from helpers.grounding.boxes import to_pixels
+from helpers.grounding.tokens import box_to_patch_index, location_tokens
+from helpers.world.scenes import character_illustration
 
 NOTEBOOKS = [p.name for p in course_notebooks()]
 SOLUTION_HEAD = "# Solution — try it yourself first"
@@ -186,8 +190,22 @@ def test_patch_index_of_pixel_matches_the_grid() -> None:
             centre = ((column + 0.5) * 512 / 32, (row + 0.5) * 384 / 32)
             assert patch_index_of_pixel(*centre, size) == row * 32 + column
     assert patch_index_of_pixel(0, 0, size) == 0
-    assert patch_index_of_pixel(512, 384, size) == 1023
+    assert patch_index_of_pixel(511, 383, size) == 1023  # the last pixel
     assert patch_index_of_pixel(300, 120, size) == 10 * 32 + 18
+
+
+def test_a_pixel_is_not_a_corner_coordinate() -> None:
+    """Pixel indices run from 0 to width - 1 and go to the bin they lie in (floor); a box's bottom-right corner is
+    a coordinate and goes to the last bin the box reaches (ceil - 1). Notebook 01 called (512, 384) a pixel and
+    put it in bin 1023, while its own left-half box ended at x = 256 in column 15, not 16."""
+    size = (512, 384)
+    assert patch_index_of_pixel(256, 383, size) == 31 * 32 + 16  # the first pixel of the right half
+    assert box_to_patch_index((0, 0, 0.5, 1))[1] == 31 * 32 + 15  # the left half ends where column 16 begins
+    assert location_tokens((0, 0, 0.5, 1)) == "<patch_index_0000><patch_index_1007>"
+    with pytest.raises(ValueError, match=r"x_px=512 .* 0 <= x_px < 512 .*right edge, a coordinate"):
+        patch_index_of_pixel(512, 100, size)
+    with pytest.raises(ValueError, match=r"y_px=384 .*bottom edge, a coordinate.*box_to_patch_index"):
+        patch_index_of_pixel(100, 384, size)
 
 
 @pytest.mark.parametrize(
@@ -339,6 +357,22 @@ def test_ask_about_box_rejects_bad_boxes_and_nouns(bundled) -> None:
         ask_about_box(model, processor, image, (10, 10, 100, 100), noun=" ")
     with pytest.raises(TypeError, match="noun"):
         ask_about_box(model, processor, image, (10, 10, 100, 100), noun=None)  # type: ignore[arg-type]
+
+
+def test_ask_about_box_refuses_a_normalized_box(bundled) -> None:
+    """A box of fractions was taken for pixels: (0.1, 0.2, 0.5, 0.8) became a box inside bin 0."""
+    model, processor = bundled
+    image = character_illustration().image
+    in_pixels = tuple(round(v, 1) for v in to_pixels((0.1, 0.2, 0.5, 0.8), image.size))
+    with pytest.raises(ValueError, match=r"looks like a normalized box") as err:
+        ask_about_box(model, processor, image, (0.1, 0.2, 0.5, 0.8))
+    assert f"to_pixels(box, image.size) gives {in_pixels}" in str(err.value) and "bboxes=[[box]]" in str(err.value)
+    with pytest.raises(ValueError, match=r"looks like a normalized box: every value is below 2"):
+        ask_about_box(model, processor, image, (0, 0, 1, 1.5))
+    # two pixels are a real part of a tiny image, and a box of two pixels or more reads as pixels anywhere
+    answer, _ = ask_about_box(model, processor, image.resize((8, 8)), (0, 0, 1, 1), max_new_tokens=4)
+    assert isinstance(answer, str)
+    assert ask_about_box(model, processor, image, (0, 0, 2, 2), max_new_tokens=4)[1].entities[0].boxes
 
 
 def test_every_notebook_is_numbered_and_checked() -> None:

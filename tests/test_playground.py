@@ -444,6 +444,19 @@ def test_noise_solutions() -> None:
             add_noise(scene, bad)
 
 
+def test_noise_levels_may_be_numpy_numbers() -> None:
+    """np.arange(0, 90, 10) gives np.int64 levels, which add_noise refused as "not a finite number"."""
+    scene = sample_scenes(1, seed=2)[0].image
+    assert add_noise(scene, np.float32(20), seed=1).tobytes() == add_noise(scene, 20, seed=1).tobytes()
+    assert add_noise(scene, np.int64(20), seed=1).tobytes() == add_noise(scene, 20.0, seed=1).tobytes()
+    levels = np.arange(0, 90, 10)
+    level = first_out_of_world(scene, levels)
+    assert level == first_out_of_world(scene, [int(v) for v in levels]) and level in levels
+    for bad in (np.float64("nan"), np.int64(-1), np.float32("inf")):
+        with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
+            add_noise(scene, bad)
+
+
 def test_the_same_file_can_be_uploaded_again(playground) -> None:
     """The upload widget kept its value, so choosing the same file again changed nothing."""
     data = png_of(noise(1))

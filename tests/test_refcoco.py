@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import helpers.course.solutions_more
 import helpers.grounding.model
+from helpers.course.paths import bundled_model_dir
 from helpers.grounding.boxes import iou
+from helpers.grounding.evaluation import score_phrase
 from helpers.grounding.images import ImageLoadError
 from helpers.grounding.refcoco import (
     COCO_TRAIN2014_PATTERN,
@@ -22,8 +25,9 @@ from helpers.grounding.refcoco import (
     scenes_to_refcoco,
 )
 from helpers.course.solutions_more import find_boxes, miss_reasons
-from helpers.world.scenes import draw_scene, sample_scenes
-from helpers.grounding.tokens import parse_generation
+from helpers.grounding.prompts import comprehension_prompt
+from helpers.world.scenes import definite_phrase, draw_scene, sample_scenes
+from helpers.grounding.tokens import parse_generation, patch_index_to_box
 
 
 def record(**over) -> dict:
@@ -272,7 +276,30 @@ def test_miss_reasons_solution() -> None:
         miss_reasons(rows, threshold=0.3, near=0.4)
 
 
-def test_find_boxes_solution(tiny_model, drawn, monkeypatch) -> None:
+def test_miss_reasons_tells_the_right_object_boxed_second() -> None:
+    """Notebook 09's one miss (the right object, boxed second) was counted as a box in the wrong place."""
+    truth = (0.5, 0.5, 1.0, 1.0)
+    second = parse_generation("<grounding><phrase> the right square</phrase><object><patch_index_0000>"
+                              "<patch_index_0264></delimiter_of_multi_objects/><patch_index_0528>"
+                              "<patch_index_1023></object>")
+    row = score_phrase([truth], second, "the right square")
+    assert not row["hit"] and row["hit_any"] and row["iou"] == 0.0
+    assert miss_reasons([row]) == {"right object, not first": 1}
+    assert miss_reasons([row], threshold=0.9) == {"wrong place": 1}  # no box hits at 0.9
+    # a box given only under another phrase does not count for the asked one: "no box", as in accuracy@1
+    other = parse_generation("<grounding><phrase> the right square</phrase> next to<phrase> a square</phrase>"
+                             "<object><patch_index_0528><patch_index_1023></object>")
+    assert miss_reasons([score_phrase([truth], other, "the right square")]) == {"no box": 1}
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from helpers.grounding.model import load
+
+    return load(bundled_model_dir(), device="cpu", verbose=False)
+
+
+def test_find_boxes_solution(tiny_model, drawn, bundled, monkeypatch) -> None:
     image = Image.open(drawn[0] / "a.png").convert("RGB")
     answer = "<grounding><phrase> the circles</phrase><object><patch_index_0000><patch_index_0033>" \
              "</delimiter_of_multi_objects/><patch_index_0528><patch_index_1023></object>"
@@ -282,7 +309,7 @@ def test_find_boxes_solution(tiny_model, drawn, monkeypatch) -> None:
         calls.append(prompts)
         return [parse_generation(answer)]
 
-    monkeypatch.setattr(helpers.grounding.model, "ground", fake_ground)
+    monkeypatch.setattr(helpers.course.solutions_more, "ground", fake_ground)
     assert find_boxes(*tiny_model, image, " the circles ") == [(1 / 64, 1 / 64, 3 / 64, 3 / 64),
                                                               (16.5 / 32, 16.5 / 32, 31.5 / 32, 31.5 / 32)]
     assert calls == ["<grounding><phrase> the circles</phrase>"]
@@ -292,13 +319,46 @@ def test_find_boxes_solution(tiny_model, drawn, monkeypatch) -> None:
         find_boxes(*tiny_model, image, " ")
     monkeypatch.undo()
     # the real call path, on the bundled model (the random one gives no boxes): its box for a drawn object
-    from helpers.course.paths import bundled_model_dir
-    from helpers.grounding.model import load
-
-    from helpers.world.scenes import definite_phrase
-
     scene = sample_scenes(1, seed=5)[0]  # a snowman, a green square and a blue triangle
     (target,) = scene.groups[1]
-    bundled = load(bundled_model_dir(), device="cpu", verbose=False)
     boxes = find_boxes(*bundled, scene.image, definite_phrase(target.colour, target.shape, 1))
     assert len(boxes) == 1 and iou(boxes[0], target.box) >= 0.5, (target, boxes)
+
+
+def _answer_with(n_boxes: int):
+    """A fake ``ground`` whose model answers with ``n_boxes`` boxes and, like generate, stops after
+    ``max_new_tokens`` tokens (each tag and location token is one token)."""
+    tokens = ["<object>"]
+    for i in range(n_boxes):
+        tokens += (["</delimiter_of_multi_objects/>"] if i else []) + [f"<patch_index_{33 * i:04d}>",
+                                                                         f"<patch_index_{33 * i + 33:04d}>"]
+    tokens.append("</object>")
+
+    def fake_ground(model, processor, images, prompts, max_new_tokens=128, **kwargs):
+        return [parse_generation(prompts + "".join(tokens[:max_new_tokens]))]
+
+    return fake_ground
+
+
+def test_find_boxes_has_room_for_many_boxes_and_refuses_a_cut_off_answer(tiny_model, drawn, monkeypatch) -> None:
+    """24 new tokens cut an answer of 8 boxes off; its phrase was dropped, and [] read as "the model gave none"."""
+    image = Image.open(drawn[0] / "a.png").convert("RGB")
+    monkeypatch.setattr(helpers.course.solutions_more, "ground", _answer_with(8))
+    assert find_boxes(*tiny_model, image, "the circles") == [patch_index_to_box(33 * i, 33 * i + 33) for i in range(8)]
+    monkeypatch.setattr(helpers.course.solutions_more, "ground", _answer_with(30))  # 91 tokens
+    with pytest.raises(ValueError, match=r"not well formed.*found the end of the text.*larger max_new_tokens than 64"):
+        find_boxes(*tiny_model, image, "the circles")
+    assert len(find_boxes(*tiny_model, image, "the circles", max_new_tokens=91)) == 30
+
+
+def test_find_boxes_reads_the_phrase_as_the_tokenizer_spells_it(tiny_model, drawn, bundled) -> None:
+    """The world's tokenizer has no "é": the answer names "the caf", which "the café" never equalled, so the
+    model's box was lost."""
+    scene = sample_scenes(1, seed=5)[0]
+    (answer,) = helpers.grounding.model.ground(*bundled, [scene.image], comprehension_prompt("the café"),
+                                               max_new_tokens=64)
+    assert [e.phrase for e in answer.entities] == ["the caf"] and answer.entities[0].boxes
+    assert find_boxes(*bundled, scene.image, "the café") == answer.entities[0].boxes
+    image = Image.open(drawn[0] / "a.png").convert("RGB")
+    with pytest.raises(ValueError, match="keeps nothing of the phrase"):
+        find_boxes(*tiny_model, image, "日本")  # no token of the world's vocabulary: the phrase would be empty

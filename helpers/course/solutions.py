@@ -22,7 +22,10 @@ import math
 import numbers
 from typing import Any, Sequence
 
-from helpers.grounding.boxes import Box, check_image_size, check_normalized, iou, to_normalized, to_pixels
+from helpers.grounding.boxes import Box, check_image_size, check_normalized, iou, looks_like_pixels, to_normalized, to_pixels
+from helpers.grounding.checks import check_positive_int
+from helpers.grounding.model import ground
+from helpers.grounding.prompts import qa_prompt
 from helpers.grounding.tokens import NUM_BINS, Grounding, box_to_patch_index, patch_index_to_box
 
 BoxPx = tuple[int, int, int, int]
@@ -44,23 +47,32 @@ def patch_index_of_pixel(x_px: float, y_px: float, image_size: Sequence[int], nu
     """The number ``NNNN`` of the ``<patch_index_NNNN>`` bin that holds pixel ``(x_px, y_px)``.
 
     The image is cut into ``num_bins`` x ``num_bins`` equal bins; bin ``(row, column)`` has the number
-    ``row * num_bins + column``. A pixel on the right or bottom edge (``x_px == width``) belongs to the
-    last bin.
+    ``row * num_bins + column``. Pixels are numbered from 0: an image ``width`` pixels wide has the columns
+    ``0`` to ``width - 1``, and pixel ``x_px`` lies in bin column ``floor(x_px / width * num_bins)`` (a point
+    inside a pixel, such as its centre ``x_px + 0.5``, lies in the same bin).
+
+    ``x_px == width`` is no pixel: it is the image's right edge, a coordinate, where a box that reaches the
+    edge has its bottom-right corner. Such a corner goes to the last bin the box reaches, column
+    ``ceil(x1 * num_bins) - 1`` with ``x1 = x_px / width``
+    (:func:`helpers.grounding.tokens.box_to_patch_index`), so this function refuses it.
 
     Raises:
-        ValueError: the pixel lies outside the image, ``image_size`` is not two positive ints, or
-            ``num_bins`` is not a positive int.
+        ValueError: the pixel lies outside the image (``0 <= x_px < width`` and ``0 <= y_px < height`` are
+            expected), or ``image_size`` is not two positive ints.
+        TypeError: ``num_bins`` is not a whole number.
     """
     width, height = check_image_size(image_size)
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
-    for name, value, limit in (("x_px", x_px, width), ("y_px", y_px, height)):
+    check_positive_int("num_bins", num_bins, unit="bins per side")
+    for name, value, limit, edge in (("x_px", x_px, width, "right"), ("y_px", y_px, height, "bottom")):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if not 0 <= value <= limit:
-            raise ValueError(f"{name}={value} lies outside the image of {width} x {height} pixels (0 to {limit})")
-    column = min(int(x_px / width * num_bins), num_bins - 1)
-    row = min(int(y_px / height * num_bins), num_bins - 1)
+        if not 0 <= value < limit:
+            at_edge = (f"; {limit} is the image's {edge} edge, a coordinate: a box's bottom-right corner there "
+                       "goes to the last bin the box reaches (box_to_patch_index)") if value == limit else ""
+            raise ValueError(f"{name}={value} lies outside the image of {width} x {height} pixels: expected "
+                             f"0 <= {name} < {limit} (its pixels are numbered 0 to {limit - 1}){at_edge}")
+    column = min(math.floor(x_px / width * num_bins), num_bins - 1)  # min: float rounding just below the edge
+    row = min(math.floor(y_px / height * num_bins), num_bins - 1)
     return row * num_bins + column
 
 
@@ -198,22 +210,30 @@ def ask_about_box(
     """Ask "What is this <noun>?" about the region ``box_px`` (pixels) of ``image``.
 
     The pixel box is turned into a normalized box (:func:`helpers.grounding.boxes.to_normalized`), the English
-    grounded-question prompt (:func:`helpers.world.language.qa_prompt`) gets it as the user box, and the model
-    answers greedily (:func:`helpers.grounding.model.ground`). Returns ``(answer, grounding)``: the text after
-    ``Answer:`` and the whole :class:`~helpers.grounding.tokens.Grounding`.
+    grounded-question prompt (:func:`helpers.grounding.prompts.qa_prompt`) gets it as the user box, and the
+    model answers greedily (:func:`helpers.grounding.model.ground`). Returns ``(answer, grounding)``: the text
+    after ``Answer:`` and the whole :class:`~helpers.grounding.tokens.Grounding`.
 
     Raises:
-        ValueError: ``box_px`` does not lie within the image or has no area, or ``noun`` is empty.
+        ValueError: ``box_px`` does not lie within the image or has no area, it looks like a normalized box
+            (every value below 2 on an image at least 64 pixels wide and high, where 2 pixels are no more than
+            one of the 32 x 32 bins: a box of fractions by mistake), or ``noun`` is empty.
         TypeError: ``noun`` is not a str.
     """
-    from helpers.grounding.model import ground
-    from helpers.grounding.prompts import qa_prompt
-
     if not isinstance(noun, str):
         raise TypeError(f"noun must be a str such as 'object' or 'character', got {type(noun).__name__}")
     if not noun.strip():
         raise ValueError("noun must be a word such as 'object' or 'character', got an empty string")
     box = to_normalized(box_px, image.size)
-    result = ground(model, processor, image, qa_prompt(noun.strip()), bboxes=[[box]], max_new_tokens=max_new_tokens)[0]
+    width, height = image.size
+    if not looks_like_pixels(box_px) and min(width, height) >= 2 * NUM_BINS:
+        fractions = all(0 <= v <= 1 for v in box_px)
+        hint = f" gives {tuple(round(v, 1) for v in to_pixels(box_px, image.size))}" if fractions else ""
+        raise ValueError(f"box_px {tuple(box_px)} looks like a normalized box: every value is below 2, less "
+                         f"than one bin of an image of {width} x {height} pixels. Give the box in pixels "
+                         f"(to_pixels(box, image.size){hint}), or pass a normalized box to ground() as "
+                         "bboxes=[[box]]")
+    prompt = qa_prompt(noun.strip())
+    result = ground(model, processor, image, prompt, bboxes=[[box]], max_new_tokens=max_new_tokens)[0]
     _, found, answer = result.caption.partition("Answer:")
     return (answer.strip() if found else ""), result
