@@ -294,9 +294,7 @@ def test_miss_reasons_tells_the_right_object_boxed_second() -> None:
 
 @pytest.fixture(scope="module")
 def bundled():
-    from helpers.grounding.model import load
-
-    return load(bundled_model_dir(), device="cpu", verbose=False)
+    return helpers.grounding.model.load(bundled_model_dir(), device="cpu", verbose=False)
 
 
 def test_find_boxes_solution(tiny_model, drawn, bundled, monkeypatch) -> None:

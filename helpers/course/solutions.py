@@ -58,7 +58,7 @@ def patch_index_of_pixel(x_px: float, y_px: float, image_size: Sequence[int], nu
 
     Raises:
         ValueError: the pixel lies outside the image (``0 <= x_px < width`` and ``0 <= y_px < height`` are
-            expected), or ``image_size`` is not two positive ints.
+            expected), ``image_size`` is not two positive ints, or ``num_bins`` is below 1.
         TypeError: ``num_bins`` is not a whole number.
     """
     width, height = check_image_size(image_size)
@@ -67,8 +67,10 @@ def patch_index_of_pixel(x_px: float, y_px: float, image_size: Sequence[int], nu
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
         if not 0 <= value < limit:
-            at_edge = (f"; {limit} is the image's {edge} edge, a coordinate: a box's bottom-right corner there "
-                       "goes to the last bin the box reaches (box_to_patch_index)") if value == limit else ""
+            at_edge = ""
+            if value == limit:
+                at_edge = (f"; {limit} is the image's {edge} edge, a coordinate: a box's bottom-right corner "
+                           "there goes to the last bin the box reaches (box_to_patch_index)")
             raise ValueError(f"{name}={value} lies outside the image of {width} x {height} pixels: expected "
                              f"0 <= {name} < {limit} (its pixels are numbered 0 to {limit - 1}){at_edge}")
     column = min(math.floor(x_px / width * num_bins), num_bins - 1)  # min: float rounding just below the edge

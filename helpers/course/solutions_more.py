@@ -74,8 +74,8 @@ def find_boxes(model, processor, image, phrase: str,
 
 
 def count_phrases(results: str | os.PathLike | Iterable[dict]) -> Counter:
-    """How often each grounded phrase occurs across batch results, compared in lower case and without a leading
-    article (``normalize_phrase``: "The Red circle" and "red circle" are one phrase).
+    """How often each grounded phrase occurs across batch results, compared in lower case and without a
+    leading article (``normalize_phrase``: "The Red circle" and "red circle" are one phrase).
 
     ``results`` is a folder or ``results.jsonl`` file written by :func:`helpers.course.batch.ground_folder`, or
     its records. A phrase with two boxes ("two red circles") counts once.
