@@ -74,7 +74,7 @@ from typing import Any, Callable, Sequence
 from helpers.grounding.boxes import coco_to_normalized
 from helpers.grounding.checks import (check_positive_int, check_positive_number, positive_int_option,
                                       positive_number_option)
-from helpers.grounding.evaluation import CaptionScores, Score, score_any_box, score_caption
+from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, CaptionScores, Score, score_any_box, score_caption
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
 from helpers.grounding.model import ModelLoadError, check_bf16, default_dtype, try_gpu
 from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt, with_box
@@ -824,8 +824,8 @@ def box_accuracy(model, processor, records: Sequence[ImageRecord], *, only: Call
                 prompts.append(comprehension_prompt(g[0].category.definite(len(g))))
                 truth.append(g)
     comprehension = Score()
-    for g, res in zip(truth, ground(model, processor, images, prompts, max_new_tokens=24, batch_size=batch_size,
-                                     progress=False)):
+    for g, res in zip(truth, ground(model, processor, images, prompts, max_new_tokens=BENCHMARK_MAX_NEW_TOKENS,
+                                     batch_size=batch_size, progress=False)):
         score_any_box(g, res, comprehension)
     shown = [r for r in records if any(keep(o) for o in r.objects)]
     caption = CaptionScores()
