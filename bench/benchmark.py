@@ -10,7 +10,8 @@ so all paths do the same work.
 Paths (``--paths``, comma-separated):
 
 * ``article`` — the article's set-up: 4-bit bitsandbytes weights with ``BitsAndBytesConfig(load_in_4bit=True)``
-  and its defaults (FP4, float32 compute), batch 1 (every ``--batch-sizes`` entry in the CPU table). Needs
+  and its defaults (FP4, float32 compute), the other layers in float16 on a GPU (as transformers 4 gave the
+  article) and float32 on a CPU, as ``load(quantization="4bit")`` loads them; batch 1 (every ``--batch-sizes`` entry in the CPU table). Needs
   bitsandbytes (on the CPU >= 0.50.2); otherwise recorded as skipped, with the reason.
 * ``nf4``, ``8bit`` — bitsandbytes' 4-bit NF4 and LLM.int8 weights, as ``load(quantization=...)`` loads them.
 * ``int8``, ``int4`` — the CPU paths of ``load(quantization=...)``: int8 weights of the text decoder (a scale
@@ -249,7 +250,8 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
 
     torch.manual_seed(seed)
     if spec.quantization in quant.BITSANDBYTES or weights is not None:
-        plan = quant.plan(spec.quantization or "none", device, resolve_dtype(spec, device), None)
+        # the path's own dtype, else load()'s default for it (for the article's 4-bit: float32 arithmetic too)
+        plan = quant.plan(spec.quantization or "none", device, getattr(torch, spec.dtype) if spec.dtype else None, None)
         with contextlib.ExitStack() as stack:
             if weights is None:
                 weights = stack.enter_context(tempfile.TemporaryDirectory(prefix="kosmos2-bench-"))

@@ -2,7 +2,7 @@
 
 ``helpers.grounding`` — the library a learner calls, for the real Kosmos-2 and the bundled model alike:
     boxes       normalized and pixel boxes: the box type, its checks and the image-size check
-    checks      the positive-int check many functions share
+    checks      argument checks many functions share (a positive int, a number above 0) and the command lines' option types
     tokens      Kosmos-2 location tokens (``<patch_index_NNNN>``) and parsing grounded text
     prompts     Kosmos-2's prompts (captions, comprehension, questions about a box, box → words)
     images      loading images from paths, URLs and bytes (EXIF orientation, size limits)

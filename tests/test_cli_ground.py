@@ -163,6 +163,9 @@ def test_a_pixel_box_gets_the_command_line_to_type(workdir, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "Divide the x values by the image's width and the y values by its height" in err
     assert "to_normalized" not in err and "type --box" not in err
+    inverted = [str(box_px[2]), str(box_px[1]), str(box_px[0]), str(box_px[3])]  # inside the image, x0 > x1
+    assert cli_ground.main(["extra.png", *args[:-4], *inverted]) == 2
+    assert "as pixels this box is inverted" in capsys.readouterr().err
     assert not (workdir / "o").exists()
 
 

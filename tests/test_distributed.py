@@ -168,6 +168,9 @@ def test_command_line_rejects_bad_input_before_loading_a_model(tmp_path, monkeyp
     assert "argument --batch-size: must be at least 1, got 0" in capsys.readouterr().err
     assert main([str(tmp_path), "--out", str(tmp_path / "r.jsonl"), "--prompt", " "]) == 2
     assert "argument --prompt: must not be empty" in capsys.readouterr().err
+    assert main([str(tmp_path), "--out", str(tmp_path / "r.jsonl"), "--prompt", "<image> An image of"]) == 2
+    err = capsys.readouterr().err
+    assert "must not contain '<image>'" in err and "(this command takes no user box)" in err and "--box" not in err
 
 
 def test_command_line_checks_out_before_any_work(image_paths, tmp_path, monkeypatch, capsys):

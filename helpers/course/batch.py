@@ -157,7 +157,8 @@ def ground_folder(
         prompt: the prompt for every image, e.g. ``"<grounding> An image of"``.
         out_dir: created if needed; ``results.jsonl`` in it is replaced when the run has finished.
         batch_size: images per ``generate`` call (default: :func:`helpers.grounding.model.default_batch_size`).
-            ``ground()`` batches only prompts of the same length (no padding), so the results do not depend on it.
+            ``ground()`` batches only prompts of the same length (no padding), so in float32 on a
+            CPU the results do not depend on it (in half precision on a GPU, rounding may differ).
         max_new_tokens: the most tokens generated per image.
         box: one normalized user box ``(x0, y0, x1, y1)`` for every image; it goes after the prompt's
             first ``</phrase>`` (e.g. with ``helpers.world.language.GENERATION_PROMPT``).

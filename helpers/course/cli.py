@@ -31,15 +31,18 @@ PROG = "python -m helpers ground"
 DEFAULT_PROMPT = CAPTION_PROMPT
 
 
-def prompt_text(text: str) -> str:
+def prompt_option(box_hint: str = ""):
     """Option type for ``--prompt``: a prompt by :func:`~helpers.grounding.prompts.check_prompt`'s rule (not
-    blank, no image or location tokens), checked before a model loads."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"must not be empty; e.g. {CAPTION_PROMPT!r}")
-    try:
-        return check_prompt(text, "the prompt")
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{err} (here: --box X0 Y0 X1 Y1)") from None
+    blank, no image or location tokens), checked before a model loads; ``box_hint`` follows a refusal (how this
+    command takes a box)."""
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"must not be empty; e.g. {CAPTION_PROMPT!r}")
+        try:
+            return check_prompt(text, "the prompt")
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{err}{box_hint}") from None
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                "else the bundled offline model.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    parser.add_argument("--prompt", type=prompt_text, default=DEFAULT_PROMPT, help=f"the prompt for every image (default: {DEFAULT_PROMPT!r})")
+    parser.add_argument("--prompt", type=prompt_option(" (here: --box X0 Y0 X1 Y1)"), default=DEFAULT_PROMPT, help=f"the prompt for every image (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for results.jsonl and the annotated PNGs")
     parser.add_argument("--model", default=None, metavar="M", help="a model folder or hub id")
     parser.add_argument("--batch-size", type=positive_int_option, default=None, metavar="N", help="images per generate call")
@@ -103,6 +106,8 @@ def box_message(box: Sequence[float], error: ValueError, files: Sequence[Path]) 
         except ImageLoadError:
             return message
         where = f"{files[0]} ({size[0]} x {size[1]} pixels)"
+        if box[2] < box[0] or box[3] < box[1]:
+            return message + ", and give the corners top left first: as pixels this box is inverted"
         try:
             return message + f": for {where} type --box {_numbers(to_normalized(box, size))}"
         except ValueError:

@@ -12,7 +12,8 @@ and the main job's ``records.jsonl``) holds one JSON line per grounded image in 
 
 ``boxes`` are normalized ``(x0, y0, x1, y1)``; ``boxes_px`` the same boxes in pixels of the original image
 (``width`` x ``height``: for a file, the file's own size turned by its EXIF orientation, even when the model
-saw a copy that loading shrank);
+saw a copy that loading shrank; in the main job's ``records.jsonl``, whose ``file`` is ``null``, the size of the
+image ``ground()`` saw, after any shrinking);
 ``generated`` is the decoded text after the image prefix (the prompt and the model's answer, tags kept);
 ``file`` is the image's path (``null`` for an image that was never a file) and ``annotated`` the PNG with
 the boxes drawn (``null`` when none was written).

@@ -930,7 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", choices=["4bit", "nf4"], default=None,
                    help="4-bit base (QLoRA; nf4 is the QLoRA paper's data type, 4bit the article's FP4)")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                   help="recompute activations in the backward pass (default: on with --quantization 4bit)")
+                   help="recompute activations in the backward pass (default: on with a 4-bit base, --quantization 4bit or nf4)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)

@@ -111,7 +111,8 @@ def load_image(
 
     Raises:
         TypeError: ``source`` is of an unsupported type, or ``max_bytes`` or ``max_side`` is not a whole number.
-        ValueError: ``timeout``, ``max_bytes`` or ``max_side`` is not positive.
+        ValueError: ``timeout`` is not a finite Python number above 0 (a str or bool included), or ``max_bytes``
+            or ``max_side`` is below 1.
         ImageLoadError: the source could not be read or is not a usable image (missing file, directory,
             dead URL, HTTP error status, non-image content, timeout, too many bytes, too many pixels,
             corrupt data).

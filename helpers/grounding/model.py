@@ -55,12 +55,11 @@ class LoadInfo:
     quantization_reason: str = ""  # why load() chose the quantization by itself ("" when asked for or none)
     adapter: str | None = None
     graph: str = ""  # int4-onnx: where its text decoder graphs came from ("" for other quantizations)
+    quantization_label: str = ""  # what the banner says of the quantization (Plan.label)
 
     def banner(self) -> str:
-        from helpers.grounding.quantization import DESCRIPTIONS
-
         size = f"{self.parameters / 1e6:.1f} M" if self.parameters < 1e9 else f"{self.parameters / 1e9:.2f} B"
-        quant = f", {DESCRIPTIONS[self.quantization]}" if self.quantization else ""
+        quant = f", {self.quantization_label}" if self.quantization_label else ""
         name = "bundled model kosmos2-tiny-world" if self.bundled else self.source
         adapter = f" with the adapters in {self.adapter}" if self.adapter else ""
         line = f"Loaded {name}{adapter} ({size} parameters) on {self.device}, {self.dtype}{quant} — {self.reason}."
@@ -292,8 +291,10 @@ def load(
     ``"int4-onnx"`` (the text decoder in ONNX Runtime, CPU: the model returned only generates, see
     :mod:`helpers.grounding.onnx_decoder`) or ``"none"``; ``None`` lets :func:`helpers.quantization.plan`
     choose (on a CPU, int4 for the real model's size; float weights otherwise), and the banner says what it
-    chose. ``dtype`` (a floating ``torch.dtype`` or its name) defaults to :func:`default_dtype` of the device
-    (bfloat16 for ``"int8"``, ``"int4"`` and ``"int4-onnx"``); ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+    chose. ``dtype`` (a floating ``torch.dtype`` or its name) defaults to
+    :func:`helpers.grounding.quantization.default_dtype_for`: :func:`default_dtype` of the device, but bfloat16 for
+    ``"int8"``, ``"int4"`` and ``"int4-onnx"``, and float16 for the article's ``"4bit"`` on a GPU (whose 4-bit
+    arithmetic then stays float32, the article's; a ``dtype`` given computes in that dtype); ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
     ``"mps"``) to :func:`try_gpu`.
 
     ``adapter`` is a folder of LoRA adapters saved by ``python -m helpers finetune``: they are checked
@@ -389,6 +390,7 @@ def load(
         source=source, bundled=bundled, device=str(device), dtype=str(chosen.dtype).replace("torch.", ""),
         quantization=chosen.quantization, reason=reason, parameters=parameters,
         quantization_reason=chosen.reason, adapter=str(adapter) if adapter is not None else None, graph=graph,
+        quantization_label=chosen.label or "",
     )
     net.load_info = info
     if verbose:

@@ -114,15 +114,23 @@ class Plan:
     quantization: str | None
     dtype: Any  # torch.dtype
     reason: str = ""  # why load() chose it by itself ("" when it was asked for)
-    compute_dtype: Any = None  # bitsandbytes' 4-bit arithmetic, when it differs from dtype (the article's float32)
+    compute_dtype: Any = None  # bitsandbytes' 4-bit arithmetic (None: in dtype)
 
     @property
     def label(self) -> str | None:
+        """What the banner says of the quantization: the article's ``"4bit"`` only when it computes as the
+        article did (float32), and the arithmetic when it differs from the weights' dtype."""
+        import torch
+
         if not self.quantization:
             return None
-        if self.compute_dtype is None or self.compute_dtype == self.dtype:
-            return DESCRIPTIONS[self.quantization]
-        return f"{DESCRIPTIONS[self.quantization]}, {str(self.compute_dtype).removeprefix('torch.')} arithmetic"
+        compute = self.compute_dtype or self.dtype
+        text = DESCRIPTIONS[self.quantization]
+        if self.quantization == "4bit" and compute != torch.float32:
+            text = "4-bit FP4 weights (bitsandbytes)"
+        if compute != self.dtype:
+            text += f", {str(compute).removeprefix('torch.')} arithmetic"
+        return text
 
 
 def _version(package: str) -> str | None:
