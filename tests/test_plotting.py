@@ -500,3 +500,15 @@ def test_draw_user_box_draws_two_tone_dashes_and_label() -> None:
         draw_user_box(Image.new("RGB", size, grey), (10, 10, 100, 100))
     with pytest.raises(TypeError, match="label must be a str"):
         draw_user_box(Image.new("RGB", size, grey), box, label=3)  # type: ignore[arg-type]
+
+
+def test_draw_entities_draws_a_user_box_dashed_and_unlabelled_under_the_answer() -> None:
+    """The one drawing of a grounded answer to a prompt with a user box (the batch tools and the playground)."""
+    from helpers.grounding.plotting import draw_entities, draw_user_box
+
+    image = Image.new("RGB", (120, 90), (240, 240, 240))
+    answer = [("It", (0, 2), [(0.1, 0.2, 0.5, 0.8)])]
+    box = (0.12, 0.22, 0.48, 0.78)
+    drawn = draw_entities(image, answer, user_box=box)
+    assert drawn.tobytes() == draw_entities(draw_user_box(image, box, label=None), answer).tobytes()
+    assert drawn.tobytes() != draw_entities(image, answer).tobytes()

@@ -18,7 +18,7 @@ from helpers.grounding.boxes import check_image_size
 from helpers.grounding.checks import check_positive_int
 from helpers.grounding.images import ImageLoadError, load_image, load_image_and_size
 from helpers.grounding.model import default_batch_size, ground
-from helpers.grounding.plotting import draw_entities, draw_user_box
+from helpers.grounding.plotting import draw_entities
 from helpers.grounding.progress import interactive
 from helpers.grounding.prompts import check_prompt, user_box_entry
 
@@ -206,10 +206,7 @@ def ground_folder(
                 results = ground(model, processor, images, prompt, bboxes=bboxes, max_new_tokens=max_new_tokens,
                                  batch_size=batch_size, progress=False)
                 for path, (image, size), name, g in zip(chunk, loaded, names[start:start + batch_size], results):
-                    picture = annotation_canvas(image)
-                    if box is not None:
-                        picture = draw_user_box(picture, box, label=None)
-                    draw_entities(picture, g).save(out / name)
+                    draw_entities(annotation_canvas(image), g, user_box=box).save(out / name)
                     rec = grounding_record(str(path), prompt, g, size, annotated=name)
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     records.append(rec)

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Sequence
 
 from helpers.course.batch import RESULTS_NAME, annotated_names, check_images, ground_folder, image_files
-from helpers.grounding.boxes import looks_like_pixels, to_normalized
+from helpers.grounding.boxes import is_inverted, looks_like_pixels, to_normalized
 from helpers.grounding.checks import positive_int_option
-from helpers.grounding.images import ImageLoadError, load_image_and_size
+from helpers.grounding.images import ImageLoadError, stored_size
 from helpers.grounding.model import ModelLoadError, load
 from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, user_box_entry
 
@@ -101,12 +101,11 @@ def box_message(box: Sequence[float], error: ValueError, files: Sequence[Path]) 
                "its height")
     if len(files) == 1:
         try:
-            image, size = load_image_and_size(files[0])
-            image.close()
+            size = stored_size(files[0], turned=True)  # the header alone: the size load_image turns it to
         except ImageLoadError:
             return message
         where = f"{files[0]} ({size[0]} x {size[1]} pixels)"
-        if box[2] < box[0] or box[3] < box[1]:
+        if is_inverted(box):
             return message + ", and give the corners top left first: as pixels this box is inverted"
         try:
             return message + f": for {where} type --box {_numbers(to_normalized(box, size))}"

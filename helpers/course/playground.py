@@ -36,7 +36,7 @@ from helpers.grounding.checks import check_positive_int
 from helpers.grounding.evaluation import HELD_OUT_SEED
 from helpers.grounding.images import load_image_and_size, to_rgb
 from helpers.grounding.model import ground
-from helpers.grounding.plotting import draw_entities, draw_user_box, highlight_caption
+from helpers.grounding.plotting import draw_entities, highlight_caption
 from helpers.grounding.prompts import (
     CAPTION_PROMPT,
     DETAIL_PROMPT,
@@ -133,15 +133,6 @@ def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _annotated(picture: Image.Image, box: Sequence[float] | None, grounding: Any) -> Image.Image:
-    """``picture`` with the user's box (dashed) and the answer's boxes drawn on it, with line widths and
-    labels sized for ``picture``."""
-    # Unlabelled: the answer repeats the prompt's phrase with this box, so draw_entities labels it
-    # already, and a second label would collide with that one.
-    shown = draw_user_box(picture, box, label=None) if box is not None else picture
-    return draw_entities(shown, grounding)
 
 
 @dataclass
@@ -349,7 +340,7 @@ class Playground:
         warnings += [f"problem in the output: {p}" for p in grounding.problems]
         parts = [highlight_caption(grounding).html]
         parts += [_message(m) for m in warnings]
-        result = PlaygroundResult(_annotated(picture, user_box, grounding), "<div>" + "".join(parts) + "</div>",
+        result = PlaygroundResult(draw_entities(picture, grounding, user_box=user_box), "<div>" + "".join(parts) + "</div>",
                                   grounding, text, user_box, score, warnings)
 
         # the widgets now describe what was grounded: the arguments given are written into them
@@ -365,7 +356,7 @@ class Playground:
                 field.value = value
         self.last = result
         small = self._for_display(picture)
-        self._show(result.image if small is picture else _annotated(small, user_box, grounding), result.html)
+        self._show(result.image if small is picture else draw_entities(small, grounding, user_box=user_box), result.html)
         return result
 
     # ----------------------------------------------------------------------------------------- widget glue

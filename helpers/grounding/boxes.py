@@ -39,9 +39,14 @@ def _four_numbers(box: Sequence[float], what: str, ordered: bool = True) -> Box:
     return _ordered(tuple(out), what) if ordered else tuple(out)
 
 
-def _ordered(box: Box, what: str) -> Box:
+def is_inverted(box: Sequence[float]) -> bool:
+    """True when a box's corners are in the wrong order: ``x1 < x0`` or ``y1 < y0``."""
     x0, y0, x1, y1 = box
-    if x1 < x0 or y1 < y0:
+    return x1 < x0 or y1 < y0
+
+
+def _ordered(box: Box, what: str) -> Box:
+    if is_inverted(box):
         raise ValueError(f"{what} is inverted: expected x0 <= x1 and y0 <= y1, got {box}")
     return box
 
@@ -81,7 +86,7 @@ def _pixel_hint(box: Box, image_size: tuple[int, int] | None) -> str:
     width, height = image_size
     hint = (f" It looks like a pixel box: divide the x values by the image's width {width} and the y values by "
             f"its height {height}")
-    if box[2] < box[0] or box[3] < box[1]:
+    if is_inverted(box):
         return hint + ", and give the corners as x0 y0 x1 y1, top left first: as pixels this box is inverted."
     if box[2] > width or box[3] > height:
         return hint + f", but as pixels it reaches beyond the image of {width} x {height} pixels."

@@ -233,16 +233,14 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
         path = images / im["file_name"]
         if not path.is_file():
             raise FinetuneError(f"{where}: image file {str(path)!r} does not exist")
+        record_size = (im["width"], im["height"])
         try:
-            stored, shown = stored_size(path), stored_size(path, turned=True)
+            stored = stored_size(path)
+            turned = not _same_shape(record_size, stored)  # then the record may describe the turned picture
+            shown = stored_size(path, turned=True) if turned else stored  # one header read for most records
         except ImageLoadError as err:
             raise FinetuneError(f"{where}: {err}") from None
-        record_size = (im["width"], im["height"])
-        if _same_shape(record_size, stored):
-            turned = False
-        elif shown != stored and _same_shape(record_size, shown):
-            turned = True
-        else:
+        if turned and (shown == stored or not _same_shape(record_size, shown)):
             as_shown = f", or {shown[0]} x {shown[1]} as its EXIF tag turns it" if shown != stored else ""
             raise FinetuneError(
                 f"{where}: the record gives width {im['width']} and height {im['height']}, but image file "

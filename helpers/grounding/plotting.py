@@ -356,6 +356,7 @@ def draw_entities(
     line_width: int | None = None,
     font_size: int | None = None,
     show_labels: bool = True,
+    user_box: Sequence[float] | None = None,
 ) -> Image.Image:
     """A new RGB image with every box of every entity drawn in the entity's colour, and labelled.
 
@@ -370,6 +371,8 @@ def draw_entities(
         line_width: box outline width in pixels; ``None`` scales it with the image (at least 2).
         font_size: label font size in pixels; ``None`` scales it with the image (11 to 48).
         show_labels: draw the phrase labels (boxes are always drawn).
+        user_box: a normalized box given with the prompt, drawn first, dashed (:func:`draw_user_box`) and
+            unlabelled: the answer repeats the prompt's phrase with it, so that entity's label names it already.
 
     Raises:
         TypeError: ``image`` is not a PIL image, the entities are not in an accepted form, or a size argument
@@ -378,6 +381,8 @@ def draw_entities(
     """
     _check_image(image)
     _, entities = _parse(grounding_or_entities)
+    if user_box is not None:
+        image = draw_user_box(image, user_box, label=None)
     canvas, draw, width, font_px = _start_drawing(image, line_width, font_size)
     size = canvas.size
     for i, entity in enumerate(entities):
