@@ -63,7 +63,7 @@ def test_flickr30k_with_a_limit(tiny_model_dir, flickr, capsys) -> None:  # noqa
     (["refcoco", "{refer}/refcoco/refs(unc).p", "--instances", "{refer}/refcoco/instances.json", "--split", "testD",
       "--images", "x"], "unknown split 'testD'"),
     (["refcoco", "{refer}/refcoco/refs(unc).p", "--instances", "{refer}/refcoco/instances.json", "--images",
-      "{refer}/nowhere", "--model", "{model}"], r"nowhere/COCO_train2014_000000000042.jpg"),
+      "{refer}/nowhere", "--model", "{model}"], r"the image folder .*nowhere' does not exist"),
     (["refcoco", "{refer}/gone.json", "--images", "x"], "gone.json' does not exist"),
     (["world", "--batch-size", "0"], "--batch-size must be a positive int.*got 0"),
     (["refcoco", "{refer}/refcoco/refs(unc).p", "--images", "x", "--limit", "0"], "--limit must be a positive int.*got 0"),
@@ -78,6 +78,23 @@ def test_bad_input_exits_2_with_one_line(refer, tiny_model_dir, capsys, args, me
     assert len(err.strip().splitlines()) == 1
     assert re.search(message, err), err
     assert not (refer / "outputs").exists()
+
+
+def test_a_missing_image_is_found_before_the_model_loads(refer, capsys, monkeypatch) -> None:  # noqa: F811
+    """A benchmark runs for hours: every image the annotations name is looked for first."""
+    from helpers.grounding import model as model_module
+
+    monkeypatch.setattr(model_module, "load", lambda *a, **k: pytest.fail("load() was called"))
+    (refer / "train2014" / "COCO_train2014_000000000042.jpg").unlink()
+    out = refer / "res.jsonl"
+    assert cli_evaluate.main(["refcoco", str(refer / "refcoco" / "refs(unc).p"), "--instances",
+                              str(refer / "refcoco" / "instances.json"), "--images", str(refer / "train2014"),
+                              "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(r"1 image\(s\) the annotations name are not in .*train2014', e.g. "
+                     r"COCO_train2014_000000000042.jpg: is it the right folder", err), err
+    assert not out.exists()
 
 
 def test_a_record_whose_box_starts_beyond_its_image_exits_2_with_one_line(tmp_path, capsys, monkeypatch) -> None:

@@ -162,6 +162,17 @@ def test_bad_sentence_files_name_file_and_line(flickr, sentences, message) -> No
         load_flickr30k_entities(root)
 
 
+def test_a_file_that_is_not_utf8_is_named(flickr) -> None:
+    root = _write(flickr, "10002456")
+    (root / "Sentences" / "10002456.txt").write_bytes("A man in a caf\u00e9 .\n".encode("latin-1"))
+    with pytest.raises(Flickr30kFormatError, match=r"sentence file .*10002456.txt' is not UTF-8 text \(byte 14\)"):
+        load_flickr30k_entities(root)
+    (root / "Sentences" / "10002456.txt").write_text("A man in a caf\u00e9 .\n", encoding="utf-8")
+    (root / "test.txt").write_bytes(b"10002456\n\xff\n")
+    with pytest.raises(Flickr30kFormatError, match=r"split file .*test.txt' is not UTF-8 text"):
+        load_flickr30k_entities(root, split="test")
+
+
 XML = "<annotation><size><width>80</width><height>120</height></size>{}</annotation>"
 
 

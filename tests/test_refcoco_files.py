@@ -279,6 +279,20 @@ def test_mdetr_file(tmp_path) -> None:
         load_refcoco(other, split="testA")
 
 
+def test_an_mdetr_file_mixing_data_sets_is_refused(tmp_path) -> None:
+    """MDETR's final_refexp files hold RefCOCO, RefCOCO+ and RefCOCOg together; the paper scores each alone."""
+    data = mdetr("testA")
+    data["images"][1]["dataset_name"] = "refcocog"
+    path = tmp_path / "final_refexp_val.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(RefCocoFormatError, match=r"final_refexp_val.json holds the expressions of refcoco, refcocog "
+                                                 r"together .* finetune_<data set>_<split>.json"):
+        load_refcoco(path)
+    data["images"][1]["dataset_name"] = "refcoco"
+    path.write_text(json.dumps(data))
+    assert len(load_refcoco(path)) == len(data["images"])
+
+
 def test_bad_mdetr_files(tmp_path) -> None:
     data = mdetr("test")
     data["annotations"].pop(1)

@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     decoding = Decoding(num_beams=args.num_beams, no_repeat_ngram_size=args.no_repeat_ngram_size)
     data = None
-    try:  # read the annotations before spending time on loading a model
+    try:  # read the annotations and find the images before spending time on loading a model
         if args.benchmark == "refcoco":
             from helpers.grounding.refcoco import load_refcoco
 
@@ -160,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.quiet:
                 print(data.summary())
             data.items = data.items[: args.limit]
-    except (RefCocoFormatError, Flickr30kFormatError) as err:
+        if data is not None:
+            from helpers.grounding.refcoco import check_images_exist
+
+            check_images_exist([it.file_name for it in (data if isinstance(data, list) else data.items)], args.images)
+    except (RefCocoFormatError, Flickr30kFormatError, ImageLoadError) as err:
         return fail(str(err), prog=PROG)
     try:
         model, processor = load(args.model, quantization=args.quantization, verbose=not args.quiet)

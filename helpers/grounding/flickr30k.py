@@ -214,6 +214,18 @@ def _normalized(box: tuple[int, int, int, int], width: int, height: int) -> Box:
     return (max(x0, 0) / width, max(y0, 0) / height, min(x1, width) / width, min(y1, height) / height)
 
 
+def _lines(path: Path, what: str) -> list[str]:
+    """The file's non-blank lines; a file that is not UTF-8 text is a :class:`Flickr30kFormatError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise Flickr30kFormatError(
+            f"{what} {str(path)!r} is not UTF-8 text (byte {err.start}): the data set's files are; "
+            "was it re-encoded or replaced?"
+        ) from None
+    return [line for line in text.splitlines() if line.strip()]
+
+
 def _image_ids(root: Path, split: str | None, image_ids: Iterable[str] | None) -> list[str]:
     if split is not None and image_ids is not None:
         raise ValueError("give split= or image_ids=, not both")
@@ -231,7 +243,7 @@ def _image_ids(root: Path, split: str | None, image_ids: Iterable[str] | None) -
                 f"split file {str(listing)!r} does not exist: it comes with the annotations (train.txt, val.txt, "
                 "test.txt next to Sentences/ and Annotations/)"
             )
-        ids = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
+        ids = [line.strip() for line in _lines(listing, "split file")]
         if not ids:
             raise Flickr30kFormatError(f"split file {str(listing)!r} lists no image ids")
         return ids
@@ -276,7 +288,7 @@ def load_flickr30k_entities(
             raise Flickr30kFormatError(f"sentence file {str(sentence_file)!r} does not exist (image {image_id})")
         ann = read_annotation(root / "Annotations" / f"{image_id}.xml")
         data.images += 1
-        lines = [line for line in sentence_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = _lines(sentence_file, "sentence file")
         for index, line in enumerate(lines):
             data.sentences += 1
             sentence, phrases = parse_sentence(line, f"{sentence_file}: line {index + 1}")

@@ -18,7 +18,8 @@ upper bound with any of them, both at IoU ≥ 0.5).
 2. **MDETR's COCO-style files** (``finetune_refcoco_val.json`` …, what the Kosmos-2 authors' evaluation
    reads): one ``images[]`` entry per expression (``caption``, ``file_name``, ``width``, ``height``,
    ``original_id``) and its box in the ``annotations[]`` entry with that ``image_id``. The split is the one
-   in the file's name.
+   in the file's name. A file whose ``dataset_name`` values differ (MDETR's ``final_refexp_*.json``) is refused:
+   the paper scores each data set alone.
 3. **A list of records** (a JSON file holding the list, the list itself, or an object holding it under
    ``"refs"`` or ``"annotations"``), each with the image (``"file_name"``, or ``"image_id"`` turned into a
    file name with ``file_pattern``), ``"bbox"`` (COCO ``[x, y, w, h]`` pixels), the expression(s)
@@ -335,6 +336,13 @@ def _from_mdetr(data: dict, name: str, split: str | None) -> list[RefItem]:
             )
         if not split_matches(split, file_split):
             raise RefCocoFormatError(f"{name} holds the split {file_split!r}, not {split!r}")
+    datasets = sorted({str(im["dataset_name"]) for im in data["images"] if isinstance(im, dict) and "dataset_name" in im})
+    if len(datasets) > 1:
+        raise RefCocoFormatError(
+            f"{name} holds the expressions of {', '.join(datasets)} together (MDETR's final_refexp files do), "
+            "and one score over them matches no published figure: pass one data set's file, "
+            "finetune_<data set>_<split>.json"
+        )
     anns: dict = {}
     for j, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or "image_id" not in ann:
@@ -627,6 +635,27 @@ def predicted_box(grounding, expression: str) -> Box | None:
 CHUNK = 256
 
 
+def check_images_exist(file_names: Iterable[str], image_root: str | os.PathLike) -> None:
+    """Check that every ``image_root / name`` is a file, before any model call (a benchmark runs for hours).
+
+    Raises:
+        helpers.grounding.images.ImageLoadError: the folder is missing, or some images are (their number and
+            the first five names).
+    """
+    from helpers.grounding.images import ImageLoadError
+
+    root = Path(image_root)
+    if not root.is_dir():
+        raise ImageLoadError(f"the image folder {str(root)!r} does not exist (or is not a folder)")
+    missing = sorted({name for name in file_names if not (root / name).is_file()})
+    if missing:
+        raise ImageLoadError(
+            f"{len(missing)} image(s) the annotations name are not in {str(root)!r}, e.g. "
+            f"{', '.join(missing[:5])}: is it the right folder (COCO train2014 for RefCOCO, flickr30k-images "
+            "for Flickr30k Entities)?"
+        )
+
+
 def ground_on_files(model, processor, file_names: Sequence[str], prompts: Sequence[str],
                     image_root: str | os.PathLike, **ground_kwargs) -> Iterable[tuple[int, Any]]:
     """Ground ``prompts[i]`` on the image ``image_root / file_names[i]``; yields ``(i, Grounding)`` in order.
@@ -636,11 +665,13 @@ def ground_on_files(model, processor, file_names: Sequence[str], prompts: Sequen
     in chunks of :data:`CHUNK` expressions, each image loaded once per chunk.
 
     Raises:
-        helpers.grounding.images.ImageLoadError: an image is missing or unreadable (the message names the file).
+        helpers.grounding.images.ImageLoadError: an image is missing (checked for all before the first
+            answer, :func:`check_images_exist`) or unreadable (the message names the file).
     """
     from helpers.grounding.images import load_image
     from helpers.grounding.model import ground
 
+    check_images_exist(file_names, image_root)
     root = Path(image_root)
     for start in range(0, len(prompts), CHUNK):
         stop = min(start + CHUNK, len(prompts))
