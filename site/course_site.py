@@ -4,6 +4,8 @@
   can …" sentence of its first cell) and an "Open in Colab" text link, read from the notebooks themselves.
 - The Colab badge that every notebook carries is an image on another host; on the site it becomes a text
   link, so that no page requests anything from another host.
+- A picture a cell drew has no alternative text of its own (HTML would read out its hashed file name): it gets
+  :data:`OUTPUT_ALT`, which points a screen reader at the cell and its explanation.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sphinx.util.docutils import SphinxDirective
 from helpers.course.colab import colab_badge_url
 
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+OUTPUT_ALT = "Picture drawn by the code cell above; the text around it says what it shows."
 
 
 def notebook_entries(folder: Path) -> list[tuple[str, str, str]]:
@@ -49,7 +52,8 @@ class CourseNotebooks(SphinxDirective):
 
 
 class ColabBadgeToText(SphinxTransform):
-    """Replace the Colab badge image by the words "Open in Colab" (the link around it stays)."""
+    """Replace the Colab badge image by the words "Open in Colab" (the link around it stays); give a cell's
+    picture :data:`OUTPUT_ALT` when it has no alternative text."""
 
     default_priority = 400
 
@@ -57,6 +61,8 @@ class ColabBadgeToText(SphinxTransform):
         for image in list(self.document.findall(nodes.image)):
             if image["uri"] == BADGE_IMAGE:
                 image.replace_self(nodes.Text("Open in Colab"))
+            elif not image.get("alt"):
+                image["alt"] = OUTPUT_ALT
 
 
 def setup(app: Sphinx) -> dict:

@@ -13,6 +13,7 @@ Without a browser these tests skip and say how to install one; under CI=true a m
 from __future__ import annotations
 
 import functools
+import html
 import html.parser
 import http.server
 import importlib.util
@@ -33,7 +34,7 @@ from urllib.parse import unquote, urlsplit
 import nbformat
 import pytest
 
-from helpers.course.colab import colab_badge_url
+from helpers.course.colab import REPO_URL, colab_badge_url
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -212,6 +213,41 @@ def test_the_home_page_carries_the_model_choice_table_from_the_readme(site: Path
     row = next(line for line in table.splitlines() if line.startswith("| all notebooks run"))
     assert "all notebooks run top to bottom" in row and "all notebooks run top to bottom" in home
     assert "<table" in home and "offline (bundled model)" in home
+
+
+def test_the_home_page_gives_the_repository_to_clone(site: Path) -> None:
+    assert (REPO_URL, REPO_URL) in parsed(site / "index.html").links
+    assert re.search(r'<link rel="shortcut icon" href="_static/favicon.svg"', (site / "index.html").read_text(encoding="utf-8"))
+    assert (site / "_static" / "favicon.svg").is_file()
+
+
+def test_a_printout_is_one_block_and_a_picture_has_words(site: Path) -> None:
+    """A cell's printout that came in several writes is one <pre> (as in Jupyter); a cell's picture has
+    alternative text, not its hashed file name."""
+    merged = 0
+    for nb in NOTEBOOKS:
+        page = (site / "notebooks" / f"{nb.stem}.html").read_text(encoding="utf-8")
+        for cell in nbformat.read(nb, as_version=4).cells:
+            streams = [o for o in cell.get("outputs", []) if o.output_type == "stream" and o.name == "stdout"]
+            if len(streams) > 1:
+                merged += 1
+                whole = html.escape("".join(o.text for o in streams).strip(), quote=False)
+                assert whole in page, f"{nb.name}: a printout split into several blocks: {whole[:80]!r}"
+        alts = re.findall(r'<img alt="([^"]*)"', page)
+        assert all(alt and not alt.endswith(".png") for alt in alts), f"{nb.name}: {alts[:3]}"
+    assert merged >= 5, "the notebooks have printouts in several writes, which this test is about"
+
+
+def test_the_build_keeps_its_sources_and_other_folders_clean(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("site_build", ROOT / "site" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ValueError, match="inside .*site, the site's sources"):
+        module.build(ROOT / "site" / "_out", quiet=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not an earlier build of the site"):
+        module.build(tmp_path, quiet=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def check_internal_links(site: Path, base_url: str, hrefs: list[str]) -> list[str]:

@@ -125,8 +125,10 @@ KEEP_PROMPT = "(keep my prompt)"
 
 
 def _message(text: str) -> str:
-    """A warning or an error as the playground shows it: red, after a warning sign."""
-    return f'<div style="color:#B00020">⚠ {html.escape(text)}</div>'
+    """A warning or an error as the playground shows it: dark red on pale red (its own background, so it reads
+    on light and dark pages alike), after a warning sign."""
+    return (f'<div style="color:#8A0014;background:#FDECEA;padding:2px 6px;border-radius:3px">'
+            f'⚠ {html.escape(text)}</div>')
 
 
 def _png(image: Image.Image) -> bytes:
