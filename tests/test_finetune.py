@@ -368,7 +368,8 @@ def test_resume_continues_the_step_count_from_the_saved_adapters_and_optimizer(t
 
     monkeypatch.setattr(ft, "_with_adapters", recording_with_adapters)
     monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
-    model, _, _ = finetune(tiny_model_dir, records, copy, FinetuneConfig(steps=6, batch_size=4, device="cpu"),
+    model, _, _ = finetune(tiny_model_dir, records, copy,
+                           FinetuneConfig(steps=6, batch_size=4, device="cpu", new_words=("star",)),
                            resume=True, progress=False, log=lambda s: None)
     card = json.loads((copy / "finetune.json").read_text())
     assert card["steps"] == 6
@@ -489,6 +490,11 @@ def test_command_runs_and_writes_the_card(tiny_model_dir, coco, tmp_path, capsys
     (lambda d: d["annotations"][2].update(category_id=999), "unknown category id 999"),
     (lambda d: d["images"][3].update(file_name="missing.png"), "missing.png"),
     (lambda d: d.update(annotations=[]), "no images or no annotations"),
+    # a second image with the id of another: one of them used to vanish, its boxes laid on the other's pixels
+    (lambda d: d["images"][4].update(id=d["images"][3]["id"]),
+     r"images\[4\]: image id 3 is already that of 'train_00003.png'; each image needs an id of its own"),
+    (lambda d: d["categories"].append(dict(d["categories"][0], name="planet")),
+     r"categories\[\d+\]: category id 1 is already that of 'red circle'; each category needs an id of its own"),
 ])
 def test_bad_annotations_name_the_record(coco, tmp_path, edit, message):
     path = _edited(coco, tmp_path, edit)
@@ -496,7 +502,7 @@ def test_bad_annotations_name_the_record(coco, tmp_path, edit, message):
         read_coco(path, coco[1])
     text = str(info.value)
     assert "edited.json" in text
-    if "category" in message or "area" in message or "the image" in message:
+    if "unknown category" in message or "area" in message or "the image" in message:
         assert "annotations[" in text
 
 
@@ -697,6 +703,21 @@ def test_output_folder_in_use_and_interrupted_runs(trained, tiny_model_dir, coco
         finetune(tiny_model_dir, records, tmp_path / "nothing", FinetuneConfig(steps=1), resume=True, progress=False)
 
 
+def test_a_resumed_run_keeps_the_shape_of_its_adapters(trained, tiny_model_dir, tmp_path, monkeypatch):
+    """The saved adapters fix rank, alpha, the vision tower and the trained words: another value is refused
+    before the base loads, instead of being ignored by the run and written into its card."""
+    import helpers.grounding.finetune as ft
+
+    out, records = trained
+    monkeypatch.setattr(ft, "check_kosmos2", lambda *a: pytest.fail("the base was read"))
+    with pytest.raises(FinetuneError, match=r"cannot resume .* with other adapters: --rank 4 \(the saved adapters: "
+                                            r"16\); --new-words none \(the saved adapters: star\)\. Give the saved"):
+        finetune(tiny_model_dir, records, out, FinetuneConfig(steps=8, rank=4), resume=True, progress=False)
+    with pytest.raises(FinetuneError, match=r"--vision on \(the saved adapters: off\)"):
+        ft.check_output(out, resume=True, cfg=FinetuneConfig(steps=8, vision=True, new_words=("star",)))
+    ft.check_output(out, resume=True, cfg=FinetuneConfig(steps=8, new_words=("star",)))  # the saved shape: accepted
+
+
 def test_star_drawing_stays_outside_the_world():
     from PIL import Image, ImageDraw
 
@@ -762,6 +783,9 @@ def test_qlora_on_a_4bit_base_trains_and_loads(tiny_model_dir, coco, tmp_path):
                               FinetuneConfig(steps=2, batch_size=2, quantization="nf4", device="cpu"),
                               progress=False, log=lambda s: None)
     assert card["quantization"] == "nf4" and card["steps"] == 2
+    # a 4-bit weight counts by its shape, not by its packed storage (two weights a byte)
+    full, _ = load(str(tiny_model_dir), device="cpu", verbose=False)
+    assert card["all_parameters"] == full.load_info.parameters + card["trainable_parameters"]
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
     # the adapters trained: peft starts every lora_B at zero (the adapters add nothing), two steps move them
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]

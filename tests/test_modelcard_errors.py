@@ -119,3 +119,26 @@ def test_write_card_checks_scenes_before_loading(tmp_path, monkeypatch, scenes, 
     monkeypatch.setattr(helpers.grounding.model, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(error, match="scenes must be a positive int"):
         write_card(tmp_path, scenes=scenes)
+
+
+def test_the_card_counts_the_model_weights_not_the_training_only_heads(tmp_path) -> None:
+    from helpers.world.training import HEADS_FILE
+
+    _saved_tiny_model(tmp_path)
+    (tmp_path / "evaluation.json").write_text(json.dumps(_result(20231114, 8, 3)))
+    (tmp_path / HEADS_FILE).write_bytes(bytes(3_000_000))  # 3 MB that are no part of the model
+    render_card(tmp_path)
+    size = (tmp_path / "model.safetensors").stat().st_size / 1e6
+    assert f", {size:.1f} MB of float32 safetensors" in (tmp_path / "README.md").read_text()
+
+
+def test_the_rebuild_commands_measure_every_seed_the_card_shows(tmp_path) -> None:
+    _saved_tiny_model(tmp_path)
+    (tmp_path / "evaluation.json").write_text(json.dumps(_result(20231114, 8, 3)))
+    (tmp_path / "evaluation-seed77.json").write_text(json.dumps(_result(77, 9, 1)))
+    config = {"seed": 0, "steps": 500, "warmup": 100, "minutes": None}
+    (tmp_path / "training.json").write_text(json.dumps({"config": config, "seconds": 60, "history": []}))
+    render_card(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "python -m helpers modelcard data/kosmos2-tiny-world --seed 77\n" in card
+    assert "`sample_scenes(n, seed=77)`" in card

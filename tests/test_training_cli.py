@@ -200,3 +200,18 @@ def test_the_recorded_commands_of_the_shipped_model_pass_the_checks() -> None:
     for command in run_commands(record, "data/kosmos2-tiny-world"):
         args = training.build_parser().parse_args(shlex.split(command)[4:])
         check_config(training.config_from_args(args))
+
+
+def test_a_run_into_a_model_folder_removes_the_evaluations_of_the_weights_it_replaces(tmp_path, capsys) -> None:
+    """The card reads evaluation*.json: left there, they would describe the old weights as the new ones."""
+    out = tmp_path / "model"
+    out.mkdir()
+    for name in ("evaluation.json", "evaluation-seed7.json", "notes.txt"):
+        (out / name).write_text("{}")
+    code = helpers_main(["train", "--out", str(out), "--vision-steps", "1", "--steps", "2", "--batch-size", "2",
+                         "--threads", "1", "--no-evaluate"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert (out / "model.safetensors").is_file() and (out / "notes.txt").is_file()
+    assert not list(out.glob("evaluation*.json"))
+    assert "removed evaluation-seed7.json, evaluation.json from" in printed

@@ -42,7 +42,7 @@ loss stay float32), for large models on GPUs and on CPUs with AMX or AVX-512 BF1
 without native bfloat16 (compute capability below 8.0, such as a T4, which would only emulate it, slowly:
 :func:`helpers.grounding.model.check_bf16`); leave it out there. On the tiny bundled model
 it does not pay: on two such cores 60 steps of 16 texts ran at 3.0 steps per second in bfloat16 and 3.4 in
-float32 (the stars demonstration, :mod:`helpers.world.new_kinds`, made 1 833 steps in 9.5 minutes with it).
+float32 (the stars demonstration, :mod:`helpers.world.new_kinds`, made 1 833 steps in 9.7 minutes with it).
 
 **Output.** ``out`` holds ``adapter_model.safetensors`` and ``adapter_config.json`` (peft), ``finetune.json``
 (data, steps, losses, the base's signature, figures), ``README.md`` (a small card) and ``optimizer.safetensors``
@@ -199,7 +199,7 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
     Images without annotations are kept (they teach the model that nothing is there only through
     captions, so they are skipped for the other tasks). Checks every record and raises
     :class:`FinetuneError` naming it: an empty or non-JSON file, missing keys, an unknown category or
-    image id, a box with no area or outside its image, a missing or unreadable image file, an image file whose
+    image id, two images or two categories with one id, a box with no area or outside its image, a missing or unreadable image file, an image file whose
     size (read from its header, :func:`helpers.grounding.images.stored_size`) fits the record's ``width`` and
     ``height`` in no way: neither as stored, nor as its EXIF tag turns it (then ``ImageRecord.turned``), nor as a
     scaled copy of either.
@@ -221,6 +221,9 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
         if not isinstance(c, dict) or "id" not in c or not isinstance(c.get("name"), str) or not c["name"].strip():
             raise FinetuneError(f"{where} must have an 'id' and a non-empty 'name', got {c!r}")
         name = " ".join(c["name"].split())
+        if c["id"] in categories:
+            raise FinetuneError(f"{where}: category id {c['id']!r} is already that of {categories[c['id']].name!r}; "
+                                "each category needs an id of its own")
         categories[c["id"]] = Category(c["id"], name, c.get("plural") or name + "s")
     records: dict[Any, tuple[dict, list]] = {}
     for i, im in enumerate(data["images"]):
@@ -230,6 +233,9 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
         for k in ("width", "height"):
             if isinstance(im[k], bool) or not isinstance(im[k], int) or im[k] < 1:
                 raise FinetuneError(f"{where}: '{k}' must be a positive int (pixels), got {im[k]!r}")
+        if im["id"] in records:
+            raise FinetuneError(f"{where}: image id {im['id']!r} is already that of {records[im['id']][0]['file_name']!r}; "
+                                "each image needs an id of its own (the annotations name their image by it)")
         path = images / im["file_name"]
         if not path.is_file():
             raise FinetuneError(f"{where}: image file {str(path)!r} does not exist")
@@ -399,6 +405,12 @@ def same_base(saved: dict, current: dict) -> bool:
         return False
     tol = 0.05 * max(saved["probe_rms"], 1e-8)
     return all(abs(a - b) <= tol for a, b in zip(saved["probe"], current["probe"]))
+
+
+def parameter_count(model) -> int:
+    """The model's parameters, a bitsandbytes 4-bit weight counted by its shape (its storage packs two in a byte)."""
+    return sum(math.prod(p.quant_state.shape) if getattr(p, "quant_state", None) is not None else p.numel()
+               for p in model.parameters())
 
 
 def check_adapter(adapter: str | os.PathLike, model) -> dict:
@@ -582,15 +594,38 @@ def check_config(cfg: FinetuneConfig) -> None:
             raise FinetuneError(str(err)) from None
 
 
-def check_output(out: str | os.PathLike, *, resume: bool = False, resumable: bool = True) -> None:
+#: The settings that shape the adapters (``FinetuneConfig`` field → command-line option): the saved adapters of a
+#: run to resume have theirs, and a resumed run must keep them.
+ADAPTER_SETTINGS = {"rank": "--rank", "alpha": "--alpha", "dropout": "dropout", "vision": "--vision",
+                    "new_words": "--new-words"}
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "none"
+    return str(value)
+
+
+def check_output(out: str | os.PathLike, *, resume: bool = False, resumable: bool = True,
+                 cfg: FinetuneConfig | None = None) -> None:
     """Raise :class:`FinetuneError` unless ``out`` can take a run: a new or empty folder, or (``resume``) one
-    holding a saved run. ``resumable=False`` leaves the hint to resume out of the message."""
+    holding a saved run, whose adapters have the shape ``cfg`` asks for (:data:`ADAPTER_SETTINGS`, when ``cfg``
+    is given). ``resumable=False`` leaves the hint to resume out of the message."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FinetuneError(f"output folder {str(out)!r} is a file; choose a folder for the adapters")
     if resume:
         if not (out / OPTIMIZER_FILE).is_file():
             raise FinetuneError(f"cannot resume: {str(out)!r} holds no saved run ({OPTIMIZER_FILE} missing)")
+        saved = _read_json(out / CARD_FILE, "adapter card").get("config", {}) if (out / CARD_FILE).is_file() else {}
+        changed = [f"{option} {_setting(getattr(cfg, key))} (the saved adapters: {_setting(saved[key])})"
+                   for key, option in ADAPTER_SETTINGS.items()
+                   if cfg is not None and key in saved and _setting(saved[key]) != _setting(getattr(cfg, key))]
+        if changed:
+            raise FinetuneError(f"cannot resume {str(out)!r} with other adapters: " + "; ".join(changed)
+                                + ". Give the saved settings, or train new adapters in a new folder")
     elif out.exists() and any(out.iterdir()):
         raise FinetuneError(f"output folder {str(out)!r} is not empty; choose a new folder"
                             + (", or resume the run in it (--resume)" if resumable else ""))
@@ -618,7 +653,7 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
     if not texts:
         raise FinetuneError("the data holds no annotated object, so there is nothing to learn")
     previous = None
-    check_output(out, resume=resume)
+    check_output(out, resume=resume, cfg=cfg)
     check_kosmos2(base)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -637,7 +672,7 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
     model = _with_adapters(model, cfg, out if resume else None, token_ids)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
-    n_all = sum(p.numel() for p in model.parameters())
+    n_all = parameter_count(model)
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
     start_step = 0
     history: list[dict] = []
@@ -963,7 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          threads=args.threads, bf16=args.bf16)
     try:
         check_config(cfg)  # before reading anything
-        check_output(args.out, resume=args.resume)
+        check_output(args.out, resume=args.resume, cfg=cfg)
         records = read_coco(args.data, args.images, refs=args.refs)
         val = read_coco(args.val, args.images) if args.val else None
         model, processor, _ = finetune(args.base, records, args.out, cfg, resume=args.resume,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from helpers.grounding.evaluation import HELD_OUT_SEED, caption_error_table, evaluate, metrics_table
-from helpers.world.training import recorded_runs
+from helpers.world.training import HEADS_FILE, LOCATION_FEATURES, recorded_runs
 
 #: Settings of a run that are not part of its recipe (where it saves, how it logs, which device draws batches).
 _NOT_RECIPE = {"out", "resume", "checkpoint", "checkpoint_minutes", "threads", "evaluate", "log_every", "device",
@@ -162,7 +162,9 @@ def rounding_4bit(config: dict) -> str:
 def _card_text(model, result: dict, training: dict) -> str:
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
-    weights = sum(f.stat().st_size for f in Path(model.name_or_path).glob("*.safetensors")) / 1e6
+    weights = sum(f.stat().st_size for f in Path(model.name_or_path).glob("*.safetensors")
+                  if f.name != HEADS_FILE) / 1e6  # the training-only heads are not part of the model
+    other_seeds = [json.loads(f.read_text())["seed"] for f in sorted(Path(model.name_or_path).glob("evaluation-seed*.json"))]
     lines = [
         "# kosmos2-tiny-world — the course's bundled offline model",
         "",
@@ -235,11 +237,15 @@ def _card_text(model, result: dict, training: dict) -> str:
         "",
         f"Rebuild from scratch (about {training.get('seconds', 0) / 60:.0f} minutes on two CPU cores; the time "
         "budgets make the step counts",
-        "depend on the machine's speed, so a rebuild is close to, not bit-identical with, the shipped weights):",
+        "depend on the machine's speed"
+        + (", and today's recipe starts the location tokens otherwise than the first run did (above)"
+           if _location_features(training) != LOCATION_FEATURES else "")
+        + ", so a rebuild is close to, not bit-identical with, the shipped weights):",
         "",
         "```bash",
         *run_commands(training, "data/kosmos2-tiny-world"),
         "python -m helpers modelcard data/kosmos2-tiny-world",
+        *[f"python -m helpers modelcard data/kosmos2-tiny-world --seed {seed}" for seed in other_seeds],
         "```",
         "",
     ]

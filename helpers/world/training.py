@@ -1049,9 +1049,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       heads_from=args.resume, keep_heads=kept)
     seconds = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
+    stale = sorted(args.out.glob("evaluation*.json"))  # they measured the weights this run replaces
+    for path in stale:
+        path.unlink()
     model.save_pretrained(args.out, safe_serialization=True)
     processor.save_pretrained(args.out)
     save_heads(args.out, *kept[0])
+    if stale:
+        print(f"removed {', '.join(p.name for p in stale)} from {args.out}: they evaluated the weights replaced now "
+              f"(python -m helpers modelcard {args.out} [--seed N] measures the new ones)")
     write_record(args.out, cfg, history, seconds)
     print(f"saved to {args.out} after {seconds:.0f}s")
     if args.evaluate:
