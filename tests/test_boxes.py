@@ -171,6 +171,14 @@ def test_pixel_box_errors_name_the_pixel_box() -> None:
 # ----------------------------------------------------------------------------- COCO [x, y, w, h] pixel boxes
 
 
+
+def test_pixel_error_scales_y_by_the_height() -> None:
+    """On a tall image (100 x 400) a y difference dominates: 0.1 of the height is 40 pixels, not 10."""
+    box = (0.1, 0.1, 0.5, 0.5)
+    assert pixel_error(box, (0.12, 0.2, 0.5, 0.5), (100, 400)) == pytest.approx(40.0)  # y0 moved
+    assert pixel_error(box, (0.1, 0.1, 0.52, 0.6), (100, 400)) == pytest.approx(40.0)  # y1 moved
+
+
 def test_coco_box_to_normalized() -> None:
     assert coco_to_normalized([20, 10, 40, 30], (200, 100)) == pytest.approx((0.1, 0.1, 0.3, 0.4))
     assert coco_to_normalized((0, 0, 200, 100), (200, 100)) == (0.0, 0.0, 1.0, 1.0)
@@ -211,6 +219,14 @@ def test_coco_box_with_nothing_inside_the_image_is_refused(bbox) -> None:
 def test_coco_box_errors_say_what_is_wrong(bbox, message) -> None:
     with pytest.raises(ValueError, match=message):
         coco_to_normalized(bbox, (100, 100), what="'bbox'")
+
+
+
+def test_coco_box_reaching_below_a_wide_image_is_refused() -> None:
+    """The bottom edge is checked against the height: on a 200 x 100 image a box ending at y = 110 reaches
+    beyond, though 110 is less than the width."""
+    with pytest.raises(ValueError, match=r"reaches beyond the image of 200 x 100 pixels \(it ends at x = 10, y = 110;"):
+        coco_to_normalized([0, 50, 10, 60], (200, 100), what="'bbox'")
 
 
 def test_coco_box_checks_the_image_size() -> None:

@@ -149,6 +149,13 @@ def test_score_phrase_first_matching_box_and_upper_bound() -> None:
         score_phrase([], grounding(("Kumo", [KUMO.box])), "Kumo")
 
 
+def test_score_phrase_counts_an_iou_of_exactly_the_threshold_as_a_hit() -> None:
+    """The authors' rule is IoU ≥ 0.5: half the true box (IoU exactly 0.5) is a hit, at 1 and for the upper bound."""
+    row = score_phrase([(0.0, 0.0, 1.0, 1.0)], grounding(("Kumo", [(0.0, 0.0, 0.5, 1.0)])), "Kumo")
+    assert row["iou"] == row["best_iou"] == IOU_THRESHOLD == 0.5
+    assert (row["hit"], row["hit_any"]) == (True, True)
+
+
 def test_score_phrase_on_a_parsed_comprehension_answer() -> None:
     text = ("<grounding><phrase> the red circles</phrase><object><patch_index_0099><patch_index_0297>"
             "</delimiter_of_multi_objects/><patch_index_0115><patch_index_0313></object>")

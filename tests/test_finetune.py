@@ -835,3 +835,52 @@ def test_gradient_checkpointing_is_set_as_asked_without_a_deprecation_warning(ti
         tuned = _with_adapters(model, FinetuneConfig(quantization=quantization, gradient_checkpointing=asked,
                                                      device="cpu"))
     assert tuned.base_model.model.is_gradient_checkpointing is expected
+
+
+def test_box_accuracy_counts_every_object_of_a_group_and_caption_boxes_that_hit(tmp_path, monkeypatch):
+    """box_accuracy on hand-made answers: comprehension scores every object of a group (here the second of two
+    cats is boxed, the first not: 1 of 2), and caption_box_hit needs the named object's box to hit (the dog is
+    named with a box in the wrong place: a miss, though the phrase is recalled)."""
+    from PIL import Image
+
+    import helpers.grounding.model
+    from helpers.grounding.finetune import AnnotatedObject, ImageRecord, box_accuracy
+    from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt
+    from helpers.grounding.tokens import Entity, Grounding
+
+    cat, dog = Category(1, "cat", "cats"), Category(2, "dog", "dogs")
+    cat1, cat2 = (AnnotatedObject(cat, (0.0, 0.0, 0.25, 0.25), "two cats"),
+                  AnnotatedObject(cat, (0.5, 0.5, 0.75, 0.75), "two cats"))
+    dog1 = AnnotatedObject(dog, (0.0, 0.5, 0.25, 0.75), "a dog")
+    Image.new("RGB", (40, 40), "white").save(tmp_path / "pets.png")
+    record = ImageRecord(tmp_path / "pets.png", 40, 40, 1, [[cat1, cat2], [dog1]])
+
+    def answer(*entities):
+        caption, out = "", []
+        for phrase, boxes in entities:
+            caption += " and " if caption else ""
+            out.append(Entity(phrase, (len(caption), len(caption) + len(phrase)), boxes))
+            caption += phrase
+        return Grounding(caption, out)
+
+    comprehension = {comprehension_prompt("the cats"): answer(("the cats", [cat2.box])),
+                     comprehension_prompt("the dog"): answer(("the dog", [dog1.box]))}
+    caption = answer(("two cats", [cat1.box]), ("a dog", [(0.5, 0.0, 0.75, 0.25)]))
+
+    def fake_ground(model, processor, images, prompts, **kwargs):
+        assert all(im.size == (40, 40) for im in images)
+        if prompts == CAPTION_PROMPT:
+            return [caption for _ in images]
+        return [comprehension[p] for p in prompts]
+
+    monkeypatch.setattr(helpers.grounding.model, "ground", fake_ground)
+    assert box_accuracy(None, None, [record]) == {
+        "objects": 3,
+        "comprehension_box_hit": {"rate": 0.6667, "hits": 2, "total": 3},  # cat2 and the dog; cat1 missed
+        "caption_box_hit": {"rate": 0.3333, "hits": 1, "total": 3},  # cat1 only (all three phrases recalled)
+    }
+    assert box_accuracy(None, None, [record], only=lambda o: o.category is dog) == {
+        "objects": 1,
+        "comprehension_box_hit": {"rate": 1.0, "hits": 1, "total": 1},
+        "caption_box_hit": {"rate": 0.0, "hits": 0, "total": 1},
+    }

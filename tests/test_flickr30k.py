@@ -187,6 +187,13 @@ XML = "<annotation><size><width>80</width><height>120</height></size>{}</annotat
     (XML.format("<object><name>1</name><bndbox><xmin>80</xmin><ymin>30</ymin><xmax>81</xmax><ymax>90</ymax>"
                 "</bndbox></object>"),  # within the tolerance, but nothing of it is inside the image
      r"<object> 0 \(entity 1\): the box \(80, 30, 81, 90\) lies outside the image of 80 x 120 pixels"),
+    # the same two checks on y (every case above fails on x)
+    (XML.format("<object><name>1</name><bndbox><xmin>20</xmin><ymin>30</ymin><xmax>60</xmax><ymax>125</ymax>"
+                "</bndbox></object>"),
+     r"<object> 0 \(entity 1\): the box \(20, 30, 60, 125\) reaches beyond the image of 80 x 120"),
+    (XML.format("<object><name>1</name><bndbox><xmin>20</xmin><ymin>120</ymin><xmax>60</xmax><ymax>121</ymax>"
+                "</bndbox></object>"),
+     r"<object> 0 \(entity 1\): the box \(20, 120, 60, 121\) lies outside the image of 80 x 120 pixels"),
     (XML.format("<object><name>1</name><bndbox><xmin>a</xmin></bndbox></object>"),
      r"<object> 0 \(entity 1\): <xmin> must hold an integer, got 'a'"),
     (XML.format("<object><bndbox/></object>"), r"<object> 0 has no <name>"),
@@ -195,6 +202,18 @@ def test_bad_annotation_files_name_file_and_entity(flickr, xml, message) -> None
     root = _write(flickr, "10002456", xml=xml)
     with pytest.raises(Flickr30kFormatError, match=message):
         load_flickr30k_entities(root)
+
+
+def test_an_overshoot_within_the_tolerance_is_clipped_to_the_image(flickr) -> None:
+    """A box a pixel past the right and bottom edges (81 x 121 on 80 x 120) loads, clipped to the image on x and
+    on y, each by its own side."""
+    root = _write(flickr, "10002456", xml=XML.format("<object><name>1</name><bndbox><xmin>20</xmin><ymin>30</ymin>"
+                                                     "<xmax>81</xmax><ymax>121</ymax></bndbox></object>"))
+    assert read_annotation(root / "Annotations" / "10002456.xml")["boxes"] == {"1": [(20, 30, 81, 121)]}
+    items = load_flickr30k_entities(root, image_ids=["10002456"]).items
+    assert [it.phrase for it in items] == ["Several men", "Workers"]
+    for it in items:
+        assert it.boxes == (pytest.approx((0.25, 0.25, 1.0, 1.0)),)
 
 
 def test_a_missing_annotation_file_is_named(flickr) -> None:

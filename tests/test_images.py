@@ -161,6 +161,8 @@ def test_sixteen_bit_tiff_big_endian_and_int32_and_float_modes() -> None:
 
     unit_float = Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32))
     assert np.asarray(to_rgb(unit_float))[0, :, 0].tolist() == [0, 128, 255]
+    # 0.8 of white is 0.8 × 255 = 204 (× 256 would give 204.8, read as 205): 0, 0.5 and 1.0 cannot tell them apart
+    assert np.asarray(to_rgb(Image.fromarray(np.array([[0.8, 1.0]], dtype=np.float32))))[0, :, 0].tolist() == [204, 255]
     wide_float = Image.fromarray(np.array([[-3.0, 100.0, 300.0]], dtype=np.float32))
     assert np.asarray(to_rgb(wide_float))[0, :, 0].tolist() == [0, 100, 255]
 

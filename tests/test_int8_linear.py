@@ -33,6 +33,15 @@ def test_codes_are_the_weights_rounded_per_output_row(linear) -> None:
     assert per_row.max() < 0.5 / 127 + 0.01  # half a step, and bfloat16's rounding of the scale
 
 
+def test_the_scale_is_each_rows_largest_weight_over_127(linear) -> None:
+    """Exactly max |w| / 127 per output row, stored in the layer's type: the codes' check above tolerates a
+    scale of max |w| / 128 (its codes still reach ±127)."""
+    layer = Int8Linear.from_linear(linear)
+    expected = (linear.weight.float().abs().amax(dim=1) / 127).to(DTYPE)
+    rows = torch.arange(1297) != 5  # row 5 is zeros: its scale is only kept above zero, not max |w| / 127
+    assert torch.equal(layer.scale[rows], expected[rows])
+
+
 def test_the_product_is_the_int8_weights_times_the_input(linear) -> None:
     layer = Int8Linear.from_linear(linear)
     x = torch.randn(2, 7, 96).to(DTYPE)  # a batch of sequences: any leading dimensions

@@ -16,6 +16,7 @@ from helpers.grounding.prompts import (
     user_box_entry,
     with_box,
 )
+from helpers.grounding.tokens import object_tokens
 from helpers.world.scenes import sample_scenes
 
 BOX = (0.1, 0.2, 0.5, 0.6)
@@ -27,6 +28,7 @@ REFUSED = [
     ("<grounding><phrase> It</phrase><patch_index_0044><patch_index_0863> is", "<patch_index_0044>"),
     ("<grounding> An image of<patch_index_9999>", "<patch_index_9999>"),
     (with_box(GENERATION_PROMPT, BOX), "<object>"),  # a training text, with the box as location tokens
+    ("<grounding> two circles</delimiter_of_multi_objects/> here", "</delimiter_of_multi_objects/>"),
 ]
 
 
@@ -70,3 +72,11 @@ def test_a_box_with_an_empty_phrase_is_told_the_phrase_needs_text() -> None:
                                       f"'<grounding><phrase> It</phrase> is'; got {empty!r}")
     with pytest.raises(ValueError, match=r"a box needs a <phrase>…</phrase> in the prompt to attach to"):
         user_box_entry(CAPTION_PROMPT, BOX)
+
+
+def test_with_box_writes_the_box_after_the_first_phrase_only() -> None:
+    """The user box belongs to the first phrase (as the processor writes it); a later phrase gets no box."""
+    prompt = "<grounding><phrase> It</phrase> is next to<phrase> a square</phrase>"
+    text = with_box(prompt, BOX)
+    assert text.count("<object>") == 1
+    assert text == "<grounding><phrase> It</phrase>" + object_tokens([BOX]) + " is next to<phrase> a square</phrase>"

@@ -10,6 +10,7 @@ from PIL import Image
 
 import helpers.course.solutions_more
 import helpers.grounding.model
+import helpers.grounding.refcoco
 from helpers.course.paths import bundled_model_dir
 from helpers.grounding.boxes import iou
 from helpers.grounding.evaluation import score_phrase
@@ -27,7 +28,7 @@ from helpers.grounding.refcoco import (
 from helpers.course.solutions_more import find_boxes, miss_reasons
 from helpers.grounding.prompts import comprehension_prompt
 from helpers.world.scenes import definite_phrase, draw_scene, sample_scenes
-from helpers.grounding.tokens import parse_generation, patch_index_to_box
+from helpers.grounding.tokens import Entity, Grounding, parse_generation, patch_index_to_box
 
 
 def record(**over) -> dict:
@@ -360,3 +361,48 @@ def test_find_boxes_reads_the_phrase_as_the_tokenizer_spells_it(tiny_model, draw
     image = Image.open(drawn[0] / "a.png").convert("RGB")
     with pytest.raises(ValueError, match="keeps nothing of the phrase"):
         find_boxes(*tiny_model, image, "日本")  # no token of the world's vocabulary: the phrase would be empty
+
+
+def test_answers_of_later_chunks_are_scored_against_their_own_items(drawn, monkeypatch) -> None:
+    """Work goes in chunks of CHUNK expressions: every chunk's answers must keep their place in ``items``
+    (numbering them from 0 again scored the second chunk's answers against the first chunk's items)."""
+    root, records = drawn
+    items = load_refcoco(records)
+    by_expression = {it.expression: it.box for it in items}
+    sizes = []
+
+    def fake_ground(model, processor, images, prompts, **kwargs):
+        sizes.append(len(prompts))
+        out = []
+        for p in prompts:  # each answer gives exactly its own expression's box
+            expr = p.split("<phrase> ")[1].split("</phrase>")[0]
+            out.append(Grounding(expr, [Entity(expr, (0, len(expr)), [by_expression[expr]])]))
+        return out
+
+    monkeypatch.setattr(helpers.grounding.model, "ground", fake_ground)
+    monkeypatch.setattr(helpers.grounding.refcoco, "CHUNK", 2)
+    result = evaluate_comprehension(None, None, items, root)
+    assert sizes == [2, 2]  # two chunks
+    assert [r["expression"] for r in result.rows] == [it.expression for it in items]
+    assert [r["truth"] for r in result.rows] == [it.box for it in items]
+    assert [r["hit"] for r in result.rows] == [True] * 4
+    assert (result.score.hits, result.score.total) == (4, 4)
+
+
+def test_images_are_grounded_as_stored_not_turned_by_exif(tmp_path, monkeypatch) -> None:
+    """Annotation boxes are measured on the stored pixels: a JPEG whose EXIF tag says "rotate 90°" must reach
+    the model unturned (60 x 40, not 40 x 60), or every box lands in the wrong place."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    Image.new("RGB", (60, 40), "white").save(tmp_path / "turned.jpg", exif=exif)
+    assert Image.open(tmp_path / "turned.jpg").getexif()[0x0112] == 6
+    items = load_refcoco([record(file_name="turned.jpg", bbox=[10, 5, 20, 10], width=60, height=40)])
+    seen = []
+
+    def fake_ground(model, processor, images, prompts, **kwargs):
+        seen.extend(im.size for im in images)
+        return [parse_generation("<grounding><phrase> the red circle</phrase> is here") for _ in prompts]
+
+    monkeypatch.setattr(helpers.grounding.model, "ground", fake_ground)
+    evaluate_comprehension(None, None, items, tmp_path)
+    assert seen == [(60, 40)]

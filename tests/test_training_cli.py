@@ -215,3 +215,14 @@ def test_a_run_into_a_model_folder_removes_the_evaluations_of_the_weights_it_rep
     assert (out / "model.safetensors").is_file() and (out / "notes.txt").is_file()
     assert not list(out.glob("evaluation*.json"))
     assert "removed evaluation-seed7.json, evaluation.json from" in printed
+
+
+def test_a_share_of_exactly_1_is_accepted(tmp_path) -> None:
+    """Shares run from 0 to 1, both ends included: ``--pair-share 1`` (every scene redrawn until it holds a pair)
+    passes the option's type and check_config; nothing is built or trained."""
+    args = training.build_parser().parse_args(["--out", str(tmp_path / "out"), "--pair-share", "1",
+                                               "--three-share", "0"])
+    cfg = training.config_from_args(args)
+    assert (cfg.pair_share, cfg.three_share) == (1.0, 0.0)
+    check_config(cfg)
+    check_config(TrainConfig(pair_share=1.0, three_share=1.0))
