@@ -59,7 +59,8 @@ def test_flickr30k_with_a_limit(tiny_model_dir, flickr, capsys) -> None:  # noqa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["refcoco", "{refer}/refcoco/refs(unc).p", "--images", "x"], r"refs\(unc\).p is a refer toolkit refs file"),
+    (["refcoco", "{refer}/refcoco/refs(unc).p", "--images", "x"],
+     r"refs\(unc\).p is a refer toolkit refs file.*\(--instances on the command line\)"),
     (["refcoco", "{refer}/refcoco/refs(unc).p", "--instances", "{refer}/refcoco/instances.json", "--split", "testD",
       "--images", "x"], "unknown split 'testD'"),
     (["refcoco", "{refer}/refcoco/refs(unc).p", "--instances", "{refer}/refcoco/instances.json", "--images",
@@ -149,8 +150,38 @@ def test_the_single_command_runs_world(tiny_model_dir, tmp_path) -> None:
                           timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert "| comprehension: accuracy@1 (first box of the phrase) |" in proc.stdout
-    written = rows(tmp_path / "outputs" / "evaluate_world.jsonl")
+    written = rows(tmp_path / "outputs" / "evaluate" / "world.jsonl")
     assert {r["task"] for r in written} == {"caption", "comprehension", "qa", "generation"}
+
+
+def test_make_run_after_evaluate_keeps_its_results(tmp_path, monkeypatch) -> None:
+    """The default results go to outputs/evaluate/, which the main job leaves alone in the course's outputs/
+    (they used to stop a first `make run`: outputs/ not empty and not written by a run)."""
+    from helpers.course import mainjob
+
+    monkeypatch.setattr(mainjob, "repo_root", lambda: tmp_path)
+    results = tmp_path / "outputs" / "evaluate" / "world.jsonl"
+    results.parent.mkdir(parents=True)
+    results.write_text("{}\n")
+    mainjob.prepare_output(tmp_path / "outputs")
+    assert results.read_text() == "{}\n" and (tmp_path / "outputs" / mainjob.MARKER_NAME).is_file()
+
+
+@pytest.mark.parametrize("out, message", [
+    ("{tmp}", r"--out .* is a folder; give the results file's name, e.g. --out .*results.jsonl"),
+    ("{tmp}/a.txt/r.jsonl", r"--out .*r.jsonl: .*a.txt is a file, so nothing can be written under it"),
+])
+def test_an_out_that_cannot_take_the_results_is_refused_before_any_work(tmp_path, capsys, monkeypatch, out,
+                                                                        message) -> None:
+    from helpers.grounding import model as model_module
+
+    monkeypatch.setattr(model_module, "load", lambda *a, **k: pytest.fail("load() was called"))
+    (tmp_path / "a.txt").write_text("mine")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert cli_evaluate.main(["world", "--out", out.format(tmp=tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_flickr30k_reads_the_test_split_unless_told_otherwise(monkeypatch, flickr) -> None:  # noqa: F811

@@ -76,10 +76,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+def _launch(args: list[str], timeout: float = 240, **extra_env: str) -> subprocess.CompletedProcess:
     """``accelerate launch`` with two CPU processes (CUDA hidden, so this runs the same on GPU machines)."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", KOSMOS2_PROGRESS="0",
-               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **extra_env)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "helpers", "distributed", *args]
@@ -103,15 +103,24 @@ def test_two_processes_give_the_single_process_results_in_order(model_dir, image
 
 
 def test_a_failure_on_one_process_stops_every_process_with_its_message(model_dir, image_paths, tmp_path):
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"this is not a PNG file")
+    """Every image is checked before the model loads, so the failure is injected: a sitecustomize module (on
+    PYTHONPATH, run at each process's start) makes grounding fail on the process of rank 1 only."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import helpers.course.distributed as distributed\n"
+        "    def failing(*args, **kwargs):\n"
+        "        raise RuntimeError('grounding failed here on purpose')\n"
+        "    distributed.ground = failing\n")
     out = tmp_path / "results.jsonl"
-    run = _launch([*map(str, image_paths[:3]), str(broken), "--out", str(out), "--model", str(model_dir),
-                   "--max-new-tokens", "2"])
-    assert run.returncode != 0
-    # the second process (items 2 and 3) fails on the broken file; the first one reports it too
-    assert run.stderr.count("process 1 failed on its share") >= 2, run.stderr[-3000:]
-    assert "broken.png" in run.stderr
+    run = _launch([*map(str, image_paths[:4]), "--out", str(out), "--model", str(model_dir), "--max-new-tokens", "2"],
+                  PYTHONPATH=os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")])))
+    assert run.returncode != 0, run.stderr[-3000:]  # each process exits 2; the launcher then reports a failure
+    # the second process (items 2 and 3) fails; the first one reports its message too, and neither waits forever
+    assert run.stderr.count("process 1 failed on its share (items 2–3 of 4): RuntimeError: grounding failed here "
+                            "on purpose") >= 2, run.stderr[-3000:]
     assert not out.exists()
 
 
@@ -181,10 +190,14 @@ def test_command_line_checks_out_before_any_work(image_paths, tmp_path, monkeypa
     monkeypatch.setattr(distributed, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main([str(image_paths[0]), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert f"--out {tmp_path} is a folder; give the JSON Lines file to write" in err and "Traceback" not in err
+    assert f"--out {tmp_path} is a folder; give the results file's name" in err and "Traceback" not in err
     (tmp_path / "file").write_text("")
     assert main([str(image_paths[0]), "--out", str(tmp_path / "file" / "r.jsonl")]) == 2
-    assert "is a file, not a folder" in capsys.readouterr().err
+    assert "file is a file, so nothing can be written under it" in capsys.readouterr().err
+    (tmp_path / "fake.png").write_text("not a picture")  # found before the model loads, as ground's command does
+    assert main([str(image_paths[0]), str(tmp_path / "fake.png"), "--out", str(tmp_path / "r.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 image(s) cannot be read" in err and "fake.png" in err and not (tmp_path / "r.jsonl").exists()
 
 
 def test_command_line_records_a_large_photo_at_the_files_own_size(model_dir, tmp_path, capsys):

@@ -275,6 +275,40 @@ def test_uncached_hub_id_offline_fails_before_any_download(offline, monkeypatch)
     assert_load_error(excinfo, "'someone/no-such-kosmos' looks like a hub id", "HF_HUB_OFFLINE=1")
 
 
+def test_uncached_hub_id_fails_at_once_when_the_hub_does_not_answer(monkeypatch) -> None:
+    """Online but unreachable: a short probe says so at once, instead of minutes of transformers' retries."""
+    from transformers import AutoProcessor
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hm, "real_model_cached", lambda repo_id=REAL_MODEL: False)
+    monkeypatch.setattr(hm, "hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", lambda *a, **k: pytest.fail("from_pretrained was called"))
+    with pytest.raises(ModelLoadError) as excinfo:
+        load("someone/no-such-kosmos", verbose=False)
+    assert_load_error(excinfo, "'someone/no-such-kosmos' looks like a hub id that is not in the local cache",
+                      "the Hugging Face hub did not answer")
+
+
+def test_a_bad_kosmos2_model_variable_is_named_in_the_error(tmp_path, monkeypatch) -> None:
+    """The learner passed no model: the message must say where the name came from, and not promise the
+    fallback that the variable prevents."""
+    monkeypatch.setenv("KOSMOS2_MODEL", str(tmp_path / "nomodel"))
+    with pytest.raises(ModelLoadError) as excinfo:
+        load(verbose=False)
+    message = str(excinfo.value)
+    assert f"model directory {str(tmp_path / 'nomodel')!r} does not exist" in message
+    assert "came from the KOSMOS2_MODEL environment variable: correct it, or unset it" in message
+    assert "falls back" not in message
+    with pytest.raises(ModelLoadError, match="falls back to the bundled offline model"):  # named by the caller
+        load(str(tmp_path / "nomodel"), verbose=False)
+
+
+def test_a_library_error_becomes_one_line_with_one_full_stop() -> None:
+    message = str(hm._load_failure("m", OSError("We couldn't connect.\nCheck your connection.")))
+    assert "OSError: We couldn't connect. Check your connection. To use the real model" in message
+    assert "\n" not in message and ".." not in message
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [

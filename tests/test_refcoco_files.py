@@ -197,7 +197,7 @@ def test_a_refs_pickle_needs_its_instances(refer) -> None:
         load_refcoco(refer / "refcoco" / "refs(unc).p")
     with pytest.raises(RefCocoFormatError, match="looks like COCO's instances.json.*instances="):
         load_refcoco(refer / "refcoco" / "instances.json")
-    with pytest.raises(RefCocoFormatError, match="instances= goes with a refer toolkit refs pickle"):
+    with pytest.raises(RefCocoFormatError, match=r"instances= \(--instances\) goes with a refer toolkit refs pickle"):
         load_refcoco({"refs": []}, instances=INSTANCES)
 
 

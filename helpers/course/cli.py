@@ -73,6 +73,17 @@ def fail(message: str, code: int = 2, prog: str = PROG) -> int:
     return code
 
 
+def out_file_problem(out: Path) -> str | None:
+    """Why the results file ``--out`` could not be written at the end of a run (a folder, or a path under a
+    file), or ``None``: checked before any work, so that hours of grounding never end in a failed write."""
+    if out.is_dir():
+        return f"--out {out} is a folder; give the results file's name, e.g. --out {out / 'results.jsonl'}"
+    blocked = next((folder for folder in out.parents if folder.exists()), None)
+    if blocked is not None and not blocked.is_dir():
+        return f"--out {out}: {blocked} is a file, so nothing can be written under it"
+    return None
+
+
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
     """``parser``'s reading of ``argv`` (default ``sys.argv[1:]``), or the exit code when argparse stopped
     (0 after ``--help``, 2 after a usage error whose message it has printed)."""

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"load the model with these weights: {', '.join(QUANTIZATIONS)} "
                               "(see load(); default: load() chooses)")
         sub.add_argument("--out", default=None, metavar="FILE",
-                         help="JSON Lines file for the per-item results (default outputs/evaluate_<benchmark>.jsonl)")
+                         help="JSON Lines file for the per-item results (default outputs/evaluate/<benchmark>.jsonl)")
         sub.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per generate call")
         sub.add_argument("--no-repeat-ngram-size", type=int, default=ngram, metavar="N",
                          help=f"forbid repeating any N tokens in an answer; 0 switches it off (default {ngram})")
@@ -97,6 +97,10 @@ def _problem(args: argparse.Namespace) -> str | None:
             return str(err)
     if args.no_repeat_ngram_size < 0:
         return f"--no-repeat-ngram-size must be at least 0, got {args.no_repeat_ngram_size}"
+    if args.out:
+        from helpers.course.cli import out_file_problem
+
+        return out_file_problem(Path(args.out))
     return None
 
 
@@ -139,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = _problem(args)
     if problem:
         return fail(problem, prog=PROG)
-    out = Path(args.out or f"outputs/evaluate_{args.benchmark}.jsonl")
+    out = Path(args.out or f"outputs/evaluate/{args.benchmark}.jsonl")
 
     from helpers.grounding.flickr30k import Flickr30kFormatError
     from helpers.grounding.images import ImageLoadError

@@ -39,8 +39,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from helpers.course.batch import image_files
-from helpers.course.cli import fail, parse, prompt_option
+from helpers.course.batch import check_images, image_files
+from helpers.course.cli import fail, out_file_problem, parse, prompt_option
 from helpers.course.outputs import grounding_record
 from helpers.grounding.checks import check_positive_int, positive_int_option
 from helpers.grounding.images import ImageLoadError, load_image, load_image_and_size
@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Ground images on every process of an `accelerate launch` run; the main process writes "
                     "one JSON line per image, in the order given.",
-        epilog="Example: accelerate launch --num_processes 2 -m helpers distributed photos/ --out results.jsonl",
+        epilog="Example, one process per GPU: accelerate launch --num_processes 2 -m helpers distributed photos/ --out "
+               "results.jsonl (on a machine without a GPU add --multi_gpu for two CPU processes)",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     parser.add_argument("--out", required=True, metavar="FILE",
@@ -230,15 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:  # the same checks on every process, before any of them loads a model
         files = image_files(args.images)
+        check_images(files)  # every file opens as an image, as ground's command checks too
     except ImageLoadError as err:
         return _fail(str(err))
     out = Path(args.out)
-    if out.is_dir():
-        return _fail(f"--out {args.out} is a folder; give the JSON Lines file to write, e.g. --out "
-                     f"{out / 'results.jsonl'}")
-    blocked = next((p for p in out.parents if p.exists()), None)
-    if blocked is not None and not blocked.is_dir():
-        return _fail(f"--out {args.out} cannot be written: {blocked} is a file, not a folder")
+    problem = out_file_problem(out)
+    if problem:
+        return _fail(problem)
 
     state = _state()
     try:

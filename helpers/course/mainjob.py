@@ -35,8 +35,8 @@ SUMMARY_NAME = "summary.json"
 #: Everything a run writes into its output folder (and all that a later run removes there).
 RUN_ENTRIES = ("notebooks", "images", RECORDS_NAME, SUMMARY_NAME, MARKER_NAME)
 #: What else the course keeps in the repository's ``outputs/`` folder: the browser tests' screenshots
-#: (``tests/test_site.py``). A run leaves them alone.
-COURSE_ENTRIES = ("screenshots",)
+#: (``tests/test_site.py``) and the results of ``python -m helpers evaluate``. A run leaves them alone.
+COURSE_ENTRIES = ("screenshots", "evaluate")
 
 
 class OutputFolderError(ValueError):

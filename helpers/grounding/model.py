@@ -172,25 +172,57 @@ def resolve_source(model: str | os.PathLike | None = None) -> tuple[str, str]:
     return str(bundled_model_dir()), f"the model hub did not answer and {REAL_MODEL} is not cached"
 
 
-def _how_to_get_help() -> str:
+def _how_to_get_help(from_env: bool = False) -> str:
+    if from_env:  # while the variable is set, load() with no argument does not fall back: say how to stop that
+        return (f" The name came from the KOSMOS2_MODEL environment variable: correct it, or unset it so that load() "
+                f"with no argument chooses again ('{REAL_MODEL}' when the Hugging Face hub can be reached or it "
+                f"is cached, else the bundled offline model in {bundled_model_dir()}).")
     return (f" To use the real model, run where the Hugging Face hub can be reached (Colab, for example) so "
             f"'{REAL_MODEL}' downloads, or point load() at a local copy of it. Without it, load() with no "
             f"argument falls back to the bundled offline model in {bundled_model_dir()}.")
 
 
-def _check_local_dir(path: Path) -> None:
+def _check_local_dir(path: Path, from_env: bool = False) -> None:
+    help_ = _how_to_get_help(from_env)
     if path.is_file():
         raise ModelLoadError(f"{str(path)!r} is a file; expected a model directory (holding config.json and "
-                             "*.safetensors weights)." + _how_to_get_help())
+                             "*.safetensors weights)." + help_)
     if not path.is_dir():
-        raise ModelLoadError(f"model directory {str(path)!r} does not exist." + _how_to_get_help())
+        raise ModelLoadError(f"model directory {str(path)!r} does not exist." + help_)
     if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{str(path)!r} has no config.json, so it is not a saved model." + _how_to_get_help())
+        raise ModelLoadError(f"{str(path)!r} has no config.json, so it is not a saved model." + help_)
     if not any(path.glob("*.safetensors")):
         raise ModelLoadError(
             f"{str(path)!r} has no .safetensors weights (only safetensors are loaded, never pickled .bin files)."
-            + _how_to_get_help()
+            + help_
         )
+
+
+def check_source(source: str, from_env: bool = False) -> str:
+    """Check, before anything loads, that ``source`` can be loaded from where it is; return it (a local folder
+    as a path string).
+
+    A local folder (or what is not a hub id) must hold ``config.json`` and safetensors weights; a hub id that
+    is not in the local cache needs the hub: refused at once under ``HF_HUB_OFFLINE=1``, and when a short probe
+    (:func:`hub_reachable`) gets no answer, instead of minutes of transformers' retries. ``from_env``: the name
+    came from ``KOSMOS2_MODEL``, which the message then names.
+
+    Raises:
+        ModelLoadError: with what is wrong and how to get a model.
+    """
+    local = Path(source).expanduser()
+    if local.exists() or not _looks_like_hub_id(source):  # a local directory (or a typo of one)
+        _check_local_dir(local, from_env)
+        return str(local)
+    if not real_model_cached(source):
+        if _offline():
+            raise ModelLoadError(f"{source!r} looks like a hub id, but HF_HUB_OFFLINE=1 and it is not in the local "
+                                 "cache (nor is there a local directory of that name)." + _how_to_get_help(from_env))
+        if not hub_reachable():
+            raise ModelLoadError(f"{source!r} looks like a hub id that is not in the local cache (nor is there a local "
+                                 "directory of that name), and the Hugging Face hub did not answer, so it cannot be "
+                                 "downloaded." + _how_to_get_help(from_env))
+    return source
 
 
 def _check_device(device: object) -> str:
@@ -252,7 +284,9 @@ def _load_failure(source: str, err: Exception) -> ModelLoadError:
         return ModelLoadError(f"could not load {source!r}: a package it needs is missing ({type(err).__name__}: "
                               f"{text}). Install it in this environment (pip install …), then restart the kernel "
                               "or the Python process, so that transformers sees it.")
-    return ModelLoadError(f"could not load {source!r}: {type(err).__name__}: {text}." + _how_to_get_help())
+    text = " ".join(text.split())  # one line: some library messages span several
+    end = "" if text.endswith((".", "!", "?")) else "."
+    return ModelLoadError(f"could not load {source!r}: {type(err).__name__}: {text}{end}" + _how_to_get_help())
 
 
 @contextlib.contextmanager
@@ -329,13 +363,7 @@ def load(
 
     source, reason = resolve_source(model)
     bundled = Path(source).exists() and Path(source).resolve() == bundled_model_dir().resolve()
-    local = Path(source).expanduser()
-    if local.exists() or not _looks_like_hub_id(source):  # a local directory (or a typo of one)
-        _check_local_dir(local)
-        source = str(local)
-    elif _offline() and not real_model_cached(source):
-        raise ModelLoadError(f"{source!r} looks like a hub id, but HF_HUB_OFFLINE=1 and it is not in the local "
-                             "cache (nor is there a local directory of that name)." + _how_to_get_help())
+    source = check_source(source, from_env=model is None and reason == "KOSMOS2_MODEL is set")
     device = device or try_gpu()
     if quantization is not None:  # a quantization this machine cannot do is refused before loading anything
         quant.plan(quantization, device, dtype, None)

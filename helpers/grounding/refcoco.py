@@ -442,18 +442,18 @@ def load_refcoco(
         if instances is None:
             raise RefCocoFormatError(
                 f"{name} is a refer toolkit refs file; its boxes and image sizes are in instances.json: pass "
-                "instances='…/instances.json' (the file next to it)"
+                "instances='…/instances.json', the file next to it (--instances on the command line)"
             )
         items = _from_refer(refs, instances, name, split)
         splits = {r.get("split") for r in refs if isinstance(r, dict)}
     else:
         if instances is not None:
-            raise RefCocoFormatError(f"instances= goes with a refer toolkit refs pickle; {name} is not one")
+            raise RefCocoFormatError(f"instances= (--instances) goes with a refer toolkit refs pickle; {name} is not one")
         if isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("annotations"), list):
             if not all(isinstance(im, dict) and "caption" in im for im in data["images"][:1]):
                 raise RefCocoFormatError(
                     f"{name} looks like COCO's instances.json (images without a 'caption'): pass it as instances= "
-                    "together with the refs file (refs(unc).p …) as the source"
+                    "(--instances) together with the refs file (refs(unc).p …) as the source"
                 )
             items = _from_mdetr(data, name, split)
             match = _MDETR_NAME.search(name)
