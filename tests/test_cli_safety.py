@@ -1,6 +1,6 @@
-"""The commands refuse bad paths with one line and exit status 2, before doing any work, and never delete
-what they did not write: ``run --out``, ``notebooks``, ``modelcard`` (the ``ground`` and ``distributed`` cases
-are in their own test files)."""
+"""The commands refuse bad paths with one line and exit status 2 (1 for a model folder that holds no model that
+loads), before doing any work, and never delete what they did not write: ``run --out``, ``notebooks``,
+``modelcard`` (the ``ground`` and ``distributed`` cases are in their own test files)."""
 
 from __future__ import annotations
 
@@ -133,13 +133,46 @@ def test_notebooks_command_names_a_missing_notebook(tmp_path, capsys) -> None:
     assert "nothere.ipynb" in err
 
 
+_NOT_A_NOTEBOOK = {
+    "photo.png": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff", "is not UTF-8 text"),
+    "cells.ipynb": (b'{"cells": 3}', "is not a notebook: its 'cells' must be a list, got int"),
+    "list.ipynb": (b"[]", "holds a JSON list, not a notebook"),
+    "broken.ipynb": (b'{"cells": [', "is not JSON"),
+    "cell.ipynb": (b'{"cells": [3], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}', "is not a valid notebook"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_NOT_A_NOTEBOOK))
+def test_notebooks_command_refuses_what_is_not_a_notebook_before_running_any(tmp_path, capsys, monkeypatch,
+                                                                            name) -> None:
+    """A picture used to end in a UnicodeDecodeError traceback, ``{"cells": 3}`` in a TypeError: one line naming
+    the file and what was expected, exit 2, before any notebook runs (a good one named first stays untouched)."""
+    from helpers.course import notebooks
+
+    monkeypatch.setattr(notebooks, "execute", lambda *a, **k: pytest.fail("a notebook ran"))
+    monkeypatch.setattr(notebooks, "check_kernel", lambda: None)  # whether ipykernel is installed does not matter
+    good = tmp_path / "01_good.ipynb"
+    good.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    before = good.read_text()
+    content, message = _NOT_A_NOTEBOOK[name]
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    assert helpers_main(["notebooks", str(good), str(bad)]) == 2
+    err = _error_line(capsys)
+    assert err.startswith(f"python -m helpers notebooks: error: {str(bad)!r} {message}")
+    assert err.rstrip().endswith("expected a Jupyter notebook (.ipynb JSON)")
+    assert bad.read_bytes() == content and good.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["01_good.ipynb", name])
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: d / "missing", "does not exist: expected a saved world model"),
     (lambda d: (d / "file.txt", (d / "file.txt").write_text(""))[0], "is not a folder"),
     (lambda d: d, "has no config.json, so it is not a saved model"),
 ])
 def test_modelcard_command_names_a_bad_model_folder(tmp_path, capsys, make, message) -> None:
-    assert helpers_main(["modelcard", str(make(tmp_path))]) == 2
+    """A model folder that holds no model that loads: exit 1, as ground, evaluate and finetune say it."""
+    assert helpers_main(["modelcard", str(make(tmp_path))]) == 1
     err = _error_line(capsys)
     assert err.startswith("python -m helpers modelcard: error: ") and message in err
 
@@ -167,8 +200,9 @@ def test_run_and_notebooks_say_what_to_install_without_a_kernel_and_write_nothin
     assert mainjob.main(["--out", str(out)]) == 1
     assert "needs ipykernel" in _error_line(capsys) and sorted(p.name for p in out.iterdir()) == before
     nb = tmp_path / "01_x.ipynb"
-    nb.write_text("{}")
+    notebook = json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    nb.write_text(notebook)
     assert helpers_main(["notebooks", str(nb)]) == 1
-    assert "pip install -e '.[lab]'" in _error_line(capsys) and nb.read_text() == "{}"
+    assert "pip install -e '.[lab]'" in _error_line(capsys) and nb.read_text() == notebook
     with pytest.raises(RuntimeError, match="needs ipykernel"):
         notebooks.execute(nb)

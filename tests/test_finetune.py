@@ -411,6 +411,9 @@ def test_a_4bit_base_computes_in_the_devices_half_type_on_a_gpu(tiny_model_dir, 
         raise ModelLoadError("stop here")
 
     monkeypatch.setattr(helpers.grounding.model, "load", no_loading)
+    if device == "cuda":  # a GPU, as far as the device check can tell
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     if half:
         monkeypatch.setattr(ft, "default_dtype", lambda d: getattr(torch, half) if d.startswith("cuda") else torch.float32)
     cfg = FinetuneConfig(steps=1, quantization=quantization, device=device)
@@ -627,6 +630,130 @@ def test_command_exits_1_for_a_base_that_cannot_be_loaded(tiny_model_dir, coco, 
         assert err.startswith("python -m helpers finetune: error: ") and message in err
         assert len(err.strip().splitlines()) == 1
         assert not out.exists()
+
+
+@pytest.mark.parametrize("base", ["{tmp}/nomodel", "./nomodel", "{tmp}/a_file.png", "{tmp}",
+                                  "someone/not-a-cached-model"])
+def test_command_names_a_base_that_cannot_be_loaded_as_ground_does(tiny_model_dir, coco, tmp_path, capsys,
+                                                                   monkeypatch, base):
+    """A missing folder (absolute or relative), a file, a folder without config.json, a hub id while offline: the
+    one-line message load() (and so `ground`) gives, exit 1, before the data is read. It used to be
+    transformers' "Repo id must be in the form 'repo_name'…" or a two-line "We couldn't connect…"."""
+    import helpers.grounding.finetune as ft
+    from helpers.grounding.model import ModelLoadError, load
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "a_file.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    base = base.format(tmp=tmp_path)
+    with pytest.raises(ModelLoadError) as expected:
+        load(base, device="cpu", verbose=False)
+    monkeypatch.setattr(ft, "read_coco", lambda *a, **k: pytest.fail("the data was read"))
+    out = tmp_path / "out"
+    code = main(["--data", str(coco[0]), "--images", str(coco[1]), "--base", base, "--out", str(out), "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err == f"python -m helpers finetune: error: {expected.value}\n"
+    assert "Repo id" not in err and "couldn't connect" not in err
+    assert not out.exists()
+
+
+def test_data_that_is_not_json_text_and_images_that_are_a_file_are_named(tiny_model_dir, coco, tmp_path, capsys):
+    """A picture given as --data used to end in a UnicodeDecodeError traceback; a file given as --images was
+    said not to exist."""
+    picture = tmp_path / "photo.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    with pytest.raises(FinetuneError, match=r"annotation file '.*photo\.png' is not UTF-8 JSON text"):
+        read_coco(picture, coco[1])
+    with pytest.raises(FinetuneError, match=r"image folder '.*\.json' is a file, not a folder"):
+        read_coco(coco[0], coco[0])
+    out = tmp_path / "out"
+    for data, images, message in ((picture, coco[1], "photo.png' is not UTF-8 JSON text"),
+                                  (coco[0], coco[0], "is a file, not a folder")):
+        code = main(["--data", str(data), "--images", str(images), "--base", str(tiny_model_dir), "--out", str(out),
+                     "--steps", "2"])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.startswith("python -m helpers finetune: error: ") and message in err
+        assert len(err.strip().splitlines()) == 1
+        assert not out.exists()
+
+
+def test_a_device_this_machine_lacks_is_bad_input(tiny_model_dir, coco, tmp_path, capsys, monkeypatch, no_loading):
+    """`finetune --device cuda` without a GPU used to exit 1 (as a base that cannot be loaded) after reading the
+    data; `train --device cuda` exits 2: a device the machine lacks is bad input, said before anything is read."""
+    import torch
+
+    from helpers.grounding.finetune import check_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    for device, message in (("cuda", "argument --device: device 'cuda' needs a CUDA GPU, but torch sees none"),
+                            ("tpu", "argument --device: device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got 'tpu'")):
+        code = main(["--data", str(coco[0]), "--images", str(coco[1]), "--base", str(tiny_model_dir),
+                     "--out", str(out), "--steps", "2", "--device", device])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.startswith(f"python -m helpers finetune: error: {message}") and len(err.splitlines()) == 1
+        assert not out.exists()
+    with pytest.raises(FinetuneError, match="needs a CUDA GPU"):
+        check_config(FinetuneConfig(steps=2, device="cuda"))
+    check_config(FinetuneConfig(steps=2, device="cpu"))
+
+
+def _option_help(parser) -> dict[str, str]:
+    """Each option's help as --help prints it (one line per option, whitespace joined)."""
+    import re
+
+    text = parser.format_help()
+    options = text[text.index("options:"):]
+    entries = re.split(r"\n  (?=-)", options)[1:]
+    return {e.split()[0].rstrip(","): " ".join(e.split()) for e in entries}
+
+
+def _has_default(action) -> bool:
+    """Whether --help should show the option's default: not for a switch, nor for None or an empty list."""
+    return action.nargs != 0 and action.default is not None and action.default != ()
+
+
+def test_finetune_help_says_what_every_option_does_and_its_default(monkeypatch):
+    """--help said nothing of --device and --threads, nor the defaults of --batch-size, --lr, --rank, --alpha and
+    --seed, nor that --steps or --minutes is required."""
+    from helpers.grounding.finetune import build_parser
+
+    monkeypatch.setenv("COLUMNS", "300")  # no line breaks inside a default
+    parser = build_parser()
+    helps = _option_help(parser)
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flag = action.option_strings[0]
+        assert action.help and flag in helps and len(helps[flag]) > len(flag) + 10, flag
+        if _has_default(action):
+            assert f"(default: {action.default})" in helps[flag], flag
+    for flag, default in (("--batch-size", 8), ("--lr", 0.001), ("--rank", 16), ("--alpha", 32), ("--seed", 0)):
+        assert f"(default: {default})" in helps[flag]
+    assert "--steps or --minutes (or both) is required" in helps["--steps"]
+    assert "--steps or --minutes (or both) is required" in helps["--minutes"]
+    assert "(default: None)" not in parser.format_help() and "(default: False)" not in parser.format_help()
+
+
+def test_finetune_demo_help_shows_its_defaults(monkeypatch):
+    from helpers.world.new_kinds import build_parser
+
+    monkeypatch.setenv("COLUMNS", "300")  # no line breaks inside a default
+    parser = build_parser()
+    helps = _option_help(parser)
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flag = action.option_strings[0]
+        assert action.help and flag in helps, flag
+        if _has_default(action):
+            assert f"(default: {action.default})" in helps[flag], flag
+    for flag, default in (("--minutes", 9.5), ("--train-images", 1500), ("--world-images", 4500),
+                          ("--held-out-images", 240), ("--batch-size", 16), ("--threads", 2)):
+        assert f"(default: {default})" in helps[flag]
 
 
 def test_a_base_that_cannot_be_loaded_is_a_model_load_error(coco, tmp_path):

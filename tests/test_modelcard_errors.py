@@ -142,3 +142,52 @@ def test_the_rebuild_commands_measure_every_seed_the_card_shows(tmp_path) -> Non
     card = (tmp_path / "README.md").read_text()
     assert "python -m helpers modelcard data/kosmos2-tiny-world --seed 77\n" in card
     assert "`sample_scenes(n, seed=77)`" in card
+
+
+@pytest.mark.parametrize("render_only", [True, False])
+def test_modelcard_exits_1_for_weights_that_cannot_be_loaded(tmp_path, capsys, render_only) -> None:
+    """Truncated weights: one line and exit 1, as ground, evaluate and finetune say a model that cannot be loaded
+    (it used to exit 2, the status of a bad option); the card and evaluation are left as they were."""
+    from helpers.__main__ import main as helpers_main
+
+    _saved_tiny_model(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    evaluation = json.dumps(_result(20231114, 8, 3))
+    (tmp_path / "evaluation.json").write_text(evaluation)
+    (tmp_path / "README.md").write_text("the old card")
+    argv = ["modelcard", str(tmp_path), "--scenes", "1"] + (["--render-only"] if render_only else [])
+    capsys.readouterr()  # saving the model's progress bar
+    assert helpers_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"python -m helpers modelcard: error: could not load {str(tmp_path)!r}")
+    assert (tmp_path / "README.md").read_text() == "the old card"
+    assert (tmp_path / "evaluation.json").read_text() == evaluation
+
+
+def test_modelcard_render_only_names_an_evaluation_that_is_not_json(tmp_path, capsys, monkeypatch) -> None:
+    import helpers.grounding.model
+    from helpers.__main__ import main as helpers_main
+
+    _saved_tiny_model(tmp_path)
+    (tmp_path / "evaluation.json").write_text('{"caption": ')
+    monkeypatch.setattr(helpers.grounding.model, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    capsys.readouterr()  # saving the model's progress bar
+    assert helpers_main(["modelcard", str(tmp_path), "--render-only"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "evaluation.json' as `python -m helpers modelcard" in err and "is not JSON (JSONDecodeError" in err
+    assert not (tmp_path / "README.md").exists()
+
+
+def test_modelcard_help_describes_the_model_folder_and_shows_the_defaults(monkeypatch, capsys) -> None:
+    from helpers.__main__ import main as helpers_main
+    from helpers.grounding.evaluation import HELD_OUT_SEED
+
+    monkeypatch.setenv("COLUMNS", "300")
+    assert helpers_main(["modelcard", "--help"]) == 0
+    out = capsys.readouterr().out
+    model_dir = out[out.index("positional arguments:"):out.index("options:")]
+    assert "model_dir" in model_dir and "folder of a saved world model" in model_dir
+    assert "held-out scenes to evaluate on (default: 220)" in out and f"(default: {HELD_OUT_SEED})" in out

@@ -62,7 +62,9 @@ def _run(tmp_path, capsys, extra: list[str], out: str = "out") -> str:
     (["--count-weight", "inf"], "argument --count-weight"),
     (["--checkpoint-minutes", "-5"], "argument --checkpoint-minutes"),
     (["--task-weights", "caption=inf"], "the weight of 'caption' must be a number >= 0"),
-    (["--fp4-share", "0.6", "--nf4-share", "0.6"], "fp4_share and nf4_share must be 0 or more and add up to at most 1"),
+    # the options as typed (it used to say fp4_share and nf4_share, the Python names)
+    (["--fp4-share", "0.6", "--nf4-share", "0.6"], PREFIX + "--fp4-share and --nf4-share must be 0 or more and add up "
+                                                   "to at most 1, got 0.6 and 0.6"),
     (["--device", "tpu7"], "--device 'tpu7'"),
 ])
 def test_bad_options_stop_before_any_work(tmp_path, capsys, no_work, extra, message) -> None:
@@ -166,6 +168,7 @@ def test_native_bfloat16_is_one_rule_for_training_and_loading(gpu) -> None:
     ({"checkpoint_minutes": -1.0}, "checkpoint_minutes must be a number of at least 0"),
     ({"task_weights": {"caption": float("inf")}}, "task_weights"),
     ({"workers": -1}, "workers must be 0 or more"),
+    ({"fp4_share": 0.6, "nf4_share": 0.6}, "^fp4_share and nf4_share must be 0 or more and add up to at most 1"),
 ])
 def test_train_checks_its_config_before_building_anything(monkeypatch, changes, message) -> None:
     monkeypatch.setattr(training, "build_processor", lambda *a: pytest.fail("built a processor"))
@@ -226,3 +229,28 @@ def test_a_share_of_exactly_1_is_accepted(tmp_path) -> None:
     assert (cfg.pair_share, cfg.three_share) == (1.0, 0.0)
     check_config(cfg)
     check_config(TrainConfig(pair_share=1.0, three_share=1.0))
+
+
+def test_help_says_what_every_option_does_and_shows_its_default(monkeypatch) -> None:
+    """--seed, --vision-steps, --batch-size, --lr, --threads, --aux-weight, --look-weight, --checkpoint-minutes and
+    --workers had no help, so --help showed neither what they do nor their defaults."""
+    import re
+
+    monkeypatch.setenv("COLUMNS", "300")  # no line breaks inside a default
+    parser = training.build_parser()
+    text = parser.format_help()
+    entries = re.split(r"\n  (?=-)", text[text.index("options:"):])[1:]
+    helps = {e.split()[0].rstrip(","): " ".join(e.split()) for e in entries}
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flag = action.option_strings[0]
+        assert action.help and flag in helps, flag
+        if action.nargs != 0 and action.default is not None:
+            assert f"(default: {action.default})" in helps[flag], flag
+    for flag, default in (("--seed", 0), ("--vision-steps", 300), ("--batch-size", 48), ("--lr", 0.002),
+                          ("--aux-weight", 0.5), ("--look-weight", 0.5), ("--checkpoint-minutes", 10.0),
+                          ("--workers", 0)):
+        assert helps[flag].endswith(f"(default: {default})"), flag
+    assert "torch CPU threads" in helps["--threads"]
+    assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text

@@ -86,13 +86,47 @@ def execute(path: Path, out: Path | None = None, *, timeout: int = 600, env: dic
     return seconds
 
 
+def check_notebook(path: Path) -> None:
+    """Raise ``ValueError`` naming ``path`` unless it is a Jupyter notebook that nbformat reads and validates
+    (checked before anything runs: a picture or a JSON file of another shape used to end in a traceback)."""
+    import json
+    import warnings
+
+    import nbformat
+
+    def refuse(problem: str) -> ValueError:
+        problem = " ".join(problem.split())
+        problem = problem if len(problem) <= 200 else problem[:199] + "…"
+        return ValueError(f"{str(path)!r} {problem}; expected a Jupyter notebook (.ipynb JSON)")
+
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise refuse(f"is not UTF-8 text (byte {err.start} is not UTF-8)") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise refuse(f"is not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise refuse(f"holds a JSON {type(data).__name__}, not a notebook (an object with a list of 'cells')")
+    if not isinstance(data.get("cells"), list):
+        got = type(data["cells"]).__name__ if "cells" in data else "nothing"
+        raise refuse(f"is not a notebook: its 'cells' must be a list, got {got}")
+    try:
+        with warnings.catch_warnings():  # nbformat's notes on missing cell ids and the like: not errors
+            warnings.simplefilter("ignore")
+            nbformat.validate(nbformat.reads(text, as_version=4))
+    except Exception as err:  # a cell of the wrong shape (nbformat raises several kinds for it)
+        raise refuse(f"is not a valid notebook ({type(err).__name__}: {err})") from None
+
+
 PROG = "python -m helpers notebooks"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Re-execute the notebooks named in ``argv`` (default: every course notebook); return the exit code: 0,
-    2 with a one-line message when a named notebook is not a file, 1 when ipykernel is missing (both checked
-    before any runs)."""
+    2 with a one-line message when a named notebook is not a file or not a notebook (:func:`check_notebook`), 1
+    when ipykernel is missing (all checked before any runs)."""
     parser = argparse.ArgumentParser(prog=PROG,
                                      description="Re-execute notebooks in place, offline on the bundled model.")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every course notebook")
@@ -103,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {len(missing)} notebook file(s) not found: {', '.join(missing)} "
               f"(the course's notebooks are in {notebooks_dir()})", file=sys.stderr)
         return 2
+    for p in paths:
+        try:
+            check_notebook(p)
+        except ValueError as err:
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return 2
     try:
         check_kernel()
     except RuntimeError as err:

@@ -76,7 +76,7 @@ from helpers.grounding.checks import (check_positive_int, check_positive_number,
                                       positive_number_option)
 from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, CaptionScores, Score, score_any_box, score_caption
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
-from helpers.grounding.model import ModelLoadError, check_bf16, default_dtype, try_gpu
+from helpers.grounding.model import ModelLoadError, check_device, check_bf16, default_dtype, try_gpu
 from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt, with_box
 from helpers.grounding.tokens import object_tokens
 
@@ -98,8 +98,9 @@ class FinetuneError(ValueError):
 
 class BaseModelError(FinetuneError, ModelLoadError):
     """The base model cannot be fine-tuned here: it is not Kosmos-2, or :func:`helpers.grounding.model.load`
-    could not load it (no weights, a quantization or device this machine lacks). The command exits with 1 for
-    it (as ``ground`` and ``evaluate`` do for a model that cannot be loaded), with 2 for other bad input."""
+    could not load it (a missing folder, no weights, a hub id not cached while offline, a quantization this
+    machine lacks). The command exits with 1 for it (as ``ground`` and ``evaluate`` do for a model that cannot be
+    loaded), with 2 for other bad input (a ``--device`` this machine lacks among them)."""
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -160,7 +161,11 @@ class ImageRecord:
 def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise FinetuneError(f"{what} {str(path)!r} does not exist (or is not a file)")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:  # a picture or another binary file given for the annotations
+        raise FinetuneError(f"{what} {str(path)!r} is not UTF-8 JSON text (byte {err.start} is not UTF-8); expected "
+                            "COCO detection JSON with 'images', 'annotations' and 'categories'") from None
     if not text.strip():
         raise FinetuneError(f"{what} {str(path)!r} is empty; expected COCO detection JSON with 'images', "
                             "'annotations' and 'categories'")
@@ -214,7 +219,9 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
         raise FinetuneError(f"annotation file {str(annotations)!r} has no images or no annotations "
                             f"({len(data['images'])} images, {len(data['annotations'])} annotations)")
     if not images.is_dir():
-        raise FinetuneError(f"image folder {str(images)!r} does not exist")
+        what = "is a file, not a folder" if images.exists() else "does not exist"
+        raise FinetuneError(f"image folder {str(images)!r} {what}; expected the folder of the images the annotations "
+                            "name")
     categories: dict[Any, Category] = {}
     for i, c in enumerate(data["categories"]):
         where = f"{annotations.name}: categories[{i}]"
@@ -356,17 +363,42 @@ def _image(path: Path, turned: bool = False):
 
 def check_kosmos2(base: str | os.PathLike) -> None:
     """Raise :class:`BaseModelError` (a :class:`FinetuneError`) unless ``base`` (a folder or hub id) holds a
-    Kosmos-2 checkpoint."""
+    Kosmos-2 checkpoint that :func:`helpers.grounding.model.load` can load, reading its config only.
+
+    Where the base is is checked as ``load`` checks it (:func:`helpers.grounding.model.check_source`: a file, a
+    missing folder, no ``config.json`` or no safetensors weights; a hub id that is not cached while
+    ``HF_HUB_OFFLINE=1`` or the hub does not answer), with the same one-line messages. A folder whose config is
+    of another model type is named as such (before its weights are looked for).
+    """
+    from helpers.grounding import model as m
+
+    source = str(base)
+    if not source.strip():
+        raise BaseModelError("base model is an empty string: expected a Kosmos-2 model folder or a hub id such as "
+                             f"'{m.REAL_MODEL}'")
+    local = Path(source).expanduser()
+    has_config = (local / "config.json").is_file()
+    try:
+        if not has_config:  # a missing or empty folder, a file, a hub id: load()'s checks and messages
+            source = m.check_source(source)
+    except ModelLoadError as err:
+        raise BaseModelError(str(err)) from None
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(str(base), trust_remote_code=False)
-    except Exception as err:  # missing folder, no config, not cached offline …
-        raise BaseModelError(f"base model {str(base)!r} could not be read: {type(err).__name__}: {err}") from None
+        with m._quiet():
+            config = AutoConfig.from_pretrained(str(local) if has_config else source, trust_remote_code=False)
+    except Exception as err:  # a corrupt config.json, a hub id the hub does not know …
+        raise BaseModelError(str(m._load_failure(source, err))) from None
     if config.model_type != "kosmos-2":
-        raise BaseModelError(f"base model {str(base)!r} is a {config.model_type!r} model, not Kosmos-2 "
+        raise BaseModelError(f"base model {source!r} is a {config.model_type!r} model, not Kosmos-2 "
                              "(model_type 'kosmos-2'); fine-tuning here needs a Kosmos-2 checkpoint such as "
                              "microsoft/kosmos-2-patch14-224 or data/kosmos2-tiny-world")
+    if has_config:
+        try:
+            m.check_source(source)  # its weights: safetensors only
+        except ModelLoadError as err:
+            raise BaseModelError(str(err)) from None
 
 
 #: Rows of the input embedding and values per row kept in a base's signature.
@@ -570,8 +602,9 @@ def check_config(cfg: FinetuneConfig) -> None:
     """Raise :class:`FinetuneError` for settings that cannot run: no budget (``steps`` or ``minutes``), a count
     (``steps``, ``batch_size``, ``rank``, ``alpha``, ``warmup``, ``threads``) that is not a positive int, a
     ``minutes``, ``lr`` or ``checkpoint_minutes`` that is not a number above 0, a ``dropout`` outside [0, 1),
-    ``bf16`` on a GPU without native bfloat16 (:func:`helpers.grounding.model.check_bf16`; ``device`` or, when
-    it is None, the one :func:`helpers.grounding.model.load` would choose)."""
+    a ``device`` this machine does not have (:func:`helpers.grounding.model.load` would refuse it), ``bf16`` on a
+    GPU without native bfloat16 (:func:`helpers.grounding.model.check_bf16`; ``device`` or, when it is None, the
+    one :func:`helpers.grounding.model.load` would choose)."""
     if cfg.steps is None and cfg.minutes is None:
         raise FinetuneError("give a budget: steps or minutes (or both)")
     try:
@@ -587,11 +620,13 @@ def check_config(cfg: FinetuneConfig) -> None:
     d = cfg.dropout
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
         raise FinetuneError(f"dropout must be a number in [0, 1), got {d!r}")
-    if cfg.bf16:
-        try:
+    try:
+        if cfg.device is not None:
+            check_device(cfg.device)
+        if cfg.bf16:
             check_bf16(cfg.device or try_gpu())
-        except (TypeError, ValueError) as err:
-            raise FinetuneError(str(err)) from None
+    except (TypeError, ValueError) as err:
+        raise FinetuneError(str(err)) from None
 
 
 #: The settings that shape the adapters (``FinetuneConfig`` field → command-line option): the saved adapters of a
@@ -941,9 +976,23 @@ def add_figures(out: str | os.PathLike, figures: dict) -> None:
 PROG = "python -m helpers finetune"
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default after its help, as ``(default: …)``; left out where there is none
+    to show (``None``, an empty list) and for switches (``--vision``, ``--no-evaluate``): the help says what
+    happens then. The course's commands (``finetune``, ``finetune-demo``, ``train``, ``modelcard``) use it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if action.nargs == 0 or default is None or (isinstance(default, (tuple, list)) and not default):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG,
-                                description="Fine-tune Kosmos-2 on your own boxes (COCO detection format) with LoRA.")
+    p = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter,
+                                description="Fine-tune Kosmos-2 on your own boxes (COCO detection format) with LoRA. "
+                                            "Give --steps or --minutes (or both: the run ends at whichever comes "
+                                            "first).")
     p.add_argument("--data", type=Path, required=True, help="COCO detection annotations (JSON)")
     p.add_argument("--images", type=Path, required=True, help="folder of the images the annotations name")
     p.add_argument("--base", required=True, help="Kosmos-2 model folder or hub id, e.g. microsoft/kosmos-2-patch14-224")
@@ -951,12 +1000,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refs", type=Path, default=None, help="RefCOCO-style referring expressions for these images")
     p.add_argument("--val", type=Path, default=None,
                    help="held-out COCO annotations (same image folder): box accuracy before and after goes in the card")
-    p.add_argument("--minutes", type=positive_number_option, default=None, help="wall-time budget")
-    p.add_argument("--steps", type=positive_int_option, default=None, help="optimizer steps in all")
-    p.add_argument("--batch-size", type=positive_int_option, default=8)
-    p.add_argument("--lr", type=positive_number_option, default=1e-3)
-    p.add_argument("--rank", type=positive_int_option, default=16)
-    p.add_argument("--alpha", type=positive_int_option, default=32)
+    p.add_argument("--minutes", type=positive_number_option, default=None,
+                   help="wall-time budget of this run; --steps or --minutes (or both) is required")
+    p.add_argument("--steps", type=positive_int_option, default=None,
+                   help="optimizer steps in all (a resumed run counts the earlier ones); --steps or --minutes (or "
+                        "both) is required")
+    p.add_argument("--batch-size", type=positive_int_option, default=8, help="training texts per optimizer step")
+    p.add_argument("--lr", type=positive_number_option, default=1e-3,
+                   help="peak learning rate (AdamW; linear warm-up, then cosine decay)")
+    p.add_argument("--rank", type=positive_int_option, default=16, help="LoRA rank: directions per adapted layer")
+    p.add_argument("--alpha", type=positive_int_option, default=32, help="LoRA alpha: the adapters are scaled by "
+                                                                         "alpha / rank")
     p.add_argument("--vision", action="store_true", help="adapters in the vision tower too")
     p.add_argument("--new-words", nargs="+", default=(), metavar="WORD",
                    help="words the base never wrote (e.g. a new category name): their token embeddings are trained")
@@ -965,9 +1019,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in the backward pass (default: on with a 4-bit base, --quantization 4bit or nf4)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=positive_int_option, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the adapters' first values and of the batches")
+    p.add_argument("--device", default=None,
+                   help="where to train: cpu, cuda, cuda:N or mps (default: a GPU when torch sees one, else the CPU)")
+    p.add_argument("--threads", type=positive_int_option, default=None,
+                   help="torch CPU threads (default: torch's choice)")
     p.add_argument("--bf16", action="store_true",
                    help="forward passes in bfloat16, for large models on GPUs with native bfloat16 (compute "
                         "capability 8.0 or newer; refused on older ones such as a T4) and CPUs with AMX or AVX-512 "
@@ -992,6 +1048,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 2
     if args.steps is None and args.minutes is None:
         return _fail("give --steps or --minutes (or both)")
+    if args.device is not None:  # a device this machine lacks is bad input, as for `train --device`
+        try:
+            check_device(args.device)
+        except (TypeError, ValueError) as err:
+            return _fail("argument --device: " + str(err).replace("leave device unset", "leave out --device"))
     cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                          rank=args.rank, alpha=args.alpha, vision=args.vision, new_words=tuple(args.new_words), quantization=args.quantization,
                          gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, device=args.device,
@@ -999,6 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_config(cfg)  # before reading anything
         check_output(args.out, resume=args.resume, cfg=cfg)
+        check_kosmos2(args.base)  # a base that cannot be loaded (exit 1) is named before the data is read
         records = read_coco(args.data, args.images, refs=args.refs)
         val = read_coco(args.val, args.images) if args.val else None
         model, processor, _ = finetune(args.base, records, args.out, cfg, resume=args.resume,

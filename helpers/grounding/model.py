@@ -110,7 +110,7 @@ def check_bf16(device: str) -> None:
     """
     import torch
 
-    device = _check_device(device)
+    device = check_device(device)
     where = torch.device(device)
     if where.type == "cuda" and not native_bf16(device):
         major, minor = torch.cuda.get_device_capability(where)
@@ -225,7 +225,7 @@ def check_source(source: str, from_env: bool = False) -> str:
     return source
 
 
-def _check_device(device: object) -> str:
+def check_device(device: object) -> str:
     """``device`` as a string, after checking that torch can use it (``cpu``, ``cuda``, ``cuda:N`` or ``mps``)."""
     import torch
 
@@ -357,7 +357,7 @@ def load(
     quant.check_name(quantization)
     dtype = _check_dtype(dtype)
     if device is not None:
-        device = _check_device(device)
+        device = check_device(device)
     with quant.quiet_imports():  # transformers imports torchao, when installed, which reports optional kernels
         from transformers import AutoModelForImageTextToText, AutoProcessor
 

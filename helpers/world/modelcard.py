@@ -303,20 +303,25 @@ def _other_seed_lines(model_dir: Path) -> list[str]:
 PROG = "python -m helpers modelcard"
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command with ``argv``; return the exit code: 0, or 2 with a one-line message on stderr for a bad
-    option (``--scenes`` below 1, checked before the model loads) or when ``model_dir`` is not a model folder
-    (or, with ``--render-only``, has no ``evaluation.json``)."""
+    """Run the command with ``argv``; return the exit code: 0; 2 with a one-line message on stderr for a bad
+    option (``--scenes`` below 1, checked before the model loads) or, with ``--render-only``, a missing or
+    unreadable ``evaluation.json``; 1 when ``model_dir`` holds no model that loads (not a folder, no
+    ``config.json``, missing or corrupt weights), as ``ground``, ``evaluate`` and ``finetune`` say it."""
     from helpers.grounding.checks import positive_int_option
+    from helpers.grounding.finetune import DefaultsHelpFormatter
     from helpers.grounding.model import ModelLoadError
 
-    parser = argparse.ArgumentParser(prog=PROG, description="Evaluate a world model and write its model card.")
-    parser.add_argument("model_dir", type=Path)
+    parser = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter,
+                                     description="Evaluate a world model and write its model card.")
+    parser.add_argument("model_dir", type=Path,
+                        help="folder of a saved world model (what `python -m helpers train --out DIR` writes, such "
+                             "as data/kosmos2-tiny-world): evaluation.json and README.md are written into it")
     parser.add_argument("--scenes", type=positive_int_option, default=220, help="held-out scenes to evaluate on")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED,
                         help="scene seed; another than the held-out one writes evaluation-seed<SEED>.json")
@@ -329,17 +334,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.model_dir.is_dir():
         what = "is not a folder" if args.model_dir.exists() else "does not exist"
         return _fail(f"model folder {str(args.model_dir)!r} {what}: expected a saved world model such as "
-                     "data/kosmos2-tiny-world (what `python -m helpers train --out DIR` writes)")
-    if args.render_only and not (args.model_dir / "evaluation.json").is_file():
-        return _fail(f"--render-only needs {str(args.model_dir / 'evaluation.json')!r}, which does not exist: run "
+                     "data/kosmos2-tiny-world (what `python -m helpers train --out DIR` writes)", code=1)
+    evaluation = args.model_dir / "evaluation.json"
+    if args.render_only and not evaluation.is_file():
+        return _fail(f"--render-only needs {str(evaluation)!r}, which does not exist: run "
                      f"`{PROG} {args.model_dir}` without --render-only first")
+    if args.render_only:
+        try:
+            json.loads(evaluation.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+            return _fail(f"--render-only needs {str(evaluation)!r} as `{PROG} {args.model_dir}` writes it, but it "
+                         f"is not JSON ({type(err).__name__}: {' '.join(str(err).split())[:200]}): run the command "
+                         "without --render-only to measure it again")
     try:
         if args.render_only:
             render_card(args.model_dir)
             return 0
         result = write_card(args.model_dir, scenes=args.scenes, seed=args.seed)
-    except ModelLoadError as err:
-        return _fail(str(err))
+    except ModelLoadError as err:  # a model that cannot be loaded: 1, as for ground, evaluate and finetune
+        return _fail(str(err), code=1)
     print(json.dumps(result, indent=1))
     print(metrics_table(result))
     print()

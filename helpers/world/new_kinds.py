@@ -154,21 +154,26 @@ PROG = "python -m helpers finetune-demo"
 
 def build_parser() -> argparse.ArgumentParser:
     from helpers.grounding.checks import count_option, positive_int_option, positive_number_option
+    from helpers.grounding.finetune import DefaultsHelpFormatter
 
-    parser = argparse.ArgumentParser(prog=PROG, description="The stars demonstration: data, fine-tuning, figures.")
+    parser = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter,
+                                     description="The stars demonstration: data, fine-tuning, figures.")
     parser.add_argument("--out", type=Path, required=True, help="folder for the adapters (must be new or empty)")
     parser.add_argument("--data", type=Path, default=Path("finetune-stars-data"), help="folder for the generated data")
-    parser.add_argument("--train-images", type=positive_int_option, default=1500)
+    parser.add_argument("--train-images", type=positive_int_option, default=1500,
+                        help="star scenes in the training data")
     parser.add_argument("--world-images", type=count_option, default=4500,
                         help="scenes of the world in the training data (they keep what the base knows)")
-    parser.add_argument("--held-out-images", type=positive_int_option, default=240)
-    parser.add_argument("--minutes", type=positive_number_option, default=9.5)
-    parser.add_argument("--steps", type=positive_int_option, default=None)
-    parser.add_argument("--batch-size", type=positive_int_option, default=16)
-    parser.add_argument("--lr", type=positive_number_option, default=1.5e-3)
-    parser.add_argument("--rank", type=positive_int_option, default=16)
-    parser.add_argument("--vision", action="store_true")
-    parser.add_argument("--threads", type=positive_int_option, default=2)
+    parser.add_argument("--held-out-images", type=positive_int_option, default=240,
+                        help="held-out star scenes the figures are measured on")
+    parser.add_argument("--minutes", type=positive_number_option, default=9.5, help="wall-time budget of the training")
+    parser.add_argument("--steps", type=positive_int_option, default=None,
+                        help="optimizer steps at most (default: as many as --minutes allows)")
+    parser.add_argument("--batch-size", type=positive_int_option, default=16, help="training texts per optimizer step")
+    parser.add_argument("--lr", type=positive_number_option, default=1.5e-3, help="peak learning rate")
+    parser.add_argument("--rank", type=positive_int_option, default=16, help="LoRA rank")
+    parser.add_argument("--vision", action="store_true", help="adapters in the vision tower too")
+    parser.add_argument("--threads", type=positive_int_option, default=2, help="torch CPU threads")
     parser.add_argument("--bf16", action="store_true", help="forward passes in bfloat16 (see finetune --bf16)")
     return parser
 

@@ -475,6 +475,15 @@ def _check_number(name: str, value: object, *, above: bool = False, share: bool 
         raise ValueError(f"{name} must be {number_rule(above, share)}{' or None' if none_ok else ''}, got {value!r}")
 
 
+def check_4bit_shares(fp4_share: object, nf4_share: object,
+                      names: tuple[str, str] = ("fp4_share", "nf4_share")) -> None:
+    """Raise ``ValueError`` unless the two shares of quantization-aware passes are numbers >= 0 that add up to at
+    most 1; the message calls them ``names`` (the command line passes ``("--fp4-share", "--nf4-share")``)."""
+    if not (is_number(fp4_share) and is_number(nf4_share) and fp4_share + nf4_share <= 1.0):
+        raise ValueError(f"{names[0]} and {names[1]} must be 0 or more and add up to at most 1, got "
+                         f"{fp4_share} and {nf4_share}")
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Raise for settings :func:`train` cannot run, before anything is built.
 
@@ -498,9 +507,7 @@ def check_config(cfg: TrainConfig) -> None:
         _check_number(name, getattr(cfg, name))
     for name in ("pair_share", "three_share"):
         _check_number(name, getattr(cfg, name), share=True)
-    if not (is_number(cfg.fp4_share) and is_number(cfg.nf4_share) and cfg.fp4_share + cfg.nf4_share <= 1.0):
-        raise ValueError("fp4_share and nf4_share must be 0 or more and add up to at most 1, got "
-                         f"{cfg.fp4_share} and {cfg.nf4_share}")
+    check_4bit_shares(cfg.fp4_share, cfg.nf4_share)
     if cfg.task_weights is not None:
         mix = cfg.task_weights
         if not (isinstance(mix, dict) and mix and set(mix) <= set(TASK_WEIGHTS)
@@ -890,28 +897,38 @@ def build_parser() -> argparse.ArgumentParser:
     Each option's type checks its range, so a bad value stops the command before any work (exit status 2).
     """
     share, at_least_0 = number_option(share=True), number_option()
-    parser = argparse.ArgumentParser(prog=PROG,
+    from helpers.grounding.finetune import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter,
                                      description="Train the bundled Kosmos-2 model on the synthetic world.")
     parser.add_argument("--out", type=Path, required=True, help="folder for the model (created if need be)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vision-steps", type=count_option, default=300)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the new model's weights and of the scenes drawn")
+    parser.add_argument("--vision-steps", type=count_option, default=300,
+                        help="steps of the vision tower alone (dense supervision) before the joint stage")
     parser.add_argument("--heads-steps", type=count_option, default=0,
                         help="steps of the training-only heads alone on the frozen model before the rest "
                              "(for --resume without saved heads)")
     parser.add_argument("--steps", type=positive_int_option, default=2000,
                         help="joint steps at most (with --minutes: the cosine ends at whichever comes first)")
-    parser.add_argument("--batch-size", type=positive_int_option, default=48)
-    parser.add_argument("--lr", type=positive_number_option, default=2e-3)
+    parser.add_argument("--batch-size", type=positive_int_option, default=48, help="training examples per step")
+    parser.add_argument("--lr", type=positive_number_option, default=2e-3,
+                        help="peak learning rate (AdamW; warm-up, then cosine decay)")
     parser.add_argument("--minutes", type=positive_number_option, default=None,
                         help="wall-time budget of the joint stage (default: none, the cosine runs over --steps)")
-    parser.add_argument("--threads", type=positive_int_option, default=None)
+    parser.add_argument("--threads", type=positive_int_option, default=None,
+                        help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--resume", type=Path, default=None,
                         help="continue from a saved model directory (its processor too) instead of a new model")
     parser.add_argument("--warmup", type=count_option, default=100, help="warm-up steps (0: none)")
-    parser.add_argument("--aux-weight", type=at_least_0, default=0.5)
-    parser.add_argument("--look-weight", type=at_least_0, default=0.5)
+    parser.add_argument("--aux-weight", type=at_least_0, default=0.5,
+                        help="weight of the dense loss in the joint stage: training-only heads predict what "
+                             "covers each patch and where its box is")
+    parser.add_argument("--look-weight", type=at_least_0, default=0.5,
+                        help="weight of the supervised attention: head 0 of each decoder layer is shown which "
+                             "image tokens belong to the object being named")
     parser.add_argument("--checkpoint", type=Path, default=None, help="save here every --checkpoint-minutes")
-    parser.add_argument("--checkpoint-minutes", type=at_least_0, default=10.0)
+    parser.add_argument("--checkpoint-minutes", type=at_least_0, default=10.0,
+                        help="minutes between two saves into --checkpoint")
     parser.add_argument("--group-weight", type=at_least_0, default=0.0,
                         help="weight of the training-only group heads (group size and caption place per patch)")
     parser.add_argument("--group-on-objects", action="store_true",
@@ -1020,6 +1037,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 2
     cfg = config_from_args(args)
     try:
+        check_4bit_shares(cfg.fp4_share, cfg.nf4_share, ("--fp4-share", "--nf4-share"))  # named as typed
         check_config(cfg)
         check_args(args)
         if cfg.fp4_share or cfg.nf4_share:
