@@ -18,7 +18,7 @@ copyright = "The Kosmos-2 grounding course authors, MIT licence"
 
 extensions = ["myst_nb", "course_site"]
 root_doc = "index"
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "jupyter_execute"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 
 # The stored outputs are the course's results; the site never re-runs a notebook.
 nb_execution_mode = "off"

@@ -845,6 +845,25 @@ def test_a_resumed_run_keeps_the_shape_of_its_adapters(trained, tiny_model_dir, 
     ft.check_output(out, resume=True, cfg=FinetuneConfig(steps=8, new_words=("star",)))  # the saved shape: accepted
 
 
+def test_resuming_compares_the_new_words_as_a_set_and_names_a_broken_card(trained, tmp_path):
+    import shutil
+
+    import helpers.grounding.finetune as ft
+
+    out, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    card = json.loads((copy / "finetune.json").read_text())
+    card["config"]["new_words"] = ["stars", "star"]
+    (copy / "finetune.json").write_text(json.dumps(card))
+    ft.check_output(copy, resume=True, cfg=FinetuneConfig(steps=8, new_words=("star", "stars")))  # any order
+    for broken in ("[]", '{"config": null}', "\x89PNG"):
+        (copy / "finetune.json").write_text(broken, encoding="latin-1")
+        with pytest.raises(FinetuneError, match=r"adapter card .*finetune.json' (holds|is not UTF-8).*expected the "
+                                                r"finetune.json that `python -m helpers finetune` writes"):
+            ft.check_output(copy, resume=True, cfg=FinetuneConfig(steps=8))
+
+
 def test_star_drawing_stays_outside_the_world():
     from PIL import Image, ImageDraw
 

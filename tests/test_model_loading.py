@@ -339,3 +339,57 @@ def test_a_gpu_that_is_not_there(tiny_model_dir, monkeypatch) -> None:
 def test_model_of_the_wrong_type(model) -> None:
     with pytest.raises(TypeError, match=r"model must be a directory path or a hub id"):
         load(model, verbose=False)
+
+
+def test_a_kosmos2_model_variable_is_named_when_its_weights_fail_to_load(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "truncated")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    monkeypatch.setenv("KOSMOS2_MODEL", str(folder))
+    with pytest.raises(ModelLoadError) as excinfo:
+        load(verbose=False)
+    message = str(excinfo.value)
+    assert "SafetensorError" in message and "came from the KOSMOS2_MODEL environment variable" in message
+    assert "falls back" not in message
+
+
+def test_the_hub_probe_asks_huggingface_hubs_endpoint_and_counts_any_answer(monkeypatch) -> None:
+    """A mirror (HF_ENDPOINT) is asked instead of huggingface.co; a refusal or a rate limit is an answer (the
+    hub is there), only silence is not."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://mirror.example/")
+    asked = []
+
+    def answer(error):
+        def urlopen(request, timeout):
+            asked.append(request.full_url)
+            raise error
+        return urlopen
+
+    for error, reachable in ((urllib.error.HTTPError("u", 429, "Too Many Requests", {}, None), True),
+                             (urllib.error.HTTPError("u", 403, "Forbidden", {}, None), True),
+                             (urllib.error.URLError("no route to host"), False), (TimeoutError(), False)):
+        monkeypatch.setattr(urllib.request, "urlopen", answer(error))
+        assert hm.hub_reachable() is reachable, error
+    assert set(asked) == {f"https://mirror.example/api/models/{REAL_MODEL}"}
+
+
+def test_a_cache_with_sharded_safetensors_counts_as_cached(tmp_path, monkeypatch) -> None:
+    import huggingface_hub
+
+    files = {"config.json": tmp_path / "config.json", "model.safetensors.index.json": tmp_path / "index.json",
+             "model-00001-of-00002.safetensors": tmp_path / "a", "model-00002-of-00002.safetensors": tmp_path / "b"}
+    (tmp_path / "index.json").write_text(json.dumps({"weight_map": {
+        "x.weight": "model-00001-of-00002.safetensors", "y.weight": "model-00002-of-00002.safetensors"}}))
+    present = dict(files)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo_id, name: str(present[name]) if name in present else None)
+    assert hm.real_model_cached("someone/sharded")
+    del present["model-00002-of-00002.safetensors"]  # one shard missing: not usable offline
+    assert not hm.real_model_cached("someone/sharded")
+    present = {"config.json": files["config.json"]}  # no weights at all (or only pytorch_model.bin)
+    assert not hm.real_model_cached("someone/sharded")

@@ -206,18 +206,22 @@ def test_the_recorded_commands_of_the_shipped_model_pass_the_checks() -> None:
 
 
 def test_a_run_into_a_model_folder_removes_the_evaluations_of_the_weights_it_replaces(tmp_path, capsys) -> None:
-    """The card reads evaluation*.json: left there, they would describe the old weights as the new ones."""
-    out = tmp_path / "model"
-    out.mkdir()
-    for name in ("evaluation.json", "evaluation-seed7.json", "notes.txt"):
-        (out / name).write_text("{}")
-    code = helpers_main(["train", "--out", str(out), "--vision-steps", "1", "--steps", "2", "--batch-size", "2",
-                         "--threads", "1", "--no-evaluate"])
+    """The card reads evaluation*.json: left there, they would describe the old weights as the new ones; the card
+    written from them goes too (with --no-evaluate nothing would rewrite it), a README of another kind stays."""
+    out, other = tmp_path / "model", tmp_path / "other"
+    for folder, readme in ((out, training.CARD_TITLE + "\n\nold figures\n"), (other, "# my notes\n")):
+        folder.mkdir()
+        for name in ("evaluation.json", "evaluation-seed7.json", "notes.txt"):
+            (folder / name).write_text("{}")
+        (folder / "README.md").write_text(readme)
+        code = helpers_main(["train", "--out", str(folder), "--vision-steps", "1", "--steps", "2", "--batch-size",
+                             "2", "--threads", "1", "--no-evaluate"])
+        assert code == 0
+        assert (folder / "model.safetensors").is_file() and (folder / "notes.txt").is_file()
+        assert not list(folder.glob("evaluation*.json"))
     printed = capsys.readouterr().out
-    assert code == 0
-    assert (out / "model.safetensors").is_file() and (out / "notes.txt").is_file()
-    assert not list(out.glob("evaluation*.json"))
-    assert "removed evaluation-seed7.json, evaluation.json from" in printed
+    assert not (out / "README.md").exists() and (other / "README.md").read_text() == "# my notes\n"
+    assert "removed evaluation-seed7.json, evaluation.json, README.md from" in printed
 
 
 def test_a_share_of_exactly_1_is_accepted(tmp_path) -> None:

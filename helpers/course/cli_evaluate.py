@@ -8,7 +8,7 @@ Examples::
     python -m helpers evaluate refcoco mdetr_annotations/finetune_refcocog_val.json --images coco/train2014
     python -m helpers evaluate flickr30k flickr30k_entities --split test --images flickr30k-images
 
-Each run writes one JSON line per scored item to ``--out`` (default ``outputs/evaluate_<benchmark>.jsonl``)
+Each run writes one JSON line per scored item to ``--out`` (default ``outputs/evaluate/<benchmark>.jsonl``)
 and prints the table. The benchmarks decode as the Kosmos-2 authors did (greedy, ``no_repeat_ngram_size``
 3); ``world`` uses plain greedy decoding. ``--no-repeat-ngram-size`` and ``--num-beams`` change that.
 

@@ -229,15 +229,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(args, int):
         return args
 
-    try:  # the same checks on every process, before any of them loads a model
+    out = Path(args.out)
+    problem = out_file_problem(out)  # the same checks on every process, before any of them loads a model
+    if problem:
+        return _fail(problem)
+    try:
         files = image_files(args.images)
         check_images(files)  # every file opens as an image, as ground's command checks too
     except ImageLoadError as err:
         return _fail(str(err))
-    out = Path(args.out)
-    problem = out_file_problem(out)
-    if problem:
-        return _fail(problem)
 
     state = _state()
     try:

@@ -113,3 +113,15 @@ def _whole(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default after its help, as ``(default: …)``; left out where there is none
+    to show (``None``, an empty list) and for switches (``--vision``, ``--no-evaluate``): the help says what
+    happens then. The course's commands (``finetune``, ``finetune-demo``, ``train``, ``modelcard``) use it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if action.nargs == 0 or default is None or (isinstance(default, (tuple, list)) and not default):
+            return action.help
+        return super()._get_help_string(action)

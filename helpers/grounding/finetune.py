@@ -72,8 +72,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from helpers.grounding.boxes import coco_to_normalized
-from helpers.grounding.checks import (check_positive_int, check_positive_number, positive_int_option,
-                                      positive_number_option)
+from helpers.grounding.checks import (DefaultsHelpFormatter, check_positive_int, check_positive_number,
+                                      positive_int_option, positive_number_option)
 from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, CaptionScores, Score, score_any_box, score_caption
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
 from helpers.grounding.model import ModelLoadError, check_device, check_bf16, default_dtype, try_gpu
@@ -158,21 +158,32 @@ class ImageRecord:
         return [o for g in self.groups for o in g]
 
 
+#: What each JSON file the fine-tuning reads should hold, for its messages.
+_EXPECTED = {"annotation file": "COCO detection JSON with 'images', 'annotations' and 'categories'",
+             "adapter card": f"the {CARD_FILE} that `python -m helpers finetune` writes, a JSON object"}
+
+
 def _read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``; ``what`` (a key of :data:`_EXPECTED`) names it in the :class:`FinetuneError` for a
+    missing, binary, empty or malformed file, and for an adapter card that is not a JSON object."""
+    expected = _EXPECTED[what]
     if not path.is_file():
         raise FinetuneError(f"{what} {str(path)!r} does not exist (or is not a file)")
     try:
         text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:  # a picture or another binary file given for the annotations
+    except UnicodeDecodeError as err:  # a picture or another binary file
         raise FinetuneError(f"{what} {str(path)!r} is not UTF-8 JSON text (byte {err.start} is not UTF-8); expected "
-                            "COCO detection JSON with 'images', 'annotations' and 'categories'") from None
+                            f"{expected}") from None
     if not text.strip():
-        raise FinetuneError(f"{what} {str(path)!r} is empty; expected COCO detection JSON with 'images', "
-                            "'annotations' and 'categories'")
+        raise FinetuneError(f"{what} {str(path)!r} is empty; expected {expected}")
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise FinetuneError(f"{what} {str(path)!r} is not valid JSON: {err}") from None
+    if what == "adapter card" and not (isinstance(data, dict) and isinstance(data.get("config", {}), dict)):
+        raise FinetuneError(f"{what} {str(path)!r} holds {type(data).__name__} data with no settings object; "
+                            f"expected {expected}")
+    return data
 
 
 def _normalized_box(bbox: Any, width: int, height: int, where: str) -> tuple[float, float, float, float]:
@@ -383,13 +394,10 @@ def check_kosmos2(base: str | os.PathLike) -> None:
             source = m.check_source(source)
     except ModelLoadError as err:
         raise BaseModelError(str(err)) from None
-    from transformers import AutoConfig
-
     try:
-        with m._quiet():
-            config = AutoConfig.from_pretrained(str(local) if has_config else source, trust_remote_code=False)
-    except Exception as err:  # a corrupt config.json, a hub id the hub does not know …
-        raise BaseModelError(str(m._load_failure(source, err))) from None
+        config = m.read_config(str(local) if has_config else source)
+    except ModelLoadError as err:  # a corrupt config.json, a hub id the hub does not know …
+        raise BaseModelError(str(err)) from None
     if config.model_type != "kosmos-2":
         raise BaseModelError(f"base model {source!r} is a {config.model_type!r} model, not Kosmos-2 "
                              "(model_type 'kosmos-2'); fine-tuning here needs a Kosmos-2 checkpoint such as "
@@ -638,8 +646,8 @@ ADAPTER_SETTINGS = {"rank": "--rank", "alpha": "--alpha", "dropout": "dropout", 
 def _setting(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
-    if isinstance(value, (list, tuple)):
-        return " ".join(map(str, value)) or "none"
+    if isinstance(value, (list, tuple)):  # the words whose embeddings are trained: a set, in any order
+        return " ".join(sorted(map(str, value))) or "none"
     return str(value)
 
 
@@ -974,18 +982,6 @@ def add_figures(out: str | os.PathLike, figures: dict) -> None:
 # ----------------------------------------------------------------------------------------------- command
 
 PROG = "python -m helpers finetune"
-
-
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` with each option's default after its help, as ``(default: …)``; left out where there is none
-    to show (``None``, an empty list) and for switches (``--vision``, ``--no-evaluate``): the help says what
-    happens then. The course's commands (``finetune``, ``finetune-demo``, ``train``, ``modelcard``) use it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        default = action.default
-        if action.nargs == 0 or default is None or (isinstance(default, (tuple, list)) and not default):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

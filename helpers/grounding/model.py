@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import numbers
 import os
+import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -29,7 +31,6 @@ from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, count_phrase
 from helpers.grounding.tokens import Grounding, parse_generation
 
 REAL_MODEL = "microsoft/kosmos-2-patch14-224"
-_HUB_PROBE_URL = "https://huggingface.co/api/models/" + REAL_MODEL
 
 #: Functions called as ``hook(images, prompts, results)`` after every :func:`ground` call, with the RGB
 #: images, one prompt per image and the results. Empty unless something adds to it: the course's main job
@@ -137,21 +138,41 @@ def _offline() -> bool:
 
 
 def real_model_cached(repo_id: str = REAL_MODEL) -> bool:
-    """True when the model's config and weights are in the local Hugging Face cache."""
+    """True when the model's config and safetensors weights are in the local Hugging Face cache: one
+    ``model.safetensors``, or every shard that ``model.safetensors.index.json`` lists."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
         return False
-    config = try_to_load_from_cache(repo_id, "config.json")
-    weights = try_to_load_from_cache(repo_id, "model.safetensors")
-    return isinstance(config, str) and isinstance(weights, str)
+
+    def cached(name: str) -> str | None:
+        path = try_to_load_from_cache(repo_id, name)
+        return path if isinstance(path, str) else None
+
+    if cached("config.json") is None:
+        return False
+    if cached("model.safetensors") is not None:
+        return True
+    index = cached("model.safetensors.index.json")
+    try:
+        shards = set(json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"].values()) if index else set()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return bool(shards) and all(cached(shard) is not None for shard in shards)
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
-    """A short probe of the model hub (never called when ``HF_HUB_OFFLINE=1``)."""
+    """A short probe of the model hub (never called when ``HF_HUB_OFFLINE=1``): the real model's page on the
+    endpoint ``huggingface_hub`` uses (``HF_ENDPOINT``, for a mirror). Any HTTP answer counts, a refusal or a
+    rate limit included (the hub is there; downloads may still work); no answer within ``timeout`` does not."""
+    from huggingface_hub import constants
+
+    url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{REAL_MODEL}"
     try:
-        with urllib.request.urlopen(urllib.request.Request(_HUB_PROBE_URL, method="HEAD"), timeout=timeout):
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
             return True
+    except urllib.error.HTTPError:
+        return True
     except Exception:
         return False
 
@@ -198,14 +219,15 @@ def _check_local_dir(path: Path, from_env: bool = False) -> None:
         )
 
 
-def check_source(source: str, from_env: bool = False) -> str:
+def check_source(source: str, from_env: bool = False, hub_answered: bool = False) -> str:
     """Check, before anything loads, that ``source`` can be loaded from where it is; return it (a local folder
     as a path string).
 
     A local folder (or what is not a hub id) must hold ``config.json`` and safetensors weights; a hub id that
     is not in the local cache needs the hub: refused at once under ``HF_HUB_OFFLINE=1``, and when a short probe
-    (:func:`hub_reachable`) gets no answer, instead of minutes of transformers' retries. ``from_env``: the name
-    came from ``KOSMOS2_MODEL``, which the message then names.
+    (:func:`hub_reachable`) gets no answer, instead of minutes of transformers' retries (``hub_answered``: a
+    probe just did answer, so none is made). ``from_env``: the name came from ``KOSMOS2_MODEL``, which the
+    message then names.
 
     Raises:
         ModelLoadError: with what is wrong and how to get a model.
@@ -218,7 +240,7 @@ def check_source(source: str, from_env: bool = False) -> str:
         if _offline():
             raise ModelLoadError(f"{source!r} looks like a hub id, but HF_HUB_OFFLINE=1 and it is not in the local "
                                  "cache (nor is there a local directory of that name)." + _how_to_get_help(from_env))
-        if not hub_reachable():
+        if not hub_answered and not hub_reachable():
             raise ModelLoadError(f"{source!r} looks like a hub id that is not in the local cache (nor is there a local "
                                  "directory of that name), and the Hugging Face hub did not answer, so it cannot be "
                                  "downloaded." + _how_to_get_help(from_env))
@@ -271,14 +293,15 @@ def _check_dtype(dtype: object):
     return dtype
 
 
-def _load_failure(source: str, err: Exception) -> ModelLoadError:
-    """A :class:`ModelLoadError` for an exception raised by ``from_pretrained``."""
+def _load_failure(source: str, err: Exception, from_env: bool = False) -> ModelLoadError:
+    """A :class:`ModelLoadError` for an exception raised by ``from_pretrained`` (``from_env``: the name came from
+    ``KOSMOS2_MODEL``)."""
     text = str(err)
     if "trust_remote_code" in text or "custom code" in text:
         return ModelLoadError(
             f"could not load {source!r}: it needs custom Python code from the model folder or the hub (an "
             "'auto_map' in its config), and load() never runs such code. Expected a Kosmos-2 checkpoint "
-            "(model_type 'kosmos-2') that transformers loads with its own code." + _how_to_get_help()
+            "(model_type 'kosmos-2') that transformers loads with its own code." + _how_to_get_help(from_env)
         )
     if isinstance(err, ImportError):  # the model is there; a package is not: downloading would not help
         return ModelLoadError(f"could not load {source!r}: a package it needs is missing ({type(err).__name__}: "
@@ -286,7 +309,19 @@ def _load_failure(source: str, err: Exception) -> ModelLoadError:
                               "or the Python process, so that transformers sees it.")
     text = " ".join(text.split())  # one line: some library messages span several
     end = "" if text.endswith((".", "!", "?")) else "."
-    return ModelLoadError(f"could not load {source!r}: {type(err).__name__}: {text}{end}" + _how_to_get_help())
+    return ModelLoadError(f"could not load {source!r}: {type(err).__name__}: {text}{end}" + _how_to_get_help(from_env))
+
+
+def read_config(source: str):
+    """The config of the model at ``source`` (a folder or hub id) without its weights, quietly; a failure is a
+    :class:`ModelLoadError` worded as :func:`load` words it."""
+    from transformers import AutoConfig
+
+    try:
+        with _quiet():
+            return AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except Exception as err:  # a corrupt config.json, a hub id the hub does not know …
+        raise _load_failure(source, err) from err
 
 
 @contextlib.contextmanager
@@ -363,7 +398,8 @@ def load(
 
     source, reason = resolve_source(model)
     bundled = Path(source).exists() and Path(source).resolve() == bundled_model_dir().resolve()
-    source = check_source(source, from_env=model is None and reason == "KOSMOS2_MODEL is set")
+    from_env = model is None and reason == "KOSMOS2_MODEL is set"
+    source = check_source(source, from_env=from_env, hub_answered=reason == "the model hub answered")
     device = device or try_gpu()
     if quantization is not None:  # a quantization this machine cannot do is refused before loading anything
         quant.plan(quantization, device, dtype, None)
@@ -374,14 +410,14 @@ def load(
             if quantization is None and device == "cpu":  # load() chooses by the model's size
                 size = _parameters_from_config(source)
     except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
-        raise _load_failure(source, err) from err
+        raise _load_failure(source, err, from_env) from err
     chosen = quant.plan(quantization, device, dtype, size)
     kwargs = {**quant.from_pretrained_kwargs(chosen, device), "use_safetensors": True, "trust_remote_code": False}
     try:
         with _quiet():
             net = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
-        raise _load_failure(source, err) from err
+        raise _load_failure(source, err, from_env) from err
     if chosen.quantization in quant.BITSANDBYTES:  # its packed 4-bit weights count two per element
         parameters = size or _parameters_from_config(source)
     else:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from helpers.grounding.evaluation import HELD_OUT_SEED, caption_error_table, evaluate, metrics_table
-from helpers.world.training import HEADS_FILE, LOCATION_FEATURES, recorded_runs
+from helpers.world.training import CARD_TITLE, HEADS_FILE, LOCATION_FEATURES, recorded_runs
 
 #: Settings of a run that are not part of its recipe (where it saves, how it logs, which device draws batches).
 _NOT_RECIPE = {"out", "resume", "checkpoint", "checkpoint_minutes", "threads", "evaluate", "log_every", "device",
@@ -166,7 +166,7 @@ def _card_text(model, result: dict, training: dict) -> str:
                   if f.name != HEADS_FILE) / 1e6  # the training-only heads are not part of the model
     other_seeds = [json.loads(f.read_text())["seed"] for f in sorted(Path(model.name_or_path).glob("evaluation-seed*.json"))]
     lines = [
-        "# kosmos2-tiny-world — the course's bundled offline model",
+        CARD_TITLE,
         "",
         "A small model with the **Kosmos-2 architecture** (`Kosmos2ForConditionalGeneration`, `Kosmos2Processor`,",
         "the same special tokens, 1 024 location tokens and prompts as `microsoft/kosmos-2-patch14-224`), trained",
@@ -314,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unreadable ``evaluation.json``; 1 when ``model_dir`` holds no model that loads (not a folder, no
     ``config.json``, missing or corrupt weights), as ``ground``, ``evaluate`` and ``finetune`` say it."""
     from helpers.grounding.checks import positive_int_option
-    from helpers.grounding.finetune import DefaultsHelpFormatter
+    from helpers.grounding.checks import DefaultsHelpFormatter
     from helpers.grounding.model import ModelLoadError
 
     parser = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter,

@@ -154,7 +154,7 @@ PROG = "python -m helpers finetune-demo"
 
 def build_parser() -> argparse.ArgumentParser:
     from helpers.grounding.checks import count_option, positive_int_option, positive_number_option
-    from helpers.grounding.finetune import DefaultsHelpFormatter
+    from helpers.grounding.checks import DefaultsHelpFormatter
 
     parser = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter,
                                      description="The stars demonstration: data, fine-tuning, figures.")

@@ -655,6 +655,8 @@ class AttentionTap:
 
 #: File of a run's folder that keeps the training-only heads, so that ``--resume`` continues with them.
 HEADS_FILE = "training_heads.safetensors"
+#: The first line of the model card that ``python -m helpers modelcard`` writes (``README.md``).
+CARD_TITLE = "# kosmos2-tiny-world — the course's bundled offline model"
 
 
 def save_heads(folder: Path, heads: DenseHeads, token_heads: DenseHeads) -> None:
@@ -897,11 +899,12 @@ def build_parser() -> argparse.ArgumentParser:
     Each option's type checks its range, so a bad value stops the command before any work (exit status 2).
     """
     share, at_least_0 = number_option(share=True), number_option()
-    from helpers.grounding.finetune import DefaultsHelpFormatter
+    from helpers.grounding.checks import DefaultsHelpFormatter
 
     parser = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter,
                                      description="Train the bundled Kosmos-2 model on the synthetic world.")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the model (created if need be)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the model (created if need be); a model there is replaced, and its "
+                             "evaluation*.json and model card, which describe the old weights, are removed")
     parser.add_argument("--seed", type=int, default=0, help="seed of the new model's weights and of the scenes drawn")
     parser.add_argument("--vision-steps", type=count_option, default=300,
                         help="steps of the vision tower alone (dense supervision) before the joint stage")
@@ -1068,6 +1071,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     stale = sorted(args.out.glob("evaluation*.json"))  # they measured the weights this run replaces
+    card = args.out / "README.md"
+    if card.is_file() and card.read_text(encoding="utf-8", errors="replace").startswith(CARD_TITLE):
+        stale.append(card)  # the model card written from them (a README of another kind stays)
     for path in stale:
         path.unlink()
     model.save_pretrained(args.out, safe_serialization=True)
