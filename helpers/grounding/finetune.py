@@ -76,7 +76,7 @@ from helpers.grounding.checks import (DefaultsHelpFormatter, check_positive_int,
                                       positive_int_option, positive_number_option)
 from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, CaptionScores, Score, score_any_box, score_caption
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
-from helpers.grounding.model import ModelLoadError, check_device, check_bf16, default_dtype, try_gpu
+from helpers.grounding.model import ModelLoadError, check_bf16, check_device, default_dtype, parameter_count, try_gpu
 from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt, with_box
 from helpers.grounding.tokens import object_tokens
 
@@ -445,12 +445,6 @@ def same_base(saved: dict, current: dict) -> bool:
         return False
     tol = 0.05 * max(saved["probe_rms"], 1e-8)
     return all(abs(a - b) <= tol for a, b in zip(saved["probe"], current["probe"]))
-
-
-def parameter_count(model) -> int:
-    """The model's parameters, a bitsandbytes 4-bit weight counted by its shape (its storage packs two in a byte)."""
-    return sum(math.prod(p.quant_state.shape) if getattr(p, "quant_state", None) is not None else p.numel()
-               for p in model.parameters())
 
 
 def check_adapter(adapter: str | os.PathLike, model) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import numbers
 import os
 import urllib.error
@@ -418,18 +419,14 @@ def load(
             net = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
         raise _load_failure(source, err, from_env) from err
-    if chosen.quantization in quant.BITSANDBYTES:  # its packed 4-bit weights count two per element
-        parameters = size or _parameters_from_config(source)
-    else:
-        parameters = sum(p.numel() for p in net.parameters())
+    parameters = parameter_count(net)
     if chosen.quantization not in quant.BITSANDBYTES:  # bitsandbytes placed the weights already
         net = net.to(device)
     if adapter is not None:
         from helpers.grounding.finetune import attach_adapter
 
         net = attach_adapter(net, adapter)
-        parameters = sum(p.numel() for p in net.parameters()) if chosen.quantization not in quant.BITSANDBYTES \
-            else parameters
+        parameters = parameter_count(net)
         if chosen.quantization in (*quant.IN_PLACE, *quant.ONNXRUNTIME):  # quantized with the adapters merged in
             net = net.merge_and_unload()
     if chosen.quantization in quant.IN_PLACE:
@@ -460,6 +457,12 @@ def load(
     if verbose:
         print(info.banner())
     return net, processor
+
+
+def parameter_count(model) -> int:
+    """The model's parameters, a bitsandbytes 4-bit weight counted by its shape (its storage packs two in a byte)."""
+    return sum(math.prod(p.quant_state.shape) if getattr(p, "quant_state", None) is not None else p.numel()
+               for p in model.parameters())
 
 
 def _parameters_from_config(source: str) -> int:
