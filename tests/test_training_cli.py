@@ -211,7 +211,7 @@ def test_a_run_into_a_model_folder_removes_the_evaluations_of_the_weights_it_rep
     out, other = tmp_path / "model", tmp_path / "other"
     for folder, readme in ((out, training.CARD_TITLE + "\n\nold figures\n"), (other, "# my notes\n")):
         folder.mkdir()
-        for name in ("evaluation.json", "evaluation-seed7.json", "notes.txt"):
+        for name in ("config.json", "evaluation.json", "evaluation-seed7.json", "notes.txt"):  # a model folder
             (folder / name).write_text("{}")
         (folder / "README.md").write_text(readme)
         code = helpers_main(["train", "--out", str(folder), "--vision-steps", "1", "--steps", "2", "--batch-size",
@@ -258,3 +258,16 @@ def test_help_says_what_every_option_does_and_shows_its_default(monkeypatch) -> 
         assert helps[flag].endswith(f"(default: {default})"), flag
     assert "torch CPU threads" in helps["--threads"]
     assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
+
+
+def test_an_out_folder_holding_other_files_is_refused(tmp_path, capsys, no_work) -> None:
+    """A folder of photos, say: the run would have mixed a model's files into it."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "cat.jpg").write_text("")
+    code = helpers_main(["train", "--out", str(photos), "--no-evaluate"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines()[-1] == (
+        f"{PREFIX}--out {str(photos)!r} holds files but no saved model: give a new or empty folder, or one with a "
+        "model to replace")
+    assert sorted(p.name for p in photos.iterdir()) == ["cat.jpg"]

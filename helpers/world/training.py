@@ -903,8 +903,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter,
                                      description="Train the bundled Kosmos-2 model on the synthetic world.")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the model (created if need be); a model there is replaced, and its "
-                             "evaluation*.json and model card, which describe the old weights, are removed")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the model: new, empty, or holding a model, which is replaced (its "
+                             "evaluation*.json and model card, which describe the old weights, are removed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the new model's weights and of the scenes drawn")
     parser.add_argument("--vision-steps", type=count_option, default=300,
                         help="steps of the vision tower alone (dense supervision) before the joint stage")
@@ -991,8 +991,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def check_args(args: argparse.Namespace) -> None:
     """Raise ``ValueError`` for what the options' types cannot see: ``--out`` or ``--checkpoint`` at (or under)
-    a file, a ``--resume`` that is not a folder with a saved model, a ``--device`` torch does not know or,
-    for ``cuda``, a torch without a GPU."""
+    a file, an ``--out`` folder holding files but no saved model (the run would mix its files in), a
+    ``--resume`` that is not a folder with a saved model, a ``--device`` torch does not know or, for ``cuda``,
+    a torch without a GPU."""
     for flag, folder in (("--out", args.out), ("--checkpoint", args.checkpoint)):
         if folder is None:
             continue
@@ -1002,6 +1003,10 @@ def check_args(args: argparse.Namespace) -> None:
                     where = "" if path == folder else f": {str(path)!r}"
                     raise ValueError(f"{flag} {str(folder)!r}{where} is a file; give a folder for the model")
                 break
+    out = args.out
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ValueError(f"--out {str(out)!r} holds files but no saved model: give a new or empty folder, or one "
+                         "with a model to replace")
     if args.resume is not None:
         resume = args.resume
         if not resume.exists():
