@@ -845,6 +845,19 @@ def test_a_resumed_run_keeps_the_shape_of_its_adapters(trained, tiny_model_dir, 
     ft.check_output(out, resume=True, cfg=FinetuneConfig(steps=8, new_words=("star",)))  # the saved shape: accepted
 
 
+def test_a_resume_with_no_step_left_to_make_is_refused(trained):
+    """--steps counts the earlier steps: asking for no more than were made would save the same adapters again."""
+    import helpers.grounding.finetune as ft
+
+    out, _ = trained  # 4 steps made
+    for steps in (2, 4):
+        with pytest.raises(FinetuneError, match=rf"already made 4 steps, and steps={steps} counts them .* ask for "
+                                                r"more than 4"):
+            ft.check_output(out, resume=True, cfg=FinetuneConfig(steps=steps, new_words=("star",)))
+    ft.check_output(out, resume=True, cfg=FinetuneConfig(steps=5, new_words=("star",)))
+    ft.check_output(out, resume=True, cfg=FinetuneConfig(minutes=1, new_words=("star",)))  # a time budget: more steps
+
+
 def test_resuming_compares_the_new_words_as_a_set_and_names_a_broken_card(trained, tmp_path):
     import shutil
 

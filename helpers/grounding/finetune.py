@@ -649,14 +649,19 @@ def check_output(out: str | os.PathLike, *, resume: bool = False, resumable: boo
                  cfg: FinetuneConfig | None = None) -> None:
     """Raise :class:`FinetuneError` unless ``out`` can take a run: a new or empty folder, or (``resume``) one
     holding a saved run, whose adapters have the shape ``cfg`` asks for (:data:`ADAPTER_SETTINGS`, when ``cfg``
-    is given). ``resumable=False`` leaves the hint to resume out of the message."""
+    is given) and which has made fewer steps than ``cfg.steps`` (a total: nothing would be left to train). ``resumable=False`` leaves the hint to resume out of the message."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FinetuneError(f"output folder {str(out)!r} is a file; choose a folder for the adapters")
     if resume:
         if not (out / OPTIMIZER_FILE).is_file():
             raise FinetuneError(f"cannot resume: {str(out)!r} holds no saved run ({OPTIMIZER_FILE} missing)")
-        saved = _read_json(out / CARD_FILE, "adapter card").get("config", {}) if (out / CARD_FILE).is_file() else {}
+        card = _read_json(out / CARD_FILE, "adapter card") if (out / CARD_FILE).is_file() else {}
+        saved = card.get("config", {})
+        done = card.get("steps")
+        if cfg is not None and cfg.steps is not None and isinstance(done, int) and done >= cfg.steps:
+            raise FinetuneError(f"the run in {str(out)!r} already made {done} steps, and steps={cfg.steps} counts them "
+                                f"(--steps is the total of a resumed run): ask for more than {done}")
         changed = [f"{option} {_setting(getattr(cfg, key))} (the saved adapters: {_setting(saved[key])})"
                    for key, option in ADAPTER_SETTINGS.items()
                    if cfg is not None and key in saved and _setting(saved[key]) != _setting(getattr(cfg, key))]
