@@ -716,13 +716,9 @@ def _has_default(action) -> bool:
     return action.nargs != 0 and action.default is not None and action.default != ()
 
 
-def test_finetune_help_says_what_every_option_does_and_its_default(monkeypatch):
-    """--help said nothing of --device and --threads, nor the defaults of --batch-size, --lr, --rank, --alpha and
-    --seed, nor that --steps or --minutes is required."""
-    from helpers.grounding.finetune import build_parser
-
+def _check_every_option_has_help_and_default(parser, monkeypatch) -> dict:
+    """Every option of ``parser`` has a help line that shows its default where it has one; returns the lines."""
     monkeypatch.setenv("COLUMNS", "300")  # no line breaks inside a default
-    parser = build_parser()
     helps = _option_help(parser)
     for action in parser._actions:
         if not action.option_strings or action.dest == "help":
@@ -731,6 +727,16 @@ def test_finetune_help_says_what_every_option_does_and_its_default(monkeypatch):
         assert action.help and flag in helps and len(helps[flag]) > len(flag) + 10, flag
         if _has_default(action):
             assert f"(default: {action.default})" in helps[flag], flag
+    return helps
+
+
+def test_finetune_help_says_what_every_option_does_and_its_default(monkeypatch):
+    """--help said nothing of --device and --threads, nor the defaults of --batch-size, --lr, --rank, --alpha and
+    --seed, nor that --steps or --minutes is required."""
+    from helpers.grounding.finetune import build_parser
+
+    parser = build_parser()
+    helps = _check_every_option_has_help_and_default(parser, monkeypatch)
     for flag, default in (("--batch-size", 8), ("--lr", 0.001), ("--rank", 16), ("--alpha", 32), ("--seed", 0)):
         assert f"(default: {default})" in helps[flag]
     assert "--steps or --minutes (or both) is required" in helps["--steps"]
@@ -741,16 +747,7 @@ def test_finetune_help_says_what_every_option_does_and_its_default(monkeypatch):
 def test_finetune_demo_help_shows_its_defaults(monkeypatch):
     from helpers.world.new_kinds import build_parser
 
-    monkeypatch.setenv("COLUMNS", "300")  # no line breaks inside a default
-    parser = build_parser()
-    helps = _option_help(parser)
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        flag = action.option_strings[0]
-        assert action.help and flag in helps, flag
-        if _has_default(action):
-            assert f"(default: {action.default})" in helps[flag], flag
+    helps = _check_every_option_has_help_and_default(build_parser(), monkeypatch)
     for flag, default in (("--minutes", 9.5), ("--train-images", 1500), ("--world-images", 4500),
                           ("--held-out-images", 240), ("--batch-size", 16), ("--threads", 2)):
         assert f"(default: {default})" in helps[flag]
@@ -1005,7 +1002,7 @@ def test_box_accuracy_counts_every_object_of_a_group_and_caption_boxes_that_hit(
     import helpers.grounding.model
     from helpers.grounding.finetune import AnnotatedObject, ImageRecord, box_accuracy
     from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt
-    from helpers.grounding.tokens import Entity, Grounding
+    from test_caption_errors import caption as answer  # a Grounding from (phrase, boxes) pairs
 
     cat, dog = Category(1, "cat", "cats"), Category(2, "dog", "dogs")
     cat1, cat2 = (AnnotatedObject(cat, (0.0, 0.0, 0.25, 0.25), "two cats"),
@@ -1013,14 +1010,6 @@ def test_box_accuracy_counts_every_object_of_a_group_and_caption_boxes_that_hit(
     dog1 = AnnotatedObject(dog, (0.0, 0.5, 0.25, 0.75), "a dog")
     Image.new("RGB", (40, 40), "white").save(tmp_path / "pets.png")
     record = ImageRecord(tmp_path / "pets.png", 40, 40, 1, [[cat1, cat2], [dog1]])
-
-    def answer(*entities):
-        caption, out = "", []
-        for phrase, boxes in entities:
-            caption += " and " if caption else ""
-            out.append(Entity(phrase, (len(caption), len(caption) + len(phrase)), boxes))
-            caption += phrase
-        return Grounding(caption, out)
 
     comprehension = {comprehension_prompt("the cats"): answer(("the cats", [cat2.box])),
                      comprehension_prompt("the dog"): answer(("the dog", [dog1.box]))}
