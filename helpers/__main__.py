@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The Kosmos-2 grounding course's command line.",
         epilog=f"`{PROG} COMMAND --help` shows a command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {helpers.__version__}")
+    parser.add_argument("--version", action="version", version=f"kosmos2-grounding-course {helpers.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         commands.add_parser(name, help=help_text, add_help=False)

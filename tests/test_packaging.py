@@ -82,6 +82,16 @@ def test_console_script_points_at_the_cli_main() -> None:
     assert getattr(cli, attribute) is cli.main
 
 
+def test_version_names_the_distribution(capsys) -> None:
+    """`kosmos2-course --version` said "python -m helpers 0.1.0": the version is the distribution's."""
+    import helpers
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"{_pyproject()['project']['name']} {helpers.__version__}"
+
+
 def test_torch_is_a_range_so_colab_keeps_its_own() -> None:
     specs = _specs(_pyproject()["project"]["dependencies"])
     assert specs["torch"].startswith(">=")
