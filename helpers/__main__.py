@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _exit_code(module.main(args[1:]))
         except SystemExit as stop:  # a command's parser exits on --help (0) and on bad options (2)
             return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except NotADirectoryError as err:  # KOSMOS2_COURSE_DATA names a file (helpers.course.paths.data_dir)
+            print(f"python -m helpers {args[0]}: error: {err}", file=sys.stderr)
+            return 2
     parser = build_parser()
     parser.parse_args(args)  # --help, --version and unknown commands exit here
     parser.print_help(sys.stderr)

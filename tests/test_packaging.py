@@ -234,6 +234,20 @@ def test_data_dir_that_is_a_file_is_an_error(tmp_path: Path, monkeypatch: pytest
         paths.data_dir()
 
 
+def test_a_data_folder_that_is_a_file_is_one_line_from_a_command(tmp_path, monkeypatch, capsys) -> None:
+    from PIL import Image
+
+    a_file = tmp_path / "data.txt"
+    a_file.write_text("not a folder", encoding="utf-8")
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "white.png")
+    monkeypatch.setenv(paths.DATA_ENV_VAR, str(a_file))
+    assert cli.main(["ground", str(tmp_path / "white.png"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"python -m helpers ground: error: expected $KOSMOS2_COURSE_DATA to be a folder, but {a_file} exists and is "
+        "not a folder")
+    assert not (tmp_path / "out").exists()
+
+
 # --- Makefile and CI ------------------------------------------------------------------------------------
 
 
