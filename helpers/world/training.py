@@ -1054,6 +1054,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(err))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    from helpers.grounding.progress import interactive
+
+    if not interactive():  # KOSMOS2_PROGRESS=0, CI, a log file: no "Writing model shards" bar at each save
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if torch.device(args.device).type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matrix products: the tiny model trains in float32
     t0 = time.time()
