@@ -903,7 +903,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter,
                                      description="Train the bundled Kosmos-2 model on the synthetic world.")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the model: new, empty, or holding a model, which is replaced (its "
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder for the model: new, empty, or holding a model, which is replaced (its "
                              "evaluation*.json and model card, which describe the old weights, are removed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the new model's weights and of the scenes drawn")
     parser.add_argument("--vision-steps", type=count_option, default=300,
