@@ -164,7 +164,7 @@ def _card_text(model, result: dict, training: dict) -> str:
     params = sum(p.numel() for p in model.parameters())
     weights = sum(f.stat().st_size for f in Path(model.name_or_path).glob("*.safetensors")
                   if f.name != HEADS_FILE) / 1e6  # the training-only heads are not part of the model
-    other_seeds = [json.loads(f.read_text())["seed"] for f in sorted(Path(model.name_or_path).glob("evaluation-seed*.json"))]
+    others = _other_evaluations(Path(model.name_or_path))
     lines = [
         CARD_TITLE,
         "",
@@ -245,7 +245,7 @@ def _card_text(model, result: dict, training: dict) -> str:
         "```bash",
         *run_commands(training, "data/kosmos2-tiny-world"),
         "python -m helpers modelcard data/kosmos2-tiny-world",
-        *[f"python -m helpers modelcard data/kosmos2-tiny-world --seed {seed}" for seed in other_seeds],
+        *[f"python -m helpers modelcard data/kosmos2-tiny-world --seed {other['seed']}" for _, other in others],
         "```",
         "",
     ]
@@ -260,7 +260,7 @@ def _card_text(model, result: dict, training: dict) -> str:
         metrics_table(result),
         "",
         *_error_lines(result),
-        *_other_seed_lines(Path(model.name_or_path)),
+        *_other_seed_lines(others),
         "Time per image for a 32-token brief caption (greedy, float32, CPU): "
         f"{result['caption_seconds_per_image_32_tokens']['batch_1']:.3f} s at batch 1, "
         f"{result['caption_seconds_per_image_32_tokens']['batch_8']:.3f} s per image at batch 8.",
@@ -291,10 +291,14 @@ def _error_lines(result: dict) -> list[str]:
             caption_error_table(result["caption_errors"]), ""]
 
 
-def _other_seed_lines(model_dir: Path) -> list[str]:
+def _other_evaluations(model_dir: Path) -> list[tuple[Path, dict]]:
+    """The evaluations on other seeds in ``model_dir`` (``evaluation-seed*.json``), each file read once."""
+    return [(path, json.loads(path.read_text())) for path in sorted(model_dir.glob("evaluation-seed*.json"))]
+
+
+def _other_seed_lines(others: list[tuple[Path, dict]]) -> list[str]:
     lines = []
-    for path in sorted(model_dir.glob("evaluation-seed*.json")):
-        other = json.loads(path.read_text())
+    for path, other in others:
         lines += [f"A second set of unseen scenes, `sample_scenes(n, seed={other['seed']})` (`{path.name}`):", "",
                   metrics_table(other), "", *_error_lines(other)]
     return lines
