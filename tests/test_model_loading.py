@@ -203,7 +203,8 @@ def test_corrupt_config(tiny_model_dir: Path, tmp_path: Path) -> None:
     (folder / "config.json").write_text('{"model_type": "kosmos-2", ', encoding="utf-8")
     with pytest.raises(ModelLoadError) as excinfo:
         load(folder, verbose=False)
-    assert_load_error(excinfo, f"could not load {str(folder)!r}", "JSONDecodeError")
+    assert_load_error(excinfo, f"could not load {str(folder)!r}",
+                      f"the config file at {str(folder / 'config.json')!r} is not a valid JSON file")
 
 
 def test_truncated_safetensors(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -333,6 +334,41 @@ def test_a_gpu_that_is_not_there(tiny_model_dir, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match=r"device 'cuda' needs a CUDA GPU, but torch sees none"):
         load(tiny_model_dir, device="cuda", verbose=False)
+
+
+def test_one_device_has_one_name() -> None:
+    import torch
+
+    from helpers.grounding.model import check_device, default_dtype
+
+    assert check_device("cpu:0") == check_device(torch.device("cpu")) == "cpu"
+    assert default_dtype("mps:0") == default_dtype("mps") == torch.float16
+    assert default_dtype("cpu:0") == torch.float32
+
+
+def test_a_folder_of_adapters_says_to_load_them_with_their_base(tmp_path: Path) -> None:
+    folder = tmp_path / "adapters"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "base/kosmos"}), encoding="utf-8")
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=r"holds LoRA adapters \(adapter_config\.json\), not a whole model: load "
+                                             r"their base model with them, load\('base/kosmos', adapter='.*adapters'\)"):
+        load(folder, verbose=False)
+
+
+def test_a_folder_of_another_model_type_is_named_in_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "bert")
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}), encoding="utf-8")
+    with pytest.raises(ModelLoadError) as excinfo:
+        load(folder, verbose=False)
+    message = str(excinfo.value)
+    assert message.startswith(f"{str(folder)!r} holds a 'bert' model, not Kosmos-2: expected a Kosmos-2 checkpoint")
+    assert "\n" not in message and len(message) < 300
+
+
+def test_a_name_no_hub_id_can_have_is_taken_for_a_missing_folder(offline) -> None:
+    with pytest.raises(ModelLoadError, match=r"^model directory 'not a/valid id!!' does not exist\."):
+        load("not a/valid id!!", verbose=False)
 
 
 @pytest.mark.parametrize("model", [3, ["a/b"], b"path"])

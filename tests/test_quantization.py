@@ -200,13 +200,41 @@ def test_no_quantization_given_picks_the_fastest_cpu_path_for_a_large_model(tiny
     assert load(tiny_model_dir, device="cpu", dtype="float32", verbose=False)[0].load_info.quantization is None
 
 
-def test_the_automatic_choice_needs_torchao_and_a_cpu(monkeypatch) -> None:
-    monkeypatch.setattr(quant, "_version", lambda package: None)
-    assert quant.plan(None, "cpu", None, 2_000_000_000).quantization is None  # without torchao: float32
-    monkeypatch.undo()
+def test_the_automatic_choice_needs_a_cpu_and_a_large_model() -> None:
     assert quant.plan(None, "cpu", None, 2_000_000_000).quantization == quant.AUTO_CPU_CHOICE
+    assert quant.plan(None, "cpu:0", None, 2_000_000_000).quantization == quant.AUTO_CPU_CHOICE  # the same CPU
     assert quant.plan(None, "cuda", None, 2_000_000_000).quantization is None
     assert quant.plan(None, "cpu", None, 3_000_000).quantization is None
+    assert quant.plan(None, "cpu", torch.float32, 2_000_000_000).quantization is None  # a dtype asked for
+
+
+@pytest.mark.parametrize("torchao", [None, "0.10.0"])
+def test_without_a_usable_torchao_the_automatic_choice_is_int8_and_says_why(monkeypatch, torchao) -> None:
+    _versions(monkeypatch, torchao=torchao)
+    chosen = quant.plan(None, "cpu", None, 2_000_000_000)
+    assert (chosen.quantization, chosen.dtype) == (quant.AUTO_CPU_FALLBACK, torch.bfloat16)
+    assert chosen.reason.startswith("load() chose quantization='int8' because 'int4', faster still, cannot run here: "
+                                    "quantization='int4' needs torchao >= 0.18")
+    assert "pip install" in chosen.reason and chosen.reason.endswith("quantization='none' gives float32")
+
+
+def test_without_torchs_int8_kernel_a_large_model_stays_in_float32_and_says_why(monkeypatch) -> None:
+    import helpers.grounding.int8_linear as int8_linear
+
+    monkeypatch.setattr(int8_linear, "int8_kernel_available", lambda: False)
+    chosen = quant.plan(None, "cpu", None, 2_000_000_000)
+    assert (chosen.quantization, chosen.dtype) == (None, torch.float32)
+    assert chosen.reason.startswith("load() kept float32, several times slower per token than quantization='int4', "
+                                    "which cannot run here: quantization='int4' multiplies int8 weights")
+
+
+def test_the_banner_says_why_a_large_model_got_int8(tiny_model_dir, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(quant, "AUTO_CPU_PARAMETERS", 1_000)  # the tiny model stands in for the real one
+    _versions(monkeypatch, torchao=None)
+    model, _ = load(tiny_model_dir, device="cpu:0")
+    banner = capsys.readouterr().out
+    assert model.load_info.quantization == "int8" and model.load_info.device == "cpu"
+    assert "load() chose quantization='int8' because 'int4', faster still, cannot run here" in banner
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -220,14 +248,17 @@ def _versions(monkeypatch, **versions) -> None:
 @pytest.mark.parametrize(("name", "device", "versions", "message"), [
     ("4bit", "cpu", {"bitsandbytes": None}, r"needs bitsandbytes >= 0\.50\.2, which is not installed: pip install"),
     ("8bit", "cpu", {"bitsandbytes": "0.45.5"}, r"on the CPU needs bitsandbytes >= 0\.50\.2; this machine has "
-                                                 r"0\.45\.5: pip install -U .*'int8' or 'int4' also work"),
+                                                 r"0\.45\.5: pip install -U 'bitsandbytes>=0\.50\.2'\. On this "
+                                                 r"machine's CPU, quantization='int4-onnx', 'int4' or 'int8' run "
+                                                 r"\(fastest first\) instead$"),
     ("nf4", "cuda", {"bitsandbytes": "0.42.0"}, r"needs bitsandbytes >= 0\.43; this machine has 0\.42\.0"),
     ("int4", "cpu", {"torchao": None}, r"needs torchao >= 0\.18, which is not installed: pip install .*\[quant\]"),
     ("int4", "cpu", {"torchao": "0.10.0"}, r"needs torchao >= 0\.18; this machine has 0\.10\.0"),
     ("int8", "cuda", {}, r"'int8' is this course's CPU path"),
     ("int4", "cuda", {}, r"'int4' is this course's CPU path .* use '4bit', 'nf4' or '8bit', or pass device='cpu'"),
     ("4bit", "mps", {}, r"runs on a CUDA GPU or on the CPU, not on 'mps'"),
-    ("int4-onnx", "cpu", {"onnxruntime": None}, r"needs onnxruntime, not installed: pip install .*\[quant\]"),
+    ("int4-onnx", "cpu", {"onnxruntime": None}, r"needs onnxruntime, which is not installed: pip install .*\[quant\]"),
+    ("int4-onnx", "cpu", {"onnxruntime": None, "onnx": None}, r"needs onnxruntime, onnx, which are not installed"),
     ("int4-onnx", "cpu", {"onnxruntime": "1.19.0"}, r"needs onnxruntime >= 1\.32; this machine has 1\.19\.0"),
     ("int4-onnx", "cuda", {}, r"in ONNX Runtime on the CPU, not on 'cuda'.* pass device='cpu'"),
 ])
@@ -235,6 +266,39 @@ def test_what_the_machine_cannot_do_says_what_to_install_or_choose(monkeypatch, 
     _versions(monkeypatch, **versions)
     with pytest.raises(QuantizationError, match=message):
         quant.check_available(name, device)
+
+
+def test_a_missing_library_names_the_cpu_paths_that_run_here(monkeypatch) -> None:
+    _versions(monkeypatch, torchao=None, bitsandbytes=None)
+    with pytest.raises(QuantizationError, match=r"\. On this machine's CPU, quantization='int4-onnx' or 'int8' run "
+                                                r"\(fastest first\) instead$"):
+        quant.check_available("int4", "cpu")
+    _versions(monkeypatch, onnxruntime=None)
+    with pytest.raises(QuantizationError, match=r"\. On this machine's CPU, quantization='int8' runs instead$"):
+        quant.check_available("4bit", "cpu")
+    import helpers.grounding.int8_linear as int8_linear
+
+    monkeypatch.setattr(int8_linear, "int8_kernel_available", lambda: False)
+    with pytest.raises(QuantizationError, match=r"No quantized path runs on this machine's CPU as it is; "
+                                                r"quantization='none' gives float32$"):
+        quant.check_available("4bit", "cpu")
+    with pytest.raises(QuantizationError, match=r"not for 'cuda'; on a CUDA GPU use '4bit'.*device='cpu'$"):
+        quant.check_available("int4", "cuda")  # the device, not a library: no list of CPU paths
+
+
+def test_a_library_that_is_installed_but_does_not_import_is_named(monkeypatch) -> None:
+    _versions(monkeypatch, torchao="0.18.0")
+    real_import = quant.importlib.import_module
+
+    def broken(name, *args):
+        if name == "torchao":
+            raise ImportError("undefined symbol: _ZN3c10")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(quant.importlib, "import_module", broken)
+    with pytest.raises(QuantizationError, match=r"^torchao 0\.18\.0 is installed but does not import \(ImportError: "
+                                                r"undefined symbol: _ZN3c10\); reinstall it .*pip uninstall torchao"):
+        quant.import_quietly()
 
 
 def test_int8_needs_torchs_kernel_and_not_torchao(monkeypatch) -> None:

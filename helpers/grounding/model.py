@@ -127,9 +127,10 @@ def default_dtype(device: str):
     on the CPU."""
     import torch
 
-    if device.startswith("cuda"):
+    kind = torch.device(device).type
+    if kind == "cuda":
         return torch.bfloat16 if native_bf16(device) else torch.float16
-    if device == "mps":
+    if kind == "mps":
         return torch.float16
     return torch.float32
 
@@ -212,6 +213,15 @@ def _check_local_dir(path: Path, from_env: bool = False) -> None:
     if not path.is_dir():
         raise ModelLoadError(f"model directory {str(path)!r} does not exist." + help_)
     if not (path / "config.json").is_file():
+        adapter = path / "adapter_config.json"
+        if adapter.is_file():  # finetune's output: adapters that need their base model
+            try:
+                base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+            except (OSError, ValueError, AttributeError):
+                base = None
+            raise ModelLoadError(f"{str(path)!r} holds LoRA adapters (adapter_config.json), not a whole model: load "
+                                 f"their base model with them, load({str(base or 'BASE')!r}, adapter={str(path)!r})"
+                                 + (" (the base their adapter_config.json names)." if base else "."))
         raise ModelLoadError(f"{str(path)!r} has no config.json, so it is not a saved model." + help_)
     if not any(path.glob("*.safetensors")):
         raise ModelLoadError(
@@ -249,7 +259,8 @@ def check_source(source: str, from_env: bool = False, hub_answered: bool = False
 
 
 def check_device(device: object) -> str:
-    """``device`` as a string, after checking that torch can use it (``cpu``, ``cuda``, ``cuda:N`` or ``mps``)."""
+    """``device`` as a string, after checking that torch can use it: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+    ``"mps"`` (``"cpu:0"`` and ``"mps:0"`` become ``"cpu"`` and ``"mps"``, so that one name means one device)."""
     import torch
 
     if not isinstance(device, (str, torch.device)):
@@ -271,7 +282,7 @@ def check_device(device: object) -> str:
                              "leave device unset to use what is there")
     elif parsed.type != "cpu":
         raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
-    return str(device)
+    return str(parsed) if parsed.type == "cuda" else parsed.type
 
 
 def _check_dtype(dtype: object):
@@ -313,16 +324,16 @@ def _load_failure(source: str, err: Exception, from_env: bool = False) -> ModelL
     return ModelLoadError(f"could not load {source!r}: {type(err).__name__}: {text}{end}" + _how_to_get_help(from_env))
 
 
-def read_config(source: str):
+def read_config(source: str, from_env: bool = False):
     """The config of the model at ``source`` (a folder or hub id) without its weights, quietly; a failure is a
-    :class:`ModelLoadError` worded as :func:`load` words it."""
+    :class:`ModelLoadError` worded as :func:`load` words it (``from_env``: the name came from ``KOSMOS2_MODEL``)."""
     from transformers import AutoConfig
 
     try:
         with _quiet():
             return AutoConfig.from_pretrained(source, trust_remote_code=False)
     except Exception as err:  # a corrupt config.json, a hub id the hub does not know …
-        raise _load_failure(source, err) from err
+        raise _load_failure(source, err, from_env) from err
 
 
 @contextlib.contextmanager
@@ -356,11 +367,11 @@ def load(
 ):
     """Load ``(model, processor)``; see the module docstring for how the model is chosen.
 
-    ``quantization`` is one of :data:`helpers.quantization.QUANTIZATIONS`: ``"4bit"`` (the article's FP4),
+    ``quantization`` is one of :data:`helpers.grounding.quantization.QUANTIZATIONS`: ``"4bit"`` (the article's FP4),
     ``"nf4"`` and ``"8bit"`` (bitsandbytes, on a CUDA GPU or the CPU), ``"int8"`` and ``"int4"`` (CPU),
     ``"int4-onnx"`` (the text decoder in ONNX Runtime, CPU: the model returned only generates, see
-    :mod:`helpers.grounding.onnx_decoder`) or ``"none"``; ``None`` lets :func:`helpers.quantization.plan`
-    choose (on a CPU, int4 for the real model's size; float weights otherwise), and the banner says what it
+    :mod:`helpers.grounding.onnx_decoder`) or ``"none"``; ``None`` lets :func:`helpers.grounding.quantization.plan`
+    choose (on a CPU, int4 for the real model's size, or int8 where torchao is missing; float weights otherwise), and the banner says what it
     chose. ``dtype`` (a floating ``torch.dtype`` or its name) defaults to
     :func:`helpers.grounding.quantization.default_dtype_for`: :func:`default_dtype` of the device, but bfloat16 for
     ``"int8"``, ``"int4"`` and ``"int4-onnx"``, and float16 for the article's ``"4bit"`` on a GPU (whose 4-bit
@@ -375,7 +386,7 @@ def load(
     Raises:
         TypeError: ``model`` is not a str, a path or None; ``device`` is not a str.
         ValueError: a bad ``quantization``, ``dtype`` or ``device`` (or one this machine does not have).
-        helpers.quantization.QuantizationError: (a ``ValueError``) a quantization this machine cannot do: the
+        helpers.grounding.quantization.QuantizationError: (a ``ValueError``) a quantization this machine cannot do: the
             library missing or too old, or the wrong device; the message says what to install or choose.
         ModelLoadError: the model could not be found or loaded (missing folder, no config.json, no
             safetensors weights, corrupt files, a hub id that is not cached while offline, custom code).
@@ -401,6 +412,10 @@ def load(
     bundled = Path(source).exists() and Path(source).resolve() == bundled_model_dir().resolve()
     from_env = model is None and reason == "KOSMOS2_MODEL is set"
     source = check_source(source, from_env=from_env, hub_answered=reason == "the model hub answered")
+    model_type = read_config(source, from_env).model_type
+    if model_type != "kosmos-2":
+        raise ModelLoadError(f"{source!r} holds a {model_type!r} model, not Kosmos-2: expected a Kosmos-2 checkpoint "
+                             f"(model_type 'kosmos-2') such as '{REAL_MODEL}' or the bundled {bundled_model_dir()}")
     device = device or try_gpu()
     if quantization is not None:  # a quantization this machine cannot do is refused before loading anything
         quant.plan(quantization, device, dtype, None)
@@ -477,8 +492,17 @@ def _parameters_from_config(source: str) -> int:
 
 
 def _looks_like_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as ``owner/model`` on the hub (else :func:`check_source` takes it for a folder)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+    if len(parts) != 2 or not all(parts) or name.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:  # spaces, '!' …: no hub id can be spelled so
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------- grounding

@@ -37,8 +37,10 @@ batch 1 in ``bench/benchmark.py --cpu-table`` (two cores, AMD EPYC, 2026-12-01 0
 the article's 4-bit 0.074 s, NF4 0.090 s, bfloat16 0.127 s and float32 0.294 s (on an Intel Xeon the day
 before, int4 0.111 s, the article's 4-bit 0.148 s). ``"int4-onnx"`` was faster still, 0.034 s, but has no
 forward pass (no logits, no fine-tuning) and takes about a minute to build at its first load (later loads
-read the built graphs from disk), so it is asked for, not chosen. On the bundled model both keep every
-evaluation figure within 0.7 points of float32 (``bench/bundled_accuracy.py``).
+read the built graphs from disk), so it is asked for, not chosen. Where torchao is missing or too old,
+:data:`AUTO_CPU_FALLBACK` (``"int8"``, torch alone) is chosen instead, and where neither runs the model stays in
+float32; the banner then says why and what to install. On the bundled model every path keeps every evaluation
+figure within 0.7 points of float32 (``bench/bundled_accuracy.py``).
 Smaller models (the bundled one) stay in float32, which measured faster for them. Everything else keeps float
 weights.
 """
@@ -71,22 +73,28 @@ MIN_BITSANDBYTES_CUDA = "0.43"
 MIN_TORCHAO = "0.18"
 #: On a CPU, models at least this large are quantized by default (``quantization=None``) ...
 AUTO_CPU_PARAMETERS = 1_000_000_000
-#: ... with this path (see the module docstring for the measurement behind it).
+#: ... with this path (see the module docstring for the measurement behind it) ...
 AUTO_CPU_CHOICE = "int4"
+#: ... or, where torchao is missing or too old, with this one (torch alone; the next fastest whole model).
+AUTO_CPU_FALLBACK = "int8"
+#: The CPU paths, fastest per token first in ``bench/results/cpu``: the order in which a message about a missing
+#: library suggests the ones that run.
+CPU_PREFERENCE = ("int4-onnx", "int4", "int8", "4bit", "nf4", "8bit")
 #: Group size of the int4 path: int4 weights in groups of this many values, each group with its own scale and
-#: zero point. Measured on the bundled model (220 held-out scenes, text decoder in int4): groups of 32 moved
-#: comprehension accuracy@1 by -0.4 points, groups of 64 by -1.4 (HQQ scales, below); on Kosmos-2's
-#: 2 048 x 8 192 layers a product with one token takes about as long in groups of 32 as of 128.
+#: zero point. Chosen on earlier bundled weights (220 held-out scenes, text decoder in int4), where groups of 32
+#: moved comprehension accuracy@1 by -0.4 points and groups of 64 by -1.4 (HQQ scales, below); on today's weights
+#: int4 stays within 0.4 points of float32 on every figure (``bench/results/cpu/bundled_accuracy.md``). On
+#: Kosmos-2's 2 048 x 8 192 layers a product with one token takes about as long in groups of 32 as of 128.
 INT4_GROUP_SIZE = 32
 #: Layers the int8 and int4 paths leave in bfloat16: the vision tower and the image-to-text projection run once
 #: per image (the text decoder runs once per token, so its weights are what a CPU reads at every step). In int4 they
-#: cost the bundled model 1.2 points of comprehension; on the real model's CPU table the int4 prefill (image and
-#: prompt) took 1.49 s with them in bfloat16, against 2.45 s in an earlier run with them in int4 (a slower day:
-#: float32's prefill took 2.49 s then, 1.97 s now).
+#: cost earlier bundled weights 1.2 points of comprehension. On the real model's architecture the int4 prefill
+#: (image and prompt) took 2.45 s with them in int4 in an early run, when float32's took 2.49 s; with them in
+#: bfloat16 it takes 0.92 s against float32's 2.30 s (``bench/results/cpu``, 2026-12-01).
 KEEPS_BFLOAT16 = ("vision_model.", "image_to_text_projection.")
 #: Models up to this size get int4 scales chosen by HQQ (half-quadratic optimisation of each group's scale and
-#: zero point), larger ones min-max scales (torchao's "tinygemm" default). HQQ is the more accurate (bundled
-#: model: comprehension -0.4 points against -1.4 with min-max) but takes about 0.36 s per million weights on
+#: zero point), larger ones min-max scales (torchao's "tinygemm" default). HQQ is the more accurate (earlier
+#: bundled weights: comprehension -0.4 points against -1.4 with min-max) but takes about 0.36 s per million weights on
 #: two cores: seconds for the bundled model, some 7 minutes at every load of the real Kosmos-2.
 INT4_HQQ_MAX_PARAMETERS = 100_000_000
 
@@ -155,67 +163,71 @@ def check_name(quantization: object) -> str | None:
 
 
 def check_available(quantization: str, device: str) -> None:
-    """Raise :class:`QuantizationError` when ``quantization`` cannot run on ``device`` with what is installed."""
+    """Raise :class:`QuantizationError` when ``quantization`` cannot run on ``device`` with what is installed. When
+    a library is missing or too old for a CPU path, the message also names the CPU paths that do run here."""
+    problem = _problem(quantization, device)
+    if problem is None:
+        return
+    message, library = problem
+    if library and device.split(":")[0] == "cpu":
+        others = [repr(q) for q in CPU_PREFERENCE if q != quantization and _problem(q, device) is None]
+        either = " or ".join(filter(None, [", ".join(others[:-1]), others[-1]])) if others else ""
+        verb = "runs" if len(others) == 1 else "run (fastest first)"
+        message += (f". On this machine's CPU, quantization={either} {verb} instead" if others else
+                    ". No quantized path runs on this machine's CPU as it is; quantization='none' gives float32")
+    raise QuantizationError(message)
+
+
+def _problem(quantization: str, device: str) -> tuple[str, bool] | None:
+    """``None`` when ``quantization`` can run on ``device``; else ``(message, library)``: what to install or
+    choose instead, and whether the trouble is a missing or old library (rather than the device)."""
     kind = device.split(":")[0]
     if quantization in BITSANDBYTES:
         if kind not in ("cuda", "cpu"):
-            raise QuantizationError(
-                f"quantization={quantization!r} (bitsandbytes) runs on a CUDA GPU or on the CPU, not on {device!r}; "
-                f"pass device='cpu', or quantization='none' for float weights on {device!r}")
+            return (f"quantization={quantization!r} (bitsandbytes) runs on a CUDA GPU or on the CPU, not on "
+                    f"{device!r}; pass device='cpu', or quantization='none' for float weights on {device!r}", False)
         version = _version("bitsandbytes")
         minimum = MIN_BITSANDBYTES_CPU if kind == "cpu" else MIN_BITSANDBYTES_CUDA
         if version is None:
-            raise QuantizationError(
-                f"quantization={quantization!r} needs bitsandbytes >= {minimum}, which is not installed: "
-                f"{INSTALL} (or pip install 'bitsandbytes>={minimum}')")
+            return (f"quantization={quantization!r} needs bitsandbytes >= {minimum}, which is not installed: "
+                    f"{INSTALL} (or pip install 'bitsandbytes>={minimum}')", True)
         if _older(version, minimum):
             where = "on the CPU" if kind == "cpu" else "with transformers 5"
-            hint = (" On a CPU, quantization='int8' or 'int4' also work, and faster."
-                    if kind == "cpu" else "")
-            raise QuantizationError(
-                f"quantization={quantization!r} {where} needs bitsandbytes >= {minimum}; this machine has "
-                f"{version}: pip install -U 'bitsandbytes>={minimum}'.{hint}")
+            return (f"quantization={quantization!r} {where} needs bitsandbytes >= {minimum}; this machine has "
+                    f"{version}: pip install -U 'bitsandbytes>={minimum}'", True)
     elif quantization in IN_PLACE:
         if kind != "cpu":
-            raise QuantizationError(
-                f"quantization={quantization!r} is this course's CPU path (torch's CPU kernels), not for "
-                f"{device!r}; on a CUDA GPU use '4bit', 'nf4' or '8bit', or pass device='cpu'")
+            return (f"quantization={quantization!r} is this course's CPU path (torch's CPU kernels), not for "
+                    f"{device!r}; on a CUDA GPU use '4bit', 'nf4' or '8bit', or pass device='cpu'", False)
         from helpers.grounding.int8_linear import int8_kernel_available
 
         if not int8_kernel_available():
             import torch
 
-            raise QuantizationError(
-                f"quantization={quantization!r} multiplies int8 weights with torch's _weight_int8pack_mm, which "
-                f"this torch ({torch.__version__}) does not have: pip install -U torch")
-        if quantization not in TORCHAO:
-            return
-        version = _version("torchao")
-        if version is None:
-            raise QuantizationError(
-                f"quantization={quantization!r} needs torchao >= {MIN_TORCHAO}, which is not installed: "
-                f"{INSTALL} (or pip install 'torchao>={MIN_TORCHAO}'); without it, quantization='4bit' or "
-                "'8bit' (bitsandbytes) also run on a CPU")
-        if _older(version, MIN_TORCHAO):
-            raise QuantizationError(
-                f"quantization={quantization!r} needs torchao >= {MIN_TORCHAO}; this machine has {version}: "
-                f"pip install -U 'torchao>={MIN_TORCHAO}'")
+            return (f"quantization={quantization!r} multiplies int8 weights with torch's _weight_int8pack_mm, "
+                    f"which this torch ({torch.__version__}) does not have: pip install -U torch", True)
+        if quantization in TORCHAO:
+            version = _version("torchao")
+            if version is None:
+                return (f"quantization={quantization!r} needs torchao >= {MIN_TORCHAO}, which is not installed: "
+                        f"{INSTALL} (or pip install 'torchao>={MIN_TORCHAO}')", True)
+            if _older(version, MIN_TORCHAO):
+                return (f"quantization={quantization!r} needs torchao >= {MIN_TORCHAO}; this machine has {version}: "
+                        f"pip install -U 'torchao>={MIN_TORCHAO}'", True)
     elif quantization in ONNXRUNTIME:
         if kind != "cpu":
-            raise QuantizationError(
-                f"quantization={quantization!r} runs the text decoder in ONNX Runtime on the CPU, not on "
-                f"{device!r}; on a CUDA GPU use '4bit', 'nf4' or '8bit', or pass device='cpu'")
+            return (f"quantization={quantization!r} runs the text decoder in ONNX Runtime on the CPU, not on "
+                    f"{device!r}; on a CUDA GPU use '4bit', 'nf4' or '8bit', or pass device='cpu'", False)
         missing = [name for name in ("onnxruntime", "onnx", "onnx-ir") if _version(name) is None]
         if missing:
-            raise QuantizationError(
-                f"quantization={quantization!r} needs {', '.join(missing)}, not installed: {INSTALL} (or pip "
-                f"install 'onnxruntime>={MIN_ONNXRUNTIME}' onnx onnx-ir); without it, quantization='int4' "
-                "(torchao) also runs on a CPU")
+            return (f"quantization={quantization!r} needs {', '.join(missing)}, "
+                    f"{'which is' if len(missing) == 1 else 'which are'} not installed: {INSTALL} (or pip "
+                    f"install 'onnxruntime>={MIN_ONNXRUNTIME}' onnx onnx-ir)", True)
         version = _version("onnxruntime")
         if _older(version, MIN_ONNXRUNTIME):
-            raise QuantizationError(
-                f"quantization={quantization!r} needs onnxruntime >= {MIN_ONNXRUNTIME}; this machine has "
-                f"{version}: pip install -U 'onnxruntime>={MIN_ONNXRUNTIME}'")
+            return (f"quantization={quantization!r} needs onnxruntime >= {MIN_ONNXRUNTIME}; this machine has "
+                    f"{version}: pip install -U 'onnxruntime>={MIN_ONNXRUNTIME}'", True)
+    return None
 
 
 def default_dtype_for(quantization: str | None, device: str):
@@ -226,7 +238,7 @@ def default_dtype_for(quantization: str | None, device: str):
 
     from helpers.grounding.model import default_dtype
 
-    if quantization == "4bit" and device.startswith("cuda"):
+    if quantization == "4bit" and device.split(":")[0] == "cuda":
         return torch.float16
     if quantization in IN_PLACE or quantization in ONNXRUNTIME:
         return torch.bfloat16
@@ -236,9 +248,9 @@ def default_dtype_for(quantization: str | None, device: str):
 def plan(quantization: str | None, device: str, dtype, parameters: int | None) -> Plan:
     """The quantization and dtype :func:`~helpers.grounding.model.load` uses (``dtype=None``: the path's default).
 
-    ``quantization=None`` chooses: :data:`AUTO_CPU_CHOICE` on a CPU for models of at least
-    :data:`AUTO_CPU_PARAMETERS` parameters when torchao is installed (and no ``dtype`` was asked for), float
-    weights otherwise. ``"int8"`` and ``"int4"`` compute in bfloat16, the only activation type their CPU
+    ``quantization=None`` chooses: on a CPU, for models of at least :data:`AUTO_CPU_PARAMETERS` parameters
+    and no ``dtype`` asked for, :data:`AUTO_CPU_CHOICE` where it can run, else :data:`AUTO_CPU_FALLBACK`, else
+    float32, with a reason that says why and what to install; float weights everywhere else. ``"int8"`` and ``"int4"`` compute in bfloat16, the only activation type their CPU
     kernels are fast in.
     """
     import torch
@@ -247,12 +259,9 @@ def plan(quantization: str | None, device: str, dtype, parameters: int | None) -
     reason = ""
     if quantization is None:
         big = parameters is not None and parameters >= AUTO_CPU_PARAMETERS
-        if device == "cpu" and big and dtype is None and _version("torchao") is not None:
-            quantization = AUTO_CPU_CHOICE
-            reason = (f"load() chose quantization={AUTO_CPU_CHOICE!r}, the fastest CPU path measured for a model of "
-                      "this size (pass quantization='none' for float32)")
-        else:
-            quantization = "none"
+        quantization = "none"
+        if device.split(":")[0] == "cpu" and big and dtype is None:
+            quantization, reason = _automatic_cpu_choice(device)
     if quantization == "none":
         return Plan(None, dtype or default_dtype_for(None, device), reason)
     check_available(quantization, device)
@@ -263,6 +272,23 @@ def plan(quantization: str | None, device: str, dtype, parameters: int | None) -
         return Plan(quantization, default_dtype_for(quantization, device), reason, compute_dtype=torch.float32)
     # int4-onnx: dtype is what the vision tower and the embeddings keep (the graphs are float32)
     return Plan(quantization, dtype or default_dtype_for(quantization, device), reason)
+
+
+def _automatic_cpu_choice(device: str) -> tuple[str, str]:
+    """``(quantization, reason)`` for a large model on a CPU when none was asked for: :data:`AUTO_CPU_CHOICE`,
+    else :data:`AUTO_CPU_FALLBACK`, else float weights (``"none"``); the reason says why, and what to install."""
+    problem = _problem(AUTO_CPU_CHOICE, device)
+    if problem is None:
+        return AUTO_CPU_CHOICE, (
+            f"load() chose quantization={AUTO_CPU_CHOICE!r}, the fastest CPU path that gives a whole model; "
+            "quantization='int4-onnx' writes captions faster still but only generates; quantization='none' gives "
+            "float32")
+    if _problem(AUTO_CPU_FALLBACK, device) is None:
+        return AUTO_CPU_FALLBACK, (
+            f"load() chose quantization={AUTO_CPU_FALLBACK!r} because {AUTO_CPU_CHOICE!r}, faster still, cannot run "
+            f"here: {problem[0]}; quantization='none' gives float32")
+    return "none", (f"load() kept float32, several times slower per token than quantization={AUTO_CPU_CHOICE!r}, "
+                    f"which cannot run here: {problem[0]}")
 
 
 def _drop_cast_notice(record: logging.LogRecord) -> bool:
@@ -328,9 +354,17 @@ def import_quietly() -> None:
     """Import bitsandbytes and torchao (those installed) once, without their import-time notices about optional
     kernels this course does not use; later imports, transformers' included, then print nothing."""
     for name in ("torchao", "bitsandbytes"):
-        if _version(name) is not None:
+        version = _version(name)
+        if version is None:
+            continue
+        try:
             with quiet_imports():
                 importlib.import_module(name)
+        except Exception as err:  # a broken install, or one built for another torch or Python
+            raise QuantizationError(
+                f"{name} {version} is installed but does not import ({type(err).__name__}: {err}); reinstall it "
+                f"(pip install --force-reinstall --no-deps {name}=={version}) or remove it (pip uninstall {name})"
+            ) from err
 
 
 def torchao_config(hqq: bool = False):
