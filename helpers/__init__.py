@@ -1,6 +1,8 @@
 """helpers: the code behind the Kosmos-2 grounding course, in three parts.
 
-``helpers.grounding`` — the library a learner calls, for the real Kosmos-2 and the bundled model alike:
+``helpers.grounding`` — the library a learner calls, for the real Kosmos-2 and the bundled model alike (where the
+bundled model and the int4-onnx cache live comes from ``course.paths``; scoring and writing the world's scenes and
+``finetune`` use ``helpers.world``: see its docstring):
     boxes       normalized and pixel boxes: the box type, its checks and the image-size check
     checks      argument checks many functions share (a positive int, a number above 0) and the command lines' option types
     tokens      Kosmos-2 location tokens (``<patch_index_NNNN>``) and parsing grounded text
@@ -11,7 +13,7 @@
     quantization  4-bit and 8-bit weights: bitsandbytes (the article's) and the course's CPU paths
     int8_linear   int8 weights multiplied by torch's own CPU kernel (the int8 path, int4's lm_head)
     onnx_decoder  the text decoder as ONNX Runtime graphs, 4-bit weights per token (the fastest CPU captions)
-    evaluation  scoring predicted boxes and captions against the truth
+    evaluation  scoring predicted boxes and captions against the truth, and the bundled model on its world's scenes
     refcoco     RefCOCO / RefCOCO+ / RefCOCOg files as distributed, and comprehension scored as the paper's authors do
     flickr30k   Flickr30k Entities files, and phrase grounding scored as the paper's authors do
     finetune    fine-tuning Kosmos-2 on your own boxes: LoRA adapters (QLoRA on a 4-bit base)
@@ -60,7 +62,7 @@ for _module, _names in {
     "grounding.plotting": "PALETTE draw_entities draw_user_box highlight_caption draw_grid entity_colour",
     "grounding.model": ("REAL_MODEL ModelLoadError load ground resolve_source real_model_cached try_gpu "
                         "default_dtype Decoding GREEDY AUTHORS_DECODING"),
-    "grounding.quantization": "QUANTIZATIONS QuantizationError",
+    "grounding.quantization": "QUANTIZATIONS QuantizationError check_available",
     "grounding.evaluation": ("IOU_THRESHOLD HELD_OUT_SEED Score CaptionScores PhraseScores score_caption "
                              "score_phrase phrase_boxes phrases_match box_hits names_object answer_after evaluate "
                              "METRICS caption_errors count_caption_errors caption_error_table"),
@@ -73,9 +75,10 @@ for _module, _names in {
     "world.scenes": ("KINDS Scene SceneObject sample_scene sample_scenes draw_scene snowman_illustration "
                      "character_illustration definite_phrase kind_name"),
     "world.language": "build_processor build_config scene_examples answer_name",
-    "world.training": "TrainConfig new_model train",
+    "world.training": "TrainConfig new_model train IGNORE TASK_WEIGHTS attention_targets dense_targets encode_example",
     "world.new_kinds": "star_scene write_coco",
     "course.paths": "repo_root data_dir notebooks_dir bundled_model_dir",
+    "course.colab": "install_extra",
     "course.article": "article_outputs draw_like_the_article",
     "course.batch": "ground_folder read_results contact_sheet",
     "course.distributed": "ground_distributed",

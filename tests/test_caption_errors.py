@@ -1,4 +1,4 @@
-"""helpers.evaluation.caption_errors: a caption's errors by type, on hand-made scenes and captions."""
+"""helpers.grounding.evaluation.caption_errors: a caption's errors by type, on hand-made scenes and captions."""
 
 from __future__ import annotations
 

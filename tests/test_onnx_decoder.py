@@ -203,7 +203,7 @@ def test_without_onnxruntime_the_error_says_what_to_install(monkeypatch, tiny_mo
 
 
 @pytest.mark.parametrize("installed, message", [
-    (None, r"needs onnxruntime, not installed: .*\[quant\].*'onnxruntime>=1\.32'"),
+    (None, r"needs onnxruntime, which is not installed: .*\[quant\].*'onnxruntime>=1\.32'"),
     ("1.20.0", r"needs onnxruntime >= 1\.32; this machine has 1\.20\.0: pip install -U 'onnxruntime>=1\.32'"),
 ])
 def test_a_missing_or_old_onnxruntime_gets_the_one_message_of_the_quantization_module(
@@ -390,3 +390,17 @@ def test_where_graphs_are_kept(monkeypatch, tmp_path) -> None:
     for off in ("off", "0", "OFF", "no"):
         monkeypatch.setenv(onnx_decoder.CACHE_ENV_VAR, off)
         assert onnx_decoder.cache_dir() is None
+
+
+def test_hqq_scales_up_to_the_size_limit_of_the_int4_path(tiny_model_dir, monkeypatch) -> None:
+    """Which models get HQQ scales is one rule, quantization.INT4_HQQ_MAX_PARAMETERS, for the int4 and the
+    int4-onnx path alike; onnx_decoder had its own copy of the limit."""
+    def fresh():
+        return load(tiny_model_dir, quantization="none", device="cpu", verbose=False)[0]
+
+    assert "(HQQ scales)" in OnnxRuntimeKosmos2(fresh(), prompt_int8=False, cache=False).description
+    size = sum(p.numel() for p in fresh().parameters())
+    monkeypatch.setattr(quant, "INT4_HQQ_MAX_PARAMETERS", size - 1)
+    assert "(min-max scales)" in OnnxRuntimeKosmos2(fresh(), prompt_int8=False, cache=False).description
+    monkeypatch.setattr(quant, "INT4_HQQ_MAX_PARAMETERS", size)
+    assert "(HQQ scales)" in OnnxRuntimeKosmos2(fresh(), prompt_int8=False, cache=False).description

@@ -80,3 +80,12 @@ def test_with_box_writes_the_box_after_the_first_phrase_only() -> None:
     text = with_box(prompt, BOX)
     assert text.count("<object>") == 1
     assert text == "<grounding><phrase> It</phrase>" + object_tokens([BOX]) + " is next to<phrase> a square</phrase>"
+
+
+@pytest.mark.parametrize("phrase", ["", " ", "\n\t", None, 3])
+def test_a_comprehension_prompt_needs_a_phrase_with_a_word(phrase) -> None:
+    """``comprehension_prompt("")`` made ``<grounding><phrase> </phrase>``, which asks about nothing; the callers
+    that refused it did so each on their own (refcoco, the find_boxes solution)."""
+    with pytest.raises(ValueError, match=r"^phrase must be a non-empty str such as 'the red circle', got "):
+        comprehension_prompt(phrase)
+    assert comprehension_prompt("the red circle") == "<grounding><phrase> the red circle</phrase>"

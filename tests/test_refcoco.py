@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -21,8 +24,8 @@ from helpers.grounding.refcoco import (
     RefCocoFormatError,
     RefItem,
     evaluate_comprehension,
+    comprehension_prompt_for,
     load_refcoco,
-    predicted_box,
     scenes_to_refcoco,
 )
 from helpers.course.solutions_more import find_boxes, miss_reasons
@@ -101,8 +104,43 @@ def test_size_read_from_the_image_when_missing(drawn) -> None:
     assert (item.width, item.height) == (80, 120)
     with pytest.raises(RefCocoFormatError, match="no 'width'/'height'.*image_root"):
         load_refcoco([rec])
-    with pytest.raises(RefCocoFormatError, match="does not exist"):
+    with pytest.raises(RefCocoFormatError, match=r"record 0 \(ref_id 3\): has no 'width'/'height', and the size of "
+                                                 r"its image could not be read: no image file at .*nope\.png"):
         load_refcoco([rec | {"file_name": "nope.png"}], image_root=root)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG file whose header announces ``width`` x ``height`` pixels, with (almost) no pixels after it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    pixels = chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + pixels + chunk(b"IEND", b"")
+
+
+def test_sizes_are_read_as_the_course_reads_them(tmp_path) -> None:
+    """The size came from a bare Image.open: a picture beyond Pillow's pixel limit raised its
+    DecompressionBombError, and a file that is no picture a message of its own. It is images.stored_size now:
+    the header's size, and its errors as RefCocoFormatError naming the record."""
+    (tmp_path / "huge.png").write_bytes(_png_header_only(20_000, 10_000))  # 200 M pixels, over Pillow's limit
+    (tmp_path / "notes.png").write_text("not a picture")
+    rec = {"file_name": "huge.png", "bbox": [100, 200, 3000, 4000], "expression": "the thing"}
+    (item,) = load_refcoco([rec], image_root=tmp_path)
+    assert (item.width, item.height) == (20_000, 10_000)
+    assert item.box == pytest.approx((100 / 20_000, 0.02, 3100 / 20_000, 0.42))
+    with pytest.raises(RefCocoFormatError, match=r"^records: record 1 \(ref_id 7\): has no 'width'/'height', and "
+                                                 r"the size of its image could not be read: file .*notes\.png' is not "
+                                                 r"an image Pillow can read"):
+        load_refcoco([rec, rec | {"file_name": "notes.png", "ref_id": 7}], image_root=tmp_path)
+
+
+def test_numpy_sizes_count_as_ints() -> None:
+    """The sizes are checked by checks.is_positive_int, as elsewhere: numpy ints count, and come back as ints."""
+    (item,) = load_refcoco([record(width=np.int64(200), height=np.int32(100))])
+    assert (item.width, item.height) == (200, 100) and type(item.width) is int and type(item.height) is int
+    with pytest.raises(RefCocoFormatError, match=r"'height' must be a positive int \(pixels\), got True"):
+        load_refcoco([record(height=True)])
 
 
 def test_edge_overshoot_within_a_pixel_is_clipped() -> None:
@@ -230,9 +268,10 @@ def test_scoring_follows_the_authors_rules_on_hand_made_answers(drawn, monkeypat
 def test_predicted_box_and_argument_checks(drawn) -> None:
     root, records = drawn
     g = parse_generation("<phrase> x</phrase><object><patch_index_0000><patch_index_1023></object>")
-    assert predicted_box(g, "x") == (1 / 64, 1 / 64, 1 - 1 / 64, 1 - 1 / 64)
-    assert predicted_box(g, "y") is None
-    assert predicted_box(parse_generation("nothing"), "x") is None
+    truth = [(0.0, 0.0, 1.0, 1.0)]
+    assert score_phrase(truth, g, "x")["predicted"] == (1 / 64, 1 / 64, 1 - 1 / 64, 1 - 1 / 64)
+    assert score_phrase(truth, g, "y")["predicted"] is None
+    assert score_phrase(truth, parse_generation("nothing"), "x")["predicted"] is None
     with pytest.raises(ValueError, match="items is empty"):
         evaluate_comprehension(None, None, [], root)
     with pytest.raises(ValueError, match=r"items\[0\] must be a RefItem"):
@@ -406,3 +445,10 @@ def test_images_are_grounded_as_stored_not_turned_by_exif(tmp_path, monkeypatch)
     monkeypatch.setattr(helpers.grounding.model, "ground", fake_ground)
     evaluate_comprehension(None, None, items, tmp_path)
     assert seen == [(60, 40)]
+
+
+def test_the_comprehension_prompt_makes_white_space_single_and_refuses_no_expression() -> None:
+    assert comprehension_prompt_for("  the\tred  circle ") == "<grounding><phrase> the red circle</phrase>"
+    for bad in (" ", None):
+        with pytest.raises(ValueError, match=r"^phrase must be a non-empty str such as 'the red circle', got "):
+            comprehension_prompt_for(bad)

@@ -1,4 +1,4 @@
-"""helpers.training, the recipe's additions for counting and grouping: group targets per patch, the
+"""helpers.world.training, the recipe's additions for counting and grouping: group targets per patch, the
 training-only mix of harder scenes, the group heads, saved heads that a resumed run continues with, a run
 that stops cleanly on SIGTERM, and the record of every stage of a resumed run."""
 

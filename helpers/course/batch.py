@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from PIL import Image
+
 from helpers.course.outputs import grounding_record, read_jsonl
 from helpers.grounding.boxes import check_image_size
 from helpers.grounding.checks import check_positive_int
@@ -36,8 +38,6 @@ def annotation_canvas(image):
     eighth of the height and hides the small objects next to the box. Drawn on the enlarged copy, the same
     label covers a few percent. Boxes are normalized, so they land on the same places.
     """
-    from PIL import Image
-
     short = min(image.size)
     if short >= ANNOTATION_MIN_SIDE:
         return image
@@ -161,7 +161,7 @@ def ground_folder(
             CPU the results do not depend on it (in half precision on a GPU, rounding may differ).
         max_new_tokens: the most tokens generated per image.
         box: one normalized user box ``(x0, y0, x1, y1)`` for every image; it goes after the prompt's
-            first ``</phrase>`` (e.g. with ``helpers.world.language.GENERATION_PROMPT``).
+            first ``</phrase>`` (e.g. with ``helpers.grounding.prompts.GENERATION_PROMPT``).
         progress: a progress bar over the images; default :func:`helpers.grounding.progress.interactive`.
 
     Each record's ``"file"`` is the path as given (joined with the folder for folder arguments) and
@@ -248,8 +248,6 @@ def contact_sheet(images: Sequence, columns: int = 3, cell: tuple[int, int] = (2
         ValueError: no images, ``columns`` < 1, or a cell that is not two ints of at least 8 pixels (each
             picture keeps a margin of 2 pixels).
     """
-    from PIL import Image
-
     images = list(images)
     if not images:
         raise ValueError("contact_sheet needs at least one image")

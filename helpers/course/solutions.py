@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from helpers.grounding.boxes import Box, check_image_size, check_normalized, iou, looks_like_pixels, to_normalized, to_pixels
 from helpers.grounding.checks import check_positive_int
+from helpers.grounding.evaluation import answer_after
 from helpers.grounding.model import ground
 from helpers.grounding.prompts import qa_prompt
 from helpers.grounding.tokens import NUM_BINS, Grounding, box_to_patch_index, patch_index_to_box
@@ -237,5 +238,4 @@ def ask_about_box(
                          "bboxes=[[box]]")
     prompt = qa_prompt(noun.strip())
     result = ground(model, processor, image, prompt, bboxes=[[box]], max_new_tokens=max_new_tokens)[0]
-    _, found, answer = result.caption.partition("Answer:")
-    return (answer.strip() if found else ""), result
+    return answer_after(result.caption, "Answer:", prompt).strip(), result

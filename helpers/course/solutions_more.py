@@ -53,15 +53,15 @@ def find_boxes(model, processor, image, phrase: str,
             formed (``Grounding.problems``, e.g. cut off after ``max_new_tokens`` in the middle of a box): its
             boxes cannot be read, and ``[]`` would claim the model gave none.
     """
-    if not isinstance(phrase, str) or not phrase.strip():
-        raise ValueError(f"phrase must be a non-empty str such as 'the red circle', got {phrase!r}")
+    if isinstance(phrase, str):
+        phrase = phrase.strip()
+    prompt = comprehension_prompt(phrase)  # refuses a phrase without a word (ValueError)
     tokenizer = processor.tokenizer
-    spelled = tokenizer.decode(tokenizer(" " + phrase.strip(), add_special_tokens=False).input_ids,
+    spelled = tokenizer.decode(tokenizer(" " + phrase, add_special_tokens=False).input_ids,
                                skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
     if not spelled:
         raise ValueError(f"the tokenizer keeps nothing of the phrase {phrase!r} (no token of its vocabulary "
                          "spells it), so the model cannot read it: use words the model knows")
-    prompt = comprehension_prompt(phrase.strip())
     (answer,) = ground(model, processor, [image], prompt, max_new_tokens=max_new_tokens)
     if answer.problems:
         raise ValueError(f"the answer for {phrase!r} is not well formed, so its boxes cannot be read: "

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from helpers.grounding.boxes import iou
+from helpers.grounding.prompts import CAPTION_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
 from helpers.grounding.tokens import Box, Grounding, parse_generation
 
 IOU_THRESHOLD = 0.5
@@ -239,7 +240,6 @@ def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new
     :func:`~helpers.grounding.model.ground` call; ``None`` keeps ground's default.
     """
     from helpers.grounding.model import ground
-    from helpers.grounding.prompts import CAPTION_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
     from helpers.world.scenes import SPECIAL_KINDS, definite_phrase
     from helpers.world.language import answer_name
 
@@ -420,7 +420,6 @@ def evaluate_captions(model, processor, scenes, *, max_new_tokens: int = 96, bat
                       decoding=None) -> tuple[CaptionScores, dict]:
     """Brief captions of ``scenes`` only: their scores and :func:`count_caption_errors` (for quick probes)."""
     from helpers.grounding.model import ground
-    from helpers.grounding.prompts import CAPTION_PROMPT
 
     extra = {} if decoding is None else {"decoding": decoding}
     caps = ground(model, processor, [s.image for s in scenes], CAPTION_PROMPT, max_new_tokens=max_new_tokens,

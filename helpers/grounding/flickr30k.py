@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from helpers.grounding.boxes import EDGE_TOLERANCE_PX, Box
+from helpers.grounding.boxes import EDGE_TOLERANCE_PX, Box, coco_to_normalized
 from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, IOU_THRESHOLD, PhraseScores, score_phrase
-from helpers.grounding.refcoco import ground_on_files
+from helpers.grounding.refcoco import _check_run, ground_on_files
 
 
 SPLITS = ("train", "val", "test")
@@ -210,8 +210,9 @@ def read_annotation(path: str | os.PathLike) -> dict:
 
 
 def _normalized(box: tuple[int, int, int, int], width: int, height: int) -> Box:
+    """A corner box of :func:`read_annotation` (checked there) as a normalized box, clipped to the image."""
     x0, y0, x1, y1 = box
-    return (max(x0, 0) / width, max(y0, 0) / height, min(x1, width) / width, min(y1, height) / height)
+    return coco_to_normalized([x0, y0, x1 - x0, y1 - y0], (width, height))
 
 
 def _lines(path: Path, what: str) -> list[str]:
@@ -389,7 +390,6 @@ def evaluate_phrase_grounding(model, processor, items: Flickr30kEntities | Seque
         helpers.grounding.images.ImageLoadError: an image is missing or unreadable (the message names the file).
     """
     from helpers.grounding.model import AUTHORS_DECODING
-    from helpers.grounding.refcoco import _check_run
 
     skipped = items.skipped if isinstance(items, Flickr30kEntities) else Counter()
     items = _check_run(items.items if isinstance(items, Flickr30kEntities) else items, PhraseItem,

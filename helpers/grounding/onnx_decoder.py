@@ -69,19 +69,19 @@ import numpy as np
 import torch
 
 from helpers.course.paths import data_dir
+from helpers.grounding import quantization
 from helpers.grounding.int8_linear import int8_per_output
+from helpers.grounding.progress import interactive
 from helpers.grounding.quantization import INSTALL, MIN_ONNXRUNTIME, QuantizationError, check_available
 
 #: Weights per 4-bit block, each block with its own scale and zero point. In a probe of the full-size decoder
 #: (random weights, two cores) a step took 60 ms in blocks of 128 and 76-80 ms in blocks of 32; on the bundled
-#: model blocks of 128 with HQQ scales keep every evaluation figure within 0.5 points of float32.
+#: model blocks of 128 with HQQ scales keep every evaluation figure within 0.7 points of float32
+#: (``bench/results/cpu/bundled_accuracy.md``).
 BLOCK_SIZE = 128
 #: ``lm_head`` is quantized in 8 bits: it is the largest single product (65 037 × 2 048 in Kosmos-2), and the
 #: one whose errors reach the chosen token directly.
 LM_HEAD_BITS = 8
-#: Models up to this many parameters get HQQ scales (half-quadratic optimisation of each block's scale and
-#: zero point), larger ones the quantizer's default min-max scales, which take seconds instead of minutes.
-HQQ_MAX_PARAMETERS = 100_000_000
 OPSETS = (("", 17), ("com.microsoft", 1))
 #: Environment variable: the folder that keeps built graphs, or ``off`` (also ``0``, ``no``, ``false``) for none.
 CACHE_ENV_VAR = "KOSMOS2_ONNX_CACHE"
@@ -536,10 +536,8 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
                  threads: int | None = None, cache: bool | str | os.PathLike = True):
         super().__init__()
         _, ort, _ = _import()
-        if hqq is None:
-            hqq = sum(p.numel() for p in model.parameters()) <= HQQ_MAX_PARAMETERS
-        from helpers.grounding.progress import interactive
-
+        if hqq is None:  # HQQ scales up to the size the int4 path gives them (they take minutes on larger models)
+            hqq = sum(p.numel() for p in model.parameters()) <= quantization.INT4_HQQ_MAX_PARAMETERS
         threads = threads or torch.get_num_threads()
         folder = cache_dir() if cache is True else (Path(cache).expanduser() if cache else None)
         settings = {"bits": bits, "block_size": block_size, "head_bits": head_bits, "hqq": hqq}

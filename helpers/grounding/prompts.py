@@ -31,7 +31,13 @@ GENERATION_PROMPT = "<grounding><phrase> It</phrase> is"
 
 
 def comprehension_prompt(phrase: str) -> str:
-    """The prompt that asks where ``phrase`` is: the model answers with ``<object>…</object>``."""
+    """The prompt that asks where ``phrase`` is: the model answers with ``<object>…</object>``.
+
+    Raises:
+        ValueError: ``phrase`` is not a str with a word in it (``""`` would ask about ``<phrase> </phrase>``).
+    """
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise ValueError(f"phrase must be a non-empty str such as 'the red circle', got {phrase!r}")
     return f"<grounding><phrase> {phrase}</phrase>"
 
 

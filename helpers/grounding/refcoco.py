@@ -47,8 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from helpers.grounding.boxes import Box, coco_to_normalized, iou
+from helpers.grounding.boxes import Box, coco_to_normalized
+from helpers.grounding.checks import is_positive_int
 from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, IOU_THRESHOLD, PhraseScores, Score, score_phrase
+from helpers.grounding.images import ImageLoadError, load_image, stored_size
+from helpers.grounding.prompts import comprehension_prompt
 
 
 #: How RefCOCO's ``image_id`` becomes a file name in the COCO ``train2014`` folder.
@@ -241,24 +244,19 @@ def _size(rec: dict, where: str, file_name: str, image_root: Path | None) -> tup
         size = []
         for key in ("width", "height"):
             v = rec[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            if not is_positive_int(v):
                 raise RefCocoFormatError(f"{where}: {key!r} must be a positive int (pixels), got {v!r}")
-            size.append(v)
+            size.append(int(v))
         return size[0], size[1]
     if image_root is None:
         raise RefCocoFormatError(
             f"{where}: has no 'width'/'height'; add them, or pass image_root= so the size is read from the image"
         )
-    from PIL import Image, UnidentifiedImageError
-
-    path = image_root / file_name
     try:
-        with Image.open(path) as im:  # reads the header only: the stored size, as COCO's boxes use it
-            return im.size
-    except FileNotFoundError:
-        raise RefCocoFormatError(f"{where}: has no 'width'/'height' and its image {str(path)!r} does not exist") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise RefCocoFormatError(f"{where}: could not read the size of {str(path)!r}: {err}") from None
+        return stored_size(image_root / file_name)  # the header alone: the stored size, as COCO's boxes use it
+    except ImageLoadError as err:
+        raise RefCocoFormatError(f"{where}: has no 'width'/'height', and the size of its image could not be read: "
+                                 f"{err}") from None
 
 
 def _box(rec: dict, where: str, width: int, height: int) -> Box:
@@ -615,20 +613,16 @@ class ComprehensionResult:
 
 
 def comprehension_prompt_for(expression: str) -> str:
-    """The prompt the paper uses for comprehension: ``<grounding><phrase> {expression}</phrase>``."""
-    from helpers.grounding.prompts import comprehension_prompt
+    """The prompt the paper uses for comprehension: ``<grounding><phrase> {expression}</phrase>``, the expression's
+    white space made single spaces.
 
-    if not isinstance(expression, str) or not expression.strip():
-        raise ValueError(f"an expression must be a non-empty str, got {expression!r}")
-    return comprehension_prompt(" ".join(expression.split()))
-
-
-def predicted_box(grounding, expression: str) -> Box | None:
-    """The answer's box for ``expression``: the first box of an entity with that phrase, else ``None``."""
-    from helpers.grounding.evaluation import phrase_boxes
-
-    boxes = phrase_boxes(grounding, expression)
-    return boxes[0] if boxes else None
+    Raises:
+        ValueError: ``expression`` is not a str with a word in it (refused by
+            :func:`helpers.grounding.prompts.comprehension_prompt`).
+    """
+    if isinstance(expression, str):
+        expression = " ".join(expression.split())
+    return comprehension_prompt(expression)
 
 
 #: Expressions grounded per chunk; each chunk loads its images once and lets them go afterwards.
@@ -642,8 +636,6 @@ def check_images_exist(file_names: Iterable[str], image_root: str | os.PathLike)
         helpers.grounding.images.ImageLoadError: the folder is missing, or some images are (their number and
             the first five names).
     """
-    from helpers.grounding.images import ImageLoadError
-
     root = Path(image_root)
     if not root.is_dir():
         raise ImageLoadError(f"the image folder {str(root)!r} does not exist (or is not a folder)")
@@ -668,7 +660,6 @@ def ground_on_files(model, processor, file_names: Sequence[str], prompts: Sequen
         helpers.grounding.images.ImageLoadError: an image is missing (checked for all before the first
             answer, :func:`check_images_exist`) or unreadable (the message names the file).
     """
-    from helpers.grounding.images import load_image
     from helpers.grounding.model import ground
 
     check_images_exist(file_names, image_root)
