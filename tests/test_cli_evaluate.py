@@ -66,9 +66,6 @@ def test_flickr30k_with_a_limit(tiny_model_dir, flickr, capsys) -> None:  # noqa
     (["refcoco", "{refer}/refcoco/refs(unc).p", "--instances", "{refer}/refcoco/instances.json", "--images",
       "{refer}/nowhere", "--model", "{model}"], r"the image folder .*nowhere' does not exist"),
     (["refcoco", "{refer}/gone.json", "--images", "x"], "gone.json' does not exist"),
-    (["world", "--batch-size", "0"], "--batch-size must be a positive int.*got 0"),
-    (["refcoco", "{refer}/refcoco/refs(unc).p", "--images", "x", "--limit", "0"], "--limit must be a positive int.*got 0"),
-    (["world", "--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size must be at least 0, got -1"),
     (["flickr30k", "{refer}", "--images", "x"], "should hold the folders Sentences/ and Annotations/"),
 ])
 def test_bad_input_exits_2_with_one_line(refer, tiny_model_dir, capsys, args, message) -> None:  # noqa: F811
@@ -116,15 +113,30 @@ def test_a_record_whose_box_starts_beyond_its_image_exits_2_with_one_line(tmp_pa
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_counts_follow_the_packages_positive_int_rule(capsys) -> None:
-    """The count options are checked by checks.check_positive_int (one rule), whatever its message says."""
-    from helpers.grounding.checks import check_positive_int
+@pytest.mark.parametrize("args, message", [
+    (["world", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["world", "--batch-size", "1.5"], "argument --batch-size: must be a whole number, got '1.5'"),
+    (["world", "--num-beams", "0"], "argument --num-beams: must be at least 1, got 0"),
+    (["world", "--scenes", "-2"], "argument --scenes: must be at least 1, got -2"),
+    (["world", "--no-repeat-ngram-size", "-1"], "argument --no-repeat-ngram-size: must be at least 0, got -1"),
+    (["refcoco", "r.p", "--images", "x", "--limit", "0"], "argument --limit: must be at least 1, got 0"),
+    (["flickr30k", "f", "--images", "x", "--max-new-tokens", "x"],
+     "argument --max-new-tokens: must be a whole number, got 'x'"),
+])
+def test_counts_are_checked_by_the_option_types_every_command_uses(capsys, monkeypatch, args, message) -> None:
+    """The count options are parsed by checks.positive_int_option and count_option, as every other command's are,
+    so a bad count reads as it does for ground (evaluate used to check them after parsing, in words of its own),
+    before any model loads."""
+    from helpers.course import cli as cli_ground
+    from helpers.grounding import model as model_module
 
-    for flag in ("--batch-size", "--num-beams", "--scenes"):
-        with pytest.raises((TypeError, ValueError)) as rule:
-            check_positive_int(flag, 0)
-        assert cli_evaluate.main(["world", flag, "0"]) == 2
-        assert capsys.readouterr().err == f"python -m helpers evaluate: error: {rule.value}\n"
+    monkeypatch.setattr(model_module, "load", lambda *a, **k: pytest.fail("load() was called"))
+    assert cli_evaluate.main(args) == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line == f"python -m helpers evaluate {args[0]}: error: {message}"
+    if args[1] == "--batch-size":
+        assert cli_ground.main(["x.png", "--out", "o", "--batch-size", args[2]]) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"python -m helpers ground: error: {message}"
 
 
 @pytest.mark.parametrize("benchmark", [["world"], ["refcoco", "refs.p", "--images", "x"], ["flickr30k", "f", "--images", "x"]])
@@ -169,7 +181,7 @@ def test_make_run_after_evaluate_keeps_its_results(tmp_path, monkeypatch) -> Non
 
 @pytest.mark.parametrize("out, message", [
     ("{tmp}", r"--out .* is a folder; give the results file's name, e.g. --out .*results.jsonl"),
-    ("{tmp}/a.txt/r.jsonl", r"--out .*r.jsonl: .*a.txt is a file, so nothing can be written under it"),
+    ("{tmp}/a.txt/r.jsonl", r"--out .*r.jsonl': .*a.txt' is a file, so nothing can be written under it"),
 ])
 def test_an_out_that_cannot_take_the_results_is_refused_before_any_work(tmp_path, capsys, monkeypatch, out,
                                                                         message) -> None:
@@ -212,3 +224,36 @@ def test_benchmark_answers_have_room_for_twenty_boxes() -> None:
     for function in (refcoco.evaluate_comprehension, evaluate_phrase_grounding):
         assert inspect.signature(function).parameters["max_new_tokens"].default == BENCHMARK_MAX_NEW_TOKENS
     assert cli_evaluate.build_parser().parse_args(["refcoco", "r.p", "--images", "x"]).max_new_tokens == 64
+
+
+@pytest.mark.parametrize("args, out", [
+    (["refcoco", "{root}/refcoco/refs(unc).p", "--instances", "{root}/refcoco/instances.json", "--images",
+      "{root}/train2014"], "{root}/refcoco/refs(unc).p"),
+    (["refcoco", "{root}/refcoco/refs(unc).p", "--instances", "{root}/refcoco/instances.json", "--images",
+      "{root}/train2014"], "{root}/refcoco/instances.json"),
+    (["refcoco", "{root}/refcoco/refs(unc).p", "--instances", "{root}/refcoco/instances.json", "--images",
+      "{root}/train2014"], "{root}/train2014/COCO_train2014_000000000077.jpg"),
+    (["flickr30k", "{root}/flickr30k_entities", "--images", "{root}/flickr30k-images"],
+     "{root}/flickr30k_entities/Sentences/10002456.txt"),
+    (["flickr30k", "{root}/flickr30k_entities", "--images", "{root}/flickr30k-images"],
+     "{root}/flickr30k_entities/Annotations/10002456.xml"),
+    (["flickr30k", "{root}/flickr30k_entities", "--images", "{root}/flickr30k-images"],
+     "{root}/flickr30k_entities/test.txt"),
+    (["flickr30k", "{root}/flickr30k_entities", "--images", "{root}/flickr30k-images"],
+     "{root}/flickr30k-images/10002456.jpg"),
+])
+def test_an_out_that_would_replace_an_input_is_refused_before_the_model_loads(refer, flickr, capsys, monkeypatch,  # noqa: F811
+                                                                              args, out) -> None:
+    """--out one of the run's own files (the annotations, --instances, an image, a Flickr30k file) was replaced by
+    the results, with exit 0; ground already refused to replace its images."""
+    from helpers.grounding import model as model_module
+
+    monkeypatch.setattr(model_module, "load", lambda *a, **k: pytest.fail("load() was called"))
+    out = Path(out.format(root=refer))
+    before = out.read_bytes()
+    assert cli_evaluate.main([*(a.format(root=refer) for a in args), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err == (f"python -m helpers evaluate: error: --out {str(out)!r} is one of this command's own inputs, "
+                   "which the results would replace: choose another file for the results\n")
+    assert out.read_bytes() == before

@@ -193,7 +193,7 @@ def test_out_that_is_a_file_is_refused_before_the_model_loads(workdir, monkeypat
     monkeypatch.chdir(workdir)
     monkeypatch.setattr(cli_ground, "load", lambda *a, **k: pytest.fail("model loaded"))
     assert cli_ground.main(["extra.png", "--out", "extra.png"]) == 2
-    assert "--out extra.png exists and is not a folder" in capsys.readouterr().err
+    assert "--out 'extra.png' is a file; give a folder for results.jsonl and the PNGs" in capsys.readouterr().err
 
 
 def test_an_out_folder_holding_the_images_is_refused_before_the_model_loads(workdir, monkeypatch, capsys) -> None:
@@ -215,3 +215,19 @@ def test_the_pixel_box_hint_divides_by_the_size_of_a_large_photo_itself(tmp_path
                             "--box", *box_px]) == 2
     err = capsys.readouterr().err
     assert "for wide.png (4200 x 1000 pixels) type --box 0.1 0.25 0.5 0.75" in err, err
+
+
+def test_a_write_that_fails_during_the_run_names_out_not_its_temporary_file(workdir, monkeypatch, capsys) -> None:
+    """A write that fails after the check (a full disk) named the hidden temporary file, e.g.
+    ``[Errno 28] No space left on device: 'out/.results.jsonl.10728.tmp'``."""
+    import errno
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "out/.results.jsonl.10728.tmp")
+
+    monkeypatch.setattr(cli_ground, "load", lambda *a, **k: (None, None))
+    monkeypatch.setattr(cli_ground, "ground_folder", full_disk)
+    monkeypatch.chdir(workdir)
+    assert cli_ground.main(["extra.png", "--out", "out"]) == 2
+    assert capsys.readouterr().err == ("python -m helpers ground: error: --out 'out': writing the results failed (No "
+                                       "space left on device)\n")

@@ -57,7 +57,7 @@ def test_run_leaves_a_folder_it_did_not_write_alone(fake_notebooks, tmp_path, mo
 def test_run_refuses_a_file(fake_notebooks, tmp_path, capsys) -> None:
     (tmp_path / "f.txt").write_text("x")
     assert mainjob.main(["--out", str(tmp_path / "f.txt")]) == 2
-    assert "exists and is not a folder" in _error_line(capsys)
+    assert "f.txt' is a file; give a new or empty folder for the results" in _error_line(capsys)
     assert (tmp_path / "f.txt").read_text() == "x"
 
 

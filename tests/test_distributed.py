@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.course.distributed import DistributedGroundingError, ground_distributed, main, map_between_processes
+from helpers.course.distributed import PROG, DistributedGroundingError, ground_distributed, main, map_between_processes
 from helpers.grounding.images import load_image
 from helpers.grounding.model import ground, load
 from helpers.world.scenes import sample_scene
@@ -190,14 +190,29 @@ def test_command_line_checks_out_before_any_work(image_paths, tmp_path, monkeypa
     monkeypatch.setattr(distributed, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main([str(image_paths[0]), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert f"--out {tmp_path} is a folder; give the results file's name" in err and "Traceback" not in err
+    assert f"--out {str(tmp_path)!r} is a folder; give the results file's name" in err and "Traceback" not in err
     (tmp_path / "file").write_text("")
     assert main([str(image_paths[0]), "--out", str(tmp_path / "file" / "r.jsonl")]) == 2
-    assert "file is a file, so nothing can be written under it" in capsys.readouterr().err
+    assert "file' is a file, so nothing can be written under it" in capsys.readouterr().err
     (tmp_path / "fake.png").write_text("not a picture")  # found before the model loads, as ground's command does
     assert main([str(image_paths[0]), str(tmp_path / "fake.png"), "--out", str(tmp_path / "r.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "1 of 2 image(s) cannot be read" in err and "fake.png" in err and not (tmp_path / "r.jsonl").exists()
+
+
+def test_command_line_never_writes_over_one_of_its_images(image_paths, tmp_path, monkeypatch, capsys):
+    """--out one of the images (named, or found in a folder given) used to replace that image by JSON Lines."""
+    import helpers.course.distributed as distributed
+
+    monkeypatch.setattr(distributed, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    before = image_paths[1].read_bytes()
+    for given in ([str(image_paths[0]), str(image_paths[1])], [str(image_paths[1].parent)]):
+        assert main([*given, "--out", str(image_paths[1])]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines() == [f"{PROG}: error: --out {str(image_paths[1])!r} is one of this command's "
+                                            "own inputs, which the results would replace: choose another file for "
+                                            "the results"]
+    assert image_paths[1].read_bytes() == before
 
 
 def test_command_line_records_a_large_photo_at_the_files_own_size(model_dir, tmp_path, capsys):

@@ -13,6 +13,7 @@ from helpers.grounding.finetune import (
     FinetuneConfig,
     FinetuneError,
     base_signature,
+    check_config,
     finetune,
     main,
     read_coco,
@@ -197,6 +198,13 @@ def test_refs_file_adds_referring_expressions(coco, tmp_path):
                                  "height": image["height"], "sentences": [{"sent": "the left one"}]}]))
     records = read_coco(*coco, refs=refs)
     assert [e for e, _ in records[2].expressions] == ["the left one"]
+
+
+def test_a_missing_refs_file_is_named_as_the_refs_file(coco, tmp_path):
+    """It was reported as "annotation file 'nope.json' does not exist", the name of the wrong kind of file."""
+    with pytest.raises(FinetuneError, match=r"^refs file '.*nope.json' does not exist \(or is not a file\); expected "
+                                            "RefCOCO-style referring expressions"):
+        read_coco(*coco, refs=tmp_path / "nope.json")
 
 
 def test_labels_fall_on_the_answer_only(coco, tiny_model):
@@ -492,6 +500,10 @@ def test_command_runs_and_writes_the_card(tiny_model_dir, coco, tmp_path, capsys
     (lambda d: d["annotations"][0].update(bbox=[5, 5, 0, 10]), "has no area"),
     (lambda d: d["annotations"][2].update(category_id=999), "unknown category id 999"),
     (lambda d: d["images"][3].update(file_name="missing.png"), "missing.png"),
+    # null: a TypeError traceback from `images / None`; "": "image file 'images' does not exist" (the folder)
+    (lambda d: d["images"][3].update(file_name=None),
+     r"images\[3\]: 'file_name' must be a non-empty str \(.* name in .* folder\), got None$"),
+    (lambda d: d["images"][3].update(file_name=""), r"images\[3\]: 'file_name' must be a non-empty str .*, got ''$"),
     (lambda d: d.update(annotations=[]), "no images or no annotations"),
     # a second image with the id of another: one of them used to vanish, its boxes laid on the other's pixels
     (lambda d: d["images"][4].update(id=d["images"][3]["id"]),
@@ -584,9 +596,12 @@ def test_bf16_is_refused_on_a_gpu_that_only_emulates_it(tiny_model_dir, coco, tm
     check_config(FinetuneConfig(steps=2, bf16=True))
 
 
-@pytest.mark.parametrize("field, value", [("batch_size", 0), ("rank", 0), ("alpha", 0), ("warmup", 0), ("steps", 0),
+@pytest.mark.parametrize("field, value", [("batch_size", 0), ("rank", 0), ("alpha", 0), ("warmup", -1), ("steps", 0),
                                           ("threads", 0), ("batch_size", 2.0), ("minutes", -1.0), ("lr", 0.0),
-                                          ("dropout", 1.0)])
+                                          ("dropout", 1.0), ("seed", None), ("seed", "3"), ("seed", 1.5),
+                                          ("seed", True), ("vision", "no"), ("bf16", "no"),
+                                          ("gradient_checkpointing", "yes"), ("new_words", "star"),
+                                          ("new_words", ("star", "")), ("new_words", [5])])
 def test_finetune_refuses_a_bad_config_before_loading(tiny_model_dir, coco, tmp_path, monkeypatch, field, value):
     import helpers.grounding.model
 
@@ -595,6 +610,53 @@ def test_finetune_refuses_a_bad_config_before_loading(tiny_model_dir, coco, tmp_
     with pytest.raises(FinetuneError, match=field):
         finetune(tiny_model_dir, read_coco(*coco), tmp_path / "out", cfg, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_new_words_are_a_list_of_words_not_a_string():
+    """("star") is the str "star": its letters' embeddings were trained and the card named ['▁a', '▁r', '▁s', '▁t']."""
+    with pytest.raises(FinetuneError, match=r"^new_words must be a list or tuple of non-empty words, e.g. \('star',\) "
+                                            r"for one word; got str 'star'$"):
+        check_config(FinetuneConfig(steps=1, new_words=("star")))
+    check_config(FinetuneConfig(steps=1, new_words=("star",)))
+    check_config(FinetuneConfig(steps=1, new_words=["star", "sea star"]))
+
+
+def test_the_settings_must_be_a_finetune_config(tiny_model_dir, coco, tmp_path, monkeypatch):
+    import helpers.grounding.model
+
+    monkeypatch.setattr(helpers.grounding.model, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(TypeError, match=r"^the settings must be a FinetuneConfig, e.g. FinetuneConfig\(steps=100\); "
+                                        r"got dict: \{'steps': 1\}$"):
+        finetune(tiny_model_dir, read_coco(*coco), tmp_path / "out", {"steps": 1}, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_numpy_seed_is_the_seed_of_the_same_int(tiny_model_dir, coco, tmp_path):
+    """np.int64(3) passed check_config, loaded the model and then failed in random.Random."""
+    import numpy as np
+    import torch
+
+    records = read_coco(*coco)[:1]
+    runs = []
+    for seed in (np.int64(3), 3):
+        model, _, card = finetune(tiny_model_dir, records, tmp_path / f"run{seed!r}",
+                                  FinetuneConfig(steps=1, batch_size=2, device="cpu", seed=seed), progress=False,
+                                  log=lambda s: None)
+        assert type(card["config"]["seed"]) is int
+        runs.append({n: p.detach().clone() for n, p in model.named_parameters() if "lora" in n})
+    assert runs[0] and all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+
+
+def test_command_refuses_empty_new_words_before_reading_or_loading(tiny_model_dir, coco, tmp_path, capsys,
+                                                                  no_loading):
+    """--new-words "" trained nothing and said nothing ("trained_token_embeddings": [])."""
+    out = tmp_path / "out"
+    assert main(["--data", str(coco[0]), "--images", str(coco[1]), "--base", str(tiny_model_dir), "--out", str(out),
+                 "--steps", "2", "--new-words", ""]) == 2
+    err = capsys.readouterr().err
+    assert err == ("python -m helpers finetune: error: new_words must be a list or tuple of non-empty words, e.g. "
+                   "('star',) for one word; got tuple ('',)\n")
+    assert not out.exists()
 
 
 def test_command_refuses_an_output_folder_in_use_before_reading(tiny_model_dir, coco, tmp_path, capsys, no_loading):
@@ -904,6 +966,9 @@ def test_star_drawing_stays_outside_the_world():
     (["--out", "a_file"], "is a file"),
     (["--data", "a_file"], "--data 'a_file' is a file"),
     (["--data", "out/data"], "must not be --out 'out' or inside it"),
+    # write_coco used to put train.json, held_out.json and images/ into any folder, replacing files of those names
+    (["--data", "used"], "--data 'used' holds files that finetune-demo did not write; give a new or empty folder, or "
+                         "one an earlier finetune-demo wrote (its data is replaced)\n"),
 ])
 def test_demo_checks_its_arguments_before_writing_anything(tmp_path, monkeypatch, capsys, args, message):
     """`finetune-demo` with a bad option stops at once (exit 2): no data drawn or written (it used to write 6 240
@@ -926,6 +991,27 @@ def test_demo_checks_its_arguments_before_writing_anything(tmp_path, monkeypatch
     assert err.splitlines()[-1].startswith("python -m helpers finetune-demo: error: ")
     assert message in err
     assert sorted(os.listdir(tmp_path)) == before and os.listdir(tmp_path / "used") == ["keep.txt"]
+
+
+def test_demo_data_goes_to_a_new_or_empty_folder_or_one_it_wrote_before(tmp_path, monkeypatch, capsys):
+    """The default --data is one folder for every run: a folder holding only what write_coco wrote is taken again
+    (a file of its own name in images/ is not enough to make another folder its own)."""
+    from helpers.world import new_kinds
+
+    runs = []
+    monkeypatch.setattr(new_kinds, "_run", lambda args, *rest: runs.append(args.data) or 0)
+    monkeypatch.chdir(tmp_path)
+    earlier = tmp_path / "earlier"
+    write_coco(earlier, 2, seed=7, name="train", world_scenes=1)
+    write_coco(earlier, 1, seed=8, name="held_out")
+    (tmp_path / "empty").mkdir()
+    for data in ("new", "empty", "earlier"):
+        assert new_kinds.main(["--out", f"out_{data}", "--data", data, "--steps", "1"]) == 0
+    assert runs == [Path("new"), Path("empty"), Path("earlier")]
+    (earlier / "images" / "notes.txt").write_text("mine")
+    assert new_kinds.main(["--out", "out", "--data", "earlier", "--steps", "1"]) == 2
+    assert "--data 'earlier' holds files that finetune-demo did not write" in capsys.readouterr().err
+    assert len(runs) == 3
 
 
 def test_qlora_on_a_4bit_base_trains_and_loads(tiny_model_dir, coco, tmp_path):

@@ -1,9 +1,10 @@
-"""helpers.modelcard: the card shows the caption errors by type and the figures of a second set of unseen
+"""helpers.world.modelcard: the card shows the caption errors by type and the figures of a second set of unseen
 scenes beside the held-out ones; it renders without a training record and checks --scenes before loading."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -100,10 +101,10 @@ def test_the_card_names_the_schedule_of_a_run_without_a_time_budget(tmp_path) ->
                                              ("x", "argument --scenes")])
 def test_modelcard_checks_scenes_before_loading(tmp_path, capsys, monkeypatch, scenes, message) -> None:
     """--scenes 0 used to end in an IndexError after loading and evaluating; -1 in a traceback after loading."""
-    import helpers.grounding.model
+    import helpers.world.modelcard
     from helpers.__main__ import main as helpers_main
 
-    monkeypatch.setattr(helpers.grounding.model, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(helpers.world.modelcard, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     assert helpers_main(["modelcard", str(tmp_path), "--scenes", scenes]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.splitlines()[-1].startswith("python -m helpers modelcard: error: ")
@@ -113,10 +114,10 @@ def test_modelcard_checks_scenes_before_loading(tmp_path, capsys, monkeypatch, s
 
 @pytest.mark.parametrize("scenes, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError)])
 def test_write_card_checks_scenes_before_loading(tmp_path, monkeypatch, scenes, error) -> None:
-    import helpers.grounding.model
+    import helpers.world.modelcard
     from helpers.world.modelcard import write_card
 
-    monkeypatch.setattr(helpers.grounding.model, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(helpers.world.modelcard, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(error, match="scenes must be a positive int"):
         write_card(tmp_path, scenes=scenes)
 
@@ -167,12 +168,12 @@ def test_modelcard_exits_1_for_weights_that_cannot_be_loaded(tmp_path, capsys, r
 
 
 def test_modelcard_render_only_names_an_evaluation_that_is_not_json(tmp_path, capsys, monkeypatch) -> None:
-    import helpers.grounding.model
+    import helpers.world.modelcard
     from helpers.__main__ import main as helpers_main
 
     _saved_tiny_model(tmp_path)
     (tmp_path / "evaluation.json").write_text('{"caption": ')
-    monkeypatch.setattr(helpers.grounding.model, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(helpers.world.modelcard, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     capsys.readouterr()  # saving the model's progress bar
     assert helpers_main(["modelcard", str(tmp_path), "--render-only"]) == 2
     err = capsys.readouterr().err
@@ -191,3 +192,44 @@ def test_modelcard_help_describes_the_model_folder_and_shows_the_defaults(monkey
     model_dir = out[out.index("positional arguments:"):out.index("options:")]
     assert "model_dir" in model_dir and "folder of a saved world model" in model_dir
     assert "held-out scenes to evaluate on (default: 220)" in out and f"(default: {HELD_OUT_SEED})" in out
+
+
+@pytest.mark.parametrize("files, render_only, message", [
+    ({"evaluation.json": {}}, True, r"evaluation.json' as `python -m helpers modelcard .*` writes it, but its entries 'scenes', "
+                                    r"'objects', 'seed', .* are missing or malformed: run the command without"),
+    ({"evaluation.json": []}, True, r"evaluation.json' .*, but it holds a JSON list, not an object"),
+    ({"evaluation.json": "GOOD", "training.json": "{"}, True,
+     r"training.json' as `python -m helpers train` writes it, but it is not JSON \(JSONDecodeError: .*\): restore it"),
+    ({"evaluation.json": "GOOD", "training.json": {"stages": 5}}, True, r"training.json' .*, but its runs"),
+    ({"evaluation.json": "GOOD", "evaluation-seed77.json": {"seed": 77}}, True,
+     r"evaluation-seed77.json' .*, but its entries 'scenes', 'objects', 'date', .* are missing or malformed: remove"),
+    # measuring: a broken file it reads afterwards would have cost the whole evaluation first
+    ({"training.json": "{"}, False, r"training.json' .*, but it is not JSON"),
+    ({"evaluation.json": {"seed": "x"}}, False, None),  # replaced by the run: not read, not refused
+])
+def test_modelcard_refuses_json_files_of_the_wrong_shape_before_loading(tmp_path, capsys, monkeypatch, files,
+                                                                         render_only, message) -> None:
+    """`{}`, `[]` and a corrupt training.json ended in a KeyError, a TypeError or a JSONDecodeError traceback."""
+    import helpers.world.modelcard
+    from helpers.__main__ import main as helpers_main
+
+    class Loaded(Exception):
+        pass
+
+    def load(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(helpers.world.modelcard, "load", load)
+    for name, content in files.items():
+        content = _result(20231114, 8, 3) if content == "GOOD" else content
+        (tmp_path / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    argv = ["modelcard", str(tmp_path), "--scenes", "1"] + (["--render-only"] if render_only else [])
+    if message is None:
+        with pytest.raises(Loaded):
+            helpers_main(argv)
+        return
+    assert helpers_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("python -m helpers modelcard: error: the card needs ") and re.search(message, err), err
+    assert not (tmp_path / "README.md").exists()

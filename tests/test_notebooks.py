@@ -379,3 +379,25 @@ def test_every_notebook_is_numbered_and_checked() -> None:
     found = sorted(p.name for p in Path(notebooks_dir()).glob("*.ipynb"))
     assert found == NOTEBOOKS
     assert len(NOTEBOOKS) >= 12 and [name[:2] for name in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
+
+
+# --------------------------------------------------------------------------------------------- the command
+
+
+def test_a_failing_cell_is_named_in_one_line_and_its_notebook_left_as_it_was(tmp_path, capsys) -> None:
+    """``python -m helpers notebooks`` printed nbclient's 40-line traceback, without saying which notebook failed."""
+    from helpers.course.notebooks import main
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# A lesson"), nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell("\n# the broken step\nraise ValueError('bad\\nvalue')"),
+                nbformat.v4.new_code_cell("y = 2")]
+    failing, after = tmp_path / "fail.ipynb", tmp_path / "after.ipynb"
+    nbformat.write(nb, failing)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("z = 3")]), after)
+    stored = failing.read_bytes(), after.read_bytes()
+    assert main([str(failing), str(after)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"python -m helpers notebooks: error: {failing}: cell 3 of 4 ('# the broken step') raised "
+                   "ValueError: bad value (not run: after.ipynb)\n")
+    assert (failing.read_bytes(), after.read_bytes()) == stored

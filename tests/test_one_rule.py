@@ -1,11 +1,13 @@
 """Each rule of the package is written once: the box type and its checks, the image-size check, the
-user-box rule, Kosmos-2's prompts, the metrics table and the results record. The other modules use those
+user-box rule, Kosmos-2's prompts, the metrics table, the results record, the world's texts and drawing, the
+quantizations fine-tuning takes and the learning-rate schedule. The other modules use those
 definitions; these tests fail when a copy creeps back in, and check that the users give the same answer."""
 
 from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +174,83 @@ def test_one_rule_for_a_number_above_zero_in_load_image_and_finetune() -> None:
     check_positive_number("minutes", None, none_ok=True)
     with pytest.raises(ValueError, match=r"^minutes must be a number above 0 or None, got 0$"):
         check_positive_number("minutes", 0, none_ok=True)
+
+
+# ----------------------------------------------------------------------------- fine-tuning and the world
+
+
+@pytest.mark.parametrize("pattern, home", [
+    (r"' and' \+ \w+\[-1\]", "grounding/finetune.py"),                            # a caption's list of phrases
+    (r"<phrase> \{[^}]*\}</phrase>' \+ object_tokens\(", "grounding/finetune.py"),  # a phrase with its boxes
+    (r" It is \{", "grounding/finetune.py"),                                      # a question's answer
+    (r"\* 0\.55\b", "world/scenes.py"),                                           # the outline colour
+])
+def test_the_worlds_texts_and_drawing_live_in_one_module(pattern: str, home: str) -> None:
+    """finetune.texts_for and new_kinds.draw_star used to carry copies of these (a change in one would silently
+    change what fine-tuning teaches the bundled model). The grounded-text format lives on the grounding side, which
+    imports nothing of the world (tests/test_finetune.py); the world's language uses it."""
+    where = [name for name, text in _sources().items() if re.search(pattern, _code(text), re.M)]
+    assert where == [home], f"{pattern!r} is written in {where}, expected only in {home}"
+
+
+def test_fine_tuning_texts_of_a_world_scene_are_the_worlds_own() -> None:
+    from helpers.grounding.finetune import AnnotatedObject, Category, ImageRecord, qa_answer, texts_for
+    from helpers.world import language
+    from helpers.world.scenes import sample_scenes
+
+    for scene in sample_scenes(40, seed=11):
+        categories = {o.name: Category(i, o.name, "snowmen" if o.name == "snowman" else o.name + "s")
+                      for i, o in enumerate(scene.objects)}
+        groups = [[AnnotatedObject(categories[o.name], o.box, o.phrase) for o in g] for g in scene.groups]
+        texts = texts_for([ImageRecord(Path("scene.png"), *scene.image.size, scene.seed, groups)])
+        assert [t.answer for t in texts if t.task == "caption"] == [language.caption_answer(scene)]
+        assert [t.answer for t in texts if t.task == "question"] == [
+            qa_answer(language.answer_name(o)) for o in scene.objects]
+
+
+def test_star_scenes_use_the_worlds_seed_stride() -> None:
+    from helpers.world import new_kinds, scenes
+
+    assert new_kinds.SEED_STRIDE is scenes.SEED_STRIDE
+    assert "1000003" not in _code(_sources()["world/new_kinds.py"])
+    second = scenes.sample_scenes(2, seed=3)[1]
+    assert second.objects == scenes.sample_scene(3 * scenes.SEED_STRIDE + 1).objects
+
+
+def test_fine_tuning_takes_one_list_of_quantizations() -> None:
+    """check_config let any name through to load(), which called it a broken base model (exit 1 on the command
+    line) with advice about a dtype fine-tuning chooses itself, or offered seven names fine-tuning cannot use; the
+    command line and memory_needed each had their own copy of the two it can."""
+    from helpers.grounding import finetune
+    from helpers.grounding.finetune import QLORA, BaseModelError, FinetuneConfig, FinetuneError, check_config
+
+    assert QLORA == ("4bit", "nf4")
+    for good in (None, *QLORA):
+        check_config(FinetuneConfig(steps=1, quantization=good))
+    for bad in ("int8", "bogus", "none", ""):
+        with pytest.raises(FinetuneError) as refused:
+            check_config(FinetuneConfig(steps=1, quantization=bad))
+        assert not isinstance(refused.value, BaseModelError)
+        assert str(refused.value) == ("quantization must be None (a full-precision base) or a 4-bit base for QLoRA, "
+                                      f"one of '4bit', 'nf4'; got {bad!r}")
+    action = next(a for a in finetune.build_parser()._actions if a.dest == "quantization")
+    assert action.choices is QLORA
+    assert len(re.findall(r"'4bit', 'nf4'", _code(_sources()["grounding/finetune.py"]))) == 1
+
+
+def test_one_learning_rate_schedule_and_one_warm_up_rule_for_training_and_fine_tuning() -> None:
+    """finetune refused warmup=0, which train takes as "no warm-up"; both now compute the rate with one function."""
+    from helpers.grounding import finetune
+    from helpers.grounding.finetune import FinetuneConfig, check_config, cosine_lr
+    from helpers.world import training
+
+    assert training.cosine_lr is cosine_lr and training.warmup_lr is finetune.warmup_lr
+    check_config(FinetuneConfig(steps=10, warmup=0))
+    for warmup in (0, 1):
+        assert finetune._schedule(FinetuneConfig(steps=10, lr=1e-3, warmup=warmup), 0, 0.0) == 1e-3
+    assert cosine_lr(1e-3, 4, 10, 0.0) == pytest.approx(5e-4)  # half-way through the warm-up
+    assert cosine_lr(1e-3, 50, 10, 0.5) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+    assert cosine_lr(1e-3, 50, 10, 1.0) == cosine_lr(1e-3, 50, 10, 3.0) == pytest.approx(5e-5)
+    for bad in (-1, 1.5, None):
+        with pytest.raises(finetune.FinetuneError, match=r"^warmup must be 0 or more \(a whole number\)"):
+            check_config(FinetuneConfig(steps=10, warmup=bad))  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from helpers.world.scenes import (
     ARTICLE_SNOWMAN_BOX,
     COLOURS,
     KINDS,
+    MIN_SIDE,
     SHAPES,
     SPECIAL_KINDS,
     Scene,
@@ -27,6 +28,7 @@ from helpers.world.scenes import (
     sample_scenes,
     snowman_illustration,
 )
+from helpers.world.new_kinds import star_scene
 
 PLAIN = (236, 240, 246)
 SCENES = sample_scenes(120, seed=11)
@@ -91,9 +93,46 @@ def test_sample_scenes_size_argument_fixes_the_image_size() -> None:
 
 
 def test_sample_scenes_rejects_negative_n() -> None:
-    with pytest.raises(ValueError, match="non-negative.*-1"):
+    with pytest.raises(ValueError, match=r"n must be 0 or more \(a whole number\), got -1"):
         sample_scenes(-1, seed=0)
     assert sample_scenes(0, seed=0) == []
+
+
+@pytest.mark.parametrize("n", [None, "2", True, 1.5])
+def test_sample_scenes_takes_a_whole_number_of_scenes(n) -> None:
+    """None and "2" ended in a TypeError from a comparison, True gave one scene, 1.5 two."""
+    with pytest.raises(TypeError, match=r"^n must be 0 or more \(a whole number\), got "):
+        sample_scenes(n, seed=0)
+
+
+@pytest.mark.parametrize("seed", [None, "3", 1.5, True])
+def test_seeds_are_whole_numbers(seed) -> None:
+    """None drew an unrepeatable scene (or ended in a TypeError from `seed * SEED_STRIDE`), a str or a float was
+    taken as a seed of random's own."""
+    for draw in (lambda: sample_scene(seed), lambda: sample_scenes(2, seed), lambda: star_scene(seed)):
+        with pytest.raises(TypeError, match=r"^seed must be a whole number \(an int\), got "):
+            draw()
+
+
+def test_numpy_seeds_draw_the_scenes_of_the_same_int() -> None:
+    """np.int64 seeds ended in random.py's TypeError ("The only supported seed types are …")."""
+    assert _fingerprint(sample_scene(np.int64(3))) == _fingerprint(sample_scene(3))
+    assert [_fingerprint(s) for s in sample_scenes(2, np.int64(3))] == [_fingerprint(s) for s in sample_scenes(2, 3)]
+    assert np.array_equal(np.asarray(star_scene(np.int64(3)).image), np.asarray(star_scene(3).image))
+
+
+def test_a_size_too_small_for_the_objects_is_refused() -> None:
+    """At 1 x 1 most boxes reached outside [0, 1] (x1 = 1.25); at 2 x 2 Kumo, up to 0.55 of the side wide, still
+    can. From MIN_SIDE (3) pixels up every box lies inside the image."""
+    assert MIN_SIDE == 3
+    for size in [(1, 1), (2, 2), (2, 90), (90, 2)]:
+        with pytest.raises(ValueError, match=f"size must be at least 3 x 3 pixels .*, got {size[0]} x {size[1]}$"):
+            sample_scenes(1, 0, size=size)
+        with pytest.raises(ValueError, match="size must be at least 3 x 3 pixels"):
+            sample_scene(0, size=size)
+    for size in [(3, 3), (3, 60), (60, 3), (4, 4)]:
+        boxes = [o.box for s in sample_scenes(400, seed=1, size=size) for o in s.objects]
+        assert len(boxes) >= 400 and all(0 <= v <= 1 for box in boxes for v in box), size
 
 
 # --------------------------------------------------------------------------------------------- boxes
@@ -325,9 +364,9 @@ def test_draw_scene_refuses_scenes_the_language_cannot_phrase(layout, message) -
 
 def test_the_sampler_stays_within_what_draw_scene_accepts() -> None:
     from helpers.world.new_kinds import star_scene
-    from helpers.world.scenes import MAX_OBJECTS, MAX_PER_KIND
+    from helpers.world.scenes import MAX_OBJECTS, MAX_PER_KIND, SEED_STRIDE
 
-    scenes = sample_scenes(600, seed=5) + [star_scene(7 * 1_000_003 + i) for i in range(200)]
+    scenes = sample_scenes(600, seed=5) + [star_scene(7 * SEED_STRIDE + i) for i in range(200)]
     assert max(len(s.objects) for s in scenes) == MAX_OBJECTS
     assert max(len(g) for s in scenes for g in s.groups) == MAX_PER_KIND
     for scene in sample_scenes(40, seed=6):  # a sampled layout drawn again gives the same scene

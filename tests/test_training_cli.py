@@ -65,7 +65,7 @@ def _run(tmp_path, capsys, extra: list[str], out: str = "out") -> str:
     # the options as typed (it used to say fp4_share and nf4_share, the Python names)
     (["--fp4-share", "0.6", "--nf4-share", "0.6"], PREFIX + "--fp4-share and --nf4-share must be 0 or more and add up "
                                                    "to at most 1, got 0.6 and 0.6"),
-    (["--device", "tpu7"], "--device 'tpu7'"),
+    (["--device", "tpu7"], PREFIX + "argument --device: device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got 'tpu7'"),
 ])
 def test_bad_options_stop_before_any_work(tmp_path, capsys, no_work, extra, message) -> None:
     assert message in _run(tmp_path, capsys, extra)
@@ -141,6 +141,27 @@ def test_bf16_is_refused_on_a_gpu_that_only_emulates_it(tmp_path, capsys, no_wor
     check_config(TrainConfig(device="cpu", bf16=True))  # CPUs are not refused (AMX, AVX-512 BF16)
     gpu((8, 0), "NVIDIA A100")
     check_config(TrainConfig(device="cuda", bf16=True))
+
+
+def test_the_device_is_checked_by_the_rule_of_load_before_anything_is_built(tmp_path, capsys, no_work, gpu,
+                                                                             monkeypatch) -> None:
+    """train checked --device with a copy of its own that knew neither MPS nor a GPU's index: --device mps on a
+    machine without MPS built the processor and the model, then failed with a traceback; --device cuda:3 on a
+    machine with one GPU got through. Both now read as finetune --device does (model.check_device's rule)."""
+    import torch
+
+    from helpers.grounding.model import check_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    gpu((8, 0), "NVIDIA A100")  # one GPU: cuda:0
+    for device in ("mps", "cuda:3"):
+        with pytest.raises(ValueError) as rule:
+            check_device(device)
+        line = _run(tmp_path, capsys, ["--device", device])
+        expected = str(rule.value).replace("leave device unset", "leave out --device")
+        assert line == PREFIX + "argument --device: " + expected
+    assert "needs Apple's MPS backend" in _run(tmp_path, capsys, ["--device", "mps"])
+    assert "'cuda:3' does not exist: torch sees 1 CUDA GPU(s)" in _run(tmp_path, capsys, ["--device", "cuda:3"])
 
 
 def test_native_bfloat16_is_one_rule_for_training_and_loading(gpu) -> None:

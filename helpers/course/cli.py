@@ -22,7 +22,7 @@ from typing import Sequence
 
 from helpers.course.batch import RESULTS_NAME, annotated_names, check_images, ground_folder, image_files
 from helpers.grounding.boxes import is_inverted, looks_like_pixels, to_normalized
-from helpers.grounding.checks import positive_int_option
+from helpers.grounding.checks import out_problem, positive_int_option
 from helpers.grounding.images import ImageLoadError, stored_size
 from helpers.grounding.model import ModelLoadError, load
 from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, user_box_entry
@@ -71,17 +71,6 @@ def fail(message: str, code: int = 2, prog: str = PROG) -> int:
     """Print ``prog: error: message`` on stderr and return the exit ``code`` (argparse's style)."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     return code
-
-
-def out_file_problem(out: Path) -> str | None:
-    """Why the results file ``--out`` could not be written at the end of a run (a folder, or a path under a
-    file), or ``None``: checked before any work, so that hours of grounding never end in a failed write."""
-    if out.is_dir():
-        return f"--out {out} is a folder; give the results file's name, e.g. --out {out / 'results.jsonl'}"
-    blocked = next((folder for folder in out.parents if folder.exists()), None)
-    if blocked is not None and not blocked.is_dir():
-        return f"--out {out}: {blocked} is a file, so nothing can be written under it"
-    return None
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
@@ -141,8 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as err:
             return _fail(box_message(args.box, err, files))
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        return _fail(f"--out {args.out} exists and is not a folder; give a folder for results.jsonl and the PNGs")
+    problem = out_problem("--out", args.out, folder=True, wanted="a folder for results.jsonl and the PNGs")
+    if problem:
+        return _fail(problem)
     try:
         check_images(files)
         annotated_names(files, out)  # an --out that would take over the images themselves
@@ -156,8 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         records = ground_folder(model, processor, files, args.prompt, args.out, batch_size=args.batch_size,
                                 max_new_tokens=args.max_new_tokens, box=args.box)
-    except (ImageLoadError, ValueError, OSError) as err:
+    except (ImageLoadError, ValueError) as err:
         return _fail(str(err))
+    except OSError as err:  # a write that failed after the check (a full disk): --out, not a temporary file
+        return _fail(f"--out {args.out!r}: writing the results failed ({err.strerror or err})")
     if not args.quiet:
         for rec in records:
             phrases = ", ".join(e["phrase"] for e in rec["entities"]) or "no grounded phrase"

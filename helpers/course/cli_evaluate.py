@@ -8,9 +8,10 @@ Examples::
     python -m helpers evaluate refcoco mdetr_annotations/finetune_refcocog_val.json --images coco/train2014
     python -m helpers evaluate flickr30k flickr30k_entities --split test --images flickr30k-images
 
-Each run writes one JSON line per scored item to ``--out`` (default ``outputs/evaluate/<benchmark>.jsonl``)
-and prints the table. The benchmarks decode as the Kosmos-2 authors did (greedy, ``no_repeat_ngram_size``
-3); ``world`` uses plain greedy decoding. ``--no-repeat-ngram-size`` and ``--num-beams`` change that.
+Each run writes one JSON line per scored item to ``--out`` (default ``outputs/evaluate/<benchmark>.jsonl``;
+never one of the files it reads) and prints the table. The benchmarks decode as the Kosmos-2 authors did (greedy,
+``no_repeat_ngram_size`` 3); ``world`` uses plain greedy decoding. ``--no-repeat-ngram-size`` and ``--num-beams``
+change that.
 
 Exit codes: 0 when the evaluation ran; 2 for bad input (a missing or malformed file, a missing image, a bad
 option), with a one-line message on stderr; 1 when the model could not be loaded.
@@ -24,14 +25,15 @@ import os
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from helpers.grounding.checks import check_positive_int
-from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS
+from helpers.course.cli import fail, parse
+from helpers.grounding.checks import count_option, out_problem, positive_int_option
+from helpers.grounding.evaluation import (BENCHMARK_MAX_NEW_TOKENS, HELD_OUT_SEED, PhraseScores, caption_error_table,
+                                          evaluate, evaluate_captions, format_score)
 from helpers.grounding.quantization import QUANTIZATIONS
 
 PROG = "python -m helpers evaluate"
-BENCHMARKS = ("world", "refcoco", "flickr30k")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,14 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
                               "(see load(); default: load() chooses)")
         sub.add_argument("--out", default=None, metavar="FILE",
                          help="JSON Lines file for the per-item results (default outputs/evaluate/<benchmark>.jsonl)")
-        sub.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per generate call")
-        sub.add_argument("--no-repeat-ngram-size", type=int, default=ngram, metavar="N",
+        sub.add_argument("--batch-size", type=positive_int_option, default=None, metavar="N",
+                         help="prompts per generate call")
+        sub.add_argument("--no-repeat-ngram-size", type=count_option, default=ngram, metavar="N",
                          help=f"forbid repeating any N tokens in an answer; 0 switches it off (default {ngram})")
-        sub.add_argument("--num-beams", type=int, default=1, metavar="N", help="beam search width (default 1: greedy)")
+        sub.add_argument("--num-beams", type=positive_int_option, default=1, metavar="N",
+                         help="beam search width (default 1: greedy)")
         sub.add_argument("--quiet", action="store_true", help="print nothing but the table and errors")
 
     world = benchmarks.add_parser("world", help="the synthetic world's held-out scenes (the bundled model's card)")
-    world.add_argument("--scenes", type=int, default=220, metavar="N", help="held-out scenes (default 220)")
+    world.add_argument("--scenes", type=positive_int_option, default=220, metavar="N",
+                       help="held-out scenes (default 220)")
     world.add_argument("--seed", type=int, default=None, metavar="S", help="scene seed (default: the held-out seed)")
     world.add_argument("--captions-only", action="store_true",
                        help="only the brief captions: their scores and errors by type (a quick probe)")
@@ -69,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--instances", default=None, metavar="FILE", help="instances.json (with a refs pickle)")
     ref.add_argument("--split", default=None, help="train, val, test, testA, testB … (refer toolkit rules)")
     ref.add_argument("--images", required=True, metavar="DIR", help="the image folder (COCO train2014)")
-    ref.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N expressions (a quick look)")
-    ref.add_argument("--max-new-tokens", type=int, default=BENCHMARK_MAX_NEW_TOKENS, metavar="N",
+    ref.add_argument("--limit", type=positive_int_option, default=None, metavar="N",
+                     help="only the first N expressions (a quick look)")
+    ref.add_argument("--max-new-tokens", type=positive_int_option, default=BENCHMARK_MAX_NEW_TOKENS, metavar="N",
                      help=f"most tokens per answer (default {BENCHMARK_MAX_NEW_TOKENS}: room for 20 boxes)")
     common(ref, 3)
 
@@ -79,29 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     flickr.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                         help="the split to read (default test, the paper's; all: every image of Sentences/)")
     flickr.add_argument("--images", required=True, metavar="DIR", help="the flickr30k-images folder")
-    flickr.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N phrases (a quick look)")
-    flickr.add_argument("--max-new-tokens", type=int, default=BENCHMARK_MAX_NEW_TOKENS, metavar="N",
+    flickr.add_argument("--limit", type=positive_int_option, default=None, metavar="N",
+                        help="only the first N phrases (a quick look)")
+    flickr.add_argument("--max-new-tokens", type=positive_int_option, default=BENCHMARK_MAX_NEW_TOKENS, metavar="N",
                      help=f"most tokens per answer (default {BENCHMARK_MAX_NEW_TOKENS}: room for 20 boxes)")
     common(flickr, 3)
     return parser
-
-
-def _problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with the options argparse let through (a count below 1), or ``None``."""
-    for name in ("batch_size", "num_beams", "limit", "scenes", "max_new_tokens"):
-        value = getattr(args, name, None)  # None: not given, or an option of another benchmark
-        try:
-            if value is not None:
-                check_positive_int(f"--{name.replace('_', '-')}", value)
-        except (TypeError, ValueError) as err:
-            return str(err)
-    if args.no_repeat_ngram_size < 0:
-        return f"--no-repeat-ngram-size must be at least 0, got {args.no_repeat_ngram_size}"
-    if args.out:
-        from helpers.course.cli import out_file_problem
-
-        return out_file_problem(Path(args.out))
-    return None
 
 
 def write_jsonl(rows: Sequence[dict], path: str | os.PathLike) -> Path:
@@ -118,8 +107,6 @@ def write_jsonl(rows: Sequence[dict], path: str | os.PathLike) -> Path:
 
 def split_table(rows: Sequence[dict]) -> str:
     """RefCOCO rows → a Markdown table of accuracy@1 and the upper bound per split, then all together."""
-    from helpers.grounding.evaluation import PhraseScores
-
     groups: dict[str, PhraseScores] = defaultdict(PhraseScores)
     for row in rows:
         for key in (str(row.get("split")), "all"):
@@ -133,18 +120,29 @@ def split_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def input_files(args: argparse.Namespace, data) -> Iterator[Path]:
+    """The files a run reads (which ``--out`` must not replace): the annotations and ``--instances`` or the Flickr30k
+    split, sentence and annotation files, and the images of ``data`` (what :func:`main` read; ``None`` for the
+    world, which reads no file). Listed only when asked for (a generator)."""
+    if args.benchmark == "refcoco":
+        yield from (Path(f) for f in (args.annotations, args.instances) if f is not None)
+    elif args.benchmark == "flickr30k":
+        root = Path(args.root)
+        yield from (*root.glob("*.txt"), *(root / "Sentences").glob("*.txt"), *(root / "Annotations").glob("*.xml"))
+    if data is not None:
+        yield from (Path(args.images) / it.file_name for it in (data if isinstance(data, list) else data.items))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    from helpers.course.cli import fail, parse
-
     args = parse(build_parser(), argv)
     if isinstance(args, int):
         return args
-    problem = _problem(args)
+    out = args.out if args.out is not None else f"outputs/evaluate/{args.benchmark}.jsonl"
+    wanted = f"the results file's name, e.g. --out {Path(out) / 'results.jsonl'}"
+    problem = out_problem("--out", out, folder=False, wanted=wanted)  # at once, before a long read of the data
     if problem:
         return fail(problem, prog=PROG)
-    out = Path(args.out or f"outputs/evaluate/{args.benchmark}.jsonl")
-
     from helpers.grounding.flickr30k import Flickr30kFormatError
     from helpers.grounding.images import ImageLoadError
     from helpers.grounding.model import Decoding, ModelLoadError, load
@@ -170,14 +168,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_images_exist([it.file_name for it in (data if isinstance(data, list) else data.items)], args.images)
     except (RefCocoFormatError, Flickr30kFormatError, ImageLoadError) as err:
         return fail(str(err), prog=PROG)
+    problem = None if data is None else out_problem("--out", out, folder=False, wanted=wanted,
+                                                    inputs=input_files(args, data))  # not one of the files read
+    if problem:
+        return fail(problem, prog=PROG)
+    out = Path(out)
     try:
         model, processor = load(args.model, quantization=args.quantization, verbose=not args.quiet)
     except (ModelLoadError, ValueError) as err:
         return fail(str(err), code=1, prog=PROG)
     try:
         if args.benchmark == "world":
-            from helpers.grounding.evaluation import (HELD_OUT_SEED, caption_error_table, evaluate,
-                                                      evaluate_captions, format_score)
             from helpers.world.scenes import sample_scenes
 
             scenes = sample_scenes(args.scenes, seed=HELD_OUT_SEED if args.seed is None else args.seed)

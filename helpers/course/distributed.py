@@ -35,14 +35,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from PIL import Image
+
 from helpers.course.batch import check_images, image_files
-from helpers.course.cli import fail, out_file_problem, parse, prompt_option
+from helpers.course.cli import fail, parse, prompt_option
 from helpers.course.outputs import grounding_record
-from helpers.grounding.checks import check_positive_int, positive_int_option
+from helpers.grounding.checks import check_positive_int, out_problem, positive_int_option
 from helpers.grounding.images import ImageLoadError, load_image, load_image_and_size
 from helpers.grounding.model import ModelLoadError, ground, load
 from helpers.grounding.prompts import CAPTION_PROMPT
@@ -163,8 +164,6 @@ def ground_distributed(
         TypeError, ValueError: bad arguments (checked on every process before any work).
         DistributedGroundingError: an image could not be loaded or grounded on some process.
     """
-    from PIL import Image
-
     if isinstance(images, (str, bytes, Image.Image)) or not isinstance(images, Sequence):
         raise TypeError(f"images must be a list of images or paths, got {type(images).__name__}")
     n = len(images)
@@ -230,11 +229,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args
 
     out = Path(args.out)
-    problem = out_file_problem(out)  # the same checks on every process, before any of them loads a model
+    # the same checks on every process, before any of them loads a model
+    try:
+        files = image_files(args.images)
+    except ImageLoadError as err:
+        return _fail(str(err))
+    problem = out_problem("--out", args.out, folder=False, inputs=files,  # not one of the images
+                          wanted=f"the results file's name, e.g. --out {out / 'results.jsonl'}")
     if problem:
         return _fail(problem)
     try:
-        files = image_files(args.images)
         check_images(files)  # every file opens as an image, as ground's command checks too
     except ImageLoadError as err:
         return _fail(str(err))

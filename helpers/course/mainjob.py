@@ -25,6 +25,7 @@ from typing import Sequence
 from helpers.course.notebooks import check_kernel, course_notebooks, execute
 from helpers.course.outputs import RECORDS_NAME, read_records
 from helpers.course.paths import repo_root
+from helpers.grounding.checks import out_problem
 
 PROG = "python -m helpers run"
 #: Groundings printed per notebook (all of them are in ``records.jsonl``).
@@ -40,7 +41,8 @@ COURSE_ENTRIES = ("screenshots", "evaluate")
 
 
 class OutputFolderError(ValueError):
-    """The output folder cannot be used: it is a file, or a non-empty folder that no run wrote."""
+    """The output folder cannot be used: it is a file or lies under one, or is a non-empty folder that no run
+    wrote."""
 
 
 def _from_an_earlier_run(out: Path, names: set[str]) -> bool:
@@ -63,11 +65,12 @@ def prepare_output(out: Path) -> None:
     run's own entries (:data:`RUN_ENTRIES`) are removed; anything else in a marked folder stays.
 
     Raises:
-        OutputFolderError: ``out`` is not a folder, or is a non-empty folder that no run wrote (nothing in
-            it is touched).
+        OutputFolderError: ``out`` is a file or lies under one, or is a non-empty folder that no run wrote
+            (nothing in it is touched).
     """
-    if out.exists() and not out.is_dir():
-        raise OutputFolderError(f"--out {out} exists and is not a folder; choose a new or empty folder for the results")
+    problem = out_problem("--out", out, folder=True, wanted="a new or empty folder for the results")
+    if problem:
+        raise OutputFolderError(problem)
     names = {p.name for p in out.iterdir()} if out.is_dir() else set()
     if out == repo_root() / "outputs":
         names -= set(COURSE_ENTRIES)

@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from helpers.course.paths import notebooks_dir
 
-#: Environment every headless run uses: offline model choice and no progress bars.
+#: Environment every headless run uses: no progress bars and no parallel tokenizers. The offline, bundled-model
+#: setting is not here: ``python -m helpers notebooks`` adds it (:func:`main`), the main job does not.
 HEADLESS_ENV = {"KOSMOS2_PROGRESS": "0", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class NotebookCellError(RuntimeError):
+    """A cell of a notebook failed (raised, ran past the time-out, or its kernel died); the message names the
+    notebook, the cell and the error in one line."""
 
 
 def check_kernel() -> None:
@@ -56,9 +64,14 @@ def execute(path: Path, out: Path | None = None, *, timeout: int = 600, env: dic
     ``setup`` is code run in the notebook's kernel before its first cell, in a cell that the written copy
     leaves out (the main job uses it to keep the notebook's groundings). Pictures that a cell shows both as
     PNG and as JPEG are stored once, as PNG.
+
+    Raises:
+        NotebookCellError: a cell failed, e.g. ``notebooks/x.ipynb: cell 4 of 9 ('value = compute()') raised
+            ValueError: bad value``; the notebook is not written.
     """
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     check_kernel()
     path = Path(path)
@@ -68,11 +81,28 @@ def execute(path: Path, out: Path | None = None, *, timeout: int = 600, env: dic
     extra = dict(HEADLESS_ENV, **(env or {}))
     start = time.perf_counter()
     with _env(extra):
+        running: list[int] = []  # the index of the cell that runs
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                resources={"metadata": {"path": str(path.parent.resolve())}})
-        # the kernel process's own log (e.g. its note about local TCP) is not course output; cell output,
-        # stderr included, still reaches the notebook through the kernel's messages
-        client.execute(stderr=subprocess.DEVNULL)
+                                resources={"metadata": {"path": str(path.parent.resolve())}},
+                                on_cell_execute=lambda cell, cell_index: running.append(cell_index))
+        try:
+            # the kernel process's own log (e.g. its note about local TCP) is not course output; cell output,
+            # stderr included, still reaches the notebook through the kernel's messages
+            client.execute(stderr=subprocess.DEVNULL)
+        except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
+            if isinstance(err, CellExecutionError):
+                what = f"raised {err.ename}: {' '.join(str(err.evalue).split())[:300]}"
+            elif isinstance(err, CellTimeoutError):
+                what = f"did not finish within {timeout} s"
+            else:
+                what = "killed its kernel"
+            if not running:
+                raise NotebookCellError(f"{path}: the kernel died before any cell ran") from None
+            index, skip = running[-1], 1 if setup else 0  # the set-up cell is not one of the notebook's
+            first = next((line.strip() for line in nb.cells[index].source.splitlines() if line.strip()), "")
+            cell = ("the set-up cell" if index < skip else
+                    f"cell {index + 1 - skip} of {len(nb.cells) - skip} ({first[:60]!r})")
+            raise NotebookCellError(f"{path}: {cell} {what}") from None
     seconds = time.perf_counter() - start
     if setup:
         del nb.cells[0]
@@ -89,9 +119,6 @@ def execute(path: Path, out: Path | None = None, *, timeout: int = 600, env: dic
 def check_notebook(path: Path) -> None:
     """Raise ``ValueError`` naming ``path`` unless it is a Jupyter notebook that nbformat reads and validates
     (checked before anything runs: a picture or a JSON file of another shape used to end in a traceback)."""
-    import json
-    import warnings
-
     import nbformat
 
     def refuse(problem: str) -> ValueError:
@@ -126,7 +153,8 @@ PROG = "python -m helpers notebooks"
 def main(argv: Sequence[str] | None = None) -> int:
     """Re-execute the notebooks named in ``argv`` (default: every course notebook); return the exit code: 0,
     2 with a one-line message when a named notebook is not a file or not a notebook (:func:`check_notebook`), 1
-    when ipykernel is missing (all checked before any runs)."""
+    when ipykernel is missing (all checked before any runs), 1 with a one-line message naming the notebook and the
+    cell when a cell fails (that notebook is left as it was, and the ones after it are not run)."""
     parser = argparse.ArgumentParser(prog=PROG,
                                      description="Re-execute notebooks in place, offline on the bundled model.")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every course notebook")
@@ -148,8 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
-    for p in paths:
-        seconds = execute(p, env={"HF_HUB_OFFLINE": "1", "KOSMOS2_MODEL": ""})
+    for k, p in enumerate(paths):
+        try:
+            seconds = execute(p, env={"HF_HUB_OFFLINE": "1", "KOSMOS2_MODEL": ""})
+        except NotebookCellError as err:  # the notebook is left as it was
+            rest = f" (not run: {', '.join(q.name for q in paths[k + 1:])})" if paths[k + 1:] else ""
+            print(f"{PROG}: error: {err}{rest}", file=sys.stderr)
+            return 1
         print(f"{p.name}: executed in {seconds:.1f} s")
     return 0
 

@@ -1,11 +1,15 @@
-"""Checks of arguments that many functions share, each written once (boxes and image sizes: ``boxes``), and the
-option types of the command lines built on them."""
+"""Checks of arguments that many functions share, each written once (boxes and image sizes: ``boxes``), the
+option types of the command lines built on them, and the check of an output path."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import numbers
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
 
 
 def is_positive_int(value: object) -> bool:
@@ -49,6 +53,63 @@ def check_count(name: str, value: object) -> int:
                         f"{value!r:.80}") from None
     except ValueError:
         raise ValueError(f"{name} must be 0 or more (a whole number), got {value!r}") from None
+
+
+def check_seed(name: str, value: object) -> int:
+    """Return ``value`` as an int when it is a whole number (numpy ints too; ``bool`` is not one): a seed, which
+    ``random.Random`` and ``torch.manual_seed`` take as a Python int.
+
+    Raises:
+        TypeError: anything else, e.g. ``seed must be a whole number (an int), got NoneType: None``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number (an int), got {type(value).__name__}: {value!r:.80}")
+    return int(value)
+
+
+def out_problem(name: str, out: str | os.PathLike, *, folder: bool, wanted: str,
+                inputs: Iterable[str | os.PathLike] = (), beside: bool = False) -> str | None:
+    """Why nothing could be written at ``out`` (named ``name`` in the message, e.g. ``--out``), or ``None``: checked
+    before any work, so that a long run never ends in a failed write.
+
+    ``folder``: ``out`` is to be a folder, so it must not be a file (else: a file, so it must not be a folder).
+    Either way no existing parent of ``out`` may be a file, and the first folder of the path that exists must take
+    a new file (one is created there and removed at once; the missing folders are not created); with ``beside``
+    (the output is written beside ``out`` and renamed into place) that is the folder holding ``out``. ``wanted``
+    says what to give instead, e.g. ``a folder for the model``: ``--out 'x' is a file; give a folder for the model``.
+    An empty ``out`` is refused (``Path('')`` would be the current folder). ``inputs``: the files the command
+    reads; ``out`` must not be one of them, as writing it would replace that input.
+    """
+    if not str(out).strip():
+        return f"{name} is empty; give {wanted}"
+    out = Path(out)
+    if out.exists() and out.is_dir() != folder:
+        return f"{name} {str(out)!r} is a {'file' if folder else 'folder'}; give {wanted}"
+    if out.is_file() and replaced_inputs([out], inputs):
+        return (f"{name} {str(out)!r} is one of this command's own inputs, which the results would replace: "
+                "choose another file for the results")
+    here = out if out.is_dir() and not beside else next((up for up in out.parents if up.exists()), Path("."))
+    if not here.is_dir():
+        return f"{name} {str(out)!r}: {str(here)!r} is a file, so nothing can be written under it"
+    try:
+        _write_probe(here)
+    except OSError as err:
+        return f"{name} {str(out)!r}: nothing can be written in {str(here)!r} ({err.strerror or err})"
+    return None
+
+
+def replaced_inputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """The paths of ``outputs`` that are one of the ``inputs`` (compared resolved: links and ``..`` followed), which
+    writing them would replace."""
+    read = {Path(p).resolve() for p in inputs}
+    return [Path(p) for p in outputs if Path(p).resolve() in read]
+
+
+def _write_probe(folder: Path) -> None:
+    """Create a file in ``folder`` and remove it (raises the ``OSError`` of a folder that takes no new file)."""
+    handle, path = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+    os.close(handle)
+    os.unlink(path)
 
 
 # ------------------------------------------------------------------------------ command-line option types

@@ -58,6 +58,7 @@ import contextlib
 import datetime as _dt
 import json
 import math
+import numbers
 import os
 import platform
 import random
@@ -66,17 +67,18 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from helpers.grounding.boxes import coco_to_normalized
-from helpers.grounding.checks import (DefaultsHelpFormatter, check_positive_int, check_positive_number,
-                                      positive_int_option, positive_number_option)
+from helpers.grounding.checks import (DefaultsHelpFormatter, check_count, check_positive_int, check_positive_number,
+                                      check_seed, out_problem, positive_int_option, positive_number_option)
 from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, CaptionScores, Score, score_any_box, score_caption
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
 from helpers.grounding.model import ModelLoadError, check_bf16, check_device, default_dtype, parameter_count, try_gpu
+from helpers.grounding.progress import interactive
 from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt, with_box
 from helpers.grounding.tokens import object_tokens
 
@@ -84,6 +86,10 @@ from helpers.grounding.tokens import object_tokens
 TEXT_AND_PROJECTION = (r".*(text_model\.model\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|ffn\.fc[12])"
                        r"|image_to_text_projection\.(dense|x_attn\.(q|k|v|out)_proj))")
 VISION = r".*vision_model\.model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])"
+
+#: The quantizations of a base that fine-tuning takes: 4-bit (QLoRA; ``nf4`` is the QLoRA paper's data type, ``4bit``
+#: the article's FP4). ``None`` trains on a full-precision base.
+QLORA = ("4bit", "nf4")
 
 ADAPTER_FILE = "adapter_model.safetensors"
 CARD_FILE = "finetune.json"
@@ -215,12 +221,16 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
     Images without annotations are kept (they teach the model that nothing is there only through
     captions, so they are skipped for the other tasks). Checks every record and raises
     :class:`FinetuneError` naming it: an empty or non-JSON file, missing keys, an unknown category or
-    image id, two images or two categories with one id, a box with no area or outside its image, a missing or unreadable image file, an image file whose
+    image id, two images or two categories with one id, a ``file_name`` that is not a non-empty str, a box with no
+    area or outside its image, a missing or unreadable image file, an image file whose
     size (read from its header, :func:`helpers.grounding.images.stored_size`) fits the record's ``width`` and
     ``height`` in no way: neither as stored, nor as its EXIF tag turns it (then ``ImageRecord.turned``), nor as a
-    scaled copy of either.
+    scaled copy of either; a missing ``refs`` file.
     """
     annotations, images = Path(annotations), Path(images)
+    if refs is not None and not Path(refs).is_file():
+        raise FinetuneError(f"refs file {str(refs)!r} does not exist (or is not a file); expected RefCOCO-style "
+                            "referring expressions for these images")
     data = _read_json(annotations, "annotation file")
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
@@ -251,6 +261,9 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
         for k in ("width", "height"):
             if isinstance(im[k], bool) or not isinstance(im[k], int) or im[k] < 1:
                 raise FinetuneError(f"{where}: '{k}' must be a positive int (pixels), got {im[k]!r}")
+        if not isinstance(im["file_name"], str) or not im["file_name"].strip():
+            raise FinetuneError(f"{where}: 'file_name' must be a non-empty str (the image file's name in the image "
+                                f"folder), got {im['file_name']!r:.80}")
         if im["id"] in records:
             raise FinetuneError(f"{where}: image id {im['id']!r} is already that of {records[im['id']][0]['file_name']!r}; "
                                 "each image needs an id of its own (the annotations name their image by it)")
@@ -339,24 +352,40 @@ class Text:
     answer: str
 
 
-def _join(parts: list[str]) -> str:
-    return parts[0] if len(parts) == 1 else ",".join(parts[:-1]) + " and" + parts[-1]
+def grounded(phrase: str, boxes: Sequence[Sequence[float]]) -> str:
+    """A phrase with its boxes in the grounding format, as a caption writes a group:
+    ``<phrase> two cats</phrase><object>…</object>`` (the texts of :func:`texts_for`, and the world's,
+    :mod:`helpers.world.language`)."""
+    return f"<phrase> {phrase}</phrase>" + object_tokens(boxes)
+
+
+def join_phrases(parts: list[str]) -> str:
+    """Grounded phrases as a caption lists them: ``A``, ``A and B``, ``A, B and C`` (each part begins with its
+    ``<phrase>``, whose space follows the comma or the ``and``)."""
+    if len(parts) == 1:
+        return parts[0]
+    return ",".join(parts[:-1]) + " and" + parts[-1]
+
+
+def qa_answer(name: str) -> str:
+    """The answer to a question about a boxed object named ``name``: `` It is a cat.``"""
+    return f" It is {name}."
 
 
 def texts_for(records: Sequence[ImageRecord]) -> list[Text]:
-    """Every grounded training text of the records (caption, comprehension, question, expressions)."""
+    """Every grounded training text of the records (caption, comprehension, question, expressions), with the
+    phrases, caption lists and answers that the world's texts use too (:mod:`helpers.world.language`)."""
     out = []
     for r, rec in enumerate(records):
         if not rec.groups:
             continue
-        caption = _join([f"<phrase> {g[0].phrase}</phrase>" + object_tokens([o.box for o in g]) for g in rec.groups])
+        caption = join_phrases([grounded(g[0].phrase, [o.box for o in g]) for g in rec.groups])
         out.append(Text(r, "caption", CAPTION_PROMPT, caption + "."))
         for g in rec.groups:
             out.append(Text(r, "comprehension", comprehension_prompt(g[0].category.definite(len(g))),
                             object_tokens([o.box for o in g])))
             for o in g:
-                out.append(Text(r, "question", with_box(qa_prompt("object"), o.box),
-                                f" It is {o.category.phrase(1)}."))
+                out.append(Text(r, "question", with_box(qa_prompt("object"), o.box), qa_answer(o.category.phrase(1))))
         for expression, box in rec.expressions:
             out.append(Text(r, "expression", comprehension_prompt(expression), object_tokens([box])))
     return out
@@ -506,13 +535,25 @@ class FinetuneConfig:
     bf16: bool = False  # forward passes under bfloat16 autocast; adapters and optimizer stay float32
 
 
+def warmup_lr(lr: float, step: int, warmup: int) -> float:
+    """The learning rate ``lr`` at ``step`` (from 0) of a linear warm-up over ``warmup`` steps (0 and 1: none)."""
+    return lr * min(1.0, (step + 1) / max(1, warmup))
+
+
+def cosine_lr(lr: float, step: int, warmup: int, frac: float) -> float:
+    """The learning rate of the course's schedule (fine-tuning and :mod:`helpers.world.training`): the warm-up of
+    :func:`warmup_lr`, times a cosine from 1 down to 5 % as ``frac``, the share of the run done, goes from 0 to 1
+    (5 % after that)."""
+    return warmup_lr(lr, step, warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
 def _schedule(cfg: FinetuneConfig, step: int, elapsed: float) -> float:
-    """Learning rate at ``step``: linear warm-up, then cosine down to 5 % over ``cfg.steps`` (counted from the
-    first run, so a resumed run continues the schedule) or over this run's ``cfg.minutes``, whichever ends first."""
+    """Learning rate at ``step``: :func:`cosine_lr` over ``cfg.steps`` (counted from the first run, so a resumed
+    run continues the schedule) or over this run's ``cfg.minutes``, whichever ends first."""
     frac = step / cfg.steps if cfg.steps else 0.0
     if cfg.minutes:
         frac = max(frac, elapsed / (60 * cfg.minutes))
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+    return cosine_lr(cfg.lr, step, cfg.warmup, frac)
 
 
 def word_token_ids(processor, words: Sequence[str]) -> list[int]:
@@ -602,26 +643,47 @@ def _summary(records: Sequence[ImageRecord], texts: Sequence[Text], source: dict
 
 def check_config(cfg: FinetuneConfig) -> None:
     """Raise :class:`FinetuneError` for settings that cannot run: no budget (``steps`` or ``minutes``), a count
-    (``steps``, ``batch_size``, ``rank``, ``alpha``, ``warmup``, ``threads``) that is not a positive int, a
-    ``minutes``, ``lr`` or ``checkpoint_minutes`` that is not a number above 0, a ``dropout`` outside [0, 1),
-    a ``device`` this machine does not have (:func:`helpers.grounding.model.load` would refuse it), ``bf16`` on a
-    GPU without native bfloat16 (:func:`helpers.grounding.model.check_bf16`; ``device`` or, when it is None, the
-    one :func:`helpers.grounding.model.load` would choose)."""
+    (``steps``, ``batch_size``, ``rank``, ``alpha``, ``threads``) that is not a positive int, a ``warmup`` below 0
+    (0: none, as 1), a ``minutes``, ``lr`` or ``checkpoint_minutes`` that is not a number above 0, a ``dropout``
+    outside [0, 1), a ``quantization`` other than ``None`` and those of :data:`QLORA`, a ``seed`` that is not a whole
+    number (:func:`helpers.grounding.checks.check_seed`), ``vision``, ``bf16`` or ``gradient_checkpointing`` (which
+    may be None) not a bool, ``new_words`` not a list or tuple of non-empty words, a ``device`` this machine
+    does not have (:func:`helpers.grounding.model.load` would refuse it), ``bf16`` on a GPU without native
+    bfloat16 (:func:`helpers.grounding.model.check_bf16`; ``device`` or, when it is None, the one
+    :func:`helpers.grounding.model.load` would choose). Raises ``TypeError`` when ``cfg`` is not a
+    :class:`FinetuneConfig`."""
+    if not isinstance(cfg, FinetuneConfig):
+        raise TypeError(f"the settings must be a FinetuneConfig, e.g. FinetuneConfig(steps=100); got "
+                        f"{type(cfg).__name__}: {cfg!r:.80}")
     if cfg.steps is None and cfg.minutes is None:
         raise FinetuneError("give a budget: steps or minutes (or both)")
     try:
-        for name in ("batch_size", "rank", "alpha", "warmup"):
+        for name in ("batch_size", "rank", "alpha"):
             check_positive_int(name, getattr(cfg, name))
+        check_count("warmup", cfg.warmup)
         for name in ("steps", "threads"):
             check_positive_int(name, getattr(cfg, name), none_ok=True)
         check_positive_number("minutes", cfg.minutes, none_ok=True)
         for name in ("lr", "checkpoint_minutes"):
             check_positive_number(name, getattr(cfg, name))
+        check_seed("seed", cfg.seed)
     except (TypeError, ValueError) as err:
         raise FinetuneError(str(err)) from None
+    for name, none_ok in (("vision", False), ("bf16", False), ("gradient_checkpointing", True)):
+        value = getattr(cfg, name)
+        if not (isinstance(value, bool) or value is None and none_ok):
+            raise FinetuneError(f"{name} must be True or False{' (or None: on with a 4-bit base)' if none_ok else ''},"
+                                f" got {type(value).__name__}: {value!r:.80}")
+    words = cfg.new_words  # a str would be read letter by letter
+    if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) and w.strip() for w in words):
+        raise FinetuneError("new_words must be a list or tuple of non-empty words, e.g. ('star',) for one word; got "
+                            f"{type(words).__name__} {words!r:.80}")
     d = cfg.dropout
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
         raise FinetuneError(f"dropout must be a number in [0, 1), got {d!r}")
+    if cfg.quantization is not None and cfg.quantization not in QLORA:
+        raise FinetuneError(f"quantization must be None (a full-precision base) or a 4-bit base for QLoRA, one of "
+                            f"{', '.join(map(repr, QLORA))}; got {cfg.quantization!r}")
     try:
         if cfg.device is not None:
             check_device(cfg.device)
@@ -647,12 +709,13 @@ def _setting(value: Any) -> str:
 
 def check_output(out: str | os.PathLike, *, resume: bool = False, resumable: bool = True,
                  cfg: FinetuneConfig | None = None) -> None:
-    """Raise :class:`FinetuneError` unless ``out`` can take a run: a new or empty folder, or (``resume``) one
-    holding a saved run, whose adapters have the shape ``cfg`` asks for (:data:`ADAPTER_SETTINGS`, when ``cfg``
+    """Raise :class:`FinetuneError` unless ``out`` can take a run: a new or empty folder in a folder that takes new
+    files (the run is written beside ``out`` and renamed into place), or (``resume``) one holding a saved run, whose adapters have the shape ``cfg`` asks for (:data:`ADAPTER_SETTINGS`, when ``cfg``
     is given) and which has made fewer steps than ``cfg.steps`` (a total: nothing would be left to train). ``resumable=False`` leaves the hint to resume out of the message."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FinetuneError(f"output folder {str(out)!r} is a file; choose a folder for the adapters")
+    problem = out_problem("output folder", out, folder=True, wanted="a folder for the adapters", beside=True)
+    if problem:
+        raise FinetuneError(problem)
     if resume:
         if not (out / OPTIMIZER_FILE).is_file():
             raise FinetuneError(f"cannot resume: {str(out)!r} holds no saved run ({OPTIMIZER_FILE} missing)")
@@ -688,9 +751,12 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
     from helpers.grounding.model import load
     from helpers.world.training import TRAINING_AIDS, collate, encode_example
 
-    cfg = cfg or FinetuneConfig()
+    cfg = FinetuneConfig() if cfg is None else cfg
     out = Path(out)
     check_config(cfg)
+    # numpy ints as Python ints: random.Random takes no other, and the card is JSON
+    cfg = replace(cfg, **{k: int(v) for k, v in vars(cfg).items()
+                          if isinstance(v, numbers.Integral) and not isinstance(v, bool)})
     texts = texts_for(records)
     if not texts:
         raise FinetuneError("the data holds no annotated object, so there is nothing to learn")
@@ -743,13 +809,11 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
             model.save_pretrained(tmp, safe_serialization=True)
             _save_optimizer(opt, model, tmp / OPTIMIZER_FILE)
             card.update(steps=step, finished=finished, history=history)
-            (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
-            (tmp / "README.md").write_text(card_text(card))
+            (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+            (tmp / "README.md").write_text(card_text(card), encoding="utf-8")
         _atomic_write(folder, write)
 
     if progress is None:
-        from helpers.grounding.progress import interactive
-
         progress = interactive()
     bar = None
     if progress:
@@ -839,7 +903,7 @@ def memory_needed(config=None, *, rank: int = 16, batch_size: int = 4, seq_len: 
     parameters = sum(p.numel() for p in model.parameters())
     linear = sum(m.weight.numel() for n, m in model.named_modules()
                  if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
-    base = (linear * (0.5 + 4 / 64) + (parameters - linear) * 4) if quantization in ("4bit", "nf4") else parameters * 4
+    base = (linear * (0.5 + 4 / 64) + (parameters - linear) * 4) if quantization in QLORA else parameters * 4
     targets = f"(?:{TEXT_AND_PROJECTION})|(?:{VISION})" if vision else TEXT_AND_PROJECTION
     with _peft_quiet():
         model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, lora_dropout=0.05))
@@ -973,8 +1037,8 @@ def add_figures(out: str | os.PathLike, figures: dict) -> None:
     def write(tmp: Path) -> None:
         for f in out.iterdir():
             shutil.copy2(f, tmp / f.name)
-        (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
-        (tmp / "README.md").write_text(card_text(card))
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(card_text(card), encoding="utf-8")
     _atomic_write(out, write)
 
 
@@ -1009,7 +1073,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision", action="store_true", help="adapters in the vision tower too")
     p.add_argument("--new-words", nargs="+", default=(), metavar="WORD",
                    help="words the base never wrote (e.g. a new category name): their token embeddings are trained")
-    p.add_argument("--quantization", choices=["4bit", "nf4"], default=None,
+    p.add_argument("--quantization", choices=QLORA, default=None,
                    help="4-bit base (QLoRA; nf4 is the QLoRA paper's data type, 4bit the article's FP4)")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in the backward pass (default: on with a 4-bit base, --quantization 4bit or nf4)")
@@ -1033,6 +1097,16 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def device_option_problem(device: str) -> str | None:
+    """The command-line message for a ``--device`` this machine does not have (``finetune``, ``train``), by
+    :func:`helpers.grounding.model.check_device`'s rule, or ``None``."""
+    try:
+        check_device(device)
+    except (TypeError, ValueError) as err:
+        return "argument --device: " + str(err).replace("leave device unset", "leave out --device")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv``; return the exit code: 0 when the adapters were saved, 2 for bad input (an
     option, the data, the output folder, adapters of another base) and 1 when the base model cannot be loaded,
@@ -1043,11 +1117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 2
     if args.steps is None and args.minutes is None:
         return _fail("give --steps or --minutes (or both)")
-    if args.device is not None:  # a device this machine lacks is bad input, as for `train --device`
-        try:
-            check_device(args.device)
-        except (TypeError, ValueError) as err:
-            return _fail("argument --device: " + str(err).replace("leave device unset", "leave out --device"))
+    problem = None if args.device is None else device_option_problem(args.device)  # as for `train --device`
+    if problem:
+        return _fail(problem)
     cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                          rank=args.rank, alpha=args.alpha, vision=args.vision, new_words=tuple(args.new_words), quantization=args.quantization,
                          gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, device=args.device,

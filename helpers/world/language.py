@@ -2,7 +2,8 @@
 
 Every text follows the Kosmos-2 grounding format (GRIT style) and answers one of Kosmos-2's own prompts
 (:mod:`helpers.grounding.prompts`): brief and detailed captions, comprehension, questions about a user box
-and referring-expression generation.
+and referring-expression generation. Grounded phrases, their list in a caption and a question's answer are written
+as fine-tuning writes them for any data (:mod:`helpers.grounding.finetune`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from helpers.grounding.checks import check_positive_int
+from helpers.grounding.finetune import grounded, join_phrases, qa_answer
 from helpers.grounding.prompts import (CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt,
                                        with_box)
 from helpers.grounding.tokens import object_tokens
@@ -33,13 +35,7 @@ class Example:
 
 
 def _grounded(group: list[SceneObject]) -> str:
-    return f"<phrase> {group[0].phrase}</phrase>" + object_tokens([o.box for o in group])
-
-
-def _join(parts: list[str]) -> str:
-    if len(parts) == 1:
-        return parts[0]
-    return ",".join(parts[:-1]) + " and" + parts[-1]
+    return grounded(group[0].phrase, [o.box for o in group])
 
 
 def _where(box: Sequence[float]) -> str:
@@ -53,7 +49,7 @@ def _where(box: Sequence[float]) -> str:
 
 
 def caption_answer(scene: Scene) -> str:
-    return _join([_grounded(g) for g in scene.groups]) + "."
+    return join_phrases([_grounded(g) for g in scene.groups]) + "."
 
 
 def detail_answer(scene: Scene) -> str:
@@ -66,7 +62,7 @@ def detail_answer(scene: Scene) -> str:
     """
     n = len(scene.objects)
     parts = [_grounded(g) + _where(g[0].box) for g in scene.groups]
-    return f" The image shows {_COUNT_WORDS[n]}:" + _join(parts) + "."
+    return f" The image shows {_COUNT_WORDS[n]}:" + join_phrases(parts) + "."
 
 
 def answer_name(obj: SceneObject) -> str:
@@ -97,7 +93,7 @@ def scene_examples(scene: Scene, rng: random.Random | None = None, jitter: float
         for obj in group:
             noun = "character" if obj.shape in SPECIAL_KINDS and rng.random() < 0.7 else "object"
             box = _jitter(obj.box, rng, jitter) if jitter else obj.box
-            out.append(Example("qa", with_box(qa_prompt(noun), box), f" It is {answer_name(obj)}.", (obj,)))
+            out.append(Example("qa", with_box(qa_prompt(noun), box), qa_answer(answer_name(obj)), (obj,)))
             box = _jitter(obj.box, rng, jitter) if jitter else obj.box
             out.append(Example("generation", with_box(GENERATION_PROMPT, box), f" {answer_name(obj)}.", (obj,)))
     return out

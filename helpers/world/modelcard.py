@@ -15,8 +15,16 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from helpers.grounding.evaluation import HELD_OUT_SEED, caption_error_table, evaluate, metrics_table
-from helpers.world.training import CARD_TITLE, HEADS_FILE, LOCATION_FEATURES, recorded_runs
+import torch
+
+from helpers.grounding.checks import (DefaultsHelpFormatter, check_positive_int, is_number, out_problem,
+                                      positive_int_option)
+from helpers.grounding.evaluation import (CAPTION_ERROR_TYPES, HELD_OUT_SEED, METRICS, caption_error_table, evaluate,
+                                          metrics_table)
+from helpers.grounding.model import ModelLoadError, load
+from helpers.grounding.prompts import CAPTION_PROMPT
+from helpers.world.scenes import sample_scenes
+from helpers.world.training import CARD_TITLE, HEADS_FILE, LOCATION_FEATURES, build_parser, recorded_runs
 
 #: Settings of a run that are not part of its recipe (where it saves, how it logs, which device draws batches).
 _NOT_RECIPE = {"out", "resume", "checkpoint", "checkpoint_minutes", "threads", "evaluate", "log_every", "device",
@@ -29,8 +37,6 @@ def run_commands(training: dict, out: str) -> list[str]:
     Run *k* writes ``run<k>`` and continues ``run<k-1>``; the last one writes ``out``. A flag appears when its
     recorded value differs from the command's default; settings recorded before a flag existed take its default.
     """
-    from helpers.world.training import build_parser
-
     parser = build_parser()
     runs = recorded_runs(training)
     commands = []
@@ -69,10 +75,6 @@ def joint_steps(run: dict) -> int:
 
 def caption_latency(model, processor, image, new_tokens: int = 32, repeats: int = 5, batch: int = 1) -> float:
     """Median seconds per image to generate exactly ``new_tokens`` tokens for a brief caption."""
-    import torch
-
-    from helpers.grounding.prompts import CAPTION_PROMPT
-
     processor.tokenizer.padding_side = "left"
     inputs = processor(text=[CAPTION_PROMPT] * batch, images=[image] * batch, return_tensors="pt", padding=True)
     times = []
@@ -95,12 +97,6 @@ def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) ->
         TypeError, ValueError: ``scenes`` is not a positive int (checked before the model loads).
         ModelLoadError: ``model_dir`` holds no model that loads.
     """
-    import torch
-
-    from helpers.grounding.checks import check_positive_int
-    from helpers.grounding.model import load
-    from helpers.world.scenes import sample_scenes
-
     check_positive_int("scenes", scenes)
     model_dir = Path(model_dir)
     model, processor = load(str(model_dir), device="cpu", verbose=False)
@@ -116,12 +112,12 @@ def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) ->
         date=time.strftime("%Y-%m-%d"),
     )
     name = "evaluation.json" if seed == HELD_OUT_SEED else f"evaluation-seed{seed}.json"
-    (model_dir / name).write_text(json.dumps(result, indent=1) + "\n")
+    (model_dir / name).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     if seed != HELD_OUT_SEED and (model_dir / "evaluation.json").exists():
-        result_main = json.loads((model_dir / "evaluation.json").read_text())
+        result_main = json.loads((model_dir / "evaluation.json").read_text(encoding="utf-8"))
     else:
         result_main = result
-    (model_dir / "README.md").write_text(_card_text(model, result_main, read_training(model_dir)))
+    (model_dir / "README.md").write_text(_card_text(model, result_main, read_training(model_dir)), encoding="utf-8")
     return result
 
 
@@ -129,18 +125,16 @@ def read_training(model_dir: Path) -> dict:
     """The folder's ``training.json`` (what ``python -m helpers train`` records), or ``{}`` when it has none: the
     card then says that its training runs were not recorded."""
     path = Path(model_dir) / "training.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def render_card(model_dir: Path) -> None:
     """Rewrite ``README.md`` from the saved ``evaluation.json`` and, when there is one, ``training.json`` (no
     re-evaluation)."""
-    from helpers.grounding.model import load
-
     model_dir = Path(model_dir)
     model, _ = load(str(model_dir), device="cpu", verbose=False)
-    result = json.loads((model_dir / "evaluation.json").read_text())
-    (model_dir / "README.md").write_text(_card_text(model, result, read_training(model_dir)))
+    result = json.loads((model_dir / "evaluation.json").read_text(encoding="utf-8"))
+    (model_dir / "README.md").write_text(_card_text(model, result, read_training(model_dir)), encoding="utf-8")
 
 
 def schedule(config: dict) -> str:
@@ -293,7 +287,8 @@ def _error_lines(result: dict) -> list[str]:
 
 def _other_evaluations(model_dir: Path) -> list[tuple[Path, dict]]:
     """The evaluations on other seeds in ``model_dir`` (``evaluation-seed*.json``), each file read once."""
-    return [(path, json.loads(path.read_text())) for path in sorted(model_dir.glob("evaluation-seed*.json"))]
+    return [(path, json.loads(path.read_text(encoding="utf-8")))
+            for path in sorted(model_dir.glob("evaluation-seed*.json"))]
 
 
 def _other_seed_lines(others: list[tuple[Path, dict]]) -> list[str]:
@@ -302,6 +297,74 @@ def _other_seed_lines(others: list[tuple[Path, dict]]) -> list[str]:
         lines += [f"A second set of unseen scenes, `sample_scenes(n, seed={other['seed']})` (`{path.name}`):", "",
                   metrics_table(other), "", *_error_lines(other)]
     return lines
+
+
+def evaluation_problem(result: object) -> str | None:
+    """What the card cannot show of an evaluation read back from ``evaluation*.json`` (the layout :func:`write_card`
+    writes), or ``None``."""
+    if not isinstance(result, dict):
+        return f"it holds a JSON {type(result).__name__}, not an object"
+
+    def count(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def counts(value: object, keys: Sequence[str]) -> bool:
+        return isinstance(value, dict) and all(count(value.get(k)) for k in keys)
+
+    bad = [key for key in ("scenes", "objects", "seed") if not count(result.get(key))]
+    bad += [key for key in ("date", "machine") if not isinstance(result.get(key), str)]
+    bad += [key for _, key, _ in METRICS if not counts(result.get(key), ("hits", "total"))]
+    latency = result.get("caption_seconds_per_image_32_tokens")
+    if not (isinstance(latency, dict) and all(is_number(latency.get(k)) for k in ("batch_1", "batch_8"))):
+        bad.append("caption_seconds_per_image_32_tokens")
+    if "caption_errors" in result and not counts(result["caption_errors"],
+                                                 ("perfect", "scenes", "groups", *CAPTION_ERROR_TYPES)):
+        bad.append("caption_errors")
+    if not bad:
+        return None
+    one = len(bad) == 1
+    return (f"its {'entry' if one else 'entries'} {', '.join(map(repr, bad))} {'is' if one else 'are'} missing or "
+            "malformed")
+
+
+def training_problem(training: object) -> str | None:
+    """What the card cannot show of a ``training.json`` (what ``python -m helpers train`` records), or ``None``."""
+    if not isinstance(training, dict):
+        return f"it holds a JSON {type(training).__name__}, not an object"
+    runs = recorded_runs(training)
+
+    def run_ok(run: object) -> bool:
+        history = run.get("history", []) if isinstance(run, dict) else None
+        return (isinstance(run, dict) and isinstance(run.get("config", {}), dict) and isinstance(history, list)
+                and all(isinstance(point, dict) for point in history))
+
+    if not isinstance(runs, list) or not all(run_ok(run) for run in runs):
+        return ("its runs (the record itself, or each of its 'stages') are not objects with a 'config' object and a "
+                "'history' list of objects")
+    return None
+
+
+def card_files_problem(model_dir: Path, render_only: bool, seed: int = HELD_OUT_SEED) -> str | None:
+    """Why the card could not be written from the JSON files in ``model_dir`` that it reads (``training.json``, the
+    evaluations: ``evaluation.json`` with ``render_only`` or another ``seed``, ``evaluation-seed*.json`` but the one
+    this run replaces), or ``None``: checked before the model loads or any scene is evaluated."""
+    replaced = None if render_only else model_dir / (
+        "evaluation.json" if seed == HELD_OUT_SEED else f"evaluation-seed{seed}.json")
+    files = [(model_dir / "training.json", training_problem, "`python -m helpers train` writes it",
+              "restore it, or remove it (the card then says that the training runs are not recorded)")]
+    files += [(path, evaluation_problem, f"`{PROG} {model_dir}` writes it", "run the command without --render-only "
+               "to measure it again" if path.name == "evaluation.json" else "remove it or measure that seed again")
+              for path in [model_dir / "evaluation.json", *sorted(model_dir.glob("evaluation-seed*.json"))]]
+    for path, problem_of, writer, remedy in files:
+        if path == replaced or not path.exists():
+            continue
+        try:
+            problem = problem_of(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+            problem = f"it is not JSON ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+        if problem:
+            return f"the card needs {str(path)!r} as {writer}, but {problem}: {remedy}"
+    return None
 
 
 PROG = "python -m helpers modelcard"
@@ -314,13 +377,11 @@ def _fail(message: str, code: int = 2) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv``; return the exit code: 0; 2 with a one-line message on stderr for a bad
-    option (``--scenes`` below 1, checked before the model loads) or, with ``--render-only``, a missing or
-    unreadable ``evaluation.json``; 1 when ``model_dir`` holds no model that loads (not a folder, no
-    ``config.json``, missing or corrupt weights), as ``ground``, ``evaluate`` and ``finetune`` say it."""
-    from helpers.grounding.checks import positive_int_option
-    from helpers.grounding.checks import DefaultsHelpFormatter
-    from helpers.grounding.model import ModelLoadError
-
+    option (``--scenes`` below 1, checked before the model loads), with ``--render-only`` a missing
+    ``evaluation.json``, a file the card reads that is not JSON of the layout written (:func:`card_files_problem`)
+    or a model folder nothing can be written in (both also checked before the model loads); 1 when ``model_dir``
+    holds no model that loads (not a folder, no ``config.json``, missing or corrupt weights), as ``ground``,
+    ``evaluate`` and ``finetune`` say it."""
     parser = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter,
                                      description="Evaluate a world model and write its model card.")
     parser.add_argument("model_dir", type=Path,
@@ -343,13 +404,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render_only and not evaluation.is_file():
         return _fail(f"--render-only needs {str(evaluation)!r}, which does not exist: run "
                      f"`{PROG} {args.model_dir}` without --render-only first")
-    if args.render_only:
-        try:
-            json.loads(evaluation.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-            return _fail(f"--render-only needs {str(evaluation)!r} as `{PROG} {args.model_dir}` writes it, but it "
-                         f"is not JSON ({type(err).__name__}: {' '.join(str(err).split())[:200]}): run the command "
-                         "without --render-only to measure it again")
+    problem = card_files_problem(args.model_dir, args.render_only, args.seed) or out_problem(
+        "model folder", args.model_dir, folder=True, wanted="a folder the card can be written in")
+    if problem:
+        return _fail(problem)
     try:
         if args.render_only:
             render_card(args.model_dir)

@@ -10,8 +10,8 @@ scenes do not change.
 ``python -m helpers finetune-demo --out DIR`` runs the whole demonstration: it writes training and held-out
 data in COCO detection format, measures the bundled model, fine-tunes LoRA adapters with
 :mod:`helpers.grounding.finetune`, measures again (the stars, and the model's own world) and puts the figures in the
-adapters' card. Every option (and the output folder, which must be new or empty) is checked before anything is
-drawn, written or loaded.
+adapters' card. Every option (and the output folder, which must be new or empty, and the data folder, which must be
+new, empty or one an earlier run wrote its data into) is checked before anything is drawn, written or loaded.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,18 +29,20 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
+from helpers.grounding.checks import (DefaultsHelpFormatter, check_seed, count_option, out_problem,
+                                      positive_int_option, positive_number_option)
+from helpers.grounding.evaluation import HELD_OUT_SEED as WORLD_SEED, evaluate
 from helpers.world import scenes as world
-from helpers.world.scenes import COLOURS, KINDS, Scene
+from helpers.world.scenes import COLOURS, KINDS, SEED_STRIDE, Scene
 
 #: The new kinds: a star in each colour of the world.
 STAR_KINDS = tuple((c, "star") for c in COLOURS)
 
 #: Seeds of the demonstration's data (held-out scenes never overlap the training ones).
 TRAIN_SEED, HELD_OUT_SEED = 7, 8
-#: Scene ``i`` of a seed is drawn from ``seed * SEED_STRIDE + i`` (as :func:`helpers.world.scenes.sample_scenes`
-#: does), so more than ``(HELD_OUT_SEED - TRAIN_SEED) * SEED_STRIDE`` training scenes would reach the held-out
-#: seeds: ``--train-images`` stops there.
-SEED_STRIDE = 1_000_003
+#: Scene ``i`` of a seed is drawn from ``seed * SEED_STRIDE + i`` (:data:`helpers.world.scenes.SEED_STRIDE`, as
+#: :func:`helpers.world.scenes.sample_scenes` does), so more than ``(HELD_OUT_SEED - TRAIN_SEED) * SEED_STRIDE``
+#: training scenes would reach the held-out seeds: ``--train-images`` stops there.
 MAX_TRAIN_IMAGES = (HELD_OUT_SEED - TRAIN_SEED) * SEED_STRIDE
 
 
@@ -54,15 +57,20 @@ def draw_star(draw: ImageDraw.ImageDraw, colour: str, box_px) -> tuple[float, fl
         angle = -math.pi / 2 + i * math.pi / 5
         r = 1.0 if i % 2 == 0 else 0.45
         points.append((cx + r * rx * math.cos(angle), cy + r * ry * math.sin(angle)))
-    fill = COLOURS[colour]
-    draw.polygon(points, fill=fill, outline=tuple(int(v * 0.55) for v in fill),
+    draw.polygon(points, fill=COLOURS[colour], outline=world.outline_colour(colour),
                  width=world._outline_width(x1 - x0, y1 - y0))
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     return (min(xs), min(ys), max(xs), max(ys))
 
 
 def star_scene(seed: int) -> Scene:
-    """One seeded scene with a star (see the module docstring); sizes and placement as in the world."""
+    """One seeded scene with a star (see the module docstring); sizes and placement as in the world.
+
+    Raises:
+        TypeError: a ``seed`` that is not a whole number (numpy ints are one), as for
+            :func:`helpers.world.scenes.sample_scene`.
+    """
+    seed = check_seed("seed", seed)
     rng = random.Random(seed)
     long_side = rng.randint(96, 192)
     aspect = rng.uniform(0.75, 1.33)
@@ -109,6 +117,7 @@ def write_coco(folder: str | Path, n: int, seed: int, name: str, world_scenes: i
     ``world_scenes`` more images are scenes of the world itself (:func:`helpers.world.scenes.sample_scenes` of
     ``seed``, far from the held-out seed of its evaluation): training on them too keeps what the model knows.
     """
+    seed = check_seed("seed", seed)
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     kinds = list(KINDS) + list(STAR_KINDS)
@@ -126,8 +135,22 @@ def write_coco(folder: str | Path, n: int, seed: int, name: str, world_scenes: i
             annotations.append({"id": len(annotations), "image_id": i, "category_id": cat_id[(obj.colour, obj.shape)],
                                 "bbox": [x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h]})
     path = folder / f"{name}.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}),
+                    encoding="utf-8")
     return path
+
+
+def is_data_folder(folder: Path) -> bool:
+    """Whether ``folder`` may take the demonstration's data: it is missing or empty, or holds only what
+    :func:`write_coco` writes there (``train.json``, ``held_out.json`` and ``images/`` of ``train_NNNNN.png`` and
+    ``held_out_NNNNN.png``), so that a later run may replace it (the default ``--data`` is one folder for every
+    run)."""
+    if not folder.is_dir():
+        return True
+    images = folder / "images"
+    return ({p.name for p in folder.iterdir()} <= {"train.json", "held_out.json", "images"}
+            and (not images.exists() or images.is_dir() and all(
+                p.is_file() and re.fullmatch(r"(train|held_out)_\d{5,}\.png", p.name) for p in images.iterdir())))
 
 
 def is_star(obj) -> bool:
@@ -136,10 +159,7 @@ def is_star(obj) -> bool:
 
 def world_figures(model, processor, scenes: int = 220) -> dict:
     """The model's own-world figures (:func:`helpers.grounding.evaluation.evaluate` on the held-out world scenes)."""
-    from helpers.grounding.evaluation import HELD_OUT_SEED as WORLD_SEED, evaluate
-    from helpers.world.scenes import sample_scenes
-
-    return evaluate(model, processor, sample_scenes(scenes, seed=WORLD_SEED)).as_dict()
+    return evaluate(model, processor, world.sample_scenes(scenes, seed=WORLD_SEED)).as_dict()
 
 
 _WORLD_ROWS = (("own world: caption phrase recall", "caption_phrase_recall"),
@@ -153,13 +173,11 @@ PROG = "python -m helpers finetune-demo"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from helpers.grounding.checks import count_option, positive_int_option, positive_number_option
-    from helpers.grounding.checks import DefaultsHelpFormatter
-
     parser = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter,
                                      description="The stars demonstration: data, fine-tuning, figures.")
     parser.add_argument("--out", type=Path, required=True, help="folder for the adapters (must be new or empty)")
-    parser.add_argument("--data", type=Path, default=Path("finetune-stars-data"), help="folder for the generated data")
+    parser.add_argument("--data", type=Path, default=Path("finetune-stars-data"),
+                        help="folder for the generated data: new or empty, or one an earlier run wrote (replaced)")
     parser.add_argument("--train-images", type=positive_int_option, default=1500,
                         help="star scenes in the training data")
     parser.add_argument("--world-images", type=count_option, default=4500,
@@ -204,8 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise FinetuneError(f"--train-images must be at most {MAX_TRAIN_IMAGES} (more would draw the held-out "
                                 f"scenes' seeds too), got {args.train_images}")
         check_output(args.out, resumable=False)
-        if args.data.exists() and not args.data.is_dir():
-            raise FinetuneError(f"--data {str(args.data)!r} is a file; give a folder for the generated data")
+        problem = out_problem("--data", args.data, folder=True, wanted="a folder for the generated data")
+        if problem:
+            raise FinetuneError(problem)
+        if not is_data_folder(args.data):
+            raise FinetuneError(f"--data {str(args.data)!r} holds files that finetune-demo did not write; give a new "
+                                "or empty folder, or one an earlier finetune-demo wrote (its data is replaced)")
         out = args.out.resolve()
         if args.data.resolve() == out or out in args.data.resolve().parents:
             raise FinetuneError(f"--data {str(args.data)!r} must not be --out {str(args.out)!r} or inside it "

@@ -19,6 +19,7 @@ from typing import Iterable
 from PIL import Image, ImageDraw
 
 from helpers.grounding.boxes import Box, check_image_size, check_with_area
+from helpers.grounding.checks import check_count, check_seed
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -47,6 +48,12 @@ _NUMBER_WORDS = {1: "one", 2: "two"}
 #: world's language can phrase (:mod:`helpers.world.language`) and what :func:`sample_scene` draws.
 MAX_PER_KIND, MAX_OBJECTS = 2, 4
 _IRREGULAR_PLURALS = {"snowman": "snowmen"}
+#: Scene ``i`` of :func:`sample_scenes` with ``seed`` is ``sample_scene(seed * SEED_STRIDE + i)``: the scenes of two
+#: seeds overlap only past ``SEED_STRIDE`` scenes.
+SEED_STRIDE = 1_000_003
+#: The shortest side, in pixels, of a scene :func:`sample_scene` draws at a given size: its widest object (Kumo, up
+#: to 0.55 of the shorter side) must fit inside with the pixel it keeps from the edge; 2 pixels would let it out.
+MIN_SIDE = 3
 
 
 def _plural(name: str) -> str:
@@ -315,16 +322,27 @@ def _scene_from_placed(image: Image.Image, placed: list, seed: int) -> Scene:
     return Scene(image=image, objects=objects, seed=seed, groups=groups)
 
 
+def _check_size(size) -> tuple[int, int]:
+    width, height = check_image_size(size, "size")
+    if min(width, height) < MIN_SIDE:
+        raise ValueError(f"size must be at least {MIN_SIDE} x {MIN_SIDE} pixels for the world's objects to fit in it, "
+                         f"got {width} x {height}")
+    return width, height
+
+
 def sample_scene(seed: int, size: tuple[int, int] | None = None) -> Scene:
     """One seeded scene: 1–3 groups of distinct kinds, a quarter of scenes with a pair of one kind.
 
-    ``size``: ``(width, height)`` in pixels (default: drawn from the seed, 96 to 192 pixels on the long side).
+    ``seed``: a whole number (numpy ints too). ``size``: ``(width, height)`` in pixels, each at least
+    :data:`MIN_SIDE` (default: drawn from the seed, 96 to 192 pixels on the long side).
 
     Raises:
-        ValueError: a ``size`` that is not two positive ints.
+        TypeError: a ``seed`` that is not a whole number (``None`` would draw an unrepeatable scene).
+        ValueError: a ``size`` that is not two positive ints, or has a side below :data:`MIN_SIDE`.
     """
+    seed = check_seed("seed", seed)
     if size is not None:
-        size = check_image_size(size, "size")
+        size = _check_size(size)
     rng = random.Random(seed)
     if size is None:
         long_side = rng.randint(96, 192)
@@ -364,13 +382,14 @@ def sample_scenes(n: int, seed: int, size: tuple[int, int] | None = None) -> lis
     """``n`` scenes from ``seed``; scene ``i`` depends only on ``(seed, i)``, so any prefix is reproducible.
 
     Raises:
-        ValueError: a negative ``n``, or a ``size`` that is not two positive ints (:func:`sample_scene`).
+        TypeError: an ``n`` or a ``seed`` that is not a whole number (numpy ints are).
+        ValueError: a negative ``n``, or a ``size`` :func:`sample_scene` refuses.
     """
-    if n < 0:
-        raise ValueError(f"n must be a non-negative number of scenes, got {n}")
+    n = check_count("n", n)
+    seed = check_seed("seed", seed)
     if size is not None:
-        size = check_image_size(size, "size")
-    return [sample_scene(seed * 1_000_003 + i, size=size) for i in range(n)]
+        size = _check_size(size)
+    return [sample_scene(seed * SEED_STRIDE + i, size=size) for i in range(n)]
 
 
 # --------------------------------------------------------------------------------------------- illustrations

@@ -47,9 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.grounding.checks import (check_count, check_positive_int, count_option, is_number, number_option, number_rule,
-                                      positive_int_option, positive_number_option)
+from helpers.grounding.checks import (DefaultsHelpFormatter, check_count, check_positive_int, count_option, is_number,
+                                      number_option, number_rule, out_problem, positive_int_option,
+                                      positive_number_option)
+from helpers.grounding.finetune import cosine_lr, device_option_problem, warmup_lr
 from helpers.grounding.model import check_bf16
+from helpers.grounding.progress import interactive
 from helpers.grounding.quantization import check_available
 from helpers.world.scenes import KINDS, Scene, sample_scene
 from helpers.world.language import Example, build_config, build_processor, scene_examples
@@ -174,6 +177,9 @@ def dense_targets(scene: Scene, grid: int, bins: int = 32) -> tuple[torch.Tensor
     """Per patch: the kind covering its centre (0 = background) and that object's box edges as bins.
 
     Returns ``what`` (grid*grid,) and ``where`` (grid*grid, 4) with -100 where no object covers the patch.
+    All four edges are binned as coordinates, ``min(int(v * bins), bins - 1)``, so a right or bottom edge on a bin
+    boundary gets the bin one above the last bin the box reaches, which is the one its location token names
+    (:func:`helpers.grounding.tokens.box_to_patch_index`); the bundled model was trained with these targets.
     """
     what = torch.zeros(grid * grid, dtype=torch.long)
     where = torch.full((grid * grid, 4), IGNORE, dtype=torch.long)
@@ -463,11 +469,6 @@ class TrainConfig:
     nf4_share: float = 0.0  # ... and with NF4-rounded weights in this share (fp4_share + nf4_share at most 1)
 
 
-def _check_count(name: str, value: object, *, zero_ok: bool = False) -> None:
-    """The package's rule for counts (:mod:`helpers.grounding.checks`); ``zero_ok``: 0 too."""
-    (check_count if zero_ok else check_positive_int)(name, value)
-
-
 def _check_number(name: str, value: object, *, above: bool = False, share: bool = False, none_ok: bool = False) -> None:
     if value is None and none_ok:
         return
@@ -498,9 +499,9 @@ def check_config(cfg: TrainConfig) -> None:
             bfloat16, such as a T4 (:func:`helpers.grounding.model.check_bf16`), or that does not exist.
     """
     for name in ("batch_size", "log_every", "image_size", "patch_size"):
-        _check_count(name, getattr(cfg, name))
+        check_positive_int(name, getattr(cfg, name))
     for name in ("steps", "vision_steps", "heads_steps", "warmup", "workers"):
-        _check_count(name, getattr(cfg, name), zero_ok=True)
+        check_count(name, getattr(cfg, name))
     _check_number("lr", cfg.lr, above=True)
     _check_number("minutes", cfg.minutes, above=True, none_ok=True)
     for name in ("checkpoint_minutes", "aux_weight", "look_weight", "group_weight", "count_weight"):
@@ -598,7 +599,7 @@ def batches(make, rng: random.Random, cfg: TrainConfig, stream: int):
     else:
         source = iter(torch.utils.data.DataLoader(
             _Stream(make, cfg.seed * 10 + stream), batch_size=None, num_workers=cfg.workers,
-            worker_init_fn=_worker_init, prefetch_factor=4, pin_memory=cfg.device.startswith("cuda")))
+            worker_init_fn=_worker_init, prefetch_factor=4, pin_memory=torch.device(cfg.device).type == "cuda"))
     for batch in source:
         yield {k: v.to(cfg.device, non_blocking=True) for k, v in batch.items()}
 
@@ -709,7 +710,7 @@ def write_record(folder: Path, cfg: TrainConfig, history: list[dict], seconds: f
     if earlier:
         record["stages"] = [{k: v for k, v in st.items() if k != "stages"} for st in earlier] + [dict(record)]
         record["seconds"] = round(sum(st.get("seconds", 0) for st in record["stages"]), 1)
-    (Path(folder) / "training.json").write_text(json.dumps(record, indent=1))
+    (Path(folder) / "training.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
 def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: Path | None = None,
@@ -802,7 +803,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
             break
         b = next(stream)
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))  # warmup 0 and 1: no warm-up
+            g["lr"] = warmup_lr(cfg.lr, step, cfg.warmup)
         with autocast():
             patches, embeds = image_features(model, b["pixel_values"])
             loss = dense_loss(b, patches, embeds)
@@ -837,7 +838,7 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
         if stop.raised:
             log(f"stopped by signal {stop.raised} at joint step {step}")
             break
-        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = cosine_lr(cfg.lr, step, cfg.warmup, frac)
         for g in opt.param_groups:
             g["lr"] = lr
         b = next(stream)
@@ -899,8 +900,6 @@ def build_parser() -> argparse.ArgumentParser:
     Each option's type checks its range, so a bad value stops the command before any work (exit status 2).
     """
     share, at_least_0 = number_option(share=True), number_option()
-    from helpers.grounding.checks import DefaultsHelpFormatter
-
     parser = argparse.ArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter,
                                      description="Train the bundled Kosmos-2 model on the synthetic world.")
     parser.add_argument("--out", type=Path, required=True,
@@ -992,18 +991,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def check_args(args: argparse.Namespace) -> None:
     """Raise ``ValueError`` for what the options' types cannot see: ``--out`` or ``--checkpoint`` at (or under)
-    a file, an ``--out`` folder holding files but no saved model (the run would mix its files in), a
-    ``--resume`` that is not a folder with a saved model, a ``--device`` torch does not know or, for ``cuda``,
-    a torch without a GPU."""
+    a file or in a folder nothing can be written in (:func:`helpers.grounding.checks.out_problem`), an ``--out``
+    folder holding files but no saved model (the run would mix its files in), a ``--resume`` that is not a folder
+    with a saved model, a ``--device`` this machine does not have
+    (:func:`helpers.grounding.finetune.device_option_problem`: not a device torch knows, ``cuda`` or ``cuda:N``
+    without that GPU, ``mps`` without Apple's MPS backend)."""
     for flag, folder in (("--out", args.out), ("--checkpoint", args.checkpoint)):
-        if folder is None:
-            continue
-        for path in (folder, *folder.parents):  # the folder, or the first of its parents that exists
-            if path.exists():
-                if not path.is_dir():
-                    where = "" if path == folder else f": {str(path)!r}"
-                    raise ValueError(f"{flag} {str(folder)!r}{where} is a file; give a folder for the model")
-                break
+        problem = None if folder is None else out_problem(flag, folder, folder=True, wanted="a folder for the model")
+        if problem:
+            raise ValueError(problem)
     out = args.out
     if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise ValueError(f"--out {str(out)!r} holds files but no saved model: give a new or empty folder, or one "
@@ -1018,12 +1014,9 @@ def check_args(args: argparse.Namespace) -> None:
         if not (resume / "config.json").is_file():
             raise ValueError(f"--resume {str(resume)!r} holds no saved model (no config.json): give the folder "
                              "of a saved run (what `python -m helpers train --out DIR` wrote)")
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {args.device!r} is not a device torch knows; use cpu, or cuda on a GPU") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: this torch sees no GPU (torch {torch.__version__})")
+    problem = device_option_problem(args.device)
+    if problem:
+        raise ValueError(problem)
 
 
 def _load_run(folder: Path):
@@ -1033,7 +1026,7 @@ def _load_run(folder: Path):
     processor = AutoProcessor.from_pretrained(folder)
     model = Kosmos2ForConditionalGeneration.from_pretrained(folder, use_safetensors=True)
     previous = folder / "training.json"
-    return model, processor, json.loads(previous.read_text()) if previous.exists() else None
+    return model, processor, json.loads(previous.read_text(encoding="utf-8")) if previous.exists() else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1055,8 +1048,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(err))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from helpers.grounding.progress import interactive
-
     if not interactive():  # KOSMOS2_PROGRESS=0, CI, a log file: no "Writing model shards" bar at each save
         from transformers.utils import logging as hf_logging
 
