@@ -8,6 +8,7 @@ its logits; the quantized graph must hold 4-bit products for the blocks and an 8
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import onnx
@@ -365,6 +366,32 @@ def test_an_unreadable_kept_graph_is_built_again(tiny_model_dir, tmp_path) -> No
     model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
     with pytest.warns(UserWarning, match="could not be read .*KeyError"):
         assert not OnnxRuntimeKosmos2(model, cache=tmp_path).from_cache
+
+
+def test_the_torch_decoder_is_freed_before_the_sessions_open(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    opened = []
+    real_open = onnx_decoder._open
+
+    def watch(graph, threads, spinning=True):
+        opened.append(len(model.text_model.model.layers))
+        return real_open(graph, threads, spinning)
+
+    monkeypatch.setattr(onnx_decoder, "_open", watch)
+    for expect_cache in (False, True):  # built, then read back: neither opens a session beside the torch layers
+        model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+        assert len(model.text_model.model.layers) > 0
+        assert OnnxRuntimeKosmos2(model, cache=tmp_path).from_cache is expect_cache
+    assert opened == [0, 0, 0, 0]
+
+
+def test_a_kept_graph_that_onnx_runtime_cannot_read_says_to_delete_it(tiny_model_dir, tmp_path) -> None:
+    model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    kept = OnnxRuntimeKosmos2(model, cache=tmp_path).graph_file
+    kept.write_bytes(b"\0" * kept.stat().st_size)  # whole in size, garbage inside
+    model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    with pytest.raises(quant.QuantizationError, match=rf"the int4-onnx graph kept in {re.escape(str(kept))} could not be "
+                                                r"read \(.*\); delete it \(or set KOSMOS2_ONNX_CACHE=off\)"):
+        OnnxRuntimeKosmos2(model, cache=tmp_path)
 
 
 def test_a_cache_folder_that_cannot_be_written_is_reported_and_the_model_still_loads(tiny_model_dir,

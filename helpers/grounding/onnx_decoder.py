@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import hashlib
 import json
 import logging
@@ -393,20 +394,35 @@ def _open(model: bytes | str, threads: int, spinning: bool = True):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def _graph_session(build, folder: Path | None, key: str | None, threads: int, facts: dict, spinning: bool = True):
-    """``(session, weight bytes, kept file or None, read from the folder, seconds spent building)`` of the graph
-    kept under ``key``, or of ``build()`` (then kept under ``key``; ``key`` None: built, not kept)."""
-    cached = _read_cached(folder, key, threads, spinning) if key else None
+def _graph_source(build, folder: Path | None, key: str | None, facts: dict):
+    """``(graph, weight bytes, kept file or None, read from the folder, seconds spent building)`` of the graph kept
+    under ``key`` (``graph`` is then its file's path) or of ``build()`` (``graph`` is then the serialized model,
+    kept under ``key``; ``key`` None: built, not kept). No session is opened yet, so that the caller can free the
+    torch decoder first."""
+    cached = _kept_graph(folder, key) if key else None
     if cached is not None:
-        return (*cached, _kept_files(folder, key)[0], True, 0.0)
+        return (*cached, True, 0.0)
     start = time.perf_counter()
     proto = build()
     size = weight_bytes(proto)
     data = _serialized(proto)
     del proto
-    opened = _open(data, threads, spinning)
     seconds = time.perf_counter() - start
-    return opened, size, _keep(folder, key, data, {"weight_bytes": size, **facts}) if key else None, False, seconds
+    kept = _keep(folder, key, data, {"weight_bytes": size, **facts}) if key else None
+    return data, size, kept, False, seconds
+
+
+def _open_graph(graph: bytes | str, threads: int, spinning: bool = True):
+    """A session of a graph from :func:`_graph_source`; a kept file that ONNX Runtime cannot read, although its size
+    is the one its facts record, is a :class:`QuantizationError` that says to delete it (the decoder it would be
+    built from again has been freed by then)."""
+    try:
+        return _open(graph, threads, spinning)
+    except Exception as err:
+        if not isinstance(graph, str):
+            raise
+        raise QuantizationError(f"the int4-onnx graph kept in {graph} could not be read ({type(err).__name__}: "
+                                f"{err}); delete it (or set {CACHE_ENV_VAR}=off) and load the model again") from err
 
 
 #: A kept graph's name: a key (:func:`graph_key`), and for a prompt graph ``-prompt-int8`` after it.
@@ -420,7 +436,7 @@ def _prune(folder: Path, current_key: str | None = None) -> tuple[int, int]:
     Removed: graphs that other code kept (their facts name another :func:`code_version`, or none: written
     before the facts named one), and the graphs of all but the :data:`KEPT_WEIGHT_SETS` weight sets used last
     (a key's step graph and its ``-prompt-int8`` graph are one weight set; its use is the newest modification time
-    of their facts files, which :func:`_keep` writes and :func:`_read_cached` touches). ``current_key``, just
+    of their facts files, which :func:`_keep` writes and :func:`_kept_graph` touches). ``current_key``, just
     kept, always stays. Only pairs of a graph and its facts named as this module names them are touched."""
     current, removed, freed = code_version(), 0, 0
     graphs: list[tuple[str, Path, Path, float]] = []  # (weight set's key, graph, facts, last use), this code's
@@ -434,7 +450,7 @@ def _prune(folder: Path, current_key: str | None = None) -> tuple[int, int]:
             facts = json.loads(facts_file.read_text(encoding="utf-8"))
             used = facts_file.stat().st_mtime
         except (OSError, ValueError):
-            continue  # unreadable: _read_cached reports it when its key is asked for
+            continue  # unreadable: _kept_graph reports it when its key is asked for
         if not isinstance(facts, dict) or "weight_bytes" not in facts:
             continue
         if facts.get("code") == current:
@@ -467,15 +483,18 @@ def _kept_files(folder: Path, key: str) -> tuple[Path, Path]:
     return folder / f"{key}.onnx", folder / f"{key}.json"
 
 
-def _read_cached(folder: Path, key: str, threads: int, spinning: bool = True):
-    """``(session, weight bytes)`` of the graph kept under ``key``, or None when there is none or it cannot be
-    read (then it is built again, with a warning for a file that is there but unreadable)."""
+def _kept_graph(folder: Path, key: str):
+    """``(path, weight bytes, path)`` of the graph kept under ``key``, or None when there is none or it is not
+    whole (its facts unreadable, or its size not the one they record): then it is built again, with a warning
+    for a file that is there."""
     graph, facts = _kept_files(folder, key)
     if not (graph.is_file() and facts.is_file()):
         return None
     try:
-        weights = int(json.loads(facts.read_text(encoding="utf-8"))["weight_bytes"])
-        opened = _open(str(graph), threads, spinning)
+        recorded = json.loads(facts.read_text(encoding="utf-8"))
+        weights, size = int(recorded["weight_bytes"]), int(recorded["file_bytes"])
+        if graph.stat().st_size != size:
+            raise ValueError(f"it has {graph.stat().st_size} bytes, its facts say {size}")
     except Exception as err:  # a truncated or foreign file: built again and written over
         warnings.warn(f"the int4-onnx graph kept in {graph} could not be read ({type(err).__name__}: {err}); "
                       "building it again", stacklevel=4)
@@ -484,7 +503,7 @@ def _read_cached(folder: Path, key: str, threads: int, spinning: bool = True):
         os.utime(facts)  # used now: the weight sets used last are the ones :func:`_prune` keeps
     except OSError:
         pass  # a folder that can be read but not written to: nothing is pruned there either
-    return opened, weights
+    return str(graph), weights, graph
 
 
 def _keep(folder: Path, key: str, data: bytes, facts: dict) -> Path | None:
@@ -497,7 +516,7 @@ def _keep(folder: Path, key: str, data: bytes, facts: dict) -> Path | None:
     written = []  # the temporary files, then the graph once it is in place
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        facts = {**facts, "code": code_version()}
+        facts = {**facts, "file_bytes": len(data), "code": code_version()}
         for path, content in ((graph, data), (facts_file, json.dumps(facts, indent=1).encode())):
             temporary = path.with_name(f"{path.name}.{os.getpid()}.part")
             written.append(temporary)
@@ -543,24 +562,30 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
         settings = {"bits": bits, "block_size": block_size, "head_bits": head_bits, "hqq": hqq}
         key = graph_key(model.text_model, **settings) if folder is not None and bits is not None else None
         progress = interactive()
-        self.session, step_bytes, self.graph_file, from_cache, self.build_seconds = _graph_session(
+        start = time.perf_counter()
+        step, step_bytes, self.graph_file, from_cache, _ = _graph_source(
             lambda: build_graph(model.text_model, bits=bits, block_size=block_size, head_bits=head_bits, hqq=hqq,
                                 progress=progress),
-            folder, key, threads, {**settings, "onnxruntime": ort.__version__})
-        self.prompt_session, self.prompt_graph_file, prompt_bytes = self.session, None, 0
+            folder, key, {**settings, "onnxruntime": ort.__version__})
+        prompt, self.prompt_graph_file, prompt_bytes = None, None, 0
         if prompt_int8:
-            self.prompt_session, prompt_bytes, self.prompt_graph_file, prompt_cached, seconds = _graph_session(
+            prompt, prompt_bytes, self.prompt_graph_file, prompt_cached, _ = _graph_source(
                 lambda: build_graph(model.text_model, int8=True, progress=progress),
                 folder, self.graph_file and f"{key}-prompt-int8",  # kept beside the step graph, or not at all
-                threads, {"int8": True, "onnxruntime": ort.__version__},
-                spinning=False)  # once per caption: its threads must not keep a core busy while the steps run
-            from_cache, self.build_seconds = from_cache and prompt_cached, self.build_seconds + seconds
+                {"int8": True, "onnxruntime": ort.__version__})
+            from_cache = from_cache and prompt_cached
+        model.text_model.model.layers = torch.nn.ModuleList()  # now in the graphs: freed before the sessions open
+        gc.collect()
+        self.session = _open_graph(step, threads)
+        del step
+        # the prompt graph runs once per caption: its threads must not keep a core busy while the steps run
+        self.prompt_session = self.session if prompt is None else _open_graph(prompt, threads, spinning=False)
+        del prompt
         self.from_cache, self.weight_bytes = from_cache, step_bytes + prompt_bytes
+        self.build_seconds = 0.0 if from_cache else time.perf_counter() - start
         #: (graphs, bytes) removed from the folder: kept by other code, or of weight sets not used lately
         #: (:func:`_prune`)
         self.pruned = _prune(folder, key) if self.graph_file is not None and not from_cache else (0, 0)
-        text = model.text_model.model
-        text.layers = torch.nn.ModuleList()  # now in the graph
         self.model = model
         self.config = model.config
         self.generation_config = model.generation_config

@@ -418,6 +418,7 @@ def quantize(model, quantization: str) -> dict[str, int]:
 
                 quantize_(model, torchao_config(hqq), filter_fn=lambda m, _name: id(m) in int4)
             counts[f"int4 (groups of {INT4_GROUP_SIZE}, {'HQQ' if hqq else 'min-max'} scales)"] = len(int4)
+    del named, rest  # they hold the bfloat16 layers: each must go as soon as its int8 copy replaces it
     for name in int8:
         parent, _, child = name.rpartition(".")
         holder = model.get_submodule(parent) if parent else model
