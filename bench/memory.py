@@ -14,7 +14,10 @@ needs, and the file pages say how much it leans on the checkpoint staying cached
 
 ``--weights`` is a folder for the random float32 weights (6.2 GiB; written once, with the world's processor at
 224 pixels so that ``load()`` and ``ground()`` work on it), or a folder that already holds a Kosmos-2 checkpoint.
-``int4-onnx`` runs twice: building its graphs (kept in a temporary folder), then reading them back.
+``int4-onnx`` runs twice: building its graphs (kept in a temporary folder), then reading them back. Each path runs
+``--repeats`` times (3), each time in a new process: the private peak of the same path moves by gigabytes from one
+run to the next (how many tensors are being converted at once when it is reached), so the table gives each figure's
+range over the runs.
 """
 
 from __future__ import annotations
@@ -86,12 +89,20 @@ def save_random_checkpoint(folder: Path) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| path | load s | caption s | private GiB, peak | of it while loading | file pages GiB, peak |",
+    """One line per path (and, for int4-onnx, per graphs built or read): the range over the runs of each figure."""
+    def span(values: list[float]) -> str:
+        low, high = min(values), max(values)
+        return f"{low}" if low == high else f"{low}–{high}"
+
+    lines = ["| path | runs | load s | caption s | private GiB, peak | file pages GiB, peak |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    groups: dict[str, list[dict]] = {}
     for row in rows:
-        name = row["path"] + {True: " (graphs read)", False: " (graphs built)"}.get(row["graphs"], "")
-        lines.append(f"| {name} | {row['load_s']} | {row['caption_s']} | {row['private_peak_gib']} | "
-                     f"{row['private_peak_load_gib']} | {row['file_peak_gib']} |")
+        groups.setdefault(row["path"] + {True: " (graphs read)", False: " (graphs built)"}.get(row["graphs"], ""),
+                          []).append(row)
+    for name, runs in groups.items():
+        figures = [span([r[key] for r in runs]) for key in ("load_s", "caption_s", "private_peak_gib", "file_peak_gib")]
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(figures) + " |")
     return "\n".join(lines)
 
 
@@ -102,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a Kosmos-2 checkpoint folder, or a new folder for random full-size float32 weights")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {', '.join(PATHS)}")
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens of the one caption (default 16)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each path, each in a new process (default 3): the peaks vary between runs")
     parser.add_argument("--out", type=Path, help="a folder for memory.json and memory.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -112,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in paths if p not in PATHS]
     if unknown or not paths:
         parser.error(f"--paths takes names from {', '.join(PATHS)}, got {args.paths!r}")
-    if args.new_tokens < 1:
-        parser.error(f"--new-tokens must be at least 1, got {args.new_tokens}")
+    if args.new_tokens < 1 or args.repeats < 1:
+        parser.error(f"--new-tokens and --repeats must be at least 1, got {args.new_tokens} and {args.repeats}")
     if not (args.weights / "config.json").is_file():
         if args.weights.exists() and any(args.weights.iterdir()):
             parser.error(f"--weights {str(args.weights)!r} holds files but no config.json: give a checkpoint folder "
@@ -121,17 +134,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"saving random full-size float32 weights in {args.weights}", flush=True)
         save_random_checkpoint(args.weights)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="kosmos2-onnx-") as graphs:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "KOSMOS2_PROGRESS": "0", "KOSMOS2_ONNX_CACHE": graphs}
+    for _ in range(args.repeats):
         for path in paths:
-            for _ in range(2 if path == "int4-onnx" else 1):
-                done = subprocess.run([sys.executable, __file__, "--weights", str(args.weights), "--child", path,
-                                       "--new-tokens", str(args.new_tokens)], env=env, capture_output=True, text=True)
-                if done.returncode != 0:
-                    print(f"{path}: failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
-                    continue
-                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-                print(json.dumps(rows[-1]), flush=True)
+            with tempfile.TemporaryDirectory(prefix="kosmos2-onnx-") as graphs:  # int4-onnx: built, then read
+                env = {**os.environ, "HF_HUB_OFFLINE": "1", "KOSMOS2_PROGRESS": "0", "KOSMOS2_ONNX_CACHE": graphs}
+                for _ in range(2 if path == "int4-onnx" else 1):
+                    done = subprocess.run([sys.executable, __file__, "--weights", str(args.weights), "--child", path,
+                                           "--new-tokens", str(args.new_tokens)], env=env, capture_output=True,
+                                          text=True)
+                    if done.returncode != 0:
+                        print(f"{path}: failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+                        continue
+                    rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                    print(json.dumps(rows[-1]), flush=True)
     markdown = table(rows)
     print(markdown)
     if args.out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,65 @@ def test_image_files_expands_folders_and_names_every_missing_path(folder, tmp_pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageLoadError, match="without image files"):
         image_files([tmp_path / "empty"])
+
+
+def test_what_a_folder_holds_besides_images_is_skipped_with_one_line(folder, capsys) -> None:
+    """Files without an image ending (a PNG named b.jfif or c, notes) and sub-folders were skipped without a word."""
+    files = image_files([folder])
+    assert [f.name for f in files] == ["scene_0.png", "scene_1.png", "scene_2.png"]
+    assert capsys.readouterr().err == (f"skipped 1 of 4 item(s) in {str(folder)!r} that are not image files by their "
+                                       "ending (.png, .jpg, .jpeg, .webp, .bmp, .gif, .tif, .tiff; sub-folders are "
+                                       "not searched): notes.txt\n")
+    for name in ("b.jfif", "c", "d.PNG.bak", "e", "f", "g"):
+        (folder / name).write_bytes((folder / "scene_0.png").read_bytes())
+    (folder / "sub").mkdir()
+    assert image_files([folder / "scene_1.png", folder]) == [folder / "scene_1.png", *files]
+    err = capsys.readouterr().err
+    assert err.startswith(f"skipped 8 of 11 item(s) in {str(folder)!r} that are not image files by their ending ")
+    assert err.endswith("sub-folders are not searched): b.jfif, c, d.PNG.bak, e, f and 3 more\n")
+    assert err.count("\n") == 1
+    image_files([folder / "scene_1.png"])  # files given one by one: nothing to say
+    assert capsys.readouterr().err == ""
+
+
+def test_ground_folder_says_what_it_skipped_once(tiny_model, folder, tmp_path, capsys) -> None:
+    model, processor = tiny_model
+    records = ground_folder(model, processor, [folder], CAPTION_PROMPT, tmp_path / "o", max_new_tokens=2,
+                            progress=False)
+    assert len(records) == 3
+    err = capsys.readouterr().err
+    assert err.count("skipped 1 of 4 item(s)") == 1 and err.endswith("not searched): notes.txt\n")
+
+
+@pytest.mark.parametrize("paths", [lambda folder: [Image.open(folder / "scene_0.png")],
+                                   lambda folder: [folder, sample_scenes(1, seed=1)[0].image],
+                                   lambda folder: sample_scenes(1, seed=1)[0].image,
+                                   lambda folder: [None], lambda folder: 5])
+def test_paths_are_files_and_folders_not_images(tiny_model, folder, tmp_path, paths) -> None:
+    """A PIL image, natural after ground() took them, failed inside pathlib."""
+    model, processor = tiny_model
+    with pytest.raises(TypeError, match=r"^paths must be image files and folders of images \(str or os\.PathLike; "
+                                        r"ground\(\) takes PIL images\), got "):
+        ground_folder(model, processor, paths(folder), CAPTION_PROMPT, tmp_path / "o", max_new_tokens=2)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_out_dir_and_counts_are_refused_before_out_dir_is_made(tiny_model, folder, tmp_path) -> None:
+    """An out_dir that is a file gave FileExistsError, and max_new_tokens=0 was refused only after out_dir had been
+    created (by ground()), leaving an empty folder behind."""
+    model, processor = tiny_model
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(ValueError, match=rf"^out_dir {re.escape(repr(str(afile)))} is a file; give a folder for "
+                                         r"results\.jsonl and the annotated PNGs$"):
+        ground_folder(model, processor, [folder], CAPTION_PROMPT, afile, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"afile' is a file, so nothing can be written under it$"):
+        ground_folder(model, processor, [folder], CAPTION_PROMPT, afile / "sub", max_new_tokens=2)
+    assert afile.read_text() == ""
+    for bad, error in ((0, ValueError), (-3, ValueError), (2.0, TypeError), ("5", TypeError)):
+        with pytest.raises(error, match=r"^max_new_tokens must be a positive int"):
+            ground_folder(model, processor, [folder], CAPTION_PROMPT, tmp_path / "new" / "o", max_new_tokens=bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "scenes"]
 
 
 def test_annotated_names_are_distinct(tmp_path) -> None:
@@ -222,6 +282,38 @@ def test_read_results_errors(tmp_path) -> None:
     (tmp_path / RESULTS_NAME).write_text('{"a": 1}\n\nnot json\n')
     with pytest.raises(ValueError, match="line 3 is not JSON"):
         read_results(tmp_path)
+
+
+def test_read_results_refuses_files_that_are_not_results(tmp_path) -> None:
+    """A PNG gave a UnicodeDecodeError, and a JSON array came back as [[{…}]]."""
+    png = tmp_path / "scene.png"
+    sample_scenes(1, seed=1)[0].image.save(png)
+    with pytest.raises(ValueError, match=rf"^{re.escape(repr(str(png)))} is not a results file \(JSON Lines: one "
+                                         r"grounding record per line, as ground_folder\(\) writes\): it is not "
+                                         r"UTF-8 text$"):
+        read_results(png)
+    for text, got in (('[{"a": 1}]', '[{"a": 1}]'), ('{"entities": []}\n[1, 2]\n', "[1, 2]"),
+                      ('{"caption": "x"}\n', '{"caption": "x"}'), ('{"entities": "a dog"}\n', '{"entities": "a dog"}')):
+        other = tmp_path / "other.jsonl"
+        other.write_text(text)
+        with pytest.raises(ValueError, match=r" is not a results file .*: record \d is not a JSON object with an "
+                                             rf"'entities' list, got {re.escape(got)}$"):
+            read_results(other)
+    other.write_text('{"file": "a.png", "entities": []}\n')
+    assert read_results(other) == [{"file": "a.png", "entities": []}]
+
+
+@pytest.mark.parametrize("one", ["scene.png", Path("scene.png"), b"scene.png",
+                                 lambda: sample_scenes(1, seed=1)[0].image])
+def test_contact_sheet_wants_a_list_of_images(one, tmp_path, monkeypatch) -> None:
+    """``contact_sheet("x.png")`` read the name character by character: "no image file at 'x'"."""
+    monkeypatch.chdir(tmp_path)
+    sample_scenes(1, seed=1)[0].image.save("scene.png")
+    one = one() if callable(one) else one
+    with pytest.raises(TypeError, match=r"^images must be a list of PIL images or image files; for one, write "
+                                        rf"\[image\]; got {type(one).__name__}: "):
+        contact_sheet(one)
+    assert contact_sheet(["scene.png"]).size == (200, 150)
 
 
 def test_contact_sheet_places_every_image(folder) -> None:

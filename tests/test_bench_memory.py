@@ -16,15 +16,15 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_every_path_gets_a_row_and_int4_onnx_builds_then_reads_its_graphs(tiny_model_dir, tmp_path) -> None:
     done = run("--weights", str(tiny_model_dir), "--paths", "none,int4-onnx", "--new-tokens", "2",
-               "--out", str(tmp_path))
+               "--repeats", "2", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     rows = json.loads((tmp_path / "memory.json").read_text(encoding="utf-8"))
-    assert [(r["path"], r["graphs"]) for r in rows] == [("none", None), ("int4-onnx", False), ("int4-onnx", True)]
+    assert [(r["path"], r["graphs"]) for r in rows] == [("none", None), ("int4-onnx", False), ("int4-onnx", True)] * 2
     for row in rows:
         assert 0 < row["private_peak_load_gib"] <= row["private_peak_gib"]
         assert row["file_peak_gib"] > 0 and row["load_s"] > 0 and row["caption_s"] > 0
     markdown = (tmp_path / "memory.md").read_text(encoding="utf-8")
-    assert "| int4-onnx (graphs built) |" in markdown and "| int4-onnx (graphs read) |" in markdown
+    assert "| int4-onnx (graphs built) | 2 |" in markdown and "| int4-onnx (graphs read) | 2 |" in markdown
 
 
 def test_bad_options_are_refused_before_anything_loads(tmp_path) -> None:

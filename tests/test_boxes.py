@@ -90,6 +90,19 @@ def test_round_box_is_what_the_article_does() -> None:
         round_box(SNOWMAN_BOX, 1.5)  # type: ignore[arg-type]
 
 
+def test_numpy_and_torch_whole_numbers_count_as_ints() -> None:
+    """``round_box(box, np.int64(2))`` was refused while sizes took numpy ints, and ``to_pixels`` refused a torch
+    tensor of the size while it took a numpy array (and a torch.Size)."""
+    import torch
+
+    assert round_box(SNOWMAN_BOX, np.int64(2)) == round_box(SNOWMAN_BOX, 2) == (0.39, 0.05, 0.98, 0.83)
+    for size in (torch.tensor([640, 480]), np.array([640, 480]), torch.Size([640, 480]), (640, 480)):
+        assert to_pixels(SNOWMAN_BOX, size) == (250.0, 22.5, 630.0, 397.5)
+    for size in (torch.tensor([640.5, 480.0]), torch.tensor([0, 480]), torch.tensor([[640, 480]]), torch.tensor(640)):
+        with pytest.raises(ValueError, match=r"^image_size must be \(width, height\), two positive ints, got tensor"):
+            to_pixels(SNOWMAN_BOX, size)
+
+
 def test_pixel_error_is_the_largest_difference_in_pixels() -> None:
     rounded = round_box(SNOWMAN_BOX)
     diffs = [abs(0.390625 - 0.39) * 640, abs(0.046875 - 0.05) * 480, abs(0.984375 - 0.98) * 640,

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
+import numpy as np
 import pytest
 
 from helpers.grounding.evaluation import (
@@ -282,3 +284,98 @@ def test_score_any_box_counts_each_true_object_hit_by_any_box_under_any_phrase()
     g = parse_generation("<grounding><phrase> a dog</phrase><object><patch_index_0000><patch_index_0528></object>")
     score = score_any_box(truth, g)
     assert (score.hits, score.total) == (1, 2)
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+def test_score_phrase_refuses_pixel_truth_boxes_with_the_hint() -> None:
+    """A pixel annotation (COCO, RefCOCO JSON) scored against normalized boxes gave IoU 0, a silent miss."""
+    g = grounding(("a dog", [(0.25, 0.2, 0.4, 0.3)]))
+    with pytest.raises(ValueError, match=r"^truth_boxes\[1\]: normalized box values must lie in \[0, 1\], got "
+                                         r"\(64\.0, 96\.0, 320\.0, 288\.0\)\. It looks like a pixel box: convert it "
+                                         r"with to_normalized\(box_px, image_size\)\.$"):
+        score_phrase([KUMO.box, (64, 96, 320, 288)], g, "a dog")
+    pixel_dog = SceneObject("brown", "dog", (64, 96, 320, 288), "a dog")
+    with pytest.raises(ValueError, match=r"^truth\[0\] \('a dog'\): normalized box values .* It looks like a pixel"):
+        score_caption([pixel_dog], g)
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan"), "0.5", None, True])
+def test_the_threshold_is_a_number_from_0_to_1_wherever_it_is_given(threshold) -> None:
+    """score_phrase took any threshold: -0.1 made every box a hit, 1.5 or NaN none, a str failed deep inside. It is
+    the rule evaluate_comprehension and ComprehensionResult.accuracy_at had on their own: now one check for all."""
+    from helpers.course.playground import looks_in_world
+    from helpers.grounding.evaluation import check_threshold
+    from helpers.grounding.refcoco import ComprehensionResult, RefItem, evaluate_comprehension
+
+    message = rf"^threshold must be a number in \[0, 1\], got {re.escape(repr(threshold))}$"
+    g = grounding(("Kumo", [KUMO.box]))
+    with pytest.raises(ValueError, match=message):
+        score_phrase([KUMO.box], g, "Kumo", threshold=threshold)
+    with pytest.raises(ValueError, match=message):
+        ComprehensionResult(Score()).accuracy_at(threshold)
+    item = RefItem("x.png", "Kumo", KUMO.box, 8, 8)
+    with pytest.raises(ValueError, match=message):
+        evaluate_comprehension(None, None, [item], ".", threshold=threshold)
+    with pytest.raises(ValueError, match=message):
+        looks_in_world(sample_scenes(1, seed=0)[0].image, threshold=threshold)
+    with pytest.raises(ValueError, match=message):
+        check_threshold(threshold)
+
+
+def test_hits_are_plain_bools_that_json_writes() -> None:
+    """With a numpy threshold the hits were numpy bools, and json.dumps(row) failed."""
+    g = grounding(("Kumo", [RED_A.box, KUMO.box]))
+    for threshold in (np.float64(0.5), np.float32(0.5), 0.5, 1, 0):
+        row = score_phrase([KUMO.box], g, "Kumo", threshold=threshold)
+        assert type(row["hit"]) is bool and type(row["hit_any"]) is bool
+        assert json.loads(json.dumps(row))["hit_any"] is True
+    assert score_phrase([KUMO.box], g, "Kumo", threshold=np.float64(0.5))["hit"] is False
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda g: score_phrase([KUMO.box], g, None), TypeError, r"^phrase must be a str \(the asked phrase, "),
+    (lambda g: score_phrase([KUMO.box], "Kumo", "Kumo"), TypeError, r"^grounding must be a Grounding \(what ground\(\) "
+                                                                    r"returns .*got str: 'Kumo'$"),
+    (lambda g: score_phrase([KUMO.box], None, "Kumo"), TypeError, r"^grounding must be a Grounding .*got NoneType"),
+    (lambda g: score_phrase([KUMO.box], g, "Kumo", CaptionScores()), TypeError,
+     r"^scores must be a PhraseScores \(to add to\) or None, got CaptionScores"),
+    (lambda g: score_caption(sample_scenes(1, seed=0)[0], g), TypeError,
+     r"^truth must be a list of objects with \.phrase and \.box, e\.g\. scene\.objects; got a Scene itself: pass "
+     r"its \.objects$"),
+    (lambda g: score_caption([("Kumo", KUMO.box)], g), TypeError,
+     r"^truth must be a list of objects .*; truth\[0\] is tuple: \('Kumo', "),
+    (lambda g: score_caption(None, g), TypeError, r"^truth must be a list of objects .*; got NoneType: None$"),
+    (lambda g: score_caption([KUMO], None), TypeError, r"^grounding must be a Grounding .*got NoneType: None$"),
+    (lambda g: score_caption([KUMO], "Kumo"), TypeError, r"^grounding must be a Grounding .*got str: 'Kumo'$"),
+    (lambda g: score_caption([KUMO], g, PhraseScores()), TypeError,
+     r"^scores must be a CaptionScores \(to add to\) or None, got PhraseScores"),
+])
+def test_wrong_arguments_to_the_scores_say_which_and_what_is_expected(call, error, message) -> None:
+    """They failed deep inside with AttributeErrors ('str' object has no attribute 'entities' …)."""
+    g = grounding(("Kumo", [KUMO.box]))
+    with pytest.raises(error, match=message):
+        call(g)
+    scores, caption = PhraseScores(), CaptionScores()  # the right arguments still score as before
+    assert score_phrase([KUMO.box], g, "Kumo", scores)["hit"] and scores.accuracy_at_1.hits == 1
+    assert score_caption([KUMO], g, caption) is caption and caption.box_hit.hits == 1
+
+
+@pytest.mark.parametrize("scenes, error, message", [
+    ([], ValueError, r"^scenes must be a list of Scene, e\.g\. sample_scenes\(20, seed=HELD_OUT_SEED\); got none: "
+                     r"there is nothing to evaluate$"),
+    (lambda: [sample_scenes(1, seed=0)[0].image], TypeError, r"\(each with its image and objects\); scenes\[0\] is "
+                                                             r"Image: "),
+    (lambda: sample_scenes(1, seed=0)[0], TypeError, r"; got one Scene: wrap it in a list, \[scene\]$"),
+    (None, TypeError, r"^scenes must be a list of Scene, .*; got NoneType: None$"),
+])
+def test_evaluate_wants_scenes(scenes, error, message) -> None:
+    """evaluate(model, processor, []) returned a report of zeros, and a list of images an AttributeError; both are
+    refused before the model is used (None stands for it here)."""
+    from helpers.grounding.evaluation import evaluate_captions
+
+    scenes = scenes() if callable(scenes) else scenes
+    for run in (evaluate, evaluate_captions):
+        with pytest.raises(error, match=message):
+            run(None, None, scenes)

@@ -141,6 +141,30 @@ def test_splits_and_image_ids(flickr) -> None:
         load_flickr30k_entities(flickr)
 
 
+@pytest.mark.parametrize("ids", ["1000092795", b"1000092795", 1000092795])
+def test_image_ids_must_be_a_list(flickr, ids) -> None:
+    """A single id as a str was read character by character: images '1', '0', '0' …"""
+    with pytest.raises(TypeError, match=r"^image_ids must be a list of image ids, e\.g\. \['1000092795'\], got "
+                                        rf"{type(ids).__name__}: "):
+        load_flickr30k_entities(flickr / "flickr30k_entities", image_ids=ids)
+    assert len(load_flickr30k_entities(flickr / "flickr30k_entities", image_ids=("1000092795",))) == 4
+
+
+def test_an_unreadable_image_is_refused_before_any_answer(flickr, monkeypatch) -> None:
+    """The same check as RefCOCO's (refcoco.check_images_exist): an image that is no image stops the run before
+    the first phrase is grounded, not when its chunk comes."""
+    data = load_flickr30k_entities(flickr / "flickr30k_entities", split="val")
+    (flickr / "flickr30k-images" / "10002456.jpg").write_bytes(b"")
+
+    def no_ground(*args, **kwargs):
+        raise AssertionError("ground() was called: the images should have been checked before")
+
+    monkeypatch.setattr(helpers.grounding.model, "ground", no_ground)
+    with pytest.raises(ValueError, match=r"^1 of the 2 image\(s\) the annotations name cannot be read: file "
+                                         r".*10002456\.jpg' is empty \(0 bytes\), expected an image file$"):
+        evaluate_phrase_grounding(None, None, data, flickr / "flickr30k-images")
+
+
 def _write(flickr: Path, image_id: str, sentences: str | None = None, xml: str | None = None) -> Path:
     root = flickr / "flickr30k_entities"
     if sentences is not None:

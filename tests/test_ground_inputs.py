@@ -188,6 +188,24 @@ def test_things_that_are_not_images(spy, images, message: str) -> None:
     assert processor.calls == []
 
 
+def test_a_model_or_processor_of_the_wrong_kind_is_named(spy) -> None:
+    """None, or the two swapped, failed with "AttributeError: … has no attribute 'parameters'"."""
+    model, processor = spy
+    image = scene_images(1)
+    swapped = r"; are model and processor swapped\? It is ground\(model, processor, images, …\)$"
+    model_wanted = r"^model must be a Kosmos-2 model, the first of the two that load\(\) returns, got "
+    processor_wanted = r"^processor must be the Kosmos-2 processor, the second of the two that load\(\) returns, got "
+    for args, message in [((None, processor), model_wanted + "NoneType$"),
+                          ((processor, model), model_wanted + "SpyProcessor" + swapped),
+                          ((model, None), processor_wanted + "NoneType$"),
+                          ((model, model), processor_wanted + "Kosmos2ForConditionalGeneration" + swapped),
+                          ((model, "processor"), processor_wanted + "str$")]:
+        with pytest.raises(TypeError, match=message):
+            ground(*args, image, progress=False)
+    assert processor.calls == []
+    assert len(ground(model, processor, image, max_new_tokens=2, progress=False)) == 1
+
+
 # --------------------------------------------------------------------------------------------- prompts, counts
 
 

@@ -377,6 +377,47 @@ def test_image_load_error_is_a_value_error() -> None:
     assert issubclass(ImageLoadError, ValueError)
 
 
+def test_an_empty_path_says_so(tmp_path: Path, monkeypatch) -> None:
+    """``load_image("")`` said "'.' is a directory" (Path("") is the current folder)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ImageLoadError, match=r"^source is an empty str: expected a file path, an http\(s\) URL, image "
+                                             r"bytes or a PIL image$"):
+        load_image("")
+
+
+@pytest.mark.parametrize("size", [(0, 0), (0, 5), (5, 0)])
+def test_an_image_without_pixels_is_refused_as_the_drawing_functions_refuse_it(size) -> None:
+    """A 0 x 0 PIL image loaded (and ground() captioned it) while draw_entities refused it: one rule now."""
+    from helpers.grounding.plotting import draw_entities
+
+    empty = Image.new("RGB", size)
+    message = rf"^the given PIL image must have at least 1 x 1 pixels, got {size[0]} x {size[1]}$"
+    with pytest.raises(ImageLoadError, match=message):
+        load_image(empty)
+    with pytest.raises(ImageLoadError, match=message):
+        load_image_and_size(empty)
+    with pytest.raises(ValueError, match=rf"^image must have at least 1 x 1 pixels, got {size[0]} x {size[1]}$"):
+        draw_entities(empty, [])
+    assert load_image(Image.new("RGB", (1, 1))).size == (1, 1)
+
+
+@pytest.mark.parametrize("flag", ["no", 0, 1, None, np.bool_(False)])
+def test_exif_orientation_must_be_true_or_false(flag) -> None:
+    """``exif_orientation="no"`` is truthy: it turned the image."""
+    with pytest.raises(TypeError, match=rf"^exif_orientation must be True or False, got {type(flag).__name__}: "):
+        load_image(_quadrants(), exif_orientation=flag)
+    assert load_image(_quadrants(), exif_orientation=False).size == (40, 30)
+
+
+def test_stored_size_of_an_empty_file_says_it_is_empty(tmp_path: Path) -> None:
+    """It said the 0 bytes were "not an image Pillow can read"; load_image says "empty", and now both do."""
+    (tmp_path / "zero.png").write_bytes(b"")
+    with pytest.raises(ImageLoadError, match=r"^file '.*zero\.png' is empty \(0 bytes\), expected an image file$"):
+        stored_size(tmp_path / "zero.png")
+    with pytest.raises(ImageLoadError, match=r"zero\.png is empty \(0 bytes\), expected an image file$"):
+        load_image(tmp_path / "zero.png")
+
+
 # --------------------------------------------------------------------------------------------- URLs
 
 

@@ -254,3 +254,23 @@ def test_one_learning_rate_schedule_and_one_warm_up_rule_for_training_and_fine_t
     for bad in (-1, 1.5, None):
         with pytest.raises(finetune.FinetuneError, match=r"^warmup must be 0 or more \(a whole number\)"):
             check_config(FinetuneConfig(steps=10, warmup=bad))  # type: ignore[arg-type]
+
+
+def test_a_yes_or_no_setting_takes_only_true_or_false(tiny_model_dir) -> None:
+    from PIL import Image
+
+    from helpers.grounding.checks import check_bool
+    from helpers.grounding.images import load_image
+    from helpers.grounding.model import load
+
+    check_bool("flag", False)
+    check_bool("flag", None, none_means="on by default")
+    for value in ("no", 0, None):
+        with pytest.raises(TypeError, match=r"^flag must be True or False, got "):
+            check_bool("flag", value)
+    with pytest.raises(TypeError, match=r"^flag must be True or False \(or None: on by default\), got str: 'no'$"):
+        check_bool("flag", "no", none_means="on by default")
+    with pytest.raises(TypeError, match=r"^verbose must be True or False, got str: 'no'$"):
+        load(tiny_model_dir, verbose="no")
+    with pytest.raises(TypeError, match=r"^exif_orientation must be True or False, got int: 1$"):
+        load_image(Image.new("RGB", (4, 4)), exif_orientation=1)

@@ -254,6 +254,27 @@ def test_images_given_to_the_constructor_are_loaded_as_uploads(tiny_model) -> No
     assert playground.picture.value == png_of(playground.images["cmyk"])
 
 
+@pytest.mark.parametrize("kwargs, error, message", [
+    (lambda: {"images": [sample_scenes(1, seed=5)[0].image]}, TypeError,
+     r"^images must be a dict of name → PIL image, e\.g\. \{'my photo': load_image\(path\)\}, got list: "),
+    ({"images": "in/red.png"}, TypeError, r"^images must be a dict of name → PIL image, .*got str: 'in/red\.png'$"),
+    ({"prompt": 5}, TypeError, r"^prompt must be a str such as '<grounding> An image of', or None for that one, got "
+                               r"int: 5$"),
+    ({"prompt": ""}, ValueError, r"^prompt must be a non-empty str, e\.g\. '<grounding> An image of', got ''$"),
+    ({"prompt": "<image>"}, ValueError, r"^prompt must not contain '<image>': a prompt holds text"),
+    ({"max_new_tokens": 0}, ValueError, r"^max_new_tokens must be a positive int, got 0$"),
+    ({"max_new_tokens": 2.5}, TypeError, r"^max_new_tokens must be a positive int, got float: 2\.5$"),
+    ({"images": {"empty": Image.new("RGB", (0, 0))}}, ValueError,
+     r"^images\['empty'\]: the given PIL image must have at least 1 x 1 pixels, got 0 x 0$"),
+])
+def test_bad_arguments_are_refused_when_the_playground_is_made(tiny_model, kwargs, error, message) -> None:
+    """They failed inside dict() or traitlets, or were taken (prompt "" silently became the default prompt, a prompt
+    with <image> and max_new_tokens=0 were found only at each press of Ground), or PIL could not write the image."""
+    kwargs = kwargs() if callable(kwargs) else kwargs
+    with pytest.raises(error, match=message):
+        Playground(*tiny_model, **kwargs)
+
+
 def test_no_out_of_world_warning_for_a_world_scene_with_a_transparent_background(tiny_model) -> None:
     model, processor = tiny_model
     info = model.load_info

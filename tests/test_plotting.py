@@ -236,6 +236,13 @@ def test_show_labels_false_draws_only_boxes() -> None:
     assert not (with_labels[ly0:ly1, lx0 + 5 : lx1 - 5] == 255).all()
 
 
+@pytest.mark.parametrize("flag", ["no", 0, None])
+def test_show_labels_must_be_true_or_false(flag) -> None:
+    """``show_labels="no"`` is truthy: it drew the labels."""
+    with pytest.raises(TypeError, match=rf"^show_labels must be True or False, got {type(flag).__name__}: "):
+        draw_entities(Image.new("RGB", (40, 30), WHITE), ENTITIES, show_labels=flag)
+
+
 def test_empty_entities_give_a_copy_and_other_modes_become_rgb() -> None:
     scene = snowman_illustration()
     out = draw_entities(scene.image, [])
@@ -438,6 +445,18 @@ def test_highlight_caption_rejects_bad_input() -> None:
         highlight_caption("just text")
     with pytest.raises(TypeError, match="expected a Grounding"):
         highlight_caption(42)
+
+
+@pytest.mark.parametrize("entity", [Entity("zzz", (0, 3), [(0.1, 0.1, 0.5, 0.5)]), ("zzz", (0, 3), []),
+                                    ("big", (2, 5), []), ("a big", (0, 6), [])])
+def test_highlight_caption_wants_spans_that_spell_their_phrase(entity) -> None:
+    """A span that did not spell its phrase coloured other words under the phrase's name."""
+    phrase, span = (entity.phrase, entity.span) if isinstance(entity, Entity) else entity[:2]
+    with pytest.raises(ValueError) as refused:
+        highlight_caption("abc big dog", [entity])
+    assert str(refused.value) == (f"entity 0 ({phrase!r}) has span {span}, but the caption holds "
+                                  f"{'abc big dog'[span[0]:span[1]]!r} there: a span must spell its phrase")
+    assert str(highlight_caption("abc big dog", [("big", (4, 7), [])])) == "abc [big] dog"
 
 
 # --------------------------------------------------------------------------------------------- grid and user box

@@ -82,10 +82,38 @@ def test_with_box_writes_the_box_after_the_first_phrase_only() -> None:
     assert text == "<grounding><phrase> It</phrase>" + object_tokens([BOX]) + " is next to<phrase> a square</phrase>"
 
 
-@pytest.mark.parametrize("phrase", ["", " ", "\n\t", None, 3])
+@pytest.mark.parametrize("phrase", ["", " ", "\n\t"])
 def test_a_comprehension_prompt_needs_a_phrase_with_a_word(phrase) -> None:
     """``comprehension_prompt("")`` made ``<grounding><phrase> </phrase>``, which asks about nothing; the callers
     that refused it did so each on their own (refcoco, the find_boxes solution)."""
     with pytest.raises(ValueError, match=r"^phrase must be a non-empty str such as 'the red circle', got "):
         comprehension_prompt(phrase)
     assert comprehension_prompt("the red circle") == "<grounding><phrase> the red circle</phrase>"
+
+
+@pytest.mark.parametrize("make, name, example", [(comprehension_prompt, "phrase", "the red circle"),
+                                                 (qa_prompt, "noun", "object")])
+def test_the_phrase_of_a_prompt_is_a_str_of_words_without_tags(make, name, example) -> None:
+    """Both prompt helpers built a prompt from anything: ``qa_prompt(None)`` asked about "this None",
+    ``comprehension_prompt(5)`` about "5", and a phrase holding ``<phrase>`` nested the tags. A tag of the prompt
+    itself or of the image and boxes is refused as :func:`check_prompt` refuses it in a prompt."""
+    for bad in (None, 5, b"dog", ["dog"]):
+        with pytest.raises(TypeError, match=rf"^{name} must be a str such as '{example}', got {type(bad).__name__}: "):
+            make(bad)
+    for blank in ("", "  "):
+        with pytest.raises(ValueError, match=rf"^{name} must be a non-empty str such as '{example}', got "):
+            make(blank)
+    tagged_phrases = [("<phrase>x</phrase>", "<phrase>"), ("a </phrase> b", "</phrase>"),
+                      ("<grounding> dog", "<grounding>"), ("<image>", "<image>"), ("dog</image>", "</image>"),
+                      ("a <patch_index_0044> b", "<patch_index_0044>"), ("<object>", "<object>"),
+                      ("two</delimiter_of_multi_objects/>", "</delimiter_of_multi_objects/>")]
+    for tagged, tag in tagged_phrases:
+        with pytest.raises(ValueError) as refused:
+            make(tagged)
+        assert str(refused.value) == (f"{name} must be plain words such as '{example}', without Kosmos-2's tags: the "
+                                      "prompt puts <grounding> and <phrase>…</phrase> around it itself; got "
+                                      f"{tag!r} in {tagged!r}")
+    # plain words pass as before, "<" and ">" as text included
+    assert comprehension_prompt("x < y") == "<grounding><phrase> x < y</phrase>"
+    assert qa_prompt() == qa_prompt("object") == "<grounding> Question: What is<phrase> this object</phrase>? Answer:"
+    assert qa_prompt("character") == "<grounding> Question: What is<phrase> this character</phrase>? Answer:"

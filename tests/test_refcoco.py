@@ -289,6 +289,30 @@ def test_missing_image_is_named(tiny_model, drawn) -> None:
         evaluate_comprehension(*tiny_model, items, root)
 
 
+def test_an_unreadable_image_late_in_the_list_is_refused_before_any_answer(drawn, monkeypatch) -> None:
+    """Images were only checked to exist: a 0-byte or corrupt image was found when its chunk came (CHUNK = 256
+    expressions), after every earlier chunk had been grounded, and the run ended there with nothing kept."""
+    root, records = drawn
+    (root / "zero.png").write_bytes(b"")
+    (root / "text.png").write_text("hello")
+    late = [record(file_name="a.png", sentences=[{"sent": f"the thing {i}"}]) for i in range(300)]
+    items = load_refcoco(late + [record(file_name="zero.png"), record(file_name="text.png")])
+
+    def no_ground(*args, **kwargs):
+        raise AssertionError("ground() was called: the images should have been checked before")
+
+    monkeypatch.setattr(helpers.grounding.model, "ground", no_ground)
+    with pytest.raises(ImageLoadError) as refused:
+        evaluate_comprehension(None, None, items, root)
+    assert str(refused.value) == (f"2 of the 3 image(s) the annotations name cannot be read: file "
+                                  f"{str(root / 'zero.png')!r} is empty (0 bytes), expected an image file (also "
+                                  "unreadable: text.png)")
+    with pytest.raises(ImageLoadError, match=r"^1 of the 1 image\(s\) the annotations name cannot be read: file "
+                                             r".*text\.png' is not an image Pillow can read"):
+        helpers.grounding.refcoco.check_images_exist(["text.png", "text.png"], root)
+    helpers.grounding.refcoco.check_images_exist(["a.png", "b.png"], root)  # readable images pass
+
+
 def test_evaluate_with_a_real_model_on_drawn_images(tiny_model, drawn) -> None:
     root, records = drawn
     items = load_refcoco(records)
@@ -449,6 +473,7 @@ def test_images_are_grounded_as_stored_not_turned_by_exif(tmp_path, monkeypatch)
 
 def test_the_comprehension_prompt_makes_white_space_single_and_refuses_no_expression() -> None:
     assert comprehension_prompt_for("  the\tred  circle ") == "<grounding><phrase> the red circle</phrase>"
-    for bad in (" ", None):
-        with pytest.raises(ValueError, match=r"^phrase must be a non-empty str such as 'the red circle', got "):
-            comprehension_prompt_for(bad)
+    with pytest.raises(ValueError, match=r"^phrase must be a non-empty str such as 'the red circle', got "):
+        comprehension_prompt_for(" ")
+    with pytest.raises(TypeError, match=r"^phrase must be a str such as 'the red circle', got NoneType: None"):
+        comprehension_prompt_for(None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from helpers.course.outputs import grounding_record, read_jsonl
 from helpers.grounding.boxes import check_image_size
-from helpers.grounding.checks import check_positive_int
+from helpers.grounding.checks import check_positive_int, out_problem
 from helpers.grounding.images import ImageLoadError, load_image, load_image_and_size
 from helpers.grounding.model import default_batch_size, ground
 from helpers.grounding.plotting import draw_entities
@@ -50,23 +51,37 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand the given paths into image files: files stay as they are, folders give their images.
 
     A folder contributes its files whose names end in one of :data:`IMAGE_SUFFIXES` (not recursively),
-    sorted by name. The order of the arguments is kept.
+    sorted by name. The order of the arguments is kept. What else a folder with images holds (files with
+    another ending, sub-folders) is skipped, and said so: one line on stderr per such folder, with the count
+    and the first few names, e.g. ``skipped 2 of 4 item(s) in 'photos' …: b.jfif, notes.txt``.
 
     Raises:
+        TypeError: ``paths`` is not a path or a list of paths (a PIL image, say: :func:`ground_folder` takes
+            files and folders; ``ground()`` takes images).
         ImageLoadError: a path does not exist, or a folder holds no image files. All missing paths are
             named in one message.
     """
+    wanted = "paths must be image files and folders of images (str or os.PathLike; ground() takes PIL images)"
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    if isinstance(paths, bytes) or not isinstance(paths, Iterable):
+        raise TypeError(f"{wanted}, got {type(paths).__name__}: {paths!r:.80}")
+    paths = list(paths)
+    for i, p in enumerate(paths):
+        if not isinstance(p, (str, os.PathLike)):
+            raise TypeError(f"{wanted}, got {type(p).__name__} at position {i}: {p!r:.80}")
     out: list[Path] = []
     missing: list[str] = []
     empty: list[str] = []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            entries = sorted(path.iterdir())
+            found = [f for f in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
             if not found:
                 empty.append(str(path))
+            elif len(found) < len(entries):
+                _say_skipped(path, [f for f in entries if f not in found], len(entries))
             out.extend(found)
         elif path.is_file():
             out.append(path)
@@ -79,6 +94,15 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
             f"folder(s) without image files ({', '.join(IMAGE_SUFFIXES)}): " + ", ".join(empty)
         )
     return out
+
+
+def _say_skipped(folder: Path, skipped: list[Path], total: int, shown: int = 5) -> None:
+    """One line on stderr: what :func:`image_files` left out of ``folder`` (nothing is dropped without a word)."""
+    names = [f.name + ("/" if f.is_dir() else "") for f in skipped]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    print(f"skipped {len(names)} of {total} item(s) in {str(folder)!r} that are not image files by their ending "
+          f"({', '.join(IMAGE_SUFFIXES)}; sub-folders are not searched): {', '.join(names[:shown])}{more}",
+          file=sys.stderr)
 
 
 def check_images(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
@@ -153,9 +177,10 @@ def ground_folder(
     """Ground every image with ``prompt``; write ``out_dir/results.jsonl`` and annotated PNGs; return the records.
 
     Args:
-        paths: image files and/or folders of images (see :func:`image_files`).
+        paths: image files and/or folders of images (see :func:`image_files`; what else a folder holds is
+            skipped, and one line on stderr says which).
         prompt: the prompt for every image, e.g. ``"<grounding> An image of"``.
-        out_dir: created if needed; ``results.jsonl`` in it is replaced when the run has finished.
+        out_dir: a folder, created if needed; ``results.jsonl`` in it is replaced when the run has finished.
         batch_size: images per ``generate`` call (default: :func:`helpers.grounding.model.default_batch_size`).
             ``ground()`` batches only prompts of the same length (no padding), so in float32 on a
             CPU the results do not depend on it (in half precision on a GPU, rounding may differ).
@@ -175,16 +200,24 @@ def ground_folder(
     Raises:
         ImageLoadError: a path is missing or not an image (checked before any model call for missing
             paths).
-        ValueError: an empty ``prompt`` or one holding image or location tokens, a bad ``box``, a box with a prompt that has no ``<phrase>``, or an
-            ``out_dir`` where an annotated PNG would replace one of the input images.
+        TypeError: ``paths`` holds something other than paths (a PIL image), or ``batch_size`` or
+            ``max_new_tokens`` is not a whole number.
+        ValueError: an empty ``prompt`` or one holding image or location tokens, a bad ``box``, a box with a prompt
+            that has no ``<phrase>``, a count below 1, an ``out_dir`` that is a file or where nothing can be
+            written (:func:`helpers.grounding.checks.out_problem`), or one where an annotated PNG would replace one
+            of the input images. All of these are checked before ``out_dir`` is created.
     """
 
     check_prompt(prompt)
+    max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
     files = image_files(paths)
     if not files:
         raise ImageLoadError("no images given")
     bboxes_one = None if box is None else user_box_entry(prompt, box)
     batch_size = default_batch_size(model) if batch_size is None else check_positive_int("batch_size", batch_size)
+    problem = out_problem("out_dir", out_dir, folder=True, wanted="a folder for results.jsonl and the annotated PNGs")
+    if problem:
+        raise ValueError(problem)
     out = Path(out_dir)
     names = annotated_names(files, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,14 +260,24 @@ def read_results(out_dir: str | os.PathLike) -> list[dict]:
 
     Raises:
         FileNotFoundError: there is no such results file.
-        ValueError: a line is not JSON (the message gives its number).
+        ValueError: the file is not text, a line is not JSON (the message gives its number), or a record is not a
+            grounding record (a JSON object with an ``"entities"`` list, as :func:`ground_folder` writes).
     """
     path = Path(out_dir)
     if path.is_dir():
         path = path / RESULTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no results file at {str(path)!r}: run ground_folder() or `python -m helpers ground` first")
-    return read_jsonl(path)
+    what = "a results file (JSON Lines: one grounding record per line, as ground_folder() writes)"
+    try:
+        records = read_jsonl(path)
+    except UnicodeDecodeError:
+        raise ValueError(f"{str(path)!r} is not {what}: it is not UTF-8 text") from None
+    for i, rec in enumerate(records):
+        if not (isinstance(rec, dict) and isinstance(rec.get("entities"), list)):
+            raise ValueError(f"{str(path)!r} is not {what}: record {i + 1} is not a JSON object with an 'entities' "
+                             f"list, got {json.dumps(rec)[:80]}")
+    return records
 
 
 def contact_sheet(images: Sequence, columns: int = 3, cell: tuple[int, int] = (200, 150),
@@ -244,10 +287,13 @@ def contact_sheet(images: Sequence, columns: int = 3, cell: tuple[int, int] = (2
     Images keep their aspect ratio and are centred in their cell; rows fill from left to right.
 
     Raises:
-        TypeError: ``columns`` is not a whole number.
+        TypeError: ``images`` is not a list (one image or one file name, say), or ``columns`` is not a whole number.
         ValueError: no images, ``columns`` < 1, or a cell that is not two ints of at least 8 pixels (each
             picture keeps a margin of 2 pixels).
     """
+    if isinstance(images, (str, bytes, os.PathLike, Image.Image)) or not isinstance(images, Iterable):
+        raise TypeError(f"images must be a list of PIL images or image files; for one, write [image]; got "
+                        f"{type(images).__name__}: {images!r:.80}")
     images = list(images)
     if not images:
         raise ValueError("contact_sheet needs at least one image")

@@ -33,8 +33,8 @@ from PIL import Image
 
 from helpers.course.colab import enable_widgets
 from helpers.grounding.checks import check_positive_int
-from helpers.grounding.evaluation import HELD_OUT_SEED
-from helpers.grounding.images import load_image_and_size, to_rgb
+from helpers.grounding.evaluation import HELD_OUT_SEED, check_threshold
+from helpers.grounding.images import load_image_and_size, no_pixels, to_rgb
 from helpers.grounding.model import ground
 from helpers.grounding.plotting import draw_entities, highlight_caption
 from helpers.grounding.prompts import (
@@ -79,8 +79,9 @@ def world_palette() -> np.ndarray:
 def _small_rgb(image: Image.Image) -> np.ndarray:
     if not isinstance(image, Image.Image):
         raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
-    if image.width < 1 or image.height < 1:
-        raise ValueError(f"image has no pixels: {image.size}")
+    problem = no_pixels(image)
+    if problem:
+        raise ValueError(problem)
     rgb = to_rgb(image)
     scale = _MAX_SIDE / max(rgb.size)
     if scale < 1:
@@ -108,9 +109,9 @@ def in_world_score(image: Image.Image) -> float:
 
 
 def looks_in_world(image: Image.Image, threshold: float = IN_WORLD_THRESHOLD) -> bool:
-    """True when :func:`in_world_score` reaches ``threshold``."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    """True when :func:`in_world_score` reaches ``threshold`` (a number in [0, 1],
+    :func:`helpers.grounding.evaluation.check_threshold`)."""
+    threshold = check_threshold(threshold)
     return in_world_score(image) >= threshold
 
 
@@ -196,18 +197,28 @@ class Playground:
     ``last`` is the result the widget shows, ``None`` while it shows none.
 
     Raises:
-        ValueError: ``images`` is empty or one of them cannot be used as an image, or ``display_width`` < 1.
-        TypeError: an image that is not a PIL image, or a ``display_width`` that is not a whole number.
+        ValueError: ``images`` is empty or one of them cannot be used as an image (one without pixels included),
+            ``prompt`` is empty or holds image or location tokens (:func:`helpers.grounding.prompts.check_prompt`),
+            or ``max_new_tokens`` or ``display_width`` is below 1.
+        TypeError: ``images`` is not a dict (a list, a file name), an image that is not a PIL image, a ``prompt``
+            that is not a str, or a ``max_new_tokens`` or ``display_width`` that is not a whole number.
     """
 
     def __init__(self, model, processor, images: Mapping[str, Image.Image] | None = None, *,
                  prompt: str | None = None, max_new_tokens: int = 64, display_width: int = 384) -> None:
         import ipywidgets as w
 
-        enable_widgets()  # on Colab, which draws ipywidgets 8 only through its custom widget manager
-
         self.model = model
         self.processor = processor
+        if images is not None and not isinstance(images, Mapping):
+            raise TypeError("images must be a dict of name → PIL image, e.g. {'my photo': load_image(path)}, got "
+                            f"{type(images).__name__}: {images!r:.80}")
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a str such as {CAPTION_PROMPT!r}, or None for that one, got "
+                                f"{type(prompt).__name__}: {prompt!r:.80}")
+            check_prompt(prompt)
+        self.max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
         given = dict(images) if images is not None else default_images()
         if not given:
             raise ValueError("images is empty: give at least one name → PIL image")
@@ -220,16 +231,18 @@ class Playground:
                 self.images[name], self.sizes[name] = load_image_and_size(im)
             except ValueError as err:
                 raise ValueError(f"images[{name!r}]: {err}") from None
-        self.max_new_tokens = max_new_tokens
         self.display_width = check_positive_int("display_width", display_width)
         self.last: PlaygroundResult | None = None
+
+        enable_widgets()  # on Colab, which draws ipywidgets 8 only through its custom widget manager
+
         self._examples = _prompt_examples()
         self._quiet = False  # True while the image menu changes without a new image to show
 
         self.image_choice = w.Dropdown(options=list(self.images), description="image")
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload")
         self.example_choice = w.Dropdown(options=[KEEP_PROMPT] + list(self._examples), description="example")
-        self.prompt = w.Text(value=prompt or CAPTION_PROMPT, description="prompt",
+        self.prompt = w.Text(value=CAPTION_PROMPT if prompt is None else prompt, description="prompt",
                              layout=w.Layout(width="95%"))
         self.use_box = w.Checkbox(value=False, description="use a box")
         self.box_fields = [w.FloatText(value=v, description=n, step=0.05, layout=w.Layout(width="150px"))

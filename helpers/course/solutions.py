@@ -23,7 +23,7 @@ import numbers
 from typing import Any, Sequence
 
 from helpers.grounding.boxes import Box, check_image_size, check_normalized, iou, looks_like_pixels, to_normalized, to_pixels
-from helpers.grounding.checks import check_positive_int
+from helpers.grounding.checks import check_bool, check_positive_int
 from helpers.grounding.evaluation import answer_after
 from helpers.grounding.model import ground
 from helpers.grounding.prompts import qa_prompt
@@ -104,9 +104,8 @@ def modern_from_pretrained_kwargs(
         ValueError: both ``load_in_4bit`` and ``load_in_8bit`` are set.
         TypeError: ``load_in_4bit`` or ``load_in_8bit`` is not a bool.
     """
-    for name, value in (("load_in_4bit", load_in_4bit), ("load_in_8bit", load_in_8bit)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False, got {value!r}")
+    check_bool("load_in_4bit", load_in_4bit)
+    check_bool("load_in_8bit", load_in_8bit)
     if load_in_4bit and load_in_8bit:
         raise ValueError("choose one of load_in_4bit and load_in_8bit, not both")
     kwargs: dict[str, Any] = {}

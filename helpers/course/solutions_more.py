@@ -49,13 +49,14 @@ def find_boxes(model, processor, image, phrase: str,
     "the caf", and the answer names that.
 
     Raises:
+        TypeError: ``phrase`` is not a str.
         ValueError: ``phrase`` is empty or the tokenizer keeps none of its text, or the answer is not well
             formed (``Grounding.problems``, e.g. cut off after ``max_new_tokens`` in the middle of a box): its
             boxes cannot be read, and ``[]`` would claim the model gave none.
     """
     if isinstance(phrase, str):
         phrase = phrase.strip()
-    prompt = comprehension_prompt(phrase)  # refuses a phrase without a word (ValueError)
+    prompt = comprehension_prompt(phrase)  # refuses a phrase that is not a str or has no word
     tokenizer = processor.tokenizer
     spelled = tokenizer.decode(tokenizer(" " + phrase, add_special_tokens=False).input_ids,
                                skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()

@@ -8,6 +8,7 @@ number, NaN or infinity, inverted, outside [0, 1] or outside the image).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 from helpers.grounding.checks import is_positive_int
@@ -94,7 +95,8 @@ def _pixel_hint(box: Box, image_size: tuple[int, int] | None) -> str:
 
 
 def check_image_size(image_size: Sequence[int], what: str = "image_size") -> tuple[int, int]:
-    """Validate ``(width, height)`` in pixels, two positive ints (numpy ints too), and return it as ints.
+    """Validate ``(width, height)`` in pixels, two positive ints (numpy ints too, and a numpy array or torch
+    tensor of two ints), and return it as ints.
 
     Raises:
         ValueError: not two values, or a value that is not a positive whole number (``bool`` included).
@@ -102,6 +104,8 @@ def check_image_size(image_size: Sequence[int], what: str = "image_size") -> tup
     expected = f"{what} must be (width, height), two positive ints, got {image_size!r}"
     if isinstance(image_size, (str, bytes, set, frozenset, dict)):
         raise ValueError(expected)
+    if hasattr(image_size, "tolist") and not isinstance(image_size, (list, tuple)):
+        image_size = image_size.tolist()  # an array or a tensor: its values as Python numbers
     try:
         width, height = image_size
     except (TypeError, ValueError):
@@ -231,8 +235,9 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
 def round_box(box: Sequence[float], ndigits: int = 2) -> Box:
     """Each value of a normalized box rounded to ``ndigits`` decimals, as the article does before scaling
     to pixels (``[round(i, 2) for i in box]``)."""
-    if isinstance(ndigits, bool) or not isinstance(ndigits, int) or ndigits < 0:
+    if isinstance(ndigits, bool) or not isinstance(ndigits, numbers.Integral) or ndigits < 0:
         raise ValueError(f"ndigits must be an int >= 0, got {ndigits!r}")
+    ndigits = int(ndigits)
     x0, y0, x1, y1 = check_normalized(box)
     return (round(x0, ndigits), round(y0, ndigits), round(x1, ndigits), round(y1, ndigits))
 

@@ -67,6 +67,14 @@ def check_seed(name: str, value: object) -> int:
     return int(value)
 
 
+def check_bool(name: str, value: object, none_means: str = "") -> None:
+    """``TypeError`` unless ``value`` is ``True`` or ``False`` (or ``None`` where ``none_means`` says what it means):
+    a string such as ``"no"`` would otherwise count as true."""
+    if not (isinstance(value, bool) or value is None and none_means):
+        raise TypeError(f"{name} must be True or False{f' (or None: {none_means})' if none_means else ''}, got "
+                        f"{type(value).__name__}: {value!r:.80}")
+
+
 def out_problem(name: str, out: str | os.PathLike, *, folder: bool, wanted: str,
                 inputs: Iterable[str | os.PathLike] = (), beside: bool = False) -> str | None:
     """Why nothing could be written at ``out`` (named ``name`` in the message, e.g. ``--out``), or ``None``: checked

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from helpers.grounding.boxes import iou
+from helpers.grounding.boxes import check_normalized, iou
+from helpers.grounding.checks import is_number
 from helpers.grounding.prompts import CAPTION_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
 from helpers.grounding.tokens import Box, Grounding, parse_generation
 
@@ -54,6 +55,57 @@ def phrases_match(a: str, b: str) -> bool:
 
 def box_hits(pred: Sequence[float], truth: Sequence[float], threshold: float = IOU_THRESHOLD) -> bool:
     return iou(pred, truth) >= threshold
+
+
+def check_threshold(threshold: object) -> float:
+    """Return ``threshold`` as a float when it is a number in [0, 1] (numpy numbers too): the IoU a box needs to
+    hit, or another share a score must reach.
+
+    Raises:
+        ValueError: anything else (a str, ``bool``, NaN, a number outside [0, 1]), e.g.
+            ``threshold must be a number in [0, 1], got 1.5``.
+    """
+    if not is_number(threshold, share=True):
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r:.80}")
+    return float(threshold)
+
+
+def _check_grounding(grounding: object) -> Grounding:
+    """``grounding`` when it is a :class:`~helpers.grounding.tokens.Grounding`; ``TypeError`` saying so otherwise."""
+    if not isinstance(grounding, Grounding):
+        raise TypeError("grounding must be a Grounding (what ground() returns for an image, or parse_generation(text) "
+                        f"for a generated text), got {type(grounding).__name__}: {grounding!r:.80}")
+    return grounding
+
+
+def _check_truth(truth: object) -> list:
+    """``truth`` as a list of objects, each with a str ``.phrase`` and a normalized ``.box``.
+
+    Raises:
+        TypeError: ``truth`` is a scene rather than its objects, is not a list, or holds something without
+            ``.phrase`` and ``.box`` (a ``(phrase, box)`` tuple, say).
+        ValueError: an object's box is not a normalized box (a pixel box gets a hint how to convert it).
+    """
+    wanted = "truth must be a list of objects with .phrase and .box, e.g. scene.objects"
+    if hasattr(truth, "objects") and hasattr(truth, "image"):
+        raise TypeError(f"{wanted}; got a {type(truth).__name__} itself: pass its .objects")
+    if isinstance(truth, (str, bytes)) or not isinstance(truth, Iterable):
+        raise TypeError(f"{wanted}; got {type(truth).__name__}: {truth!r:.80}")
+    truth = list(truth)
+    for i, obj in enumerate(truth):
+        if not (isinstance(getattr(obj, "phrase", None), str) and hasattr(obj, "box")):
+            raise TypeError(f"{wanted}; truth[{i}] is {type(obj).__name__}: {obj!r:.80}")
+        try:
+            check_normalized(obj.box)
+        except ValueError as err:
+            raise ValueError(f"truth[{i}] ({obj.phrase!r}): {err}") from None
+    return truth
+
+
+def _check_scores(scores: object, kind: type) -> None:
+    if scores is not None and not isinstance(scores, kind):
+        raise TypeError(f"scores must be a {kind.__name__} (to add to) or None, got {type(scores).__name__}: "
+                        f"{scores!r:.80}")
 
 
 @dataclass
@@ -111,9 +163,19 @@ class CaptionScores:
 
 
 def score_caption(truth: Iterable, grounding: Grounding, scores: CaptionScores | None = None) -> CaptionScores:
-    """Add one image to caption scores; ``truth`` holds objects with ``.phrase`` and ``.box``."""
+    """Add one image to caption scores; ``truth`` holds objects with ``.phrase`` and a normalized ``.box``
+    (``scene.objects``).
+
+    Raises:
+        TypeError: ``truth`` is not such a list (a :class:`~helpers.world.scenes.Scene` itself, ``(phrase, box)``
+            tuples …), ``grounding`` is not a :class:`~helpers.grounding.tokens.Grounding`, or ``scores`` is not
+            :class:`CaptionScores` or ``None``.
+        ValueError: a true box is not a normalized box (a pixel box gets a hint how to convert it).
+    """
+    truth = _check_truth(truth)
+    _check_grounding(grounding)
+    _check_scores(scores, CaptionScores)
     scores = scores or CaptionScores()
-    truth = list(truth)
     for obj in truth:
         matching = [e for e in grounding.entities if phrases_match(e.phrase, obj.phrase)]
         scores.phrase_recall.add(bool(matching))
@@ -124,7 +186,15 @@ def score_caption(truth: Iterable, grounding: Grounding, scores: CaptionScores |
 
 
 def phrase_boxes(grounding: Grounding, phrase: str) -> list[Box]:
-    """Every box the answer gives for ``phrase``, in order (entities whose phrase equals it after trimming)."""
+    """Every box the answer gives for ``phrase``, in order (entities whose phrase equals it after trimming).
+
+    Raises:
+        TypeError: ``grounding`` is not a :class:`~helpers.grounding.tokens.Grounding`, or ``phrase`` not a str.
+    """
+    _check_grounding(grounding)
+    if not isinstance(phrase, str):
+        raise TypeError(f"phrase must be a str (the asked phrase, e.g. 'the red circle'), got "
+                        f"{type(phrase).__name__}: {phrase!r:.80}")
     wanted = " ".join(phrase.split())
     return [tuple(b) for e in grounding.entities if " ".join(e.phrase.split()) == wanted for b in e.boxes]
 
@@ -156,11 +226,16 @@ def score_phrase(truth_boxes: Sequence[Sequence[float]], grounding: Grounding, p
 
     A hit is IoU ≥ ``threshold`` with any of ``truth_boxes`` (several when the phrase names several
     objects). Adds to ``scores`` when given; returns the row ``{"boxes", "predicted", "iou", "best_iou",
-    "hit", "hit_any"}`` where ``predicted``/``iou`` are the first matching box and its best IoU.
+    "hit", "hit_any"}`` where ``predicted``/``iou`` are the first matching box and its best IoU; ``hit`` and
+    ``hit_any`` are plain ``bool`` (the row goes to JSON as it is).
 
     Raises:
-        TypeError: ``truth_boxes`` is not a list of boxes.
-        ValueError: it is one box not wrapped in a list, or empty.
+        TypeError: ``truth_boxes`` is not a list of boxes, ``grounding`` is not a
+            :class:`~helpers.grounding.tokens.Grounding`, ``phrase`` is not a str, or ``scores`` is not
+            :class:`PhraseScores` or ``None``.
+        ValueError: ``truth_boxes`` is one box not wrapped in a list, empty, or holds a box that is not a
+            normalized box (a pixel box gets a hint how to convert it); ``threshold`` is not a number in [0, 1]
+            (:func:`check_threshold`).
     """
     wanted = "truth_boxes must be a list of boxes, e.g. [box]"
     if isinstance(truth_boxes, (str, bytes)) or not isinstance(truth_boxes, Iterable):
@@ -174,12 +249,19 @@ def score_phrase(truth_boxes: Sequence[Sequence[float]], grounding: Grounding, p
         raise TypeError(f"{wanted}; got {truth_boxes!r:.80}") from None
     if not truth_boxes:
         raise ValueError(f"the expression {phrase!r} has no true box to score against")
+    for i, t in enumerate(truth_boxes):
+        try:
+            check_normalized(t)
+        except ValueError as err:
+            raise ValueError(f"truth_boxes[{i}]: {err}") from None
+    _check_scores(scores, PhraseScores)
+    threshold = check_threshold(threshold)
     boxes = phrase_boxes(grounding, phrase)
     ious = [max(iou(b, t) for t in truth_boxes) for b in boxes]
     row = {"boxes": boxes, "predicted": boxes[0] if boxes else None, "iou": ious[0] if ious else 0.0,
            "best_iou": max(ious, default=0.0)}
-    row["hit"] = bool(boxes) and row["iou"] >= threshold
-    row["hit_any"] = bool(boxes) and row["best_iou"] >= threshold
+    row["hit"] = bool(boxes) and bool(row["iou"] >= threshold)
+    row["hit_any"] = bool(boxes) and bool(row["best_iou"] >= threshold)
     if scores is not None:
         scores.accuracy_at_1.add(row["hit"])
         scores.upper_bound.add(row["hit_any"])
@@ -238,11 +320,16 @@ def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new
 
     ``decoding`` (a :class:`helpers.grounding.model.Decoding`) is passed to every
     :func:`~helpers.grounding.model.ground` call; ``None`` keeps ground's default.
+
+    Raises:
+        TypeError: ``scenes`` is not a list of :class:`~helpers.world.scenes.Scene` (e.g. images).
+        ValueError: ``scenes`` is empty.
     """
     from helpers.grounding.model import ground
     from helpers.world.scenes import SPECIAL_KINDS, definite_phrase
     from helpers.world.language import answer_name
 
+    scenes = _check_scenes(scenes)
     rng = random.Random(seed)
     if decoding is not None:
         ground = functools.partial(ground, decoding=decoding)
@@ -300,6 +387,26 @@ def evaluate(model, processor, scenes, *, batch_size: int | None = None, max_new
             rows.append({"task": task, "scene": i, "box": obj.box, "name": name, "answer": answer, "hit": hit})
     return Report(len(scenes), sum(len(s.objects) for s in scenes), caption, comprehension, qa, generation, seconds,
                   rows, errors)
+
+
+def _check_scenes(scenes: object) -> list:
+    """``scenes`` as a list of at least one :class:`~helpers.world.scenes.Scene`; ``TypeError`` or ``ValueError``
+    saying what was expected otherwise."""
+    from helpers.world.scenes import Scene
+
+    wanted = "scenes must be a list of Scene, e.g. sample_scenes(20, seed=HELD_OUT_SEED)"
+    if isinstance(scenes, Scene):
+        raise TypeError(f"{wanted}; got one Scene: wrap it in a list, [scene]")
+    if isinstance(scenes, (str, bytes)) or not isinstance(scenes, Iterable):
+        raise TypeError(f"{wanted}; got {type(scenes).__name__}: {scenes!r:.80}")
+    scenes = list(scenes)
+    if not scenes:
+        raise ValueError(f"{wanted}; got none: there is nothing to evaluate")
+    for i, scene in enumerate(scenes):
+        if not isinstance(scene, Scene):
+            raise TypeError(f"{wanted} (each with its image and objects); scenes[{i}] is {type(scene).__name__}: "
+                            f"{scene!r:.80}")
+    return scenes
 
 
 def answer_after(caption: str, marker: str, prompt: str | None = None) -> str:
@@ -418,8 +525,14 @@ def caption_error_table(counts: dict) -> str:
 
 def evaluate_captions(model, processor, scenes, *, max_new_tokens: int = 96, batch_size: int | None = None,
                       decoding=None) -> tuple[CaptionScores, dict]:
-    """Brief captions of ``scenes`` only: their scores and :func:`count_caption_errors` (for quick probes)."""
+    """Brief captions of ``scenes`` only: their scores and :func:`count_caption_errors` (for quick probes).
+
+    Raises:
+        TypeError, ValueError: ``scenes`` as for :func:`evaluate`.
+    """
     from helpers.grounding.model import ground
+
+    scenes = _check_scenes(scenes)
 
     extra = {} if decoding is None else {"decoding": decoding}
     caps = ground(model, processor, [s.image for s in scenes], CAPTION_PROMPT, max_new_tokens=max_new_tokens,

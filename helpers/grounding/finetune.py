@@ -73,8 +73,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from helpers.grounding.boxes import coco_to_normalized
-from helpers.grounding.checks import (DefaultsHelpFormatter, check_count, check_positive_int, check_positive_number,
-                                      check_seed, out_problem, positive_int_option, positive_number_option)
+from helpers.grounding.checks import (DefaultsHelpFormatter, check_bool, check_count, check_positive_int,
+                                      check_positive_number, check_seed, out_problem, positive_int_option,
+                                      positive_number_option)
 from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, CaptionScores, Score, score_any_box, score_caption
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
 from helpers.grounding.model import ModelLoadError, check_bf16, check_device, default_dtype, parameter_count, try_gpu
@@ -669,11 +670,11 @@ def check_config(cfg: FinetuneConfig) -> None:
         check_seed("seed", cfg.seed)
     except (TypeError, ValueError) as err:
         raise FinetuneError(str(err)) from None
-    for name, none_ok in (("vision", False), ("bf16", False), ("gradient_checkpointing", True)):
-        value = getattr(cfg, name)
-        if not (isinstance(value, bool) or value is None and none_ok):
-            raise FinetuneError(f"{name} must be True or False{' (or None: on with a 4-bit base)' if none_ok else ''},"
-                                f" got {type(value).__name__}: {value!r:.80}")
+    try:
+        for name, none_means in (("vision", ""), ("bf16", ""), ("gradient_checkpointing", "on with a 4-bit base")):
+            check_bool(name, getattr(cfg, name), none_means)
+    except TypeError as err:
+        raise FinetuneError(str(err)) from None
     words = cfg.new_words  # a str would be read letter by letter
     if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) and w.strip() for w in words):
         raise FinetuneError("new_words must be a list or tuple of non-empty words, e.g. ('star',) for one word; got "

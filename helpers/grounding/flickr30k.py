@@ -231,6 +231,9 @@ def _image_ids(root: Path, split: str | None, image_ids: Iterable[str] | None) -
     if split is not None and image_ids is not None:
         raise ValueError("give split= or image_ids=, not both")
     if image_ids is not None:
+        if isinstance(image_ids, (str, bytes)) or not isinstance(image_ids, Iterable):
+            raise TypeError(f"image_ids must be a list of image ids, e.g. ['1000092795'], got "
+                            f"{type(image_ids).__name__}: {image_ids!r:.80}")
         ids = [str(i) for i in image_ids]
         if not ids:
             raise ValueError("image_ids is empty")
@@ -275,6 +278,7 @@ def load_flickr30k_entities(
     Raises:
         Flickr30kFormatError (a ``ValueError``): a missing or malformed file, naming the file and the line or
             entity; an unknown split.
+        TypeError: ``image_ids`` is not a list of ids (a single id as a str, say).
     """
     root = Path(root)
     if not (root / "Sentences").is_dir() or not (root / "Annotations").is_dir():

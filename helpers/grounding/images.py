@@ -45,7 +45,7 @@ import requests
 import urllib3
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from helpers.grounding.checks import check_positive_int, check_positive_number
+from helpers.grounding.checks import check_bool, check_positive_int, check_positive_number
 
 __all__ = [
     "ImageLoadError",
@@ -54,6 +54,7 @@ __all__ = [
     "MAX_PIXELS",
     "load_image",
     "load_image_and_size",
+    "no_pixels",
     "stored_size",
     "to_rgb",
 ]
@@ -110,12 +111,13 @@ def load_image(
         A new RGB image.
 
     Raises:
-        TypeError: ``source`` is of an unsupported type, or ``max_bytes`` or ``max_side`` is not a whole number.
+        TypeError: ``source`` is of an unsupported type, ``max_bytes`` or ``max_side`` is not a whole number, or
+            ``exif_orientation`` is not ``True`` or ``False``.
         ValueError: ``timeout`` is not a finite Python number above 0 (a str or bool included), or ``max_bytes``
             or ``max_side`` is below 1.
-        ImageLoadError: the source could not be read or is not a usable image (missing file, directory,
-            dead URL, HTTP error status, non-image content, timeout, too many bytes, too many pixels,
-            corrupt data).
+        ImageLoadError: the source could not be read or is not a usable image (an empty path, missing file,
+            directory, dead URL, HTTP error status, non-image content, timeout, too many bytes, too many pixels,
+            no pixels at all (a 0 x 0 PIL image), corrupt data).
     """
     return load_image_and_size(source, timeout=timeout, max_bytes=max_bytes, max_side=max_side,
                                exif_orientation=exif_orientation)[0]
@@ -139,6 +141,7 @@ def load_image_and_size(
     check_positive_number("timeout", timeout)
     check_positive_int("max_bytes", max_bytes)
     check_positive_int("max_side", max_side)
+    check_bool("exif_orientation", exif_orientation)
 
     if isinstance(source, Image.Image):
         return _finish(source, max_side=max_side, what="the given PIL image", orient=exif_orientation)
@@ -150,6 +153,9 @@ def load_image_and_size(
             )
         return _decode(data, max_side=max_side, what="the given bytes", orient=exif_orientation)
     if isinstance(source, str):
+        if not source:
+            raise ImageLoadError("source is an empty str: expected a file path, an http(s) URL, image bytes or a "
+                                 "PIL image")
         match = _URL_SCHEME.match(source)
         if match:
             scheme = match.group(1).lower()
@@ -181,18 +187,32 @@ def stored_size(path: str | os.PathLike, *, turned: bool = False) -> tuple[int, 
     before shrinking).
 
     Raises:
-        ImageLoadError: there is no file at ``path``, it is a directory, or it is not an image Pillow can read.
+        ImageLoadError: there is no file at ``path``, it is a directory, it is empty, or it is not an image Pillow
+            can read.
     """
     path = Path(os.fspath(path))
     _check_file(path)
     what = f"file {str(path)!r}"
     try:
+        if path.stat().st_size == 0:
+            raise ImageLoadError(f"{what} is empty (0 bytes), expected an image file")
         with open(path, "rb") as handle, _own_pixel_checks(), _open(handle, what) as image:
             if turned and _quarter_turned(image):
                 return image.size[1], image.size[0]
             return image.size
     except OSError as exc:
         raise ImageLoadError(f"could not read image file {str(path)!r}: {exc}") from None
+
+
+def no_pixels(image: Image.Image, what: str = "image") -> str | None:
+    """Why ``image`` (named ``what``) cannot be used, or ``None``: an image must have at least 1 x 1 pixels.
+
+    The one rule for a PIL image of width or height 0: :func:`load_image` refuses it (``ImageLoadError``), and so
+    do the drawing functions (``ValueError``), which would otherwise draw on nothing.
+    """
+    if image.width < 1 or image.height < 1:
+        return f"{what} must have at least 1 x 1 pixels, got {image.width} x {image.height}"
+    return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -427,6 +447,9 @@ def _turned(image: Image.Image, size: tuple[int, int], *, max_side: int,
 
 def _finish(image: Image.Image, *, max_side: int, what: str,
             orient: bool = True) -> tuple[Image.Image, tuple[int, int]]:
+    problem = no_pixels(image, what)
+    if problem:
+        raise ImageLoadError(problem)
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageLoadError(f"{what} is {width} x {height} pixels, over the limit of {MAX_PIXELS:,} pixels")

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from helpers.course.paths import bundled_model_dir
 from helpers.grounding.boxes import check_with_area
-from helpers.grounding.checks import check_count, check_positive_int
+from helpers.grounding.checks import check_bool, check_count, check_positive_int
 from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, count_phrases
 from helpers.grounding.tokens import Grounding, parse_generation
 
@@ -399,6 +399,7 @@ def load(
     if isinstance(model, str) and not model.strip():
         raise ModelLoadError("model is an empty string: expected a model directory or a hub id like "
                              f"'{REAL_MODEL}'; pass None to let load() choose." + _how_to_get_help())
+    check_bool("verbose", verbose)
     from helpers.grounding import quantization as quant
 
     quant.check_name(quantization)
@@ -615,8 +616,9 @@ def ground(
     used for their benchmarks).
 
     Raises:
-        TypeError: an image, a prompt, a ``bboxes`` entry, ``max_new_tokens``, ``batch_size`` or ``decoding``
-            of the wrong type.
+        TypeError: ``model`` or ``processor`` is not what :func:`load` returns (``None``, the two swapped …), or an
+            image, a prompt, a ``bboxes`` entry, ``max_new_tokens``, ``batch_size`` or ``decoding`` of the wrong
+            type.
         ValueError: an empty prompt or one holding image or location tokens
             (:func:`helpers.grounding.prompts.check_prompt`; a box goes in as ``bboxes``), counts that do not
             match (prompts or ``bboxes`` entries vs images, boxes vs phrases, ``[]`` for a prompt with phrases), a
@@ -625,6 +627,14 @@ def ground(
     """
     import torch
 
+    swapped = "; are model and processor swapped? It is ground(model, processor, images, …)"
+    if not (isinstance(model, torch.nn.Module) and callable(getattr(model, "generate", None))):
+        raise TypeError(f"model must be a Kosmos-2 model, the first of the two that load() returns, got "
+                        f"{type(model).__name__}{swapped if hasattr(model, 'tokenizer') else ''}")
+    if isinstance(processor, torch.nn.Module) or not (callable(processor) and hasattr(processor, "tokenizer")
+                                                       and hasattr(processor, "batch_decode")):
+        raise TypeError(f"processor must be the Kosmos-2 processor, the second of the two that load() returns, got "
+                        f"{type(processor).__name__}{swapped if isinstance(processor, torch.nn.Module) else ''}")
     max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
     if not isinstance(decoding, Decoding):
         raise TypeError(f"decoding must be a helpers.grounding.model.Decoding, e.g. Decoding(no_repeat_ngram_size=3), "

@@ -396,9 +396,9 @@ def _open(model: bytes | str, threads: int, spinning: bool = True):
 
 def _graph_source(build, folder: Path | None, key: str | None, facts: dict):
     """``(graph, weight bytes, kept file or None, read from the folder, seconds spent building)`` of the graph kept
-    under ``key`` (``graph`` is then its file's path) or of ``build()`` (``graph`` is then the serialized model,
-    kept under ``key``; ``key`` None: built, not kept). No session is opened yet, so that the caller can free the
-    torch decoder first."""
+    under ``key`` or of ``build()`` (then kept under ``key``; ``key`` None: built, not kept). ``graph`` is the kept
+    file's path, or the serialized model when it is not kept. No session is opened yet, so that the caller can free
+    the torch decoder first."""
     cached = _kept_graph(folder, key) if key else None
     if cached is not None:
         return (*cached, True, 0.0)
@@ -409,7 +409,8 @@ def _graph_source(build, folder: Path | None, key: str | None, facts: dict):
     del proto
     seconds = time.perf_counter() - start
     kept = _keep(folder, key, data, {"weight_bytes": size, **facts}) if key else None
-    return data, size, kept, False, seconds
+    # once kept, the session reads the file: the bytes need not stay in memory while the next graph is built
+    return (data if kept is None else str(kept)), size, kept, False, seconds
 
 
 def _open_graph(graph: bytes | str, threads: int, spinning: bool = True):

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from helpers.grounding.boxes import Box, check_image_size, check_normalized, to_pixels
-from helpers.grounding.checks import check_positive_int
-from helpers.grounding.images import to_rgb
+from helpers.grounding.checks import check_bool, check_positive_int
+from helpers.grounding.images import no_pixels, to_rgb
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.axes import Axes
@@ -152,8 +152,9 @@ def _check_image(image: Any, what: str = "image") -> Image.Image:
             f"{what} must be a PIL.Image.Image (load files and URLs with helpers.grounding.images.load_image), "
             f"got {type(image).__name__}"
         )
-    if image.width < 1 or image.height < 1:
-        raise ValueError(f"{what} must have at least 1 x 1 pixels, got {image.width} x {image.height}")
+    problem = no_pixels(image, what)
+    if problem:
+        raise ValueError(problem)
     return image
 
 
@@ -375,11 +376,12 @@ def draw_entities(
             unlabelled: the answer repeats the prompt's phrase with it, so that entity's label names it already.
 
     Raises:
-        TypeError: ``image`` is not a PIL image, the entities are not in an accepted form, or a size argument
-            is not a whole number.
+        TypeError: ``image`` is not a PIL image, the entities are not in an accepted form, a size argument
+            is not a whole number, or ``show_labels`` is not ``True`` or ``False``.
         ValueError: a box is not a valid normalized box, or a size argument is below 1.
     """
     _check_image(image)
+    check_bool("show_labels", show_labels)
     _, entities = _parse(grounding_or_entities)
     if user_box is not None:
         image = draw_user_box(image, user_box, label=None)
@@ -601,7 +603,9 @@ def highlight_caption(grounding: Any, entities: Any = None) -> HighlightedCaptio
 
     Raises:
         TypeError: the input is not in an accepted form.
-        ValueError: a span is not two ints in ``[0, len(caption)]``.
+        ValueError: a span is not two ints in ``[0, len(caption)]``, or a span that marks text does not spell
+            its entity's phrase (``caption[start:end]`` must equal it, as in a ``Grounding`` and the processor's
+            entities).
     """
     if isinstance(grounding, str):
         if entities is None:
@@ -628,6 +632,9 @@ def highlight_caption(grounding: Any, entities: Any = None) -> HighlightedCaptio
                 f"[0, {len(caption)}] (the caption's length)"
             )
         if start < end:  # an empty span (no phrase, a blank one) marks nothing; its index keeps its colour
+            if caption[start:end] != entity.phrase:
+                raise ValueError(f"entity {i} ({entity.phrase!r}) has span {entity.span}, but the caption holds "
+                                 f"{caption[start:end]!r} there: a span must spell its phrase")
             spans.append((start, end, i))
 
     cuts = sorted({0, len(caption), *(s for s, _, _ in spans), *(e for _, e, _ in spans)})

@@ -24,26 +24,55 @@ from helpers.grounding.tokens import object_tokens
 PHRASE_PAIR = re.compile(r"<phrase>.+?</phrase>")
 #: Tokens a prompt must not contain (:func:`check_prompt`): the image's, and those of boxes.
 RESERVED_TOKEN = re.compile(r"</?image>|</?object>|</delimiter_of_multi_objects/>|<patch_index_\w*>?")
+#: Tokens a phrase put into a prompt must not contain (:func:`check_phrase`): those of :data:`RESERVED_TOKEN`,
+#: and those the prompt puts around the phrase.
+PHRASE_TAG = re.compile(rf"{RESERVED_TOKEN.pattern}|</?phrase>|</?grounding>")
 
 CAPTION_PROMPT = "<grounding> An image of"
 DETAIL_PROMPT = "<grounding> Describe this image in detail:"
 GENERATION_PROMPT = "<grounding><phrase> It</phrase> is"
 
 
+def check_phrase(phrase: object, what: str = "phrase", example: str = "the red circle") -> str:
+    """Return ``phrase`` when it is a str with a word in it and without Kosmos-2's tags (:data:`PHRASE_TAG`):
+    text that a prompt can put between ``<phrase>`` and ``</phrase>``. ``what`` names it in the messages and
+    ``example`` shows one.
+
+    Raises:
+        TypeError: ``phrase`` is not a str (``None``, a number …).
+        ValueError: it is empty or blank (``""`` would ask about ``<phrase> </phrase>``), or holds a tag such as
+            ``<phrase>``, ``<image>`` or ``<patch_index_0044>``.
+    """
+    if not isinstance(phrase, str):
+        raise TypeError(f"{what} must be a str such as {example!r}, got {type(phrase).__name__}: {phrase!r:.80}")
+    if not phrase.strip():
+        raise ValueError(f"{what} must be a non-empty str such as {example!r}, got {phrase!r}")
+    tag = PHRASE_TAG.search(phrase)
+    if tag:
+        raise ValueError(f"{what} must be plain words such as {example!r}, without Kosmos-2's tags: the prompt "
+                         "puts <grounding> and <phrase>…</phrase> around it itself; got "
+                         f"{tag.group()!r} in {phrase!r:.80}")
+    return phrase
+
+
 def comprehension_prompt(phrase: str) -> str:
     """The prompt that asks where ``phrase`` is: the model answers with ``<object>…</object>``.
 
     Raises:
-        ValueError: ``phrase`` is not a str with a word in it (``""`` would ask about ``<phrase> </phrase>``).
+        TypeError: ``phrase`` is not a str.
+        ValueError: it has no word in it, or holds a tag (:func:`check_phrase`).
     """
-    if not isinstance(phrase, str) or not phrase.strip():
-        raise ValueError(f"phrase must be a non-empty str such as 'the red circle', got {phrase!r}")
-    return f"<grounding><phrase> {phrase}</phrase>"
+    return f"<grounding><phrase> {check_phrase(phrase)}</phrase>"
 
 
 def qa_prompt(noun: str = "object") -> str:
-    """The grounded-question prompt (the user box is inserted after ``</phrase>`` by the processor)."""
-    return f"<grounding> Question: What is<phrase> this {noun}</phrase>? Answer:"
+    """The grounded-question prompt (the user box is inserted after ``</phrase>`` by the processor).
+
+    Raises:
+        TypeError: ``noun`` is not a str.
+        ValueError: it has no word in it, or holds a tag (:func:`check_phrase`).
+    """
+    return f"<grounding> Question: What is<phrase> this {check_phrase(noun, 'noun', 'object')}</phrase>? Answer:"
 
 
 def with_box(prompt: str, box: Sequence[float]) -> str:

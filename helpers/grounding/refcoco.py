@@ -49,7 +49,8 @@ from typing import Any, Iterable, Sequence
 
 from helpers.grounding.boxes import Box, coco_to_normalized
 from helpers.grounding.checks import is_positive_int
-from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, IOU_THRESHOLD, PhraseScores, Score, score_phrase
+from helpers.grounding.evaluation import (BENCHMARK_MAX_NEW_TOKENS, IOU_THRESHOLD, PhraseScores, Score, check_threshold,
+                                          score_phrase)
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
 from helpers.grounding.prompts import comprehension_prompt
 
@@ -600,9 +601,12 @@ class ComprehensionResult:
         """Accuracy@1 if a hit needed IoU ≥ ``threshold`` instead (no model run needed).
 
         An answer without a box for the expression is a miss at every threshold, 0 included.
+
+        Raises:
+            ValueError: ``threshold`` is not a number in [0, 1]
+                (:func:`helpers.grounding.evaluation.check_threshold`).
         """
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+        threshold = check_threshold(threshold)
         if not self.rows:
             return float("nan")
         return sum(r["predicted"] is not None and r["iou"] >= threshold for r in self.rows) / len(self.rows)
@@ -630,22 +634,40 @@ CHUNK = 256
 
 
 def check_images_exist(file_names: Iterable[str], image_root: str | os.PathLike) -> None:
-    """Check that every ``image_root / name`` is a file, before any model call (a benchmark runs for hours).
+    """Check that every ``image_root / name`` is a file and reads as an image, before any model call (a benchmark
+    runs for hours, and an unreadable image found when its chunk comes would end the run there).
+
+    Each image's header is read (:func:`helpers.grounding.images.stored_size`, no pixel is decoded), so an empty
+    file or one that is no image is found here; pixel data cut short is found only when the image is loaded.
 
     Raises:
-        helpers.grounding.images.ImageLoadError: the folder is missing, or some images are (their number and
-            the first five names).
+        helpers.grounding.images.ImageLoadError: the folder is missing; or some images are (their number and
+            the first five names); or some cannot be read as images (the first one's reason, in the order of
+            ``file_names``, and how many others, naming up to five).
     """
     root = Path(image_root)
     if not root.is_dir():
         raise ImageLoadError(f"the image folder {str(root)!r} does not exist (or is not a folder)")
-    missing = sorted({name for name in file_names if not (root / name).is_file()})
+    names = list(dict.fromkeys(file_names))
+    missing = sorted(name for name in names if not (root / name).is_file())
     if missing:
         raise ImageLoadError(
             f"{len(missing)} image(s) the annotations name are not in {str(root)!r}, e.g. "
             f"{', '.join(missing[:5])}: is it the right folder (COCO train2014 for RefCOCO, flickr30k-images "
             "for Flickr30k Entities)?"
         )
+    unreadable = []
+    for name in names:
+        try:
+            stored_size(root / name)
+        except ImageLoadError as err:
+            unreadable.append((name, str(err)))
+    if unreadable:
+        others = [name for name, _ in unreadable[1:]]
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        also = f" (also unreadable: {', '.join(others[:5])}{more})" if others else ""
+        raise ImageLoadError(f"{len(unreadable)} of the {len(names)} image(s) the annotations name cannot be read: "
+                             f"{unreadable[0][1]}{also}")
 
 
 def ground_on_files(model, processor, file_names: Sequence[str], prompts: Sequence[str],
@@ -657,8 +679,9 @@ def ground_on_files(model, processor, file_names: Sequence[str], prompts: Sequen
     in chunks of :data:`CHUNK` expressions, each image loaded once per chunk.
 
     Raises:
-        helpers.grounding.images.ImageLoadError: an image is missing (checked for all before the first
-            answer, :func:`check_images_exist`) or unreadable (the message names the file).
+        helpers.grounding.images.ImageLoadError: an image is missing or its header cannot be read (checked for
+            all before the first answer, :func:`check_images_exist`), or its pixels cannot be read when it is
+            loaded (the message names the file).
     """
     from helpers.grounding.model import ground
 
@@ -683,8 +706,7 @@ def _check_run(items: Sequence, kind: type, loader: str, threshold: float) -> li
     for i, it in enumerate(items):
         if not isinstance(it, kind):
             raise ValueError(f"items[{i}] must be a {kind.__name__} (from {loader}), got {type(it).__name__}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    check_threshold(threshold)
     return items
 
 
