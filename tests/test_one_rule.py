@@ -274,3 +274,20 @@ def test_a_yes_or_no_setting_takes_only_true_or_false(tiny_model_dir) -> None:
         load(tiny_model_dir, verbose="no")
     with pytest.raises(TypeError, match=r"^exif_orientation must be True or False, got int: 1$"):
         load_image(Image.new("RGB", (4, 4)), exif_orientation=1)
+
+
+def test_load_and_fine_tuning_refuse_another_model_type_with_one_message(tiny_model_dir, tmp_path) -> None:
+    import json
+    import shutil
+
+    from helpers.grounding.finetune import BaseModelError, check_kosmos2
+    from helpers.grounding.model import ModelLoadError, load
+
+    folder = tmp_path / "bert"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}), encoding="utf-8")
+    with pytest.raises(ModelLoadError) as loading:
+        load(folder, verbose=False)
+    with pytest.raises(BaseModelError) as tuning:
+        check_kosmos2(folder)
+    assert str(loading.value) == str(tuning.value) and "holds a 'bert' model, not Kosmos-2" in str(tuning.value)

@@ -424,14 +424,10 @@ def check_kosmos2(base: str | os.PathLike) -> None:
             source = m.check_source(source)
     except ModelLoadError as err:
         raise BaseModelError(str(err)) from None
-    try:
-        config = m.read_config(str(local) if has_config else source)
-    except ModelLoadError as err:  # a corrupt config.json, a hub id the hub does not know …
+    try:  # a corrupt config.json, a hub id the hub does not know, another model type …
+        m.check_kosmos2_config(source, m.read_config(str(local) if has_config else source))
+    except ModelLoadError as err:
         raise BaseModelError(str(err)) from None
-    if config.model_type != "kosmos-2":
-        raise BaseModelError(f"base model {source!r} is a {config.model_type!r} model, not Kosmos-2 "
-                             "(model_type 'kosmos-2'); fine-tuning here needs a Kosmos-2 checkpoint such as "
-                             "microsoft/kosmos-2-patch14-224 or data/kosmos2-tiny-world")
     if has_config:
         try:
             m.check_source(source)  # its weights: safetensors only

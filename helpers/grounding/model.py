@@ -336,6 +336,15 @@ def read_config(source: str, from_env: bool = False):
         raise _load_failure(source, err, from_env) from err
 
 
+def check_kosmos2_config(source: str, config) -> None:
+    """Raise :class:`ModelLoadError` unless ``config`` (of the model at ``source``) is a Kosmos-2 one: the one
+    check of the model type, for :func:`load` and for fine-tuning's base."""
+    if config.model_type != "kosmos-2":
+        raise ModelLoadError(f"{source!r} holds a {config.model_type!r} model, not Kosmos-2: expected a Kosmos-2 "
+                             f"checkpoint (model_type 'kosmos-2') such as '{REAL_MODEL}' or the bundled "
+                             f"{bundled_model_dir()}")
+
+
 @contextlib.contextmanager
 def _quiet():
     """Silence transformers' progress bars and advisory warnings while loading."""
@@ -413,10 +422,7 @@ def load(
     bundled = Path(source).exists() and Path(source).resolve() == bundled_model_dir().resolve()
     from_env = model is None and reason == "KOSMOS2_MODEL is set"
     source = check_source(source, from_env=from_env, hub_answered=reason == "the model hub answered")
-    model_type = read_config(source, from_env).model_type
-    if model_type != "kosmos-2":
-        raise ModelLoadError(f"{source!r} holds a {model_type!r} model, not Kosmos-2: expected a Kosmos-2 checkpoint "
-                             f"(model_type 'kosmos-2') such as '{REAL_MODEL}' or the bundled {bundled_model_dir()}")
+    check_kosmos2_config(source, read_config(source, from_env))
     device = device or try_gpu()
     if quantization is not None:  # a quantization this machine cannot do is refused before loading anything
         quant.plan(quantization, device, dtype, None)
