@@ -379,9 +379,9 @@ def load(
     ``quantization`` is one of :data:`helpers.grounding.quantization.QUANTIZATIONS`: ``"4bit"`` (the article's FP4),
     ``"nf4"`` and ``"8bit"`` (bitsandbytes, on a CUDA GPU or the CPU), ``"int8"`` and ``"int4"`` (CPU),
     ``"int4-onnx"`` (the text decoder in ONNX Runtime, CPU: the model returned only generates, see
-    :mod:`helpers.grounding.onnx_decoder`) or ``"none"``; ``None`` lets :func:`helpers.grounding.quantization.plan`
-    choose (on a CPU, int4 for the real model's size, or int8 where torchao is missing; float weights otherwise), and the banner says what it
-    chose. ``dtype`` (a floating ``torch.dtype`` or its name) defaults to
+    :mod:`helpers.grounding.onnx_decoder`) or ``"none"``; ``None`` lets
+    :func:`helpers.grounding.quantization.plan` choose (on a CPU, int4 for the real model's size, or int8 where
+    torchao is missing; float weights otherwise), and the banner says what it chose. ``dtype`` (a floating ``torch.dtype`` or its name) defaults to
     :func:`helpers.grounding.quantization.default_dtype_for`: :func:`default_dtype` of the device, but bfloat16 for
     ``"int8"``, ``"int4"`` and ``"int4-onnx"``, and float16 for the article's ``"4bit"`` on a GPU (whose 4-bit
     arithmetic then stays float32, the article's; a ``dtype`` given computes in that dtype); ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or

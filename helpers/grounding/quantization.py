@@ -250,8 +250,8 @@ def plan(quantization: str | None, device: str, dtype, parameters: int | None) -
 
     ``quantization=None`` chooses: on a CPU, for models of at least :data:`AUTO_CPU_PARAMETERS` parameters
     and no ``dtype`` asked for, :data:`AUTO_CPU_CHOICE` where it can run, else :data:`AUTO_CPU_FALLBACK`, else
-    float32, with a reason that says why and what to install; float weights everywhere else. ``"int8"`` and ``"int4"`` compute in bfloat16, the only activation type their CPU
-    kernels are fast in.
+    float32, with a reason that says why and what to install; float weights everywhere else. ``"int8"`` and
+    ``"int4"`` compute in bfloat16, the only activation type their CPU kernels are fast in.
     """
     import torch
 
