@@ -422,7 +422,8 @@ def load(
     bundled = Path(source).exists() and Path(source).resolve() == bundled_model_dir().resolve()
     from_env = model is None and reason == "KOSMOS2_MODEL is set"
     source = check_source(source, from_env=from_env, hub_answered=reason == "the model hub answered")
-    check_kosmos2_config(source, read_config(source, from_env))
+    config = read_config(source, from_env)
+    check_kosmos2_config(source, config)
     device = device or try_gpu()
     if quantization is not None:  # a quantization this machine cannot do is refused before loading anything
         quant.plan(quantization, device, dtype, None)
@@ -431,7 +432,7 @@ def load(
         with _quiet():
             processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
             if quantization is None and device == "cpu":  # load() chooses by the model's size
-                size = _parameters_from_config(source)
+                size = _parameters_from_config(config)
     except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
         raise _load_failure(source, err, from_env) from err
     chosen = quant.plan(quantization, device, dtype, size)
@@ -487,12 +488,11 @@ def parameter_count(model) -> int:
                for p in model.parameters())
 
 
-def _parameters_from_config(source: str) -> int:
-    """Parameters of the model at ``source``, counted from its config on the meta device (no weights read)."""
+def _parameters_from_config(config) -> int:
+    """Parameters of a model of this ``config``, counted on the meta device (no weights read)."""
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
-    config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     with torch.device("meta"):
         skeleton = AutoModelForImageTextToText.from_config(config)
     return sum(p.numel() for p in skeleton.parameters())

@@ -264,7 +264,8 @@ def plan(quantization: str | None, device: str, dtype, parameters: int | None) -
             quantization, reason = _automatic_cpu_choice(device)
     if quantization == "none":
         return Plan(None, dtype or default_dtype_for(None, device), reason)
-    check_available(quantization, device)
+    if not reason:  # asked for (an automatic choice was checked when it was made)
+        check_available(quantization, device)
     if quantization in IN_PLACE and dtype is not None and dtype != torch.bfloat16:
         raise ValueError(f"quantization={quantization!r} computes in bfloat16 (its CPU kernels' activation "
                          f"type), got dtype={dtype}; leave dtype unset or pass 'bfloat16'")
