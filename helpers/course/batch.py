@@ -18,7 +18,7 @@ from PIL import Image
 
 from helpers.course.outputs import grounding_record, read_jsonl
 from helpers.grounding.boxes import check_image_size
-from helpers.grounding.checks import check_positive_int, out_problem
+from helpers.grounding.checks import check_positive_int, out_problem, replaced_inputs
 from helpers.grounding.images import ImageLoadError, load_image, load_image_and_size
 from helpers.grounding.model import default_batch_size, ground
 from helpers.grounding.plotting import draw_entities
@@ -140,8 +140,7 @@ def annotated_names(paths: Sequence[Path], out_dir: str | os.PathLike) -> list[s
         ValueError: one of them would replace one of the images (``out_dir`` is the images' own folder).
     """
     names = _distinct_names(paths)
-    inputs = {Path(p).resolve() for p in paths}
-    clash = [name for name in names if (Path(out_dir) / name).resolve() in inputs]
+    clash = [path.name for path in replaced_inputs([Path(out_dir) / name for name in names], paths)]
     if clash:
         raise ValueError(f"{str(out_dir)!r} holds the input image(s) {', '.join(clash[:3])}, which their annotated "
                          "copies would replace: choose another folder for the results")
