@@ -180,9 +180,9 @@ def test_one_rule_for_a_number_above_zero_in_load_image_and_finetune() -> None:
 
 
 @pytest.mark.parametrize("pattern, home", [
-    (r"' and' \+ \w+\[-1\]", "grounding/finetune.py"),                            # a caption's list of phrases
-    (r"<phrase> \{[^}]*\}</phrase>' \+ object_tokens\(", "grounding/finetune.py"),  # a phrase with its boxes
-    (r" It is \{", "grounding/finetune.py"),                                      # a question's answer
+    (r"' and' \+ \w+\[-1\]", "grounding/prompts.py"),                             # a caption's list of phrases
+    (r"<phrase> \{[^}]*\}</phrase>' \+ object_tokens\(", "grounding/prompts.py"),   # a phrase with its boxes
+    (r" It is \{", "grounding/prompts.py"),                                       # a question's answer
     (r"\* 0\.55\b", "world/scenes.py"),                                           # the outline colour
 ])
 def test_the_worlds_texts_and_drawing_live_in_one_module(pattern: str, home: str) -> None:
@@ -194,7 +194,8 @@ def test_the_worlds_texts_and_drawing_live_in_one_module(pattern: str, home: str
 
 
 def test_fine_tuning_texts_of_a_world_scene_are_the_worlds_own() -> None:
-    from helpers.grounding.finetune import AnnotatedObject, Category, ImageRecord, qa_answer, texts_for
+    from helpers.grounding.finetune import AnnotatedObject, Category, ImageRecord, texts_for
+    from helpers.grounding.prompts import qa_answer
     from helpers.world import language
     from helpers.world.scenes import sample_scenes
 

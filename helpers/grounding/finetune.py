@@ -80,7 +80,8 @@ from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, CaptionScores
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
 from helpers.grounding.model import ModelLoadError, check_bf16, check_device, default_dtype, parameter_count, try_gpu
 from helpers.grounding.progress import interactive
-from helpers.grounding.prompts import CAPTION_PROMPT, comprehension_prompt, qa_prompt, with_box
+from helpers.grounding.prompts import (CAPTION_PROMPT, comprehension_prompt, grounded, join_phrases, qa_answer,
+                                       qa_prompt, with_box)
 from helpers.grounding.tokens import object_tokens
 
 #: Linear layers that get LoRA adapters (a regular expression over module names, as peft takes it).
@@ -351,26 +352,6 @@ class Text:
     task: str
     prompt: str
     answer: str
-
-
-def grounded(phrase: str, boxes: Sequence[Sequence[float]]) -> str:
-    """A phrase with its boxes in the grounding format, as a caption writes a group:
-    ``<phrase> two cats</phrase><object>…</object>`` (the texts of :func:`texts_for`, and the world's,
-    :mod:`helpers.world.language`)."""
-    return f"<phrase> {phrase}</phrase>" + object_tokens(boxes)
-
-
-def join_phrases(parts: list[str]) -> str:
-    """Grounded phrases as a caption lists them: ``A``, ``A and B``, ``A, B and C`` (each part begins with its
-    ``<phrase>``, whose space follows the comma or the ``and``)."""
-    if len(parts) == 1:
-        return parts[0]
-    return ",".join(parts[:-1]) + " and" + parts[-1]
-
-
-def qa_answer(name: str) -> str:
-    """The answer to a question about a boxed object named ``name``: `` It is a cat.``"""
-    return f" It is {name}."
 
 
 def texts_for(records: Sequence[ImageRecord]) -> list[Text]:

@@ -140,3 +140,23 @@ def _check_has_phrase(prompt: str) -> int:
         raise ValueError("a box needs a <phrase>…</phrase> in the prompt to attach to, e.g. "
                          f"'<grounding><phrase> It</phrase> is'; got {prompt!r}")
     return phrases
+
+
+def grounded(phrase: str, boxes: Sequence[Sequence[float]]) -> str:
+    """A phrase with its boxes in the grounding format, as a caption writes a group:
+    ``<phrase> two cats</phrase><object>…</object>`` (the training texts of
+    :func:`helpers.grounding.finetune.texts_for` and of :mod:`helpers.world.language`)."""
+    return f"<phrase> {phrase}</phrase>" + object_tokens(boxes)
+
+
+def join_phrases(parts: list[str]) -> str:
+    """Grounded phrases as a caption lists them: ``A``, ``A and B``, ``A, B and C`` (each part begins with its
+    ``<phrase>``, whose space follows the comma or the ``and``)."""
+    if len(parts) == 1:
+        return parts[0]
+    return ",".join(parts[:-1]) + " and" + parts[-1]
+
+
+def qa_answer(name: str) -> str:
+    """The answer to a question about a boxed object named ``name``: `` It is a cat.``"""
+    return f" It is {name}."

@@ -3,7 +3,7 @@
 Every text follows the Kosmos-2 grounding format (GRIT style) and answers one of Kosmos-2's own prompts
 (:mod:`helpers.grounding.prompts`): brief and detailed captions, comprehension, questions about a user box
 and referring-expression generation. Grounded phrases, their list in a caption and a question's answer are written
-as fine-tuning writes them for any data (:mod:`helpers.grounding.finetune`).
+as fine-tuning writes them for any data (:mod:`helpers.grounding.prompts`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from helpers.grounding.checks import check_positive_int
-from helpers.grounding.finetune import grounded, join_phrases, qa_answer
-from helpers.grounding.prompts import (CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt,
-                                       with_box)
+from helpers.grounding.prompts import (CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT, comprehension_prompt, grounded,
+                                       join_phrases, qa_answer, qa_prompt, with_box)
 from helpers.grounding.tokens import object_tokens
 from helpers.world.scenes import COLOURS, SHAPES, SPECIAL_KINDS, Scene, SceneObject, definite_phrase, indefinite_phrase
 
