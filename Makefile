@@ -9,10 +9,14 @@ PY ?= python3
 VENV = .venv
 VPY = $(VENV)/bin/python
 VPIP = $(VENV)/bin/pip
-# torch is installed first, on its own: a matching wheel may already be available
-# locally, and a bare `torch` requirement could otherwise pull several GB of CUDA
-# libraries. Override with e.g. `make TORCH_SPEC="torch>=2.2" CONSTRAINTS= test`.
+# torch is installed first, on its own, so that the index it comes from can be chosen.
+# PyPI's Linux wheel of torch is the CUDA build, with several GB of NVIDIA libraries; on a
+# machine without an NVIDIA GPU take PyTorch's CPU index instead:
+#   make TORCH_INDEX=https://download.pytorch.org/whl/cpu run
+# (a wheel already in pip's find-links is used either way). Other versions:
+#   make TORCH_SPEC="torch>=2.2" CONSTRAINTS= test
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 # The exact versions the tests were run with (nbval compares generated text). Empty: use pyproject's ranges.
 CONSTRAINTS ?= constraints.txt
 PIN = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
@@ -21,7 +25,7 @@ PIN = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPIP) install $(PIN) "$(TORCH_SPEC)"
+	$(VPIP) install $(PIN)$(if $(TORCH_INDEX), --index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(VPIP) install $(PIN) -e ".[lab,test,quant,site]"
 	touch $@
 

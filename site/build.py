@@ -7,6 +7,7 @@ View the result with `python -m http.server -d build/site` and http://localhost:
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -46,9 +47,18 @@ def build(out: Path = OUTPUT, quiet: bool = False) -> Path:
     return out
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """``python site/build.py [DIR]``: build the site, and copy it to ``DIR`` when one is given."""
+    parser = argparse.ArgumentParser(prog="python site/build.py", description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=OUTPUT, metavar="DIR",
+                        help="a new or empty folder, or an earlier build, to copy the site to (default: build/site)")
+    args = parser.parse_args(argv)
     try:
-        out = build(Path(sys.argv[1]) if len(sys.argv) > 1 else OUTPUT)
+        out = build(args.out)
     except (RuntimeError, ValueError, OSError) as err:
         sys.exit(f"python site/build.py: error: {err}")
     print(f"site built: {out / 'index.html'} (view it: python -m http.server -d {out})")
+
+
+if __name__ == "__main__":
+    main()

@@ -131,8 +131,11 @@ DRIVER = textwrap.dedent(
     """
     import json, os, subprocess, sys, types
     cell = open(sys.argv[1], encoding="utf-8").read()
+    managers = []
     if sys.argv[2].startswith("colab"):
         sys.modules["google.colab"] = types.ModuleType("google.colab")
+        sys.modules["google.colab"].output = types.SimpleNamespace(
+            enable_custom_widget_manager=lambda: managers.append("on"))
     if sys.argv[2] == "colab-after-transformers":  # the session imported transformers before the set-up
         sys.modules["transformers"] = types.ModuleType("transformers")
     calls = []
@@ -147,7 +150,7 @@ DRIVER = textwrap.dedent(
 
     subprocess.run = fake_run
     namespace = {}
-    result = {"calls": calls}
+    result = {"calls": calls, "widget_manager": managers}
     try:
         exec(compile(cell, "<set-up cell>", "exec"), namespace)
         result["from_clone"] = getattr(namespace["helpers"], "FROM_CLONE", False)
@@ -178,7 +181,7 @@ def _run_cell(tmp_path: Path, mode: str, target: Path, with_helpers: bool) -> di
 
 def test_cell_outside_colab_with_helpers_installed_does_nothing(tmp_path: Path) -> None:
     result = _run_cell(tmp_path, "plain", tmp_path / "clone", with_helpers=True)
-    assert result == {"calls": [], "from_clone": False, "printed": []}
+    assert result == {"calls": [], "widget_manager": [], "from_clone": False, "printed": []}
     assert not (tmp_path / "clone").exists()
 
 
@@ -195,7 +198,13 @@ def test_cell_on_colab_clones_installs_and_imports(tmp_path: Path) -> None:
         [colab.clone_command(colab.REPO_URL, target), {"check": True}],
         [colab.install_command(target), {"check": True}],
     ]
-    assert result["from_clone"] is True
+    assert result["from_clone"] is True and result["widget_manager"] == ["on"]
+
+
+def test_cell_on_a_colab_runtime_with_the_course_installed_only_turns_on_the_widget_manager(tmp_path: Path) -> None:
+    # the next notebook, or after a restart: helpers imports and nothing is installed, in a session of its own
+    result = _run_cell(tmp_path, "colab", tmp_path / "clone", with_helpers=True)
+    assert result == {"calls": [], "widget_manager": ["on"], "from_clone": False, "printed": []}
 
 
 def test_cell_on_colab_says_to_restart_only_when_transformers_was_imported_before(tmp_path: Path) -> None:

@@ -252,7 +252,7 @@ def test_a_data_folder_that_is_a_file_is_one_line_from_a_command(tmp_path, monke
 
 
 # Variables that would change what the Makefile does if they came from the caller's environment.
-_MAKE_INPUTS = {"PY", "TORCH_SPEC", "CONSTRAINTS", "VENV", "VPY", "VPIP", "MAKEFLAGS", "MAKELEVEL", "MFLAGS",
+_MAKE_INPUTS = {"PY", "TORCH_SPEC", "TORCH_INDEX", "CONSTRAINTS", "VENV", "VPY", "VPIP", "MAKEFLAGS", "MAKELEVEL", "MFLAGS",
                 "HF_HUB_OFFLINE", "KOSMOS2_PROGRESS"}
 
 
@@ -325,6 +325,15 @@ def test_install_stamp_creates_the_venv_and_installs_torch_first(tmp_path: Path)
         f"{venv}/bin/python -m pytest",
     ]
     assert not venv.exists(), "a dry run must not create anything"
+
+
+def test_torch_alone_comes_from_the_index_given() -> None:
+    index = "https://download.pytorch.org/whl/cpu"
+    done = _make("-n", "-B", f"TORCH_INDEX={index}", "install")
+    assert done.returncode == 0, done.stderr
+    pip = [line for line in done.stdout.splitlines() if " install " in line]
+    assert pip == [f'.venv/bin/pip install -c constraints.txt --index-url {index} "torch==2.13.0"',
+                   '.venv/bin/pip install -c constraints.txt -e ".[lab,test,quant,site]"']
 
 
 def test_install_stamp_is_redone_when_pyproject_changes(tmp_path: Path) -> None:

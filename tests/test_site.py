@@ -242,6 +242,18 @@ def test_a_printout_is_one_block_and_a_picture_has_words(site: Path) -> None:
     assert merged >= 5, "the notebooks have printouts in several writes, which this test is about"
 
 
+@pytest.mark.parametrize("script", ["site/build.py", "tools/set_up_cells.py"])
+def test_the_scripts_answer_help_and_refuse_stray_arguments_before_doing_anything(script: str, tmp_path: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in (ROOT / "notebooks").glob("*.ipynb")}
+    run = [sys.executable, str(ROOT / script)]
+    shown = subprocess.run([*run, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.startswith(f"usage: python {script}")
+    refused = subprocess.run([*run, "a", "b"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "error: unrecognized arguments" in refused.stderr
+    assert list(tmp_path.iterdir()) == [] and not (ROOT / "--help").exists()
+    assert {p: p.stat().st_mtime_ns for p in (ROOT / "notebooks").glob("*.ipynb")} == before
+
+
 def test_the_build_keeps_its_sources_and_other_folders_clean(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("site_build", ROOT / "site" / "build.py")
     module = importlib.util.module_from_spec(spec)

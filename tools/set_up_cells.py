@@ -6,6 +6,7 @@ own address): ``python tools/set_up_cells.py``. tests/test_notebooks.py checks t
 
 from __future__ import annotations
 
+import argparse
 import re
 
 import nbformat
@@ -16,7 +17,9 @@ from helpers.course.notebooks import course_notebooks
 BADGE_LINK = re.compile(r"\(https://colab\.research\.google\.com/github/[^)\s]+\)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Rewrite the set-up cell and badge of every course notebook (the script takes no arguments)."""
+    argparse.ArgumentParser(prog="python tools/set_up_cells.py", description=__doc__.splitlines()[0]).parse_args(argv)
     for path in course_notebooks():
         nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]

@@ -3,7 +3,10 @@
 Every notebook starts with one set-up cell, :data:`COLAB_CELL`. Outside Colab it only checks that
 ``helpers`` is importable (install the course with ``pip install -e .`` from a clone). On Colab, where
 nothing is installed yet, it clones this repository, installs it with ``pip install -e`` and makes it
-importable in the kernel that is already running.
+importable in the kernel that is already running. On Colab, every time, it then turns on Colab's custom widget
+manager (:func:`enable_widgets`): the course installs ipywidgets 8, newer than the 7.x Colab ships, and Colab
+draws version 8 only through that manager, so without it the progress bars of ``load()``, ``ground()`` and the
+model download would not show.
 
 That cell cannot use this module: on a fresh Colab runtime ``helpers`` is exactly what is missing. So the
 cell carries the same few steps inline, and this module holds them as a tested function,
@@ -80,6 +83,9 @@ except ImportError:
     if "transformers" in sys.modules:  # imported before the install: this session keeps the old version
         print("{RESTART_ADVICE}")
     import helpers
+if "google.colab" in sys.modules:  # Colab draws ipywidgets 8 (progress bars, the playground) only through this
+    from google.colab import output
+    output.enable_custom_widget_manager()
 '''
 
 Runner = Callable[..., Any]
