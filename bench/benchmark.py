@@ -699,7 +699,7 @@ def build_report(rows: list[dict[str, Any]], *, config, tiny: bool, new_tokens: 
     import transformers
 
     add_ratios(rows)
-    libraries = {name: quant._version(name) for name in ("bitsandbytes", "torchao", "onnxruntime")}
+    libraries = {name: quant.installed_version(name) for name in ("bitsandbytes", "torchao", "onnxruntime")}
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device,

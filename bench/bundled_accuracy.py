@@ -19,10 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from helpers.grounding import evaluation
+
 #: Paths compared with float32 (``"none"``), in the order of the table.
 PATHS = ("4bit", "nf4", "8bit", "int8", "int4", "int4-onnx")
-METRICS = ("caption_phrase_recall", "caption_box_hit", "caption_phrase_precision", "comprehension_accuracy_at_1",
-           "comprehension_upper_bound_any_box", "qa_names_object", "generation_names_object")
+#: The metrics compared: the keys of :data:`helpers.grounding.evaluation.METRICS`, in its order.
+METRICS = tuple(key for _, key, _ in evaluation.METRICS)
 
 
 def compare(scenes: int, seed: int, paths: Sequence[str] = PATHS, tolerance: float = 1.0, log=print) -> dict[str, Any]:
@@ -64,9 +66,9 @@ def _rate(metric: dict) -> str:
 
 
 def _libraries() -> dict[str, str | None]:
-    from helpers.grounding.quantization import _version
+    from helpers.grounding.quantization import installed_version
 
-    return {name: _version(name) for name in ("bitsandbytes", "torchao", "transformers")}
+    return {name: installed_version(name) for name in ("bitsandbytes", "torchao", "transformers")}
 
 
 def to_markdown(report: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ bundled model and the int4-onnx cache live comes from ``course.paths``; scoring 
     boxes       normalized and pixel boxes: the box type, its checks and the image-size check
     checks      argument checks many functions share (a positive int, a number above 0) and the command lines' option types
     tokens      Kosmos-2 location tokens (``<patch_index_NNNN>``) and parsing grounded text
-    prompts     Kosmos-2's prompts (captions, comprehension, questions about a box, box → words)
+    prompts     Kosmos-2's prompts (captions, comprehension, questions about a box, box → words), grounded text
     images      loading images from paths, URLs and bytes (EXIF orientation, size limits)
     plotting    boxes drawn on images, highlighted captions, the location grid
     model       loading a Kosmos-2 model (the real one or the bundled one) and grounding images

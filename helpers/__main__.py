@@ -1,7 +1,9 @@
 """The course's one command: ``python -m helpers <command> [options]`` (installed as ``kosmos2-course`` too).
 
 Every command lives in its own module, which has a ``main(argv)`` that parses the command's options and
-returns an exit code (or ``None`` for success). To add a command, add one line to :data:`COMMANDS`. The
+returns an exit code (or ``None`` for success): it reads its options with :func:`helpers.grounding.checks.parse`
+(``--help`` returns 0 and a bad option 2, with no ``SystemExit``) and answers bad input with one line from
+:func:`helpers.grounding.checks.fail`. To add a command, add one line to :data:`COMMANDS`. The
 module is imported only when its command is chosen, so ``python -m helpers --help`` loads no torch.
 """
 
@@ -13,6 +15,7 @@ import sys
 from typing import Sequence
 
 import helpers
+from helpers.grounding.checks import fail
 
 PROG = "python -m helpers"
 
@@ -28,11 +31,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune-demo": ("helpers.world.new_kinds", "the fine-tuning demonstration: teach the bundled model stars"),
     "notebooks": ("helpers.course.notebooks", "re-execute notebooks in place, headless and offline"),
 }
-
-
-def prog(command: str) -> str:
-    """The name a command's own parser shows in its usage line, e.g. ``python -m helpers ground``."""
-    return f"{PROG} {command}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,13 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in COMMANDS:
         # Everything after the command's name belongs to that command's own parser, --help included.
         module = importlib.import_module(COMMANDS[args[0]][0])
-        try:
+        try:  # each command reads its options with helpers.grounding.checks.parse, which returns argparse's code
             return _exit_code(module.main(args[1:]))
-        except SystemExit as stop:  # a command's parser exits on --help (0) and on bad options (2)
-            return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
         except NotADirectoryError as err:  # KOSMOS2_COURSE_DATA names a file (helpers.course.paths.data_dir)
-            print(f"python -m helpers {args[0]}: error: {err}", file=sys.stderr)
-            return 2
+            return fail(str(err), prog=f"{PROG} {args[0]}")
     parser = build_parser()
     parser.parse_args(args)  # --help, --version and unknown commands exit here
     parser.print_help(sys.stderr)

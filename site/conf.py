@@ -32,6 +32,10 @@ nb_mime_priority_overrides = [("html", "application/vnd.jupyter.widget-view+json
 myst_enable_extensions = ["colon_fence", "substitution"]
 myst_substitutions = {"repository": f"[{REPO_URL}]({REPO_URL})"}
 myst_heading_anchors = 3
+# The exercise solutions are the only folded cells (their `hide-cell` tag; tests/test_notebooks.py checks both):
+# each page shows one toggle per solution, with these words, which each Exercises heading names.
+nb_code_prompt_show = "Show the solution"
+nb_code_prompt_hide = "Hide the solution"
 
 html_theme = "furo"
 html_title = "Kosmos-2 grounding course"

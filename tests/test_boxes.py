@@ -14,6 +14,8 @@ from helpers.grounding.boxes import (
     coco_to_normalized,
     check_pixel_box,
     iou,
+    is_one_box,
+    normalized_to_coco,
     pixel_error,
     round_box,
     to_normalized,
@@ -196,6 +198,43 @@ def test_coco_box_to_normalized() -> None:
     assert coco_to_normalized([20, 10, 40, 30], (200, 100)) == pytest.approx((0.1, 0.1, 0.3, 0.4))
     assert coco_to_normalized((0, 0, 200, 100), (200, 100)) == (0.0, 0.0, 1.0, 1.0)
     assert coco_to_normalized([np.float64(20.0), 10, 40, 30], (200, 100)) == pytest.approx((0.1, 0.1, 0.3, 0.4))
+
+
+def test_normalized_to_coco_is_the_inverse_of_coco_to_normalized() -> None:
+    assert normalized_to_coco((0.1, 0.1, 0.3, 0.4), (200, 100)) == pytest.approx([20, 10, 40, 30])
+    for bbox in ([20, 10, 40, 30], [0.5, 0, 199.5, 100], [13.25, 7.5, 1, 2]):
+        assert normalized_to_coco(coco_to_normalized(bbox, (200, 100)), (200, 100)) == pytest.approx(bbox)
+    with pytest.raises(ValueError, match="has no area"):
+        normalized_to_coco((0.3, 0.1, 0.3, 0.4), (200, 100))
+    with pytest.raises(ValueError, match="two positive ints"):
+        normalized_to_coco((0.1, 0.1, 0.3, 0.4), (0, 100))
+
+
+def test_star_data_writes_its_boxes_with_the_one_conversion(tmp_path, monkeypatch) -> None:
+    """write_coco computed its COCO boxes itself: a second copy of the conversion."""
+    import json
+
+    from helpers.grounding import boxes
+    from helpers.world import new_kinds
+
+    calls = []
+    monkeypatch.setattr(new_kinds, "normalized_to_coco",
+                        lambda box, size: calls.append((box, size)) or boxes.normalized_to_coco(box, size))
+    data = json.loads(new_kinds.write_coco(tmp_path, 3, seed=5, name="t").read_text("utf-8"))
+    assert len(calls) == len(data["annotations"]) > 0
+    sizes = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
+    for ann in data["annotations"]:
+        box = coco_to_normalized(ann["bbox"], sizes[ann["image_id"]])
+        assert ann["bbox"] == pytest.approx(boxes.normalized_to_coco(box, sizes[ann["image_id"]]))
+
+
+@pytest.mark.parametrize("value, one", [
+    ((0.1, 0.2, 0.3, 0.4), True), ([1, 2, 3, 4], True), (np.array([0.1, 0.2, 0.3, 0.4]), True),
+    ([(0.1, 0.2, 0.3, 0.4)], False), ([], False), ([True, 0, 1, 1], False), ((0.1, 0.2, 0.3), False),
+    ([(0, 0, 1, 1)] * 4, False),
+])
+def test_is_one_box_tells_a_bare_box_from_a_list_of_boxes(value, one) -> None:
+    assert is_one_box(value) is one
 
 
 def test_coco_box_overshooting_by_less_than_the_tolerance_is_clipped() -> None:

@@ -157,14 +157,38 @@ def test_ground_distributed_checks_its_arguments(model_dir, image_paths):
         ground_distributed(model, processor, images, ["a", "b", "c"])
     with pytest.raises(TypeError, match="images must be a list"):
         ground_distributed(model, processor, images[0])
-    with pytest.raises(TypeError, match="prompts must be a string or a list of strings"):
-        ground_distributed(model, processor, images, [1, 2])
+    with pytest.raises(TypeError, match="prompts must be strings, .*; prompt 1 is int: 2"):
+        ground_distributed(model, processor, images, ["<grounding> An image of", 2])
     with pytest.raises(ValueError, match="bboxes needs one entry per image"):
         ground_distributed(model, processor, images, bboxes=[None])
     with pytest.raises(ValueError, match="max_new_tokens must be a positive int"):
         ground_distributed(model, processor, images, max_new_tokens=0)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         ground_distributed(model, processor, images, batch_size=0)
+
+
+class _SecondOfTwo:
+    """An accelerate state as process 1 of 2 sees it: its share of ``range(n)`` is the second half."""
+
+    process_index, num_processes = 1, 2
+
+    def split_between_processes(self, items):
+        import contextlib
+
+        return contextlib.nullcontext(items[len(items) // 2:])
+
+
+@pytest.mark.parametrize("prompts, bboxes, message", [
+    (["<grounding> An image of", ""], None, r"^prompt 1 must be a non-empty str"),
+    (["<grounding> An image of", "<grounding><phrase> It</phrase> is"], [None, [(0.1, 0.1, 0.5, 0.5), None]],
+     r"^bboxes\[1\] has 2 entries but prompt 1 .* has 1 <phrase>"),
+])
+def test_ground_distributed_checks_every_prompt_and_box_before_any_work(tmp_path, prompts, bboxes, message):
+    """A bad prompt or box was found only inside the share of the process holding it, after its images were
+    loaded, as a DistributedGroundingError naming the share's own index: "prompt 0" for the second prompt."""
+    missing = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]  # loading them would fail: nothing is loaded
+    with pytest.raises(ValueError, match=message):
+        ground_distributed(None, None, missing, prompts, bboxes=bboxes, accelerator=_SecondOfTwo())
 
 
 def test_command_line_rejects_bad_input_before_loading_a_model(tmp_path, monkeypatch, capsys):

@@ -151,7 +151,7 @@ def test_image_ids_must_be_a_list(flickr, ids) -> None:
 
 
 def test_an_unreadable_image_is_refused_before_any_answer(flickr, monkeypatch) -> None:
-    """The same check as RefCOCO's (refcoco.check_images_exist): an image that is no image stops the run before
+    """The same check as RefCOCO's (evaluation.check_images_exist): an image that is no image stops the run before
     the first phrase is grounded, not when its chunk comes."""
     data = load_flickr30k_entities(flickr / "flickr30k_entities", split="val")
     (flickr / "flickr30k-images" / "10002456.jpg").write_bytes(b"")

@@ -25,6 +25,7 @@ from helpers.grounding.images import (
     MAX_DECODED_PIXELS,
     MAX_PIXELS,
     ImageLoadError,
+    check_image,
     load_image,
     load_image_and_size,
     stored_size,
@@ -399,6 +400,26 @@ def test_an_image_without_pixels_is_refused_as_the_drawing_functions_refuse_it(s
     with pytest.raises(ValueError, match=rf"^image must have at least 1 x 1 pixels, got {size[0]} x {size[1]}$"):
         draw_entities(empty, [])
     assert load_image(Image.new("RGB", (1, 1))).size == (1, 1)
+
+
+@pytest.mark.parametrize("image, error", [(np.zeros((4, 4, 3)), TypeError), ("photo.png", TypeError),
+                                          (Image.new("RGB", (0, 3)), ValueError)])
+def test_the_drawing_functions_the_article_and_the_playground_refuse_a_bad_image_in_one_message(image, error) -> None:
+    """The playground's colour score said "image must be a PIL image", the drawing functions another message."""
+    from helpers.course.article import draw_like_the_article
+    from helpers.course.playground import in_world_score
+    from helpers.grounding.plotting import draw_entities
+
+    with pytest.raises(error) as expected:
+        check_image(image)
+    for use in (lambda: draw_entities(image, []), lambda: draw_like_the_article(image, []),
+                lambda: in_world_score(image)):
+        with pytest.raises(error) as got:
+            use()
+        assert str(got.value) == str(expected.value)
+    assert "load_image" in str(expected.value) if error is TypeError else "1 x 1 pixels" in str(expected.value)
+    picture = Image.new("RGB", (2, 3))
+    assert check_image(picture) is picture
 
 
 @pytest.mark.parametrize("flag", ["no", 0, 1, None, np.bool_(False)])

@@ -178,7 +178,9 @@ def test_modelcard_render_only_names_an_evaluation_that_is_not_json(tmp_path, ca
     assert helpers_main(["modelcard", str(tmp_path), "--render-only"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert "evaluation.json' as `python -m helpers modelcard" in err and "is not JSON (JSONDecodeError" in err
+    assert err.startswith(f"python -m helpers modelcard: error: the card's file {str(tmp_path / 'evaluation.json')!r} "
+                          "is not valid JSON: "), err
+    assert "; expected JSON as `python -m helpers modelcard" in err and "without --render-only" in err, err
     assert not (tmp_path / "README.md").exists()
 
 
@@ -199,12 +201,14 @@ def test_modelcard_help_describes_the_model_folder_and_shows_the_defaults(monkey
                                     r"'objects', 'seed', .* are missing or malformed: run the command without"),
     ({"evaluation.json": []}, True, r"evaluation.json' .*, but it holds a JSON list, not an object"),
     ({"evaluation.json": "GOOD", "training.json": "{"}, True,
-     r"training.json' as `python -m helpers train` writes it, but it is not JSON \(JSONDecodeError: .*\): restore it"),
+     r"training.json' is not valid JSON: .*; expected JSON as `python -m helpers train` writes it: restore it"),
+    ({"evaluation.json": "GOOD", "training.json": " \n"}, True,
+     r"training.json' is empty; expected JSON as `python -m helpers train` writes it: restore it"),
     ({"evaluation.json": "GOOD", "training.json": {"stages": 5}}, True, r"training.json' .*, but its runs"),
     ({"evaluation.json": "GOOD", "evaluation-seed77.json": {"seed": 77}}, True,
      r"evaluation-seed77.json' .*, but its entries 'scenes', 'objects', 'date', .* are missing or malformed: remove"),
     # measuring: a broken file it reads afterwards would have cost the whole evaluation first
-    ({"training.json": "{"}, False, r"training.json' .*, but it is not JSON"),
+    ({"training.json": "{"}, False, r"training.json' is not valid JSON"),
     ({"evaluation.json": {"seed": "x"}}, False, None),  # replaced by the run: not read, not refused
 ])
 def test_modelcard_refuses_json_files_of_the_wrong_shape_before_loading(tmp_path, capsys, monkeypatch, files,
@@ -231,5 +235,6 @@ def test_modelcard_refuses_json_files_of_the_wrong_shape_before_loading(tmp_path
     assert helpers_main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("python -m helpers modelcard: error: the card needs ") and re.search(message, err), err
+    assert err.startswith(("python -m helpers modelcard: error: the card needs ",
+                           "python -m helpers modelcard: error: the card's file ")) and re.search(message, err), err
     assert not (tmp_path / "README.md").exists()

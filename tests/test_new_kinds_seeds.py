@@ -6,15 +6,22 @@ import os
 
 import pytest
 
+from helpers.grounding import evaluation
 from helpers.world import new_kinds
-from helpers.world.new_kinds import HELD_OUT_SEED, MAX_TRAIN_IMAGES, SEED_STRIDE, TRAIN_SEED
+from helpers.world.new_kinds import MAX_TRAIN_IMAGES, SEED_STRIDE, STARS_HELD_OUT_SEED, STARS_TRAIN_SEED
 
 
 def test_the_largest_training_set_stops_below_the_held_out_seeds() -> None:
-    last_training_seed = TRAIN_SEED * SEED_STRIDE + MAX_TRAIN_IMAGES - 1
-    assert last_training_seed == HELD_OUT_SEED * SEED_STRIDE - 1
+    last_training_seed = STARS_TRAIN_SEED * SEED_STRIDE + MAX_TRAIN_IMAGES - 1
+    assert last_training_seed == STARS_HELD_OUT_SEED * SEED_STRIDE - 1
     # one more training scene would be held-out scene 0, drawn from the same seed
-    assert TRAIN_SEED * SEED_STRIDE + MAX_TRAIN_IMAGES == HELD_OUT_SEED * SEED_STRIDE
+    assert STARS_TRAIN_SEED * SEED_STRIDE + MAX_TRAIN_IMAGES == STARS_HELD_OUT_SEED * SEED_STRIDE
+
+
+def test_held_out_seed_means_the_worlds_evaluation_seed_in_every_module() -> None:
+    """new_kinds.HELD_OUT_SEED was the stars' held-out seed (8), evaluation.HELD_OUT_SEED the world's."""
+    assert new_kinds.HELD_OUT_SEED == evaluation.HELD_OUT_SEED
+    assert evaluation.HELD_OUT_SEED not in (STARS_TRAIN_SEED, STARS_HELD_OUT_SEED)
 
 
 def test_finetune_demo_refuses_more_training_images_than_the_seeds_allow(tmp_path, monkeypatch, capsys) -> None:

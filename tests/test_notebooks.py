@@ -94,6 +94,9 @@ def test_summary_has_three_to_five_bullets(notebook) -> None:
 
 
 def test_exercises_have_collapsed_solutions_that_ran(notebook) -> None:
+    """A solution's code and output are both collapsed in Jupyter (a click opens each) and folded behind one
+    toggle on the website (myst-nb's ``hide-cell`` tag); no other cell is folded, and the Exercises heading says
+    how to open a solution."""
     _, nb = notebook
     start = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "## Exercises" in c.source)
     solutions = [c for c in nb.cells[start:] if c.cell_type == "code"]
@@ -102,8 +105,14 @@ def test_exercises_have_collapsed_solutions_that_ran(notebook) -> None:
     assert [len(re.search(r"★+", t).group()) for t in stars] == sorted(len(re.search(r"★+", t).group()) for t in stars)
     for cell in solutions:
         assert cell.source.splitlines()[0] == SOLUTION_HEAD
-        assert cell.metadata.get("jupyter", {}).get("source_hidden") is True
+        assert cell.metadata.get("jupyter") == {"source_hidden": True, "outputs_hidden": True}, cell.source[:80]
+        assert "hide-cell" in cell.metadata.get("tags", []), f"not folded on the website: {cell.source[:80]!r}"
         assert cell.outputs, f"solution cell shows nothing: {cell.source[:80]!r}"
+    others = [c for c in nb.cells if not any(c is s for s in solutions)]
+    assert not [c.source[:80] for c in others if c.metadata.get("jupyter") or
+                any(t.startswith("hide-") for t in c.metadata.get("tags", []))], "only solutions are collapsed"
+    heading = nb.cells[start].source.split("**1. ★", 1)[0]
+    assert "click" in heading and "Show the solution" in heading, "the Exercises heading says how to open a solution"
 
 
 def test_ends_with_a_japanese_summary(notebook) -> None:

@@ -41,6 +41,11 @@ def _code(text: str) -> str:
     (r"\| metric \| result \| bar \|", "grounding/evaluation.py"),          # the metrics table
     (r".generated.:", "course/outputs.py"),                                  # the results record
     (r"a number above 0|must be a positive number|a number > 0", "grounding/checks.py"),  # a number above 0
+    (r"numbers\.Real\) and \(?not isinstance\(v, bool\)|def _is_number", "grounding/boxes.py"),  # a bare box
+    (r"must be a PIL\.Image\.Image \(load", "grounding/images.py"),          # a usable PIL image
+    (r"<=\s*(quantization\.)?INT4_HQQ_MAX_PARAMETERS", "grounding/quantization.py"),  # HQQ or min-max scales
+    (r"PackageNotFoundError", "grounding/quantization.py"),                 # an installed package's version
+    (r"range\(60\)|randint\(96, 192\)", "world/scenes.py"),               # a scene's size and placement
 ])
 def test_a_rule_lives_in_one_module(pattern: str, home: str) -> None:
     where = [name for name, text in _sources().items() if re.search(pattern, _code(text), re.M)]
@@ -55,8 +60,14 @@ def test_the_modules_import_the_shared_definitions() -> None:
         "check_with_area": ["grounding/tokens.py", "grounding/model.py", "grounding/prompts.py", "world/scenes.py"],
         "check_image_size": ["grounding/plotting.py", "world/scenes.py", "course/solutions.py", "course/batch.py"],
         "user_box_entry": ["course/batch.py", "course/playground.py", "course/cli.py"],
-        "count_phrases": ["grounding/model.py"],
+        "phrase_count": ["grounding/model.py"],
         "metrics_table": ["world/modelcard.py"],
+        "is_one_box": ["grounding/tokens.py", "grounding/evaluation.py", "grounding/plotting.py", "grounding/model.py"],
+        "check_image": ["grounding/plotting.py", "course/article.py", "course/playground.py"],
+        "uses_hqq": ["grounding/onnx_decoder.py"],
+        "installed_version": ["course/colab.py"],
+        "normalized_to_coco": ["world/new_kinds.py"],
+        "place_objects": ["world/new_kinds.py"],
         "check_positive_int": ["grounding/tokens.py", "grounding/plotting.py", "grounding/images.py", "grounding/model.py",
                                "world/language.py", "course/batch.py", "course/distributed.py"],
         "is_positive_int": ["grounding/boxes.py"],
@@ -94,7 +105,7 @@ def test_every_user_box_path_refuses_a_box_without_area_the_same_way(tiny_model)
 
 def test_the_user_box_goes_to_the_first_phrase_only() -> None:
     two = "<grounding><phrase> It</phrase> is next to<phrase> this</phrase>"
-    assert prompts.count_phrases(two) == 2
+    assert prompts.phrase_count(two) == 2
     assert prompts.user_box_entry(two, (0.1, 0.2, 0.5, 0.6)) == [(0.1, 0.2, 0.5, 0.6), None]
     with pytest.raises(ValueError, match="needs a <phrase>"):
         prompts.user_box_entry(prompts.CAPTION_PROMPT, (0.1, 0.2, 0.5, 0.6))

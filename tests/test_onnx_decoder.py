@@ -210,8 +210,9 @@ def test_without_onnxruntime_the_error_says_what_to_install(monkeypatch, tiny_mo
 def test_a_missing_or_old_onnxruntime_gets_the_one_message_of_the_quantization_module(
         monkeypatch, tiny_model_dir, installed, message) -> None:
     model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
-    real = quant._version
-    monkeypatch.setattr(quant, "_version", lambda package: installed if package == "onnxruntime" else real(package))
+    real = quant.installed_version
+    monkeypatch.setattr(quant, "installed_version",
+                        lambda package: installed if package == "onnxruntime" else real(package))
     with pytest.raises(quant.QuantizationError, match=message):
         OnnxRuntimeKosmos2(model)
     assert len(model.text_model.model.layers) == 1

@@ -80,3 +80,31 @@ def test_a_broken_records_line_is_named(tmp_path: Path) -> None:
     (tmp_path / RECORDS_NAME).write_text('{"notebook": "a"}\n\n{"notebook": \n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"records.jsonl' line 3 is not JSON"):
         read_records(tmp_path)
+
+
+def test_write_jsonl_replaces_the_file_only_when_every_line_is_written(tmp_path: Path) -> None:
+    """``python -m helpers evaluate`` wrote its rows through ``<name>.partial`` and left that file behind when a row
+    could not be written (a NaN score); ``ground`` and ``distributed`` cleaned up theirs. Now one writer does."""
+    from helpers.course.outputs import read_jsonl, write_jsonl
+
+    out = tmp_path / "new" / "rows.jsonl"
+    assert write_jsonl(out, [{"phrase": "a café"}, {"n": 2}]) == out
+    assert out.read_text(encoding="utf-8") == '{"phrase": "a café"}\n{"n": 2}\n'  # UTF-8 as it is, one per line
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        write_jsonl(out, [{"n": 3}, {"iou": float("nan")}])
+
+    def stopped():
+        yield {"n": 4}
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_jsonl(out, stopped())
+    assert read_jsonl(out) == [{"phrase": "a café"}, {"n": 2}]  # the earlier file, as it was
+    assert sorted(p.name for p in out.parent.iterdir()) == ["rows.jsonl"]  # no temporary file left
+
+
+def test_every_results_file_is_written_by_the_one_writer() -> None:
+    """``ground`` (batch), ``distributed`` and ``evaluate`` each wrote JSON Lines with their own copy."""
+    from helpers.course import batch, cli_evaluate, distributed, outputs
+
+    assert batch.write_jsonl is distributed.write_jsonl is cli_evaluate.write_jsonl is outputs.write_jsonl

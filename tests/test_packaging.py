@@ -409,6 +409,19 @@ def test_every_command_has_its_own_help(capsys: pytest.CaptureFixture[str], comm
     assert f"-m helpers {command}" in usage.splitlines()[0]
 
 
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_command_returns_argparse_code_itself(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """Each command's ``main`` reads its options with checks.parse and returns 0 after --help and 2 after a bad
+    option; ``run`` and ``notebooks`` raised SystemExit, which only ``python -m helpers`` turned into a code."""
+    import importlib
+
+    main = importlib.import_module(cli.COMMANDS[command][0]).main
+    assert main(["--help"]) == 0
+    assert main(["--no-such-option"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"^\S.* -m helpers {command}: error: ", err, re.M), err  # argparse's message
+
+
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         cli.main(["--help"])

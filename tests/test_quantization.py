@@ -241,8 +241,8 @@ def test_the_banner_says_why_a_large_model_got_int8(tiny_model_dir, monkeypatch,
 
 
 def _versions(monkeypatch, **versions) -> None:
-    real = quant._version
-    monkeypatch.setattr(quant, "_version", lambda package: versions.get(package, real(package)))
+    real = quant.installed_version
+    monkeypatch.setattr(quant, "installed_version", lambda package: versions.get(package, real(package)))
 
 
 @pytest.mark.parametrize(("name", "device", "versions", "message"), [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 import helpers.course.solutions_more
+import helpers.grounding.evaluation
 import helpers.grounding.model
 import helpers.grounding.refcoco
 from helpers.course.paths import bundled_model_dir
@@ -309,8 +311,8 @@ def test_an_unreadable_image_late_in_the_list_is_refused_before_any_answer(drawn
                                   "unreadable: text.png)")
     with pytest.raises(ImageLoadError, match=r"^1 of the 1 image\(s\) the annotations name cannot be read: file "
                                              r".*text\.png' is not an image Pillow can read"):
-        helpers.grounding.refcoco.check_images_exist(["text.png", "text.png"], root)
-    helpers.grounding.refcoco.check_images_exist(["a.png", "b.png"], root)  # readable images pass
+        helpers.grounding.evaluation.check_images_exist(["text.png", "text.png"], root)
+    helpers.grounding.evaluation.check_images_exist(["a.png", "b.png"], root)  # readable images pass
 
 
 def test_evaluate_with_a_real_model_on_drawn_images(tiny_model, drawn) -> None:
@@ -443,7 +445,7 @@ def test_answers_of_later_chunks_are_scored_against_their_own_items(drawn, monke
         return out
 
     monkeypatch.setattr(helpers.grounding.model, "ground", fake_ground)
-    monkeypatch.setattr(helpers.grounding.refcoco, "CHUNK", 2)
+    monkeypatch.setattr(helpers.grounding.evaluation, "CHUNK", 2)
     result = evaluate_comprehension(None, None, items, root)
     assert sizes == [2, 2]  # two chunks
     assert [r["expression"] for r in result.rows] == [it.expression for it in items]
@@ -477,3 +479,25 @@ def test_the_comprehension_prompt_makes_white_space_single_and_refuses_no_expres
         comprehension_prompt_for(" ")
     with pytest.raises(TypeError, match=r"^phrase must be a str such as 'the red circle', got NoneType: None"):
         comprehension_prompt_for(None)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "is empty"),
+    (b" \n", "is empty"),
+    (b"\x89PNG\r\n\x1a\n", r"is not UTF-8 JSON text \(byte 0 is not UTF-8\)"),
+    (b'{"images": ', "is not valid JSON: Expecting value: line 1 column 12 \\(char 11\\)"),
+])
+def test_refcoco_and_finetune_say_the_same_of_an_annotation_file_that_is_no_json(tmp_path, content, reason) -> None:
+    """One reader (helpers.grounding.checks.read_json): RefCOCO said "is not valid JSON: Expecting value" of an empty
+    file and "is not text (JSON)" of a binary one, where fine-tuning said "is empty" and "is not UTF-8 JSON text";
+    each message ends with what the reader expected (for RefCOCO, that a refs pickle must be named *.p)."""
+    from helpers.grounding.finetune import FinetuneError, read_coco
+
+    path = tmp_path / "annotations.json"
+    path.write_bytes(content)
+    start = rf"^annotation file {re.escape(repr(str(path)))} {reason}; expected "
+    with pytest.raises(RefCocoFormatError, match=start + r"an MDETR finetune_\*\.json, .*pickle: name it \*\.p$"):
+        load_refcoco(path)
+    with pytest.raises(FinetuneError, match=start + "COCO detection JSON with 'images', 'annotations' and "
+                                                    "'categories'$"):
+        read_coco(path, tmp_path)

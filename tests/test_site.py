@@ -35,6 +35,7 @@ import nbformat
 import pytest
 
 from helpers.course.colab import REPO_URL, colab_badge_url
+from test_notebooks import SOLUTION_HEAD
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -502,3 +503,59 @@ def test_the_playground_in_the_browser(playground_url: str, visit) -> None:
     assert "grounded-caption" in again and "⚠" not in again
     # Voila's page template asks a CDN for a style sheet (Font Awesome); blocked here, it changes nothing in use
     assert [e for e in v.errors if not any(url in e for url in v.elsewhere)] == []
+
+
+# --------------------------------------------------------------------------------------------- folded solutions
+
+
+class _Folds(html.parser.HTMLParser):
+    """The text and the number of pictures inside each top-level ``<details>`` of a page, and the text outside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folds: list[list[str]] = []
+        self.pictures: list[int] = []
+        self.outside: list[str] = []
+        self._depth = 0
+
+    def handle_starttag(self, tag, attrs) -> None:
+        if tag == "details":
+            if self._depth == 0:
+                self.folds.append([])
+                self.pictures.append(0)
+            self._depth += 1
+        elif tag == "img" and self._depth:
+            self.pictures[-1] += 1
+
+    def handle_endtag(self, tag) -> None:
+        if tag == "details":
+            self._depth -= 1
+
+    def handle_data(self, data) -> None:
+        (self.folds[-1] if self._depth else self.outside).append(data)
+
+
+def test_each_exercise_solution_is_folded_behind_the_toggle_its_exercises_heading_names(site: Path) -> None:
+    """Every solution cell, code and output, is inside its own <details> (closed until clicked) whose toggle
+    reads "Show the solution", the words the Exercises heading tells the learner to click; nothing else is folded."""
+    for nb in NOTEBOOKS:
+        cells = nbformat.read(nb, as_version=4).cells
+        solutions = [c for c in cells if c.cell_type == "code" and c.source.startswith(SOLUTION_HEAD)]
+        text = (site / "notebooks" / f"{nb.stem}.html").read_text(encoding="utf-8")
+        assert not re.search(r"<details[^>]*\bopen\b", text), f"{nb.name}: a fold is open from the start"
+        page = _Folds()
+        page.feed(text)
+        assert len(page.folds) == len(solutions) >= 2, f"{nb.name}: {len(page.folds)} folds, {len(solutions)} solutions"
+        outside = "".join(page.outside)
+        assert SOLUTION_HEAD not in outside, f"{nb.name}: a solution shows outside its fold"
+        heading = next(c.source for c in cells if c.cell_type == "markdown" and "## Exercises" in c.source)
+        for cell, fold, pictures in zip(solutions, page.folds, page.pictures):
+            fold = "".join(fold)
+            toggle = fold.strip().splitlines()[0]
+            assert toggle == "Show the solution" and f"*{toggle}*" in heading, (nb.name, toggle)
+            assert cell.source.strip() in fold, f"{nb.name}: the fold lacks the code of {cell.source[:80]!r}"
+            printed = "".join(out.text for out in cell.outputs if out.output_type == "stream")
+            first = next((line for line in printed.splitlines() if line.strip()), "")
+            assert first in fold, f"{nb.name}: output {first[:60]!r} not folded"
+            drawn = sum("image/png" in out.get("data", {}) for out in cell.outputs)
+            assert pictures == drawn, f"{nb.name}: {pictures} pictures in the fold, the cell drew {drawn}"

@@ -5,14 +5,14 @@ the article's recorded boxes."""
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from helpers.course.article import article_outputs
 from helpers.world.scenes import (
-    ARTICLE_FIRE_BOX,
-    ARTICLE_SNOWMAN_BOX,
     COLOURS,
     KINDS,
     MIN_SIDE,
@@ -24,6 +24,7 @@ from helpers.world.scenes import (
     draw_scene,
     indefinite_phrase,
     kind_name,
+    place_objects,
     sample_scene,
     sample_scenes,
     snowman_illustration,
@@ -204,6 +205,29 @@ def test_objects_do_not_overlap() -> None:
                 assert separate, (scene.seed, a, b)
 
 
+def test_place_objects_records_the_box_its_drawer_returns() -> None:
+    """The world's scenes and new_kinds' star scenes place objects with one loop; a drawer may draw less than
+    its box (a star), and the scene then lists the tight box it returns."""
+    drawn = []
+
+    def half(draw, colour, shape, box_px):
+        drawn.append((colour, shape, box_px))
+        x0, y0, x1, y1 = box_px
+        return (x0, y0, (x0 + x1) / 2, (y0 + y1) / 2)
+
+    image = Image.new("RGB", (160, 120), PLAIN)
+    kinds, counts = [("red", "circle"), (None, "snowman")], [2, 1]
+    placed = place_objects(random.Random(4), ImageDraw.Draw(image), kinds, counts, 160, 120, draw_one=half)
+    assert [(c, s) for c, s, _ in placed] == [(c, s) for c, s, _ in drawn] == [("red", "circle")] * 2 + [
+        (None, "snowman")]
+    for (_, _, box), (_, _, px) in zip(placed, drawn):
+        assert box == pytest.approx((px[0] / 160, px[1] / 120, (px[0] + px[2]) / 320, (px[1] + px[3]) / 240))
+    assert not _drawn_mask(Scene(image, []), PLAIN).any()  # only the drawer draws
+    # the default drawer is draw_object, which fills the box it is given
+    default = place_objects(random.Random(4), ImageDraw.Draw(image), kinds, counts, 160, 120)
+    assert [b for _, _, b in default] == [(p[0] / 160, p[1] / 120, p[2] / 160, p[3] / 120) for _, _, p in drawn]
+
+
 # --------------------------------------------------------------------------------------------- groups
 
 
@@ -265,16 +289,15 @@ def test_snowman_illustration_lies_inside_the_article_boxes() -> None:
     scene = snowman_illustration()
     by_shape = {o.shape: o for o in scene.objects}
     assert set(by_shape) == {"snowman", "fire"}
-    assert _inside(by_shape["snowman"].box, ARTICLE_SNOWMAN_BOX)
-    assert _inside(by_shape["fire"].box, ARTICLE_FIRE_BOX)
     recorded = {p: boxes[0] for p, _, boxes in article_outputs()["snowman"]["entities"]}
-    assert recorded["a snowman"] == pytest.approx(ARTICLE_SNOWMAN_BOX)
-    assert recorded["a fire"] == pytest.approx(ARTICLE_FIRE_BOX)
+    snowman_box, fire_box = recorded["a snowman"], recorded["a fire"]
+    assert _inside(by_shape["snowman"].box, snowman_box)
+    assert _inside(by_shape["fire"].box, fire_box)
     # every drawn pixel lies inside one of the two recorded boxes
     size = scene.image.size
     drawn = _bbox_of(_drawn_mask(scene))
-    union = [min(a, b) for a, b in zip(_box_px(ARTICLE_FIRE_BOX, size)[:2], _box_px(ARTICLE_SNOWMAN_BOX, size)[:2])]
-    union += [max(a, b) for a, b in zip(_box_px(ARTICLE_FIRE_BOX, size)[2:], _box_px(ARTICLE_SNOWMAN_BOX, size)[2:])]
+    union = [min(a, b) for a, b in zip(_box_px(fire_box, size)[:2], _box_px(snowman_box, size)[:2])]
+    union += [max(a, b) for a, b in zip(_box_px(fire_box, size)[2:], _box_px(snowman_box, size)[2:])]
     assert _inside(drawn, union, tol=1.0)
 
 

@@ -621,7 +621,7 @@ def test_train_refuses_4bit_shares_below_0_or_adding_up_past_1(processor, fp4, n
 def test_train_with_a_4bit_share_says_what_to_install_without_bitsandbytes(processor, monkeypatch, shares) -> None:
     import helpers.grounding.quantization as quant
 
-    monkeypatch.setattr(quant, "_version", lambda name: None)  # as if bitsandbytes were not installed
+    monkeypatch.setattr(quant, "installed_version", lambda name: None)  # as if bitsandbytes were not installed
     with pytest.raises(quant.QuantizationError, match="needs bitsandbytes >= .* which is not installed"):
         train(TrainConfig(**shares, vision_steps=1, steps=1, batch_size=1), processor=processor,
               log=lambda _: None)

@@ -11,9 +11,9 @@ from transformers import AutoProcessor, Kosmos2Processor
 from helpers.grounding.boxes import iou
 from helpers.world.scenes import SPECIAL_KINDS, draw_scene, sample_scenes
 from helpers.grounding.tokens import box_to_patch_index, location_tokens, object_tokens, parse_generation
-from helpers.world.training import answer_token_ids
+from helpers.world.training import TASK_WEIGHTS, answer_token_ids
 from helpers.grounding.prompts import CAPTION_PROMPT, DETAIL_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
-from helpers.world.language import TASKS, build_processor, caption_answer, detail_answer, scene_examples, world_words
+from helpers.world.language import build_processor, caption_answer, detail_answer, scene_examples, world_words
 
 SCENES = sample_scenes(40, seed=21)
 
@@ -40,7 +40,7 @@ def test_scene_examples_cover_every_task_and_every_object() -> None:
     for scene in SCENES:
         examples = scene_examples(scene)
         tasks = [e.task for e in examples]
-        assert set(tasks) == set(TASKS)
+        assert set(tasks) == set(TASK_WEIGHTS)
         assert tasks.count("caption") == tasks.count("detail") == 1
         assert tasks.count("comprehension") == len(scene.groups)
         assert tasks.count("qa") == tasks.count("generation") == len(scene.objects)

@@ -64,11 +64,11 @@ def draw_like_the_article(image, grounding_or_entities):
     from PIL import ImageDraw
 
     from helpers.grounding.boxes import round_box, to_pixels
-    from helpers.grounding.plotting import _check_image, _parse
-    from helpers.grounding.images import to_rgb
+    from helpers.grounding.images import check_image, to_rgb
+    from helpers.grounding.plotting import parse_entities
 
-    canvas = to_rgb(_check_image(image))
-    _, entities = _parse(grounding_or_entities)
+    canvas = to_rgb(check_image(image))
+    _, entities = parse_entities(grounding_or_entities)
     draw = ImageDraw.Draw(canvas)
     for entity in entities:
         if not entity.boxes:

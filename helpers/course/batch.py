@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 from PIL import Image
 
-from helpers.course.outputs import grounding_record, read_jsonl
+from helpers.course.outputs import grounding_record, read_jsonl, write_jsonl
 from helpers.grounding.boxes import check_image_size
 from helpers.grounding.checks import check_positive_int, out_problem, replaced_inputs
 from helpers.grounding.images import ImageLoadError, load_image, load_image_and_size
@@ -192,9 +192,9 @@ def ground_folder(
     ``"annotated"`` the PNG's name inside ``out_dir``: the picture as the model saw it, enlarged when small (see
     :func:`annotation_canvas`) and shrunk to at most 4096 pixels a side when large, as
     :func:`helpers.grounding.images.load_image` loads it. The record's ``width``, ``height`` and ``boxes_px`` are
-    those of the image file itself (turned by its EXIF orientation), whatever its size. The results go to a
-    temporary file beside ``results.jsonl`` that replaces it only when every image is done, so a run that fails
-    or is stopped leaves an earlier ``results.jsonl`` as it was (the annotated PNGs are written image by image).
+    those of the image file itself (turned by its EXIF orientation), whatever its size. The results are
+    written when every image is done (:func:`helpers.course.outputs.write_jsonl`), so a run that fails or is
+    stopped leaves an earlier ``results.jsonl`` as it was (the annotated PNGs are written image by image).
 
     Raises:
         ImageLoadError: a path is missing or not an image (checked before any model call for missing
@@ -227,30 +227,23 @@ def ground_folder(
 
         bar = tqdm(total=len(files), desc="grounding", unit="image")
     records: list[dict] = []
-    partial = out / f".{RESULTS_NAME}.{os.getpid()}.tmp"  # same folder, so os.replace is atomic
     try:
-        with open(partial, "w", encoding="utf-8") as f:
-            for start in range(0, len(files), batch_size):
-                chunk = files[start:start + batch_size]
-                loaded = [load_image_and_size(p) for p in chunk]
-                images = [image for image, _ in loaded]
-                bboxes = [bboxes_one for _ in chunk] if bboxes_one is not None else None
-                results = ground(model, processor, images, prompt, bboxes=bboxes, max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size, progress=False)
-                for path, (image, size), name, g in zip(chunk, loaded, names[start:start + batch_size], results):
-                    draw_entities(annotation_canvas(image), g, user_box=box).save(out / name)
-                    rec = grounding_record(str(path), prompt, g, size, annotated=name)
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    records.append(rec)
-                if bar is not None:
-                    bar.update(len(chunk))
-        os.replace(partial, out / RESULTS_NAME)
-    except BaseException:  # Ctrl-C too: the earlier results.jsonl stays, the unfinished one goes
-        partial.unlink(missing_ok=True)
-        raise
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            loaded = [load_image_and_size(p) for p in chunk]
+            images = [image for image, _ in loaded]
+            bboxes = [bboxes_one for _ in chunk] if bboxes_one is not None else None
+            results = ground(model, processor, images, prompt, bboxes=bboxes, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, progress=False)
+            for path, (image, size), name, g in zip(chunk, loaded, names[start:start + batch_size], results):
+                draw_entities(annotation_canvas(image), g, user_box=box).save(out / name)
+                records.append(grounding_record(str(path), prompt, g, size, annotated=name))
+            if bar is not None:
+                bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
+    write_jsonl(out / RESULTS_NAME, records)  # only now is an earlier results.jsonl replaced
     return records
 
 

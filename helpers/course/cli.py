@@ -16,13 +16,12 @@ fails leaves the results of an earlier one as they were.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from helpers.course.batch import RESULTS_NAME, annotated_names, check_images, ground_folder, image_files
 from helpers.grounding.boxes import is_inverted, looks_like_pixels, to_normalized
-from helpers.grounding.checks import out_problem, positive_int_option
+from helpers.grounding.checks import fail, out_problem, parse, positive_int_option
 from helpers.grounding.images import ImageLoadError, stored_size
 from helpers.grounding.model import ModelLoadError, load
 from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, user_box_entry
@@ -67,25 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fail(message: str, code: int = 2, prog: str = PROG) -> int:
-    """Print ``prog: error: message`` on stderr and return the exit ``code`` (argparse's style)."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return code
-
-
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
-    """``parser``'s reading of ``argv`` (default ``sys.argv[1:]``), or the exit code when argparse stopped
-    (0 after ``--help``, 2 after a usage error whose message it has printed)."""
-    try:
-        return parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as stop:
-        return int(stop.code or 0)
-
-
-def _fail(message: str, code: int = 2) -> int:
-    return fail(message, code)
-
-
 def _numbers(values: Sequence[float]) -> str:
     return " ".join(f"{v:.4g}" for v in values)
 
@@ -123,33 +103,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # check the images before spending time on loading a model
         files = image_files(args.images)
     except ImageLoadError as err:
-        return _fail(str(err))
+        return fail(str(err), prog=PROG)
     if args.box is not None:
         try:
             user_box_entry(args.prompt, args.box)
         except ValueError as err:
-            return _fail(box_message(args.box, err, files))
+            return fail(box_message(args.box, err, files), prog=PROG)
     out = Path(args.out)
     problem = out_problem("--out", args.out, folder=True, wanted="a folder for results.jsonl and the PNGs")
     if problem:
-        return _fail(problem)
+        return fail(problem, prog=PROG)
     try:
         check_images(files)
         annotated_names(files, out)  # an --out that would take over the images themselves
     except (ImageLoadError, ValueError) as err:
-        return _fail(str(err))
+        return fail(str(err), prog=PROG)
 
     try:
         model, processor = load(args.model, verbose=not args.quiet)
     except (ModelLoadError, ValueError) as err:
-        return _fail(str(err), code=1)
+        return fail(str(err), code=1, prog=PROG)
     try:
         records = ground_folder(model, processor, files, args.prompt, args.out, batch_size=args.batch_size,
                                 max_new_tokens=args.max_new_tokens, box=args.box)
     except (ImageLoadError, ValueError) as err:
-        return _fail(str(err))
+        return fail(str(err), prog=PROG)
     except OSError as err:  # a write that failed after the check (a full disk): --out, not a temporary file
-        return _fail(f"--out {args.out!r}: writing the results failed ({err.strerror or err})")
+        return fail(f"--out {args.out!r}: writing the results failed ({err.strerror or err})", prog=PROG)
     if not args.quiet:
         for rec in records:
             phrases = ", ".join(e["phrase"] for e in rec["entities"]) or "no grounded phrase"

@@ -20,17 +20,15 @@ option), with a one-line message on stderr; 1 when the model could not be loaded
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from helpers.course.cli import fail, parse
-from helpers.grounding.checks import count_option, out_problem, positive_int_option
+from helpers.course.outputs import write_jsonl
+from helpers.grounding.checks import count_option, fail, out_problem, parse, positive_int_option
 from helpers.grounding.evaluation import (BENCHMARK_MAX_NEW_TOKENS, HELD_OUT_SEED, PhraseScores, caption_error_table,
-                                          evaluate, evaluate_captions, format_score)
+                                          check_images_exist, evaluate, evaluate_captions, format_score)
 from helpers.grounding.quantization import QUANTIZATIONS
 
 PROG = "python -m helpers evaluate"
@@ -93,18 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def write_jsonl(rows: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Write ``rows`` as JSON Lines to ``path`` all at once (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 def split_table(rows: Sequence[dict]) -> str:
     """RefCOCO rows → a Markdown table of accuracy@1 and the upper bound per split, then all together."""
     groups: dict[str, PhraseScores] = defaultdict(PhraseScores)
@@ -163,8 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(data.summary())
             data.items = data.items[: args.limit]
         if data is not None:
-            from helpers.grounding.refcoco import check_images_exist
-
             check_images_exist([it.file_name for it in (data if isinstance(data, list) else data.items)], args.images)
     except (RefCocoFormatError, Flickr30kFormatError, ImageLoadError) as err:
         return fail(str(err), prog=PROG)
@@ -208,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows, table = result.rows, result.table()
     except (ImageLoadError, ValueError) as err:
         return fail(str(err), prog=PROG)
-    write_jsonl(rows, out)
+    write_jsonl(out, rows)
     print(table)
     if not args.quiet:
         print(f"wrote {len(rows)} item(s) to {out}")

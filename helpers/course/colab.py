@@ -201,7 +201,7 @@ def install_extra(extra: str, target: str | os.PathLike[str] | None = None, run:
     """
     if extra not in EXTRAS:
         raise ValueError(f"extra must be one of {', '.join(map(repr, EXTRAS))}, got {extra!r}")
-    from helpers.grounding.quantization import import_quietly
+    from helpers.grounding.quantization import import_quietly, installed_version
 
     packages = EXTRAS[extra]
     if in_colab():
@@ -211,12 +211,7 @@ def install_extra(extra: str, target: str | os.PathLike[str] | None = None, run:
         import_quietly()
         return f"Colab: installed the course's [{extra}] extra ({', '.join(packages)})."
     import_quietly()
-    missing = []
-    for name in packages:
-        try:
-            metadata.version(name)
-        except metadata.PackageNotFoundError:
-            missing.append(name)
+    missing = [name for name in packages if installed_version(name) is None]
     if missing:
         return (f"Not on Colab: {', '.join(missing)} missing here; add them with pip install -e '.[{extra}]' "
                 "in your clone of the course.")

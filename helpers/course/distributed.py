@@ -33,19 +33,17 @@ may round differently and, rarely, swap a nearly tied token.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from PIL import Image
 
 from helpers.course.batch import check_images, image_files
-from helpers.course.cli import fail, parse, prompt_option
-from helpers.course.outputs import grounding_record
-from helpers.grounding.checks import check_positive_int, out_problem, positive_int_option
+from helpers.course.cli import prompt_option
+from helpers.course.outputs import grounding_record, write_jsonl
+from helpers.grounding.checks import check_positive_int, fail, out_problem, parse, positive_int_option
 from helpers.grounding.images import ImageLoadError, load_image, load_image_and_size
-from helpers.grounding.model import ModelLoadError, ground, load
+from helpers.grounding.model import ModelLoadError, check_prompts_and_boxes, ground, load
 from helpers.grounding.prompts import CAPTION_PROMPT
 
 T = TypeVar("T")
@@ -161,22 +159,14 @@ def ground_distributed(
         One :class:`~helpers.grounding.tokens.Grounding` per image, in the order of ``images``, on every process.
 
     Raises:
-        TypeError, ValueError: bad arguments (checked on every process before any work).
+        TypeError, ValueError: bad arguments, with ground's messages (checked on every process before any
+            work; a prompt or ``bboxes`` entry is named by its index in ``prompts`` or ``bboxes``).
         DistributedGroundingError: an image could not be loaded or grounded on some process.
     """
     if isinstance(images, (str, bytes, Image.Image)) or not isinstance(images, Sequence):
         raise TypeError(f"images must be a list of images or paths, got {type(images).__name__}")
     n = len(images)
-    if isinstance(prompts, str):
-        prompt_list = [prompts] * n
-    elif isinstance(prompts, Sequence) and all(isinstance(p, str) for p in prompts):
-        prompt_list = list(prompts)
-    else:
-        raise TypeError(f"prompts must be a string or a list of strings, e.g. {CAPTION_PROMPT!r}")
-    if len(prompt_list) != n:
-        raise ValueError(f"got {n} images but {len(prompt_list)} prompts; give one prompt or one per image")
-    if bboxes is not None and len(bboxes) != n:
-        raise ValueError(f"bboxes needs one entry per image ({n}), got {len(bboxes)}")
+    prompt_list, _ = check_prompts_and_boxes(prompts, bboxes, n)  # ground's checks, for all images at once
     check_positive_int("max_new_tokens", max_new_tokens)
     check_positive_int("batch_size", batch_size, none_ok=True)
 
@@ -214,10 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str, code: int = 2) -> int:
-    return fail(message, code, prog=PROG)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code.
 
@@ -233,21 +219,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         files = image_files(args.images)
     except ImageLoadError as err:
-        return _fail(str(err))
+        return fail(str(err), prog=PROG)
     problem = out_problem("--out", args.out, folder=False, inputs=files,  # not one of the images
                           wanted=f"the results file's name, e.g. --out {out / 'results.jsonl'}")
     if problem:
-        return _fail(problem)
+        return fail(problem, prog=PROG)
     try:
         check_images(files)  # every file opens as an image, as ground's command checks too
     except ImageLoadError as err:
-        return _fail(str(err))
+        return fail(str(err), prog=PROG)
 
     state = _state()
     try:
         model, processor = load(args.model, device=str(state.device), verbose=state.is_main_process and not args.quiet)
     except (ModelLoadError, ValueError) as err:
-        return _fail(str(err), code=1)
+        return fail(str(err), code=1, prog=PROG)
 
     def share(indices: list[int]) -> list[dict]:
         if not indices:
@@ -261,18 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         records = map_between_processes(share, len(files), state)
     except DistributedGroundingError as err:
-        return _fail(str(err))
+        return fail(str(err), prog=PROG)
     if state.is_main_process:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same folder, so os.replace is atomic
-        try:
-            with open(partial, "w", encoding="utf-8") as f:
-                for rec in records:
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            os.replace(partial, out)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        write_jsonl(out, records)
         if not args.quiet:
             print(f"grounded {len(records)} image(s) on {state.num_processes} process(es); wrote {out}")
     state.wait_for_everyone()

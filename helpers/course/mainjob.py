@@ -25,7 +25,7 @@ from typing import Sequence
 from helpers.course.notebooks import check_kernel, course_notebooks, execute
 from helpers.course.outputs import RECORDS_NAME, read_records
 from helpers.course.paths import repo_root
-from helpers.grounding.checks import out_problem
+from helpers.grounding.checks import fail, out_problem, parse
 
 PROG = "python -m helpers run"
 #: Groundings printed per notebook (all of them are in ``records.jsonl``).
@@ -103,17 +103,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("outputs"),
                         help="folder for the results (default: outputs): a new or empty folder, or one an earlier "
                              "run wrote (its results are replaced)")
-    out = parser.parse_args(argv).out.expanduser().resolve()
+    args = parse(parser, argv)
+    if isinstance(args, int):  # --help (0) or a bad option, which argparse has reported (2)
+        return args
+    out = args.out.expanduser().resolve()
     try:
         check_kernel()  # before prepare_output, which replaces an earlier run's results
     except RuntimeError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
+        return fail(str(err), code=1, prog=PROG)
     try:
         prepare_output(out)
     except (OutputFolderError, OSError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+        return fail(str(err), prog=PROG)
     notebooks = course_notebooks()
     if not notebooks:
         print("no notebooks found", file=sys.stderr)

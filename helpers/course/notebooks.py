@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from helpers.course.paths import notebooks_dir
+from helpers.grounding.checks import fail, parse
 
 #: Environment every headless run uses: no progress bars and no parallel tokenizers. The offline, bundled-model
 #: setting is not here: ``python -m helpers notebooks`` adds it (:func:`main`), the main job does not.
@@ -158,31 +158,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG,
                                      description="Re-execute notebooks in place, offline on the bundled model.")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every course notebook")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
+    if isinstance(args, int):  # --help (0) or a bad option, which argparse has reported (2)
+        return args
     paths = args.notebooks or course_notebooks()
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        print(f"{PROG}: error: {len(missing)} notebook file(s) not found: {', '.join(missing)} "
-              f"(the course's notebooks are in {notebooks_dir()})", file=sys.stderr)
-        return 2
+        return fail(f"{len(missing)} notebook file(s) not found: {', '.join(missing)} (the course's notebooks are "
+                    f"in {notebooks_dir()})", prog=PROG)
     for p in paths:
         try:
             check_notebook(p)
         except ValueError as err:
-            print(f"{PROG}: error: {err}", file=sys.stderr)
-            return 2
+            return fail(str(err), prog=PROG)
     try:
         check_kernel()
     except RuntimeError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
+        return fail(str(err), code=1, prog=PROG)
     for k, p in enumerate(paths):
         try:
             seconds = execute(p, env={"HF_HUB_OFFLINE": "1", "KOSMOS2_MODEL": ""})
         except NotebookCellError as err:  # the notebook is left as it was
             rest = f" (not run: {', '.join(q.name for q in paths[k + 1:])})" if paths[k + 1:] else ""
-            print(f"{PROG}: error: {err}{rest}", file=sys.stderr)
-            return 1
+            return fail(f"{err}{rest}", code=1, prog=PROG)
         print(f"{p.name}: executed in {seconds:.1f} s")
     return 0
 

@@ -28,8 +28,9 @@ the annotated picture to ``OUT/images/``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from helpers.grounding import model as grounding_model
 from helpers.grounding.boxes import to_pixels
@@ -92,10 +93,38 @@ def start_recording(out: str | Path, notebook: str) -> Callable:
                 draw_entities(image, grounding).save(png)
                 entry = {"notebook": notebook, "cell": _cell(),
                          **grounding_record(None, prompt, grounding, image.size, annotated=str(png))}
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                f.write(_json_line(entry))
 
     grounding_model.GROUND_HOOKS.append(keep)
     return keep
+
+
+def _json_line(row: dict) -> str:
+    """One JSON Lines line: UTF-8 text as it is, and no ``NaN`` or ``Infinity``, which are not JSON."""
+    return json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Write ``rows`` to the JSON Lines file ``path`` all at once and return its path: the lines go to a temporary
+    file beside it (``.NAME.<pid>.tmp``) that replaces ``path`` when all are written, so a write that fails (a
+    value that is not JSON, a full disk, Ctrl-C) leaves an earlier ``path`` as it was and no temporary file.
+
+    Raises:
+        ValueError: a row holds ``NaN`` or an infinity; TypeError: a row holds something JSON cannot hold.
+        OSError: the file cannot be written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so os.replace is atomic
+    try:
+        with open(partial, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(_json_line(row))
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -34,7 +34,7 @@ from PIL import Image
 from helpers.course.colab import enable_widgets
 from helpers.grounding.checks import check_positive_int
 from helpers.grounding.evaluation import HELD_OUT_SEED, check_threshold
-from helpers.grounding.images import load_image_and_size, no_pixels, to_rgb
+from helpers.grounding.images import check_image, load_image_and_size, to_rgb
 from helpers.grounding.model import ground
 from helpers.grounding.plotting import draw_entities, highlight_caption
 from helpers.grounding.prompts import (
@@ -77,12 +77,7 @@ def world_palette() -> np.ndarray:
 
 
 def _small_rgb(image: Image.Image) -> np.ndarray:
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
-    problem = no_pixels(image)
-    if problem:
-        raise ValueError(problem)
-    rgb = to_rgb(image)
+    rgb = to_rgb(check_image(image))
     scale = _MAX_SIDE / max(rgb.size)
     if scale < 1:
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))

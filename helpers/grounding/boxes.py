@@ -46,6 +46,12 @@ def is_inverted(box: Sequence[float]) -> bool:
     return x1 < x0 or y1 < y0
 
 
+def is_one_box(value: Sequence) -> bool:
+    """True when ``value``, where a list of boxes is wanted, is one bare box instead: four real numbers (not
+    bools). The callers refuse it, each in its own words, with the hint to wrap it in a list."""
+    return len(value) == 4 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+
+
 def _ordered(box: Box, what: str) -> Box:
     if is_inverted(box):
         raise ValueError(f"{what} is inverted: expected x0 <= x1 and y0 <= y1, got {box}")
@@ -216,6 +222,19 @@ def coco_to_normalized(bbox: Sequence[float], image_size: Sequence[int], what: s
         raise ValueError(f"{what} {list(bbox)} ([x, y, w, h]) lies outside the image of {width} x {height} "
                          f"pixels: nothing of it is inside (it starts at x = {x:g}, y = {y:g} and ends at "
                          f"x = {x + w:g}, y = {y + h:g})") from None
+
+
+def normalized_to_coco(box: Sequence[float], image_size: Sequence[int]) -> list[float]:
+    """A normalized box ``(x0, y0, x1, y1)`` as a COCO box ``[x, y, w, h]`` in pixels of an image of
+    ``image_size = (width, height)``: the inverse of :func:`coco_to_normalized` (not rounded).
+
+    Raises:
+        ValueError: a box that is not a normalized box with an area (:func:`check_with_area`), or an
+            ``image_size`` that is not two positive ints.
+    """
+    width, height = check_image_size(image_size)
+    x0, y0, x1, y1 = check_with_area(box)
+    return [x0 * width, y0 * height, (x1 - x0) * width, (y1 - y0) * height]
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:

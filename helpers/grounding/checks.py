@@ -1,15 +1,18 @@
 """Checks of arguments that many functions share, each written once (boxes and image sizes: ``boxes``), the
-option types of the command lines built on them, and the check of an output path."""
+option types of the command lines built on them, how every command reports bad input (:func:`fail`,
+:func:`parse`), the check of an output path and the reading of a JSON file with a clear error (:func:`read_json`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import numbers
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 
 def is_positive_int(value: object) -> bool:
@@ -194,3 +197,44 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.nargs == 0 or default is None or (isinstance(default, (tuple, list)) and not default):
             return action.help
         return super()._get_help_string(action)
+
+
+# ------------------------------------------------------------------------------------ command lines
+
+
+def fail(message: str, code: int = 2, *, prog: str) -> int:
+    """Print ``prog: error: message`` on stderr and return the exit ``code`` (argparse's style), e.g.
+    ``fail(problem, prog="python -m helpers ground")``: how every command answers bad input (code 2) or a model
+    that cannot be loaded (code 1)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """``parser``'s reading of ``argv`` (default ``sys.argv[1:]``), or the exit code when argparse stopped
+    (0 after ``--help``, 2 after a usage error whose message it has printed), so that a command's ``main``
+    returns its code instead of raising ``SystemExit``."""
+    try:
+        return parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
+
+
+def read_json(path: str | os.PathLike, what: str, expected: str, error: type[Exception] = ValueError):
+    """The JSON in the file ``path``, or ``error`` (a ``ValueError`` by default) for a file that is missing, not
+    UTF-8 text (the byte), empty or not JSON; the message names it as ``what`` and its path and ends with
+    ``expected …``, e.g. ``annotation file 'a.json' is empty; expected COCO detection JSON with 'images', …``."""
+    path = Path(path)
+    name = f"{what} {str(path)!r}"
+    if not path.is_file():
+        raise error(f"{name} does not exist (or is not a file); expected {expected}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:  # a picture, a pickle or another binary file
+        raise error(f"{name} is not UTF-8 JSON text (byte {err.start} is not UTF-8); expected {expected}") from None
+    if not text.strip():
+        raise error(f"{name} is empty; expected {expected}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{name} is not valid JSON: {err}; expected {expected}") from None

@@ -16,14 +16,16 @@
 from __future__ import annotations
 
 import functools
-import numbers
+import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
-from helpers.grounding.boxes import check_normalized, iou
+from helpers.grounding.boxes import check_normalized, iou, is_one_box
 from helpers.grounding.checks import is_number
+from helpers.grounding.images import ImageLoadError, load_image, stored_size
 from helpers.grounding.prompts import CAPTION_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
 from helpers.grounding.tokens import Box, Grounding, parse_generation
 
@@ -241,7 +243,7 @@ def score_phrase(truth_boxes: Sequence[Sequence[float]], grounding: Grounding, p
     if isinstance(truth_boxes, (str, bytes)) or not isinstance(truth_boxes, Iterable):
         raise TypeError(f"{wanted}; got {type(truth_boxes).__name__}: {truth_boxes!r:.80}")
     truth_boxes = list(truth_boxes)
-    if len(truth_boxes) == 4 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in truth_boxes):
+    if is_one_box(truth_boxes):
         raise ValueError(f"{wanted}; got one box {tuple(truth_boxes)}")
     try:
         truth_boxes = [tuple(t) for t in truth_boxes]
@@ -547,3 +549,97 @@ def score_captions(scenes: Sequence, groundings: Sequence[Grounding]) -> tuple[C
     for scene, g in zip(scenes, groundings):
         score_caption(scene.objects, g, scores)
     return scores, count_caption_errors(scenes, groundings)
+
+
+# ------------------------------------------------------------------------------------------- benchmark files
+# The runner that RefCOCO/+/g (helpers.grounding.refcoco) and Flickr30k Entities (helpers.grounding.flickr30k)
+# share: their items name image files under one folder.
+
+#: Expressions grounded per chunk; each chunk loads its images once and lets them go afterwards.
+CHUNK = 256
+
+
+def check_items(items: Sequence, kind: type, loader: str, threshold: float) -> list:
+    """``items`` as a list when it holds at least one item and only ``kind`` (what the benchmark's ``loader``
+    returns), with a ``threshold`` by :func:`check_threshold`'s rule.
+
+    Raises:
+        ValueError: ``items`` is empty or holds something else, or ``threshold`` is outside [0, 1].
+    """
+    items = list(items)
+    if not items:
+        raise ValueError(f"items is empty: load annotations with {loader}() first")
+    for i, it in enumerate(items):
+        if not isinstance(it, kind):
+            raise ValueError(f"items[{i}] must be a {kind.__name__} (from {loader}), got {type(it).__name__}")
+    check_threshold(threshold)
+    return items
+
+
+def check_images_exist(file_names: Iterable[str], image_root: str | os.PathLike) -> None:
+    """Check that every ``image_root / name`` is a file and reads as an image, before any model call (a benchmark
+    runs for hours, and an unreadable image found when its chunk comes would end the run there).
+
+    Each image's header is read (:func:`helpers.grounding.images.stored_size`, no pixel is decoded), so an empty
+    file or one that is no image is found here; pixel data cut short is found only when the image is loaded.
+
+    Raises:
+        helpers.grounding.images.ImageLoadError: the folder is missing; or some images are (their number and
+            the first five names); or some cannot be read as images (the first one's reason, in the order of
+            ``file_names``, and how many others, naming up to five).
+    """
+    root = Path(image_root)
+    if not root.is_dir():
+        raise ImageLoadError(f"the image folder {str(root)!r} does not exist (or is not a folder)")
+    names = list(dict.fromkeys(file_names))
+    missing = sorted(name for name in names if not (root / name).is_file())
+    if missing:
+        raise ImageLoadError(
+            f"{len(missing)} image(s) the annotations name are not in {str(root)!r}, e.g. "
+            f"{', '.join(missing[:5])}: is it the right folder (COCO train2014 for RefCOCO, flickr30k-images "
+            "for Flickr30k Entities)?"
+        )
+    unreadable = []
+    for name in names:
+        try:
+            stored_size(root / name)
+        except ImageLoadError as err:
+            unreadable.append((name, str(err)))
+    if unreadable:
+        others = [name for name, _ in unreadable[1:]]
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        also = f" (also unreadable: {', '.join(others[:5])}{more})" if others else ""
+        raise ImageLoadError(f"{len(unreadable)} of the {len(names)} image(s) the annotations name cannot be read: "
+                             f"{unreadable[0][1]}{also}")
+
+
+def ground_on_files(model, processor, file_names: Sequence[str], prompts: Sequence[str],
+                    image_root: str | os.PathLike, *, decoding=None, **ground_kwargs) -> Iterable[tuple[int, Any]]:
+    """Ground ``prompts[i]`` on the image ``image_root / file_names[i]``; yields ``(i, Grounding)`` in order.
+
+    ``decoding`` defaults to :data:`helpers.grounding.model.AUTHORS_DECODING` (greedy with
+    ``no_repeat_ngram_size=3``, the Kosmos-2 authors' setting for these benchmarks); ``ground_kwargs`` go to
+    :func:`helpers.grounding.model.ground`. Images are loaded as stored (``load_image(..., exif_orientation=False)``):
+    annotation boxes are measured on the stored pixels, and a photo turned by its EXIF tag would put every box in
+    the wrong place. Work goes in chunks of :data:`CHUNK` expressions, each image loaded once per chunk.
+
+    Raises:
+        helpers.grounding.images.ImageLoadError: an image is missing or its header cannot be read (checked for
+            all before the first answer, :func:`check_images_exist`), or its pixels cannot be read when it is
+            loaded (the message names the file).
+    """
+    from helpers.grounding.model import AUTHORS_DECODING, ground
+
+    decoding = AUTHORS_DECODING if decoding is None else decoding
+    check_images_exist(file_names, image_root)
+    root = Path(image_root)
+    for start in range(0, len(prompts), CHUNK):
+        stop = min(start + CHUNK, len(prompts))
+        cache: dict[str, Any] = {}
+        images = []
+        for name in file_names[start:stop]:
+            if name not in cache:
+                cache[name] = load_image(root / name, exif_orientation=False)
+            images.append(cache[name])
+        answers = ground(model, processor, images, list(prompts[start:stop]), decoding=decoding, **ground_kwargs)
+        yield from enumerate(answers, start)

@@ -63,7 +63,6 @@ import os
 import platform
 import random
 import shutil
-import sys
 import tempfile
 import time
 import warnings
@@ -74,8 +73,8 @@ from typing import Any, Callable, Sequence
 
 from helpers.grounding.boxes import coco_to_normalized
 from helpers.grounding.checks import (DefaultsHelpFormatter, check_bool, check_count, check_positive_int,
-                                      check_positive_number, check_seed, out_problem, positive_int_option,
-                                      positive_number_option)
+                                      check_positive_number, check_seed, fail, out_problem, parse, positive_int_option,
+                                      positive_number_option, read_json)
 from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, CaptionScores, Score, score_any_box, score_caption
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
 from helpers.grounding.model import ModelLoadError, check_bf16, check_device, default_dtype, parameter_count, try_gpu
@@ -173,21 +172,10 @@ _EXPECTED = {"annotation file": "COCO detection JSON with 'images', 'annotations
 
 def _read_json(path: Path, what: str) -> Any:
     """The JSON in ``path``; ``what`` (a key of :data:`_EXPECTED`) names it in the :class:`FinetuneError` for a
-    missing, binary, empty or malformed file, and for an adapter card that is not a JSON object."""
+    missing, binary, empty or malformed file (:func:`helpers.grounding.checks.read_json`), and for an adapter card
+    that is not a JSON object."""
     expected = _EXPECTED[what]
-    if not path.is_file():
-        raise FinetuneError(f"{what} {str(path)!r} does not exist (or is not a file)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:  # a picture or another binary file
-        raise FinetuneError(f"{what} {str(path)!r} is not UTF-8 JSON text (byte {err.start} is not UTF-8); expected "
-                            f"{expected}") from None
-    if not text.strip():
-        raise FinetuneError(f"{what} {str(path)!r} is empty; expected {expected}")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise FinetuneError(f"{what} {str(path)!r} is not valid JSON: {err}") from None
+    data = read_json(path, what, expected, error=FinetuneError)
     if what == "adapter card" and not (isinstance(data, dict) and isinstance(data.get("config", {}), dict)):
         raise FinetuneError(f"{what} {str(path)!r} holds {type(data).__name__} data with no settings object; "
                             f"expected {expected}")
@@ -1069,12 +1057,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(message: str, code: int = 2) -> int:
-    """Print ``prog: error: message`` on stderr and return the exit ``code`` (argparse's style)."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return code
-
-
 def device_option_problem(device: str) -> str | None:
     """The command-line message for a ``--device`` this machine does not have (``finetune``, ``train``), by
     :func:`helpers.grounding.model.check_device`'s rule, or ``None``."""
@@ -1089,15 +1071,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv``; return the exit code: 0 when the adapters were saved, 2 for bad input (an
     option, the data, the output folder, adapters of another base) and 1 when the base model cannot be loaded,
     each with a one-line message on stderr."""
-    try:
-        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as stop:  # --help (0) or a bad option, which argparse has reported (2)
-        return stop.code if isinstance(stop.code, int) else 2
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):  # --help (0) or a bad option, which argparse has reported (2)
+        return args
     if args.steps is None and args.minutes is None:
-        return _fail("give --steps or --minutes (or both)")
+        return fail("give --steps or --minutes (or both)", prog=PROG)
     problem = None if args.device is None else device_option_problem(args.device)  # as for `train --device`
     if problem:
-        return _fail(problem)
+        return fail(problem, prog=PROG)
     cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                          rank=args.rank, alpha=args.alpha, vision=args.vision, new_words=tuple(args.new_words), quantization=args.quantization,
                          gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, device=args.device,
@@ -1124,8 +1105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"held-out comprehension box hit: {_pct(before['comprehension_box_hit'])} → "
                   f"{_pct(after['comprehension_box_hit'])}")
     except BaseModelError as err:
-        return _fail(str(err), code=1)
+        return fail(str(err), code=1, prog=PROG)
     except FinetuneError as err:
-        return _fail(str(err))
+        return fail(str(err), prog=PROG)
     return 0
 

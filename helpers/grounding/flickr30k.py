@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from helpers.grounding.boxes import EDGE_TOLERANCE_PX, Box, coco_to_normalized
-from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, IOU_THRESHOLD, PhraseScores, score_phrase
-from helpers.grounding.refcoco import _check_run, ground_on_files
+from helpers.grounding.evaluation import (BENCHMARK_MAX_NEW_TOKENS, IOU_THRESHOLD, PhraseScores, check_items,
+                                          ground_on_files, score_phrase)
 
 
 SPLITS = ("train", "val", "test")
@@ -393,15 +393,13 @@ def evaluate_phrase_grounding(model, processor, items: Flickr30kEntities | Seque
         ValueError: no items, items that are not :class:`PhraseItem`, or ``threshold`` outside [0, 1].
         helpers.grounding.images.ImageLoadError: an image is missing or unreadable (the message names the file).
     """
-    from helpers.grounding.model import AUTHORS_DECODING
-
     skipped = items.skipped if isinstance(items, Flickr30kEntities) else Counter()
-    items = _check_run(items.items if isinstance(items, Flickr30kEntities) else items, PhraseItem,
+    items = check_items(items.items if isinstance(items, Flickr30kEntities) else items, PhraseItem,
                        "load_flickr30k_entities", threshold)
     result = PhraseGroundingResult(PhraseScores(), threshold=threshold, skipped=Counter(skipped))
     answers = ground_on_files(model, processor, [it.file_name for it in items], [it.prompt for it in items],
                               image_root, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
-                              decoding=AUTHORS_DECODING if decoding is None else decoding)
+                              decoding=decoding)
     for i, answer in answers:
         it = items[i]
         row = score_phrase(it.boxes, answer, it.phrase, result.scores, threshold)

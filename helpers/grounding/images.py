@@ -52,6 +52,7 @@ __all__ = [
     "ImageSource",
     "MAX_DECODED_PIXELS",
     "MAX_PIXELS",
+    "check_image",
     "load_image",
     "load_image_and_size",
     "no_pixels",
@@ -213,6 +214,23 @@ def no_pixels(image: Image.Image, what: str = "image") -> str | None:
     if image.width < 1 or image.height < 1:
         return f"{what} must have at least 1 x 1 pixels, got {image.width} x {image.height}"
     return None
+
+
+def check_image(image: object) -> Image.Image:
+    """``image`` itself when it is a PIL image with pixels: what the drawing functions and the playground's
+    colour score take.
+
+    Raises:
+        TypeError: not a PIL image (the message says how to load a file or URL).
+        ValueError: no pixels (:func:`no_pixels`).
+    """
+    if not isinstance(image, Image.Image):
+        raise TypeError("image must be a PIL.Image.Image (load files and URLs with "
+                        f"helpers.grounding.images.load_image), got {type(image).__name__}")
+    problem = no_pixels(image)
+    if problem:
+        raise ValueError(problem)
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

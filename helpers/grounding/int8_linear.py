@@ -2,11 +2,9 @@
 the ``lm_head`` of ``"int4"``.
 
 A layer keeps its weights as int8, one scale per output (symmetric: ``weight ≈ int8 × scale``), and multiplies
-bfloat16 inputs by them with torch's own kernel for this, ``torch._weight_int8pack_mm``. At one row, a decode
-step, that kernel reads the int8 weights about as fast as memory gives them (Kosmos-2's ``lm_head``, 133 MB in
-int8: 4.0 ms on two cores of an AMD EPYC).
+bfloat16 inputs by them with torch's own kernel for this, ``torch._weight_int8pack_mm``.
 
-Why not torchao's int8 (torchao 0.18, torch 2.13, the same two cores, the full-size architecture):
+Why not torchao's int8 (torchao 0.18, torch 2.13, two cores of an AMD EPYC, the full-size architecture):
 
 * ``Int8DynamicActivationInt8WeightConfig`` rounds each input row to int8 too. On a CPU with AVX512-VNNI and
   no AMX (AMD Zen 4 and 5, Intel Xeons before Sapphire Rapids) it takes a route that sums every column of the weights
@@ -16,8 +14,9 @@ Why not torchao's int8 (torchao 0.18, torch 2.13, the same two cores, the full-s
 * ``Int8WeightOnlyConfig`` turns the weights back into floats at every call: 0.69 s per token.
 
 Int8 weights with bfloat16 inputs in :class:`Int8Linear` (text decoder and ``lm_head``, the vision tower in
-bfloat16): 0.070 s per token (``bench/results/cpu``). ``_weight_int8pack_mm`` is fast with bfloat16 inputs
-only: with float32 inputs the same layers took 0.44 s per token, so the layers refuse other input types.
+bfloat16): 0.069 s per token (the int8 row of ``bench/results/cpu/results.md``, batch 1). ``_weight_int8pack_mm``
+is fast with bfloat16 inputs only: with float32 inputs the same layers took 0.44 s per token, so the layers refuse
+other input types.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ import contextlib
 import io
 import json
 import math
-import numbers
 import os
 import urllib.error
 import urllib.request
@@ -26,9 +25,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from helpers.course.paths import bundled_model_dir
-from helpers.grounding.boxes import check_with_area
+from helpers.grounding.boxes import check_with_area, is_one_box
 from helpers.grounding.checks import check_bool, check_count, check_positive_int
-from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, count_phrases
+from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, phrase_count
 from helpers.grounding.tokens import Grounding, parse_generation
 
 REAL_MODEL = "microsoft/kosmos-2-patch14-224"
@@ -650,21 +649,7 @@ def ground(
     images = _prepare_images(images)
     if not images:
         return []
-    prompts_l = list(prompts) if isinstance(prompts, (list, tuple)) else [prompts] * len(images)
-    if len(prompts_l) != len(images):
-        raise ValueError(f"got {len(images)} images but {len(prompts_l)} prompts; give one prompt or one per image")
-    for i, p in enumerate(prompts_l):
-        if not isinstance(p, str):
-            raise TypeError(f"prompts must be strings, e.g. {CAPTION_PROMPT!r}; prompt {i} is "
-                            f"{type(p).__name__}: {p!r:.80}")
-        check_prompt(p, f"prompt {i}")
-    if bboxes is not None:
-        if isinstance(bboxes, (str, bytes)) or not isinstance(bboxes, (list, tuple)):
-            raise TypeError(f"bboxes must be a list with one entry per image, got {_describe(bboxes)}")
-        bboxes = list(bboxes)
-        if len(bboxes) != len(images):
-            raise ValueError(f"bboxes needs one entry per image ({len(images)}), got {len(bboxes)}")
-        bboxes = [_boxes_for_processor(b, prompts_l[i], i) for i, b in enumerate(bboxes)]
+    prompts_l, bboxes = check_prompts_and_boxes(prompts, bboxes, len(images))
     batch_size = batch_size or default_batch_size(model)
     device = next(model.parameters()).device
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
@@ -705,6 +690,36 @@ def ground(
     return results  # type: ignore[return-value]  (every slot is filled)
 
 
+def check_prompts_and_boxes(prompts, bboxes, n: int) -> tuple[list[str], list | None]:
+    """:func:`ground`'s checks of ``prompts`` and ``bboxes`` for ``n`` images, also run by
+    :func:`helpers.course.distributed.ground_distributed` before any work: one prompt per image (``prompts`` is a
+    list or tuple, or one prompt for all), each by :func:`helpers.grounding.prompts.check_prompt`'s rule and named
+    by its index, and ``bboxes`` ``None`` or one entry per image that fits its prompt's phrases.
+
+    Returns:
+        The list of ``n`` prompts, and ``bboxes`` in the processor's form (``None`` when not given).
+
+    Raises:
+        TypeError, ValueError: as :func:`ground` says for its prompts and ``bboxes``.
+    """
+    prompts_l = list(prompts) if isinstance(prompts, (list, tuple)) else [prompts] * n
+    if len(prompts_l) != n:
+        raise ValueError(f"got {n} images but {len(prompts_l)} prompts; give one prompt or one per image")
+    for i, p in enumerate(prompts_l):
+        if not isinstance(p, str):
+            raise TypeError(f"prompts must be strings, e.g. {CAPTION_PROMPT!r}; prompt {i} is "
+                            f"{type(p).__name__}: {p!r:.80}")
+        check_prompt(p, f"prompt {i}")
+    if bboxes is not None:
+        if isinstance(bboxes, (str, bytes)) or not isinstance(bboxes, (list, tuple)):
+            raise TypeError(f"bboxes must be a list with one entry per image, got {_describe(bboxes)}")
+        bboxes = list(bboxes)
+        if len(bboxes) != n:
+            raise ValueError(f"bboxes needs one entry per image ({n}), got {len(bboxes)}")
+        bboxes = [_boxes_for_processor(b, prompts_l[i], i) for i, b in enumerate(bboxes)]
+    return prompts_l, bboxes
+
+
 def _equal_length_batches(processor, prompts: list[str], bboxes: list | None, batch_size: int) -> list[list[int]]:
     """Indices of the items, in batches of at most ``batch_size`` whose prompts have the same token length.
 
@@ -723,10 +738,6 @@ def _equal_length_batches(processor, prompts: list[str], bboxes: list | None, ba
     return batches
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _boxes_for_processor(entry, prompt: str, index: int):
     """Check image ``index``'s ``bboxes`` entry against its prompt; the processor's form (tuples of 4 floats)."""
     if entry is None:
@@ -735,10 +746,10 @@ def _boxes_for_processor(entry, prompt: str, index: int):
         raise TypeError(f"bboxes[{index}] must be None or a list with one entry per <phrase> of the prompt, "
                         f"got {type(entry).__name__}: {entry!r:.80}")
     entry = list(entry)
-    if len(entry) == 4 and all(_is_number(v) for v in entry):
+    if is_one_box(entry):
         raise ValueError(f"bboxes[{index}] is a single box {tuple(entry)}, but each image's entry must be a list "
                          "with one box per <phrase>: for one box write bboxes=[[box]] (one image, one phrase)")
-    phrases = count_phrases(prompt)
+    phrases = phrase_count(prompt)
     if len(entry) != phrases:  # [] too, for a prompt with phrases: None is how to say "no box for this image"
         raise ValueError(f"bboxes[{index}] has {len(entry)} entries but prompt {index} ({prompt!r:.100}) has "
                          f"{phrases} <phrase>…</phrase> pair(s); give one entry per phrase (a box, a list of "

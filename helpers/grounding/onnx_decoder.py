@@ -3,9 +3,10 @@
 At batch 1 a CPU spends a generated token reading the text decoder's weights, so the fastest CPU path is the
 one whose weights are smallest and whose kernel reads them fastest. ONNX Runtime's ``MatMulNBits`` (4-bit
 weights in blocks, the activations quantized to int8 for the product: ``accuracy_level=4``) reads them
-faster than torchao's int4 kernel (six of Kosmos-2's decoder layers at one row: 4.1 ms against 5.6 ms on two
-cores of an AMD EPYC, ``bench/results/cpu/kernels.md``; 8.2 against 16.4 ms on an Intel Xeon), and a whole
-decoder step in one ONNX Runtime graph leaves no Python between the layers.
+faster than torchao's int4 kernel (six of Kosmos-2's decoder layers at one row: 4.9 ms against 8.8 ms, 5.4 ms
+compiled by Inductor, on two cores of an AMD EPYC, ``bench/results/cpu/kernels.md``; 8.2 against 16.4 ms on an
+Intel Xeon in an earlier run of ``bench/kernels.py``), and a whole decoder step in one ONNX Runtime graph leaves no
+Python between the layers.
 
 The graph is built here from the loaded model's own weights (no export): for each block
 
@@ -29,9 +30,9 @@ of the same decoder whose products are 8-bit: int8 weights with a scale per outp
 rounded to int8 with its own scale, multiplied in integers by ``MatMulInteger``
 (:meth:`GraphPart.int8_product`). With many rows ONNX Runtime's integer products run on AMX where the CPU has
 it: six decoder layers at 71 rows took 37-44 ms, against 125-131 ms for ``MatMulNBits`` (two cores of an Intel
-Xeon, a probe; on the AMD EPYC, with VNNI, 43 against 57 ms); at one row they are slower (13 against 9.5 ms),
-so the steps keep 4 bits. The prompt graph's weights take
-1.35 GB for the real model (the step graph's 0.79 GB).
+Xeon, a probe; on the AMD EPYC, with VNNI, 37 against 57 ms, ``bench/results/cpu/kernels.md``); at one row they
+are slower (13 against 9.5 ms; on the AMD EPYC 8.3 against 4.9 ms), so the steps keep 4 bits. The prompt graph's
+weights take 1.35 GB for the real model (the step graph's 0.79 GB).
 
 :class:`OnnxRuntimeKosmos2` generates greedily, as ``generate()`` does, with the options the course uses
 (``max_new_tokens``, ``min_new_tokens``, the end-of-sequence and padding tokens, ``no_repeat_ngram_size``);
@@ -557,7 +558,7 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
         super().__init__()
         _, ort, _ = _import()
         if hqq is None:  # HQQ scales up to the size the int4 path gives them (they take minutes on larger models)
-            hqq = sum(p.numel() for p in model.parameters()) <= quantization.INT4_HQQ_MAX_PARAMETERS
+            hqq = quantization.uses_hqq(model)
         threads = threads or torch.get_num_threads()
         folder = cache_dir() if cache is True else (Path(cache).expanduser() if cache else None)
         settings = {"bits": bits, "block_size": block_size, "head_bits": head_bits, "hqq": hqq}

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from helpers.grounding.boxes import Box, check_image_size, check_normalized, to_pixels
+from helpers.grounding.boxes import Box, check_image_size, check_normalized, is_one_box, to_pixels
 from helpers.grounding.checks import check_bool, check_positive_int
-from helpers.grounding.images import no_pixels, to_rgb
+from helpers.grounding.images import check_image, to_rgb
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.axes import Axes
@@ -112,7 +112,7 @@ def _entity_from(value: Any, index: int) -> _Entity:
     if isinstance(boxes, (str, bytes)) or not isinstance(boxes, (Sequence, Iterable)):
         raise ValueError(f"entity {index} ({phrase!r}): boxes must be a list of boxes, got {boxes!r:.80}")
     boxes = list(boxes)
-    if len(boxes) == 4 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in boxes):
+    if is_one_box(boxes):
         raise ValueError(
             f"entity {index} ({phrase!r}): boxes must be a list of boxes, got one bare box {tuple(boxes)}; "
             "wrap it in a list: [box]"
@@ -126,7 +126,7 @@ def _entity_from(value: Any, index: int) -> _Entity:
     return _Entity(phrase, span, tuple(checked))
 
 
-def _parse(grounding: Any) -> tuple[str | None, list[_Entity]]:
+def parse_entities(grounding: Any) -> tuple[str | None, list[_Entity]]:
     """(caption or None, entities) from any of the accepted forms (see the module docstring)."""
     if hasattr(grounding, "entities") and hasattr(grounding, "caption"):
         caption, items = grounding.caption, grounding.entities
@@ -144,18 +144,6 @@ def _parse(grounding: Any) -> tuple[str | None, list[_Entity]]:
     if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
         raise TypeError(f"the entities must be a list, got {type(items).__name__}: {items!r:.80}")
     return caption, [_entity_from(item, i) for i, item in enumerate(items)]
-
-
-def _check_image(image: Any, what: str = "image") -> Image.Image:
-    if not isinstance(image, Image.Image):
-        raise TypeError(
-            f"{what} must be a PIL.Image.Image (load files and URLs with helpers.grounding.images.load_image), "
-            f"got {type(image).__name__}"
-        )
-    problem = no_pixels(image, what)
-    if problem:
-        raise ValueError(problem)
-    return image
 
 
 # --------------------------------------------------------------------------------------------- geometry
@@ -289,7 +277,7 @@ def label_boxes(
         font_size: as for :func:`draw_entities`; ``None`` scales it with the image.
     """
     size = check_image_size(image_size)
-    _, entities = _parse(grounding_or_entities)
+    _, entities = parse_entities(grounding_or_entities)
     _check_size_arg("font_size", font_size)
     return _label_boxes(size, entities, font_size)
 
@@ -380,9 +368,9 @@ def draw_entities(
             is not a whole number, or ``show_labels`` is not ``True`` or ``False``.
         ValueError: a box is not a valid normalized box, or a size argument is below 1.
     """
-    _check_image(image)
+    check_image(image)
     check_bool("show_labels", show_labels)
-    _, entities = _parse(grounding_or_entities)
+    _, entities = parse_entities(grounding_or_entities)
     if user_box is not None:
         image = draw_user_box(image, user_box, label=None)
     canvas, draw, width, font_px = _start_drawing(image, line_width, font_size)
@@ -452,7 +440,7 @@ def draw_grid(
         ValueError: ``num_bins`` is below 1, an index is outside ``[0, num_bins**2)``, or
             ``line_opacity`` is outside [0, 1].
     """
-    _check_image(image)
+    check_image(image)
     check_positive_int("num_bins", num_bins, unit="bins per side")
     if isinstance(line_opacity, bool) or not isinstance(line_opacity, (int, float)) or not 0 <= line_opacity <= 1:
         raise ValueError(f"line_opacity must be a number in [0, 1], got {line_opacity!r}")
@@ -519,7 +507,7 @@ def draw_user_box(
         TypeError: ``image`` is not a PIL image, ``label`` is not a str, or a size argument is not a whole number.
         ValueError: ``box`` is not a valid normalized box, or a size argument is below 1.
     """
-    _check_image(image)
+    check_image(image)
     box = check_normalized(box)
     if label is not None and not isinstance(label, str):
         raise TypeError(f"label must be a str or None, got {type(label).__name__}")
@@ -610,11 +598,11 @@ def highlight_caption(grounding: Any, entities: Any = None) -> HighlightedCaptio
     if isinstance(grounding, str):
         if entities is None:
             raise TypeError("highlight_caption(caption, entities): entities are missing")
-        caption, parsed = _parse((grounding, list(entities) if isinstance(entities, Iterable) else entities))
+        caption, parsed = parse_entities((grounding, list(entities) if isinstance(entities, Iterable) else entities))
     else:
         if entities is not None:
             raise TypeError("pass entities separately only with a caption string, not with a Grounding or pair")
-        caption, parsed = _parse(grounding)
+        caption, parsed = parse_entities(grounding)
         if caption is None:
             raise TypeError(
                 "highlight_caption needs the caption too: pass a Grounding, a (caption, entities) pair, "

@@ -9,6 +9,8 @@ The real ``microsoft/kosmos-2-patch14-224`` and the bundled model answer the sam
 * referring-expression generation (box → words) ``<grounding><phrase> It</phrase> is`` → `` a red circle.``
 
 The last two carry a user box: the processor writes it as location tokens after the first ``</phrase>``.
+It also writes the answers' grounded text (:func:`grounded`, :func:`join_phrases`, :func:`qa_answer`) and puts a
+box into a prompt's text (:func:`with_box`), as the world's training texts and fine-tuning both do.
 Importing this module loads nothing heavy (the command line's ``--help`` reads the default prompt here).
 """
 
@@ -108,7 +110,7 @@ def check_prompt(prompt: object, what: str = "prompt") -> str:
     return prompt
 
 
-def count_phrases(prompt: str) -> int:
+def phrase_count(prompt: str) -> int:
     """How many ``<phrase>…</phrase>`` pairs ``prompt`` has: the processor takes one user-box entry per pair."""
     return len(PHRASE_PAIR.findall(prompt))
 
@@ -129,9 +131,9 @@ def user_box_entry(prompt: str, box: Sequence[float], image_size: Sequence[int] 
 
 
 def _check_has_phrase(prompt: str) -> int:
-    """How many phrases ``prompt`` has (:func:`count_phrases`); ``ValueError`` when none: a box has nothing to
+    """How many phrases ``prompt`` has (:func:`phrase_count`); ``ValueError`` when none: a box has nothing to
     attach to (an empty ``<phrase></phrase>`` is no phrase to the processor)."""
-    phrases = count_phrases(prompt)
+    phrases = phrase_count(prompt)
     if phrases == 0 and "<phrase></phrase>" in prompt:
         raise ValueError("a box attaches to a <phrase>…</phrase> with text in it, and the prompt's phrase is empty: "
                          "write a word between <phrase> and </phrase>, e.g. "

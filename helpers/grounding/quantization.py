@@ -141,7 +141,8 @@ class Plan:
         return text
 
 
-def _version(package: str) -> str | None:
+def installed_version(package: str) -> str | None:
+    """The installed version of the distribution ``package`` (``"torchao"``), or ``None`` when it is missing."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -186,7 +187,7 @@ def _problem(quantization: str, device: str) -> tuple[str, bool] | None:
         if kind not in ("cuda", "cpu"):
             return (f"quantization={quantization!r} (bitsandbytes) runs on a CUDA GPU or on the CPU, not on "
                     f"{device!r}; pass device='cpu', or quantization='none' for float weights on {device!r}", False)
-        version = _version("bitsandbytes")
+        version = installed_version("bitsandbytes")
         minimum = MIN_BITSANDBYTES_CPU if kind == "cpu" else MIN_BITSANDBYTES_CUDA
         if version is None:
             return (f"quantization={quantization!r} needs bitsandbytes >= {minimum}, which is not installed: "
@@ -207,7 +208,7 @@ def _problem(quantization: str, device: str) -> tuple[str, bool] | None:
             return (f"quantization={quantization!r} multiplies int8 weights with torch's _weight_int8pack_mm, "
                     f"which this torch ({torch.__version__}) does not have: pip install -U torch", True)
         if quantization in TORCHAO:
-            version = _version("torchao")
+            version = installed_version("torchao")
             if version is None:
                 return (f"quantization={quantization!r} needs torchao >= {MIN_TORCHAO}, which is not installed: "
                         f"{INSTALL} (or pip install 'torchao>={MIN_TORCHAO}')", True)
@@ -218,12 +219,12 @@ def _problem(quantization: str, device: str) -> tuple[str, bool] | None:
         if kind != "cpu":
             return (f"quantization={quantization!r} runs the text decoder in ONNX Runtime on the CPU, not on "
                     f"{device!r}; on a CUDA GPU use '4bit', 'nf4' or '8bit', or pass device='cpu'", False)
-        missing = [name for name in ("onnxruntime", "onnx", "onnx-ir") if _version(name) is None]
+        missing = [name for name in ("onnxruntime", "onnx", "onnx-ir") if installed_version(name) is None]
         if missing:
             return (f"quantization={quantization!r} needs {', '.join(missing)}, "
                     f"{'which is' if len(missing) == 1 else 'which are'} not installed: {INSTALL} (or pip "
                     f"install 'onnxruntime>={MIN_ONNXRUNTIME}' onnx onnx-ir)", True)
-        version = _version("onnxruntime")
+        version = installed_version("onnxruntime")
         if _older(version, MIN_ONNXRUNTIME):
             return (f"quantization={quantization!r} needs onnxruntime >= {MIN_ONNXRUNTIME}; this machine has "
                     f"{version}: pip install -U 'onnxruntime>={MIN_ONNXRUNTIME}'", True)
@@ -355,7 +356,7 @@ def import_quietly() -> None:
     """Import bitsandbytes and torchao (those installed) once, without their import-time notices about optional
     kernels this course does not use; later imports, transformers' included, then print nothing."""
     for name in ("torchao", "bitsandbytes"):
-        version = _version(name)
+        version = installed_version(name)
         if version is None:
             continue
         try:
@@ -375,7 +376,7 @@ def torchao_config(hqq: bool = False):
         try:
             from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
         except ImportError as err:  # a torchao that moved or dropped its CPU int4 layout
-            raise QuantizationError(f"this torchao ({_version('torchao')}) has no CPU int4 layout "
+            raise QuantizationError(f"this torchao ({installed_version('torchao')}) has no CPU int4 layout "
                                     f"(PrototypeInt4WeightOnlyConfig); pip install 'torchao>={MIN_TORCHAO}'") from err
     return PrototypeInt4WeightOnlyConfig(group_size=INT4_GROUP_SIZE,
                                          int4_choose_qparams_algorithm="hqq" if hqq else "tinygemm")
@@ -385,6 +386,12 @@ def int4_fits(linear) -> bool:
     """Whether torch's CPU int4 kernel takes this ``nn.Linear``: inputs a multiple of :data:`INT4_GROUP_SIZE`,
     outputs a multiple of 16."""
     return linear.in_features % INT4_GROUP_SIZE == 0 and linear.out_features % 16 == 0
+
+
+def uses_hqq(model) -> bool:
+    """Whether ``model``'s int4 weights get HQQ scales rather than min-max ones: it has at most
+    :data:`INT4_HQQ_MAX_PARAMETERS` parameters (the rule of the int4 and int4-onnx paths alike)."""
+    return sum(p.numel() for p in model.parameters()) <= INT4_HQQ_MAX_PARAMETERS
 
 
 def quantize(model, quantization: str) -> dict[str, int]:
@@ -412,7 +419,7 @@ def quantize(model, quantization: str) -> dict[str, int]:
     int8 = [n for n, m in rest if quantization == "int8" or not int4_fits(m)]
     if quantization == "int4":
         int4 = {id(m) for _, m in rest if int4_fits(m)}
-        hqq = sum(p.numel() for p in model.parameters()) <= INT4_HQQ_MAX_PARAMETERS
+        hqq = uses_hqq(model)
         if int4:
             with quiet_imports():
                 from torchao.quantization import quantize_

@@ -47,11 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from helpers.grounding.boxes import Box, coco_to_normalized
-from helpers.grounding.checks import is_positive_int
-from helpers.grounding.evaluation import (BENCHMARK_MAX_NEW_TOKENS, IOU_THRESHOLD, PhraseScores, Score, check_threshold,
-                                          score_phrase)
-from helpers.grounding.images import ImageLoadError, load_image, stored_size
+from helpers.grounding.boxes import Box, coco_to_normalized, normalized_to_coco
+from helpers.grounding.checks import is_positive_int, read_json
+from helpers.grounding.evaluation import (BENCHMARK_MAX_NEW_TOKENS, IOU_THRESHOLD, PhraseScores, Score, check_items,
+                                          check_threshold, ground_on_files, score_phrase)
+from helpers.grounding.images import ImageLoadError, stored_size
 from helpers.grounding.prompts import comprehension_prompt
 
 
@@ -151,17 +151,10 @@ def read_plain_pickle(path: str | os.PathLike) -> Any:
         ) from None
 
 
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise RefCocoFormatError(f"{what} {str(path)!r} does not exist (or is not a file)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise RefCocoFormatError(
-            f"{what} {str(path)!r} is not text (JSON); a refer toolkit refs file is a pickle: name it *.p"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise RefCocoFormatError(f"{what} {str(path)!r} is not valid JSON: {err}") from None
+#: What each file :func:`load_refcoco` reads should hold, for its messages.
+_ANNOTATIONS = ("an MDETR finetune_*.json, a JSON file of records, or a refer toolkit refs file (refs(unc).p …), "
+                "which is a pickle: name it *.p")
+_INSTANCES = "the refer toolkit's instances.json (an object with 'images' and 'annotations')"
 
 
 def _is_pickle(path: Path) -> bool:
@@ -275,7 +268,7 @@ def _box(rec: dict, where: str, width: int, height: int) -> Box:
 def _from_refer(refs: Any, instances: Any, name: str, split: str | None) -> list[RefItem]:
     if isinstance(instances, (str, os.PathLike)):
         inst_name = str(instances)
-        instances = _read_json(Path(instances), "instances file")
+        instances = read_json(instances, "instances file", _INSTANCES, error=RefCocoFormatError)
     else:
         inst_name = "instances"
     if not isinstance(instances, dict) or not {"images", "annotations"} <= set(instances):
@@ -430,11 +423,12 @@ def load_refcoco(
         path = Path(source)
         name = str(path)
         if not path.is_file():
-            raise RefCocoFormatError(f"annotation file {name!r} does not exist (or is not a file)")
+            raise RefCocoFormatError(f"annotation file {name!r} does not exist (or is not a file); expected "
+                                     f"{_ANNOTATIONS}")
         if _is_pickle(path):
             refs = read_plain_pickle(path)
         else:
-            data = _read_json(path, "annotation file")
+            data = read_json(path, "annotation file", _ANNOTATIONS, error=RefCocoFormatError)
     if refs is None and instances is not None and isinstance(data, list):
         refs = data  # refs already unpickled by the caller
     if refs is not None:
@@ -512,15 +506,13 @@ def scenes_to_refcoco(scenes: Iterable, image_dir: str | os.PathLike, *, prefix:
                 if len(group) > 1:
                     where = "left" if j == 0 else "right"
                     phrase = phrase.replace("the ", f"the {where} ", 1) if phrase.startswith("the ") else phrase
-                x0, y0, x1, y1 = obj.box
                 records.append({
                     "ref_id": len(records),
                     "image_id": i,
                     "file_name": name,
                     "width": width,
                     "height": height,
-                    "bbox": [round(x0 * width, 2), round(y0 * height, 2),
-                             round((x1 - x0) * width, 2), round((y1 - y0) * height, 2)],
+                    "bbox": [round(v, 2) for v in normalized_to_coco(obj.box, (width, height))],
                     "sentences": [{"sent": phrase}],
                     "split": "val",
                 })
@@ -629,87 +621,6 @@ def comprehension_prompt_for(expression: str) -> str:
     return comprehension_prompt(expression)
 
 
-#: Expressions grounded per chunk; each chunk loads its images once and lets them go afterwards.
-CHUNK = 256
-
-
-def check_images_exist(file_names: Iterable[str], image_root: str | os.PathLike) -> None:
-    """Check that every ``image_root / name`` is a file and reads as an image, before any model call (a benchmark
-    runs for hours, and an unreadable image found when its chunk comes would end the run there).
-
-    Each image's header is read (:func:`helpers.grounding.images.stored_size`, no pixel is decoded), so an empty
-    file or one that is no image is found here; pixel data cut short is found only when the image is loaded.
-
-    Raises:
-        helpers.grounding.images.ImageLoadError: the folder is missing; or some images are (their number and
-            the first five names); or some cannot be read as images (the first one's reason, in the order of
-            ``file_names``, and how many others, naming up to five).
-    """
-    root = Path(image_root)
-    if not root.is_dir():
-        raise ImageLoadError(f"the image folder {str(root)!r} does not exist (or is not a folder)")
-    names = list(dict.fromkeys(file_names))
-    missing = sorted(name for name in names if not (root / name).is_file())
-    if missing:
-        raise ImageLoadError(
-            f"{len(missing)} image(s) the annotations name are not in {str(root)!r}, e.g. "
-            f"{', '.join(missing[:5])}: is it the right folder (COCO train2014 for RefCOCO, flickr30k-images "
-            "for Flickr30k Entities)?"
-        )
-    unreadable = []
-    for name in names:
-        try:
-            stored_size(root / name)
-        except ImageLoadError as err:
-            unreadable.append((name, str(err)))
-    if unreadable:
-        others = [name for name, _ in unreadable[1:]]
-        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
-        also = f" (also unreadable: {', '.join(others[:5])}{more})" if others else ""
-        raise ImageLoadError(f"{len(unreadable)} of the {len(names)} image(s) the annotations name cannot be read: "
-                             f"{unreadable[0][1]}{also}")
-
-
-def ground_on_files(model, processor, file_names: Sequence[str], prompts: Sequence[str],
-                    image_root: str | os.PathLike, **ground_kwargs) -> Iterable[tuple[int, Any]]:
-    """Ground ``prompts[i]`` on the image ``image_root / file_names[i]``; yields ``(i, Grounding)`` in order.
-
-    Images are loaded as stored (``load_image(..., exif_orientation=False)``): annotation boxes are measured
-    on the stored pixels, and a photo turned by its EXIF tag would put every box in the wrong place. Work goes
-    in chunks of :data:`CHUNK` expressions, each image loaded once per chunk.
-
-    Raises:
-        helpers.grounding.images.ImageLoadError: an image is missing or its header cannot be read (checked for
-            all before the first answer, :func:`check_images_exist`), or its pixels cannot be read when it is
-            loaded (the message names the file).
-    """
-    from helpers.grounding.model import ground
-
-    check_images_exist(file_names, image_root)
-    root = Path(image_root)
-    for start in range(0, len(prompts), CHUNK):
-        stop = min(start + CHUNK, len(prompts))
-        cache: dict[str, Any] = {}
-        images = []
-        for name in file_names[start:stop]:
-            if name not in cache:
-                cache[name] = load_image(root / name, exif_orientation=False)
-            images.append(cache[name])
-        answers = ground(model, processor, images, list(prompts[start:stop]), **ground_kwargs)
-        yield from enumerate(answers, start)
-
-
-def _check_run(items: Sequence, kind: type, loader: str, threshold: float) -> list:
-    items = list(items)
-    if not items:
-        raise ValueError(f"items is empty: load annotations with {loader}() first")
-    for i, it in enumerate(items):
-        if not isinstance(it, kind):
-            raise ValueError(f"items[{i}] must be a {kind.__name__} (from {loader}), got {type(it).__name__}")
-    check_threshold(threshold)
-    return items
-
-
 def evaluate_comprehension(
     model,
     processor,
@@ -728,24 +639,22 @@ def evaluate_comprehension(
     :data:`helpers.grounding.model.AUTHORS_DECODING`: greedy with ``no_repeat_ngram_size=3``, the authors' setting). Only
     boxes whose phrase is the expression count (:func:`helpers.grounding.evaluation.score_phrase`): accuracy@1 takes the
     first, the upper bound any; an answer without one is a miss with IoU 0. Images are loaded as stored (see
-    :func:`ground_on_files`). Rows hold ``file_name``, ``expression``, ``truth``, ``boxes`` (all boxes for the
-    expression), ``predicted`` (the first) and its ``iou``, ``best_iou``, ``hit``, ``hit_any``, ``caption``
-    and the ids of the item.
+    :func:`helpers.grounding.evaluation.ground_on_files`). Rows hold ``file_name``, ``expression``, ``truth``,
+    ``boxes`` (all boxes for the expression), ``predicted`` (the first) and its ``iou``, ``best_iou``, ``hit``,
+    ``hit_any``, ``caption`` and the ids of the item.
 
     Raises:
         ValueError: ``items`` is empty or holds something other than :class:`RefItem`, or ``threshold``
             is outside [0, 1].
         helpers.grounding.images.ImageLoadError: an image is missing or unreadable (the message names the file).
     """
-    from helpers.grounding.model import AUTHORS_DECODING
-
-    items = _check_run(items, RefItem, "load_refcoco", threshold)
+    items = check_items(items, RefItem, "load_refcoco", threshold)
     prompts = [comprehension_prompt_for(it.expression) for it in items]
     result = ComprehensionResult(Score(), threshold=threshold)
     scores = PhraseScores(result.score, result.upper_bound)
     answers = ground_on_files(model, processor, [it.file_name for it in items], prompts, image_root,
                               max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
-                              decoding=AUTHORS_DECODING if decoding is None else decoding)
+                              decoding=decoding)
     for i, answer in answers:
         it = items[i]
         row = score_phrase([it.box], answer, it.expression, scores, threshold)

@@ -23,10 +23,23 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from helpers.grounding.boxes import Box, check_normalized, check_with_area
+from helpers.grounding.boxes import Box, check_normalized, check_with_area, is_one_box
 from helpers.grounding.checks import check_positive_int
 
 NUM_BINS = 32
+
+IMAGE_OPEN = "<image>"
+IMAGE_CLOSE = "</image>"
+PHRASE_OPEN = "<phrase>"
+PHRASE_CLOSE = "</phrase>"
+OBJECT_OPEN = "<object>"
+OBJECT_CLOSE = "</object>"
+DELIMITER = "</delimiter_of_multi_objects/>"
+GROUNDING = "<grounding>"
+_PATCH_PREFIX = "<patch_index_"
+#: Tags that carry no content and are removed from the caption without comment.
+_SILENT_TAGS = frozenset({GROUNDING, "<s>", "</s>", "<pad>"})
+_DIGITS = re.compile(r"\d*")  # Unicode decimal digits, exactly what the processor's ``\d`` accepts
 
 
 def _check_num_bins(num_bins: int) -> None:
@@ -79,7 +92,7 @@ def box_to_patch_index(box: Sequence[float], num_bins: int = NUM_BINS) -> tuple[
 def location_tokens(box: Sequence[float], num_bins: int = NUM_BINS) -> str:
     """``"<patch_index_NNNN><patch_index_MMMM>"`` for a normalized box."""
     a, b = box_to_patch_index(box, num_bins)
-    return f"<patch_index_{a:04d}><patch_index_{b:04d}>"
+    return f"{_PATCH_PREFIX}{a:04d}>{_PATCH_PREFIX}{b:04d}>"
 
 
 def object_tokens(boxes: Sequence[Sequence[float]], num_bins: int = NUM_BINS) -> str:
@@ -93,28 +106,14 @@ def object_tokens(boxes: Sequence[Sequence[float]], num_bins: int = NUM_BINS) ->
         raise TypeError(f"object_tokens needs a list of normalized boxes, got {type(boxes).__name__}: {boxes!r:.80}")
     if len(boxes) == 0:
         raise ValueError("object_tokens needs at least one box")
-    if len(boxes) == 4 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in boxes):
+    if is_one_box(boxes):
         raise ValueError(f"object_tokens needs a list of boxes, got a single box {tuple(boxes)}: "
                          "write object_tokens([box])")
-    inner = "</delimiter_of_multi_objects/>".join(location_tokens(b, num_bins) for b in boxes)
-    return f"<object>{inner}</object>"
+    inner = DELIMITER.join(location_tokens(b, num_bins) for b in boxes)
+    return f"{OBJECT_OPEN}{inner}{OBJECT_CLOSE}"
 
 
 # ------------------------------------------------------------------------------------ grounded text
-
-IMAGE_OPEN = "<image>"
-IMAGE_CLOSE = "</image>"
-PHRASE_OPEN = "<phrase>"
-PHRASE_CLOSE = "</phrase>"
-OBJECT_OPEN = "<object>"
-OBJECT_CLOSE = "</object>"
-DELIMITER = "</delimiter_of_multi_objects/>"
-GROUNDING = "<grounding>"
-_PATCH_PREFIX = "<patch_index_"
-#: Tags that carry no content and are removed from the caption without comment.
-_SILENT_TAGS = frozenset({GROUNDING, "<s>", "</s>", "<pad>"})
-_DIGITS = re.compile(r"\d*")  # Unicode decimal digits, exactly what the processor's ``\d`` accepts
-
 
 
 def _check_str(text: object, what: str = "text (the decoded model output)") -> str:

@@ -18,8 +18,6 @@ from helpers.grounding.prompts import (CAPTION_PROMPT, DETAIL_PROMPT, GENERATION
 from helpers.grounding.tokens import object_tokens
 from helpers.world.scenes import COLOURS, SHAPES, SPECIAL_KINDS, Scene, SceneObject, definite_phrase, indefinite_phrase
 
-TASKS = ("caption", "detail", "comprehension", "qa", "generation")
-
 _COUNT_WORDS = {1: "one object", 2: "two objects", 3: "three objects", 4: "four objects"}
 
 

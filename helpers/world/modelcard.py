@@ -10,15 +10,14 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from helpers.grounding.checks import (DefaultsHelpFormatter, check_positive_int, is_number, out_problem,
-                                      positive_int_option)
+from helpers.grounding.checks import (DefaultsHelpFormatter, check_positive_int, fail, is_number, out_problem,
+                                      parse, positive_int_option, read_json)
 from helpers.grounding.evaluation import (CAPTION_ERROR_TYPES, HELD_OUT_SEED, METRICS, caption_error_table, evaluate,
                                           metrics_table)
 from helpers.grounding.model import ModelLoadError, load
@@ -55,7 +54,7 @@ def run_commands(training: dict, out: str) -> list[str]:
             flag = action.option_strings[0]
             if isinstance(value, dict):  # --task-weights
                 value = ",".join(f"{task}={weight}" for task, weight in value.items())
-            words += [flag] if isinstance(action, argparse._StoreTrueAction) else [flag, str(value)]
+            words += [flag] if action.nargs == 0 else [flag, str(value)]  # a switch takes no value
         words += ["--threads", "2"] + ([] if last else ["--no-evaluate"])
         commands.append(" ".join(words))
     return commands
@@ -359,20 +358,16 @@ def card_files_problem(model_dir: Path, render_only: bool, seed: int = HELD_OUT_
         if path == replaced or not path.exists():
             continue
         try:
-            problem = problem_of(json.loads(path.read_text(encoding="utf-8")))
-        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-            problem = f"it is not JSON ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+            data = read_json(path, "the card's file", f"JSON as {writer}")
+        except ValueError as err:  # not UTF-8, empty or not JSON
+            return f"{err}: {remedy}"
+        problem = problem_of(data)
         if problem:
             return f"the card needs {str(path)!r} as {writer}, but {problem}: {remedy}"
     return None
 
 
 PROG = "python -m helpers modelcard"
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -392,29 +387,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="scene seed; another than the held-out one writes evaluation-seed<SEED>.json")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite README.md from evaluation.json (and training.json, when there is one)")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:  # --help (0) or a bad option, which argparse has reported (2)
-        return stop.code if isinstance(stop.code, int) else 2
+    args = parse(parser, argv)
+    if isinstance(args, int):  # --help (0) or a bad option, which argparse has reported (2)
+        return args
     if not args.model_dir.is_dir():
         what = "is not a folder" if args.model_dir.exists() else "does not exist"
-        return _fail(f"model folder {str(args.model_dir)!r} {what}: expected a saved world model such as "
-                     "data/kosmos2-tiny-world (what `python -m helpers train --out DIR` writes)", code=1)
+        return fail(f"model folder {str(args.model_dir)!r} {what}: expected a saved world model such as "
+                    "data/kosmos2-tiny-world (what `python -m helpers train --out DIR` writes)", code=1, prog=PROG)
     evaluation = args.model_dir / "evaluation.json"
     if args.render_only and not evaluation.is_file():
-        return _fail(f"--render-only needs {str(evaluation)!r}, which does not exist: run "
-                     f"`{PROG} {args.model_dir}` without --render-only first")
+        return fail(f"--render-only needs {str(evaluation)!r}, which does not exist: run "
+                    f"`{PROG} {args.model_dir}` without --render-only first", prog=PROG)
     problem = card_files_problem(args.model_dir, args.render_only, args.seed) or out_problem(
         "model folder", args.model_dir, folder=True, wanted="a folder the card can be written in")
     if problem:
-        return _fail(problem)
+        return fail(problem, prog=PROG)
     try:
         if args.render_only:
             render_card(args.model_dir)
             return 0
         result = write_card(args.model_dir, scenes=args.scenes, seed=args.seed)
     except ModelLoadError as err:  # a model that cannot be loaded: 1, as for ground, evaluate and finetune
-        return _fail(str(err), code=1)
+        return fail(str(err), code=1, prog=PROG)
     print(json.dumps(result, indent=1))
     print(metrics_table(result))
     print()

@@ -29,9 +29,10 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from helpers.grounding.checks import (DefaultsHelpFormatter, check_seed, count_option, out_problem,
+from helpers.grounding.checks import (DefaultsHelpFormatter, check_seed, count_option, fail, out_problem, parse,
                                       positive_int_option, positive_number_option)
-from helpers.grounding.evaluation import HELD_OUT_SEED as WORLD_SEED, evaluate
+from helpers.grounding.boxes import normalized_to_coco
+from helpers.grounding.evaluation import HELD_OUT_SEED, evaluate
 from helpers.world import scenes as world
 from helpers.world.scenes import COLOURS, KINDS, SEED_STRIDE, Scene
 
@@ -39,11 +40,12 @@ from helpers.world.scenes import COLOURS, KINDS, SEED_STRIDE, Scene
 STAR_KINDS = tuple((c, "star") for c in COLOURS)
 
 #: Seeds of the demonstration's data (held-out scenes never overlap the training ones).
-TRAIN_SEED, HELD_OUT_SEED = 7, 8
+STARS_TRAIN_SEED, STARS_HELD_OUT_SEED = 7, 8
 #: Scene ``i`` of a seed is drawn from ``seed * SEED_STRIDE + i`` (:data:`helpers.world.scenes.SEED_STRIDE`, as
-#: :func:`helpers.world.scenes.sample_scenes` does), so more than ``(HELD_OUT_SEED - TRAIN_SEED) * SEED_STRIDE``
-#: training scenes would reach the held-out seeds: ``--train-images`` stops there.
-MAX_TRAIN_IMAGES = (HELD_OUT_SEED - TRAIN_SEED) * SEED_STRIDE
+#: :func:`helpers.world.scenes.sample_scenes` does), so more than
+#: ``(STARS_HELD_OUT_SEED - STARS_TRAIN_SEED) * SEED_STRIDE`` training scenes would reach the held-out seeds:
+#: ``--train-images`` stops there.
+MAX_TRAIN_IMAGES = (STARS_HELD_OUT_SEED - STARS_TRAIN_SEED) * SEED_STRIDE
 
 
 def draw_star(draw: ImageDraw.ImageDraw, colour: str, box_px) -> tuple[float, float, float, float]:
@@ -58,7 +60,7 @@ def draw_star(draw: ImageDraw.ImageDraw, colour: str, box_px) -> tuple[float, fl
         r = 1.0 if i % 2 == 0 else 0.45
         points.append((cx + r * rx * math.cos(angle), cy + r * ry * math.sin(angle)))
     draw.polygon(points, fill=COLOURS[colour], outline=world.outline_colour(colour),
-                 width=world._outline_width(x1 - x0, y1 - y0))
+                 width=world.outline_width(x1 - x0, y1 - y0))
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     return (min(xs), min(ys), max(xs), max(ys))
 
@@ -72,9 +74,7 @@ def star_scene(seed: int) -> Scene:
     """
     seed = check_seed("seed", seed)
     rng = random.Random(seed)
-    long_side = rng.randint(96, 192)
-    aspect = rng.uniform(0.75, 1.33)
-    width, height = (long_side, round(long_side / aspect)) if aspect >= 1 else (round(long_side * aspect), long_side)
+    width, height = world.random_size(rng)
     colour = rng.choice(list(COLOURS))
     kinds: list[tuple[str | None, str]] = [(colour, "star")]
     counts = [2 if rng.random() < 0.2 else 1]
@@ -87,28 +87,17 @@ def star_scene(seed: int) -> Scene:
     elif extra < 0.6:
         kinds.append(rng.choice([k for k in KINDS if k not in kinds]))
         counts.append(1)
-    image = Image.new("RGB", (width, height), world._background(rng))
-    draw = ImageDraw.Draw(image)
-    placed, taken = [], []
-    margin = 0.03 * min(width, height)
-    for (c, shape), count in zip(kinds, counts):
-        for _ in range(count):
-            for _attempt in range(60):
-                w, h = world._object_size(rng, "circle" if shape == "star" else shape, width, height)
-                x0, y0 = rng.uniform(1, width - w - 1), rng.uniform(1, height - h - 1)
-                cand = (x0, y0, x0 + w, y0 + h)
-                if not any(world._overlaps(cand, b, margin) for b in taken):
-                    break
-            else:
-                continue  # no room: the scene lists only what was drawn
-            taken.append(cand)
-            if shape == "star":
-                box = draw_star(draw, c, cand)
-            else:
-                world.draw_object(draw, c, shape, cand)
-                box = cand
-            placed.append((c, shape, (box[0] / width, box[1] / height, box[2] / width, box[3] / height)))
-    return world._scene_from_placed(image, placed, seed)
+    image = Image.new("RGB", (width, height), world.random_background(rng))
+    placed = world.place_objects(rng, ImageDraw.Draw(image), kinds, counts, width, height, draw_one=_draw_one)
+    return world.scene_from_placed(image, placed, seed)
+
+
+def _draw_one(draw: ImageDraw.ImageDraw, colour: str | None, shape: str, box_px) -> tuple[float, float, float, float]:
+    """Draw a star or an object of the world in ``box_px``; return the tight pixel box of what was drawn."""
+    if shape == "star":
+        return draw_star(draw, colour, box_px)
+    world.draw_object(draw, colour, shape, box_px)
+    return box_px
 
 
 def write_coco(folder: str | Path, n: int, seed: int, name: str, world_scenes: int = 0) -> Path:
@@ -131,9 +120,8 @@ def write_coco(folder: str | Path, n: int, seed: int, name: str, world_scenes: i
         w, h = scene.image.size
         images.append({"id": i, "file_name": file_name, "width": w, "height": h})
         for obj in scene.objects:
-            x0, y0, x1, y1 = obj.box
             annotations.append({"id": len(annotations), "image_id": i, "category_id": cat_id[(obj.colour, obj.shape)],
-                                "bbox": [x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h]})
+                                "bbox": normalized_to_coco(obj.box, (w, h))})
     path = folder / f"{name}.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}),
                     encoding="utf-8")
@@ -159,7 +147,7 @@ def is_star(obj) -> bool:
 
 def world_figures(model, processor, scenes: int = 220) -> dict:
     """The model's own-world figures (:func:`helpers.grounding.evaluation.evaluate` on the held-out world scenes)."""
-    return evaluate(model, processor, world.sample_scenes(scenes, seed=WORLD_SEED)).as_dict()
+    return evaluate(model, processor, world.sample_scenes(scenes, seed=HELD_OUT_SEED)).as_dict()
 
 
 _WORLD_ROWS = (("own world: caption phrase recall", "caption_phrase_recall"),
@@ -196,11 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str, code: int = 2) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return code
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demonstration; return the exit code: 0 when it ran, 2 for a bad option or output folder (checked
     before anything is drawn, written or loaded), 1 when the bundled model cannot be loaded."""
@@ -208,10 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from helpers.grounding.finetune import (BaseModelError, FinetuneConfig, FinetuneError, check_config, check_kosmos2,
                                             check_output)
 
-    try:
-        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as stop:  # --help (0) or a bad option, which argparse has reported (2)
-        return stop.code if isinstance(stop.code, int) else 2
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):  # --help (0) or a bad option, which argparse has reported (2)
+        return args
     cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                          rank=args.rank, vision=args.vision, new_words=("star", "stars"), device="cpu",
                          threads=args.threads, bf16=args.bf16)
@@ -234,15 +216,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "(--out gets the adapters only)")
         check_kosmos2(base)
     except BaseModelError as err:
-        return _fail(str(err), code=1)
+        return fail(str(err), code=1, prog=PROG)
     except FinetuneError as err:
-        return _fail(str(err))
+        return fail(str(err), prog=PROG)
     try:
         return _run(args, cfg, base, list(sys.argv[1:] if argv is None else argv))
     except BaseModelError as err:
-        return _fail(str(err), code=1)
+        return fail(str(err), code=1, prog=PROG)
     except FinetuneError as err:
-        return _fail(str(err))
+        return fail(str(err), prog=PROG)
 
 
 def _run(args: argparse.Namespace, cfg, base: str, argv: list[str]) -> int:
@@ -253,8 +235,8 @@ def _run(args: argparse.Namespace, cfg, base: str, argv: list[str]) -> int:
     from helpers.grounding.model import load
 
     torch.set_num_threads(args.threads)
-    train_file = write_coco(args.data, args.train_images, TRAIN_SEED, "train", world_scenes=args.world_images)
-    held_file = write_coco(args.data, args.held_out_images, HELD_OUT_SEED, "held_out")
+    train_file = write_coco(args.data, args.train_images, STARS_TRAIN_SEED, "train", world_scenes=args.world_images)
+    held_file = write_coco(args.data, args.held_out_images, STARS_HELD_OUT_SEED, "held_out")
     records = read_coco(train_file, args.data / "images")
     held_out = read_coco(held_file, args.data / "images")
     try:
@@ -265,9 +247,10 @@ def _run(args: argparse.Namespace, cfg, base: str, argv: list[str]) -> int:
     world_before = world_figures(model, processor)
     print("before:", json.dumps(before), flush=True)
     t0 = time.time()
+    source = (f"helpers.world.new_kinds.write_coco(n={args.train_images}, seed={STARS_TRAIN_SEED}, "
+              f"world_scenes={args.world_images})")
     model, processor, card = finetune(base, records, args.out, cfg, log=lambda s: print(s, flush=True),
-                                      data_source={"annotations": f"helpers.world.new_kinds.write_coco(n={args.train_images}, "
-                                                                  f"seed={TRAIN_SEED}, world_scenes={args.world_images})"})
+                                      data_source={"annotations": source})
     seconds = time.time() - t0
     after = box_accuracy(model, processor, held_out, only=is_star)
     world_after = world_figures(model, processor)
@@ -280,7 +263,8 @@ def _run(args: argparse.Namespace, cfg, base: str, argv: list[str]) -> int:
     for name, key in _WORLD_ROWS:
         counted = "expressions" if key.startswith("comprehension") else "objects"
         figures[f"{name} ({world_after[key]['total']} {counted})"] = {"before": world_before[key], "after": world_after[key]}
-    figures["notes"] = (f"Stars: `helpers.world.new_kinds.write_coco(n={args.held_out_images}, seed={HELD_OUT_SEED})`. "
+    figures["notes"] = (f"Stars: `helpers.world.new_kinds.write_coco(n={args.held_out_images}, "
+                        f"seed={STARS_HELD_OUT_SEED})`. "
                         "Own world: the bundled model's held-out scenes (`helpers.grounding.evaluation.evaluate`). "
                         f"Fine-tuning took {seconds / 60:.1f} min (loading and saving included) with "
                         f"{args.threads} torch threads; command: `python -m helpers finetune-demo "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 from PIL import Image, ImageDraw
 
@@ -112,7 +112,8 @@ class Scene:
 # --------------------------------------------------------------------------------------------- drawing
 
 
-def _outline_width(w: float, h: float) -> int:
+def outline_width(w: float, h: float) -> int:
+    """The width, in pixels, of the outline of an object drawn in a ``w`` x ``h`` pixel box (at least 1)."""
     return max(1, round(min(w, h) / 14))
 
 
@@ -160,7 +161,7 @@ def draw_object(draw: ImageDraw.ImageDraw, colour: str | None, shape: str, box_p
     if shape in SHAPES:
         fill = COLOURS[colour]
         dark = outline_colour(colour)
-        ow = _outline_width(w, h)
+        ow = outline_width(w, h)
         if shape == "circle":
             draw.ellipse(box_px, fill=fill, outline=dark, width=ow)
         elif shape == "square":
@@ -171,18 +172,16 @@ def draw_object(draw: ImageDraw.ImageDraw, colour: str | None, shape: str, box_p
         _draw_snowman(draw, box_px)
     elif shape == "fire":
         _draw_fire(draw, box_px)
-    elif shape == "kumo":
+    else:  # Kumo: check_kind has refused every other shape
         _draw_kumo(draw, box_px)
-    else:
-        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES + SPECIAL_KINDS}")
 
 
 def _draw_snowman(draw: ImageDraw.ImageDraw, box: Box) -> None:
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
-    ow = _outline_width(w, h)
+    ow = outline_width(w, h)
     white, line = SPECIAL_COLOURS["snowman"]["snow"], SPECIAL_COLOURS["snowman"]["line"]
-    # body (lower 60 %), head (upper 40 %); the body fills the full width
+    # body (lower 62 %), head (upper 44 %, over the body's top); the body fills the full width
     body = (x0, y0 + 0.38 * h, x1, y1)
     hw = 0.33 * w
     head = (x0 + w / 2 - hw, y0, x0 + w / 2 + hw, y0 + 0.44 * h)
@@ -223,7 +222,7 @@ def _draw_kumo(draw: ImageDraw.ImageDraw, box: Box) -> None:
     """The course mascot: a round sky-blue cat-like creature with pointed ears, eyes and pink cheeks."""
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
-    ow = _outline_width(w, h)
+    ow = outline_width(w, h)
     paint = SPECIAL_COLOURS["kumo"]
     body, line = paint["body"], paint["line"]
     # ears (triangles) at the top, body below them
@@ -251,8 +250,10 @@ _ASPECT = {"snowman": 0.62, "fire": 0.85, "kumo": 1.1}
 
 
 def _object_size(rng: random.Random, shape: str, width: int, height: int) -> tuple[float, float]:
+    """A random pixel size for an object: the special kinds keep their aspect (:data:`_ASPECT`); every other
+    shape (the coloured shapes, :mod:`helpers.world.new_kinds`' stars) is square."""
     side = min(width, height)
-    if shape in SHAPES:
+    if shape not in _ASPECT:
         s = rng.uniform(0.2, 0.4) * side
         return s, s
     h = rng.uniform(0.32, 0.5) * side
@@ -263,8 +264,56 @@ def _overlaps(a: Box, b: Box, margin: float) -> bool:
     return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
 
 
-def _background(rng: random.Random) -> tuple[int, int, int]:
+def random_background(rng: random.Random) -> tuple[int, int, int]:
+    """A light background colour drawn from ``rng`` (each channel 215 to 250)."""
     return tuple(rng.randint(215, 250) for _ in range(3))  # type: ignore[return-value]
+
+
+def random_size(rng: random.Random) -> tuple[int, int]:
+    """A scene's ``(width, height)`` drawn from ``rng``: 96 to 192 pixels on the long side, aspect 0.75 to 1.33."""
+    long_side = rng.randint(96, 192)
+    aspect = rng.uniform(0.75, 1.33)
+    return (long_side, round(long_side / aspect)) if aspect >= 1 else (round(long_side * aspect), long_side)
+
+
+def place_objects(
+    rng: random.Random,
+    draw: ImageDraw.ImageDraw,
+    kinds: Sequence[tuple[str | None, str]],
+    counts: Sequence[int],
+    width: int,
+    height: int,
+    draw_one: Callable[[ImageDraw.ImageDraw, str | None, str, Box], Box] | None = None,
+) -> list[tuple[str | None, str, Box]]:
+    """Draw ``counts[i]`` objects of ``kinds[i]`` at random places of a ``width`` x ``height`` image, none
+    closer than 3 % of the shorter side to another; return ``(colour, shape, normalized box)`` for each one drawn.
+
+    An object that finds no room in 60 tries is left out (the scene then lists only what was drawn).
+    ``draw_one(draw, colour, shape, box_px)`` draws one object in its pixel box and returns the tight pixel box
+    of what it drew; the default, :func:`draw_object`, fills the box.
+    """
+    placed: list[tuple[str | None, str, Box]] = []
+    taken: list[Box] = []
+    margin = 0.03 * min(width, height)
+    for (colour, shape), count in zip(kinds, counts):
+        for _ in range(count):
+            for _attempt in range(60):
+                w, h = _object_size(rng, shape, width, height)
+                x0 = rng.uniform(1, width - w - 1)
+                y0 = rng.uniform(1, height - h - 1)
+                cand = (x0, y0, x0 + w, y0 + h)
+                if not any(_overlaps(cand, b, margin) for b in taken):
+                    break
+            else:
+                continue  # no room left: draw fewer objects
+            taken.append(cand)
+            if draw_one is None:
+                draw_object(draw, colour, shape, cand)
+                box = cand
+            else:
+                box = draw_one(draw, colour, shape, cand)
+            placed.append((colour, shape, (box[0] / width, box[1] / height, box[2] / width, box[3] / height)))
+    return placed
 
 
 def draw_scene(
@@ -305,10 +354,12 @@ def draw_scene(
         px = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
         draw_object(draw, colour, shape, px)
         placed.append((colour, shape, tuple(float(v) for v in box)))
-    return _scene_from_placed(image, placed, seed=-1)
+    return scene_from_placed(image, placed, seed=-1)
 
 
-def _scene_from_placed(image: Image.Image, placed: list, seed: int) -> Scene:
+def scene_from_placed(image: Image.Image, placed: Iterable[tuple[str | None, str, Box]], seed: int) -> Scene:
+    """The :class:`Scene` of ``image``, whose objects ``(colour, shape, normalized box)`` are drawn: objects of one
+    kind form a group phrased by their count, objects and groups ordered left to right."""
     by_kind: dict[tuple[str | None, str], list[Box]] = {}
     for colour, shape, box in placed:
         by_kind.setdefault((colour, shape), []).append(box)
@@ -344,11 +395,7 @@ def sample_scene(seed: int, size: tuple[int, int] | None = None) -> Scene:
     if size is not None:
         size = _check_size(size)
     rng = random.Random(seed)
-    if size is None:
-        long_side = rng.randint(96, 192)
-        aspect = rng.uniform(0.75, 1.33)
-        size = (long_side, round(long_side / aspect)) if aspect >= 1 else (round(long_side * aspect), long_side)
-    width, height = size
+    width, height = random_size(rng) if size is None else size
     n_groups = rng.choice((1, 2, 2, 3, 3))
     kinds = rng.sample(KINDS, n_groups)
     counts = [1] * n_groups
@@ -356,26 +403,9 @@ def sample_scene(seed: int, size: tuple[int, int] | None = None) -> Scene:
         shape_groups = [i for i, (_, s) in enumerate(kinds) if s in SHAPES]
         if shape_groups:
             counts[rng.choice(shape_groups)] = 2
-    image = Image.new("RGB", (width, height), _background(rng))
-    draw = ImageDraw.Draw(image)
-    placed: list[tuple[str | None, str, Box]] = []
-    boxes_px: list[Box] = []
-    margin = 0.03 * min(width, height)
-    for (colour, shape), count in zip(kinds, counts):
-        for _ in range(count):
-            for _attempt in range(60):
-                w, h = _object_size(rng, shape, width, height)
-                x0 = rng.uniform(1, width - w - 1)
-                y0 = rng.uniform(1, height - h - 1)
-                cand = (x0, y0, x0 + w, y0 + h)
-                if not any(_overlaps(cand, b, margin) for b in boxes_px):
-                    break
-            else:
-                continue  # no room left: draw fewer objects (the scene lists only what was drawn)
-            boxes_px.append(cand)
-            draw_object(draw, colour, shape, cand)
-            placed.append((colour, shape, (cand[0] / width, cand[1] / height, cand[2] / width, cand[3] / height)))
-    return _scene_from_placed(image, placed, seed=seed)
+    image = Image.new("RGB", (width, height), random_background(rng))
+    placed = place_objects(rng, ImageDraw.Draw(image), kinds, counts, width, height)
+    return scene_from_placed(image, placed, seed=seed)
 
 
 def sample_scenes(n: int, seed: int, size: tuple[int, int] | None = None) -> list[Scene]:
@@ -393,10 +423,6 @@ def sample_scenes(n: int, seed: int, size: tuple[int, int] | None = None) -> lis
 
 
 # --------------------------------------------------------------------------------------------- illustrations
-
-#: The article's recorded boxes for its snowman image (4-bit run), normalized.
-ARTICLE_SNOWMAN_BOX: Box = (0.390625, 0.046875, 0.984375, 0.828125)
-ARTICLE_FIRE_BOX: Box = (0.203125, 0.015625, 0.484375, 0.859375)
 
 
 def snowman_illustration(size: tuple[int, int] = (512, 384)) -> Scene:

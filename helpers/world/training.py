@@ -35,7 +35,6 @@ import platform
 import random
 import re
 import signal
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.grounding.checks import (DefaultsHelpFormatter, check_count, check_positive_int, count_option, is_number,
-                                      number_option, number_rule, out_problem, positive_int_option,
+                                      fail, number_option, number_rule, out_problem, parse, positive_int_option,
                                       positive_number_option)
 from helpers.grounding.finetune import cosine_lr, device_option_problem, warmup_lr
 from helpers.grounding.model import check_bf16
@@ -970,12 +969,6 @@ def build_parser() -> argparse.ArgumentParser:
 PROG = "python -m helpers train"
 
 
-def _fail(message: str, code: int = 2) -> int:
-    """Print ``prog: error: message`` on stderr and return the exit ``code`` (argparse's style)."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return code
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed command-line options."""
     return TrainConfig(seed=args.seed, vision_steps=args.vision_steps, heads_steps=args.heads_steps, steps=args.steps,
@@ -1033,10 +1026,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv``; return the exit code: 0 when the model was saved, 2 with a one-line message
     on stderr for a bad option (every option, folder and the device are checked before anything is built,
     loaded or trained), 1 when the run to ``--resume`` cannot be loaded."""
-    try:
-        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    except SystemExit as stop:  # --help (0) or a bad option, which argparse has reported (2)
-        return stop.code if isinstance(stop.code, int) else 2
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):  # --help (0) or a bad option, which argparse has reported (2)
+        return args
     cfg = config_from_args(args)
     try:
         check_4bit_shares(cfg.fp4_share, cfg.nf4_share, ("--fp4-share", "--nf4-share"))  # named as typed
@@ -1045,7 +1037,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cfg.fp4_share or cfg.nf4_share:
             check_available("4bit", cfg.device)  # QuantizationError is a ValueError
     except (TypeError, ValueError) as err:
-        return _fail(str(err))
+        return fail(str(err), prog=PROG)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if not interactive():  # KOSMOS2_PROGRESS=0, CI, a log file: no "Writing model shards" bar at each save
@@ -1061,13 +1053,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             model, processor, cfg.resumed_from = _load_run(args.resume)
         except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
             reason = " ".join(str(err).split())[:400]
-            return _fail(f"cannot load the run to resume from {str(args.resume)!r}: {type(err).__name__}: {reason}",
-                         code=1)
+            return fail(f"cannot load the run to resume from {str(args.resume)!r}: {type(err).__name__}: {reason}",
+                        code=1, prog=PROG)
         grid = cfg.image_size // cfg.patch_size
         if model.config.latent_query_num != grid * grid:
-            return _fail(f"--resume {str(args.resume)!r} holds a model with {model.config.latent_query_num} image "
-                         f"tokens; the recipe needs {grid * grid} (one per {cfg.patch_size}-pixel patch of "
-                         f"{cfg.image_size}-pixel images)")
+            return fail(f"--resume {str(args.resume)!r} holds a model with {model.config.latent_query_num} image "
+                        f"tokens; the recipe needs {grid * grid} (one per {cfg.patch_size}-pixel patch of "
+                        f"{cfg.image_size}-pixel images)", prog=PROG)
     kept: list = []
     model, processor, history = train(cfg, processor=processor, model=model, log=lambda s: print(s, flush=True),
                                       heads_from=args.resume, keep_heads=kept)
