@@ -79,7 +79,7 @@ from typing import Any, Sequence
 import torch
 
 from helpers.grounding import quantization as quant
-from helpers.grounding.model import native_bf16
+from helpers.grounding.model import native_bf16, parameters_from_config
 from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
 
 #: How many prompt tokens follow ``</image>`` (``<grounding>``, ``▁An``, ``▁image``, ``▁of``).
@@ -174,15 +174,6 @@ def tiny_config():
         vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
         latent_query_num=64,
     )
-
-
-def count_parameters(config) -> int:
-    """Parameters of ``Kosmos2ForConditionalGeneration(config)``, counted on the meta device (no memory used)."""
-    from transformers import Kosmos2ForConditionalGeneration
-
-    with torch.device("meta"):
-        model = Kosmos2ForConditionalGeneration(config)
-    return sum(p.numel() for p in model.parameters())
 
 
 def parse_batch_sizes(text: str, option: str = "--batch-sizes") -> list[int]:
@@ -712,7 +703,7 @@ def build_report(rows: list[dict[str, Any]], *, config, tiny: bool, new_tokens: 
         "command": command,
         "model": {
             "config": "tiny (--tiny)" if tiny else "full size, Kosmos2Config() defaults",
-            "parameters": count_parameters(config),
+            "parameters": parameters_from_config(config),
             "weights": "random (same architecture and compute, no download)",
         },
         "new_tokens": new_tokens,

@@ -19,6 +19,7 @@ from sphinx.transforms import SphinxTransform
 from sphinx.util.docutils import SphinxDirective
 
 from helpers.course.colab import colab_badge_url
+from helpers.course.notebooks import course_notebooks
 
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 OUTPUT_ALT = "Picture drawn by the code cell above; the text around it says what it shows."
@@ -27,7 +28,7 @@ OUTPUT_ALT = "Picture drawn by the code cell above; the text around it says what
 def notebook_entries(folder: Path) -> list[tuple[str, str, str]]:
     """``(file name, title, objective)`` of each notebook in ``folder``, in order of their numbers."""
     entries = []
-    for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+    for path in course_notebooks(folder):
         first = nbformat.read(path, as_version=4).cells[0]
         lines = [line.strip() for line in first.source.splitlines()]
         if first.cell_type != "markdown" or not lines[0].startswith("# "):

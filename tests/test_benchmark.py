@@ -208,7 +208,7 @@ def test_a_gpu_that_does_not_exist_is_refused(monkeypatch, capsys):
 
 def test_full_size_configuration_has_the_real_models_parameter_count():
     bench = _module()
-    assert round(bench.count_parameters(bench.full_config()) / 1e9, 2) == 1.66
+    assert round(bench.parameters_from_config(bench.full_config()) / 1e9, 2) == 1.66
 
 
 @pytest.mark.parametrize("quantization", ["none", "int4"])

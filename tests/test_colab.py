@@ -246,17 +246,45 @@ def test_cell_names_the_repository_once_and_compiles() -> None:
 # --- install_extra ---------------------------------------------------------------------------------------
 
 
-def test_install_extra_on_colab_pip_installs_the_extra_of_the_clone(on_colab: None, tmp_path: Path) -> None:
+def test_install_extra_on_colab_pip_installs_the_extra_of_the_clone_keeping_the_running_torch(
+        on_colab: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from helpers.grounding.quantization import import_quietly
+
+    import_quietly()  # bitsandbytes and torchao import once, seeing the real torch version
+    # Colab's CUDA build: pip must be asked for exactly this torch, local label included, or it may replace it
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.5.1+cu121"))
     run = Recorder()
     message = colab.install_extra("quant", target=tmp_path, run=run)
-    assert run.calls == [([sys.executable, "-m", "pip", "install", "-q", "-e", f"{tmp_path}[quant]"], {"check": True})]
+    assert run.calls == [([sys.executable, "-m", "pip", "install", "-q", "-e", f"{tmp_path}[quant]",
+                           "torch==2.5.1+cu121"], {"check": True})]
     assert "bitsandbytes, torchao" in message
 
 
 def test_extras_name_the_packages_of_pyproject() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert list(colab.EXTRAS) == ["quant"]
     for extra, packages in colab.EXTRAS.items():
         assert [re.split(r"[<>=!~ \[]", spec)[0] for spec in extras[extra]] == list(packages)
+
+
+def test_extra_packages_are_read_from_pyproject_or_else_from_the_installed_metadata(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a clone, pyproject.toml is read (an edit there shows at once); without one, the installed metadata."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\noptional-dependencies = {quant = ["onnx>=1", "extra-pkg[cli]>=2; python_version>\'3\'"]}\n',
+        encoding="utf-8")
+    monkeypatch.setattr(colab, "repo_root", lambda: tmp_path)
+    assert colab.extra_packages("quant") == ("onnx", "extra-pkg")
+    with pytest.raises(LookupError, match=r"no \[gpu\] extra"):
+        colab.extra_packages("gpu")
+    monkeypatch.setattr(colab, "repo_root", lambda: tmp_path / "installed-without-a-clone")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    for extra, specs in extras.items():
+        assert colab.extra_packages(extra) == tuple(re.split(r"[<>=!~ \[]", spec)[0] for spec in specs)
+    with pytest.raises(LookupError, match=r"no \[gpu\] extra"):
+        colab.extra_packages("gpu")
 
 
 def test_install_extra_elsewhere_installs_nothing_and_reports(not_colab: None, monkeypatch) -> None:
@@ -284,7 +312,7 @@ def test_install_extra_on_colab_installs_into_the_clone_helpers_came_from(on_col
 
     calls = []
     colab.install_extra("quant", run=lambda args, check: calls.append(args))
-    assert calls[0][-1] == f"{repo_root()}[quant]"
+    assert calls[0][-2] == f"{repo_root()}[quant]"
 
 
 def test_the_playground_turns_on_colabs_widget_manager_on_colab_only(not_colab: None, monkeypatch, tiny_model) -> None:

@@ -253,3 +253,24 @@ def test_command_line_records_a_large_photo_at_the_files_own_size(model_dir, tmp
     for entity in record["entities"]:
         assert entity["boxes_px"] == [[round(x0 * 4200, 1), round(y0 * 1000, 1), round(x1 * 4200, 1),
                                        round(y1 * 1000, 1)] for x0, y0, x1, y1 in entity["boxes"]]
+
+
+@pytest.mark.parametrize(("cuda", "mps", "xpu", "cpu"), [
+    (True, False, False, False),  # CUDA: accelerate's NCCL processes, each on its GPU
+    (False, True, False, True),  # Apple's MPS: accelerate has no multi-process backend for it
+    (False, False, True, True),  # Intel's XPU: load() cannot put a model there
+    (False, False, False, True),
+])
+def test_processes_use_a_gpu_only_where_load_can_put_the_model(monkeypatch, cuda, mps, xpu, cpu):
+    """The processes' device follows model.try_gpu, the one rule for finding a GPU: only CUDA of what it finds."""
+    import accelerate
+    import torch
+
+    from helpers.course import distributed
+
+    made = []
+    monkeypatch.setattr(accelerate, "PartialState", lambda cpu: made.append(cpu) or "state")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: xpu)
+    assert distributed._state() == "state" and made == [cpu]

@@ -89,6 +89,13 @@ def test_an_empty_score_says_so_instead_of_printing_nan() -> None:
     assert str(Score()) == "n/a (0/0)"
 
 
+def test_a_score_as_json_has_its_rate_to_four_places_and_none_for_nothing_counted() -> None:
+    """Score.as_dict is the one form of a score in evaluation.json and the fine-tuning card's figures."""
+    assert Score(2, 3).as_dict() == {"rate": 0.6667, "hits": 2, "total": 3}
+    assert Score().as_dict() == {"rate": None, "hits": 0, "total": 0}
+    assert json.dumps(Score().as_dict(), allow_nan=False) == '{"rate": null, "hits": 0, "total": 0}'
+
+
 def test_score_caption_perfect_multi_box_answer() -> None:
     g = grounding(("two red circles", [RED_A.box, RED_B.box]), ("Kumo", [KUMO.box]))
     s = score_caption(TRUTH, g)

@@ -82,6 +82,33 @@ def test_the_modules_import_the_shared_definitions() -> None:
         assert not missing, f"{missing} do not use {name}"
 
 
+def test_the_names_of_a_runs_record_and_of_an_evaluation_file_are_written_once() -> None:
+    """``training.json`` is ``training.RECORD_FILE`` (the command and the model card used to spell it out each), and
+    the evaluation file of a seed is ``modelcard.evaluation_file`` (its conditional was written twice)."""
+    code = {name: _code(text) for name, text in _sources().items()}
+    record = [name for name, text in code.items() if re.search(r"['\"]training\.json['\"]", text)]
+    assert record == ["world/training.py"]
+    assert sum(len(re.findall(r"evaluation-seed\{", text)) for text in code.values()) == 1
+    from helpers.grounding.evaluation import HELD_OUT_SEED
+    from helpers.world.modelcard import evaluation_file
+    from helpers.world.training import RECORD_FILE
+
+    assert RECORD_FILE == "training.json"
+    assert (evaluation_file(HELD_OUT_SEED), evaluation_file(7)) == ("evaluation.json", "evaluation-seed7.json")
+
+
+def test_a_training_run_and_its_checkpoints_are_saved_by_one_function() -> None:
+    """``training.save_run`` writes the model, the processor, the heads and the record; the checkpoint and the end of
+    the command each wrote the four themselves."""
+    tree = ast.parse((HELPERS / "world" / "training.py").read_text("utf-8"))
+    writers = {"save_pretrained", "save_heads", "write_record"}
+    callers = sorted({(function.name, getattr(call.func, "attr", getattr(call.func, "id", None)))
+                      for function in ast.walk(tree) if isinstance(function, ast.FunctionDef)
+                      for call in ast.walk(function) if isinstance(call, ast.Call)
+                      and getattr(call.func, "attr", getattr(call.func, "id", None)) in writers})
+    assert callers == [("save_run", name) for name in sorted(writers)]
+
+
 # ----------------------------------------------------------------------------- same rule, same answers
 
 

@@ -342,3 +342,14 @@ def test_logits_agreement() -> None:
     assert result["relative_error"] == pytest.approx((18 ** 0.5) / (15 ** 0.5))
     with pytest.raises(ValueError, match=r"shape \(1, 2, 2\) cannot be compared with a reference of shape"):
         logits_agreement(reference, reference[..., :2])
+
+
+def test_the_onnx_path_checks_the_onnx_packages_of_the_quant_extra(monkeypatch) -> None:
+    """int4-onnx needs the quant extra's onnx* packages, read from pyproject.toml: a package added there is checked."""
+    from helpers.course import colab
+
+    assert quant.onnx_packages() == tuple(name for name in colab.extra_packages("quant") if name.startswith("onnx"))
+    monkeypatch.setitem(colab.EXTRAS, "quant", (*colab.EXTRAS["quant"], "onnx-later-addition"))
+    _versions(monkeypatch, **{"onnx-later-addition": None})
+    with pytest.raises(QuantizationError, match=r"needs onnx-later-addition, which is not installed"):
+        quant.check_available("int4-onnx", "cpu")

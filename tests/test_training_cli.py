@@ -110,6 +110,31 @@ def test_a_saved_run_that_cannot_load_exits_1(tmp_path, capsys, monkeypatch) -> 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("record, message", [
+    (b"{not json", "is not valid JSON: Expecting property name"),
+    (b" \n", "is empty"),
+    (b"\x89PNG\r\n", "is not UTF-8 JSON text (byte 0 is not UTF-8)"),
+    (b"[]", ": it holds a JSON list, not an object"),
+    (b'{"stages": [5]}', ": its runs (the record itself, or each of its 'stages') are not objects"),
+])
+def test_a_broken_training_record_to_resume_is_named_before_the_model_loads(tmp_path, capsys, no_work, record,
+                                                                             message) -> None:
+    """A training.json that was not JSON ended in "JSONDecodeError: Expecting value …" without naming the file, and
+    one of another shape (a list) was taken and crashed the run when it wrote its own record, after training."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / training.RECORD_FILE).write_bytes(record)
+    code = helpers_main(["train", "--out", str(tmp_path / "out"), "--resume", str(run), "--no-evaluate"])
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert code == 1, line
+    assert line.startswith(f"{PREFIX}cannot load the run to resume from {str(run)!r}: ValueError: training record "
+                           f"{str(run / 'training.json')!r}")
+    assert message in line and line.endswith("; expected the record of the run as `python -m helpers train --out DIR` "
+                                             "writes it (or no training.json at all)")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture
 def gpu(monkeypatch):
     """``gpu((7, 5))``: torch sees one CUDA GPU of that compute capability (without one being there). Like a real

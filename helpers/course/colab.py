@@ -35,9 +35,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from packaging.requirements import Requirement
+
 from helpers.course.paths import repo_root
 
 DISTRIBUTION = "kosmos2-grounding-course"
+
+
+def _project() -> dict[str, Any] | None:
+    """The ``[project]`` table of the clone's ``pyproject.toml``, or ``None`` when there is no such file."""
+    pyproject = repo_root() / "pyproject.toml"
+    if not pyproject.is_file():
+        return None
+    return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
 
 
 def repository_url() -> str:
@@ -45,14 +55,37 @@ def repository_url() -> str:
 
     Read from the clone's ``pyproject.toml``; from the installed package's metadata when there is none.
     """
-    pyproject = repo_root() / "pyproject.toml"
-    if pyproject.is_file():
-        return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["urls"]["Repository"]
+    project = _project()
+    if project is not None:
+        return project["urls"]["Repository"]
     for entry in metadata.metadata(DISTRIBUTION).get_all("Project-URL") or []:
         label, _, url = entry.partition(",")
         if label.strip().lower() == "repository":
             return url.strip()
-    raise LookupError(f"no Repository URL in {pyproject} nor in the installed {DISTRIBUTION}'s metadata")
+    raise LookupError(f"no Repository URL in {repo_root() / 'pyproject.toml'} nor in the installed "
+                      f"{DISTRIBUTION}'s metadata")
+
+
+def extra_packages(extra: str) -> tuple[str, ...]:
+    """The names of the packages in the course's optional extra ``extra`` (``"torchao"``), in their order:
+    ``[project.optional-dependencies]`` in ``pyproject.toml``, the one place they are set.
+
+    Read from the clone's ``pyproject.toml``; from the installed package's metadata when there is none.
+
+    Raises:
+        LookupError: the course has no extra of that name.
+    """
+    project = _project()
+    if project is not None:
+        requirements = [Requirement(text) for text in project.get("optional-dependencies", {}).get(extra, ())]
+    else:  # the metadata lists every requirement, those of an extra marked `extra == "NAME"`
+        requirements = [req for req in map(Requirement, metadata.requires(DISTRIBUTION) or [])
+                        if req.marker is not None and req.marker.evaluate({"extra": extra})
+                        and not req.marker.evaluate({"extra": ""})]
+    if not requirements:
+        raise LookupError(f"the course has no [{extra}] extra (expected a name in [project.optional-dependencies] "
+                          "of pyproject.toml)")
+    return tuple(req.name for req in requirements)
 
 
 #: The course repository (set in pyproject.toml).
@@ -183,17 +216,31 @@ def colab_setup(
     return done + " " + RESTART_ADVICE if "transformers" in sys.modules else done
 
 
-#: The course's optional extras (pyproject.toml) that a notebook may install, and the packages in each.
-EXTRAS = {"quant": ("bitsandbytes", "torchao", "onnxruntime", "onnx", "onnx-ir")}
+#: The course's optional extras that a notebook may install, and the packages in each (read from pyproject.toml).
+EXTRAS = {extra: extra_packages(extra) for extra in ("quant",)}
+
+
+def running_torch_requirement() -> str:
+    """``torch==VERSION`` for the torch this kernel runs, local label included (``torch==2.5.1+cu121``).
+
+    Added to the pip command of :func:`install_extra`, so that pip keeps the torch already loaded (Colab's CUDA
+    build) and picks versions of the extra's packages that work with it, or fails saying which one does not,
+    instead of replacing torch under the running kernel.
+    """
+    import torch
+
+    return f"torch=={torch.__version__}"
 
 
 def install_extra(extra: str, target: str | os.PathLike[str] | None = None, run: Runner = subprocess.run) -> str:
     """Install one of the course's optional extras where the notebook runs; ``"quant"`` holds bitsandbytes,
     torchao and ONNX Runtime (with onnx and onnx-ir), for the quantized paths of ``load(quantization=...)``.
 
-    On Colab it runs ``pip install -e "target[extra]"`` with the kernel's interpreter (the packages import in
-    the running kernel at once); ``target`` defaults to the clone this ``helpers`` was installed from. Elsewhere it installs nothing and says which of the packages are missing and
-    how to add them from a clone.
+    On Colab it runs ``pip install -e "target[extra]" torch==VERSION`` with the kernel's interpreter (the packages
+    import in the running kernel at once); ``target`` defaults to the clone this ``helpers`` was installed from.
+    The requirement on the running torch (:func:`running_torch_requirement`) keeps pip from replacing Colab's CUDA
+    torch with another build when a package of the extra would ask for a newer one. Elsewhere it installs nothing
+    and says which of the packages are missing and how to add them from a clone.
 
     Raises:
         ValueError: ``extra`` is not one of :data:`EXTRAS`.
@@ -206,7 +253,7 @@ def install_extra(extra: str, target: str | os.PathLike[str] | None = None, run:
     packages = EXTRAS[extra]
     if in_colab():
         target = repo_root() if target is None else target
-        run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{target}[{extra}]"], check=True)
+        run([*install_command(f"{target}[{extra}]"), running_torch_requirement()], check=True)
         importlib.invalidate_caches()
         import_quietly()
         return f"Colab: installed the course's [{extra}] extra ({', '.join(packages)})."

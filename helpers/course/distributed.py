@@ -43,7 +43,7 @@ from helpers.course.cli import prompt_option
 from helpers.course.outputs import grounding_record, write_jsonl
 from helpers.grounding.checks import check_positive_int, fail, out_problem, parse, positive_int_option
 from helpers.grounding.images import ImageLoadError, load_image, load_image_and_size
-from helpers.grounding.model import ModelLoadError, check_prompts_and_boxes, ground, load
+from helpers.grounding.model import ModelLoadError, check_prompts_and_boxes, ground, load, try_gpu
 from helpers.grounding.prompts import CAPTION_PROMPT
 
 T = TypeVar("T")
@@ -71,15 +71,15 @@ def _state(accelerator: Any = None) -> Any:
 
 
 def _has_gpu() -> bool:
-    """True when torch sees a CUDA (or XPU) device; otherwise processes work on the CPU with the gloo backend.
+    """True when :func:`~helpers.grounding.model.try_gpu` finds a CUDA GPU; otherwise processes work on the CPU with
+    the gloo backend.
 
     accelerate only sets up CPU processes (``MULTI_CPU``) when asked for the CPU explicitly, so without a
-    GPU ``PartialState(cpu=True)`` is what lets ``accelerate launch --multi_gpu`` runs split the work.
+    GPU ``PartialState(cpu=True)`` is what lets ``accelerate launch --multi_gpu`` runs split the work. Of the
+    GPUs ``try_gpu`` finds, only CUDA takes part: accelerate has no multi-process backend for Apple's MPS (each
+    process would do all the work), and other GPUs (Intel's XPU) are ones :func:`load` cannot put a model on.
     """
-    import torch
-
-    xpu = getattr(torch, "xpu", None)
-    return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
+    return try_gpu() == "cuda"
 
 
 def map_between_processes(fn: Callable[[list[int]], Sequence[T]], n: int, accelerator: Any = None) -> list[T]:

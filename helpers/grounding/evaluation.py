@@ -128,6 +128,11 @@ class Score:
     def __str__(self) -> str:
         return format_score(self.hits, self.total)
 
+    def as_dict(self) -> dict:
+        """``{"rate", "hits", "total"}`` for JSON: the rate rounded to 4 places, ``None`` when there was nothing to
+        count (JSON has no NaN)."""
+        return {"rate": round(self.rate, 4) if self.total else None, "hits": self.hits, "total": self.total}
+
 
 def format_score(hits: int, total: int) -> str:
     """``"72.8 % (410/563)"``; ``"n/a (0/0)"`` when there was nothing to count (e.g. no predicted phrase)."""
@@ -295,18 +300,14 @@ class Report:
     caption_errors: dict | None = None
 
     def as_dict(self) -> dict:
-        def s(x: Score) -> dict:
-            # no rate when there was nothing to count: JSON has no NaN
-            return {"rate": round(x.rate, 4) if x.total else None, "hits": x.hits, "total": x.total}
-
         return {
             "scenes": self.scenes, "objects": self.objects,
-            "caption_phrase_recall": s(self.caption.phrase_recall),
-            "caption_box_hit": s(self.caption.box_hit),
-            "caption_phrase_precision": s(self.caption.phrase_precision),
-            "comprehension_accuracy_at_1": s(self.comprehension.accuracy_at_1),
-            "comprehension_upper_bound_any_box": s(self.comprehension.upper_bound),
-            "qa_names_object": s(self.qa), "generation_names_object": s(self.generation),
+            "caption_phrase_recall": self.caption.phrase_recall.as_dict(),
+            "caption_box_hit": self.caption.box_hit.as_dict(),
+            "caption_phrase_precision": self.caption.phrase_precision.as_dict(),
+            "comprehension_accuracy_at_1": self.comprehension.accuracy_at_1.as_dict(),
+            "comprehension_upper_bound_any_box": self.comprehension.upper_bound.as_dict(),
+            "qa_names_object": self.qa.as_dict(), "generation_names_object": self.generation.as_dict(),
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
             **({"caption_errors": self.caption_errors} if self.caption_errors is not None else {}),
         }

@@ -77,7 +77,8 @@ from helpers.grounding.checks import (DefaultsHelpFormatter, check_bool, check_c
                                       positive_number_option, read_json)
 from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, CaptionScores, Score, score_any_box, score_caption
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
-from helpers.grounding.model import ModelLoadError, check_bf16, check_device, default_dtype, parameter_count, try_gpu
+from helpers.grounding.model import (ModelLoadError, check_bf16, check_device, default_dtype, parameter_count,
+                                     parameters_from_config, try_gpu)
 from helpers.grounding.progress import interactive
 from helpers.grounding.prompts import (CAPTION_PROMPT, comprehension_prompt, grounded, join_phrases, qa_answer,
                                        qa_prompt, with_box)
@@ -533,7 +534,7 @@ def word_token_ids(processor, words: Sequence[str]) -> list[int]:
 def _with_adapters(model, cfg: FinetuneConfig, resume_from: Path | None = None, token_ids: Sequence[int] = ()):
     """Prepare the base (4-bit: ``prepare_model_for_kbit_training``; gradient checkpointing) and add adapters:
     new ones, or those saved in ``resume_from`` (trainable)."""
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else bool(cfg.quantization)
     if cfg.quantization:  # freezes the base and casts its 16-bit parameters to float32
@@ -544,10 +545,17 @@ def _with_adapters(model, cfg: FinetuneConfig, resume_from: Path | None = None, 
     with _peft_quiet():
         if resume_from is not None:
             return PeftModel.from_pretrained(model, str(resume_from), is_trainable=True)
-        targets = f"(?:{TEXT_AND_PROJECTION})|(?:{VISION})" if cfg.vision else TEXT_AND_PROJECTION
-        lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                          bias="none", trainable_token_indices=list(token_ids) or None)
-        return get_peft_model(model, lora)
+        return get_peft_model(model, _lora_config(cfg, token_ids))
+
+
+def _lora_config(cfg: FinetuneConfig, token_ids: Sequence[int] = ()):
+    """The adapters of ``cfg``: LoRA on :data:`TEXT_AND_PROJECTION` (and :data:`VISION` with ``cfg.vision``), and
+    the embedding rows of ``token_ids`` trained."""
+    from peft import LoraConfig
+
+    targets = f"(?:{TEXT_AND_PROJECTION})|(?:{VISION})" if cfg.vision else TEXT_AND_PROJECTION
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                      bias="none", trainable_token_indices=list(token_ids) or None)
 
 
 def _save_optimizer(opt, model, path: Path) -> None:
@@ -702,6 +710,104 @@ def check_output(out: str | os.PathLike, *, resume: bool = False, resumable: boo
                             + (", or resume the run in it (--resume)" if resumable else ""))
 
 
+def _load_base(base: str | os.PathLike, cfg: FinetuneConfig, out: Path, resume: bool):
+    """Load ``base`` for training and add the adapters: new ones, or those saved in ``out`` when ``resume``.
+
+    Returns ``(model, processor, previous, token_ids, signature)``: ``previous`` is the card saved in ``out``
+    (``None`` for a new run), ``token_ids`` the tokens of ``cfg.new_words`` whose embeddings are trained and
+    ``signature`` the base's :func:`base_signature`. A base that does not load raises :class:`BaseModelError`.
+    """
+    import torch
+
+    from helpers.grounding.model import load
+
+    try:
+        # a 4-bit base computes in the device's half type on a GPU (QLoRA's way), float32 on a CPU
+        dtype = default_dtype(cfg.device or try_gpu()) if cfg.quantization else torch.float32
+        model, processor = load(str(base), quantization=cfg.quantization or "none", device=cfg.device, verbose=False,
+                                dtype=dtype)
+    except ValueError as err:  # ModelLoadError, QuantizationError, a device this machine does not have
+        raise BaseModelError(str(err)) from err
+    signature = base_signature(model)
+    previous = check_adapter(out, model) if resume else None
+    token_ids = word_token_ids(processor, cfg.new_words)
+    torch.manual_seed(cfg.seed)  # the adapters' first values: the same seed gives the same run in any process
+    model = _with_adapters(model, cfg, out if resume else None, token_ids)
+    return model, processor, previous, token_ids, signature
+
+
+def _new_card(base: str | os.PathLike, cfg: FinetuneConfig, model, processor, token_ids: Sequence[int],
+              signature: dict, data: dict, previous: dict | None) -> dict:
+    """The adapter card of a run (``finetune.json``) before its first step: the base, the settings, the adapters
+    and the ``data`` summary, with the runs and figures of ``previous`` (the card of the run it resumes)."""
+    return {
+        "base": str(base), "base_signature": signature, "quantization": cfg.quantization,
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("device",)},
+        "target_modules": model.peft_config["default"].target_modules,
+        "trained_token_embeddings": processor.tokenizer.convert_ids_to_tokens(token_ids),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "all_parameters": parameter_count(model),
+        "data": data,
+        "runs": (previous or {}).get("runs", []),
+        "figures": (previous or {}).get("figures", {}),
+    }
+
+
+def _write_card(folder: Path, card: dict) -> None:
+    """Write the adapter card into ``folder``: ``finetune.json`` and the ``README.md`` made from it."""
+    (folder / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+    (folder / "README.md").write_text(card_text(card), encoding="utf-8")
+
+
+def _write_adapters(out: Path, model, opt, card: dict) -> None:
+    """Save the adapters, the optimizer state and the card in ``out`` (replaced whole, never half-written)."""
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        _save_optimizer(opt, model, tmp / OPTIMIZER_FILE)
+        _write_card(tmp, card)
+    _atomic_write(out, write)
+
+
+def _batch(processor, records: Sequence[ImageRecord], texts: Sequence[Text], rng: random.Random, batch_size: int,
+           device) -> dict:
+    """The model inputs of ``batch_size`` texts drawn by ``rng`` (all of them when there are fewer), on ``device``."""
+    from helpers.world.training import TRAINING_AIDS, collate, encode_example
+
+    batch = []
+    for t in rng.sample(texts, min(batch_size, len(texts))):
+        rec = records[t.record]
+        batch.append(encode_example(processor, _image(rec.path, rec.turned), t.prompt, t.answer))
+    return {k: v.to(device) for k, v in collate(batch, processor.tokenizer.pad_token_id).items()
+            if k not in TRAINING_AIDS}
+
+
+def _train_step(model, opt, trainable: Sequence, inputs: dict, bf16: bool) -> float:
+    """One step of AdamW on one batch (the forward pass under bfloat16 autocast when ``bf16``, gradients clipped
+    to norm 1); returns the loss."""
+    import torch
+
+    device = next(p.device for p in trainable)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = model(**inputs).loss
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    opt.step()
+    return loss.item()
+
+
+def _run_entry(start_step: int, step: int, seconds: float, device) -> dict:
+    """The card's record of one run: its steps, time, date and machine."""
+    import torch
+
+    return {
+        "from_step": start_step, "to_step": step, "seconds": round(seconds, 1),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+                   f"device {device}",
+    }
+
+
 def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str | os.PathLike,
              cfg: FinetuneConfig | None = None, *, resume: bool = False, data_source: dict | None = None,
              progress: bool | None = None, log: Callable[[str], None] = print):
@@ -714,9 +820,6 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
     """
     import torch
 
-    from helpers.grounding.model import load
-    from helpers.world.training import TRAINING_AIDS, collate, encode_example
-
     cfg = FinetuneConfig() if cfg is None else cfg
     out = Path(out)
     check_config(cfg)
@@ -726,27 +829,12 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
     texts = texts_for(records)
     if not texts:
         raise FinetuneError("the data holds no annotated object, so there is nothing to learn")
-    previous = None
     check_output(out, resume=resume, cfg=cfg)
     check_kosmos2(base)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    try:
-        # a 4-bit base computes in the device's half type on a GPU (QLoRA's way), float32 on a CPU
-        dtype = default_dtype(cfg.device or try_gpu()) if cfg.quantization else torch.float32
-        model, processor = load(str(base), quantization=cfg.quantization or "none", device=cfg.device, verbose=False,
-                                dtype=dtype)
-    except ValueError as err:  # ModelLoadError, QuantizationError, a device this machine does not have
-        raise BaseModelError(str(err)) from err
-    signature = base_signature(model)
-    if resume:
-        previous = check_adapter(out, model)
-    token_ids = word_token_ids(processor, cfg.new_words)
-    torch.manual_seed(cfg.seed)  # the adapters' first values: the same seed gives the same run in any process
-    model = _with_adapters(model, cfg, out if resume else None, token_ids)
+    model, processor, previous, token_ids, signature = _load_base(base, cfg, out, resume)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
-    n_all = parameter_count(model)
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
     start_step = 0
     history: list[dict] = []
@@ -756,28 +844,13 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
         history = previous.get("history", [])
     rng = random.Random(cfg.seed * 1_000_003 + start_step)
     torch.manual_seed(cfg.seed + start_step)
-    pad = processor.tokenizer.pad_token_id
     device = next(p.device for p in trainable)
-    source = data_source or {}
-    card = {
-        "base": str(base), "base_signature": signature, "quantization": cfg.quantization,
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("device",)},
-        "target_modules": model.peft_config["default"].target_modules,
-        "trained_token_embeddings": processor.tokenizer.convert_ids_to_tokens(token_ids),
-        "trainable_parameters": n_trainable, "all_parameters": n_all,
-        "data": _summary(records, texts, source),
-        "runs": (previous or {}).get("runs", []),
-        "figures": (previous or {}).get("figures", {}),
-    }
+    card = _new_card(base, cfg, model, processor, token_ids, signature,
+                     _summary(records, texts, data_source or {}), previous)
 
-    def save(folder: Path, step: int, finished: bool) -> None:
-        def write(tmp: Path) -> None:
-            model.save_pretrained(tmp, safe_serialization=True)
-            _save_optimizer(opt, model, tmp / OPTIMIZER_FILE)
-            card.update(steps=step, finished=finished, history=history)
-            (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
-            (tmp / "README.md").write_text(card_text(card), encoding="utf-8")
-        _atomic_write(folder, write)
+    def save(step: int, finished: bool) -> None:
+        card.update(steps=step, finished=finished, history=history)
+        _write_adapters(out, model, opt, card)
 
     if progress is None:
         progress = interactive()
@@ -797,22 +870,13 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
         lr = _schedule(cfg, step, elapsed)
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = []
-        for t in rng.sample(texts, min(cfg.batch_size, len(texts))):
-            rec = records[t.record]
-            batch.append(encode_example(processor, _image(rec.path, rec.turned), t.prompt, t.answer))
-        inputs = {k: v.to(device) for k, v in collate(batch, pad).items() if k not in TRAINING_AIDS}
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = model(**inputs).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        losses.append(loss.item())
+        loss = _train_step(model, opt, trainable, _batch(processor, records, texts, rng, cfg.batch_size, device),
+                           cfg.bf16)
+        losses.append(loss)
         step += 1
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
         if step % 25 == 0 or step == 1:
             mean = sum(losses) / len(losses)
             history.append({"step": step, "loss": round(mean, 4), "seconds": round(time.time() - t0, 1)})
@@ -820,19 +884,15 @@ def finetune(base: str | os.PathLike, records: Sequence[ImageRecord], out: str |
             if bar is None:
                 log(f"step {step:5d}  loss {mean:.3f}  lr {lr:.2e}  {time.time() - t0:5.0f}s")
         if time.time() - last_save > 60 * cfg.checkpoint_minutes:
-            save(out, step, finished=False)
+            save(step, finished=False)
             last_save = time.time()
     if bar is not None:
         bar.close()
     if losses:
-        history.append({"step": step, "loss": round(sum(losses) / len(losses), 4), "seconds": round(time.time() - t0, 1)})
-    card["runs"] = card["runs"] + [{
-        "from_step": start_step, "to_step": step, "seconds": round(time.time() - t0, 1),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-                   f"device {device}",
-    }]
-    save(out, step, finished=True)
+        history.append({"step": step, "loss": round(sum(losses) / len(losses), 4),
+                        "seconds": round(time.time() - t0, 1)})
+    card["runs"] = card["runs"] + [_run_entry(start_step, step, time.time() - t0, device)]
+    save(step, finished=True)
     model.eval()
     log(f"saved adapters after step {step} in {out}")
     return model, processor, card
@@ -860,19 +920,18 @@ def memory_needed(config=None, *, rank: int = 16, batch_size: int = 4, seq_len: 
     Not counted: the CUDA context and the allocator's slack (a few hundred MB), and the trained name tokens.
     """
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import Kosmos2Config, Kosmos2ForConditionalGeneration
 
     config = config or Kosmos2Config()
+    parameters = parameters_from_config(config)
     with torch.device("meta"):
         model = Kosmos2ForConditionalGeneration(config)
-    parameters = sum(p.numel() for p in model.parameters())
     linear = sum(m.weight.numel() for n, m in model.named_modules()
                  if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
     base = (linear * (0.5 + 4 / 64) + (parameters - linear) * 4) if quantization in QLORA else parameters * 4
-    targets = f"(?:{TEXT_AND_PROJECTION})|(?:{VISION})" if vision else TEXT_AND_PROJECTION
-    with _peft_quiet():
-        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, lora_dropout=0.05))
+    with _peft_quiet():  # the adapters finetune() adds, at rank `rank` and scale alpha / r = 2
+        model = get_peft_model(model, _lora_config(FinetuneConfig(rank=rank, alpha=2 * rank, vision=vision)))
     adapters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     layers = model.base_model.model.text_model.model.layers
     saved = {"all": 0, "layers": 0}
@@ -938,19 +997,16 @@ def box_accuracy(model, processor, records: Sequence[ImageRecord], *, only: Call
                   batch_size=batch_size, progress=False)
     for rec, res in zip(shown, caps):
         score_caption([o for o in rec.objects if keep(o)], res, caption)
-
-    def s(x: Score) -> dict:
-        return {"rate": round(x.rate, 4) if x.total else None, "hits": x.hits, "total": x.total}
-
-    return {"objects": comprehension.total, "comprehension_box_hit": s(comprehension),
-            "caption_box_hit": s(caption.box_hit)}
+    return {"objects": comprehension.total, "comprehension_box_hit": comprehension.as_dict(),
+            "caption_box_hit": caption.box_hit.as_dict()}
 
 
 # ----------------------------------------------------------------------------------------------- card
 
 
 def _pct(r: dict) -> str:
-    return f"{100 * r['rate']:.1f} % ({r['hits']}/{r['total']})" if r.get("total") else "n/a"
+    """A score of the card as ``82.4 % (14/17)``, from its counts (its ``rate`` is rounded already), or ``n/a``."""
+    return f"{100 * r['hits'] / r['total']:.1f} % ({r['hits']}/{r['total']})" if r.get("total") else "n/a"
 
 
 def card_text(card: dict) -> str:
@@ -1003,8 +1059,7 @@ def add_figures(out: str | os.PathLike, figures: dict) -> None:
     def write(tmp: Path) -> None:
         for f in out.iterdir():
             shutil.copy2(f, tmp / f.name)
-        (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(card_text(card), encoding="utf-8")
+        _write_card(tmp, card)
     _atomic_write(out, write)
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 from helpers.course.paths import bundled_model_dir
 from helpers.grounding.boxes import check_with_area, is_one_box
 from helpers.grounding.checks import check_bool, check_count, check_positive_int
+from helpers.grounding.progress import env_flag, interactive
 from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, phrase_count
 from helpers.grounding.tokens import Grounding, parse_generation
 
@@ -135,7 +136,8 @@ def default_dtype(device: str):
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    """True when ``HF_HUB_OFFLINE`` is on (``1``, ``true``, ``yes``, ``on``: :func:`.progress.env_flag`)."""
+    return env_flag("HF_HUB_OFFLINE") is True
 
 
 def real_model_cached(repo_id: str = REAL_MODEL) -> bool:
@@ -380,11 +382,12 @@ def load(
     ``"int4-onnx"`` (the text decoder in ONNX Runtime, CPU: the model returned only generates, see
     :mod:`helpers.grounding.onnx_decoder`) or ``"none"``; ``None`` lets
     :func:`helpers.grounding.quantization.plan` choose (on a CPU, int4 for the real model's size, or int8 where
-    torchao is missing; float weights otherwise), and the banner says what it chose. ``dtype`` (a floating ``torch.dtype`` or its name) defaults to
-    :func:`helpers.grounding.quantization.default_dtype_for`: :func:`default_dtype` of the device, but bfloat16 for
-    ``"int8"``, ``"int4"`` and ``"int4-onnx"``, and float16 for the article's ``"4bit"`` on a GPU (whose 4-bit
-    arithmetic then stays float32, the article's; a ``dtype`` given computes in that dtype); ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
-    ``"mps"``) to :func:`try_gpu`.
+    torchao is missing; float weights otherwise), and the banner says what it chose. ``dtype`` (a floating
+    ``torch.dtype`` or its name) defaults to :func:`helpers.grounding.quantization.default_dtype_for`:
+    :func:`default_dtype` of the device, but bfloat16 for ``"int8"``, ``"int4"`` and ``"int4-onnx"``, and float16
+    for the article's ``"4bit"`` on a GPU (whose 4-bit arithmetic then stays float32, the article's; a ``dtype``
+    given computes in that dtype); ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``) to
+    :func:`try_gpu`.
 
     ``adapter`` is a folder of LoRA adapters saved by ``python -m helpers finetune``: they are checked
     against the base and attached (the model becomes a ``peft.PeftModel``; with ``"int8"``, ``"int4"`` and
@@ -394,13 +397,47 @@ def load(
     Raises:
         TypeError: ``model`` is not a str, a path or None; ``device`` is not a str.
         ValueError: a bad ``quantization``, ``dtype`` or ``device`` (or one this machine does not have).
-        helpers.grounding.quantization.QuantizationError: (a ``ValueError``) a quantization this machine cannot do: the
-            library missing or too old, or the wrong device; the message says what to install or choose.
+        helpers.grounding.quantization.QuantizationError: (a ``ValueError``) a quantization this machine cannot
+            do: the library missing or too old, or the wrong device; the message says what to install or choose.
         ModelLoadError: the model could not be found or loaded (missing folder, no config.json, no
             safetensors weights, corrupt files, a hub id that is not cached while offline, custom code).
             The message says how to get the real model and that the bundled one is the offline fallback.
-        helpers.grounding.finetune.FinetuneError: ``adapter`` is not a saved adapter folder, or was trained on another base.
+        helpers.grounding.finetune.FinetuneError: ``adapter`` is not a saved adapter folder, or was trained on
+            another base.
     """
+    dtype, device = _check_load_args(model, quantization, dtype, device, verbose)
+    from helpers.grounding import quantization as quant
+
+    with quant.quiet_imports():  # transformers imports torchao, when installed, which reports optional kernels
+        from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401 (first import, quietly)
+
+    source, reason = resolve_source(model)
+    bundled = Path(source).exists() and Path(source).resolve() == bundled_model_dir().resolve()
+    from_env = model is None and reason == "KOSMOS2_MODEL is set"
+    source = check_source(source, from_env=from_env, hub_answered=reason == "the model hub answered")
+    config = read_config(source, from_env)
+    check_kosmos2_config(source, config)
+    device = device or try_gpu()
+    if quantization is not None:  # a quantization this machine cannot do is refused before loading anything
+        quant.plan(quantization, device, dtype, None)
+    net, processor, chosen = _load_weights(source, config, quantization, dtype, device, from_env)
+    net, parameters = _attach_and_quantize(net, chosen.quantization, device, adapter)
+    info = LoadInfo(
+        source=source, bundled=bundled, device=str(device), dtype=str(chosen.dtype).replace("torch.", ""),
+        quantization=chosen.quantization, reason=reason, parameters=parameters,
+        quantization_reason=chosen.reason, adapter=str(adapter) if adapter is not None else None,
+        graph=net.describe_graphs() if chosen.quantization in quant.ONNXRUNTIME else "",
+        quantization_label=chosen.label or "",
+    )
+    net.load_info = info
+    if verbose:
+        print(info.banner())
+    return net, processor
+
+
+def _check_load_args(model: object, quantization: object, dtype: object, device: object, verbose: object):
+    """Check :func:`load`'s arguments before anything is read; returns ``(dtype, device)`` as load uses them
+    (a ``torch.dtype`` or None, a device string or None)."""
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a directory path or a hub id like '{REAL_MODEL}' (or None to let load() "
                         f"choose), got {type(model).__name__}: {model!r:.80}")
@@ -414,24 +451,23 @@ def load(
     dtype = _check_dtype(dtype)
     if device is not None:
         device = check_device(device)
-    with quant.quiet_imports():  # transformers imports torchao, when installed, which reports optional kernels
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+    return dtype, device
 
-    source, reason = resolve_source(model)
-    bundled = Path(source).exists() and Path(source).resolve() == bundled_model_dir().resolve()
-    from_env = model is None and reason == "KOSMOS2_MODEL is set"
-    source = check_source(source, from_env=from_env, hub_answered=reason == "the model hub answered")
-    config = read_config(source, from_env)
-    check_kosmos2_config(source, config)
-    device = device or try_gpu()
-    if quantization is not None:  # a quantization this machine cannot do is refused before loading anything
-        quant.plan(quantization, device, dtype, None)
+
+def _load_weights(source: str, config, quantization: str | None, dtype, device: str, from_env: bool):
+    """The processor and the weights of ``source`` on ``device``, with the quantization that
+    :func:`helpers.grounding.quantization.plan` chooses; returns ``(net, processor, plan)``. Files that do not load
+    raise :class:`ModelLoadError` (:func:`_load_failure`)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from helpers.grounding import quantization as quant
+
     size = None
     try:
         with _quiet():
             processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
             if quantization is None and device == "cpu":  # load() chooses by the model's size
-                size = _parameters_from_config(config)
+                size = parameters_from_config(config)
     except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
         raise _load_failure(source, err, from_env) from err
     chosen = quant.plan(quantization, device, dtype, size)
@@ -441,44 +477,33 @@ def load(
             net = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
         raise _load_failure(source, err, from_env) from err
+    return net, processor, chosen
+
+
+def _attach_and_quantize(net, quantization: str | None, device: str, adapter: str | os.PathLike | None):
+    """Put the loaded ``net`` on ``device``, attach ``adapter`` (merged in before an in-place or ONNX quantization)
+    and quantize it as ``quantization`` says, in eval mode; returns ``(net, parameters)``, its parameters (the
+    adapters' included) counted before quantizing."""
+    from helpers.grounding import quantization as quant
+
     parameters = parameter_count(net)
-    if chosen.quantization not in quant.BITSANDBYTES:  # bitsandbytes placed the weights already
+    if quantization not in quant.BITSANDBYTES:  # bitsandbytes placed the weights already
         net = net.to(device)
     if adapter is not None:
         from helpers.grounding.finetune import attach_adapter
 
         net = attach_adapter(net, adapter)
         parameters = parameter_count(net)
-        if chosen.quantization in (*quant.IN_PLACE, *quant.ONNXRUNTIME):  # quantized with the adapters merged in
+        if quantization in (*quant.IN_PLACE, *quant.ONNXRUNTIME):  # quantized with the adapters merged in
             net = net.merge_and_unload()
-    if chosen.quantization in quant.IN_PLACE:
-        quant.quantize(net, chosen.quantization)
+    if quantization in quant.IN_PLACE:
+        quant.quantize(net, quantization)
     net.eval()
-    if chosen.quantization in quant.ONNXRUNTIME:
-        from helpers.grounding.onnx_decoder import KEPT_WEIGHT_SETS, OnnxRuntimeKosmos2
+    if quantization in quant.ONNXRUNTIME:
+        from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
 
         net = OnnxRuntimeKosmos2(net)
-    graph = ""
-    if chosen.quantization in quant.ONNXRUNTIME:
-        kept = net.graph_file.parent if net.graph_file else None  # the graphs for the prompt and the steps
-        graph = (f"Its text decoder graphs were read from {kept}" if net.from_cache else
-                 f"Its text decoder graphs were built in {net.build_seconds:.1f} s"
-                 + (f" and kept in {kept} for the next load" if kept else ""))
-        removed, freed = net.pruned
-        if removed:
-            graph += (f"; {removed} older graph{'s' * (removed > 1)} {'were' if removed > 1 else 'was'} removed from "
-                      f"there ({freed / 1e9:.2f} GB freed), kept by an earlier version of the course or for weights "
-                      f"other than the {KEPT_WEIGHT_SETS} loaded last")
-    info = LoadInfo(
-        source=source, bundled=bundled, device=str(device), dtype=str(chosen.dtype).replace("torch.", ""),
-        quantization=chosen.quantization, reason=reason, parameters=parameters,
-        quantization_reason=chosen.reason, adapter=str(adapter) if adapter is not None else None, graph=graph,
-        quantization_label=chosen.label or "",
-    )
-    net.load_info = info
-    if verbose:
-        print(info.banner())
-    return net, processor
+    return net, parameters
 
 
 def parameter_count(model) -> int:
@@ -487,8 +512,9 @@ def parameter_count(model) -> int:
                for p in model.parameters())
 
 
-def _parameters_from_config(config) -> int:
-    """Parameters of a model of this ``config``, counted on the meta device (no weights read)."""
+def parameters_from_config(config) -> int:
+    """Parameters of a model of this ``config`` (a transformers config, e.g. ``Kosmos2Config()``), counted on the
+    meta device (no weights read, no memory taken)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -659,8 +685,6 @@ def ground(
     results: list[Grounding | None] = [None] * len(images)
     batches = _equal_length_batches(processor, prompts_l, bboxes, batch_size)
     if progress is None:
-        from helpers.grounding.progress import interactive
-
         progress = interactive()
     if progress:
         from tqdm.auto import tqdm

@@ -73,7 +73,7 @@ import torch
 from helpers.course.paths import data_dir
 from helpers.grounding import quantization
 from helpers.grounding.int8_linear import int8_per_output
-from helpers.grounding.progress import interactive
+from helpers.grounding.progress import env_flag, interactive
 from helpers.grounding.quantization import INSTALL, MIN_ONNXRUNTIME, QuantizationError, check_available
 
 #: Weights per 4-bit block, each block with its own scale and zero point. In a probe of the full-size decoder
@@ -96,9 +96,9 @@ KEPT_WEIGHT_SETS = 2
 def cache_dir() -> Path | None:
     """The folder where built 4-bit graphs are kept: ``$KOSMOS2_ONNX_CACHE`` when set (``off`` gives None: no
     cache), else ``cache/int4-onnx`` in the course's data folder (:func:`helpers.course.paths.data_dir`)."""
-    value = os.environ.get(CACHE_ENV_VAR, "").strip()
-    if value.lower() in ("off", "0", "no", "false"):
+    if env_flag(CACHE_ENV_VAR) is False:
         return None
+    value = os.environ.get(CACHE_ENV_VAR, "").strip()
     return Path(value).expanduser() if value else data_dir() / "cache" / "int4-onnx"
 
 
@@ -602,6 +602,20 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return self.description
+
+    def describe_graphs(self) -> str:
+        """Where the text decoder graphs came from, for :func:`helpers.grounding.model.load`'s banner: read from the
+        cache folder, or built (in how long, and where they were kept), with the older graphs removed from there."""
+        kept = self.graph_file.parent if self.graph_file else None  # the graphs for the prompt and the steps
+        text = (f"Its text decoder graphs were read from {kept}" if self.from_cache else
+                f"Its text decoder graphs were built in {self.build_seconds:.1f} s"
+                + (f" and kept in {kept} for the next load" if kept else ""))
+        removed, freed = self.pruned
+        if removed:
+            text += (f"; {removed} older graph{'s' * (removed > 1)} {'were' if removed > 1 else 'was'} removed from "
+                     f"there ({freed / 1e9:.2f} GB freed), kept by an earlier version of the course or for weights "
+                     f"other than the {KEPT_WEIGHT_SETS} loaded last")
+        return text
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError("quantization='int4-onnx' only generates (model.generate or ground()); load "

@@ -149,6 +149,14 @@ def installed_version(package: str) -> str | None:
         return None
 
 
+def onnx_packages() -> tuple[str, ...]:
+    """The packages the int4-onnx path needs: those of the course's ``quant`` extra (``pyproject.toml``, read by
+    :func:`helpers.course.colab.extra_packages`) whose names start with ``onnx``: onnxruntime, onnx, onnx-ir."""
+    from helpers.course.colab import EXTRAS
+
+    return tuple(name for name in EXTRAS["quant"] if name.startswith("onnx"))
+
+
 def _older(version: str, minimum: str) -> bool:
     from packaging.version import Version
 
@@ -219,7 +227,7 @@ def _problem(quantization: str, device: str) -> tuple[str, bool] | None:
         if kind != "cpu":
             return (f"quantization={quantization!r} runs the text decoder in ONNX Runtime on the CPU, not on "
                     f"{device!r}; on a CUDA GPU use '4bit', 'nf4' or '8bit', or pass device='cpu'", False)
-        missing = [name for name in ("onnxruntime", "onnx", "onnx-ir") if installed_version(name) is None]
+        missing = [name for name in onnx_packages() if installed_version(name) is None]
         if missing:
             return (f"quantization={quantization!r} needs {', '.join(missing)}, "
                     f"{'which is' if len(missing) == 1 else 'which are'} not installed: {INSTALL} (or pip "

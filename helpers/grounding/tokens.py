@@ -21,7 +21,7 @@ import math
 import numbers
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from helpers.grounding.boxes import Box, check_normalized, check_with_area, is_one_box
 from helpers.grounding.checks import check_positive_int
@@ -533,6 +533,77 @@ class _Scanner:
         return fail
 
 
+def _strip_tags(s: str) -> tuple[str, list[tuple[int, int]], Callable[[int], int]]:
+    """The processor's cleanup of ``s``: ``(processed, segments, clean_pos)``, the text with every ``<…>`` tag
+    removed (not yet stripped of whitespace), the ``(start, end)`` of each tag in ``s``, and the function that maps
+    a position in ``s`` to the position in ``processed``."""
+    segments = _tag_segments(s)
+    pieces: list[str] = []
+    last = 0
+    removed_before: list[int] = []  # characters removed before the end of each segment
+    ends: list[int] = []
+    removed = 0
+    for a, b in segments:
+        pieces.append(s[last:a])
+        last = b
+        removed += b - a
+        ends.append(b)
+        removed_before.append(removed)
+    pieces.append(s[last:])
+
+    def clean_pos(pos: int) -> int:
+        k = bisect.bisect_right(ends, pos)
+        return pos - (removed_before[k - 1] if k else 0)
+
+    return "".join(pieces), segments, clean_pos
+
+
+def _tag_problems(s: str, segments: list[tuple[int, int]], scanner: _Scanner) -> list[tuple[int, str]]:
+    """``(position, message)`` for each tag of ``s`` that the caption loses and the scanner did not report: an
+    ``<image>`` left open, and tags that are not part of the grounding format."""
+    problems = []
+    for a, b in segments:
+        tag = s[a:b]
+        if tag in _SILENT_TAGS or a in scanner.claimed:
+            continue
+        if tag in (PHRASE_OPEN, OBJECT_OPEN):  # handled (and reported if need be) by the scanner
+            continue
+        if tag == IMAGE_OPEN:
+            problems.append((a, "'<image>' without a '</image>' after it: the image prefix looks cut off; "
+                                "its text stays in the caption"))
+        else:
+            problems.append((a, f"removed {_short(tag)} from the caption: not part of the grounding format "
+                                "(text, <phrase>…</phrase>, <object>…</object>, <patch_index_NNNN>)"))
+    return problems
+
+
+def _decode_boxes(group: _Group, phrase: str) -> tuple[list[Box], list[str]]:
+    """The boxes of one phrase's ``<object>`` (``group``, from :class:`_Scanner`) and a message for each box
+    dropped: out of range or inverted (and, when none is left, that the phrase is not an entity)."""
+    n_tokens = NUM_BINS * NUM_BINS
+    boxes: list[Box] = []
+    problems: list[str] = []
+    for first, last_digits in group.pairs:
+        tokens = _token_text(first) + _token_text(last_digits)
+        values = (_index_value(first), _index_value(last_digits))
+        bad = [d for d, v in zip((first, last_digits), values) if v is None or v >= n_tokens]
+        if bad:
+            which = " and ".join(_token_text(d) for d in bad)
+            verb = "is" if len(bad) == 1 else "are"
+            problems.append(f"box {tokens} of {_short(phrase)} dropped: {which} {verb} out of range "
+                            f"(expected an index from 0000 to {n_tokens - 1:04d})")
+            continue
+        box = patch_index_to_box(values[0], values[1])  # type: ignore[arg-type]
+        if not (box[0] < box[2] and box[1] < box[3]):
+            problems.append(f"box {tokens} of {_short(phrase)} dropped: it is inverted (the bottom-right "
+                            f"corner comes before the top-left one; it decodes to {box})")
+            continue
+        boxes.append(box)
+    if problems and not boxes:
+        problems[-1] += f"; {_short(phrase)} has no valid box left and is not an entity"
+    return boxes, problems
+
+
 def parse_generation(text: str) -> Grounding:
     """Parse one decoded Kosmos-2 generation into a :class:`Grounding`; never raises for a str.
 
@@ -577,42 +648,11 @@ def parse_generation(text: str) -> Grounding:
     s = strip_image_prefix(text)
     problems: list[tuple[int, str]] = []
 
-    # the caption: the processor's cleanup, and a map from positions in `s` to positions in it
-    segments = _tag_segments(s)
-    pieces: list[str] = []
-    last = 0
-    removed_before: list[int] = []  # characters removed before the end of each segment
-    ends: list[int] = []
-    removed = 0
-    for a, b in segments:
-        pieces.append(s[last:a])
-        last = b
-        removed += b - a
-        ends.append(b)
-        removed_before.append(removed)
-    pieces.append(s[last:])
-    processed = "".join(pieces)
-
-    def clean_pos(pos: int) -> int:
-        k = bisect.bisect_right(ends, pos)
-        return pos - (removed_before[k - 1] if k else 0)
-
+    processed, segments, clean_pos = _strip_tags(s)
     scanner = _Scanner(s)
     scanner.run()
     problems.extend(scanner.problems)
-
-    for a, b in segments:
-        tag = s[a:b]
-        if tag in _SILENT_TAGS or a in scanner.claimed:
-            continue
-        if tag in (PHRASE_OPEN, OBJECT_OPEN):  # handled (and reported if need be) by the scanner
-            continue
-        if tag == IMAGE_OPEN:
-            problems.append((a, "'<image>' without a '</image>' after it: the image prefix looks cut off; "
-                                "its text stays in the caption"))
-        else:
-            problems.append((a, f"removed {_short(tag)} from the caption: not part of the grounding format "
-                                "(text, <phrase>…</phrase>, <object>…</object>, <patch_index_NNNN>)"))
+    problems.extend(_tag_problems(s, segments, scanner))
 
     lead = len(processed) - len(processed.lstrip())
     caption = processed.strip()
@@ -620,30 +660,10 @@ def parse_generation(text: str) -> Grounding:
         problems.append((-1, "the generation is empty: no caption text" + (" after '</image>'" if s != text else "")))
 
     entities: list[Entity] = []
-    n_tokens = NUM_BINS * NUM_BINS
     for group in scanner.groups:
         raw_phrase = s[group.phrase_start:group.phrase_end]
         phrase = raw_phrase.strip()
-        boxes: list[Box] = []
-        box_problems: list[str] = []
-        for first, last_digits in group.pairs:
-            tokens = _token_text(first) + _token_text(last_digits)
-            values = (_index_value(first), _index_value(last_digits))
-            bad = [d for d, v in zip((first, last_digits), values) if v is None or v >= n_tokens]
-            if bad:
-                which = " and ".join(_token_text(d) for d in bad)
-                verb = "is" if len(bad) == 1 else "are"
-                box_problems.append(f"box {tokens} of {_short(phrase)} dropped: {which} {verb} out of range "
-                                    f"(expected an index from 0000 to {n_tokens - 1:04d})")
-                continue
-            box = patch_index_to_box(values[0], values[1])  # type: ignore[arg-type]
-            if not (box[0] < box[2] and box[1] < box[3]):
-                box_problems.append(f"box {tokens} of {_short(phrase)} dropped: it is inverted (the bottom-right "
-                                    f"corner comes before the top-left one; it decodes to {box})")
-                continue
-            boxes.append(box)
-        if box_problems and not boxes:
-            box_problems[-1] += f"; {_short(phrase)} has no valid box left and is not an entity"
+        boxes, box_problems = _decode_boxes(group, phrase)
         problems.extend((group.object_pos, m) for m in box_problems)
         if not boxes:
             continue

@@ -23,7 +23,8 @@ from helpers.grounding.evaluation import (CAPTION_ERROR_TYPES, HELD_OUT_SEED, ME
 from helpers.grounding.model import ModelLoadError, load
 from helpers.grounding.prompts import CAPTION_PROMPT
 from helpers.world.scenes import sample_scenes
-from helpers.world.training import CARD_TITLE, HEADS_FILE, LOCATION_FEATURES, build_parser, recorded_runs
+from helpers.world.training import (CARD_TITLE, HEADS_FILE, LOCATION_FEATURES, RECORD_FILE, build_parser,
+                                    recorded_runs)
 
 #: Settings of a run that are not part of its recipe (where it saves, how it logs, which device draws batches).
 _NOT_RECIPE = {"out", "resume", "checkpoint", "checkpoint_minutes", "threads", "evaluate", "log_every", "device",
@@ -110,8 +111,7 @@ def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) ->
         machine=f"{platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}",
         date=time.strftime("%Y-%m-%d"),
     )
-    name = "evaluation.json" if seed == HELD_OUT_SEED else f"evaluation-seed{seed}.json"
-    (model_dir / name).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    (model_dir / evaluation_file(seed)).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     if seed != HELD_OUT_SEED and (model_dir / "evaluation.json").exists():
         result_main = json.loads((model_dir / "evaluation.json").read_text(encoding="utf-8"))
     else:
@@ -120,10 +120,16 @@ def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) ->
     return result
 
 
+def evaluation_file(seed: int) -> str:
+    """The name of the file that holds an evaluation on the scenes of ``seed``: ``evaluation.json`` for the held-out
+    seed (the card's main one), else ``evaluation-seed<seed>.json``."""
+    return "evaluation.json" if seed == HELD_OUT_SEED else f"evaluation-seed{seed}.json"
+
+
 def read_training(model_dir: Path) -> dict:
     """The folder's ``training.json`` (what ``python -m helpers train`` records), or ``{}`` when it has none: the
     card then says that its training runs were not recorded."""
-    path = Path(model_dir) / "training.json"
+    path = Path(model_dir) / RECORD_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
@@ -152,22 +158,43 @@ def rounding_4bit(config: dict) -> str:
             + ", ".join(shares)) if shares else ""
 
 
+#: The card's opening: what the model is, and what it is for.
+_INTRO = (
+    CARD_TITLE,
+    "",
+    "A small model with the **Kosmos-2 architecture** (`Kosmos2ForConditionalGeneration`, `Kosmos2Processor`,",
+    "the same special tokens, 1 024 location tokens and prompts as `microsoft/kosmos-2-patch14-224`), trained",
+    "from scratch by this project on synthetic scenes it draws itself. It only knows that world: coloured",
+    "circles, squares and triangles (red, green, blue, yellow, purple), a snowman, a fire and the course",
+    "mascot Kumo. It exists so that every notebook shows real grounding offline; for photos, load the real",
+    "model. Its outputs are its own — never a stand-in for what the real model says.",
+    "",
+)
+
+#: The card's last section.
+_LICENCE = (
+    "## Licence",
+    "MIT, like the rest of the course. Kosmos-2 itself is Microsoft's (MIT licence on its model card);",
+    "this model shares its architecture and token conventions, not its weights.",
+    "",
+)
+
+
 def _card_text(model, result: dict, training: dict) -> str:
+    """The model card of ``model`` (``README.md``), from its evaluation ``result`` and its ``training.json`` record
+    (``{}``: none), a section per heading."""
+    others = _other_evaluations(Path(model.name_or_path))
+    return "\n".join([*_INTRO, *_architecture_lines(model), *_data_lines(result), *_training_lines(training, others),
+                      *_evaluation_lines(result, others), *_LICENCE])
+
+
+def _architecture_lines(model) -> list[str]:
+    """The card's "Architecture": size, weights on disk, the vision tower, the text decoder, the image tokens."""
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
     weights = sum(f.stat().st_size for f in Path(model.name_or_path).glob("*.safetensors")
                   if f.name != HEADS_FILE) / 1e6  # the training-only heads are not part of the model
-    others = _other_evaluations(Path(model.name_or_path))
-    lines = [
-        CARD_TITLE,
-        "",
-        "A small model with the **Kosmos-2 architecture** (`Kosmos2ForConditionalGeneration`, `Kosmos2Processor`,",
-        "the same special tokens, 1 024 location tokens and prompts as `microsoft/kosmos-2-patch14-224`), trained",
-        "from scratch by this project on synthetic scenes it draws itself. It only knows that world: coloured",
-        "circles, squares and triangles (red, green, blue, yellow, purple), a snowman, a fire and the course",
-        "mascot Kumo. It exists so that every notebook shows real grounding offline; for photos, load the real",
-        "model. Its outputs are its own — never a stand-in for what the real model says.",
-        "",
+    return [
         "## Architecture",
         f"- {params / 1e6:.2f} M parameters, {weights:.1f} MB of float32 safetensors",
         f"- vision tower: {cfg.vision_config.num_hidden_layers} layers, width {cfg.vision_config.hidden_size}, "
@@ -177,6 +204,12 @@ def _card_text(model, result: dict, training: dict) -> str:
         f"- {cfg.latent_query_num} image tokens (latent queries), as in Kosmos-2",
         "- image preprocessing: resize to a square without centre-cropping (CLIP statistics), like the real checkpoint",
         "",
+    ]
+
+
+def _data_lines(result: dict) -> list[str]:
+    """The card's "Data": the scenes, the tasks, and the seed of the evaluation scenes."""
+    return [
         "## Data",
         "Scenes from `helpers.world.scenes.sample_scene`: 1–3 kinds of object, a quarter of scenes with two of one",
         "kind (one phrase, two boxes), random image sizes and aspect ratios, pale backgrounds. Every scene gives",
@@ -185,6 +218,13 @@ def _card_text(model, result: dict, training: dict) -> str:
         "Training scenes are drawn from 62-bit seeds of `random.Random(training seed)`; evaluation scenes come",
         f"from `sample_scenes(n, seed={result['seed']})`, never used in training.",
         "",
+    ]
+
+
+def _training_lines(training: dict, others: list[tuple[Path, dict]]) -> list[str]:
+    """The card's "Training": the recipe, a line per recorded run and the commands that rebuild the model (a
+    card without a ``training.json`` record says that its runs are not recorded)."""
+    lines = [
         "## Training",
         "Recipe in `helpers/world/training.py`: location-token embeddings initialised with "
         f"{_location_features(training)};",
@@ -194,42 +234,52 @@ def _card_text(model, result: dict, training: dict) -> str:
         "",
     ]
     if not training:
-        lines += ["This folder has no `training.json` (what `python -m helpers train` writes beside the model), so",
-                  "its training runs, their settings, losses and time, are not recorded here.", ""]
-    for i, stage in enumerate(recorded_runs(training) if training else [], 1):
-        tc = stage.get("config", {})
-        last = last_joint_point(stage)
-        steps = joint_steps(stage)
-        rate = f", {steps / last['seconds']:.2f} joint steps per second" if last.get("seconds") else ""
-        extra = [f"{name} {tc[key]}" for name, key in (("group", "group_weight"), ("count word", "count_weight"))
-                 if tc.get(key)]
-        if tc.get("task_weights"):
-            extra.append("tasks drawn " + ", ".join(f"{k} {v}" for k, v in tc["task_weights"].items()))
-        mix = (f"; scenes redrawn for a pair {tc.get('pair_share', 0.0)}, for three kinds "
-               f"{tc.get('three_share', 0.0)} of the time"
-               if tc.get("pair_share") or tc.get("three_share") else "")
-        lines += [
-            f"Run {i}: seed {tc.get('seed')}, batch {tc.get('batch_size')}, peak learning rate {tc.get('lr')} "
-            f"(AdamW, warm-up {tc.get('warmup')} steps, {schedule(tc)}), "
-            + (f"{tc['heads_steps']} heads-only steps, " if tc.get("heads_steps") else "")
-            + f"{tc.get('vision_steps')} vision-only steps, then {steps} joint steps{rate}; "
-            f"loss weights dense {tc.get('aux_weight')}, look {tc.get('look_weight')}"
-            + "".join(f", {e}" for e in extra)
-            + (" (group heads on object patches only)" if tc.get("group_on_objects") else "")
-            + mix + ("; forward passes in bfloat16" if tc.get("bf16") else "")
-            + rounding_4bit(tc)
-            + f"; {stage.get('seconds', 0) / 60:.1f} min. Last logged losses: text {last.get('text_loss', '?')}, "
-            f"dense {last.get('dense_loss', '?')}, look {last.get('look_loss', '?')}.",
-            "",
-        ]
-    lines += [] if not training else [
-        f"In all {training.get('seconds', 0) / 60:.0f} min on {training.get('hardware', '?')}, "
-        f"torch {training.get('torch', '?')}; the loss history is in `training.json`. The probes that chose",
+        return lines + [f"This folder has no `{RECORD_FILE}` (what `python -m helpers train` writes beside the "
+                        "model), so", "its training runs, their settings, losses and time, are not recorded here.", ""]
+    for i, run in enumerate(recorded_runs(training), 1):
+        lines += [_run_line(i, run), ""]
+    return lines + _rebuild_lines(training, others)
+
+
+def _run_line(i: int, run: dict) -> str:
+    """The card's line on recorded run ``i``: its settings, steps, speed, time and last logged losses."""
+    tc = run.get("config", {})
+    last = last_joint_point(run)
+    steps = joint_steps(run)
+    rate = f", {steps / last['seconds']:.2f} joint steps per second" if last.get("seconds") else ""
+    extra = [f"{name} {tc[key]}" for name, key in (("group", "group_weight"), ("count word", "count_weight"))
+             if tc.get(key)]
+    if tc.get("task_weights"):
+        extra.append("tasks drawn " + ", ".join(f"{k} {v}" for k, v in tc["task_weights"].items()))
+    mix = (f"; scenes redrawn for a pair {tc.get('pair_share', 0.0)}, for three kinds "
+           f"{tc.get('three_share', 0.0)} of the time"
+           if tc.get("pair_share") or tc.get("three_share") else "")
+    return (
+        f"Run {i}: seed {tc.get('seed')}, batch {tc.get('batch_size')}, peak learning rate {tc.get('lr')} "
+        f"(AdamW, warm-up {tc.get('warmup')} steps, {schedule(tc)}), "
+        + (f"{tc['heads_steps']} heads-only steps, " if tc.get("heads_steps") else "")
+        + f"{tc.get('vision_steps')} vision-only steps, then {steps} joint steps{rate}; "
+        f"loss weights dense {tc.get('aux_weight')}, look {tc.get('look_weight')}"
+        + "".join(f", {e}" for e in extra)
+        + (" (group heads on object patches only)" if tc.get("group_on_objects") else "")
+        + mix + ("; forward passes in bfloat16" if tc.get("bf16") else "")
+        + rounding_4bit(tc)
+        + f"; {run.get('seconds', 0) / 60:.1f} min. Last logged losses: text {last.get('text_loss', '?')}, "
+        f"dense {last.get('dense_loss', '?')}, look {last.get('look_loss', '?')}."
+    )
+
+
+def _rebuild_lines(training: dict, others: list[tuple[Path, dict]]) -> list[str]:
+    """The end of the card's "Training": the time and machine of all runs, and the commands that rebuild the model
+    and measure every evaluation the card shows."""
+    minutes = training.get("seconds", 0) / 60
+    return [
+        f"In all {minutes:.0f} min on {training.get('hardware', '?')}, "
+        f"torch {training.get('torch', '?')}; the loss history is in `{RECORD_FILE}`. The probes that chose",
         "the recipe (short runs judged on a development seed of scenes, 12345, by their errors) are logged with",
         "their commands, steps per second and figures in the course's `runs/README.md`.",
         "",
-        f"Rebuild from scratch (about {training.get('seconds', 0) / 60:.0f} minutes on two CPU cores; the time "
-        "budgets make the step counts",
+        f"Rebuild from scratch (about {minutes:.0f} minutes on two CPU cores; the time budgets make the step counts",
         "depend on the machine's speed"
         + (", and today's recipe starts the location tokens otherwise than the first run did (above)"
            if _location_features(training) != LOCATION_FEATURES else "")
@@ -242,7 +292,13 @@ def _card_text(model, result: dict, training: dict) -> str:
         "```",
         "",
     ]
-    lines += [
+
+
+def _evaluation_lines(result: dict, others: list[tuple[Path, dict]]) -> list[str]:
+    """The card's "Evaluation": how it was counted, the metrics and caption errors of ``result`` and of the other
+    seeds' evaluations, and the time per caption."""
+    latency = result["caption_seconds_per_image_32_tokens"]
+    return [
         "## Evaluation",
         f"Measured on {result['date']} with `python -m helpers modelcard` on {result['machine']}.",
         "Counted per ground-truth object; phrases match after lower-casing and dropping a leading a/an/the; a box",
@@ -255,15 +311,9 @@ def _card_text(model, result: dict, training: dict) -> str:
         *_error_lines(result),
         *_other_seed_lines(others),
         "Time per image for a 32-token brief caption (greedy, float32, CPU): "
-        f"{result['caption_seconds_per_image_32_tokens']['batch_1']:.3f} s at batch 1, "
-        f"{result['caption_seconds_per_image_32_tokens']['batch_8']:.3f} s per image at batch 8.",
-        "",
-        "## Licence",
-        "MIT, like the rest of the course. Kosmos-2 itself is Microsoft's (MIT licence on its model card);",
-        "this model shares its architecture and token conventions, not its weights.",
+        f"{latency['batch_1']:.3f} s at batch 1, {latency['batch_8']:.3f} s per image at batch 8.",
         "",
     ]
-    return "\n".join(lines)
 
 
 #: How the location-token embeddings of runs recorded before ``training.json`` named them were initialised.
@@ -273,7 +323,7 @@ EARLIEST_LOCATION_FEATURES = "sine/cosine features of their bin (the recipe's fi
 def _location_features(training: dict) -> str:
     """How the first recorded run initialised the location tokens (a card without a record says it is unknown)."""
     if not training:
-        return "features of their bin (which ones is not recorded: no `training.json`)"
+        return f"features of their bin (which ones is not recorded: no `{RECORD_FILE}`)"
     return recorded_runs(training)[0].get("location_features", EARLIEST_LOCATION_FEATURES)
 
 
@@ -347,9 +397,8 @@ def card_files_problem(model_dir: Path, render_only: bool, seed: int = HELD_OUT_
     """Why the card could not be written from the JSON files in ``model_dir`` that it reads (``training.json``, the
     evaluations: ``evaluation.json`` with ``render_only`` or another ``seed``, ``evaluation-seed*.json`` but the one
     this run replaces), or ``None``: checked before the model loads or any scene is evaluated."""
-    replaced = None if render_only else model_dir / (
-        "evaluation.json" if seed == HELD_OUT_SEED else f"evaluation-seed{seed}.json")
-    files = [(model_dir / "training.json", training_problem, "`python -m helpers train` writes it",
+    replaced = None if render_only else model_dir / evaluation_file(seed)
+    files = [(model_dir / RECORD_FILE, training_problem, "`python -m helpers train` writes it",
               "restore it, or remove it (the card then says that the training runs are not recorded)")]
     files += [(path, evaluation_problem, f"`{PROG} {model_dir}` writes it", "run the command without --render-only "
                "to measure it again" if path.name == "evaluation.json" else "remove it or measure that seed again")

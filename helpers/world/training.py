@@ -37,10 +37,10 @@ import re
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ from torch import nn
 
 from helpers.grounding.checks import (DefaultsHelpFormatter, check_count, check_positive_int, count_option, is_number,
                                       fail, number_option, number_rule, out_problem, parse, positive_int_option,
-                                      positive_number_option)
+                                      positive_number_option, read_json)
 from helpers.grounding.finetune import cosine_lr, device_option_problem, warmup_lr
 from helpers.grounding.model import check_bf16
 from helpers.grounding.progress import interactive
@@ -604,7 +604,8 @@ def batches(make, rng: random.Random, cfg: TrainConfig, stream: int):
 
 
 class _StopFlag:
-    """SIGTERM / SIGINT end the joint stage after the current step, so the run still saves its weights."""
+    """SIGTERM / SIGINT end the current stage after its step and skip the stages after it, so the run still
+    returns (and the command saves) what it has learned."""
 
     def __init__(self):
         self.raised: str | None = None
@@ -655,6 +656,9 @@ class AttentionTap:
 
 #: File of a run's folder that keeps the training-only heads, so that ``--resume`` continues with them.
 HEADS_FILE = "training_heads.safetensors"
+#: File of a run's folder that records its settings, losses and time (:func:`write_record`) and those of the runs
+#: it continues; the model card reads it.
+RECORD_FILE = "training.json"
 #: The first line of the model card that ``python -m helpers modelcard`` writes (``README.md``).
 CARD_TITLE = "# kosmos2-tiny-world — the course's bundled offline model"
 
@@ -695,7 +699,7 @@ def recorded_runs(record: dict) -> list[dict]:
 
 
 def write_record(folder: Path, cfg: TrainConfig, history: list[dict], seconds: float) -> None:
-    """Write ``training.json``: this run's settings, losses and time; after ``--resume`` every earlier run too."""
+    """Write :data:`RECORD_FILE`: this run's settings, losses and time; after ``--resume`` every earlier run too."""
     earlier = recorded_runs(cfg.resumed_from) if cfg.resumed_from is not None else []
     record = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()
@@ -709,7 +713,196 @@ def write_record(folder: Path, cfg: TrainConfig, history: list[dict], seconds: f
     if earlier:
         record["stages"] = [{k: v for k, v in st.items() if k != "stages"} for st in earlier] + [dict(record)]
         record["seconds"] = round(sum(st.get("seconds", 0) for st in record["stages"]), 1)
-    (Path(folder) / "training.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    (Path(folder) / RECORD_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+
+def save_run(folder: Path, model, processor, heads: tuple[DenseHeads, DenseHeads], cfg: TrainConfig,
+             history: list[dict], seconds: float) -> None:
+    """Save a run into ``folder``, all that ``--resume`` continues from: the model, its processor, the training-only
+    ``heads`` (on the patches, on the image tokens; :data:`HEADS_FILE`) and the record (:func:`write_record`)."""
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    save_heads(folder, *heads)
+    write_record(folder, cfg, history, seconds)
+
+
+@dataclass
+class _Run:
+    """What the stages of :func:`train` share: the settings, the model with its processor and training-only heads,
+    the stream of random draws, the log with its history (points of the losses), the start time and the flag that
+    a signal raises; each stage is a method."""
+
+    cfg: TrainConfig
+    model: object
+    processor: object
+    heads: DenseHeads  # on the patch features
+    token_heads: DenseHeads  # on the image tokens
+    rng: random.Random
+    log: Callable[[str], None]
+    stop: _StopFlag
+    history: list[dict] = field(default_factory=list)
+    start: float = field(default_factory=time.time)
+
+    @property
+    def grid(self) -> int:
+        """Patches per side of an image (the image tokens are a grid of grid × grid)."""
+        return self.cfg.image_size // self.cfg.patch_size
+
+    def stream(self, make, number: int, **options):
+        """The batches of ``make`` (:func:`dense_batch` or :func:`joint_batch`) for stage ``number``."""
+        return batches(partial(make, processor=self.processor, cfg=self.cfg, grid=self.grid, **options), self.rng,
+                       self.cfg, number)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the training-only heads, those on the patches first."""
+        return list(self.heads.parameters()) + list(self.token_heads.parameters())
+
+    def autocast(self):
+        """Forward passes in bfloat16 with ``cfg.bf16``, else as they are (float32)."""
+        cfg = self.cfg
+        return torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+    def what_where_loss(self, b, patches, embeds):
+        """Both heads' what / where loss, on the patches and on the image tokens."""
+        return self.heads.loss(patches, b["what"], b["where"]) + self.token_heads.loss(embeds, b["what"], b["where"])
+
+    def group_loss(self, b, patches, embeds):
+        """Both heads' group loss (group size and caption place), on the patches and on the image tokens."""
+        on_objects = self.cfg.group_on_objects
+        return (self.heads.group_loss(patches, b["count"], b["place"], on_objects)
+                + self.token_heads.group_loss(embeds, b["count"], b["place"], on_objects))
+
+    def dense_loss(self, b, patches, embeds):
+        """The training-only heads' loss (what / where per patch, and the group targets when asked for)."""
+        loss = self.what_where_loss(b, patches, embeds)
+        return loss + self.group_loss(b, patches, embeds) if self.cfg.group_weight else loss
+
+    def dense_step(self, opt, loss, stage: str, step: int, *, last: bool, every: int) -> None:
+        """One optimizer step of a dense-targets stage, logged every ``every`` steps and at the last."""
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % every == 0 or last:
+            self.log(f"{stage} step {step:5d}  dense loss {loss.item():.3f}  {time.time() - self.start:6.0f}s")
+            self.history.append({"stage": stage, "step": step, "dense_loss": round(loss.item(), 4)})
+
+    def heads_stage(self) -> None:
+        """Stage 0 (resumed runs): fresh training-only heads learn on the frozen model first, so that their
+        first, large gradients do not run through weights that are already trained."""
+        cfg = self.cfg
+        opt = torch.optim.AdamW(self.head_parameters(), lr=3e-3, weight_decay=0.01)
+        self.model.eval()
+        stream = self.stream(dense_batch, 0, mixed=False)
+        for step in range(cfg.heads_steps):
+            if self.stop.raised:
+                break
+            b = next(stream)
+            with torch.no_grad(), self.autocast():
+                patches, embeds = image_features(self.model, b["pixel_values"])
+            loss = self.dense_loss(b, patches.float(), embeds.float())
+            self.dense_step(opt, loss, "heads", step, last=step == cfg.heads_steps - 1, every=25)
+        stream.close()
+
+    def vision_stage(self) -> None:
+        """Stage 1: the vision tower and the projection alone, on the dense targets (image token i ↔ patch i)."""
+        cfg, model = self.cfg, self.model
+        vision_params = (list(model.vision_model.parameters()) + list(model.image_to_text_projection.parameters())
+                         + self.head_parameters())
+        opt = torch.optim.AdamW(vision_params, lr=cfg.lr, weight_decay=0.01)
+        model.train()
+        stream = self.stream(dense_batch, 1, mixed=True)
+        for step in range(cfg.vision_steps):
+            if self.stop.raised:
+                break
+            b = next(stream)
+            for g in opt.param_groups:
+                g["lr"] = warmup_lr(cfg.lr, step, cfg.warmup)
+            with self.autocast():
+                patches, embeds = image_features(model, b["pixel_values"])
+                loss = self.dense_loss(b, patches, embeds)
+            self.dense_step(opt, loss, "vision", step, last=step == cfg.vision_steps - 1, every=50)
+        stream.close()
+
+    def joint_losses(self, b, tap: AttentionTap) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The joint stage's loss on batch ``b`` (the weighted sum) and its parts: text, dense, look, group and
+        count (a part whose weight is 0 is not computed: it is 0)."""
+        cfg, model = self.cfg, self.model
+        with self.autocast():
+            patches, embeds = image_features(model, b["pixel_values"])
+            out = model(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                image_embeds_position_mask=b["image_embeds_position_mask"], image_embeds=embeds,
+                labels=b["labels"],
+            )
+            dense = self.what_where_loss(b, patches, embeds)
+            off = torch.zeros((), device=cfg.device)  # the value logged for a loss that is switched off
+            group = self.group_loss(b, patches, embeds) if cfg.group_weight else off
+            look = tap.loss(b["look"])
+        counting = count_word_loss(out.logits, b["labels"], b["count_words"]) if cfg.count_weight else off
+        loss = (out.loss + cfg.aux_weight * dense + cfg.look_weight * look + cfg.group_weight * group
+                + cfg.count_weight * counting)
+        return loss, {"text": out.loss, "dense": dense, "look": look, "group": group, "count": counting}
+
+    def joint_point(self, step: int, losses: dict, since: float) -> dict:
+        """One point of the history: the step's losses (those that are on) and the joint stage's time so far."""
+        cfg = self.cfg
+        on = {"text": True, "dense": True, "look": True, "group": cfg.group_weight, "count": cfg.count_weight}
+        return {"stage": "joint", "step": step,
+                **{f"{k}_loss": round(v.item(), 4) for k, v in losses.items() if on[k]},
+                "seconds": round(time.time() - since, 1)}
+
+    def joint_stage(self) -> None:
+        """Stage 2: everything, every task; head 0 of each text layer is shown where to look. It ends after
+        ``cfg.steps`` steps, at the ``cfg.minutes`` budget or at a signal, and saves a checkpoint into
+        ``cfg.checkpoint`` every ``cfg.checkpoint_minutes``."""
+        cfg, model = self.cfg, self.model
+        model.set_attn_implementation("eager")
+        tap = AttentionTap(model)
+        params = list(model.parameters()) + self.head_parameters()
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+        stream = self.stream(joint_batch, 2)
+        stage_start = last_save = time.time()
+        done = 0  # joint steps taken
+        rounded, rounding = linears_4bit(model), torch.Generator().manual_seed(cfg.seed)
+        shares = {"fp4": cfg.fp4_share, "nf4": cfg.nf4_share}
+        for step in range(cfg.steps):
+            frac = step / max(1, cfg.steps)
+            if cfg.minutes is not None:
+                frac = max(frac, (time.time() - stage_start) / (60 * cfg.minutes))
+            if frac >= 1.0 and step > 0:
+                self.log(f"time budget reached at step {step}")
+                break
+            if self.stop.raised:
+                self.log(f"stopped by signal {self.stop.raised} at joint step {step}")
+                break
+            lr = cosine_lr(cfg.lr, step, cfg.warmup, frac)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            b = next(stream)
+            with rounded_4bit(rounded, shares, rounding):  # the weights it rounds are back for the step
+                loss, losses = self.joint_losses(b, tap)
+                opt.zero_grad()
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            done = step + 1
+            if cfg.checkpoint and time.time() - last_save > 60 * cfg.checkpoint_minutes:
+                last_save = time.time()
+                save_run(cfg.checkpoint, model, self.processor, (self.heads, self.token_heads), cfg, self.history,
+                         time.time() - self.start)  # resumable on its own
+                self.log(f"checkpoint at step {step} in {cfg.checkpoint}")
+            if step % cfg.log_every == 0:
+                rate = step / max(time.time() - stage_start, 1e-9)
+                self.log(f"step {step:5d}  text loss {losses['text'].item():.3f}  dense {losses['dense'].item():.3f}  "
+                         f"look {losses['look'].item():.3f}  "
+                         + (f"group {losses['group'].item():.3f}  " if cfg.group_weight else "")
+                         + (f"count {losses['count'].item():.3f}  " if cfg.count_weight else "")
+                         + f"lr {lr:.2e}  {time.time() - self.start:6.0f}s  {rate:.2f} steps/s")
+                self.history.append(self.joint_point(step, losses, stage_start))
+        if done and (done - 1) % cfg.log_every:  # the last step is always in the history: it tells how far a run got
+            self.history.append(self.joint_point(done - 1, losses, stage_start))
+        stream.close()
+        tap.remove()
 
 
 def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: Path | None = None,
@@ -745,145 +938,16 @@ def train(cfg: TrainConfig, processor=None, model=None, log=print, heads_from: P
     model.to(cfg.device)
     heads.to(cfg.device)
     token_heads.to(cfg.device)
-    history: list[dict] = []
-    start = time.time()
-
-    def autocast():
-        return torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16)
-
-    def what_where_loss(b, patches, embeds):
-        """Both heads' what / where loss, on the patches and on the image tokens."""
-        return heads.loss(patches, b["what"], b["where"]) + token_heads.loss(embeds, b["what"], b["where"])
-
-    def group_loss(b, patches, embeds):
-        """Both heads' group loss (group size and caption place), on the patches and on the image tokens."""
-        return (heads.group_loss(patches, b["count"], b["place"], cfg.group_on_objects)
-                + token_heads.group_loss(embeds, b["count"], b["place"], cfg.group_on_objects))
-
-    def dense_loss(b, patches, embeds):
-        """The training-only heads' loss (what / where per patch, and the group targets when asked for)."""
-        loss = what_where_loss(b, patches, embeds)
-        return loss + group_loss(b, patches, embeds) if cfg.group_weight else loss
-
-    def dense_step(opt, loss, stage: str, step: int, *, last: bool, every: int) -> None:
-        """One optimizer step of a dense-targets stage, logged every ``every`` steps and at the last."""
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % every == 0 or last:
-            log(f"{stage} step {step:5d}  dense loss {loss.item():.3f}  {time.time() - start:6.0f}s")
-            history.append({"stage": stage, "step": step, "dense_loss": round(loss.item(), 4)})
-
-    # stage 0 (resumed runs): fresh training-only heads learn on the frozen model first, so that their
-    # first, large gradients do not run through weights that are already trained
-    stop = _StopFlag()  # SIGTERM / SIGINT: finish the current step, skip the rest, return what was learned
-    head_params = list(heads.parameters()) + list(token_heads.parameters())
-    opt = torch.optim.AdamW(head_params, lr=3e-3, weight_decay=0.01)
-    model.eval()
-    stream = batches(partial(dense_batch, processor=processor, cfg=cfg, grid=grid, mixed=False), rng, cfg, 0)
-    for step in range(cfg.heads_steps):
-        if stop.raised:
-            break
-        b = next(stream)
-        with torch.no_grad(), autocast():
-            patches, embeds = image_features(model, b["pixel_values"])
-        loss = dense_loss(b, patches.float(), embeds.float())
-        dense_step(opt, loss, "heads", step, last=step == cfg.heads_steps - 1, every=25)
-    stream.close()
-
-    # stage 1: the vision tower and the projection alone, on the dense targets (image token i ↔ patch i)
-    vision_params = (list(model.vision_model.parameters()) + list(model.image_to_text_projection.parameters())
-                     + list(heads.parameters()) + list(token_heads.parameters()))
-    opt = torch.optim.AdamW(vision_params, lr=cfg.lr, weight_decay=0.01)
-    model.train()
-    stream = batches(partial(dense_batch, processor=processor, cfg=cfg, grid=grid, mixed=True), rng, cfg, 1)
-    for step in range(cfg.vision_steps):
-        if stop.raised:
-            break
-        b = next(stream)
-        for g in opt.param_groups:
-            g["lr"] = warmup_lr(cfg.lr, step, cfg.warmup)
-        with autocast():
-            patches, embeds = image_features(model, b["pixel_values"])
-            loss = dense_loss(b, patches, embeds)
-        dense_step(opt, loss, "vision", step, last=step == cfg.vision_steps - 1, every=50)
-    stream.close()
-
-    # stage 2: everything, every task; head 0 of each text layer is shown where to look
-    model.set_attn_implementation("eager")
-    tap = AttentionTap(model)
-    params = list(model.parameters()) + list(heads.parameters()) + list(token_heads.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    stream = batches(partial(joint_batch, processor=processor, cfg=cfg, grid=grid), rng, cfg, 2)
-    stage2_start = last_save = time.time()
-    done = 0  # joint steps taken
-    rounded, rounding = linears_4bit(model), torch.Generator().manual_seed(cfg.seed)
-    shares = {"fp4": cfg.fp4_share, "nf4": cfg.nf4_share}
-
-    def point(step: int, losses: dict) -> dict:
-        """One point of the history: the step's losses (those that are on) and the joint stage's time so far."""
-        on = {"text": True, "dense": True, "look": True, "group": cfg.group_weight, "count": cfg.count_weight}
-        return {"stage": "joint", "step": step,
-                **{f"{k}_loss": round(v.item(), 4) for k, v in losses.items() if on[k]},
-                "seconds": round(time.time() - stage2_start, 1)}
-
-    for step in range(cfg.steps):
-        frac = step / max(1, cfg.steps)
-        if cfg.minutes is not None:
-            frac = max(frac, (time.time() - stage2_start) / (60 * cfg.minutes))
-        if frac >= 1.0 and step > 0:
-            log(f"time budget reached at step {step}")
-            break
-        if stop.raised:
-            log(f"stopped by signal {stop.raised} at joint step {step}")
-            break
-        lr = cosine_lr(cfg.lr, step, cfg.warmup, frac)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        b = next(stream)
-        with rounded_4bit(rounded, shares, rounding):  # the weights it rounds are back for the step
-            with autocast():
-                patches, embeds = image_features(model, b["pixel_values"])
-                out = model(
-                    input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                    image_embeds_position_mask=b["image_embeds_position_mask"], image_embeds=embeds,
-                    labels=b["labels"],
-                )
-                dense = what_where_loss(b, patches, embeds)
-                off = torch.zeros((), device=cfg.device)  # the value logged for a loss that is switched off
-                group = group_loss(b, patches, embeds) if cfg.group_weight else off
-                look = tap.loss(b["look"])
-            counting = count_word_loss(out.logits, b["labels"], b["count_words"]) if cfg.count_weight else off
-            loss = (out.loss + cfg.aux_weight * dense + cfg.look_weight * look + cfg.group_weight * group
-                    + cfg.count_weight * counting)
-            opt.zero_grad()
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        done, losses = step + 1, {"text": out.loss, "dense": dense, "look": look, "group": group, "count": counting}
-        if cfg.checkpoint and time.time() - last_save > 60 * cfg.checkpoint_minutes:
-            last_save = time.time()
-            model.save_pretrained(cfg.checkpoint)
-            processor.save_pretrained(cfg.checkpoint)
-            save_heads(cfg.checkpoint, heads, token_heads)
-            write_record(cfg.checkpoint, cfg, history, time.time() - start)  # resumable on its own
-            log(f"checkpoint at step {step} in {cfg.checkpoint}")
-        if step % cfg.log_every == 0:
-            rate = step / max(time.time() - stage2_start, 1e-9)
-            log(f"step {step:5d}  text loss {out.loss.item():.3f}  dense {dense.item():.3f}  look {look.item():.3f}  "
-                + (f"group {group.item():.3f}  " if cfg.group_weight else "")
-                + (f"count {counting.item():.3f}  " if cfg.count_weight else "")
-                + f"lr {lr:.2e}  {time.time() - start:6.0f}s  {rate:.2f} steps/s")
-            history.append(point(step, losses))
-    if done and (done - 1) % cfg.log_every:  # the last step is always in the history: it tells how far a run got
-        history.append(point(done - 1, losses))
-    stream.close()
-    stop.restore()
-    tap.remove()
+    # SIGTERM / SIGINT: finish the current step, skip the rest, return what was learned
+    run = _Run(cfg, model, processor, heads, token_heads, rng, log, _StopFlag())
+    run.heads_stage()
+    run.vision_stage()
+    run.joint_stage()
+    run.stop.restore()
     model.set_attn_implementation("sdpa")
     model.eval()
     model.to("cpu")  # saved and used on the CPU; the heads stay where they trained (saved from there)
-    return model, processor, history
+    return model, processor, run.history
 
 
 def _task_weights_arg(text: str) -> dict[str, float]:
@@ -1013,13 +1077,22 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def _load_run(folder: Path):
-    """The model and processor of a saved run (``--resume``) and its ``training.json`` (``None`` without one)."""
+    """The model and processor of a saved run (``--resume``) and its record (:data:`RECORD_FILE`, ``None`` without
+    one); the record is read first, and a ``ValueError`` names it when it is not UTF-8 JSON text or does not hold
+    runs the new record and the model card can carry on (``helpers.world.modelcard.training_problem``)."""
     from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
 
+    from helpers.world.modelcard import training_problem
+
+    path = folder / RECORD_FILE
+    expected = f"the record of the run as `{PROG} --out DIR` writes it (or no {RECORD_FILE} at all)"
+    previous = read_json(path, "training record", expected) if path.exists() else None
+    problem = None if previous is None else training_problem(previous)
+    if problem:
+        raise ValueError(f"training record {str(path)!r}: {problem}; expected {expected}")
     processor = AutoProcessor.from_pretrained(folder)
     model = Kosmos2ForConditionalGeneration.from_pretrained(folder, use_safetensors=True)
-    previous = folder / "training.json"
-    return model, processor, json.loads(previous.read_text(encoding="utf-8")) if previous.exists() else None
+    return model, processor, previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1071,13 +1144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stale.append(card)  # the model card written from them (a README of another kind stays)
     for path in stale:
         path.unlink()
-    model.save_pretrained(args.out, safe_serialization=True)
-    processor.save_pretrained(args.out)
-    save_heads(args.out, *kept[0])
+    save_run(args.out, model, processor, kept[0], cfg, history, seconds)
     if stale:
         print(f"removed {', '.join(p.name for p in stale)} from {args.out}: they evaluated the weights replaced now "
               f"(python -m helpers modelcard {args.out} [--seed N] measures the new ones)")
-    write_record(args.out, cfg, history, seconds)
     print(f"saved to {args.out} after {seconds:.0f}s")
     if args.evaluate:
         from helpers.world.modelcard import write_card
