@@ -11,8 +11,8 @@ Paths (``--paths``, comma-separated):
 
 * ``article`` — the article's set-up: 4-bit bitsandbytes weights with ``BitsAndBytesConfig(load_in_4bit=True)``
   and its defaults (FP4, float32 compute), the other layers in float16 on a GPU (as transformers 4 gave the
-  article) and float32 on a CPU, as ``load(quantization="4bit")`` loads them; batch 1 (every ``--batch-sizes`` entry in the CPU table). Needs
-  bitsandbytes (on the CPU >= 0.50.2); otherwise recorded as skipped, with the reason.
+  article) and float32 on a CPU, as ``load(quantization="4bit")`` loads them; batch 1 (every ``--batch-sizes`` entry
+  in the CPU table). Needs bitsandbytes (on the CPU >= 0.50.2); otherwise recorded as skipped, with the reason.
 * ``nf4``, ``8bit`` — bitsandbytes' 4-bit NF4 and LLM.int8 weights, as ``load(quantization=...)`` loads them.
 * ``int8``, ``int4`` — the CPU paths of ``load(quantization=...)``: int8 weights of the text decoder (a scale
   per output, torch's ``_weight_int8pack_mm``); torchao's int4 weights of the text decoder (groups of 32) with
@@ -609,7 +609,8 @@ def _accuracy(model, inputs, output: torch.Tensor, work: Path, spec: PathSpec, l
     return result
 
 
-def run_isolated(argv: Sequence[str], paths: Sequence[str], work: Path, log=print, on_path=None) -> list[dict[str, Any]]:
+def run_isolated(argv: Sequence[str], paths: Sequence[str], work: Path, log=print,
+                 on_path=None) -> list[dict[str, Any]]:
     """Run each path in its own process (this script with ``--child``), so each peak memory is that path's own."""
     rows: list[dict[str, Any]] = []
     if paths and not (work / "weights" / "config.json").exists():  # the random float32 weights every path loads
@@ -831,15 +832,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python bench/benchmark.py",
         description="Benchmark Kosmos-2 grounding paths (full-size architecture, random weights).",
     )
-    parser.add_argument("--tiny", action="store_true", help="a tiny model for tests (its vocabulary is the real one, so "
-                        "keep --new-tokens and --batch-sizes small for a quick run)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a tiny model for tests (its vocabulary is the real one, so "
+                             "keep --new-tokens and --batch-sizes small for a quick run)")
     parser.add_argument("--cpu-table", action="store_true",
                         help="the CPU table: CPU paths, each in its own process, --threads threads, batch 1 and 8, "
                              "one short warm-up and one timed run, logits scored against float32")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for results.json and results.md (bench/results; with --cpu-table bench/results/cpu)")
+                        help="folder for results.json and results.md "
+                             "(bench/results; with --cpu-table bench/results/cpu)")
     parser.add_argument("--new-tokens", type=int, default=64, metavar="N", help="forced new tokens per caption (64)")
-    parser.add_argument("--batch-sizes", default=None, help="batch sizes for the precision paths (1,8,64; CPU table 1,8)")
+    parser.add_argument("--batch-sizes", default=None,
+                        help="batch sizes for the precision paths (1,8,64; CPU table 1,8)")
     parser.add_argument("--static-batch-sizes", default="1", help="batch sizes for article, static, compile (1)")
     parser.add_argument("--paths", default=None,
                         help=f"comma-separated, from {', '.join(PATHS)} (default {','.join(DEFAULT_PATHS)}; "

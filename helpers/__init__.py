@@ -4,7 +4,8 @@
 bundled model and the int4-onnx cache live comes from ``course.paths``; scoring and writing the world's scenes and
 ``finetune`` use ``helpers.world``: see its docstring):
     boxes       normalized and pixel boxes: the box type, its checks and the image-size check
-    checks      argument checks many functions share (a positive int, a number above 0) and the command lines' option types
+    checks      argument checks many functions share (a positive int, a number above 0) and the command lines'
+                option types
     tokens      Kosmos-2 location tokens (``<patch_index_NNNN>``) and parsing grounded text
     prompts     Kosmos-2's prompts (captions, comprehension, questions about a box, box → words), grounded text
     images      loading images from paths, URLs and bytes (EXIF orientation, size limits)

@@ -21,10 +21,13 @@ PROG = "python -m helpers"
 
 #: command -> (the module whose ``main(argv)`` runs it, one line of help). The order is the order of ``--help``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("helpers.course.mainjob", "run every notebook headless and collect what they ground (what `make run` does)"),
+    "run": ("helpers.course.mainjob",
+            "run every notebook headless and collect what they ground (what `make run` does)"),
     "ground": ("helpers.course.cli", "ground images or folders of images with a prompt"),
-    "evaluate": ("helpers.course.cli_evaluate", "score a model on the synthetic world, RefCOCO/+/g or Flickr30k Entities"),
-    "train": ("helpers.world.training", "train a Kosmos-2 model on the synthetic world (how the bundled model was made)"),
+    "evaluate": ("helpers.course.cli_evaluate",
+                 "score a model on the synthetic world, RefCOCO/+/g or Flickr30k Entities"),
+    "train": ("helpers.world.training",
+              "train a Kosmos-2 model on the synthetic world (how the bundled model was made)"),
     "modelcard": ("helpers.world.modelcard", "evaluate a world model and write its model card"),
     "distributed": ("helpers.course.distributed", "ground images on every process of an `accelerate launch` run"),
     "finetune": ("helpers.grounding.finetune", "fine-tune Kosmos-2 on your own boxes (COCO format) with LoRA adapters"),

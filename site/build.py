@@ -34,7 +34,8 @@ def build(out: Path = OUTPUT, quiet: bool = False) -> Path:
     out = Path(out).resolve()
     if out == SOURCE or SOURCE in out.parents:
         raise ValueError(f"{out} is inside {SOURCE}, the site's sources: build somewhere else")
-    if out != OUTPUT and out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / ".buildinfo").is_file())):
+    if out != OUTPUT and out.exists() and (not out.is_dir()
+                                           or (any(out.iterdir()) and not (out / ".buildinfo").is_file())):
         # Sphinx leaves .buildinfo in every HTML build; an index.html alone may be any web site's
         raise ValueError(f"{out} exists and is not an earlier build of the site: give a new or empty folder")
     doctrees = OUTPUT.with_name(OUTPUT.name + ".doctrees")  # Sphinx's cache, beside the site rather than in it

@@ -129,7 +129,8 @@ def test_draw_like_the_article_draws_only_the_first_box_of_each_phrase_in_red() 
     assert drawn.getpixel((80, 80)) == red  # the second phrase's (only) box
     assert image.getpixel((20, 50)) == (255, 255, 255)  # the input is left as it was
     # the article rounds to two decimals before scaling: 0.123 -> 0.12 -> x = 24, not 24.6 -> 25
-    shifted = draw_like_the_article(Image.new("RGB", (200, 100), (255, 255, 255)), [("x", None, [(0.123, 0.1, 0.5, 0.5)])])
+    shifted = draw_like_the_article(Image.new("RGB", (200, 100), (255, 255, 255)),
+                                    [("x", None, [(0.123, 0.1, 0.5, 0.5)])])
     assert shifted.getpixel((24, 30)) == red and shifted.getpixel((25, 30)) != red
 
 

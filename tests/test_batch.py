@@ -272,7 +272,8 @@ def test_check_images_names_every_unreadable_file(folder, tmp_path) -> None:
     assert check_images(good) == [Image.open(p).size for p in good]
     for name in ("a.png", "b.png"):
         (tmp_path / name).write_bytes(b"junk")
-    with pytest.raises(ImageLoadError, match=r"^2 of 5 image\(s\) cannot be read: file .*a\.png .*\(also unreadable: .*b\.png\)$"):
+    with pytest.raises(ImageLoadError,
+                       match=r"^2 of 5 image\(s\) cannot be read: file .*a\.png .*\(also unreadable: .*b\.png\)$"):
         check_images([*good, tmp_path / "a.png", tmp_path / "b.png"])
 
 

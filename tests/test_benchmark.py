@@ -130,7 +130,8 @@ def test_bad_options_are_refused_with_a_message(capsys):
                           (["--warmup-tokens", "0"], "--warmup-tokens must be at least 1, got 0"),
                           (["--cpu-table", "--repeats", "0"], "--repeats must be at least 1, got 0"),
                           (["--device", "tpu"], "--device 'tpu' is not a device torch knows"),
-                          (["--work", "w"], "--work keeps the CPU table's weights and results: it goes with --cpu-table")):
+                          (["--work", "w"],
+                           "--work keeps the CPU table's weights and results: it goes with --cpu-table")):
         with pytest.raises(SystemExit) as stop:
             bench.main(["--tiny", *argv])
         assert stop.value.code == 2

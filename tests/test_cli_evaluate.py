@@ -37,7 +37,8 @@ def test_refcoco_from_the_refer_files(tiny_model_dir, refer, capsys) -> None:  #
     written = rows(out)
     assert [r["expression"] for r in written] == ["left red circle", "red ball on the left", "snowman", "blue square",
                                                   "the other square"]
-    assert {"truth", "boxes", "predicted", "iou", "best_iou", "hit", "hit_any", "caption", "split", "ann_id"} <= set(written[0])
+    assert {"truth", "boxes", "predicted", "iou", "best_iou", "hit", "hit_any", "caption", "split",
+            "ann_id"} <= set(written[0])
     lines = printed.splitlines()
     assert lines[0] == "| split | accuracy@1 | upper bound (any box of the expression) |"
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| testA", "| testB", "| val", "| train", "| all"]
@@ -139,7 +140,8 @@ def test_counts_are_checked_by_the_option_types_every_command_uses(capsys, monke
         assert capsys.readouterr().err.splitlines()[-1] == f"python -m helpers ground: error: {message}"
 
 
-@pytest.mark.parametrize("benchmark", [["world"], ["refcoco", "refs.p", "--images", "x"], ["flickr30k", "f", "--images", "x"]])
+@pytest.mark.parametrize("benchmark", [["world"], ["refcoco", "refs.p", "--images", "x"],
+                                       ["flickr30k", "f", "--images", "x"]])
 def test_an_unknown_quantization_is_a_usage_error(benchmark, capsys, monkeypatch) -> None:
     """argparse refuses a name outside QUANTIZATIONS (exit 2, the names listed), before any model is loaded."""
     from helpers.grounding import model as model_module
@@ -197,7 +199,8 @@ def test_an_out_that_cannot_take_the_results_is_refused_before_any_work(tmp_path
 
 
 def test_flickr30k_reads_the_test_split_unless_told_otherwise(monkeypatch, flickr) -> None:  # noqa: F811
-    """The paper's figure is the test split's; scoring every image of Sentences/ (train, val and test) takes --split all."""
+    """The paper's figure is the test split's; scoring every image of Sentences/ (train, val and test) takes
+    --split all."""
     import helpers.grounding.flickr30k as flickr30k
 
     asked = []

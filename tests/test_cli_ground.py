@@ -88,8 +88,10 @@ def test_missing_images_exit_2_with_a_message(workdir) -> None:
         (["extra.png", "--out", "o", "--prompt", "<phrase> It</phrase>", "--box", "5", "5", "5000", "50"],
          "--box takes x0 y0 x1 y1 as fractions of the image's width and height (each from 0 to 1), not pixels; "
          "got 5 5 5000 50."),
-        (["extra.png", "--out", "o", "--batch-size", "2.5"], "argument --batch-size: must be a whole number, got '2.5'"),
-        (["extra.png", "--out", "o", "--max-new-tokens", "-3"], "argument --max-new-tokens: must be at least 1, got -3"),
+        (["extra.png", "--out", "o", "--batch-size", "2.5"],
+         "argument --batch-size: must be a whole number, got '2.5'"),
+        (["extra.png", "--out", "o", "--max-new-tokens", "-3"],
+         "argument --max-new-tokens: must be at least 1, got -3"),
     ],
 )
 def test_bad_arguments_exit_2_without_loading_a_model(workdir, monkeypatch, capsys, args, message) -> None:
@@ -201,7 +203,8 @@ def test_an_out_folder_holding_the_images_is_refused_before_the_model_loads(work
     monkeypatch.setattr(cli_ground, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     before = sorted(p.name for p in (workdir / "scenes").iterdir())
     assert cli_ground.main(["scenes", "--out", "scenes"]) == 2
-    assert "holds the input image(s) s0.png, s1.png, which their annotated copies would replace" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds the input image(s) s0.png, s1.png, which their annotated copies would replace" in err
     assert sorted(p.name for p in (workdir / "scenes").iterdir()) == before
 
 

@@ -222,8 +222,8 @@ def test_score_phrase_wants_a_list_of_true_boxes(truth, error) -> None:
 
 def _report() -> Report:
     caption = CaptionScores(Score(5, 6), Score(4, 6), Score(5, 5))
-    return Report(scenes=3, objects=6, caption=caption, comprehension=PhraseScores(Score(4, 5), Score(5, 5)), qa=Score(3, 6),
-                  generation=Score(0, 0), seconds={"caption": 1.234, "qa": 0.5})
+    return Report(scenes=3, objects=6, caption=caption, comprehension=PhraseScores(Score(4, 5), Score(5, 5)),
+                  qa=Score(3, 6), generation=Score(0, 0), seconds={"caption": 1.234, "qa": 0.5})
 
 
 def test_report_table() -> None:

@@ -220,7 +220,7 @@ def test_labels_fall_on_the_answer_only(coco, tiny_model):
         assert enc.input_ids[-len(answer):] == answer
 
 
-# ------------------------------------------------------------------------------------------------ training, saving, loading
+# ---------------------------------------------------------------------------------------- training, saving, loading
 
 
 def test_short_run_saves_adapters_card_and_optimizer(trained):
@@ -423,7 +423,8 @@ def test_a_4bit_base_computes_in_the_devices_half_type_on_a_gpu(tiny_model_dir, 
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     if half:
-        monkeypatch.setattr(ft, "default_dtype", lambda d: getattr(torch, half) if d.startswith("cuda") else torch.float32)
+        monkeypatch.setattr(ft, "default_dtype",
+                            lambda d: getattr(torch, half) if d.startswith("cuda") else torch.float32)
     cfg = FinetuneConfig(steps=1, quantization=quantization, device=device)
     with pytest.raises(ft.BaseModelError, match="stop here"):
         finetune(tiny_model_dir, read_coco(*coco), tmp_path / "out", cfg, progress=False)
@@ -875,7 +876,8 @@ def test_adapter_for_another_base_is_refused(trained, tmp_path):
     out, _ = trained
     other = tmp_path / "other_base"
     processor = build_processor(64)
-    new_model(processor, seed=1, vision_layers=1, text_layers=1, vision_dim=32, text_dim=32, heads=2).save_pretrained(other)
+    new_model(processor, seed=1, vision_layers=1, text_layers=1, vision_dim=32, text_dim=32,
+              heads=2).save_pretrained(other)
     processor.save_pretrained(other)
     with pytest.raises(FinetuneError, match="was trained on the base .* different one"):
         load(str(other), adapter=out, device="cpu", verbose=False)
@@ -1015,7 +1017,8 @@ def test_demo_data_goes_to_a_new_or_empty_folder_or_one_it_wrote_before(tmp_path
 
 
 def test_qlora_on_a_4bit_base_trains_and_loads(tiny_model_dir, coco, tmp_path):
-    """QLoRA: bitsandbytes 4-bit (NF4) base, gradient checkpointing, adapters in float32 (bitsandbytes runs on the CPU)."""
+    """QLoRA: bitsandbytes 4-bit (NF4) base, gradient checkpointing, adapters in float32 (bitsandbytes runs on the
+    CPU)."""
     import torch
 
     from helpers.grounding.model import load

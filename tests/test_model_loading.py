@@ -220,7 +220,8 @@ def test_a_missing_package_says_to_install_it_not_to_download_the_model(tiny_mod
     from transformers import AutoModelForImageTextToText
 
     def needs_a_package(*args, **kwargs):
-        raise ImportError("Using `bitsandbytes` 4-bit quantization requires bitsandbytes: `pip install -U bitsandbytes`")
+        raise ImportError("Using `bitsandbytes` 4-bit quantization requires bitsandbytes: "
+                          "`pip install -U bitsandbytes`")
 
     monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", needs_a_package)
     with pytest.raises(ModelLoadError) as excinfo:
@@ -314,7 +315,8 @@ def test_a_library_error_becomes_one_line_with_one_full_stop() -> None:
     ("kwargs", "error", "message"),
     [
         ({"quantization": "3bit"}, ValueError, r"quantization must be None \(let load\(\) choose\) or one of "
-                                               r"'4bit', 'nf4', '8bit', 'int8', 'int4', 'int4-onnx', 'none', got '3bit'"),
+                                               r"'4bit', 'nf4', '8bit', 'int8', 'int4', 'int4-onnx', 'none', "
+                                               r"got '3bit'"),
         ({"quantization": "int4", "dtype": "float32"}, ValueError, r"'int4' computes in bfloat16"),
         ({"dtype": "float33"}, ValueError, r"dtype must be a torch dtype or its name"),
         ({"dtype": "nn"}, ValueError, r"dtype must be a torch dtype or its name \(e\.g\. 'bfloat16'\), got 'nn'"),
@@ -349,10 +351,12 @@ def test_one_device_has_one_name() -> None:
 def test_a_folder_of_adapters_says_to_load_them_with_their_base(tmp_path: Path) -> None:
     folder = tmp_path / "adapters"
     folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "base/kosmos"}), encoding="utf-8")
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "base/kosmos"}),
+                                                encoding="utf-8")
     (folder / "adapter_model.safetensors").write_bytes(b"")
-    with pytest.raises(ModelLoadError, match=r"holds LoRA adapters \(adapter_config\.json\), not a whole model: load "
-                                             r"their base model with them, load\('base/kosmos', adapter='.*adapters'\)"):
+    with pytest.raises(ModelLoadError, match=r"holds LoRA adapters \(adapter_config\.json\), not a whole model: "
+                                             r"load their base model with them, "
+                                             r"load\('base/kosmos', adapter='.*adapters'\)"):
         load(folder, verbose=False)
 
 

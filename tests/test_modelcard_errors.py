@@ -197,7 +197,8 @@ def test_modelcard_help_describes_the_model_folder_and_shows_the_defaults(monkey
 
 
 @pytest.mark.parametrize("files, render_only, message", [
-    ({"evaluation.json": {}}, True, r"evaluation.json' as `python -m helpers modelcard .*` writes it, but its entries 'scenes', "
+    ({"evaluation.json": {}}, True, r"evaluation.json' as `python -m helpers modelcard .*` writes it, "
+                                    r"but its entries 'scenes', "
                                     r"'objects', 'seed', .* are missing or malformed: run the command without"),
     ({"evaluation.json": []}, True, r"evaluation.json' .*, but it holds a JSON list, not an object"),
     ({"evaluation.json": "GOOD", "training.json": "{"}, True,
@@ -238,3 +239,22 @@ def test_modelcard_refuses_json_files_of_the_wrong_shape_before_loading(tmp_path
     assert err.startswith(("python -m helpers modelcard: error: the card needs ",
                            "python -m helpers modelcard: error: the card's file ")) and re.search(message, err), err
     assert not (tmp_path / "README.md").exists()
+
+
+@pytest.mark.parametrize("render", [False, True])
+def test_the_card_functions_refuse_a_broken_json_file_before_loading(tmp_path, monkeypatch, render) -> None:
+    """From Python, write_card used to evaluate for minutes and then fail on a broken training.json with a bare
+    JSONDecodeError; render_card failed the same way after loading the model."""
+    import helpers.world.modelcard
+    from helpers.world.modelcard import write_card
+
+    monkeypatch.setattr(helpers.world.modelcard, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    (tmp_path / "evaluation.json").write_text(json.dumps(_result(20231114, 8, 3)))
+    (tmp_path / "training.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"training\.json' is not valid JSON: .*restore it, or remove it"):
+        render_card(tmp_path) if render else write_card(tmp_path, scenes=1)
+    (tmp_path / "training.json").unlink()
+    (tmp_path / "evaluation.json").unlink()
+    if render:
+        with pytest.raises(ValueError, match=r"evaluation\.json' does not exist: write the card with write_card"):
+            render_card(tmp_path)

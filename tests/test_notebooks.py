@@ -387,7 +387,8 @@ def test_ask_about_box_refuses_a_normalized_box(bundled) -> None:
 def test_every_notebook_is_numbered_and_checked() -> None:
     found = sorted(p.name for p in Path(notebooks_dir()).glob("*.ipynb"))
     assert found == NOTEBOOKS
-    assert len(NOTEBOOKS) >= 12 and [name[:2] for name in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
+    assert len(NOTEBOOKS) >= 12
+    assert [name[:2] for name in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
 
 
 # --------------------------------------------------------------------------------------------- the command

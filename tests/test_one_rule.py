@@ -55,8 +55,9 @@ def test_a_rule_lives_in_one_module(pattern: str, home: str) -> None:
 def test_the_modules_import_the_shared_definitions() -> None:
     sources = _sources()
     uses = {
-        "from helpers.grounding.boxes import Box": ["grounding/tokens.py", "grounding/plotting.py", "grounding/refcoco.py",
-                                                    "world/scenes.py", "course/solutions.py", "course/solutions_more.py"],
+        "from helpers.grounding.boxes import Box": ["grounding/tokens.py", "grounding/plotting.py",
+                                                    "grounding/refcoco.py", "world/scenes.py", "course/solutions.py",
+                                                    "course/solutions_more.py"],
         "check_with_area": ["grounding/tokens.py", "grounding/model.py", "grounding/prompts.py", "world/scenes.py"],
         "check_image_size": ["grounding/plotting.py", "world/scenes.py", "course/solutions.py", "course/batch.py"],
         "user_box_entry": ["course/batch.py", "course/playground.py", "course/cli.py"],
@@ -68,14 +69,14 @@ def test_the_modules_import_the_shared_definitions() -> None:
         "installed_version": ["course/colab.py"],
         "normalized_to_coco": ["world/new_kinds.py"],
         "place_objects": ["world/new_kinds.py"],
-        "check_positive_int": ["grounding/tokens.py", "grounding/plotting.py", "grounding/images.py", "grounding/model.py",
-                               "world/language.py", "course/batch.py", "course/distributed.py"],
+        "check_positive_int": ["grounding/tokens.py", "grounding/plotting.py", "grounding/images.py",
+                               "grounding/model.py", "world/language.py", "course/batch.py", "course/distributed.py"],
         "is_positive_int": ["grounding/boxes.py"],
         "check_positive_number": ["grounding/images.py", "grounding/finetune.py"],
         "grounding_record": ["course/batch.py", "course/distributed.py"],
-        "from helpers.grounding.prompts import": ["grounding/model.py", "grounding/evaluation.py", "grounding/refcoco.py",
-                                                  "world/language.py", "world/modelcard.py", "course/cli.py",
-                                                  "course/distributed.py", "course/playground.py"],
+        "from helpers.grounding.prompts import": ["grounding/model.py", "grounding/evaluation.py",
+                                                  "grounding/refcoco.py", "world/language.py", "world/modelcard.py",
+                                                  "course/cli.py", "course/distributed.py", "course/playground.py"],
     }
     for name, users in uses.items():
         missing = [u for u in users if name not in sources[u]]

@@ -198,7 +198,8 @@ def test_without_onnxruntime_the_error_says_what_to_install(monkeypatch, tiny_mo
     model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # installed, but import onnxruntime raises ImportError
     with pytest.raises(quant.QuantizationError,
-                       match=r"needs onnxruntime, onnx and onnx-ir, which are installed but did not import .*\[quant\]"):
+                       match=r"needs onnxruntime, onnx and onnx-ir, which are installed but did not import "
+                             r".*\[quant\]"):
         OnnxRuntimeKosmos2(model)
     assert len(model.text_model.model.layers) == 1  # nothing was taken from the model
 
@@ -390,8 +391,9 @@ def test_a_kept_graph_that_onnx_runtime_cannot_read_says_to_delete_it(tiny_model
     kept = OnnxRuntimeKosmos2(model, cache=tmp_path).graph_file
     kept.write_bytes(b"\0" * kept.stat().st_size)  # whole in size, garbage inside
     model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
-    with pytest.raises(quant.QuantizationError, match=rf"the int4-onnx graph kept in {re.escape(str(kept))} could not be "
-                                                r"read \(.*\); delete it \(or set KOSMOS2_ONNX_CACHE=off\)"):
+    with pytest.raises(quant.QuantizationError, match=rf"the int4-onnx graph kept in {re.escape(str(kept))} "
+                                                r"could not be read \(.*\); "
+                                                r"delete it \(or set KOSMOS2_ONNX_CACHE=off\)"):
         OnnxRuntimeKosmos2(model, cache=tmp_path)
 
 

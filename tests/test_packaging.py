@@ -71,7 +71,8 @@ def test_the_package_map_names_every_module() -> None:
         modules = sorted(p.stem for p in (ROOT / "helpers" / room).glob("*.py") if p.stem != "__init__")
         row = next(line for line in readme.splitlines() if line.startswith(f"| `helpers.{room}` |"))
         for module in modules:
-            assert re.search(rf"^    {module}\b|, {module}\b", helpers.__doc__, re.M), f"{room}.{module} not in the docstring"
+            assert re.search(rf"^    {module}\b|, {module}\b", helpers.__doc__, re.M), \
+                f"{room}.{module} not in the docstring"
             assert f"`{module}`" in row, f"{room}.{module} not in the README's package map"
 
 
@@ -192,7 +193,8 @@ def test_after_importing_helpers_a_lesson_imports_transformers_without_notices()
     # kernels; a lesson's first cell must print nothing (nbval compares it)
     pytest.importorskip("torchao", reason="the notices come only from an installed torchao")
     code = "import helpers\nfrom transformers import AutoProcessor\nimport torchao\n"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=True)
     assert done.stderr == "" and done.stdout == ""
     noisy = subprocess.run([sys.executable, "-c", "import torchao"], cwd=ROOT, capture_output=True, text=True,
                            timeout=120, check=True)
@@ -252,8 +254,8 @@ def test_a_data_folder_that_is_a_file_is_one_line_from_a_command(tmp_path, monke
 
 
 # Variables that would change what the Makefile does if they came from the caller's environment.
-_MAKE_INPUTS = {"PY", "TORCH_SPEC", "TORCH_INDEX", "CONSTRAINTS", "VENV", "VPY", "VPIP", "MAKEFLAGS", "MAKELEVEL", "MFLAGS",
-                "HF_HUB_OFFLINE", "KOSMOS2_PROGRESS"}
+_MAKE_INPUTS = {"PY", "TORCH_SPEC", "TORCH_INDEX", "CONSTRAINTS", "VENV", "VPY", "VPIP", "MAKEFLAGS", "MAKELEVEL",
+                "MFLAGS", "HF_HUB_OFFLINE", "KOSMOS2_PROGRESS"}
 
 
 def _make(*args: str) -> subprocess.CompletedProcess:

@@ -406,7 +406,8 @@ def test_upload_adds_and_selects_the_image(playground) -> None:
     assert playground.image_choice.value == "one (2)"
     assert playground.images["one (2)"].size == (160, 120)
     playground._on_upload({"new": ({"name": "junk.png", "content": memoryview(b"junk")},)})
-    assert "⚠ could not use the upload &#x27;junk.png&#x27;: the given bytes is not an image" in playground.caption.value
+    assert ("⚠ could not use the upload &#x27;junk.png&#x27;: the given bytes is not an image"
+            in playground.caption.value)
     assert playground.image_choice.value == "one (2)"
 
 

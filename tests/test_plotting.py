@@ -137,7 +137,8 @@ def test_every_box_is_drawn_in_its_entity_colour() -> None:
             assert out.getpixel((x0, cy)) == colour  # left edge
             assert out.getpixel((x1 - 1, cy)) == colour  # right edge
             assert out.getpixel((cx, y1 - 1)) == colour  # bottom edge
-            top_points = [(x, y0) for x in range(x0, x1) if not any(l[0] <= x < l[2] and l[1] <= y0 < l[3] for l in labels)]
+            top_points = [(x, y0) for x in range(x0, x1)
+                          if not any(rect[0] <= x < rect[2] and rect[1] <= y0 < rect[3] for rect in labels)]
             assert top_points and all(out.getpixel(p) == colour for p in top_points[:5])  # top edge
             assert out.getpixel((cx, cy)) == WHITE  # outlines only, never filled
     assert plain.getpixel((80, 150)) == WHITE  # the input is untouched

@@ -100,7 +100,8 @@ def test_4bit_is_the_articles_set_up_unless_a_dtype_is_asked_for() -> None:
     on_a_gpu = quant.Plan("4bit", torch.float16, compute_dtype=torch.float32)  # what plan() gives on CUDA
     assert on_a_gpu.label == quant.DESCRIPTIONS["4bit"] + ", float32 arithmetic"
     assert quant.Plan("4bit", torch.float32, compute_dtype=torch.float32).label == quant.DESCRIPTIONS["4bit"]
-    assert quant.plan("4bit", "cpu", torch.bfloat16, None).label == "4-bit FP4 weights (bitsandbytes)"  # not the article's
+    # not the article's
+    assert quant.plan("4bit", "cpu", torch.bfloat16, None).label == "4-bit FP4 weights (bitsandbytes)"
     model, _ = load(bundled_model_dir(), quantization="4bit", dtype="bfloat16", device="cpu", verbose=False)
     assert ", bfloat16, 4-bit FP4 weights (bitsandbytes) — " in model.load_info.banner()
 

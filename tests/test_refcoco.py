@@ -230,7 +230,8 @@ def test_scoring_follows_the_authors_rules_on_hand_made_answers(drawn, monkeypat
     answers = {
         # a near-exact box for the expression, then a box for another phrase
         "the red circle": "<grounding><phrase> the red circle</phrase><object><patch_index_0195><patch_index_0812>"
-                          "</object> next to<phrase> a snowman</phrase><object><patch_index_0000><patch_index_0033></object>",
+                          "</object> next to<phrase> a snowman</phrase>"
+                          "<object><patch_index_0000><patch_index_0033></object>",
         # the right place, but given for another phrase: a miss, however good the box
         "red circle": "<grounding><phrase> a circle</phrase><object><patch_index_0195><patch_index_0812></object>",
         # no box at all
@@ -249,7 +250,8 @@ def test_scoring_follows_the_authors_rules_on_hand_made_answers(drawn, monkeypat
     result = evaluate_comprehension(None, None, items, root)
     assert seen["prompts"][0] == "<grounding><phrase> the red circle</phrase>"
     assert seen["images"][0] is seen["images"][1]  # each image is loaded once
-    assert seen["kwargs"]["decoding"] == helpers.grounding.model.AUTHORS_DECODING == helpers.grounding.model.Decoding(1, 3)
+    assert (seen["kwargs"]["decoding"] == helpers.grounding.model.AUTHORS_DECODING
+            == helpers.grounding.model.Decoding(1, 3))
     assert [r["hit"] for r in result.rows] == [True, False, False, False]
     assert [r["hit_any"] for r in result.rows] == [True, False, False, True]
     assert result.rows[0]["iou"] == pytest.approx((9 / 32) * (19 / 32) / 0.18)

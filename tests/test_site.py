@@ -218,7 +218,8 @@ def test_the_home_page_carries_the_model_choice_table_from_the_readme(site: Path
 
 def test_the_home_page_gives_the_repository_to_clone(site: Path) -> None:
     assert (REPO_URL, REPO_URL) in parsed(site / "index.html").links
-    assert re.search(r'<link rel="shortcut icon" href="_static/favicon.svg"', (site / "index.html").read_text(encoding="utf-8"))
+    assert re.search(r'<link rel="shortcut icon" href="_static/favicon.svg"',
+                     (site / "index.html").read_text(encoding="utf-8"))
     assert (site / "_static" / "favicon.svg").is_file()
 
 
@@ -237,7 +238,8 @@ def test_a_printout_is_one_block_and_a_picture_has_words(site: Path) -> None:
             if len(streams) > 1:
                 merged += 1
                 whole = lines("".join(o.text for o in streams))
-                assert any(whole in block for block in blocks), f"{nb.name}: a printout split into blocks: {whole[:80]!r}"
+                assert any(whole in block for block in blocks), \
+                    f"{nb.name}: a printout split into blocks: {whole[:80]!r}"
         alts = re.findall(r'<img alt="([^"]*)"', page)
         assert all(alt and not alt.endswith(".png") for alt in alts), f"{nb.name}: {alts[:3]}"
     assert merged >= 5, "the notebooks have printouts in several writes, which this test is about"

@@ -125,8 +125,9 @@ def test_heads_are_saved_and_loaded_and_older_files_leave_new_heads_fresh(tmp_pa
     save_file(old, str(tmp_path / HEADS_FILE))
     fresh = DenseHeads(16), DenseHeads(24)
     missing = load_heads(tmp_path, *fresh)
-    assert sorted(missing) == ["patches.count.bias", "patches.count.weight", "patches.place.bias", "patches.place.weight",
-                       "tokens.count.bias", "tokens.count.weight", "tokens.place.bias", "tokens.place.weight"]
+    assert sorted(missing) == ["patches.count.bias", "patches.count.weight", "patches.place.bias",
+                               "patches.place.weight", "tokens.count.bias", "tokens.count.weight",
+                               "tokens.place.bias", "tokens.place.weight"]
     assert torch.equal(fresh[0].what.weight, heads.what.weight)
     # no file: everything is fresh; heads of another width: a clear error from torch
     assert len(load_heads(tmp_path / "nowhere", DenseHeads(16), DenseHeads(24))) == 16

@@ -259,7 +259,8 @@ def read_results(out_dir: str | os.PathLike) -> list[dict]:
     if path.is_dir():
         path = path / RESULTS_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no results file at {str(path)!r}: run ground_folder() or `python -m helpers ground` first")
+        raise FileNotFoundError(f"no results file at {str(path)!r}: "
+                                "run ground_folder() or `python -m helpers ground` first")
     what = "a results file (JSON Lines: one grounding record per line, as ground_folder() writes)"
     try:
         records = read_jsonl(path)

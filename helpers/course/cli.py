@@ -53,11 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
                "else the bundled offline model.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    parser.add_argument("--prompt", type=prompt_option(" (here: --box X0 Y0 X1 Y1)"), default=DEFAULT_PROMPT, help=f"the prompt for every image (default: {DEFAULT_PROMPT!r})")
+    parser.add_argument("--prompt", type=prompt_option(" (here: --box X0 Y0 X1 Y1)"), default=DEFAULT_PROMPT,
+                        help=f"the prompt for every image (default: {DEFAULT_PROMPT!r})")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for results.jsonl and the annotated PNGs")
     parser.add_argument("--model", default=None, metavar="M", help="a model folder or hub id")
-    parser.add_argument("--batch-size", type=positive_int_option, default=None, metavar="N", help="images per generate call")
-    parser.add_argument("--max-new-tokens", type=positive_int_option, default=128, metavar="N", help="most tokens per answer (default 128)")
+    parser.add_argument("--batch-size", type=positive_int_option, default=None, metavar="N",
+                        help="images per generate call")
+    parser.add_argument("--max-new-tokens", type=positive_int_option, default=128, metavar="N",
+                        help="most tokens per answer (default 128)")
     parser.add_argument("--box", type=float, nargs=4, default=None, metavar=("X0", "Y0", "X1", "Y1"),
                         help="a user box for the prompt's first <phrase>, as fractions of the image's width and "
                              "height from 0 to 1, not pixels (e.g. --box 0.1 0.2 0.5 0.6 with "

@@ -197,9 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="FILE",
                         help="the JSON Lines file to write (replaced once every image is done)")
     parser.add_argument("--model", default=None, metavar="M", help="a model folder or hub id (default: as load())")
-    parser.add_argument("--prompt", type=prompt_option(" (this command takes no user box)"), default=CAPTION_PROMPT, help=f"the prompt for every image (default: {CAPTION_PROMPT!r})")
-    parser.add_argument("--batch-size", type=positive_int_option, default=None, metavar="N", help="images per generate call, per process")
-    parser.add_argument("--max-new-tokens", type=positive_int_option, default=128, metavar="N", help="most tokens per answer (default 128)")
+    parser.add_argument("--prompt", type=prompt_option(" (this command takes no user box)"), default=CAPTION_PROMPT,
+                        help=f"the prompt for every image (default: {CAPTION_PROMPT!r})")
+    parser.add_argument("--batch-size", type=positive_int_option, default=None, metavar="N",
+                        help="images per generate call, per process")
+    parser.add_argument("--max-new-tokens", type=positive_int_option, default=128, metavar="N",
+                        help="most tokens per answer (default 128)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
 

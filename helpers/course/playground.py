@@ -350,8 +350,8 @@ class Playground:
         warnings += [f"problem in the output: {p}" for p in grounding.problems]
         parts = [highlight_caption(grounding).html]
         parts += [_message(m) for m in warnings]
-        result = PlaygroundResult(draw_entities(picture, grounding, user_box=user_box), "<div>" + "".join(parts) + "</div>",
-                                  grounding, text, user_box, score, warnings)
+        result = PlaygroundResult(draw_entities(picture, grounding, user_box=user_box),
+                                  "<div>" + "".join(parts) + "</div>", grounding, text, user_box, score, warnings)
 
         # the widgets now describe what was grounded: the arguments given are written into them
         if name is None:
@@ -366,7 +366,8 @@ class Playground:
                 field.value = value
         self.last = result
         small = self._for_display(picture)
-        self._show(result.image if small is picture else draw_entities(small, grounding, user_box=user_box), result.html)
+        self._show(result.image if small is picture else draw_entities(small, grounding, user_box=user_box),
+                   result.html)
         return result
 
     # ----------------------------------------------------------------------------------------- widget glue

@@ -22,7 +22,8 @@ import math
 import numbers
 from typing import Any, Sequence
 
-from helpers.grounding.boxes import Box, check_image_size, check_normalized, iou, looks_like_pixels, to_normalized, to_pixels
+from helpers.grounding.boxes import Box, check_image_size, check_normalized, iou, looks_like_pixels
+from helpers.grounding.boxes import to_normalized, to_pixels
 from helpers.grounding.checks import check_bool, check_positive_int
 from helpers.grounding.evaluation import answer_after
 from helpers.grounding.model import ground
@@ -173,9 +174,9 @@ def grid_round_trip(box: Sequence[float], num_bins: int = NUM_BINS) -> tuple[Box
 def entity_boxes_px(grounding: Any, image_size: Sequence[int]) -> list[tuple[str, list[BoxPx]]]:
     """Each entity's phrase with its boxes in whole pixels of an image of ``image_size``.
 
-    ``grounding`` is a :class:`~helpers.grounding.tokens.Grounding`, a list of :class:`~helpers.grounding.tokens.Entity`, or
-    the processor's entity tuples ``[(phrase, (start, end), [box, …]), …]``. Pixel values are rounded
-    to the nearest whole pixel.
+    ``grounding`` is a :class:`~helpers.grounding.tokens.Grounding`, a list of
+    :class:`~helpers.grounding.tokens.Entity`, or the processor's entity tuples
+    ``[(phrase, (start, end), [box, …]), …]``. Pixel values are rounded to the nearest whole pixel.
 
     Raises:
         TypeError: ``grounding`` is none of the forms above.
@@ -192,7 +193,8 @@ def entity_boxes_px(grounding: Any, image_size: Sequence[int]) -> list[tuple[str
         elif isinstance(item, (tuple, list)) and len(item) == 3:
             phrase, _, boxes = item
         else:
-            raise TypeError(f"entity {i} must be an Entity or a tuple (phrase, (start, end), [boxes]), got {item!r:.80}")
+            raise TypeError(f"entity {i} must be an Entity or a tuple (phrase, (start, end), [boxes]), "
+                            f"got {item!r:.80}")
         pixel_boxes = [tuple(round(v) for v in to_pixels(b, size)) for b in boxes]
         rows.append((phrase, pixel_boxes))  # type: ignore[arg-type]
     return rows

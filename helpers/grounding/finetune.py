@@ -142,7 +142,8 @@ class Category:
 
 @dataclass(frozen=True)
 class AnnotatedObject:
-    """One annotated object: its category and normalized box (``.phrase`` as :mod:`helpers.grounding.evaluation` wants)."""
+    """One annotated object: its category and normalized box (``.phrase`` as :mod:`helpers.grounding.evaluation`
+    wants)."""
 
     category: Category
     box: tuple[float, float, float, float]
@@ -184,8 +185,8 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def _normalized_box(bbox: Any, width: int, height: int, where: str) -> tuple[float, float, float, float]:
-    """COCO ``[x, y, w, h]`` pixels → normalized ``(x0, y0, x1, y1)`` (:func:`helpers.grounding.boxes.coco_to_normalized`),
-    its errors as :class:`FinetuneError` naming the record."""
+    """COCO ``[x, y, w, h]`` pixels → normalized ``(x0, y0, x1, y1)``
+    (:func:`helpers.grounding.boxes.coco_to_normalized`), its errors as :class:`FinetuneError` naming the record."""
     try:
         return coco_to_normalized(bbox, (width, height), what="'bbox'")
     except ValueError as err:
@@ -223,7 +224,8 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
         raise FinetuneError(f"refs file {str(refs)!r} does not exist (or is not a file); expected RefCOCO-style "
                             "referring expressions for these images")
     data = _read_json(annotations, "annotation file")
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
+                                             for k in ("images", "annotations", "categories")):
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise FinetuneError(f"annotation file {str(annotations)!r} must be a COCO detection object with the lists "
                             f"'images', 'annotations' and 'categories'; got {keys}")
@@ -256,7 +258,8 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
             raise FinetuneError(f"{where}: 'file_name' must be a non-empty str (the image file's name in the image "
                                 f"folder), got {im['file_name']!r:.80}")
         if im["id"] in records:
-            raise FinetuneError(f"{where}: image id {im['id']!r} is already that of {records[im['id']][0]['file_name']!r}; "
+            raise FinetuneError(f"{where}: image id {im['id']!r} is already that of "
+                                f"{records[im['id']][0]['file_name']!r}; "
                                 "each image needs an id of its own (the annotations name their image by it)")
         path = images / im["file_name"]
         if not path.is_file():
@@ -684,8 +687,10 @@ def _setting(value: Any) -> str:
 def check_output(out: str | os.PathLike, *, resume: bool = False, resumable: bool = True,
                  cfg: FinetuneConfig | None = None) -> None:
     """Raise :class:`FinetuneError` unless ``out`` can take a run: a new or empty folder in a folder that takes new
-    files (the run is written beside ``out`` and renamed into place), or (``resume``) one holding a saved run, whose adapters have the shape ``cfg`` asks for (:data:`ADAPTER_SETTINGS`, when ``cfg``
-    is given) and which has made fewer steps than ``cfg.steps`` (a total: nothing would be left to train). ``resumable=False`` leaves the hint to resume out of the message."""
+    files (the run is written beside ``out`` and renamed into place), or (``resume``) one holding a saved run, whose
+    adapters have the shape ``cfg`` asks for (:data:`ADAPTER_SETTINGS`, when ``cfg`` is given) and which has made
+    fewer steps than ``cfg.steps`` (a total: nothing would be left to train). ``resumable=False`` leaves the hint to
+    resume out of the message."""
     out = Path(out)
     problem = out_problem("output folder", out, folder=True, wanted="a folder for the adapters", beside=True)
     if problem:
@@ -958,7 +963,8 @@ def memory_needed(config=None, *, rank: int = 16, batch_size: int = 4, seq_len: 
     activations = saved["all"]
     if gradient_checkpointing:
         hidden = config.text_config.embed_dim
-        activations += -saved["layers"] + saved["layers"] / len(layers) + len(layers) * batch_size * seq_len * hidden * 4
+        activations += (-saved["layers"] + saved["layers"] / len(layers)
+                        + len(layers) * batch_size * seq_len * hidden * 4)
     gib = 2 ** 30
     parts = {"parameters": parameters, "adapter_parameters": adapters, "base_gib": base / gib,
              "adapters_gib": adapters * 16 / gib, "activations_gib": activations / gib}
@@ -969,8 +975,8 @@ def memory_needed(config=None, *, rank: int = 16, batch_size: int = 4, seq_len: 
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
-def box_accuracy(model, processor, records: Sequence[ImageRecord], *, only: Callable[[AnnotatedObject], bool] | None = None,
-                 batch_size: int | None = None) -> dict:
+def box_accuracy(model, processor, records: Sequence[ImageRecord], *,
+                 only: Callable[[AnnotatedObject], bool] | None = None, batch_size: int | None = None) -> dict:
     """Held-out figures on annotated images, counted per object at IoU ≥ 0.5 (:mod:`helpers.grounding.evaluation`).
 
     ``comprehension``: the prompt names the category (``the cat``); a true object is hit when any box
@@ -1026,14 +1032,16 @@ def card_text(card: dict) -> str:
         "Training texts per task: " + ", ".join(f"{k} {v}" for k, v in d["texts_per_task"].items()) + ".",
         "",
         "## Training",
-        f"{card['steps']} steps of batch {c['batch_size']} ({'finished' if card.get('finished') else 'checkpoint, run not finished'}), "
+        f"{card['steps']} steps of batch {c['batch_size']} "
+        f"({'finished' if card.get('finished') else 'checkpoint, run not finished'}), "
         f"{seconds / 60:.1f} min; AdamW, peak learning rate {c['lr']}, warm-up {c['warmup']} steps, cosine decay.",
         f"LoRA rank {c['rank']}, alpha {c['alpha']}, dropout {c['dropout']} on `{card['target_modules']}`: "
         f"{card['trainable_parameters']:,} trainable of {card['all_parameters']:,} parameters"
         + (f"; base loaded in {card['quantization']}" if card.get("quantization") else "") + ".",
     ]
     for r in card.get("runs", []):
-        lines.append(f"- steps {r['from_step']}–{r['to_step']}: {r['seconds'] / 60:.1f} min on {r['machine']} ({r['date']})")
+        lines.append(f"- steps {r['from_step']}–{r['to_step']}: {r['seconds'] / 60:.1f} min "
+                     f"on {r['machine']} ({r['date']})")
     hist = card.get("history", [])
     if hist:
         lines.append(f"- loss (mean over the logged steps): first {hist[0]['loss']}, last {hist[-1]['loss']}")
@@ -1097,7 +1105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", choices=QLORA, default=None,
                    help="4-bit base (QLoRA; nf4 is the QLoRA paper's data type, 4bit the article's FP4)")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                   help="recompute activations in the backward pass (default: on with a 4-bit base, --quantization 4bit or nf4)")
+                   help="recompute activations in the backward pass "
+                        "(default: on with a 4-bit base, --quantization 4bit or nf4)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--seed", type=int, default=0, help="seed of the adapters' first values and of the batches")
     p.add_argument("--device", default=None,
@@ -1135,8 +1144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         return fail(problem, prog=PROG)
     cfg = FinetuneConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
-                         rank=args.rank, alpha=args.alpha, vision=args.vision, new_words=tuple(args.new_words), quantization=args.quantization,
-                         gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, device=args.device,
+                         rank=args.rank, alpha=args.alpha, vision=args.vision, new_words=tuple(args.new_words),
+                         quantization=args.quantization, gradient_checkpointing=args.gradient_checkpointing,
+                         seed=args.seed, device=args.device,
                          threads=args.threads, bf16=args.bf16)
     try:
         check_config(cfg)  # before reading anything

@@ -195,7 +195,8 @@ def read_annotation(path: str | os.PathLike) -> dict:
             continue
         x0, y0, x1, y1 = (_int(bndbox, tag, where) for tag in ("xmin", "ymin", "xmax", "ymax"))
         if x1 <= x0 or y1 <= y0:
-            raise Flickr30kFormatError(f"{where}: the box ({x0}, {y0}, {x1}, {y1}) has no area (xmax <= xmin or ymax <= ymin)")
+            raise Flickr30kFormatError(f"{where}: the box ({x0}, {y0}, {x1}, {y1}) has no area "
+                                       "(xmax <= xmin or ymax <= ymin)")
         tol = EDGE_TOLERANCE_PX
         if x0 < -tol or y0 < -tol or x1 > width + tol or y1 > height + tol:
             raise Flickr30kFormatError(
@@ -240,7 +241,8 @@ def _image_ids(root: Path, split: str | None, image_ids: Iterable[str] | None) -
         return ids
     if split is not None:
         if split not in SPLITS:
-            raise Flickr30kFormatError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)} (or None for all)")
+            raise Flickr30kFormatError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)} "
+                                       "(or None for all)")
         listing = root / f"{split}.txt"
         if not listing.is_file():
             raise Flickr30kFormatError(

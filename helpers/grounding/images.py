@@ -328,13 +328,15 @@ def _download(url: str, *, timeout: float, max_bytes: int) -> bytes:
                 )
             declared = response.headers.get("Content-Length", "").strip()
             if declared.isdigit() and int(declared) > max_bytes:
-                raise ImageLoadError(f"{url} announces {int(declared):,} bytes, over the limit of max_bytes={max_bytes:,}")
+                raise ImageLoadError(f"{url} announces {int(declared):,} bytes, "
+                                     f"over the limit of max_bytes={max_bytes:,}")
             total = 0
             # read1 returns what has arrived (at most _CHUNK bytes), so a trickling server meets the clock
             while chunk := response.raw.read1(_CHUNK, decode_content=True):
                 total += len(chunk)
                 if total > max_bytes:
-                    raise ImageLoadError(f"{url} sent more than max_bytes={max_bytes:,} bytes; stopped reading at the cap")
+                    raise ImageLoadError(f"{url} sent more than max_bytes={max_bytes:,} bytes; "
+                                         "stopped reading at the cap")
                 chunks.append(chunk)
                 if time.monotonic() - started > timeout:
                     raise _timed_out(url, timeout)

@@ -642,9 +642,10 @@ def ground(
     normalized box, a list of boxes or ``None``) adds user boxes after the prompt's phrases. A batch only holds
     prompts of the same token length (no padding), so no token's position depends on ``batch_size`` or on the
     other prompts: in float32 on a CPU the results are the same at any batch size, while in half precision on a
-    GPU the kernels chosen for each batch size may round differently and, rarely, swap a nearly tied token. Each result's ``.raw`` is the decoded text, ``<image>…</image>`` part included. ``decoding`` says how
-    tokens are chosen (:class:`Decoding`; greedy by default, :data:`AUTHORS_DECODING` is what the Kosmos-2 authors
-    used for their benchmarks).
+    GPU the kernels chosen for each batch size may round differently and, rarely, swap a nearly tied token. Each
+    result's ``.raw`` is the decoded text, ``<image>…</image>`` part included. ``decoding`` says how tokens are chosen
+    (:class:`Decoding`; greedy by default, :data:`AUTHORS_DECODING` is what the Kosmos-2 authors used for their
+    benchmarks).
 
     Raises:
         TypeError: ``model`` or ``processor`` is not what :func:`load` returns (``None``, the two swapped …), or an

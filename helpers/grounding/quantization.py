@@ -117,7 +117,8 @@ class QuantizationError(ValueError):
 
 @dataclass(frozen=True)
 class Plan:
-    """How :func:`helpers.grounding.model.load` loads a model: which quantization (``None``: float weights), which dtype."""
+    """How :func:`helpers.grounding.model.load` loads a model: which quantization (``None``: float weights), which
+    dtype."""
 
     quantization: str | None
     dtype: Any  # torch.dtype

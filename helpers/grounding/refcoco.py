@@ -328,7 +328,8 @@ def _from_mdetr(data: dict, name: str, split: str | None) -> list[RefItem]:
             )
         if not split_matches(split, file_split):
             raise RefCocoFormatError(f"{name} holds the split {file_split!r}, not {split!r}")
-    datasets = sorted({str(im["dataset_name"]) for im in data["images"] if isinstance(im, dict) and "dataset_name" in im})
+    datasets = sorted({str(im["dataset_name"]) for im in data["images"]
+                       if isinstance(im, dict) and "dataset_name" in im})
     if len(datasets) > 1:
         raise RefCocoFormatError(
             f"{name} holds the expressions of {', '.join(datasets)} together (MDETR's final_refexp files do), "
@@ -355,7 +356,8 @@ def _from_mdetr(data: dict, name: str, split: str | None) -> list[RefItem]:
                                      f"got {image.get('caption')!r}")
         ann = anns.get(image["id"])
         if ann is None:
-            raise RefCocoFormatError(f"{where}: no annotation has image_id {image['id']!r}, so the expression has no box")
+            raise RefCocoFormatError(f"{where}: no annotation has image_id {image['id']!r}, "
+                                     "so the expression has no box")
         file_name = _file_name(image, where, COCO_TRAIN2014_PATTERN)
         width, height = _size(image, where, file_name, None)
         box = _box(ann, f"{where}, its annotation {ann.get('id')!r}", width, height)
@@ -441,8 +443,10 @@ def load_refcoco(
         splits = {r.get("split") for r in refs if isinstance(r, dict)}
     else:
         if instances is not None:
-            raise RefCocoFormatError(f"instances= (--instances) goes with a refer toolkit refs pickle; {name} is not one")
-        if isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("annotations"), list):
+            raise RefCocoFormatError("instances= (--instances) goes with a refer toolkit refs pickle; "
+                                     f"{name} is not one")
+        if (isinstance(data, dict) and isinstance(data.get("images"), list)
+                and isinstance(data.get("annotations"), list)):
             if not all(isinstance(im, dict) and "caption" in im for im in data["images"][:1]):
                 raise RefCocoFormatError(
                     f"{name} looks like COCO's instances.json (images without a 'caption'): pass it as instances= "
@@ -519,7 +523,8 @@ def scenes_to_refcoco(scenes: Iterable, image_dir: str | os.PathLike, *, prefix:
     return records
 
 
-def write_refer_files(records: Sequence[dict], folder: str | os.PathLike, *, split_by: str = "unc") -> tuple[Path, Path]:
+def write_refer_files(records: Sequence[dict], folder: str | os.PathLike, *,
+                      split_by: str = "unc") -> tuple[Path, Path]:
     """Write records (as :func:`scenes_to_refcoco` makes them) in the refer toolkit's layout.
 
     ``folder/refs(<split_by>).p`` gets one ref per record (``ref_id``, ``ann_id``, ``image_id``, ``split``,
@@ -636,9 +641,9 @@ def evaluate_comprehension(
     """Ground every expression in its image and score it as the Kosmos-2 authors' RefCOCO script does.
 
     The prompt is :func:`comprehension_prompt_for`; decoding is ``decoding`` (default
-    :data:`helpers.grounding.model.AUTHORS_DECODING`: greedy with ``no_repeat_ngram_size=3``, the authors' setting). Only
-    boxes whose phrase is the expression count (:func:`helpers.grounding.evaluation.score_phrase`): accuracy@1 takes the
-    first, the upper bound any; an answer without one is a miss with IoU 0. Images are loaded as stored (see
+    :data:`helpers.grounding.model.AUTHORS_DECODING`: greedy with ``no_repeat_ngram_size=3``, the authors' setting).
+    Only boxes whose phrase is the expression count (:func:`helpers.grounding.evaluation.score_phrase`): accuracy@1
+    takes the first, the upper bound any; an answer without one is a miss with IoU 0. Images are loaded as stored (see
     :func:`helpers.grounding.evaluation.ground_on_files`). Rows hold ``file_name``, ``expression``, ``truth``,
     ``boxes`` (all boxes for the expression), ``predicted`` (the first) and its ``iou``, ``best_iou``, ``hit``,
     ``hit_any``, ``caption`` and the ids of the item.

@@ -94,11 +94,13 @@ def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) ->
     and the card shows it beside the main one. ``training.json`` is optional (:func:`read_training`).
 
     Raises:
-        TypeError, ValueError: ``scenes`` is not a positive int (checked before the model loads).
+        TypeError, ValueError: ``scenes`` is not a positive int, or a JSON file the card reads is broken
+            (:func:`card_files_problem`); both checked before the model loads.
         ModelLoadError: ``model_dir`` holds no model that loads.
     """
     check_positive_int("scenes", scenes)
     model_dir = Path(model_dir)
+    _check_card_files(model_dir, render_only=False, seed=seed)
     model, processor = load(str(model_dir), device="cpu", verbose=False)
     held_out = sample_scenes(scenes, seed=seed)
     report = evaluate(model, processor, held_out)
@@ -135,8 +137,17 @@ def read_training(model_dir: Path) -> dict:
 
 def render_card(model_dir: Path) -> None:
     """Rewrite ``README.md`` from the saved ``evaluation.json`` and, when there is one, ``training.json`` (no
-    re-evaluation)."""
+    re-evaluation).
+
+    Raises:
+        ValueError: ``evaluation.json`` is missing, or a JSON file the card reads is broken (checked before the
+            model loads).
+    """
     model_dir = Path(model_dir)
+    if not (model_dir / "evaluation.json").is_file():
+        raise ValueError(f"{str(model_dir / 'evaluation.json')!r} does not exist: write the card with write_card "
+                         "first, which measures it")
+    _check_card_files(model_dir, render_only=True)
     model, _ = load(str(model_dir), device="cpu", verbose=False)
     result = json.loads((model_dir / "evaluation.json").read_text(encoding="utf-8"))
     (model_dir / "README.md").write_text(_card_text(model, result, read_training(model_dir)), encoding="utf-8")
@@ -317,7 +328,8 @@ def _evaluation_lines(result: dict, others: list[tuple[Path, dict]]) -> list[str
 
 
 #: How the location-token embeddings of runs recorded before ``training.json`` named them were initialised.
-EARLIEST_LOCATION_FEATURES = "sine/cosine features of their bin (the recipe's first version, which repeat every few bins)"
+EARLIEST_LOCATION_FEATURES = ("sine/cosine features of their bin "
+                              "(the recipe's first version, which repeat every few bins)")
 
 
 def _location_features(training: dict) -> str:
@@ -414,6 +426,12 @@ def card_files_problem(model_dir: Path, render_only: bool, seed: int = HELD_OUT_
         if problem:
             return f"the card needs {str(path)!r} as {writer}, but {problem}: {remedy}"
     return None
+
+
+def _check_card_files(model_dir: Path, render_only: bool, seed: int = HELD_OUT_SEED) -> None:
+    problem = card_files_problem(model_dir, render_only, seed)
+    if problem:
+        raise ValueError(problem)
 
 
 PROG = "python -m helpers modelcard"

@@ -262,7 +262,8 @@ def _run(args: argparse.Namespace, cfg, base: str, argv: list[str]) -> int:
     }
     for name, key in _WORLD_ROWS:
         counted = "expressions" if key.startswith("comprehension") else "objects"
-        figures[f"{name} ({world_after[key]['total']} {counted})"] = {"before": world_before[key], "after": world_after[key]}
+        figures[f"{name} ({world_after[key]['total']} {counted})"] = {"before": world_before[key],
+                                                                      "after": world_after[key]}
     figures["notes"] = (f"Stars: `helpers.world.new_kinds.write_coco(n={args.held_out_images}, "
                         f"seed={STARS_HELD_OUT_SEED})`. "
                         "Own world: the bundled model's held-out scenes (`helpers.grounding.evaluation.evaluate`). "

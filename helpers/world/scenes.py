@@ -2,10 +2,10 @@
 
 Every scene is drawn with Pillow from a seed, so the same seed always gives the same pixels. Objects are
 coloured shapes (circle, square, triangle in five colours), a snowman, a fire and the course mascot
-*Kumo* (a small sky-blue creature with pointed cat ears). A scene holds one to three *groups*; a group is one object or, sometimes,
-two objects of the same kind ("two red circles"), which Kosmos-2 writes as one phrase with several boxes. The
-world's language phrases at most :data:`MAX_PER_KIND` objects of one kind and :data:`MAX_OBJECTS` in all, which is
-what :func:`sample_scene` draws; :func:`draw_scene` refuses more.
+*Kumo* (a small sky-blue creature with pointed cat ears). A scene holds one to three *groups*; a group is one object
+or, sometimes, two objects of the same kind ("two red circles"), which Kosmos-2 writes as one phrase with several
+boxes. The world's language phrases at most :data:`MAX_PER_KIND` objects of one kind and :data:`MAX_OBJECTS` in all,
+which is what :func:`sample_scene` draws; :func:`draw_scene` refuses more.
 
 Boxes are normalized ``(x0, y0, x1, y1)`` in ``[0, 1]``: the tight box around what was drawn.
 """
@@ -212,7 +212,8 @@ def _draw_fire(draw: ImageDraw.ImageDraw, box: Box) -> None:
                          (x1, y1 - 0.14 * h)]),
         (paint["middle flame"], [(x0 + 0.18 * w, y1 - 0.14 * h), (x0 + 0.36 * w, y0 + 0.55 * h),
                           (x0 + 0.5 * w, y0 + 0.3 * h), (x0 + 0.64 * w, y0 + 0.6 * h), (x0 + 0.82 * w, y1 - 0.14 * h)]),
-        (paint["core flame"], [(x0 + 0.36 * w, y1 - 0.14 * h), (x0 + 0.5 * w, y0 + 0.6 * h), (x0 + 0.64 * w, y1 - 0.14 * h)]),
+        (paint["core flame"], [(x0 + 0.36 * w, y1 - 0.14 * h), (x0 + 0.5 * w, y0 + 0.6 * h),
+                               (x0 + 0.64 * w, y1 - 0.14 * h)]),
     ]
     for colour, points in flames:
         draw.polygon(points, fill=colour)
