@@ -76,7 +76,7 @@ def test_on_colab_setup_clones_installs_and_makes_importable(on_colab: None, tmp
     status = colab.colab_setup(repo_url="https://example.org/course.git", target=target, run=run)
     assert [cmd for cmd, _ in run.calls] == [
         ["git", "clone", "--depth", "1", "https://example.org/course.git", str(target)],
-        [sys.executable, "-m", "pip", "install", "-q", "-e", str(target)],
+        [sys.executable, "-m", "pip", "install", "-q", "-e", str(target), colab.running_torch_requirement()],
     ]
     assert all(kwargs == {"check": True} for _, kwargs in run.calls)
     assert str(target) in sys.path
@@ -129,8 +129,11 @@ def test_bad_arguments_are_rejected(kwargs: dict, error: type[Exception], messag
 
 DRIVER = textwrap.dedent(
     """
-    import json, os, subprocess, sys, types
+    import importlib.metadata, json, os, subprocess, sys, types
     cell = open(sys.argv[1], encoding="utf-8").read()
+    # the runtime's torch, as the test process sees it (this interpreter may run without site-packages)
+    real_version = importlib.metadata.version
+    importlib.metadata.version = lambda name: os.environ["RUNTIME_TORCH"] if name == "torch" else real_version(name)
     managers = []
     if sys.argv[2].startswith("colab"):
         sys.modules["google.colab"] = types.ModuleType("google.colab")
@@ -168,6 +171,7 @@ def _run_cell(tmp_path: Path, mode: str, target: Path, with_helpers: bool) -> di
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "COLAB_RELEASE_TAG"}}
+    env["RUNTIME_TORCH"] = colab.running_torch_requirement().removeprefix("torch==")
     if with_helpers:
         command = [sys.executable, str(driver), str(cell), mode]
         env["PYTHONPATH"] = str(ROOT)
@@ -260,6 +264,17 @@ def test_install_extra_on_colab_pip_installs_the_extra_of_the_clone_keeping_the_
     assert run.calls == [([sys.executable, "-m", "pip", "install", "-q", "-e", f"{tmp_path}[quant]",
                            "torch==2.5.1+cu121"], {"check": True})]
     assert "bitsandbytes, torchao" in message
+
+
+def test_every_install_keeps_the_runtimes_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    assert colab.install_command("/c")[-1] == f"torch=={torch.__version__}"
+    monkeypatch.delitem(sys.modules, "torch")  # the set-up cell runs before anything imported torch
+    monkeypatch.setattr(colab.metadata, "version", lambda name: "2.5.1+cu121" if name == "torch" else None)
+    assert colab.install_command("/c") == [sys.executable, "-m", "pip", "install", "-q", "-e", "/c",
+                                           "torch==2.5.1+cu121"]
+    assert 'version("torch")' in colab.COLAB_CELL
 
 
 def test_extras_name_the_packages_of_pyproject() -> None:

@@ -67,7 +67,7 @@ def repository_url() -> str:
 
 
 def extra_packages(extra: str) -> tuple[str, ...]:
-    """The names of the packages in the course's optional extra ``extra`` (``"torchao"``), in their order:
+    """The names of the packages in the course's optional extra ``extra`` (e.g. ``"quant"``), in their order:
     ``[project.optional-dependencies]`` in ``pyproject.toml``, the one place they are set.
 
     Read from the clone's ``pyproject.toml``; from the installed package's metadata when there is none.
@@ -111,7 +111,8 @@ except ImportError:
     repo = "{DEFAULT_TARGET}"
     if not os.path.isdir(repo):
         subprocess.run(["git", "clone", "--depth", "1", "{REPO_URL}", repo], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", repo], check=True)
+    from importlib.metadata import version  # torch pinned: pip must not replace Colab's CUDA build
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", repo, "torch==" + version("torch")], check=True)
     site.addsitedir(repo)  # the running kernel does not read the new install's .pth file
     if "transformers" in sys.modules:  # imported before the install: this session keeps the old version
         print("{RESTART_ADVICE}")
@@ -159,8 +160,9 @@ def clone_command(repo_url: str, target: str | os.PathLike[str]) -> list[str]:
 
 
 def install_command(target: str | os.PathLike[str]) -> list[str]:
-    """Return the command that installs the clone in editable mode with the running interpreter's pip."""
-    return [sys.executable, "-m", "pip", "install", "-q", "-e", str(target)]
+    """Return the command that installs the clone (or ``clone[extra]``) in editable mode with the running
+    interpreter's pip, keeping the runtime's torch (:func:`running_torch_requirement`)."""
+    return [sys.executable, "-m", "pip", "install", "-q", "-e", str(target), running_torch_requirement()]
 
 
 def colab_setup(
@@ -221,15 +223,15 @@ EXTRAS = {extra: extra_packages(extra) for extra in ("quant",)}
 
 
 def running_torch_requirement() -> str:
-    """``torch==VERSION`` for the torch this kernel runs, local label included (``torch==2.5.1+cu121``).
+    """``torch==VERSION`` for the torch this kernel runs (imported) or would import (installed), local label
+    included (``torch==2.5.1+cu121``).
 
-    Added to the pip command of :func:`install_extra`, so that pip keeps the torch already loaded (Colab's CUDA
-    build) and picks versions of the extra's packages that work with it, or fails saying which one does not,
-    instead of replacing torch under the running kernel.
+    Part of every install command (:func:`install_command`, and the set-up cell's), so that pip keeps the
+    runtime's torch (Colab's CUDA build) and picks versions of the other packages that work with it, or fails
+    saying which one does not, instead of replacing torch with another build, under a running kernel at that.
     """
-    import torch
-
-    return f"torch=={torch.__version__}"
+    torch = sys.modules.get("torch")
+    return f"torch=={torch.__version__ if torch is not None else metadata.version('torch')}"
 
 
 def install_extra(extra: str, target: str | os.PathLike[str] | None = None, run: Runner = subprocess.run) -> str:
@@ -253,7 +255,7 @@ def install_extra(extra: str, target: str | os.PathLike[str] | None = None, run:
     packages = EXTRAS[extra]
     if in_colab():
         target = repo_root() if target is None else target
-        run([*install_command(f"{target}[{extra}]"), running_torch_requirement()], check=True)
+        run(install_command(f"{target}[{extra}]"), check=True)
         importlib.invalidate_caches()
         import_quietly()
         return f"Colab: installed the course's [{extra}] extra ({', '.join(packages)})."
