@@ -11,7 +11,8 @@ VPY = $(VENV)/bin/python
 VPIP = $(VENV)/bin/pip
 # torch is installed first, on its own, so that the index it comes from can be chosen.
 # PyPI's Linux wheel of torch is the CUDA build, with several GB of NVIDIA libraries; on a
-# machine without an NVIDIA GPU take PyTorch's CPU index instead:
+# machine without an NVIDIA GPU add PyTorch's CPU index, whose torch==2.13.0+cpu pip then prefers (torch's own
+# dependencies still come from PyPI):
 #   make TORCH_INDEX=https://download.pytorch.org/whl/cpu run
 # (a wheel already in pip's find-links is used either way). Other versions:
 #   make TORCH_SPEC="torch>=2.2" CONSTRAINTS= test
@@ -25,7 +26,7 @@ PIN = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPIP) install $(PIN)$(if $(TORCH_INDEX), --index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(VPIP) install $(PIN)$(if $(TORCH_INDEX), --extra-index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(VPIP) install $(PIN) -e ".[lab,test,quant,site]"
 	touch $@
 

@@ -14,7 +14,8 @@ bundled model and the int4-onnx cache live comes from ``course.paths``; scoring 
     quantization  4-bit and 8-bit weights: bitsandbytes (the article's) and the course's CPU paths
     int8_linear   int8 weights multiplied by torch's own CPU kernel (the int8 path, int4's lm_head)
     onnx_decoder  the text decoder as ONNX Runtime graphs, 4-bit weights per token (the fastest CPU captions)
-    evaluation  scoring predicted boxes and captions against the truth, and the bundled model on its world's scenes
+    evaluation  scoring predicted boxes and captions against the truth, the bundled model on its world's scenes, and
+                the runner the benchmark files share
     refcoco     RefCOCO / RefCOCO+ / RefCOCOg files as distributed, and comprehension scored as the paper's authors do
     flickr30k   Flickr30k Entities files, and phrase grounding scored as the paper's authors do
     finetune    fine-tuning Kosmos-2 on your own boxes: LoRA adapters (QLoRA on a 4-bit base)

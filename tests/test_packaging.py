@@ -334,7 +334,7 @@ def test_torch_alone_comes_from_the_index_given() -> None:
     done = _make("-n", "-B", f"TORCH_INDEX={index}", "install")
     assert done.returncode == 0, done.stderr
     pip = [line for line in done.stdout.splitlines() if " install " in line]
-    assert pip == [f'.venv/bin/pip install -c constraints.txt --index-url {index} "torch==2.13.0"',
+    assert pip == [f'.venv/bin/pip install -c constraints.txt --extra-index-url {index} "torch==2.13.0"',
                    '.venv/bin/pip install -c constraints.txt -e ".[lab,test,quant,site]"']
 
 

@@ -492,13 +492,13 @@ def test_the_comprehension_prompt_makes_white_space_single_and_refuses_no_expres
 def test_refcoco_and_finetune_say_the_same_of_an_annotation_file_that_is_no_json(tmp_path, content, reason) -> None:
     """One reader (helpers.grounding.checks.read_json): RefCOCO said "is not valid JSON: Expecting value" of an empty
     file and "is not text (JSON)" of a binary one, where fine-tuning said "is empty" and "is not UTF-8 JSON text";
-    each message ends with what the reader expected (for RefCOCO, that a refs pickle must be named *.p)."""
+    each message ends with what the reader expected (for RefCOCO, that a refs file is a pickle named *.p)."""
     from helpers.grounding.finetune import FinetuneError, read_coco
 
     path = tmp_path / "annotations.json"
     path.write_bytes(content)
     start = rf"^annotation file {re.escape(repr(str(path)))} {reason}; expected "
-    with pytest.raises(RefCocoFormatError, match=start + r"an MDETR finetune_\*\.json, .*pickle: name it \*\.p$"):
+    with pytest.raises(RefCocoFormatError, match=start + r"an MDETR finetune_\*\.json, .*a pickle, named \*\.p: refs\(unc\)\.p …\)$"):
         load_refcoco(path)
     with pytest.raises(FinetuneError, match=start + "COCO detection JSON with 'images', 'annotations' and "
                                                     "'categories'$"):

@@ -2,16 +2,17 @@
 
 Every notebook starts with one set-up cell, :data:`COLAB_CELL`. Outside Colab it only checks that
 ``helpers`` is importable (install the course with ``pip install -e .`` from a clone). On Colab, where
-nothing is installed yet, it clones this repository, installs it with ``pip install -e`` and makes it
-importable in the kernel that is already running. On Colab, every time, it then turns on Colab's custom widget
+nothing is installed yet, it clones this repository, installs it with ``pip install -e`` (keeping the
+runtime's torch: :func:`running_torch_requirement`) and makes it importable in the kernel that is already
+running. On Colab, every time, it then turns on Colab's custom widget
 manager (:func:`enable_widgets`): the course installs ipywidgets 8, newer than the 7.x Colab ships, and Colab
 draws version 8 only through that manager, so without it the progress bars of ``load()``, ``ground()`` and the
 model download would not show.
 
 That cell cannot use this module: on a fresh Colab runtime ``helpers`` is exactly what is missing. So the
-cell carries the same few steps inline, and this module holds them as a tested function,
-:func:`colab_setup`, for use once ``helpers`` is importable (for example to re-install after a change of
-branch), together with the cell's text so the tests can run it.
+cell carries the same few steps inline, and this module holds them as tested functions,
+:func:`colab_setup` (the install) and :func:`enable_widgets`, for use once ``helpers`` is importable (for
+example to re-install after a change of branch), together with the cell's text so the tests can run it.
 
 Why the running kernel needs help: ``pip install -e`` registers the clone through a ``.pth`` file in
 ``site-packages``. Python reads ``.pth`` files only when an interpreter starts, so the notebook kernel that
@@ -173,8 +174,9 @@ def colab_setup(
     """Install the course on Colab and make ``helpers`` importable in the running kernel.
 
     Steps, on Colab only: clone ``repo_url`` into ``target`` unless ``target`` already holds a clone
-    (a folder with ``pyproject.toml``), ``pip install -e target``, then ``site.addsitedir(target)`` so the
-    kernel that is already running can import the package (see the module docstring for why).
+    (a folder with ``pyproject.toml``), ``pip install -e target torch==VERSION`` (:func:`install_command`), then
+    ``site.addsitedir(target)`` so the kernel that is already running can import the package (see the module
+    docstring for why).
 
     Args:
         repo_url: the git URL to clone.

@@ -11,6 +11,9 @@
   count). *Accuracy@1*: the first of them hits a true box. *Upper bound*: any of them does. An answer
   without such a box is a miss for both. Counted per expression.
 * Questions and referring-expression generation: the answer contains the object's name.
+
+At its end, the runner the benchmark files share (RefCOCO and Flickr30k Entities: :func:`ground_on_files`,
+:func:`check_items`, :func:`check_images_exist`): grounding their items in chunks, the authors' way.
 """
 
 from __future__ import annotations

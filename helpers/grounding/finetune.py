@@ -75,7 +75,8 @@ from helpers.grounding.boxes import coco_to_normalized
 from helpers.grounding.checks import (DefaultsHelpFormatter, check_bool, check_count, check_positive_int,
                                       check_positive_number, check_seed, fail, out_problem, parse, positive_int_option,
                                       positive_number_option, read_json)
-from helpers.grounding.evaluation import BENCHMARK_MAX_NEW_TOKENS, CaptionScores, Score, score_any_box, score_caption
+from helpers.grounding.evaluation import (BENCHMARK_MAX_NEW_TOKENS, CaptionScores, Score, format_score, score_any_box,
+                                         score_caption)
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
 from helpers.grounding.model import (ModelLoadError, check_bf16, check_device, default_dtype, parameter_count,
                                      parameters_from_config, try_gpu)
@@ -1012,7 +1013,7 @@ def box_accuracy(model, processor, records: Sequence[ImageRecord], *,
 
 def _pct(r: dict) -> str:
     """A score of the card as ``82.4 % (14/17)``, from its counts (its ``rate`` is rounded already), or ``n/a``."""
-    return f"{100 * r['hits'] / r['total']:.1f} % ({r['hits']}/{r['total']})" if r.get("total") else "n/a"
+    return format_score(r["hits"], r["total"]) if r.get("total") else "n/a"
 
 
 def card_text(card: dict) -> str:

@@ -152,8 +152,8 @@ def read_plain_pickle(path: str | os.PathLike) -> Any:
 
 
 #: What each file :func:`load_refcoco` reads should hold, for its messages.
-_ANNOTATIONS = ("an MDETR finetune_*.json, a JSON file of records, or a refer toolkit refs file (refs(unc).p …), "
-                "which is a pickle: name it *.p")
+_ANNOTATIONS = ("an MDETR finetune_*.json, a JSON file of records, or a refer toolkit refs file (a pickle, "
+                "named *.p: refs(unc).p …)")
 _INSTANCES = "the refer toolkit's instances.json (an object with 'images' and 'annotations')"
 
 
