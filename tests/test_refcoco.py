@@ -498,7 +498,8 @@ def test_refcoco_and_finetune_say_the_same_of_an_annotation_file_that_is_no_json
     path = tmp_path / "annotations.json"
     path.write_bytes(content)
     start = rf"^annotation file {re.escape(repr(str(path)))} {reason}; expected "
-    with pytest.raises(RefCocoFormatError, match=start + r"an MDETR finetune_\*\.json, .*a pickle, named \*\.p: refs\(unc\)\.p …\)$"):
+    refs = r"an MDETR finetune_\*\.json, .*a pickle, named \*\.p: refs\(unc\)\.p …\)$"
+    with pytest.raises(RefCocoFormatError, match=start + refs):
         load_refcoco(path)
     with pytest.raises(FinetuneError, match=start + "COCO detection JSON with 'images', 'annotations' and "
                                                     "'categories'$"):
