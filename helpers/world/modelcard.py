@@ -132,7 +132,7 @@ def read_training(model_dir: Path) -> dict:
     """The folder's ``training.json`` (what ``python -m helpers train`` records), or ``{}`` when it has none: the
     card then says that its training runs were not recorded."""
     path = Path(model_dir) / RECORD_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return read_json(path, "training record", "JSON as `python -m helpers train` writes it") if path.exists() else {}
 
 
 def render_card(model_dir: Path) -> None:

@@ -698,6 +698,27 @@ def recorded_runs(record: dict) -> list[dict]:
     return record.get("stages") or [record]
 
 
+def joint_curve(record: dict, key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of ``key`` (``"text_loss"``, ``"dense_loss"``, ``"look_loss"`` …) at the joint stage's
+    points of a training record (a ``training.json``, or ``{"history": history}`` of :func:`train`), every run of
+    a resumed record one after another: a run's steps count on from the last joint point of the runs before, so
+    every key's curve shares one axis. Points without ``key`` are left out; a record with none gives ``[]``.
+
+    Raises:
+        TypeError: ``record`` is not a dict.
+    """
+    if not isinstance(record, dict):
+        raise TypeError(f"record must be a training record (a dict, as training.json holds), "
+                        f"got {type(record).__name__}")
+    points: list[tuple[int, float]] = []
+    offset = 0
+    for run in recorded_runs(record):
+        joint = [h for h in run.get("history", []) if h.get("stage") == "joint"]
+        points += [(h["step"] + offset, h[key]) for h in joint if key in h]
+        offset += joint[-1]["step"] if joint else 0
+    return points
+
+
 def write_record(folder: Path, cfg: TrainConfig, history: list[dict], seconds: float) -> None:
     """Write :data:`RECORD_FILE`: this run's settings, losses and time; after ``--resume`` every earlier run too."""
     earlier = recorded_runs(cfg.resumed_from) if cfg.resumed_from is not None else []
