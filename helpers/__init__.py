@@ -78,8 +78,7 @@ for _module, _names in {
                      "character_illustration definite_phrase kind_name"),
     "world.language": "build_processor build_config scene_examples answer_name",
     "world.training": ("TrainConfig new_model train IGNORE TASK_WEIGHTS attention_targets dense_targets encode_example "
-                       "recorded_runs joint_curve"),
-    "world.modelcard": "read_training",
+                       "read_training recorded_runs joint_curve"),
     "world.new_kinds": "star_scene write_coco",
     "course.paths": "repo_root data_dir notebooks_dir bundled_model_dir",
     "course.colab": "install_extra",

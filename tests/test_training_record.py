@@ -32,5 +32,6 @@ def test_read_training_gives_an_empty_record_or_names_a_broken_file(tmp_path) ->
     (tmp_path / "training.json").write_text(json.dumps(_run([("joint", 25, 3.0)])), encoding="utf-8")
     assert joint_curve(read_training(tmp_path), "text_loss") == [(25, 3.0)]
     (tmp_path / "training.json").write_text("{", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"training record '.*training\.json' is not valid JSON: .*; expected JSON"):
+    broken = r"training record '.*training\.json' is not valid JSON: .*; expected the record of the run"
+    with pytest.raises(ValueError, match=broken):
         read_training(tmp_path)

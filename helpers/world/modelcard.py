@@ -24,7 +24,7 @@ from helpers.grounding.model import ModelLoadError, load
 from helpers.grounding.prompts import CAPTION_PROMPT
 from helpers.world.scenes import sample_scenes
 from helpers.world.training import (CARD_TITLE, HEADS_FILE, LOCATION_FEATURES, RECORD_FILE, build_parser,
-                                    recorded_runs)
+                                    read_training, recorded_runs)
 
 #: Settings of a run that are not part of its recipe (where it saves, how it logs, which device draws batches).
 _NOT_RECIPE = {"out", "resume", "checkpoint", "checkpoint_minutes", "threads", "evaluate", "log_every", "device",
@@ -91,7 +91,9 @@ def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) ->
     """Evaluate the model in ``model_dir`` on held-out scenes and write ``evaluation.json`` and ``README.md``.
 
     With another ``seed`` (a second set of unseen scenes) the result goes to ``evaluation-seed<seed>.json``
-    and the card shows it beside the main one. ``training.json`` is optional (:func:`read_training`).
+    and the card shows it beside the main one. ``training.json`` is optional
+    (:func:`helpers.world.training.read_training`; without one the card says that its training runs were not
+    recorded).
 
     Raises:
         TypeError, ValueError: ``scenes`` is not a positive int, or a JSON file the card reads is broken
@@ -126,13 +128,6 @@ def evaluation_file(seed: int) -> str:
     """The name of the file that holds an evaluation on the scenes of ``seed``: ``evaluation.json`` for the held-out
     seed (the card's main one), else ``evaluation-seed<seed>.json``."""
     return "evaluation.json" if seed == HELD_OUT_SEED else f"evaluation-seed{seed}.json"
-
-
-def read_training(model_dir: Path) -> dict:
-    """The folder's ``training.json`` (what ``python -m helpers train`` records), or ``{}`` when it has none: the
-    card then says that its training runs were not recorded."""
-    path = Path(model_dir) / RECORD_FILE
-    return read_json(path, "training record", "JSON as `python -m helpers train` writes it") if path.exists() else {}
 
 
 def render_card(model_dir: Path) -> None:

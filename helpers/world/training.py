@@ -659,6 +659,8 @@ HEADS_FILE = "training_heads.safetensors"
 #: File of a run's folder that records its settings, losses and time (:func:`write_record`) and those of the runs
 #: it continues; the model card reads it.
 RECORD_FILE = "training.json"
+#: The command, as its messages name it.
+PROG = "python -m helpers train"
 #: The first line of the model card that ``python -m helpers modelcard`` writes (``README.md``).
 CARD_TITLE = "# kosmos2-tiny-world — the course's bundled offline model"
 
@@ -691,6 +693,21 @@ def load_heads(folder: Path, heads: DenseHeads, token_heads: DenseHeads) -> list
             raise ValueError(f"{path} holds heads this recipe does not have: {result.unexpected_keys}")
         missing += [prefix + k for k in result.missing_keys]
     return missing
+
+
+#: What a training record holds, for the messages about one that cannot be read.
+_RECORD_EXPECTED = f"the record of the run as `{PROG} --out DIR` writes it (or no {RECORD_FILE} at all)"
+
+
+def read_training(folder: str | Path) -> dict:
+    """The record of the run saved in ``folder`` (:data:`RECORD_FILE`, what ``python -m helpers train`` writes),
+    or ``{}`` when it has none.
+
+    Raises:
+        ValueError: the file is not UTF-8 JSON text (the message names it: :func:`checks.read_json`).
+    """
+    path = Path(folder) / RECORD_FILE
+    return read_json(path, "training record", _RECORD_EXPECTED) if path.exists() else {}
 
 
 def recorded_runs(record: dict) -> list[dict]:
@@ -1051,9 +1068,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PROG = "python -m helpers train"
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed command-line options."""
     return TrainConfig(seed=args.seed, vision_steps=args.vision_steps, heads_steps=args.heads_steps, steps=args.steps,
@@ -1106,11 +1120,10 @@ def _load_run(folder: Path):
     from helpers.world.modelcard import training_problem
 
     path = folder / RECORD_FILE
-    expected = f"the record of the run as `{PROG} --out DIR` writes it (or no {RECORD_FILE} at all)"
-    previous = read_json(path, "training record", expected) if path.exists() else None
+    previous = read_training(folder) if path.exists() else None  # (a file holding {} is a record, and wrong)
     problem = None if previous is None else training_problem(previous)
     if problem:
-        raise ValueError(f"training record {str(path)!r}: {problem}; expected {expected}")
+        raise ValueError(f"training record {str(path)!r}: {problem}; expected {_RECORD_EXPECTED}")
     processor = AutoProcessor.from_pretrained(folder)
     model = Kosmos2ForConditionalGeneration.from_pretrained(folder, use_safetensors=True)
     return model, processor, previous
