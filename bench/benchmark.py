@@ -61,12 +61,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import gc
 import json
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -81,6 +78,9 @@ import torch
 from helpers.grounding import quantization as quant
 from helpers.grounding.model import native_bf16, parameters_from_config
 from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is a folder of scripts, imported from anywhere
+import report as R  # noqa: E402  (the facts of a run and the writing of its files, shared by the bench scripts)
 
 #: How many prompt tokens follow ``</image>`` (``<grounding>``, ``▁An``, ``▁image``, ``▁of``).
 PROMPT_TOKENS = 4
@@ -650,17 +650,7 @@ def run_isolated(argv: Sequence[str], paths: Sequence[str], work: Path, log=prin
 
 def device_name(device: str) -> str:
     """The name of the GPU ``device``, or the CPU's model and thread count."""
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {cpu} ({os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads)"
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else R.cpu_name()
 
 
 def model_support() -> dict[str, Any]:
@@ -686,22 +676,14 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def build_report(rows: list[dict[str, Any]], *, config, tiny: bool, new_tokens: int, warmup: int, repeats: int,
-                 device: str, command: str, warmup_tokens: int | None = None) -> dict[str, Any]:
-    """Everything ``results.json`` holds."""
-    import transformers
-
+                 device: str, facts: dict[str, Any], warmup_tokens: int | None = None) -> dict[str, Any]:
+    """Everything ``results.json`` holds: ``facts`` (:func:`report.run_facts`, bench/report.py), then the run's own."""
     add_ratios(rows)
-    libraries = {name: quant.installed_version(name) for name in ("bitsandbytes", "torchao", "onnxruntime")}
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **facts,
         "device": device,
         "device_name": device_name(device),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "libraries": libraries,
         "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "command": command,
         "model": {
             "config": "tiny (--tiny)" if tiny else "full size, Kosmos2Config() defaults",
             "parameters": parameters_from_config(config),
@@ -811,15 +793,13 @@ def cpu_summary(report: dict[str, Any], small: int = 1, large: int = 8) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], out: Path, summary: bool = False) -> tuple[Path, Path]:
+def write_report(results: dict[str, Any], out: Path, summary: bool = False) -> tuple[Path, Path]:
     """Write ``results.json`` and ``results.md`` (and with ``summary`` the CPU table's ``summary.md``) into
-    ``out``; return the first two paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "results.json", out / "results.md"
-    json_path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    md_path.write_text(to_markdown(report), encoding="utf-8")
+    ``out``, all at once; return the first two paths."""
+    files = {"results.json": results, "results.md": to_markdown(results)}
     if summary:
-        (out / "summary.md").write_text(cpu_summary(report), encoding="utf-8")
+        files["summary.md"] = cpu_summary(results)
+    json_path, md_path, *_ = R.write(out, files)
     return json_path, md_path
 
 
@@ -924,16 +904,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.child.write_text(json.dumps(rows), encoding="utf-8")
         return 0
     out = args.out or Path("bench/results/cpu" if table else "bench/results")
-    given = list(sys.argv[1:] if argv is None else argv)
-    for i, arg in enumerate(given[:-1]):  # the work folder holds scratch weights, not a setting of the run
-        if arg == "--work":
-            given[i + 1] = "WORK"
-    command = " ".join(shlex.quote(a) for a in ["python", "bench/benchmark.py", *given])
+    R.check_out(parser, out, ["results.json", "results.md"])
+    facts = R.run_facts("benchmark.py", argv, hide=["--work"])  # the work folder holds scratch weights
     print(f"Kosmos-2 benchmark on {device_name(device)}: paths {', '.join(paths)}", flush=True)
 
     def report_of(rows):
         return build_report(rows, config=config, tiny=args.tiny, new_tokens=args.new_tokens, warmup=args.warmup,
-                            repeats=repeats, device=device, command=command, warmup_tokens=args.warmup_tokens)
+                            repeats=repeats, device=device, facts=facts, warmup_tokens=args.warmup_tokens)
 
     if table:
         forwarded = ["--cpu-table", "--new-tokens", str(args.new_tokens), "--batch-sizes", args.batch_sizes,

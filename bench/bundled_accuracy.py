@@ -12,14 +12,14 @@ every metric stays within ``--tolerance`` percentage points of float32's. Result
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from helpers.grounding import evaluation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report as R  # noqa: E402  (the facts of a run and the writing of its files)
 
 #: Paths compared with float32 (``"none"``), in the order of the table.
 PATHS = ("4bit", "nf4", "8bit", "int8", "int4", "int4-onnx")
@@ -50,10 +50,8 @@ def compare(scenes: int, seed: int, paths: Sequence[str] = PATHS, tolerance: flo
         results[name]["points_vs_float32"] = {m: round(d, 2) for m, d in diffs.items()}
         results[name]["within_tolerance"] = all(abs(d) <= tolerance for d in diffs.values())
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": "data/kosmos2-tiny-world (bundled)", "scenes": scenes, "seed": seed,
-        "tolerance_points": tolerance, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "libraries": _libraries(), "paths": results,
+        "tolerance_points": tolerance, "threads": torch.get_num_threads(), "paths": results,
     }
 
 
@@ -64,12 +62,6 @@ def _points(metric: dict) -> float:
 
 def _rate(metric: dict) -> str:
     return "–" if not metric["total"] else f"{_points(metric):.1f} %"
-
-
-def _libraries() -> dict[str, str | None]:
-    from helpers.grounding.quantization import installed_version
-
-    return {name: installed_version(name) for name in ("bitsandbytes", "torchao", "transformers")}
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -102,18 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1.0, help="points each metric may move (1)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/cpu"))
     args = parser.parse_args(argv)
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    unknown = [p for p in paths if p not in PATHS]
-    if unknown or not paths:
-        parser.error(f"--paths takes names from {', '.join(PATHS)}, got {args.paths!r}")
+    paths = R.names(parser, "--paths", args.paths, PATHS)
     if args.scenes < 1:
         parser.error(f"--scenes must be at least 1, got {args.scenes}")
-    report = compare(args.scenes, args.seed, paths, args.tolerance)
-    report["command"] = " ".join(shlex.quote(a) for a in ["python", "bench/bundled_accuracy.py",
-                                                            *(sys.argv[1:] if argv is None else argv)])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bundled_accuracy.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    (args.out / "bundled_accuracy.md").write_text(to_markdown(report), encoding="utf-8")
+    R.check_out(parser, args.out, ["bundled_accuracy.json", "bundled_accuracy.md"])
+    report = {**R.run_facts("bundled_accuracy.py", argv), **compare(args.scenes, args.seed, paths, args.tolerance)}
+    R.write(args.out, {"bundled_accuracy.json": report, "bundled_accuracy.md": to_markdown(report)})
     print(to_markdown(report))
     return 0
 

@@ -39,9 +39,7 @@ memory limit the cores share (it does not). With ``--out`` the table goes to ``O
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import itertools
-import json
 import statistics
 import sys
 import time
@@ -51,7 +49,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchmark as B  # noqa: E402  (its CPU name and its count of a quantized model's bytes)
+import benchmark as B  # noqa: E402  (its count of a quantized model's bytes)
+import report as R  # noqa: E402  (the facts of a run and the writing of its files)
 from helpers.grounding import quantization as quant  # noqa: E402  (the course's int4 recipe)
 
 #: ONNX Runtime's kernels and their 4-bit block size (None: the 8-bit products of int4-onnx's prompt graph).
@@ -244,19 +243,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.layers < 1 or args.repeats < 1:
         parser.error("--layers and --repeats must be at least 1")
+    R.check_out(parser, args.out, ["kernels.json", "kernels.md"])
+    facts = R.run_facts("kernels.py", argv)
     hidden, ffn = TINY if args.tiny else FULL
     results = measure(args.kernels, hidden=hidden, ffn=ffn, layers=args.layers, rows=args.rows,
                       repeats=args.repeats, threads=args.threads)
-    report = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "command": "python bench/kernels.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "cpu": B.device_name("cpu"), "threads": args.threads, "hidden": hidden,
-              "ffn": ffn, "layers": args.layers, "torch": torch.__version__, "results": results}
-    table = to_markdown(report)
+    kernels = {**facts, "threads": args.threads, "hidden": hidden, "ffn": ffn, "layers": args.layers,
+               "results": results}
+    table = to_markdown(kernels)
     print(table)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "kernels.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        (args.out / "kernels.md").write_text(table, encoding="utf-8")
+        R.write(args.out, {"kernels.json": kernels, "kernels.md": table})
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 

@@ -32,6 +32,9 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report as R  # noqa: E402  (the facts of a run and the writing of its files)
+
 PATHS = ("none", "4bit", "int8", "int4", "int4-onnx")
 GiB = 2**30
 
@@ -121,12 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(str(args.weights), args.child, args.new_tokens)))
         return 0
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    unknown = [p for p in paths if p not in PATHS]
-    if unknown or not paths:
-        parser.error(f"--paths takes names from {', '.join(PATHS)}, got {args.paths!r}")
+    paths = R.names(parser, "--paths", args.paths, PATHS)
     if args.new_tokens < 1 or args.repeats < 1:
         parser.error(f"--new-tokens and --repeats must be at least 1, got {args.new_tokens} and {args.repeats}")
+    R.check_out(parser, args.out, ["memory.json", "memory.md"])
+    facts = R.run_facts("memory.py", argv)
     if not (args.weights / "config.json").is_file():
         if args.weights.exists() and any(args.weights.iterdir()):
             parser.error(f"--weights {str(args.weights)!r} holds files but no config.json: give a checkpoint folder "
@@ -150,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     markdown = table(rows)
     print(markdown)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "memory.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
-        (args.out / "memory.md").write_text(markdown + "\n", encoding="utf-8")
+        R.write(args.out, {"memory.json": {**facts, "rows": rows}, "memory.md": markdown + "\n"})
     return 0
 
 

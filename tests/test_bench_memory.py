@@ -18,7 +18,9 @@ def test_every_path_gets_a_row_and_int4_onnx_builds_then_reads_its_graphs(tiny_m
     done = run("--weights", str(tiny_model_dir), "--paths", "none,int4-onnx", "--new-tokens", "2",
                "--repeats", "2", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    rows = json.loads((tmp_path / "memory.json").read_text(encoding="utf-8"))
+    report = json.loads((tmp_path / "memory.json").read_text(encoding="utf-8"))
+    assert report["command"].startswith("python bench/memory.py --weights") and report["cpu"].startswith("CPU: ")
+    rows = report["rows"]
     assert [(r["path"], r["graphs"]) for r in rows] == [("none", None), ("int4-onnx", False), ("int4-onnx", True)] * 2
     for row in rows:
         assert 0 < row["private_peak_load_gib"] <= row["private_peak_gib"]

@@ -103,6 +103,23 @@ def test_write_jsonl_replaces_the_file_only_when_every_line_is_written(tmp_path:
     assert sorted(p.name for p in out.parent.iterdir()) == ["rows.jsonl"]  # no temporary file left
 
 
+def test_write_files_replaces_none_when_one_cannot_be_written(tmp_path: Path) -> None:
+    """A model card and its figures (``README.md`` beside ``evaluation.json``) were written one after the other, so
+    a failure between them left new figures beside the old card. Now every text is written before any file is
+    replaced."""
+    from helpers.grounding import checks
+
+    card, figures = tmp_path / "README.md", tmp_path / "evaluation.json"
+    assert checks.write_files({figures: "{}\n", card: "old card\n"}) == [figures, card]
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate is no UTF-8: the second text fails
+        checks.write_files({figures: '{"new": 1}\n', card: "new card \ud800\n"})
+    (tmp_path / "taken").write_text("a file", encoding="utf-8")
+    with pytest.raises(OSError):  # the second file's folder cannot be made
+        checks.write_files({figures: '{"new": 1}\n', tmp_path / "taken" / "card.md": "x"})
+    assert figures.read_text(encoding="utf-8") == "{}\n" and card.read_text(encoding="utf-8") == "old card\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "evaluation.json", "taken"]  # no temporaries
+
+
 def test_every_results_file_is_written_by_the_one_writer() -> None:
     """``ground`` (batch), ``distributed`` and ``evaluate`` each wrote JSON Lines with their own copy."""
     from helpers.course import batch, cli_evaluate, distributed, outputs

@@ -34,6 +34,7 @@ from typing import Callable, Iterable
 
 from helpers.grounding import model as grounding_model
 from helpers.grounding.boxes import to_pixels
+from helpers.grounding.checks import write_files
 from helpers.grounding.plotting import draw_entities
 from helpers.grounding.tokens import strip_image_prefix
 
@@ -105,26 +106,16 @@ def _json_line(row: dict) -> str:
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    """Write ``rows`` to the JSON Lines file ``path`` all at once and return its path: the lines go to a temporary
-    file beside it (``.NAME.<pid>.tmp``) that replaces ``path`` when all are written, so a write that fails (a
-    value that is not JSON, a full disk, Ctrl-C) leaves an earlier ``path`` as it was and no temporary file.
+    """Write ``rows`` to the JSON Lines file ``path`` all at once (:func:`helpers.grounding.checks.write_files`)
+    and return its path: a write that fails (a value that is not JSON, a full disk, Ctrl-C) leaves an earlier
+    ``path`` as it was and no temporary file.
 
     Raises:
         ValueError: a row holds ``NaN`` or an infinity; TypeError: a row holds something JSON cannot hold.
         OSError: the file cannot be written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so os.replace is atomic
-    try:
-        with open(partial, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(_json_line(row))
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
+    text = "".join(_json_line(row) for row in rows)  # every row checked before anything is written
+    return write_files({path: text})[0]
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

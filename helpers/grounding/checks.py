@@ -1,6 +1,7 @@
 """Checks of arguments that many functions share, each written once (boxes and image sizes: ``boxes``), the
 option types of the command lines built on them, how every command reports bad input (:func:`fail`,
-:func:`parse`), the check of an output path and the reading of a JSON file with a clear error (:func:`read_json`)."""
+:func:`parse`), the check of an output path, the reading of a JSON file with a clear error (:func:`read_json`)
+and the writing of files all at once (:func:`write_files`)."""
 
 from __future__ import annotations
 
@@ -238,3 +239,23 @@ def read_json(path: str | os.PathLike, what: str, expected: str, error: type[Exc
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise error(f"{name} is not valid JSON: {err}; expected {expected}") from None
+
+
+def write_files(files: dict[str | os.PathLike, str]) -> list[Path]:
+    """Write each text of ``files`` (a path → its UTF-8 text) and return the paths, all or none: every text goes to
+    a temporary file beside its path (``.NAME.<pid>.tmp``), and only when all are written do they replace their
+    paths, so a write that fails (a full disk, Ctrl-C) leaves the earlier files as they were and no temporary file.
+    Missing folders are created."""
+    paths = [Path(p) for p in files]
+    partials = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in paths]  # same folder: os.replace is atomic
+    try:
+        for path, partial, text in zip(paths, partials, files.values()):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(text, encoding="utf-8")
+        for path, partial in zip(paths, partials):
+            os.replace(partial, path)
+    except BaseException:
+        for partial in partials:
+            partial.unlink(missing_ok=True)
+        raise
+    return paths

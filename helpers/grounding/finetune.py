@@ -74,7 +74,7 @@ from typing import Any, Callable, Sequence
 from helpers.grounding.boxes import coco_to_normalized
 from helpers.grounding.checks import (DefaultsHelpFormatter, check_bool, check_count, check_positive_int,
                                       check_positive_number, check_seed, fail, out_problem, parse, positive_int_option,
-                                      positive_number_option, read_json)
+                                      positive_number_option, read_json, write_files)
 from helpers.grounding.evaluation import (BENCHMARK_MAX_NEW_TOKENS, CaptionScores, Score, format_score, score_any_box,
                                          score_caption)
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
@@ -761,8 +761,7 @@ def _new_card(base: str | os.PathLike, cfg: FinetuneConfig, model, processor, to
 
 def _write_card(folder: Path, card: dict) -> None:
     """Write the adapter card into ``folder``: ``finetune.json`` and the ``README.md`` made from it."""
-    (folder / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
-    (folder / "README.md").write_text(card_text(card), encoding="utf-8")
+    write_files({folder / CARD_FILE: json.dumps(card, indent=1) + "\n", folder / "README.md": card_text(card)})
 
 
 def _write_adapters(out: Path, model, opt, card: dict) -> None:

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from helpers.grounding.checks import (DefaultsHelpFormatter, check_positive_int, fail, is_number, out_problem,
-                                      parse, positive_int_option, read_json)
+                                      parse, positive_int_option, read_json, write_files)
 from helpers.grounding.evaluation import (CAPTION_ERROR_TYPES, HELD_OUT_SEED, METRICS, caption_error_table, evaluate,
                                           metrics_table)
 from helpers.grounding.model import ModelLoadError, load
@@ -115,12 +115,12 @@ def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) ->
         machine=f"{platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}",
         date=time.strftime("%Y-%m-%d"),
     )
-    (model_dir / evaluation_file(seed)).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     if seed != HELD_OUT_SEED and (model_dir / "evaluation.json").exists():
         result_main = json.loads((model_dir / "evaluation.json").read_text(encoding="utf-8"))
     else:
         result_main = result
-    (model_dir / "README.md").write_text(_card_text(model, result_main, read_training(model_dir)), encoding="utf-8")
+    write_files({model_dir / evaluation_file(seed): json.dumps(result, indent=1) + "\n",
+                 model_dir / "README.md": _card_text(model, result_main, read_training(model_dir))})
     return result
 
 
@@ -145,7 +145,7 @@ def render_card(model_dir: Path) -> None:
     _check_card_files(model_dir, render_only=True)
     model, _ = load(str(model_dir), device="cpu", verbose=False)
     result = json.loads((model_dir / "evaluation.json").read_text(encoding="utf-8"))
-    (model_dir / "README.md").write_text(_card_text(model, result, read_training(model_dir)), encoding="utf-8")
+    write_files({model_dir / "README.md": _card_text(model, result, read_training(model_dir))})
 
 
 def schedule(config: dict) -> str:
