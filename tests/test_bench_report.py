@@ -19,11 +19,17 @@ BENCH = repo_root() / "bench"
 FACTS = {"date", "command", "cpu", "python", "torch", "transformers", "libraries"}
 
 
-def _report_module():
-    spec = importlib.util.spec_from_file_location("kosmos2_bench_report", BENCH / "report.py")
+def _script(name: str):
+    """A script of bench/ imported from its file (bench/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"kosmos2_bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def _report_module():
+    return _script("report")
 
 
 def _run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -54,26 +60,37 @@ def test_write_puts_json_and_markdown_in_place_or_nothing(tmp_path) -> None:
     paths = R.write(tmp_path / "new", {"x.json": {"figure": 1.5, "word": "café"}, "x.md": "| a |\n"})
     assert [p.name for p in paths] == ["x.json", "x.md"]
     assert json.loads(paths[0].read_text(encoding="utf-8")) == {"figure": 1.5, "word": "café"}
-    with pytest.raises(TypeError):  # a figure JSON cannot hold: the earlier pair stays as it was
-        R.write(tmp_path / "new", {"x.json": {"figure": object()}, "x.md": "| b |\n"})
+    with pytest.raises(TypeError):  # the second file holds a figure JSON cannot hold: the first is not replaced
+        R.write(tmp_path / "new", {"x.md": "| b |\n", "x.json": {"figure": object()}})
     assert paths[1].read_text(encoding="utf-8") == "| a |\n"
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["x.json", "x.md"]
 
 
-@pytest.mark.parametrize("script, args", [
-    ("kernels.py", ["--tiny"]),
-    ("memory.py", ["--weights", "WEIGHTS"]),
-    ("bundled_accuracy.py", []),
-    ("benchmark.py", ["--tiny"]),
+@pytest.mark.parametrize("script, work, args", [
+    ("kernels", "measure", ["--tiny"]),
+    ("bundled_accuracy", "compare", []),
+    ("benchmark", "run_paths", ["--tiny"]),
+    ("benchmark", "run_isolated", ["--tiny", "--cpu-table"]),
 ])
-def test_an_out_that_is_a_file_is_refused_before_anything_runs(tmp_path, script, args) -> None:
+def test_an_out_that_is_a_file_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys, script, work,
+                                                               args) -> None:
+    module = _script(script)
+    monkeypatch.setattr(module, work, lambda *a, **k: pytest.fail(f"{work} ran before --out was checked"))
     taken = tmp_path / "taken.txt"
     taken.write_text("notes", encoding="utf-8")
-    weights = tmp_path / "weights"
-    done = _run(script, *[str(weights) if a == "WEIGHTS" else a for a in args], "--out", str(taken), timeout=120)
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert f"error: --out {str(taken)!r} is a file; give a folder for" in done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.txt"]  # no weights saved, nothing written
+    with pytest.raises(SystemExit) as stop:
+        module.main([*args, "--out", str(taken)])
+    assert stop.value.code == 2
+    assert f"error: --out {str(taken)!r} is a file; give a folder for" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.txt"]
+
+
+def test_memory_refuses_an_out_that_is_a_file_before_saving_weights(tmp_path) -> None:
+    taken = tmp_path / "taken.txt"
+    taken.write_text("notes", encoding="utf-8")
+    done = _run("memory.py", "--weights", str(tmp_path / "weights"), "--out", str(taken), timeout=120)
+    assert done.returncode == 2 and f"error: --out {str(taken)!r} is a file; give a folder for" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.txt"]  # no weights saved
 
 
 def test_bundled_accuracy_records_its_run_and_each_path_against_float32(tmp_path) -> None:
