@@ -233,9 +233,9 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
     With a ``weights`` folder (of :func:`save_random_weights`; the CPU table has one) every path loads the
     random float32 weights from it with ``from_pretrained``, as ``load(quantization=...)`` loads the real
     checkpoint: in the path's dtype, with the ``BitsAndBytesConfig`` of bitsandbytes paths (as the article
-    does), then quantized with torchao for torchao paths (:func:`quant.quantize`). Without one, unquantized
-    and torchao paths build the seeded model in memory (the same weights in every process) and bitsandbytes
-    paths save it to a temporary folder first.
+    does), then quantized in place for int8 and int4 (:func:`quant.quantize`: torch's int8 kernel, torchao's
+    int4). Without one, bitsandbytes paths save the seeded model to a temporary folder first and the other paths
+    build it in memory (the same weights in every process).
     """
     from transformers import Kosmos2ForConditionalGeneration
 
@@ -524,7 +524,7 @@ def run_paths(config, paths: Sequence[str], *, batch_sizes: Sequence[int], small
               work: Path | None = None) -> list[dict[str, Any]]:
     """Measure every path at its batch sizes; one result row per (path, batch size), failures included.
 
-    With a ``work`` folder (the CPU table), bitsandbytes paths load the random weights saved there, the first
+    With a ``work`` folder (the CPU table), every path loads the random weights saved there, the first
     float32 path stores its batch-1 tokens and teacher-forced logits there as the reference, and every later
     path's batch-1 row gets ``accuracy`` (:func:`quant.logits_agreement` against that reference).
     """
@@ -843,7 +843,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; returns the exit code (2 for bad options)."""
+    """Run the benchmark; returns the exit code, 0. Bad options exit with status 2 (``parser.error`` raises
+    ``SystemExit``) before anything is measured."""
     parser = build_parser()
     args = parser.parse_args(argv)
     table = args.cpu_table

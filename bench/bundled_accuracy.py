@@ -32,7 +32,6 @@ def compare(scenes: int, seed: int, paths: Sequence[str] = PATHS, tolerance: flo
     import torch
 
     from helpers.course.paths import bundled_model_dir
-    from helpers.grounding.evaluation import evaluate
     from helpers.grounding.model import load
     from helpers.world.scenes import sample_scenes
 
@@ -40,7 +39,7 @@ def compare(scenes: int, seed: int, paths: Sequence[str] = PATHS, tolerance: flo
     results: dict[str, Any] = {}
     for name in ("none", *paths):
         model, processor = load(bundled_model_dir(), quantization=name, device="cpu", verbose=False)
-        report = evaluate(model, processor, world).as_dict()
+        report = evaluation.evaluate(model, processor, world).as_dict()
         results[name] = {"dtype": model.load_info.dtype, **report}
         log(f"{name}: " + ", ".join(f"{m} {_rate(report[m])}" for m in METRICS))
         del model
@@ -85,11 +84,9 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from helpers.grounding.evaluation import HELD_OUT_SEED
-
     parser = argparse.ArgumentParser(prog="python bench/bundled_accuracy.py", description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=220, help="held-out scenes (220, as the model card)")
-    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
+    parser.add_argument("--seed", type=int, default=evaluation.HELD_OUT_SEED)
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {','.join(PATHS)}")
     parser.add_argument("--tolerance", type=float, default=1.0, help="points each metric may move (1)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/cpu"))

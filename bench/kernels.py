@@ -49,7 +49,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchmark as B  # noqa: E402  (its count of a quantized model's bytes)
+import benchmark as B  # noqa: E402  (its count of a quantized model's bytes, its reading of lists of counts)
 import report as R  # noqa: E402  (the facts of a run and the writing of its files)
 from helpers.grounding import quantization as quant  # noqa: E402  (the course's int4 recipe)
 

@@ -4,8 +4,9 @@
 bundled model and the int4-onnx cache live comes from ``course.paths``; scoring and writing the world's scenes and
 ``finetune`` use ``helpers.world``: see its docstring):
     boxes       normalized and pixel boxes: the box type, its checks and the image-size check
-    checks      argument checks many functions share (a positive int, a number above 0) and the command lines'
-                option types
+    checks      argument checks many functions share (a positive int, a number above 0), the command lines'
+                option types and how they report bad input, the check of an output path, the one JSON reader and
+                the one writer of files
     tokens      Kosmos-2 location tokens (``<patch_index_NNNN>``) and parsing grounded text
     prompts     Kosmos-2's prompts (captions, comprehension, questions about a box, box → words), grounded text
     images      loading images from paths, URLs and bytes (EXIF orientation, size limits)
@@ -33,7 +34,8 @@ bundled model and the int4-onnx cache live comes from ``course.paths``; scoring 
     colab       the Google Colab set-up cell every notebook starts with
     article     the article's recorded outputs (``data/article_outputs.json``)
     notebooks   executing the notebooks headless
-    outputs     what the main job keeps of each notebook's groundings
+    outputs     the record of a grounded image, JSON Lines files read and written, and what the main job keeps
+                of each notebook's groundings
     mainjob     the main job behind ``make run`` / ``python -m helpers run``
     batch       grounding a folder of images to JSON Lines and annotated PNGs
     cli         the ``python -m helpers ground`` command

@@ -1,6 +1,7 @@
-"""The course's results files: one record layout for every grounded image, and what the main job keeps.
+"""The course's results files: one record layout for every grounded image, the JSON Lines writer and reader, and
+what the main job keeps.
 
-Every results file the course writes (``python -m helpers ground``, ``python -m helpers distributed``
+Every file of groundings the course writes (``python -m helpers ground``, ``python -m helpers distributed``
 and the main job's ``records.jsonl``) holds one JSON line per grounded image in the layout of
 :func:`grounding_record`::
 
@@ -17,6 +18,10 @@ image ``ground()`` saw, after any shrinking);
 ``generated`` is the decoded text after the image prefix (the prompt and the model's answer, tags kept);
 ``file`` is the image's path (``null`` for an image that was never a file) and ``annotated`` the PNG with
 the boxes drawn (``null`` when none was written).
+
+:func:`write_jsonl` writes the results files of ``ground`` and ``distributed``, and also ``python -m helpers
+evaluate``'s ``outputs/evaluate/<benchmark>.jsonl``, whose lines are the benchmark's scored items in a layout of
+their own (``{"task": …, "scene": …, …}``), not grounding records; :func:`read_jsonl` reads any of these files.
 
 The lessons hold no code for the main job. When it executes a notebook, the main job first runs
 :func:`start_recording` in the notebook's kernel (in a set-up cell that it removes again from the

@@ -32,14 +32,16 @@ from helpers.grounding.images import ImageLoadError, load_image, stored_size
 from helpers.grounding.prompts import CAPTION_PROMPT, GENERATION_PROMPT, comprehension_prompt, qa_prompt
 from helpers.grounding.tokens import Box, Grounding, parse_generation
 
+#: The IoU a predicted box needs with a true box to hit it (:func:`box_hits`).
 IOU_THRESHOLD = 0.5
 #: The most new tokens per answer in the RefCOCO and Flickr30k Entities evaluations. An answer is ``<object>``, two
 #: location tokens per box (a third, the delimiter, between boxes) and ``</object>``: 64 leave room for 20 boxes of
 #: a plural phrase ("people"). A cut answer loses the phrase's boxes altogether (its ``<object>`` is not closed).
 #: The authors' scripts allowed 500 tokens, a limit an answer that ends at ``</s>`` never reaches.
 BENCHMARK_MAX_NEW_TOKENS = 64
-#: Scenes for evaluation come from this seed; training draws its scenes from 62-bit random seeds
-#: of ``random.Random(training seed)`` through :func:`helpers.world.scenes.sample_scene`, never this range.
+#: Scenes for evaluation come from this seed; training draws its scenes from 62-bit random seeds (of
+#: ``random.Random(training seed)``, or with ``--workers`` of one stream per worker process seeded from it) through
+#: :func:`helpers.world.scenes.sample_scene`, never this range.
 HELD_OUT_SEED = 20_231_114
 
 _ARTICLES = ("a ", "an ", "the ")
@@ -55,10 +57,12 @@ def normalize_phrase(phrase: str) -> str:
 
 
 def phrases_match(a: str, b: str) -> bool:
+    """Whether two phrases are the same after :func:`normalize_phrase` (case and a leading article ignored)."""
     return normalize_phrase(a) == normalize_phrase(b)
 
 
 def box_hits(pred: Sequence[float], truth: Sequence[float], threshold: float = IOU_THRESHOLD) -> bool:
+    """Whether the predicted box hits the true one: their IoU is at least ``threshold``."""
     return iou(pred, truth) >= threshold
 
 
@@ -167,6 +171,9 @@ def metrics_table(result: dict) -> str:
 
 @dataclass
 class CaptionScores:
+    """Caption scores over the images added by :func:`score_caption`: phrase recall, box hit and phrase precision
+    (see the module docstring)."""
+
     phrase_recall: Score = field(default_factory=Score)
     box_hit: Score = field(default_factory=Score)
     phrase_precision: Score = field(default_factory=Score)

@@ -71,6 +71,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from helpers.grounding import model as grounding_model
 from helpers.grounding.boxes import coco_to_normalized
 from helpers.grounding.checks import (DefaultsHelpFormatter, check_bool, check_count, check_positive_int,
                                       check_positive_number, check_seed, fail, out_problem, parse, positive_int_option,
@@ -385,26 +386,25 @@ def check_kosmos2(base: str | os.PathLike) -> None:
     ``HF_HUB_OFFLINE=1`` or the hub does not answer), with the same one-line messages. A folder whose config is
     of another model type is named as such (before its weights are looked for).
     """
-    from helpers.grounding import model as m
-
     source = str(base)
     if not source.strip():
         raise BaseModelError("base model is an empty string: expected a Kosmos-2 model folder or a hub id such as "
-                             f"'{m.REAL_MODEL}'")
+                             f"'{grounding_model.REAL_MODEL}'")
     local = Path(source).expanduser()
     has_config = (local / "config.json").is_file()
     try:
         if not has_config:  # a missing or empty folder, a file, a hub id: load()'s checks and messages
-            source = m.check_source(source)
+            source = grounding_model.check_source(source)
     except ModelLoadError as err:
         raise BaseModelError(str(err)) from None
     try:  # a corrupt config.json, a hub id the hub does not know, another model type …
-        m.check_kosmos2_config(source, m.read_config(str(local) if has_config else source))
+        config = grounding_model.read_config(str(local) if has_config else source)
+        grounding_model.check_kosmos2_config(source, config)
     except ModelLoadError as err:
         raise BaseModelError(str(err)) from None
     if has_config:
         try:
-            m.check_source(source)  # its weights: safetensors only
+            grounding_model.check_source(source)  # its weights: safetensors only
         except ModelLoadError as err:
             raise BaseModelError(str(err)) from None
 
@@ -464,13 +464,14 @@ def check_adapter(adapter: str | os.PathLike, model) -> dict:
     return card
 
 
-def attach_adapter(model, adapter: str | os.PathLike, *, trainable: bool = False):
-    """``model`` with the LoRA adapters of ``adapter`` attached (a ``peft.PeftModel``); checks the base first."""
+def attach_adapter(model, adapter: str | os.PathLike):
+    """``model`` with the LoRA adapters of ``adapter`` attached for inference (a ``peft.PeftModel``, its adapters
+    frozen); checks the base first."""
     from peft import PeftModel
 
     check_adapter(adapter, model)
     with _peft_quiet():
-        return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+        return PeftModel.from_pretrained(model, str(adapter))
 
 
 @contextlib.contextmanager
@@ -487,6 +488,9 @@ def _peft_quiet():
 
 @dataclass
 class FinetuneConfig:
+    """The settings of a run of :func:`finetune`: its length, the optimizer, the shape of the adapters, the base's
+    quantization and where it trains (comments in the source explain the less obvious ones)."""
+
     steps: int | None = None  # total optimizer steps (a resumed run counts the earlier ones)
     minutes: float | None = None  # wall-time budget of this run
     batch_size: int = 8
@@ -671,9 +675,10 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise FinetuneError(str(err)) from None
 
 
-#: The settings that shape the adapters (``FinetuneConfig`` field → command-line option): the saved adapters of a
-#: run to resume have theirs, and a resumed run must keep them.
-ADAPTER_SETTINGS = {"rank": "--rank", "alpha": "--alpha", "dropout": "dropout", "vision": "--vision",
+#: The settings that shape the adapters (``FinetuneConfig`` field → its name in messages: its command-line option,
+#: or ``FinetuneConfig.<field>`` where the command line has none): the saved adapters of a run to resume have
+#: theirs, and a resumed run must keep them.
+ADAPTER_SETTINGS = {"rank": "--rank", "alpha": "--alpha", "dropout": "FinetuneConfig.dropout", "vision": "--vision",
                     "new_words": "--new-words"}
 
 
@@ -725,13 +730,11 @@ def _load_base(base: str | os.PathLike, cfg: FinetuneConfig, out: Path, resume: 
     """
     import torch
 
-    from helpers.grounding.model import load
-
     try:
         # a 4-bit base computes in the device's half type on a GPU (QLoRA's way), float32 on a CPU
         dtype = default_dtype(cfg.device or try_gpu()) if cfg.quantization else torch.float32
-        model, processor = load(str(base), quantization=cfg.quantization or "none", device=cfg.device, verbose=False,
-                                dtype=dtype)
+        model, processor = grounding_model.load(str(base), quantization=cfg.quantization or "none", device=cfg.device,
+                                                verbose=False, dtype=dtype)
     except ValueError as err:  # ModelLoadError, QuantizationError, a device this machine does not have
         raise BaseModelError(str(err)) from err
     signature = base_signature(model)
@@ -983,8 +986,6 @@ def box_accuracy(model, processor, records: Sequence[ImageRecord], *,
     of the answer hits it. ``caption``: the brief caption has an entity with the object's phrase and a box
     that hits it. ``only`` keeps the objects it returns True for (all by default).
     """
-    from helpers.grounding.model import ground
-
     keep = only or (lambda o: True)
     images, prompts, truth = [], [], []
     for rec in records:
@@ -994,13 +995,14 @@ def box_accuracy(model, processor, records: Sequence[ImageRecord], *,
                 prompts.append(comprehension_prompt(g[0].category.definite(len(g))))
                 truth.append(g)
     comprehension = Score()
-    for g, res in zip(truth, ground(model, processor, images, prompts, max_new_tokens=BENCHMARK_MAX_NEW_TOKENS,
-                                     batch_size=batch_size, progress=False)):
+    answers = grounding_model.ground(model, processor, images, prompts, max_new_tokens=BENCHMARK_MAX_NEW_TOKENS,
+                                     batch_size=batch_size, progress=False)
+    for g, res in zip(truth, answers):
         score_any_box(g, res, comprehension)
     shown = [r for r in records if any(keep(o) for o in r.objects)]
     caption = CaptionScores()
-    caps = ground(model, processor, [_image(r.path, r.turned) for r in shown], CAPTION_PROMPT, max_new_tokens=96,
-                  batch_size=batch_size, progress=False)
+    caps = grounding_model.ground(model, processor, [_image(r.path, r.turned) for r in shown], CAPTION_PROMPT,
+                                  max_new_tokens=96, batch_size=batch_size, progress=False)
     for rec, res in zip(shown, caps):
         score_caption([o for o in rec.objects if keep(o)], res, caption)
     return {"objects": comprehension.total, "comprehension_box_hit": comprehension.as_dict(),
@@ -1084,7 +1086,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="COCO detection annotations (JSON)")
     p.add_argument("--images", type=Path, required=True, help="folder of the images the annotations name")
     p.add_argument("--base", required=True, help="Kosmos-2 model folder or hub id, e.g. microsoft/kosmos-2-patch14-224")
-    p.add_argument("--out", type=Path, required=True, help="folder for the adapters (must be new or empty)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for the adapters: new or empty, or with --resume the folder of the run to continue")
     p.add_argument("--refs", type=Path, default=None, help="RefCOCO-style referring expressions for these images")
     p.add_argument("--val", type=Path, default=None,
                    help="held-out COCO annotations (same image folder): box accuracy before and after goes in the card")

@@ -25,12 +25,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from helpers.course.paths import bundled_model_dir
+from helpers.grounding import quantization as quant
 from helpers.grounding.boxes import check_with_area, is_one_box
 from helpers.grounding.checks import check_bool, check_count, check_positive_int
 from helpers.grounding.progress import env_flag, interactive
 from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, phrase_count
 from helpers.grounding.tokens import Grounding, parse_generation
 
+#: The hub id of Microsoft's Kosmos-2: what :func:`load` picks when neither its argument nor ``$KOSMOS2_MODEL``
+#: names a model, if it is cached or the hub answers.
 REAL_MODEL = "microsoft/kosmos-2-patch14-224"
 
 #: Functions called as ``hook(images, prompts, results)`` after every :func:`ground` call, with the RGB
@@ -61,10 +64,10 @@ class LoadInfo:
 
     def banner(self) -> str:
         size = f"{self.parameters / 1e6:.1f} M" if self.parameters < 1e9 else f"{self.parameters / 1e9:.2f} B"
-        quant = f", {self.quantization_label}" if self.quantization_label else ""
+        quantized = f", {self.quantization_label}" if self.quantization_label else ""
         name = "bundled model kosmos2-tiny-world" if self.bundled else self.source
         adapter = f" with the adapters in {self.adapter}" if self.adapter else ""
-        line = f"Loaded {name}{adapter} ({size} parameters) on {self.device}, {self.dtype}{quant} — {self.reason}."
+        line = f"Loaded {name}{adapter} ({size} parameters) on {self.device}, {self.dtype}{quantized} — {self.reason}."
         if self.quantization_reason:
             line += f" {self.quantization_reason}."
         if self.graph:
@@ -406,8 +409,6 @@ def load(
             another base.
     """
     dtype, device = _check_load_args(model, quantization, dtype, device, verbose)
-    from helpers.grounding import quantization as quant
-
     with quant.quiet_imports():  # transformers imports torchao, when installed, which reports optional kernels
         from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401 (first import, quietly)
 
@@ -445,8 +446,6 @@ def _check_load_args(model: object, quantization: object, dtype: object, device:
         raise ModelLoadError("model is an empty string: expected a model directory or a hub id like "
                              f"'{REAL_MODEL}'; pass None to let load() choose." + _how_to_get_help())
     check_bool("verbose", verbose)
-    from helpers.grounding import quantization as quant
-
     quant.check_name(quantization)
     dtype = _check_dtype(dtype)
     if device is not None:
@@ -459,8 +458,6 @@ def _load_weights(source: str, config, quantization: str | None, dtype, device: 
     :func:`helpers.grounding.quantization.plan` chooses; returns ``(net, processor, plan)``. Files that do not load
     raise :class:`ModelLoadError` (:func:`_load_failure`)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from helpers.grounding import quantization as quant
 
     size = None
     try:
@@ -484,8 +481,6 @@ def _attach_and_quantize(net, quantization: str | None, device: str, adapter: st
     """Put the loaded ``net`` on ``device``, attach ``adapter`` (merged in before an in-place or ONNX quantization)
     and quantize it as ``quantization`` says, in eval mode; returns ``(net, parameters)``, its parameters (the
     adapters' included) counted before quantizing."""
-    from helpers.grounding import quantization as quant
-
     parameters = parameter_count(net)
     if quantization not in quant.BITSANDBYTES:  # bitsandbytes placed the weights already
         net = net.to(device)

@@ -17,9 +17,10 @@ def env_flag(name: str) -> bool | None:
     False for :data:`OFF_VALUES` (``0``, ``false``, ``no``, ``off``), in any case and with spaces around; None
     when it is unset or holds anything else (each caller says what that means).
 
-    Used for ``KOSMOS2_PROGRESS`` (:func:`interactive`), ``HF_HUB_OFFLINE`` (on only for an on value, as
-    huggingface_hub reads it) and ``KOSMOS2_ONNX_CACHE`` (an off value means no cache; any other value is a
-    folder: :func:`helpers.grounding.onnx_decoder.cache_dir`).
+    Used for ``KOSMOS2_PROGRESS`` and ``CI`` (:func:`interactive`; for ``CI`` an off value means no CI run, any
+    other value that is not blank a CI run), ``HF_HUB_OFFLINE`` (on only for an on value, as huggingface_hub reads
+    it) and ``KOSMOS2_ONNX_CACHE`` (an off value means no cache; any other value is a folder:
+    :func:`helpers.grounding.onnx_decoder.cache_dir`).
     """
     value = os.environ.get(name, "").strip().lower()
     if value in ON_VALUES:
@@ -34,12 +35,14 @@ def interactive() -> bool:
 
     ``KOSMOS2_PROGRESS=0`` (set by the project's test and run commands; also ``false``, ``no``, ``off``, in any
     case) or ``CI`` turns bars off, ``KOSMOS2_PROGRESS=1`` (``true``, ``yes``, ``on``) forces them on
-    (:func:`env_flag`; any other value counts as unset). Otherwise: on in Jupyter kernels and terminals.
+    (:func:`env_flag`; any other value counts as unset). ``CI`` is a CI run with any value that is not blank and
+    not an off value (CI services set ``true``, ``1`` or their name; ``CI=false`` is no CI run). Otherwise: on in
+    Jupyter kernels and terminals.
     """
     flag = env_flag("KOSMOS2_PROGRESS")
     if flag is not None:
         return flag
-    if os.environ.get("CI"):
+    if os.environ.get("CI", "").strip() and env_flag("CI") is not False:
         return False
     if "ipykernel" in sys.modules:
         return True

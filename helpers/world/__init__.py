@@ -1,2 +1,3 @@
 """The synthetic world the bundled model was trained on: its scenes, its grounded texts and processor, the
-training recipe and the model card (see ``helpers``' docstring for the map)."""
+training recipe, the model card and the stars, a kind it never had, for the fine-tuning demonstration (see
+``helpers``' docstring for the map)."""

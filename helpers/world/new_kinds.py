@@ -29,6 +29,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
+from helpers.course.paths import bundled_model_dir
 from helpers.grounding.checks import (DefaultsHelpFormatter, check_seed, count_option, fail, out_problem, parse,
                                       positive_int_option, positive_number_option)
 from helpers.grounding.boxes import normalized_to_coco
@@ -187,7 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demonstration; return the exit code: 0 when it ran, 2 for a bad option or output folder (checked
     before anything is drawn, written or loaded), 1 when the bundled model cannot be loaded."""
-    from helpers.course.paths import bundled_model_dir
     from helpers.grounding.finetune import (BaseModelError, FinetuneConfig, FinetuneError, check_config, check_kosmos2,
                                             check_output)
 

@@ -56,6 +56,7 @@ from helpers.grounding.quantization import check_available
 from helpers.world.scenes import KINDS, Scene, sample_scene
 from helpers.world.language import Example, build_config, build_processor, scene_examples
 
+#: The label of positions no loss falls on (image, prompt and padding; cross-entropy's ``ignore_index``).
 IGNORE = -100
 _TAG = re.compile(r"(<[^<>]+>)")
 
@@ -382,6 +383,9 @@ def init_location_embeddings(model, processor, scale: float = 0.08) -> None:
 
 
 def new_model(processor, seed: int = 0, **config_kwargs):
+    """A new ``Kosmos2ForConditionalGeneration`` of :func:`helpers.world.language.build_config`'s sizes
+    (``config_kwargs``), with random weights from ``seed`` and location embeddings that know their place
+    (:func:`init_location_embeddings`)."""
     from transformers import Kosmos2ForConditionalGeneration
 
     torch.manual_seed(seed)
@@ -439,6 +443,9 @@ def rounded_4bit(weights: list[nn.Parameter], shares: dict[str, float], generato
 
 @dataclass
 class TrainConfig:
+    """The settings of a run of :func:`train`: the model's image and patch sizes, the stages' steps, the weights of
+    the losses, the scenes drawn and where the run is saved (comments in the source explain the less obvious ones)."""
+
     seed: int = 0
     image_size: int = 64
     patch_size: int = 8
@@ -1117,7 +1124,7 @@ def _load_run(folder: Path):
     runs the new record and the model card can carry on (``helpers.world.modelcard.training_problem``)."""
     from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
 
-    from helpers.world.modelcard import training_problem
+    from helpers.world.modelcard import training_problem  # here: modelcard imports this module at its top
 
     path = folder / RECORD_FILE
     previous = read_training(folder) if path.exists() else None  # (a file holding {} is a record, and wrong)
