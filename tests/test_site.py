@@ -7,7 +7,8 @@ summaries are drawn with a CJK font. The playground of notebook 10 runs in Voila
 used as a person would: choose an image, type a prompt and a box, press Ground, and try wrong input.
 Screenshots for review go to outputs/screenshots/.
 
-Without a browser these tests skip and say how to install one; under CI=true a missing browser fails them.
+Without a browser these tests skip and say how to install one; in a CI run (``CI=true``, ``1`` …) a missing browser
+fails them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import nbformat
 import pytest
 
 from helpers.course.colab import REPO_URL, colab_badge_url
+from helpers.grounding.progress import in_ci
 from test_notebooks import SOLUTION_HEAD
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,9 +49,10 @@ PAGES = ["index.html", "search.html", "genindex.html"] + [f"notebooks/{nb.stem}.
 
 
 def missing(what: str) -> None:
-    """Skip on a learner's machine, fail in CI (CI=true), saying what is missing and how to install it."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} (CI=true: the browser tests must run)")
+    """Skip on a learner's machine, fail in a CI run (``helpers.grounding.progress.in_ci``), saying what is missing
+    and how to install it."""
+    if in_ci():
+        pytest.fail(f"{what} (CI={os.environ['CI']}: the browser tests must run)")
     pytest.skip(what)
 
 
@@ -57,8 +60,12 @@ def test_a_missing_browser_skips_for_a_learner_and_fails_in_ci(monkeypatch: pyte
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="no Chromium: sudo apt-get install"):
         missing("no Chromium: " + BROWSER_INSTALL)
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="CI=true: the browser tests must run"):
+    for ci in ("true", "1"):
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(pytest.fail.Exception, match=f"CI={ci}: the browser tests must run"):
+            missing("no Chromium: " + BROWSER_INSTALL)
+    monkeypatch.setenv("CI", "false")  # no CI run
+    with pytest.raises(pytest.skip.Exception):
         missing("no Chromium: " + BROWSER_INSTALL)
 
 

@@ -30,19 +30,24 @@ def env_flag(name: str) -> bool | None:
     return None
 
 
+def in_ci() -> bool:
+    """True in a CI run: ``CI`` holds anything but blanks or an off value (CI services set ``true``, ``1`` or their
+    name; ``CI=false`` is no CI run)."""
+    return bool(os.environ.get("CI", "").strip()) and env_flag("CI") is not False
+
+
 def interactive() -> bool:
     """True in an interactive session; False in headless runs, so stored notebook outputs stay clean.
 
     ``KOSMOS2_PROGRESS=0`` (set by the project's test and run commands; also ``false``, ``no``, ``off``, in any
     case) or ``CI`` turns bars off, ``KOSMOS2_PROGRESS=1`` (``true``, ``yes``, ``on``) forces them on
-    (:func:`env_flag`; any other value counts as unset). ``CI`` is a CI run with any value that is not blank and
-    not an off value (CI services set ``true``, ``1`` or their name; ``CI=false`` is no CI run). Otherwise: on in
+    (:func:`env_flag`; any other value counts as unset); a CI run (:func:`in_ci`) turns them off. Otherwise: on in
     Jupyter kernels and terminals.
     """
     flag = env_flag("KOSMOS2_PROGRESS")
     if flag is not None:
         return flag
-    if os.environ.get("CI", "").strip() and env_flag("CI") is not False:
+    if in_ci():
         return False
     if "ipykernel" in sys.modules:
         return True

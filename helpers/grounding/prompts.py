@@ -30,8 +30,12 @@ RESERVED_TOKEN = re.compile(r"</?image>|</?object>|</delimiter_of_multi_objects/
 #: and those the prompt puts around the phrase.
 PHRASE_TAG = re.compile(rf"{RESERVED_TOKEN.pattern}|</?phrase>|</?grounding>")
 
+#: The brief grounded caption, the article's first prompt.
 CAPTION_PROMPT = "<grounding> An image of"
+#: The detailed grounded caption.
 DETAIL_PROMPT = "<grounding> Describe this image in detail:"
+#: Referring-expression generation: given ``bboxes=[box]``, the processor puts the box's location tokens after
+#: "It", and the model says what is there.
 GENERATION_PROMPT = "<grounding><phrase> It</phrase> is"
 
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 from helpers.grounding.boxes import Box, check_normalized, check_with_area, is_one_box
 from helpers.grounding.checks import check_positive_int
 
+#: Location bins per side of the image: Kosmos-2 names a box corner by one of 32 × 32 = 1024 patch tokens.
 NUM_BINS = 32
 
 IMAGE_OPEN = "<image>"

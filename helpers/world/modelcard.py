@@ -68,7 +68,8 @@ def last_joint_point(run: dict) -> dict:
 
 
 def joint_steps(run: dict) -> int:
-    """Joint steps a recorded run took (its last history point; runs logged every 25 steps are rounded down)."""
+    """Joint steps a recorded run took, from its last history point (records written before the last step was
+    always logged end at the last multiple of the logging interval)."""
     last = last_joint_point(run)
     return last["step"] + 1 if last else 0
 
