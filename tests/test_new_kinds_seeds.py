@@ -19,7 +19,8 @@ def test_the_largest_training_set_stops_below_the_held_out_seeds() -> None:
 
 
 def test_held_out_seed_means_the_worlds_evaluation_seed_in_every_module() -> None:
-    """new_kinds.HELD_OUT_SEED was the stars' held-out seed (8), evaluation.HELD_OUT_SEED the world's."""
+    """new_kinds.HELD_OUT_SEED was the stars' held-out seed (8), evaluation.HELD_OUT_SEED the world's. That no other
+    module defines a HELD_OUT_SEED of its own is test_one_rule.py::test_a_rule_lives_in_one_module's check."""
     assert new_kinds.HELD_OUT_SEED == evaluation.HELD_OUT_SEED
     assert evaluation.HELD_OUT_SEED not in (STARS_TRAIN_SEED, STARS_HELD_OUT_SEED)
 

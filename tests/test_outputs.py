@@ -120,8 +120,32 @@ def test_write_files_replaces_none_when_one_cannot_be_written(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "evaluation.json", "taken"]  # no temporaries
 
 
-def test_every_results_file_is_written_by_the_one_writer() -> None:
-    """``ground`` (batch), ``distributed`` and ``evaluate`` each wrote JSON Lines with their own copy."""
-    from helpers.course import batch, cli_evaluate, distributed, outputs
+@pytest.mark.parametrize("command", ["ground", "distributed", "evaluate"])
+def test_every_results_file_is_written_by_the_one_writer(command, tiny_model_dir, tmp_path, monkeypatch) -> None:
+    """``ground`` (batch), ``distributed`` and ``evaluate`` each wrote JSON Lines with their own copy. Each command
+    runs here with the writer its module uses replaced by one that records its calls: a module that kept the import
+    but wrote its rows itself would leave the calls empty."""
+    from helpers.course import batch, cli, cli_evaluate, distributed, outputs
 
-    assert batch.write_jsonl is distributed.write_jsonl is cli_evaluate.write_jsonl is outputs.write_jsonl
+    calls = []
+
+    def spy(path, rows):
+        rows = list(rows)
+        calls.append((Path(path), rows))
+        return outputs.write_jsonl(path, rows)
+
+    image = tmp_path / "scene.png"
+    sample_scenes(1, seed=3)[0].image.save(image)
+    model = ["--model", str(tiny_model_dir), "--quiet"]
+    out = tmp_path / "out" / batch.RESULTS_NAME
+    if command == "ground":
+        module, main, argv = batch, cli.main, [str(image), "--out", str(out.parent), "--max-new-tokens", "4", *model]
+    elif command == "distributed":
+        module, main, argv = distributed, distributed.main, [str(image), "--out", str(out), "--max-new-tokens", "4",
+                                                             *model]
+    else:
+        module, main, argv = cli_evaluate, cli_evaluate.main, ["world", "--scenes", "1", "--out", str(out), *model]
+    monkeypatch.setattr(module, "write_jsonl", spy)
+    assert main(argv) == 0
+    assert [path for path, _ in calls] == [out]
+    assert calls[0][1] and outputs.read_jsonl(out) == json.loads(json.dumps(calls[0][1]))  # as JSON keeps them

@@ -226,6 +226,13 @@ def test_place_objects_records_the_box_its_drawer_returns() -> None:
     # the default drawer is draw_object, which fills the box it is given
     default = place_objects(random.Random(4), ImageDraw.Draw(image), kinds, counts, 160, 120)
     assert [b for _, _, b in default] == [(p[0] / 160, p[1] / 120, p[2] / 160, p[3] / 120) for _, _, p in drawn]
+    mask = _drawn_mask(Scene(image, []), PLAIN)
+    for _, _, box in default:  # the boxes lie at least 3 px apart: one pixel around each holds only its own object
+        x0, y0, x1, y1 = want = _box_px(box, image.size)
+        own = np.zeros_like(mask)
+        own[math.floor(y0) - 1:math.ceil(y1) + 1, math.floor(x0) - 1:math.ceil(x1) + 1] = True
+        drawn_box = _bbox_of(mask & own)
+        assert all(abs(d - w) <= 1.0 for d, w in zip(drawn_box, want)), (drawn_box, want)
 
 
 # --------------------------------------------------------------------------------------------- groups
