@@ -310,6 +310,16 @@ def test_make_run_and_test_call_the_venv_python(tmp_path: Path) -> None:
 def test_the_test_settings_hold_for_plain_pytest() -> None:
     # conftest.py at the repository root sets them before anything else runs, whoever starts pytest
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["KOSMOS2_PROGRESS"] == "0"
+
+
+def test_processes_the_tests_start_keep_their_temporary_files_in_the_sessions_folder() -> None:
+    """A notebook kernel stopped at once by nbval never removes its ``TemporaryDirectory``: the session's folder,
+    removed at its end, takes such leftovers (conftest.py), and its path stays short enough for Chromium's socket."""
+    folder = Path(os.environ["TMPDIR"])
+    assert folder.name.startswith("k2-tests-") and folder.is_dir() and len(str(folder)) < 40
+    child = subprocess.run([sys.executable, "-c", "import tempfile; print(tempfile.mkdtemp(prefix='probe-'))"],
+                           capture_output=True, text=True, check=True)
+    assert Path(child.stdout.strip()).parent == folder
     from helpers.grounding.progress import interactive
 
     assert interactive() is False
