@@ -40,11 +40,15 @@ Paths (``--paths``, comma-separated):
 
 A path that fails (out of memory, not supported by this version of transformers) is recorded with its
 error message and the run goes on. Timings exclude warm-up runs; each figure is the median of
-``--repeats`` runs. Results go to ``OUT/results.json`` and ``OUT/results.md``.
+``--repeats`` runs. The table is printed; with ``--out`` the results go to ``OUT/results.json`` and
+``OUT/results.md`` when the run ends (without it, no file is written).
 
 ``--cpu-table`` measures the CPU paths (:data:`CPU_PATHS`) with ``--threads`` threads (2), each path in its own
 process (so that its peak memory is its own), one warm-up of a few tokens and one timed run per batch size
-(1 and 8), and rewrites the results after every path. It also scores each path's logits against float32's:
+(1 and 8). After each path its rows go to the ``--work`` folder, which records the settings of the run that made
+it (``settings.json``): the same command with the same ``--work`` resumes an interrupted run, keeping the paths
+measured there, and one with other settings is refused. ``--out`` (``results.json``, ``results.md`` and the short
+``summary.md``) is written only when the run ends. It also scores each path's logits against float32's:
 the float32 model's greedy 64 tokens are fed back to every path (teacher forcing) and the relative error of
 the logits and the share of positions with the same top-1 token are reported. With random weights the
 logits are nearly flat, so top-1 alone says little; the relative error says how far the numbers moved.
@@ -53,8 +57,8 @@ Examples::
 
     python bench/benchmark.py --out bench/results                  # on a GPU: the full table
     python bench/benchmark.py --tiny --out /tmp/bench             # a tiny model, seconds on a CPU
-    python bench/benchmark.py --paths bf16 --batch-sizes 1,64 --new-tokens 64
-    python bench/benchmark.py --cpu-table --out bench/results/cpu   # the CPU table (about an hour on 2 cores)
+    python bench/benchmark.py --paths bf16 --batch-sizes 1,64 --new-tokens 64   # prints the table, writes no file
+    python bench/benchmark.py --cpu-table --out bench/results/cpu   # the CPU table (a quarter of an hour on 2 cores)
 """
 
 from __future__ import annotations
@@ -187,17 +191,6 @@ def parse_batch_sizes(text: str, option: str = "--batch-sizes") -> list[int]:
             raise ValueError(f"{option} needs comma-separated positive integers like 1,8,64; {p!r} is not one")
         sizes.append(int(p))
     return list(dict.fromkeys(sizes))
-
-
-def parse_paths(text: str) -> list[str]:
-    """``"article,bf16"`` → ``["article", "bf16"]``; unknown names raise a ``ValueError`` listing the known ones."""
-    names = [p.strip() for p in str(text).split(",") if p.strip()]
-    if not names:
-        raise ValueError(f"--paths needs comma-separated names from {', '.join(PATHS)}, got {text!r}")
-    unknown = [n for n in names if n not in PATHS]
-    if unknown:
-        raise ValueError(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
-    return list(dict.fromkeys(names))
 
 
 def resolve_dtype(spec: PathSpec, device: str) -> torch.dtype:
@@ -609,9 +602,12 @@ def _accuracy(model, inputs, output: torch.Tensor, work: Path, spec: PathSpec, l
     return result
 
 
-def run_isolated(argv: Sequence[str], paths: Sequence[str], work: Path, log=print,
-                 on_path=None) -> list[dict[str, Any]]:
-    """Run each path in its own process (this script with ``--child``), so each peak memory is that path's own."""
+def run_isolated(argv: Sequence[str], paths: Sequence[str], work: Path, log=print) -> list[dict[str, Any]]:
+    """Run each path in its own process (this script with ``--child``), so each peak memory is that path's own.
+
+    Each process writes its rows to ``work/PATH.json``; a path whose file is there already (an earlier run with
+    the same ``work`` folder and settings) is kept, not run again. A process that fails gives one error row and
+    no file, so that the next run tries that path again."""
     rows: list[dict[str, Any]] = []
     if paths and not (work / "weights" / "config.json").exists():  # the random float32 weights every path loads
         log("saving the random float32 weights every path loads")
@@ -622,8 +618,6 @@ def run_isolated(argv: Sequence[str], paths: Sequence[str], work: Path, log=prin
         if out.exists():  # measured by an earlier, interrupted run with the same work folder
             log(f"{name}: measured earlier in {work}, kept")
             rows.extend(json.loads(out.read_text(encoding="utf-8")))
-            if on_path is not None:
-                on_path(rows)
             continue
         command = [sys.executable, str(Path(__file__).resolve()), *argv, "--paths", name, "--child", str(out),
                    "--work", str(work)]
@@ -633,15 +627,12 @@ def run_isolated(argv: Sequence[str], paths: Sequence[str], work: Path, log=prin
         if done.returncode == 0 and out.exists():
             rows.extend(json.loads(out.read_text(encoding="utf-8")))
         else:  # killed (out of memory) or crashed: one error row per batch size it would have run
-            why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-            reason = f"the process ended with status {done.returncode}: {why[:250]}"
+            reason = R.process_failure(done)
             log(f"{name}: error — {reason}")
             rows.append({"path": name, "description": PATHS[name].description, "batch_size": None,
                          "status": "error", "reason": reason, "quantization": PATHS[name].quantization,
                          "dtype": "–", "attention": PATHS[name].attention, "cache": PATHS[name].cache,
                          "compile": PATHS[name].compile})
-        if on_path is not None:
-            on_path(rows)
     return rows
 
 
@@ -673,6 +664,12 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             for key, other in (("vs_fp32_eager", BASELINE), ("vs_article", ARTICLE)):
                 base = seconds.get((other, r["batch_size"]))
                 r[key] = base / r["seconds"] if base else None
+
+
+def weights_setting(tiny: bool) -> dict[str, str]:
+    """The setting a ``--work`` folder's random weights depend on, as its ``settings.json`` records it
+    (``profile_step.py`` loads the same weights)."""
+    return {"model": "tiny (--tiny)" if tiny else "full size"}
 
 
 def build_report(rows: list[dict[str, Any]], *, config, tiny: bool, new_tokens: int, warmup: int, repeats: int,
@@ -818,9 +815,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpu-table", action="store_true",
                         help="the CPU table: CPU paths, each in its own process, --threads threads, batch 1 and 8, "
                              "one short warm-up and one timed run, logits scored against float32")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for results.json and results.md "
-                             "(bench/results; with --cpu-table bench/results/cpu)")
+    parser.add_argument("--out", default=None,
+                        help="folder for results.json and results.md (with --cpu-table summary.md too), written "
+                             "when the run ends; without it the table is printed and no file is written")
     parser.add_argument("--new-tokens", type=int, default=64, metavar="N", help="forced new tokens per caption (64)")
     parser.add_argument("--batch-sizes", default=None,
                         help="batch sizes for the precision paths (1,8,64; CPU table 1,8)")
@@ -835,9 +832,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's; CPU table 2)")
     parser.add_argument("--device", default=None, help="cuda, cpu … (default: a CUDA GPU when there is one)")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # one path of --cpu-table
-    parser.add_argument("--work", type=Path, default=None,
-                        help="with --cpu-table: a folder that keeps the random weights and each path's results; "
-                             "paths already measured there are kept, not run again (resumes an interrupted run)")
+    parser.add_argument("--work", default=None,
+                        help="with --cpu-table: a folder that keeps the random weights, each path's results and "
+                             "the run's settings; paths already measured there are kept, not run again (resumes an "
+                             "interrupted run); a run with other settings is refused")
     parser.add_argument("--save-weights", type=Path, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -860,8 +858,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--work keeps the CPU table's weights and results: it goes with --cpu-table")
     default_paths = (CPU_TINY_PATHS if args.tiny else CPU_PATHS) if table else (
         DEFAULT_TINY_PATHS if args.tiny else DEFAULT_PATHS)
+    paths = R.names(parser, "--paths", args.paths, tuple(PATHS)) if args.paths else list(default_paths)
     try:
-        paths = parse_paths(args.paths) if args.paths else list(default_paths)
         batch_sizes = parse_batch_sizes(args.batch_sizes or "1,8,64")
         small_sizes = parse_batch_sizes(args.static_batch_sizes, "--static-batch-sizes")
         repeats = 3 if args.repeats is None else args.repeats
@@ -884,6 +882,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if where.index >= torch.cuda.device_count():
             parser.error(f"--device {device} does not exist: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
         torch.cuda.set_device(where)
+    if args.child is None and args.save_weights is None:  # (a --cpu-table run's own processes: checked by it)
+        out = R.out_folder(parser, args.out, ["results.json", "results.md", *(["summary.md"] if table else [])])
+        work = None if args.work is None else R.folder_option(
+            parser, "--work", args.work, "a folder for the CPU table's weights and each path's results")
+        if work is not None:
+            R.check_settings(parser, "--work", work, {
+                **weights_setting(args.tiny), "--new-tokens": args.new_tokens,
+                "--batch-sizes": ",".join(map(str, batch_sizes)),
+                "--static-batch-sizes": ",".join(map(str, small_sizes)), "--warmup": args.warmup,
+                "--warmup-tokens": args.warmup_tokens, "--repeats": repeats, "--threads": args.threads})
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -901,11 +909,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child is not None:  # one path of the CPU table, in its own process
         rows = run_paths(config, paths, batch_sizes=batch_sizes, small_batch_sizes=small_sizes,
                          new_tokens=args.new_tokens, warmup=args.warmup, repeats=repeats, device=device, log=log,
-                         warmup_tokens=args.warmup_tokens, work=args.work)
-        args.child.write_text(json.dumps(rows), encoding="utf-8")
+                         warmup_tokens=args.warmup_tokens, work=Path(args.work))
+        R.write(args.child.parent, {args.child.name: rows})  # whole or not at all: a resumed run reads it
         return 0
-    out = args.out or Path("bench/results/cpu" if table else "bench/results")
-    R.check_out(parser, out, ["results.json", "results.md"])
     facts = R.run_facts("benchmark.py", argv, hide=["--work"])  # the work folder holds scratch weights
     print(f"Kosmos-2 benchmark on {device_name(device)}: paths {', '.join(paths)}", flush=True)
 
@@ -920,18 +926,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "--threads", str(args.threads), *(["--tiny"] if args.tiny else [])]
         with contextlib.ExitStack() as stack:
             # --work keeps the weights and each path's rows, so that an interrupted run can resume
-            work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kosmos2-cpu-table-")))
-            work.mkdir(parents=True, exist_ok=True)
-            rows = run_isolated(forwarded, paths, work, log=log,
-                                on_path=lambda so_far: write_report(report_of(list(so_far)), out, summary=True))
+            work = work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kosmos2-cpu-table-")))
+            rows = run_isolated(forwarded, paths, work, log=log)
     else:
         rows = run_paths(config, paths, batch_sizes=batch_sizes, small_batch_sizes=small_sizes,
                          new_tokens=args.new_tokens, warmup=args.warmup, repeats=repeats, device=device, log=log,
                          warmup_tokens=args.warmup_tokens)
-    json_path, md_path = write_report(report_of(rows), out, summary=table)
-    print(f"wrote {json_path} and {md_path}")
+    report = report_of(rows)
+    if out is None:
+        print(to_markdown(report) + (f"\n{cpu_summary(report)}" if table else ""), end="")
+    else:
+        json_path, md_path = write_report(report, out, summary=table)
+        print(f"wrote {json_path} and {md_path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(R.exit_status(main))

@@ -2,21 +2,28 @@
 
 Each path loads ``data/kosmos2-tiny-world`` through ``load(quantization=...)`` and runs the course's
 evaluation (:func:`helpers.grounding.evaluation.evaluate`) on the same held-out scenes. A path passes when
-every metric stays within ``--tolerance`` percentage points of float32's. Results go to
-``OUT/bundled_accuracy.json`` and ``OUT/bundled_accuracy.md``.
+every metric stays within ``--tolerance`` percentage points of float32's. The table is printed; with ``--out`` it
+goes to ``OUT/bundled_accuracy.md`` and the figures to ``OUT/bundled_accuracy.json`` (without it, no file is
+written). A path this machine cannot run (its library missing) is refused before anything runs, with what to
+install. The int4-onnx graphs are built for the run and kept nowhere (``KOSMOS2_ONNX_CACHE=off`` for its loads), so
+the course's cache of graphs stays as it was.
 
     python bench/bundled_accuracy.py --out bench/results/cpu          # 220 scenes, every path (minutes)
-    python bench/bundled_accuracy.py --scenes 8 --out /tmp/accuracy    # a quick check
+    python bench/bundled_accuracy.py --scenes 8                       # a quick check: prints the table
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
+from unittest import mock
 
 from helpers.grounding import evaluation
+from helpers.grounding import quantization as quant
+from helpers.grounding.onnx_decoder import CACHE_ENV_VAR
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report as R  # noqa: E402  (the facts of a run and the writing of its files)
@@ -28,7 +35,8 @@ METRICS = tuple(key for _, key, _ in evaluation.METRICS)
 
 
 def compare(scenes: int, seed: int, paths: Sequence[str] = PATHS, tolerance: float = 1.0, log=print) -> dict[str, Any]:
-    """Metrics of float32 and of each path on the same ``scenes`` held-out scenes, with differences in points."""
+    """Metrics of float32 and of each path on the same ``scenes`` held-out scenes, with differences in points
+    (int4-onnx's graphs are kept nowhere: ``KOSMOS2_ONNX_CACHE=off`` while the paths load)."""
     import torch
 
     from helpers.course.paths import bundled_model_dir
@@ -38,7 +46,8 @@ def compare(scenes: int, seed: int, paths: Sequence[str] = PATHS, tolerance: flo
     world = sample_scenes(scenes, seed=seed)
     results: dict[str, Any] = {}
     for name in ("none", *paths):
-        model, processor = load(bundled_model_dir(), quantization=name, device="cpu", verbose=False)
+        with mock.patch.dict(os.environ, {CACHE_ENV_VAR: "off"}):
+            model, processor = load(bundled_model_dir(), quantization=name, device="cpu", verbose=False)
         report = evaluation.evaluate(model, processor, world).as_dict()
         results[name] = {"dtype": model.load_info.dtype, **report}
         log(f"{name}: " + ", ".join(f"{m} {_rate(report[m])}" for m in METRICS))
@@ -89,17 +98,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=evaluation.HELD_OUT_SEED)
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {','.join(PATHS)}")
     parser.add_argument("--tolerance", type=float, default=1.0, help="points each metric may move (1)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/cpu"))
+    parser.add_argument("--out", default=None,
+                        help="a folder for bundled_accuracy.json and bundled_accuracy.md (without it the table is "
+                             "printed, no file written)")
     args = parser.parse_args(argv)
     paths = R.names(parser, "--paths", args.paths, PATHS)
     if args.scenes < 1:
         parser.error(f"--scenes must be at least 1, got {args.scenes}")
-    R.check_out(parser, args.out, ["bundled_accuracy.json", "bundled_accuracy.md"])
+    for name in paths:  # load()'s own check: what to install
+        try:
+            quant.check_available(name, "cpu")
+        except quant.QuantizationError as err:
+            parser.error(f"--paths {name}: {err}")
+    out = R.out_folder(parser, args.out, ["bundled_accuracy.json", "bundled_accuracy.md"])
     report = {**R.run_facts("bundled_accuracy.py", argv), **compare(args.scenes, args.seed, paths, args.tolerance)}
-    R.write(args.out, {"bundled_accuracy.json": report, "bundled_accuracy.md": to_markdown(report)})
+    if out is not None:
+        R.write(out, {"bundled_accuracy.json": report, "bundled_accuracy.md": to_markdown(report)})
     print(to_markdown(report))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(R.exit_status(main))

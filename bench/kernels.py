@@ -220,18 +220,9 @@ def _counts(option: str):
     return parse
 
 
-def _kernels(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in KERNELS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"unknown kernel(s) {', '.join(unknown) or repr(text)}; "
-                                         f"the kernels are {', '.join(KERNELS)}")
-    return names
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--kernels", type=_kernels, default=list(KERNELS), help=f"from {','.join(KERNELS)}")
+    parser = argparse.ArgumentParser(prog="python bench/kernels.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--kernels", default=",".join(KERNELS), help=f"comma-separated, from {','.join(KERNELS)}")
     parser.add_argument("--rows", type=_counts("--rows"), default=[1, 71],
                         help="rows per product: 1 decodes, 71 prefills")
     parser.add_argument("--layers", type=int, default=6, help="decoder layers of weights (6: 302 M weights)")
@@ -239,23 +230,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=_counts("--threads"), default=[2],
                         help="threads per kernel; several (1,2) time each kernel at each")
     parser.add_argument("--tiny", action="store_true", help="hidden 128, ffn 512: seconds, for tests")
-    parser.add_argument("--out", type=Path, default=None, help="write kernels.json and kernels.md here")
+    parser.add_argument("--out", default=None,
+                        help="write kernels.json and kernels.md here (without it the table is printed, no file "
+                             "written)")
     args = parser.parse_args(argv)
+    kernels = R.names(parser, "--kernels", args.kernels, KERNELS)
     if args.layers < 1 or args.repeats < 1:
         parser.error("--layers and --repeats must be at least 1")
-    R.check_out(parser, args.out, ["kernels.json", "kernels.md"])
+    out = R.out_folder(parser, args.out, ["kernels.json", "kernels.md"])
     facts = R.run_facts("kernels.py", argv)
     hidden, ffn = TINY if args.tiny else FULL
-    results = measure(args.kernels, hidden=hidden, ffn=ffn, layers=args.layers, rows=args.rows,
+    results = measure(kernels, hidden=hidden, ffn=ffn, layers=args.layers, rows=args.rows,
                       repeats=args.repeats, threads=args.threads)
-    kernels = {**facts, "threads": args.threads, "hidden": hidden, "ffn": ffn, "layers": args.layers,
-               "results": results}
-    table = to_markdown(kernels)
+    report = {**facts, "threads": args.threads, "hidden": hidden, "ffn": ffn, "layers": args.layers,
+              "results": results}
+    table = to_markdown(report)
     print(table)
-    if args.out is not None:
-        R.write(args.out, {"kernels.json": kernels, "kernels.md": table})
+    if out is not None:
+        R.write(out, {"kernels.json": report, "kernels.md": table})
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(R.exit_status(main))

@@ -1,9 +1,12 @@
-"""What every benchmark script records of its run, and how it writes its files.
+"""What every benchmark script records of its run, how it checks the folders it is given, and how it writes its files.
 
-``benchmark.py``, ``kernels.py``, ``memory.py`` and ``bundled_accuracy.py`` each write ``NAME.json`` (the figures,
-with the facts of the run from :func:`run_facts`: when, the command, the CPU, the versions) and ``NAME.md`` (the
-table that README and notebook 11 show). :func:`check_out` refuses an ``--out`` that cannot take them before
-anything is measured, and :func:`write` replaces the files only once all of them are written.
+``benchmark.py``, ``kernels.py``, ``memory.py``, ``bundled_accuracy.py`` and ``profile_step.py`` each print their
+table and, given ``--out``, write ``NAME.json`` (the figures, with the facts of the run from :func:`run_facts`:
+when, the command, the CPU, the versions) and ``NAME.md`` (the table that README and notebook 11 show); without
+``--out`` they write no file. :func:`out_folder` refuses an ``--out`` that cannot take them before anything is
+measured (:func:`folder_option` does the same for the other folders a script writes in), :func:`write` replaces
+the files only once all of them are written, and :func:`check_settings` keeps a run from going on in a work
+folder made by a run with other settings.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from helpers.grounding.checks import out_problem, write_files
 from helpers.grounding.quantization import installed_version
@@ -67,13 +71,70 @@ def run_facts(script: str, argv: Sequence[str] | None, hide: Sequence[str] = ())
     }
 
 
-def check_out(parser: argparse.ArgumentParser, out: Path | None, names: Sequence[str]) -> None:
-    """Stop with the parser's error (exit 2) when ``out`` cannot be a folder for the files ``names``, before
-    anything is measured; ``None`` (no ``--out``) passes."""
-    if out is not None:
-        problem = out_problem("--out", out, folder=True, wanted=f"a folder for {' and '.join(names)}")
-        if problem:
-            parser.error(problem)
+def out_folder(parser: argparse.ArgumentParser, text: str | None, names: Sequence[str]) -> Path | None:
+    """The folder that ``--out`` names, ``text`` as given (``None``: no ``--out``, so no file is written), or stop
+    with the parser's error (exit 2) when it cannot be a folder for the files ``names``, before anything is
+    measured. The text is checked as given: as a ``Path``, ``''`` would already be ``.``, the current folder."""
+    if text is None:
+        return None
+    return folder_option(parser, "--out", text, f"a folder for {' and '.join(names)}")
+
+
+def folder_option(parser: argparse.ArgumentParser, option: str, text: str, wanted: str) -> Path:
+    """The folder that ``option`` names (``text`` as given), when files can be written in it; else stop with the
+    parser's error (exit 2) that says what is wrong and asks for ``wanted``: an empty text, a file, a path under
+    a file, a place that takes no new file (:func:`helpers.grounding.checks.out_problem`)."""
+    problem = out_problem(option, text, folder=True, wanted=wanted)
+    if problem:
+        parser.error(problem)
+    return Path(text)
+
+
+#: The file of a work folder that records the settings of the runs that made it (:func:`check_settings`).
+SETTINGS = "settings.json"
+
+
+def check_settings(parser: argparse.ArgumentParser, option: str, folder: Path, settings: dict[str, Any]) -> None:
+    """Record ``settings`` (a setting's name → its value, JSON's kinds) in ``folder/settings.json``, the work
+    folder named by ``option``, joined to those recorded there; stop with the parser's error (exit 2) instead when
+    a setting recorded there has another value (the message names each one, then and now), or when the folder
+    holds files but no settings (what made them cannot be told): its files would be mixed with this run's."""
+    file = folder / SETTINGS
+    recorded: Any = {}
+    if file.is_file():
+        try:
+            recorded = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            recorded = err
+        if not isinstance(recorded, dict):
+            parser.error(f"{option} {str(folder)!r}: its {SETTINGS} cannot be read ({recorded}); give a new folder")
+    elif folder.is_dir() and any(folder.iterdir()):
+        parser.error(f"{option} {str(folder)!r} holds files but no {SETTINGS}, so the settings of the run that "
+                     "wrote them are unknown: give a new or empty folder")
+    changed = [name for name, value in settings.items() if name in recorded and recorded[name] != value]
+    if changed:
+        then = ", ".join(f"{name} {recorded[name]}" for name in changed)
+        now = ", ".join(f"{name} {settings[name]}" for name in changed)
+        parser.error(f"{option} {str(folder)!r} holds the work of a run with {then}; this run has {now}: give the "
+                     f"same settings to go on with it, or a new {option} folder")
+    write(folder, {SETTINGS: {**recorded, **settings}})
+
+
+def process_failure(done: subprocess.CompletedProcess) -> str:
+    """Why a process of its own (one path of a run) failed: its exit status (a negative one is the signal that
+    killed it, such as 9 when the system ran out of memory) and the last line of its error output."""
+    why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    return f"the process ended with status {done.returncode}: {why[:250]}"
+
+
+def exit_status(main: Callable[[], int]) -> int:
+    """``main()``'s exit status; Ctrl-C ends it with one line and status 130 instead of a traceback. No file of
+    ``--out`` is half-written (:func:`write`) or written early (each script writes them at the end of its run)."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("stopped (Ctrl-C) before the end of the run: no file of --out was written", file=sys.stderr)
+        return 130
 
 
 def names(parser: argparse.ArgumentParser, option: str, text: str, known: Sequence[str]) -> list[str]:

@@ -1,8 +1,10 @@
 """bench/report.py: every benchmark script records the same facts of its run, refuses an --out it could not
-write before measuring anything, and writes its files all at once."""
+write before measuring anything, writes no file without one, and writes its files all at once; a work folder keeps
+the settings of the run that made it."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -66,16 +68,23 @@ def test_write_puts_json_and_markdown_in_place_or_nothing(tmp_path) -> None:
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["x.json", "x.md"]
 
 
-@pytest.mark.parametrize("script, work, args", [
+#: (script, what does its work, arguments): each script's main, called in this process with that work refused.
+SCRIPTS = [
     ("kernels", "measure", ["--tiny"]),
     ("bundled_accuracy", "compare", []),
     ("benchmark", "run_paths", ["--tiny"]),
     ("benchmark", "run_isolated", ["--tiny", "--cpu-table"]),
-])
+    ("memory", "save_random_checkpoint", ["--weights", "new-weights"]),
+    ("profile_step", "profile", ["--tiny"]),
+]
+
+
+@pytest.mark.parametrize("script, work, args", SCRIPTS)
 def test_an_out_that_is_a_file_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys, script, work,
                                                                args) -> None:
     module = _script(script)
     monkeypatch.setattr(module, work, lambda *a, **k: pytest.fail(f"{work} ran before --out was checked"))
+    monkeypatch.chdir(tmp_path)
     taken = tmp_path / "taken.txt"
     taken.write_text("notes", encoding="utf-8")
     with pytest.raises(SystemExit) as stop:
@@ -83,6 +92,89 @@ def test_an_out_that_is_a_file_is_refused_before_anything_runs(tmp_path, monkeyp
     assert stop.value.code == 2
     assert f"error: --out {str(taken)!r} is a file; give a folder for" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.txt"]
+
+
+@pytest.mark.parametrize("script, work, args", SCRIPTS)
+def test_an_empty_out_is_refused_not_taken_as_the_current_folder(tmp_path, monkeypatch, capsys, script, work,
+                                                                 args) -> None:
+    """``--out "$OUT"`` with the variable unset: as a ``Path``, '' would be '.', the folder the script runs in."""
+    module = _script(script)
+    monkeypatch.setattr(module, work, lambda *a, **k: pytest.fail(f"{work} ran before --out was checked"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        module.main([*args, "--out", ""])
+    assert stop.value.code == 2
+    assert "error: --out is empty; give a folder for" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _stand_in_rows(*paths: str) -> list[dict]:
+    """benchmark.py's rows for ``paths`` as its --cpu-table writes a path whose process failed."""
+    return [{"path": p, "description": "stand-in", "batch_size": None, "status": "error", "reason": "stand-in",
+             "quantization": None, "dtype": "–", "attention": "sdpa", "cache": "dynamic", "compile": False}
+            for p in paths]
+
+
+@pytest.mark.parametrize("script, work, args, line", [
+    ("benchmark", "run_paths", ["--tiny", "--paths", "fp32"], "| fp32 |"),
+    ("benchmark", "run_isolated", ["--tiny", "--cpu-table", "--paths", "fp32"], "| fp32 |"),
+    ("bundled_accuracy", "compare", ["--paths", "int8"], "| float32 (none) |"),
+    ("kernels", "measure", ["--tiny", "--kernels", "read"], "| kernel |"),
+])
+def test_without_out_a_script_prints_its_table_and_writes_no_file(tmp_path, monkeypatch, capsys, script, work,
+                                                                  args, line) -> None:
+    """No default folder: a trial run cannot replace the committed tables of bench/results/ (run from the root).
+    The work is replaced by what it returns when nothing could run."""
+    import torch
+
+    module = _script(script)
+    metrics = {key: {"hits": 0, "total": 0} for _, key, _ in METRICS}
+    done = {"run_paths": lambda *a, **k: _stand_in_rows("fp32"),
+            "run_isolated": lambda *a, **k: _stand_in_rows("fp32"),
+            "compare": lambda *a, **k: {"scenes": 1, "seed": 0, "tolerance_points": 1.0, "threads": 1,
+                                        "paths": {"none": {"dtype": "float32", **metrics}}},
+            "measure": lambda *a, **k: []}[work]
+    monkeypatch.setattr(module, work, done)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # --cpu-table's 2 threads: not for this process
+    monkeypatch.chdir(tmp_path)
+    assert module.main(args) == 0
+    assert list(tmp_path.iterdir()) == []
+    assert line in capsys.readouterr().out
+
+
+def test_ctrl_c_ends_a_script_with_one_line(capsys) -> None:
+    R = _report_module()
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    assert R.exit_status(lambda: 3) == 3
+    assert R.exit_status(interrupted) == 130
+    assert capsys.readouterr().err == "stopped (Ctrl-C) before the end of the run: no file of --out was written\n"
+
+
+def test_a_work_folder_keeps_the_settings_of_the_run_that_made_it(tmp_path, capsys) -> None:
+    R = _report_module()
+    parser = argparse.ArgumentParser(prog="script")
+    work = tmp_path / "work"
+    R.check_settings(parser, "--work", work, {"model": "tiny (--tiny)"})  # a new folder: recorded
+    R.check_settings(parser, "--work", work, {"model": "tiny (--tiny)", "--new-tokens": 4})  # more settings
+    R.check_settings(parser, "--work", work, {"model": "tiny (--tiny)"})  # those it names agree
+    assert json.loads((work / "settings.json").read_text(encoding="utf-8")) == {"model": "tiny (--tiny)",
+                                                                               "--new-tokens": 4}
+    with pytest.raises(SystemExit) as stop:
+        R.check_settings(parser, "--work", work, {"model": "full size", "--new-tokens": 4, "--threads": 2})
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"script: error: --work {str(work)!r} holds the work of a run with model tiny (--tiny); this run has "
+        "model full size: give the same settings to go on with it, or a new --work folder")
+    assert json.loads((work / "settings.json").read_text(encoding="utf-8"))["model"] == "tiny (--tiny)"
+    (tmp_path / "older").mkdir()
+    (tmp_path / "older" / "fp32.json").write_text("[]", encoding="utf-8")  # rows of a run that recorded nothing
+    with pytest.raises(SystemExit):
+        R.check_settings(parser, "--work", tmp_path / "older", {"model": "full size"})
+    assert "holds files but no settings.json" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "older").iterdir()) == ["fp32.json"]
 
 
 def test_memory_refuses_an_out_that_is_a_file_before_saving_weights(tmp_path) -> None:
@@ -118,3 +210,37 @@ def test_unknown_or_no_paths_are_refused_with_the_known_ones(tmp_path, script, a
         done = _run(script, *args, "--paths", given, "--out", str(tmp_path / "out"), timeout=120)
         assert done.returncode == 2 and f"error: --paths takes names from {known}, got {given!r}" in done.stderr
     assert list(tmp_path.iterdir()) == []  # no weights saved, nothing written
+
+
+def test_bundled_accuracy_refuses_a_path_whose_library_is_missing_before_float32_runs(monkeypatch, capsys) -> None:
+    from helpers.grounding import quantization
+
+    accuracy = _script("bundled_accuracy")
+    monkeypatch.setattr(accuracy, "compare", lambda *a, **k: pytest.fail("evaluated without bitsandbytes"))
+    real = quantization.installed_version
+    monkeypatch.setattr(quantization, "installed_version", lambda name: None if name == "bitsandbytes" else real(name))
+    with pytest.raises(SystemExit) as stop:
+        accuracy.main(["--paths", "int8,4bit"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: --paths 4bit: quantization='4bit' needs bitsandbytes >= " in err and "not installed: pip" in err
+
+
+def test_bundled_accuracy_keeps_no_int4_onnx_graphs_in_the_courses_cache(tmp_path, monkeypatch) -> None:
+    """Its graphs are built for the run only: the course's cache keeps two weight sets, and a learner's real-model
+    graphs would make room for the bundled model's."""
+    import helpers.grounding.model
+    from helpers.grounding.onnx_decoder import CACHE_ENV_VAR
+
+    accuracy = _script("bundled_accuracy")
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "cache"))
+    loaded = []
+
+    def load(*args, quantization, **kwargs):
+        loaded.append((quantization, os.environ.get(CACHE_ENV_VAR)))
+        raise KeyboardInterrupt  # enough: how the path was loaded is known
+
+    monkeypatch.setattr(helpers.grounding.model, "load", load)
+    with pytest.raises(KeyboardInterrupt):
+        accuracy.compare(1, 0, ["int4-onnx"])
+    assert loaded == [("none", "off")] and os.environ[CACHE_ENV_VAR] == str(tmp_path / "cache")

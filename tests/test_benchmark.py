@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,21 +118,27 @@ def test_markdown_table_matches_the_json(tiny_run):
             assert float(cells[6]) == pytest.approx(row["captions_per_s"], abs=0.006)
 
 
-def test_bad_options_are_refused_with_a_message(capsys):
+def test_bad_options_are_refused_with_a_message(capsys, tmp_path):
     bench = _module()
-    with pytest.raises(ValueError, match="unknown path.*nope.*choose from"):
-        bench.parse_paths("bf16,nope")
     with pytest.raises(ValueError, match="'0' is not one"):
         bench.parse_batch_sizes("1,0")
     assert bench.parse_batch_sizes(" 8, 1,8") == [8, 1]
-    for argv, message in ((["--paths", "turbo"], "unknown path"), (["--batch-sizes", "x"], "not one"),
+    afile = tmp_path / "afile.txt"
+    afile.write_text("notes", encoding="utf-8")
+    for argv, message in ((["--paths", "turbo"], "--paths takes names from article, fp32,"),
+                          (["--paths", " , "], "--paths takes names from article, fp32,"),
+                          (["--batch-sizes", "x"], "not one"),
                           (["--new-tokens", "0"], "--new-tokens must be at least 1"),
                           (["--threads", "0"], "--threads must be at least 1, got 0"),  # not taken as the default
                           (["--warmup-tokens", "0"], "--warmup-tokens must be at least 1, got 0"),
                           (["--cpu-table", "--repeats", "0"], "--repeats must be at least 1, got 0"),
                           (["--device", "tpu"], "--device 'tpu' is not a device torch knows"),
                           (["--work", "w"],
-                           "--work keeps the CPU table's weights and results: it goes with --cpu-table")):
+                           "--work keeps the CPU table's weights and results: it goes with --cpu-table"),
+                          (["--cpu-table", "--work", ""], "--work is empty; give a folder for the CPU table's"),
+                          (["--cpu-table", "--work", str(afile)], f"--work {str(afile)!r} is a file; give a folder"),
+                          (["--cpu-table", "--work", str(afile / "sub")],
+                           f"--work {str(afile / 'sub')!r}: {str(afile)!r} is a file, so nothing can be written")):
         with pytest.raises(SystemExit) as stop:
             bench.main(["--tiny", *argv])
         assert stop.value.code == 2
@@ -307,3 +314,86 @@ def test_cpu_table_resumes_from_its_work_folder(cpu_table):
     for path in CPU_PATHS:
         assert f"{path}: measured earlier in {work}, kept" in second_stdout
     assert "saving the random float32 weights" not in second_stdout
+
+
+def _table_main(monkeypatch, calls: list):
+    """benchmark.main with --cpu-table's processes replaced: each run records its paths and gets an error row for
+    each (the rows of a path whose process failed), so that only the checks and the writing of the files run."""
+    bench = _module()
+
+    def run_isolated(argv, paths, work, log=print):
+        calls.append(list(paths))
+        return [{"path": p, "description": "stand-in", "batch_size": None, "status": "error", "reason": "stand-in",
+                 "quantization": None, "dtype": "–", "attention": "sdpa", "cache": "dynamic", "compile": False}
+                for p in paths]
+
+    monkeypatch.setattr(bench, "run_isolated", run_isolated)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the table's 2 threads: not for this process
+    return bench.main
+
+
+def test_a_work_folder_is_not_resumed_with_other_settings(tmp_path, monkeypatch, capsys):
+    """A tiny trial with --work W, then the real table with the same W: refused, instead of publishing the tiny
+    model's rows (and running its weights) as the full-size table."""
+    calls: list = []
+    main = _table_main(monkeypatch, calls)
+    work = tmp_path / "work"
+    tiny = ["--cpu-table", "--work", str(work), "--new-tokens", "4", "--batch-sizes", "1"]
+    assert main([*tiny, "--tiny", "--paths", "fp32-eager"]) == 0
+    assert json.loads((work / "settings.json").read_text(encoding="utf-8")) == {
+        "model": "tiny (--tiny)", "--new-tokens": 4, "--batch-sizes": "1", "--static-batch-sizes": "1",
+        "--warmup": 1, "--warmup-tokens": 4, "--repeats": 1, "--threads": 2}
+    assert main([*tiny, "--tiny", "--paths", "fp32-eager,int4"]) == 0  # the same settings, more paths: resumed
+    capsys.readouterr()
+    for argv, then, now in (
+            (["--cpu-table", "--work", str(work)], "model tiny (--tiny), --new-tokens 4, --batch-sizes 1",
+             "model full size, --new-tokens 64, --batch-sizes 1,8"),
+            ([*tiny, "--tiny", "--threads", "1"], "--threads 2", "--threads 1")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        assert f"--work {str(work)!r} holds the work of a run with {then}; this run has {now}: give the same " \
+               "settings to go on with it, or a new --work folder" in capsys.readouterr().err
+    assert calls == [["fp32-eager"], ["fp32-eager", "int4"]]  # nothing ran after the refusals
+
+
+def test_an_interrupted_cpu_table_keeps_its_rows_in_work_and_leaves_out_alone(tmp_path, monkeypatch):
+    """Ctrl-C during the second path: the first path's rows stay in --work, --out keeps the earlier tables; the
+    same command then resumes, runs only the second path and writes --out at the end."""
+    bench = _module()
+    work, out = tmp_path / "work", tmp_path / "out"
+    out.mkdir()
+    (out / "results.md").write_text("the earlier table\n", encoding="utf-8")
+    started, real_run = [], subprocess.run
+
+    def run(command, **kwargs):  # the script's own processes: the weights, then one per path
+        if "--save-weights" not in command and "--child" not in command:  # (platform asks uname for the CPU)
+            return real_run(command, **kwargs)
+        if "--save-weights" in command:
+            weights = Path(command[command.index("--save-weights") + 1])
+            weights.mkdir(parents=True)
+            (weights / "config.json").write_text("{}", encoding="utf-8")
+            return subprocess.CompletedProcess(command, 0)
+        path = command[command.index("--paths") + 1]
+        started.append(path)
+        if path == "int4" and started.count("int4") == 1:
+            raise KeyboardInterrupt
+        rows = [{"path": path, "description": "stand-in", "batch_size": 1, "status": "error", "reason": "stand-in",
+                 "quantization": None, "dtype": "–", "attention": "sdpa", "cache": "dynamic", "compile": False}]
+        Path(command[command.index("--child") + 1]).write_text(json.dumps(rows), encoding="utf-8")
+        return subprocess.CompletedProcess(command, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    argv = ["--cpu-table", "--tiny", "--paths", "fp32-eager,int4", "--new-tokens", "2", "--batch-sizes", "1",
+            "--work", str(work), "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(argv)
+    assert sorted(p.name for p in out.iterdir()) == ["results.md"]
+    assert (out / "results.md").read_text(encoding="utf-8") == "the earlier table\n"
+    assert json.loads((work / "fp32-eager.json").read_text(encoding="utf-8"))[0]["path"] == "fp32-eager"
+    assert bench.main(argv) == 0
+    assert started == ["fp32-eager", "int4", "int4"]  # fp32-eager kept from the work folder
+    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [r["path"] for r in report["results"]] == ["fp32-eager", "int4"]
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "summary.md"]

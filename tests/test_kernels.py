@@ -106,7 +106,8 @@ def test_weights_shrink_with_their_bits(report):
 @pytest.mark.parametrize("args, message", [
     (["--rows", "0"], "--rows needs comma-separated positive integers"),
     (["--rows", "a,b"], "--rows needs comma-separated positive integers"),
-    (["--kernels", "float32,int3"], "unknown kernel(s) int3; the kernels are read, float32"),
+    (["--kernels", "float32,int3"], "--kernels takes names from read, float32, bfloat16, torchao-int4, "),
+    (["--kernels", ","], "--kernels takes names from read, float32"),
     (["--layers", "0"], "must be at least 1"),
     (["--threads", "0"], "--threads needs comma-separated positive integers"),
     (["--threads", "two"], "--threads needs comma-separated positive integers"),
@@ -115,3 +116,11 @@ def test_bad_options_are_refused_with_a_message(args, message, capsys):
     with pytest.raises(SystemExit) as refused:  # in this process: argparse refuses before anything is built
         _script().main(["--tiny", *args])
     assert refused.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_kernel_named_twice_is_timed_once(monkeypatch):
+    kernels = _script()
+    timed = []
+    monkeypatch.setattr(kernels, "measure", lambda names, **settings: timed.append(names) or [])
+    assert kernels.main(["--tiny", "--kernels", "read, float32,read"]) == 0
+    assert timed == [["read", "float32"]]
