@@ -79,33 +79,24 @@ SCRIPTS = [
 ]
 
 
+@pytest.mark.parametrize("out", ["a file", "empty"])
 @pytest.mark.parametrize("script, work, args", SCRIPTS)
-def test_an_out_that_is_a_file_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys, script, work,
-                                                               args) -> None:
+def test_an_out_that_cannot_be_a_folder_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys, script, work,
+                                                                        args, out) -> None:
+    """A file, or ``--out "$OUT"`` with the variable unset: as a ``Path``, '' would be '.', the folder the script
+    runs in."""
     module = _script(script)
     monkeypatch.setattr(module, work, lambda *a, **k: pytest.fail(f"{work} ran before --out was checked"))
     monkeypatch.chdir(tmp_path)
     taken = tmp_path / "taken.txt"
     taken.write_text("notes", encoding="utf-8")
+    given, message = ((str(taken), f"error: --out {str(taken)!r} is a file; give a folder for") if out == "a file"
+                      else ("", "error: --out is empty; give a folder for"))
     with pytest.raises(SystemExit) as stop:
-        module.main([*args, "--out", str(taken)])
+        module.main([*args, "--out", given])
     assert stop.value.code == 2
-    assert f"error: --out {str(taken)!r} is a file; give a folder for" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.txt"]
-
-
-@pytest.mark.parametrize("script, work, args", SCRIPTS)
-def test_an_empty_out_is_refused_not_taken_as_the_current_folder(tmp_path, monkeypatch, capsys, script, work,
-                                                                 args) -> None:
-    """``--out "$OUT"`` with the variable unset: as a ``Path``, '' would be '.', the folder the script runs in."""
-    module = _script(script)
-    monkeypatch.setattr(module, work, lambda *a, **k: pytest.fail(f"{work} ran before --out was checked"))
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as stop:
-        module.main([*args, "--out", ""])
-    assert stop.value.code == 2
-    assert "error: --out is empty; give a folder for" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
 
 
 def _stand_in_rows(*paths: str) -> list[dict]:
