@@ -5,6 +5,8 @@ load: 1), never in a traceback after minutes of work."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -318,3 +320,19 @@ def test_an_out_folder_holding_other_files_is_refused(tmp_path, capsys, no_work)
         f"{PREFIX}--out {str(photos)!r} holds files but no saved model: give a new or empty folder, or one with a "
         "model to replace")
     assert sorted(p.name for p in photos.iterdir()) == ["cat.jpg"]
+
+
+def test_the_record_of_a_run_to_resume_is_checked_without_the_model_card_module(tmp_path) -> None:
+    """The check of a training.json to resume lived in the model-card module, which `train --resume` imported in
+    full (and only inside the function, as the two modules imported each other); it lives beside the record now."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / training.RECORD_FILE).write_text("[]", encoding="utf-8")
+    code = ("import sys\nfrom pathlib import Path\nfrom helpers.world import training\n"
+            f"try:\n    training._load_run(Path({str(run)!r}))\nexcept ValueError as err:\n    print(err)\n"
+            "print('helpers.world.modelcard' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"training record {str(run / training.RECORD_FILE)!r}: it holds a JSON list, not an object; expected the "
+        "record of the run as `python -m helpers train --out DIR` writes it (or no training.json at all)", "False"]

@@ -24,7 +24,7 @@ from helpers.grounding.model import ModelLoadError, load
 from helpers.grounding.prompts import CAPTION_PROMPT
 from helpers.world.scenes import sample_scenes
 from helpers.world.training import (CARD_TITLE, HEADS_FILE, LOCATION_FEATURES, RECORD_FILE, build_parser,
-                                    read_training, recorded_runs)
+                                    read_training, recorded_runs, training_problem)
 
 #: Settings of a run that are not part of its recipe (where it saves, how it logs, which device draws batches).
 _NOT_RECIPE = {"out", "resume", "checkpoint", "checkpoint_minutes", "threads", "evaluate", "log_every", "device",
@@ -382,23 +382,6 @@ def evaluation_problem(result: object) -> str | None:
     one = len(bad) == 1
     return (f"its {'entry' if one else 'entries'} {', '.join(map(repr, bad))} {'is' if one else 'are'} missing or "
             "malformed")
-
-
-def training_problem(training: object) -> str | None:
-    """What the card cannot show of a ``training.json`` (what ``python -m helpers train`` records), or ``None``."""
-    if not isinstance(training, dict):
-        return f"it holds a JSON {type(training).__name__}, not an object"
-    runs = recorded_runs(training)
-
-    def run_ok(run: object) -> bool:
-        history = run.get("history", []) if isinstance(run, dict) else None
-        return (isinstance(run, dict) and isinstance(run.get("config", {}), dict) and isinstance(history, list)
-                and all(isinstance(point, dict) for point in history))
-
-    if not isinstance(runs, list) or not all(run_ok(run) for run in runs):
-        return ("its runs (the record itself, or each of its 'stages') are not objects with a 'config' object and a "
-                "'history' list of objects")
-    return None
 
 
 def card_files_problem(model_dir: Path, render_only: bool, seed: int = HELD_OUT_SEED) -> str | None:

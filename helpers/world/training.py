@@ -722,6 +722,24 @@ def recorded_runs(record: dict) -> list[dict]:
     return record.get("stages") or [record]
 
 
+def training_problem(training: object) -> str | None:
+    """Why a ``training.json`` record (what ``python -m helpers train`` writes) can neither be carried on by a
+    resumed run nor shown by the model card, or ``None`` when it can."""
+    if not isinstance(training, dict):
+        return f"it holds a JSON {type(training).__name__}, not an object"
+    runs = recorded_runs(training)
+
+    def run_ok(run: object) -> bool:
+        history = run.get("history", []) if isinstance(run, dict) else None
+        return (isinstance(run, dict) and isinstance(run.get("config", {}), dict) and isinstance(history, list)
+                and all(isinstance(point, dict) for point in history))
+
+    if not isinstance(runs, list) or not all(run_ok(run) for run in runs):
+        return ("its runs (the record itself, or each of its 'stages') are not objects with a 'config' object and a "
+                "'history' list of objects")
+    return None
+
+
 def joint_curve(record: dict, key: str) -> list[tuple[int, float]]:
     """``(step, value)`` of ``key`` (``"text_loss"``, ``"dense_loss"``, ``"look_loss"`` …) at the joint stage's
     points of a training record (a ``training.json``, or ``{"history": history}`` of :func:`train`), every run of
@@ -1121,10 +1139,8 @@ def check_args(args: argparse.Namespace) -> None:
 def _load_run(folder: Path):
     """The model and processor of a saved run (``--resume``) and its record (:data:`RECORD_FILE`, ``None`` without
     one); the record is read first, and a ``ValueError`` names it when it is not UTF-8 JSON text or does not hold
-    runs the new record and the model card can carry on (``helpers.world.modelcard.training_problem``)."""
+    runs the new record and the model card can carry on (:func:`training_problem`)."""
     from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
-
-    from helpers.world.modelcard import training_problem  # here: modelcard imports this module at its top
 
     path = folder / RECORD_FILE
     previous = read_training(folder) if path.exists() else None  # (a file holding {} is a record, and wrong)
