@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from helpers.grounding.checks import out_problem, write_files
+from helpers.grounding.checks import out_problem, read_json, write_files
 from helpers.grounding.quantization import installed_version
 
 #: The quantization libraries whose versions every report records (``None``: not installed).
@@ -102,12 +102,14 @@ def check_settings(parser: argparse.ArgumentParser, option: str, folder: Path, s
     file = folder / SETTINGS
     recorded: Any = {}
     if file.is_file():
+        expected = "the settings a bench run records (a JSON object); give a new folder"
         try:
-            recorded = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            recorded = err
+            recorded = read_json(file, f"{option} settings file", expected)
+        except ValueError as err:
+            parser.error(str(err))
         if not isinstance(recorded, dict):
-            parser.error(f"{option} {str(folder)!r}: its {SETTINGS} cannot be read ({recorded}); give a new folder")
+            parser.error(f"{option} settings file {str(file)!r} holds a JSON {type(recorded).__name__}; "
+                         f"expected {expected}")
     elif folder.is_dir() and any(folder.iterdir()):
         parser.error(f"{option} {str(folder)!r} holds files but no {SETTINGS}, so the settings of the run that "
                      "wrote them are unknown: give a new or empty folder")

@@ -166,6 +166,16 @@ def test_a_work_folder_keeps_the_settings_of_the_run_that_made_it(tmp_path, caps
         R.check_settings(parser, "--work", tmp_path / "older", {"model": "full size"})
     assert "holds files but no settings.json" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "older").iterdir()) == ["fp32.json"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for text, why in (("{not json", "is not valid JSON"), ("[4]", "holds a JSON list")):
+        (broken / "settings.json").write_text(text, encoding="utf-8")
+        with pytest.raises(SystemExit):
+            R.check_settings(parser, "--work", broken, {"model": "full size"})
+        line = capsys.readouterr().err.splitlines()[-1]
+        assert line.startswith(f"script: error: --work settings file {str(broken / 'settings.json')!r}") and why in line
+        assert line.endswith("expected the settings a bench run records (a JSON object); give a new folder")
+        assert (broken / "settings.json").read_text(encoding="utf-8") == text  # left as it was
 
 
 def test_memory_refuses_an_out_that_is_a_file_before_saving_weights(tmp_path) -> None:
