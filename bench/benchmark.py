@@ -80,7 +80,7 @@ from typing import Any, Sequence
 import torch
 
 from helpers.grounding import quantization as quant
-from helpers.grounding.model import native_bf16, parameters_from_config
+from helpers.grounding.model import describe_device, native_bf16, parameters_from_config
 from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is a folder of scripts, imported from anywhere
@@ -641,7 +641,7 @@ def run_isolated(argv: Sequence[str], paths: Sequence[str], work: Path, log=prin
 
 def device_name(device: str) -> str:
     """The name of the GPU ``device``, or the CPU's model and thread count."""
-    return torch.cuda.get_device_name(device) if device.startswith("cuda") else R.cpu_name()
+    return describe_device(device) if device.startswith("cuda") else R.cpu_name()
 
 
 def model_support() -> dict[str, Any]:

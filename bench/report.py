@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import platform
 import shlex
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from helpers.grounding.checks import out_problem, read_json, write_files
+from helpers.grounding.model import describe_device
 from helpers.grounding.quantization import installed_version
 
 #: The quantization libraries whose versions every report records (``None``: not installed).
@@ -30,19 +30,9 @@ LIBRARIES = ("bitsandbytes", "torchao", "onnxruntime")
 
 
 def cpu_name() -> str:
-    """The CPU's model, the cores the system has and the threads torch uses, e.g.
-    ``CPU: AMD EPYC (2 cores, torch uses 2 threads)``."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {cpu} ({os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads)"
+    """The CPU the run measured, e.g. ``CPU: AMD EPYC (2 cores, torch uses 2 threads)``
+    (:func:`helpers.grounding.model.describe_device`)."""
+    return "CPU: " + describe_device("cpu")
 
 
 def command_line(script: str, argv: Sequence[str] | None, hide: Sequence[str] = ()) -> str:

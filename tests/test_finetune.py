@@ -20,6 +20,7 @@ from helpers.grounding.finetune import (
     same_base,
     texts_for,
 )
+from helpers.grounding.model import describe_device
 from helpers.world.new_kinds import draw_star, star_scene, write_coco
 from helpers.grounding.tokens import object_tokens
 
@@ -382,6 +383,7 @@ def test_resume_continues_the_step_count_from_the_saved_adapters_and_optimizer(t
     card = json.loads((copy / "finetune.json").read_text())
     assert card["steps"] == 6
     assert [(r["from_step"], r["to_step"]) for r in card["runs"]] == [(0, 4), (4, 6)]
+    assert card["runs"][-1]["machine"] == f"{describe_device('cpu')}, torch {torch.__version__}"
     # the adapters: the saved ones (lora_B starts at zero in fresh adapters; after 4 steps it is not)
     assert at_start["adapters"].keys() == saved_adapters.keys()
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in saved_adapters.items())

@@ -348,6 +348,26 @@ def test_one_device_has_one_name() -> None:
     assert default_dtype("cpu:0") == torch.float32
 
 
+def test_the_machine_of_a_record_is_described_once(monkeypatch) -> None:
+    """Benchmarks, model cards, training and fine-tuning records name the machine in one way: the CPU's model from
+    /proc/cpuinfo (not just "x86_64"), its cores, and the threads torch uses."""
+    from helpers.grounding import model as model_module
+
+    cpuinfo = "processor\t: 0\nvendor_id\t: Genuine\nmodel name\t: Test CPU 9000 @ 3.00GHz\nflags\t: sse\n"
+    real_read = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: cpuinfo if str(self) == "/proc/cpuinfo"
+                        else real_read(self, *a, **k))
+    monkeypatch.setattr(model_module.os, "cpu_count", lambda: 16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert model_module.describe_device("cpu:0") == "Test CPU 9000 @ 3.00GHz (16 cores, torch uses 3 threads)"
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda where: f"Test GPU {where}")
+    assert model_module.describe_device("cuda:1") == "Test GPU cuda:1"
+
+
 def test_a_folder_of_adapters_says_to_load_them_with_their_base(tmp_path: Path) -> None:
     folder = tmp_path / "adapters"
     folder.mkdir()

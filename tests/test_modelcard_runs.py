@@ -78,3 +78,21 @@ def test_the_run_line_names_each_4bit_rounding_and_its_share(shares, words) -> N
     command = run_commands({**last, "stages": record["stages"][:-1] + [last]}, "x")[-1]
     for flag, key in (("--fp4-share", "fp4_share"), ("--nf4-share", "nf4_share")):
         assert (f"{flag} {shares.get(key)}" in command) == (key in shares)
+
+
+def test_the_card_says_where_training_scenes_came_from_when_workers_drew_them() -> None:
+    """With --workers, training scenes come from one stream per worker process, not from random.Random(training
+    seed) alone; the card says so only for records with such a run (the shipped card is unchanged)."""
+    from helpers.world.modelcard import _card_text
+    from helpers.grounding.model import load
+
+    model, _ = load(str(bundled_model_dir()), device="cpu", verbose=False)
+    result = json.loads((bundled_model_dir() / "evaluation.json").read_text())
+    record = _two_runs()
+    assert _card_text(model, result, SHIPPED) == (bundled_model_dir() / "README.md").read_text()
+    assert "--workers N" not in _card_text(model, result, record)
+    record["stages"][-1]["config"]["workers"] = 2
+    text = _card_text(model, result, record)
+    assert "In the runs with `--workers N` (their commands below say so), N processes drew the training scenes" in text
+    commands = run_commands(record, "data/kosmos2-tiny-world")
+    assert "--workers 2" in commands[-1] and commands[-1] in text and "--workers" not in commands[0]

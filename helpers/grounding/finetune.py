@@ -60,7 +60,6 @@ import json
 import math
 import numbers
 import os
-import platform
 import random
 import shutil
 import tempfile
@@ -79,8 +78,8 @@ from helpers.grounding.checks import (DefaultsHelpFormatter, check_bool, check_c
 from helpers.grounding.evaluation import (BENCHMARK_MAX_NEW_TOKENS, CaptionScores, Score, format_score, score_any_box,
                                          score_caption)
 from helpers.grounding.images import ImageLoadError, load_image, stored_size
-from helpers.grounding.model import (ModelLoadError, check_bf16, check_device, default_dtype, parameter_count,
-                                     parameters_from_config, try_gpu)
+from helpers.grounding.model import (ModelLoadError, check_bf16, check_device, default_dtype, describe_device,
+                                     parameter_count, parameters_from_config, try_gpu)
 from helpers.grounding.progress import interactive
 from helpers.grounding.prompts import (CAPTION_PROMPT, comprehension_prompt, grounded, join_phrases, qa_answer,
                                        qa_prompt, with_box)
@@ -811,8 +810,7 @@ def _run_entry(start_step: int, step: int, seconds: float, device) -> dict:
     return {
         "from_step": start_step, "to_step": step, "seconds": round(seconds, 1),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-                   f"device {device}",
+        "machine": f"{describe_device(str(device))}, torch {torch.__version__}",
     }
 
 

@@ -262,6 +262,30 @@ def check_source(source: str, from_env: bool = False, hub_answered: bool = False
     return source
 
 
+def describe_device(device: str = "cpu") -> str:
+    """What runs on ``device``, in words, for the records of a run (a benchmark's facts, a model card, the
+    training and fine-tuning records): the GPU's name, or the CPU's model with the cores the system has and the
+    threads torch uses, e.g. ``AMD EPYC 9B14 (2 cores, torch uses 2 threads)``.
+
+    The CPU's model comes from ``/proc/cpuinfo`` where there is one (Linux), else from :mod:`platform`."""
+    import platform
+
+    import torch
+
+    where = torch.device(device)
+    if where.type == "cuda":
+        return torch.cuda.get_device_name(where)
+    if where.type == "mps":
+        return f"Apple GPU (MPS) on {platform.machine()}"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu} ({os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads)"
+
+
 def check_device(device: object) -> str:
     """``device`` as a string, after checking that torch can use it: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
     ``"mps"`` (``"cpu:0"`` and ``"mps:0"`` become ``"cpu"`` and ``"mps"``, so that one name means one device)."""

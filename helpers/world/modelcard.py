@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -20,15 +19,15 @@ from helpers.grounding.checks import (DefaultsHelpFormatter, check_positive_int,
                                       parse, positive_int_option, read_json, write_files)
 from helpers.grounding.evaluation import (CAPTION_ERROR_TYPES, HELD_OUT_SEED, METRICS, caption_error_table, evaluate,
                                           metrics_table)
-from helpers.grounding.model import ModelLoadError, load
+from helpers.grounding.model import ModelLoadError, describe_device, load
 from helpers.grounding.prompts import CAPTION_PROMPT
 from helpers.world.scenes import sample_scenes
 from helpers.world.training import (CARD_TITLE, HEADS_FILE, LOCATION_FEATURES, RECORD_FILE, build_parser,
                                     read_training, recorded_runs, training_problem)
 
-#: Settings of a run that are not part of its recipe (where it saves, how it logs, which device draws batches).
-_NOT_RECIPE = {"out", "resume", "checkpoint", "checkpoint_minutes", "threads", "evaluate", "log_every", "device",
-               "workers"}
+#: Settings of a run that are not part of its recipe (where it saves, how it logs, which device computes).
+#: ``workers`` is part of it: the processes drawing the batches each have a stream of scenes of their own.
+_NOT_RECIPE = {"out", "resume", "checkpoint", "checkpoint_minutes", "threads", "evaluate", "log_every", "device"}
 
 
 def run_commands(training: dict, out: str) -> list[str]:
@@ -113,7 +112,7 @@ def write_card(model_dir: Path, scenes: int = 220, seed: int = HELD_OUT_SEED) ->
     result.update(
         seed=seed,
         caption_seconds_per_image_32_tokens={"batch_1": round(latency_1, 4), "batch_8": round(latency_8, 4)},
-        machine=f"{platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}",
+        machine=f"{describe_device('cpu')}, torch {torch.__version__}",
         date=time.strftime("%Y-%m-%d"),
     )
     if seed != HELD_OUT_SEED and (model_dir / "evaluation.json").exists():
@@ -191,8 +190,8 @@ def _card_text(model, result: dict, training: dict) -> str:
     """The model card of ``model`` (``README.md``), from its evaluation ``result`` and its ``training.json`` record
     (``{}``: none), a section per heading."""
     others = _other_evaluations(Path(model.name_or_path))
-    return "\n".join([*_INTRO, *_architecture_lines(model), *_data_lines(result), *_training_lines(training, others),
-                      *_evaluation_lines(result, others), *_LICENCE])
+    return "\n".join([*_INTRO, *_architecture_lines(model), *_data_lines(result, training),
+                      *_training_lines(training, others), *_evaluation_lines(result, others), *_LICENCE])
 
 
 def _architecture_lines(model) -> list[str]:
@@ -214,8 +213,10 @@ def _architecture_lines(model) -> list[str]:
     ]
 
 
-def _data_lines(result: dict) -> list[str]:
-    """The card's "Data": the scenes, the tasks, and the seed of the evaluation scenes."""
+def _data_lines(result: dict, training: dict) -> list[str]:
+    """The card's "Data": the scenes, the tasks, where the training scenes came from (``training``: the
+    ``training.json`` record) and the seed of the evaluation scenes."""
+    workers = any(run.get("config", {}).get("workers") for run in recorded_runs(training))
     return [
         "## Data",
         "Scenes from `helpers.world.scenes.sample_scene`: 1–3 kinds of object, a quarter of scenes with two of one",
@@ -224,6 +225,9 @@ def _data_lines(result: dict) -> list[str]:
         "referring-expression comprehension, a question about a user box, and referring-expression generation.",
         "Training scenes are drawn from 62-bit seeds of `random.Random(training seed)`; evaluation scenes come",
         f"from `sample_scenes(n, seed={result['seed']})`, never used in training.",
+        *(["In the runs with `--workers N` (their commands below say so), N processes drew the training scenes, each",
+           "from a stream of its own (seeded by the training seed, the stage and the process's number)."]
+          if workers else []),
         "",
     ]
 

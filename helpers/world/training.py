@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import random
 import re
 import signal
@@ -50,7 +49,7 @@ from helpers.grounding.checks import (DefaultsHelpFormatter, check_count, check_
                                       fail, number_option, number_rule, out_problem, parse, positive_int_option,
                                       positive_number_option, read_json)
 from helpers.grounding.finetune import cosine_lr, device_option_problem, warmup_lr
-from helpers.grounding.model import check_bf16
+from helpers.grounding.model import check_bf16, describe_device
 from helpers.grounding.progress import interactive
 from helpers.grounding.quantization import check_available
 from helpers.world.scenes import KINDS, Scene, sample_scene
@@ -768,7 +767,7 @@ def write_record(folder: Path, cfg: TrainConfig, history: list[dict], seconds: f
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()
                    if k != "resumed_from"},  # JSON has no Path; the previous runs go to "stages"
         "seconds": round(seconds, 1), "history": history,
-        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "hardware": describe_device(cfg.device),
         "torch": torch.__version__,
         # a resumed run keeps the location tokens its first run started from (None: not recorded then)
         "location_features": earlier[0].get("location_features") if earlier else LOCATION_FEATURES,
