@@ -71,3 +71,16 @@ def test_bad_input_is_refused(linear) -> None:
         Int8Linear(torch.zeros(4, 8), torch.ones(4))
     with pytest.raises(ValueError, match=r"scale must hold one value per output \(4\), got shape \(8,\)"):
         Int8Linear(torch.zeros(4, 8, dtype=torch.int8), torch.ones(8))
+
+
+def test_the_rows_are_rounded_the_same_in_blocks(linear) -> None:
+    """int8_per_output converts a few rows at a time (lm_head's float32 copy at once would take 1.6 GB); the blocks,
+    the last one short, give the codes and scales of the whole weight converted at once."""
+    from helpers.grounding.int8_linear import int8_per_output
+
+    whole = int8_per_output(linear.weight, rows=10**6)
+    for rows in (1, 100, 1296):
+        codes, scale = int8_per_output(linear.weight, rows=rows)
+        assert torch.equal(codes, whole[0]) and torch.equal(scale, whole[1])
+    weight = linear.weight.float()
+    assert torch.equal(whole[1], weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127)

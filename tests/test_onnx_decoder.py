@@ -386,6 +386,23 @@ def test_the_torch_decoder_is_freed_before_the_sessions_open(tiny_model_dir, tmp
     assert opened == [0, 0, 0, 0]
 
 
+def test_the_graphs_come_from_the_stored_weights_and_only_the_rest_is_put_in_bfloat16(tiny_model_dir, tmp_path,
+                                                                                     monkeypatch) -> None:
+    """load() hands int4-onnx the checkpoint in its stored type (float32, which transformers maps from disk rather
+    than copies): the graphs are made from those weights, not from a bfloat16 copy of the whole model, and what
+    stays in torch (the vision tower, the projection, the embeddings) is then put in bfloat16."""
+    monkeypatch.setenv(onnx_decoder.CACHE_ENV_VAR, str(tmp_path))
+    model, _ = load(tiny_model_dir, quantization="int4-onnx", device="cpu", verbose=False)
+    stored = load(tiny_model_dir, quantization="none", dtype="float32", device="cpu", verbose=False)[0]
+    settings = {"bits": 4, "block_size": onnx_decoder.BLOCK_SIZE, "head_bits": LM_HEAD_BITS, "hqq": True}
+    assert model.graph_file.name == onnx_decoder.graph_key(stored.text_model, **settings) + ".onnx"
+    assert model.graph_file.name != onnx_decoder.graph_key(stored.to(torch.bfloat16).text_model, **settings) + ".onnx"
+    floats = [t for t in (*model.model.parameters(), *model.model.buffers()) if t.is_floating_point()]
+    assert floats and {t.dtype for t in floats} == {torch.bfloat16}
+    as_float32, _ = load(tiny_model_dir, quantization="int4-onnx", dtype="float32", device="cpu", verbose=False)
+    assert {t.dtype for t in as_float32.model.parameters()} == {torch.float32}
+
+
 def test_a_kept_graph_that_onnx_runtime_cannot_read_says_to_delete_it(tiny_model_dir, tmp_path) -> None:
     model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
     kept = OnnxRuntimeKosmos2(model, cache=tmp_path).graph_file

@@ -150,14 +150,53 @@ def test_int4_falls_back_to_int8_for_layers_its_kernel_cannot_take() -> None:
     assert model[0](x).shape == (3, 32) and torch.isfinite(model[0](x).float()).all()
 
 
-def test_quantize_refuses_a_float32_model_and_other_paths() -> None:
+def test_quantize_refuses_weights_that_are_not_floats_and_other_paths() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(64, 32))
-    with pytest.raises(ValueError, match=r"takes a torch.bfloat16 model \(load it with dtype='bfloat16'\); its "
-                                         r"layers are \['torch.float32'\]"):
+    model[0].weight = torch.nn.Parameter(torch.zeros(32, 64, dtype=torch.int8), requires_grad=False)
+    with pytest.raises(ValueError, match=r"takes a model with float weights \(as load\(\) gives it\); its layers are "
+                                         r"\['torch.int8'\]"):
         quant.quantize(model, "int8")
     assert type(model[0]) is torch.nn.Linear  # nothing half-done
     with pytest.raises(ValueError, match=r"quantize\(\) takes 'int8' or 'int4', got '4bit'"):
-        quant.quantize(model.to(torch.bfloat16), "4bit")
+        quant.quantize(torch.nn.Sequential(torch.nn.Linear(64, 32)), "4bit")
+
+
+class _TiedModel(torch.nn.Module):
+    """A vision layer kept in bfloat16, an embedding whose weight the output layer shares, a decoder layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.vision_model = torch.nn.Sequential(torch.nn.Linear(64, 64))
+        self.embed = torch.nn.Embedding(96, 64)
+        self.layer = torch.nn.Linear(64, 64)
+        self.lm_head = torch.nn.Linear(64, 96, bias=False)
+        self.lm_head.weight = self.embed.weight
+        self.register_buffer("table", torch.randn(8, 64))
+
+    def forward(self, tokens):
+        x = self.layer(self.embed(tokens) + self.table[: tokens.shape[-1]])
+        return self.lm_head(x + self.vision_model(x))
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_a_float32_model_is_quantized_as_its_bfloat16_copy_would_be(quantization) -> None:
+    """load() hands quantize() the checkpoint in its stored type (float32, mapped from disk, not copied);
+    quantize() puts it in bfloat16 a layer at a time, and the result is the one of a model put in bfloat16 whole:
+    the same layers, the same products, the rest in bfloat16, the weight shared by the embedding and lm_head kept."""
+    torch.manual_seed(0)
+    original = _TiedModel()
+    whole = _TiedModel()
+    whole.load_state_dict(original.state_dict())
+    counts = quant.quantize(original, quantization)
+    assert counts == quant.quantize(whole.to(torch.bfloat16), quantization)
+    assert counts["bfloat16 (run once per image)"] == 1
+    assert _kinds(original) == _kinds(whole)
+    assert original.embed.weight.dtype == original.table.dtype == torch.bfloat16
+    assert original.vision_model[0].weight.dtype == torch.bfloat16
+    tokens = torch.tensor([[1, 5, 7, 90]])
+    with torch.no_grad():
+        assert torch.equal(original(tokens), whole(tokens))
+        assert original(tokens).dtype == torch.bfloat16
 
 
 def test_int4_scales_come_from_hqq_for_small_models_only(monkeypatch) -> None:

@@ -27,13 +27,21 @@ import torch
 DTYPE = torch.bfloat16
 
 
-def int8_per_output(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def int8_per_output(weight: torch.Tensor, rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes, scale)`` of a ``(outputs, inputs)`` weight: each output's row rounded to int8 codes with the
     float32 scale ``max |w| / 127`` (``weight ≈ codes × scale[:, None]``). The rule of :class:`Int8Linear` and of
-    the int4-onnx prompt graph's 8-bit products."""
-    weight = weight.detach().float()
-    scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
-    return torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+    the int4-onnx prompt graph's 8-bit products.
+
+    The rows are converted ``rows`` at a time, so the float32 temporaries stay small: Kosmos-2's ``lm_head``
+    (65 037 × 2 048) at once would take about 1.6 GB of them."""
+    codes = torch.empty(weight.shape, dtype=torch.int8)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32)
+    for start in range(0, weight.shape[0], rows):
+        block = weight[start:start + rows].detach().float()
+        block_scale = block.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
+        codes[start:start + rows] = torch.round(block / block_scale[:, None]).clamp(-127, 127)
+        scale[start:start + rows] = block_scale
+    return codes, scale
 
 
 def int8_kernel_available() -> bool:

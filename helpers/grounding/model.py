@@ -1,9 +1,9 @@
 """Load a Kosmos-2 model and ground images with it.
 
 ``load()`` picks, in this order: the model you name → ``$KOSMOS2_MODEL`` → ``microsoft/kosmos-2-patch14-224``
-when it is cached or the hub answers a short probe (never probed when ``HF_HUB_OFFLINE=1``) → the small
-model bundled in ``data/``, trained by this project on its synthetic world. One banner line says what was
-loaded, where, in which dtype, and why.
+when it is cached, or when there is a GPU and the hub answers a short probe (never probed when
+``HF_HUB_OFFLINE=1``) → the small model bundled in ``data/``, trained by this project on its synthetic world.
+One banner line says what was loaded, where, in which dtype, and why.
 
 Everything uses the transformers 5 idioms: ``AutoModelForImageTextToText`` (``AutoModelForVision2Seq`` is
 gone), ``quantization_config=BitsAndBytesConfig(...)`` (``load_in_4bit=`` is gone) and ``dtype=``
@@ -33,7 +33,7 @@ from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, phrase_count
 from helpers.grounding.tokens import Grounding, parse_generation
 
 #: The hub id of Microsoft's Kosmos-2: what :func:`load` picks when neither its argument nor ``$KOSMOS2_MODEL``
-#: names a model, if it is cached or the hub answers.
+#: names a model, if it is cached, or if there is a GPU and the hub answers.
 REAL_MODEL = "microsoft/kosmos-2-patch14-224"
 
 #: Functions called as ``hook(images, prompts, results)`` after every :func:`ground` call, with the RGB
@@ -183,8 +183,14 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def resolve_source(model: str | os.PathLike | None = None) -> tuple[str, str]:
-    """Which model :func:`load` would load, and why: ``(source, reason)``."""
+def resolve_source(model: str | os.PathLike | None = None, device: str | None = None) -> tuple[str, str]:
+    """Which model :func:`load` would load on ``device`` (None: :func:`try_gpu`'s choice), and why:
+    ``(source, reason)``.
+
+    The model asked for, else ``$KOSMOS2_MODEL``, else the real Kosmos-2 when it is in the local Hugging Face cache,
+    or when a GPU is there and a short probe of the hub answers (:func:`hub_reachable`; none under
+    ``HF_HUB_OFFLINE=1``), else the bundled model. Without a GPU the real model is not downloaded unasked: its
+    checkpoint is about 6.7 GB, and the lessons' outputs are the bundled model's."""
     if model is not None:
         return str(model), "you asked for it"
     env = os.environ.get("KOSMOS2_MODEL", "").strip()
@@ -194,6 +200,9 @@ def resolve_source(model: str | os.PathLike | None = None) -> tuple[str, str]:
         return REAL_MODEL, "it is in the local Hugging Face cache"
     if _offline():
         return str(bundled_model_dir()), f"HF_HUB_OFFLINE=1 and {REAL_MODEL} is not cached"
+    if (device or try_gpu()) == "cpu":
+        return str(bundled_model_dir()), (f"{REAL_MODEL} is not cached and there is no GPU: load('{REAL_MODEL}') "
+                                          "downloads it (about 6.7 GB) to run on the CPU")
     if hub_reachable():
         return REAL_MODEL, "the model hub answered"
     return str(bundled_model_dir()), f"the model hub did not answer and {REAL_MODEL} is not cached"
@@ -202,11 +211,11 @@ def resolve_source(model: str | os.PathLike | None = None) -> tuple[str, str]:
 def _how_to_get_help(from_env: bool = False) -> str:
     if from_env:  # while the variable is set, load() with no argument does not fall back: say how to stop that
         return (f" The name came from the KOSMOS2_MODEL environment variable: correct it, or unset it so that load() "
-                f"with no argument chooses again ('{REAL_MODEL}' when the Hugging Face hub can be reached or it "
-                f"is cached, else the bundled offline model in {bundled_model_dir()}).")
-    return (f" To use the real model, run where the Hugging Face hub can be reached (Colab, for example) so "
-            f"'{REAL_MODEL}' downloads, or point load() at a local copy of it. Without it, load() with no "
-            f"argument falls back to the bundled offline model in {bundled_model_dir()}.")
+                f"with no argument chooses again ('{REAL_MODEL}' when it is cached, or when there is a GPU and the "
+                f"Hugging Face hub can be reached, else the bundled offline model in {bundled_model_dir()}).")
+    return (f" To use the real model, load('{REAL_MODEL}') where the Hugging Face hub can be reached (Colab, for "
+            f"example; it downloads about 6.7 GB), or point load() at a local copy of it. Without it, load() with "
+            f"no argument falls back to the bundled offline model in {bundled_model_dir()}.")
 
 
 def _check_local_dir(path: Path, from_env: bool = False) -> None:
@@ -436,17 +445,18 @@ def load(
     with quant.quiet_imports():  # transformers imports torchao, when installed, which reports optional kernels
         from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: F401 (first import, quietly)
 
-    source, reason = resolve_source(model)
+    device = device or try_gpu()
+    source, reason = resolve_source(model, device)
     bundled = Path(source).exists() and Path(source).resolve() == bundled_model_dir().resolve()
     from_env = model is None and reason == "KOSMOS2_MODEL is set"
     source = check_source(source, from_env=from_env, hub_answered=reason == "the model hub answered")
     config = read_config(source, from_env)
     check_kosmos2_config(source, config)
-    device = device or try_gpu()
     if quantization is not None:  # a quantization this machine cannot do is refused before loading anything
         quant.plan(quantization, device, dtype, None)
     net, processor, chosen = _load_weights(source, config, quantization, dtype, device, from_env)
-    net, parameters = _attach_and_quantize(net, chosen.quantization, device, adapter)
+    net, parameters = _attach_and_quantize(net, chosen, device, adapter)
+    quant.release_freed_memory()  # what loading and converting freed (bitsandbytes' 4-bit: 1.1 GiB kept, not 5.8)
     info = LoadInfo(
         source=source, bundled=bundled, device=str(device), dtype=str(chosen.dtype).replace("torch.", ""),
         quantization=chosen.quantization, reason=reason, parameters=parameters,
@@ -501,10 +511,15 @@ def _load_weights(source: str, config, quantization: str | None, dtype, device: 
     return net, processor, chosen
 
 
-def _attach_and_quantize(net, quantization: str | None, device: str, adapter: str | os.PathLike | None):
+def _attach_and_quantize(net, chosen: quant.Plan, device: str, adapter: str | os.PathLike | None):
     """Put the loaded ``net`` on ``device``, attach ``adapter`` (merged in before an in-place or ONNX quantization)
-    and quantize it as ``quantization`` says, in eval mode; returns ``(net, parameters)``, its parameters (the
-    adapters' included) counted before quantizing."""
+    and quantize it as the plan ``chosen`` says, in eval mode; returns ``(net, parameters)``, its parameters (the
+    adapters' included) counted before quantizing.
+
+    The in-place and ONNX paths get ``net`` in its checkpoint's own type (:func:`quant.from_pretrained_kwargs`),
+    which transformers maps from disk: the quantized weights are made from it, and only what stays in torch is
+    then put in ``chosen.dtype``, so the process never holds a converted copy of the whole model."""
+    quantization = chosen.quantization
     parameters = parameter_count(net)
     if quantization not in quant.BITSANDBYTES:  # bitsandbytes placed the weights already
         net = net.to(device)
@@ -522,6 +537,7 @@ def _attach_and_quantize(net, quantization: str | None, device: str, adapter: st
         from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
 
         net = OnnxRuntimeKosmos2(net)
+        net.model.to(chosen.dtype)  # what stays in torch: the vision tower, the projection, the embeddings
     return net, parameters
 
 

@@ -20,7 +20,7 @@ True)`` with bitsandbytes' defaults (FP4 codes, float32 arithmetic) and, on a GP
 float16, which transformers 4 chose by itself for a bitsandbytes load without a ``torch_dtype`` (transformers 5
 keeps float32; on a CPU so does the course). With a ``dtype`` (as fine-tuning asks for its 4-bit base), and for
 ``"nf4"``, the 4-bit arithmetic is in that dtype too, as QLoRA does (:func:`default_dtype_for`).
-``"int8"`` and ``"int4"`` (:func:`quantize`) quantize the loaded bfloat16 model's text decoder,
+``"int8"`` and ``"int4"`` (:func:`quantize`) quantize the loaded model's text decoder,
 ``lm_head`` included: at batch 1 a CPU spends most of each generated token reading weights, and the output
 layer (65 037 × 2 048 in Kosmos-2) is the largest single one. They keep the vision tower and the image-to-text
 projection in bfloat16, since those run once per image (:data:`KEEPS_BFLOAT16`). ``"int8"`` gives every layer
@@ -48,6 +48,7 @@ weights.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import importlib.metadata
 import io
@@ -325,8 +326,13 @@ def bitsandbytes_config(quantization: str, compute_dtype):
 
 
 def from_pretrained_kwargs(the_plan: Plan, device: str) -> dict[str, Any]:
-    """Keyword arguments for ``from_pretrained`` (dtype, and for bitsandbytes its config and device map)."""
-    kwargs: dict[str, Any] = {"dtype": the_plan.dtype}
+    """Keyword arguments for ``from_pretrained`` (dtype, and for bitsandbytes its config and device map).
+
+    ``"int8"``, ``"int4"`` and ``"int4-onnx"`` load the checkpoint in the type it is stored in (``dtype="auto"``),
+    which transformers maps from disk instead of copying: :func:`quantize` then puts it in bfloat16 a layer at a time,
+    and int4-onnx makes its graphs from it and puts only what stays in torch in the plan's dtype."""
+    own_type = the_plan.quantization in IN_PLACE or the_plan.quantization in ONNXRUNTIME
+    kwargs: dict[str, Any] = {"dtype": "auto" if own_type else the_plan.dtype}
     if the_plan.quantization in BITSANDBYTES:
         kwargs["quantization_config"] = bitsandbytes_config(the_plan.quantization,
                                                             the_plan.compute_dtype or the_plan.dtype)
@@ -404,13 +410,18 @@ def uses_hqq(model) -> bool:
 
 
 def quantize(model, quantization: str) -> dict[str, int]:
-    """Quantize the ``nn.Linear`` layers of a bfloat16 ``model`` on the CPU in place (``"int8"`` or ``"int4"``);
-    returns how many layers got which form.
+    """Quantize the ``nn.Linear`` layers of ``model`` on the CPU in place (``"int8"`` or ``"int4"``) and put the
+    rest of it in bfloat16, the type these paths compute in; returns how many layers got which form.
 
-    Layers named in :data:`KEEPS_BFLOAT16` stay as they are. ``"int8"`` replaces every other layer by an
+    Layers named in :data:`KEEPS_BFLOAT16` stay in bfloat16. ``"int8"`` replaces every other layer by an
     :class:`~helpers.grounding.int8_linear.Int8Linear`. ``"int4"`` gives torchao's int4 weights to every other
     layer that torch's CPU int4 kernel takes (:func:`int4_fits`) and an ``Int8Linear`` to the rest: Kosmos-2's
     ``lm_head`` (65 037 outputs, not a multiple of 16), and the bundled model's (1 297 outputs).
+
+    The model may come in any float type: :func:`~helpers.grounding.model.load` gives it the type its checkpoint is
+    stored in, which transformers maps from disk rather than copies. The parts that stay are put in bfloat16 first,
+    then each layer is put in bfloat16 just before it is quantized, so no bfloat16 copy of the whole model is ever
+    made; the quantized weights are those of the model put in bfloat16 whole.
     """
     import torch
 
@@ -419,30 +430,67 @@ def quantize(model, quantization: str) -> dict[str, int]:
     if quantization not in IN_PLACE:
         raise ValueError(f"quantize() takes {' or '.join(repr(q) for q in IN_PLACE)}, got {quantization!r}")
     named = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    wrong = sorted({str(m.weight.dtype) for _, m in named if m.weight.dtype != DTYPE})
+    wrong = sorted({str(m.weight.dtype) for _, m in named if not m.weight.is_floating_point()})
     if wrong:
-        raise ValueError(f"quantize() takes a {DTYPE} model (load it with dtype='bfloat16'); its layers are {wrong}")
+        raise ValueError(f"quantize() takes a model with float weights (as load() gives it); its layers are {wrong}")
     rest = [(n, m) for n, m in named if not any(part in n for part in KEEPS_BFLOAT16)]
-    kept = len(named) - len(rest)
-    counts = {"bfloat16 (run once per image)": kept} if kept else {}
+    counts = {"bfloat16 (run once per image)": len(named) - len(rest)} if len(named) > len(rest) else {}
+    hqq = uses_hqq(model)
+    layers = {id(m) for _, m in rest}
+    for module in model.modules():  # what stays unquantized; a weight lm_head shares with the embeddings included
+        if id(module) not in layers:
+            _to_bfloat16(module, DTYPE)
+    int4 = [n for n, m in rest if quantization == "int4" and int4_fits(m)]
     int8 = [n for n, m in rest if quantization == "int8" or not int4_fits(m)]
-    if quantization == "int4":
-        int4 = {id(m) for _, m in rest if int4_fits(m)}
-        hqq = uses_hqq(model)
-        if int4:
+    del named, rest  # they hold the float layers: each must go as soon as its quantized form replaces it
+    if int4:
+        with quiet_imports():
+            from torchao.quantization import quantize_
+        config = torchao_config(hqq)
+        for name in int4:
+            layer = model.get_submodule(name)
+            _to_bfloat16(layer, DTYPE)
             with quiet_imports():
-                from torchao.quantization import quantize_
-
-                quantize_(model, torchao_config(hqq), filter_fn=lambda m, _name: id(m) in int4)
-            counts[f"int4 (groups of {INT4_GROUP_SIZE}, {'HQQ' if hqq else 'min-max'} scales)"] = len(int4)
-    del named, rest  # they hold the bfloat16 layers: each must go as soon as its int8 copy replaces it
+                quantize_(layer, config)  # in place: the layer's weight becomes torchao's int4 tensor
+            release_freed_memory()
+        counts[f"int4 (groups of {INT4_GROUP_SIZE}, {'HQQ' if hqq else 'min-max'} scales)"] = len(int4)
     for name in int8:
         parent, _, child = name.rpartition(".")
         holder = model.get_submodule(parent) if parent else model
-        setattr(holder, child, Int8Linear.from_linear(getattr(holder, child)))
+        layer = getattr(holder, child)
+        _to_bfloat16(layer, DTYPE)
+        setattr(holder, child, Int8Linear.from_linear(layer))
+        del layer
+        release_freed_memory()
     if int8:
         counts["int8 (a scale per output)"] = len(int8)
     return counts
+
+
+def release_freed_memory() -> None:
+    """Give the memory freed so far back to the system, where the C library keeps it for reuse instead (glibc's
+    ``malloc_trim``, on Linux; elsewhere nothing is done).
+
+    Quantizing a layer frees its float weights and the temporaries of its conversion, tens of megabytes of
+    different sizes each; glibc keeps such freed blocks in the process, so over the 145 layers of Kosmos-2's
+    decoder the process would hold gigabytes it no longer uses (1.9 GiB besides the quantized model's 2 GiB,
+    int4 on the full-size architecture), which another program, or the next step of a notebook, may need."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: macOS, Windows, musl
+        return
+    libc.malloc_trim(0)
+
+
+def _to_bfloat16(module, dtype) -> None:
+    """Put ``module``'s own float parameters and buffers (not its children's) in ``dtype``, in place: a parameter
+    keeps its identity, so a weight two layers share stays shared."""
+    for _, param in module.named_parameters(recurse=False):
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+    for name, buffer in module.named_buffers(recurse=False):
+        if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
+            setattr(module, name, buffer.to(dtype))
 
 
 def logits_agreement(reference, logits) -> dict[str, float]:
