@@ -15,7 +15,7 @@ VPIP = $(VENV)/bin/pip
 # dependencies still come from PyPI):
 #   make TORCH_INDEX=https://download.pytorch.org/whl/cpu run
 # (a wheel already in pip's find-links is used either way). Other versions:
-#   make TORCH_SPEC="torch>=2.2" CONSTRAINTS= test
+#   make TORCH_SPEC="torch>=2.6" CONSTRAINTS= test
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 # The exact versions the tests were run with (nbval compares generated text). Empty: use pyproject's ranges.

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--new-tokens and --repeats must be at least 1, got {args.new_tokens} and {args.repeats}")
     out = R.out_folder(parser, args.out, ["memory.json", "memory.md"])
     weights = weights_folder(parser, args.weights)
-    facts = R.run_facts("memory.py", argv)
+    facts = R.run_facts("memory.py", argv, hide=["--weights"])  # a scratch folder, not a setting of the run
     if not (weights / "config.json").is_file():
         print(f"saving random full-size float32 weights in {weights}", flush=True)
         save_random_checkpoint(weights)

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import tomllib
 import types
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Recorder:
-    """A stand-in for subprocess.run that records each command and can act like ``git clone``."""
+    """A stand-in for subprocess.run that records each command and can act like ``git clone`` and, on the versions
+    of a faked session (:func:`_session`), like ``pip install``."""
 
-    def __init__(self, clone_creates: dict[str, str] | None = None, fail_on: str | None = None) -> None:
+    def __init__(self, clone_creates: dict[str, str] | None = None, fail_on: str | None = None,
+                 versions: dict[str, str] | None = None, installs: dict[str, str] | None = None) -> None:
         self.calls: list[tuple[list[str], dict[str, object]]] = []
         self.clone_creates = clone_creates or {}
         self.fail_on = fail_on
+        self.versions, self.installs = versions, installs or {}
 
     def __call__(self, cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
         self.calls.append((list(cmd), kwargs))
@@ -37,7 +41,23 @@ class Recorder:
             for relative, content in self.clone_creates.items():
                 (target / relative).parent.mkdir(parents=True, exist_ok=True)
                 (target / relative).write_text(content, encoding="utf-8")
+        if cmd[1:4] == ["-m", "pip", "install"] and self.versions is not None:
+            self.versions.update(self.installs)
         return subprocess.CompletedProcess(cmd, 0)
+
+
+def _session(monkeypatch: pytest.MonkeyPatch, imported: tuple[str, ...], versions: dict[str, str]) -> dict[str, str]:
+    """Make this process look like a session that has imported the modules ``imported`` among those of
+    colab.REPLACEABLE (and not the others), with the distributions ``versions`` installed; returns ``versions``,
+    which the install of a Recorder given it updates."""
+    for module in colab.REPLACEABLE.values():
+        if module in imported:
+            monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
+        else:
+            monkeypatch.delitem(sys.modules, module, raising=False)
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: versions[name] if name in versions else real(name))
+    return versions
 
 
 @pytest.fixture
@@ -76,7 +96,7 @@ def test_on_colab_setup_clones_installs_and_makes_importable(on_colab: None, tmp
     status = colab.colab_setup(repo_url="https://example.org/course.git", target=target, run=run)
     assert [cmd for cmd, _ in run.calls] == [
         ["git", "clone", "--depth", "1", "https://example.org/course.git", str(target)],
-        [sys.executable, "-m", "pip", "install", "-q", "-e", str(target), colab.running_torch_requirement()],
+        [sys.executable, "-m", "pip", "install", "-q", "-e", str(target), *colab.kept_requirements()],
     ]
     assert all(kwargs == {"check": True} for _, kwargs in run.calls)
     assert str(target) in sys.path
@@ -131,16 +151,18 @@ DRIVER = textwrap.dedent(
     """
     import importlib.metadata, json, os, subprocess, sys, types
     cell = open(sys.argv[1], encoding="utf-8").read()
-    # the runtime's torch, as the test process sees it (this interpreter may run without site-packages)
+    # the runtime's distributions as the test gives them, the others as found (this interpreter may run without
+    # site-packages); the cell's pip install changes them as the test says
+    versions, installs = json.loads(os.environ["VERSIONS"]), json.loads(os.environ["INSTALLS"])
     real_version = importlib.metadata.version
-    importlib.metadata.version = lambda name: os.environ["RUNTIME_TORCH"] if name == "torch" else real_version(name)
+    importlib.metadata.version = lambda name: versions[name] if name in versions else real_version(name)
     managers = []
-    if sys.argv[2].startswith("colab"):
+    if sys.argv[2] == "colab":
         sys.modules["google.colab"] = types.ModuleType("google.colab")
         sys.modules["google.colab"].output = types.SimpleNamespace(
             enable_custom_widget_manager=lambda: managers.append("on"))
-    if sys.argv[2] == "colab-after-transformers":  # the session imported transformers before the set-up
-        sys.modules["transformers"] = types.ModuleType("transformers")
+    for module in filter(None, os.environ["IMPORTED"].split(",")):  # imported in the session before the set-up
+        sys.modules[module] = types.ModuleType(module)
     calls = []
 
     def fake_run(cmd, **kwargs):
@@ -149,6 +171,8 @@ DRIVER = textwrap.dedent(
             os.makedirs(os.path.join(cmd[-1], "helpers"))
             with open(os.path.join(cmd[-1], "helpers", "__init__.py"), "w") as f:
                 f.write("FROM_CLONE = True\\n")
+        if cmd[1:4] == ["-m", "pip", "install"]:
+            versions.update(installs)
         return subprocess.CompletedProcess(cmd, 0)
 
     subprocess.run = fake_run
@@ -164,14 +188,20 @@ DRIVER = textwrap.dedent(
 )
 
 
-def _run_cell(tmp_path: Path, mode: str, target: Path, with_helpers: bool) -> dict:
+def _run_cell(tmp_path: Path, mode: str, target: Path, with_helpers: bool, imported: tuple[str, ...] = (),
+              versions: dict[str, str] | None = None, installs: dict[str, str] | None = None) -> dict:
+    """Run the set-up cell in a new interpreter, on Colab (``mode="colab"``) or not (``"plain"``), in a session that
+    has imported the modules ``imported``, with the distributions ``versions`` (besides the runtime's torch, as this
+    process has it) which the cell's pip install changes to ``installs``."""
     assert colab.COLAB_CELL.count(colab.DEFAULT_TARGET) == 1
     cell = tmp_path / "cell.py"
     cell.write_text(colab.COLAB_CELL.replace(colab.DEFAULT_TARGET, str(target)), encoding="utf-8")
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "COLAB_RELEASE_TAG"}}
-    env["RUNTIME_TORCH"] = colab.running_torch_requirement().removeprefix("torch==")
+    torch = colab.kept_requirements()[0].removeprefix("torch==")
+    env.update(VERSIONS=json.dumps({"torch": torch, **(versions or {})}), INSTALLS=json.dumps(installs or {}),
+               IMPORTED=",".join(imported))
     if with_helpers:
         command = [sys.executable, str(driver), str(cell), mode]
         env["PYTHONPATH"] = str(ROOT)
@@ -195,12 +225,18 @@ def test_cell_outside_colab_without_helpers_says_how_to_install(tmp_path: Path) 
     assert "pip install -e ." in result["error"]
 
 
+def _base_install(target: Path) -> list[str]:
+    """The cell's install: colab.install_command's, keeping torch alone (the base install does not touch protobuf,
+    so only the quant extra's needs the protobuf pin)."""
+    return [arg for arg in colab.install_command(target) if not arg.startswith("protobuf==")]
+
+
 def test_cell_on_colab_clones_installs_and_imports(tmp_path: Path) -> None:
     target = tmp_path / "clone"
     result = _run_cell(tmp_path, "colab", target, with_helpers=False)
     assert result["calls"] == [
         [colab.clone_command(colab.REPO_URL, target), {"check": True}],
-        [colab.install_command(target), {"check": True}],
+        [_base_install(target), {"check": True}],
     ]
     assert result["from_clone"] is True and result["widget_manager"] == ["on"]
 
@@ -211,21 +247,52 @@ def test_cell_on_a_colab_runtime_with_the_course_installed_only_turns_on_the_wid
     assert result == {"calls": [], "widget_manager": ["on"], "from_clone": False, "printed": []}
 
 
-def test_cell_on_colab_says_to_restart_only_when_transformers_was_imported_before(tmp_path: Path) -> None:
-    fresh = _run_cell(tmp_path, "colab", tmp_path / "fresh", with_helpers=False)
-    assert fresh["from_clone"] is True and fresh["printed"] == []
-    late = _run_cell(tmp_path, "colab-after-transformers", tmp_path / "late", with_helpers=False)
-    assert late["from_clone"] is True and late["printed"] == [colab.RESTART_ADVICE]
-    assert "restart" in colab.RESTART_ADVICE and "Runtime > Restart session" in colab.RESTART_ADVICE
+#: Sessions that imported some of the packages an install may replace: (modules imported, versions installed before
+#: the install, versions the install leaves, the packages the advice names). Colab's transformers 5.15 is inside the
+#: course's range and is kept; its ipywidgets 7.7.1 is replaced by 8.
+RESTARTS = [
+    ((), {"ipywidgets": "7.7.1"}, {"ipywidgets": "8.1.9"}, ""),  # nothing imported: the new versions load
+    (("transformers",), {"transformers": "5.15.0"}, {"ipywidgets": "8.1.9"}, ""),  # imported, but kept
+    (("transformers", "google.protobuf"), {"transformers": "5.15.0", "protobuf": "5.29.6"}, {}, ""),
+    (("ipywidgets",), {"ipywidgets": "7.7.1"}, {"ipywidgets": "8.1.9"}, "ipywidgets"),
+    (("google.protobuf", "torchao"), {"protobuf": "5.29.6", "torchao": "0.10.0"}, {"protobuf": "7.36.2"}, "protobuf"),
+    (("transformers", "ipywidgets", "torchao"), {"transformers": "4.57.1", "ipywidgets": "7.7.1", "torchao": "0.10.0"},
+     {"transformers": "5.24.0", "ipywidgets": "8.1.9"}, "transformers, ipywidgets"),
+]
 
 
-def test_setup_function_says_to_restart_when_transformers_was_imported_before(
-        on_colab: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("imported", "versions", "installs", "names"), RESTARTS)
+def test_cell_on_colab_says_to_restart_only_when_the_install_replaced_an_imported_package(
+        tmp_path: Path, imported, versions, installs, names) -> None:
+    result = _run_cell(tmp_path, "colab", tmp_path / "clone", with_helpers=False, imported=imported,
+                       versions=versions, installs=installs)
+    assert result["from_clone"] is True and len(result["calls"]) == 2
+    assert result["printed"] == ([colab.RESTART_ADVICE.format(names=names)] if names else [])
+    assert "restart it" in colab.RESTART_ADVICE and "Runtime > Restart session" in colab.RESTART_ADVICE
+
+
+@pytest.mark.parametrize(("imported", "versions", "installs", "names"), RESTARTS)
+def test_setup_function_says_to_restart_only_when_the_install_replaced_an_imported_package(
+        on_colab: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, imported, versions, installs, names) -> None:
     (tmp_path / "pyproject.toml").write_text("[project]\n", encoding="utf-8")
-    monkeypatch.delitem(sys.modules, "transformers", raising=False)
-    assert colab.RESTART_ADVICE not in colab.colab_setup(target=tmp_path, run=Recorder())
-    monkeypatch.setitem(sys.modules, "transformers", types.ModuleType("transformers"))
-    assert colab.colab_setup(target=tmp_path, run=Recorder()).endswith(colab.RESTART_ADVICE)
+    session = _session(monkeypatch, imported, dict(versions))
+    status = colab.colab_setup(target=tmp_path, run=Recorder(versions=session, installs=installs))
+    done = (f"Colab set-up done: using the existing clone in {tmp_path}, installed it with pip install -e and added "
+            "it to this kernel.")
+    assert status == (f"{done} {colab.RESTART_ADVICE.format(names=names)}" if names else done)
+
+
+def test_installing_an_extra_says_to_restart_only_when_it_replaced_an_imported_package(
+        on_colab: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(colab, "import_quietly", lambda: None)  # the faked modules are not to be imported
+    done = "Colab: installed the course's [quant] extra (bitsandbytes, torchao, onnxruntime, onnx, onnx-ir)."
+    session = _session(monkeypatch, ("torchao", "transformers"), {"torchao": "0.10.0", "transformers": "5.15.0"})
+    assert colab.install_extra("quant", target=tmp_path, run=Recorder(versions=session, installs={
+        "torchao": "0.18.0", "onnx": "1.22.0"})) == f"{done} {colab.RESTART_ADVICE.format(names='torchao')}"
+    session = _session(monkeypatch, ("transformers", "google.protobuf"), {"transformers": "5.15.0",
+                                                                         "protobuf": "5.29.6"})
+    assert colab.install_extra("quant", target=tmp_path, run=Recorder(versions=session, installs={
+        "torchao": "0.18.0", "onnx": "1.22.0"})) == done
 
 
 def test_cell_on_colab_reuses_an_existing_clone(tmp_path: Path) -> None:
@@ -233,7 +300,7 @@ def test_cell_on_colab_reuses_an_existing_clone(tmp_path: Path) -> None:
     (target / "helpers").mkdir(parents=True)
     (target / "helpers" / "__init__.py").write_text("FROM_CLONE = True\n", encoding="utf-8")
     result = _run_cell(tmp_path, "colab", target, with_helpers=False)
-    assert result["calls"] == [[colab.install_command(target), {"check": True}]]
+    assert result["calls"] == [[_base_install(target), {"check": True}]]
     assert result["from_clone"] is True
 
 
@@ -262,18 +329,31 @@ def test_install_extra_on_colab_pip_installs_the_extra_of_the_clone_keeping_the_
     run = Recorder()
     message = colab.install_extra("quant", target=tmp_path, run=run)
     assert run.calls == [([sys.executable, "-m", "pip", "install", "-q", "-e", f"{tmp_path}[quant]",
-                           "torch==2.5.1+cu121"], {"check": True})]
+                           "torch==2.5.1+cu121", f"protobuf=={metadata.version('protobuf')}"], {"check": True})]
     assert "bitsandbytes, torchao" in message
 
 
-def test_every_install_keeps_the_runtimes_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_install_keeps_the_runtimes_torch_and_protobuf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnx >= 1.23 (of the quant extra) asks for protobuf >= 6.31.1: without a pin pip replaced Colab's 5.29.6 by
+    7.x, and its own packages' requirements broke (a red block of dependency conflicts). Kept, pip picks an onnx
+    that takes it."""
     import torch
 
-    assert colab.install_command("/c")[-1] == f"torch=={torch.__version__}"
+    assert colab.install_command("/c")[-2:] == [f"torch=={torch.__version__}",
+                                                f"protobuf=={metadata.version('protobuf')}"]
     monkeypatch.delitem(sys.modules, "torch")  # the set-up cell runs before anything imported torch
-    monkeypatch.setattr(colab.metadata, "version", lambda name: "2.5.1+cu121" if name == "torch" else None)
+    versions = {"torch": "2.5.1+cu121", "protobuf": "5.29.6"}
+
+    def version(name: str) -> str:
+        if name not in versions:
+            raise metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    monkeypatch.setattr(metadata, "version", version)
     assert colab.install_command("/c") == [sys.executable, "-m", "pip", "install", "-q", "-e", "/c",
-                                           "torch==2.5.1+cu121"]
+                                           "torch==2.5.1+cu121", "protobuf==5.29.6"]
+    del versions["protobuf"]  # no protobuf installed: nothing to keep
+    assert colab.kept_requirements() == ["torch==2.5.1+cu121"]
     assert 'version("torch")' in colab.COLAB_CELL
 
 
@@ -294,7 +374,7 @@ def test_installing_an_extra_on_colab_names_what_the_installed_course_declares_f
                   if req.marker and req.marker.evaluate({"extra": extra}) and not req.marker.evaluate({"extra": ""})]
         run = Recorder()
         message = colab.install_extra(extra, target=tmp_path, run=run)
-        assert [cmd[-2] for cmd, _ in run.calls] == [f"{tmp_path}[{extra}]"]
+        assert [cmd[cmd.index("-e") + 1] for cmd, _ in run.calls] == [f"{tmp_path}[{extra}]"]
         assert wanted and message.endswith(f" extra ({', '.join(wanted)}).")
 
 
@@ -341,7 +421,7 @@ def test_install_extra_on_colab_installs_into_the_clone_helpers_came_from(on_col
 
     calls = []
     colab.install_extra("quant", run=lambda args, check: calls.append(args))
-    assert calls[0][-2] == f"{repo_root()}[quant]"
+    assert calls[0][calls[0].index("-e") + 1] == f"{repo_root()}[quant]"
 
 
 def test_the_playground_turns_on_colabs_widget_manager_on_colab_only(not_colab: None, monkeypatch, tiny_model) -> None:

@@ -219,6 +219,22 @@ def test_a_missing_or_old_onnxruntime_gets_the_one_message_of_the_quantization_m
     assert len(model.text_model.model.layers) == 1
 
 
+def test_an_older_transformers_is_refused_before_anything_is_built(monkeypatch, tiny_model_dir) -> None:
+    """Below transformers 5.24 Kosmos-2 lacks what the graph's generation calls (get_image_features on the model,
+    forward_embedding(cache_length=...)); generation died half-way with an AttributeError. Now the load is refused
+    with the quantization module's message, the QuantizationError notebook 11 prints as "skipped"."""
+    model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    real = quant.installed_version
+    monkeypatch.setattr(quant, "installed_version",
+                        lambda package: "5.15.0" if package == "transformers" else real(package))
+    message = r"needs transformers >= 5\.24; this machine has 5\.15\.0: pip install -U 'transformers>=5\.24'"
+    with pytest.raises(quant.QuantizationError, match=message):
+        OnnxRuntimeKosmos2(model)
+    assert len(model.text_model.model.layers) == 1  # nothing was taken from the model
+    with pytest.raises(quant.QuantizationError, match=message):
+        load(tiny_model_dir, quantization="int4-onnx", device="cpu", verbose=False)
+
+
 def _caption_inputs(processor):
     return processor(text=CAPTION_PROMPT, images=sample_scenes(1, seed=5)[0].image, return_tensors="pt")
 

@@ -96,6 +96,8 @@ def test_version_names_the_distribution(capsys) -> None:
 def test_torch_is_a_range_so_colab_keeps_its_own() -> None:
     specs = _specs(_pyproject()["project"]["dependencies"])
     assert specs["torch"].startswith(">=")
+    torch = Requirement(f"torch{specs['torch']}").specifier  # transformers turns PyTorch off below 2.6
+    assert torch.contains("2.6.0") and not torch.contains("2.5.1")
     assert "==" not in "".join(specs.values()), "runtime dependencies must be ranges, not pins"
     assert specs["transformers"] == "<6,>=5.0"
     assert "sentencepiece" not in specs
@@ -129,9 +131,22 @@ def test_environment_yml_is_generated_from_pyproject() -> None:
         sys.path.remove(str(ROOT / "tools"))
     text = environment_yml()
     project = _pyproject()["project"]
-    for spec in _tested_requirements(project):
-        assert f'      - "{spec}"\n' in text
+    extras = project["optional-dependencies"]
+    pip = [line.removeprefix('      - "').removesuffix('"') for line in text.splitlines()
+           if line.startswith("      - ")]
+    assert pip == project["dependencies"] + extras["lab"] + ["-e ."]
     assert (ROOT / "environment.yml").read_text(encoding="utf-8") == text, "run `make environment.yml`"
+
+
+def test_environment_yml_is_the_learners_and_says_how_to_add_the_rest() -> None:
+    """Every extra in it failed the whole environment where one package has no wheel (bitsandbytes and onnxruntime
+    on an Intel Mac) and pulled PyPI's CUDA torch on Linux: it holds the lab extra and says how to add the others."""
+    text = (ROOT / "environment.yml").read_text(encoding="utf-8")
+    extras = _pyproject()["project"]["optional-dependencies"]
+    for name in ("quant", "test", "site"):
+        assert not [spec for spec in extras[name] if f'"{spec}"' in text], name
+        assert f'#   pip install -e ".[{name}]"\n' in text
+    assert "#   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu conda env create -f environment.yml\n" in text
 
 
 # --- constraints.txt ------------------------------------------------------------------------------------

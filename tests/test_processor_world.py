@@ -199,5 +199,27 @@ def test_build_config_needs_the_processor(processor) -> None:
         new_model(None)
     config = build_config(processor, image_size=64, patch_size=8, vision_dim=32, text_dim=32, heads=2,
                           vision_layers=1, text_layers=1)
-    assert config.text_config.vocab_size == len(processor.tokenizer)
+    assert config.text_config.vocab_size == max(processor.tokenizer.get_vocab().values()) + 1
     assert config.vision_config.image_size // config.vision_config.patch_size == 8
+
+
+def test_the_vocabulary_has_a_row_for_every_token_id_however_the_tokenizer_counts_itself(
+        processor, monkeypatch) -> None:
+    """The world's tokenizer holds "▁a" twice (ids 71 and 199), and len() of such a tokenizer is one less on
+    transformers 5.15 than on 5.24: a model sized by len() was one row short of <patch_index_1023>, and building a
+    new world model failed."""
+    from transformers import Kosmos2Config
+
+    from helpers.course.paths import bundled_model_dir
+    from helpers.world.training import new_model
+
+    tokenizer = processor.tokenizer
+    assert tokenizer.convert_ids_to_tokens([71, 199]) == ["▁a", "▁a"]
+    last = tokenizer.convert_tokens_to_ids("<patch_index_1023>")
+    bundled = Kosmos2Config.from_pretrained(bundled_model_dir()).text_config.vocab_size
+    counted = len(tokenizer)
+    monkeypatch.setattr(type(tokenizer), "__len__", lambda self: counted - 1)  # as transformers 5.15 counts it
+    assert len(tokenizer) == last == bundled - 1
+    assert build_config(processor).text_config.vocab_size == last + 1 == bundled == 1297
+    model = new_model(processor, vision_layers=1, text_layers=1, vision_dim=32, text_dim=32, heads=2)
+    assert model.get_input_embeddings().num_embeddings == bundled

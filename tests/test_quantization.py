@@ -300,6 +300,12 @@ def _versions(monkeypatch, **versions) -> None:
     ("int4-onnx", "cpu", {"onnxruntime": None}, r"needs onnxruntime, which is not installed: pip install .*\[quant\]"),
     ("int4-onnx", "cpu", {"onnxruntime": None, "onnx": None}, r"needs onnxruntime, onnx, which are not installed"),
     ("int4-onnx", "cpu", {"onnxruntime": "1.19.0"}, r"needs onnxruntime >= 1\.32; this machine has 1\.19\.0"),
+    ("int4-onnx", "cpu", {"transformers": "5.15.0"}, r"^quantization='int4-onnx' needs transformers >= 5\.24; this "
+                                                     r"machine has 5\.15\.0: pip install -U 'transformers>=5\.24' "
+                                                     r"\(on Colab, then restart the session: Runtime > Restart "
+                                                     r"session\)\. On this machine's CPU, quantization='int4', "
+                                                     r"'int8', '4bit', 'nf4' or '8bit' run \(fastest first\) "
+                                                     r"instead$"),
     ("int4-onnx", "cuda", {}, r"in ONNX Runtime on the CPU, not on 'cuda'.* pass device='cpu'"),
 ])
 def test_what_the_machine_cannot_do_says_what_to_install_or_choose(monkeypatch, name, device, versions, message):
@@ -371,6 +377,25 @@ def test_a_newer_bitsandbytes_is_accepted(monkeypatch) -> None:
     _versions(monkeypatch, bitsandbytes="0.51.0", torchao="0.19.1", onnxruntime="1.33.0")
     for name in ("4bit", "nf4", "8bit", "int8", "int4", "int4-onnx"):
         quant.check_available(name, "cpu")  # no error
+
+
+def test_int4_onnx_needs_the_transformers_whose_kosmos2_has_what_it_calls(monkeypatch) -> None:
+    """int4-onnx calls Kosmos2ForConditionalGeneration.get_image_features and forward_embedding(cache_length=...),
+    both new in transformers 5.24 (Colab shipped 5.15, where generation died with an AttributeError)."""
+    assert quant.MIN_TRANSFORMERS_ONNX == "5.24"
+    for accepted in ("5.24.0", "5.24.1", "5.30.0", "6.0.0"):
+        _versions(monkeypatch, transformers=accepted)
+        quant.check_available("int4-onnx", "cpu")  # no error
+    for refused in ("5.0.0", "5.15.0", "5.23.2"):
+        _versions(monkeypatch, transformers=refused)
+        with pytest.raises(QuantizationError, match=rf"needs transformers >= 5\.24; this machine has {refused}"):
+            quant.plan("int4-onnx", "cpu", None, None)
+        for other in ("int4", "int8", "4bit"):  # the other paths do not call those
+            quant.check_available(other, "cpu")
+    _versions(monkeypatch, transformers="5.15.0", torchao=None)
+    with pytest.raises(QuantizationError, match=r"^quantization='int4' needs torchao .* On this machine's CPU, "
+                                                r"quantization='int8', '4bit', 'nf4' or '8bit' run"):
+        quant.check_available("int4", "cpu")  # int4-onnx is not offered instead
 
 
 def test_logits_agreement() -> None:

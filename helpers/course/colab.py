@@ -3,11 +3,11 @@
 Every notebook starts with one set-up cell, :data:`COLAB_CELL`. Outside Colab it only checks that
 ``helpers`` is importable (install the course with ``pip install -e .`` from a clone). On Colab, where
 nothing is installed yet, it clones this repository, installs it with ``pip install -e`` (keeping the
-runtime's torch: :func:`running_torch_requirement`) and makes it importable in the kernel that is already
-running. On Colab, every time, it then turns on Colab's custom widget
-manager (:func:`enable_widgets`): the course installs ipywidgets 8, newer than the 7.x Colab ships, and Colab
-draws version 8 only through that manager, so without it the progress bars of ``load()``, ``ground()`` and the
-model download would not show.
+runtime's torch, and in this module's installs its protobuf too: :func:`kept_requirements`) and makes it
+importable in the kernel that is already running.
+On Colab, every time, it then turns on Colab's custom widget manager (:func:`enable_widgets`): the course
+installs ipywidgets 8, newer than the 7.x Colab ships, and Colab draws version 8 only through that manager, so
+without it the progress bars of ``load()``, ``ground()`` and the model download would not show.
 
 That cell cannot use this module: on a fresh Colab runtime ``helpers`` is exactly what is missing. So the
 cell carries the same few steps inline, and this module holds them as tested functions,
@@ -19,14 +19,19 @@ Why the running kernel needs help: ``pip install -e`` registers the clone throug
 ran the install does not see it. ``site.addsitedir(clone)`` adds the clone (whose top level holds the
 ``helpers`` package) for this kernel only; after a runtime restart the editable install alone is enough.
 
-A module that the kernel imported *before* the install stays loaded in its old version: Colab ships an
-older transformers, so a session that had already imported it must be restarted after the install
-(:data:`RESTART_ADVICE`; the cell and :func:`colab_setup` both say so).
+A module that the kernel imported *before* the install stays loaded in its old version. Of the packages Colab
+ships, the installs replace few (:data:`REPLACEABLE`): the base install ipywidgets (the course asks for 8), the
+``quant`` extra torchao (and protobuf, were it not kept), and either of them transformers only where Colab's is
+outside the course's range; Colab's transformers (5.15 in 2026) is inside it and is kept. So the set-up notes
+the versions of those the session has imported, installs, and says to restart the session only when the
+install changed one of them (:data:`RESTART_ADVICE`; the cell, :func:`colab_setup` and :func:`install_extra`
+all do so).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import site
 import subprocess
@@ -39,6 +44,7 @@ from typing import Any, Callable
 from packaging.requirements import Requirement
 
 from helpers.course.paths import repo_root
+from helpers.grounding.quantization import import_quietly, installed_version
 
 DISTRIBUTION = "kosmos2-grounding-course"
 
@@ -95,9 +101,17 @@ REPO_URL = repository_url()
 #: Where the course is cloned on Colab.
 DEFAULT_TARGET = "/content/kosmos2-grounding-course"
 
-#: What the set-up says when ``transformers`` was imported in the session before the course was installed.
-RESTART_ADVICE = ("transformers was imported before this install, so this session still runs the old version: "
-                  "restart it (Runtime > Restart session) and run the notebook again.")
+#: The distributions an install of the course may replace under a running kernel, each with the module a session
+#: imports it as: ipywidgets (the base install asks for 8), torchao and protobuf (the ``quant`` extra; protobuf is
+#: kept where it is installed, :func:`kept_requirements`), and transformers where the runtime's is outside the
+#: course's range.
+REPLACEABLE = {"transformers": "transformers", "ipywidgets": "ipywidgets", "torchao": "torchao",
+               "protobuf": "google.protobuf"}
+
+#: What the set-up says when the install changed the version of distributions (``{names}``) that the session had
+#: imported before it.
+RESTART_ADVICE = ("This install replaced {names}, which this session had already imported; it keeps running the old "
+                  "code until you restart it (Runtime > Restart session) and run the notebook again.")
 
 #: The exact source of the set-up cell that every notebook carries as its first code cell.
 COLAB_CELL = f'''\
@@ -113,10 +127,13 @@ except ImportError:
     if not os.path.isdir(repo):
         subprocess.run(["git", "clone", "--depth", "1", "{REPO_URL}", repo], check=True)
     from importlib.metadata import version  # torch pinned: pip must not replace Colab's CUDA build
+    may_replace = {json.dumps(REPLACEABLE)}
+    imported = {{name: version(name) for name, module in may_replace.items() if module in sys.modules}}
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", repo, "torch==" + version("torch")], check=True)
     site.addsitedir(repo)  # the running kernel does not read the new install's .pth file
-    if "transformers" in sys.modules:  # imported before the install: this session keeps the old version
-        print("{RESTART_ADVICE}")
+    replaced = [name for name in imported if version(name) != imported[name]]
+    if replaced:  # imported before the install, which replaced them: this session still runs the old versions
+        print("{RESTART_ADVICE}".format(names=", ".join(replaced)))
     import helpers
 if "google.colab" in sys.modules:  # Colab draws ipywidgets 8 (progress bars, the playground) only through this
     from google.colab import output
@@ -160,10 +177,52 @@ def clone_command(repo_url: str, target: str | os.PathLike[str]) -> list[str]:
     return ["git", "clone", "--depth", "1", repo_url, str(target)]
 
 
+def kept_requirements() -> list[str]:
+    """The requirements that keep the runtime's own packages through an install of the course, part of every install
+    command (:func:`install_command`; the set-up cell's base install carries the torch one, the only one it needs).
+
+    * ``torch==VERSION`` for the torch this kernel runs (imported) or would import (installed), local label included
+      (``torch==2.5.1+cu121``): pip then keeps the runtime's torch (Colab's CUDA build) and picks versions of the
+      other packages that work with it, or fails saying which one does not, instead of replacing torch with another
+      build, under a running kernel at that.
+    * ``protobuf==VERSION`` when protobuf is installed: the newest onnx (of the ``quant`` extra) asks for a newer
+      protobuf than Colab's, and replacing it broke the requirements of Colab's own packages (pip ended with a red
+      block of dependency conflicts); with the pin pip picks an onnx that takes the installed protobuf.
+    """
+    torch = sys.modules.get("torch")
+    kept = [f"torch=={torch.__version__ if torch is not None else metadata.version('torch')}"]
+    protobuf = installed_version("protobuf")
+    if protobuf is not None:
+        kept.append(f"protobuf=={protobuf}")
+    return kept
+
+
 def install_command(target: str | os.PathLike[str]) -> list[str]:
     """Return the command that installs the clone (or ``clone[extra]``) in editable mode with the running
-    interpreter's pip, keeping the runtime's torch (:func:`running_torch_requirement`)."""
-    return [sys.executable, "-m", "pip", "install", "-q", "-e", str(target), running_torch_requirement()]
+    interpreter's pip, keeping the runtime's torch and protobuf (:func:`kept_requirements`)."""
+    return [sys.executable, "-m", "pip", "install", "-q", "-e", str(target), *kept_requirements()]
+
+
+def imported_versions() -> dict[str, str]:
+    """The installed versions of the :data:`REPLACEABLE` distributions whose module this session has imported."""
+    found = {name: installed_version(name) for name, module in REPLACEABLE.items() if module in sys.modules}
+    return {name: version for name, version in found.items() if version is not None}
+
+
+def restart_advice(before: dict[str, str]) -> str:
+    """:data:`RESTART_ADVICE` naming the distributions of ``before`` (:func:`imported_versions`, noted before an
+    install) whose installed version is no longer the one noted, or ``""`` when there is none."""
+    replaced = [name for name, version in before.items() if installed_version(name) != version]
+    return RESTART_ADVICE.format(names=", ".join(replaced)) if replaced else ""
+
+
+def _install(target: str | os.PathLike[str], run: Runner) -> str:
+    """Run :func:`install_command` of ``target`` with ``run``, let this kernel find what it installed, and return
+    :func:`restart_advice` for the modules the session had imported before (``""`` when no restart is needed)."""
+    before = imported_versions()
+    run(install_command(target), check=True)
+    importlib.invalidate_caches()
+    return restart_advice(before)
 
 
 def colab_setup(
@@ -185,7 +244,8 @@ def colab_setup(
             a fake that records the commands.
 
     Returns:
-        A one-line status message saying what was done (or that nothing was done outside Colab).
+        A one-line status message saying what was done (or that nothing was done outside Colab), ending with
+        :data:`RESTART_ADVICE` when the install replaced a package the session had imported before.
 
     Raises:
         TypeError: ``repo_url`` is not a string or ``run`` is not callable.
@@ -213,37 +273,26 @@ def colab_setup(
     else:
         run(clone_command(repo_url, path), check=True)
         cloned = f"cloned {repo_url} into {path}"
-    run(install_command(path), check=True)
+    advice = _install(path, run)
     site.addsitedir(str(path))
-    importlib.invalidate_caches()
     done = f"Colab set-up done: {cloned}, installed it with pip install -e and added it to this kernel."
-    return done + " " + RESTART_ADVICE if "transformers" in sys.modules else done
+    return f"{done} {advice}" if advice else done
 
 
 #: The course's optional extras that a notebook may install, and the packages in each (read from pyproject.toml).
 EXTRAS = {extra: extra_packages(extra) for extra in ("quant",)}
 
 
-def running_torch_requirement() -> str:
-    """``torch==VERSION`` for the torch this kernel runs (imported) or would import (installed), local label
-    included (``torch==2.5.1+cu121``).
-
-    Part of every install command (:func:`install_command`, and the set-up cell's), so that pip keeps the
-    runtime's torch (Colab's CUDA build) and picks versions of the other packages that work with it, or fails
-    saying which one does not, instead of replacing torch with another build, under a running kernel at that.
-    """
-    torch = sys.modules.get("torch")
-    return f"torch=={torch.__version__ if torch is not None else metadata.version('torch')}"
-
-
 def install_extra(extra: str, target: str | os.PathLike[str] | None = None, run: Runner = subprocess.run) -> str:
     """Install one of the course's optional extras where the notebook runs; ``"quant"`` holds bitsandbytes,
     torchao and ONNX Runtime (with onnx and onnx-ir), for the quantized paths of ``load(quantization=...)``.
 
-    On Colab it runs ``pip install -e "target[extra]" torch==VERSION`` with the kernel's interpreter (the packages
-    import in the running kernel at once); ``target`` defaults to the clone this ``helpers`` was installed from.
-    The requirement on the running torch (:func:`running_torch_requirement`) keeps pip from replacing Colab's CUDA
-    torch with another build when a package of the extra would ask for a newer one. Elsewhere it installs nothing
+    On Colab it runs ``pip install -e "target[extra]" torch==VERSION protobuf==VERSION`` with the kernel's
+    interpreter (the packages import in the running kernel at once); ``target`` defaults to the clone this
+    ``helpers`` was installed from. The requirements on the runtime's torch and protobuf (:func:`kept_requirements`)
+    keep pip from replacing Colab's CUDA torch with another build, or its protobuf with one its own packages do not
+    take, when a package of the extra would ask for a newer one; the message ends with :data:`RESTART_ADVICE` when
+    the install replaced a package the session had imported before (torchao, say). Elsewhere it installs nothing
     and says which of the packages are missing and how to add them from a clone.
 
     Raises:
@@ -252,15 +301,13 @@ def install_extra(extra: str, target: str | os.PathLike[str] | None = None, run:
     """
     if extra not in EXTRAS:
         raise ValueError(f"extra must be one of {', '.join(map(repr, EXTRAS))}, got {extra!r}")
-    from helpers.grounding.quantization import import_quietly, installed_version
-
     packages = EXTRAS[extra]
     if in_colab():
         target = repo_root() if target is None else target
-        run(install_command(f"{target}[{extra}]"), check=True)
-        importlib.invalidate_caches()
+        advice = _install(f"{target}[{extra}]", run)
         import_quietly()
-        return f"Colab: installed the course's [{extra}] extra ({', '.join(packages)})."
+        done = f"Colab: installed the course's [{extra}] extra ({', '.join(packages)})."
+        return f"{done} {advice}" if advice else done
     import_quietly()
     missing = [name for name in packages if installed_version(name) is None]
     if missing:

@@ -65,6 +65,10 @@ IN_PLACE = ("int8", "int4")
 ONNXRUNTIME = ("int4-onnx",)
 #: The oldest ONNX Runtime this course checked the int4-onnx graph with.
 MIN_ONNXRUNTIME = "1.32"
+#: The oldest transformers whose Kosmos-2 has what the int4-onnx path calls: ``get_image_features`` on
+#: ``Kosmos2ForConditionalGeneration`` and ``forward_embedding(cache_length=...)`` (both new in 5.24.0; Google
+#: Colab shipped 5.15).
+MIN_TRANSFORMERS_ONNX = "5.24"
 #: The oldest bitsandbytes this course has checked 4-bit and LLM.int8 inference with on a CPU (older
 #: releases may lack the CPU code, so they are refused there).
 MIN_BITSANDBYTES_CPU = "0.50.2"
@@ -238,6 +242,11 @@ def _problem(quantization: str, device: str) -> tuple[str, bool] | None:
         if _older(version, MIN_ONNXRUNTIME):
             return (f"quantization={quantization!r} needs onnxruntime >= {MIN_ONNXRUNTIME}; this machine has "
                     f"{version}: pip install -U 'onnxruntime>={MIN_ONNXRUNTIME}'", True)
+        version = installed_version("transformers")
+        if _older(version, MIN_TRANSFORMERS_ONNX):
+            return (f"quantization={quantization!r} needs transformers >= {MIN_TRANSFORMERS_ONNX}; this machine has "
+                    f"{version}: pip install -U 'transformers>={MIN_TRANSFORMERS_ONNX}' (on Colab, then restart the "
+                    "session: Runtime > Restart session)", True)
     return None
 
 

@@ -159,7 +159,8 @@ def build_processor(image_size: int = 64):
 
 def build_config(processor, *, image_size: int = 64, patch_size: int = 8, vision_dim: int = 128,
                  vision_layers: int = 4, text_dim: int = 192, text_layers: int = 4, heads: int = 4):
-    """A small Kosmos-2 configuration sized for the world's processor.
+    """A small Kosmos-2 configuration sized for the world's processor: a vocabulary of one more than its largest
+    token id.
 
     Raises:
         TypeError: ``processor`` has no tokenizer, or a size is not an int.
@@ -180,9 +181,12 @@ def build_config(processor, *, image_size: int = 64, patch_size: int = 8, vision
     for name in ("vision_dim", "text_dim"):
         if sizes[name] % heads:
             raise ValueError(f"{name} ({sizes[name]}) must be a multiple of heads ({heads})")
+    # One row per token id, up to the largest. Not len(tok): the world's tokenizer holds the piece "▁a" twice (a
+    # world word, id 71, and a letter, id 199), so its vocabulary has a hole at 71 and transformers versions count it
+    # differently (len() is 1297 on 5.24, 1296 on 5.15, one row short of <patch_index_1023>).
     text = dict(
-        vocab_size=len(tok), embed_dim=text_dim, layers=text_layers, ffn_dim=4 * text_dim, attention_heads=heads,
-        max_position_embeddings=512, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        vocab_size=max(tok.get_vocab().values()) + 1, embed_dim=text_dim, layers=text_layers, ffn_dim=4 * text_dim,
+        attention_heads=heads, max_position_embeddings=512, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
     )
     vision = dict(
