@@ -283,7 +283,7 @@ def describe_device(device: str = "cpu") -> str:
 
     where = torch.device(device)
     if where.type == "cuda":
-        return torch.cuda.get_device_name(where)
+        return torch.cuda.get_device_name(device)
     if where.type == "mps":
         return f"Apple GPU (MPS) on {platform.machine()}"
     cpu = platform.processor() or platform.machine()

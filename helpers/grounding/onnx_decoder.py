@@ -78,7 +78,7 @@ from helpers.grounding.quantization import INSTALL, MIN_ONNXRUNTIME, Quantizatio
 
 #: Weights per 4-bit block, each block with its own scale and zero point. In a probe of the full-size decoder
 #: (random weights, two cores) a step took 60 ms in blocks of 128 and 76-80 ms in blocks of 32; on the bundled
-#: model blocks of 128 with HQQ scales keep every evaluation figure within 0.7 points of float32
+#: model blocks of 128 with HQQ scales keep every evaluation figure within 0.4 points of float32
 #: (``bench/results/cpu/bundled_accuracy.md``).
 BLOCK_SIZE = 128
 #: ``lm_head`` is quantized in 8 bits: it is the largest single product (65 037 × 2 048 in Kosmos-2), and the

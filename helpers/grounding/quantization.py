@@ -40,7 +40,7 @@ forward pass (no logits, no fine-tuning) and takes about a minute to build at it
 read the built graphs from disk), so it is asked for, not chosen. Where torchao is missing or too old,
 :data:`AUTO_CPU_FALLBACK` (``"int8"``, torch alone) is chosen instead, and where neither runs the model stays in
 float32; the banner then says why and what to install. On the bundled model every path keeps every evaluation
-figure within 0.7 points of float32 (``bench/bundled_accuracy.py``).
+figure within 0.4 points of float32 (``bench/bundled_accuracy.py``).
 Smaller models (the bundled one) stay in float32, which measured faster for them. Everything else keeps float
 weights.
 """
