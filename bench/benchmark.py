@@ -225,9 +225,10 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
 
     With a ``weights`` folder (of :func:`save_random_weights`; the CPU table has one) every path loads the
     random float32 weights from it with ``from_pretrained``, as ``load(quantization=...)`` loads the real
-    checkpoint: in the path's dtype, with the ``BitsAndBytesConfig`` of bitsandbytes paths (as the article
-    does), then quantized in place for int8 and int4 (:func:`quant.quantize`: torch's int8 kernel, torchao's
-    int4). Without one, bitsandbytes paths save the seeded model to a temporary folder first and the other paths
+    checkpoint (:func:`quant.from_pretrained_kwargs`): in the path's dtype, with the ``BitsAndBytesConfig`` of
+    bitsandbytes paths (as the article does); int8, int4 and int4-onnx in the checkpoint's own float32, then
+    quantized a layer at a time for int8 and int4 (:func:`quant.quantize`: torch's int8 kernel, torchao's int4)
+    or made into graphs for int4-onnx, whose torch parts then take the path's dtype. Without one, bitsandbytes paths save the seeded model to a temporary folder first and the other paths
     build it in memory (the same weights in every process).
     """
     from transformers import Kosmos2ForConditionalGeneration
@@ -245,7 +246,7 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
                     weights, **quant.from_pretrained_kwargs(plan, device))
         if spec.quantization not in quant.BITSANDBYTES:  # bitsandbytes placed the weights already
             model = model.to(device)
-        if spec.quantization in quant.IN_PLACE:  # as load() does: float weights in the path's dtype, then int8/int4
+        if spec.quantization in quant.IN_PLACE:  # as load() does: the float weights, quantized a layer at a time
             quant.quantize(model, spec.quantization)
     else:
         with torch.device(device):
@@ -257,7 +258,9 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
     model.set_attn_implementation(spec.attention)
     model.generation_config.eos_token_id = None  # every caption runs to the forced length
     if spec.quantization in quant.ONNXRUNTIME:  # as load() does: the float model's decoder becomes the graph
-        return OnnxRuntimeKosmos2(model, cache=False)  # a benchmark leaves no graph on disk
+        graph = OnnxRuntimeKosmos2(model, cache=False)  # a benchmark leaves no graph on disk
+        graph.model.to(resolve_dtype(spec, device))  # what stays in torch, in the path's dtype, as load() does
+        return graph
     if compiles(spec, device) and not spec.fixed_shape_decoder:
         for block in model.text_model.model.layers:
             block.compile(dynamic=True)

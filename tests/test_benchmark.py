@@ -397,3 +397,17 @@ def test_an_interrupted_cpu_table_keeps_its_rows_in_work_and_leaves_out_alone(tm
     report = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert [r["path"] for r in report["results"]] == ["fp32-eager", "int4"]
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "summary.md"]
+
+
+@pytest.mark.parametrize("name", ["int8", "int4", "int4-onnx"])
+def test_the_cpu_tables_paths_are_built_as_load_builds_them(tmp_path, name):
+    """From a float32 checkpoint (the CPU table's --weights), the benchmark builds each CPU path as load() does: the
+    checkpoint loaded in its own type, then int8/int4 quantized layer by layer and int4-onnx's graphs made, and
+    what stays in torch in bfloat16 (int4-onnx's vision tower was left in float32 once, unlike load()'s)."""
+    bench = _module()
+    config = bench.tiny_config()
+    bench.save_random_weights(config, tmp_path)
+    model = bench.build_model(config, bench.PATHS[name], "cpu", weights=tmp_path)
+    torch_part = model.model if name == "int4-onnx" else model
+    floats = {p.dtype for p in torch_part.parameters() if p.is_floating_point()}
+    assert floats == {torch.bfloat16}

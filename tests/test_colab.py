@@ -56,7 +56,13 @@ def _session(monkeypatch: pytest.MonkeyPatch, imported: tuple[str, ...], version
         else:
             monkeypatch.delitem(sys.modules, module, raising=False)
     real = metadata.version
-    monkeypatch.setattr(metadata, "version", lambda name: versions[name] if name in versions else real(name))
+
+    def version(name: str) -> str:  # a version of None: the distribution has no metadata
+        if name in versions and versions[name] is None:
+            raise metadata.PackageNotFoundError(name)
+        return versions[name] if name in versions else real(name)
+
+    monkeypatch.setattr(metadata, "version", version)
     return versions
 
 
@@ -155,7 +161,12 @@ DRIVER = textwrap.dedent(
     # site-packages); the cell's pip install changes them as the test says
     versions, installs = json.loads(os.environ["VERSIONS"]), json.loads(os.environ["INSTALLS"])
     real_version = importlib.metadata.version
-    importlib.metadata.version = lambda name: versions[name] if name in versions else real_version(name)
+    def fake_version(name):  # a version of None: the distribution has no metadata
+        if name in versions and versions[name] is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return versions[name] if name in versions else real_version(name)
+
+    importlib.metadata.version = fake_version
     managers = []
     if sys.argv[2] == "colab":
         sys.modules["google.colab"] = types.ModuleType("google.colab")
@@ -258,6 +269,7 @@ RESTARTS = [
     (("google.protobuf", "torchao"), {"protobuf": "5.29.6", "torchao": "0.10.0"}, {"protobuf": "7.36.2"}, "protobuf"),
     (("transformers", "ipywidgets", "torchao"), {"transformers": "4.57.1", "ipywidgets": "7.7.1", "torchao": "0.10.0"},
      {"transformers": "5.24.0", "ipywidgets": "8.1.9"}, "transformers, ipywidgets"),
+    (("ipywidgets",), {"ipywidgets": None}, {"ipywidgets": "8.1.9"}, "ipywidgets"),  # imported, without metadata
 ]
 
 

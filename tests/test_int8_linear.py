@@ -84,3 +84,6 @@ def test_the_rows_are_rounded_the_same_in_blocks(linear) -> None:
         assert torch.equal(codes, whole[0]) and torch.equal(scale, whole[1])
     weight = linear.weight.float()
     assert torch.equal(whole[1], weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match=r"rows must be a positive int"):
+            int8_per_output(linear.weight, rows=bad)

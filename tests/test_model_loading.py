@@ -156,24 +156,30 @@ def test_online_probe_decides_only_when_nothing_else_does(monkeypatch) -> None:
     monkeypatch.setattr(hm, "real_model_cached", lambda repo_id=REAL_MODEL: False)
     monkeypatch.setattr(hm, "hub_reachable", lambda timeout=2.0: True)
     assert resolve_source(device="cuda") == (REAL_MODEL, "the model hub answered")
-    monkeypatch.setattr(hm, "try_gpu", lambda: "mps")
+    monkeypatch.setattr(hm, "try_gpu", lambda: "cuda")
     assert resolve_source() == (REAL_MODEL, "the model hub answered")
     monkeypatch.setattr(hm, "hub_reachable", lambda timeout=2.0: False)
     assert resolve_source(device="cuda:0") == (str(bundled_model_dir()),
                                                f"the model hub did not answer and {REAL_MODEL} is not cached")
 
 
-def test_without_a_gpu_the_real_model_is_not_downloaded_unasked(monkeypatch) -> None:
-    """An online laptop without a GPU keeps the bundled model (the lessons' outputs are its own) instead of
-    downloading the real model's 6.7 GB to run it on the CPU; asked for, or cached, the real model is loaded."""
+def test_without_a_cuda_gpu_the_real_model_is_not_downloaded_unasked(monkeypatch) -> None:
+    """An online laptop without a CUDA GPU (a CPU, an Apple-silicon Mac) keeps the bundled model (the lessons'
+    outputs are its own) instead of downloading the real model's 6.7 GB, and so does load(device="cpu") on a GPU
+    machine; asked for, or cached, the real model is loaded."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("KOSMOS2_MODEL", raising=False)
     monkeypatch.setattr(hm, "real_model_cached", lambda repo_id=REAL_MODEL: False)
     monkeypatch.setattr(hm, "hub_reachable", lambda timeout=2.0: True)
     monkeypatch.setattr(hm, "try_gpu", lambda: "cpu")
-    reason = (f"{REAL_MODEL} is not cached and there is no GPU: load('{REAL_MODEL}') downloads it (about 6.7 GB) "
-              "to run on the CPU")
+    reason = (f"{REAL_MODEL} is not cached, and without a CUDA GPU it is not downloaded unasked: "
+              f"load('{REAL_MODEL}') downloads it (about 6.7 GB)")
     assert resolve_source() == resolve_source(device="cpu") == (str(bundled_model_dir()), reason)
+    assert resolve_source(device="cpu:0") == resolve_source(device="mps") == (str(bundled_model_dir()), reason)
+    monkeypatch.setattr(hm, "try_gpu", lambda: "mps")
+    assert resolve_source() == (str(bundled_model_dir()), reason)
+    monkeypatch.setattr(hm, "try_gpu", lambda: "cuda")
+    assert resolve_source(device="cpu") == (str(bundled_model_dir()), reason)
     assert resolve_source(REAL_MODEL, device="cpu") == (REAL_MODEL, "you asked for it")
     monkeypatch.setattr(hm, "real_model_cached", lambda repo_id=REAL_MODEL: True)
     assert resolve_source(device="cpu") == (REAL_MODEL, "it is in the local Hugging Face cache")

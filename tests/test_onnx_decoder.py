@@ -224,10 +224,8 @@ def test_an_older_transformers_is_refused_before_anything_is_built(monkeypatch, 
     forward_embedding(cache_length=...)); generation died half-way with an AttributeError. Now the load is refused
     with the quantization module's message, the QuantizationError notebook 11 prints as "skipped"."""
     model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
-    real = quant.installed_version
-    monkeypatch.setattr(quant, "installed_version",
-                        lambda package: "5.15.0" if package == "transformers" else real(package))
-    message = r"needs transformers >= 5\.24; this machine has 5\.15\.0: pip install -U 'transformers>=5\.24'"
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "5.15.0")
+    message = r"needs transformers >= 5\.24; this session runs 5\.15\.0: pip install -U 'transformers>=5\.24'"
     with pytest.raises(quant.QuantizationError, match=message):
         OnnxRuntimeKosmos2(model)
     assert len(model.text_model.model.layers) == 1  # nothing was taken from the model

@@ -8,6 +8,7 @@ are simulated by replacing the version look-up, which is the only thing the chec
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -283,6 +284,8 @@ def test_the_banner_says_why_a_large_model_got_int8(tiny_model_dir, monkeypatch,
 def _versions(monkeypatch, **versions) -> None:
     real = quant.installed_version
     monkeypatch.setattr(quant, "installed_version", lambda package: versions.get(package, real(package)))
+    if "transformers" in versions:  # imported here: the session runs the module's version
+        monkeypatch.setattr(sys.modules["transformers"], "__version__", versions["transformers"])
 
 
 @pytest.mark.parametrize(("name", "device", "versions", "message"), [
@@ -301,8 +304,8 @@ def _versions(monkeypatch, **versions) -> None:
     ("int4-onnx", "cpu", {"onnxruntime": None, "onnx": None}, r"needs onnxruntime, onnx, which are not installed"),
     ("int4-onnx", "cpu", {"onnxruntime": "1.19.0"}, r"needs onnxruntime >= 1\.32; this machine has 1\.19\.0"),
     ("int4-onnx", "cpu", {"transformers": "5.15.0"}, r"^quantization='int4-onnx' needs transformers >= 5\.24; this "
-                                                     r"machine has 5\.15\.0: pip install -U 'transformers>=5\.24' "
-                                                     r"\(on Colab, then restart the session: Runtime > Restart "
+                                                     r"session runs 5\.15\.0: pip install -U 'transformers>=5\.24', "
+                                                     r"then restart the session \(on Colab: Runtime > Restart "
                                                      r"session\)\. On this machine's CPU, quantization='int4', "
                                                      r"'int8', '4bit', 'nf4' or '8bit' run \(fastest first\) "
                                                      r"instead$"),
@@ -388,7 +391,7 @@ def test_int4_onnx_needs_the_transformers_whose_kosmos2_has_what_it_calls(monkey
         quant.check_available("int4-onnx", "cpu")  # no error
     for refused in ("5.0.0", "5.15.0", "5.23.2"):
         _versions(monkeypatch, transformers=refused)
-        with pytest.raises(QuantizationError, match=rf"needs transformers >= 5\.24; this machine has {refused}"):
+        with pytest.raises(QuantizationError, match=rf"needs transformers >= 5\.24; this session runs {refused}"):
             quant.plan("int4-onnx", "cpu", None, None)
         for other in ("int4", "int8", "4bit"):  # the other paths do not call those
             quant.check_available(other, "cpu")
@@ -396,6 +399,75 @@ def test_int4_onnx_needs_the_transformers_whose_kosmos2_has_what_it_calls(monkey
     with pytest.raises(QuantizationError, match=r"^quantization='int4' needs torchao .* On this machine's CPU, "
                                                 r"quantization='int8', '4bit', 'nf4' or '8bit' run"):
         quant.check_available("int4", "cpu")  # int4-onnx is not offered instead
+
+
+def test_the_transformers_checked_is_the_one_this_session_runs(monkeypatch) -> None:
+    """After pip install -U in a running notebook the installed transformers is new but the imported one is not:
+    int4-onnx is refused until the session restarts (generation would die half-way in the old module)."""
+    import transformers
+
+    real = quant.installed_version
+    monkeypatch.setattr(quant, "installed_version", lambda p: "5.24.0" if p == "transformers" else real(p))
+    monkeypatch.setattr(transformers, "__version__", "5.15.0")
+    assert quant.running_version("transformers") == "5.15.0"
+    with pytest.raises(QuantizationError, match=r"this session runs 5\.15\.0: .*then restart the session"):
+        quant.check_available("int4-onnx", "cpu")
+    monkeypatch.delitem(sys.modules, "transformers")  # not imported yet: the installed one is what will run
+    assert quant.running_version("transformers") == "5.24.0"
+    quant.check_available("int4-onnx", "cpu")
+
+
+def test_int4_without_a_usable_torchao_leaves_the_model_untouched(monkeypatch) -> None:
+    """The torchao import and config come before any layer is converted: a torchao without the CPU int4 layout is
+    refused with the model as it was (float32 weights, plain linear layers)."""
+    def no_layout(hqq=False):
+        raise QuantizationError("this torchao has no CPU int4 layout")
+
+    monkeypatch.setattr(quant, "torchao_config", no_layout)
+    model = _TiedModel()
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    with pytest.raises(QuantizationError, match="no CPU int4 layout"):
+        quant.quantize(model, "int4")
+    after = model.state_dict()
+    assert all(after[n].dtype == torch.float32 and torch.equal(after[n], t) for n, t in before.items())
+    assert _kinds(model) == {"vision_model.0": "float32", "layer": "float32", "lm_head": "float32"}
+
+
+def test_freed_memory_is_handed_back_where_the_c_library_can(monkeypatch) -> None:
+    """glibc's malloc_trim(0) is called where there is one; a C library without it (musl) or none of that name
+    (macOS, Windows) is left alone, without an error."""
+    import ctypes
+
+    calls = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: type("Libc", (), {"malloc_trim": staticmethod(calls.append)})())
+    quant.release_freed_memory()
+    assert calls == [0]
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: object())  # musl: no malloc_trim
+    quant.release_freed_memory()
+
+    def missing(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)  # macOS, Windows
+    quant.release_freed_memory()
+    assert calls == [0]
+
+
+def test_loading_int8_or_int4_quantizes_the_checkpoint_in_its_own_type(monkeypatch) -> None:
+    """load() hands quantize() the model as stored (float32 for the bundled checkpoint, mapped from disk), not a
+    bfloat16 copy of the whole model made first: the copy cost about 3.3 GB on the real model."""
+    seen = []
+    real = quant.quantize
+
+    def watch(model, quantization):
+        seen.append({p.dtype for p in model.parameters()})
+        return real(model, quantization)
+
+    monkeypatch.setattr(quant, "quantize", watch)
+    for name in ("int8", "int4"):
+        model, _ = load(bundled_model_dir(), quantization=name, device="cpu", verbose=False)
+        assert model.load_info.dtype == "bfloat16"
+    assert seen == [{torch.float32}, {torch.float32}]
 
 
 def test_logits_agreement() -> None:

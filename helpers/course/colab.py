@@ -127,11 +127,17 @@ except ImportError:
     if not os.path.isdir(repo):
         subprocess.run(["git", "clone", "--depth", "1", "{REPO_URL}", repo], check=True)
     from importlib.metadata import version  # torch pinned: pip must not replace Colab's CUDA build
+
+    def installed(name):  # None for a package without metadata
+        try:
+            return version(name)
+        except Exception:
+            return None
     may_replace = {json.dumps(REPLACEABLE)}
-    imported = {{name: version(name) for name, module in may_replace.items() if module in sys.modules}}
+    imported = {{name: installed(name) for name, module in may_replace.items() if module in sys.modules}}
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", repo, "torch==" + version("torch")], check=True)
     site.addsitedir(repo)  # the running kernel does not read the new install's .pth file
-    replaced = [name for name in imported if version(name) != imported[name]]
+    replaced = [name for name in imported if installed(name) != imported[name]]
     if replaced:  # imported before the install, which replaced them: this session still runs the old versions
         print("{RESTART_ADVICE}".format(names=", ".join(replaced)))
     import helpers
@@ -182,7 +188,7 @@ def kept_requirements() -> list[str]:
     command (:func:`install_command`; the set-up cell's base install carries the torch one, the only one it needs).
 
     * ``torch==VERSION`` for the torch this kernel runs (imported) or would import (installed), local label included
-      (``torch==2.5.1+cu121``): pip then keeps the runtime's torch (Colab's CUDA build) and picks versions of the
+      (``torch==2.11.0+cu128``): pip then keeps the runtime's torch (Colab's CUDA build) and picks versions of the
       other packages that work with it, or fails saying which one does not, instead of replacing torch with another
       build, under a running kernel at that.
     * ``protobuf==VERSION`` when protobuf is installed: the newest onnx (of the ``quant`` extra) asks for a newer
@@ -203,13 +209,13 @@ def install_command(target: str | os.PathLike[str]) -> list[str]:
     return [sys.executable, "-m", "pip", "install", "-q", "-e", str(target), *kept_requirements()]
 
 
-def imported_versions() -> dict[str, str]:
-    """The installed versions of the :data:`REPLACEABLE` distributions whose module this session has imported."""
-    found = {name: installed_version(name) for name, module in REPLACEABLE.items() if module in sys.modules}
-    return {name: version for name, version in found.items() if version is not None}
+def imported_versions() -> dict[str, str | None]:
+    """The installed versions of the :data:`REPLACEABLE` distributions whose module this session has imported
+    (``None`` for one without metadata, which an install that adds it then replaces)."""
+    return {name: installed_version(name) for name, module in REPLACEABLE.items() if module in sys.modules}
 
 
-def restart_advice(before: dict[str, str]) -> str:
+def restart_advice(before: dict[str, str | None]) -> str:
     """:data:`RESTART_ADVICE` naming the distributions of ``before`` (:func:`imported_versions`, noted before an
     install) whose installed version is no longer the one noted, or ``""`` when there is none."""
     replaced = [name for name, version in before.items() if installed_version(name) != version]

@@ -34,8 +34,10 @@ def int8_per_output(weight: torch.Tensor, rows: int = 4096) -> tuple[torch.Tenso
 
     The rows are converted ``rows`` at a time, so the float32 temporaries stay small: Kosmos-2's ``lm_head``
     (65 037 × 2 048) at once would take about 1.6 GB of them."""
-    codes = torch.empty(weight.shape, dtype=torch.int8)
-    scale = torch.empty(weight.shape[0], dtype=torch.float32)
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
+        raise ValueError(f"rows must be a positive int (rows converted at a time), got {rows!r}")
+    codes = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
     for start in range(0, weight.shape[0], rows):
         block = weight[start:start + rows].detach().float()
         block_scale = block.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127

@@ -1,7 +1,7 @@
 """Load a Kosmos-2 model and ground images with it.
 
 ``load()`` picks, in this order: the model you name → ``$KOSMOS2_MODEL`` → ``microsoft/kosmos-2-patch14-224``
-when it is cached, or when there is a GPU and the hub answers a short probe (never probed when
+when it is cached, or when there is a CUDA GPU and the hub answers a short probe (never probed when
 ``HF_HUB_OFFLINE=1``) → the small model bundled in ``data/``, trained by this project on its synthetic world.
 One banner line says what was loaded, where, in which dtype, and why.
 
@@ -33,7 +33,7 @@ from helpers.grounding.prompts import CAPTION_PROMPT, check_prompt, phrase_count
 from helpers.grounding.tokens import Grounding, parse_generation
 
 #: The hub id of Microsoft's Kosmos-2: what :func:`load` picks when neither its argument nor ``$KOSMOS2_MODEL``
-#: names a model, if it is cached, or if there is a GPU and the hub answers.
+#: names a model, if it is cached, or if there is a CUDA GPU and the hub answers.
 REAL_MODEL = "microsoft/kosmos-2-patch14-224"
 
 #: Functions called as ``hook(images, prompts, results)`` after every :func:`ground` call, with the RGB
@@ -188,9 +188,10 @@ def resolve_source(model: str | os.PathLike | None = None, device: str | None = 
     ``(source, reason)``.
 
     The model asked for, else ``$KOSMOS2_MODEL``, else the real Kosmos-2 when it is in the local Hugging Face cache,
-    or when a GPU is there and a short probe of the hub answers (:func:`hub_reachable`; none under
-    ``HF_HUB_OFFLINE=1``), else the bundled model. Without a GPU the real model is not downloaded unasked: its
-    checkpoint is about 6.7 GB, and the lessons' outputs are the bundled model's."""
+    or when ``device`` is a CUDA GPU and a short probe of the hub answers (:func:`hub_reachable`; none under
+    ``HF_HUB_OFFLINE=1``), else the bundled model. Elsewhere (a CPU, Apple's MPS) the real model is not downloaded
+    unasked: its checkpoint is about 6.7 GB (a room of laptops on one network would each fetch it), and the lessons'
+    outputs are the bundled model's."""
     if model is not None:
         return str(model), "you asked for it"
     env = os.environ.get("KOSMOS2_MODEL", "").strip()
@@ -200,9 +201,9 @@ def resolve_source(model: str | os.PathLike | None = None, device: str | None = 
         return REAL_MODEL, "it is in the local Hugging Face cache"
     if _offline():
         return str(bundled_model_dir()), f"HF_HUB_OFFLINE=1 and {REAL_MODEL} is not cached"
-    if (device or try_gpu()) == "cpu":
-        return str(bundled_model_dir()), (f"{REAL_MODEL} is not cached and there is no GPU: load('{REAL_MODEL}') "
-                                          "downloads it (about 6.7 GB) to run on the CPU")
+    if not str(device or try_gpu()).startswith("cuda"):
+        return str(bundled_model_dir()), (f"{REAL_MODEL} is not cached, and without a CUDA GPU it is not downloaded "
+                                          f"unasked: load('{REAL_MODEL}') downloads it (about 6.7 GB)")
     if hub_reachable():
         return REAL_MODEL, "the model hub answered"
     return str(bundled_model_dir()), f"the model hub did not answer and {REAL_MODEL} is not cached"
@@ -211,8 +212,8 @@ def resolve_source(model: str | os.PathLike | None = None, device: str | None = 
 def _how_to_get_help(from_env: bool = False) -> str:
     if from_env:  # while the variable is set, load() with no argument does not fall back: say how to stop that
         return (f" The name came from the KOSMOS2_MODEL environment variable: correct it, or unset it so that load() "
-                f"with no argument chooses again ('{REAL_MODEL}' when it is cached, or when there is a GPU and the "
-                f"Hugging Face hub can be reached, else the bundled offline model in {bundled_model_dir()}).")
+                f"with no argument chooses again ('{REAL_MODEL}' when it is cached, or when there is a CUDA GPU and "
+                f"the Hugging Face hub can be reached, else the bundled offline model in {bundled_model_dir()}).")
     return (f" To use the real model, load('{REAL_MODEL}') where the Hugging Face hub can be reached (Colab, for "
             f"example; it downloads about 6.7 GB), or point load() at a local copy of it. Without it, load() with "
             f"no argument falls back to the bundled offline model in {bundled_model_dir()}.")

@@ -53,6 +53,7 @@ import importlib
 import importlib.metadata
 import io
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +156,12 @@ def installed_version(package: str) -> str | None:
         return None
 
 
+def running_version(package: str) -> str | None:
+    """The version of ``package`` this session runs: its module's ``__version__`` once imported, else the installed
+    one (:func:`installed_version`). They differ after ``pip install -U`` in a running notebook, until a restart."""
+    return getattr(sys.modules.get(package), "__version__", None) or installed_version(package)
+
+
 def onnx_packages() -> tuple[str, ...]:
     """The packages the int4-onnx path needs: those of the course's ``quant`` extra (``pyproject.toml``, read by
     :func:`helpers.course.colab.extra_packages`) whose names start with ``onnx``: onnxruntime, onnx, onnx-ir."""
@@ -242,11 +249,11 @@ def _problem(quantization: str, device: str) -> tuple[str, bool] | None:
         if _older(version, MIN_ONNXRUNTIME):
             return (f"quantization={quantization!r} needs onnxruntime >= {MIN_ONNXRUNTIME}; this machine has "
                     f"{version}: pip install -U 'onnxruntime>={MIN_ONNXRUNTIME}'", True)
-        version = installed_version("transformers")
+        version = running_version("transformers")
         if _older(version, MIN_TRANSFORMERS_ONNX):
-            return (f"quantization={quantization!r} needs transformers >= {MIN_TRANSFORMERS_ONNX}; this machine has "
-                    f"{version}: pip install -U 'transformers>={MIN_TRANSFORMERS_ONNX}' (on Colab, then restart the "
-                    "session: Runtime > Restart session)", True)
+            return (f"quantization={quantization!r} needs transformers >= {MIN_TRANSFORMERS_ONNX}; this session runs "
+                    f"{version}: pip install -U 'transformers>={MIN_TRANSFORMERS_ONNX}', then restart the session "
+                    "(on Colab: Runtime > Restart session)", True)
     return None
 
 
@@ -444,18 +451,19 @@ def quantize(model, quantization: str) -> dict[str, int]:
         raise ValueError(f"quantize() takes a model with float weights (as load() gives it); its layers are {wrong}")
     rest = [(n, m) for n, m in named if not any(part in n for part in KEEPS_BFLOAT16)]
     counts = {"bfloat16 (run once per image)": len(named) - len(rest)} if len(named) > len(rest) else {}
-    hqq = uses_hqq(model)
+    int4 = [n for n, m in rest if quantization == "int4" and int4_fits(m)]
+    int8 = [n for n, m in rest if quantization == "int8" or not int4_fits(m)]
+    if int4:  # torchao first: a torchao that cannot do it leaves the model untouched
+        with quiet_imports():
+            from torchao.quantization import quantize_
+        hqq = uses_hqq(model)
+        config = torchao_config(hqq)
     layers = {id(m) for _, m in rest}
     for module in model.modules():  # what stays unquantized; a weight lm_head shares with the embeddings included
         if id(module) not in layers:
             _to_bfloat16(module, DTYPE)
-    int4 = [n for n, m in rest if quantization == "int4" and int4_fits(m)]
-    int8 = [n for n, m in rest if quantization == "int8" or not int4_fits(m)]
     del named, rest  # they hold the float layers: each must go as soon as its quantized form replaces it
     if int4:
-        with quiet_imports():
-            from torchao.quantization import quantize_
-        config = torchao_config(hqq)
         for name in int4:
             layer = model.get_submodule(name)
             _to_bfloat16(layer, DTYPE)
@@ -485,10 +493,10 @@ def release_freed_memory() -> None:
     decoder the process would hold gigabytes it no longer uses (1.9 GiB besides the quantized model's 2 GiB,
     int4 on the full-size architecture), which another program, or the next step of a notebook, may need."""
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: macOS, Windows, musl
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: macOS, Windows, musl (whose libc.so.6, if any, has no trim)
         return
-    libc.malloc_trim(0)
+    trim(0)
 
 
 def _to_bfloat16(module, dtype) -> None:
