@@ -228,8 +228,9 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
     checkpoint (:func:`quant.from_pretrained_kwargs`): in the path's dtype, with the ``BitsAndBytesConfig`` of
     bitsandbytes paths (as the article does); int8, int4 and int4-onnx in the checkpoint's own float32, then
     quantized a layer at a time for int8 and int4 (:func:`quant.quantize`: torch's int8 kernel, torchao's int4)
-    or made into graphs for int4-onnx, whose torch parts then take the path's dtype. Without one, bitsandbytes paths save the seeded model to a temporary folder first and the other paths
-    build it in memory (the same weights in every process).
+    or made into graphs for int4-onnx, whose torch parts then take the path's dtype. Without one, bitsandbytes
+    paths save the seeded model to a temporary folder first and the other paths build it in memory (the same
+    weights in every process).
     """
     from transformers import Kosmos2ForConditionalGeneration
 
