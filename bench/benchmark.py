@@ -259,9 +259,8 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
     model.set_attn_implementation(spec.attention)
     model.generation_config.eos_token_id = None  # every caption runs to the forced length
     if spec.quantization in quant.ONNXRUNTIME:  # as load() does: the float model's decoder becomes the graph
-        graph = OnnxRuntimeKosmos2(model, cache=False)  # a benchmark leaves no graph on disk
-        graph.model.to(resolve_dtype(spec, device))  # what stays in torch, in the path's dtype, as load() does
-        return graph
+        # a benchmark leaves no graph on disk; what stays in torch takes the path's dtype, as load() gives it
+        return OnnxRuntimeKosmos2(model, cache=False, dtype=resolve_dtype(spec, device))
     if compiles(spec, device) and not spec.fixed_shape_decoder:
         for block in model.text_model.model.layers:
             block.compile(dynamic=True)

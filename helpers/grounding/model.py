@@ -537,8 +537,7 @@ def _attach_and_quantize(net, chosen: quant.Plan, device: str, adapter: str | os
     if quantization in quant.ONNXRUNTIME:
         from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
 
-        net = OnnxRuntimeKosmos2(net)
-        net.model.to(chosen.dtype)  # what stays in torch: the vision tower, the projection, the embeddings
+        net = OnnxRuntimeKosmos2(net, dtype=chosen.dtype)
     return net, parameters
 
 

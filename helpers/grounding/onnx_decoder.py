@@ -543,18 +543,19 @@ def _keep(folder: Path, key: str, data: bytes, facts: dict) -> Path | None:
 class OnnxRuntimeKosmos2(torch.nn.Module):
     """A ``Kosmos2ForConditionalGeneration`` whose text decoder runs in ONNX Runtime (see the module docstring).
 
-    The torch model keeps its vision tower, projection and embeddings; its decoder layers are freed once the
-    graphs hold them. ``session`` runs the graph that makes each new token; ``prompt_session`` the one that
-    reads the prompt: the 8-bit graph with ``prompt_int8`` (the default), else the same graph. ``weight_bytes``
-    is the size of both graphs' weights. 4-bit graphs are read from, or kept in, ``cache``: a folder, True for
-    :func:`cache_dir`, False for none; ``graph_file`` and ``prompt_graph_file`` are where they are kept (None
-    when they are not), ``from_cache`` whether both were read from there, ``build_seconds`` how long building
-    took (0 when read).
+    The torch model keeps its vision tower, projection and embeddings, put in ``dtype`` once the graphs are made
+    (None: kept as they are; ``load()`` gives the checkpoint's float32 here and bfloat16 as ``dtype``); its decoder
+    layers are freed once the graphs hold them. ``session`` runs the graph that makes each new token;
+    ``prompt_session`` the one that reads the prompt: the 8-bit graph with ``prompt_int8`` (the default), else the
+    same graph. ``weight_bytes`` is the size of both graphs' weights. 4-bit graphs are read from, or kept in,
+    ``cache``: a folder, True for :func:`cache_dir`, False for none; ``graph_file`` and ``prompt_graph_file`` are
+    where they are kept (None when they are not), ``from_cache`` whether both were read from there,
+    ``build_seconds`` how long building took (0 when read).
     """
 
     def __init__(self, model, *, bits: int | None = 4, block_size: int = BLOCK_SIZE,
                  head_bits: int | None = LM_HEAD_BITS, hqq: bool | None = None, prompt_int8: bool = True,
-                 threads: int | None = None, cache: bool | str | os.PathLike = True):
+                 threads: int | None = None, cache: bool | str | os.PathLike = True, dtype=None):
         super().__init__()
         _, ort, _ = _import()
         if hqq is None:  # HQQ scales up to the size the int4 path gives them (they take minutes on larger models)
@@ -577,6 +578,8 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
                 {"int8": True, "onnxruntime": ort.__version__})
             from_cache = from_cache and prompt_cached
         model.text_model.model.layers = torch.nn.ModuleList()  # now in the graphs: freed before the sessions open
+        if dtype is not None:  # what stays in torch: the vision tower, the projection, the embeddings
+            model.to(dtype)
         gc.collect()
         self.session = _open_graph(step, threads)
         del step
