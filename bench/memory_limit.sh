@@ -5,15 +5,25 @@
 # and writes one 16-token caption; a line "OK load … caption …" means it did, no such line that it was stopped.
 #
 #   sudo bash bench/memory_limit.sh WEIGHTS [LIMIT_GIB …]        (default limits: 3 4.5)
+#   sudo PATHS="4bit int4" bash bench/memory_limit.sh WEIGHTS 3     (only these paths)
 #
-# int4-onnx runs twice: building its graphs (into a fresh scratch cache) and reading them back.
+# int4-onnx runs twice: building its graphs (into a fresh scratch cache) and reading them back; in PATHS they are
+# int4-onnx-build and int4-onnx-read (the default: none 4bit int8 int4 int4-onnx-build int4-onnx-read).
 set -u
 WEIGHTS=${1:?usage: bench/memory_limit.sh WEIGHTS [LIMIT_GIB ...]}
 shift
 LIMITS=${*:-3 4.5}
+PATHS=${PATHS:-none 4bit int8 int4 int4-onnx-build int4-onnx-read}
+for path in $PATHS; do
+  case $path in none|4bit|int8|int4|int4-onnx-build|int4-onnx-read) ;;
+    *) echo "bench/memory_limit.sh: unknown path '$path' in PATHS (none 4bit int8 int4 int4-onnx-build int4-onnx-read)"
+       exit 2 ;;
+  esac
+done
 ROOT=/sys/fs/cgroup/memory
 CACHE=$(mktemp -d)
 PY=${PY:-.venv/bin/python}
+[ -f "$WEIGHTS/config.json" ] || { echo "bench/memory_limit.sh: $WEIGHTS is not a checkpoint folder (no config.json)"; exit 2; }
 [ -w "$ROOT" ] || { echo "bench/memory_limit.sh: cannot write to $ROOT (cgroup v1 and root needed)"; exit 2; }
 try() {  # try QUANTIZATION ONNX_CACHE [LIMIT_BYTES]: one load and caption in a new cgroup of that limit
   local cg=$ROOT/kosmos2-memory-limit-$$-$RANDOM
@@ -32,7 +42,7 @@ PYTHON
   rmdir "$cg"
 }
 for limit in $LIMITS; do
-  for path in none 4bit int8 int4 int4-onnx-build int4-onnx-read; do
+  for path in $PATHS; do
     quantization=${path%-build}; quantization=${quantization%-read}; cache=off
     [ "$path" = int4-onnx-build ] && { rm -rf "$CACHE"; mkdir -p "$CACHE"; cache=$CACHE; }
     [ "$path" = int4-onnx-read ] && cache=$CACHE

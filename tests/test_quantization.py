@@ -293,7 +293,7 @@ def _versions(monkeypatch, **versions) -> None:
     ("8bit", "cpu", {"bitsandbytes": "0.45.5"}, r"on the CPU needs bitsandbytes >= 0\.50\.2; this machine has "
                                                  r"0\.45\.5: pip install -U 'bitsandbytes>=0\.50\.2'\. On this "
                                                  r"machine's CPU, quantization='int4-onnx', 'int4' or 'int8' run "
-                                                 r"\(fastest first\) instead$"),
+                                                 r"\(roughly fastest first\) instead$"),
     ("nf4", "cuda", {"bitsandbytes": "0.42.0"}, r"needs bitsandbytes >= 0\.43; this machine has 0\.42\.0"),
     ("int4", "cpu", {"torchao": None}, r"needs torchao >= 0\.18, which is not installed: pip install .*\[quant\]"),
     ("int4", "cpu", {"torchao": "0.10.0"}, r"needs torchao >= 0\.18; this machine has 0\.10\.0"),
@@ -307,7 +307,7 @@ def _versions(monkeypatch, **versions) -> None:
                                                      r"session runs 5\.15\.0: pip install -U 'transformers>=5\.24', "
                                                      r"then restart the session \(on Colab: Runtime > Restart "
                                                      r"session\)\. On this machine's CPU, quantization='int4', "
-                                                     r"'int8', '4bit', 'nf4' or '8bit' run \(fastest first\) "
+                                                     r"'int8', '4bit', 'nf4' or '8bit' run \(roughly fastest first\) "
                                                      r"instead$"),
     ("int4-onnx", "cuda", {}, r"in ONNX Runtime on the CPU, not on 'cuda'.* pass device='cpu'"),
 ])
@@ -320,7 +320,7 @@ def test_what_the_machine_cannot_do_says_what_to_install_or_choose(monkeypatch, 
 def test_a_missing_library_names_the_cpu_paths_that_run_here(monkeypatch) -> None:
     _versions(monkeypatch, torchao=None, bitsandbytes=None)
     with pytest.raises(QuantizationError, match=r"\. On this machine's CPU, quantization='int4-onnx' or 'int8' run "
-                                                r"\(fastest first\) instead$"):
+                                                r"\(roughly fastest first\) instead$"):
         quant.check_available("int4", "cpu")
     _versions(monkeypatch, onnxruntime=None)
     with pytest.raises(QuantizationError, match=r"\. On this machine's CPU, quantization='int8' runs instead$"):
@@ -490,3 +490,74 @@ def test_the_onnx_path_checks_the_onnx_packages_of_the_quant_extra(monkeypatch) 
     _versions(monkeypatch, **{"onnx-later-addition": None})
     with pytest.raises(QuantizationError, match=r"needs onnx-later-addition, which is not installed"):
         quant.check_available("int4-onnx", "cpu")
+
+
+def _counting_trim(monkeypatch) -> list[int]:
+    """malloc_trim replaced by a function that counts its calls."""
+    calls: list[int] = []
+    monkeypatch.setattr(quant, "_malloc_trim", lambda: calls.append)
+    return calls
+
+
+def test_freed_memory_is_handed_back_while_a_block_runs_and_not_after(monkeypatch) -> None:
+    """releasing_freed_memory trims from its own thread, again and again while the block runs (bitsandbytes
+    quantizing inside transformers' loading), and stops when the block ends, also when it fails."""
+    import threading
+    import time
+
+    calls = _counting_trim(monkeypatch)
+    with quant.releasing_freed_memory(interval=0.01):
+        deadline = time.monotonic() + 5
+        while len(calls) < 3 and time.monotonic() < deadline:  # the main thread goes on meanwhile
+            time.sleep(0.005)
+    assert len(calls) >= 3 and set(calls) == {0}
+    after = len(calls)
+    time.sleep(0.05)
+    assert len(calls) == after  # stopped with the block
+    assert not any(t.name == "release-freed-memory" for t in threading.enumerate())
+
+    with pytest.raises(RuntimeError, match="inside"):
+        with quant.releasing_freed_memory(interval=0.01):
+            raise RuntimeError("inside")
+    assert not any(t.name == "release-freed-memory" for t in threading.enumerate())
+
+
+def test_releasing_freed_memory_without_glibc_or_with_a_bad_interval(monkeypatch) -> None:
+    """Where the C library has no malloc_trim the block just runs, with no thread; an interval that is not a
+    number of seconds above 0 is refused before the block runs."""
+    import threading
+
+    monkeypatch.setattr(quant, "_malloc_trim", lambda: None)
+    ran = []
+    with quant.releasing_freed_memory(interval=0.01):
+        ran.append(any(t.name == "release-freed-memory" for t in threading.enumerate()))
+    assert ran == [False]
+    for bad in (0, -1.0, float("nan"), "0.2"):
+        with pytest.raises(ValueError, match="interval must be a number above 0"):
+            with quant.releasing_freed_memory(interval=bad):
+                pytest.fail("the block must not run")
+
+
+def test_bitsandbytes_loading_on_a_cpu_hands_freed_memory_back_as_it_goes(monkeypatch, tiny_model_dir) -> None:
+    """load() trims while transformers loads the weights for bitsandbytes' paths on a CPU (where each weight is
+    quantized inside that loading), and not for the paths that quantize afterwards layer by layer (they trim
+    after each layer themselves) or keep float weights."""
+    import contextlib
+
+    from bitsandbytes.nn import Linear4bit
+
+    entered = []
+    real = quant.releasing_freed_memory
+
+    @contextlib.contextmanager
+    def recording(*args, **kwargs):
+        with real(*args, **kwargs):
+            entered.append(True)
+            yield
+
+    monkeypatch.setattr(quant, "releasing_freed_memory", recording)
+    model, _ = load(tiny_model_dir, quantization="4bit", device="cpu", verbose=False)
+    assert entered == [True] and any(isinstance(m, Linear4bit) for m in model.modules())  # loaded with trimming
+    load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    load(tiny_model_dir, quantization="int8", device="cpu", verbose=False)
+    assert entered == [True]

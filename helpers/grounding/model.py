@@ -504,8 +504,10 @@ def _load_weights(source: str, config, quantization: str | None, dtype, device: 
         raise _load_failure(source, err, from_env) from err
     chosen = quant.plan(quantization, device, dtype, size)
     kwargs = {**quant.from_pretrained_kwargs(chosen, device), "use_safetensors": True, "trust_remote_code": False}
+    # bitsandbytes quantizes each weight as transformers loads it: freed memory goes back to the system meanwhile
+    trimming = chosen.quantization in quant.BITSANDBYTES and device == "cpu"
     try:
-        with _quiet():
+        with _quiet(), quant.releasing_freed_memory() if trimming else contextlib.nullcontext():
             net = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
         raise _load_failure(source, err, from_env) from err

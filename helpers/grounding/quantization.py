@@ -32,7 +32,7 @@ Runtime graphs, one with 4-bit weights for each new token and one with 8-bit wei
 
 ``quantization=None`` lets :func:`plan` choose: on a CPU, a model of at least :data:`AUTO_CPU_PARAMETERS`
 parameters (the real Kosmos-2 has 1.66 B) gets :data:`AUTO_CPU_CHOICE`, the fastest CPU path per token at
-batch 1 in ``bench/benchmark.py --cpu-table`` (two cores, AMD EPYC, 2026-12-01 21:29-21:48 UTC;
+batch 1 in ``bench/benchmark.py --cpu-table`` (two cores, AMD EPYC, 2026-12-01 21:29-21:45 UTC;
 ``bench/results/cpu``) among those that give a whole model: int4 0.050 s per token, against NF4 0.068 s,
 the article's 4-bit 0.071 s, int8 0.078 s, bfloat16 0.139 s and float32 0.292 s (on an Intel Xeon the day
 before, int4 0.111 s, the article's 4-bit 0.148 s). ``"int4-onnx"`` was faster still, 0.031 s, but has no
@@ -54,8 +54,11 @@ import importlib.metadata
 import io
 import logging
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
+
+from helpers.grounding.checks import check_positive_number
 
 #: Every name ``load(quantization=...)`` accepts (``None`` means: let :func:`plan` choose).
 QUANTIZATIONS = ("4bit", "nf4", "8bit", "int8", "int4", "int4-onnx", "none")
@@ -83,9 +86,14 @@ AUTO_CPU_PARAMETERS = 1_000_000_000
 AUTO_CPU_CHOICE = "int4"
 #: ... or, where torchao is missing or too old, with this one (torch alone; the next fastest whole model).
 AUTO_CPU_FALLBACK = "int8"
-#: The CPU paths, fastest per token first in ``bench/results/cpu``: the order in which a message about a missing
-#: library suggests the ones that run.
+#: The CPU paths, roughly fastest per token first in ``bench/results/cpu``: the order in which a message about a
+#: missing library suggests the ones that run. int4-onnx and int4 lead in every run; int8 and bitsandbytes' 4bit and
+#: nf4 trade places from run to run (0.068-0.090 s per token in the runs of 2026-12-01), and int8 comes first of
+#: them as the one that needs torch alone.
 CPU_PREFERENCE = ("int4-onnx", "int4", "int8", "4bit", "nf4", "8bit")
+#: Seconds between two hand-backs of freed memory while bitsandbytes quantizes during loading
+#: (:func:`releasing_freed_memory`).
+TRIM_INTERVAL = 0.2
 #: Group size of the int4 path: int4 weights in groups of this many values, each group with its own scale and
 #: zero point. Chosen on earlier bundled weights (220 held-out scenes, text decoder in int4), where groups of 32
 #: moved comprehension accuracy@1 by -0.4 points and groups of 64 by -1.4 (HQQ scales, below); on today's weights
@@ -194,7 +202,7 @@ def check_available(quantization: str, device: str) -> None:
     if library and device.split(":")[0] == "cpu":
         others = [repr(q) for q in CPU_PREFERENCE if q != quantization and _problem(q, device) is None]
         either = " or ".join(filter(None, [", ".join(others[:-1]), others[-1]])) if others else ""
-        verb = "runs" if len(others) == 1 else "run (fastest first)"
+        verb = "runs" if len(others) == 1 else "run (roughly fastest first)"
         message += (f". On this machine's CPU, quantization={either} {verb} instead" if others else
                     ". No quantized path runs on this machine's CPU as it is; quantization='none' gives float32")
     raise QuantizationError(message)
@@ -484,6 +492,14 @@ def quantize(model, quantization: str) -> dict[str, int]:
     return counts
 
 
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library is another (macOS, Windows, musl)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # (musl's libc.so.6, if any, has no trim)
+        return None
+
+
 def release_freed_memory() -> None:
     """Give the memory freed so far back to the system, where the C library keeps it for reuse instead (glibc's
     ``malloc_trim``, on Linux; elsewhere nothing is done).
@@ -492,11 +508,36 @@ def release_freed_memory() -> None:
     different sizes each; glibc keeps such freed blocks in the process, so over the 145 layers of Kosmos-2's
     decoder the process would hold gigabytes it no longer uses (1.9 GiB besides the quantized model's 2 GiB,
     int4 on the full-size architecture), which another program, or the next step of a notebook, may need."""
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: macOS, Windows, musl (whose libc.so.6, if any, has no trim)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@contextlib.contextmanager
+def releasing_freed_memory(interval: float = TRIM_INTERVAL):
+    """While the block runs, :func:`release_freed_memory` every ``interval`` seconds from a thread of its own (the
+    call leaves Python's lock, so the block runs on meanwhile); where glibc is not the C library, nothing.
+
+    For conversions that happen inside another library's loop, where :func:`quantize` cannot trim after each
+    layer: bitsandbytes quantizes each weight while transformers loads the checkpoint, and without trimming the
+    process's peak while loading the article's 4-bit path moved between 1.2 and 5.8 GiB from run to run."""
+    check_positive_number("interval", interval)  # seconds
+    if _malloc_trim() is None:
+        yield
         return
-    trim(0)
+    done = threading.Event()
+
+    def trim_until_done() -> None:
+        while not done.wait(interval):
+            release_freed_memory()
+
+    trimmer = threading.Thread(target=trim_until_done, name="release-freed-memory", daemon=True)
+    trimmer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        trimmer.join()
 
 
 def _to_bfloat16(module, dtype) -> None:
