@@ -13,18 +13,18 @@ set -u
 WEIGHTS=${1:?usage: bench/memory_limit.sh WEIGHTS [LIMIT_GIB ...]}
 shift
 LIMITS=${*:-3 4.5}
-PATHS=${PATHS:-none 4bit int8 int4 int4-onnx-build int4-onnx-read}
+ALL_PATHS="none 4bit int8 int4 int4-onnx-build int4-onnx-read"
+PATHS=${PATHS:-$ALL_PATHS}
 for path in $PATHS; do
-  case $path in none|4bit|int8|int4|int4-onnx-build|int4-onnx-read) ;;
-    *) echo "bench/memory_limit.sh: unknown path '$path' in PATHS (none 4bit int8 int4 int4-onnx-build int4-onnx-read)"
-       exit 2 ;;
+  case " $ALL_PATHS " in *" $path "*) ;;
+    *) echo "bench/memory_limit.sh: unknown path '$path' in PATHS ($ALL_PATHS)"; exit 2 ;;
   esac
 done
 ROOT=/sys/fs/cgroup/memory
-CACHE=$(mktemp -d)
 PY=${PY:-.venv/bin/python}
 [ -f "$WEIGHTS/config.json" ] || { echo "bench/memory_limit.sh: $WEIGHTS is not a checkpoint folder (no config.json)"; exit 2; }
 [ -w "$ROOT" ] || { echo "bench/memory_limit.sh: cannot write to $ROOT (cgroup v1 and root needed)"; exit 2; }
+CACHE=$(mktemp -d)  # (made once the checks passed: a refused run leaves nothing behind)
 try() {  # try QUANTIZATION ONNX_CACHE [LIMIT_BYTES]: one load and caption in a new cgroup of that limit
   local cg=$ROOT/kosmos2-memory-limit-$$-$RANDOM
   mkdir "$cg" && echo "${3:--1}" > "$cg/memory.limit_in_bytes" || return

@@ -515,21 +515,23 @@ def release_freed_memory() -> None:
 
 @contextlib.contextmanager
 def releasing_freed_memory(interval: float = TRIM_INTERVAL):
-    """While the block runs, :func:`release_freed_memory` every ``interval`` seconds from a thread of its own (the
-    call leaves Python's lock, so the block runs on meanwhile); where glibc is not the C library, nothing.
+    """While the block runs, hand freed memory back as :func:`release_freed_memory` does, every ``interval`` seconds
+    from a thread of its own (the call leaves Python's lock, so the block runs on meanwhile); where glibc is not the
+    C library, nothing.
 
     For conversions that happen inside another library's loop, where :func:`quantize` cannot trim after each
     layer: bitsandbytes quantizes each weight while transformers loads the checkpoint, and without trimming the
     process's peak while loading the article's 4-bit path moved between 1.2 and 5.8 GiB from run to run."""
     check_positive_number("interval", interval)  # seconds
-    if _malloc_trim() is None:
+    trim = _malloc_trim()  # looked up once, called at every tick
+    if trim is None:
         yield
         return
     done = threading.Event()
 
     def trim_until_done() -> None:
         while not done.wait(interval):
-            release_freed_memory()
+            trim(0)
 
     trimmer = threading.Thread(target=trim_until_done, name="release-freed-memory", daemon=True)
     trimmer.start()
