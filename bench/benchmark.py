@@ -387,16 +387,25 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def _reset_peak(device: str) -> None:
+#: What ``peak_memory_gib`` is on a CPU where :class:`report.MemoryPeaks` can read the process's memory.
+PRIVATE_PEAK = ("private memory (RssAnon, sampled every 50 ms): load GiB while the path is built, run GiB while it "
+                "generates")
+
+
+def _reset_peak(device: str, peaks: R.MemoryPeaks | None = None) -> None:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
+    elif peaks is not None:
+        peaks.reset()
 
 
-def peak_memory(device: str) -> tuple[float | None, str]:
-    """``(GiB, what)``: the GPU's (``device``'s) peak allocated memory since the last reset, or the process's
-    peak RSS."""
+def peak_memory(device: str, peaks: R.MemoryPeaks | None = None) -> tuple[float | None, str]:
+    """``(GiB, what)``: the GPU's (``device``'s) peak allocated memory since the last reset; on a CPU the peak
+    private memory ``peaks`` sampled since its last reset, or without ``peaks`` the process's peak RSS."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated(device) / 2**30, "torch.cuda.max_memory_allocated"
+    if peaks is not None:
+        return peaks.gib("RssAnon"), PRIVATE_PEAK
     try:
         import resource
     except ImportError:  # pragma: no cover - not on Windows
@@ -407,13 +416,15 @@ def peak_memory(device: str) -> tuple[float | None, str]:
 
 
 def measure(model, inputs: dict[str, torch.Tensor], gen_config, *, new_tokens: int, warmup: int, repeats: int,
-            device: str, decoder: FixedShapeDecoder | None = None, warmup_config=None) -> dict[str, Any]:
+            device: str, decoder: FixedShapeDecoder | None = None, warmup_config=None,
+            peaks: R.MemoryPeaks | None = None) -> dict[str, Any]:
     """Time generation (median of ``repeats`` after ``warmup`` runs) and one prefill forward pass.
 
     Generation is ``model.generate`` with ``gen_config``, or ``decoder.generate`` when a decoder is given.
     Warm-up runs use ``warmup_config`` when given (fewer tokens: the CPU table's warm-up only has to touch
     every kind of step once). The result's ``output`` holds the token ids of the last timed run, its
-    ``warmup_seconds`` what the warm-up took (compiling included).
+    ``warmup_seconds`` what the warm-up took (compiling included), its ``peak_memory_gib`` the peak of the timed
+    runs and prefills (:func:`peak_memory`; ``peaks``: the CPU's sampler).
     """
     prompt_len = inputs["input_ids"].shape[1]
     batch = inputs["input_ids"].shape[0]
@@ -450,12 +461,12 @@ def measure(model, inputs: dict[str, torch.Tensor], gen_config, *, new_tokens: i
             generate(warmup_config or gen_config)
             prefill()
         warmup_s = time.perf_counter() - start
-        _reset_peak(device)
+        _reset_peak(device, peaks)
         runs = [generate() for _ in range(repeats)]
         prefills = [prefill() for _ in range(repeats)]
     seconds = statistics.median(runs)
     prefill_s = statistics.median(prefills)
-    memory, memory_kind = peak_memory(device)
+    memory, memory_kind = peak_memory(device, peaks)
     decode = (seconds - prefill_s) / (new_tokens - 1) * 1000 if new_tokens > 1 else None
     return {
         "seconds": seconds,
@@ -481,6 +492,8 @@ def _free(device: str) -> None:
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
+    else:  # what was freed goes back to the system, so that it is not counted in the next private peak
+        quant.release_freed_memory()
 
 
 def storage_gib(model) -> float:
@@ -520,71 +533,89 @@ def run_paths(config, paths: Sequence[str], *, batch_sizes: Sequence[int], small
               work: Path | None = None) -> list[dict[str, Any]]:
     """Measure every path at its batch sizes; one result row per (path, batch size), failures included.
 
+    On a CPU that reports its processes' private memory (Linux), each row has the path's peak private memory while
+    it was built (``load_peak_gib``) and while it generated at that batch size (``peak_memory_gib``), sampled by
+    :class:`report.MemoryPeaks`; elsewhere ``peak_memory_gib`` is what :func:`peak_memory` says.
+
     With a ``work`` folder (the CPU table), every path loads the random weights saved there, the first
     float32 path stores its batch-1 tokens and teacher-forced logits there as the reference, and every later
     path's batch-1 row gets ``accuracy`` (:func:`quant.logits_agreement` against that reference).
     """
+    sampled = not device.startswith("cuda") and R.MemoryPeaks.available()
+    with R.MemoryPeaks() if sampled else contextlib.nullcontext() as peaks:
+        return [row for name in paths for row in _run_path(
+            config, name, batch_sizes=batch_sizes, small_batch_sizes=small_batch_sizes, new_tokens=new_tokens,
+            warmup=warmup, repeats=repeats, device=device, log=log, warmup_tokens=warmup_tokens, work=work,
+            peaks=peaks)]
+
+
+def _run_path(config, name: str, *, batch_sizes: Sequence[int], small_batch_sizes: Sequence[int], new_tokens: int,
+              warmup: int, repeats: int, device: str, log, warmup_tokens: int | None, work: Path | None,
+              peaks: R.MemoryPeaks | None) -> list[dict[str, Any]]:
+    """One path of :func:`run_paths`: its rows."""
     rows: list[dict[str, Any]] = []
-    for name in paths:
-        spec = PATHS[name]
-        # the CPU table (a work folder) runs every path but the compiled ones at every batch size
-        small = spec.small_batches_only and (work is None or spec.compile or spec.cache == "static")
-        sizes = small_batch_sizes if small else batch_sizes
-        dtype = resolve_dtype(spec, device)
-        dtype_name = str(dtype).replace("torch.", "")
-        compiled = compiles(spec, device)
-        base = {"path": name, "description": spec.description, "quantization": spec.quantization,
-                "dtype": f"{spec.quantization} + {dtype_name}" if spec.quantization else dtype_name,
-                "attention": spec.attention, "cache": spec.cache,
-                # the fixed-shape decoder compiles its step on CUDA only
-                "compile": compiled}
-        reason = skip_reason(spec, device)
-        if reason:
-            log(f"{name}: skipped — {reason}")
-            rows.extend({**base, "batch_size": b, "status": "skipped", "reason": reason} for b in sizes)
-            continue
-        try:
-            start = time.perf_counter()
-            weights_dir = work / "weights" if work is not None else None
-            model = build_model(config, spec, device, weights=weights_dir)
-            weights = storage_gib(model)
-            log(f"{name}: model ready in {time.perf_counter() - start:.1f} s ({weights:.2f} GiB of weights)")
-        except Exception as err:  # recorded, the other paths still run
-            reason = _error_text(err)
-            log(f"{name}: could not build the model — {reason}")
-            rows.extend({**base, "batch_size": b, "status": "error", "reason": reason} for b in sizes)
-            _free(device)
-            continue
-        for b in sizes:
-            row = {**base, "batch_size": b, "weights_gib": weights}
-            try:
-                inputs = make_inputs(config, b, device, dtype)
-                gen = generation_config(config, new_tokens, spec.cache)
-                warm = generation_config(config, min(warmup_tokens, new_tokens), spec.cache) if warmup_tokens else None
-                decoder = None
-                if spec.fixed_shape_decoder:
-                    decoder = FixedShapeDecoder(model, compile_step=compiled)
-                    if compiled:
-                        warm = None  # a shorter warm-up has another cache size: its compiled step would not serve
-                load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-                result = measure(model, inputs, gen, new_tokens=new_tokens, decoder=decoder, warmup_config=warm,
-                                 warmup=max(warmup, 2) if compiled else warmup, repeats=repeats,
-                                 device=device)
-                output = result.pop("output")
-                row.update(status="ok", reason=None, **result)
-                if load_before is not None:
-                    row["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-                if work is not None and b == 1:
-                    row["accuracy"] = _accuracy(model, inputs, output, work, spec, log)
-                log(f"{name} batch {b}: {result['captions_per_s']:.2f} captions/s, "
-                    f"{result['ms_per_token']:.2f} ms per token step (warm-up {result['warmup_seconds']:.1f} s)")
-            except Exception as err:  # out of memory, unsupported cache …: recorded, the run goes on
-                row.update(status="error", reason=_error_text(err))
-                log(f"{name} batch {b}: error — {row['reason']}")
-            rows.append(row)
-            _free(device)
-        del model
+    spec = PATHS[name]
+    # the CPU table (a work folder) runs every path but the compiled ones at every batch size
+    small = spec.small_batches_only and (work is None or spec.compile or spec.cache == "static")
+    sizes = small_batch_sizes if small else batch_sizes
+    dtype = resolve_dtype(spec, device)
+    dtype_name = str(dtype).replace("torch.", "")
+    compiled = compiles(spec, device)
+    base = {"path": name, "description": spec.description, "quantization": spec.quantization,
+            "dtype": f"{spec.quantization} + {dtype_name}" if spec.quantization else dtype_name,
+            "attention": spec.attention, "cache": spec.cache,
+            # the fixed-shape decoder compiles its step on CUDA only
+            "compile": compiled}
+    reason = skip_reason(spec, device)
+    if reason:
+        log(f"{name}: skipped — {reason}")
+        rows.extend({**base, "batch_size": b, "status": "skipped", "reason": reason} for b in sizes)
+        return rows
+    try:
         _free(device)
+        _reset_peak(device, peaks)  # this path's load peak, not what an earlier path left
+        start = time.perf_counter()
+        weights_dir = work / "weights" if work is not None else None
+        model = build_model(config, spec, device, weights=weights_dir)
+        weights = storage_gib(model)
+        load_peak = peaks.gib("RssAnon") if peaks is not None else None
+        log(f"{name}: model ready in {time.perf_counter() - start:.1f} s ({weights:.2f} GiB of weights)")
+    except Exception as err:  # recorded, the other paths still run
+        reason = _error_text(err)
+        log(f"{name}: could not build the model — {reason}")
+        rows.extend({**base, "batch_size": b, "status": "error", "reason": reason} for b in sizes)
+        _free(device)
+        return rows
+    for b in sizes:
+        row = {**base, "batch_size": b, "weights_gib": weights, "load_peak_gib": load_peak}
+        try:
+            inputs = make_inputs(config, b, device, dtype)
+            gen = generation_config(config, new_tokens, spec.cache)
+            warm = generation_config(config, min(warmup_tokens, new_tokens), spec.cache) if warmup_tokens else None
+            decoder = None
+            if spec.fixed_shape_decoder:
+                decoder = FixedShapeDecoder(model, compile_step=compiled)
+                if compiled:
+                    warm = None  # a shorter warm-up has another cache size: its compiled step would not serve
+            load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            result = measure(model, inputs, gen, new_tokens=new_tokens, decoder=decoder, warmup_config=warm,
+                             warmup=max(warmup, 2) if compiled else warmup, repeats=repeats,
+                             device=device, peaks=peaks)
+            output = result.pop("output")
+            row.update(status="ok", reason=None, **result)
+            if load_before is not None:
+                row["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            if work is not None and b == 1:
+                row["accuracy"] = _accuracy(model, inputs, output, work, spec, log)
+            log(f"{name} batch {b}: {result['captions_per_s']:.2f} captions/s, "
+                f"{result['ms_per_token']:.2f} ms per token step (warm-up {result['warmup_seconds']:.1f} s)")
+        except Exception as err:  # out of memory, unsupported cache …: recorded, the run goes on
+            row.update(status="error", reason=_error_text(err))
+            log(f"{name} batch {b}: error — {row['reason']}")
+        rows.append(row)
+        _free(device)
+    del model
+    _free(device)
     return rows
 
 
@@ -729,14 +760,15 @@ def to_markdown(report: dict[str, Any]) -> str:
         "- ms/token = wall time of one `generate` call ÷ new tokens (one step makes a token for every image "
         "of the batch); prefill = one forward pass over image and prompt; decode ms/token = (generate − prefill) "
         "÷ (new tokens − 1), an estimate",
-        f"- peak memory: {', '.join(memory_kinds) or 'not measured'}",
+        f"- memory: {', '.join(memory_kinds) or 'not measured'}",
         "",
         f"- × {BASELINE} / × {ARTICLE}: how many times faster per token than that path at the same batch size; "
         "logits error and top-1: teacher-forced against the float32 reference (batch 1)",
         "",
         "| path | weights | attention | cache | compile | batch | captions/s | ms/token | prefill ms | "
-        f"decode ms/token | weights GiB | peak GiB | × {BASELINE} | × {ARTICLE} | logits error | top-1 | status |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"decode ms/token | weights GiB | load GiB | run GiB | × {BASELINE} | × {ARTICLE} | logits error | top-1 | "
+        "status |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["results"]:
         ok = r["status"] == "ok"
@@ -746,7 +778,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             r["path"], r["dtype"], r["attention"], r["cache"], "yes" if r["compile"] else "no", _fmt(r["batch_size"]),
             _fmt(r.get("captions_per_s")) if ok else "–", _fmt(r.get("ms_per_token")) if ok else "–",
             _fmt(r.get("prefill_ms"), 1) if ok else "–", _fmt(r.get("decode_ms_per_token")) if ok else "–",
-            _fmt(r.get("weights_gib")) if ok else "–", _fmt(r.get("peak_memory_gib")) if ok else "–",
+            _fmt(r.get("weights_gib")) if ok else "–", _fmt(r.get("load_peak_gib")) if ok else "–",
+            _fmt(r.get("peak_memory_gib")) if ok else "–",
             ratio("vs_fp32_eager"), ratio("vs_article"),
             "reference" if accuracy.get("reference") else _fmt(accuracy.get("relative_error"), 4),
             _fmt(accuracy.get("top1_agreement"), 3), r["status"],
@@ -767,24 +800,28 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 def cpu_summary(report: dict[str, Any], small: int = 1, large: int = 8) -> str:
     """The CPU table in short (``summary.md``): one row per path, seconds per token at batch ``small``,
-    captions per second at batch ``large``, the path's peak memory, the speed-ups and the logits' agreement."""
+    captions per second at batch ``large``, the path's peak memory while it was built (*load GiB*) and while it
+    generated at any batch size (*run GiB*), the speed-ups and the logits' agreement."""
     rows: dict[str, dict[int | None, dict]] = {}
     for r in report["results"]:
         rows.setdefault(r["path"], {})[r["batch_size"]] = r
-    lines = [f"| path | weights | s/token, batch {small} | captions/s, batch {large} | peak GiB | "
-             f"× {BASELINE} | × {ARTICLE} | logits error | top-1 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| path | weights | s/token, batch {small} | captions/s, batch {large} | load GiB | run GiB | "
+             f"× {BASELINE} | × {ARTICLE} | logits error | top-1 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for path, by_batch in rows.items():
         one, many = by_batch.get(small) or {}, by_batch.get(large) or {}
         ok_one, ok_many = one.get("status") == "ok", many.get("status") == "ok"
         if not (ok_one or ok_many):
-            lines.append(f"| {path} | – | – | – | – | – | – | – | – |")
+            lines.append(f"| {path} | – | – | – | – | – | – | – | – | – |")
             continue
         first = one if ok_one else many
         accuracy = one.get("accuracy") or {}
-        peak = max(r.get("peak_memory_gib") or 0 for r in by_batch.values() if r.get("status") == "ok")
+        measured = [r for r in by_batch.values() if r.get("status") == "ok"]
+        peaks = [r["peak_memory_gib"] for r in measured if r.get("peak_memory_gib") is not None]
         lines.append("| " + " | ".join([
             path, first["dtype"], _fmt(one["seconds"] / report["new_tokens"], 3) if ok_one else "–",
-            _fmt(many.get("captions_per_s"), 3) if ok_many else "–", _fmt(peak),
+            _fmt(many.get("captions_per_s"), 3) if ok_many else "–", _fmt(first.get("load_peak_gib")),
+            _fmt(max(peaks) if peaks else None),
             f"{one['vs_fp32_eager']:.2f}×" if ok_one and one.get("vs_fp32_eager") else "–",
             f"{one['vs_article']:.2f}×" if ok_one and one.get("vs_article") else "–",
             "reference" if accuracy.get("reference") else _fmt(accuracy.get("relative_error"), 4),

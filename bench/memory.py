@@ -30,7 +30,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -41,44 +40,24 @@ PATHS = ("none", "4bit", "int8", "int4", "int4-onnx")
 GiB = 2**30
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field} (this script needs Linux)")
-
-
 def child(weights: str, quantization: str, new_tokens: int) -> dict:
     """Load ``weights`` with ``quantization`` and write one caption, sampling the private and file pages every
-    50 ms; one JSON-ready row."""
-    peak = {"RssAnon": 0, "RssFile": 0}
-    done = threading.Event()
+    50 ms (:class:`report.MemoryPeaks`); one JSON-ready row."""
+    with R.MemoryPeaks() as peaks:
+        from helpers import ground, load, sample_scenes
 
-    def sample() -> None:
-        while not done.is_set():
-            for field in peak:
-                peak[field] = max(peak[field], _status_kib(field))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    from helpers import ground, load, sample_scenes
-
-    start = time.perf_counter()
-    model, processor = load(weights, device="cpu", quantization=quantization, verbose=False)
-    load_seconds = time.perf_counter() - start
-    after_load = dict(peak)
-    start = time.perf_counter()
-    ground(model, processor, sample_scenes(1, seed=3)[0].image, max_new_tokens=new_tokens)
-    caption_seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
+        start = time.perf_counter()
+        model, processor = load(weights, device="cpu", quantization=quantization, verbose=False)
+        load_seconds = time.perf_counter() - start
+        private_load = peaks.gib("RssAnon")
+        start = time.perf_counter()
+        ground(model, processor, sample_scenes(1, seed=3)[0].image, max_new_tokens=new_tokens)
+        caption_seconds = time.perf_counter() - start
+        private, files = peaks.gib("RssAnon"), peaks.gib("RssFile")
     return {"path": quantization, "status": "ok", "load_s": round(load_seconds, 1),
             "caption_s": round(caption_seconds, 2), "new_tokens": new_tokens,
-            "private_peak_load_gib": round(after_load["RssAnon"] * 1024 / GiB, 2),
-            "private_peak_gib": round(peak["RssAnon"] * 1024 / GiB, 2),
-            "file_peak_gib": round(peak["RssFile"] * 1024 / GiB, 2),
+            "private_peak_load_gib": round(private_load, 2), "private_peak_gib": round(private, 2),
+            "file_peak_gib": round(files, 2),
             "graphs": getattr(model, "from_cache", None) if quantization == "int4-onnx" else None}
 
 

@@ -18,10 +18,11 @@ import platform
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from helpers.grounding.checks import out_problem, read_json, write_files
+from helpers.grounding.checks import check_positive_number, out_problem, read_json, write_files
 from helpers.grounding.model import describe_device
 from helpers.grounding.quantization import installed_version
 
@@ -59,6 +60,84 @@ def run_facts(script: str, argv: Sequence[str] | None, hide: Sequence[str] = ())
         "transformers": installed_version("transformers"),
         "libraries": {name: installed_version(name) for name in LIBRARIES},
     }
+
+
+class MemoryPeaks:
+    """The most resident memory of each kind the process has held since :meth:`reset` (or since it began to
+    sample), read from ``/proc/self/status`` (Linux) every ``interval`` seconds by a thread of its own, and at
+    each :meth:`reset` and :meth:`gib`.
+
+    ``RssAnon`` is the process's *private* memory: the weights it converted or copied, the quantized ones, ONNX
+    Runtime's graphs, the activations. ``RssFile`` counts the pages of files mapped into memory, such as a
+    safetensors checkpoint that transformers maps rather than reads, which the system can drop and read again. Use
+    it as a context manager: ``with MemoryPeaks() as peaks: ...; peaks.gib("RssAnon")``. A peak shorter than
+    ``interval`` can be missed; the figures are a lower bound of the true peak.
+    """
+
+    FIELDS = ("RssAnon", "RssFile")
+    STATUS = Path("/proc/self/status")
+
+    def __init__(self, interval: float = 0.05):
+        check_positive_number("interval", interval)  # seconds
+        self.interval = interval
+        self.peaks = dict.fromkeys(self.FIELDS, 0)  # KiB
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether this system reports them (Linux's ``/proc/self/status``)."""
+        try:
+            return all(f"{field}:" in cls.STATUS.read_text(encoding="ascii") for field in cls.FIELDS)
+        except OSError:
+            return False
+
+    def _now(self) -> dict[str, int]:
+        found = {}
+        for line in self.STATUS.read_text(encoding="ascii").splitlines():
+            name, _, value = line.partition(":")
+            if name in self.FIELDS:
+                found[name] = int(value.split()[0])
+        missing = [f for f in self.FIELDS if f not in found]
+        if missing:
+            raise RuntimeError(f"{self.STATUS} has no {', '.join(missing)} (memory peaks need Linux)")
+        return found
+
+    def sample(self) -> None:
+        """Take one reading now."""
+        now = self._now()
+        with self._lock:
+            for field, kib in now.items():
+                self.peaks[field] = max(self.peaks[field], kib)
+
+    def reset(self) -> None:
+        """Start the peaks again from what the process holds now."""
+        now = self._now()
+        with self._lock:
+            self.peaks.update(now)
+
+    def gib(self, field: str = "RssAnon") -> float:
+        """The peak of ``field`` (one of :data:`FIELDS`) in GiB, a reading taken now included."""
+        if field not in self.FIELDS:
+            raise ValueError(f"field must be one of {', '.join(self.FIELDS)}, got {field!r}")
+        self.sample()
+        return self.peaks[field] / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> "MemoryPeaks":
+        self.reset()
+        self._thread = threading.Thread(target=self._run, name="memory-peaks", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def out_folder(parser: argparse.ArgumentParser, text: str | None, names: Sequence[str]) -> Path | None:

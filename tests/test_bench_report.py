@@ -245,3 +245,33 @@ def test_bundled_accuracy_keeps_no_int4_onnx_graphs_in_the_courses_cache(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         accuracy.compare(1, 0, ["int4-onnx"])
     assert loaded == [("none", "off")] and os.environ[CACHE_ENV_VAR] == str(tmp_path / "cache")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the private memory is read from Linux's /proc")
+def test_memory_peaks_follow_the_private_memory_and_start_again_at_reset() -> None:
+    """A block of 256 MiB, written and freed: the private peak keeps it, the file pages do not count it, and a
+    reset starts from what the process holds now."""
+    import numpy as np
+
+    from helpers.grounding.quantization import release_freed_memory
+
+    report = _report_module()
+    assert report.MemoryPeaks.available()
+    with report.MemoryPeaks(interval=0.01) as peaks:
+        before, files_before = peaks.gib("RssAnon"), peaks.gib("RssFile")
+        block = np.ones(2**28, dtype=np.uint8)  # written, so its pages are resident
+        peaks.sample()
+        del block
+        release_freed_memory()
+        assert peaks.gib("RssAnon") >= before + 0.24  # the peak, though the block is gone
+        assert peaks.gib("RssFile") < files_before + 0.2
+        peaks.reset()
+        assert peaks.gib("RssAnon") < before + 0.2  # numpy handed the block back: the new peak does not hold it
+
+
+def test_memory_peaks_refuse_an_unknown_field_and_a_bad_interval() -> None:
+    report = _report_module()
+    with pytest.raises(ValueError, match="interval must be a number above 0, got 0"):
+        report.MemoryPeaks(interval=0)
+    with pytest.raises(ValueError, match="field must be one of RssAnon, RssFile, got 'VmRSS'"):
+        report.MemoryPeaks().gib("VmRSS")

@@ -78,6 +78,8 @@ def test_measured_rows_have_positive_numbers(tiny_run):
     for r in measured:
         assert r["captions_per_s"] > 0 and r["ms_per_token"] > 0 and r["prefill_ms"] > 0
         assert r["peak_memory_gib"] > 0 and r["weights_gib"] > 0
+        # on Linux the private memory, sampled: while the path was built, and while it generated
+        assert r["memory_kind"] == _module().PRIVATE_PEAK and r["load_peak_gib"] > 0
         assert len(r["runs"]) == 2 and all(s > 0 for s in r["runs"])
         # the figures are consistent with each other
         assert r["captions_per_s"] == pytest.approx(r["batch_size"] / r["seconds"])
@@ -289,6 +291,8 @@ def test_cpu_table_runs_every_path_at_every_batch_size_with_two_threads(cpu_tabl
     assert rows[("int4-onnx", 1)]["dtype"] == "int4-onnx + bfloat16"
     # each path ran in a process of its own: a peak memory of its own
     assert len({rows[(p, 1)]["peak_memory_gib"] for p in CPU_PATHS}) == len(CPU_PATHS)
+    for path in CPU_PATHS:  # built once, then generating at each batch size
+        assert rows[(path, 1)]["load_peak_gib"] == rows[(path, 2)]["load_peak_gib"] > 0
 
 
 def test_cpu_table_ratios_and_logits_agreement(cpu_table):
@@ -303,8 +307,14 @@ def test_cpu_table_ratios_and_logits_agreement(cpu_table):
         assert accuracy["against"] == "fp32-eager"
         assert 0 < accuracy["relative_error"] < 0.5 and "top1_agreement" in accuracy  # its rule: test_quantization
         assert "accuracy" not in rows[(path, 2)]
+    header, *_ = summary.splitlines()
+    assert "| load GiB | run GiB |" in header
     lines = [line for line in summary.splitlines() if line.startswith("| ") and "path" not in line]
     assert [line.split("|")[1].strip() for line in lines] == CPU_PATHS
+    for path, line in zip(CPU_PATHS, lines):  # the load peak, and the larger of the two batch sizes' peaks
+        load, run = line.split("|")[5:7]
+        assert float(load) == pytest.approx(rows[(path, 1)]["load_peak_gib"], abs=0.005)
+        assert float(run) == pytest.approx(max(rows[(path, b)]["peak_memory_gib"] for b in (1, 2)), abs=0.005)
     assert "reference" in lines[0] and "1.00×" in lines[1]  # the article against itself
 
 
