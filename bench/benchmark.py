@@ -80,7 +80,7 @@ from typing import Any, Sequence
 import torch
 
 from helpers.grounding import quantization as quant
-from helpers.grounding.model import describe_device, native_bf16, parameters_from_config
+from helpers.grounding.model import describe_device, native_bf16, parameters_from_config, pretrained
 from helpers.grounding.onnx_decoder import OnnxRuntimeKosmos2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is a folder of scripts, imported from anywhere
@@ -224,11 +224,12 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
     """A random-weight ``Kosmos2ForConditionalGeneration`` for ``spec`` on ``device``, in eval mode.
 
     With a ``weights`` folder (of :func:`save_random_weights`; the CPU table has one) every path loads the
-    random float32 weights from it with ``from_pretrained``, as ``load(quantization=...)`` loads the real
-    checkpoint (:func:`quant.from_pretrained_kwargs`): in the path's dtype, with the ``BitsAndBytesConfig`` of
+    random float32 weights from it as ``load(quantization=...)`` loads the real checkpoint
+    (:func:`helpers.grounding.model.pretrained`): in the path's dtype, with the ``BitsAndBytesConfig`` of
     bitsandbytes paths (as the article does); int8, int4 and int4-onnx in the checkpoint's own float32, then
     quantized a layer at a time for int8 and int4 (:func:`quant.quantize`: torch's int8 kernel, torchao's int4)
-    or made into graphs for int4-onnx, whose torch parts then take the path's dtype. Without one, bitsandbytes
+    or made into graphs for int4-onnx, whose torch parts then take the path's dtype. On a CPU the memory freed
+    meanwhile goes back to the system, as with ``load()``. Without one, bitsandbytes
     paths save the seeded model to a temporary folder first and the other paths build it in memory (the same
     weights in every process).
     """
@@ -243,8 +244,7 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
                 weights = stack.enter_context(tempfile.TemporaryDirectory(prefix="kosmos2-bench-"))
                 save_random_weights(config, weights, seed)
             with quant.quiet_imports():  # bitsandbytes places the weights on ``device`` itself (its device_map)
-                model = Kosmos2ForConditionalGeneration.from_pretrained(
-                    weights, **quant.from_pretrained_kwargs(plan, device))
+                model = pretrained(weights, plan, device)
         if spec.quantization not in quant.BITSANDBYTES:  # bitsandbytes placed the weights already
             model = model.to(device)
         if spec.quantization in quant.IN_PLACE:  # as load() does: the float weights, quantized a layer at a time
@@ -260,10 +260,12 @@ def build_model(config, spec: PathSpec, device: str, seed: int = 0, weights: str
     model.generation_config.eos_token_id = None  # every caption runs to the forced length
     if spec.quantization in quant.ONNXRUNTIME:  # as load() does: the float model's decoder becomes the graph
         # a benchmark leaves no graph on disk; what stays in torch takes the path's dtype, as load() gives it
-        return OnnxRuntimeKosmos2(model, cache=False, dtype=resolve_dtype(spec, device))
-    if compiles(spec, device) and not spec.fixed_shape_decoder:
+        model = OnnxRuntimeKosmos2(model, cache=False, dtype=resolve_dtype(spec, device))
+    elif compiles(spec, device) and not spec.fixed_shape_decoder:
         for block in model.text_model.model.layers:
             block.compile(dynamic=True)
+    if not device.startswith("cuda"):
+        quant.release_freed_memory()  # what loading and converting freed, as load() hands it back
     return model
 
 

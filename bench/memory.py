@@ -6,8 +6,8 @@ A process's resident memory counts two kinds of pages. *Private* pages (``RssAno
 the weights it converted, the quantized copies, the ONNX Runtime graphs. *File* pages (``RssFile``) are parts of
 files mapped into memory, such as a safetensors checkpoint that transformers maps instead of reading; the system
 drops them when it needs the room and reads them again when they are used. So the private peak is what a path
-needs, and the file pages say how much it leans on the checkpoint staying cached. ``bench/benchmark.py``'s
-*peak GiB* is the sum of both (``ru_maxrss``).
+needs, and the file pages say how much it leans on the checkpoint staying cached. Both are sampled by
+``report.MemoryPeaks``, as ``bench/benchmark.py``'s CPU table samples the private peaks.
 
     python bench/memory.py --weights /tmp/kosmos2-random            # saves random full-size weights there first
     python bench/memory.py --weights DIR --paths 4bit,int4 --out bench/results/cpu/memory

@@ -150,7 +150,7 @@ def test_bad_options_are_refused_with_a_message(capsys, tmp_path):
 def test_a_bitsandbytes_path_loads_on_the_gpu_asked_for(monkeypatch, tmp_path):
     """--device cuda:1: bitsandbytes places the weights by the device map, which must name cuda:1 (the inputs
     go there), not GPU 0. Checked without a GPU: from_pretrained only records what it is given."""
-    from transformers import Kosmos2ForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
     bench = _module()
     given = {}
@@ -160,7 +160,7 @@ def test_a_bitsandbytes_path_loads_on_the_gpu_asked_for(monkeypatch, tmp_path):
         raise RuntimeError("recorded")
 
     monkeypatch.setattr(bench.quant, "check_available", lambda *args: None)  # no GPU, maybe no bitsandbytes here
-    monkeypatch.setattr(Kosmos2ForConditionalGeneration, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", from_pretrained)  # as load() loads
     for device, device_map in (("cuda:1", {"": "cuda:1"}), ("cuda", {"": 0})):  # bare "cuda": GPU 0, as load()
         given.clear()
         with pytest.raises(RuntimeError, match="recorded"):

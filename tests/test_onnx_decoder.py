@@ -465,3 +465,35 @@ def test_hqq_scales_up_to_the_size_limit_of_the_int4_path(tiny_model_dir, monkey
     assert "(min-max scales)" in OnnxRuntimeKosmos2(fresh(), prompt_int8=False, cache=False).description
     monkeypatch.setattr(quant, "INT4_HQQ_MAX_PARAMETERS", size)
     assert "(HQQ scales)" in OnnxRuntimeKosmos2(fresh(), prompt_int8=False, cache=False).description
+
+
+def test_a_graph_that_is_not_kept_opens_from_a_temporary_file_removed_once_open(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch) -> None:
+    """ONNX Runtime holds more of a graph handed over in memory than of one read from a file: a graph not kept is
+    written to a temporary file for the session to read, and the file is gone once the session is open. Where
+    none can be written, the graph opens from memory, with a warning."""
+    import tempfile
+    from pathlib import Path
+
+    opened = []
+    real_open = onnx_decoder._open
+
+    def watch(graph, threads, spinning=True):
+        opened.append((graph, isinstance(graph, str) and Path(graph).is_file()))
+        return real_open(graph, threads, spinning)
+
+    monkeypatch.setattr(onnx_decoder, "_open", watch)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model, processor = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    graph = OnnxRuntimeKosmos2(model, cache=False)
+    assert [(Path(g).parent, there) for g, there in opened] == [(tmp_path, True), (tmp_path, True)]
+    assert list(tmp_path.iterdir()) == []  # removed once open
+    assert graph.generate(**_caption_inputs(processor), max_new_tokens=4).shape[0] == 1
+
+    opened.clear()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    with pytest.warns(UserWarning, match="could not write the int4-onnx graph to a temporary file .*opens from memory"):
+        graph = OnnxRuntimeKosmos2(model, cache=False)
+    assert [type(g) for g, _ in opened] == [bytes, bytes]
+    assert graph.generate(**_caption_inputs(processor), max_new_tokens=4).shape[0] == 1

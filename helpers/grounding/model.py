@@ -492,7 +492,7 @@ def _load_weights(source: str, config, quantization: str | None, dtype, device: 
     """The processor and the weights of ``source`` on ``device``, with the quantization that
     :func:`helpers.grounding.quantization.plan` chooses; returns ``(net, processor, plan)``. Files that do not load
     raise :class:`ModelLoadError` (:func:`_load_failure`)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
 
     size = None
     try:
@@ -503,15 +503,25 @@ def _load_weights(source: str, config, quantization: str | None, dtype, device: 
     except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
         raise _load_failure(source, err, from_env) from err
     chosen = quant.plan(quantization, device, dtype, size)
-    kwargs = {**quant.from_pretrained_kwargs(chosen, device), "use_safetensors": True, "trust_remote_code": False}
-    # bitsandbytes quantizes each weight as transformers loads it: freed memory goes back to the system meanwhile
-    trimming = chosen.quantization in quant.BITSANDBYTES and device == "cpu"
     try:
-        with _quiet(), quant.releasing_freed_memory() if trimming else contextlib.nullcontext():
-            net = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+        with _quiet():
+            net = pretrained(source, chosen, device)
     except Exception as err:  # corrupt files, missing files on the hub, no network, custom code …
         raise _load_failure(source, err, from_env) from err
     return net, processor, chosen
+
+
+def pretrained(source: str | os.PathLike, chosen: quant.Plan, device: str):
+    """The weights of ``source`` as transformers loads them for the plan ``chosen``
+    (:func:`helpers.grounding.quantization.from_pretrained_kwargs`), safetensors only, no custom code. bitsandbytes
+    quantizes each weight while transformers loads it; on a CPU the memory that frees goes back to the system
+    meanwhile (:func:`helpers.grounding.quantization.releasing_freed_memory`)."""
+    from transformers import AutoModelForImageTextToText
+
+    kwargs = {**quant.from_pretrained_kwargs(chosen, device), "use_safetensors": True, "trust_remote_code": False}
+    trimming = chosen.quantization in quant.BITSANDBYTES and device == "cpu"
+    with quant.releasing_freed_memory() if trimming else contextlib.nullcontext():
+        return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
 
 
 def _attach_and_quantize(net, chosen: quant.Plan, device: str, adapter: str | os.PathLike | None):
