@@ -470,8 +470,8 @@ def test_hqq_scales_up_to_the_size_limit_of_the_int4_path(tiny_model_dir, monkey
 def test_a_graph_that_is_not_kept_opens_from_a_temporary_file_removed_once_open(tiny_model_dir, tmp_path,
                                                                                  monkeypatch) -> None:
     """ONNX Runtime holds more of a graph handed over in memory than of one read from a file: a graph not kept is
-    written to a temporary file for the session to read, and the file is gone once the session is open. Where
-    none can be written, the graph opens from memory, with a warning."""
+    written to a temporary file for the session to read, and the files are gone once the sessions are open, or
+    when the load fails on the way. Where none can be written, the graph opens from memory, with a warning."""
     import tempfile
     from pathlib import Path
 
@@ -489,6 +489,20 @@ def test_a_graph_that_is_not_kept_opens_from_a_temporary_file_removed_once_open(
     assert [(Path(g).parent, there) for g, there in opened] == [(tmp_path, True), (tmp_path, True)]
     assert list(tmp_path.iterdir()) == []  # removed once open
     assert graph.generate(**_caption_inputs(processor), max_new_tokens=4).shape[0] == 1
+
+    real_build = onnx_decoder.build_graph
+
+    def fail_on_the_prompt_graph(text_model, **settings):
+        if settings.get("int8"):
+            raise KeyboardInterrupt  # the step graph's file is written by then
+        return real_build(text_model, **settings)
+
+    monkeypatch.setattr(onnx_decoder, "build_graph", fail_on_the_prompt_graph)
+    model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    with pytest.raises(KeyboardInterrupt):
+        OnnxRuntimeKosmos2(model, cache=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(onnx_decoder, "build_graph", real_build)
 
     opened.clear()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))

@@ -400,8 +400,8 @@ def _open(model: bytes | str, threads: int, spinning: bool = True):
 def _graph_source(build, folder: Path | None, key: str | None, facts: dict):
     """``(graph, weight bytes, kept file or None, read from the folder, seconds spent building)`` of the graph kept
     under ``key`` or of ``build()`` (then kept under ``key``; ``key`` None: built, not kept). ``graph`` is the kept
-    file's path, or the serialized model when it is not kept. No session is opened yet, so that the caller can free
-    the torch decoder first."""
+    file's path, or when it is not kept that of a temporary file (:func:`_temporary_file`), which the caller
+    removes. No session is opened yet, so that the caller can free the torch decoder first."""
     cached = _kept_graph(folder, key) if key else None
     if cached is not None:
         return (*cached, True, 0.0)
@@ -412,39 +412,40 @@ def _graph_source(build, folder: Path | None, key: str | None, facts: dict):
     del proto
     seconds = time.perf_counter() - start
     kept = _keep(folder, key, data, {"weight_bytes": size, **facts}) if key else None
-    # once kept, the session reads the file: the bytes need not stay in memory while the next graph is built
-    return (data if kept is None else str(kept)), size, kept, False, seconds
+    # the session reads a file: the bytes need not stay in memory while the next graph is built
+    return (_temporary_file(data) if kept is None else str(kept)), size, kept, False, seconds
+
+
+def _temporary_file(data: bytes) -> str | bytes:
+    """The path of a temporary file holding ``data``, a graph that is not kept, for its session to read. ONNX
+    Runtime holds more of a graph handed over in memory than of one read from a file (the full-size model's two
+    graphs: 5.5 GiB of private memory after loading, against 3.4 GiB from files, a probe), and the bytes would
+    stay in memory while the next graph is built. Where no temporary file can be written, ``data`` itself, with a
+    warning."""
+    name = None
+    try:
+        with tempfile.NamedTemporaryFile(prefix="kosmos2-int4-onnx-", suffix=".onnx", delete=False) as file:
+            name = file.name
+            file.write(data)
+        return name
+    except OSError as err:
+        if name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        warnings.warn(f"could not write the int4-onnx graph to a temporary file ({err}); it opens from memory, "
+                      "which holds about as much again as the graph's weights", stacklevel=3)
+        return data
 
 
 def _open_graph(graph: bytes | str, threads: int, spinning: bool = True):
     """A session of a graph from :func:`_graph_source`; a kept file that ONNX Runtime cannot read, although its size
     is the one its facts record, is a :class:`QuantizationError` that says to delete it (the decoder it would be
-    built from again has been freed by then).
-
-    A graph that is not kept (``bytes``) is opened from a temporary file, removed once the session is open: ONNX
-    Runtime keeps more of a graph handed over in memory (the full-size model's two graphs: 5.5 GiB of private
-    memory after loading, against 3.4 GiB read from files, a probe). Where no temporary file can be written, it
-    is opened from memory, with a warning."""
-    if not isinstance(graph, str):
-        temporary = None
-        try:
-            with tempfile.NamedTemporaryFile(prefix="kosmos2-int4-onnx-", suffix=".onnx", delete=False) as file:
-                temporary = file.name
-                file.write(graph)
-        except OSError as err:
-            if temporary is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-            warnings.warn(f"could not write the int4-onnx graph to a temporary file ({err}); it opens from memory, "
-                          "which holds about as much again as the graph's weights", stacklevel=3)
-            return _open(graph, threads, spinning)
-        try:
-            return _open(temporary, threads, spinning)
-        finally:
-            os.unlink(temporary)
+    built from again has been freed by then)."""
     try:
         return _open(graph, threads, spinning)
     except Exception as err:
+        if not isinstance(graph, str):
+            raise
         raise QuantizationError(f"the int4-onnx graph kept in {graph} could not be read ({type(err).__name__}: "
                                 f"{err}); delete it (or set {CACHE_ENV_VAR}=off) and load the model again") from err
 
@@ -588,24 +589,33 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
         key = graph_key(model.text_model, **settings) if folder is not None and bits is not None else None
         progress = interactive()
         start = time.perf_counter()
-        step, step_bytes, self.graph_file, from_cache, _ = _graph_source(
-            lambda: build_graph(model.text_model, bits=bits, block_size=block_size, head_bits=head_bits, hqq=hqq,
-                                progress=progress),
-            folder, key, {**settings, "onnxruntime": ort.__version__})
-        prompt, self.prompt_graph_file, prompt_bytes = None, None, 0
-        if prompt_int8:
-            prompt, prompt_bytes, self.prompt_graph_file, prompt_cached, _ = _graph_source(
-                lambda: build_graph(model.text_model, int8=True, progress=progress),
-                folder, self.graph_file and f"{key}-prompt-int8",  # kept beside the step graph, or not at all
-                {"int8": True, "onnxruntime": ort.__version__})
-            from_cache = from_cache and prompt_cached
-        model.text_model.model.layers = torch.nn.ModuleList()  # now in the graphs: freed before the sessions open
-        gc.collect()
-        self.session = _open_graph(step, threads)
-        del step
-        # the prompt graph runs once per caption: its threads must not keep a core busy while the steps run
-        self.prompt_session = self.session if prompt is None else _open_graph(prompt, threads, spinning=False)
-        del prompt
+        temporary: list = []  # the files of graphs that are not kept: removed once the sessions are open
+        try:
+            step, step_bytes, self.graph_file, from_cache, _ = _graph_source(
+                lambda: build_graph(model.text_model, bits=bits, block_size=block_size, head_bits=head_bits,
+                                    hqq=hqq, progress=progress),
+                folder, key, {**settings, "onnxruntime": ort.__version__})
+            temporary += [step] if self.graph_file is None else []
+            prompt, self.prompt_graph_file, prompt_bytes = None, None, 0
+            if prompt_int8:
+                prompt, prompt_bytes, self.prompt_graph_file, prompt_cached, _ = _graph_source(
+                    lambda: build_graph(model.text_model, int8=True, progress=progress),
+                    folder, self.graph_file and f"{key}-prompt-int8",  # kept beside the step graph, or not at all
+                    {"int8": True, "onnxruntime": ort.__version__})
+                temporary += [prompt] if self.prompt_graph_file is None else []
+                from_cache = from_cache and prompt_cached
+            model.text_model.model.layers = torch.nn.ModuleList()  # now in the graphs: freed before the sessions open
+            gc.collect()
+            self.session = _open_graph(step, threads)
+            del step
+            # the prompt graph runs once per caption: its threads must not keep a core busy while the steps run
+            self.prompt_session = self.session if prompt is None else _open_graph(prompt, threads, spinning=False)
+            del prompt
+        finally:
+            for name in temporary:
+                if isinstance(name, str):  # (bytes where no temporary file could be written)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name)
         # What stays in torch (the vision tower, the projection, the embeddings) takes ``dtype`` only now: made
         # before the sessions open, its copies added to their reading's peak (4.4 GiB instead of 3.9 on the
         # full-size model, float32 checkpoint, ``bench/memory.py``).
