@@ -14,8 +14,8 @@ Why not torchao's int8 (torchao 0.18, torch 2.13, two cores of an AMD EPYC, the 
 * ``Int8WeightOnlyConfig`` turns the weights back into floats at every call: 0.69 s per token.
 
 Int8 weights with bfloat16 inputs in :class:`Int8Linear` (text decoder and ``lm_head``, the vision tower in
-bfloat16): 0.078 s per token (the int8 row of ``bench/results/cpu/results.md``, batch 1; 0.069 s in a run that
-morning).
+bfloat16): 0.087 s per token (the int8 row of ``bench/results/cpu/results.md``, batch 1; 0.069-0.078 s in runs
+the day before).
 ``_weight_int8pack_mm`` is fast with bfloat16 inputs only: with float32 inputs the same layers took 0.44 s per token,
 so the layers refuse other input types.
 """

@@ -41,9 +41,10 @@ them. It has no ``forward``: for logits, load another quantization.
 
 Building the real model's graphs takes a minute or more, so built graphs are kept on disk
 (:func:`cache_dir`: ``cache/int4-onnx/`` in the course's data folder, or the folder in ``$KOSMOS2_ONNX_CACHE``;
-``KOSMOS2_ONNX_CACHE=off`` keeps nothing). A graph is named by a digest of what it is made from: the decoder's
-weights and configuration, the quantization settings, this module's source and the ONNX Runtime version, so a
-changed weight (a merged adapter, another checkpoint) builds a new one. A file that cannot be read is built
+``KOSMOS2_ONNX_CACHE=off`` keeps nothing: a graph is then read from a temporary file, removed once it is open). A
+graph is named by a digest of what it is made from: the decoder's weights and configuration, the quantization
+settings, this module's source and the ONNX Runtime version, so a changed weight (a merged adapter, another
+checkpoint) builds a new one. A file that cannot be read is built
 again; a folder that cannot be written to is reported, and the model still loads. When a graph is built and kept,
 the graphs that other code kept in the folder (an earlier version of this module, another ONNX Runtime), which
 no load can read again, are removed, and so are the graphs of all but the :data:`KEPT_WEIGHT_SETS` weight sets

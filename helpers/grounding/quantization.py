@@ -32,10 +32,10 @@ Runtime graphs, one with 4-bit weights for each new token and one with 8-bit wei
 
 ``quantization=None`` lets :func:`plan` choose: on a CPU, a model of at least :data:`AUTO_CPU_PARAMETERS`
 parameters (the real Kosmos-2 has 1.66 B) gets :data:`AUTO_CPU_CHOICE`, the fastest CPU path per token at
-batch 1 in ``bench/benchmark.py --cpu-table`` (two cores, AMD EPYC, 2026-12-01 21:29-21:45 UTC;
-``bench/results/cpu``) among those that give a whole model: int4 0.050 s per token, against NF4 0.068 s,
-the article's 4-bit 0.071 s, int8 0.078 s, bfloat16 0.139 s and float32 0.292 s (on an Intel Xeon the day
-before, int4 0.111 s, the article's 4-bit 0.148 s). ``"int4-onnx"`` was faster still, 0.031 s, but has no
+batch 1 in ``bench/benchmark.py --cpu-table`` (two cores, AMD EPYC, 2026-12-02 00:36-00:57 UTC;
+``bench/results/cpu``) among those that give a whole model: int4 0.055 s per token, against the article's
+4-bit 0.078 s, NF4 0.081 s, int8 0.087 s, bfloat16 0.148 s and float32 0.36-0.46 s (on an Intel Xeon two days
+before, int4 0.111 s, the article's 4-bit 0.148 s). ``"int4-onnx"`` was faster still, 0.034 s, but has no
 forward pass (no logits, no fine-tuning) and takes about a minute to build at its first load (later loads
 read the built graphs from disk), so it is asked for, not chosen. Where torchao is missing or too old,
 :data:`AUTO_CPU_FALLBACK` (``"int8"``, torch alone) is chosen instead, and where neither runs the model stays in
