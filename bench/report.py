@@ -106,16 +106,14 @@ class MemoryPeaks:
 
     def sample(self) -> None:
         """Take one reading now."""
-        now = self._now()
-        with self._lock:
-            for field, kib in now.items():
+        with self._lock:  # read under the lock, so that a reading taken before a reset cannot land after it
+            for field, kib in self._now().items():
                 self.peaks[field] = max(self.peaks[field], kib)
 
     def reset(self) -> None:
         """Start the peaks again from what the process holds now."""
-        now = self._now()
         with self._lock:
-            self.peaks.update(now)
+            self.peaks.update(self._now())
 
     def gib(self, field: str = "RssAnon") -> float:
         """The peak of ``field`` (one of :data:`FIELDS`) in GiB, a reading taken now included."""

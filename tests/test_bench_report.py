@@ -251,6 +251,8 @@ def test_bundled_accuracy_keeps_no_int4_onnx_graphs_in_the_courses_cache(tmp_pat
 def test_memory_peaks_follow_the_private_memory_and_start_again_at_reset() -> None:
     """A block of 256 MiB, written and freed: the private peak keeps it, the file pages do not count it, and a
     reset starts from what the process holds now."""
+    import time
+
     import numpy as np
 
     from helpers.grounding.quantization import release_freed_memory
@@ -260,7 +262,7 @@ def test_memory_peaks_follow_the_private_memory_and_start_again_at_reset() -> No
     with report.MemoryPeaks(interval=0.01) as peaks:
         before, files_before = peaks.gib("RssAnon"), peaks.gib("RssFile")
         block = np.ones(2**28, dtype=np.uint8)  # written, so its pages are resident
-        peaks.sample()
+        time.sleep(0.2)  # the thread's readings catch it: no reading is asked for while it lives
         del block
         release_freed_memory()
         assert peaks.gib("RssAnon") >= before + 0.24  # the peak, though the block is gone

@@ -22,6 +22,12 @@ SMALL_ONLY = ("article", "static", "graphs")  # run at --static-batch-sizes (1)
 BATCHES = [1, 2]
 
 
+def _report():
+    """bench/report.py, as bench/benchmark.py imports it (bench/ on the path)."""
+    _module()
+    return sys.modules["report"]
+
+
 def _module():
     """bench/benchmark.py imported from its file (bench/ is a folder of scripts, not a package)."""
     if "kosmos2_benchmark" not in sys.modules:
@@ -78,8 +84,10 @@ def test_measured_rows_have_positive_numbers(tiny_run):
     for r in measured:
         assert r["captions_per_s"] > 0 and r["ms_per_token"] > 0 and r["prefill_ms"] > 0
         assert r["peak_memory_gib"] > 0 and r["weights_gib"] > 0
-        # on Linux the private memory, sampled: while the path was built, and while it generated
-        assert r["memory_kind"] == _module().PRIVATE_PEAK and r["load_peak_gib"] > 0
+        if _report().MemoryPeaks.available():  # Linux: the private memory, while built and while generating
+            assert r["memory_kind"] == _module().PRIVATE_PEAK and r["load_peak_gib"] > 0
+        else:  # elsewhere the process's peak resident memory, and no load peak
+            assert r["memory_kind"].startswith("process peak RSS") and r["load_peak_gib"] is None
         assert len(r["runs"]) == 2 and all(s > 0 for s in r["runs"])
         # the figures are consistent with each other
         assert r["captions_per_s"] == pytest.approx(r["batch_size"] / r["seconds"])
@@ -291,8 +299,8 @@ def test_cpu_table_runs_every_path_at_every_batch_size_with_two_threads(cpu_tabl
     assert rows[("int4-onnx", 1)]["dtype"] == "int4-onnx + bfloat16"
     # each path ran in a process of its own: a peak memory of its own
     assert len({rows[(p, 1)]["peak_memory_gib"] for p in CPU_PATHS}) == len(CPU_PATHS)
-    for path in CPU_PATHS:  # built once, then generating at each batch size
-        assert rows[(path, 1)]["load_peak_gib"] == rows[(path, 2)]["load_peak_gib"] > 0
+    if _report().MemoryPeaks.available():  # each path's load peak is its own too
+        assert len({rows[(p, 1)]["load_peak_gib"] for p in CPU_PATHS}) == len(CPU_PATHS)
 
 
 def test_cpu_table_ratios_and_logits_agreement(cpu_table):
@@ -313,7 +321,8 @@ def test_cpu_table_ratios_and_logits_agreement(cpu_table):
     assert [line.split("|")[1].strip() for line in lines] == CPU_PATHS
     for path, line in zip(CPU_PATHS, lines):  # the load peak, and the larger of the two batch sizes' peaks
         load, run = line.split("|")[5:7]
-        assert float(load) == pytest.approx(rows[(path, 1)]["load_peak_gib"], abs=0.005)
+        expected = rows[(path, 1)]["load_peak_gib"]
+        assert load.strip() == "–" if expected is None else float(load) == pytest.approx(expected, abs=0.005)
         assert float(run) == pytest.approx(max(rows[(path, b)]["peak_memory_gib"] for b in (1, 2)), abs=0.005)
     assert "reference" in lines[0] and "1.00×" in lines[1]  # the article against itself
 

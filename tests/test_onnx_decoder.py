@@ -504,6 +504,15 @@ def test_a_graph_that_is_not_kept_opens_from_a_temporary_file_removed_once_open(
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(onnx_decoder, "build_graph", real_build)
 
+    # a failure to open a temporary file is ONNX Runtime's own error, not the kept file's advice; no file stays
+    monkeypatch.setattr(onnx_decoder, "_open", lambda graph, threads, spinning=True: (_ for _ in ()).throw(
+        RuntimeError("cannot open")))
+    model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
+    with pytest.raises(RuntimeError, match="^cannot open$"):
+        OnnxRuntimeKosmos2(model, cache=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(onnx_decoder, "_open", watch)
+
     opened.clear()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
     model, _ = load(tiny_model_dir, quantization="none", device="cpu", verbose=False)
@@ -511,3 +520,45 @@ def test_a_graph_that_is_not_kept_opens_from_a_temporary_file_removed_once_open(
         graph = OnnxRuntimeKosmos2(model, cache=False)
     assert [type(g) for g, _ in opened] == [bytes, bytes]
     assert graph.generate(**_caption_inputs(processor), max_new_tokens=4).shape[0] == 1
+
+
+def test_temporary_graph_files_never_stay_behind(tmp_path, monkeypatch) -> None:
+    """Ctrl-C while a temporary graph file is written leaves no partial file; the files of loads killed on the way
+    (older than STALE_TEMPORARY_SECONDS) are removed by the next one, those of loads under way are not."""
+    import os
+    import tempfile
+    import time
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    name = onnx_decoder.TEMPORARY_PREFIX + "{}" + onnx_decoder.TEMPORARY_SUFFIX
+    stale, current, other = tmp_path / name.format("killed"), tmp_path / name.format("running"), tmp_path / "x.onnx"
+    for file in (stale, current, other):
+        file.write_bytes(b"graph")
+    old = time.time() - onnx_decoder.STALE_TEMPORARY_SECONDS - 60
+    for file in (stale, other):
+        os.utime(file, (old, old))
+    graph = onnx_decoder._temporary_file(b"new graph")
+    assert open(graph, "rb").read() == b"new graph"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([current.name, other.name, os.path.basename(graph)])
+
+    real = tempfile.NamedTemporaryFile
+
+    class Interrupted:
+        def __init__(self, **kwargs):
+            self.file = real(**kwargs)
+            self.name = self.file.name
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            self.file.write(data[:2])
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        onnx_decoder._temporary_file(b"another graph")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([current.name, other.name, os.path.basename(graph)])

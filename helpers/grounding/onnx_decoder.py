@@ -417,35 +417,55 @@ def _graph_source(build, folder: Path | None, key: str | None, facts: dict):
     return (_temporary_file(data) if kept is None else str(kept)), size, kept, False, seconds
 
 
+#: How a graph's temporary file is named (:func:`_temporary_file`), in the system's folder for temporary files.
+TEMPORARY_PREFIX, TEMPORARY_SUFFIX = "kosmos2-int4-onnx-", ".onnx"
+#: A temporary graph file older than this (seconds) was left by a load that was killed: the next one removes it
+#: (a load's own file lives from the end of building its graph to the opening of its session).
+STALE_TEMPORARY_SECONDS = 6 * 3600
+
+
+def _remove_stale_temporary_files() -> None:
+    """Remove the temporary graph files that loads killed on the way left behind (older than
+    :data:`STALE_TEMPORARY_SECONDS`; up to 1.35 GB each for the real model)."""
+    now = time.time()
+    for file in Path(tempfile.gettempdir()).glob(f"{TEMPORARY_PREFIX}*{TEMPORARY_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            if now - file.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                file.unlink()
+
+
 def _temporary_file(data: bytes) -> str | bytes:
     """The path of a temporary file holding ``data``, a graph that is not kept, for its session to read. ONNX
     Runtime holds more of a graph handed over in memory than of one read from a file (the full-size model's two
     graphs: 5.5 GiB of private memory after loading, against 3.4 GiB from files, a probe), and the bytes would
     stay in memory while the next graph is built. Where no temporary file can be written, ``data`` itself, with a
     warning."""
+    _remove_stale_temporary_files()
     name = None
     try:
-        with tempfile.NamedTemporaryFile(prefix="kosmos2-int4-onnx-", suffix=".onnx", delete=False) as file:
+        with tempfile.NamedTemporaryFile(prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX, delete=False) as file:
             name = file.name
             file.write(data)
         return name
-    except OSError as err:
+    except BaseException as err:  # a full disk, but also Ctrl-C while writing: no partial file stays
         if name is not None:
             with contextlib.suppress(OSError):
                 os.unlink(name)
+        if not isinstance(err, OSError):
+            raise
         warnings.warn(f"could not write the int4-onnx graph to a temporary file ({err}); it opens from memory, "
                       "which holds about as much again as the graph's weights", stacklevel=3)
         return data
 
 
-def _open_graph(graph: bytes | str, threads: int, spinning: bool = True):
-    """A session of a graph from :func:`_graph_source`; a kept file that ONNX Runtime cannot read, although its size
-    is the one its facts record, is a :class:`QuantizationError` that says to delete it (the decoder it would be
-    built from again has been freed by then)."""
+def _open_graph(graph: bytes | str, threads: int, spinning: bool = True, kept: bool = False):
+    """A session of a graph from :func:`_graph_source`. A ``kept`` file that ONNX Runtime cannot read, although its
+    size is the one its facts record, is a :class:`QuantizationError` that says to delete it (the decoder it would
+    be built from again has been freed by then); any other failure is ONNX Runtime's own error."""
     try:
         return _open(graph, threads, spinning)
     except Exception as err:
-        if not isinstance(graph, str):
+        if not kept:
             raise
         raise QuantizationError(f"the int4-onnx graph kept in {graph} could not be read ({type(err).__name__}: "
                                 f"{err}); delete it (or set {CACHE_ENV_VAR}=off) and load the model again") from err
@@ -607,10 +627,11 @@ class OnnxRuntimeKosmos2(torch.nn.Module):
                 from_cache = from_cache and prompt_cached
             model.text_model.model.layers = torch.nn.ModuleList()  # now in the graphs: freed before the sessions open
             gc.collect()
-            self.session = _open_graph(step, threads)
+            self.session = _open_graph(step, threads, kept=self.graph_file is not None)
             del step
             # the prompt graph runs once per caption: its threads must not keep a core busy while the steps run
-            self.prompt_session = self.session if prompt is None else _open_graph(prompt, threads, spinning=False)
+            self.prompt_session = self.session if prompt is None else _open_graph(
+                prompt, threads, spinning=False, kept=self.prompt_graph_file is not None)
             del prompt
         finally:
             for name in temporary:
