@@ -89,9 +89,10 @@ class MemoryPeaks:
     def available(cls) -> bool:
         """Whether this system reports them (Linux's ``/proc/self/status``)."""
         try:
-            return all(f"{field}:" in cls.STATUS.read_text(encoding="ascii") for field in cls.FIELDS)
+            status = cls.STATUS.read_text(encoding="ascii")
         except OSError:
             return False
+        return all(f"{field}:" in status for field in cls.FIELDS)
 
     def _now(self) -> dict[str, int]:
         found = {}
